@@ -1,0 +1,108 @@
+"""Settings read from the environment, each with a documented default.
+
+Every name here is listed in docs/configuration.md; operators and tests configure
+jobgate the same way, by environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400)
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in _csv(value))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything jobgate reads from its environment; immutable once built."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str = ""
+    result_backend: str = ""
+    admin_keys: tuple[str, ...] = ()
+    callback_allow_http: bool = False
+    callback_allowlist: str = ""
+    result_expires: int = 3600
+    job_retention: int = 7 * 24 * 3600
+    max_body: int = 1024 * 1024
+    webhook_retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
+    webhook_timeout: float = 10.0
+    webhook_secret_grace: int = 24 * 3600
+    demo_tasks: bool = True
+    rate_limit: int = 600
+    max_wait: int = 30
+    visibility_timeout: int = 2 * 3600
+    queue_jobs: str = "jobs"
+    queue_webhooks: str = "webhooks"
+    key_prefix: str = "jobgate"
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        # Broker and backend follow REDIS_URL unless set on their own.
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", self.redis_url)
+        if not self.result_backend:
+            object.__setattr__(self, "result_backend", self.redis_url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (os.environ by default)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for name, (var, parse) in _ENV.items():
+            raw = env.get(var)
+            if raw is not None and raw != "":
+                try:
+                    values[name] = parse(raw)
+                except ValueError as exc:
+                    raise ValueError(f"{var}={raw!r} is not valid: {exc}") from exc
+        return cls(**values)
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with some values changed (broker/backend re-derived from redis_url)."""
+        if "redis_url" in changes:
+            changes.setdefault("broker_url", "")
+            changes.setdefault("result_backend", "")
+        return replace(self, **changes)
+
+
+# setting name -> (environment variable, parser)
+_ENV = {
+    "redis_url": ("REDIS_URL", str),
+    "broker_url": ("CELERY_BROKER_URL", str),
+    "result_backend": ("CELERY_RESULT_BACKEND", str),
+    "admin_keys": ("JOBGATE_ADMIN_KEYS", _csv),
+    "callback_allow_http": ("JOBGATE_CALLBACK_ALLOW_HTTP", _bool),
+    "callback_allowlist": ("JOBGATE_CALLBACK_ALLOWLIST", str),
+    "result_expires": ("JOBGATE_RESULT_EXPIRES", int),
+    "job_retention": ("JOBGATE_JOB_RETENTION", int),
+    "max_body": ("JOBGATE_MAX_BODY", int),
+    "webhook_retry_delays": ("JOBGATE_WEBHOOK_RETRY_DELAYS", _floats),
+    "webhook_timeout": ("JOBGATE_WEBHOOK_TIMEOUT", float),
+    "webhook_secret_grace": ("JOBGATE_WEBHOOK_SECRET_GRACE", int),
+    "demo_tasks": ("JOBGATE_DEMO_TASKS", _bool),
+    "rate_limit": ("JOBGATE_RATE_LIMIT", int),
+    "max_wait": ("JOBGATE_MAX_WAIT", int),
+    "visibility_timeout": ("JOBGATE_VISIBILITY_TIMEOUT", int),
+    "queue_jobs": ("JOBGATE_QUEUE_JOBS", str),
+    "queue_webhooks": ("JOBGATE_QUEUE_WEBHOOKS", str),
+    "key_prefix": ("JOBGATE_KEY_PREFIX", str),
+}
+
+assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}
+
+__all__ = ["Settings", "DEFAULT_REDIS_URL", "DEFAULT_RETRY_DELAYS"]

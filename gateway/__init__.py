@@ -1,0 +1,44 @@
+"""jobgate's HTTP gateway: ``create_app(settings)`` builds the Flask app."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from config import Settings
+
+__version__ = "0.1.0"
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    """Build the gateway for ``settings`` (the environment by default).
+
+    Connects to nothing while building: Redis and the broker are first used by requests.
+    """
+    from gateway.errors import register_error_handlers
+    from gateway.extensions import Services
+    from gateway.ssrf import parse_allowlist
+    from gateway.store import Store
+    from gateway.views import catalog, health, jobs, partners
+    from tasks.app import make_celery
+
+    settings = settings or Settings.from_env()
+    if overrides:
+        settings = settings.with_overrides(**overrides)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body
+    app.json.sort_keys = False
+    app.extensions["jobgate"] = Services(
+        settings=settings,
+        store=Store.from_url(settings.redis_url, prefix=settings.key_prefix,
+                             retention=settings.job_retention),
+        celery=make_celery(settings),
+        allowlist=parse_allowlist(settings.callback_allowlist),
+    )
+    register_error_handlers(app)
+    for module in (health, partners, catalog, jobs):
+        app.register_blueprint(module.bp)
+    logging.getLogger("jobgate").setLevel(logging.INFO)
+    return app

@@ -1,0 +1,86 @@
+"""Bearer-key authentication: admin keys from config, partner keys by their hash."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from gateway.errors import APIError
+from gateway.extensions import services
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an admin, or a partner (with its id)."""
+
+    role: str
+    partner_id: str | None = None
+    name: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def authenticate() -> Principal:
+    """The caller of this request, from ``Authorization: Bearer <key>``; 401 otherwise."""
+    if "principal" in g:
+        return g.principal
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise APIError(401, "unauthorized", "Send an API key as 'Authorization: Bearer <key>'.",
+                       headers={"WWW-Authenticate": 'Bearer realm="jobgate"'})
+    svc = services()
+    if any(hmac.compare_digest(key.encode(), admin.encode()) for admin in svc.settings.admin_keys):
+        g.principal = Principal("admin", name="admin")
+        return g.principal
+    partner = svc.store.partner_by_key(key)
+    if partner is None:
+        raise APIError(401, "unauthorized", "This API key is not valid.",
+                       headers={"WWW-Authenticate": 'Bearer realm="jobgate"'})
+    g.principal = Principal("partner", partner["id"], partner.get("name", ""))
+    return g.principal
+
+
+def admin_required(view: F) -> F:
+    """Only admin keys; a partner key gets 403."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not authenticate().is_admin:
+            raise APIError(403, "forbidden", "This route needs an admin key.")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def partner_required(view: F) -> F:
+    """Only partner keys (jobs belong to a partner); an admin key gets 403."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if authenticate().is_admin:
+            raise APIError(403, "forbidden", "Submit jobs with a partner key; admins own none.")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def login_required(view: F) -> F:
+    """Any valid key, admin or partner."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        authenticate()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,185 @@
+"""Job operations behind the routes: submit, find, describe, wait, list.
+
+Views stay thin; this module holds the rules (catalog, SSRF, idempotency, isolation).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from gateway.auth import Principal
+from gateway.errors import APIError, not_found
+from gateway.extensions import Services
+from gateway.schemas import JobSubmitSchema, load_or_422
+from gateway.ssrf import CallbackRefused, check_callback_url
+from gateway.status import TERMINAL, job_view
+from gateway.store import digest, new_id, utcnow
+from tasks.registry import JobType, job_types
+
+_submit_schema = JobSubmitSchema()
+MAX_SCAN = 1000  # index entries one list request may read while filtering
+
+
+def catalog(svc: Services) -> dict[str, JobType]:
+    """The job types this gateway accepts (``demo.*`` only if enabled)."""
+    return job_types(demo=svc.settings.demo_tasks)
+
+
+def validate_job(svc: Services, body: Any) -> dict[str, Any]:
+    """Check a job body: known task, its params, a callback URL that passes the guard."""
+    job = load_or_422(_submit_schema, body)
+    job_type = catalog(svc).get(job["task"])
+    if job_type is None:
+        raise APIError(422, "unknown_task", f"There is no task named {job['task']!r}.",
+                       {"task": [f"Unknown task. Known: {', '.join(catalog(svc))}."]})
+    try:
+        job["params"] = job_type.params().load(job["params"])
+    except Exception as exc:  # marshmallow.ValidationError
+        messages = getattr(exc, "messages", None)
+        if messages is None:
+            raise
+        raise APIError(422, "validation_error", "The task's params are invalid.",
+                       {"params": messages}) from None
+    if job["callback_url"]:
+        check_callback(svc, job["callback_url"])
+    return job
+
+
+def check_callback(svc: Services, url: str) -> None:
+    """422 ``callback_url_refused`` unless the URL passes the SSRF guard."""
+    try:
+        check_callback_url(url, allow_http=svc.settings.callback_allow_http,
+                           allowlist=svc.allowlist)
+    except CallbackRefused as exc:
+        raise APIError(422, "callback_url_refused", exc.reason,
+                       {"callback_url": [exc.reason]}) from None
+
+
+def new_record(principal: Principal, job: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    job_id = new_id()
+    return {"job_id": job_id, "task_id": job_id, "task": job["task"],
+            "partner_id": principal.partner_id, "params_digest": digest(job["params"]),
+            "metadata": job.get("metadata") or {}, "callback_url": job.get("callback_url"),
+            "created_at": utcnow(), **extra}
+
+
+def enqueue(svc: Services, record: dict[str, Any], params: dict[str, Any]) -> None:
+    """Store the job record, then queue the Celery task under the job's id.
+
+    If the broker refuses the message the record is removed again, so a failed submit
+    leaves nothing behind.
+    """
+    svc.store.create_job(record)
+    try:
+        svc.celery.send_task(record["task"], kwargs=params, task_id=record["task_id"],
+                             queue=svc.settings.queue_jobs)
+    except Exception:
+        svc.store.delete_job(record)
+        raise
+
+
+def submit(svc: Services, principal: Principal, body: Any,
+           idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    """Validate and queue a job; returns (job view, created) — created is False on replay."""
+    job = validate_job(svc, body)
+    retry_after = svc.store.hit_rate_limit(principal.partner_id, svc.settings.rate_limit)
+    if retry_after is not None:
+        raise APIError(429, "rate_limited", "Too many submissions; slow down.",
+                       {"limit_per_minute": svc.settings.rate_limit},
+                       headers={"Retry-After": str(retry_after)})
+    record = new_record(principal, job)
+    if idempotency_key:
+        earlier = svc.store.claim_idempotency(principal.partner_id, idempotency_key,
+                                              digest(body), record["job_id"])
+        if earlier is not None:
+            if earlier["digest"] != digest(body):
+                raise APIError(409, "idempotency_conflict",
+                               "This Idempotency-Key was used with a different body.")
+            return describe(svc, wait_for_record(svc, earlier["job_id"])), False
+    try:
+        enqueue(svc, record, job["params"])
+    except Exception:
+        if idempotency_key:
+            svc.store.release_idempotency(principal.partner_id, idempotency_key)
+        raise
+    return describe(svc, record), True
+
+
+def wait_for_record(svc: Services, job_id: str, timeout: float = 2.0) -> dict[str, Any]:
+    """The record of a job a concurrent request with the same key is creating."""
+    deadline = time.monotonic() + timeout
+    while (record := svc.store.job(job_id)) is None:
+        if time.monotonic() > deadline:
+            raise APIError(409, "idempotency_conflict",
+                           "A request with this Idempotency-Key is still being processed.")
+        time.sleep(0.02)
+    return record
+
+
+def find(svc: Services, principal: Principal, job_id: str) -> dict[str, Any]:
+    """The job record if the caller may see it; 404 for unknown and for others' jobs."""
+    record = svc.store.job(job_id) if len(job_id) <= 64 else None
+    if record is None or not (principal.is_admin or record.get("partner_id") ==
+                              principal.partner_id):
+        raise not_found("job")
+    return record
+
+
+def describe(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
+    """The job view; reads Celery's meta once, and only while the job is not finished."""
+    if record.get("status") in TERMINAL:
+        return job_view(record)
+    meta = svc.celery.backend.get_task_meta(record["task_id"])
+    return job_view(record, meta)
+
+
+def wait(svc: Services, record: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Hold until the job is finished or ``seconds`` pass; woken by the job's events."""
+    view = describe(svc, record)
+    if view["status"] in TERMINAL:
+        return view
+    deadline = time.monotonic() + seconds
+    for _ in events(svc, record["job_id"], deadline):
+        fresh = svc.store.job(record["job_id"]) or record
+        view = describe(svc, fresh)
+        if view["status"] in TERMINAL:
+            break
+    return view
+
+
+def events(svc: Services, job_id: str, deadline: float,
+           poll: float = 1.0) -> Iterator[dict[str, Any] | None]:
+    """Yield each published event of a job until ``deadline`` (None every ``poll`` s)."""
+    pubsub = svc.store.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(svc.store.channel(job_id))
+    try:
+        yield None  # subscribed: the caller re-reads once to close the race
+        while (left := deadline - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=min(poll, left))
+            yield json.loads(message["data"]) if message else None
+    finally:
+        pubsub.close()
+
+
+def listing(svc: Services, principal: Principal, *, status: str | None, task: str | None,
+            limit: int, cursor: str | None) -> dict[str, Any]:
+    """The caller's jobs, newest first, filtered; ``next_cursor`` continues the list."""
+    index = "all" if principal.is_admin else principal.partner_id
+    jobs: list[dict[str, Any]] = []
+    scanned = 0
+    position = cursor
+    for record, position in svc.store.iter_index(index, cursor=cursor, max_scan=MAX_SCAN):
+        scanned += 1
+        if task and record.get("task") != task:
+            continue
+        view = describe(svc, record)
+        if status and view["status"] != status:
+            continue
+        jobs.append(view)
+        if len(jobs) == limit:
+            return {"jobs": jobs, "next_cursor": position}
+    # Scan budget used up before the list ended: hand back where to resume.
+    return {"jobs": jobs, "next_cursor": position if scanned >= MAX_SCAN else None}

@@ -1,0 +1,117 @@
+"""Merge the gateway's job record with one read of Celery's task meta into the job view.
+
+Pure functions, no I/O: the caller reads the record and, only for a job that is not
+finished yet, the task meta once (``backend.get_task_meta``), so state, progress and
+result always come from the same read (never ``AsyncResult.state`` then ``.info``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+STATUSES = ("PENDING", "STARTED", "PROCESSING", "SUCCESS", "FAILURE", "REVOKED")
+TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+MESSAGES = {
+    "PENDING": "Task is queued",
+    "STARTED": "Task is starting",
+    "SUCCESS": "Task completed",
+    "FAILURE": "Task failed",
+    "REVOKED": "Task was revoked",
+}
+
+
+def error_message(error: Any) -> str:
+    """The human message of a task's exception, never a traceback."""
+    if isinstance(error, BaseException):
+        text = str(error)
+        return text or type(error).__name__
+    if isinstance(error, Mapping):  # raw Celery meta: {"exc_type", "exc_message", ...}
+        message = error.get("exc_message")
+        if isinstance(message, list | tuple):
+            message = " ".join(str(part) for part in message)
+        return str(message or error.get("exc_type") or "Task failed")
+    return str(error) if error is not None else "Task failed"
+
+
+def progress_of(info: Any) -> dict[str, Any]:
+    """Progress from a PROCESSING meta: current, total, percent (0-100) and message."""
+    info = info if isinstance(info, Mapping) else {}
+    current = int(info.get("current", 0) or 0)
+    total = int(info.get("total", 0) or 0)
+    percent = info.get("percent")
+    if percent is None:
+        percent = round(100 * current / total) if total else 0
+    return {"current": current, "total": total, "percent": int(percent),
+            "message": str(info.get("message", info.get("status", "")) or "")}
+
+
+def live_state(record: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Status, progress, result and error of a job with no terminal record yet."""
+    state = (meta or {}).get("status") or "PENDING"
+    info = (meta or {}).get("result")
+    if state == "PENDING" and record.get("started_at"):
+        # The worker recorded a start but Celery's meta is not written yet or expired.
+        state = "STARTED"
+    if state == "PROCESSING":
+        return {"status": state, "progress": progress_of(info), "result": None, "error": None}
+    if state == "SUCCESS":
+        return {"status": state, "progress": _done(record), "result": info, "error": None}
+    if state == "FAILURE":
+        return {"status": state, "progress": {"message": MESSAGES[state]}, "result": None,
+                "error": error_message(info)}
+    if state == "REVOKED":
+        return {"status": state, "progress": {"message": MESSAGES[state]}, "result": None,
+                "error": None}
+    if state not in MESSAGES:  # RETRY or a custom state: the job is running
+        state = "STARTED"
+    return {"status": state, "progress": {"message": MESSAGES[state]}, "result": None,
+            "error": None}
+
+
+def _done(record: Mapping[str, Any]) -> dict[str, Any]:
+    last = record.get("progress") or {}
+    total = last.get("total")
+    done = {"percent": 100, "message": MESSAGES["SUCCESS"]}
+    if total:
+        done.update(current=total, total=total)
+    return done
+
+
+def job_view(record: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The job as ``GET /v1/jobs/{id}`` returns it (and as webhooks carry it)."""
+    status = record.get("status")
+    if status in TERMINAL:
+        state = {"status": status, "result": record.get("result"),
+                 "error": record.get("error") if status == "FAILURE" else None,
+                 "progress": _done(record) if status == "SUCCESS" else {"message": MESSAGES[status]}}
+    else:
+        state = live_state(record, meta)
+    view: dict[str, Any] = {
+        "job_id": record["job_id"],
+        "task_id": record.get("task_id", record["job_id"]),
+        "task": record["task"],
+        **state,
+        "metadata": record.get("metadata") or {},
+        "callback_url": record.get("callback_url"),
+        "batch_id": record.get("batch_id"),
+        "created_at": record.get("created_at"),
+        "started_at": record.get("started_at"),
+        "finished_at": record.get("finished_at") if status in TERMINAL else None,
+        "webhook": webhook_summary(record),
+        "revocation": None,
+    }
+    if status == "REVOKED":
+        view["revocation"] = {"revoked_at": record.get("finished_at"),
+                              "revoked_by": record.get("revoked_by"),
+                              "reason": record.get("revoke_reason")}
+    return view
+
+
+def webhook_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's ``webhook`` field: delivery state and attempts so far."""
+    if not record.get("callback_url"):
+        return {"state": "none", "attempts": 0}
+    return {"state": record.get("webhook_state") or "pending",
+            "attempts": int(record.get("webhook_attempts") or 0)}

@@ -1,0 +1,275 @@
+"""The gateway's own records in Redis: partners, jobs, idempotency keys.
+
+Celery's result backend forgets a task after ``result_expires`` and answers PENDING for
+any id it does not know; the job record kept here decides whether a job exists and keeps
+its terminal status, result and error for the retention period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+JSON_FIELDS = ("metadata", "result", "progress")
+
+# Sets the terminal fields only if no terminal status is recorded yet: the first of the
+# worker (success/failure), the revoke path or a re-run wins, exactly once per job.
+_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HGET', KEYS[1], 'status') then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+
+def utcnow() -> str:
+    """Current UTC time as ISO 8601 with milliseconds and a Z."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def hash_key(api_key: str) -> str:
+    """Partner keys are random 256-bit tokens, so one SHA-256 is the right hash."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def digest(payload: Any) -> str:
+    """Stable digest of a JSON-able value (key order does not matter)."""
+    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class Store:
+    """Typed access to jobgate's Redis keys; every key starts with ``prefix``."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "jobgate", retention: int = 604800,
+                 live_ttl: int | None = None) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.retention = retention
+        # A live job keeps its record at least as long as a finished one, plus the
+        # longest time a job may stay queued or running.
+        self.live_ttl = live_ttl or retention + 2 * 86400
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Store:
+        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
+                                      socket_connect_timeout=2, health_check_interval=30)
+        return cls(client, **kwargs)
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # ------------------------------------------------------------------ partners
+    def create_partner(self, name: str, webhook_secret: str) -> tuple[dict[str, str], str]:
+        """Create a partner; returns (record, api_key). Only the key's hash is stored."""
+        partner_id = "ptn_" + uuid.uuid4().hex[:20]
+        api_key = "jgp_" + secrets.token_urlsafe(32)
+        record = {"id": partner_id, "name": name, "created_at": utcnow(),
+                  "key_hash": hash_key(api_key), "webhook_secret": webhook_secret}
+        pipe = self.redis.pipeline()
+        pipe.hset(self.key("partner", partner_id), mapping=record)
+        pipe.set(self.key("partnerkey", record["key_hash"]), partner_id)
+        pipe.zadd(self.key("partners"), {partner_id: time.time()})
+        pipe.execute()
+        return record, api_key
+
+    def partner(self, partner_id: str) -> dict[str, str] | None:
+        record = self.redis.hgetall(self.key("partner", partner_id))
+        return record or None
+
+    def partner_by_key(self, api_key: str) -> dict[str, str] | None:
+        partner_id = self.redis.get(self.key("partnerkey", hash_key(api_key)))
+        return self.partner(partner_id) if partner_id else None
+
+    def partners(self) -> list[dict[str, str]]:
+        ids = self.redis.zrange(self.key("partners"), 0, -1)
+        pipe = self.redis.pipeline()
+        for partner_id in ids:
+            pipe.hgetall(self.key("partner", partner_id))
+        return [record for record in pipe.execute() if record]
+
+    def rotate_secret(self, partner_id: str, new_secret: str, grace: int) -> bool:
+        """Replace the webhook secret; the old one keeps signing for ``grace`` seconds."""
+        key = self.key("partner", partner_id)
+        old = self.redis.hget(key, "webhook_secret")
+        if old is None:
+            return False
+        self.redis.hset(key, mapping={"webhook_secret": new_secret, "previous_secret": old,
+                                      "previous_secret_until": str(time.time() + grace)})
+        return True
+
+    def signing_secrets(self, partner_id: str) -> list[str]:
+        """The secrets a webhook is signed with now: current, plus previous during grace."""
+        record = self.partner(partner_id) or {}
+        found = [record["webhook_secret"]] if record.get("webhook_secret") else []
+        until = float(record.get("previous_secret_until") or 0)
+        if record.get("previous_secret") and until > time.time():
+            found.append(record["previous_secret"])
+        return found
+
+    # ---------------------------------------------------------------------- jobs
+    def create_job(self, job: dict[str, Any]) -> None:
+        """Store a new job record and index it for listing, newest first."""
+        job_id = job["job_id"]
+        score = time.time()
+        pipe = self.redis.pipeline()
+        pipe.hset(self.key("job", job_id), mapping=_encode(job))
+        pipe.expire(self.key("job", job_id), self.live_ttl)
+        for index in self._indexes(job):
+            pipe.zadd(self.key("jobs", index), {job_id: score})
+            pipe.zremrangebyscore(self.key("jobs", index), "-inf", score - self.live_ttl)
+        pipe.execute()
+
+    @staticmethod
+    def _indexes(job: dict[str, Any]) -> list[str]:
+        """Listing indexes a job belongs to: everyone's, its partner's, its batch's."""
+        found = ["all", job["partner_id"]]
+        if job.get("batch_id"):
+            found.append("batch-" + job["batch_id"])
+        return found
+
+    def delete_job(self, job: dict[str, Any]) -> None:
+        """Undo create_job (used when the broker refused the message)."""
+        pipe = self.redis.pipeline()
+        pipe.delete(self.key("job", job["job_id"]))
+        for index in self._indexes(job):
+            pipe.zrem(self.key("jobs", index), job["job_id"])
+        pipe.execute()
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        return _decode(self.redis.hgetall(self.key("job", job_id)))
+
+    def jobs(self, job_ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        pipe = self.redis.pipeline()
+        for job_id in job_ids:
+            pipe.hgetall(self.key("job", job_id))
+        return [_decode(raw) for raw in pipe.execute()]
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        self.redis.hset(self.key("job", job_id), mapping=_encode(fields))
+
+    def mark_started(self, job_id: str, at: str | None = None) -> None:
+        """Record when a worker first picked the job up (Celery keeps no start time)."""
+        self.redis.hsetnx(self.key("job", job_id), "started_at", at or utcnow())
+
+    def finish_job(self, job_id: str, status: str, **fields: Any) -> bool:
+        """Record a terminal status once; False if one was already recorded (or no job)."""
+        if status not in TERMINAL:
+            raise ValueError(f"{status} is not a terminal status")
+        values = {"status": status, "finished_at": utcnow(), **fields}
+        flat: list[str] = []
+        for name, value in _encode(values).items():
+            flat += [name, value]
+        return self._finish(keys=[self.key("job", job_id)], args=[self.retention, *flat]) == 1
+
+    def page(self, index: str, *, limit: int, cursor: str | None) -> list[tuple[str, str]]:
+        """Up to ``limit`` (job id, cursor) pairs of a listing index, newest first.
+
+        A cursor is "<score>:<job id>", the position of the last item seen, so new jobs
+        arriving between pages never shift or repeat the items of later pages.
+        """
+        key = self.key("jobs", index)
+        if cursor:
+            score, _, after = cursor.partition(":")
+            raw = self.redis.zrevrangebyscore(key, score, "-inf", start=0, num=limit + 64,
+                                              withscores=True)
+            rows = [(m, s) for m, s in raw if not (repr(s) == score and m >= after)]
+        else:
+            rows = self.redis.zrevrange(key, 0, limit - 1, withscores=True)
+        return [(member, f"{score!r}:{member}") for member, score in rows[:limit]]
+
+    def iter_index(self, index: str, *, cursor: str | None, batch: int = 100,
+                   max_scan: int = 1000) -> Iterator[tuple[dict[str, Any], str]]:
+        """Job records of an index, newest first, each with the cursor just past it.
+
+        Index entries whose record has expired are dropped on the way.
+        """
+        scanned = 0
+        while scanned < max_scan:
+            rows = self.page(index, limit=batch, cursor=cursor)
+            records = self.jobs(job_id for job_id, _ in rows)
+            stale = []
+            for (job_id, position), record in zip(rows, records, strict=True):
+                scanned += 1
+                if record is None:
+                    stale.append(job_id)
+                else:
+                    yield record, position
+            if stale:
+                self.redis.zrem(self.key("jobs", index), *stale)
+            if len(rows) < batch:
+                return
+            cursor = rows[-1][1]
+
+    # ------------------------------------------------------------- idempotency
+    def claim_idempotency(self, partner_id: str, key: str, body_digest: str, job_id: str,
+                          ttl: int = 86400) -> dict[str, str] | None:
+        """Claim an Idempotency-Key; returns the earlier claim if the key was taken."""
+        name = self.key("idem", partner_id, hashlib.sha256(key.encode()).hexdigest())
+        claim = json.dumps({"digest": body_digest, "job_id": job_id})
+        if self.redis.set(name, claim, nx=True, ex=ttl):
+            return None
+        earlier = self.redis.get(name)
+        return json.loads(earlier) if earlier else None
+
+    def release_idempotency(self, partner_id: str, key: str) -> None:
+        self.redis.delete(self.key("idem", partner_id, hashlib.sha256(key.encode()).hexdigest()))
+
+    # --------------------------------------------------------------- rate limit
+    def hit_rate_limit(self, partner_id: str, limit: int, window: int = 60) -> int | None:
+        """Count one submission; returns seconds to wait if over ``limit`` per window."""
+        if limit <= 0:
+            return None
+        now = int(time.time())
+        slot = now // window
+        name = self.key("rate", partner_id, str(slot))
+        pipe = self.redis.pipeline()
+        pipe.incr(name)
+        pipe.expire(name, window + 1)
+        count = pipe.execute()[0]
+        return (slot + 1) * window - now if count > limit else None
+
+    # ------------------------------------------------------------------ events
+    def channel(self, job_id: str) -> str:
+        return self.key("events", job_id)
+
+    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+        """Tell live listeners (SSE, ?wait=) that a job changed."""
+        self.redis.publish(self.channel(job_id), json.dumps(event, default=str))
+
+
+def _encode(values: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name in JSON_FIELDS:
+            out[name] = json.dumps(value, default=str)
+        else:
+            out[name] = str(value)
+    return out
+
+
+def _decode(raw: dict[str, str]) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    record: dict[str, Any] = dict(raw)
+    for name in JSON_FIELDS:
+        if name in record:
+            record[name] = json.loads(record[name])
+    return record

@@ -1,0 +1,49 @@
+"""Jobs: submit, read (optionally waiting), list."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from gateway import jobs
+from gateway.auth import authenticate, login_required, partner_required
+from gateway.errors import APIError
+from gateway.extensions import services
+from gateway.schemas import ListJobsArgs, WaitArgs, load_or_422
+from gateway.views.common import json_body
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+POLL_AFTER = "1"  # seconds a poller should wait before its first GET
+
+
+@bp.post("")
+@partner_required
+def submit():
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise APIError(422, "validation_error", "Idempotency-Key must be 1 to 255 characters.",
+                       {"Idempotency-Key": ["Must be 1 to 255 characters."]})
+    view, created = jobs.submit(services(), authenticate(), json_body(), key)
+    response = jsonify(view)
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/v1/jobs/{view['job_id']}"
+    response.headers["Retry-After"] = POLL_AFTER
+    return response
+
+
+@bp.get("/<job_id>")
+@login_required
+def show(job_id: str):
+    args = load_or_422(WaitArgs(), request.args.to_dict())
+    svc = services()
+    record = jobs.find(svc, authenticate(), job_id)
+    if args["wait"]:
+        return jsonify(jobs.wait(svc, record, min(args["wait"], svc.settings.max_wait)))
+    return jsonify(jobs.describe(svc, record))
+
+
+@bp.get("")
+@login_required
+def index():
+    args = load_or_422(ListJobsArgs(), request.args.to_dict())
+    return jsonify(jobs.listing(services(), authenticate(), **args))

@@ -1,0 +1,133 @@
+"""The Celery app: Redis broker and backend, reliable delivery settings, job tasks."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import task_revoked
+
+from config import Settings
+from gateway.status import error_message
+from gateway.store import Store
+from tasks import lifecycle
+from tasks.progress import JobRevoked, Progress
+from tasks.registry import JobType, job_types
+
+log = logging.getLogger(__name__)
+
+
+class JobgateCelery(Celery):
+    """A Celery app that carries jobgate's settings and its job store."""
+
+    settings: Settings
+
+    @cached_property
+    def store(self) -> Store:
+        return Store.from_url(self.settings.redis_url, prefix=self.settings.key_prefix,
+                              retention=self.settings.job_retention)
+
+
+class JobTask(Task):
+    """Base of every job task: refuses revoked jobs, records start and end once."""
+
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        job_id = self.request.id
+        store: Store = self.app.store
+        record = store.job(job_id) if job_id else None
+        if job_id and record is None:
+            # No record: retention ran out or the message did not come from the gateway.
+            log.warning("job %s has no record; not running it", job_id, extra={"job_id": job_id})
+            raise JobRevoked(f"job {job_id} has no record")
+        if record is not None and record.get("status"):
+            # Revoked while queued (kept in Redis, so a restarted worker knows too), or a
+            # redelivery (acks_late / visibility timeout) of a job that already ended.
+            if record["status"] == "REVOKED":
+                self.update_state(state="REVOKED", meta={"reason": record.get("revoke_reason")})
+            raise JobRevoked(f"job {job_id} already {record['status']}")
+        if job_id:
+            store.mark_started(job_id)
+            store.publish(job_id, {"job_id": job_id, "status": "STARTED"})
+        return super().__call__(*args, **kwargs)
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        lifecycle.finish_job(self.app, self.app.store, task_id, "SUCCESS", result=retval)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        lifecycle.finish_job(self.app, self.app.store, task_id, "FAILURE",
+                             error=error_message(exc))
+
+
+def _task_body(job_type: JobType):
+    """The Celery task for a job type: a thin wrapper giving the function a Progress."""
+
+    def run(self: JobTask, **params: Any) -> Any:
+        return job_type.func(Progress(self, self.app.store), **params)
+
+    run.__name__ = job_type.func.__name__
+    run.__doc__ = job_type.description
+    return run
+
+
+def make_celery(settings: Settings | None = None) -> JobgateCelery:
+    """Build a Celery app for ``settings`` with every enabled job type registered."""
+    settings = settings or Settings.from_env()
+    app = JobgateCelery("jobgate", set_as_current=False)
+    app.settings = settings
+    app.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_track_started=True,
+        result_extended=True,
+        result_expires=settings.result_expires,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.queue_jobs,
+        task_routes={"jobgate.*": {"queue": settings.queue_webhooks}},
+        # A message not acked within the visibility timeout is delivered again: keep it
+        # above the longest job (demo.sleep caps at 1 h), see docs/configuration.md.
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout,
+                                  "socket_connect_timeout": 2, "socket_timeout": 5},
+        # Fail fast when Redis is down: the gateway answers 503 instead of hanging.
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
+                                   "interval_step": 0.2, "interval_max": 0.5},
+        broker_connection_retry_on_startup=True,
+        redis_socket_connect_timeout=2,
+        redis_socket_timeout=5,
+        worker_hijack_root_logger=False,
+        jobgate_queue_jobs=settings.queue_jobs,
+        jobgate_queue_webhooks=settings.queue_webhooks,
+    )
+    for job_type in job_types(demo=settings.demo_tasks).values():
+        app.task(name=job_type.name, base=JobTask, bind=True)(_task_body(job_type))
+    _register_extensions(app)
+    return app
+
+
+def _register_extensions(app: JobgateCelery) -> None:
+    """Tasks of jobgate itself (webhook delivery, batches), when those modules exist."""
+    try:
+        from tasks import webhooks
+    except ImportError:  # pragma: no cover - until webhook delivery lands
+        return
+    webhooks.register(app)
+
+
+@task_revoked.connect
+def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
+                signum: Any = None, expired: bool = False, **_: Any) -> None:
+    """A revoke that reached a worker: make sure the job record says REVOKED (once)."""
+    app = getattr(sender, "app", None)
+    if not isinstance(app, JobgateCelery) or request is None:
+        return
+    lifecycle.finish_job(app, app.store, request.id, "REVOKED", revoked_by="worker",
+                         revoke_reason="terminated" if terminated else "revoked")

@@ -1,0 +1,56 @@
+"""What happens once when a job ends: record it, tell listeners, queue its webhook.
+
+Called from the worker (task success/failure, ``task_revoked``) and from the gateway's
+revoke path. ``Store.finish_job`` is atomic and first-writer-wins, so whichever path gets
+there first records the terminal state and the others do nothing: one terminal event per
+job, even when ``acks_late`` redelivers a job or a revoke races its completion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from celery import Celery
+
+from gateway.store import Store
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES = {"SUCCESS": "job.succeeded", "FAILURE": "job.failed", "REVOKED": "job.revoked"}
+DELIVER_TASK = "jobgate.deliver_webhook"
+
+
+def webhook_id(subject_id: str, event: str) -> str:
+    """One id per (job or batch, event): the same on every retry and redelivery."""
+    return "msg_" + hashlib.sha256(f"{subject_id}:{event}".encode()).hexdigest()[:32]
+
+
+def finish_job(app: Celery, store: Store, job_id: str, status: str, **fields: Any) -> bool:
+    """Record a terminal status once and fire its side effects; False if already ended."""
+    if not store.finish_job(job_id, status, **fields):
+        return False
+    record = store.job(job_id) or {}
+    store.publish(job_id, {"job_id": job_id, "status": status})
+    if record.get("callback_url"):
+        enqueue_webhook(app, store, job_id, EVENT_TYPES[status])
+    if record.get("batch_id"):
+        on_batch_member_finished(app, store, record)
+    return True
+
+
+def enqueue_webhook(app: Celery, store: Store, subject_id: str, event: str,
+                    kind: str = "job") -> None:
+    """Queue the delivery of ``event`` on the webhooks queue (never blocks a job worker)."""
+    conf = app.conf
+    app.send_task(DELIVER_TASK, args=[kind, subject_id, event],
+                  queue=conf.get("jobgate_queue_webhooks", "webhooks"))
+    log.info("queued %s for %s %s", event, kind, subject_id, extra={"job_id": subject_id})
+
+
+def on_batch_member_finished(app: Celery, store: Store, record: dict[str, Any]) -> None:
+    """Hook for batches (see gateway.batches); a no-op until batches exist."""
+    hook = getattr(app, "jobgate_batch_hook", None)
+    if hook is not None:
+        hook(app, store, record)

@@ -1,0 +1,51 @@
+"""The one helper tasks use to report progress (Celery state ``PROCESSING``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from celery.exceptions import Ignore
+
+
+class JobRevoked(Ignore):
+    """Raised inside a task whose job was revoked while it ran (stops it cleanly)."""
+
+
+class _Task(Protocol):
+    request: Any
+
+    def update_state(self, task_id: str | None = ..., state: str | None = ...,
+                     meta: dict | None = ...) -> None: ...
+
+
+class Progress:
+    """Report ``current`` of ``total`` with a message; stops the task if it was revoked.
+
+    Each report writes Celery's ``PROCESSING`` meta (what the status route reads), keeps
+    the last progress in the job record and publishes it for live listeners (SSE, ?wait=).
+    A revoke that could not terminate the process (threads/solo pools, or terminate=false
+    on a job that checks in) takes effect here, at the next report.
+    """
+
+    def __init__(self, task: _Task | None = None, store: Any = None) -> None:
+        self.task = task
+        self.store = store
+        self.job_id = task.request.id if task is not None else None
+        self.reports: list[dict[str, Any]] = []
+
+    def __call__(self, current: int, total: int, message: str = "") -> None:
+        percent = round(100 * current / total) if total else 0
+        info = {"current": current, "total": total, "percent": percent, "message": message}
+        self.reports.append(info)
+        if self.store is not None and self.job_id:
+            if self.store.redis.hget(self.store.key("job", self.job_id), "status") == "REVOKED":
+                raise JobRevoked(f"job {self.job_id} was revoked")
+            event = {"job_id": self.job_id, "status": "PROCESSING", "progress": info}
+            pipe = self.store.redis.pipeline()
+            pipe.hset(self.store.key("job", self.job_id), "progress", json.dumps(info))
+            pipe.publish(self.store.channel(self.job_id), json.dumps(event))
+            pipe.execute()
+        if self.task is not None and self.job_id:
+            self.task.update_state(state="PROCESSING", meta=info)
+
