@@ -83,9 +83,9 @@ def job_view(record: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -
     """The job as ``GET /v1/jobs/{id}`` returns it (and as webhooks carry it)."""
     status = record.get("status")
     if status in TERMINAL:
-        state = {"status": status, "result": record.get("result"),
-                 "error": record.get("error") if status == "FAILURE" else None,
-                 "progress": _done(record) if status == "SUCCESS" else {"message": MESSAGES[status]}}
+        progress = _done(record) if status == "SUCCESS" else {"message": MESSAGES[status]}
+        state = {"status": status, "progress": progress, "result": record.get("result"),
+                 "error": record.get("error") if status == "FAILURE" else None}
     else:
         state = live_state(record, meta)
     view: dict[str, Any] = {

@@ -1,0 +1,106 @@
+"""Shared fixtures: a real Redis db and a real Celery worker subprocess per test session.
+
+Each pytest session uses its own Redis database (``JOBGATE_TEST_REDIS_DB``, default 15,
+flushed at start and end) on ``JOBGATE_TEST_REDIS`` (default 127.0.0.1:6379), so the
+suite never touches data of a running ``jobgate dev``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from config import Settings
+from tests.helpers import WorkerProcess, flush_db
+
+ADMIN_KEY = "test-admin-key"
+
+
+def _redis_url() -> str:
+    host = os.environ.get("JOBGATE_TEST_REDIS", "127.0.0.1:6379")
+    db = os.environ.get("JOBGATE_TEST_REDIS_DB", "15")
+    return f"redis://{host}/{db}"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return _redis_url()
+
+
+@pytest.fixture(scope="session")
+def settings(redis_url: str) -> Settings:
+    """Settings every integration test shares with its worker subprocess."""
+    return Settings(
+        redis_url=redis_url,
+        admin_keys=(ADMIN_KEY,),
+        callback_allow_http=True,
+        callback_allowlist="127.0.0.0/8,::1/128",
+        result_expires=3600,
+        webhook_retry_delays=(0.2, 0.5, 1.0),
+        webhook_timeout=3.0,
+        rate_limit=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.exit(f"No Redis at {redis_url}: start one (see README) and rerun.", 3)
+    flush_db(redis_url)
+    yield client
+    flush_db(redis_url)
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings, redis_client: redis.Redis) -> Iterator[WorkerProcess]:
+    """One real prefork Celery worker on the jobs and webhooks queues, for the session."""
+    proc = WorkerProcess(settings, concurrency=2).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings, redis_client: redis.Redis):
+    from gateway import create_app
+
+    flask_app = create_app(settings)
+    flask_app.config["TESTING"] = True
+    return flask_app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def _create_partner(app, admin_headers: dict[str, str], name: str) -> dict[str, Any]:
+    response = app.test_client().post("/v1/partners", json={"name": name},
+                                      headers=admin_headers)
+    assert response.status_code == 201, response.get_json()
+    partner = response.get_json()
+    partner["headers"] = {"Authorization": f"Bearer {partner['api_key']}"}
+    return partner
+
+
+@pytest.fixture
+def partner(app, admin_headers) -> dict[str, Any]:
+    """A fresh partner: its JSON from POST /v1/partners plus ready ``headers``."""
+    return _create_partner(app, admin_headers, "acme")
+
+
+@pytest.fixture
+def other_partner(app, admin_headers) -> dict[str, Any]:
+    return _create_partner(app, admin_headers, "globex")

@@ -1,0 +1,133 @@
+"""Test helpers: wait on conditions (never bare sleeps), run a real Celery worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.05,
+               message: str = "condition") -> T:
+    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a child process see ``settings``."""
+    return {
+        "REDIS_URL": settings.redis_url,
+        "CELERY_BROKER_URL": settings.broker_url,
+        "CELERY_RESULT_BACKEND": settings.result_backend,
+        "JOBGATE_ADMIN_KEYS": ",".join(settings.admin_keys),
+        "JOBGATE_CALLBACK_ALLOW_HTTP": "1" if settings.callback_allow_http else "0",
+        "JOBGATE_CALLBACK_ALLOWLIST": settings.callback_allowlist,
+        "JOBGATE_RESULT_EXPIRES": str(settings.result_expires),
+        "JOBGATE_JOB_RETENTION": str(settings.job_retention),
+        "JOBGATE_WEBHOOK_RETRY_DELAYS": ",".join(str(d) for d in settings.webhook_retry_delays),
+        "JOBGATE_WEBHOOK_TIMEOUT": str(settings.webhook_timeout),
+        "JOBGATE_DEMO_TASKS": "1" if settings.demo_tasks else "0",
+        "JOBGATE_RATE_LIMIT": str(settings.rate_limit),
+        "JOBGATE_KEY_PREFIX": settings.key_prefix,
+        "JOBGATE_QUEUE_JOBS": settings.queue_jobs,
+        "JOBGATE_QUEUE_WEBHOOKS": settings.queue_webhooks,
+    }
+
+
+class WorkerProcess:
+    """A real ``celery -A tasks worker`` subprocess (prefork) for ``settings``."""
+
+    def __init__(self, settings: Settings, *, concurrency: int = 2, pool: str = "prefork",
+                 queues: str | None = None, env: Mapping[str, str] | None = None,
+                 name: str = "test") -> None:
+        self.settings = settings
+        self.name = f"{name}-{os.getpid()}-{time.monotonic_ns()}@localhost"
+        self.args = [sys.executable, "-m", "celery", "-A", "tasks", "worker",
+                     "-Q", queues or f"{settings.queue_jobs},{settings.queue_webhooks}",
+                     "-P", pool, "-c", str(concurrency), "-n", self.name,
+                     "--without-gossip", "--without-mingle", "-l", "INFO"]
+        self.env = {**os.environ, **settings_env(settings), **(env or {}),
+                    "PYTHONPATH": str(ROOT)}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"jobgate-{self.name}.log"
+
+    def start(self, timeout: float = 30.0) -> WorkerProcess:
+        """Start and wait until the worker answers a control ping."""
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        from tasks.app import make_celery
+
+        app = make_celery(self.settings)
+        try:
+            wait_until(lambda: self._alive() and app.control.ping(
+                destination=[self.name], timeout=0.5), timeout, 0.2,
+                f"worker {self.name} to answer (log: {self.log_path})")
+        finally:
+            app.close()
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"worker exited; log:\n{self.log()}")
+        return True
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the whole worker (main process and pool children)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it takes too long."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+def flush_db(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
+def job_status(client: Any, job_id: str, headers: Mapping[str, str]) -> dict[str, Any]:
+    response = client.get(f"/v1/jobs/{job_id}", headers=headers)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def wait_for_status(client: Any, job_id: str, headers: Mapping[str, str],
+                    statuses: tuple[str, ...] = ("SUCCESS", "FAILURE", "REVOKED"),
+                    timeout: float = 30.0) -> dict[str, Any]:
+    """Poll the status route until the job reaches one of ``statuses``."""
+    return wait_until(lambda: (view := job_status(client, job_id, headers))["status"]
+                      in statuses and view, timeout, 0.05, f"job {job_id} to reach {statuses}")
