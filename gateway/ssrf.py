@@ -1,0 +1,286 @@
+"""SSRF guard for partner-supplied callback URLs.
+
+A callback URL is accepted only if its scheme is allowed, it carries no credentials and
+*every* address its host resolves to is public unicast (or inside a configured allowlist).
+The checked addresses are returned so the caller can connect to exactly those addresses
+instead of resolving the name a second time (DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+__all__ = [
+    "MAX_URL_LENGTH",
+    "CallbackRefused",
+    "IPAddress",
+    "Network",
+    "Resolver",
+    "Target",
+    "check_callback_url",
+    "default_resolve",
+    "parse_allowlist",
+]
+
+MAX_URL_LENGTH = 2048
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], list[str]]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+_V4 = ipaddress.IPv4Network
+_V6 = ipaddress.IPv6Network
+
+# Explicit deny lists, on top of ``ipaddress``'s ``is_global``/``is_private``/... properties,
+# so the verdict does not depend on which IANA registry snapshot this Python ships with.
+# Order matters: the first match names the category in the refusal message.
+_DENIED: tuple[tuple[Network, str], ...] = (
+    (_V4("0.0.0.0/8"), "unspecified or 'this network'"),
+    (_V4("127.0.0.0/8"), "loopback"),
+    (_V4("169.254.0.0/16"), "link-local (incl. cloud metadata)"),
+    (_V4("10.0.0.0/8"), "private"),
+    (_V4("172.16.0.0/12"), "private"),
+    (_V4("192.168.0.0/16"), "private"),
+    (_V4("100.64.0.0/10"), "shared address space (CGNAT)"),
+    (_V4("192.0.0.0/24"), "IETF protocol assignments"),
+    (_V4("192.0.2.0/24"), "documentation"),
+    (_V4("198.51.100.0/24"), "documentation"),
+    (_V4("203.0.113.0/24"), "documentation"),
+    (_V4("198.18.0.0/15"), "benchmarking"),
+    (_V4("192.88.99.0/24"), "6to4 relay anycast"),
+    (_V4("224.0.0.0/4"), "multicast"),
+    (_V4("255.255.255.255/32"), "broadcast"),
+    (_V4("240.0.0.0/4"), "reserved"),
+    (_V6("::/128"), "unspecified"),
+    (_V6("::1/128"), "loopback"),
+    (_V6("fe80::/10"), "link-local"),
+    (_V6("fc00::/7"), "private (unique local)"),
+    (_V6("fec0::/10"), "site-local"),
+    (_V6("ff00::/8"), "multicast"),
+    (_V6("64:ff9b:1::/48"), "local-use NAT64"),
+    (_V6("100::/64"), "discard-only"),
+    (_V6("2001::/23"), "IETF protocol assignments"),
+    (_V6("2001:db8::/32"), "documentation"),
+    (_V6("3fff::/20"), "documentation"),
+    (_V6("::/96"), "IPv4-compatible (deprecated)"),
+)
+
+_NAT64 = _V6("64:ff9b::/96")
+_HEX = re.compile(r"0[xX][0-9a-fA-F]*")
+_OCT = re.compile(r"0[0-7]*")
+_DEC = re.compile(r"[1-9][0-9]*")
+
+
+class CallbackRefused(ValueError):
+    """A callback URL the SSRF guard will not deliver to; ``reason`` is safe to show the partner."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked callback: where to connect (``addresses``) and what name to present (``host``)."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+def parse_allowlist(text: str) -> tuple[Network, ...]:
+    """Parse the comma-separated CIDR list of ``JOBGATE_CALLBACK_ALLOWLIST`` (empty → none)."""
+    networks: list[Network] = []
+    for raw in (text or "").split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise ValueError(
+                f"JOBGATE_CALLBACK_ALLOWLIST: {item!r} is not a valid CIDR network ({exc})"
+            ) from exc
+    return tuple(networks)
+
+
+def default_resolve(host: str, port: int) -> list[str]:
+    """Resolve ``host`` with the system resolver; unique IP strings in resolver order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: dict[str, None] = {}
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        seen.setdefault(str(sockaddr[0]), None)
+    return list(seen)
+
+
+def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """Parse inet_aton forms (``2130706433``, ``0x7f.1``, ``0177.0.0.1``) that resolvers accept."""
+    parts = host.split(".")
+    if host.endswith("."):
+        parts = parts[:-1]
+    if not 1 <= len(parts) <= 4:
+        return None
+    values: list[int] = []
+    for part in parts:
+        if _HEX.fullmatch(part):
+            values.append(int(part[2:] or "0", 16))
+        elif _OCT.fullmatch(part):
+            values.append(int(part, 8))
+        elif _DEC.fullmatch(part):
+            values.append(int(part, 10))
+        else:
+            return None
+    # a.b.c.d / a.b.c(16 bits) / a.b(24 bits) / a(32 bits)
+    last_bits = 32 - 8 * (len(values) - 1)
+    if any(v > 255 for v in values[:-1]) or values[-1] >= 1 << last_bits:
+        return None
+    number = values[-1]
+    for index, value in enumerate(values[:-1]):
+        number |= value << (24 - 8 * index)
+    return ipaddress.IPv4Address(number)
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    """Return the address when ``host`` is an IP literal in any form a resolver would accept."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return _legacy_ipv4(host)
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """Return the IPv4 address tunnelled in an IPv4-mapped, 6to4 or NAT64 IPv6 address."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _refusal(ip: IPAddress) -> str | None:
+    """Name the category that makes ``ip`` unacceptable, or ``None`` for public unicast."""
+    embedded = _embedded_ipv4(ip)
+    if embedded is not None:
+        inner = _refusal(embedded)
+        return None if inner is None else f"{inner}, embedded in IPv6"
+    for network, label in _DENIED:
+        if ip.version == network.version and ip in network:
+            return label
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_private:
+        return "private"
+    if ip.is_reserved:
+        return "reserved"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        return "site-local"
+    if not ip.is_global:
+        return "not globally routable"
+    return None
+
+
+def _allowed(ip: IPAddress, allowlist: Sequence[Network]) -> bool:
+    """True when ``ip`` (or the IPv4 address it embeds) lies in an allowlisted network."""
+    candidates = [ip]
+    embedded = _embedded_ipv4(ip)
+    if embedded is not None:
+        candidates.append(embedded)
+    return any(c.version == net.version and c in net for c in candidates for net in allowlist)
+
+
+def check_callback_url(
+    url: str,
+    *,
+    allow_http: bool = False,
+    allowlist: Sequence[Network] = (),
+    resolve: Resolver | None = None,
+) -> Target:
+    """Validate ``url`` and resolve it, refusing anything that could reach a non-public address."""
+    if not isinstance(url, str) or not url:
+        raise CallbackRefused("callback_url must be a non-empty string")
+    if len(url) > MAX_URL_LENGTH:
+        raise CallbackRefused(f"callback_url is longer than {MAX_URL_LENGTH} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise CallbackRefused("callback_url must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise CallbackRefused(f"callback_url is not a valid URL ({exc})") from exc
+
+    scheme = parts.scheme.lower()
+    allowed_schemes = ("https", "http") if allow_http else ("https",)
+    if scheme not in allowed_schemes:
+        if scheme == "http":
+            raise CallbackRefused("callback_url must use https")
+        raise CallbackRefused(f"callback_url scheme {scheme or '(none)'!r} is not allowed")
+    if "@" in parts.netloc or parts.username is not None or parts.password is not None:
+        raise CallbackRefused("callback_url must not contain credentials (user:password@)")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise CallbackRefused("callback_url has no host")
+    try:
+        explicit_port = parts.port
+    except ValueError as exc:
+        raise CallbackRefused("callback_url has an invalid port") from exc
+    if explicit_port == 0:
+        raise CallbackRefused("callback_url has an invalid port")
+    port = explicit_port if explicit_port is not None else _DEFAULT_PORTS[scheme]
+
+    literal = _literal_address(host)
+    if literal is not None:
+        addresses: list[IPAddress] = [literal]
+    else:
+        resolver = resolve or default_resolve
+        try:
+            raw = resolver(host, port)
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise CallbackRefused(f"callback_url host {host!r} could not be resolved") from exc
+        if not raw:
+            raise CallbackRefused(f"callback_url host {host!r} could not be resolved")
+        addresses = []
+        for item in raw:
+            try:
+                address = ipaddress.ip_address(item)
+            except ValueError as exc:
+                raise CallbackRefused(f"callback_url host {host!r} could not be resolved") from exc
+            if address not in addresses:
+                addresses.append(address)
+
+    for address in addresses:
+        if _allowed(address, allowlist):
+            continue
+        category = _refusal(address)
+        if category is not None:
+            # A resolved address is not echoed back: with split-horizon DNS that would let a
+            # partner map internal names to internal IPs.
+            shown = f"{str(address)!r}" if literal is not None else f"host {host!r}"
+            raise CallbackRefused(
+                f"callback_url {shown} points to a non-public address ({category})"
+            )
+
+    return Target(
+        url=url,
+        scheme=scheme,
+        host=host,
+        port=port,
+        addresses=tuple(str(a) for a in addresses),
+    )
