@@ -17,6 +17,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     Connects to nothing while building: Redis and the broker are first used by requests.
     """
+    from gateway import metrics, openapi
     from gateway.errors import register_error_handlers
     from gateway.extensions import Services
     from gateway.ssrf import parse_allowlist
@@ -38,7 +39,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         allowlist=parse_allowlist(settings.callback_allowlist),
     )
     register_error_handlers(app)
-    for module in (health, partners, catalog, jobs):
+    metrics.init_metrics(app)
+    for module in (health, openapi, metrics, partners, catalog, jobs):
         app.register_blueprint(module.bp)
     logging.getLogger("jobgate").setLevel(logging.INFO)
     return app

@@ -122,6 +122,8 @@ class PartnerCreatedSchema(PartnerSchema):
 
 class SecretSchema(Schema):
     webhook_secret = fields.String(required=True)
+    previous_secret_valid_for = fields.Integer(
+        metadata={"description": "Seconds the old secret still signs (both signatures sent)."})
 
 
 class TaskInfoSchema(Schema):

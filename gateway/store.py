@@ -26,8 +26,9 @@ JSON_FIELDS = ("metadata", "result", "progress")
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HGET', KEYS[1], 'status') then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 return 1
 """
 
@@ -130,6 +131,7 @@ class Store:
         pipe = self.redis.pipeline()
         pipe.hset(self.key("job", job_id), mapping=_encode(job))
         pipe.expire(self.key("job", job_id), self.live_ttl)
+        pipe.hincrby(self.key("stats"), "submitted", 1)
         for index in self._indexes(job):
             pipe.zadd(self.key("jobs", index), {job_id: score})
             pipe.zremrangebyscore(self.key("jobs", index), "-inf", score - self.live_ttl)
@@ -175,7 +177,8 @@ class Store:
         flat: list[str] = []
         for name, value in _encode(values).items():
             flat += [name, value]
-        return self._finish(keys=[self.key("job", job_id)], args=[self.retention, *flat]) == 1
+        keys = [self.key("job", job_id), self.key("stats")]
+        return self._finish(keys=keys, args=[self.retention, status, *flat]) == 1
 
     def page(self, index: str, *, limit: int, cursor: str | None) -> list[tuple[str, str]]:
         """Up to ``limit`` (job id, cursor) pairs of a listing index, newest first.

@@ -1,0 +1,82 @@
+"""``GET /metrics``: Prometheus text.
+
+Job and queue figures are read from Redis at scrape time, so every gunicorn worker
+answers the same totals; request counts and latencies are per process.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from gateway.extensions import Services
+
+bp = Blueprint("metrics", __name__)
+
+
+class RedisCollector:
+    """Job totals by outcome and queue depths, straight from Redis."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    def collect(self):
+        store, settings = self.svc.store, self.svc.settings
+        try:
+            counts = store.redis.hgetall(store.key("stats"))
+            pipe = store.redis.pipeline()
+            for queue in (settings.queue_jobs, settings.queue_webhooks):
+                pipe.llen(queue)
+            depths = pipe.execute()
+        except Exception:  # noqa: BLE001 - a scrape must not fail when Redis is down
+            up = GaugeMetricFamily("jobgate_redis_up", "Redis answered this scrape")
+            up.add_metric([], 0)
+            yield up
+            return
+        up = GaugeMetricFamily("jobgate_redis_up", "Redis answered this scrape")
+        up.add_metric([], 1)
+        yield up
+        jobs = CounterMetricFamily("jobgate_jobs", "Jobs by event (submitted or final status)",
+                                   labels=["event"])
+        for event in ("submitted", "SUCCESS", "FAILURE", "REVOKED"):
+            jobs.add_metric([event], float(counts.get(event, 0)))
+        yield jobs
+        queue = GaugeMetricFamily("jobgate_queue_length", "Messages waiting per Celery queue",
+                                  labels=["queue"])
+        for name, depth in zip((settings.queue_jobs, settings.queue_webhooks), depths,
+                               strict=True):
+            queue.add_metric([name], depth)
+        yield queue
+
+
+def init_metrics(app: Flask) -> None:
+    """Per-app registry: request counter and latency histogram, plus the Redis figures."""
+    registry = CollectorRegistry()
+    requests_total = Counter("jobgate_http_requests", "HTTP requests by route and status",
+                             ["method", "route", "status"], registry=registry)
+    latency = Histogram("jobgate_http_request_seconds", "Request latency by route",
+                        ["method", "route"], registry=registry,
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30))
+    registry.register(RedisCollector(app.extensions["jobgate"]))
+    app.extensions["jobgate_metrics"] = registry
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        if "started" in g:
+            latency.labels(request.method, route).observe(time.perf_counter() - g.started)
+        requests_total.labels(request.method, route, str(response.status_code)).inc()
+        return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    registry = current_app.extensions["jobgate_metrics"]
+    return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")
