@@ -1,0 +1,394 @@
+// jobgate status page: every byte of data comes from the JSON API with the key the user
+// typed. The key lives in sessionStorage (this tab only) and is sent as a Bearer header;
+// it never goes into a URL, a cookie or the page's markup.
+"use strict";
+
+const KEY_SLOT = "jobgate.key";
+const ROLE_SLOT = "jobgate.role";
+const TERMINAL = new Set(["SUCCESS", "FAILURE", "REVOKED"]);
+const $ = (id) => document.getElementById(id);
+
+// ------------------------------------------------------------------ API access
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const error = (body && body.error) || {};
+    super(error.message || `The server answered ${status}.`);
+    this.status = status;
+    this.code = error.code || "http_error";
+  }
+}
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_SLOT);
+}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", Authorization: `Bearer ${apiKey()}` };
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+    signal: options.signal,
+    credentials: "omit",
+    cache: "no-store",
+  });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, body);
+  return body;
+}
+
+// ------------------------------------------------------------------ small helpers
+
+function show(element, visible) {
+  element.hidden = !visible;
+}
+
+function showError(element, error) {
+  element.textContent = error ? describeError(error) : "";
+  show(element, Boolean(error));
+}
+
+function describeError(error) {
+  if (typeof error === "string") return error;
+  if (error instanceof ApiError && error.status === 401) {
+    return "This API key is not valid. Check it and sign in again.";
+  }
+  if (error instanceof ApiError) return error.message;
+  return "The gateway could not be reached. Is it running?";
+}
+
+function when(iso) {
+  if (!iso) return "–";
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
+}
+
+function badge(element, status) {
+  element.textContent = status;
+  element.className = `badge status-${status.toLowerCase()}`;
+}
+
+function percentOf(view) {
+  const progress = view.progress || {};
+  if (view.status === "SUCCESS") return 100;
+  const percent = Number(progress.percent);
+  return Number.isFinite(percent) ? Math.max(0, Math.min(100, Math.round(percent))) : 0;
+}
+
+// ------------------------------------------------------------------ sign in / out
+
+async function roleOf() {
+  // Only admins may list partners: a 403 here means a (valid) partner key.
+  try {
+    await api("/v1/partners");
+    return "admin";
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 403) return "partner";
+    throw error;
+  }
+}
+
+async function signIn(key) {
+  sessionStorage.setItem(KEY_SLOT, key);
+  try {
+    sessionStorage.setItem(ROLE_SLOT, await roleOf());
+  } catch (error) {
+    signOut();
+    throw error;
+  }
+}
+
+function signOut() {
+  sessionStorage.removeItem(KEY_SLOT);
+  sessionStorage.removeItem(ROLE_SLOT);
+}
+
+function isAdmin() {
+  return sessionStorage.getItem(ROLE_SLOT) === "admin";
+}
+
+function showSignedIn(signedIn) {
+  show($("login"), !signedIn);
+  show($("content"), signedIn);
+  show($("logout"), signedIn);
+  show($("who"), signedIn);
+  $("who").textContent = signedIn ? `Signed in as ${isAdmin() ? "admin" : "partner"}` : "";
+}
+
+function requireSignIn(start) {
+  const form = $("login-form");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = $("api-key");
+    const key = input.value.trim();
+    if (!key) {
+      showError($("login-error"), "Enter an API key.");
+      return;
+    }
+    $("login-submit").disabled = true;
+    try {
+      await signIn(key);
+      input.value = "";
+      showError($("login-error"), null);
+      showSignedIn(true);
+      start();
+    } catch (error) {
+      showError($("login-error"), error);
+    } finally {
+      $("login-submit").disabled = false;
+    }
+  });
+  $("logout").addEventListener("click", () => {
+    signOut();
+    window.location.reload();
+  });
+  if (apiKey()) {
+    showSignedIn(true);
+    start();
+  } else {
+    showSignedIn(false);
+    $("api-key").focus();
+  }
+}
+
+function onUnauthorized(error) {
+  // The key was revoked or mistyped: back to the form, saying why.
+  if (error instanceof ApiError && error.status === 401) {
+    signOut();
+    showSignedIn(false);
+    showError($("login-error"), error);
+    return true;
+  }
+  return false;
+}
+
+// ------------------------------------------------------------------ jobs list
+
+function jobsPage() {
+  let cursor = null;
+  let refreshTimer = null;
+
+  function row(view) {
+    const tr = document.createElement("tr");
+    tr.dataset.jobId = view.job_id;
+    const link = document.createElement("a");
+    link.href = `/ui/jobs/${encodeURIComponent(view.job_id)}`;
+    link.textContent = view.job_id.slice(0, 8);
+    link.title = view.job_id;
+    const status = document.createElement("span");
+    badge(status, view.status);
+    const cells = [link, view.task, status, `${percentOf(view)}%`, when(view.created_at)];
+    for (const content of cells) {
+      const td = document.createElement("td");
+      if (content instanceof Node) td.append(content);
+      else td.textContent = content;
+      tr.append(td);
+    }
+    return tr;
+  }
+
+  async function load(append) {
+    const params = new URLSearchParams({ limit: "20" });
+    const status = $("status-filter").value;
+    if (status) params.set("status", status);
+    if (append && cursor) params.set("cursor", cursor);
+    try {
+      const page = await api(`/v1/jobs?${params}`);
+      const body = $("jobs-body");
+      if (!append) body.replaceChildren();
+      body.append(...page.jobs.map(row));
+      cursor = page.next_cursor;
+      show($("more"), Boolean(cursor));
+      show($("jobs-empty"), body.children.length === 0);
+      showError($("list-error"), null);
+      scheduleRefresh(page.jobs.some((view) => !TERMINAL.has(view.status)));
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("list-error"), error);
+    }
+  }
+
+  function scheduleRefresh(anyRunning) {
+    clearTimeout(refreshTimer);
+    if (anyRunning) refreshTimer = setTimeout(() => load(false), 3000);
+  }
+
+  $("refresh").addEventListener("click", () => load(false));
+  $("status-filter").addEventListener("change", () => load(false));
+  $("more").addEventListener("click", () => load(true));
+  requireSignIn(() => load(false));
+}
+
+// ------------------------------------------------------------------ one job
+
+function jobPage(jobId) {
+  let view = null;
+  let live = null;
+
+  function render(next) {
+    view = next;
+    show($("job"), true);
+    $("job-task").textContent = view.task;
+    badge($("job-status"), view.status);
+    const percent = percentOf(view);
+    $("progress-fill").style.width = `${percent}%`;
+    $("progress").setAttribute("aria-valuenow", String(percent));
+    $("progress").dataset.status = view.status;
+    $("progress-percent").textContent = `${percent}%`;
+    $("progress-message").textContent = (view.progress && view.progress.message) || "";
+
+    show($("job-failure"), view.status === "FAILURE");
+    $("job-error-message").textContent = view.error || "";
+    const revoked = view.status === "REVOKED";
+    show($("job-revocation"), revoked);
+    if (revoked) {
+      const by = view.revocation || {};
+      $("job-revocation").textContent = `Revoked ${when(by.revoked_at)}` +
+        (by.reason ? ` — ${by.reason}` : "");
+    }
+    show($("job-result"), view.status === "SUCCESS");
+    $("job-result-json").textContent = JSON.stringify(view.result, null, 2);
+
+    $("job-created").textContent = when(view.created_at);
+    $("job-started").textContent = when(view.started_at);
+    $("job-finished").textContent = when(view.finished_at);
+    const hook = view.webhook || { state: "none", attempts: 0 };
+    $("job-webhook").textContent = hook.state === "none" ? "no callback" :
+      `${hook.state} (${hook.attempts} attempt${hook.attempts === 1 ? "" : "s"})`;
+    $("job-metadata").textContent = JSON.stringify(view.metadata || {}, null, 2);
+    show($("revoke-box"), isAdmin() && !TERMINAL.has(view.status));
+  }
+
+  // An SSE update is either a whole job view or {job_id, status, progress}.
+  function applyUpdate(update) {
+    if (!update || typeof update !== "object" || !update.status) return;
+    render(update.task ? update : { ...view, ...update });
+  }
+
+  async function finish() {
+    // The terminal event may be a short update: fetch the full view (result, error).
+    render(await api(`/v1/jobs/${encodeURIComponent(jobId)}`));
+    $("live-mode").textContent = "";
+  }
+
+  async function stream(signal) {
+    const response = await fetch(`/v1/jobs/${encodeURIComponent(jobId)}/events`, {
+      headers: { Accept: "text/event-stream", Authorization: `Bearer ${apiKey()}` },
+      credentials: "omit",
+      cache: "no-store",
+      signal,
+    });
+    const type = response.headers.get("Content-Type") || "";
+    if (!response.ok || !type.startsWith("text/event-stream") || !response.body) {
+      const body = await response.json().catch(() => null);
+      throw new ApiError(response.status, body);
+    }
+    $("live-mode").textContent = "Live updates (event stream)";
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = block.split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).replace(/^ /, ""))
+          .join("\n");
+        if (!data) continue;  // comments (heartbeats) and bare event names
+        try {
+          applyUpdate(JSON.parse(data));
+        } catch {
+          // a malformed event is skipped; the next one carries the full state again
+        }
+        if (TERMINAL.has(view.status)) return;
+      }
+    }
+  }
+
+  async function poll(signal) {
+    $("live-mode").textContent = "Live updates (polling)";
+    while (!signal.aborted && !TERMINAL.has(view.status)) {
+      // ?wait holds until the job ends, so a finish shows at once; 1 s keeps progress moving.
+      render(await api(`/v1/jobs/${encodeURIComponent(jobId)}?wait=1`, { signal }));
+    }
+  }
+
+  async function follow() {
+    live?.abort();
+    live = new AbortController();
+    const { signal } = live;
+    let streamWorks = true;
+    while (!signal.aborted && !TERMINAL.has(view.status)) {
+      try {
+        if (streamWorks) await stream(signal);
+        else await poll(signal);
+      } catch (error) {
+        if (signal.aborted || onUnauthorized(error)) return;
+        if (error instanceof ApiError && [404, 405, 406, 501].includes(error.status)) {
+          streamWorks = false;  // no events route on this gateway: poll instead
+          continue;
+        }
+        $("live-mode").textContent = "Connection lost; retrying…";
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+        try {
+          render(await api(`/v1/jobs/${encodeURIComponent(jobId)}`, { signal }));
+        } catch (retryError) {
+          if (onUnauthorized(retryError)) return;
+        }
+      }
+    }
+    if (!signal.aborted) await finish().catch(() => {});
+  }
+
+  async function revoke(event) {
+    event.preventDefault();
+    $("revoke-confirm").disabled = true;
+    try {
+      const reason = $("revoke-reason").value.trim() || "Revoked from the status page";
+      render(await api(`/v1/jobs/${encodeURIComponent(jobId)}/revoke`, {
+        method: "POST", body: { reason, terminate: true },
+      }));
+      showError($("revoke-error"), null);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("revoke-error"), error);
+    } finally {
+      $("revoke-confirm").disabled = false;
+    }
+  }
+
+  async function start() {
+    try {
+      render(await api(`/v1/jobs/${encodeURIComponent(jobId)}`));
+      showError($("job-error"), null);
+    } catch (error) {
+      if (onUnauthorized(error)) return;
+      showError($("job-error"), error instanceof ApiError && error.status === 404
+        ? "No job with this id is visible to this key." : error);
+      return;
+    }
+    follow();
+  }
+
+  $("revoke").addEventListener("click", () => {
+    show($("revoke-form"), true);
+    show($("revoke"), false);
+    $("revoke-reason").focus();
+  });
+  $("revoke-cancel").addEventListener("click", () => {
+    show($("revoke-form"), false);
+    show($("revoke"), true);
+  });
+  $("revoke-form").addEventListener("submit", revoke);
+  window.addEventListener("pagehide", () => live?.abort());
+  requireSignIn(start);
+}
+
+// ------------------------------------------------------------------ entry point
+
+if (document.body.dataset.page === "job") jobPage(document.body.dataset.jobId);
+else jobsPage();

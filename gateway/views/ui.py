@@ -1,0 +1,41 @@
+"""The status page: static HTML shells whose data all comes from the JSON API.
+
+The pages are served without auth and hold no data. The browser asks for an API key in a
+form, keeps it in ``sessionStorage`` and sends it as ``Authorization: Bearer`` with
+``fetch``; it never travels in a URL, a cookie or a log line.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, render_template
+
+bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="../templates",
+               static_folder="../static", static_url_path="/static")
+
+# Only our own scripts, styles and API: no inline script, no third-party origin.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
+                           "img-src 'self' data:; connect-src 'self'; form-action 'none'; "
+                           "base-uri 'none'; frame-ancestors 'none'")
+
+
+@bp.after_request
+def harden(response: Response) -> Response:
+    """Lock the pages down: strict CSP, no referrer, no caching, no framing."""
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@bp.get("/")
+def jobs_page() -> str:
+    """The login form and, once a key is given, the caller's jobs."""
+    return render_template("ui_jobs.html", page="jobs", job_id="")
+
+
+@bp.get("/jobs/<job_id>")
+def job_page(job_id: str) -> str:
+    """One job: live progress bar, result or error, and a revoke button for admins."""
+    return render_template("ui_job.html", page="job", job_id=job_id)
