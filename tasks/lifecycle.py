@@ -50,7 +50,7 @@ def enqueue_webhook(app: Celery, store: Store, subject_id: str, event: str,
 
 
 def on_batch_member_finished(app: Celery, store: Store, record: dict[str, Any]) -> None:
-    """Hook for batches (see gateway.batches); a no-op until batches exist."""
-    hook = getattr(app, "jobgate_batch_hook", None)
-    if hook is not None:
-        hook(app, store, record)
+    """Count the member's end in its batch (the last one fires ``batch.completed``)."""
+    from gateway.batches import member_finished  # gateway.batches imports this module
+
+    member_finished(app, store, record)

@@ -1,0 +1,107 @@
+"""Live job events as Server-Sent Events, fed by the job's Redis pub/sub channel.
+
+``GET /v1/jobs/{id}/events`` sends the current job view first, then one event per status
+or progress change (woken by the messages the worker, the progress helper and the revoke
+path publish on ``store.channel(job_id)`` — no polling loop), a heartbeat comment when
+nothing was sent for a while, and ends right after the terminal event. Each open stream
+holds one thread: serve it with gunicorn ``gthread`` (or gevent), not the sync worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app
+
+from gateway import jobs
+from gateway.auth import authenticate, login_required
+from gateway.extensions import Services, services
+from gateway.status import TERMINAL, progress_of
+
+bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
+
+HEARTBEAT = 15.0  # seconds of silence before a ": heartbeat" comment
+MAX_STREAM = 900.0  # seconds one stream may stay open; clients reconnect (retry below)
+RETRY_MS = 2000  # EventSource reconnection delay we ask for
+
+
+def _setting(name: str, default: float) -> float:
+    """A stream setting from app.config, else the environment, else the default."""
+    value = current_app.config.get(name) or os.environ.get(name)
+    return float(value) if value else default
+
+
+@bp.get("/<job_id>/events")
+@login_required
+def stream(job_id: str) -> Response:
+    svc = services()
+    record = jobs.find(svc, authenticate(), job_id)
+    pubsub = svc.store.redis.pubsub(ignore_subscribe_messages=True)
+    # Subscribe before the first read, so no change between the two is missed.
+    pubsub.subscribe(svc.store.channel(job_id))
+    body = job_events(svc, record, pubsub, heartbeat=_setting("JOBGATE_SSE_HEARTBEAT", HEARTBEAT),
+                      max_seconds=_setting("JOBGATE_SSE_MAX_SECONDS", MAX_STREAM))
+    response = Response(body, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    response.call_on_close(pubsub.close)
+    return response
+
+
+def current_view(svc: Services, job_id: str, fallback: dict[str, Any]) -> dict[str, Any]:
+    """The job view, with the record's last progress for a running job.
+
+    The progress helper writes the record's progress before Celery's meta, so the
+    record is never behind the event that woke us, and progress never goes backwards.
+    """
+    record = svc.store.job(job_id) or fallback
+    view = jobs.describe(svc, record)
+    if view["status"] not in TERMINAL and record.get("progress"):
+        view["status"] = "PROCESSING"
+        view["progress"] = progress_of(record["progress"])
+    return view
+
+
+def sse(event: str, data: dict[str, Any], event_id: int) -> str:
+    """One SSE message (JSON never contains a raw newline, so one data line)."""
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def job_events(svc: Services, record: dict[str, Any], pubsub: Any, *, heartbeat: float,
+               max_seconds: float) -> Iterator[str]:
+    """The stream body: events ``status`` / ``progress`` carrying the job view."""
+    job_id = record["job_id"]
+    deadline = time.monotonic() + max_seconds
+    sent = 0
+    last: tuple[str, str] | None = None
+    try:
+        yield f"retry: {RETRY_MS}\n\n"
+        last_write = time.monotonic()
+        view = current_view(svc, job_id, record)
+        while True:
+            key = (view["status"], json.dumps(view["progress"], sort_keys=True))
+            if key != last:
+                sent += 1
+                kind = "status" if last is None or last[0] != key[0] else "progress"
+                yield sse(kind, view, sent)
+                last, last_write = key, time.monotonic()
+            if view["status"] in TERMINAL:
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if now - last_write >= heartbeat:
+                yield ": heartbeat\n\n"
+                last_write = now
+            wait = min(heartbeat - (now - last_write), deadline - now)
+            if pubsub.get_message(timeout=max(wait, 0.01)) is not None:
+                # Drain what is queued, then read the job once for all of it.
+                while pubsub.get_message(timeout=0) is not None:
+                    pass
+                view = current_view(svc, job_id, record)
+    finally:
+        pubsub.close()
