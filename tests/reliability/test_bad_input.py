@@ -1,0 +1,230 @@
+"""Bad input gets the documented status and error code, and writes nothing.
+
+Each refusal is checked three ways: the HTTP status, the error ``code`` of the JSON error
+model, and that the gateway's Redis keys and the partner's job list are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import redis
+
+from config import Settings
+from gateway import create_app
+from tests.reliability.conftest import OwnRedis
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+SLEEP = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
+
+
+def gateway_keys(redis_client: redis.Redis, prefix: str = "jobgate") -> dict[str, Any]:
+    """What a submit would change: the job records, listing indexes and idempotency keys."""
+    keys = sorted(k for k in redis_client.scan_iter(f"{prefix}:*")
+                  if not k.startswith((f"{prefix}:events:", f"{prefix}:rate:")))
+    return {"keys": keys, "indexes": {k: redis_client.zcard(k) for k in keys
+                                      if k.startswith(f"{prefix}:jobs:")}}
+
+
+def job_list(client, partner) -> list[str]:
+    response = client.get("/v1/jobs", headers=partner["headers"])
+    assert response.status_code == 200, response.get_json()
+    return [job["job_id"] for job in response.get_json()["jobs"]]
+
+
+def assert_error(response, status: int, code: str) -> dict[str, Any]:
+    """The response is the JSON error model with ``status`` and ``code``."""
+    assert response.status_code == status, (response.status_code, response.data[:300])
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body["error"]
+
+
+@pytest.fixture
+def unchanged(client, partner, redis_client):
+    """Snapshot before the test; after it, assert nothing was written."""
+    before = gateway_keys(redis_client), job_list(client, partner)
+    yield
+    assert (gateway_keys(redis_client), job_list(client, partner)) == before
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (b"{not json", "application/json"),
+    (b"", "application/json"),
+    (b"[1, 2, 3]", "application/json"),
+    (b'["task", "demo.sleep"]', "application/json"),
+    (b'"demo.sleep"', "application/json"),
+    (b"null", "application/json"),
+    (b"task=demo.sleep", "application/x-www-form-urlencoded"),
+    ("{\"task\": \"d\u00e9mo\"".encode("latin-1"), "application/json"),
+], ids=["broken", "empty", "array", "array-of-strings", "string", "null", "form", "latin1"])
+def test_malformed_body_is_400_invalid_json(client, partner, unchanged, body, content_type):
+    response = client.post("/v1/jobs", data=body, content_type=content_type,
+                           headers=partner["headers"])
+    assert_error(response, 400, "invalid_json")
+
+
+def test_body_over_the_limit_is_413(client, partner, unchanged):
+    big = json.dumps({**SLEEP, "metadata": {"blob": "x" * (2 * 1024 * 1024)}})
+    response = client.post("/v1/jobs", data=big, content_type="application/json",
+                           headers=partner["headers"])
+    error = assert_error(response, 413, "payload_too_large")
+    assert "1048576" in error["message"]
+
+
+def test_unknown_task_is_422_unknown_task(client, partner, unchanged):
+    response = client.post("/v1/jobs", json={"task": "no.such.task"}, headers=partner["headers"])
+    error = assert_error(response, 422, "unknown_task")
+    assert "task" in error["details"]
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"seconds": "soon"}, "seconds"),
+    ({"seconds": -1}, "seconds"),
+    ({"steps": 0}, "steps"),
+    ({"steps": "many"}, "steps"),
+    ({"seconds": None}, "seconds"),
+    ({"seconds": 1, "extra": True}, "extra"),
+])
+def test_wrong_param_types_are_422_with_details(client, partner, unchanged, params, field):
+    response = client.post("/v1/jobs", json={"task": "demo.sleep", "params": params},
+                           headers=partner["headers"])
+    error = assert_error(response, 422, "validation_error")
+    assert field in error["details"]["params"], error["details"]
+
+
+@pytest.mark.parametrize("body", [
+    {},
+    {"task": 42},
+    {"task": ""},
+    {"task": "demo.sleep", "params": [1]},
+    {"task": "demo.sleep", "metadata": "not an object"},
+    {"task": "demo.sleep", "callback_url": 7},
+    {"task": "demo.sleep", "metadata": {"big": "y" * 20000}},
+], ids=["no-task", "task-int", "task-empty", "params-list", "metadata-str", "callback-int",
+        "metadata-too-big"])
+def test_invalid_job_fields_are_422_validation_error(client, partner, unchanged, body):
+    response = client.post("/v1/jobs", json=body, headers=partner["headers"])
+    error = assert_error(response, 422, "validation_error")
+    assert error["details"]
+
+
+@pytest.mark.parametrize("authorization", [
+    None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer wrong-key",
+    "Bearer jgp_" + "A" * 43, "bearer  test-admin-keyX",
+], ids=["none", "empty", "scheme-only", "blank-key", "basic", "wrong", "forged", "near-admin"])
+def test_missing_or_wrong_key_is_401(client, partner, unchanged, authorization):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for method, path in (("post", "/v1/jobs"), ("get", "/v1/jobs"), ("get", "/v1/tasks"),
+                         ("get", "/v1/partners")):
+        response = getattr(client, method)(path, json=SLEEP, headers=headers)
+        assert_error(response, 401, "unauthorized")
+
+
+def test_partner_key_on_admin_routes_is_403(client, partner, other_partner, redis_client):
+    before = gateway_keys(redis_client)
+    for method, path, body in (("post", "/v1/partners", {"name": "intruder"}),
+                               ("get", "/v1/partners", None),
+                               ("post", f"/v1/partners/{other_partner['id']}/rotate-secret", {})):
+        response = getattr(client, method)(path, json=body, headers=partner["headers"])
+        assert_error(response, 403, "forbidden")
+    assert gateway_keys(redis_client) == before
+
+
+def test_admin_key_cannot_submit(client, admin_headers, unchanged):
+    assert_error(client.post("/v1/jobs", json=SLEEP, headers=admin_headers), 403, "forbidden")
+
+
+def test_other_partners_job_is_404_like_an_unknown_id(client, partner, other_partner, worker):
+    submitted = client.post("/v1/jobs", json=SLEEP, headers=partner["headers"])
+    assert submitted.status_code == 202
+    job_id = submitted.get_json()["job_id"]
+    theirs = client.get(f"/v1/jobs/{job_id}", headers=other_partner["headers"])
+    unknown = client.get("/v1/jobs/00000000-0000-4000-8000-000000000000",
+                         headers=other_partner["headers"])
+    assert_error(theirs, 404, "not_found")
+    assert_error(unknown, 404, "not_found")
+    assert theirs.get_json() == unknown.get_json(), "a foreign id must look like a missing one"
+    for path in (f"/v1/jobs/{job_id}/events", f"/v1/jobs/{job_id}/deliveries",
+                 f"/v1/jobs/{job_id}?wait=1"):
+        assert_error(client.get(path, headers=other_partner["headers"]), 404, "not_found")
+    assert job_id not in job_list(client, other_partner)
+    assert job_id in job_list(client, partner)
+
+
+def test_partner_cannot_revoke_anyones_job(client, partner, other_partner, worker, redis_client):
+    submitted = client.post("/v1/jobs", json={"task": "demo.sleep", "params": {"seconds": 0}},
+                            headers=partner["headers"])
+    job_id = submitted.get_json()["job_id"]
+    record = redis_client.hgetall(f"jobgate:job:{job_id}")
+    for headers in (partner["headers"], other_partner["headers"]):
+        response = client.post(f"/v1/jobs/{job_id}/revoke", json={}, headers=headers)
+        assert response.status_code in (403, 404), response.get_json()
+        assert response.get_json()["error"]["code"] in ("forbidden", "not_found")
+    after = redis_client.hgetall(f"jobgate:job:{job_id}")
+    assert after.get("status") != "REVOKED"
+    assert "revoke_reason" not in after and "revoked_by" not in after
+    assert set(after) >= set(record) - {"status"}
+
+
+@pytest.mark.parametrize("job_id", [
+    "00000000-0000-4000-8000-000000000000", "not-a-uuid", "x" * 65, "x" * 4000,
+    "..%2F..%2Fetc%2Fpasswd", "%00", "' OR 1=1 --", "jobgate:partners",
+])
+def test_unknown_job_id_is_404(client, partner, unchanged, job_id):
+    assert_error(client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]), 404,
+                 "not_found")
+
+
+def test_idempotency_key_same_body_is_same_job_other_body_409(client, partner, redis_client,
+                                                               worker):
+    headers = {**partner["headers"], "Idempotency-Key": "order-1234"}
+    first = client.post("/v1/jobs", json=SLEEP, headers=headers)
+    assert first.status_code == 202
+    job_id = first.get_json()["job_id"]
+    again = client.post("/v1/jobs", json=SLEEP, headers=headers)
+    assert again.status_code == 200
+    assert again.get_json()["job_id"] == job_id
+    assert again.headers["Location"] == f"/v1/jobs/{job_id}"
+    before = gateway_keys(redis_client), job_list(client, partner)
+    other = client.post("/v1/jobs", json={**SLEEP, "metadata": {"x": 1}}, headers=headers)
+    assert_error(other, 409, "idempotency_conflict")
+    assert (gateway_keys(redis_client), job_list(client, partner)) == before
+    assert job_list(client, partner) == [job_id]
+
+
+@pytest.mark.parametrize("key", ["", "k" * 256])
+def test_idempotency_key_out_of_bounds_is_422(client, partner, unchanged, key):
+    response = client.post("/v1/jobs", json=SLEEP,
+                           headers={**partner["headers"], "Idempotency-Key": key})
+    assert_error(response, 422, "validation_error")
+
+
+def test_redis_stopped_is_503_and_writes_nothing(settings: Settings, fresh_own_redis: OwnRedis):
+    app = create_app(settings.with_overrides(redis_url=fresh_own_redis.url))
+    client = app.test_client()
+    created = client.post("/v1/partners", json={"name": "acme"},
+                          headers={"Authorization": f"Bearer {settings.admin_keys[0]}"})
+    assert created.status_code == 201
+    headers = {"Authorization": f"Bearer {created.get_json()['api_key']}"}
+    store = fresh_own_redis.client()
+    before = sorted(store.keys("*"))
+    fresh_own_redis.stop()
+    try:
+        for method, path in (("post", "/v1/jobs"), ("get", "/v1/jobs"),
+                             ("get", "/v1/jobs/00000000-0000-4000-8000-000000000000")):
+            response = getattr(client, method)(path, json=SLEEP, headers=headers)
+            assert_error(response, 503, "unavailable")
+            assert response.headers["Retry-After"]
+    finally:
+        fresh_own_redis.start()
+    assert sorted(store.keys("*")) == before
+    assert client.get("/v1/jobs", headers=headers).get_json()["jobs"] == []
+    store.close()
