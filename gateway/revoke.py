@@ -1,0 +1,58 @@
+"""Admin revoke: record REVOKED in the job store first, then tell the workers.
+
+The job record is the revocation that lasts: ``JobTask`` refuses a job whose record is
+REVOKED (so a worker started later, which never saw Celery's in-memory revoke, still
+does not run it) and the progress helper stops a running one at its next report when the
+pool could not terminate it. ``finish_job`` is first-writer-wins, so a second revoke, or
+a revoke racing the job's own end, fires no second webhook.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gateway.errors import APIError, not_found
+from gateway.extensions import Services
+from gateway.jobs import describe
+from gateway.status import TERMINAL
+from tasks.lifecycle import finish_job
+
+log = logging.getLogger(__name__)
+
+MAX_REASON = 500
+
+
+def revoke_job(svc: Services, job_id: str, *, by: str, reason: str,
+               terminate: bool = True) -> dict[str, Any]:
+    """Revoke a job; returns its view (REVOKED). 404 unknown, 409 already finished."""
+    record = svc.store.job(job_id) if len(job_id) <= 64 else None
+    if record is None:
+        raise not_found("job")
+    if record.get("status") not in TERMINAL:
+        if finish_job(svc.celery, svc.store, job_id, "REVOKED", revoked_by=by,
+                      revoke_reason=(reason or "")[:MAX_REASON]):
+            _tell_workers(svc, record, terminate)
+        record = svc.store.job(job_id) or record
+    status = record.get("status")
+    if status != "REVOKED":
+        raise APIError(409, "conflict", f"The job already finished with status {status}.",
+                       {"status": status})
+    return describe(svc, record)
+
+
+def _tell_workers(svc: Services, record: dict[str, Any], terminate: bool) -> None:
+    """Revoke the Celery task; terminate (SIGTERM) only a job a worker has started.
+
+    Celery terminates only a worker that has this task id among its active requests, so
+    the signal never reaches a process that moved on to another task by id; a queued job
+    needs no signal (the job record stops it before it starts).
+    """
+    fresh = svc.store.job(record["job_id"]) or record
+    running = bool(fresh.get("started_at"))
+    try:
+        svc.celery.control.revoke(record["task_id"], terminate=terminate and running,
+                                  signal="SIGTERM")
+    except Exception:  # noqa: BLE001 - the record already says REVOKED; workers check it
+        log.warning("could not broadcast the revoke of %s", record["job_id"], exc_info=True,
+                    extra={"job_id": record["job_id"]})

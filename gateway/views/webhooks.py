@@ -1,0 +1,65 @@
+"""Revoke (admin), webhook deliveries and redelivery of a job."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from marshmallow import Schema, fields, validate
+
+from gateway import jobs
+from gateway.auth import admin_required, authenticate, login_required
+from gateway.errors import APIError
+from gateway.extensions import services
+from gateway.revoke import MAX_REASON, revoke_job
+from gateway.schemas import load_or_422
+from gateway.status import TERMINAL
+from gateway.views.common import json_body_or_empty
+from gateway.webhooks import Deliveries
+from tasks.lifecycle import EVENT_TYPES
+from tasks.webhooks import redeliver as queue_redelivery
+
+bp = Blueprint("webhooks", __name__, url_prefix="/v1/jobs")
+
+
+class RevokeSchema(Schema):
+    reason = fields.String(load_default="", validate=validate.Length(max=MAX_REASON))
+    terminate = fields.Boolean(load_default=True)
+
+
+@bp.post("/<job_id>/revoke")
+@admin_required
+def revoke(job_id: str):
+    body = load_or_422(RevokeSchema(), json_body_or_empty())
+    view = revoke_job(services(), job_id, by="admin", reason=body["reason"],
+                      terminate=body["terminate"])
+    return jsonify(view), 202
+
+
+@bp.get("/<job_id>/deliveries")
+@login_required
+def deliveries(job_id: str):
+    svc = services()
+    record = jobs.find(svc, authenticate(), job_id)
+    books = Deliveries(svc.store)
+    return jsonify({"job_id": job_id,
+                    "webhook": books.summary(job_id, bool(record.get("callback_url"))),
+                    "deliveries": books.attempts(job_id)})
+
+
+@bp.post("/<job_id>/redeliver")
+@login_required
+def redeliver(job_id: str):
+    svc = services()
+    record = jobs.find(svc, authenticate(), job_id)
+    json_body_or_empty()
+    if not record.get("callback_url"):
+        raise APIError(409, "conflict", "This job has no callback_url to deliver to.")
+    status = record.get("status")
+    if status not in TERMINAL:
+        raise APIError(409, "conflict", "The job has not finished; there is no event yet.",
+                       {"status": status or "PENDING"})
+    event = EVENT_TYPES[status]
+    wid = queue_redelivery(svc.celery, "job", job_id, event)
+    return jsonify({"job_id": job_id, "event": event, "webhook_id": wid,
+                    "webhook": {"state": "pending",
+                                "attempts": Deliveries(svc.store).summary(job_id)["attempts"]}}
+                   ), 202

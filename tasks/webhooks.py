@@ -1,0 +1,149 @@
+"""The ``jobgate.deliver_webhook`` task: one signed attempt, recorded, retried on its queue.
+
+``tasks.lifecycle.finish_job`` queues it once per terminal event (and batches once per
+``batch.completed``). Each run claims its attempt (so a duplicate message sends nothing),
+sends the stored body with fresh Standard Webhooks headers through ``gateway.delivery``
+(which re-runs the SSRF guard and connects to the checked address), records the attempt
+and, when the outcome is ``retry``, queues the next attempt with a countdown from
+``settings.webhook_retry_delays`` (jitter added, never sooner than ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+
+from gateway import __version__
+from gateway.delivery import Attempt, deliver, retry_delay
+from gateway.errors import APIError
+from gateway.ssrf import parse_allowlist
+from gateway.status import job_view
+from gateway.store import Store, utcnow
+from gateway.webhooks import Deliveries, event_body
+from tasks.lifecycle import DELIVER_TASK, webhook_id
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"jobgate/{__version__}"
+RETRY_AFTER_CAP = 3600.0  # a receiver's Retry-After is honoured up to one hour
+AUTO_CHAIN = "auto"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a webhook is about: where it goes, whose secret signs it, what it carries."""
+
+    kind: str
+    subject_id: str
+    partner_id: str | None
+    callback_url: str | None
+    data: dict[str, Any]
+
+
+def load_subject(store: Store, kind: str, subject_id: str) -> Subject | None:
+    """The job (or batch) an event is about, or None if its record is gone."""
+    if kind == "job":
+        record = store.job(subject_id)
+        if record is None:
+            return None
+        return Subject(kind, subject_id, record.get("partner_id"), record.get("callback_url"),
+                       job_view(record))
+    if kind == "batch":
+        try:
+            from gateway.batches import batch_webhook_subject
+        except ImportError:
+            log.warning("batch webhook for %s but gateway.batches is missing", subject_id)
+            return None
+        try:
+            record, data = batch_webhook_subject(store, subject_id)
+        except APIError:  # the batch record is gone
+            return None
+        return Subject(kind, subject_id, record.get("partner_id"), record.get("callback_url"),
+                       data)
+    log.warning("unknown webhook subject kind %r for %s", kind, subject_id)
+    return None
+
+
+def plan(outcome: str, retry_number: int, delays: tuple[float, ...],
+         retry_after: float | None = None) -> tuple[str, float | None]:
+    """The delivery state after an attempt, and the delay before retry ``retry_number``."""
+    if outcome in ("delivered", "failed"):
+        return outcome, None
+    delay = retry_delay(retry_number, delays, retry_after=retry_after)
+    return ("failed", None) if delay is None else ("retrying", delay)
+
+
+def iso(timestamp: float) -> str:
+    """A Unix time as ISO 8601 UTC with milliseconds and a Z (like ``utcnow``)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def run_attempt(app: Any, kind: str, subject_id: str, event: str, *, retry: int = 0,
+                chain: str = AUTO_CHAIN) -> dict[str, Any] | None:
+    """Send attempt ``retry`` (0 = first) of ``chain``; returns the recorded attempt."""
+    settings, store = app.settings, app.store
+    books = Deliveries(store)
+    token = f"{event}:{chain}:{retry}"
+    if not books.claim(subject_id, token, lease=settings.webhook_timeout + 30):
+        log.info("webhook %s attempt %s already taken; skipping", subject_id, token,
+                 extra={"job_id": subject_id})
+        return None
+    subject = load_subject(store, kind, subject_id)
+    if subject is None or not subject.callback_url:
+        books.complete(subject_id, token)
+        return None
+    wid = webhook_id(subject_id, event)
+    body = books.body(subject_id, event, lambda: event_body(event, subject.data))
+    secrets = store.signing_secrets(subject.partner_id) if subject.partner_id else []
+    at = utcnow()
+    if secrets:
+        attempt = deliver(subject.callback_url, body.encode(), wid, secrets,
+                          timeout=settings.webhook_timeout,
+                          allow_http=settings.callback_allow_http,
+                          allowlist=parse_allowlist(settings.callback_allowlist),
+                          user_agent=USER_AGENT, retry_after_cap=RETRY_AFTER_CAP)
+    else:
+        attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)
+    state, delay = plan(attempt.outcome, retry + 1, settings.webhook_retry_delays,
+                        attempt.retry_after)
+    entry = {"webhook_id": wid, "event": event, "at": at, "status_code": attempt.status_code,
+             "error": attempt.error, "duration_ms": attempt.duration_ms,
+             "next_attempt_at": iso(time.time() + delay) if delay is not None else None,
+             "outcome": attempt.outcome, "redelivery": chain != AUTO_CHAIN}
+    entry = {**entry, "attempt": books.record(subject_id, entry, state, kind)}
+    if delay is not None:
+        app.send_task(DELIVER_TASK, args=[kind, subject_id, event],
+                      kwargs={"retry": retry + 1, "chain": chain}, countdown=delay,
+                      queue=settings.queue_webhooks)
+    books.complete(subject_id, token)
+    log.info("webhook %s %s for %s %s: %s (%s)", wid, event, kind, subject_id, attempt.outcome,
+             attempt.status_code or attempt.error, extra={"job_id": subject_id})
+    return entry
+
+
+def redeliver(app: Celery, kind: str, subject_id: str, event: str) -> str:
+    """Queue the event again (same body, same ``webhook-id``) as a fresh retry chain."""
+    Deliveries(app.store).set_state(subject_id, "pending", kind)
+    chain = "r" + uuid.uuid4().hex[:12]
+    app.send_task(DELIVER_TASK, args=[kind, subject_id, event], kwargs={"chain": chain},
+                  queue=app.settings.queue_webhooks)
+    return webhook_id(subject_id, event)
+
+
+def register(app: Celery) -> Any:
+    """Register ``jobgate.deliver_webhook`` on ``app`` (each app built by make_celery)."""
+
+    # shared=False: only this app gets the task (make_celery builds several apps).
+    @app.task(name=DELIVER_TASK, bind=True, ignore_result=True, acks_late=True, shared=False)
+    def deliver_webhook(self: Any, kind: str, subject_id: str, event: str, retry: int = 0,
+                        chain: str = AUTO_CHAIN) -> dict[str, Any] | None:
+        """Deliver one webhook attempt (see tasks.webhooks)."""
+        return run_attempt(self.app, kind, subject_id, event, retry=retry, chain=chain)
+
+    return deliver_webhook
