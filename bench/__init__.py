@@ -1,0 +1,1 @@
+"""Benchmarks of jobgate against Flower: runnable scripts, see docs/performance.md."""

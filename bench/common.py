@@ -1,0 +1,301 @@
+"""What every bench script shares: start/stop the stack, percentiles, tables, JSON results.
+
+Every process started here binds 127.0.0.1 only, runs in its own process group and is
+stopped (SIGTERM, then SIGKILL) by ``Stack.close``, which the scripts call in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+LOGS = Path(os.environ.get("TMPDIR", "/tmp")) / "jobgate-bench"
+ADMIN_KEY = "bench-admin-key"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
+SLEEP_PARAMS = {"seconds": 0, "steps": 1}
+
+
+# ------------------------------------------------------------------ arguments and output
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Options every script takes: Redis db, output file, gunicorn and worker shape."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL",
+                                                              DEFAULT_REDIS_URL),
+                        help="Redis db used (and FLUSHED) by the run")
+    parser.add_argument("--out", type=Path, help="JSON result path (default bench/results/)")
+    parser.add_argument("--gunicorn-workers", type=int, default=2)
+    parser.add_argument("--gunicorn-threads", type=int, default=8)
+    parser.add_argument("--worker-concurrency", type=int, default=2)
+    return parser
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) by nearest rank; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (cores, CPU model, Python, load now)."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg": list(os.getloadavg())}
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """A plain fixed-width table on stdout."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r]
+                                           for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_result(name: str, payload: dict[str, Any], out: Path | None) -> Path:
+    """Write the run's JSON (bench/results/<name>.json unless ``out``)."""
+    path = out or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    print(f"\nwrote {path}")
+    return path
+
+
+# -------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.1) -> Any:
+    """Poll ``condition`` until truthy; RuntimeError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except Exception:  # noqa: BLE001 - not up yet
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Service:
+    """One started process group (gunicorn, a Celery worker, Flower, the receiver)."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def check(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited; log {self.log_path}:\n{self.tail()}")
+        return True
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def pids(self) -> list[int]:
+        """This service's process and every descendant."""
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def rss(self) -> dict[str, Any]:
+        """Resident memory of the process tree, total and per process, in MiB."""
+        per = {pid: rss_bytes(pid) for pid in self.pids()}
+        per = {pid: size for pid, size in per.items() if size}
+        return {"total_mib": round(sum(per.values()) / 2**20, 1),
+                "processes_mib": [round(v / 2**20, 1) for v in per.values()]}
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM the process group, SIGKILL if it is still there after ``timeout``."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def spawn(name: str, args: Sequence[str], env: Mapping[str, str]) -> Service:
+    """Start ``args`` in its own process group, output to a log file under LOGS."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = LOGS / f"{name}-{os.getpid()}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - the child owns it; closed with the process
+    proc = subprocess.Popen(list(args), env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    log.close()
+    return Service(name, proc, log_path)
+
+
+def gateway_env(redis_url: str) -> dict[str, str]:
+    """The gateway's production configuration for the bench (no rate limit, local hooks)."""
+    return {"REDIS_URL": redis_url, "JOBGATE_ADMIN_KEYS": ADMIN_KEY,
+            "JOBGATE_RATE_LIMIT": "0", "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
+            "JOBGATE_CALLBACK_ALLOWLIST": "127.0.0.0/8",
+            "FLOWER_UNAUTHENTICATED_API": "1"}
+
+
+def worker_command(concurrency: int, events: bool) -> list[str]:
+    """``jobgate worker`` when the CLI exists, else the equivalent ``celery`` command."""
+    extra = ["-c", str(concurrency), "-P", "prefork", "-l", "WARNING",
+             "--without-gossip", "--without-mingle", "-n", f"bench-{os.getpid()}@localhost"]
+    if events:
+        extra.append("-E")
+    if (ROOT / "gateway" / "cli.py").exists():
+        return [sys.executable, "-c", "from gateway.cli import main; main()", "worker", *extra]
+    return [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "jobs,webhooks",
+            *extra]
+
+
+@dataclass
+class Stack:
+    """The processes of one bench run and how to reach them."""
+
+    redis_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def fresh(cls, redis_url: str) -> Stack:
+        """A stack on a FLUSHED Redis db (the bench's own)."""
+        client = redis.Redis.from_url(redis_url)
+        client.ping()
+        client.flushdb()
+        client.close()
+        return cls(redis_url, gateway_env(redis_url))
+
+    def url(self, name: str, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+    def start_gateway(self, workers: int = 2, threads: int = 8) -> Service:
+        port = self.ports["gateway"] = free_port()
+        service = spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-w", str(workers),
+                                     "-k", "gthread", "--threads", str(threads),
+                                     "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+                                     "wsgi:app"], self.env)
+        self.services["gateway"] = service
+        wait_for(lambda: service.check() and requests.get(self.url("gateway", "/healthz"),
+                                                          timeout=1).ok, 30, "gunicorn")
+        return service
+
+    def start_worker(self, concurrency: int = 2, events: bool = False) -> Service:
+        from config import Settings
+        from tasks.app import make_celery
+
+        service = spawn("worker", worker_command(concurrency, events), self.env)
+        self.services["worker"] = service
+        app = make_celery(Settings.from_env(self.env))
+        try:
+            wait_for(lambda: service.check() and app.control.ping(timeout=0.5), 60,
+                     "the Celery worker", interval=0.2)
+        finally:
+            app.close()
+        return service
+
+    def start_flower(self) -> Service:
+        port = self.ports["flower"] = free_port()
+        service = spawn("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
+                                   "--address=127.0.0.1", f"--port={port}",
+                                   "--logging=warning"], self.env)
+        self.services["flower"] = service
+        wait_for(lambda: service.check() and requests.get(
+            self.url("flower", "/api/task/types"), timeout=1).status_code < 500, 60, "Flower")
+        return service
+
+    def start_receiver(self, secret: str) -> Service:
+        port = self.ports["receiver"] = free_port()
+        service = spawn("receiver", [sys.executable, "-m", "bench.receiver", "--port",
+                                     str(port)], {**self.env, "BENCH_WEBHOOK_SECRET": secret})
+        self.services["receiver"] = service
+        wait_for(lambda: service.check() and requests.get(self.url("receiver", "/stats"),
+                                                          timeout=1).ok, 30, "the receiver")
+        return service
+
+    def create_partner(self, name: str = "bench") -> dict[str, Any]:
+        response = requests.post(self.url("gateway", "/v1/partners"), json={"name": name},
+                                 headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def close(self) -> None:
+        """Stop every started process, the last started first."""
+        for service in reversed(list(self.services.values())):
+            try:
+                service.stop()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"could not stop {service.name}: {exc}", file=sys.stderr)
