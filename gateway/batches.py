@@ -255,15 +255,16 @@ def batch_view(store: Store, batch_id: str, *, svc: Services | None = None,
     }
 
 
-def batch_webhook_subject(store: Store, batch_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(batch record, webhook data) for delivering ``batch.completed``.
+def batch_webhook_subject(store: Store,
+                          batch_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(batch record, webhook data) for delivering ``batch.completed``; None if it is gone.
 
     The record carries ``partner_id`` and ``callback_url`` (who signs, where to send); the
-    data is the batch view as GET returns it. Raises ``APIError`` 404 if it is gone.
+    data is the batch view as GET returns it.
     """
     record = batch_record(store, batch_id)
     if record is None:
-        raise not_found("batch")
+        return None
     return record, batch_view(store, batch_id, record=record)
 
 
