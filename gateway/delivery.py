@@ -1,0 +1,379 @@
+"""One webhook delivery attempt and the retry policy (pure: no Celery, Redis or Flask).
+
+``deliver`` re-runs the SSRF guard, signs fresh Standard Webhooks headers and POSTs the body
+to the *checked* address (no second DNS lookup), never following redirects, reading at most
+``max_response_bytes`` and bounding the whole attempt by ``timeout``. The caller (the Celery
+task) records the returned :class:`Attempt` and schedules the next try with ``retry_delay``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import NewConnectionError
+
+from gateway.signing import webhook_headers
+from gateway.ssrf import CallbackRefused, Network, Resolver, check_callback_url
+
+__all__ = [
+    "Attempt",
+    "Outcome",
+    "PinnedAdapter",
+    "classify",
+    "deliver",
+    "parse_retry_after",
+    "retry_delay",
+]
+
+Outcome = Literal["delivered", "retry", "failed"]
+
+_RETRY_STATUSES = frozenset({408, 429})
+_CHUNK = 8192
+_MAX_ERROR_CHARS = 300
+
+
+@dataclass
+class Attempt:
+    """What one delivery attempt did; ``retry_after`` is the receiver's (capped) request in s."""
+
+    outcome: Outcome
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    retry_after: float | None
+
+
+class PinnedAdapter(HTTPAdapter):
+    """Transport that connects to one pre-checked IP; Host, SNI and cert checks use the URL name.
+
+    The pool is keyed on ``address`` instead of the URL's hostname, so urllib3 never resolves
+    the name again; for https, ``server_hostname`` (SNI + OpenSSL hostname check) and
+    ``assert_hostname`` are pinned to the URL's hostname, so certificate verification is
+    unchanged. ``abort()`` shuts the live sockets down to enforce a wall-clock deadline.
+    """
+
+    def __init__(self, address: str, hostname: str) -> None:
+        """Pin requests for ``hostname`` to ``address`` (an IP string checked by the SSRF guard)."""
+        self.address = address
+        self.hostname = hostname.rstrip(".").lower()
+        self.aborted = False
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: Any, cert: Any = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Swap the pool's host for the checked address and pin TLS names to the URL's host."""
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
+            request, verify, cert
+        )
+        url_host = (host_params.get("host") or "").rstrip(".").lower()
+        if url_host != self.hostname:
+            # requests turns a ValueError here into InvalidURL: never send elsewhere.
+            raise ValueError(f"request host {url_host!r} is not the checked callback host")
+        host_params["host"] = self.address
+        if host_params.get("scheme") == "https":
+            pool_kwargs["server_hostname"] = url_host
+            pool_kwargs["assert_hostname"] = url_host
+        return host_params, pool_kwargs
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: dict[str, str] | None = None,
+        cert: Any = None,
+    ) -> HTTPConnectionPool:
+        """Return the pinned pool, with its connections tracked so ``abort()`` can reach them."""
+        if proxies and any(proxies.values()):
+            raise ValueError("proxies are not allowed for pinned webhook delivery")
+        pool = super().get_connection_with_tls_context(request, verify, proxies=None, cert=cert)
+        if not getattr(pool.ConnectionCls, "_jobgate_tracked", False):
+            pool.ConnectionCls = self._tracking(pool.ConnectionCls)
+        return pool
+
+    def _tracking(self, base: type) -> type:
+        """Subclass urllib3's connection class so every connection registers with this adapter."""
+        adapter = self
+
+        class Tracked(base):  # type: ignore[misc, valid-type]
+            _jobgate_tracked = True
+
+            def connect(self) -> None:
+                adapter._register(self)
+                super().connect()
+
+        return Tracked
+
+    def _register(self, conn: Any) -> None:
+        """Remember a connection; one registered after ``abort()`` fails at once."""
+        with self._lock:
+            self._connections.append(conn)
+            if self.aborted:
+                raise TimeoutError("webhook delivery deadline exceeded")
+
+    def abort(self) -> None:
+        """Shut down every socket this adapter opened, unblocking a reader past the deadline."""
+        with self._lock:
+            self.aborted = True
+            connections = list(self._connections)
+        for conn in connections:
+            sock = getattr(conn, "sock", None)
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def classify(status_code: int | None, exc: BaseException | None) -> Outcome:
+    """Map a response status (which wins when present) or a transport error to an outcome."""
+    if status_code is not None:
+        if 200 <= status_code < 300:
+            return "delivered"
+        if status_code in _RETRY_STATUSES or 500 <= status_code < 600:
+            return "retry"
+        return "failed"  # 1xx/3xx (redirects are not followed) and other 4xx
+    if exc is None or isinstance(exc, ValueError):
+        return "failed"  # refused by the SSRF guard, invalid URL/header: retrying cannot help
+    if isinstance(
+        exc, OSError | TimeoutError | http.client.HTTPException | urllib3.exceptions.HTTPError
+    ):
+        return "retry"  # connection errors and timeouts (requests' exceptions are OSErrors)
+    return "failed"
+
+
+def parse_retry_after(
+    value: str | None, cap: float, *, now: datetime | None = None
+) -> float | None:
+    """Parse ``Retry-After`` (delta-seconds or HTTP-date) to seconds in ``[0, cap]``, else None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    seconds: float
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)  # HTTP-dates are always GMT
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return float(min(max(seconds, 0.0), cap))
+
+
+def retry_delay(
+    attempt: int,
+    delays: Sequence[float],
+    *,
+    retry_after: float | None = None,
+    rng: Callable[[], float] = random.random,
+) -> float | None:
+    """Seconds before retry number ``attempt`` (1-based): schedule ±20 % jitter, ≥ Retry-After.
+
+    ``None`` once the schedule is exhausted (the delivery is then ``failed``).
+    """
+    if attempt < 1:
+        raise ValueError("attempt is 1-based")
+    if attempt > len(delays):
+        return None
+    base = float(delays[attempt - 1])
+    delay = base * (0.8 + 0.4 * rng())
+    if retry_after is not None:
+        delay = max(delay, float(retry_after))
+    return delay
+
+
+def _ms_since(start: float) -> int:
+    """Milliseconds elapsed since ``start`` (a ``time.monotonic()`` value)."""
+    return int((time.monotonic() - start) * 1000)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """Follow requests/urllib3 wrapping (``reason``, ``__cause__``, ``args[0]``) outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        nxt = getattr(current, "reason", None)
+        if not isinstance(nxt, BaseException):
+            nxt = current.__cause__
+        if not isinstance(nxt, BaseException) and current.args:
+            nxt = current.args[0] if isinstance(current.args[0], BaseException) else None
+        current = nxt
+    return chain
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception behind a requests/urllib3 error."""
+    return _chain(exc)[-1]
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, single-line description of a transport error for the deliveries log."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        kind = "connect timeout"
+    elif isinstance(exc, requests.exceptions.Timeout | TimeoutError):
+        kind = "timeout"
+    elif isinstance(exc, requests.exceptions.SSLError):
+        kind = "TLS error"
+    elif isinstance(exc, requests.exceptions.ConnectionError):
+        kind = "connection error"
+    else:
+        kind = type(exc).__name__
+    detail = str(_root_cause(exc)).replace("\n", " ").strip()
+    text = f"{kind}: {detail}" if detail else kind
+    return text[:_MAX_ERROR_CHARS]
+
+
+def _is_connect_failure(exc: BaseException) -> bool:
+    """True when nothing was sent (the TCP connect itself failed): safe to try the next address."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    return any(isinstance(link, NewConnectionError) for link in _chain(exc))
+
+
+def _drain(response: requests.Response, limit: int, deadline: float) -> None:
+    """Read and discard at most ``limit`` raw body bytes, stopping at the deadline."""
+    left = max(limit, 0)
+    while left > 0 and time.monotonic() < deadline:
+        chunk = response.raw.read(min(_CHUNK, left), decode_content=False)
+        if not chunk:
+            break
+        left -= len(chunk)
+
+
+def _status_error(response: requests.Response) -> str | None:
+    """Describe a non-2xx response for the deliveries log (None for success)."""
+    code = response.status_code
+    if 200 <= code < 300:
+        return None
+    text = f"HTTP {code}"
+    if response.reason:
+        text += f" {response.reason}"
+    if 300 <= code < 400:
+        location = response.headers.get("Location")
+        text += " (redirect not followed"
+        text += f"; Location: {location}" if location else ""
+        text += ")"
+    return text[:_MAX_ERROR_CHARS]
+
+
+def deliver(
+    url: str,
+    body: bytes,
+    webhook_id: str,
+    secrets: Sequence[str],
+    *,
+    timeout: float = 10.0,
+    allow_http: bool = False,
+    allowlist: Sequence[Network] = (),
+    user_agent: str = "jobgate/0",
+    max_response_bytes: int = 65536,
+    retry_after_cap: float = 3600.0,
+    resolve: Resolver | None = None,
+    session: requests.Session | None = None,
+) -> Attempt:
+    """POST one signed webhook to the re-checked, pinned callback address; never raises.
+
+    ``session`` only contributes its TLS settings (``verify``, ``cert``); its adapters,
+    proxies, cookies and netrc are never used, so the SSRF pinning cannot be bypassed.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    try:
+        target = check_callback_url(
+            url, allow_http=allow_http, allowlist=allowlist, resolve=resolve
+        )
+    except CallbackRefused as exc:
+        return Attempt("failed", None, exc.reason, _ms_since(start), None)
+
+    try:
+        headers = webhook_headers(secrets, webhook_id, body, user_agent=user_agent)
+        prepared = requests.Request("POST", target.url, data=body, headers=headers).prepare()
+        netloc = urlsplit(prepared.url).netloc
+        prepared.headers["Host"] = netloc.rpartition("@")[2]
+        hostname = urlsplit(prepared.url).hostname or ""
+    except (ValueError, TypeError, requests.RequestException) as exc:
+        return Attempt("failed", None, _describe(exc), _ms_since(start), None)
+
+    verify: bool | str = session.verify if session is not None else True
+    cert = session.cert if session is not None else None
+
+    error: BaseException | None = None
+    timed_out = True  # stays True only if the deadline passed before any try
+    for index, address in enumerate(target.addresses):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        adapter = PinnedAdapter(address, hostname)
+        watchdog = threading.Timer(remaining, adapter.abort)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            response = adapter.send(
+                prepared,
+                stream=True,
+                timeout=(remaining, remaining),
+                verify=verify,
+                cert=cert,
+                proxies={},
+            )
+            try:
+                if adapter.aborted:
+                    # The deadline cut the response head short: its status is not trustworthy.
+                    raise TimeoutError("webhook delivery deadline exceeded")
+                status = response.status_code
+                outcome = classify(status, None)
+                retry_after = None
+                if outcome == "retry":
+                    retry_after = parse_retry_after(
+                        response.headers.get("Retry-After"), retry_after_cap
+                    )
+                with contextlib.suppress(Exception):  # the status already decided the outcome
+                    _drain(response, max_response_bytes, deadline)
+                error_text = _status_error(response)
+                return Attempt(outcome, status, error_text, _ms_since(start), retry_after)
+            finally:
+                response.close()
+        except Exception as exc:  # every failure becomes a recorded attempt, never a raise
+            error = exc
+            timed_out = adapter.aborted
+            if not timed_out and _is_connect_failure(exc) and index + 1 < len(target.addresses):
+                continue  # nothing was sent: try the next checked address
+            break
+        finally:
+            watchdog.cancel()
+            adapter.close()
+
+    if timed_out or error is None:
+        message = f"timeout: attempt exceeded {timeout:g}s"
+        return Attempt("retry", None, message, _ms_since(start), None)
+    return Attempt(classify(None, error), None, _describe(error), _ms_since(start), None)
