@@ -260,6 +260,14 @@ function jobPage(jobId) {
     show($("revoke-box"), isAdmin() && !TERMINAL.has(view.status));
   }
 
+  // Says how updates arrive; dataset.used keeps every mode this page has used.
+  function markLive(mode) {
+    const line = $("live-mode");
+    line.textContent = `Live updates (${mode})`;
+    const used = new Set((line.dataset.used || "").split(",").filter(Boolean)).add(mode);
+    line.dataset.used = [...used].join(",");
+  }
+
   // An SSE update is either a whole job view or {job_id, status, progress}.
   function applyUpdate(update) {
     if (!update || typeof update !== "object" || !update.status) return;
@@ -284,7 +292,7 @@ function jobPage(jobId) {
       const body = await response.json().catch(() => null);
       throw new ApiError(response.status, body);
     }
-    $("live-mode").textContent = "Live updates (event stream)";
+    markLive("event stream");
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
@@ -311,7 +319,7 @@ function jobPage(jobId) {
   }
 
   async function poll(signal) {
-    $("live-mode").textContent = "Live updates (polling)";
+    markLive("polling");
     while (!signal.aborted && !TERMINAL.has(view.status)) {
       // ?wait holds until the job ends, so a finish shows at once; 1 s keeps progress moving.
       render(await api(`/v1/jobs/${encodeURIComponent(jobId)}?wait=1`, { signal }));
