@@ -228,3 +228,43 @@ def test_redis_stopped_is_503_and_writes_nothing(settings: Settings, fresh_own_r
     assert sorted(store.keys("*")) == before
     assert client.get("/v1/jobs", headers=headers).get_json()["jobs"] == []
     store.close()
+
+
+@pytest.mark.parametrize("cursor", ["garbage", "http_error", "nan:abc", "abc:def"])
+def test_malformed_list_cursor_is_422_not_503(client, partner, worker, cursor):
+    """Found by schemathesis: a garbage cursor on a non-empty list reached Redis (503)."""
+    assert client.post("/v1/jobs", json=SLEEP, headers=partner["headers"]).status_code == 202
+    response = client.get("/v1/jobs", query_string={"cursor": cursor},
+                          headers=partner["headers"])
+    assert_error(response, 422, "validation_error")
+
+
+SSRF_URLS = [
+    "https://127.0.0.1/hooks", "https://localhost/hooks", "https://[::1]/hooks",
+    "https://169.254.169.254/latest/meta-data/", "https://10.0.0.1/", "https://172.16.5.4/",
+    "https://192.168.1.1/", "https://100.64.0.1/", "https://0.0.0.0/", "https://2130706433/",
+    "https://0x7f.0.0.1/", "https://0177.0.0.1/", "https://127.1/", "https://[::ffff:127.0.0.1]/",
+    "https://[::ffff:169.254.169.254]/", "https://[64:ff9b::a9fe:a9fe]/", "https://[fe80::1]/",
+    "https://[fc00::1]/", "https://224.0.0.1/", "https://255.255.255.255/",
+    "https://user:pass@example.com/", "https://@127.0.0.1/", "http://example.com/hooks",
+    "ftp://example.com/", "file:///etc/passwd", "gopher://127.0.0.1:6379/_FLUSHALL",
+    "javascript:alert(1)", "https:///no-host", "https://example.com:0/",
+    "https://exa mple.com/", "https://example.com/\r\nX-Injected: 1", "//example.com/",
+]
+
+
+@pytest.fixture(scope="module")
+def strict_app(settings: Settings):
+    """The gateway with production callback rules: https only, no allowlist."""
+    return create_app(settings.with_overrides(callback_allow_http=False, callback_allowlist=""))
+
+
+@pytest.mark.parametrize("url", SSRF_URLS)
+def test_ssrf_callback_urls_are_refused(strict_app, partner, redis_client, url):
+    client = strict_app.test_client()
+    before = gateway_keys(redis_client), job_list(client, partner)
+    response = client.post("/v1/jobs", json={**SLEEP, "callback_url": url},
+                           headers=partner["headers"])
+    error = assert_error(response, 422, "callback_url_refused")
+    assert error["details"]["callback_url"]
+    assert (gateway_keys(redis_client), job_list(client, partner)) == before
