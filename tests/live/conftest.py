@@ -1,0 +1,108 @@
+"""Fixtures for batches, SSE and the client: a real gunicorn gateway and a webhook receiver.
+
+``gateway_url`` is ``gunicorn -k gthread wsgi:app`` on 127.0.0.1, configured like the
+test worker (same Redis db), with 0.5 s SSE heartbeats; ``receiver`` records every
+webhook POSTed to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from config import Settings
+from tests.helpers import ROOT, settings_env, wait_until
+
+HEARTBEAT = 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gateway_url(settings: Settings, redis_client: Any) -> Iterator[str]:
+    """The gateway behind gunicorn with threads (how SSE is meant to be served)."""
+    port = free_port()
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"jobgate-gunicorn-{port}.log"
+    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT),
+           "JOBGATE_SSE_HEARTBEAT": str(HEARTBEAT)}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8", "-w", "1",
+             "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited:\n{log_path.read_text()}")
+        try:
+            return requests.get(url + "/healthz", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, timeout=30, interval=0.1, message="gunicorn to answer /healthz")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Receiver:
+    """A partner's webhook endpoint on 127.0.0.1: answers 200, records every request."""
+
+    port: int
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def of_type(self, event: str) -> list[dict[str, Any]]:
+        return [r for r in list(self.received) if r["payload"].get("type") == event]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    port = free_port()
+    found = Receiver(port)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            found.received.append({"path": self.path, "headers": dict(self.headers.items()),
+                                   "body": body, "payload": json.loads(body or b"{}")})
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield found
+    server.shutdown()
+    server.server_close()
