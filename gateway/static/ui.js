@@ -70,11 +70,15 @@ function badge(element, status) {
   element.className = `badge status-${status.toLowerCase()}`;
 }
 
-function percentOf(view) {
+// A failed or revoked job's view has no percent: keep where the bar had got to.
+function percentOf(view, previous = 0) {
   const progress = view.progress || {};
   if (view.status === "SUCCESS") return 100;
   const percent = Number(progress.percent);
-  return Number.isFinite(percent) ? Math.max(0, Math.min(100, Math.round(percent))) : 0;
+  if (progress.percent == null || !Number.isFinite(percent)) {
+    return TERMINAL.has(view.status) ? previous : 0;
+  }
+  return Math.max(0, Math.min(100, Math.round(percent)));
 }
 
 // ------------------------------------------------------------------ sign in / out
@@ -231,7 +235,7 @@ function jobPage(jobId) {
     show($("job"), true);
     $("job-task").textContent = view.task;
     badge($("job-status"), view.status);
-    const percent = percentOf(view);
+    const percent = percentOf(view, Number($("progress").getAttribute("aria-valuenow")));
     $("progress-fill").style.width = `${percent}%`;
     $("progress").setAttribute("aria-valuenow", String(percent));
     $("progress").dataset.status = view.status;
@@ -295,8 +299,11 @@ function jobPage(jobId) {
     markLive("event stream");
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
+    let received = 0;
     for (;;) {
       const { value, done } = await reader.read();
+      // A healthy stream starts with the current view; an empty one must not loop fast.
+      if (done && !received) throw new Error("The event stream ended without an event.");
       if (done) return;
       buffer += value.replace(/\r\n?/g, "\n");
       let end;
@@ -308,6 +315,7 @@ function jobPage(jobId) {
           .map((line) => line.slice(5).replace(/^ /, ""))
           .join("\n");
         if (!data) continue;  // comments (heartbeats) and bare event names
+        received += 1;
         try {
           applyUpdate(JSON.parse(data));
         } catch {
@@ -337,17 +345,14 @@ function jobPage(jobId) {
         else await poll(signal);
       } catch (error) {
         if (signal.aborted || onUnauthorized(error)) return;
-        if (error instanceof ApiError && [404, 405, 406, 501].includes(error.status)) {
-          streamWorks = false;  // no events route on this gateway: poll instead
+        if (streamWorks) {
+          // No events route (404/405), a proxy that breaks streams, a dropped connection:
+          // polling works everywhere the JSON API does, so use it from now on.
+          streamWorks = false;
           continue;
         }
         $("live-mode").textContent = "Connection lost; retrying…";
         await new Promise((resolve) => setTimeout(resolve, 2000));
-        try {
-          render(await api(`/v1/jobs/${encodeURIComponent(jobId)}`, { signal }));
-        } catch (retryError) {
-          if (onUnauthorized(retryError)) return;
-        }
       }
     }
     if (!signal.aborted) await finish().catch(() => {});

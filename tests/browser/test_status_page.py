@@ -38,6 +38,7 @@ def test_progress_bar_rises_live_and_ends_with_the_result(page, app, client, par
     row = wait_until(lambda: page.driver.find_elements(
         "css selector", f'tr[data-job-id="{job_id}"] a'), 10, 0.05, "the job in the list")
     assert page.text("who") == "Signed in as partner"
+    page.screenshot("jobs-list")
     row[0].click()
     wait_until(lambda: page.driver.current_url.endswith(f"/ui/jobs/{job_id}"), 10, 0.05,
                "the job page")
@@ -64,7 +65,35 @@ def test_progress_bar_rises_live_and_ends_with_the_result(page, app, client, par
     expected = "event stream" if has_events_route(app) else "polling"
     assert expected in page.driver.execute_script(
         "return document.getElementById('live-mode').dataset.used")
+    wait_until(lambda: page.driver.execute_script(
+        "const bar = document.getElementById('progress');"
+        "return bar.firstElementChild.offsetWidth === bar.clientWidth"), 5, 0.05,
+        "the bar's fill animation to end")
     page.screenshot("status-page")
+
+
+def test_page_falls_back_to_polling_when_the_event_stream_is_unavailable(page, client,
+                                                                         partner, worker):
+    job_id = submit(client, partner, "demo.sleep", {"seconds": 2, "steps": 8})
+    page.driver.execute_cdp_cmd("Network.enable", {})
+    page.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/events*"]})
+    try:
+        page.sign_in(partner["api_key"], f"/ui/jobs/{job_id}")
+        seen: list[int] = []
+
+        def finished() -> bool:
+            seen.append(int(page.element("progress").get_attribute("aria-valuenow")))
+            return page.text("job-status") == "SUCCESS"
+
+        wait_until(finished, 30, 0.05, "the page to show SUCCESS while polling")
+    finally:
+        page.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+        page.driver.execute_cdp_cmd("Network.disable", {})
+
+    assert page.element("live-mode").get_attribute("data-used") == "polling"
+    assert any(0 < value < 100 for value in seen), f"no intermediate progress seen: {seen}"
+    assert seen == sorted(seen), f"the bar went backwards: {seen}"
+    assert '"steps": 8' in page.text("job-result-json")
 
 
 def test_failed_job_shows_its_error_message(page, client, partner, worker):
