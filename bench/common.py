@@ -266,8 +266,8 @@ class Stack:
 
     def start_flower(self) -> Service:
         port = self.ports["flower"] = free_port()
-        service = spawn("flower", [sys.executable, "-m", "celery", "-A", "tasks", "flower",
-                                   "--address=127.0.0.1", f"--port={port}",
+        service = spawn("flower", [sys.executable, "-m", "celery", "-A", "bench.flower_app",
+                                   "flower", "--address=127.0.0.1", f"--port={port}",
                                    "--logging=warning"], self.env)
         self.services["flower"] = service
         wait_for(lambda: service.check() and requests.get(

@@ -1,0 +1,123 @@
+"""A webhook receiver for the end-to-end bench: verifies every signature, counts events.
+
+Run as its own process (``python -m bench.receiver --port P`` with the partner's secret
+in ``BENCH_WEBHOOK_SECRET``) so its CPU does not share a GIL with the load generator.
+``GET /stats`` answers what it saw: per job the webhook ids, duplicates (the same
+webhook-id delivered again after a 2xx), bad signatures, and the latency from the job's
+``finished_at`` to the arrival of its webhook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from bench.common import ms, percentile
+
+
+class Tally:
+    """Everything received, behind one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ids_by_job: dict[str, set[str]] = {}
+        self.seen_ids: set[str] = set()
+        self.duplicates = 0
+        self.bad_signatures = 0
+        self.received = 0
+        self.latencies: list[float] = []
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def add(self, webhook_id: str, payload: dict[str, Any], now: float) -> None:
+        data = payload.get("data") or {}
+        job_id = data.get("job_id", "?")
+        finished = data.get("finished_at")
+        with self.lock:
+            self.received += 1
+            self.first_at = self.first_at or now
+            self.last_at = now
+            if webhook_id in self.seen_ids:
+                self.duplicates += 1
+                return
+            self.seen_ids.add(webhook_id)
+            self.ids_by_job.setdefault(job_id, set()).add(webhook_id)
+            if finished:
+                ended = datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()
+                self.latencies.append(now - ended)
+
+    def stats(self, with_jobs: bool) -> dict[str, Any]:
+        with self.lock:
+            out: dict[str, Any] = {
+                "received": self.received, "unique": len(self.seen_ids),
+                "jobs": len(self.ids_by_job), "duplicates": self.duplicates,
+                "jobs_with_several_ids": sum(len(v) > 1 for v in self.ids_by_job.values()),
+                "bad_signatures": self.bad_signatures, "first_at": self.first_at,
+                "last_at": self.last_at,
+                "latency_p50_ms": ms(percentile(self.latencies, 50)),
+                "latency_p99_ms": ms(percentile(self.latencies, 99)),
+                "latency_max_ms": ms(max(self.latencies) if self.latencies else None)}
+            if with_jobs:
+                out["job_ids"] = sorted(self.ids_by_job)
+            return out
+
+
+def make_handler(tally: Tally, verifier: Webhook) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+            pass
+
+        def _answer(self, code: int, body: bytes = b"") -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            now = time.time()
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            try:
+                payload = verifier.verify(body, headers)
+            except WebhookVerificationError:
+                with tally.lock:
+                    tally.bad_signatures += 1
+                self._answer(400)
+                return
+            tally.add(headers["webhook-id"], payload, now)
+            self._answer(204)
+
+        def do_GET(self) -> None:  # noqa: N802
+            if not self.path.startswith("/stats"):
+                self._answer(404)
+                return
+            stats = tally.stats(with_jobs="jobs=1" in self.path)
+            self._answer(200, json.dumps(stats).encode())
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    verifier = Webhook(os.environ["BENCH_WEBHOOK_SECRET"])
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(Tally(), verifier))
+    server.daemon_threads = True
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
