@@ -1,0 +1,155 @@
+"""The delivery task's logic without a worker: retry classification, bookkeeping, claims.
+
+``run_attempt`` runs in-process against the real Redis test db with a stand-in Celery app
+that records what it would queue; ``responses`` answers the HTTP side (nothing is sent).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+import responses
+
+from config import Settings
+from gateway.signing import generate_secret
+from gateway.store import Store
+from gateway.webhooks import Deliveries
+from tasks.lifecycle import DELIVER_TASK, webhook_id
+from tasks.webhooks import plan, run_attempt
+
+URL = "http://127.0.0.1:9/hooks"
+
+
+class FakeApp(SimpleNamespace):
+    """Settings and store like JobgateCelery; send_task only records."""
+
+    def send_task(self, name: str, **options: Any) -> None:
+        self.sent.append((name, options))
+
+
+@pytest.fixture
+def fake_app(redis_url: str, redis_client: Any) -> FakeApp:
+    settings = Settings(redis_url=redis_url, callback_allow_http=True,
+                        callback_allowlist="127.0.0.0/8", webhook_retry_delays=(0.2, 0.5, 1.0),
+                        webhook_timeout=2.0, key_prefix="unit-" + uuid.uuid4().hex[:8])
+    store = Store(redis_client, prefix=settings.key_prefix, retention=600)
+    return FakeApp(settings=settings, store=store, sent=[])
+
+
+def make_job(app: FakeApp, callback_url: str = URL) -> str:
+    partner, _ = app.store.create_partner("acme", generate_secret())
+    job_id = str(uuid.uuid4())
+    app.store.create_job({"job_id": job_id, "task_id": job_id, "task": "demo.sleep",
+                          "partner_id": partner["id"], "callback_url": callback_url,
+                          "created_at": "2024-01-01T00:00:00.000Z"})
+    assert app.store.finish_job(job_id, "SUCCESS", result={"ok": True})
+    return job_id
+
+
+@pytest.mark.parametrize(("answer", "state", "retries"), [
+    (200, "delivered", False), (204, "delivered", False), (500, "retrying", True),
+    (503, "retrying", True), (408, "retrying", True), (429, "retrying", True),
+    (400, "failed", False), (404, "failed", False), (410, "failed", False),
+    (301, "failed", False),
+])
+def test_status_decides_state_and_retry(fake_app: FakeApp, answer: int, state: str,
+                                        retries: bool) -> None:
+    job_id = make_job(fake_app)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=answer, headers={"Location": "https://elsewhere.example/"})
+        entry = run_attempt(fake_app, "job", job_id, "job.succeeded")
+    assert entry is not None and entry["status_code"] == answer
+    record = fake_app.store.job(job_id)
+    assert (record["webhook_state"], record["webhook_attempts"]) == (state, "1")
+    assert bool(fake_app.sent) == retries
+    if retries:
+        [(name, options)] = fake_app.sent
+        assert name == DELIVER_TASK
+        assert options["kwargs"] == {"retry": 1, "chain": "auto"}
+        assert 0.16 <= options["countdown"] <= 0.24  # 0.2 s +- 20 % jitter
+        assert entry["next_attempt_at"] is not None
+
+
+@pytest.mark.parametrize("error", [requests.ConnectionError("refused"),
+                                   requests.ConnectTimeout("slow"), requests.ReadTimeout("slow")])
+def test_transport_errors_are_retried(fake_app: FakeApp, error: Exception) -> None:
+    job_id = make_job(fake_app)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, body=error)
+        entry = run_attempt(fake_app, "job", job_id, "job.succeeded")
+    assert entry["status_code"] is None and entry["error"]
+    assert fake_app.store.job(job_id)["webhook_state"] == "retrying"
+    assert len(fake_app.sent) == 1
+
+
+def test_retry_after_sets_the_countdown(fake_app: FakeApp) -> None:
+    job_id = make_job(fake_app)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=429, headers={"Retry-After": "7"})
+        run_attempt(fake_app, "job", job_id, "job.succeeded")
+    assert fake_app.sent[0][1]["countdown"] == 7.0
+
+
+def test_last_retry_failing_makes_the_delivery_failed(fake_app: FakeApp) -> None:
+    job_id = make_job(fake_app)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=500)
+        entry = run_attempt(fake_app, "job", job_id, "job.succeeded", retry=3)
+    assert fake_app.sent == []
+    assert entry["next_attempt_at"] is None
+    assert fake_app.store.job(job_id)["webhook_state"] == "failed"
+
+
+def test_every_attempt_sends_the_stored_body_under_one_id(fake_app: FakeApp) -> None:
+    job_id = make_job(fake_app)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=500)
+        run_attempt(fake_app, "job", job_id, "job.succeeded")
+        fake_app.store.update_job(job_id, result={"changed": True})
+        run_attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
+        first, second = (call.request for call in rsps.calls)
+    assert first.body == second.body
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == webhook_id(
+        job_id, "job.succeeded")
+    assert json.loads(first.body)["data"]["result"] == {"ok": True}
+
+
+def test_a_duplicate_message_sends_nothing(fake_app: FakeApp) -> None:
+    job_id = make_job(fake_app)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=200)
+        assert run_attempt(fake_app, "job", job_id, "job.succeeded") is not None
+        assert run_attempt(fake_app, "job", job_id, "job.succeeded") is None
+        assert len(rsps.calls) == 1
+    assert len(Deliveries(fake_app.store).attempts(job_id)) == 1
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.5/hook", "http://169.254.169.254/latest",
+                                 "http://[::ffff:192.168.1.1]/hook", "http://user:pw@127.0.0.1/h",
+                                 "ftp://127.0.0.1/hook"])
+def test_delivery_time_guard_refuses_before_connecting(fake_app: FakeApp, url: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A URL accepted at submit can be refused at delivery (DNS or config changed)."""
+    job_id = make_job(fake_app, callback_url=url)
+    connects: list[Any] = []
+    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: connects.append(addr))
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: connects.append(a))
+    entry = run_attempt(fake_app, "job", job_id, "job.succeeded")
+    assert connects == []
+    assert entry["outcome"] == "failed" and entry["error"]
+    assert fake_app.sent == []
+    assert fake_app.store.job(job_id)["webhook_state"] == "failed"
+
+
+def test_plan() -> None:
+    assert plan("delivered", 1, (5.0,)) == ("delivered", None)
+    assert plan("failed", 1, (5.0,)) == ("failed", None)
+    assert plan("retry", 2, (5.0,)) == ("failed", None)
+    state, delay = plan("retry", 1, (5.0,), retry_after=60.0)
+    assert (state, delay) == ("retrying", 60.0)
