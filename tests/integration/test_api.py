@@ -1,0 +1,216 @@
+"""The HTTP surface of issue 2 against a real Redis and a real worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gateway import create_app
+from tests.helpers import ROOT, WorkerProcess, settings_env, wait_for_status, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def submit(client, partner, task="demo.sleep", params=None, **extra):
+    body = {"task": task, "params": params if params is not None else {"seconds": 0,
+                                                                         "steps": 1}, **extra}
+    response = client.post("/v1/jobs", json=body, headers=partner["headers"])
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()
+
+
+def test_unknown_job_is_404_never_pending(client, partner):
+    response = client.get("/v1/jobs/00000000-0000-0000-0000-000000000000",
+                          headers=partner["headers"])
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_finished_job_outlives_celerys_result(settings, redis_client, admin_headers):
+    """With result_expires=1 Celery's meta vanishes; the gateway's record still answers."""
+    short = settings.with_overrides(result_expires=1, queue_jobs="jobs-expiry",
+                                    queue_webhooks="webhooks-expiry")
+    app = create_app(short)
+    client = app.test_client()
+    key = client.post("/v1/partners", json={"name": "expiry"},
+                      headers=admin_headers).get_json()["api_key"]
+    headers = {"Authorization": f"Bearer {key}"}
+    worker = WorkerProcess(short, concurrency=1, name="expiry").start()
+    try:
+        job = client.post("/v1/jobs", json={"task": "texts.embed",
+                                             "params": {"texts": ["a b"], "dimensions": 8}},
+                          headers=headers).get_json()
+        done = wait_for_status(client, job["job_id"], headers)
+        assert done["status"] == "SUCCESS"
+    finally:
+        worker.stop()
+    meta_key = f"celery-task-meta-{job['job_id']}"
+    wait_until(lambda: not redis_client.exists(meta_key), timeout=10,
+               message="Celery's result to expire")
+    again = client.get(f"/v1/jobs/{job['job_id']}", headers=headers).get_json()
+    assert again["status"] == "SUCCESS"
+    assert again["result"] == done["result"]
+    assert again["finished_at"] == done["finished_at"]
+
+
+def test_wait_holds_until_the_job_ends(client, partner, worker):
+    job = submit(client, partner, params={"seconds": 1, "steps": 2})
+    response = client.get(f"/v1/jobs/{job['job_id']}?wait=20", headers=partner["headers"])
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "SUCCESS"
+
+
+@pytest.mark.parametrize("value", ["0", "31", "-1", "soon"])
+def test_wait_out_of_range_is_422(client, partner, value):
+    job_id = submit(client, partner)["job_id"]
+    response = client.get(f"/v1/jobs/{job_id}?wait={value}", headers=partner["headers"])
+    assert response.status_code == 422
+    assert "wait" in response.get_json()["error"]["details"]
+
+
+def test_wait_returns_the_live_status_when_time_is_up(client, partner, worker):
+    job = submit(client, partner, params={"seconds": 5, "steps": 5})
+    view = client.get(f"/v1/jobs/{job['job_id']}?wait=0.5", headers=partner["headers"])
+    assert view.get_json()["status"] in ("PENDING", "STARTED", "PROCESSING")
+
+
+def test_list_is_newest_first_filtered_and_paged(client, partner, other_partner, worker):
+    ids = [submit(client, partner)["job_id"] for _ in range(5)]
+    failed = submit(client, partner, task="demo.fail", params={"message": "no"})["job_id"]
+    submit(client, other_partner)
+    for job_id in [*ids, failed]:
+        wait_for_status(client, job_id, partner["headers"])
+    seen, cursor = [], None
+    while True:
+        url = "/v1/jobs?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(url, headers=partner["headers"]).get_json()
+        assert len(page["jobs"]) <= 2
+        seen += [job["job_id"] for job in page["jobs"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [failed, *reversed(ids)], "newest first, every job once, only mine"
+    only_failed = client.get("/v1/jobs?status=FAILURE", headers=partner["headers"]).get_json()
+    assert [job["job_id"] for job in only_failed["jobs"]] == [failed]
+    by_task = client.get("/v1/jobs?task=demo.fail", headers=partner["headers"]).get_json()
+    assert [job["job_id"] for job in by_task["jobs"]] == [failed]
+
+
+def test_admin_sees_every_partners_jobs(client, partner, other_partner, admin_headers):
+    mine = submit(client, partner)["job_id"]
+    theirs = submit(client, other_partner)["job_id"]
+    listed = {job["job_id"] for job in client.get(
+        "/v1/jobs?limit=100", headers=admin_headers).get_json()["jobs"]}
+    assert {mine, theirs} <= listed
+    assert client.get(f"/v1/jobs/{theirs}", headers=admin_headers).status_code == 200
+
+
+def test_admin_cannot_submit(client, admin_headers):
+    response = client.post("/v1/jobs", json={"task": "demo.sleep"}, headers=admin_headers)
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"] == "forbidden"
+
+
+def test_idempotent_replay_returns_the_same_job(client, partner):
+    body = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
+    headers = {**partner["headers"], "Idempotency-Key": "order-1"}
+    first = client.post("/v1/jobs", json=body, headers=headers)
+    again = client.post("/v1/jobs", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.get_json()["job_id"] == first.get_json()["job_id"]
+    assert again.headers["Location"] == first.headers["Location"]
+
+
+def test_catalog_lists_json_schemas(client, partner):
+    tasks = {t["name"]: t for t in client.get("/v1/tasks", headers=partner["headers"]).get_json()}
+    assert set(tasks) == {"demo.sleep", "demo.fail", "documents.process", "texts.embed"}
+    sleep = tasks["demo.sleep"]["params"]
+    assert sleep["properties"]["seconds"]["maximum"] == 3600
+    assert sleep["properties"]["steps"]["minimum"] == 1
+    assert tasks["documents.process"]["params"]["required"] == ["documents"]
+
+
+def test_demo_tasks_off_hides_and_refuses_them(settings, admin_headers, redis_client):
+    client = create_app(settings.with_overrides(demo_tasks=False)).test_client()
+    key = client.post("/v1/partners", json={"name": "nodemo"},
+                      headers=admin_headers).get_json()["api_key"]
+    headers = {"Authorization": f"Bearer {key}"}
+    names = {t["name"] for t in client.get("/v1/tasks", headers=headers).get_json()}
+    assert names == {"documents.process", "texts.embed"}
+    refused = client.post("/v1/jobs", json={"task": "demo.sleep"}, headers=headers)
+    assert refused.status_code == 422
+    assert refused.get_json()["error"]["code"] == "unknown_task"
+
+
+def test_routing_errors_are_json(client, partner):
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404 and missing.is_json
+    assert missing.get_json()["error"]["code"] == "not_found"
+    wrong_method = client.delete("/v1/jobs", headers=partner["headers"])
+    assert wrong_method.status_code == 405
+    assert wrong_method.get_json()["error"]["code"] == "method_not_allowed"
+
+
+def test_unexpected_errors_are_json_500_without_traceback(settings, redis_client, caplog):
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    body = response.get_json()
+    assert body["error"]["code"] == "internal_error"
+    assert "secret internals" not in response.get_data(as_text=True)
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert body["error"]["details"]["error_id"] in caplog.text
+
+
+def test_health_and_readiness(client, worker):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"]["workers"] >= 1
+
+
+def test_readiness_fails_without_workers(settings, redis_client):
+    client = create_app(settings.with_overrides(redis_url="redis://127.0.0.1:1/0")).test_client()
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["redis"] is False
+
+
+def test_openapi_document_lists_the_contract(client):
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/partners", "/v1/tasks", "/readyz"):
+        assert path in spec["paths"]
+    assert "Job" in spec["components"]["schemas"]
+
+
+def test_metrics_count_submissions(client, partner):
+    before = client.get("/metrics").get_data(as_text=True)
+    submit(client, partner)
+    after = client.get("/metrics").get_data(as_text=True)
+
+    def submitted(text):
+        name = 'jobgate_jobs_total{event="submitted"}'
+        line = next(x for x in text.splitlines() if x.startswith(name))
+        return float(line.split()[-1])
+
+    assert submitted(after) == submitted(before) + 1
+
+
+def test_cli_partner_create_prints_json_usable_as_a_key(settings, redis_client, client):
+    env = {**settings_env(settings), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "gateway.cli", "partner", "create", "cli-co"],
+                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    created = json.loads(out.stdout)
+    assert set(created) == {"id", "name", "created_at", "api_key", "webhook_secret"}
+    assert created["webhook_secret"].startswith("whsec_")
+    headers = {"Authorization": f"Bearer {created['api_key']}"}
+    assert client.get("/v1/tasks", headers=headers).status_code == 200

@@ -1,0 +1,93 @@
+"""Settings from the environment, and the request schemas (no services)."""
+
+from __future__ import annotations
+
+import pytest
+from marshmallow import ValidationError
+
+from config import Settings
+from gateway.schemas import JobSubmitSchema, PartnerCreateSchema, RevokeSchema
+from tasks.builtin import DocumentsParams, EmbedParams, SleepParams
+from tasks.registry import job_types
+
+
+def test_defaults_match_the_contract():
+    s = Settings.from_env({})
+    assert s.redis_url == "redis://localhost:6379/0"
+    assert s.broker_url == s.result_backend == s.redis_url
+    assert s.result_expires == 3600
+    assert s.job_retention == 7 * 24 * 3600
+    assert s.max_body == 1024 * 1024
+    assert s.webhook_retry_delays == (5, 30, 120, 600, 1800, 3600, 7200, 14400)
+    assert s.admin_keys == ()
+    assert s.callback_allow_http is False
+    assert s.demo_tasks is True
+
+
+def test_environment_overrides_and_derivation():
+    s = Settings.from_env({"REDIS_URL": "redis://r:1/2", "CELERY_BROKER_URL": "redis://b:1/0",
+                           "JOBGATE_ADMIN_KEYS": " a, b ,", "JOBGATE_DEMO_TASKS": "0",
+                           "JOBGATE_WEBHOOK_RETRY_DELAYS": "1,2.5"})
+    assert s.broker_url == "redis://b:1/0"
+    assert s.result_backend == "redis://r:1/2"
+    assert s.admin_keys == ("a", "b")
+    assert s.demo_tasks is False
+    assert s.webhook_retry_delays == (1.0, 2.5)
+    moved = s.with_overrides(redis_url="redis://other:1/0")
+    assert moved.result_backend == "redis://other:1/0"
+
+
+def test_bad_values_name_the_variable():
+    with pytest.raises(ValueError, match="JOBGATE_MAX_BODY"):
+        Settings.from_env({"JOBGATE_MAX_BODY": "lots"})
+
+
+def test_demo_tasks_can_be_hidden():
+    assert "demo.sleep" in job_types(demo=True)
+    assert not [name for name in job_types(demo=False) if name.startswith("demo.")]
+    assert {"documents.process", "texts.embed"} <= set(job_types(demo=False))
+
+
+def test_submit_schema_defaults_and_unknown_fields():
+    loaded = JobSubmitSchema().load({"task": "demo.sleep"})
+    assert loaded == {"task": "demo.sleep", "params": {}, "callback_url": None, "metadata": {}}
+    with pytest.raises(ValidationError) as exc:
+        JobSubmitSchema().load({"task": "demo.sleep", "colour": "red"})
+    assert "colour" in exc.value.messages
+
+
+@pytest.mark.parametrize("body, field", [
+    ({}, "task"),
+    ({"task": 5}, "task"),
+    ({"task": "x", "params": [1]}, "params"),
+    ({"task": "x", "metadata": "no"}, "metadata"),
+    ({"task": "x", "metadata": {"big": "x" * 20000}}, "metadata"),
+    ({"task": "x", "callback_url": "y" * 3000}, "callback_url"),
+])
+def test_submit_schema_rejects(body, field):
+    with pytest.raises(ValidationError) as exc:
+        JobSubmitSchema().load(body)
+    assert field in exc.value.messages
+
+
+@pytest.mark.parametrize("schema, params, field", [
+    (SleepParams, {"seconds": -1}, "seconds"),
+    (SleepParams, {"seconds": 3601}, "seconds"),
+    (SleepParams, {"steps": 0}, "steps"),
+    (SleepParams, {"steps": "many"}, "steps"),
+    (DocumentsParams, {"documents": []}, "documents"),
+    (DocumentsParams, {"documents": [{"name": "a"}]}, "documents"),
+    (EmbedParams, {"texts": "not a list"}, "texts"),
+    (EmbedParams, {"texts": ["a"], "dimensions": 4}, "dimensions"),
+])
+def test_task_params_are_validated(schema, params, field):
+    with pytest.raises(ValidationError) as exc:
+        schema().load(params)
+    assert field in exc.value.messages
+
+
+def test_partner_and_revoke_schemas():
+    assert PartnerCreateSchema().load({"name": "acme"}) == {"name": "acme"}
+    with pytest.raises(ValidationError):
+        PartnerCreateSchema().load({"name": "   "})
+    assert RevokeSchema().load({}) == {"reason": "", "terminate": True}
