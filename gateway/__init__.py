@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from gateway.extensions import Services
     from gateway.ssrf import parse_allowlist
     from gateway.store import Store
-    from gateway.views import batches, catalog, events, health, jobs, partners, ui
+    from gateway.views import batches, catalog, events, health, jobs, partners, ui, webhooks
     from tasks.app import make_celery
 
     settings = settings or Settings.from_env()
@@ -40,7 +40,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     register_error_handlers(app)
     metrics.init_metrics(app)
-    for module in (health, openapi, metrics, partners, catalog, jobs, batches, events, ui):
+    for module in (health, openapi, metrics, partners, catalog, jobs, batches, events, ui,
+                   webhooks):
         app.register_blueprint(module.bp)
     logging.getLogger("jobgate").setLevel(logging.INFO)
     return app
