@@ -45,9 +45,12 @@ class JobTask(Task):
             raise JobRevoked(f"job {job_id} has no record")
         if record is not None and record.get("status"):
             # Revoked while queued (kept in Redis, so a restarted worker knows too), or a
-            # redelivery (acks_late / visibility timeout) of a job that already ended.
+            # redelivery (acks_late / visibility timeout) of a job that already ended: do
+            # not run it again, but replay its idempotent side effects in case the process
+            # that recorded the end died before queuing the webhook.
             if record["status"] == "REVOKED":
                 self.update_state(state="REVOKED", meta={"reason": record.get("revoke_reason")})
+            lifecycle.side_effects(self.app, store, record)
             raise JobRevoked(f"job {job_id} already {record['status']}")
         if job_id:
             store.mark_started(job_id)

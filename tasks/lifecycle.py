@@ -33,11 +33,24 @@ def finish_job(app: Celery, store: Store, job_id: str, status: str, **fields: An
         return False
     record = store.job(job_id) or {}
     store.publish(job_id, {"job_id": job_id, "status": status})
+    side_effects(app, store, record)
+    return True
+
+
+def side_effects(app: Celery, store: Store, record: dict[str, Any]) -> None:
+    """Queue the terminal webhook and count the batch member; safe to repeat.
+
+    Repeating is how a crash between recording the end and queuing the webhook heals:
+    the redelivered message (acks_late) replays this, the delivery task's per-attempt
+    claim drops a second copy, and batch counting is idempotent per member.
+    """
+    status = record.get("status")
+    if status not in EVENT_TYPES:
+        return
     if record.get("callback_url"):
-        enqueue_webhook(app, store, job_id, EVENT_TYPES[status])
+        enqueue_webhook(app, store, record["job_id"], EVENT_TYPES[status])
     if record.get("batch_id"):
         on_batch_member_finished(app, store, record)
-    return True
 
 
 def enqueue_webhook(app: Celery, store: Store, subject_id: str, event: str,
