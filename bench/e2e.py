@@ -62,6 +62,16 @@ def finished_times(stack: Stack, ids: list[str]) -> list[float]:
         client.close()
 
 
+def command_counts(stack: Stack) -> Counter[str]:
+    """Redis calls so far by command (INFO commandstats)."""
+    client = stack.redis()
+    try:
+        return Counter({name.removeprefix("cmdstat_"): int(row["calls"])
+                        for name, row in client.info("commandstats").items()})
+    finally:
+        client.close()
+
+
 def key_family(key: str) -> str:
     """Group a Redis key by what it is: ``jobgate:job:<id>`` -> ``jobgate:job:*``."""
     if key.startswith("celery-task-meta-"):
@@ -121,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         client = stack.redis()
         redis_before = int(client.info("memory")["used_memory"])
         client.close()
+        commands_before = command_counts(stack)
         job = {"task": "demo.sleep", "params": SLEEP_PARAMS,
                "callback_url": stack.url("receiver", "/hook")}
         raw = request_bytes("POST", "/v1/jobs", body=job,
@@ -142,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < settle and not queues_empty(stack):
             time.sleep(0.2)
         seen = stats(stack, with_jobs=True)
+        commands = command_counts(stack)
+        commands.subtract(commands_before)
         finished = finished_times(stack, ids)
         rss = {"gateway": gateway.rss(), "worker": worker.rss()}
         memory = redis_memory(stack, len(ids), redis_before)
@@ -165,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         "duplicated": seen["duplicates"], "jobs_with_several_ids": seen["jobs_with_several_ids"],
         "bad_signatures": seen["bad_signatures"], "receiver": seen,
         "rss": rss, "redis": memory,
+        "redis_commands_per_job_server_wide": {name: round(n / len(ids), 2) for name, n in
+                                   commands.most_common() if n > 0} if ids else {},
     }
     if args.profile:
         result["profile"] = {name: top_frames(args.profile / f"{name}.txt")
@@ -180,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         ["gateway RSS MiB", rss["gateway"]["total_mib"]],
         ["worker RSS MiB", rss["worker"]["total_mib"]],
         ["Redis bytes / retained job", memory["retained_bytes_per_finished_job"]],
+        ["Redis cmds / job (server-wide)",
+         round(sum(result["redis_commands_per_job_server_wide"].values()), 1)],
     ])
     write_result("e2e", {
         "benchmark": "e2e", "task": "demo.sleep", "params": SLEEP_PARAMS,

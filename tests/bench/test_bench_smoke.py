@@ -1,0 +1,73 @@
+"""Each bench script runs at a tiny size and writes well-formed JSON, so none of them rots.
+
+No timing is asserted: only that the scripts exit 0, measured what they say, and that the
+end-to-end run lost and duplicated nothing. They use this session's Redis db (flushed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.integration
+
+RUN_KEYS = {"benchmark", "config", "machine", "loadavg_end", "finished", "results"}
+
+
+def run_script(module: str, redis_url: str, out: Path, *args: str) -> dict:
+    """Run ``python -m bench.<module>`` tiny; its JSON result."""
+    completed = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--redis-url", redis_url, "--out", str(out),
+         "--gunicorn-workers", "1", "--gunicorn-threads", "4", *args],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True, timeout=240)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert RUN_KEYS <= set(data), set(data)
+    assert data["benchmark"] == module
+    assert len(data["machine"]["loadavg"]) == 3 and len(data["loadavg_end"]) == 3
+    return data
+
+
+def test_submit_bench_measures_both_targets(redis_url: str, redis_client, tmp_path: Path):
+    data = run_script("submit", redis_url, tmp_path / "submit.json", "--requests", "20",
+                      "--concurrency", "1,4", "--rounds", "1")
+    assert set(data["results"]) == {"1", "4"}
+    for level in data["results"].values():
+        for target in ("jobgate", "flower"):
+            row = level[target]
+            assert row["ok"] == row["requests"] == 20, row
+            assert row["rps"] > 0 and row["p50_ms"] <= row["p99_ms"]
+    assert set(data["ratios"]) == {"1", "4"}
+
+
+def test_status_bench_reads_queued_and_finished_jobs(redis_url: str, redis_client,
+                                                     tmp_path: Path):
+    data = run_script("status", redis_url, tmp_path / "status.json", "--jobs", "10",
+                      "--requests", "20", "--concurrency", "4", "--rounds", "1")
+    assert set(data["results"]["queued"]["4"]) == {"jobgate", "flower result"}
+    assert set(data["results"]["finished"]["4"]) == {"jobgate", "flower info", "flower result"}
+    for phase in data["results"].values():
+        for row in phase["4"].values():
+            assert row["ok"] == row["requests"] == 20, row
+
+
+def test_e2e_bench_delivers_every_webhook_once(redis_url: str, redis_client, tmp_path: Path):
+    data = run_script("e2e", redis_url, tmp_path / "e2e.json", "--jobs", "20",
+                      "--stall", "30", "--cap", "120")
+    result = data["results"]
+    assert result["jobs_submitted"] == 20
+    assert result["lost"] == 0 and result["duplicated"] == 0, result
+    assert result["bad_signatures"] == 0 and result["jobs_with_several_ids"] == 0
+    assert result["receiver"]["jobs"] == 20
+    assert result["webhook_latency_p50_ms"] is not None
+    assert result["rss"]["gateway"]["total_mib"] > 0 and result["rss"]["worker"]["total_mib"] > 0
+    assert result["redis"]["retained_bytes_per_finished_job"] > 0
+    assert result["redis_commands_per_job_server_wide"]
