@@ -105,7 +105,8 @@ def submit(svc: Services, principal: Principal, body: Any,
         if idempotency_key:
             svc.store.release_idempotency(principal.partner_id, idempotency_key)
         raise
-    return describe(svc, record), True
+    # Just queued: PENDING by definition, no need to ask Celery.
+    return job_view(record), True
 
 
 def wait_for_record(svc: Services, job_id: str, timeout: float = 2.0) -> dict[str, Any]:

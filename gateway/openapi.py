@@ -41,6 +41,8 @@ DELIVERY = {
         "error": {"type": "string", "nullable": True},
         "duration_ms": {"type": "integer"},
         "next_attempt_at": {"type": "string", "nullable": True},
+        "outcome": {"type": "string", "enum": ["delivered", "retry", "failed"]},
+        "redelivery": {"type": "boolean"},
     },
 }
 BATCH = {
@@ -182,6 +184,8 @@ def build_spec() -> dict[str, Any]:
         "/v1/jobs/{job_id}/deliveries": {"get": _op(
             "Every webhook delivery attempt", _ok(200, "Attempts", {"type": "object",
                                                                     "properties": {
+                "job_id": {"type": "string"},
+                "webhook": {"$ref": "#/components/schemas/WebhookSummary"},
                 "deliveries": {"type": "array", "items": ref["Delivery"]}}}),
             READ, params=[JOB_ID], tag="webhooks")},
         "/v1/jobs/{job_id}/redeliver": {"post": _op(

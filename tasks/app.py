@@ -49,7 +49,9 @@ class JobTask(Task):
             # not run it again, but replay its idempotent side effects in case the process
             # that recorded the end died before queuing the webhook.
             if record["status"] == "REVOKED":
-                self.update_state(state="REVOKED", meta={"reason": record.get("revoke_reason")})
+                # A REVOKED meta Celery itself can decode (update_state's would not be).
+                self.backend.mark_as_revoked(job_id, record.get("revoke_reason") or "revoked",
+                                             request=self.request)
             lifecycle.side_effects(self.app, store, record)
             raise JobRevoked(f"job {job_id} already {record['status']}")
         if job_id:
@@ -111,7 +113,9 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         jobgate_queue_webhooks=settings.queue_webhooks,
     )
     for job_type in job_types(demo=settings.demo_tasks).values():
-        app.task(name=job_type.name, base=JobTask, bind=True)(_task_body(job_type))
+        # shared=False: each app built here owns its tasks (tests build several apps).
+        app.task(name=job_type.name, base=JobTask, bind=True, shared=False)(
+            _task_body(job_type))
     _register_extensions(app)
     return app
 
