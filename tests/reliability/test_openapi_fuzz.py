@@ -7,7 +7,9 @@ so fuzzed ``demo.sleep`` jobs of up to an hour never tie up the suite's worker.
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections import Counter
 
 import pytest
 
@@ -19,7 +21,8 @@ from schemathesis.specs.openapi.checks import response_schema_conformance  # noq
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
 CHECKS = [not_a_server_error, response_schema_conformance]
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = int(os.environ.get("JOBGATE_FUZZ_EXAMPLES", "25"))  # per operation
+SENT: Counter[str] = Counter()  # requests sent per operation, reported at the end
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +37,8 @@ def fuzz_app(settings, redis_client):
 
 
 @pytest.fixture(scope="module")
-def fuzz_keys(fuzz_app, admin_headers) -> list[dict[str, str]]:
-    """The admin headers and a fresh partner's headers."""
+def fuzz_keys(fuzz_app, admin_headers, worker) -> list[dict[str, str]]:
+    """The admin headers and a fresh partner's headers (a worker runs, so /readyz is 200)."""
     created = fuzz_app.test_client().post("/v1/partners", json={"name": "fuzzer"},
                                           headers=admin_headers)
     assert created.status_code == 201
@@ -44,7 +47,9 @@ def fuzz_keys(fuzz_app, admin_headers) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def api_schema(fuzz_app):
-    return schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
+    yield schema
+    print(f"\nschemathesis: {sum(SENT.values())} requests over {len(SENT)} operations")
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
@@ -55,4 +60,5 @@ schema = schemathesis.pytest.from_fixture("api_schema")
           suppress_health_check=list(HealthCheck))
 def test_no_server_error_and_responses_match_the_schema(case, fuzz_keys):
     for headers in fuzz_keys:
+        SENT[case.operation.label] += 1
         case.call_and_validate(headers=headers, checks=CHECKS)
