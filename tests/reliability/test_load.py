@@ -72,10 +72,13 @@ class Load:
         self.errors: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.job_ids: list[str] = []
+        self.reserved = 0
 
     def submit_allowed(self) -> bool:
+        """Reserve one of the MAX_SUBMITS submissions; False once all are taken."""
         with self.lock:
-            return len(self.job_ids) < MAX_SUBMITS
+            self.reserved += 1
+            return self.reserved <= MAX_SUBMITS
 
 
 def client_loop(base: str, headers: dict[str, str], load: Load, start: threading.Barrier,
