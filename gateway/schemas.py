@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
@@ -48,6 +49,19 @@ class ListJobsArgs(Schema):
     task = fields.String(load_default=None, validate=validate.Length(max=200))
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+
+    @validates("cursor")
+    def _cursor(self, value: str | None, **_: Any) -> None:
+        """A cursor is "<score>:<id>" as a previous page returned it; nothing else."""
+        if value is None:
+            return
+        score, sep, after = value.partition(":")
+        try:
+            valid = bool(sep and after) and math.isfinite(float(score))
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ValidationError("Not a cursor this API returned; use next_cursor as is.")
 
 
 class WaitArgs(Schema):
