@@ -45,6 +45,8 @@ class Settings:
     demo_tasks: bool = True
     rate_limit: int = 600
     max_wait: int = 30
+    sse_heartbeat: float = 15.0
+    sse_max_seconds: float = 900.0
     visibility_timeout: int = 2 * 3600
     queue_jobs: str = "jobs"
     queue_webhooks: str = "webhooks"
@@ -97,6 +99,8 @@ _ENV = {
     "demo_tasks": ("JOBGATE_DEMO_TASKS", _bool),
     "rate_limit": ("JOBGATE_RATE_LIMIT", int),
     "max_wait": ("JOBGATE_MAX_WAIT", int),
+    "sse_heartbeat": ("JOBGATE_SSE_HEARTBEAT", float),
+    "sse_max_seconds": ("JOBGATE_SSE_MAX_SECONDS", float),
     "visibility_timeout": ("JOBGATE_VISIBILITY_TIMEOUT", int),
     "queue_jobs": ("JOBGATE_QUEUE_JOBS", str),
     "queue_webhooks": ("JOBGATE_QUEUE_WEBHOOKS", str),

@@ -10,12 +10,11 @@ holds one thread: serve it with gunicorn ``gthread`` (or gevent), not the sync w
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from gateway import jobs
 from gateway.auth import authenticate, login_required
@@ -24,15 +23,7 @@ from gateway.status import TERMINAL, progress_of
 
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
 
-HEARTBEAT = 15.0  # seconds of silence before a ": heartbeat" comment
-MAX_STREAM = 900.0  # seconds one stream may stay open; clients reconnect (retry below)
 RETRY_MS = 2000  # EventSource reconnection delay we ask for
-
-
-def _setting(name: str, default: float) -> float:
-    """A stream setting from app.config, else the environment, else the default."""
-    value = current_app.config.get(name) or os.environ.get(name)
-    return float(value) if value else default
 
 
 @bp.get("/<job_id>/events")
@@ -43,8 +34,8 @@ def stream(job_id: str) -> Response:
     pubsub = svc.store.redis.pubsub(ignore_subscribe_messages=True)
     # Subscribe before the first read, so no change between the two is missed.
     pubsub.subscribe(svc.store.channel(job_id))
-    body = job_events(svc, record, pubsub, heartbeat=_setting("JOBGATE_SSE_HEARTBEAT", HEARTBEAT),
-                      max_seconds=_setting("JOBGATE_SSE_MAX_SECONDS", MAX_STREAM))
+    body = job_events(svc, record, pubsub, heartbeat=svc.settings.sse_heartbeat,
+                      max_seconds=svc.settings.sse_max_seconds)
     response = Response(body, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
