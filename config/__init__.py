@@ -47,7 +47,7 @@ class Settings:
     max_wait: int = 30
     sse_heartbeat: float = 15.0
     sse_max_seconds: float = 900.0
-    visibility_timeout: int = 2 * 3600
+    visibility_timeout: int = 6 * 3600
     queue_jobs: str = "jobs"
     queue_webhooks: str = "webhooks"
     key_prefix: str = "jobgate"

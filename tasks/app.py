@@ -112,6 +112,11 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         jobgate_queue_jobs=settings.queue_jobs,
         jobgate_queue_webhooks=settings.queue_webhooks,
     )
+    longest_wait = max([3600.0, *settings.webhook_retry_delays])
+    if settings.visibility_timeout <= longest_wait:
+        log.warning("JOBGATE_VISIBILITY_TIMEOUT=%s is not above the longest job or webhook "
+                    "retry delay (%ss): such messages will be delivered twice",
+                    settings.visibility_timeout, longest_wait)
     for job_type in job_types(demo=settings.demo_tasks).values():
         # shared=False: each app built here owns its tasks (tests build several apps).
         app.task(name=job_type.name, base=JobTask, bind=True, shared=False)(

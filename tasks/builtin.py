@@ -15,7 +15,8 @@ from tasks.text import EMBEDDING_MODEL, chunk_text, embed
 class SleepParams(Schema):
     seconds = fields.Float(load_default=1.0, validate=validate.Range(min=0, max=3600),
                            metadata={"description": "Total time to sleep."})
-    steps = fields.Integer(load_default=10, validate=validate.Range(min=1, max=10000),
+    steps = fields.Integer(load_default=10, strict=True,
+                           validate=validate.Range(min=1, max=10000),
                            metadata={"description": "Progress reports, evenly spaced."})
 
 
@@ -31,14 +32,16 @@ class Document(Schema):
 class DocumentsParams(Schema):
     documents = fields.List(fields.Nested(Document), required=True,
                             validate=validate.Length(min=1, max=1000))
-    chunk_words = fields.Integer(load_default=200, validate=validate.Range(min=1, max=10000))
-    overlap = fields.Integer(load_default=0, validate=validate.Range(min=0, max=9999))
+    chunk_words = fields.Integer(load_default=200, strict=True,
+                                 validate=validate.Range(min=1, max=10000))
+    overlap = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0, max=9999))
 
 
 class EmbedParams(Schema):
     texts = fields.List(fields.String(validate=validate.Length(max=100_000)), required=True,
                         validate=validate.Length(min=1, max=10000))
-    dimensions = fields.Integer(load_default=256, validate=validate.Range(min=8, max=4096))
+    dimensions = fields.Integer(load_default=256, strict=True,
+                                validate=validate.Range(min=8, max=4096))
 
 
 @job_task("demo.sleep", params=SleepParams, demo=True,

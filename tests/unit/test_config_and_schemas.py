@@ -22,6 +22,8 @@ def test_defaults_match_the_contract():
     assert s.admin_keys == ()
     assert s.callback_allow_http is False
     assert s.demo_tasks is True
+    # Above the longest job (1 h) and the longest webhook retry delay (4 h).
+    assert s.visibility_timeout > max(3600, *s.webhook_retry_delays)
 
 
 def test_environment_overrides_and_derivation():
@@ -75,6 +77,8 @@ def test_submit_schema_rejects(body, field):
     (SleepParams, {"seconds": 3601}, "seconds"),
     (SleepParams, {"steps": 0}, "steps"),
     (SleepParams, {"steps": "many"}, "steps"),
+    (SleepParams, {"steps": 1.5}, "steps"),
+    (EmbedParams, {"texts": ["a"], "dimensions": "64"}, "dimensions"),
     (DocumentsParams, {"documents": []}, "documents"),
     (DocumentsParams, {"documents": [{"name": "a"}]}, "documents"),
     (EmbedParams, {"texts": "not a list"}, "texts"),
