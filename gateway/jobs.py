@@ -123,10 +123,32 @@ def wait_for_record(svc: Services, job_id: str, timeout: float = 2.0) -> dict[st
 def find(svc: Services, principal: Principal, job_id: str) -> dict[str, Any]:
     """The job record if the caller may see it; 404 for unknown and for others' jobs."""
     record = svc.store.job(job_id) if len(job_id) <= 64 else None
+    return _visible(principal, record)
+
+
+def _visible(principal: Principal, record: dict[str, Any] | None) -> dict[str, Any]:
     if record is None or not (principal.is_admin or record.get("partner_id") ==
                               principal.partner_id):
         raise not_found("job")
     return record
+
+
+def show(svc: Services, principal: Principal, job_id: str) -> tuple[dict[str, Any], dict]:
+    """(record, view) of a job the caller may see, in one Redis round trip when it can.
+
+    When the job store and Celery's result backend are the same Redis, the record and
+    the task meta are read in one pipeline; the view derives from that one meta read.
+    """
+    backend = svc.celery.backend
+    if len(job_id) > 64 or svc.settings.result_backend != svc.settings.redis_url:
+        record = find(svc, principal, job_id)
+        return record, describe(svc, record)
+    record, raw_meta = svc.store.job_and(job_id, backend.get_key_for_task(job_id).decode())
+    record = _visible(principal, record)
+    if record.get("status") in TERMINAL:
+        return record, job_view(record)
+    meta = backend.decode_result(raw_meta) if raw_meta else {"status": "PENDING", "result": None}
+    return record, job_view(record, meta)
 
 
 def describe(svc: Services, record: dict[str, Any]) -> dict[str, Any]:

@@ -19,16 +19,43 @@ from typing import Any
 import redis
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+KEY_CACHE_TTL = 30.0  # seconds a partner found by its API key is remembered in-process
+KEY_CACHE_SIZE = 10_000
 JSON_FIELDS = ("metadata", "result", "progress")
 
 # Sets the terminal fields only if no terminal status is recorded yet: the first of the
-# worker (success/failure), the revoke path or a re-run wins, exactly once per job.
+# worker (success/failure), the revoke path or a re-run wins, exactly once per job. The
+# winner also counts the outcome and tells live listeners, and gets back what its side
+# effects need (callback URL, batch id): one round trip for the whole end of a job.
 _FINISH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('HGET', KEYS[1], 'status') then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+if redis.call('HGET', KEYS[1], 'status') then return {0} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+redis.call('PUBLISH', KEYS[3], ARGV[3])
+local found = redis.call('HMGET', KEYS[1], 'callback_url', 'batch_id')
+return {1, found[1] or '', found[2] or ''}
+"""
+
+# A worker taking a job: refuse it if it already has a terminal status (revoked while
+# queued, or a redelivery of a finished job), else record the start once and publish it.
+_START = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status then return {0, status} end
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+return {1}
+"""
+
+# A progress report: kept in the record and published, unless the job was revoked (0).
+# A record that expired meanwhile is not recreated (2: nothing written, keep going).
+_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
+if redis.call('HGET', KEYS[1], 'status') == 'REVOKED' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
 return 1
 """
 
@@ -65,6 +92,9 @@ class Store:
         # longest time a job may stay queued or running.
         self.live_ttl = live_ttl or retention + 2 * 86400
         self._finish = client.register_script(_FINISH)
+        self._start = client.register_script(_START)
+        self._progress = client.register_script(_PROGRESS)
+        self._key_cache: dict[str, tuple[float, dict[str, str]]] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Store:
@@ -94,8 +124,22 @@ class Store:
         return record or None
 
     def partner_by_key(self, api_key: str) -> dict[str, str] | None:
-        partner_id = self.redis.get(self.key("partnerkey", hash_key(api_key)))
-        return self.partner(partner_id) if partner_id else None
+        """The partner owning ``api_key``; found keys are cached in-process briefly.
+
+        Auth runs on every request, so a hit saves two Redis round trips. Only keys that
+        exist are cached (a wrong key is looked up each time), for ``KEY_CACHE_TTL`` s.
+        """
+        hashed = hash_key(api_key)
+        hit = self._key_cache.get(hashed)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        partner_id = self.redis.get(self.key("partnerkey", hashed))
+        partner = self.partner(partner_id) if partner_id else None
+        if partner is not None:
+            if len(self._key_cache) >= KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            self._key_cache[hashed] = (time.monotonic() + KEY_CACHE_TTL, partner)
+        return partner
 
     def partners(self) -> list[dict[str, str]]:
         ids = self.redis.zrange(self.key("partners"), 0, -1)
@@ -156,6 +200,14 @@ class Store:
     def job(self, job_id: str) -> dict[str, Any] | None:
         return _decode(self.redis.hgetall(self.key("job", job_id)))
 
+    def job_and(self, job_id: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
+        """A job record and the string at ``key`` (Celery's meta), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.key("job", job_id))
+        pipe.get(key)
+        record, value = pipe.execute()
+        return _decode(record), value
+
     def jobs(self, job_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         pipe = self.redis.pipeline()
         for job_id in job_ids:
@@ -165,20 +217,45 @@ class Store:
     def update_job(self, job_id: str, **fields: Any) -> None:
         self.redis.hset(self.key("job", job_id), mapping=_encode(fields))
 
-    def mark_started(self, job_id: str, at: str | None = None) -> None:
-        """Record when a worker first picked the job up (Celery keeps no start time)."""
-        self.redis.hsetnx(self.key("job", job_id), "started_at", at or utcnow())
+    def start_job(self, job_id: str) -> str | None:
+        """Record a worker's start (Celery keeps no start time) and publish STARTED.
 
-    def finish_job(self, job_id: str, status: str, **fields: Any) -> bool:
-        """Record a terminal status once; False if one was already recorded (or no job)."""
+        Returns None when the job may run, else why not: its terminal status, or
+        "missing" when it has no record.
+        """
+        event = json.dumps({"job_id": job_id, "status": "STARTED"})
+        answer = self._start(keys=[self.key("job", job_id), self.channel(job_id)],
+                             args=[utcnow(), event])
+        if answer[0] == -1:
+            return "missing"
+        return answer[1] if answer[0] == 0 else None
+
+    def report_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
+        """Keep a job's last progress and publish it; False if the job was revoked."""
+        event = json.dumps({"job_id": job_id, "status": "PROCESSING", "progress": progress})
+        return self._progress(keys=[self.key("job", job_id), self.channel(job_id)],
+                              args=[json.dumps(progress), event]) != 0
+
+    def finish_job(self, job_id: str, status: str, **fields: Any) -> dict[str, Any] | None:
+        """Record a terminal status once and publish it.
+
+        Returns what the side effects of the end need ({job_id, status, callback_url,
+        batch_id}) to the one caller that recorded it; None if a terminal status was
+        already recorded, or the job has no record.
+        """
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a terminal status")
         values = {"status": status, "finished_at": utcnow(), **fields}
         flat: list[str] = []
         for name, value in _encode(values).items():
             flat += [name, value]
-        keys = [self.key("job", job_id), self.key("stats")]
-        return self._finish(keys=keys, args=[self.retention, status, *flat]) == 1
+        event = json.dumps({"job_id": job_id, "status": status})
+        keys = [self.key("job", job_id), self.key("stats"), self.channel(job_id)]
+        answer = self._finish(keys=keys, args=[self.retention, status, event, *flat])
+        if answer[0] != 1:
+            return None
+        return {"job_id": job_id, "status": status, "callback_url": answer[1] or None,
+                "batch_id": answer[2] or None}
 
     def page(self, index: str, *, limit: int, cursor: str | None) -> list[tuple[str, str]]:
         """Up to ``limit`` (job id, cursor) pairs of a listing index, newest first.

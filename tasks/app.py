@@ -37,26 +37,26 @@ class JobTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         job_id = self.request.id
+        if not job_id:  # called directly, not through a worker
+            return super().__call__(*args, **kwargs)
         store: Store = self.app.store
-        record = store.job(job_id) if job_id else None
-        if job_id and record is None:
+        refused = store.start_job(job_id)
+        if refused == "missing":
             # No record: retention ran out or the message did not come from the gateway.
             log.warning("job %s has no record; not running it", job_id, extra={"job_id": job_id})
             raise JobRevoked(f"job {job_id} has no record")
-        if record is not None and record.get("status"):
+        if refused:
             # Revoked while queued (kept in Redis, so a restarted worker knows too), or a
             # redelivery (acks_late / visibility timeout) of a job that already ended: do
             # not run it again, but replay its idempotent side effects in case the process
             # that recorded the end died before queuing the webhook.
-            if record["status"] == "REVOKED":
+            record = store.job(job_id) or {}
+            if refused == "REVOKED":
                 # A REVOKED meta Celery itself can decode (update_state's would not be).
                 self.backend.mark_as_revoked(job_id, record.get("revoke_reason") or "revoked",
                                              request=self.request)
             lifecycle.side_effects(self.app, store, record)
-            raise JobRevoked(f"job {job_id} already {record['status']}")
-        if job_id:
-            store.mark_started(job_id)
-            store.publish(job_id, {"job_id": job_id, "status": "STARTED"})
+            raise JobRevoked(f"job {job_id} already {refused}")
         return super().__call__(*args, **kwargs)
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:

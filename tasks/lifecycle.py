@@ -29,11 +29,10 @@ def webhook_id(subject_id: str, event: str) -> str:
 
 def finish_job(app: Celery, store: Store, job_id: str, status: str, **fields: Any) -> bool:
     """Record a terminal status once and fire its side effects; False if already ended."""
-    if not store.finish_job(job_id, status, **fields):
+    ended = store.finish_job(job_id, status, **fields)
+    if ended is None:
         return False
-    record = store.job(job_id) or {}
-    store.publish(job_id, {"job_id": job_id, "status": status})
-    side_effects(app, store, record)
+    side_effects(app, store, ended)
     return True
 
 

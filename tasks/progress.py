@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 from celery.exceptions import Ignore
@@ -39,13 +38,7 @@ class Progress:
         info = {"current": current, "total": total, "percent": percent, "message": message}
         self.reports.append(info)
         if self.store is not None and self.job_id:
-            if self.store.redis.hget(self.store.key("job", self.job_id), "status") == "REVOKED":
+            if not self.store.report_progress(self.job_id, info):
                 raise JobRevoked(f"job {self.job_id} was revoked")
-            event = {"job_id": self.job_id, "status": "PROCESSING", "progress": info}
-            pipe = self.store.redis.pipeline()
-            pipe.hset(self.store.key("job", self.job_id), "progress", json.dumps(info))
-            pipe.publish(self.store.channel(self.job_id), json.dumps(event))
-            pipe.execute()
         if self.task is not None and self.job_id:
             self.task.update_state(state="PROCESSING", meta=info)
-

@@ -9,11 +9,15 @@ from gateway.auth import authenticate, login_required, partner_required
 from gateway.errors import APIError
 from gateway.extensions import services
 from gateway.schemas import ListJobsArgs, WaitArgs, load_or_422
+from gateway.status import TERMINAL
 from gateway.views.common import json_body
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 POLL_AFTER = "1"  # seconds a poller should wait before its first GET
+# Schemas are stateless once built: build them once, not per request.
+WAIT_ARGS = WaitArgs()
+LIST_ARGS = ListJobsArgs()
 
 
 @bp.post("")
@@ -34,16 +38,16 @@ def submit():
 @bp.get("/<job_id>")
 @login_required
 def show(job_id: str):
-    args = load_or_422(WaitArgs(), request.args.to_dict())
+    args = load_or_422(WAIT_ARGS, request.args.to_dict())
     svc = services()
-    record = jobs.find(svc, authenticate(), job_id)
-    if args["wait"]:
+    record, view = jobs.show(svc, authenticate(), job_id)
+    if args["wait"] and view["status"] not in TERMINAL:
         return jsonify(jobs.wait(svc, record, min(args["wait"], svc.settings.max_wait)))
-    return jsonify(jobs.describe(svc, record))
+    return jsonify(view)
 
 
 @bp.get("")
 @login_required
 def index():
-    args = load_or_422(ListJobsArgs(), request.args.to_dict())
+    args = load_or_422(LIST_ARGS, request.args.to_dict())
     return jsonify(jobs.listing(services(), authenticate(), **args))

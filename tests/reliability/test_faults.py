@@ -183,13 +183,21 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
     try:
         for method, path, body in (
                 ("post", "/v1/jobs", {"task": "demo.sleep"}), ("get", "/v1/jobs", None),
-                ("get", f"/v1/jobs/{job_ids[0]}", None), ("get", "/v1/tasks", None),
+                ("get", f"/v1/jobs/{job_ids[0]}", None),
                 ("get", f"/v1/jobs/{job_ids[0]}/deliveries", None), ("get", "/readyz", None)):
             response = getattr(client, method)(path, json=body, headers=partner["headers"])
             outage[response.status_code] = outage.get(response.status_code, 0) + 1
             assert response.status_code == 503, (path, response.status_code)
             if path != "/readyz":
                 assert response.get_json()["error"]["code"] == "unavailable"
+        # A key the gateway has not seen cannot be checked: 503, never a 401 or a 500.
+        unknown = client.get("/v1/tasks", headers={"Authorization": "Bearer jgp_unseen"})
+        assert unknown.status_code == 503
+        assert unknown.get_json()["error"]["code"] == "unavailable"
+        # The catalog needs no Redis once the caller's key is known (auth cache): served.
+        catalog = client.get("/v1/tasks", headers=partner["headers"])
+        assert catalog.status_code == 200
+        assert "texts.embed" in {task["name"] for task in catalog.get_json()}
     finally:
         fresh_own_redis.start()
 
