@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,39 +34,30 @@ RETRY_AFTER_CAP = 3600.0  # a receiver's Retry-After is honoured up to one hour
 AUTO_CHAIN = "auto"
 
 
-@dataclass(frozen=True)
-class Subject:
-    """What a webhook is about: where it goes, whose secret signs it, what it carries."""
-
-    kind: str
-    subject_id: str
-    partner_id: str | None
-    callback_url: str | None
-    data: dict[str, Any]
-
-
-def load_subject(store: Store, kind: str, subject_id: str) -> Subject | None:
-    """The job (or batch) an event is about, or None if its record is gone."""
+def subject_key(store: Store, kind: str, subject_id: str) -> str | None:
+    """The Redis hash holding the subject's record (None for an unknown kind)."""
     if kind == "job":
-        record = store.job(subject_id)
-        if record is None:
-            return None
-        return Subject(kind, subject_id, record.get("partner_id"), record.get("callback_url"),
-                       job_view(record))
+        return store.key("job", subject_id)
     if kind == "batch":
         try:
-            from gateway.batches import batch_webhook_subject
+            from gateway.batches import batch_key
         except ImportError:
             log.warning("batch webhook for %s but gateway.batches is missing", subject_id)
             return None
-        try:
-            record, data = batch_webhook_subject(store, subject_id)
-        except APIError:  # the batch record is gone
-            return None
-        return Subject(kind, subject_id, record.get("partner_id"), record.get("callback_url"),
-                       data)
+        return batch_key(store, subject_id)
     log.warning("unknown webhook subject kind %r for %s", kind, subject_id)
     return None
+
+
+def batch_data(store: Store, subject_id: str) -> dict[str, Any] | None:
+    """The batch view a ``batch.completed`` body carries, or None if the batch is gone."""
+    from gateway.batches import batch_webhook_subject
+
+    try:
+        found = batch_webhook_subject(store, subject_id)
+    except APIError:  # the batch record is gone
+        return None
+    return found[1] if found is not None else None
 
 
 def plan(outcome: str, retry_number: int, delays: tuple[float, ...],
@@ -86,24 +76,41 @@ def iso(timestamp: float) -> str:
 
 def run_attempt(app: Any, kind: str, subject_id: str, event: str, *, retry: int = 0,
                 chain: str = AUTO_CHAIN) -> dict[str, Any] | None:
-    """Send attempt ``retry`` (0 = first) of ``chain``; returns the recorded attempt."""
+    """Send attempt ``retry`` (0 = first) of ``chain``; returns the recorded attempt.
+
+    Redis round trips: one to claim the attempt and read the subject, the stored body and
+    the partner's secrets (``Deliveries.begin``); one more the first time, to store the
+    body; one to record the attempt and close the claim (``Deliveries.record``).
+    """
     settings, store = app.settings, app.store
     books = Deliveries(store)
     token = f"{event}:{chain}:{retry}"
-    if not books.claim(subject_id, token, lease=settings.webhook_timeout + 30):
+    key = subject_key(store, kind, subject_id)
+    if key is None:  # unknown kind: nothing to send, but take the attempt as before
+        if books.claim(subject_id, token, lease=settings.webhook_timeout + 30):
+            books.complete(subject_id, token)
+        return None
+    begun = books.begin(subject_id, token, settings.webhook_timeout + 30, event, key)
+    if begun is None:
         log.info("webhook %s attempt %s already taken; skipping", subject_id, token,
                  extra={"job_id": subject_id})
         return None
-    subject = load_subject(store, kind, subject_id)
-    if subject is None or not subject.callback_url:
+    callback_url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id")
+    if not begun.record or not callback_url:
         books.complete(subject_id, token)
         return None
     wid = webhook_id(subject_id, event)
-    body = books.body(subject_id, event, lambda: event_body(event, subject.data))
-    secrets = store.signing_secrets(subject.partner_id) if subject.partner_id else []
+    body = begun.body
+    if body is None:
+        data = job_view(begun.job() or {}) if kind == "job" else batch_data(store, subject_id)
+        if data is None:  # the batch went between the two reads
+            books.complete(subject_id, token)
+            return None
+        body = books.store_body(subject_id, event, event_body(event, data))
+    secrets = begun.signing_secrets() if partner_id else []
     at = utcnow()
     if secrets:
-        attempt = deliver(subject.callback_url, body.encode(), wid, secrets,
+        attempt = deliver(callback_url, body.encode(), wid, secrets,
                           timeout=settings.webhook_timeout,
                           allow_http=settings.callback_allow_http,
                           allowlist=parse_allowlist(settings.callback_allowlist),
@@ -116,12 +123,14 @@ def run_attempt(app: Any, kind: str, subject_id: str, event: str, *, retry: int 
              "error": attempt.error, "duration_ms": attempt.duration_ms,
              "next_attempt_at": iso(time.time() + delay) if delay is not None else None,
              "outcome": attempt.outcome, "redelivery": chain != AUTO_CHAIN}
-    entry = {**entry, "attempt": books.record(subject_id, entry, state, kind)}
     if delay is not None:
+        # Queued before the attempt is recorded and its claim closed: a worker dying in
+        # between leaves the claim to lapse, so the redelivered message tries again (and
+        # the next attempt's own claim makes its second message send nothing).
         app.send_task(DELIVER_TASK, args=[kind, subject_id, event],
                       kwargs={"retry": retry + 1, "chain": chain}, countdown=delay,
                       queue=settings.queue_webhooks)
-    books.complete(subject_id, token)
+    entry = {**entry, "attempt": books.record(subject_id, entry, state, kind, token=token)}
     log.info("webhook %s %s for %s %s: %s (%s)", wid, event, kind, subject_id, attempt.outcome,
              attempt.status_code or attempt.error, extra={"job_id": subject_id})
     return entry

@@ -153,3 +153,118 @@ def test_plan() -> None:
     assert plan("retry", 2, (5.0,)) == ("failed", None)
     state, delay = plan("retry", 1, (5.0,), retry_after=60.0)
     assert (state, delay) == ("retrying", 60.0)
+
+
+class RoundTrips:
+    """Counts requests written to Redis by one client's connections (a pipeline is one).
+
+    Wraps ``send_packed_command`` of the pool's connection class; the client's own health
+    checks and handshakes (``check_health=False``) are not requests of the code under test.
+    """
+
+    def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        cls = client.connection_pool.connection_class
+        original = cls.send_packed_command
+        pool = client.connection_pool
+
+        def counted(conn: Any, command: Any, check_health: bool = True) -> None:
+            if check_health and conn in pool._in_use_connections:
+                self.count += 1
+            return original(conn, command, check_health)
+
+        monkeypatch.setattr(cls, "send_packed_command", counted)
+
+
+def test_one_attempt_costs_at_most_three_round_trips(fake_app: FakeApp,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claim + reads, body store (first attempt only), record + close: no more."""
+    warm, job_id = make_job(fake_app), make_job(fake_app)
+    trips = RoundTrips(fake_app.store.redis, monkeypatch)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=500)
+        run_attempt(fake_app, "job", warm, "job.succeeded")  # loads the scripts
+        trips.count = 0
+        first = run_attempt(fake_app, "job", job_id, "job.succeeded")
+        assert trips.count <= 3
+        trips.count = 0
+        second = run_attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
+        assert trips.count <= 2
+        trips.count = 0
+        assert run_attempt(fake_app, "job", job_id, "job.succeeded", retry=1) is None
+        assert trips.count == 1  # a duplicate only tries the claim
+        assert len(rsps.calls) == 3
+    assert (first["attempt"], second["attempt"]) == (1, 2)
+
+
+def test_the_log_entry_is_the_returned_attempt(fake_app: FakeApp) -> None:
+    """Stored compact, keys in order, ``attempt`` last; summary and job record agree."""
+    job_id = make_job(fake_app)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=503)
+        first = run_attempt(fake_app, "job", job_id, "job.succeeded")
+        rsps.replace("POST", URL, status=200)
+        second = run_attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
+    books = Deliveries(fake_app.store)
+    raw = fake_app.store.redis.lrange(books.log_key(job_id), 0, -1)
+    assert raw == [json.dumps(entry, separators=(",", ":")) for entry in (first, second)]
+    assert list(first) == ["webhook_id", "event", "at", "status_code", "error", "duration_ms",
+                           "next_attempt_at", "outcome", "redelivery", "attempt"]
+    assert books.attempts(job_id) == [first, second]
+    assert books.summary(job_id) == {"state": "delivered", "attempts": 2}
+    record = fake_app.store.job(job_id)
+    assert (record["webhook_state"], record["webhook_attempts"]) == ("delivered", "2")
+    claims = fake_app.store.redis.mget([books.claim_key(job_id, f"job.succeeded:auto:{n}")
+                                        for n in (0, 1)])
+    assert claims == ["done", "done"]
+
+
+def test_an_expired_job_is_not_resurrected(fake_app: FakeApp) -> None:
+    job_id = make_job(fake_app)
+    books = Deliveries(fake_app.store)
+    entry = {"webhook_id": "msg_x", "event": "job.succeeded", "at": "2024-01-01T00:00:00.000Z"}
+    fake_app.store.redis.delete(fake_app.store.key("job", job_id))
+    assert books.record(job_id, entry, "retrying", "job", token="t") == 1
+    assert not fake_app.store.redis.exists(fake_app.store.key("job", job_id))
+    assert books.attempts(job_id) == [{**entry, "attempt": 1}]
+    assert fake_app.store.redis.get(books.claim_key(job_id, "t")) == "done"
+
+
+def test_a_gone_job_sends_nothing_and_closes_the_claim(fake_app: FakeApp) -> None:
+    job_id = make_job(fake_app)
+    fake_app.store.redis.delete(fake_app.store.key("job", job_id))
+    with responses.RequestsMock():
+        assert run_attempt(fake_app, "job", job_id, "job.succeeded") is None
+    books = Deliveries(fake_app.store)
+    assert fake_app.store.redis.get(books.claim_key(job_id, "job.succeeded:auto:0")) == "done"
+    assert books.attempts(job_id) == []
+
+
+def test_a_rotated_secret_signs_with_both_during_grace(fake_app: FakeApp) -> None:
+    job_id = make_job(fake_app)
+    partner_id = fake_app.store.job(job_id)["partner_id"]
+    assert fake_app.store.rotate_secret(partner_id, generate_secret(), grace=60)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=200)
+        run_attempt(fake_app, "job", job_id, "job.succeeded")
+        signatures = rsps.calls[0].request.headers["webhook-signature"].split()
+    assert len(signatures) == len(fake_app.store.signing_secrets(partner_id)) == 2
+
+
+def test_a_partner_without_secret_fails_without_sending(fake_app: FakeApp) -> None:
+    job_id = make_job(fake_app)
+    partner_id = fake_app.store.job(job_id)["partner_id"]
+    fake_app.store.redis.hdel(fake_app.store.key("partner", partner_id), "webhook_secret")
+    with responses.RequestsMock():
+        entry = run_attempt(fake_app, "job", job_id, "job.succeeded")
+    assert entry["outcome"] == "failed" and entry["error"] == "the partner has no webhook secret"
+    assert fake_app.sent == []
+
+
+def test_a_gone_batch_sends_nothing_and_closes_the_claim(fake_app: FakeApp) -> None:
+    batch_id = "bat_" + uuid.uuid4().hex[:20]
+    with responses.RequestsMock():
+        assert run_attempt(fake_app, "batch", batch_id, "batch.completed") is None
+    books = Deliveries(fake_app.store)
+    claim = books.claim_key(batch_id, "batch.completed:auto:0")
+    assert fake_app.store.redis.get(claim) == "done"
