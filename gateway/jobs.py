@@ -17,6 +17,7 @@ from gateway.schemas import JobSubmitSchema, load_or_422
 from gateway.ssrf import CallbackRefused, check_callback_url
 from gateway.status import TERMINAL, job_view
 from gateway.store import digest, new_id, utcnow
+from tasks.publish import same_redis, task_message
 from tasks.registry import JobType, job_types
 
 _submit_schema = JobSubmitSchema()
@@ -67,11 +68,18 @@ def new_record(principal: Principal, job: dict[str, Any], **extra: Any) -> dict[
 
 
 def enqueue(svc: Services, record: dict[str, Any], params: dict[str, Any]) -> None:
-    """Store the job record, then queue the Celery task under the job's id.
+    """Store the job record and queue the Celery task under the job's id.
 
-    If the broker refuses the message the record is removed again, so a failed submit
-    leaves nothing behind.
+    With the broker on the job store's Redis both are one transaction (see
+    tasks.publish). Otherwise the record is stored first and removed again if the broker
+    refuses the message. Either way a failed submit leaves nothing behind.
     """
+    settings = svc.settings
+    if same_redis(settings.broker_url, settings.redis_url):
+        message = task_message(svc.celery, record["task"], record["task_id"], params,
+                               settings.queue_jobs)
+        svc.store.create_job(record, message=(settings.queue_jobs, message))
+        return
     svc.store.create_job(record)
     try:
         svc.celery.send_task(record["task"], kwargs=params, task_id=record["task_id"],

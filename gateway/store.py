@@ -168,8 +168,12 @@ class Store:
         return found
 
     # ---------------------------------------------------------------------- jobs
-    def create_job(self, job: dict[str, Any]) -> None:
-        """Store a new job record and index it for listing, newest first."""
+    def create_job(self, job: dict[str, Any], message: tuple[str, str] | None = None) -> None:
+        """Store a new job record and index it for listing, newest first.
+
+        ``message`` (queue, payload) is pushed onto the broker queue in the same
+        MULTI/EXEC: the job and its Celery message exist together or not at all.
+        """
         job_id = job["job_id"]
         score = time.time()
         pipe = self.redis.pipeline()
@@ -179,6 +183,8 @@ class Store:
         for index in self._indexes(job):
             pipe.zadd(self.key("jobs", index), {job_id: score})
             pipe.zremrangebyscore(self.key("jobs", index), "-inf", score - self.live_ttl)
+        if message is not None:
+            pipe.lpush(*message)
         pipe.execute()
 
     @staticmethod

@@ -1,0 +1,52 @@
+"""Celery task messages for the Redis broker, written in the same transaction as the job.
+
+``send_task`` costs the gateway a kombu publish of its own (about half of a submit's CPU)
+and a second write after the job record, with a window where one exists without the
+other. When the broker is the job store's Redis, the gateway instead builds the message
+with Celery's own ``create_task_message`` and kombu's serializer, shaped exactly as
+kombu's Redis transport stores it (an ``LPUSH`` of a JSON envelope onto the queue's
+list, see ``kombu.transport.redis.Channel._put``), and pushes it in the MULTI/EXEC that
+creates the record: one round trip, and the job and its message exist together or not
+at all. ``tests/unit/test_publish.py`` pins the envelope to what kombu itself writes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from base64 import b64encode
+from typing import Any
+
+from celery import Celery
+from kombu.serialization import dumps
+
+
+def same_redis(broker_url: str, redis_url: str) -> bool:
+    """True when tasks can be queued in the job store's own transactions."""
+    return broker_url == redis_url and broker_url.startswith(("redis://", "rediss://"))
+
+
+def task_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any],
+                 queue: str) -> str:
+    """The message ``send_task(name, kwargs=kwargs, task_id=task_id, queue=queue)`` pushes.
+
+    Protocol 2 headers and body come from Celery; the envelope (base64 body, delivery
+    info for the default exchange, persistent delivery mode, priority 0) from kombu's
+    virtual transport. Priority 0 means the plain queue list, no priority suffix.
+    """
+    message = app.amqp.create_task_message(task_id, name, (), kwargs, root_id=task_id,
+                                           reply_to=app.thread_oid, ignore_result=None)
+    content_type, encoding, body = dumps(message.body, serializer="json")
+    if isinstance(body, str):
+        body = body.encode(encoding)
+    properties = {
+        **message.properties,
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": 0,
+        "body_encoding": "base64",
+        "delivery_tag": str(uuid.uuid4()),
+    }
+    return json.dumps({"body": b64encode(body).decode(), "content-encoding": encoding,
+                       "content-type": content_type, "headers": message.headers,
+                       "properties": properties})
