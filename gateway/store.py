@@ -160,12 +160,7 @@ class Store:
 
     def signing_secrets(self, partner_id: str) -> list[str]:
         """The secrets a webhook is signed with now: current, plus previous during grace."""
-        record = self.partner(partner_id) or {}
-        found = [record["webhook_secret"]] if record.get("webhook_secret") else []
-        until = float(record.get("previous_secret_until") or 0)
-        if record.get("previous_secret") and until > time.time():
-            found.append(record["previous_secret"])
-        return found
+        return secrets_of(self.partner(partner_id) or {})
 
     # ---------------------------------------------------------------------- jobs
     def create_job(self, job: dict[str, Any], message: tuple[str, str] | None = None) -> None:
@@ -204,7 +199,7 @@ class Store:
         pipe.execute()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        return _decode(self.redis.hgetall(self.key("job", job_id)))
+        return decode_job(self.redis.hgetall(self.key("job", job_id)))
 
     def job_and(self, job_id: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
         """A job record and the string at ``key`` (Celery's meta), in one round trip."""
@@ -212,13 +207,13 @@ class Store:
         pipe.hgetall(self.key("job", job_id))
         pipe.get(key)
         record, value = pipe.execute()
-        return _decode(record), value
+        return decode_job(record), value
 
     def jobs(self, job_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         pipe = self.redis.pipeline()
         for job_id in job_ids:
             pipe.hgetall(self.key("job", job_id))
-        return [_decode(raw) for raw in pipe.execute()]
+        return [decode_job(raw) for raw in pipe.execute()]
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         self.redis.hset(self.key("job", job_id), mapping=_encode(fields))
@@ -339,6 +334,15 @@ class Store:
         self.redis.publish(self.channel(job_id), json.dumps(event, default=str))
 
 
+def secrets_of(partner: dict[str, str], now: float | None = None) -> list[str]:
+    """A partner hash's signing secrets: current, plus the previous one during its grace."""
+    found = [partner["webhook_secret"]] if partner.get("webhook_secret") else []
+    until = float(partner.get("previous_secret_until") or 0)
+    if partner.get("previous_secret") and until > (time.time() if now is None else now):
+        found.append(partner["previous_secret"])
+    return found
+
+
 def _encode(values: dict[str, Any]) -> dict[str, str]:
     out = {}
     for name, value in values.items():
@@ -351,7 +355,8 @@ def _encode(values: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def _decode(raw: dict[str, str]) -> dict[str, Any] | None:
+def decode_job(raw: dict[str, str]) -> dict[str, Any] | None:
+    """A raw job hash as Store.job returns it (JSON fields parsed), None if empty."""
     if not raw:
         return None
     record: dict[str, Any] = dict(raw)

@@ -14,11 +14,10 @@ records the attempt and marks the claim done in one script.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.store import Store, _decode, utcnow
+from gateway.store import Store, decode_job, secrets_of, utcnow
 
 STATES = ("pending", "retrying", "delivered", "failed")
 MAX_LOG = 200  # attempts kept per subject (oldest dropped first)
@@ -82,16 +81,11 @@ class Begun:
 
     def job(self) -> dict[str, Any] | None:
         """The record decoded as ``Store.job`` returns it (for job subjects)."""
-        return _decode(self.record)
+        return decode_job(self.record)
 
     def signing_secrets(self, now: float | None = None) -> list[str]:
         """``Store.signing_secrets`` of the partner read: current, previous during grace."""
-        found = [self.partner["webhook_secret"]] if self.partner.get("webhook_secret") else []
-        until = float(self.partner.get("previous_secret_until") or 0)
-        if self.partner.get("previous_secret") and until > (time.time() if now is None
-                                                             else now):
-            found.append(self.partner["previous_secret"])
-        return found
+        return secrets_of(self.partner, now)
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
