@@ -207,15 +207,12 @@ def gateway_env(redis_url: str) -> dict[str, str]:
 
 
 def worker_command(concurrency: int, events: bool) -> list[str]:
-    """``jobgate worker`` when the CLI exists, else the equivalent ``celery`` command."""
+    """``jobgate worker`` (a Celery worker on the jobs and webhooks queues), as operators run it."""
     extra = ["-c", str(concurrency), "-P", "prefork", "-l", "WARNING",
              "--without-gossip", "--without-mingle", "-n", f"bench-{os.getpid()}@localhost"]
     if events:
         extra.append("-E")
-    if (ROOT / "gateway" / "cli.py").exists():
-        return [sys.executable, "-c", "from gateway.cli import main; main()", "worker", *extra]
-    return [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "jobs,webhooks",
-            *extra]
+    return [sys.executable, "-m", "gateway.cli", "worker", *extra]
 
 
 @dataclass
