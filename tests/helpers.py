@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,11 +11,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
+import requests
 
 from config import Settings
 
@@ -174,6 +176,45 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+@contextlib.contextmanager
+def gunicorn(settings: Settings, *, workers: int = 2, threads: int = 8,
+             env: Mapping[str, str] | None = None, extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """``gunicorn -k gthread wsgi:app`` on a free loopback port, as operators run it.
+
+    Configured by ``settings`` (plus ``env``); yields the base URL once ``/healthz``
+    answers and stops the server afterwards.
+    """
+    port = free_port()
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"jobgate-gunicorn-{port}.log"
+    child_env = {**os.environ, **settings_env(settings), **(env or {}), "PYTHONPATH": str(ROOT)}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "gthread",
+             "--threads", str(threads), "-b", f"127.0.0.1:{port}", *extra, "wsgi:app"],
+            cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited:\n{log_path.read_text(errors='replace')}")
+        try:
+            return requests.get(url + "/healthz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(up, timeout=30, interval=0.1, message="gunicorn to answer /healthz")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def flush_db(url: str) -> None:

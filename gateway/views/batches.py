@@ -8,7 +8,7 @@ from gateway import batches
 from gateway.auth import admin_required, authenticate, login_required, partner_required
 from gateway.extensions import services
 from gateway.schemas import RevokeSchema, load_or_422
-from gateway.views.common import json_body, json_body_or_empty
+from gateway.views.common import accepted, json_body, json_body_or_empty
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -19,11 +19,7 @@ POLL_AFTER = "2"  # seconds a poller should wait before its first GET
 @partner_required
 def submit():
     view = batches.submit(services(), authenticate(), json_body())
-    response = jsonify(view)
-    response.status_code = 202
-    response.headers["Location"] = f"/v1/batches/{view['batch_id']}"
-    response.headers["Retry-After"] = POLL_AFTER
-    return response
+    return accepted(view, f"/v1/batches/{view['batch_id']}", POLL_AFTER)
 
 
 @bp.get("/<batch_id>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
+from flask import Response, jsonify, request
 
 from gateway.errors import APIError
 
@@ -26,3 +26,13 @@ def json_body_or_empty() -> dict[str, Any]:
     if not request.get_data(cache=True):
         return {}
     return json_body()
+
+
+def accepted(body: dict[str, Any], location: str, poll_after: str,
+             status: int = 202) -> Response:
+    """A long-running operation's answer: the resource, where to poll it, and when."""
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["Location"] = location
+    response.headers["Retry-After"] = poll_after
+    return response

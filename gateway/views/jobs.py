@@ -10,7 +10,7 @@ from gateway.errors import APIError
 from gateway.extensions import services
 from gateway.schemas import ListJobsArgs, WaitArgs, load_or_422
 from gateway.status import TERMINAL
-from gateway.views.common import json_body
+from gateway.views.common import accepted, json_body
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -28,11 +28,7 @@ def submit():
         raise APIError(422, "validation_error", "Idempotency-Key must be 1 to 255 characters.",
                        {"Idempotency-Key": ["Must be 1 to 255 characters."]})
     view, created = jobs.submit(services(), authenticate(), json_body(), key)
-    response = jsonify(view)
-    response.status_code = 202 if created else 200
-    response.headers["Location"] = f"/v1/jobs/{view['job_id']}"
-    response.headers["Retry-After"] = POLL_AFTER
-    return response
+    return accepted(view, f"/v1/jobs/{view['job_id']}", POLL_AFTER, 202 if created else 200)
 
 
 @bp.get("/<job_id>")

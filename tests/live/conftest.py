@@ -8,64 +8,26 @@ webhook POSTed to it.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from config import Settings
-from tests.helpers import ROOT, settings_env, wait_until
+from tests.helpers import free_port, gunicorn
 
 HEARTBEAT = 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def gateway_url(settings: Settings, redis_client: Any) -> Iterator[str]:
     """The gateway behind gunicorn with threads (how SSE is meant to be served)."""
-    port = free_port()
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"jobgate-gunicorn-{port}.log"
-    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT),
-           "JOBGATE_SSE_HEARTBEAT": str(HEARTBEAT)}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "8", "-w", "1",
-             "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited:\n{log_path.read_text()}")
-        try:
-            return requests.get(url + "/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_until(up, timeout=30, interval=0.1, message="gunicorn to answer /healthz")
+    with gunicorn(settings, workers=1, threads=8, extra=("--graceful-timeout", "2"),
+                  env={"JOBGATE_SSE_HEARTBEAT": str(HEARTBEAT)}) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass

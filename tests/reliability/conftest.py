@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -24,20 +23,13 @@ import pytest
 import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 TERMINAL_EVENTS = ("job.succeeded", "job.failed", "job.revoked")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "reliability: fault and bad-input suite (runs in CI)")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------ webhook receiver

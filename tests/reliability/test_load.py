@@ -7,20 +7,16 @@ reads and listings; afterwards every accepted job must reach SUCCESS on the real
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.helpers import ROOT, settings_env, wait_until
-from tests.reliability.conftest import free_port
+from tests.helpers import gunicorn as serve_gunicorn
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -32,35 +28,10 @@ SLEEP = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
 
 @pytest.fixture
 def gunicorn(settings, redis_client) -> Iterator[str]:
-    """``gunicorn wsgi:app`` on a free loopback port; yields its base URL."""
-    port = free_port()
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"jobgate-gunicorn-{port}.log"
-    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
-             "-b", f"127.0.0.1:{port}", "--backlog", "2048", "--timeout", "60", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_until(lambda: _healthy(base, proc, log), 30, 0.1, "gunicorn /healthz")
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _healthy(base: str, proc: subprocess.Popen, log: Path) -> bool:
-    if proc.poll() is not None:
-        raise AssertionError(f"gunicorn exited:\n{log.read_text(errors='replace')}")
-    try:
-        return requests.get(f"{base}/healthz", timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
+    """``gunicorn wsgi:app`` (2 gthread workers, 8 threads) on a free loopback port."""
+    with serve_gunicorn(settings, workers=2, threads=8,
+                        extra=("--backlog", "2048", "--timeout", "60")) as base:
+        yield base
 
 
 class Load:
