@@ -36,7 +36,7 @@ def redis_url() -> Iterator[str]:
         return
     server = EmbeddedRedis().start()
     try:
-        yield server.url(db=int(url.rsplit("/", 1)[1]))
+        yield server.url_for(int(url.rsplit("/", 1)[1]))
     finally:
         server.stop()
 

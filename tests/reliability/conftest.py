@@ -9,21 +9,16 @@ so tests can stop and restart it without touching the Redis the rest of the suit
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.helpers import free_port, wait_until
+from tests.helpers import EmbeddedRedis, free_port
 
 TERMINAL_EVENTS = ("job.succeeded", "job.failed", "job.revoked")
 
@@ -140,51 +135,11 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 # ------------------------------------------------------------------------ own Redis
-class OwnRedis:
-    """A ``redis-server`` on a free port with AOF (fsync always) in a temp dir."""
+class OwnRedis(EmbeddedRedis):
+    """The suite's own Redis on a free port, AOF on with fsync always, in a temp dir."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="jobgate-redis-"))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_connect_timeout=1)
-
-    def start(self) -> OwnRedis:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_until(self._answers, 10, 0.05, f"redis-server on port {self.port}")
-        return self
-
-    def _answers(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"redis-server exited: {(self.dir / 'redis.log').read_text()}")
-        client = self.client()
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        """Stop it the way an operator would (SIGTERM: AOF is already fsynced)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__(appendonly=True)
 
 
 @pytest.fixture(scope="session")
