@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
+import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 METADATA_MAX_BYTES = 16 * 1024
+CURSOR_SCORE = re.compile(r"\d{1,12}(\.\d{1,9})?")
 
 
 def _small_json(value: Any) -> None:
@@ -56,11 +57,8 @@ class ListJobsArgs(Schema):
         if value is None:
             return
         score, sep, after = value.partition(":")
-        try:
-            valid = bool(sep and after) and math.isfinite(float(score))
-        except ValueError:
-            valid = False
-        if not valid:
+        # Redis parses the score itself: accept only what both Python and Redis read alike.
+        if not (sep and after and CURSOR_SCORE.fullmatch(score)):
             raise ValidationError("Not a cursor this API returned; use next_cursor as is.")
 
 

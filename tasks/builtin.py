@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from tasks.progress import Progress
 from tasks.registry import job_task
 from tasks.text import EMBEDDING_MODEL, chunk_text, embed
+
+# Bounds on what one job may produce (the result is kept in Redis and sent in webhooks).
+MAX_OUTPUT_WORDS = 2_000_000  # documents.process: words across all chunks
+MAX_EMBEDDING_FLOATS = 1_000_000  # texts.embed: len(texts) x dimensions (~10 MB of JSON)
 
 
 class SleepParams(Schema):
@@ -36,12 +40,31 @@ class DocumentsParams(Schema):
                                  validate=validate.Range(min=1, max=10000))
     overlap = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0, max=9999))
 
+    @validates_schema
+    def _bounded_output(self, data: dict[str, Any], **_: Any) -> None:
+        """Overlap repeats words in every chunk: refuse params whose result would balloon."""
+        chunk, overlap = data.get("chunk_words", 200), data.get("overlap", 0)
+        if overlap >= chunk:
+            raise ValidationError("Must be smaller than chunk_words.", "overlap")
+        words = sum(len(doc["text"].split()) for doc in data.get("documents", []))
+        if words * chunk / (chunk - overlap) > MAX_OUTPUT_WORDS:
+            raise ValidationError(f"The chunks would hold over {MAX_OUTPUT_WORDS} words; "
+                                  "use a smaller overlap or fewer documents.", "overlap")
+
 
 class EmbedParams(Schema):
     texts = fields.List(fields.String(validate=validate.Length(max=100_000)), required=True,
                         validate=validate.Length(min=1, max=10000))
     dimensions = fields.Integer(load_default=256, strict=True,
                                 validate=validate.Range(min=8, max=4096))
+
+    @validates_schema
+    def _bounded_output(self, data: dict[str, Any], **_: Any) -> None:
+        """A few bytes of input must not ask for a huge result: cap texts × dimensions."""
+        floats = len(data.get("texts", [])) * data.get("dimensions", 256)
+        if floats > MAX_EMBEDDING_FLOATS:
+            raise ValidationError(f"texts × dimensions must be at most {MAX_EMBEDDING_FLOATS} "
+                                  f"({floats} asked).", "dimensions")
 
 
 @job_task("demo.sleep", params=SleepParams, demo=True,
@@ -71,8 +94,6 @@ def fail(progress: Progress, *, message: str = "Demo failure") -> None:
           description="Split each document into chunks of words; progress per document.")
 def process_documents(progress: Progress, *, documents: list[dict[str, str]],
                       chunk_words: int = 200, overlap: int = 0) -> dict[str, Any]:
-    if overlap >= chunk_words:
-        raise ValueError("overlap must be smaller than chunk_words")
     out = []
     for index, document in enumerate(documents):
         progress(index, len(documents), f"Processing {document['name']}")

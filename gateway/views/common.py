@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from flask import Response, jsonify, request
@@ -9,20 +11,36 @@ from flask import Response, jsonify, request
 from gateway.errors import APIError
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def json_body() -> dict[str, Any]:
     """The request body as a JSON object, or 400 ``invalid_json``.
 
-    An empty body counts as ``{}`` only on routes whose every field is optional; those
-    pass ``allow_empty=True`` through ``json_body_or_empty``.
+    Strict JSON: ``NaN``/``Infinity`` (and numbers that overflow to them, like ``1e999``)
+    are refused, since they would come back in responses and signed webhooks as text no
+    JSON parser accepts; so is nesting deep enough to exhaust the parser's recursion.
     """
-    data = request.get_json(silent=True, force=True)
+    try:
+        data = json.loads(request.get_data(cache=True), parse_constant=_no_constants,
+                          parse_float=_finite_float)
+    except (ValueError, RecursionError):
+        data = None
     if not isinstance(data, dict):
         raise APIError(400, "invalid_json", "The request body must be a JSON object.")
     return data
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def json_body_or_empty() -> dict[str, Any]:
-    """Like json_body, but an empty body means ``{}``."""
+    """Like json_body, but an empty body means ``{}`` (routes whose fields are all optional)."""
     if not request.get_data(cache=True):
         return {}
     return json_body()

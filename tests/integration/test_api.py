@@ -214,3 +214,30 @@ def test_cli_partner_create_prints_json_usable_as_a_key(settings, redis_client, 
     assert created["webhook_secret"].startswith("whsec_")
     headers = {"Authorization": f"Bearer {created['api_key']}"}
     assert client.get("/v1/tasks", headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    "[" * 100_000 + "]" * 100_000,                              # nesting past the parser
+    '{"task": "demo.sleep", "metadata": {"x": 1e999}}',         # overflows to Infinity
+    '{"task": "demo.sleep", "metadata": {"x": NaN}}',
+    '{"task": "demo.sleep", "params": {"seconds": -Infinity}}',
+])
+def test_json_that_cannot_round_trip_is_400_and_writes_nothing(client, partner, redis_client,
+                                                                 body):
+    def written():  # what a submit writes: job records and the partner's listing index
+        return (set(redis_client.keys("jobgate:job:*")),
+                redis_client.zcard(f"jobgate:jobs:{partner['id']}"))
+
+    before = written()
+    response = client.post("/v1/jobs", data=body, headers=partner["headers"])
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    assert written() == before
+
+
+@pytest.mark.parametrize("cursor", ["1_0:abc", "1e5:abc", "inf:abc", " 1:abc", "1:"])
+def test_cursor_redis_would_misread_is_422(client, partner, cursor):
+    submit(client, partner)
+    response = client.get(f"/v1/jobs?cursor={cursor}", headers=partner["headers"])
+    assert response.status_code == 422
+    assert "cursor" in response.get_json()["error"]["details"]
