@@ -38,6 +38,7 @@ BATCH_EVENT = "batch.completed"
 _COUNT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 local completed = redis.call('HINCRBY', KEYS[1], 'completed', 1)
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
@@ -170,7 +171,6 @@ def member_finished(app: Celery, store: Store, job_record: dict[str, Any]) -> bo
     if last != 1:
         return False
     record = batch_record(store, batch_id) or {}
-    store.publish("batch-" + batch_id, {"batch_id": batch_id, "status": "COMPLETED"})
     log.info("batch %s completed", batch_id, extra={"batch_id": batch_id})
     if record.get("callback_url"):
         lifecycle.enqueue_webhook(app, store, batch_id, BATCH_EVENT, kind="batch")

@@ -49,11 +49,12 @@ redis.call('PUBLISH', KEYS[2], ARGV[2])
 return {1}
 """
 
-# A progress report: kept in the record and published, unless the job was revoked (0).
+# A progress report: kept in the record and published, unless the job already has a
+# terminal status (0): revoked, or ended while a redelivered copy runs.
 # A record that expired meanwhile is not recreated (2: nothing written, keep going).
 _PROGRESS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
-if redis.call('HGET', KEYS[1], 'status') == 'REVOKED' then return 0 end
+if redis.call('HGET', KEYS[1], 'status') then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 return 1
@@ -184,11 +185,11 @@ class Store:
 
     @staticmethod
     def _indexes(job: dict[str, Any]) -> list[str]:
-        """Listing indexes a job belongs to: everyone's, its partner's, its batch's."""
-        found = ["all", job["partner_id"]]
-        if job.get("batch_id"):
-            found.append("batch-" + job["batch_id"])
-        return found
+        """Listing indexes a job belongs to: everyone's and its partner's.
+
+        A batch keeps its own ordered member list (gateway.batches), with its TTL.
+        """
+        return ["all", job["partner_id"]]
 
     def delete_job(self, job: dict[str, Any]) -> None:
         """Undo create_job (used when the broker refused the message)."""
@@ -232,7 +233,7 @@ class Store:
         return answer[1] if answer[0] == 0 else None
 
     def report_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
-        """Keep a job's last progress and publish it; False if the job was revoked."""
+        """Keep a job's last progress and publish it; False if the job already ended."""
         event = json.dumps({"job_id": job_id, "status": "PROCESSING", "progress": progress})
         return self._progress(keys=[self.key("job", job_id), self.channel(job_id)],
                               args=[json.dumps(progress), event]) != 0

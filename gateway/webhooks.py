@@ -121,11 +121,6 @@ class Deliveries:
         return self._key(subject_id, "claim", token)
 
     # ------------------------------------------------------------------ body
-    def body(self, subject_id: str, event: str, build: Any) -> str:
-        """The stored body of ``event``; ``build()`` makes it the first time (first wins)."""
-        stored = self.redis.get(self.body_key(subject_id, event))
-        return stored if stored is not None else self.store_body(subject_id, event, build())
-
     def store_body(self, subject_id: str, event: str, built: str) -> str:
         """Store ``built`` unless a body is stored already; returns the stored one.
 

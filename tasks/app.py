@@ -60,12 +60,13 @@ class JobTask(Task):
         return super().__call__(*args, **kwargs)
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        lifecycle.finish_job(self.app, self.app.store, task_id, "SUCCESS", result=retval)
+        lifecycle.finish_job_retrying(self.app, self.app.store, task_id, "SUCCESS",
+                                      result=retval)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
-        lifecycle.finish_job(self.app, self.app.store, task_id, "FAILURE",
-                             error=error_message(exc))
+        lifecycle.finish_job_retrying(self.app, self.app.store, task_id, "FAILURE",
+                                      error=error_message(exc))
 
 
 def _task_body(job_type: JobType):
@@ -126,11 +127,9 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
 
 
 def _register_extensions(app: JobgateCelery) -> None:
-    """Tasks of jobgate itself (webhook delivery, batches), when those modules exist."""
-    try:
-        from tasks import webhooks
-    except ImportError:  # pragma: no cover - until webhook delivery lands
-        return
+    """Tasks of jobgate itself: webhook delivery, on its own queue."""
+    from tasks import webhooks  # imports gateway modules that import this one
+
     webhooks.register(app)
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Any
 
 from celery import Celery
+from redis.exceptions import RedisError
 
 from gateway.store import Store
 
@@ -34,6 +36,32 @@ def finish_job(app: Celery, store: Store, job_id: str, status: str, **fields: An
         return False
     side_effects(app, store, ended)
     return True
+
+
+def finish_job_retrying(app: Celery, store: Store, job_id: str, status: str,
+                        delays: tuple[float, ...] = (0.5, 1.0, 2.0), **fields: Any) -> bool:
+    """``finish_job`` for the worker, which must not lose a job's end to a Redis blip.
+
+    The task's message is acknowledged whatever happens here, so a transient error is
+    retried. If a failed try may have recorded the end and only lost the reply, the side
+    effects (idempotent) are replayed from the record.
+    """
+    failed_before = False
+    for delay in (*delays, None):
+        try:
+            if finish_job(app, store, job_id, status, **fields):
+                return True
+            if failed_before:
+                side_effects(app, store, store.job(job_id) or {})
+            return False
+        except RedisError:
+            if delay is None:
+                raise
+            failed_before = True
+            log.warning("recording the end of job %s failed; retrying in %ss", job_id, delay,
+                        exc_info=True, extra={"job_id": job_id})
+            time.sleep(delay)
+    return False
 
 
 def side_effects(app: Celery, store: Store, record: dict[str, Any]) -> None:

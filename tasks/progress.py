@@ -8,7 +8,10 @@ from celery.exceptions import Ignore
 
 
 class JobRevoked(Ignore):
-    """Raised inside a task whose job was revoked while it ran (stops it cleanly)."""
+    """Raised inside a task whose job was revoked (or ended elsewhere) while it ran.
+
+    An ``Ignore``: the task stops cleanly and Celery records nothing over the job's end.
+    """
 
 
 class _Task(Protocol):
@@ -39,6 +42,6 @@ class Progress:
         self.reports.append(info)
         if self.store is not None and self.job_id:
             if not self.store.report_progress(self.job_id, info):
-                raise JobRevoked(f"job {self.job_id} was revoked")
+                raise JobRevoked(f"job {self.job_id} was revoked or already ended")
         if self.task is not None and self.job_id:
             self.task.update_state(state="PROCESSING", meta=info)

@@ -20,7 +20,6 @@ from celery import Celery
 
 from gateway import __version__
 from gateway.delivery import Attempt, deliver, retry_delay
-from gateway.errors import APIError
 from gateway.ssrf import parse_allowlist
 from gateway.status import job_view
 from gateway.store import Store, utcnow
@@ -39,11 +38,8 @@ def subject_key(store: Store, kind: str, subject_id: str) -> str | None:
     if kind == "job":
         return store.key("job", subject_id)
     if kind == "batch":
-        try:
-            from gateway.batches import batch_key
-        except ImportError:
-            log.warning("batch webhook for %s but gateway.batches is missing", subject_id)
-            return None
+        from gateway.batches import batch_key  # gateway.batches imports tasks.lifecycle
+
         return batch_key(store, subject_id)
     log.warning("unknown webhook subject kind %r for %s", kind, subject_id)
     return None
@@ -53,10 +49,7 @@ def batch_data(store: Store, subject_id: str) -> dict[str, Any] | None:
     """The batch view a ``batch.completed`` body carries, or None if the batch is gone."""
     from gateway.batches import batch_webhook_subject
 
-    try:
-        found = batch_webhook_subject(store, subject_id)
-    except APIError:  # the batch record is gone
-        return None
+    found = batch_webhook_subject(store, subject_id)
     return found[1] if found is not None else None
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
-from marshmallow import Schema, fields, validate
 
 from gateway import jobs
 from gateway.auth import admin_required, authenticate, login_required
 from gateway.errors import APIError
 from gateway.extensions import services
-from gateway.revoke import MAX_REASON, revoke_job
-from gateway.schemas import load_or_422
+from gateway.revoke import revoke_job
+from gateway.schemas import RevokeSchema, load_or_422
 from gateway.status import TERMINAL
 from gateway.views.common import json_body_or_empty
 from gateway.webhooks import Deliveries
@@ -18,17 +17,13 @@ from tasks.lifecycle import EVENT_TYPES
 from tasks.webhooks import redeliver as queue_redelivery
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/jobs")
-
-
-class RevokeSchema(Schema):
-    reason = fields.String(load_default="", validate=validate.Length(max=MAX_REASON))
-    terminate = fields.Boolean(load_default=True)
+REVOKE = RevokeSchema()
 
 
 @bp.post("/<job_id>/revoke")
 @admin_required
 def revoke(job_id: str):
-    body = load_or_422(RevokeSchema(), json_body_or_empty())
+    body = load_or_422(REVOKE, json_body_or_empty())
     view = revoke_job(services(), job_id, by="admin", reason=body["reason"],
                       terminate=body["terminate"])
     return jsonify(view), 202

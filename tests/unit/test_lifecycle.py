@@ -1,0 +1,67 @@
+"""The worker's end-of-job write survives a Redis blip and never loses side effects."""
+
+from __future__ import annotations
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tasks import lifecycle
+
+
+class FlakyStore:
+    """A store whose finish_job fails ``failures`` times, having written on ``wrote_on``."""
+
+    def __init__(self, failures: int, wrote_on: int | None = None) -> None:
+        self.failures, self.wrote_on, self.calls = failures, wrote_on, 0
+        self.written = False
+
+    def finish_job(self, job_id, status, **fields):
+        self.calls += 1
+        if self.calls == self.wrote_on:
+            self.written = True
+        if self.calls <= self.failures:
+            raise RedisConnectionError("blip")
+        if self.written and self.calls != self.wrote_on:
+            return None  # an earlier try recorded it
+        self.written = True
+        return {"job_id": job_id, "status": status, "callback_url": "https://x.example/h",
+                "batch_id": None}
+
+    def job(self, job_id):
+        return {"job_id": job_id, "status": "SUCCESS", "callback_url": "https://x.example/h"}
+
+
+@pytest.fixture
+def effects(monkeypatch):
+    seen = []
+    monkeypatch.setattr(lifecycle, "side_effects", lambda app, store, record: seen.append(record))
+    return seen
+
+
+def test_a_blip_is_retried_and_the_end_recorded_once(effects):
+    store = FlakyStore(failures=2)
+    assert lifecycle.finish_job_retrying(None, store, "j", "SUCCESS", delays=(0, 0, 0))
+    assert store.calls == 3
+    assert len(effects) == 1
+
+
+def test_a_lost_reply_still_fires_the_side_effects(effects):
+    # The first try wrote the end but its reply was lost: the retry finds it ended.
+    store = FlakyStore(failures=1, wrote_on=1)
+    assert not lifecycle.finish_job_retrying(None, store, "j", "SUCCESS", delays=(0, 0))
+    assert [record["job_id"] for record in effects] == ["j"]
+
+
+def test_an_outage_longer_than_the_retries_is_raised(effects):
+    with pytest.raises(RedisConnectionError):
+        lifecycle.finish_job_retrying(None, FlakyStore(failures=9), "j", "SUCCESS",
+                                      delays=(0, 0))
+    assert effects == []
+
+
+def test_already_ended_without_any_error_fires_nothing(effects):
+    store = FlakyStore(failures=0, wrote_on=1)
+    store.written = True
+    store.wrote_on = None
+    assert not lifecycle.finish_job_retrying(None, store, "j", "SUCCESS", delays=(0,))
+    assert effects == []
