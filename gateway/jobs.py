@@ -93,20 +93,23 @@ def submit(svc: Services, principal: Principal, body: Any,
            idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
     """Validate and queue a job; returns (job view, created) — created is False on replay."""
     job = validate_job(svc, body)
-    retry_after = svc.store.hit_rate_limit(principal.partner_id, svc.settings.rate_limit)
-    if retry_after is not None:
-        raise APIError(429, "rate_limited", "Too many submissions; slow down.",
-                       {"limit_per_minute": svc.settings.rate_limit},
-                       headers={"Retry-After": str(retry_after)})
     record = new_record(principal, job)
     if idempotency_key:
         earlier = svc.store.claim_idempotency(principal.partner_id, idempotency_key,
                                               digest(body), record["job_id"])
         if earlier is not None:
+            # A replay creates nothing, so it does not count against the rate limit.
             if earlier["digest"] != digest(body):
                 raise APIError(409, "idempotency_conflict",
                                "This Idempotency-Key was used with a different body.")
             return describe(svc, wait_for_record(svc, earlier["job_id"])), False
+    retry_after = svc.store.hit_rate_limit(principal.partner_id, svc.settings.rate_limit)
+    if retry_after is not None:
+        if idempotency_key:
+            svc.store.release_idempotency(principal.partner_id, idempotency_key)
+        raise APIError(429, "rate_limited", "Too many submissions; slow down.",
+                       {"limit_per_minute": svc.settings.rate_limit},
+                       headers={"Retry-After": str(retry_after)})
     try:
         enqueue(svc, record, job["params"])
     except Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -241,3 +242,27 @@ def test_cursor_redis_would_misread_is_422(client, partner, cursor):
     response = client.get(f"/v1/jobs?cursor={cursor}", headers=partner["headers"])
     assert response.status_code == 422
     assert "cursor" in response.get_json()["error"]["details"]
+
+
+def test_rate_limit_counts_new_jobs_only_and_says_when_to_retry(settings, admin_headers,
+                                                                redis_client):
+    client = create_app(settings.with_overrides(rate_limit=2)).test_client()
+    key = client.post("/v1/partners", json={"name": "limited"},
+                      headers=admin_headers).get_json()["api_key"]
+
+    def post(idem, seconds=0):
+        return client.post("/v1/jobs", json={"task": "demo.sleep", "params": {
+            "seconds": seconds, "steps": 1}}, headers={"Authorization": f"Bearer {key}",
+                                                       "Idempotency-Key": idem})
+
+    # The limit counts per fixed minute: start well inside one.
+    wait_until(lambda: time.time() % 60 < 50, timeout=15, message="a fresh rate window")
+    assert [post("a").status_code, post("b").status_code] == [202, 202]
+    limited = post("c")
+    assert limited.status_code == 429
+    assert limited.get_json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    # A replay creates nothing: it is answered, not limited.
+    assert post("a").status_code == 200
+    # The refused request did not keep its key: another body with it is limited, not 409.
+    assert post("c", seconds=1).status_code == 429
