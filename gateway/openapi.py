@@ -10,6 +10,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, jsonify
 
 from gateway import __version__, schemas
+from gateway.status import STATUSES
 
 bp = Blueprint("openapi", __name__)
 
@@ -129,8 +130,7 @@ def build_spec() -> dict[str, Any]:
             "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
                        "maximum": 30}}
     list_params = [
-        {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
-            "PENDING", "STARTED", "PROCESSING", "SUCCESS", "FAILURE", "REVOKED"]}},
+        {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
         {"name": "task", "in": "query", "schema": {"type": "string", "maxLength": 200}},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
                                                      "maximum": 100}},

@@ -8,6 +8,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from gateway.status import STATUSES
+
 METADATA_MAX_BYTES = 16 * 1024
 CURSOR_SCORE = re.compile(r"\d{1,12}(\.\d{1,9})?")
 
@@ -45,8 +47,7 @@ class RevokeSchema(Schema):
 
 
 class ListJobsArgs(Schema):
-    status = fields.String(load_default=None, validate=validate.OneOf(
-        ["PENDING", "STARTED", "PROCESSING", "SUCCESS", "FAILURE", "REVOKED"]))
+    status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
     task = fields.String(load_default=None, validate=validate.Length(max=200))
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, validate=validate.Length(max=200))
@@ -101,8 +102,7 @@ class JobSchema(Schema):
     job_id = fields.String(required=True)
     task_id = fields.String(required=True)
     task = fields.String(required=True)
-    status = fields.String(required=True, validate=validate.OneOf(
-        ["PENDING", "STARTED", "PROCESSING", "SUCCESS", "FAILURE", "REVOKED"]))
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     progress = fields.Nested(ProgressSchema, allow_none=True)
     result = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)

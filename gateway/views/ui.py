@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template
 
+from gateway.status import STATUSES
+
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="../templates",
                static_folder="../static", static_url_path="/static")
 
@@ -32,7 +34,7 @@ def harden(response: Response) -> Response:
 @bp.get("/")
 def jobs_page() -> str:
     """The login form and, once a key is given, the caller's jobs."""
-    return render_template("ui_jobs.html", page="jobs", job_id="")
+    return render_template("ui_jobs.html", page="jobs", job_id="", statuses=STATUSES)
 
 
 @bp.get("/jobs/<job_id>")
