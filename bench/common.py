@@ -84,9 +84,13 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
 
 
 def write_result(name: str, payload: dict[str, Any], out: Path | None) -> Path:
-    """Write the run's JSON (bench/results/<name>.json unless ``out``)."""
+    """Write the run's JSON (bench/results/<name>.json unless ``out``).
+
+    Called as the run ends, it stamps the load average at the end and the end time.
+    """
     path = out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {**payload, "loadavg_end": list(os.getloadavg()), "finished": time.time()}
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     print(f"\nwrote {path}")
     return path

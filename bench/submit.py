@@ -10,8 +10,6 @@ is emptied between levels.
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Any
 
 from bench.common import SLEEP_PARAMS, Stack, base_parser, machine, print_table, write_result
@@ -98,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"gunicorn": f"-w {args.gunicorn_workers} -k gthread --threads "
                                f"{args.gunicorn_threads}", "requests": args.requests,
                    "rounds": args.rounds, "levels": levels},
-        "machine": started, "loadavg_end": list(os.getloadavg()), "finished": time.time(),
+        "machine": started,
         "results": results,
         "ratios": {level: ratio(r["jobgate"]["rps"], r["flower"]["rps"])
                    for level, r in results.items()},
