@@ -91,7 +91,7 @@ def validate_members(svc: Services, jobs: list[Any]) -> list[dict[str, Any]]:
 
 def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
     """Validate every member, store the batch and its jobs, queue them all; the batch view."""
-    from gateway.jobs import check_callback, new_record
+    from gateway.jobs import check_callback, enforce_rate_limit, new_record
 
     if isinstance(body, dict) and isinstance(body.get("jobs"), list) \
             and len(body["jobs"]) > MAX_BATCH:
@@ -102,11 +102,7 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
     if batch["callback_url"]:
         check_callback(svc, batch["callback_url"])
     members = validate_members(svc, batch["jobs"])
-    retry_after = svc.store.hit_rate_limit(principal.partner_id, svc.settings.rate_limit)
-    if retry_after is not None:
-        raise APIError(429, "rate_limited", "Too many submissions; slow down.",
-                       {"limit_per_minute": svc.settings.rate_limit},
-                       headers={"Retry-After": str(retry_after)})
+    enforce_rate_limit(svc, principal)
     batch_id = new_id()
     records = [new_record(principal, job, batch_id=batch_id) for job in members]
     store = svc.store

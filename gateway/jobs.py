@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from marshmallow import ValidationError
+
 from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
@@ -38,12 +40,9 @@ def validate_job(svc: Services, body: Any) -> dict[str, Any]:
                        {"task": [f"Unknown task. Known: {', '.join(catalog(svc))}."]})
     try:
         job["params"] = job_type.params().load(job["params"])
-    except Exception as exc:  # marshmallow.ValidationError
-        messages = getattr(exc, "messages", None)
-        if messages is None:
-            raise
+    except ValidationError as exc:
         raise APIError(422, "validation_error", "The task's params are invalid.",
-                       {"params": messages}) from None
+                       {"params": exc.messages}) from None
     if job["callback_url"]:
         check_callback(svc, job["callback_url"])
     return job
@@ -89,30 +88,35 @@ def enqueue(svc: Services, record: dict[str, Any], params: dict[str, Any]) -> No
         raise
 
 
+def enforce_rate_limit(svc: Services, principal: Principal) -> None:
+    """Count one submission (a job or a whole batch); 429 with Retry-After over the limit."""
+    retry_after = svc.store.hit_rate_limit(principal.partner_id, svc.settings.rate_limit)
+    if retry_after is not None:
+        raise APIError(429, "rate_limited", "Too many submissions; slow down.",
+                       {"limit_per_minute": svc.settings.rate_limit},
+                       headers={"Retry-After": str(retry_after)})
+
+
 def submit(svc: Services, principal: Principal, body: Any,
            idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
     """Validate and queue a job; returns (job view, created) — created is False on replay."""
     job = validate_job(svc, body)
     record = new_record(principal, job)
     if idempotency_key:
+        body_digest = digest(body)
         earlier = svc.store.claim_idempotency(principal.partner_id, idempotency_key,
-                                              digest(body), record["job_id"])
+                                              body_digest, record["job_id"])
         if earlier is not None:
             # A replay creates nothing, so it does not count against the rate limit.
-            if earlier["digest"] != digest(body):
+            if earlier["digest"] != body_digest:
                 raise APIError(409, "idempotency_conflict",
                                "This Idempotency-Key was used with a different body.")
             return describe(svc, wait_for_record(svc, earlier["job_id"])), False
-    retry_after = svc.store.hit_rate_limit(principal.partner_id, svc.settings.rate_limit)
-    if retry_after is not None:
-        if idempotency_key:
-            svc.store.release_idempotency(principal.partner_id, idempotency_key)
-        raise APIError(429, "rate_limited", "Too many submissions; slow down.",
-                       {"limit_per_minute": svc.settings.rate_limit},
-                       headers={"Retry-After": str(retry_after)})
     try:
+        enforce_rate_limit(svc, principal)
         enqueue(svc, record, job["params"])
     except Exception:
+        # Refused or failed: nothing was created, so the key is free for a retry.
         if idempotency_key:
             svc.store.release_idempotency(principal.partner_id, idempotency_key)
         raise
