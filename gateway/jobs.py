@@ -175,14 +175,14 @@ def describe(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
 
 
 def wait(svc: Services, record: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """Hold until the job is finished or ``seconds`` pass; woken by the job's events."""
-    view = describe(svc, record)
-    if view["status"] in TERMINAL:
-        return view
+    """Hold until the job is finished or ``seconds`` pass; woken by the job's events.
+
+    The job is read each time ``events`` yields, the first time right after subscribing,
+    so an end published between the caller's read and the subscription is not missed.
+    """
     deadline = time.monotonic() + seconds
     for _ in events(svc, record["job_id"], deadline):
-        fresh = svc.store.job(record["job_id"]) or record
-        view = describe(svc, fresh)
+        view = describe(svc, svc.store.job(record["job_id"]) or record)
         if view["status"] in TERMINAL:
             break
     return view
