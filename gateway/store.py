@@ -159,10 +159,6 @@ class Store:
                                       "previous_secret_until": str(time.time() + grace)})
         return True
 
-    def signing_secrets(self, partner_id: str) -> list[str]:
-        """The secrets a webhook is signed with now: current, plus previous during grace."""
-        return secrets_of(self.partner(partner_id) or {})
-
     # ---------------------------------------------------------------------- jobs
     def create_job(self, job: dict[str, Any], message: tuple[str, str] | None = None) -> None:
         """Store a new job record and index it for listing, newest first.
@@ -215,9 +211,6 @@ class Store:
         for job_id in job_ids:
             pipe.hgetall(self.key("job", job_id))
         return [decode_job(raw) for raw in pipe.execute()]
-
-    def update_job(self, job_id: str, **fields: Any) -> None:
-        self.redis.hset(self.key("job", job_id), mapping=_encode(fields))
 
     def start_job(self, job_id: str) -> str | None:
         """Record a worker's start (Celery keeps no start time) and publish STARTED.
@@ -330,9 +323,6 @@ class Store:
     def channel(self, job_id: str) -> str:
         return self.key("events", job_id)
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
-        """Tell live listeners (SSE, ?wait=) that a job changed."""
-        self.redis.publish(self.channel(job_id), json.dumps(event, default=str))
 
 
 def secrets_of(partner: dict[str, str], now: float | None = None) -> list[str]:

@@ -84,7 +84,7 @@ class Begun:
         return decode_job(self.record)
 
     def signing_secrets(self, now: float | None = None) -> list[str]:
-        """``Store.signing_secrets`` of the partner read: current, previous during grace."""
+        """The partner's signing secrets (``secrets_of``): current, previous during grace."""
         return secrets_of(self.partner, now)
 
 
