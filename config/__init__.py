@@ -51,6 +51,7 @@ class Settings:
     queue_jobs: str = "jobs"
     queue_webhooks: str = "webhooks"
     key_prefix: str = "jobgate"
+    redis_max_connections: int = 1000
     extra: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +106,7 @@ _ENV = {
     "queue_jobs": ("JOBGATE_QUEUE_JOBS", str),
     "queue_webhooks": ("JOBGATE_QUEUE_WEBHOOKS", str),
     "key_prefix": ("JOBGATE_KEY_PREFIX", str),
+    "redis_max_connections": ("JOBGATE_REDIS_MAX_CONNECTIONS", int),
 }
 
 assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}

@@ -21,6 +21,7 @@ import redis
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 KEY_CACHE_TTL = 30.0  # seconds a partner found by its API key is remembered in-process
 KEY_CACHE_SIZE = 10_000
+POOL_WAIT = 5.0  # seconds a caller waits for a free Redis connection when all are in use
 JSON_FIELDS = ("metadata", "result", "progress")
 
 # Sets the terminal fields only if no terminal status is recorded yet: the first of the
@@ -98,10 +99,13 @@ class Store:
         self._key_cache: dict[str, tuple[float, dict[str, str]]] = {}
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Store:
-        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5,
-                                      socket_connect_timeout=2, health_check_interval=30)
-        return cls(client, **kwargs)
+    def from_url(cls, url: str, *, max_connections: int = 1000, **kwargs: Any) -> Store:
+        """A store on ``url`` with a bounded pool: past ``max_connections`` a caller waits
+        (up to POOL_WAIT s, then ``ConnectionError``, a 503) instead of failing at once."""
+        pool = redis.BlockingConnectionPool.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,
+            health_check_interval=30, max_connections=max_connections, timeout=POOL_WAIT)
+        return cls(redis.Redis(connection_pool=pool), **kwargs)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))

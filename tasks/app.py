@@ -27,7 +27,8 @@ class JobgateCelery(Celery):
     @cached_property
     def store(self) -> Store:
         return Store.from_url(self.settings.redis_url, prefix=self.settings.key_prefix,
-                              retention=self.settings.job_retention)
+                              retention=self.settings.job_retention,
+                              max_connections=self.settings.redis_max_connections)
 
 
 class JobTask(Task):
@@ -109,6 +110,9 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         broker_connection_retry_on_startup=True,
         redis_socket_connect_timeout=2,
         redis_socket_timeout=5,
+        # redis-py refuses a connection past its pool size (100 by default); a gevent
+        # gateway may have that many reads in flight.
+        redis_max_connections=settings.redis_max_connections,
         worker_hijack_root_logger=False,
         jobgate_queue_jobs=settings.queue_jobs,
         jobgate_queue_webhooks=settings.queue_webhooks,

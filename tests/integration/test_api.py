@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import redis
 
 from gateway import create_app
 from tests.helpers import ROOT, WorkerProcess, settings_env, wait_for_status, wait_until
@@ -266,3 +268,22 @@ def test_rate_limit_counts_new_jobs_only_and_says_when_to_retry(settings, admin_
     assert post("a").status_code == 200
     # The refused request did not keep its key: another body with it is limited, not 409.
     assert post("c", seconds=1).status_code == 429
+
+
+def test_requests_past_the_redis_pool_wait_for_a_connection_then_503(settings, admin_headers,
+                                                                     monkeypatch):
+    """A full pool makes a request wait for a free connection (not fail at once, as
+    redis-py's default pool does past 100), and answer 503 JSON if none frees in time."""
+    monkeypatch.setattr("gateway.store.POOL_WAIT", 0.3)
+    app = create_app(settings.with_overrides(redis_max_connections=1))
+    pool = app.extensions["jobgate"].store.redis.connection_pool
+    assert isinstance(pool, redis.BlockingConnectionPool) and pool.max_connections == 1
+    client = app.test_client()
+    held = pool.get_connection()
+    started = time.monotonic()
+    response = client.get("/v1/partners", headers=admin_headers)
+    assert time.monotonic() - started >= 0.3
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
+    threading.Timer(0.1, pool.release, args=(held,)).start()
+    assert client.get("/v1/partners", headers=admin_headers).status_code == 200
