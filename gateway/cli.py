@@ -214,7 +214,7 @@ def dev(port: int, concurrency: int) -> None:
         procs.append(subprocess.Popen(worker_command(("-c", str(concurrency)), settings),
                                       env=env, start_new_session=True))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "16",
+            [sys.executable, "-m", "gunicorn", "-c", "python:config.gunicorn", "-w", "1",
              "-b", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"],
             env=env, start_new_session=True))
         url = f"http://127.0.0.1:{port}"

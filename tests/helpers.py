@@ -202,9 +202,10 @@ def _pings(client: redis.Redis) -> bool:
 
 
 @contextlib.contextmanager
-def gunicorn(settings: Settings, *, workers: int = 2, threads: int = 8,
+def gunicorn(settings: Settings, *, workers: int = 2,
              env: Mapping[str, str] | None = None, extra: tuple[str, ...] = ()) -> Iterator[str]:
-    """``gunicorn -k gthread wsgi:app`` on a free loopback port, as operators run it.
+    """``gunicorn wsgi:app`` (gunicorn.conf.py: gevent) on a free loopback port, as
+    operators run it.
 
     Configured by ``settings`` (plus ``env``); yields the base URL once ``/healthz``
     answers and stops the server afterwards.
@@ -214,8 +215,8 @@ def gunicorn(settings: Settings, *, workers: int = 2, threads: int = 8,
     child_env = {**os.environ, **settings_env(settings), **(env or {}), "PYTHONPATH": str(ROOT)}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "gthread",
-             "--threads", str(threads), "-b", f"127.0.0.1:{port}", *extra, "wsgi:app"],
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+             *extra, "wsgi:app"],
             cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -4,7 +4,7 @@
 or progress change (woken by the messages the worker, the progress helper and the revoke
 path publish on ``store.channel(job_id)`` — no polling loop), a heartbeat comment when
 nothing was sent for a while, and ends right after the terminal event. Each open stream
-holds one thread: serve it with gunicorn ``gthread`` (or gevent), not the sync worker.
+holds one connection: serve it with gevent (gunicorn.conf.py) or threads, not the sync worker.
 """
 
 from __future__ import annotations

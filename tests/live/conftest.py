@@ -1,8 +1,8 @@
 """Fixtures for batches, SSE and the client: a real gunicorn gateway and a webhook receiver.
 
-``gateway_url`` is ``gunicorn -k gthread wsgi:app`` on 127.0.0.1, configured like the
-test worker (same Redis db), with 0.5 s SSE heartbeats; ``receiver`` records every
-webhook POSTed to it.
+``gateway_url`` is ``gunicorn wsgi:app`` (gevent, gunicorn.conf.py) on 127.0.0.1,
+configured like the test worker (same Redis db), with 0.5 s SSE heartbeats; ``receiver``
+records every webhook POSTed to it.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ HEARTBEAT = 0.5
 
 @pytest.fixture(scope="session")
 def gateway_url(settings: Settings, redis_client: Any) -> Iterator[str]:
-    """The gateway behind gunicorn with threads (how SSE is meant to be served)."""
-    with gunicorn(settings, workers=1, threads=8, extra=("--graceful-timeout", "2"),
+    """The gateway behind gunicorn as shipped: gevent, so open streams cost greenlets."""
+    with gunicorn(settings, workers=1, extra=("--graceful-timeout", "2"),
                   env={"JOBGATE_SSE_HEARTBEAT": str(HEARTBEAT)}) as url:
         yield url
 

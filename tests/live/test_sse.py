@@ -1,4 +1,4 @@
-"""Server-Sent Events through gunicorn (gthread): order, heartbeats, the end, pub/sub."""
+"""Server-Sent Events through gunicorn (gevent): order, heartbeats, the end, pub/sub."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """200 concurrent clients against gunicorn for a bounded time: no server errors, nothing lost.
 
-gunicorn runs ``wsgi:app`` exactly as operators start it (2 gthread workers, 8 threads
-each) with the suite's settings in its environment. Each client mixes submissions, status
+gunicorn runs ``wsgi:app`` exactly as operators start it (gunicorn.conf.py: gevent, 2
+workers) with the suite's settings in its environment. Each client mixes submissions, status
 reads and listings; afterwards every accepted job must reach SUCCESS on the real worker.
 """
 
@@ -28,8 +28,8 @@ SLEEP = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
 
 @pytest.fixture
 def gunicorn(settings, redis_client) -> Iterator[str]:
-    """``gunicorn wsgi:app`` (2 gthread workers, 8 threads) on a free loopback port."""
-    with serve_gunicorn(settings, workers=2, threads=8,
+    """``gunicorn wsgi:app`` (2 gevent workers) on a free loopback port."""
+    with serve_gunicorn(settings, workers=2,
                         extra=("--backlog", "2048", "--timeout", "60")) as base:
         yield base
 
