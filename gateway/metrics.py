@@ -7,6 +7,7 @@ answers the same totals; request counts and latencies are per process.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -63,16 +64,25 @@ def init_metrics(app: Flask) -> None:
     registry.register(RedisCollector(app.extensions["jobgate"]))
     app.extensions["jobgate_metrics"] = registry
 
+    # prometheus_client validates labels on every .labels() call; the children for a
+    # (method, route, status) never change, so each is looked up once per process.
+    children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     @app.before_request
     def _start_timer() -> None:
         g.started = time.perf_counter()
 
     @app.after_request
     def _observe(response: Response) -> Response:
+        method, status = request.method, response.status_code
         route = request.url_rule.rule if request.url_rule else "unmatched"
+        child = children.get((method, route, status))
+        if child is None:
+            child = children[method, route, status] = (
+                latency.labels(method, route), requests_total.labels(method, route, str(status)))
         if "started" in g:
-            latency.labels(request.method, route).observe(time.perf_counter() - g.started)
-        requests_total.labels(request.method, route, str(response.status_code)).inc()
+            child[0].observe(time.perf_counter() - g.started)
+        child[1].inc()
         return response
 
 

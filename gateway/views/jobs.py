@@ -34,11 +34,11 @@ def submit():
 @bp.get("/<job_id>")
 @login_required
 def show(job_id: str):
-    args = load_or_422(WAIT_ARGS, request.args.to_dict())
+    wait = load_or_422(WAIT_ARGS, request.args.to_dict())["wait"] if request.args else None
     svc = services()
     record, view = jobs.show(svc, authenticate(), job_id)
-    if args["wait"] and view["status"] not in TERMINAL:
-        return jsonify(jobs.wait(svc, record, min(args["wait"], svc.settings.max_wait)))
+    if wait and view["status"] not in TERMINAL:
+        return jsonify(jobs.wait(svc, record, min(wait, svc.settings.max_wait)))
     return jsonify(view)
 
 
