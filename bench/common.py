@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import subprocess
@@ -39,10 +40,15 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                                                               DEFAULT_REDIS_URL),
                         help="Redis db used (and FLUSHED) by the run")
     parser.add_argument("--out", type=Path, help="JSON result path (default bench/results/)")
-    parser.add_argument("--gunicorn-workers", type=int, default=2)
-    parser.add_argument("--gunicorn-threads", type=int, default=8)
+    parser.add_argument("--gunicorn", default="", metavar="FLAGS",
+                        help="extra gunicorn flags over gunicorn.conf.py, e.g. '-w 3'")
     parser.add_argument("--worker-concurrency", type=int, default=2)
     return parser
+
+
+def gunicorn_shape(flags: str) -> str:
+    """How the bench ran gunicorn, for the JSON: the shipped config plus any flags."""
+    return " ".join(["gunicorn.conf.py", *shlex.split(flags)])
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -240,10 +246,10 @@ class Stack:
     def url(self, name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
 
-    def start_gateway(self, workers: int = 2, threads: int = 8) -> Service:
+    def start_gateway(self, flags: str = "") -> Service:
+        """``gunicorn wsgi:app`` as operators run it (gunicorn.conf.py), plus ``flags``."""
         port = self.ports["gateway"] = free_port()
-        service = spawn("gunicorn", [sys.executable, "-m", "gunicorn", "-w", str(workers),
-                                     "-k", "gthread", "--threads", str(threads),
+        service = spawn("gunicorn", [sys.executable, "-m", "gunicorn", *shlex.split(flags),
                                      "-b", f"127.0.0.1:{port}", "--log-level", "warning",
                                      "wsgi:app"], self.env)
         self.services["gateway"] = service

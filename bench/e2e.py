@@ -15,7 +15,15 @@ from typing import Any
 
 import requests
 
-from bench.common import SLEEP_PARAMS, Stack, base_parser, machine, print_table, write_result
+from bench.common import (
+    SLEEP_PARAMS,
+    Stack,
+    base_parser,
+    gunicorn_shape,
+    machine,
+    print_table,
+    write_result,
+)
 from bench.loadgen import request_bytes, run_load
 from bench.profile import PySpy, top_frames
 
@@ -123,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack.fresh(args.redis_url)
     spies: dict[str, PySpy] = {}
     try:
-        gateway = stack.start_gateway(args.gunicorn_workers, args.gunicorn_threads)
+        gateway = stack.start_gateway(args.gunicorn)
         worker = stack.start_worker(args.worker_concurrency, events=False)
         partner = stack.create_partner()
         stack.start_receiver(partner["webhook_secret"])
@@ -199,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     write_result("e2e", {
         "benchmark": "e2e", "task": "demo.sleep", "params": SLEEP_PARAMS,
-        "config": {"gunicorn": f"-w {args.gunicorn_workers} -k gthread --threads "
-                               f"{args.gunicorn_threads}",
+        "config": {"gunicorn": gunicorn_shape(args.gunicorn),
                    "worker": f"prefork -c {args.worker_concurrency}",
                    "submit_concurrency": args.concurrency},
         "machine": started,

@@ -18,6 +18,7 @@ from bench.common import (
     SLEEP_PARAMS,
     Stack,
     base_parser,
+    gunicorn_shape,
     machine,
     print_table,
     wait_for,
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack.fresh(args.redis_url)
     results: dict[str, Any] = {}
     try:
-        stack.start_gateway(args.gunicorn_workers, args.gunicorn_threads)
+        stack.start_gateway(args.gunicorn)
         stack.start_flower()
         partner = stack.create_partner()
         auth = {"Authorization": f"Bearer {partner['api_key']}"}
@@ -123,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                  "jobgate/best flower"], rows)
     write_result("status", {
         "benchmark": "status", "jobs": args.jobs,
-        "config": {"gunicorn": f"-w {args.gunicorn_workers} -k gthread --threads "
-                               f"{args.gunicorn_threads}", "requests": args.requests,
+        "config": {"gunicorn": gunicorn_shape(args.gunicorn), "requests": args.requests,
                    "rounds": args.rounds, "levels": args.levels,
                    "worker_concurrency": args.worker_concurrency},
         "machine": started,

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.common import SLEEP_PARAMS, Stack, base_parser, machine, print_table, write_result
+from bench.common import (
+    SLEEP_PARAMS,
+    Stack,
+    base_parser,
+    gunicorn_shape,
+    machine,
+    print_table,
+    write_result,
+)
 from bench.loadgen import Load, request_bytes, run_load
 
 TARGETS = ("jobgate", "flower")
@@ -59,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack.fresh(args.redis_url)
     results: dict[str, Any] = {}
     try:
-        stack.start_gateway(args.gunicorn_workers, args.gunicorn_threads)
+        stack.start_gateway(args.gunicorn)
         stack.start_flower()
         partner = stack.create_partner()
         targets = requests_for(stack, partner)
@@ -93,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                  "jobgate/flower"], rows)
     write_result("submit", {
         "benchmark": "submit", "task": "demo.sleep", "params": SLEEP_PARAMS,
-        "config": {"gunicorn": f"-w {args.gunicorn_workers} -k gthread --threads "
-                               f"{args.gunicorn_threads}", "requests": args.requests,
+        "config": {"gunicorn": gunicorn_shape(args.gunicorn), "requests": args.requests,
                    "rounds": args.rounds, "levels": levels},
         "machine": started,
         "results": results,

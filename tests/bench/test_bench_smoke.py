@@ -25,7 +25,7 @@ def run_script(module: str, redis_url: str, out: Path, *args: str) -> dict:
     """Run ``python -m bench.<module>`` tiny; its JSON result."""
     completed = subprocess.run(
         [sys.executable, "-m", f"bench.{module}", "--redis-url", redis_url, "--out", str(out),
-         "--gunicorn-workers", "1", "--gunicorn-threads", "4", *args],
+         "--gunicorn", "-w 1", *args],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
         text=True, timeout=240)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
