@@ -30,6 +30,7 @@ LOGS = Path(os.environ.get("TMPDIR", "/tmp")) / "jobgate-bench"
 ADMIN_KEY = "bench-admin-key"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
 SLEEP_PARAMS = {"seconds": 0, "steps": 1}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------ arguments and output
@@ -146,6 +147,10 @@ class Service:
         """This service's process and every descendant."""
         return [self.proc.pid, *descendants(self.proc.pid)]
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the process tree has used so far."""
+        return cpu_seconds(self.pids())
+
     def rss(self) -> dict[str, Any]:
         """Resident memory of the process tree, total and per process, in MiB."""
         per = {pid: rss_bytes(pid) for pid in self.pids()}
@@ -184,6 +189,23 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU seconds of ``pids`` so far (a gone process counts 0)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
+
+
+def redis_pid(client: redis.Redis) -> int:
+    """The local Redis server's process id (for its CPU time)."""
+    return int(client.info("server")["process_id"])
 
 
 def rss_bytes(pid: int) -> int:

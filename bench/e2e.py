@@ -19,9 +19,11 @@ from bench.common import (
     SLEEP_PARAMS,
     Stack,
     base_parser,
+    cpu_seconds,
     gunicorn_shape,
     machine,
     print_table,
+    redis_pid,
     write_result,
 )
 from bench.loadgen import request_bytes, run_load
@@ -146,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             spies = {name: PySpy(service.proc.pid, args.profile / f"{name}.txt")
                      for name, service in (("gateway", gateway), ("worker", worker))}
+        services = {"gateway": gateway, "worker": worker,
+                    "receiver": stack.services["receiver"]}
+        client = stack.redis()
+        redis_process = redis_pid(client)
+        client.close()
+        cpu_before = {name: service.cpu() for name, service in services.items()}
+        cpu_before["redis"] = cpu_seconds([redis_process])
+        cpu_before["load generator"] = time.process_time()
         t0 = time.time()
         load = run_load(stack.ports["gateway"], lambda _i: raw, concurrency=args.concurrency,
                         total=args.jobs, seconds=args.cap, keep_bodies=True)
@@ -153,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         ids = [body["job_id"] for body in load.json_bodies() if "job_id" in body]
         wait_for_webhooks(stack, len(ids), args.stall, args.cap)
         done_at = time.time()
+        cpu_used = {name: service.cpu() - cpu_before[name] for name, service in services.items()}
+        cpu_used["redis"] = cpu_seconds([redis_process]) - cpu_before["redis"]
+        cpu_used["load generator"] = time.process_time() - cpu_before["load generator"]
         for spy in spies.values():
             spy.stop()
         # Let retries or stray redeliveries show up before counting duplicates.
@@ -185,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         "duplicated": seen["duplicates"], "jobs_with_several_ids": seen["jobs_with_several_ids"],
         "bad_signatures": seen["bad_signatures"], "receiver": seen,
         "rss": rss, "redis": memory,
+        "cpu_ms_per_job": {name: round(1000 * used / len(ids), 3)
+                           for name, used in cpu_used.items()} if ids else {},
+        "cpu_busy_pct": round(100 * sum(cpu_used.values()) / (done_at - t0), 1),
         "redis_commands_per_job_server_wide": {name: round(n / len(ids), 2) for name, n in
                                    commands.most_common() if n > 0} if ids else {},
     }
@@ -204,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         ["Redis bytes / retained job", memory["retained_bytes_per_finished_job"]],
         ["Redis cmds / job (server-wide)",
          round(sum(result["redis_commands_per_job_server_wide"].values()), 1)],
+        *[[f"CPU ms / job: {name}", ms] for name, ms in result["cpu_ms_per_job"].items()],
+        ["CPU ms / job: total", round(sum(result["cpu_ms_per_job"].values()), 2)],
+        ["CPU busy % (of 100 per core)", result["cpu_busy_pct"]],
     ])
     write_result("e2e", {
         "benchmark": "e2e", "task": "demo.sleep", "params": SLEEP_PARAMS,
