@@ -26,17 +26,25 @@ JSON_FIELDS = ("metadata", "result", "progress")
 
 # Sets the terminal fields only if no terminal status is recorded yet: the first of the
 # worker (success/failure), the revoke path or a re-run wins, exactly once per job. The
-# winner also counts the outcome and tells live listeners, and gets back what its side
-# effects need (callback URL, batch id): one round trip for the whole end of a job.
+# winner also counts the outcome, tells live listeners, queues the webhook delivery
+# message it was given (ARGV[4] onto list KEYS[4]) if the job has a callback URL, and gets
+# back what its other side effects need (callback URL, batch id, whether it queued):
+# one round trip for the whole end of a job, and no end recorded without its webhook.
 _FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('HGET', KEYS[1], 'status') then return {0} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 local found = redis.call('HMGET', KEYS[1], 'callback_url', 'batch_id')
-return {1, found[1] or '', found[2] or ''}
+local callback = found[1] or ''
+local queued = 0
+if callback ~= '' and ARGV[4] ~= '' then
+  redis.call('LPUSH', KEYS[4], ARGV[4])
+  queued = 1
+end
+return {1, callback, found[2] or '', queued}
 """
 
 # A worker taking a job: refuse it if it already has a terminal status (revoked while
@@ -235,12 +243,15 @@ class Store:
         return self._progress(keys=[self.key("job", job_id), self.channel(job_id)],
                               args=[json.dumps(progress), event]) != 0
 
-    def finish_job(self, job_id: str, status: str, **fields: Any) -> dict[str, Any] | None:
+    def finish_job(self, job_id: str, status: str, *,
+                   webhook_message: tuple[str, str] | None = None,
+                   **fields: Any) -> dict[str, Any] | None:
         """Record a terminal status once and publish it.
 
-        Returns what the side effects of the end need ({job_id, status, callback_url,
-        batch_id}) to the one caller that recorded it; None if a terminal status was
-        already recorded, or the job has no record.
+        ``webhook_message`` (queue, message) is pushed in the same script when the job has
+        a callback URL. Returns what the other side effects of the end need ({job_id,
+        status, callback_url, batch_id, webhook_queued}) to the one caller that recorded
+        it; None if a terminal status was already recorded, or the job has no record.
         """
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a terminal status")
@@ -249,12 +260,13 @@ class Store:
         for name, value in _encode(values).items():
             flat += [name, value]
         event = json.dumps({"job_id": job_id, "status": status})
-        keys = [self.key("job", job_id), self.key("stats"), self.channel(job_id)]
-        answer = self._finish(keys=keys, args=[self.retention, status, event, *flat])
+        queue, message = webhook_message or (self.key("no-webhook"), "")
+        keys = [self.key("job", job_id), self.key("stats"), self.channel(job_id), queue]
+        answer = self._finish(keys=keys, args=[self.retention, status, event, message, *flat])
         if answer[0] != 1:
             return None
         return {"job_id": job_id, "status": status, "callback_url": answer[1] or None,
-                "batch_id": answer[2] or None}
+                "batch_id": answer[2] or None, "webhook_queued": answer[3] == 1}
 
     def page(self, index: str, *, limit: int, cursor: str | None) -> list[tuple[str, str]]:
         """Up to ``limit`` (job id, cursor) pairs of a listing index, newest first.

@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 from typing import Any
 
 from celery import Celery
 from redis.exceptions import RedisError
 
 from gateway.store import Store
+from tasks.publish import same_redis, task_message
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +33,26 @@ def webhook_id(subject_id: str, event: str) -> str:
 
 def finish_job(app: Celery, store: Store, job_id: str, status: str, **fields: Any) -> bool:
     """Record a terminal status once and fire its side effects; False if already ended."""
-    ended = store.finish_job(job_id, status, **fields)
+    ended = store.finish_job(job_id, status, webhook_message=webhook_message(app, job_id, status),
+                             **fields)
     if ended is None:
         return False
-    side_effects(app, store, ended)
+    if ended["webhook_queued"]:
+        log.info("queued %s for job %s", EVENT_TYPES[status], job_id, extra={"job_id": job_id})
+    side_effects(app, store, ended, webhook_queued=ended["webhook_queued"])
     return True
+
+
+def webhook_message(app: Celery, job_id: str, status: str) -> tuple[str, str] | None:
+    """(queue, message) delivering the job's terminal event, for ``Store.finish_job`` to push
+    in the script that records the end; None when the broker is not the job store's Redis
+    (the message is then sent with ``send_task`` after the end is recorded)."""
+    settings = getattr(app, "settings", None)
+    if settings is None or not same_redis(settings.broker_url, settings.redis_url):
+        return None
+    queue = app.conf.get("jobgate_queue_webhooks", "webhooks")
+    return queue, task_message(app, DELIVER_TASK, str(uuid.uuid4()), {}, queue,
+                               args=["job", job_id, EVENT_TYPES[status]])
 
 
 def finish_job_retrying(app: Celery, store: Store, job_id: str, status: str,
@@ -64,17 +81,19 @@ def finish_job_retrying(app: Celery, store: Store, job_id: str, status: str,
     return False
 
 
-def side_effects(app: Celery, store: Store, record: dict[str, Any]) -> None:
-    """Queue the terminal webhook and count the batch member; safe to repeat.
+def side_effects(app: Celery, store: Store, record: dict[str, Any], *,
+                 webhook_queued: bool = False) -> None:
+    """Queue the terminal webhook (unless the end's own script did) and count the batch
+    member; safe to repeat.
 
-    Repeating is how a crash between recording the end and queuing the webhook heals:
-    the redelivered message (acks_late) replays this, the delivery task's per-attempt
-    claim drops a second copy, and batch counting is idempotent per member.
+    Repeating is how a crash between recording the end and these effects heals: the
+    redelivered message (acks_late) replays this, the delivery task's per-attempt claim
+    drops a second copy, and batch counting is idempotent per member.
     """
     status = record.get("status")
     if status not in EVENT_TYPES:
         return
-    if record.get("callback_url"):
+    if record.get("callback_url") and not webhook_queued:
         enqueue_webhook(app, store, record["job_id"], EVENT_TYPES[status])
     if record.get("batch_id"):
         on_batch_member_finished(app, store, record)

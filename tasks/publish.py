@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from base64 import b64encode
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -27,14 +28,14 @@ def same_redis(broker_url: str, redis_url: str) -> bool:
 
 
 def task_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any],
-                 queue: str) -> str:
-    """The message ``send_task(name, kwargs=kwargs, task_id=task_id, queue=queue)`` pushes.
+                 queue: str, args: Sequence[Any] = ()) -> str:
+    """The message ``send_task(name, args, kwargs, task_id=task_id, queue=queue)`` pushes.
 
     Protocol 2 headers and body come from Celery; the envelope (base64 body, delivery
     info for the default exchange, persistent delivery mode, priority 0) from kombu's
     virtual transport. Priority 0 means the plain queue list, no priority suffix.
     """
-    message = app.amqp.create_task_message(task_id, name, (), kwargs, root_id=task_id,
+    message = app.amqp.create_task_message(task_id, name, args, kwargs, root_id=task_id,
                                            reply_to=app.thread_oid, ignore_result=None)
     content_type, encoding, body = dumps(message.body, serializer="json")
     if isinstance(body, str):

@@ -25,7 +25,7 @@ class FlakyStore:
             return None  # an earlier try recorded it
         self.written = True
         return {"job_id": job_id, "status": status, "callback_url": "https://x.example/h",
-                "batch_id": None}
+                "batch_id": None, "webhook_queued": False}
 
     def job(self, job_id):
         return {"job_id": job_id, "status": "SUCCESS", "callback_url": "https://x.example/h"}
@@ -34,7 +34,8 @@ class FlakyStore:
 @pytest.fixture
 def effects(monkeypatch):
     seen = []
-    monkeypatch.setattr(lifecycle, "side_effects", lambda app, store, record: seen.append(record))
+    monkeypatch.setattr(lifecycle, "side_effects",
+                        lambda app, store, record, **_: seen.append(record))
     return seen
 
 

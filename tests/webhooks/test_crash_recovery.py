@@ -6,6 +6,8 @@ but must replay its idempotent side effects so the terminal event is still sent,
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gateway.auth import Principal
@@ -43,3 +45,31 @@ def test_redelivered_finished_job_sends_its_missing_webhook_once(app, client, pa
     view = client.get(f"/v1/jobs/{record['job_id']}", headers=partner["headers"]).get_json()
     assert view["started_at"] is None, "a finished job is never run again"
     assert view["webhook"] == {"state": "delivered", "attempts": 1}
+
+
+def test_the_end_and_its_webhook_message_are_one_write(app, partner, redis_client):
+    """No window at all on the usual path: the script that records the end pushes the
+    delivery message, only for a job with a callback URL, and only for the first end."""
+    from tasks.lifecycle import webhook_message
+
+    svc = app.extensions["jobgate"]
+    queue = "end-check-" + partner["id"]
+    principal = Principal("partner", partner["id"])
+    with_hook = new_record(principal, {"task": "demo.sleep", "params": {},
+                                       "callback_url": "http://127.0.0.1:9/h"})
+    poll_only = new_record(principal, {"task": "demo.sleep", "params": {}})
+    try:
+        for record in (with_hook, poll_only):
+            svc.store.create_job(record)
+            _, message = webhook_message(svc.celery, record["job_id"], "SUCCESS")
+            ended = svc.store.finish_job(record["job_id"], "SUCCESS",
+                                         webhook_message=(queue, message), result={})
+            assert ended["webhook_queued"] is (record is with_hook)
+            assert svc.store.finish_job(record["job_id"], "FAILURE",
+                                        webhook_message=(queue, message)) is None
+        [raw] = redis_client.lrange(queue, 0, -1)
+        assert json.loads(raw)["headers"]["task"] == "jobgate.deliver_webhook"
+        assert json.loads(raw)["headers"]["argsrepr"] == repr(
+            ["job", with_hook["job_id"], "job.succeeded"])
+    finally:
+        redis_client.delete(queue)
