@@ -61,11 +61,26 @@ return {1}
 # A progress report: kept in the record and published, unless the job already has a
 # terminal status (0): revoked, or ended while a redelivered copy runs.
 # A record that expired meanwhile is not recreated (2: nothing written, keep going).
+# Given Celery's PROCESSING meta (ARGV[3], expiring after ARGV[4] s), the script also
+# writes it as Celery's update_state would (SET + PUBLISH on the meta key, never over a
+# SUCCESS): one round trip per report instead of three.
 _PROGRESS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
 if redis.call('HGET', KEYS[1], 'status') then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then
+  local current = redis.call('GET', KEYS[3])
+  local ok, meta = pcall(cjson.decode, current or 'null')
+  if not (ok and type(meta) == 'table' and meta['status'] == 'SUCCESS') then
+    if ARGV[4] ~= '' then
+      redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+    else
+      redis.call('SET', KEYS[3], ARGV[3])
+    end
+    redis.call('PUBLISH', KEYS[3], ARGV[3])
+  end
+end
 return 1
 """
 
@@ -237,11 +252,16 @@ class Store:
             return "missing"
         return answer[1] if answer[0] == 0 else None
 
-    def report_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
-        """Keep a job's last progress and publish it; False if the job already ended."""
+    def report_progress(self, job_id: str, progress: dict[str, Any],
+                        celery_meta: tuple[str, str, int | None] | None = None) -> int:
+        """Keep a job's last progress and publish it, and write ``celery_meta`` (key, value,
+        expires) with it: 1 done, 0 the job already ended, 2 it has no record (nothing
+        written)."""
         event = json.dumps({"job_id": job_id, "status": "PROCESSING", "progress": progress})
-        return self._progress(keys=[self.key("job", job_id), self.channel(job_id)],
-                              args=[json.dumps(progress), event]) != 0
+        key, value, expires = celery_meta or (self.key("no-meta"), "", None)
+        return int(self._progress(
+            keys=[self.key("job", job_id), self.channel(job_id), key],
+            args=[json.dumps(progress), event, value, "" if not expires else int(expires)]))
 
     def finish_job(self, job_id: str, status: str, *,
                    webhook_message: tuple[str, str] | None = None,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore
+
+from tasks.publish import state_meta
 
 
 class JobRevoked(Ignore):
@@ -40,8 +43,22 @@ class Progress:
         percent = round(100 * current / total) if total else 0
         info = {"current": current, "total": total, "percent": percent, "message": message}
         self.reports.append(info)
+        meta = None
         if self.store is not None and self.job_id:
-            if not self.store.report_progress(self.job_id, info):
+            meta = self._celery_meta(info)
+            answer = self.store.report_progress(self.job_id, info, meta)
+            if answer == 0:
                 raise JobRevoked(f"job {self.job_id} was revoked or already ended")
+            if meta is not None and answer == 1:
+                return  # Celery's meta was written by the same script
         if self.task is not None and self.job_id:
             self.task.update_state(state="PROCESSING", meta=info)
+
+    def _celery_meta(self, info: dict[str, Any]) -> tuple[str, str, int | None] | None:
+        """What ``update_state`` would write, when the result backend is the store's Redis."""
+        settings = getattr(getattr(self.task, "app", None), "settings", None)
+        if settings is None or settings.result_backend != settings.redis_url:
+            return None
+        if not isinstance(self.task.backend, RedisBackend):
+            return None
+        return state_meta(self.task, "PROCESSING", info)

@@ -8,6 +8,10 @@ kombu's Redis transport stores it (an ``LPUSH`` of a JSON envelope onto the queu
 list, see ``kombu.transport.redis.Channel._put``), and pushes it in the MULTI/EXEC that
 creates the record: one round trip, and the job and its message exist together or not
 at all. ``tests/unit/test_publish.py`` pins the envelope to what kombu itself writes.
+
+``state_meta`` does the same for a task's result meta: the progress script writes
+Celery's ``PROCESSING`` state in the round trip that records the progress, byte for byte
+what ``update_state`` would have written with two more round trips of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from base64 import b64encode
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from kombu.serialization import dumps
 
 
@@ -51,3 +55,16 @@ def task_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any],
     return json.dumps({"body": b64encode(body).decode(), "content-encoding": encoding,
                        "content-type": content_type, "headers": message.headers,
                        "properties": properties})
+
+
+def state_meta(task: Task, state: str, meta: dict[str, Any]) -> tuple[str, str, int | None]:
+    """(key, value, expires) that ``task.update_state(state=state, meta=meta)`` writes to a
+    Redis result backend: ``store_result``'s encoded meta under ``celery-task-meta-<id>``,
+    kept for ``result_expires`` (``tests/unit/test_publish.py`` pins it to Celery's write).
+    """
+    backend = task.backend
+    task_id = task.request.id
+    full = backend._get_result_meta(result=backend.encode_result(meta, state), state=state,
+                                    traceback=None, request=task.request)
+    full["task_id"] = task_id
+    return backend.get_key_for_task(task_id).decode(), backend.encode(full), backend.expires

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tasks.app import make_celery
-from tasks.publish import same_redis, task_message
+from tasks.publish import same_redis, state_meta, task_message
 
 
 def _without_tag(raw: str) -> dict:
@@ -53,3 +53,27 @@ def test_only_a_redis_broker_shared_with_the_store_qualifies():
     assert same_redis("redis://h:6379/0", "redis://h:6379/0")
     assert not same_redis("redis://h:6379/1", "redis://h:6379/0")
     assert not same_redis("amqp://guest@h//", "amqp://guest@h//")
+
+
+def test_state_meta_is_what_update_state_writes(settings, redis_client):
+    app = make_celery(settings)
+    task = app.tasks["demo.sleep"]
+    task_id = str(uuid.uuid4())
+    info = {"current": 1, "total": 2, "percent": 50, "message": "step 1 of 2"}
+    task.push_request(id=task_id, task="demo.sleep", args=[], kwargs={"seconds": 1},
+                      hostname="w@h", retries=0, delivery_info={"routing_key": "jobs"})
+    try:
+        task.update_state(state="PROCESSING", meta=info)
+        key, value, expires = state_meta(task, "PROCESSING", info)
+        theirs = redis_client.get(key)
+        ttl = redis_client.ttl(key)
+        redis_client.set(key, value)
+        result = app.AsyncResult(task_id)
+        assert (result.state, result.info) == ("PROCESSING", info)
+    finally:
+        task.pop_request()
+        redis_client.delete(key)
+        app.close()
+    assert key == f"celery-task-meta-{task_id}"
+    assert json.loads(value) == json.loads(theirs)
+    assert expires == settings.result_expires and 0 < ttl <= expires
