@@ -71,3 +71,14 @@ def test_e2e_bench_delivers_every_webhook_once(redis_url: str, redis_client, tmp
     assert result["rss"]["gateway"]["total_mib"] > 0 and result["rss"]["worker"]["total_mib"] > 0
     assert result["redis"]["retained_bytes_per_finished_job"] > 0
     assert result["redis_commands_per_job_server_wide"]
+
+
+def test_ceiling_bench_drains_noops_under_both_settings(redis_url: str, redis_client,
+                                                         tmp_path: Path):
+    data = run_script("ceiling", redis_url, tmp_path / "ceiling.json", "--tasks", "300")
+    assert set(data["results"]) == {"jobgate", "celery defaults"}
+    for row in data["results"].values():
+        assert 0 < row["tasks"] <= 300 and row["tasks_per_s"] > 0, row
+        assert row["worker_cpu_ms_per_task"] > 0, row
+    assert redis_client.llen("jobs") == redis_client.llen("celery") == 0
+    assert redis_client.hlen("unacked") == 0
