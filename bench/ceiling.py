@@ -88,12 +88,10 @@ def drain(redis_url: str, mode: str, count: int, concurrency: int,
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=20000)
-    parser.add_argument("--instances", type=int, default=1,
-                        help="worker processes (each its own main process and pool)")
     args = parser.parse_args(argv)
     started = machine()
     results = {mode: drain(args.redis_url, mode, args.tasks, args.worker_concurrency,
-                           args.instances)
+                           args.worker_instances)
                for mode in MODES}
     print_table(["settings", "tasks", "tasks/s", "worker CPU %", "Redis CPU %",
                  "worker CPU ms/task", "jobs/s bound (2 tasks/job)"],
@@ -102,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                  for mode, r in results.items()])
     write_result("ceiling", {
         "benchmark": "ceiling", "task": "bench.noop",
-        "config": {"worker": f"prefork -c {args.worker_concurrency}",
-                   "instances": args.instances, "tasks": args.tasks},
+        "config": {"worker": f"{args.worker_instances} x celery worker -P prefork -c "
+                             f"{args.worker_concurrency}", "tasks": args.tasks},
         "machine": started, "results": results,
     }, args.out)
     return 0

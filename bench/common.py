@@ -44,6 +44,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--gunicorn", default="", metavar="FLAGS",
                         help="extra gunicorn flags over gunicorn.conf.py, e.g. '-w 3'")
     parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--worker-instances", type=int, default=1,
+                        help="'jobgate worker' processes, each with its own main process")
     return parser
 
 
@@ -238,13 +240,19 @@ def gateway_env(redis_url: str) -> dict[str, str]:
             "FLOWER_UNAUTHENTICATED_API": "1"}
 
 
-def worker_command(concurrency: int, events: bool) -> list[str]:
+def worker_command(concurrency: int, events: bool, instance: int = 0) -> list[str]:
     """``jobgate worker`` (a Celery worker on the jobs and webhooks queues), as operators run it."""
-    extra = ["-c", str(concurrency), "-P", "prefork", "-l", "WARNING",
-             "--without-gossip", "--without-mingle", "-n", f"bench-{os.getpid()}@localhost"]
+    extra = ["-c", str(concurrency), "-P", "prefork", "-l", "WARNING", "--without-gossip",
+             "--without-mingle", "-n", f"bench{instance}-{os.getpid()}@localhost"]
     if events:
         extra.append("-E")
     return [sys.executable, "-m", "gateway.cli", "worker", *extra]
+
+
+def worker_shape(concurrency: int, instances: int) -> str:
+    """How the bench ran the workers, for the JSON."""
+    one = f"jobgate worker -P prefork -c {concurrency}"
+    return one if instances == 1 else f"{instances} x {one}"
 
 
 @dataclass
@@ -279,16 +287,23 @@ class Stack:
                                                           timeout=1).ok, 30, "gunicorn")
         return service
 
-    def start_worker(self, concurrency: int = 2, events: bool = False) -> Service:
+    def start_worker(self, concurrency: int = 2, events: bool = False,
+                     instances: int = 1) -> Service:
+        """``instances`` workers as one service (one process group, so CPU and memory
+        are read over all of them)."""
         from config import Settings
         from tasks.app import make_celery
 
-        service = spawn("worker", worker_command(concurrency, events), self.env)
+        commands = [worker_command(concurrency, events, n) for n in range(instances)]
+        args = commands[0] if instances == 1 else [
+            "sh", "-c", " & ".join(shlex.join(command) for command in commands) + " & wait"]
+        service = spawn("worker", args, self.env)
         self.services["worker"] = service
         app = make_celery(Settings.from_env(self.env))
         try:
-            wait_for(lambda: service.check() and app.control.ping(timeout=0.5), 60,
-                     "the Celery worker", interval=0.2)
+            wait_for(lambda: service.check() and
+                     len(app.control.ping(timeout=0.5)) >= instances, 60,
+                     "the Celery workers", interval=0.2)
         finally:
             app.close()
         return service

@@ -24,6 +24,7 @@ from bench.common import (
     machine,
     print_table,
     redis_pid,
+    worker_shape,
     write_result,
 )
 from bench.loadgen import request_bytes, run_load
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     spies: dict[str, PySpy] = {}
     try:
         gateway = stack.start_gateway(args.gunicorn)
-        worker = stack.start_worker(args.worker_concurrency, events=False)
+        worker = stack.start_worker(args.worker_concurrency, events=False,
+                                    instances=args.worker_instances)
         partner = stack.create_partner()
         stack.start_receiver(partner["webhook_secret"])
         client = stack.redis()
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result("e2e", {
         "benchmark": "e2e", "task": "demo.sleep", "params": SLEEP_PARAMS,
         "config": {"gunicorn": gunicorn_shape(args.gunicorn),
-                   "worker": f"prefork -c {args.worker_concurrency}",
+                   "worker": worker_shape(args.worker_concurrency, args.worker_instances),
                    "submit_concurrency": args.concurrency},
         "machine": started,
         "results": result,

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             "jobgate": ("gateway", "/v1/jobs/{id}", auth),
             "flower result": ("flower", "/api/task/result/{id}", {}),
         }, ids, args)
-        stack.start_worker(args.worker_concurrency, events=True)
+        stack.start_worker(args.worker_concurrency, events=True,
+                           instances=args.worker_instances)
         wait_for(lambda: all_finished(stack, ids), 120, "every job to finish", interval=0.5)
         wait_for(lambda: flower_knows(stack, ids), 60, "Flower to see every job", interval=0.5)
         results["finished"] = measure(stack, {
