@@ -82,3 +82,15 @@ def test_ceiling_bench_drains_noops_under_both_settings(redis_url: str, redis_cl
         assert row["worker_cpu_ms_per_task"] > 0, row
     assert redis_client.llen("jobs") == redis_client.llen("celery") == 0
     assert redis_client.hlen("unacked") == 0
+
+
+def test_serving_bench_reads_under_each_shape(redis_url: str, redis_client, tmp_path: Path):
+    data = run_script("serving", redis_url, tmp_path / "serving.json", "--jobs", "5",
+                      "--requests", "40", "--concurrency", "4", "--rounds", "1",
+                      "--shape", "", "--shape", "-k gthread --threads 2")
+    results = data["results"]
+    assert set(results) == {"flower info", "gunicorn.conf.py",
+                            "gunicorn.conf.py -k gthread --threads 2"}
+    for row in results.values():
+        assert row["ok"] == row["requests"] == 40, row
+        assert row["cpu_us_per_request"]["server"] > 0, row
