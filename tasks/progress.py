@@ -43,7 +43,6 @@ class Progress:
         percent = round(100 * current / total) if total else 0
         info = {"current": current, "total": total, "percent": percent, "message": message}
         self.reports.append(info)
-        meta = None
         if self.store is not None and self.job_id:
             meta = self._celery_meta(info)
             answer = self.store.report_progress(self.job_id, info, meta)
