@@ -210,6 +210,24 @@ def redis_pid(client: redis.Redis) -> int:
     return int(client.info("server")["process_id"])
 
 
+class CpuMeter:
+    """CPU seconds used since it was made by each named service, the local Redis server
+    and this process (the load generator)."""
+
+    def __init__(self, services: Mapping[str, Service], redis_process: int) -> None:
+        self.services, self.redis_process = services, redis_process
+        self.before = self.read()
+
+    def read(self) -> dict[str, float]:
+        used = {name: service.cpu() for name, service in self.services.items()}
+        used["redis"] = cpu_seconds([self.redis_process])
+        used["load generator"] = time.process_time()
+        return used
+
+    def used(self) -> dict[str, float]:
+        return {name: now - self.before[name] for name, now in self.read().items()}
+
+
 def rss_bytes(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -335,6 +353,14 @@ class Stack:
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def cpu_meter(self, services: Mapping[str, Service]) -> CpuMeter:
+        """A CpuMeter over ``services``, the stack's Redis and this process, started now."""
+        client = self.redis()
+        try:
+            return CpuMeter(services, redis_pid(client))
+        finally:
+            client.close()
 
     def close(self) -> None:
         """Stop every started process, the last started first."""

@@ -19,11 +19,9 @@ from bench.common import (
     SLEEP_PARAMS,
     Stack,
     base_parser,
-    cpu_seconds,
     gunicorn_shape,
     machine,
     print_table,
-    redis_pid,
     worker_shape,
     write_result,
 )
@@ -150,14 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             spies = {name: PySpy(service.proc.pid, args.profile / f"{name}.txt")
                      for name, service in (("gateway", gateway), ("worker", worker))}
-        services = {"gateway": gateway, "worker": worker,
-                    "receiver": stack.services["receiver"]}
-        client = stack.redis()
-        redis_process = redis_pid(client)
-        client.close()
-        cpu_before = {name: service.cpu() for name, service in services.items()}
-        cpu_before["redis"] = cpu_seconds([redis_process])
-        cpu_before["load generator"] = time.process_time()
+        cpu = stack.cpu_meter({"gateway": gateway, "worker": worker,
+                               "receiver": stack.services["receiver"]})
         t0 = time.time()
         load = run_load(stack.ports["gateway"], lambda _i: raw, concurrency=args.concurrency,
                         total=args.jobs, seconds=args.cap, keep_bodies=True)
@@ -165,9 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = [body["job_id"] for body in load.json_bodies() if "job_id" in body]
         wait_for_webhooks(stack, len(ids), args.stall, args.cap)
         done_at = time.time()
-        cpu_used = {name: service.cpu() - cpu_before[name] for name, service in services.items()}
-        cpu_used["redis"] = cpu_seconds([redis_process]) - cpu_before["redis"]
-        cpu_used["load generator"] = time.process_time() - cpu_before["load generator"]
+        cpu_used = cpu.used()
         for spy in spies.values():
             spy.stop()
         # Let retries or stray redeliveries show up before counting duplicates.

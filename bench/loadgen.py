@@ -35,6 +35,7 @@ class Load:
         """Requests/s (2xx answers over wall time), latency percentiles in ms, failures."""
         done = len(self.latencies)
         return {"requests": done, "ok": self.ok, "errors": self.errors,
+                "failed": done - self.ok + self.errors,
                 "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
                 "seconds": round(self.elapsed, 3),
                 "rps": round(self.ok / self.elapsed, 1) if self.elapsed else None,

@@ -10,18 +10,15 @@ where the time goes. Each shape is started afresh per round; rounds alternate th
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from bench.common import (
     Service,
     Stack,
     base_parser,
-    cpu_seconds,
     gunicorn_shape,
     machine,
     print_table,
-    redis_pid,
     wait_for,
     write_result,
 )
@@ -39,19 +36,13 @@ def measure(stack: Stack, service: Service, port: int, raws: list[bytes], args: 
     """One warm-up, then ``args.requests`` reads at ``args.concurrency``; CPU per request."""
     run_load(port, lambda n: raws[n % len(raws)], concurrency=args.concurrency,
              total=min(2000, args.requests))
-    client = stack.redis()
-    redis_process = redis_pid(client)
-    client.close()
-    before = (service.cpu(), cpu_seconds([redis_process]), time.process_time())
+    cpu = stack.cpu_meter({"server": service})
     load = run_load(port, lambda n: raws[n % len(raws)], concurrency=args.concurrency,
                     total=args.requests, seconds=args.seconds)
-    after = (service.cpu(), cpu_seconds([redis_process]), time.process_time())
     done = max(len(load.latencies), 1)
-    server, redis_cpu, loadgen = (round(1e6 * (b - a) / done) for a, b in
-                                  zip(before, after, strict=True))
-    return {"load": load, "cpu_us_per_request": {
-        "server": server, "redis": redis_cpu, "load generator": loadgen,
-        "total": server + redis_cpu + loadgen}}
+    per_request = {name: round(1e6 * used / done) for name, used in cpu.used().items()}
+    return {"load": load,
+            "cpu_us_per_request": {**per_request, "total": sum(per_request.values())}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(["target", "req/s", "per round", "p50 ms", "p99 ms", "failed", "vs Flower",
                  "CPU us/req: server", "Redis", "load gen"],
                 [[name, r["rps"], " / ".join(str(x) for x in r["rps_per_round"]),
-                  r["p50_ms"], r["p99_ms"], r["requests"] - r["ok"] + r["errors"],
+                  r["p50_ms"], r["p99_ms"], r["failed"],
                   round(r["rps"] / flower_rps, 2) if r["rps"] and flower_rps else None,
                   r["cpu_us_per_request"]["server"], r["cpu_us_per_request"]["redis"],
                   r["cpu_us_per_request"]["load generator"]] for name, r in results.items()])

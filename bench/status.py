@@ -22,6 +22,7 @@ from bench.common import (
     machine,
     print_table,
     wait_for,
+    worker_shape,
     write_result,
 )
 from bench.loadgen import request_bytes, run_load
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                               default=None)
             for name, row in by_target.items():
                 rows.append([phase, level, name, row["rps"], row["p50_ms"], row["p99_ms"],
-                             row["requests"] - row["ok"] + row["errors"],
+                             row["failed"],
                              ratio(row["rps"], best_flower) if name == "jobgate" else ""])
     print_table(["jobs", "concurrency", "target", "req/s", "p50 ms", "p99 ms", "failed",
                  "jobgate/best flower"], rows)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "status", "jobs": args.jobs,
         "config": {"gunicorn": gunicorn_shape(args.gunicorn), "requests": args.requests,
                    "rounds": args.rounds, "levels": args.levels,
-                   "worker_concurrency": args.worker_concurrency},
+                   "worker": worker_shape(args.worker_concurrency, args.worker_instances)},
         "machine": started,
         "results": results,
     }, args.out)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in TARGETS:
             row = by_target[name]
             rows.append([level, name, row["rps"], row["p50_ms"], row["p99_ms"],
-                         row["requests"] - row["ok"] + row["errors"],
+                         row["failed"],
                          ratio(row["rps"], by_target["flower"]["rps"]) if name == "jobgate"
                          else ""])
     print_table(["concurrency", "target", "req/s", "p50 ms", "p99 ms", "failed",
