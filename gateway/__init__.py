@@ -8,8 +8,9 @@ from typing import Any
 from flask import Flask
 
 from config import Settings
+from jobgate import __version__
 
-__version__ = "0.1.0"
+__all__ = ["create_app", "__version__"]
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -17,12 +18,14 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     Connects to nothing while building: Redis and the broker are first used by requests.
     """
+    # Imported here, not at the top, so that ``from gateway.client import Client`` (the
+    # partners' Python client) loads neither Flask's views nor Celery.
     from gateway import metrics, openapi
     from gateway.errors import register_error_handlers
     from gateway.extensions import Services
-    from gateway.ssrf import parse_allowlist
-    from gateway.store import Store
     from gateway.views import batches, catalog, events, health, jobs, partners, ui, webhooks
+    from jobgate.ssrf import parse_allowlist
+    from jobgate.store import Store
     from tasks.app import make_celery
 
     settings = settings or Settings.from_env()

@@ -41,7 +41,7 @@ def worker_command(extra: tuple[str, ...] = (), settings: Settings | None = None
     """The celery worker command line on jobgate's queues (extra args go to Celery)."""
     settings = settings or Settings.from_env()
     queues = f"{settings.queue_jobs},{settings.queue_webhooks}"
-    command = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues]
+    command = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", queues]
     if not any(arg in ("-l", "--loglevel") or arg.startswith("--loglevel=") for arg in extra):
         command += ["-l", "INFO"]
     return command + list(extra)
@@ -88,7 +88,7 @@ def partner_list() -> None:
 def partner_rotate_secret(partner_id: str) -> None:
     """Give a partner a new webhook secret; the old one still signs during the grace period."""
     from gateway.extensions import services
-    from gateway.signing import generate_secret
+    from jobgate.signing import generate_secret
 
     with _app().app_context():
         svc = services()

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 from flask import current_app
 
 from config import Settings
-from gateway.store import Store
+from jobgate.store import Store
 
 if TYPE_CHECKING:
     from tasks.app import JobgateCelery
+    from tasks.publish import CeleryMessenger
 
 
 @dataclass
@@ -20,6 +21,11 @@ class Services:
     store: Store
     celery: JobgateCelery
     allowlist: tuple[Any, ...] = field(default_factory=tuple)
+
+    @property
+    def messenger(self) -> CeleryMessenger:
+        """How the domain queues tasks from the gateway (see jobgate.messages)."""
+        return self.celery.messenger
 
 
 def services() -> Services:

@@ -16,10 +16,9 @@ from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
 from gateway.schemas import JobSubmitSchema, load_or_422
-from gateway.ssrf import CallbackRefused, check_callback_url
-from gateway.status import TERMINAL, job_view
-from gateway.store import digest, new_id, utcnow
-from tasks.publish import same_redis, task_message
+from jobgate.ssrf import CallbackRefused, check_callback_url
+from jobgate.status import TERMINAL, job_view
+from jobgate.store import digest, new_id, utcnow
 from tasks.registry import JobType, job_types
 
 _submit_schema = JobSubmitSchema()
@@ -73,16 +72,16 @@ def enqueue(svc: Services, record: dict[str, Any], params: dict[str, Any]) -> No
     tasks.publish). Otherwise the record is stored first and removed again if the broker
     refuses the message. Either way a failed submit leaves nothing behind.
     """
-    settings = svc.settings
-    if same_redis(settings.broker_url, settings.redis_url):
-        message = task_message(svc.celery, record["task"], record["task_id"], params,
-                               settings.queue_jobs)
-        svc.store.create_job(record, message=(settings.queue_jobs, message))
+    messenger = svc.messenger
+    queue = messenger.jobs_queue
+    if messenger.inline:
+        message = messenger.envelope(record["task"], record["task_id"], queue=queue,
+                                     kwargs=params)
+        svc.store.create_job(record, message=(queue, message))
         return
     svc.store.create_job(record)
     try:
-        svc.celery.send_task(record["task"], kwargs=params, task_id=record["task_id"],
-                             queue=svc.settings.queue_jobs)
+        messenger.send(record["task"], kwargs=params, task_id=record["task_id"], queue=queue)
     except Exception:
         svc.store.delete_job(record)
         raise

@@ -10,7 +10,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, jsonify
 
 from gateway import __version__, schemas
-from gateway.status import STATUSES
+from jobgate.status import STATUSES
 
 bp = Blueprint("openapi", __name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
 from gateway.jobs import describe
-from gateway.status import TERMINAL
-from tasks.lifecycle import finish_job
+from jobgate.lifecycle import finish_job
+from jobgate.status import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def revoke_job(svc: Services, job_id: str, *, by: str, reason: str,
     if record is None:
         raise not_found("job")
     if record.get("status") not in TERMINAL:
-        if finish_job(svc.celery, svc.store, job_id, "REVOKED", revoked_by=by,
+        if finish_job(svc.messenger, svc.store, job_id, "REVOKED", revoked_by=by,
                       revoke_reason=(reason or "")[:MAX_REASON]):
             _tell_workers(svc, record, terminate)
         record = svc.store.job(job_id) or record

@@ -8,7 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
-from gateway.status import STATUSES
+from jobgate.status import STATUSES
 
 METADATA_MAX_BYTES = 16 * 1024
 CURSOR_SCORE = re.compile(r"\d{1,12}(\.\d{1,9})?")

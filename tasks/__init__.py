@@ -1,13 +1,12 @@
-"""jobgate's Celery side: the app (``tasks.celery_app``) and the job tasks.
+"""jobgate's Celery side: the app factory (``make_celery``), the task catalog, the job tasks.
 
-``celery -A tasks worker`` and ``jobgate worker`` load ``celery_app`` from here; it is
-built from the environment (see docs/configuration.md) and connects to nothing until used.
+Importing this package builds no app and connects to nothing. The worker's entry module is
+``tasks.worker`` (``celery -A tasks.worker worker``, which ``jobgate worker`` runs); it
+builds the app from the environment. Nothing here imports the HTTP gateway.
 """
 
 from tasks.app import JobTask, make_celery
 from tasks.progress import Progress
 from tasks.registry import job_task, job_types
 
-celery_app = make_celery()
-
-__all__ = ["celery_app", "make_celery", "job_task", "job_types", "JobTask", "Progress"]
+__all__ = ["make_celery", "job_task", "job_types", "JobTask", "Progress"]

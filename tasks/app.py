@@ -10,17 +10,19 @@ from celery import Celery, Task
 from celery.signals import task_revoked
 
 from config import Settings
-from gateway.status import error_message
-from gateway.store import Store
-from tasks import lifecycle
+from jobgate import lifecycle
+from jobgate.status import error_message
+from jobgate.store import Store
+from tasks import webhooks
 from tasks.progress import JobRevoked, Progress
+from tasks.publish import CeleryMessenger, same_redis
 from tasks.registry import JobType, job_types
 
 log = logging.getLogger(__name__)
 
 
 class JobgateCelery(Celery):
-    """A Celery app that carries jobgate's settings and its job store."""
+    """A Celery app that carries jobgate's settings, its job store and its messenger."""
 
     settings: Settings
 
@@ -29,6 +31,14 @@ class JobgateCelery(Celery):
         return Store.from_url(self.settings.redis_url, prefix=self.settings.key_prefix,
                               retention=self.settings.job_retention,
                               max_connections=self.settings.redis_max_connections)
+
+    @cached_property
+    def messenger(self) -> CeleryMessenger:
+        """How the domain queues tasks on this app (inline when the broker is the store's)."""
+        settings = self.settings
+        return CeleryMessenger(self, jobs_queue=settings.queue_jobs,
+                               webhooks_queue=settings.queue_webhooks,
+                               inline=same_redis(settings.broker_url, settings.redis_url))
 
 
 class JobTask(Task):
@@ -56,17 +66,17 @@ class JobTask(Task):
                 # A REVOKED meta Celery itself can decode (update_state's would not be).
                 self.backend.mark_as_revoked(job_id, record.get("revoke_reason") or "revoked",
                                              request=self.request)
-            lifecycle.side_effects(self.app, store, record)
+            lifecycle.side_effects(self.app.messenger, store, record)
             raise JobRevoked(f"job {job_id} already {refused}")
         return super().__call__(*args, **kwargs)
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        lifecycle.finish_job_retrying(self.app, self.app.store, task_id, "SUCCESS",
+        lifecycle.finish_job_retrying(self.app.messenger, self.app.store, task_id, "SUCCESS",
                                       result=retval)
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
                    einfo: Any) -> None:
-        lifecycle.finish_job_retrying(self.app, self.app.store, task_id, "FAILURE",
+        lifecycle.finish_job_retrying(self.app.messenger, self.app.store, task_id, "FAILURE",
                                       error=error_message(exc))
 
 
@@ -114,8 +124,6 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         # gateway may have that many reads in flight.
         redis_max_connections=settings.redis_max_connections,
         worker_hijack_root_logger=False,
-        jobgate_queue_jobs=settings.queue_jobs,
-        jobgate_queue_webhooks=settings.queue_webhooks,
     )
     longest_wait = max([3600.0, *settings.webhook_retry_delays])
     if settings.visibility_timeout <= longest_wait:
@@ -126,15 +134,8 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         # shared=False: each app built here owns its tasks (tests build several apps).
         app.task(name=job_type.name, base=JobTask, bind=True, shared=False)(
             _task_body(job_type))
-    _register_extensions(app)
+    webhooks.register(app)  # jobgate's own task: webhook delivery, on its own queue
     return app
-
-
-def _register_extensions(app: JobgateCelery) -> None:
-    """Tasks of jobgate itself: webhook delivery, on its own queue."""
-    from tasks import webhooks  # imports gateway modules that import this one
-
-    webhooks.register(app)
 
 
 @task_revoked.connect
@@ -144,5 +145,5 @@ def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = Fals
     app = getattr(sender, "app", None)
     if not isinstance(app, JobgateCelery) or request is None:
         return
-    lifecycle.finish_job(app, app.store, request.id, "REVOKED", revoked_by="worker",
+    lifecycle.finish_job(app.messenger, app.store, request.id, "REVOKED", revoked_by="worker",
                          revoke_reason="terminated" if terminated else "revoked")

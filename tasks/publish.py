@@ -68,3 +68,24 @@ def state_meta(task: Task, state: str, meta: dict[str, Any]) -> tuple[str, str, 
                                     traceback=None, request=task.request)
     full["task_id"] = task_id
     return backend.get_key_for_task(task_id).decode(), backend.encode(full), backend.expires
+
+
+class CeleryMessenger:
+    """The domain's ``Messenger`` over a Celery app (``jobgate.messages``)."""
+
+    def __init__(self, app: Celery, *, jobs_queue: str, webhooks_queue: str,
+                 inline: bool) -> None:
+        self.app = app
+        self.jobs_queue = jobs_queue
+        self.webhooks_queue = webhooks_queue
+        self.inline = inline
+
+    def envelope(self, name: str, task_id: str, *, queue: str, args: Sequence[Any] = (),
+                 kwargs: dict[str, Any] | None = None) -> str:
+        return task_message(self.app, name, task_id, kwargs or {}, queue, args=args)
+
+    def send(self, name: str, *, queue: str, args: Sequence[Any] = (),
+             kwargs: dict[str, Any] | None = None, task_id: str | None = None,
+             countdown: float | None = None) -> None:
+        self.app.send_task(name, args=list(args), kwargs=kwargs or {}, queue=queue,
+                           task_id=task_id, countdown=countdown)

@@ -1,141 +1,13 @@
-"""The ``jobgate.deliver_webhook`` task: one signed attempt, recorded, retried on its queue.
-
-``tasks.lifecycle.finish_job`` queues it once per terminal event (and batches once per
-``batch.completed``). Each run claims its attempt (so a duplicate message sends nothing),
-sends the stored body with fresh Standard Webhooks headers through ``gateway.delivery``
-(which re-runs the SSRF guard and connects to the checked address), records the attempt
-and, when the outcome is ``retry``, queues the next attempt with a countdown from
-``settings.webhook_retry_delays`` (jitter added, never sooner than ``Retry-After``).
-"""
+"""The ``jobgate.deliver_webhook`` task: a thin wrapper over ``jobgate.attempts``."""
 
 from __future__ import annotations
 
-import logging
-import time
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 
-from gateway import __version__
-from gateway.delivery import Attempt, deliver, retry_delay
-from gateway.ssrf import parse_allowlist
-from gateway.status import job_view
-from gateway.store import Store, utcnow
-from gateway.webhooks import Deliveries, event_body
-from tasks.lifecycle import DELIVER_TASK, webhook_id
-
-log = logging.getLogger(__name__)
-
-USER_AGENT = f"jobgate/{__version__}"
-RETRY_AFTER_CAP = 3600.0  # a receiver's Retry-After is honoured up to one hour
-AUTO_CHAIN = "auto"
-
-
-def subject_key(store: Store, kind: str, subject_id: str) -> str | None:
-    """The Redis hash holding the subject's record (None for an unknown kind)."""
-    if kind == "job":
-        return store.key("job", subject_id)
-    if kind == "batch":
-        from gateway.batches import batch_key  # gateway.batches imports tasks.lifecycle
-
-        return batch_key(store, subject_id)
-    log.warning("unknown webhook subject kind %r for %s", kind, subject_id)
-    return None
-
-
-def batch_data(store: Store, subject_id: str) -> dict[str, Any] | None:
-    """The batch view a ``batch.completed`` body carries, or None if the batch is gone."""
-    from gateway.batches import batch_webhook_subject
-
-    found = batch_webhook_subject(store, subject_id)
-    return found[1] if found is not None else None
-
-
-def plan(outcome: str, retry_number: int, delays: tuple[float, ...],
-         retry_after: float | None = None) -> tuple[str, float | None]:
-    """The delivery state after an attempt, and the delay before retry ``retry_number``."""
-    if outcome in ("delivered", "failed"):
-        return outcome, None
-    delay = retry_delay(retry_number, delays, retry_after=retry_after)
-    return ("failed", None) if delay is None else ("retrying", delay)
-
-
-def iso(timestamp: float) -> str:
-    """A Unix time as ISO 8601 UTC with milliseconds and a Z (like ``utcnow``)."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def run_attempt(app: Any, kind: str, subject_id: str, event: str, *, retry: int = 0,
-                chain: str = AUTO_CHAIN) -> dict[str, Any] | None:
-    """Send attempt ``retry`` (0 = first) of ``chain``; returns the recorded attempt.
-
-    Redis round trips: one to claim the attempt and read the subject, the stored body and
-    the partner's secrets (``Deliveries.begin``); one more the first time, to store the
-    body; one to record the attempt and close the claim (``Deliveries.record``).
-    """
-    settings, store = app.settings, app.store
-    books = Deliveries(store)
-    token = f"{event}:{chain}:{retry}"
-    key = subject_key(store, kind, subject_id)
-    if key is None:  # unknown kind: nothing to send, but take the attempt as before
-        if books.claim(subject_id, token, lease=settings.webhook_timeout + 30):
-            books.complete(subject_id, token)
-        return None
-    begun = books.begin(subject_id, token, settings.webhook_timeout + 30, event, key)
-    if begun is None:
-        log.info("webhook %s attempt %s already taken; skipping", subject_id, token,
-                 extra={"job_id": subject_id})
-        return None
-    callback_url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id")
-    if not begun.record or not callback_url:
-        books.complete(subject_id, token)
-        return None
-    wid = webhook_id(subject_id, event)
-    body = begun.body
-    if body is None:
-        data = job_view(begun.job() or {}) if kind == "job" else batch_data(store, subject_id)
-        if data is None:  # the batch went between the two reads
-            books.complete(subject_id, token)
-            return None
-        body = books.store_body(subject_id, event, event_body(event, data))
-    secrets = begun.signing_secrets() if partner_id else []
-    at = utcnow()
-    if secrets:
-        attempt = deliver(callback_url, body.encode(), wid, secrets,
-                          timeout=settings.webhook_timeout,
-                          allow_http=settings.callback_allow_http,
-                          allowlist=parse_allowlist(settings.callback_allowlist),
-                          user_agent=USER_AGENT, retry_after_cap=RETRY_AFTER_CAP)
-    else:
-        attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)
-    state, delay = plan(attempt.outcome, retry + 1, settings.webhook_retry_delays,
-                        attempt.retry_after)
-    entry = {"webhook_id": wid, "event": event, "at": at, "status_code": attempt.status_code,
-             "error": attempt.error, "duration_ms": attempt.duration_ms,
-             "next_attempt_at": iso(time.time() + delay) if delay is not None else None,
-             "outcome": attempt.outcome, "redelivery": chain != AUTO_CHAIN}
-    if delay is not None:
-        # Queued before the attempt is recorded and its claim closed: a worker dying in
-        # between leaves the claim to lapse, so the redelivered message tries again (and
-        # the next attempt's own claim makes its second message send nothing).
-        app.send_task(DELIVER_TASK, args=[kind, subject_id, event],
-                      kwargs={"retry": retry + 1, "chain": chain}, countdown=delay,
-                      queue=settings.queue_webhooks)
-    entry = {**entry, "attempt": books.record(subject_id, entry, state, kind, token=token)}
-    log.info("webhook %s %s for %s %s: %s (%s)", wid, event, kind, subject_id, attempt.outcome,
-             attempt.status_code or attempt.error, extra={"job_id": subject_id})
-    return entry
-
-
-def redeliver(app: Celery, kind: str, subject_id: str, event: str) -> str:
-    """Queue the event again (same body, same ``webhook-id``) as a fresh retry chain."""
-    Deliveries(app.store).set_state(subject_id, "pending", kind)
-    chain = "r" + uuid.uuid4().hex[:12]
-    app.send_task(DELIVER_TASK, args=[kind, subject_id, event], kwargs={"chain": chain},
-                  queue=app.settings.queue_webhooks)
-    return webhook_id(subject_id, event)
+from jobgate.attempts import AUTO_CHAIN, run_attempt
+from jobgate.messages import DELIVER_TASK
 
 
 def register(app: Celery) -> Any:
@@ -145,7 +17,9 @@ def register(app: Celery) -> Any:
     @app.task(name=DELIVER_TASK, bind=True, ignore_result=True, acks_late=True, shared=False)
     def deliver_webhook(self: Any, kind: str, subject_id: str, event: str, retry: int = 0,
                         chain: str = AUTO_CHAIN) -> dict[str, Any] | None:
-        """Deliver one webhook attempt (see tasks.webhooks)."""
-        return run_attempt(self.app, kind, subject_id, event, retry=retry, chain=chain)
+        """Deliver one webhook attempt (see jobgate.attempts)."""
+        app = self.app
+        return run_attempt(app.settings, app.store, app.messenger, kind, subject_id, event,
+                           retry=retry, chain=chain)
 
     return deliver_webhook

@@ -63,14 +63,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A real ``celery -A tasks worker`` subprocess (prefork) for ``settings``."""
+    """A real ``celery -A tasks.worker worker`` subprocess (prefork) for ``settings``."""
 
     def __init__(self, settings: Settings, *, concurrency: int = 2, pool: str = "prefork",
                  queues: str | None = None, env: Mapping[str, str] | None = None,
                  name: str = "test") -> None:
         self.settings = settings
         self.name = f"{name}-{os.getpid()}-{time.monotonic_ns()}@localhost"
-        self.args = [sys.executable, "-m", "celery", "-A", "tasks", "worker",
+        self.args = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
                      "-Q", queues or f"{settings.queue_jobs},{settings.queue_webhooks}",
                      "-P", pool, "-c", str(concurrency), "-n", self.name,
                      "--without-gossip", "--without-mingle", "-l", "INFO"]

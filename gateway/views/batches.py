@@ -27,7 +27,7 @@ def submit():
 def show(batch_id: str):
     svc = services()
     record = batches.find(svc, authenticate(), batch_id)
-    return jsonify(batches.batch_view(svc.store, batch_id, svc=svc, record=record))
+    return jsonify(batches.view(svc, batch_id, record))
 
 
 @bp.post("/<batch_id>/revoke")

@@ -19,7 +19,7 @@ from flask import Blueprint, Response
 from gateway import jobs
 from gateway.auth import authenticate, login_required
 from gateway.extensions import Services, services
-from gateway.status import TERMINAL, progress_of
+from jobgate.status import TERMINAL, progress_of
 
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
 

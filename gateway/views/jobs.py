@@ -9,8 +9,8 @@ from gateway.auth import authenticate, login_required, partner_required
 from gateway.errors import APIError
 from gateway.extensions import services
 from gateway.schemas import ListJobsArgs, WaitArgs, load_or_422
-from gateway.status import TERMINAL
 from gateway.views.common import accepted, json_body
+from jobgate.status import TERMINAL
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 

@@ -8,8 +8,8 @@ from gateway.auth import admin_required
 from gateway.errors import not_found
 from gateway.extensions import services
 from gateway.schemas import PartnerCreateSchema, load_or_422
-from gateway.signing import generate_secret
 from gateway.views.common import json_body, json_body_or_empty
+from jobgate.signing import generate_secret
 
 bp = Blueprint("partners", __name__, url_prefix="/v1/partners")
 

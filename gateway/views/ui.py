@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template
 
-from gateway.status import STATUSES
+from jobgate.status import STATUSES
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="../templates",
                static_folder="../static", static_url_path="/static")

@@ -10,11 +10,11 @@ from gateway.errors import APIError
 from gateway.extensions import services
 from gateway.revoke import revoke_job
 from gateway.schemas import RevokeSchema, load_or_422
-from gateway.status import TERMINAL
 from gateway.views.common import json_body_or_empty
-from gateway.webhooks import Deliveries
-from tasks.lifecycle import EVENT_TYPES
-from tasks.webhooks import redeliver as queue_redelivery
+from jobgate.attempts import redeliver as queue_redelivery
+from jobgate.deliveries import Deliveries
+from jobgate.events import job_event
+from jobgate.status import TERMINAL
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/jobs")
 REVOKE = RevokeSchema()
@@ -52,8 +52,8 @@ def redeliver(job_id: str):
     if status not in TERMINAL:
         raise APIError(409, "conflict", "The job has not finished; there is no event yet.",
                        {"status": status or "PENDING"})
-    event = EVENT_TYPES[status]
-    wid = queue_redelivery(svc.celery, "job", job_id, event)
+    event = job_event(status)
+    wid = queue_redelivery(svc.store, svc.messenger, "job", job_id, event)
     return jsonify({"job_id": job_id, "event": event, "webhook_id": wid,
                     "webhook": {"state": "pending",
                                 "attempts": Deliveries(svc.store).summary(job_id)["attempts"]}}

@@ -274,7 +274,7 @@ def test_requests_past_the_redis_pool_wait_for_a_connection_then_503(settings, a
                                                                      monkeypatch):
     """A full pool makes a request wait for a free connection (not fail at once, as
     redis-py's default pool does past 100), and answer 503 JSON if none frees in time."""
-    monkeypatch.setattr("gateway.store.POOL_WAIT", 0.3)
+    monkeypatch.setattr("jobgate.store.POOL_WAIT", 0.3)
     app = create_app(settings.with_overrides(redis_max_connections=1))
     pool = app.extensions["jobgate"].store.redis.connection_pool
     assert isinstance(pool, redis.BlockingConnectionPool) and pool.max_connections == 1

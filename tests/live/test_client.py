@@ -16,7 +16,7 @@ from gateway.client import (
     WebhookVerificationError,
     verify_webhook,
 )
-from gateway.signing import generate_secret, webhook_headers
+from jobgate.signing import generate_secret, webhook_headers
 from tests.conftest import ADMIN_KEY
 from tests.helpers import wait_until
 

@@ -14,7 +14,7 @@ import requests
 
 from gateway.auth import Principal
 from gateway.jobs import new_record
-from gateway.store import Store
+from jobgate.store import Store
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ import redis
 
 from config import Settings
 from gateway import create_app
-from tasks.lifecycle import webhook_id
+from jobgate.events import webhook_id
 from tests.helpers import WorkerProcess, job_status, wait_for_status, wait_until
 from tests.reliability.conftest import OwnRedis, WebhookReceiver
 

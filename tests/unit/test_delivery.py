@@ -1,4 +1,4 @@
-"""Unit tests for one webhook delivery attempt and the retry policy (gateway.delivery).
+"""Unit tests for one webhook delivery attempt and the retry policy (jobgate.delivery).
 
 ``responses`` mocks ``HTTPAdapter.send``, so it exercises everything around the transport;
 the pinned transport itself is tested against real servers on 127.0.0.1 (http and https).
@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-import gateway.signing as signing
-from gateway.delivery import (
+import jobgate.signing as signing
+from jobgate.delivery import (
     Attempt,
     PinnedAdapter,
     classify,
@@ -42,8 +42,8 @@ from gateway.delivery import (
     parse_retry_after,
     retry_delay,
 )
-from gateway.signing import generate_secret, sign
-from gateway.ssrf import parse_allowlist
+from jobgate.signing import generate_secret, sign
+from jobgate.ssrf import parse_allowlist
 
 URL = "https://hooks.example/cb"
 PUBLIC = ["93.184.215.14"]

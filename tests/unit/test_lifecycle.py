@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from tasks import lifecycle
+from jobgate import lifecycle
+
+
+class NotInline:
+    """A messenger whose broker is not the store's Redis (no message inside the script)."""
+
+    inline = False
 
 
 class FlakyStore:
@@ -35,13 +41,13 @@ class FlakyStore:
 def effects(monkeypatch):
     seen = []
     monkeypatch.setattr(lifecycle, "side_effects",
-                        lambda app, store, record, **_: seen.append(record))
+                        lambda messenger, store, record, **_: seen.append(record))
     return seen
 
 
 def test_a_blip_is_retried_and_the_end_recorded_once(effects):
     store = FlakyStore(failures=2)
-    assert lifecycle.finish_job_retrying(None, store, "j", "SUCCESS", delays=(0, 0, 0))
+    assert lifecycle.finish_job_retrying(NotInline(), store, "j", "SUCCESS", delays=(0, 0, 0))
     assert store.calls == 3
     assert len(effects) == 1
 
@@ -49,13 +55,13 @@ def test_a_blip_is_retried_and_the_end_recorded_once(effects):
 def test_a_lost_reply_still_fires_the_side_effects(effects):
     # The first try wrote the end but its reply was lost: the retry finds it ended.
     store = FlakyStore(failures=1, wrote_on=1)
-    assert not lifecycle.finish_job_retrying(None, store, "j", "SUCCESS", delays=(0, 0))
+    assert not lifecycle.finish_job_retrying(NotInline(), store, "j", "SUCCESS", delays=(0, 0))
     assert [record["job_id"] for record in effects] == ["j"]
 
 
 def test_an_outage_longer_than_the_retries_is_raised(effects):
     with pytest.raises(RedisConnectionError):
-        lifecycle.finish_job_retrying(None, FlakyStore(failures=9), "j", "SUCCESS",
+        lifecycle.finish_job_retrying(NotInline(), FlakyStore(failures=9), "j", "SUCCESS",
                                       delays=(0, 0))
     assert effects == []
 
@@ -64,5 +70,5 @@ def test_already_ended_without_any_error_fires_nothing(effects):
     store = FlakyStore(failures=0, wrote_on=1)
     store.written = True
     store.wrote_on = None
-    assert not lifecycle.finish_job_retrying(None, store, "j", "SUCCESS", delays=(0,))
+    assert not lifecycle.finish_job_retrying(NotInline(), store, "j", "SUCCESS", delays=(0,))
     assert effects == []

@@ -13,7 +13,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from svix.webhooks import Webhook as SvixWebhook
 
-from gateway.signing import (
+from jobgate.signing import (
     MIN_SECRET_BYTES,
     SECRET_PREFIX,
     generate_secret,

@@ -1,4 +1,4 @@
-"""Unit tests for the callback URL SSRF guard (gateway.ssrf); DNS is always faked."""
+"""Unit tests for the callback URL SSRF guard (jobgate.ssrf); DNS is always faked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gateway.ssrf import (
+from jobgate.ssrf import (
     MAX_URL_LENGTH,
     CallbackRefused,
     Target,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.status import error_message, job_view, progress_of
+from jobgate.status import error_message, job_view, progress_of
 
 RECORD = {"job_id": "j1", "task_id": "j1", "task": "demo.sleep", "partner_id": "p",
           "metadata": {"k": 1}, "created_at": "2026-01-01T00:00:00.000Z"}

@@ -17,20 +17,32 @@ import requests
 import responses
 
 from config import Settings
-from gateway.signing import generate_secret
-from gateway.store import Store, secrets_of
-from gateway.webhooks import Deliveries
-from tasks.lifecycle import DELIVER_TASK, webhook_id
-from tasks.webhooks import plan, run_attempt
+from jobgate.attempts import plan, run_attempt
+from jobgate.deliveries import Deliveries
+from jobgate.events import webhook_id
+from jobgate.messages import DELIVER_TASK
+from jobgate.signing import generate_secret
+from jobgate.store import Store, secrets_of
 
 URL = "http://127.0.0.1:9/hooks"
 
 
 class FakeApp(SimpleNamespace):
-    """Settings and store like JobgateCelery; send_task only records."""
+    """Settings and store like JobgateCelery, and a messenger that only records."""
 
-    def send_task(self, name: str, **options: Any) -> None:
+    inline = False
+    webhooks_queue = "webhooks"
+
+    @property
+    def messenger(self) -> FakeApp:
+        return self
+
+    def send(self, name: str, **options: Any) -> None:
         self.sent.append((name, options))
+
+
+def attempt(app: FakeApp, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    return run_attempt(app.settings, app.store, app.messenger, *args, **kwargs)
 
 
 @pytest.fixture
@@ -63,7 +75,7 @@ def test_status_decides_state_and_retry(fake_app: FakeApp, answer: int, state: s
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=answer, headers={"Location": "https://elsewhere.example/"})
-        entry = run_attempt(fake_app, "job", job_id, "job.succeeded")
+        entry = attempt(fake_app, "job", job_id, "job.succeeded")
     assert entry is not None and entry["status_code"] == answer
     record = fake_app.store.job(job_id)
     assert (record["webhook_state"], record["webhook_attempts"]) == (state, "1")
@@ -82,7 +94,7 @@ def test_transport_errors_are_retried(fake_app: FakeApp, error: Exception) -> No
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, body=error)
-        entry = run_attempt(fake_app, "job", job_id, "job.succeeded")
+        entry = attempt(fake_app, "job", job_id, "job.succeeded")
     assert entry["status_code"] is None and entry["error"]
     assert fake_app.store.job(job_id)["webhook_state"] == "retrying"
     assert len(fake_app.sent) == 1
@@ -92,7 +104,7 @@ def test_retry_after_sets_the_countdown(fake_app: FakeApp) -> None:
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=429, headers={"Retry-After": "7"})
-        run_attempt(fake_app, "job", job_id, "job.succeeded")
+        attempt(fake_app, "job", job_id, "job.succeeded")
     assert fake_app.sent[0][1]["countdown"] == 7.0
 
 
@@ -100,7 +112,7 @@ def test_last_retry_failing_makes_the_delivery_failed(fake_app: FakeApp) -> None
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=500)
-        entry = run_attempt(fake_app, "job", job_id, "job.succeeded", retry=3)
+        entry = attempt(fake_app, "job", job_id, "job.succeeded", retry=3)
     assert fake_app.sent == []
     assert entry["next_attempt_at"] is None
     assert fake_app.store.job(job_id)["webhook_state"] == "failed"
@@ -110,10 +122,10 @@ def test_every_attempt_sends_the_stored_body_under_one_id(fake_app: FakeApp) -> 
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=500)
-        run_attempt(fake_app, "job", job_id, "job.succeeded")
+        attempt(fake_app, "job", job_id, "job.succeeded")
         fake_app.store.redis.hset(fake_app.store.key("job", job_id), "result",
                                   json.dumps({"changed": True}))
-        run_attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
+        attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
         first, second = (call.request for call in rsps.calls)
     assert first.body == second.body
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == webhook_id(
@@ -125,8 +137,8 @@ def test_a_duplicate_message_sends_nothing(fake_app: FakeApp) -> None:
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=200)
-        assert run_attempt(fake_app, "job", job_id, "job.succeeded") is not None
-        assert run_attempt(fake_app, "job", job_id, "job.succeeded") is None
+        assert attempt(fake_app, "job", job_id, "job.succeeded") is not None
+        assert attempt(fake_app, "job", job_id, "job.succeeded") is None
         assert len(rsps.calls) == 1
     assert len(Deliveries(fake_app.store).attempts(job_id)) == 1
 
@@ -141,7 +153,7 @@ def test_delivery_time_guard_refuses_before_connecting(fake_app: FakeApp, url: s
     connects: list[Any] = []
     monkeypatch.setattr(socket.socket, "connect", lambda self, addr: connects.append(addr))
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: connects.append(a))
-    entry = run_attempt(fake_app, "job", job_id, "job.succeeded")
+    entry = attempt(fake_app, "job", job_id, "job.succeeded")
     assert connects == []
     assert entry["outcome"] == "failed" and entry["error"]
     assert fake_app.sent == []
@@ -184,15 +196,15 @@ def test_one_attempt_costs_at_most_three_round_trips(fake_app: FakeApp,
     trips = RoundTrips(fake_app.store.redis, monkeypatch)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=500)
-        run_attempt(fake_app, "job", warm, "job.succeeded")  # loads the scripts
+        attempt(fake_app, "job", warm, "job.succeeded")  # loads the scripts
         trips.count = 0
-        first = run_attempt(fake_app, "job", job_id, "job.succeeded")
+        first = attempt(fake_app, "job", job_id, "job.succeeded")
         assert trips.count <= 3
         trips.count = 0
-        second = run_attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
+        second = attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
         assert trips.count <= 2
         trips.count = 0
-        assert run_attempt(fake_app, "job", job_id, "job.succeeded", retry=1) is None
+        assert attempt(fake_app, "job", job_id, "job.succeeded", retry=1) is None
         assert trips.count == 1  # a duplicate only tries the claim
         assert len(rsps.calls) == 3
     assert (first["attempt"], second["attempt"]) == (1, 2)
@@ -203,9 +215,9 @@ def test_the_log_entry_is_the_returned_attempt(fake_app: FakeApp) -> None:
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=503)
-        first = run_attempt(fake_app, "job", job_id, "job.succeeded")
+        first = attempt(fake_app, "job", job_id, "job.succeeded")
         rsps.replace("POST", URL, status=200)
-        second = run_attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
+        second = attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
     books = Deliveries(fake_app.store)
     raw = fake_app.store.redis.lrange(books.log_key(job_id), 0, -1)
     assert raw == [json.dumps(entry, separators=(",", ":")) for entry in (first, second)]
@@ -235,7 +247,7 @@ def test_a_gone_job_sends_nothing_and_closes_the_claim(fake_app: FakeApp) -> Non
     job_id = make_job(fake_app)
     fake_app.store.redis.delete(fake_app.store.key("job", job_id))
     with responses.RequestsMock():
-        assert run_attempt(fake_app, "job", job_id, "job.succeeded") is None
+        assert attempt(fake_app, "job", job_id, "job.succeeded") is None
     books = Deliveries(fake_app.store)
     assert fake_app.store.redis.get(books.claim_key(job_id, "job.succeeded:auto:0")) == "done"
     assert books.attempts(job_id) == []
@@ -247,7 +259,7 @@ def test_a_rotated_secret_signs_with_both_during_grace(fake_app: FakeApp) -> Non
     assert fake_app.store.rotate_secret(partner_id, generate_secret(), grace=60)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=200)
-        run_attempt(fake_app, "job", job_id, "job.succeeded")
+        attempt(fake_app, "job", job_id, "job.succeeded")
         signatures = rsps.calls[0].request.headers["webhook-signature"].split()
     assert len(signatures) == len(secrets_of(fake_app.store.partner(partner_id))) == 2
 
@@ -257,7 +269,7 @@ def test_a_partner_without_secret_fails_without_sending(fake_app: FakeApp) -> No
     partner_id = fake_app.store.job(job_id)["partner_id"]
     fake_app.store.redis.hdel(fake_app.store.key("partner", partner_id), "webhook_secret")
     with responses.RequestsMock():
-        entry = run_attempt(fake_app, "job", job_id, "job.succeeded")
+        entry = attempt(fake_app, "job", job_id, "job.succeeded")
     assert entry["outcome"] == "failed" and entry["error"] == "the partner has no webhook secret"
     assert fake_app.sent == []
 
@@ -265,7 +277,7 @@ def test_a_partner_without_secret_fails_without_sending(fake_app: FakeApp) -> No
 def test_a_gone_batch_sends_nothing_and_closes_the_claim(fake_app: FakeApp) -> None:
     batch_id = "bat_" + uuid.uuid4().hex[:20]
     with responses.RequestsMock():
-        assert run_attempt(fake_app, "batch", batch_id, "batch.completed") is None
+        assert attempt(fake_app, "batch", batch_id, "batch.completed") is None
     books = Deliveries(fake_app.store)
     claim = books.claim_key(batch_id, "batch.completed:auto:0")
     assert fake_app.store.redis.get(claim) == "done"

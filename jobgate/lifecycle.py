@@ -8,54 +8,48 @@ job, even when ``acks_late`` redelivers a job or a revoke races its completion.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
 from typing import Any
 
-from celery import Celery
 from redis.exceptions import RedisError
 
-from gateway.store import Store
-from tasks.publish import same_redis, task_message
+from jobgate import batches
+from jobgate.events import BATCH_COMPLETED, JOB_EVENTS, job_event
+from jobgate.messages import DELIVER_TASK, Messenger
+from jobgate.store import Store
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES = {"SUCCESS": "job.succeeded", "FAILURE": "job.failed", "REVOKED": "job.revoked"}
-DELIVER_TASK = "jobgate.deliver_webhook"
 
-
-def webhook_id(subject_id: str, event: str) -> str:
-    """One id per (job or batch, event): the same on every retry and redelivery."""
-    return "msg_" + hashlib.sha256(f"{subject_id}:{event}".encode()).hexdigest()[:32]
-
-
-def finish_job(app: Celery, store: Store, job_id: str, status: str, **fields: Any) -> bool:
+def finish_job(messenger: Messenger, store: Store, job_id: str, status: str,
+               **fields: Any) -> bool:
     """Record a terminal status once and fire its side effects; False if already ended."""
-    ended = store.finish_job(job_id, status, webhook_message=webhook_message(app, job_id, status),
+    ended = store.finish_job(job_id, status,
+                             webhook_message=webhook_message(messenger, job_id, status),
                              **fields)
     if ended is None:
         return False
     if ended["webhook_queued"]:
-        log.info("queued %s for job %s", EVENT_TYPES[status], job_id, extra={"job_id": job_id})
-    side_effects(app, store, ended, webhook_queued=ended["webhook_queued"])
+        log.info("queued %s for job %s", job_event(status), job_id, extra={"job_id": job_id})
+    side_effects(messenger, store, ended, webhook_queued=ended["webhook_queued"])
     return True
 
 
-def webhook_message(app: Celery, job_id: str, status: str) -> tuple[str, str] | None:
+def webhook_message(messenger: Messenger, job_id: str,
+                    status: str) -> tuple[str, str] | None:
     """(queue, message) delivering the job's terminal event, for ``Store.finish_job`` to push
     in the script that records the end; None when the broker is not the job store's Redis
-    (the message is then sent with ``send_task`` after the end is recorded)."""
-    settings = getattr(app, "settings", None)
-    if settings is None or not same_redis(settings.broker_url, settings.redis_url):
+    (the message is then sent after the end is recorded)."""
+    if not messenger.inline:
         return None
-    queue = app.conf.get("jobgate_queue_webhooks", "webhooks")
-    return queue, task_message(app, DELIVER_TASK, str(uuid.uuid4()), {}, queue,
-                               args=["job", job_id, EVENT_TYPES[status]])
+    queue = messenger.webhooks_queue
+    return queue, messenger.envelope(DELIVER_TASK, str(uuid.uuid4()), queue=queue,
+                                     args=["job", job_id, job_event(status)])
 
 
-def finish_job_retrying(app: Celery, store: Store, job_id: str, status: str,
+def finish_job_retrying(messenger: Messenger, store: Store, job_id: str, status: str,
                         delays: tuple[float, ...] = (0.5, 1.0, 2.0), **fields: Any) -> bool:
     """``finish_job`` for the worker, which must not lose a job's end to a Redis blip.
 
@@ -66,10 +60,10 @@ def finish_job_retrying(app: Celery, store: Store, job_id: str, status: str,
     failed_before = False
     for delay in (*delays, None):
         try:
-            if finish_job(app, store, job_id, status, **fields):
+            if finish_job(messenger, store, job_id, status, **fields):
                 return True
             if failed_before:
-                side_effects(app, store, store.job(job_id) or {})
+                side_effects(messenger, store, store.job(job_id) or {})
             return False
         except RedisError:
             if delay is None:
@@ -81,7 +75,7 @@ def finish_job_retrying(app: Celery, store: Store, job_id: str, status: str,
     return False
 
 
-def side_effects(app: Celery, store: Store, record: dict[str, Any], *,
+def side_effects(messenger: Messenger, store: Store, record: dict[str, Any], *,
                  webhook_queued: bool = False) -> None:
     """Queue the terminal webhook (unless the end's own script did) and count the batch
     member; safe to repeat.
@@ -91,25 +85,19 @@ def side_effects(app: Celery, store: Store, record: dict[str, Any], *,
     drops a second copy, and batch counting is idempotent per member.
     """
     status = record.get("status")
-    if status not in EVENT_TYPES:
+    if status not in JOB_EVENTS:
         return
     if record.get("callback_url") and not webhook_queued:
-        enqueue_webhook(app, store, record["job_id"], EVENT_TYPES[status])
-    if record.get("batch_id"):
-        on_batch_member_finished(app, store, record)
+        enqueue_webhook(messenger, record["job_id"], job_event(status))
+    if record.get("batch_id") and batches.member_finished(store, record):
+        batch = batches.batch_record(store, record["batch_id"]) or {}
+        if batch.get("callback_url"):
+            enqueue_webhook(messenger, record["batch_id"], BATCH_COMPLETED, kind="batch")
 
 
-def enqueue_webhook(app: Celery, store: Store, subject_id: str, event: str,
+def enqueue_webhook(messenger: Messenger, subject_id: str, event: str,
                     kind: str = "job") -> None:
     """Queue the delivery of ``event`` on the webhooks queue (never blocks a job worker)."""
-    conf = app.conf
-    app.send_task(DELIVER_TASK, args=[kind, subject_id, event],
-                  queue=conf.get("jobgate_queue_webhooks", "webhooks"))
+    messenger.send(DELIVER_TASK, args=[kind, subject_id, event],
+                   queue=messenger.webhooks_queue)
     log.info("queued %s for %s %s", event, kind, subject_id, extra={"job_id": subject_id})
-
-
-def on_batch_member_finished(app: Celery, store: Store, record: dict[str, Any]) -> None:
-    """Count the member's end in its batch (the last one fires ``batch.completed``)."""
-    from gateway.batches import member_finished  # gateway.batches imports this module
-
-    member_finished(app, store, record)

@@ -17,58 +17,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.store import Store, decode_job, secrets_of, utcnow
+from jobgate.store import Store, decode_job, secrets_of
 
 STATES = ("pending", "retrying", "delivered", "failed")
 MAX_LOG = 200  # attempts kept per subject (oldest dropped first)
-
-# Update the job record's webhook fields only while the record exists (never resurrect
-# an expired job as a hash with no TTL).
-_MIRROR = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'webhook_state', ARGV[1])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'webhook_attempts', ARGV[2]) end
-return 1
-"""
-
-# Claim an attempt (SET NX EX); if taken, nil. Otherwise the subject's record (HGETALL,
-# empty if gone), its stored body (or false) and its partner's hash (empty if none). The
-# partner key is only known from the record, so it is built here from ARGV[2] (one Redis,
-# not a cluster: jobgate never shards).
-# KEYS: claim, body, subject record. ARGV: lease seconds, partner key prefix.
-_BEGIN = """
-if not redis.call('SET', KEYS[1], 'running', 'NX', 'EX', ARGV[1]) then return false end
-local record = redis.call('HGETALL', KEYS[3])
-local partner = {}
-for i = 1, #record, 2 do
-  if record[i] == 'partner_id' then
-    if record[i + 1] ~= '' then partner = redis.call('HGETALL', ARGV[2] .. record[i + 1]) end
-    break
-  end
-end
-return {record, redis.call('GET', KEYS[2]), partner}
-"""
-
-# Record one attempt and close its claim, atomically: number it (HINCRBY), summarise it,
-# append its entry (ARGV[7] is the entry's JSON up to '"attempt":', the number is added
-# here), trim and expire the log, mirror state and attempts on the job record only while
-# it exists (ARGV[8] == '1'), and mark the claim done (KEYS[3], '' for none).
-# KEYS: summary, log, claim, job record. ARGV: state, webhook id, event, at, retention,
-# max log, entry head, mirror flag.
-_FINISH = """
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'webhook_id', ARGV[2], 'event', ARGV[3],
-           'last_attempt_at', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('RPUSH', KEYS[2], ARGV[7] .. tostring(n) .. '}')
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-if ARGV[8] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('HSET', KEYS[4], 'webhook_state', ARGV[1], 'webhook_attempts', tostring(n))
-end
-if KEYS[3] ~= '' then redis.call('SET', KEYS[3], 'done', 'EX', ARGV[5]) end
-return n
-"""
 
 
 @dataclass(frozen=True)
@@ -92,21 +44,13 @@ def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def event_body(event: str, data: dict[str, Any]) -> str:
-    """The JSON body of one event: ``{"type", "timestamp", "data"}``, compact."""
-    return json.dumps({"type": event, "timestamp": utcnow(), "data": data},
-                      separators=(",", ":"), default=str)
-
-
 class Deliveries:
     """The delivery records of one Redis job store (jobs and batches alike)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.redis = store.redis
-        self._mirror = self.redis.register_script(_MIRROR)
-        self._begin = self.redis.register_script(_BEGIN)
-        self._finish = self.redis.register_script(_FINISH)
+        self.scripts = store.scripts
 
     def _key(self, subject_id: str, *parts: str) -> str:
         return self.store.key("webhook", subject_id, *parts)
@@ -139,7 +83,7 @@ class Deliveries:
         None if the attempt runs or ran elsewhere; otherwise the record at ``record_key``,
         the stored body of ``event`` and the record's partner, all in one round trip.
         """
-        found = self._begin(keys=[self.claim_key(subject_id, token),
+        found = self.scripts["delivery_begin"](keys=[self.claim_key(subject_id, token),
                                   self.body_key(subject_id, event), record_key],
                             args=[max(1, int(lease) + 1), self.store.key("partner", "")])
         if not found:
@@ -177,7 +121,7 @@ class Deliveries:
                 self.store.key("job", subject_id)]
         args = [state, entry["webhook_id"], entry["event"], entry["at"], self.store.retention,
                 MAX_LOG, head, "1" if kind == "job" else "0"]
-        return int(self._finish(keys=keys, args=args))
+        return int(self.scripts["delivery_record"](keys=keys, args=args))
 
     def set_state(self, subject_id: str, state: str, kind: str = "job") -> None:
         """Set the delivery state without an attempt (e.g. ``pending`` on redelivery)."""
@@ -187,7 +131,8 @@ class Deliveries:
         pipe.expire(summary, self.store.retention)
         pipe.execute()
         if kind == "job":
-            self._mirror(keys=[self.store.key("job", subject_id)], args=[state, ""])
+            self.scripts["delivery_mirror"](keys=[self.store.key("job", subject_id)],
+                                            args=[state, ""])
 
     def attempts(self, subject_id: str) -> list[dict[str, Any]]:
         """Every recorded attempt, oldest first."""

@@ -27,8 +27,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from gateway.signing import webhook_headers
-from gateway.ssrf import CallbackRefused, Network, Resolver, check_callback_url
+from jobgate.signing import webhook_headers
+from jobgate.ssrf import CallbackRefused, Network, Resolver, check_callback_url
 
 __all__ = [
     "Attempt",

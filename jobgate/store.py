@@ -18,71 +18,13 @@ from typing import Any
 
 import redis
 
+from jobgate.scripts import Scripts
+
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 KEY_CACHE_TTL = 30.0  # seconds a partner found by its API key is remembered in-process
 KEY_CACHE_SIZE = 10_000
 POOL_WAIT = 5.0  # seconds a caller waits for a free Redis connection when all are in use
 JSON_FIELDS = ("metadata", "result", "progress")
-
-# Sets the terminal fields only if no terminal status is recorded yet: the first of the
-# worker (success/failure), the revoke path or a re-run wins, exactly once per job. The
-# winner also counts the outcome, tells live listeners, queues the webhook delivery
-# message it was given (ARGV[4] onto list KEYS[4]) if the job has a callback URL, and gets
-# back what its other side effects need (callback URL, batch id, whether it queued):
-# one round trip for the whole end of a job, and no end recorded without its webhook.
-_FINISH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-if redis.call('HGET', KEYS[1], 'status') then return {0} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-redis.call('PUBLISH', KEYS[3], ARGV[3])
-local found = redis.call('HMGET', KEYS[1], 'callback_url', 'batch_id')
-local callback = found[1] or ''
-local queued = 0
-if callback ~= '' and ARGV[4] ~= '' then
-  redis.call('LPUSH', KEYS[4], ARGV[4])
-  queued = 1
-end
-return {1, callback, found[2] or '', queued}
-"""
-
-# A worker taking a job: refuse it if it already has a terminal status (revoked while
-# queued, or a redelivery of a finished job), else record the start once and publish it.
-_START = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status then return {0, status} end
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
-redis.call('PUBLISH', KEYS[2], ARGV[2])
-return {1}
-"""
-
-# A progress report: kept in the record and published, unless the job already has a
-# terminal status (0): revoked, or ended while a redelivered copy runs.
-# A record that expired meanwhile is not recreated (2: nothing written, keep going).
-# Given Celery's PROCESSING meta (ARGV[3], expiring after ARGV[4] s), the script also
-# writes it as Celery's update_state would (SET + PUBLISH on the meta key, never over a
-# SUCCESS): one round trip per report instead of three.
-_PROGRESS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
-if redis.call('HGET', KEYS[1], 'status') then return 0 end
-redis.call('HSET', KEYS[1], 'progress', ARGV[1])
-redis.call('PUBLISH', KEYS[2], ARGV[2])
-if ARGV[3] ~= '' then
-  local current = redis.call('GET', KEYS[3])
-  local ok, meta = pcall(cjson.decode, current or 'null')
-  if not (ok and type(meta) == 'table' and meta['status'] == 'SUCCESS') then
-    if ARGV[4] ~= '' then
-      redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-    else
-      redis.call('SET', KEYS[3], ARGV[3])
-    end
-    redis.call('PUBLISH', KEYS[3], ARGV[3])
-  end
-end
-return 1
-"""
 
 
 def utcnow() -> str:
@@ -116,9 +58,7 @@ class Store:
         # A live job keeps its record at least as long as a finished one, plus the
         # longest time a job may stay queued or running.
         self.live_ttl = live_ttl or retention + 2 * 86400
-        self._finish = client.register_script(_FINISH)
-        self._start = client.register_script(_START)
-        self._progress = client.register_script(_PROGRESS)
+        self.scripts = Scripts(client)
         self._key_cache: dict[str, tuple[float, dict[str, str]]] = {}
 
     @classmethod
@@ -246,7 +186,7 @@ class Store:
         "missing" when it has no record.
         """
         event = json.dumps({"job_id": job_id, "status": "STARTED"})
-        answer = self._start(keys=[self.key("job", job_id), self.channel(job_id)],
+        answer = self.scripts["job_start"](keys=[self.key("job", job_id), self.channel(job_id)],
                              args=[utcnow(), event])
         if answer[0] == -1:
             return "missing"
@@ -259,7 +199,7 @@ class Store:
         written)."""
         event = json.dumps({"job_id": job_id, "status": "PROCESSING", "progress": progress})
         key, value, expires = celery_meta or (self.key("no-meta"), "", None)
-        return int(self._progress(
+        return int(self.scripts["job_progress"](
             keys=[self.key("job", job_id), self.channel(job_id), key],
             args=[json.dumps(progress), event, value, "" if not expires else int(expires)]))
 
@@ -282,7 +222,8 @@ class Store:
         event = json.dumps({"job_id": job_id, "status": status})
         queue, message = webhook_message or (self.key("no-webhook"), "")
         keys = [self.key("job", job_id), self.key("stats"), self.channel(job_id), queue]
-        answer = self._finish(keys=keys, args=[self.retention, status, event, message, *flat])
+        answer = self.scripts["job_finish"](
+            keys=keys, args=[self.retention, status, event, message, *flat])
         if answer[0] != 1:
             return None
         return {"job_id": job_id, "status": status, "callback_url": answer[1] or None,
@@ -358,7 +299,6 @@ class Store:
     # ------------------------------------------------------------------ events
     def channel(self, job_id: str) -> str:
         return self.key("events", job_id)
-
 
 
 def secrets_of(partner: dict[str, str], now: float | None = None) -> list[str]:

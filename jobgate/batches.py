@@ -1,0 +1,122 @@
+"""Batches: many jobs submitted together, counted as they end, one ``batch.completed``.
+
+A Celery chord's callback does not run when a member fails (``ChordError``), so a batch
+is not a chord: every member is a normal job (own record, status, revoke, own webhook if
+it has its own callback), queued together, and each member's end is counted here by
+``member_finished`` (called from ``jobgate.lifecycle`` whatever the outcome). The count is
+an atomic Lua script, idempotent per member, so the last member to end fires
+``batch.completed`` exactly once. See docs/batches.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from jobgate.status import TERMINAL, job_view
+from jobgate.store import Store, utcnow
+
+log = logging.getLogger("jobgate.batches")
+
+MAX_BATCH = 1000  # members one batch may hold; more is a 422
+COUNTERS = ("succeeded", "failed", "revoked")
+OUTCOME = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
+
+MetaReader = Callable[[str], dict[str, Any]]  # task id -> Celery's task meta
+
+
+def batch_key(store: Store, batch_id: str, *suffix: str) -> str:
+    return store.key("batch", batch_id, *suffix)
+
+
+def keys(store: Store, batch_id: str) -> list[str]:
+    """The batch hash, its set of counted members, its ordered member ids."""
+    return [batch_key(store, batch_id), batch_key(store, batch_id, "done"),
+            batch_key(store, batch_id, "jobs")]
+
+
+# ----------------------------------------------------------------------- counting
+def member_finished(store: Store, job_record: dict[str, Any]) -> bool:
+    """Count a member's outcome once; True for the one call that completed the batch.
+
+    Revoked members count as ended. The caller fires ``batch.completed`` when True.
+    """
+    batch_id = job_record.get("batch_id")
+    outcome = OUTCOME.get(job_record.get("status", ""))
+    if not batch_id or outcome is None:
+        return False
+    last = store.scripts["batch_count"](
+        keys=keys(store, batch_id),
+        args=[job_record["job_id"], outcome, utcnow(), store.retention])
+    if last != 1:
+        return False
+    log.info("batch %s completed", batch_id, extra={"batch_id": batch_id})
+    return True
+
+
+# ------------------------------------------------------------------------ reading
+def batch_record(store: Store, batch_id: str) -> dict[str, Any] | None:
+    """The stored batch hash with counters as ints, or None."""
+    raw = store.redis.hgetall(batch_key(store, batch_id)) if len(batch_id) <= 64 else {}
+    if not raw:
+        return None
+    record: dict[str, Any] = dict(raw)
+    for name in ("total", "completed", *COUNTERS):
+        record[name] = int(record.get(name) or 0)
+    record["metadata"] = json.loads(record.get("metadata") or "{}")
+    return record
+
+
+def member_ids(store: Store, batch_id: str) -> list[str]:
+    return store.redis.lrange(batch_key(store, batch_id, "jobs"), 0, -1)
+
+
+def member_summary(view: dict[str, Any]) -> dict[str, Any]:
+    """A member as the batch lists it (the full job, result included, is GET /v1/jobs/{id})."""
+    return {name: view[name] for name in ("job_id", "task", "status", "progress", "error",
+                                          "metadata", "finished_at")}
+
+
+def batch_view(store: Store, batch_id: str, *, record: dict[str, Any],
+               meta_of: MetaReader | None = None) -> dict[str, Any]:
+    """The batch as ``GET /v1/batches/{id}`` returns it (and ``batch.completed`` carries).
+
+    Counts come from the atomic counters; ``percent`` averages the members' progress (an
+    ended member is 100), so it moves while long members run. Live members are refined
+    by one Celery meta read each, only when ``meta_of`` is given.
+    """
+    members = []
+    for job_id, job in zip(ids := member_ids(store, batch_id), store.jobs(ids), strict=True):
+        if job is None:  # expired record of a long-finished batch
+            members.append({"job_id": job_id, "status": None})
+            continue
+        meta = None
+        if meta_of is not None and job.get("status") not in TERMINAL:
+            meta = meta_of(job["task_id"])
+        members.append(member_summary(job_view(job, meta)))
+    total, completed = record["total"], record["completed"]
+    done = bool(record.get("finished_at"))
+    if done or not total:
+        percent = 100 if done else 0
+    else:
+        points = sum(100 if m["status"] in TERMINAL else
+                     int((m.get("progress") or {}).get("percent") or 0) for m in members)
+        percent = min(99, points // total)
+    started = any(m["status"] not in (None, "PENDING") for m in members)
+    return {
+        "batch_id": record["batch_id"],
+        "status": "COMPLETED" if done else ("PROCESSING" if started or completed else
+                                            "PENDING"),
+        "total": total, "completed": completed,
+        **{name: record[name] for name in COUNTERS},
+        "pending": total - completed,
+        "percent": percent,
+        "callback_url": record.get("callback_url") or None,
+        "metadata": record["metadata"],
+        "created_at": record.get("created_at"),
+        "finished_at": record.get("finished_at"),
+        "job_ids": ids,
+        "jobs": members,
+    }

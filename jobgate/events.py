@@ -1,0 +1,76 @@
+"""Every webhook event jobgate sends, in one place: its type, its subject, its body.
+
+A subject is what an event is about (a job, a batch); each kind names the Redis hash that
+holds its record and builds the ``data`` of the event from it. Adding an event type is one
+``EventType`` here (and, for a new subject kind, one ``Subject``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jobgate import batches
+from jobgate.status import job_view
+from jobgate.store import Store, decode_job, utcnow
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    subject: str  # a key of SUBJECTS
+    description: str
+
+
+EVENT_TYPES: dict[str, EventType] = {e.name: e for e in (
+    EventType("job.succeeded", "job", "A job ended with SUCCESS; data is the job."),
+    EventType("job.failed", "job", "A job ended with FAILURE; data is the job."),
+    EventType("job.revoked", "job", "A job was revoked; data is the job."),
+    EventType("batch.completed", "batch", "Every job of a batch ended; data is the batch."),
+)}
+JOB_EVENTS = {"SUCCESS": "job.succeeded", "FAILURE": "job.failed", "REVOKED": "job.revoked"}
+BATCH_COMPLETED = "batch.completed"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A kind of thing events are about: where its record lives and how data is built."""
+
+    kind: str
+    record_key: Callable[[Store, str], str]
+    data: Callable[[Store, str, dict[str, str]], dict[str, Any] | None]
+
+
+def _job_data(store: Store, job_id: str, raw: dict[str, str]) -> dict[str, Any] | None:
+    record = decode_job(raw)
+    return job_view(record) if record else None
+
+
+def _batch_data(store: Store, batch_id: str, raw: dict[str, str]) -> dict[str, Any] | None:
+    record = batches.batch_record(store, batch_id)
+    return batches.batch_view(store, batch_id, record=record) if record else None
+
+
+SUBJECTS: dict[str, Subject] = {s.kind: s for s in (
+    Subject("job", lambda store, job_id: store.key("job", job_id), _job_data),
+    Subject("batch", batches.batch_key, _batch_data),
+)}
+
+
+def job_event(status: str) -> str:
+    """The event a job's terminal status fires."""
+    return JOB_EVENTS[status]
+
+
+def webhook_id(subject_id: str, event: str) -> str:
+    """One id per (subject, event): the same on every retry and redelivery."""
+    return "msg_" + hashlib.sha256(f"{subject_id}:{event}".encode()).hexdigest()[:32]
+
+
+def event_body(event: str, data: dict[str, Any]) -> str:
+    """The JSON body of one event: ``{"type", "timestamp", "data"}``, compact."""
+    return json.dumps({"type": event, "timestamp": utcnow(), "data": data},
+                      separators=(",", ":"), default=str)

@@ -1,0 +1,18 @@
+-- Record one attempt and close its claim, atomically: number it (HINCRBY), summarise it,
+-- append its entry (ARGV[7] is the entry's JSON up to '"attempt":', the number is added
+-- here), trim and expire the log, mirror state and attempts on the job record only while
+-- it exists (ARGV[8] == '1'), and mark the claim done (KEYS[3], '' for none).
+-- KEYS: summary, log, claim, job record. ARGV: state, webhook id, event, at, retention,
+-- max log, entry head, mirror flag.
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'webhook_id', ARGV[2], 'event', ARGV[3],
+           'last_attempt_at', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('RPUSH', KEYS[2], ARGV[7] .. tostring(n) .. '}')
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if ARGV[8] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[4], 'webhook_state', ARGV[1], 'webhook_attempts', tostring(n))
+end
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], 'done', 'EX', ARGV[5]) end
+return n

@@ -1,0 +1,23 @@
+-- A progress report: kept in the record and published, unless the job already has a
+-- terminal status (0): revoked, or ended while a redelivered copy runs.
+-- A record that expired meanwhile is not recreated (2: nothing written, keep going).
+-- Given Celery's PROCESSING meta (ARGV[3], expiring after ARGV[4] s), the script also
+-- writes it as Celery's update_state would (SET + PUBLISH on the meta key, never over a
+-- SUCCESS): one round trip per report instead of three.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
+if redis.call('HGET', KEYS[1], 'status') then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+redis.call('PUBLISH', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then
+  local current = redis.call('GET', KEYS[3])
+  local ok, meta = pcall(cjson.decode, current or 'null')
+  if not (ok and type(meta) == 'table' and meta['status'] == 'SUCCESS') then
+    if ARGV[4] ~= '' then
+      redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+    else
+      redis.call('SET', KEYS[3], ARGV[3])
+    end
+    redis.call('PUBLISH', KEYS[3], ARGV[3])
+  end
+end
+return 1
