@@ -47,7 +47,8 @@ class Settings:
     max_wait: int = 30
     sse_heartbeat: float = 15.0
     sse_max_seconds: float = 900.0
-    visibility_timeout: int = 6 * 3600
+    visibility_timeout: int = 30
+    sweep_interval: float = 15.0
     queue_jobs: str = "jobs"
     queue_webhooks: str = "webhooks"
     key_prefix: str = "jobgate"
@@ -103,6 +104,7 @@ _ENV = {
     "sse_heartbeat": ("JOBGATE_SSE_HEARTBEAT", float),
     "sse_max_seconds": ("JOBGATE_SSE_MAX_SECONDS", float),
     "visibility_timeout": ("JOBGATE_VISIBILITY_TIMEOUT", int),
+    "sweep_interval": ("JOBGATE_SWEEP_INTERVAL", float),
     "queue_jobs": ("JOBGATE_QUEUE_JOBS", str),
     "queue_webhooks": ("JOBGATE_QUEUE_WEBHOOKS", str),
     "key_prefix": ("JOBGATE_KEY_PREFIX", str),

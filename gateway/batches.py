@@ -68,27 +68,27 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
     enforce_rate_limit(svc, principal)
     batch_id = new_id()
     records = [new_record(principal, job, batch_id=batch_id) for job in members]
-    store = svc.store
-    hash_key, _, jobs_key = keys(store, batch_id)
-    pipe = store.redis.pipeline()
-    pipe.hset(hash_key, mapping={
+    batch_hash = {
         "batch_id": batch_id, "partner_id": principal.partner_id or "",
         "callback_url": batch["callback_url"] or "", "created_at": utcnow(),
         "total": len(records), "completed": 0, **dict.fromkeys(COUNTERS, 0),
-        "metadata": json.dumps(batch["metadata"])})
-    pipe.rpush(jobs_key, *(r["job_id"] for r in records))
-    pipe.expire(hash_key, store.live_ttl)
-    pipe.expire(jobs_key, store.live_ttl)
-    pipe.execute()
-    for record in records:
-        store.create_job(record)
-    _send_all(svc, batch_id, records, [job["params"] for job in members])
+        "metadata": json.dumps(batch["metadata"])}
+    messenger, queue = svc.messenger, svc.messenger.jobs_queue
+    if messenger.inline:
+        # The batch, every member and every member's message: one MULTI/EXEC.
+        messages = [(queue, messenger.envelope(r["task"], r["task_id"], queue=queue,
+                                               kwargs=r["params"])) for r in records]
+        svc.store.create_batch(batch_hash, records, messages)
+    else:
+        svc.store.create_batch(batch_hash, records)
+        _send_all(svc, batch_id, records)
     return view(svc, batch_id)
 
 
-def _send_all(svc: Services, batch_id: str, records: list[dict[str, Any]],
-              params: list[dict[str, Any]]) -> None:
-    """Queue every member over one broker connection (a group of send_task calls).
+def _send_all(svc: Services, batch_id: str, records: list[dict[str, Any]]) -> None:
+    """Queue every member over one broker connection, for a broker that is not the store's
+    Redis (the store's records are written first; a member whose message a crash lost is
+    queued again by the sweeper).
 
     If the broker fails part way, members not queued end as FAILURE (counted, so the batch
     still completes); if none was queued, the batch and its records are removed and the
@@ -97,8 +97,9 @@ def _send_all(svc: Services, batch_id: str, records: list[dict[str, Any]],
     sent = 0
     try:
         with svc.celery.producer_or_acquire() as producer:
-            for record, kwargs in zip(records, params, strict=True):
-                svc.celery.send_task(record["task"], kwargs=kwargs, task_id=record["task_id"],
+            for record in records:
+                svc.celery.send_task(record["task"], kwargs=record["params"],
+                                     task_id=record["task_id"],
                                      queue=svc.settings.queue_jobs, producer=producer)
                 sent += 1
     except Exception:
@@ -106,6 +107,7 @@ def _send_all(svc: Services, batch_id: str, records: list[dict[str, Any]],
             for record in records:
                 svc.store.delete_job(record)
             svc.store.redis.delete(*keys(svc.store, batch_id))
+            svc.store.redis.zrem(svc.store.key("batches", "live"), batch_id)
             raise
         log.exception("batch %s: broker failed after %d of %d jobs", batch_id, sent,
                       len(records))

@@ -58,14 +58,16 @@ def check_callback(svc: Services, url: str) -> None:
 
 
 def new_record(principal: Principal, job: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A new job's record; it keeps the params so a lost message can be queued again."""
     job_id = new_id()
     return {"job_id": job_id, "task_id": job_id, "task": job["task"],
-            "partner_id": principal.partner_id, "params_digest": digest(job["params"]),
+            "partner_id": principal.partner_id, "params": job["params"],
+            "params_digest": digest(job["params"]),
             "metadata": job.get("metadata") or {}, "callback_url": job.get("callback_url"),
             "created_at": utcnow(), **extra}
 
 
-def enqueue(svc: Services, record: dict[str, Any], params: dict[str, Any]) -> None:
+def enqueue(svc: Services, record: dict[str, Any]) -> None:
     """Store the job record and queue the Celery task under the job's id.
 
     With the broker on the job store's Redis both are one transaction (see
@@ -76,12 +78,13 @@ def enqueue(svc: Services, record: dict[str, Any], params: dict[str, Any]) -> No
     queue = messenger.jobs_queue
     if messenger.inline:
         message = messenger.envelope(record["task"], record["task_id"], queue=queue,
-                                     kwargs=params)
+                                     kwargs=record["params"])
         svc.store.create_job(record, message=(queue, message))
         return
     svc.store.create_job(record)
     try:
-        messenger.send(record["task"], kwargs=params, task_id=record["task_id"], queue=queue)
+        messenger.send(record["task"], kwargs=record["params"], task_id=record["task_id"],
+                       queue=queue)
     except Exception:
         svc.store.delete_job(record)
         raise
@@ -113,7 +116,7 @@ def submit(svc: Services, principal: Principal, body: Any,
             return describe(svc, wait_for_record(svc, earlier["job_id"])), False
     try:
         enforce_rate_limit(svc, principal)
-        enqueue(svc, record, job["params"])
+        enqueue(svc, record)
     except Exception:
         # Refused or failed: nothing was created, so the key is free for a retry.
         if idempotency_key:

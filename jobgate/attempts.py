@@ -4,9 +4,12 @@
 ``batch.completed``). Each attempt claims its token (so a duplicate message sends
 nothing), sends the stored body with fresh Standard Webhooks headers through
 ``jobgate.delivery`` (which re-runs the SSRF guard and connects to the checked address),
-records the attempt and, when the outcome is ``retry``, queues the next attempt with a
-countdown from ``settings.webhook_retry_delays`` (jitter added, never sooner than
-``Retry-After``). The worker's ``jobgate.deliver_webhook`` task is a thin wrapper.
+and records the attempt; when the outcome is ``retry``, the same script schedules the next
+attempt on the due set (``jobgate.due``) after a delay from
+``settings.webhook_retry_delays`` (jitter added, never sooner than ``Retry-After``). Every
+queued or scheduled attempt stays open (``Store.open_key``) until one is recorded, so the
+sweeper finds a delivery whose message was lost. The worker's ``jobgate.deliver_webhook``
+task is a thin wrapper.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from config import Settings
 from jobgate import __version__
 from jobgate.deliveries import Deliveries
 from jobgate.delivery import Attempt, deliver, retry_delay
-from jobgate.events import SUBJECTS, event_body, webhook_id
-from jobgate.messages import DELIVER_TASK, Messenger
+from jobgate.due import entry as due_entry
+from jobgate.events import SUBJECTS, delivery_task_id, event_body, webhook_id
+from jobgate.lifecycle import enqueue_webhook
+from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.ssrf import parse_allowlist
 from jobgate.store import Store, utcnow
 
@@ -30,7 +35,6 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"jobgate/{__version__}"
 RETRY_AFTER_CAP = 3600.0  # a receiver's Retry-After is honoured up to one hour
-AUTO_CHAIN = "auto"
 
 
 def plan(outcome: str, retry_number: int, delays: tuple[float, ...],
@@ -58,11 +62,12 @@ def run_attempt(settings: Settings, store: Store, messenger: Messenger, kind: st
     """
     books = Deliveries(store)
     token = f"{event}:{chain}:{retry}"
+    task_id = delivery_task_id(kind, subject_id, event, chain, retry)
     subject = SUBJECTS.get(kind)
     if subject is None:  # unknown kind: nothing to send, but take the attempt as before
         log.warning("unknown webhook subject kind %r for %s", kind, subject_id)
         if books.claim(subject_id, token, lease=settings.webhook_timeout + 30):
-            books.complete(subject_id, token)
+            books.complete(subject_id, token, task_id)
         return None
     begun = books.begin(subject_id, token, settings.webhook_timeout + 30, event,
                         subject.record_key(store, subject_id))
@@ -72,14 +77,14 @@ def run_attempt(settings: Settings, store: Store, messenger: Messenger, kind: st
         return None
     callback_url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id")
     if not begun.record or not callback_url:
-        books.complete(subject_id, token)
+        books.complete(subject_id, token, task_id)
         return None
     wid = webhook_id(subject_id, event)
     body = begun.body
     if body is None:
         data = subject.data(store, subject_id, begun.record)
         if data is None:  # the subject went between the two reads
-            books.complete(subject_id, token)
+            books.complete(subject_id, token, task_id)
             return None
         body = books.store_body(subject_id, event, event_body(event, data))
     secrets = begun.signing_secrets() if partner_id else []
@@ -98,14 +103,17 @@ def run_attempt(settings: Settings, store: Store, messenger: Messenger, kind: st
              "error": attempt.error, "duration_ms": attempt.duration_ms,
              "next_attempt_at": iso(time.time() + delay) if delay is not None else None,
              "outcome": attempt.outcome, "redelivery": chain != AUTO_CHAIN}
+    following = None
     if delay is not None:
-        # Queued before the attempt is recorded and its claim closed: a worker dying in
-        # between leaves the claim to lapse, so the redelivered message tries again (and
-        # the next attempt's own claim makes its second message send nothing).
-        messenger.send(DELIVER_TASK, args=[kind, subject_id, event],
-                       kwargs={"retry": retry + 1, "chain": chain}, countdown=delay,
-                       queue=messenger.webhooks_queue)
-    entry = {**entry, "attempt": books.record(subject_id, entry, state, kind, token=token)}
+        # Scheduled in the script that records this attempt: never one without the other.
+        next_id = delivery_task_id(kind, subject_id, event, chain, retry + 1)
+        following = (next_id, time.time() + delay,
+                     due_entry(DELIVER_TASK, next_id, queue=messenger.webhooks_queue,
+                               args=[kind, subject_id, event],
+                               kwargs={"retry": retry + 1, "chain": chain}))
+    number = books.record(subject_id, entry, state, kind, token=token, task_id=task_id,
+                          following=following)
+    entry = {**entry, "attempt": number}
     log.info("webhook %s %s for %s %s: %s (%s)", wid, event, kind, subject_id, attempt.outcome,
              attempt.status_code or attempt.error, extra={"job_id": subject_id})
     return entry
@@ -115,7 +123,6 @@ def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str,
               event: str) -> str:
     """Queue the event again (same body, same ``webhook-id``) as a fresh retry chain."""
     Deliveries(store).set_state(subject_id, "pending", kind)
-    chain = "r" + uuid.uuid4().hex[:12]
-    messenger.send(DELIVER_TASK, args=[kind, subject_id, event], kwargs={"chain": chain},
-                   queue=messenger.webhooks_queue)
+    enqueue_webhook(store, messenger, kind, subject_id, event,
+                    chain="r" + uuid.uuid4().hex[:12])
     return webhook_id(subject_id, event)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,22 +39,30 @@ def keys(store: Store, batch_id: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------- counting
-def member_finished(store: Store, job_record: dict[str, Any]) -> bool:
-    """Count a member's outcome once; True for the one call that completed the batch.
+def member_finished(store: Store, job_record: dict[str, Any],
+                    message: tuple[str, str, str] | None = None) -> str | None:
+    """Count a member's outcome once (revoked members count as ended).
 
-    Revoked members count as ended. The caller fires ``batch.completed`` when True.
+    The call that completes the batch gets "queued" when its script pushed ``message``
+    (queue, message, task id: ``batch.completed``'s first delivery), "send" when the batch
+    wants the event and the caller must send it, "completed" when it has no callback;
+    every other call gets None.
     """
     batch_id = job_record.get("batch_id")
     outcome = OUTCOME.get(job_record.get("status", ""))
     if not batch_id or outcome is None:
-        return False
-    last = store.scripts["batch_count"](
-        keys=keys(store, batch_id),
-        args=[job_record["job_id"], outcome, utcnow(), store.retention])
-    if last != 1:
-        return False
+        return None
+    queue, body, task_id = message or (store.key("no-webhook"), "", "")
+    answer = store.scripts["batch_count"](
+        keys=[*keys(store, batch_id), queue, store.open_key, store.key("batches", "live")],
+        args=[job_record["job_id"], outcome, utcnow(), store.retention, body, task_id,
+              time.time() + store.open_grace, batch_id])
+    if answer[0] != 1:
+        return None
     log.info("batch %s completed", batch_id, extra={"batch_id": batch_id})
-    return True
+    if not answer[1]:
+        return "completed"
+    return "queued" if answer[2] else "send"
 
 
 # ------------------------------------------------------------------------ reading

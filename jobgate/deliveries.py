@@ -95,32 +95,42 @@ class Deliveries:
     def claim(self, subject_id: str, token: str, lease: float) -> bool:
         """Take attempt ``token`` for ``lease`` s; False if it runs or ran elsewhere.
 
-        A duplicate message (acks_late, an ETA retry redelivered after the visibility
-        timeout) finds the claim and sends nothing; a worker that died mid-attempt lets
+        A duplicate message (acks_late redelivery, a sweeper re-queue) finds the claim and
+        sends nothing; a worker that died mid-attempt lets
         the lease lapse, so the broker's redelivery can try again.
         """
         key = self.claim_key(subject_id, token)
         return bool(self.redis.set(key, "running", nx=True, ex=max(1, int(lease) + 1)))
 
-    def complete(self, subject_id: str, token: str) -> None:
-        """Mark attempt ``token`` done for the retention period."""
-        self.redis.set(self.claim_key(subject_id, token), "done", ex=self.store.retention)
+    def complete(self, subject_id: str, token: str, task_id: str = "") -> None:
+        """Mark attempt ``token`` done for the retention period (and its delivery no
+        longer open) when it had nothing to send."""
+        pipe = self.redis.pipeline()
+        pipe.set(self.claim_key(subject_id, token), "done", ex=self.store.retention)
+        if task_id:
+            pipe.zrem(self.store.open_key, task_id)
+        pipe.execute()
 
     # --------------------------------------------------------------- attempts
     def record(self, subject_id: str, entry: dict[str, Any], state: str,
-               kind: str = "job", token: str | None = None) -> int:
+               kind: str = "job", token: str | None = None, task_id: str = "",
+               following: tuple[str, float, str] | None = None) -> int:
         """Append one attempt, update the summary (and job record); returns attempts so far.
 
         The entry is stored with ``"attempt"`` (its number) added last. With ``token``,
-        that attempt's claim is marked done in the same call. One round trip.
+        that attempt's claim is marked done in the same call, and its delivery (``task_id``)
+        closed; ``following`` (task id, due time, due-set entry) schedules the next
+        attempt in the same script. One round trip.
         """
         head = json.dumps(entry, separators=(",", ":"))
         head = (head[:-1] + ',"attempt":') if entry else '{"attempt":'
         keys = [self._key(subject_id), self.log_key(subject_id),
                 self.claim_key(subject_id, token) if token is not None else "",
-                self.store.key("job", subject_id)]
+                self.store.key("job", subject_id), self.store.open_key, self.store.due_key]
+        next_id, due_at, due_entry = following or ("", 0.0, "")
         args = [state, entry["webhook_id"], entry["event"], entry["at"], self.store.retention,
-                MAX_LOG, head, "1" if kind == "job" else "0"]
+                MAX_LOG, head, "1" if kind == "job" else "0", task_id, next_id,
+                due_at + self.store.open_grace, due_at, due_entry]
         return int(self.scripts["delivery_record"](keys=keys, args=args))
 
     def set_state(self, subject_id: str, state: str, kind: str = "job") -> None:

@@ -70,6 +70,20 @@ def webhook_id(subject_id: str, event: str) -> str:
     return "msg_" + hashlib.sha256(f"{subject_id}:{event}".encode()).hexdigest()[:32]
 
 
+def delivery_task_id(kind: str, subject_id: str, event: str, chain: str, retry: int) -> str:
+    """The Celery task id of one delivery attempt: known in advance, so the sweeper can
+    tell whether an open delivery's message is still queued anywhere."""
+    return f"whk:{kind}:{subject_id}:{event}:{chain}:{retry}"
+
+
+def parse_delivery_task_id(task_id: str) -> tuple[str, str, str, str, int] | None:
+    """(kind, subject id, event, chain, retry) of a ``delivery_task_id``; None otherwise."""
+    parts = task_id.split(":")
+    if len(parts) != 6 or parts[0] != "whk" or not parts[5].isdigit():
+        return None
+    return parts[1], parts[2], parts[3], parts[4], int(parts[5])
+
+
 def event_body(event: str, data: dict[str, Any]) -> str:
     """The JSON body of one event: ``{"type", "timestamp", "data"}``, compact."""
     return json.dumps({"type": event, "timestamp": utcnow(), "data": data},

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from jobgate import batches
-from jobgate.events import BATCH_COMPLETED, JOB_EVENTS, job_event
-from jobgate.messages import DELIVER_TASK, Messenger
+from jobgate.events import BATCH_COMPLETED, JOB_EVENTS, delivery_task_id, job_event
+from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.store import Store
 
 log = logging.getLogger(__name__)
@@ -26,9 +25,9 @@ log = logging.getLogger(__name__)
 def finish_job(messenger: Messenger, store: Store, job_id: str, status: str,
                **fields: Any) -> bool:
     """Record a terminal status once and fire its side effects; False if already ended."""
-    ended = store.finish_job(job_id, status,
-                             webhook_message=webhook_message(messenger, job_id, status),
-                             **fields)
+    ended = store.finish_job(
+        job_id, status, webhook_message=event_message(messenger, "job", job_id,
+                                                      job_event(status)), **fields)
     if ended is None:
         return False
     if ended["webhook_queued"]:
@@ -37,16 +36,17 @@ def finish_job(messenger: Messenger, store: Store, job_id: str, status: str,
     return True
 
 
-def webhook_message(messenger: Messenger, job_id: str,
-                    status: str) -> tuple[str, str] | None:
-    """(queue, message) delivering the job's terminal event, for ``Store.finish_job`` to push
-    in the script that records the end; None when the broker is not the job store's Redis
-    (the message is then sent after the end is recorded)."""
+def event_message(messenger: Messenger, kind: str, subject_id: str,
+                  event: str) -> tuple[str, str, str] | None:
+    """(queue, message, task id) of an event's first delivery attempt, for the script that
+    records the end (of a job, of a batch) to push; None when the broker is not the job
+    store's Redis (the message is then sent after the end is recorded)."""
     if not messenger.inline:
         return None
     queue = messenger.webhooks_queue
-    return queue, messenger.envelope(DELIVER_TASK, str(uuid.uuid4()), queue=queue,
-                                     args=["job", job_id, job_event(status)])
+    task_id = delivery_task_id(kind, subject_id, event, AUTO_CHAIN, 0)
+    return queue, messenger.envelope(DELIVER_TASK, task_id, queue=queue,
+                                     args=[kind, subject_id, event]), task_id
 
 
 def finish_job_retrying(messenger: Messenger, store: Store, job_id: str, status: str,
@@ -88,16 +88,28 @@ def side_effects(messenger: Messenger, store: Store, record: dict[str, Any], *,
     if status not in JOB_EVENTS:
         return
     if record.get("callback_url") and not webhook_queued:
-        enqueue_webhook(messenger, record["job_id"], job_event(status))
-    if record.get("batch_id") and batches.member_finished(store, record):
-        batch = batches.batch_record(store, record["batch_id"]) or {}
-        if batch.get("callback_url"):
-            enqueue_webhook(messenger, record["batch_id"], BATCH_COMPLETED, kind="batch")
+        enqueue_webhook(store, messenger, "job", record["job_id"], job_event(status))
+    if record.get("batch_id"):
+        count_batch_member(messenger, store, record)
 
 
-def enqueue_webhook(messenger: Messenger, subject_id: str, event: str,
-                    kind: str = "job") -> None:
-    """Queue the delivery of ``event`` on the webhooks queue (never blocks a job worker)."""
+def count_batch_member(messenger: Messenger, store: Store, record: dict[str, Any]) -> None:
+    """Count a member's end in its batch; the last one queues ``batch.completed`` (in the
+    counting script itself when the broker is the store's Redis)."""
+    batch_id = record["batch_id"]
+    message = event_message(messenger, "batch", batch_id, BATCH_COMPLETED)
+    if batches.member_finished(store, record, message) == "send":
+        enqueue_webhook(store, messenger, "batch", batch_id, BATCH_COMPLETED)
+
+
+def enqueue_webhook(store: Store, messenger: Messenger, kind: str, subject_id: str,
+                    event: str, chain: str = AUTO_CHAIN) -> str:
+    """Queue the first attempt of ``event`` (of ``chain``) on the webhooks queue, marked
+    open first so that a crash before the send leaves it for the sweeper; its task id."""
+    task_id = delivery_task_id(kind, subject_id, event, chain, 0)
+    store.mark_open(task_id)
     messenger.send(DELIVER_TASK, args=[kind, subject_id, event],
-                   queue=messenger.webhooks_queue)
+                   kwargs={} if chain == AUTO_CHAIN else {"chain": chain},
+                   queue=messenger.webhooks_queue, task_id=task_id)
     log.info("queued %s for %s %s", event, kind, subject_id, extra={"job_id": subject_id})
+    return task_id

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 DELIVER_TASK = "jobgate.deliver_webhook"
+AUTO_CHAIN = "auto"  # the retry chain an event's first delivery starts; redeliveries get their own
 
 
 class Messenger(Protocol):

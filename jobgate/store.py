@@ -18,13 +18,15 @@ from typing import Any
 
 import redis
 
+from config import Settings
 from jobgate.scripts import Scripts
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 KEY_CACHE_TTL = 30.0  # seconds a partner found by its API key is remembered in-process
 KEY_CACHE_SIZE = 10_000
 POOL_WAIT = 5.0  # seconds a caller waits for a free Redis connection when all are in use
-JSON_FIELDS = ("metadata", "result", "progress")
+JSON_FIELDS = ("metadata", "result", "progress", "params")
+OPEN_GRACE = 60.0  # seconds past its due time before an open delivery counts as stranded
 
 
 def utcnow() -> str:
@@ -51,10 +53,13 @@ class Store:
     """Typed access to jobgate's Redis keys; every key starts with ``prefix``."""
 
     def __init__(self, client: redis.Redis, *, prefix: str = "jobgate", retention: int = 604800,
-                 live_ttl: int | None = None) -> None:
+                 live_ttl: int | None = None, open_grace: float = OPEN_GRACE) -> None:
         self.redis = client
         self.prefix = prefix
         self.retention = retention
+        # How long past its due time a queued delivery may go unrecorded before the
+        # sweeper looks for its message (at least one attempt's lease).
+        self.open_grace = open_grace
         # A live job keeps its record at least as long as a finished one, plus the
         # longest time a job may stay queued or running.
         self.live_ttl = live_ttl or retention + 2 * 86400
@@ -69,6 +74,14 @@ class Store:
             url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,
             health_check_interval=30, max_connections=max_connections, timeout=POOL_WAIT)
         return cls(redis.Redis(connection_pool=pool), **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store ``settings`` describe (gateway and worker build theirs here)."""
+        return cls.from_url(settings.redis_url, prefix=settings.key_prefix,
+                            retention=settings.job_retention,
+                            max_connections=settings.redis_max_connections,
+                            open_grace=OPEN_GRACE + settings.webhook_timeout)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -133,18 +146,39 @@ class Store:
         ``message`` (queue, payload) is pushed onto the broker queue in the same
         MULTI/EXEC: the job and its Celery message exist together or not at all.
         """
-        job_id = job["job_id"]
+        pipe = self.redis.pipeline()
+        self._add_job(pipe, job, time.time(), message)
+        pipe.execute()
+
+    def create_batch(self, batch: dict[str, Any], jobs: list[dict[str, Any]],
+                     messages: list[tuple[str, str]] | None = None) -> None:
+        """Store a batch, its member jobs and (when given) their messages in one MULTI/EXEC:
+        a batch exists with all its members queued, or not at all."""
+        batch_id = batch["batch_id"]
+        hash_key, jobs_key = self.key("batch", batch_id), self.key("batch", batch_id, "jobs")
         score = time.time()
         pipe = self.redis.pipeline()
+        pipe.hset(hash_key, mapping=batch)
+        pipe.rpush(jobs_key, *(job["job_id"] for job in jobs))
+        pipe.expire(hash_key, self.live_ttl)
+        pipe.expire(jobs_key, self.live_ttl)
+        pipe.zadd(self.key("batches", "live"), {batch_id: score})
+        for job, message in zip(jobs, messages or [None] * len(jobs), strict=True):
+            self._add_job(pipe, job, score, message)
+        pipe.execute()
+
+    def _add_job(self, pipe: Any, job: dict[str, Any], score: float,
+                 message: tuple[str, str] | None) -> None:
+        job_id = job["job_id"]
         pipe.hset(self.key("job", job_id), mapping=_encode(job))
         pipe.expire(self.key("job", job_id), self.live_ttl)
         pipe.hincrby(self.key("stats"), "submitted", 1)
+        pipe.zadd(self.key("live"), {job_id: score})
         for index in self._indexes(job):
             pipe.zadd(self.key("jobs", index), {job_id: score})
             pipe.zremrangebyscore(self.key("jobs", index), "-inf", score - self.live_ttl)
         if message is not None:
             pipe.lpush(*message)
-        pipe.execute()
 
     @staticmethod
     def _indexes(job: dict[str, Any]) -> list[str]:
@@ -158,6 +192,7 @@ class Store:
         """Undo create_job (used when the broker refused the message)."""
         pipe = self.redis.pipeline()
         pipe.delete(self.key("job", job["job_id"]))
+        pipe.zrem(self.key("live"), job["job_id"])
         for index in self._indexes(job):
             pipe.zrem(self.key("jobs", index), job["job_id"])
         pipe.execute()
@@ -179,18 +214,21 @@ class Store:
             pipe.hgetall(self.key("job", job_id))
         return [decode_job(raw) for raw in pipe.execute()]
 
-    def start_job(self, job_id: str) -> str | None:
-        """Record a worker's start (Celery keeps no start time) and publish STARTED.
+    def start_job(self, job_id: str, worker: str = "") -> tuple[str | None, int]:
+        """Record a worker's start (Celery keeps no start time), which worker runs the job
+        and its run count, and publish STARTED.
 
-        Returns None when the job may run, else why not: its terminal status, or
-        "missing" when it has no record.
+        Returns (refusal, runs): refusal is None when the job may run, else why not (its
+        terminal status, or "missing" when it has no record); runs counts this run (more
+        than 1: an earlier run was lost with its worker).
         """
         event = json.dumps({"job_id": job_id, "status": "STARTED"})
-        answer = self.scripts["job_start"](keys=[self.key("job", job_id), self.channel(job_id)],
-                             args=[utcnow(), event])
+        answer = self.scripts["job_start"](
+            keys=[self.key("job", job_id), self.channel(job_id)],
+            args=[utcnow(), event, worker])
         if answer[0] == -1:
-            return "missing"
-        return answer[1] if answer[0] == 0 else None
+            return "missing", 0
+        return (answer[1], 0) if answer[0] == 0 else (None, int(answer[1]))
 
     def report_progress(self, job_id: str, progress: dict[str, Any],
                         celery_meta: tuple[str, str, int | None] | None = None) -> int:
@@ -204,14 +242,15 @@ class Store:
             args=[json.dumps(progress), event, value, "" if not expires else int(expires)]))
 
     def finish_job(self, job_id: str, status: str, *,
-                   webhook_message: tuple[str, str] | None = None,
+                   webhook_message: tuple[str, str, str] | None = None,
                    **fields: Any) -> dict[str, Any] | None:
         """Record a terminal status once and publish it.
 
-        ``webhook_message`` (queue, message) is pushed in the same script when the job has
-        a callback URL. Returns what the other side effects of the end need ({job_id,
-        status, callback_url, batch_id, webhook_queued}) to the one caller that recorded
-        it; None if a terminal status was already recorded, or the job has no record.
+        ``webhook_message`` (queue, message, delivery task id) is pushed in the same script
+        when the job has a callback URL, and the delivery marked open. Returns what the
+        other side effects of the end need ({job_id, status, callback_url, batch_id,
+        webhook_queued}) to the one caller that recorded it; None if a terminal status was
+        already recorded, or the job has no record.
         """
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a terminal status")
@@ -220,10 +259,12 @@ class Store:
         for name, value in _encode(values).items():
             flat += [name, value]
         event = json.dumps({"job_id": job_id, "status": status})
-        queue, message = webhook_message or (self.key("no-webhook"), "")
-        keys = [self.key("job", job_id), self.key("stats"), self.channel(job_id), queue]
+        queue, message, task_id = webhook_message or (self.key("no-webhook"), "", "")
+        keys = [self.key("job", job_id), self.key("stats"), self.channel(job_id), queue,
+                self.key("live"), self.open_key]
         answer = self.scripts["job_finish"](
-            keys=keys, args=[self.retention, status, event, message, *flat])
+            keys=keys, args=[self.retention, status, event, message, task_id,
+                             time.time() + self.open_grace, job_id, *flat])
         if answer[0] != 1:
             return None
         return {"job_id": job_id, "status": status, "callback_url": answer[1] or None,
@@ -299,6 +340,21 @@ class Store:
     # ------------------------------------------------------------------ events
     def channel(self, job_id: str) -> str:
         return self.key("events", job_id)
+
+    # ------------------------------------------------------------- bookkeeping
+    @property
+    def open_key(self) -> str:
+        """Deliveries queued or scheduled and not yet recorded: task id -> deadline."""
+        return self.key("deliveries", "open")
+
+    @property
+    def due_key(self) -> str:
+        """Deliveries scheduled for later (the retry set): entry -> due time."""
+        return self.key("due")
+
+    def mark_open(self, task_id: str, deadline: float | None = None) -> None:
+        """Mark a delivery open until an attempt records it (sent outside a script)."""
+        self.redis.zadd(self.open_key, {task_id: deadline or time.time() + self.open_grace})
 
 
 def secrets_of(partner: dict[str, str], now: float | None = None) -> list[str]:

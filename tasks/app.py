@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import WorkerLostError
 from celery.signals import task_revoked
 
 from config import Settings
@@ -17,6 +18,7 @@ from tasks import webhooks
 from tasks.progress import JobRevoked, Progress
 from tasks.publish import CeleryMessenger, same_redis
 from tasks.registry import JobType, job_types
+from tasks.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +43,22 @@ class JobgateCelery(Celery):
                                inline=same_redis(settings.broker_url, settings.redis_url))
 
 
+MAX_RUNS = 3  # runs a job may start before a lost worker ends it as worker_lost
+
+
 class JobTask(Task):
-    """Base of every job task: refuses revoked jobs, records start and end once."""
+    """Base of every job task: refuses revoked jobs, records start and end once, and
+    decides what a run after a lost worker does (run again, or end as worker_lost)."""
 
     abstract = True
+    retry_on_worker_lost = True  # set per job type (tasks.registry.job_task)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         job_id = self.request.id
         if not job_id:  # called directly, not through a worker
             return super().__call__(*args, **kwargs)
         store: Store = self.app.store
-        refused = store.start_job(job_id)
+        refused, runs = store.start_job(job_id, worker=self.request.hostname or "")
         if refused == "missing":
             # No record: retention ran out or the message did not come from the gateway.
             log.warning("job %s has no record; not running it", job_id, extra={"job_id": job_id})
@@ -68,7 +75,23 @@ class JobTask(Task):
                                              request=self.request)
             lifecycle.side_effects(self.app.messenger, store, record)
             raise JobRevoked(f"job {job_id} already {refused}")
+        if runs > 1 and (not self.retry_on_worker_lost or runs > MAX_RUNS):
+            self._end_worker_lost(job_id, runs)
+        if runs > 1:
+            log.warning("job %s: its worker was lost; running it again (run %d)", job_id,
+                        runs, extra={"job_id": job_id})
         return super().__call__(*args, **kwargs)
+
+    def _end_worker_lost(self, job_id: str, runs: int) -> None:
+        """End a job whose worker died while running it, instead of running it again."""
+        why = ("its task is not safe to run twice" if not self.retry_on_worker_lost
+               else f"it was lost {runs - 1} times")
+        error = f"worker_lost: the worker running this job died, and {why}."
+        log.warning("job %s: %s", job_id, error, extra={"job_id": job_id})
+        self.backend.mark_as_failure(job_id, WorkerLostError(error), request=self.request)
+        lifecycle.finish_job_retrying(self.app.messenger, self.app.store, job_id, "FAILURE",
+                                      error=error)
+        raise JobRevoked(f"job {job_id} ended as worker_lost")
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         lifecycle.finish_job_retrying(self.app.messenger, self.app.store, task_id, "SUCCESS",
@@ -110,10 +133,17 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue_jobs,
         task_routes={"jobgate.*": {"queue": settings.queue_webhooks}},
-        # A message not acked within the visibility timeout is delivered again: keep it
-        # above the longest job (demo.sleep caps at 1 h), see docs/configuration.md.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout,
-                                  "socket_connect_timeout": 2, "socket_timeout": 5},
+        # A message not acked within the visibility timeout is delivered again. Workers
+        # keep the messages they hold fresh (tasks.upkeep), so the timeout bounds how
+        # long a dead worker's jobs wait, not how long a job may run: kombu looks for
+        # such messages every few seconds (throttle 1) and its restore lock is short, so
+        # a worker killed while holding it does not block restores for 5 minutes.
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": max(1, settings.visibility_timeout // 6),
+            "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": max(5, settings.visibility_timeout // 2),
+            "socket_connect_timeout": 2, "socket_timeout": 5},
         # Fail fast when Redis is down: the gateway answers 503 instead of hanging.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
                                    "interval_step": 0.2, "interval_max": 0.5},
@@ -125,15 +155,11 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         redis_max_connections=settings.redis_max_connections,
         worker_hijack_root_logger=False,
     )
-    longest_wait = max([3600.0, *settings.webhook_retry_delays])
-    if settings.visibility_timeout <= longest_wait:
-        log.warning("JOBGATE_VISIBILITY_TIMEOUT=%s is not above the longest job or webhook "
-                    "retry delay (%ss): such messages will be delivered twice",
-                    settings.visibility_timeout, longest_wait)
+    app.steps["consumer"].add(Upkeep)  # fresh messages, due retries, the sweeper
     for job_type in job_types(demo=settings.demo_tasks).values():
         # shared=False: each app built here owns its tasks (tests build several apps).
-        app.task(name=job_type.name, base=JobTask, bind=True, shared=False)(
-            _task_body(job_type))
+        app.task(name=job_type.name, base=JobTask, bind=True, shared=False,
+                 retry_on_worker_lost=job_type.retry_on_worker_lost)(_task_body(job_type))
     webhooks.register(app)  # jobgate's own task: webhook delivery, on its own queue
     return app
 

@@ -25,20 +25,28 @@ class JobType:
     params: type[Schema]
     description: str
     demo: bool = False
+    # Run the job again when the worker running it was lost (killed, OOM, node gone);
+    # False for a task that must not run twice: it then ends FAILURE with "worker_lost".
+    retry_on_worker_lost: bool = True
 
 
 REGISTRY: dict[str, JobType] = {}
 
 
 def job_task(name: str, *, params: type[Schema], description: str | None = None,
-             demo: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare a job type; the function gets a Progress helper and the loaded params."""
+             demo: bool = False, retry_on_worker_lost: bool = True,
+             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a job type; the function gets a Progress helper and the loaded params.
+
+    ``retry_on_worker_lost=False`` marks a task that is not safe to run twice: if the
+    worker running it dies, the job ends FAILURE (``worker_lost``) instead of running again.
+    """
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY and REGISTRY[name].func is not func:
             raise ValueError(f"job type {name!r} is declared twice")
         doc = description or (func.__doc__ or "").strip().splitlines()[0]
-        REGISTRY[name] = JobType(name, func, params, doc, demo)
+        REGISTRY[name] = JobType(name, func, params, doc, demo, retry_on_worker_lost)
         return func
 
     return register

@@ -6,8 +6,8 @@ from typing import Any
 
 from celery import Celery
 
-from jobgate.attempts import AUTO_CHAIN, run_attempt
-from jobgate.messages import DELIVER_TASK
+from jobgate.attempts import run_attempt
+from jobgate.messages import AUTO_CHAIN, DELIVER_TASK
 
 
 def register(app: Celery) -> Any:

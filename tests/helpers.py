@@ -56,6 +56,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_QUEUE_JOBS": settings.queue_jobs,
         "JOBGATE_QUEUE_WEBHOOKS": settings.queue_webhooks,
         "JOBGATE_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
+        "JOBGATE_SWEEP_INTERVAL": str(settings.sweep_interval),
         "JOBGATE_MAX_BODY": str(settings.max_body),
         "JOBGATE_MAX_WAIT": str(settings.max_wait),
         "JOBGATE_WEBHOOK_SECRET_GRACE": str(settings.webhook_secret_grace),

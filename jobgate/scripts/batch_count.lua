@@ -1,13 +1,25 @@
 -- Count one member's outcome once (a member already counted is ignored: re-runs and
--- retries of the finish path cannot count twice). Returns 1 when this member was the
--- last one, i.e. exactly once per batch; 0 otherwise; -1 if the batch is unknown.
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+-- retries of the finish path cannot count twice). The member that completes the batch
+-- sets finished_at, takes the batch off the live set and, if the batch has a callback URL,
+-- queues batch.completed in this same script (ARGV[5] onto KEYS[4], marked open in
+-- KEYS[5]), so a completed batch never lacks its event.
+-- KEYS: batch hash, counted members, member ids, webhooks queue, open deliveries, live
+-- batches. ARGV: member job id, outcome counter, finished_at, retention, message ('' when
+-- the caller sends it), open member, open deadline, batch id.
+-- Returns {-1} unknown batch, {0} not the last member, {1, wants_event, queued}.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return {0} end
 redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 local completed = redis.call('HINCRBY', KEYS[1], 'completed', 1)
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
-if completed < total or redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then return 0 end
+if completed < total or redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then return {0} end
 redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
-return 1
+redis.call('ZREM', KEYS[6], ARGV[8])
+local callback = redis.call('HGET', KEYS[1], 'callback_url') or ''
+if callback == '' then return {1, 0, 0} end
+if ARGV[5] == '' then return {1, 1, 0} end
+redis.call('LPUSH', KEYS[4], ARGV[5])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6])
+return {1, 1, 1}

@@ -1,9 +1,12 @@
 -- Record one attempt and close its claim, atomically: number it (HINCRBY), summarise it,
 -- append its entry (ARGV[7] is the entry's JSON up to '"attempt":', the number is added
 -- here), trim and expire the log, mirror state and attempts on the job record only while
--- it exists (ARGV[8] == '1'), and mark the claim done (KEYS[3], '' for none).
--- KEYS: summary, log, claim, job record. ARGV: state, webhook id, event, at, retention,
--- max log, entry head, mirror flag.
+-- it exists (ARGV[8] == '1'), mark the claim done (KEYS[3], '' for none), close this
+-- attempt in the open deliveries and, when another attempt follows, schedule it on the
+-- due set and mark it open: an attempt is never recorded without its successor.
+-- KEYS: summary, log, claim, job record, open deliveries, due set. ARGV: state, webhook
+-- id, event, at, retention, max log, entry head, mirror flag, this attempt's task id,
+-- next attempt's task id ('' none), its open deadline, its due time, its due entry.
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'webhook_id', ARGV[2], 'event', ARGV[3],
            'last_attempt_at', ARGV[4])
@@ -15,4 +18,9 @@ if ARGV[8] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'webhook_state', ARGV[1], 'webhook_attempts', tostring(n))
 end
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], 'done', 'EX', ARGV[5]) end
+redis.call('ZREM', KEYS[5], ARGV[9])
+if ARGV[10] ~= '' then
+  redis.call('ZADD', KEYS[5], ARGV[11], ARGV[10])
+  redis.call('ZADD', KEYS[6], ARGV[12], ARGV[13])
+end
 return n

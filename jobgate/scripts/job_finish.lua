@@ -1,20 +1,27 @@
 -- Sets the terminal fields only if no terminal status is recorded yet: the first of the
 -- worker (success/failure), the revoke path or a re-run wins, exactly once per job. The
--- winner also counts the outcome, tells live listeners, queues the webhook delivery
--- message it was given (ARGV[4] onto list KEYS[4]) if the job has a callback URL, and gets
--- back what its other side effects need (callback URL, batch id, whether it queued):
--- one round trip for the whole end of a job, and no end recorded without its webhook.
+-- winner also counts the outcome, tells live listeners, takes the job off the live set,
+-- queues the webhook delivery message it was given (ARGV[4] onto list KEYS[4]) if the job
+-- has a callback URL, marking that delivery open (KEYS[6]) until an attempt records it,
+-- and gets back what its other side effects need (callback URL, batch id, whether it
+-- queued): one round trip for the whole end of a job, and no end recorded without its
+-- webhook.
+-- KEYS: job record, stats, events channel, webhooks queue, live jobs, open deliveries.
+-- ARGV: retention, status, event, message ('' none), open member, open deadline, job id,
+-- then the record's field/value pairs.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('HGET', KEYS[1], 'status') then return {0} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[5], ARGV[7])
 local found = redis.call('HMGET', KEYS[1], 'callback_url', 'batch_id')
 local callback = found[1] or ''
 local queued = 0
 if callback ~= '' and ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[4], ARGV[4])
+  redis.call('ZADD', KEYS[6], ARGV[6], ARGV[5])
   queued = 1
 end
 return {1, callback, found[2] or '', queued}

@@ -1,8 +1,14 @@
 -- A worker taking a job: refuse it if it already has a terminal status (revoked while
--- queued, or a redelivery of a finished job), else record the start once and publish it.
+-- queued, or a redelivery of a finished job), else record the start once, which worker
+-- runs it and how many runs it has had (a run > 1 means an earlier one was lost with its
+-- worker), and publish STARTED.
+-- KEYS: job record, events channel. ARGV: started_at, STARTED event, worker node name.
+-- Returns {-1} no record, {0, status} refused, {1, runs} run it.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status then return {0, status} end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'worker', ARGV[3])
+local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
 redis.call('PUBLISH', KEYS[2], ARGV[2])
-return {1}
+return {1, runs}

@@ -66,7 +66,7 @@ def test_partial_failure_completes_with_counts_and_one_signed_webhook(
     # Counting is idempotent: a member reported again changes nothing and fires nothing.
     svc = app.extensions["jobgate"]
     record = svc.store.job(batch["job_ids"][0])
-    assert batches.member_finished(svc.store, record) is False
+    assert batches.member_finished(svc.store, record) is None
     again = client.get(f"/v1/batches/{batch['batch_id']}", headers=partner["headers"])
     assert again.get_json()["completed"] == 4
 

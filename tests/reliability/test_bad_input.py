@@ -22,9 +22,11 @@ SLEEP = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
 
 
 def gateway_keys(redis_client: redis.Redis, prefix: str = "jobgate") -> dict[str, Any]:
-    """What a submit would change: the job records, listing indexes and idempotency keys."""
+    """What a submit would change: the job records, listing indexes and idempotency keys
+    (not the workers' own upkeep keys: liveness and the sweeper's lease come and go)."""
     keys = sorted(k for k in redis_client.scan_iter(f"{prefix}:*")
-                  if not k.startswith((f"{prefix}:events:", f"{prefix}:rate:")))
+                  if not k.startswith((f"{prefix}:events:", f"{prefix}:rate:",
+                                       f"{prefix}:worker:", f"{prefix}:sweeper")))
     return {"keys": keys, "indexes": {k: redis_client.zcard(k) for k in keys
                                       if k.startswith(f"{prefix}:jobs:")}}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,7 @@ import responses
 from config import Settings
 from jobgate.attempts import plan, run_attempt
 from jobgate.deliveries import Deliveries
-from jobgate.events import webhook_id
+from jobgate.events import delivery_task_id, webhook_id
 from jobgate.messages import DELIVER_TASK
 from jobgate.signing import generate_secret
 from jobgate.store import Store, secrets_of
@@ -43,6 +44,12 @@ class FakeApp(SimpleNamespace):
 
 def attempt(app: FakeApp, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
     return run_attempt(app.settings, app.store, app.messenger, *args, **kwargs)
+
+
+def scheduled(app: FakeApp) -> list[tuple[dict[str, Any], float]]:
+    """(entry, due time) of every retry the attempts scheduled on the due set."""
+    return [(json.loads(row), at)
+            for row, at in app.store.redis.zrange(app.store.due_key, 0, -1, withscores=True)]
 
 
 @pytest.fixture
@@ -73,19 +80,29 @@ def make_job(app: FakeApp, callback_url: str = URL) -> str:
 def test_status_decides_state_and_retry(fake_app: FakeApp, answer: int, state: str,
                                         retries: bool) -> None:
     job_id = make_job(fake_app)
+    started = time.time()
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=answer, headers={"Location": "https://elsewhere.example/"})
         entry = attempt(fake_app, "job", job_id, "job.succeeded")
     assert entry is not None and entry["status_code"] == answer
     record = fake_app.store.job(job_id)
     assert (record["webhook_state"], record["webhook_attempts"]) == (state, "1")
-    assert bool(fake_app.sent) == retries
+    assert fake_app.sent == []  # a retry is scheduled on the due set, never sent ahead
+    due = scheduled(fake_app)
+    assert bool(due) == retries
+    open_ids = fake_app.store.redis.zrange(fake_app.store.open_key, 0, -1)
     if retries:
-        [(name, options)] = fake_app.sent
-        assert name == DELIVER_TASK
-        assert options["kwargs"] == {"retry": 1, "chain": "auto"}
-        assert 0.16 <= options["countdown"] <= 0.24  # 0.2 s +- 20 % jitter
+        [(spec, at)] = due
+        assert spec["task"] == DELIVER_TASK and spec["queue"] == "webhooks"
+        assert spec["args"] == ["job", job_id, "job.succeeded"]
+        assert spec["kwargs"] == {"retry": 1, "chain": "auto"}
+        assert 0.16 <= at - started <= 0.24 + (time.time() - started)  # 0.2 s +- 20 %
         assert entry["next_attempt_at"] is not None
+        # The next attempt is open until it is recorded; this one is closed.
+        assert open_ids == [delivery_task_id("job", job_id, "job.succeeded", "auto", 1)]
+        assert spec["id"] == open_ids[0]
+    else:
+        assert open_ids == []
 
 
 @pytest.mark.parametrize("error", [requests.ConnectionError("refused"),
@@ -97,7 +114,7 @@ def test_transport_errors_are_retried(fake_app: FakeApp, error: Exception) -> No
         entry = attempt(fake_app, "job", job_id, "job.succeeded")
     assert entry["status_code"] is None and entry["error"]
     assert fake_app.store.job(job_id)["webhook_state"] == "retrying"
-    assert len(fake_app.sent) == 1
+    assert len(scheduled(fake_app)) == 1
 
 
 def test_retry_after_sets_the_countdown(fake_app: FakeApp) -> None:
@@ -105,7 +122,9 @@ def test_retry_after_sets_the_countdown(fake_app: FakeApp) -> None:
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=429, headers={"Retry-After": "7"})
         attempt(fake_app, "job", job_id, "job.succeeded")
-    assert fake_app.sent[0][1]["countdown"] == 7.0
+        recorded = time.time()
+    [(_, at)] = scheduled(fake_app)
+    assert recorded + 6.5 <= at <= recorded + 7.0
 
 
 def test_last_retry_failing_makes_the_delivery_failed(fake_app: FakeApp) -> None:
@@ -113,7 +132,7 @@ def test_last_retry_failing_makes_the_delivery_failed(fake_app: FakeApp) -> None
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=500)
         entry = attempt(fake_app, "job", job_id, "job.succeeded", retry=3)
-    assert fake_app.sent == []
+    assert fake_app.sent == [] and scheduled(fake_app) == []
     assert entry["next_attempt_at"] is None
     assert fake_app.store.job(job_id)["webhook_state"] == "failed"
 

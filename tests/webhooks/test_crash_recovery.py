@@ -50,7 +50,7 @@ def test_redelivered_finished_job_sends_its_missing_webhook_once(app, client, pa
 def test_the_end_and_its_webhook_message_are_one_write(app, partner, redis_client):
     """No window at all on the usual path: the script that records the end pushes the
     delivery message, only for a job with a callback URL, and only for the first end."""
-    from jobgate.lifecycle import webhook_message
+    from jobgate.lifecycle import event_message
 
     svc = app.extensions["jobgate"]
     queue = "end-check-" + partner["id"]
@@ -61,12 +61,13 @@ def test_the_end_and_its_webhook_message_are_one_write(app, partner, redis_clien
     try:
         for record in (with_hook, poll_only):
             svc.store.create_job(record)
-            _, message = webhook_message(svc.messenger, record["job_id"], "SUCCESS")
+            _, message, task_id = event_message(svc.messenger, "job", record["job_id"],
+                                                "job.succeeded")
             ended = svc.store.finish_job(record["job_id"], "SUCCESS",
-                                         webhook_message=(queue, message), result={})
+                                         webhook_message=(queue, message, task_id), result={})
             assert ended["webhook_queued"] is (record is with_hook)
             assert svc.store.finish_job(record["job_id"], "FAILURE",
-                                        webhook_message=(queue, message)) is None
+                                        webhook_message=(queue, message, task_id)) is None
         [raw] = redis_client.lrange(queue, 0, -1)
         assert json.loads(raw)["headers"]["task"] == "jobgate.deliver_webhook"
         assert json.loads(raw)["headers"]["argsrepr"] == repr(

@@ -1,0 +1,66 @@
+"""Deliveries scheduled for later: a Redis sorted set of task messages by due time.
+
+Webhook retries wait minutes to hours. As Celery ETA tasks they would sit unacknowledged
+in a worker's memory all that time, which forces the broker's visibility timeout above
+the longest delay, so a killed worker's jobs would wait hours to run again. Instead a
+retry is an entry here (Sidekiq's retry set), written in the script that records the
+attempt before it, and every worker moves due entries onto their queue once a second
+(``move_due``); the move is atomic per entry, so workers doing it at once never queue an
+entry twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from jobgate.messages import Messenger
+from jobgate.store import Store
+
+MOVE_BATCH = 500  # entries moved per call at most
+
+
+def entry(task: str, task_id: str, *, queue: str, args: Sequence[Any] = (),
+          kwargs: dict[str, Any] | None = None) -> str:
+    """A due-set entry: the task to send, as compact JSON (unique by its task id)."""
+    return json.dumps({"id": task_id, "task": task, "queue": queue, "args": list(args),
+                       "kwargs": kwargs or {}}, separators=(",", ":"), sort_keys=True)
+
+
+def move_due(store: Store, messenger: Messenger, *, now: float | None = None,
+             limit: int = MOVE_BATCH) -> int:
+    """Queue every entry due by ``now``; returns how many this call moved."""
+    now = time.time() if now is None else now
+    rows = store.redis.zrangebyscore(store.due_key, "-inf", now, start=0, num=limit)
+    if not rows:
+        return 0
+    specs = [json.loads(row) for row in rows]
+    if messenger.inline:
+        keys, args = [store.due_key], []
+        for row, spec in zip(rows, specs, strict=True):
+            keys.append(spec["queue"])
+            args += [row, messenger.envelope(spec["task"], spec["id"], queue=spec["queue"],
+                                             args=spec["args"], kwargs=spec["kwargs"])]
+        return int(store.scripts["due_move"](keys=keys, args=args))
+    moved = 0
+    for row, spec in zip(rows, specs, strict=True):
+        if not store.redis.zrem(store.due_key, row):  # another worker took it
+            continue
+        try:
+            messenger.send(spec["task"], queue=spec["queue"], args=spec["args"],
+                           kwargs=spec["kwargs"], task_id=spec["id"])
+        except Exception:
+            store.redis.zadd(store.due_key, {row: now})  # put it back for the next pass
+            raise
+        moved += 1
+    return moved
+
+
+def due_ids(store: Store) -> set[str]:
+    """Task ids of every scheduled entry (for the sweeper)."""
+    found: set[str] = set()
+    for row, _ in store.redis.zscan_iter(store.due_key, count=1000):
+        found.add(json.loads(row)["id"])
+    return found

@@ -1,0 +1,165 @@
+"""Repair records that disagree with the broker; one worker runs a pass at a time.
+
+What a pass looks for, each counted in ``<prefix>:repairs`` (``/metrics``) and logged:
+
+- ``job_requeued``: a job still live (PENDING or STARTED) whose message is nowhere, neither
+  queued nor held by a worker (a worker died between taking a message and recording it,
+  or Redis lost it): its message is queued again, from the params kept in the record. A
+  job whose worker died while running it is the broker's to redeliver (the visibility
+  timeout, see tasks.upkeep) and is found here only if that message is gone too.
+- ``job_failed_lost``: the same, for a record too old to carry its params: it ends FAILURE.
+- ``delivery_requeued``: a delivery attempt queued or scheduled but never recorded whose
+  message is nowhere (lost with a worker, or the attempt died on a Redis error): queued
+  again under the same task id; the attempt's claim stops a second send.
+- ``batch_member_counted``: an ended member a batch never counted; counting it may
+  complete the batch and queue ``batch.completed``.
+
+"Nowhere" is decided from the broker itself: the queues, kombu's unacknowledged messages
+and the due set, read twice so that a message between two of them is not missed. That
+needs the broker to be the store's Redis (``messenger.inline``); with another broker only
+batch counts are repaired.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from jobgate import lifecycle
+from jobgate.batches import batch_record, member_ids
+from jobgate.due import due_ids
+from jobgate.events import parse_delivery_task_id
+from jobgate.messages import DELIVER_TASK, Messenger
+from jobgate.status import TERMINAL
+from jobgate.store import Store
+
+log = logging.getLogger("jobgate.sweeper")
+
+LIMIT = 1000  # candidates of each kind looked at per pass
+UNACKED_KEY = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, key]
+
+
+def inflight_ids(store: Store, queues: list[str]) -> set[str]:
+    """Task ids of every message queued on ``queues``, held unacknowledged by a worker, or
+    scheduled on the due set."""
+    client, found = store.redis, due_ids(store)
+    for queue in queues:
+        for start in range(0, client.llen(queue), 1000):
+            for raw in client.lrange(queue, start, start + 999):
+                found.add(_task_id(raw))
+    for _, raw in client.hscan_iter(UNACKED_KEY, count=1000):
+        try:
+            found.add(_task_id(json.loads(raw)[0]))
+        except (ValueError, IndexError, TypeError):
+            continue
+    found.discard("")
+    return found
+
+
+def _task_id(message: Any) -> str:
+    try:
+        envelope = json.loads(message) if isinstance(message, str) else message
+        return str(envelope["headers"]["id"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
+def sweep(store: Store, messenger: Messenger, *, stale_after: float,
+          now: float | None = None) -> Counter[str]:
+    """One pass; returns the repairs made by kind."""
+    now = time.time() if now is None else now
+    repairs: Counter[str] = Counter()
+    _count_batches(store, messenger, now - stale_after, repairs)
+    if not messenger.inline:
+        return _recorded(store, repairs)
+    live = store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after,
+                                     start=0, num=LIMIT)
+    overdue = store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
+    if not live and not overdue:
+        return _recorded(store, repairs)
+    queues = [messenger.jobs_queue, messenger.webhooks_queue]
+    seen = inflight_ids(store, queues)
+    missing_jobs = [job_id for job_id in live if job_id not in seen]
+    missing_deliveries = [task_id for task_id in overdue if task_id not in seen]
+    if missing_jobs or missing_deliveries:
+        seen = inflight_ids(store, queues)  # again: a message moving between two reads
+        _repair_jobs(store, messenger, [j for j in missing_jobs if j not in seen], repairs)
+        _repair_deliveries(store, messenger,
+                           [t for t in missing_deliveries if t not in seen], repairs)
+    # Overdue but found queued (a backlog) or just repaired: look again a grace later.
+    if overdue:
+        store.redis.zadd(store.open_key, dict.fromkeys(overdue, now + store.open_grace),
+                         xx=True)
+    return _recorded(store, repairs)
+
+
+def _recorded(store: Store, repairs: Counter[str]) -> Counter[str]:
+    if repairs:
+        pipe = store.redis.pipeline()
+        for kind, count in repairs.items():
+            pipe.hincrby(store.key("repairs"), kind, count)
+        pipe.execute()
+    return repairs
+
+
+def _repair_jobs(store: Store, messenger: Messenger, job_ids: list[str],
+                 repairs: Counter[str]) -> None:
+    for job_id, record in zip(job_ids, store.jobs(job_ids), strict=True):
+        if record is None or record.get("status") in TERMINAL:
+            store.redis.zrem(store.key("live"), job_id)  # expired, or ended: not live
+            continue
+        if "params" not in record:
+            log.warning("job %s: its message was lost and its record has no params; "
+                        "ending it", job_id, extra={"job_id": job_id})
+            lifecycle.finish_job(messenger, store, job_id, "FAILURE",
+                                 error="lost: the job's message was lost before it ended.")
+            repairs["job_failed_lost"] += 1
+            continue
+        queue = messenger.jobs_queue
+        # RPUSH: the consuming end of kombu's list, so the repaired job runs next.
+        store.redis.rpush(queue, messenger.envelope(record["task"], record["task_id"],
+                                                    queue=queue, kwargs=record["params"]))
+        log.warning("job %s (%s) had no message anywhere; queued it again", job_id,
+                    "started" if record.get("started_at") else "pending",
+                    extra={"job_id": job_id})
+        repairs["job_requeued"] += 1
+
+
+def _repair_deliveries(store: Store, messenger: Messenger, task_ids: list[str],
+                       repairs: Counter[str]) -> None:
+    queue = messenger.webhooks_queue
+    for task_id in task_ids:
+        parsed = parse_delivery_task_id(task_id)
+        if parsed is None:
+            store.redis.zrem(store.open_key, task_id)
+            continue
+        kind, subject_id, event, chain, retry = parsed
+        store.redis.rpush(queue, messenger.envelope(
+            DELIVER_TASK, task_id, queue=queue, args=[kind, subject_id, event],
+            kwargs={"retry": retry, "chain": chain}))
+        log.warning("delivery %s had no message anywhere; queued it again", task_id,
+                    extra={"job_id": subject_id})
+        repairs["delivery_requeued"] += 1
+
+
+def _count_batches(store: Store, messenger: Messenger, before: float,
+                   repairs: Counter[str]) -> None:
+    live_key = store.key("batches", "live")
+    for batch_id in store.redis.zrangebyscore(live_key, "-inf", before, start=0, num=LIMIT):
+        record = batch_record(store, batch_id)
+        if record is None or record.get("finished_at"):
+            store.redis.zrem(live_key, batch_id)
+            continue
+        ids = member_ids(store, batch_id)
+        counted = store.redis.smismember(store.key("batch", batch_id, "done"), ids) if ids \
+            else []
+        for job_id, done, job in zip(ids, counted, store.jobs(ids), strict=True):
+            if done or job is None or job.get("status") not in TERMINAL:
+                continue
+            lifecycle.count_batch_member(messenger, store, job)
+            log.warning("batch %s never counted member %s; counted it", batch_id, job_id,
+                        extra={"batch_id": batch_id, "job_id": job_id})
+            repairs["batch_member_counted"] += 1
