@@ -209,17 +209,15 @@ def listing(svc: Services, principal: Principal, *, status: str | None, task: st
     """The caller's jobs, newest first, filtered; ``next_cursor`` continues the list."""
     index = "all" if principal.is_admin else principal.partner_id
     jobs: list[dict[str, Any]] = []
-    scanned = 0
-    position = cursor
-    for record, position in svc.store.iter_index(index, cursor=cursor, max_scan=MAX_SCAN):
-        scanned += 1
-        if task and record.get("task") != task:
-            continue
-        view = describe(svc, record)
-        if status and view["status"] != status:
-            continue
-        jobs.append(view)
-        if len(jobs) == limit:
+    for scanned, (record, position) in enumerate(
+            svc.store.iter_index(index, cursor=cursor), start=1):
+        if record is not None and (not task or record.get("task") == task):
+            view = describe(svc, record)
+            if not status or view["status"] == status:
+                jobs.append(view)
+                if len(jobs) == limit:
+                    return {"jobs": jobs, "next_cursor": position}
+        if scanned >= MAX_SCAN:
+            # Scan budget used up (expired entries count too): hand back where to resume.
             return {"jobs": jobs, "next_cursor": position}
-    # Scan budget used up before the list ended: hand back where to resume.
-    return {"jobs": jobs, "next_cursor": position if scanned >= MAX_SCAN else None}
+    return {"jobs": jobs, "next_cursor": None}

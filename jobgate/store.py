@@ -286,25 +286,23 @@ class Store:
             rows = self.redis.zrevrange(key, 0, limit - 1, withscores=True)
         return [(member, f"{score!r}:{member}") for member, score in rows[:limit]]
 
-    def iter_index(self, index: str, *, cursor: str | None, batch: int = 100,
-                   max_scan: int = 1000) -> Iterator[tuple[dict[str, Any], str]]:
-        """Job records of an index, newest first, each with the cursor just past it.
+    def iter_index(self, index: str, *, cursor: str | None,
+                   batch: int = 100) -> Iterator[tuple[dict[str, Any] | None, str]]:
+        """Every entry of an index, newest first: its record (None once expired) and the
+        cursor just past it; ends at the end of the index.
 
-        Index entries whose record has expired are dropped on the way.
+        Expired entries are yielded too, so a caller with a scan budget counts them, and
+        are dropped from the index on the way.
         """
-        scanned = 0
-        while scanned < max_scan:
+        while True:
             rows = self.page(index, limit=batch, cursor=cursor)
             records = self.jobs(job_id for job_id, _ in rows)
-            stale = []
-            for (job_id, position), record in zip(rows, records, strict=True):
-                scanned += 1
-                if record is None:
-                    stale.append(job_id)
-                else:
-                    yield record, position
+            stale = [job_id for (job_id, _), record in zip(rows, records, strict=True)
+                     if record is None]
             if stale:
                 self.redis.zrem(self.key("jobs", index), *stale)
+            for (_, position), record in zip(rows, records, strict=True):
+                yield record, position
             if len(rows) < batch:
                 return
             cursor = rows[-1][1]
