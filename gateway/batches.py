@@ -20,6 +20,7 @@ from gateway.revoke import revoke_job
 from gateway.schemas import load_or_422
 from jobgate import lifecycle
 from jobgate.batches import COUNTERS, MAX_BATCH, batch_record, batch_view, keys, member_ids
+from jobgate.failpoints import failpoint
 from jobgate.status import TERMINAL
 from jobgate.store import new_id, utcnow
 
@@ -74,6 +75,7 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
         "total": len(records), "completed": 0, **dict.fromkeys(COUNTERS, 0),
         "metadata": json.dumps(batch["metadata"])}
     messenger, queue = svc.messenger, svc.messenger.jobs_queue
+    failpoint("batch.create.before")
     if messenger.inline:
         # The batch, every member and every member's message: one MULTI/EXEC.
         messages = [(queue, messenger.envelope(r["task"], r["task_id"], queue=queue,

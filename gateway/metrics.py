@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.extensions import Services
+from jobgate.sweeper import REPAIR_KINDS
 
 bp = Blueprint("metrics", __name__)
 
@@ -27,11 +28,14 @@ class RedisCollector:
     def collect(self):
         store, settings = self.svc.store, self.svc.settings
         try:
-            counts = store.redis.hgetall(store.key("stats"))
             pipe = store.redis.pipeline()
+            pipe.hgetall(store.key("stats"))
+            pipe.hgetall(store.key("repairs"))
+            pipe.zcard(store.due_key)
+            pipe.zcard(store.open_key)
             for queue in (settings.queue_jobs, settings.queue_webhooks):
                 pipe.llen(queue)
-            depths = pipe.execute()
+            counts, repaired, due, open_deliveries, *depths = pipe.execute()
         except Exception:  # noqa: BLE001 - a scrape must not fail when Redis is down
             up = GaugeMetricFamily("jobgate_redis_up", "Redis answered this scrape")
             up.add_metric([], 0)
@@ -51,6 +55,20 @@ class RedisCollector:
                                strict=True):
             queue.add_metric([name], depth)
         yield queue
+        repairs = CounterMetricFamily(
+            "jobgate_repairs", "Records the sweeper repaired, by kind (jobgate.sweeper)",
+            labels=["kind"])
+        for kind in REPAIR_KINDS:
+            repairs.add_metric([kind], float(repaired.get(kind, 0)))
+        yield repairs
+        scheduled = GaugeMetricFamily("jobgate_deliveries_scheduled",
+                                      "Webhook retries waiting on the due set")
+        scheduled.add_metric([], due)
+        yield scheduled
+        pending = GaugeMetricFamily("jobgate_deliveries_open",
+                                    "Webhook attempts queued or scheduled, not yet recorded")
+        pending.add_metric([], open_deliveries)
+        yield pending
 
 
 def init_metrics(app: Flask) -> None:

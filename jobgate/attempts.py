@@ -22,14 +22,15 @@ from typing import Any
 
 from config import Settings
 from jobgate import __version__
-from jobgate.deliveries import Deliveries
+from jobgate.deliveries import Begun, Deliveries
 from jobgate.delivery import Attempt, deliver, retry_delay
 from jobgate.due import entry as due_entry
 from jobgate.events import SUBJECTS, delivery_task_id, event_body, webhook_id
+from jobgate.failpoints import failpoint
 from jobgate.lifecycle import enqueue_webhook
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.ssrf import parse_allowlist
-from jobgate.store import Store, utcnow
+from jobgate.store import CLAIM_MARGIN, Store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def iso(timestamp: float) -> str:
 
 def run_attempt(settings: Settings, store: Store, messenger: Messenger, kind: str,
                 subject_id: str, event: str, *, retry: int = 0,
-                chain: str = AUTO_CHAIN) -> dict[str, Any] | None:
+                chain: str = AUTO_CHAIN, node: str = "") -> dict[str, Any] | None:
     """Send attempt ``retry`` (0 = first) of ``chain``; returns the recorded attempt.
 
     Redis round trips: one to claim the attempt and read the subject, the stored body and
@@ -66,15 +67,32 @@ def run_attempt(settings: Settings, store: Store, messenger: Messenger, kind: st
     subject = SUBJECTS.get(kind)
     if subject is None:  # unknown kind: nothing to send, but take the attempt as before
         log.warning("unknown webhook subject kind %r for %s", kind, subject_id)
-        if books.claim(subject_id, token, lease=settings.webhook_timeout + 30):
+        if books.claim(subject_id, token, lease=settings.webhook_timeout + CLAIM_MARGIN):
             books.complete(subject_id, token, task_id)
         return None
-    begun = books.begin(subject_id, token, settings.webhook_timeout + 30, event,
-                        subject.record_key(store, subject_id))
+    begun = books.begin(subject_id, token, settings.webhook_timeout + CLAIM_MARGIN, event,
+                        subject.record_key(store, subject_id), node=node, task_id=task_id)
     if begun is None:
         log.info("webhook %s attempt %s already taken; skipping", subject_id, token,
                  extra={"job_id": subject_id})
         return None
+    try:
+        return _attempt(settings, store, messenger, books, begun, kind, subject_id, event,
+                        retry=retry, chain=chain, token=token, task_id=task_id)
+    except Exception:
+        # Free the claim (best effort: Redis may be what failed), so that the sweeper's
+        # new message for this still-open attempt can run it without waiting for the
+        # claim to lapse.
+        books.release(subject_id, token)
+        raise
+
+
+def _attempt(settings: Settings, store: Store, messenger: Messenger, books: Deliveries,
+             begun: Begun, kind: str, subject_id: str, event: str, *, retry: int, chain: str,
+             token: str, task_id: str) -> dict[str, Any] | None:
+    """The attempt once claimed: build or read the body, POST it, record it."""
+    failpoint("delivery.begun")
+    subject = SUBJECTS[kind]
     callback_url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id")
     if not begun.record or not callback_url:
         books.complete(subject_id, token, task_id)
@@ -97,6 +115,7 @@ def run_attempt(settings: Settings, store: Store, messenger: Messenger, kind: st
                           user_agent=USER_AGENT, retry_after_cap=RETRY_AFTER_CAP)
     else:
         attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)
+    failpoint("delivery.sent")
     state, delay = plan(attempt.outcome, retry + 1, settings.webhook_retry_delays,
                         attempt.retry_after)
     entry = {"webhook_id": wid, "event": event, "at": at, "status_code": attempt.status_code,

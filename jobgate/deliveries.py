@@ -77,15 +77,18 @@ class Deliveries:
 
     # ----------------------------------------------------------------- attempt
     def begin(self, subject_id: str, token: str, lease: float, event: str,
-              record_key: str) -> Begun | None:
-        """Claim attempt ``token`` (like ``claim``) and read what the attempt needs.
+              record_key: str, node: str = "", task_id: str = "") -> Begun | None:
+        """Claim attempt ``token`` for worker ``node`` and read what the attempt needs.
 
-        None if the attempt runs or ran elsewhere; otherwise the record at ``record_key``,
-        the stored body of ``event`` and the record's partner, all in one round trip.
+        None if the attempt ran, or runs on a node still alive; a claim whose node died
+        is taken over. Otherwise the record at ``record_key``, the stored body of ``event``
+        and the record's partner, all in one round trip.
         """
-        found = self.scripts["delivery_begin"](keys=[self.claim_key(subject_id, token),
-                                  self.body_key(subject_id, event), record_key],
-                            args=[max(1, int(lease) + 1), self.store.key("partner", "")])
+        found = self.scripts["delivery_begin"](
+            keys=[self.claim_key(subject_id, token), self.body_key(subject_id, event),
+                  record_key, self.store.open_key],
+            args=[max(1, int(lease) + 1), self.store.key("partner", ""), node,
+                  self.store.key("worker", ""), task_id])
         if not found:
             return None
         record, body, partner = found
@@ -110,6 +113,13 @@ class Deliveries:
         if task_id:
             pipe.zrem(self.store.open_key, task_id)
         pipe.execute()
+
+    def release(self, subject_id: str, token: str) -> None:
+        """Drop an attempt's claim after it failed before being recorded (best effort)."""
+        try:
+            self.redis.delete(self.claim_key(subject_id, token))
+        except Exception:  # noqa: BLE001 - the caller re-raises the original error
+            pass
 
     # --------------------------------------------------------------- attempts
     def record(self, subject_id: str, entry: dict[str, Any], state: str,

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from jobgate import batches
 from jobgate.events import BATCH_COMPLETED, JOB_EVENTS, delivery_task_id, job_event
+from jobgate.failpoints import failpoint
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.store import Store
 
@@ -30,6 +31,7 @@ def finish_job(messenger: Messenger, store: Store, job_id: str, status: str,
                                                       job_event(status)), **fields)
     if ended is None:
         return False
+    failpoint("job.end.after")
     if ended["webhook_queued"]:
         log.info("queued %s for job %s", job_event(status), job_id, extra={"job_id": job_id})
     side_effects(messenger, store, ended, webhook_queued=ended["webhook_queued"])
@@ -96,6 +98,7 @@ def side_effects(messenger: Messenger, store: Store, record: dict[str, Any], *,
 def count_batch_member(messenger: Messenger, store: Store, record: dict[str, Any]) -> None:
     """Count a member's end in its batch; the last one queues ``batch.completed`` (in the
     counting script itself when the broker is the store's Redis)."""
+    failpoint("batch.count.before")
     batch_id = record["batch_id"]
     message = event_message(messenger, "batch", batch_id, BATCH_COMPLETED)
     if batches.member_finished(store, record, message) == "send":

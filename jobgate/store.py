@@ -26,7 +26,7 @@ KEY_CACHE_TTL = 30.0  # seconds a partner found by its API key is remembered in-
 KEY_CACHE_SIZE = 10_000
 POOL_WAIT = 5.0  # seconds a caller waits for a free Redis connection when all are in use
 JSON_FIELDS = ("metadata", "result", "progress", "params")
-OPEN_GRACE = 60.0  # seconds past its due time before an open delivery counts as stranded
+CLAIM_MARGIN = 30.0  # seconds an attempt's claim outlives its HTTP timeout
 
 
 def utcnow() -> str:
@@ -53,12 +53,14 @@ class Store:
     """Typed access to jobgate's Redis keys; every key starts with ``prefix``."""
 
     def __init__(self, client: redis.Redis, *, prefix: str = "jobgate", retention: int = 604800,
-                 live_ttl: int | None = None, open_grace: float = OPEN_GRACE) -> None:
+                 live_ttl: int | None = None,
+                 open_grace: float = 10.0 + CLAIM_MARGIN) -> None:
         self.redis = client
         self.prefix = prefix
         self.retention = retention
         # How long past its due time a queued delivery may go unrecorded before the
-        # sweeper looks for its message (at least one attempt's lease).
+        # sweeper looks for its message: one attempt's claim (its HTTP timeout plus
+        # CLAIM_MARGIN), so a running attempt is never mistaken for a lost one.
         self.open_grace = open_grace
         # A live job keeps its record at least as long as a finished one, plus the
         # longest time a job may stay queued or running.
@@ -81,7 +83,7 @@ class Store:
         return cls.from_url(settings.redis_url, prefix=settings.key_prefix,
                             retention=settings.job_retention,
                             max_connections=settings.redis_max_connections,
-                            open_grace=OPEN_GRACE + settings.webhook_timeout)
+                            open_grace=settings.webhook_timeout + CLAIM_MARGIN)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))

@@ -38,6 +38,8 @@ from jobgate.store import Store
 
 log = logging.getLogger("jobgate.sweeper")
 
+REPAIR_KINDS = ("job_requeued", "job_failed_lost", "delivery_requeued",
+                "batch_member_counted")
 LIMIT = 1000  # candidates of each kind looked at per pass
 UNACKED_KEY = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, key]
 

@@ -12,6 +12,7 @@ from celery.signals import task_revoked
 
 from config import Settings
 from jobgate import lifecycle
+from jobgate.failpoints import failpoint
 from jobgate.status import error_message
 from jobgate.store import Store
 from tasks import webhooks
@@ -75,6 +76,7 @@ class JobTask(Task):
                                              request=self.request)
             lifecycle.side_effects(self.app.messenger, store, record)
             raise JobRevoked(f"job {job_id} already {refused}")
+        failpoint("job.started")
         if runs > 1 and (not self.retry_on_worker_lost or runs > MAX_RUNS):
             self._end_worker_lost(job_id, runs)
         if runs > 1:
@@ -94,6 +96,7 @@ class JobTask(Task):
         raise JobRevoked(f"job {job_id} ended as worker_lost")
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        failpoint("job.end.before")
         lifecycle.finish_job_retrying(self.app.messenger, self.app.store, task_id, "SUCCESS",
                                       result=retval)
 

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore
 
+from jobgate.failpoints import failpoint
 from tasks.publish import state_meta
 
 
@@ -46,6 +47,7 @@ class Progress:
         if self.store is not None and self.job_id:
             meta = self._celery_meta(info)
             answer = self.store.report_progress(self.job_id, info, meta)
+            failpoint("job.progress")
             if answer == 0:
                 raise JobRevoked(f"job {self.job_id} was revoked or already ended")
             if meta is not None and answer == 1:

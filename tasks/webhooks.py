@@ -20,6 +20,6 @@ def register(app: Celery) -> Any:
         """Deliver one webhook attempt (see jobgate.attempts)."""
         app = self.app
         return run_attempt(app.settings, app.store, app.messenger, kind, subject_id, event,
-                           retry=retry, chain=chain)
+                           retry=retry, chain=chain, node=self.request.hostname or "")
 
     return deliver_webhook
