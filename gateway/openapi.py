@@ -63,49 +63,24 @@ AUTH = (401, 500, 503)
 READ = (*AUTH, 404)
 WRITE = (400, *AUTH, 413, 422)
 
-# Registered under these names, in this order; a schema a view names that is not listed
-# here is registered by the MarshmallowPlugin under its class name less "Schema".
+# Component schemas, registered under these names in this order: a nested schema before
+# the ones holding it, since the MarshmallowPlugin registers a nested schema it has not
+# seen yet under its class name less "Schema" (as it does for a schema a view names that
+# is not listed here), and registering that name again fails.
 COMPONENTS = ("Error", "Job", "JobList", "JobSubmit", "Partner", "PartnerCreated",
-              "PartnerCreate", "Secret", "TaskInfo", "Revoke", "Health")
+              "PartnerCreate", "PartnerList", "Secret", "TaskInfo", "Revoke", "Health",
+              "Delivery", "Deliveries", "Redelivery", "BatchMember", "Batch", "BatchSubmit")
 
-DELIVERY = {
-    "type": "object",
-    "properties": {
-        "webhook_id": {"type": "string"}, "event": {"type": "string"},
-        "attempt": {"type": "integer"}, "at": {"type": "string"},
-        "status_code": {"type": "integer", "nullable": True},
-        "error": {"type": "string", "nullable": True},
-        "duration_ms": {"type": "integer"},
-        "next_attempt_at": {"type": "string", "nullable": True},
-        "outcome": {"type": "string", "enum": ["delivered", "retry", "failed"]},
-        "redelivery": {"type": "boolean"},
-    },
+# Headers of a submission's answer (gateway.views.common.accepted).
+ACCEPTED_HEADERS = {
+    "Location": {"description": "Where to read what was queued.",
+                 "schema": {"type": "string"}},
+    "Retry-After": {"description": "Seconds to wait before the first read.",
+                    "schema": {"type": "integer"}},
 }
-BATCH = {
-    "type": "object",
-    "required": ["batch_id"],
-    "properties": {
-        "batch_id": {"type": "string"}, "status": {"type": "string"},
-        "total": {"type": "integer"}, "completed": {"type": "integer"},
-        "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
-        "revoked": {"type": "integer"}, "percent": {"type": "integer"},
-        "job_ids": {"type": "array", "items": {"type": "string"}},
-        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
-    },
-}
-BATCH_SUBMIT = {
-    "type": "object",
-    "required": ["jobs"],
-    "additionalProperties": False,
-    "properties": {
-        "jobs": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["task"], "additionalProperties": False,
-            "properties": {"task": {"type": "string"}, "params": {"type": "object"},
-                           "metadata": {"type": "object"}}}},
-        "callback_url": {"type": "string", "nullable": True},
-        "metadata": {"type": "object"},
-    },
-}
+
+# The body of routes that take no fields but refuse a body that is not a JSON object.
+EMPTY_BODY = {"type": "object", "description": "Ignored; the body may also be empty."}
 
 # A Flask rule's variable part, "<name>" or "<converter(args):name>".
 RULE_ARGUMENT = re.compile(r"<(?:([a-zA-Z_][a-zA-Z0-9_]*)(?:\([^)]*\))?:)?([^<>:]+)>")
@@ -118,11 +93,13 @@ def _ref(schema: Any) -> Any:
     return {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
 
 
-def ok(status: int, description: str, schema: Any = None,
-       media: str = "application/json") -> dict[int, Any]:
+def ok(status: int, description: str, schema: Any = None, media: str = "application/json",
+       headers: dict[str, Any] | None = None) -> dict[int, Any]:
     """One non-error response; ``schema`` is a marshmallow schema, a component name or a
-    JSON schema, sent as ``media``."""
+    JSON schema, sent as ``media``; ``headers`` the response headers worth naming."""
     response: dict[str, Any] = {"description": description}
+    if headers:
+        response["headers"] = headers
     if schema is not None:
         response["content"] = {media: {"schema": _ref(schema)}}
     return {status: response}
@@ -204,9 +181,6 @@ def build_spec(app: Flask) -> dict[str, Any]:
     spec.options["security"] = [{"bearer": []}]
     for name in COMPONENTS:
         spec.components.schema(name, schema=getattr(schemas, f"{name}Schema"))
-    spec.components.schema("Delivery", DELIVERY)
-    spec.components.schema("Batch", BATCH)
-    spec.components.schema("BatchSubmit", BATCH_SUBMIT)
     for rule, method, op in documented_rules(app):
         op = {**op, "parameters": [*path_parameters(rule), *op.get("parameters", [])]}
         if not op["parameters"]:

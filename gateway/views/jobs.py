@@ -8,7 +8,7 @@ from gateway import jobs
 from gateway.auth import authenticate, login_required, partner_required
 from gateway.errors import APIError
 from gateway.extensions import services
-from gateway.openapi import AUTH, READ, WRITE, ok, operation
+from gateway.openapi import ACCEPTED_HEADERS, AUTH, READ, WRITE, ok, operation
 from gateway.schemas import (
     JobListSchema,
     JobSchema,
@@ -43,8 +43,9 @@ LIST_PARAMS = [
 
 @bp.post("")
 @operation("Submit a job (partner)",
-           {**ok(202, "Queued; Location names the job", JobSchema),
-            **ok(200, "Replay of an earlier Idempotency-Key", JobSchema)},
+           {**ok(202, "Queued; Location names the job", JobSchema, headers=ACCEPTED_HEADERS),
+            **ok(200, "Replay of an earlier Idempotency-Key", JobSchema,
+                 headers=ACCEPTED_HEADERS)},
            (*WRITE, 403, 409, 429), tag="jobs", body=JobSubmitSchema, params=[IDEMPOTENCY_KEY])
 @partner_required
 def submit():

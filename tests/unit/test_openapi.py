@@ -112,3 +112,55 @@ def test_adding_a_route_with_its_operation_is_one_edit():
     assert get["parameters"] == [{"name": "thing_id", "in": "path", "required": True,
                                   "schema": {"type": "integer"}}]
     assert set(get["responses"]) == {"200", "404"}
+
+
+# ------------------------------------------------------- the document says what code does
+def errors_against(spec, schema: dict, instance) -> list[str]:
+    """Messages of ``instance`` against ``schema`` (its $refs resolved in ``spec``)."""
+    from openapi_schema_validator import OAS30Validator
+
+    validator = OAS30Validator({**schema, "components": spec["components"]})
+    return [error.message for error in validator.iter_errors(instance)]
+
+
+def body_schema(spec, path: str, method: str = "post") -> dict:
+    return spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+
+
+def test_a_batch_member_may_carry_its_own_callback_url(spec):
+    """gateway.batches validates each member as a job, callback_url included."""
+    batch = {"jobs": [{"task": "demo.sleep", "params": {"seconds": 1},
+                       "callback_url": "https://partner.example/hooks/jobs",
+                       "metadata": {"row": 2}}],
+             "callback_url": "https://partner.example/hooks/batches"}
+    assert errors_against(spec, body_schema(spec, "/v1/batches"), batch) == []
+    batch["jobs"][0]["priority"] = 1  # what the code refuses, the document refuses
+    assert errors_against(spec, body_schema(spec, "/v1/batches"), batch) != []
+
+
+def test_batch_members_are_summaries_not_jobs(spec):
+    from jobgate.batches import member_summary
+    from jobgate.status import job_view
+
+    batch = spec["paths"]["/v1/batches/{batch_id}"]["get"]["responses"]["200"]
+    member = {"$ref": "#/components/schemas/BatchMember"}
+    assert batch["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Batch"}
+    assert spec["components"]["schemas"]["Batch"]["properties"]["jobs"]["items"] == member
+    job = job_view({"job_id": "j1", "task": "demo.sleep", "status": "SUCCESS",
+                    "result": {"slept": 1}, "created_at": "2026-05-01T12:00:00.000Z",
+                    "finished_at": "2026-05-01T12:00:01.000Z", "batch_id": "b1"})
+    assert errors_against(spec, member, member_summary(job)) == []
+    assert errors_against(spec, member, {"job_id": "j2", "status": None}) == []  # expired
+    assert errors_against(spec, member, job) != []  # a full job is not what batches list
+
+
+def test_routes_that_read_an_optional_body_say_so(spec):
+    """json_body_or_empty: no body is fine, and so is any JSON object (its fields are ignored,
+    or all optional)."""
+    for path in ("/v1/jobs/{job_id}/redeliver", "/v1/partners/{partner_id}/rotate-secret",
+                 "/v1/jobs/{job_id}/revoke", "/v1/batches/{batch_id}/revoke"):
+        assert spec["paths"][path]["post"]["requestBody"]["required"] is False, path
+    assert body_schema(spec, "/v1/jobs/{job_id}/redeliver")["type"] == "object"
+    assert body_schema(spec, "/v1/jobs/{job_id}/revoke") == {
+        "$ref": "#/components/schemas/Revoke"}
