@@ -10,14 +10,12 @@ import json
 import logging
 from typing import Any
 
-from marshmallow import Schema, fields, validate
-
 from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
 from gateway.jobs import check_callback, enforce_rate_limit, new_record, validate_job
 from gateway.revoke import revoke_job
-from gateway.schemas import load_or_422
+from gateway.schemas import BatchSubmitSchema, load_or_422
 from jobgate import lifecycle
 from jobgate.batches import COUNTERS, MAX_BATCH, batch_record, batch_view, keys, member_ids
 from jobgate.failpoints import failpoint
@@ -25,15 +23,6 @@ from jobgate.status import TERMINAL
 from jobgate.store import new_id, utcnow
 
 log = logging.getLogger("jobgate.batches")
-
-
-class BatchSubmitSchema(Schema):
-    """Shape of ``POST /v1/batches``; each member is then validated as a job."""
-
-    jobs = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1))
-    callback_url = fields.String(load_default=None, allow_none=True,
-                                 validate=validate.Length(min=1, max=2048))
-    metadata = fields.Dict(keys=fields.String(), load_default=dict)
 
 
 # ------------------------------------------------------------------------- submit

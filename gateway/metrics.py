@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.extensions import Services
+from gateway.openapi import ok, operation
 from jobgate.sweeper import REPAIR_KINDS
 
 bp = Blueprint("metrics", __name__)
@@ -105,6 +106,9 @@ def init_metrics(app: Flask) -> None:
 
 
 @bp.get("/metrics")
+@operation("Prometheus metrics",
+           ok(200, "Prometheus text format", {"type": "string"}, media="text/plain"),
+           tag="operations", secured=False)
 def metrics() -> Response:
     registry = current_app.extensions["jobgate_metrics"]
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

@@ -1,18 +1,48 @@
-"""``GET /openapi.json``: the OpenAPI 3 document, built from the marshmallow schemas."""
+"""``GET /openapi.json``: the OpenAPI 3 document, built from the app's routes.
+
+Each view carries its own operation (``@operation(...)`` right under its route decorator);
+``build_spec`` walks ``app.url_map`` and asks apispec's FlaskPlugin for each rule's path,
+so adding a route and its documentation is one edit, in the view's file. What the
+operations share lives here: the error responses, the security scheme, and the component
+schemas (marshmallow, from gateway/schemas.py, converted by apispec's MarshmallowPlugin).
+
+A route without an operation that is not in ``NOT_IN_DOCUMENT`` makes ``build_spec``
+raise, so it cannot be left out by accident (the unit tests build the document).
+"""
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, jsonify
+from apispec_webframeworks.flask import FlaskPlugin
+from flask import Blueprint, Flask, current_app, jsonify
+from werkzeug.routing import Rule
 
 from gateway import __version__, schemas
-from jobgate.status import STATUSES
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 bp = Blueprint("openapi", __name__)
+
+OPERATION_ATTR = "openapi_operation"  # where @operation leaves the operation on the view
+IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})  # Flask answers these for every route
+
+# Routes deliberately left out of the document, by endpoint, each with its reason. Every
+# other route must carry an @operation; tests/unit/test_openapi.py checks both ways.
+NOT_IN_DOCUMENT = {
+    # The document itself: describing it inside it would add nothing a client can use.
+    "openapi.openapi_json": "the OpenAPI document itself",
+    # The status page: HTML shells for browsers, no API contract (docs/ui.md).
+    "ui.jobs_page": "status page HTML (docs/ui.md)",
+    "ui.job_page": "status page HTML (docs/ui.md)",
+    # Static files: the status page's scripts and styles, served by Flask itself.
+    "ui.static": "status page scripts and styles",
+    "static": "Flask's own static route for gateway/static (the same files as ui.static)",
+}
 
 ERRORS = {
     400: "The body is not a JSON object (`invalid_json`).",
@@ -28,194 +58,142 @@ ERRORS = {
     503: "Redis or the broker is unreachable (`unavailable`).",
 }
 
-JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
-PARTNER_ID = {"name": "partner_id", "in": "path", "required": True,
-              "schema": {"type": "string"}}
-
-DELIVERY = {
-    "type": "object",
-    "properties": {
-        "webhook_id": {"type": "string"}, "event": {"type": "string"},
-        "attempt": {"type": "integer"}, "at": {"type": "string"},
-        "status_code": {"type": "integer", "nullable": True},
-        "error": {"type": "string", "nullable": True},
-        "duration_ms": {"type": "integer"},
-        "next_attempt_at": {"type": "string", "nullable": True},
-        "outcome": {"type": "string", "enum": ["delivered", "retry", "failed"]},
-        "redelivery": {"type": "boolean"},
-    },
-}
-BATCH = {
-    "type": "object",
-    "required": ["batch_id"],
-    "properties": {
-        "batch_id": {"type": "string"}, "status": {"type": "string"},
-        "total": {"type": "integer"}, "completed": {"type": "integer"},
-        "succeeded": {"type": "integer"}, "failed": {"type": "integer"},
-        "revoked": {"type": "integer"}, "percent": {"type": "integer"},
-        "job_ids": {"type": "array", "items": {"type": "string"}},
-        "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
-    },
-}
-BATCH_SUBMIT = {
-    "type": "object",
-    "required": ["jobs"],
-    "additionalProperties": False,
-    "properties": {
-        "jobs": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["task"], "additionalProperties": False,
-            "properties": {"task": {"type": "string"}, "params": {"type": "object"},
-                           "metadata": {"type": "object"}}}},
-        "callback_url": {"type": "string", "nullable": True},
-        "metadata": {"type": "object"},
-    },
-}
-
-
-def _ref(schema: Any) -> Any:
-    """A component name becomes a $ref; inline JSON schemas pass through."""
-    return {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
-
-
-def _ok(status: int, description: str, schema: Any = None) -> dict[int, Any]:
-    response: dict[str, Any] = {"description": description}
-    if schema is not None:
-        response["content"] = {"application/json": {"schema": _ref(schema)}}
-    return {status: response}
-
-
-def _op(summary: str, responses: dict[int, Any], errors: tuple[int, ...], *,
-        body: Any = None, params: list[dict[str, Any]] | None = None,
-        secured: bool = True, tag: str = "jobs") -> dict[str, Any]:
-    operation: dict[str, Any] = {"summary": summary, "tags": [tag],
-                                 "responses": dict(responses)}
-    for status in errors:
-        operation["responses"][status] = {
-            "description": ERRORS[status],
-            "content": {"application/json": {"schema": _ref("Error")}}}
-    if body is not None:
-        operation["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": _ref(body)}}}
-    if params:
-        operation["parameters"] = params
-    if not secured:
-        operation["security"] = []
-    return operation
-
-
+# Error statuses most routes share: any keyed route, one naming an id, one taking a body.
 AUTH = (401, 500, 503)
 READ = (*AUTH, 404)
 WRITE = (400, *AUTH, 413, 422)
 
+# Component schemas, registered under these names in this order: a nested schema before
+# the ones holding it, since the MarshmallowPlugin registers a nested schema it has not
+# seen yet under its class name less "Schema" (as it does for a schema a view names that
+# is not listed here), and registering that name again fails.
+COMPONENTS = ("Error", "Job", "JobList", "JobSubmit", "Partner", "PartnerCreated",
+              "PartnerCreate", "PartnerList", "Secret", "TaskInfo", "Revoke", "Health",
+              "Delivery", "Deliveries", "Redelivery", "BatchMember", "Batch", "BatchSubmit")
 
-def build_spec() -> dict[str, Any]:
-    """The whole document; routes and shapes follow shared/API.md."""
+# Headers of a submission's answer (gateway.views.common.accepted).
+ACCEPTED_HEADERS = {
+    "Location": {"description": "Where to read what was queued.",
+                 "schema": {"type": "string"}},
+    "Retry-After": {"description": "Seconds to wait before the first read.",
+                    "schema": {"type": "integer"}},
+}
+
+# The body of routes that take no fields but refuse a body that is not a JSON object.
+EMPTY_BODY = {"type": "object", "description": "Ignored; the body may also be empty."}
+
+# A Flask rule's variable part, "<name>" or "<converter(args):name>".
+RULE_ARGUMENT = re.compile(r"<(?:([a-zA-Z_][a-zA-Z0-9_]*)(?:\([^)]*\))?:)?([^<>:]+)>")
+CONVERTER_TYPES = {"int": {"type": "integer"}, "float": {"type": "number"}}
+
+
+def _ref(schema: Any) -> Any:
+    """A component name becomes a $ref; marshmallow schemas and JSON schemas pass through
+    (the MarshmallowPlugin turns a schema class into the $ref of its component)."""
+    return {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
+
+
+def ok(status: int, description: str, schema: Any = None, media: str = "application/json",
+       headers: dict[str, Any] | None = None) -> dict[int, Any]:
+    """One non-error response; ``schema`` is a marshmallow schema, a component name or a
+    JSON schema, sent as ``media``; ``headers`` the response headers worth naming."""
+    response: dict[str, Any] = {"description": description}
+    if headers:
+        response["headers"] = headers
+    if schema is not None:
+        response["content"] = {media: {"schema": _ref(schema)}}
+    return {status: response}
+
+
+def operation(summary: str, responses: dict[int, Any], errors: tuple[int, ...] = (), *,
+              tag: str, body: Any = None, body_required: bool = True,
+              params: list[dict[str, Any]] | None = None,
+              secured: bool = True) -> Callable[[F], F]:
+    """Document the decorated view as one OpenAPI operation (its rule's one method).
+
+    ``responses`` are the answers it gives on success (``ok(...)``), ``errors`` the error
+    statuses (keys of ``ERRORS``), ``body`` the request body's schema, ``params`` the
+    query or header parameters; path parameters come from the rule. ``secured=False``
+    for routes that need no key. Put it right under the route decorator.
+    """
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": dict(responses)}
+    for status in errors:
+        op["responses"][status] = {
+            "description": ERRORS[status],
+            "content": {"application/json": {"schema": _ref("Error")}}}
+    if body is not None:
+        op["requestBody"] = {"required": body_required,
+                             "content": {"application/json": {"schema": _ref(body)}}}
+    if params:
+        op["parameters"] = list(params)
+    if not secured:
+        op["security"] = []
+
+    def attach(view: F) -> F:
+        setattr(view, OPERATION_ATTR, op)
+        return view
+
+    return attach
+
+
+def path_parameters(rule: Rule) -> list[dict[str, Any]]:
+    """The rule's variables as OpenAPI path parameters, in the order they appear."""
+    return [{"name": name, "in": "path", "required": True,
+             "schema": dict(CONVERTER_TYPES.get(converter, {"type": "string"}))}
+            for converter, name in RULE_ARGUMENT.findall(rule.rule)]
+
+
+def documented_rules(app: Flask) -> list[tuple[Rule, str, dict[str, Any]]]:
+    """(rule, method, operation) for every route of the document, in url_map order.
+
+    Raises LookupError for a route that has no operation and is not in NOT_IN_DOCUMENT,
+    for an operation on a rule with more than one method, and for a view routed by more
+    than one rule (FlaskPlugin would put both under the first rule's path): split the view.
+    """
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in NOT_IN_DOCUMENT:
+            continue
+        op = getattr(app.view_functions[rule.endpoint], OPERATION_ATTR, None)
+        if op is None:
+            raise LookupError(
+                f"{rule.rule} ({rule.endpoint}) has no OpenAPI operation: add "
+                "@operation(...) under its route, or list it in "
+                "gateway.openapi.NOT_IN_DOCUMENT with the reason")
+        methods = sorted((rule.methods or set()) - IGNORED_METHODS)
+        if len(list(app.url_map.iter_rules(rule.endpoint))) != 1:
+            raise LookupError(f"{rule.endpoint} is routed by more than one rule: give each "
+                              "rule its own view, with its own @operation")
+        if len(methods) != 1:
+            raise LookupError(f"{rule.rule} ({rule.endpoint}) serves {methods}: one "
+                              "@operation documents one method, so give each its own view")
+        found.append((rule, methods[0], op))
+    return found
+
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    """The whole document for ``app``'s routes; docs/api.md is the contract in prose."""
     spec = APISpec(title="jobgate", version=__version__, openapi_version="3.0.3",
-                   plugins=[MarshmallowPlugin()],
+                   plugins=[FlaskPlugin(), MarshmallowPlugin()],
                    info={"description": "Submit jobs over HTTP, run them on Celery, "
                                         "get Standard Webhooks when they end."})
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.options["security"] = [{"bearer": []}]
-    for name in ("Error", "Job", "JobList", "JobSubmit", "Partner", "PartnerCreated",
-                 "PartnerCreate", "Secret", "TaskInfo", "Revoke", "Health"):
+    for name in COMPONENTS:
         spec.components.schema(name, schema=getattr(schemas, f"{name}Schema"))
-    spec.components.schema("Delivery", DELIVERY)
-    spec.components.schema("Batch", BATCH)
-    spec.components.schema("BatchSubmit", BATCH_SUBMIT)
-    ref = {name: {"$ref": f"#/components/schemas/{name}"} for name in ("Batch", "Delivery")}
-    idem = {"name": "Idempotency-Key", "in": "header", "required": False,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
-    wait = {"name": "wait", "in": "query", "required": False,
-            "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
-                       "maximum": 30}}
-    list_params = [
-        {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
-        {"name": "task", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                     "maximum": 100}},
-        {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-    ]
-    paths = {
-        "/healthz": {"get": _op("Process is alive", _ok(200, "Alive", "Health"), (),
-                                secured=False, tag="operations")},
-        "/readyz": {"get": _op("Redis reachable and a worker answers",
-                               {**_ok(200, "Ready", "Health"), **_ok(503, "Not ready", "Health")},
-                               (), secured=False, tag="operations")},
-        "/v1/partners": {
-            "post": _op("Create a partner (admin); key and secret shown once",
-                        _ok(201, "Created", "PartnerCreated"), (*WRITE, 403),
-                        body="PartnerCreate", tag="partners"),
-            "get": _op("List partners (admin); never keys or secrets",
-                       _ok(200, "Partners", {"type": "object", "properties": {
-                           "partners": {"type": "array",
-                                        "items": {"$ref": "#/components/schemas/Partner"}}}}),
-                       (*AUTH, 403), tag="partners"),
-        },
-        "/v1/partners/{partner_id}/rotate-secret": {
-            "post": _op("Rotate a partner's webhook secret (admin)",
-                        _ok(200, "New secret", "Secret"), (*READ, 400, 403, 413),
-                        params=[PARTNER_ID], tag="partners"),
-        },
-        "/v1/tasks": {"get": _op("The task catalog with JSON schemas of params",
-                                 _ok(200, "Tasks", {"type": "array", "items": {
-                                     "$ref": "#/components/schemas/TaskInfo"}}), AUTH,
-                                 tag="tasks")},
-        "/v1/jobs": {
-            "post": _op("Submit a job (partner)",
-                        {**_ok(202, "Queued; Location names the job", "Job"),
-                         **_ok(200, "Replay of an earlier Idempotency-Key", "Job")},
-                        (*WRITE, 403, 409, 429), body="JobSubmit", params=[idem]),
-            "get": _op("List the caller's jobs, newest first",
-                       _ok(200, "A page of jobs", "JobList"), (*AUTH, 422),
-                       params=list_params),
-        },
-        "/v1/jobs/{job_id}": {"get": _op("Read a job, optionally waiting for its end",
-                                         _ok(200, "The job", "Job"), (*READ, 422),
-                                         params=[JOB_ID, wait])},
-        "/v1/jobs/{job_id}/events": {"get": _op(
-            "Server-Sent Events: one per status/progress change, ends after the terminal one",
-            {200: {"description": "text/event-stream",
-                   "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
-            READ, params=[JOB_ID])},
-        "/v1/jobs/{job_id}/revoke": {"post": _op(
-            "Revoke a job (admin)", _ok(202, "Revoked", "Job"), (*READ, 400, 403, 409, 413, 422),
-            body="Revoke", params=[JOB_ID])},
-        "/v1/jobs/{job_id}/deliveries": {"get": _op(
-            "Every webhook delivery attempt", _ok(200, "Attempts", {"type": "object",
-                                                                    "properties": {
-                "job_id": {"type": "string"},
-                "webhook": {"$ref": "#/components/schemas/WebhookSummary"},
-                "deliveries": {"type": "array", "items": ref["Delivery"]}}}),
-            READ, params=[JOB_ID], tag="webhooks")},
-        "/v1/jobs/{job_id}/redeliver": {"post": _op(
-            "Send the terminal event again (same webhook-id)",
-            _ok(202, "Queued again", {"type": "object"}), (*READ, 400, 409, 413),
-            params=[JOB_ID], tag="webhooks")},
-        "/v1/batches": {"post": _op("Submit a batch of jobs (partner)",
-                                    _ok(202, "Queued", "Batch"), (*WRITE, 403, 429),
-                                    body="BatchSubmit", tag="batches")},
-        "/v1/batches/{batch_id}": {"get": _op("A batch with counts and its jobs",
-                                              _ok(200, "The batch", "Batch"), READ,
-                                              params=[BATCH_ID], tag="batches")},
-        "/v1/batches/{batch_id}/revoke": {"post": _op(
-            "Revoke every unfinished job of a batch (admin)", _ok(202, "Revoked", "Batch"),
-            (*READ, 400, 403, 413, 422), body="Revoke", params=[BATCH_ID], tag="batches")},
-        "/metrics": {"get": _op("Prometheus metrics", {200: {
-            "description": "Prometheus text format",
-            "content": {"text/plain": {"schema": {"type": "string"}}}}}, (), secured=False,
-            tag="operations")},
-    }
-    for path, operations in paths.items():
-        spec.path(path=path, operations=operations)
+    for rule, method, op in documented_rules(app):
+        op = {**op, "parameters": [*path_parameters(rule), *op.get("parameters", [])]}
+        if not op["parameters"]:
+            del op["parameters"]
+        # FlaskPlugin finds the view's rule and turns "<job_id>" into "{job_id}".
+        spec.path(view=app.view_functions[rule.endpoint], app=app,
+                  operations={method.lower(): op})
     return spec.to_dict()
-
-
-@cache
-def _cached_spec() -> dict[str, Any]:
-    return build_spec()
 
 
 @bp.get("/openapi.json")
 def openapi_json():
-    return jsonify(_cached_spec())
+    document = current_app.extensions.get("jobgate_openapi")
+    if document is None:
+        document = current_app.extensions["jobgate_openapi"] = build_spec(current_app)
+    return jsonify(document)

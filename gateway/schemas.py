@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from jobgate.batches import MAX_BATCH
 from jobgate.status import STATUSES
 
 METADATA_MAX_BYTES = 16 * 1024
@@ -30,6 +31,29 @@ class JobSubmitSchema(Schema):
                                  metadata={"example": "https://partner.example/hooks"})
     metadata = fields.Dict(keys=fields.String(), load_default=dict, validate=_small_json,
                            metadata={"description": "Any JSON object, returned as is."})
+
+
+class BatchMemberField(fields.Nested):
+    """A batch member: documented as a JobSubmit, loaded as it came.
+
+    ``gateway.batches.validate_members`` validates each member as a job (schema, catalog,
+    callback URL) and reports errors by the member's index, so this field does not.
+    """
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        return value
+
+
+class BatchSubmitSchema(Schema):
+    """Shape of ``POST /v1/batches``; each member is then validated as a job. More than
+    ``MAX_BATCH`` members is refused before this schema runs, without reading them."""
+
+    jobs = fields.List(BatchMemberField(JobSubmitSchema), required=True,
+                       validate=validate.Length(min=1), metadata={"maxItems": MAX_BATCH})
+    callback_url = fields.String(load_default=None, allow_none=True,
+                                 validate=validate.Length(min=1, max=2048),
+                                 metadata={"description": "Receives batch.completed only."})
+    metadata = fields.Dict(keys=fields.String(), load_default=dict)
 
 
 class PartnerCreateSchema(Schema):
@@ -132,6 +156,10 @@ class PartnerCreatedSchema(PartnerSchema):
     webhook_secret = fields.String(required=True)
 
 
+class PartnerListSchema(Schema):
+    partners = fields.List(fields.Nested(PartnerSchema), required=True)
+
+
 class SecretSchema(Schema):
     webhook_secret = fields.String(required=True)
     previous_secret_valid_for = fields.Integer(
@@ -142,6 +170,72 @@ class TaskInfoSchema(Schema):
     name = fields.String(required=True)
     description = fields.String(required=True)
     params = fields.Dict(required=True, metadata={"description": "JSON schema of the params"})
+
+
+class DeliverySchema(Schema):
+    """One webhook delivery attempt (``jobgate.attempts``)."""
+
+    webhook_id = fields.String(required=True)
+    event = fields.String(required=True)
+    at = fields.String(required=True)
+    status_code = fields.Integer(required=True, allow_none=True)
+    error = fields.String(required=True, allow_none=True)
+    duration_ms = fields.Integer(required=True)
+    next_attempt_at = fields.String(required=True, allow_none=True)
+    outcome = fields.String(required=True,
+                            validate=validate.OneOf(["delivered", "retry", "failed"]))
+    redelivery = fields.Boolean(required=True)
+    attempt = fields.Integer(required=True)
+
+
+class DeliveriesSchema(Schema):
+    job_id = fields.String(required=True)
+    webhook = fields.Nested(WebhookSummarySchema, required=True)
+    deliveries = fields.List(fields.Nested(DeliverySchema), required=True,
+                             metadata={"description": "Oldest first; the last 200."})
+
+
+class RedeliverySchema(Schema):
+    job_id = fields.String(required=True)
+    event = fields.String(required=True)
+    webhook_id = fields.String(required=True)
+    webhook = fields.Nested(WebhookSummarySchema, required=True)
+
+
+class BatchMemberSchema(Schema):
+    """A member as the batch lists it (``jobgate.batches.member_summary``): no result, read
+    it with ``GET /v1/jobs/{id}``. A member whose record expired is only
+    ``{"job_id", "status": null}``."""
+
+    job_id = fields.String(required=True)
+    task = fields.String()
+    status = fields.String(required=True, allow_none=True, validate=validate.OneOf(STATUSES))
+    progress = fields.Nested(ProgressSchema, allow_none=True)
+    error = fields.String(allow_none=True)
+    metadata = fields.Dict()
+    finished_at = fields.String(allow_none=True)
+
+
+class BatchSchema(Schema):
+    """A batch as ``GET /v1/batches/{id}`` returns it (``jobgate.batches.batch_view``)."""
+
+    batch_id = fields.String(required=True)
+    status = fields.String(required=True,
+                           validate=validate.OneOf(["PENDING", "PROCESSING", "COMPLETED"]))
+    total = fields.Integer(required=True)
+    completed = fields.Integer(required=True)
+    succeeded = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    revoked = fields.Integer(required=True)
+    pending = fields.Integer(required=True)
+    percent = fields.Integer(required=True)
+    callback_url = fields.String(required=True, allow_none=True)
+    metadata = fields.Dict(required=True)
+    created_at = fields.String(required=True, allow_none=True)
+    finished_at = fields.String(required=True, allow_none=True)
+    job_ids = fields.List(fields.String(), required=True)
+    jobs = fields.List(fields.Nested(BatchMemberSchema), required=True,
+                       metadata={"description": "Members in submission order."})
 
 
 class HealthSchema(Schema):

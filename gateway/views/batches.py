@@ -7,7 +7,8 @@ from flask import Blueprint, jsonify
 from gateway import batches
 from gateway.auth import admin_required, authenticate, login_required, partner_required
 from gateway.extensions import services
-from gateway.schemas import RevokeSchema, load_or_422
+from gateway.openapi import ACCEPTED_HEADERS, READ, WRITE, ok, operation
+from gateway.schemas import BatchSchema, BatchSubmitSchema, RevokeSchema, load_or_422
 from gateway.views.common import accepted, json_body, json_body_or_empty
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -16,6 +17,9 @@ POLL_AFTER = "2"  # seconds a poller should wait before its first GET
 
 
 @bp.post("")
+@operation("Submit a batch of jobs (partner)",
+           ok(202, "Queued; Location names the batch", BatchSchema, headers=ACCEPTED_HEADERS),
+           (*WRITE, 403, 429), tag="batches", body=BatchSubmitSchema)
 @partner_required
 def submit():
     view = batches.submit(services(), authenticate(), json_body())
@@ -23,6 +27,8 @@ def submit():
 
 
 @bp.get("/<batch_id>")
+@operation("A batch with counts and its jobs", ok(200, "The batch", BatchSchema), READ,
+           tag="batches")
 @login_required
 def show(batch_id: str):
     svc = services()
@@ -31,6 +37,8 @@ def show(batch_id: str):
 
 
 @bp.post("/<batch_id>/revoke")
+@operation("Revoke every unfinished job of a batch (admin)", ok(202, "Revoked", BatchSchema),
+           (*READ, 400, 403, 413, 422), tag="batches", body=RevokeSchema, body_required=False)
 @admin_required
 def revoke(batch_id: str):
     args = load_or_422(RevokeSchema(), json_body_or_empty())

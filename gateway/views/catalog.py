@@ -11,6 +11,8 @@ from flask import Blueprint, jsonify
 from gateway.auth import login_required
 from gateway.extensions import services
 from gateway.jobs import catalog
+from gateway.openapi import AUTH, ok, operation
+from gateway.schemas import TaskInfoSchema
 
 bp = Blueprint("tasks", __name__, url_prefix="/v1/tasks")
 
@@ -25,6 +27,8 @@ def params_schema(schema_cls: type) -> dict[str, Any]:
 
 
 @bp.get("")
+@operation("The task catalog with JSON schemas of params",
+           ok(200, "Tasks", TaskInfoSchema(many=True)), AUTH, tag="tasks")
 @login_required
 def index():
     return jsonify([{"name": jt.name, "description": jt.description,

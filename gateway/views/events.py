@@ -19,6 +19,7 @@ from flask import Blueprint, Response
 from gateway import jobs
 from gateway.auth import authenticate, login_required
 from gateway.extensions import Services, services
+from gateway.openapi import READ, ok, operation
 from jobgate.status import TERMINAL, progress_of
 
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
@@ -27,6 +28,9 @@ RETRY_MS = 2000  # EventSource reconnection delay we ask for
 
 
 @bp.get("/<job_id>/events")
+@operation("Server-Sent Events: one per status/progress change, ends after the terminal one",
+           ok(200, "text/event-stream", {"type": "string"}, media="text/event-stream"), READ,
+           tag="jobs")
 @login_required
 def stream(job_id: str) -> Response:
     svc = services()

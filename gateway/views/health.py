@@ -5,17 +5,24 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from gateway.extensions import services
+from gateway.openapi import ok, operation
+from gateway.schemas import HealthSchema
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@operation("Process is alive", ok(200, "Alive", HealthSchema), tag="operations",
+           secured=False)
 def healthz():
     """The process answers; says nothing about Redis or workers."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@operation("Redis reachable and a worker answers",
+           {**ok(200, "Ready", HealthSchema), **ok(503, "Not ready", HealthSchema)},
+           tag="operations", secured=False)
 def readyz():
     """Ready when Redis answers and at least one Celery worker replies to a ping."""
     svc = services()

@@ -8,9 +8,17 @@ from gateway import jobs
 from gateway.auth import authenticate, login_required, partner_required
 from gateway.errors import APIError
 from gateway.extensions import services
-from gateway.schemas import ListJobsArgs, WaitArgs, load_or_422
+from gateway.openapi import ACCEPTED_HEADERS, AUTH, READ, WRITE, ok, operation
+from gateway.schemas import (
+    JobListSchema,
+    JobSchema,
+    JobSubmitSchema,
+    ListJobsArgs,
+    WaitArgs,
+    load_or_422,
+)
 from gateway.views.common import accepted, json_body
-from jobgate.status import TERMINAL
+from jobgate.status import STATUSES, TERMINAL
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -19,8 +27,26 @@ POLL_AFTER = "1"  # seconds a poller should wait before its first GET
 WAIT_ARGS = WaitArgs()
 LIST_ARGS = ListJobsArgs()
 
+# Query and header parameters as the document shows them (the schemas above check them).
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
+WAIT = {"name": "wait", "in": "query", "required": False,
+        "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 30}}
+LIST_PARAMS = [
+    {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
+    {"name": "task", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                 "maximum": 100}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+]
+
 
 @bp.post("")
+@operation("Submit a job (partner)",
+           {**ok(202, "Queued; Location names the job", JobSchema, headers=ACCEPTED_HEADERS),
+            **ok(200, "Replay of an earlier Idempotency-Key", JobSchema,
+                 headers=ACCEPTED_HEADERS)},
+           (*WRITE, 403, 409, 429), tag="jobs", body=JobSubmitSchema, params=[IDEMPOTENCY_KEY])
 @partner_required
 def submit():
     key = request.headers.get("Idempotency-Key")
@@ -32,6 +58,8 @@ def submit():
 
 
 @bp.get("/<job_id>")
+@operation("Read a job, optionally waiting for its end", ok(200, "The job", JobSchema),
+           (*READ, 422), tag="jobs", params=[WAIT])
 @login_required
 def show(job_id: str):
     wait = load_or_422(WAIT_ARGS, request.args.to_dict())["wait"] if request.args else None
@@ -43,6 +71,8 @@ def show(job_id: str):
 
 
 @bp.get("")
+@operation("List the caller's jobs, newest first", ok(200, "A page of jobs", JobListSchema),
+           (*AUTH, 422), tag="jobs", params=LIST_PARAMS)
 @login_required
 def index():
     args = load_or_422(LIST_ARGS, request.args.to_dict())

@@ -7,7 +7,14 @@ from flask import Blueprint, jsonify
 from gateway.auth import admin_required
 from gateway.errors import not_found
 from gateway.extensions import services
-from gateway.schemas import PartnerCreateSchema, load_or_422
+from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
+from gateway.schemas import (
+    PartnerCreatedSchema,
+    PartnerCreateSchema,
+    PartnerListSchema,
+    SecretSchema,
+    load_or_422,
+)
 from gateway.views.common import json_body, json_body_or_empty
 from jobgate.signing import generate_secret
 
@@ -28,6 +35,9 @@ def create_partner(name: str) -> dict[str, str]:
 
 
 @bp.post("")
+@operation("Create a partner (admin); key and secret shown once",
+           ok(201, "Created", PartnerCreatedSchema), (*WRITE, 403), tag="partners",
+           body=PartnerCreateSchema)
 @admin_required
 def create():
     body = load_or_422(PartnerCreateSchema(), json_body())
@@ -35,12 +45,16 @@ def create():
 
 
 @bp.get("")
+@operation("List partners (admin); never keys or secrets",
+           ok(200, "Partners", PartnerListSchema), (*AUTH, 403), tag="partners")
 @admin_required
 def index():
     return jsonify({"partners": [public(p) for p in services().store.partners()]})
 
 
 @bp.post("/<partner_id>/rotate-secret")
+@operation("Rotate a partner's webhook secret (admin)", ok(200, "New secret", SecretSchema),
+           (*READ, 400, 403, 413), tag="partners", body=EMPTY_BODY, body_required=False)
 @admin_required
 def rotate_secret(partner_id: str):
     json_body_or_empty()

@@ -8,8 +8,15 @@ from gateway import jobs
 from gateway.auth import admin_required, authenticate, login_required
 from gateway.errors import APIError
 from gateway.extensions import services
+from gateway.openapi import EMPTY_BODY, READ, ok, operation
 from gateway.revoke import revoke_job
-from gateway.schemas import RevokeSchema, load_or_422
+from gateway.schemas import (
+    DeliveriesSchema,
+    JobSchema,
+    RedeliverySchema,
+    RevokeSchema,
+    load_or_422,
+)
 from gateway.views.common import json_body_or_empty
 from jobgate.attempts import redeliver as queue_redelivery
 from jobgate.deliveries import Deliveries
@@ -21,6 +28,9 @@ REVOKE = RevokeSchema()
 
 
 @bp.post("/<job_id>/revoke")
+@operation("Revoke a job (admin)", ok(202, "Revoked", JobSchema),
+           (*READ, 400, 403, 409, 413, 422), tag="jobs", body=RevokeSchema,
+           body_required=False)
 @admin_required
 def revoke(job_id: str):
     body = load_or_422(REVOKE, json_body_or_empty())
@@ -30,6 +40,8 @@ def revoke(job_id: str):
 
 
 @bp.get("/<job_id>/deliveries")
+@operation("Every webhook delivery attempt",
+           ok(200, "Attempts, oldest first", DeliveriesSchema), READ, tag="webhooks")
 @login_required
 def deliveries(job_id: str):
     svc = services()
@@ -41,6 +53,9 @@ def deliveries(job_id: str):
 
 
 @bp.post("/<job_id>/redeliver")
+@operation("Send the terminal event again (same webhook-id)",
+           ok(202, "Queued again", RedeliverySchema), (*READ, 400, 409, 413), tag="webhooks",
+           body=EMPTY_BODY, body_required=False)
 @login_required
 def redeliver(job_id: str):
     svc = services()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 import redis
@@ -193,6 +194,38 @@ def test_openapi_document_lists_the_contract(client):
     for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/partners", "/v1/tasks", "/readyz"):
         assert path in spec["paths"]
     assert "Job" in spec["components"]["schemas"]
+
+
+def test_batch_with_member_callback_url_matches_the_document(settings, redis_client,
+                                                              admin_headers):
+    """The body the document allows is accepted, and the answers match the document."""
+    from openapi_schema_validator import OAS30Validator
+
+    queue = f"doc-{uuid.uuid4().hex[:8]}"  # no worker reads it: members stay queued
+    app = create_app(settings.with_overrides(queue_jobs=queue, queue_webhooks=queue + "-h"))
+    client = app.test_client()
+    spec = client.get("/openapi.json").get_json()
+
+    def errors(name, instance):
+        validator = OAS30Validator({"$ref": f"#/components/schemas/{name}",
+                                    "components": spec["components"]})
+        return [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(instance)]
+
+    key = client.post("/v1/partners", json={"name": "doc"},
+                      headers=admin_headers).get_json()["api_key"]
+    body = {"jobs": [{"task": "demo.sleep", "params": {"seconds": 0, "steps": 1},
+                      "callback_url": "http://127.0.0.1:9/hooks", "metadata": {"row": 1}},
+                     {"task": "demo.sleep"}],
+            "callback_url": "http://127.0.0.1:9/batches"}
+    assert errors("BatchSubmit", body) == []
+    created = client.post("/v1/batches", json=body, headers={"Authorization": f"Bearer {key}"})
+    assert created.status_code == 202, created.get_json()
+    assert errors("Batch", created.get_json()) == []
+    read = client.get(created.headers["Location"], headers=admin_headers)
+    assert read.status_code == 200
+    assert errors("Batch", read.get_json()) == []
+    member = client.get(f"/v1/jobs/{read.get_json()['job_ids'][0]}", headers=admin_headers)
+    assert member.get_json()["callback_url"] == "http://127.0.0.1:9/hooks"
 
 
 def test_metrics_count_submissions(client, partner):
