@@ -57,7 +57,8 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
     members = validate_members(svc, batch["jobs"])
     enforce_rate_limit(svc, principal)
     batch_id = new_id()
-    records = [new_record(principal, job, batch_id=batch_id) for job in members]
+    records = [new_record(principal, job, svc.messenger.jobs_queue, batch_id=batch_id)
+               for job in members]
     batch_hash = {
         "batch_id": batch_id, "partner_id": principal.partner_id or "",
         "callback_url": batch["callback_url"] or "", "created_at": utcnow(),

@@ -57,10 +57,12 @@ def check_callback(svc: Services, url: str) -> None:
                        {"callback_url": [exc.reason]}) from None
 
 
-def new_record(principal: Principal, job: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A new job's record; it keeps the params so a lost message can be queued again."""
+def new_record(principal: Principal, job: dict[str, Any], queue: str = "",
+               **extra: Any) -> dict[str, Any]:
+    """A new job's record; it keeps its params and queue so that the sweeper can queue a
+    lost message again."""
     job_id = new_id()
-    return {"job_id": job_id, "task_id": job_id, "task": job["task"],
+    return {"job_id": job_id, "task_id": job_id, "task": job["task"], "queue": queue or None,
             "partner_id": principal.partner_id, "params": job["params"],
             "params_digest": digest(job["params"]),
             "metadata": job.get("metadata") or {}, "callback_url": job.get("callback_url"),
@@ -103,7 +105,7 @@ def submit(svc: Services, principal: Principal, body: Any,
            idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
     """Validate and queue a job; returns (job view, created) — created is False on replay."""
     job = validate_job(svc, body)
-    record = new_record(principal, job)
+    record = new_record(principal, job, svc.messenger.jobs_queue)
     if idempotency_key:
         body_digest = digest(body)
         earlier = svc.store.claim_idempotency(principal.partner_id, idempotency_key,

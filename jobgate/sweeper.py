@@ -14,8 +14,11 @@ What a pass looks for, each counted in ``<prefix>:repairs`` (``/metrics``) and l
 - ``batch_member_counted``: an ended member a batch never counted; counting it may
   complete the batch and queue ``batch.completed``.
 
-"Nowhere" is decided from the broker itself: the queues, kombu's unacknowledged messages
-and the due set, read twice so that a message between two of them is not missed. That
+"Nowhere" is decided from the broker itself: the queues (the job's own, from its record,
+and the messenger's), kombu's unacknowledged messages and the due set, read twice so that a
+message between two of them is not missed. Deliveries are looked for on the messenger's
+webhooks queue: deployments (and test worlds) that use other queue names use their own key
+prefix too. That
 needs the broker to be the store's Redis (``messenger.inline``); with another broker only
 batch counts are repaired.
 """
@@ -82,7 +85,9 @@ def sweep(store: Store, messenger: Messenger, *, stale_after: float,
     overdue = store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
     if not live and not overdue:
         return _recorded(store, repairs)
-    queues = [messenger.jobs_queue, messenger.webhooks_queue]
+    records = dict(zip(live, store.jobs(live), strict=True))
+    queues = sorted({messenger.jobs_queue, messenger.webhooks_queue,
+                     *(r["queue"] for r in records.values() if r and r.get("queue"))})
     seen = inflight_ids(store, queues)
     missing_jobs = [job_id for job_id in live if job_id not in seen]
     missing_deliveries = [task_id for task_id in overdue if task_id not in seen]
@@ -120,7 +125,7 @@ def _repair_jobs(store: Store, messenger: Messenger, job_ids: list[str],
                                  error="lost: the job's message was lost before it ended.")
             repairs["job_failed_lost"] += 1
             continue
-        queue = messenger.jobs_queue
+        queue = record.get("queue") or messenger.jobs_queue
         # RPUSH: the consuming end of kombu's list, so the repaired job runs next.
         store.redis.rpush(queue, messenger.envelope(record["task"], record["task_id"],
                                                     queue=queue, kwargs=record["params"]))

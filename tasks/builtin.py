@@ -79,6 +79,13 @@ def sleep(progress: Progress, *, seconds: float = 1.0, steps: int = 10) -> dict[
     return {"slept": seconds, "steps": steps}
 
 
+@job_task("demo.once", params=SleepParams, demo=True, retry_on_worker_lost=False,
+          description="demo.sleep declared not safe to run twice: if its worker dies, the "
+                      "job fails with `worker_lost` instead of running again.")
+def sleep_once(progress: Progress, *, seconds: float = 1.0, steps: int = 10) -> dict[str, Any]:
+    return sleep(progress, seconds=seconds, steps=steps)
+
+
 class DemoFailure(Exception):
     """The error demo.fail raises on purpose."""
 

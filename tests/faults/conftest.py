@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def fault_settings(settings: Settings) -> Settings:
     """Queues of the test's own, fast recovery, quick retries."""
     tag = "fault-" + uuid.uuid4().hex[:8]
-    return settings.with_overrides(queue_jobs=tag, queue_webhooks=tag + "-hooks",
+    return settings.with_overrides(queue_jobs=tag, queue_webhooks=tag + "-hooks", key_prefix=tag,
                                    visibility_timeout=4, sweep_interval=1.0,
                                    webhook_timeout=2.0,
                                    webhook_retry_delays=(0.3, 0.6, 1.2, 2.4))

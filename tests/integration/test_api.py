@@ -130,7 +130,8 @@ def test_idempotent_replay_returns_the_same_job(client, partner):
 
 def test_catalog_lists_json_schemas(client, partner):
     tasks = {t["name"]: t for t in client.get("/v1/tasks", headers=partner["headers"]).get_json()}
-    assert set(tasks) == {"demo.sleep", "demo.fail", "documents.process", "texts.embed"}
+    assert set(tasks) == {"demo.sleep", "demo.once", "demo.fail", "documents.process",
+                          "texts.embed"}
     sleep = tasks["demo.sleep"]["params"]
     assert sleep["properties"]["seconds"]["maximum"] == 3600
     assert sleep["properties"]["steps"]["minimum"] == 1

@@ -31,7 +31,8 @@ FIGURES: dict[str, Any] = {}
 
 def own_queues(settings: Settings, name: str, **changes: Any) -> Settings:
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
-    return settings.with_overrides(queue_jobs=tag, queue_webhooks=tag + "-hooks", **changes)
+    return settings.with_overrides(queue_jobs=tag, queue_webhooks=tag + "-hooks", key_prefix=tag,
+                                   **changes)
 
 
 def gateway_for(settings: Settings, admin_key: str):
@@ -114,7 +115,7 @@ def test_worker_sigkilled_mid_job_finishes_once_with_one_terminal_webhook(
     assert list(ids) == [webhook_id(job_id, "job.succeeded")], ids
     events = [d.payload["type"] for d in receiver.accepted(job_id)]
     assert set(events) == {"job.succeeded"}
-    record = redis_client.hgetall(f"jobgate:job:{job_id}")
+    record = redis_client.hgetall(f"{kill_settings.key_prefix}:job:{job_id}")
     assert record["status"] == "SUCCESS" and record["finished_at"] == done["finished_at"]
     FIGURES["sigkill"] = {"terminal_ids": len(ids), "deliveries": sum(ids.values()),
                           "duplicates": sum(ids.values()) - len(ids)}
@@ -175,7 +176,7 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
                                         "params": {"texts": [f"text {n}"], "dimensions": 8}})
                for n in range(5)]
     store = fresh_own_redis.client()
-    before = {j: store.hgetall(f"jobgate:job:{j}") for j in job_ids}
+    before = {j: store.hgetall(f"{own.key_prefix}:job:{j}") for j in job_ids}
     assert store.llen(own.queue_jobs) == len(job_ids)
 
     fresh_own_redis.stop()
@@ -203,7 +204,7 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
 
     wait_until(lambda: client.get("/v1/jobs", headers=partner["headers"]).status_code == 200,
                10, 0.1, "the gateway to reconnect")
-    assert {j: store.hgetall(f"jobgate:job:{j}") for j in job_ids} == before
+    assert {j: store.hgetall(f"{own.key_prefix}:job:{j}") for j in job_ids} == before
     assert store.llen(own.queue_jobs) == len(job_ids)
     listed = client.get("/v1/jobs", headers=partner["headers"]).get_json()["jobs"]
     assert sorted(job["job_id"] for job in listed) == sorted(job_ids)
