@@ -14,6 +14,10 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400)
 
 
+class SettingsError(ValueError):
+    """A bad setting; its message is one line naming the environment variable."""
+
+
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -61,6 +65,14 @@ class Settings:
             object.__setattr__(self, "broker_url", self.redis_url)
         if not self.result_backend:
             object.__setattr__(self, "result_backend", self.redis_url)
+        for name, (low, what) in _BOUNDS.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(v < low for v in values):
+                raise SettingsError(f"{_ENV[name][0]}={value!r} is not valid: {what}")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(f"REDIS_URL={self.redis_url!r} is not valid: it must start "
+                                "with redis://, rediss:// or unix://")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -73,7 +85,7 @@ class Settings:
                 try:
                     values[name] = parse(raw)
                 except ValueError as exc:
-                    raise ValueError(f"{var}={raw!r} is not valid: {exc}") from exc
+                    raise SettingsError(f"{var}={raw!r} is not valid: {exc}") from None
         return cls(**values)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -111,6 +123,24 @@ _ENV = {
     "redis_max_connections": ("JOBGATE_REDIS_MAX_CONNECTIONS", int),
 }
 
-assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}
+# setting name -> (lowest value allowed, the rule in words)
+_BOUNDS: dict[str, tuple[float, str]] = {
+    "result_expires": (1, "at least 1 second"),
+    "job_retention": (1, "at least 1 second"),
+    "max_body": (1, "at least 1 byte"),
+    "webhook_retry_delays": (0, "no negative delay"),
+    "webhook_timeout": (0.1, "at least 0.1 second"),
+    "webhook_secret_grace": (0, "not negative"),
+    "rate_limit": (0, "not negative (0 switches the limit off)"),
+    "max_wait": (0, "not negative"),
+    "sse_heartbeat": (0.1, "at least 0.1 second"),
+    "sse_max_seconds": (1, "at least 1 second"),
+    "visibility_timeout": (2, "at least 2 seconds (10 or more in production)"),
+    "sweep_interval": (0.1, "at least 0.1 second"),
+    "redis_max_connections": (1, "at least 1"),
+}
 
-__all__ = ["Settings", "DEFAULT_REDIS_URL", "DEFAULT_RETRY_DELAYS"]
+assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}
+assert set(_BOUNDS) <= set(_ENV)
+
+__all__ = ["Settings", "SettingsError", "DEFAULT_REDIS_URL", "DEFAULT_RETRY_DELAYS"]

@@ -114,3 +114,23 @@ def partner(app, admin_headers) -> dict[str, Any]:
 @pytest.fixture
 def other_partner(app, admin_headers) -> dict[str, Any]:
     return _create_partner(app, admin_headers, "globex")
+
+
+# Tests by what they need, from their folder: select with -m (e.g. -m unit, -m "not faults").
+MARKERS_BY_FOLDER = {
+    "unit": ("unit",),
+    "integration": ("integration",),
+    "live": ("integration",),
+    "webhooks": ("integration",),
+    "reliability": ("integration",),
+    "bench": ("integration",),
+    "browser": ("browser", "integration"),
+    "faults": ("faults", "integration"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.parent.name
+        for marker in MARKERS_BY_FOLDER.get(folder, ()):
+            item.add_marker(marker)

@@ -17,13 +17,6 @@ from tests.helpers import WorkerProcess
 from tests.reliability.conftest import WebhookReceiver
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/faults/" in str(item.fspath):
-            item.add_marker(pytest.mark.faults)
-            item.add_marker(pytest.mark.integration)
-
-
 @pytest.fixture
 def fault_settings(settings: Settings) -> Settings:
     """Queues of the test's own, fast recovery, quick retries."""

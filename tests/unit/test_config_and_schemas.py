@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from marshmallow import ValidationError
 
-from config import Settings
+from config import Settings, SettingsError
 from gateway.schemas import JobSubmitSchema, PartnerCreateSchema, RevokeSchema
 from tasks.builtin import DocumentsParams, EmbedParams, SleepParams
 from tasks.registry import job_types
+from tests.helpers import ROOT
 
 
 def test_defaults_match_the_contract():
@@ -101,3 +106,34 @@ def test_partner_and_revoke_schemas():
     with pytest.raises(ValidationError):
         PartnerCreateSchema().load({"name": "   "})
     assert RevokeSchema().load({}) == {"reason": "", "terminate": True}
+
+
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("JOBGATE_RATE_LIMIT", "abc", "invalid literal"),
+    ("JOBGATE_WEBHOOK_RETRY_DELAYS", "5,-1", "no negative delay"),
+    ("JOBGATE_VISIBILITY_TIMEOUT", "1", "at least 2 seconds"),
+    ("JOBGATE_CALLBACK_ALLOW_HTTP", "", None),  # empty means the default
+    ("REDIS_URL", "http://localhost", "redis://"),
+])
+def test_a_bad_value_is_one_line_naming_the_variable(variable, value, says):
+    if says is None:
+        assert Settings.from_env({variable: value}) == Settings()
+        return
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    message = str(caught.value)
+    assert message.startswith(f"{variable}=") and says in message and "\n" not in message
+
+
+def test_entry_points_stop_with_that_line_and_imports_read_no_settings():
+    env = {**os.environ, "JOBGATE_RATE_LIMIT": "abc", "PYTHONPATH": str(ROOT)}
+    # Importing the packages reads no settings (no import-time app): it works.
+    imported = subprocess.run([sys.executable, "-c", "import gateway.jobs, tasks, jobgate.store"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0, imported.stderr
+    for module in ("wsgi", "tasks.worker"):
+        started = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60)
+        assert started.returncode == 1
+        assert started.stderr.strip() == ("jobgate: JOBGATE_RATE_LIMIT='abc' is not valid: "
+                                          "invalid literal for int() with base 10: 'abc'")
