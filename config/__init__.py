@@ -7,8 +7,9 @@ jobgate the same way, by environment variables.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400)
@@ -78,7 +79,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables (os.environ by default)."""
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for name, (var, parse) in _ENV.items():
             raw = env.get(var)
             if raw is not None and raw != "":
@@ -88,7 +89,7 @@ class Settings:
                     raise SettingsError(f"{var}={raw!r} is not valid: {exc}") from None
         return cls(**values)
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some values changed (broker/backend re-derived from redis_url)."""
         if "redis_url" in changes:
             changes.setdefault("broker_url", "")
@@ -97,7 +98,7 @@ class Settings:
 
 
 # setting name -> (environment variable, parser)
-_ENV = {
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "redis_url": ("REDIS_URL", str),
     "broker_url": ("CELERY_BROKER_URL", str),
     "result_backend": ("CELERY_RESULT_BACKEND", str),

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from jobgate.status import TERMINAL, job_view
 from jobgate.store import Store, utcnow
@@ -68,7 +68,8 @@ def member_finished(store: Store, job_record: dict[str, Any],
 # ------------------------------------------------------------------------ reading
 def batch_record(store: Store, batch_id: str) -> dict[str, Any] | None:
     """The stored batch hash with counters as ints, or None."""
-    raw = store.redis.hgetall(batch_key(store, batch_id)) if len(batch_id) <= 64 else {}
+    raw = (cast("dict[str, str]", store.redis.hgetall(batch_key(store, batch_id)))
+           if len(batch_id) <= 64 else {})
     if not raw:
         return None
     record: dict[str, Any] = dict(raw)
@@ -79,7 +80,7 @@ def batch_record(store: Store, batch_id: str) -> dict[str, Any] | None:
 
 
 def member_ids(store: Store, batch_id: str) -> list[str]:
-    return store.redis.lrange(batch_key(store, batch_id, "jobs"), 0, -1)
+    return cast("list[str]", store.redis.lrange(batch_key(store, batch_id, "jobs"), 0, -1))
 
 
 def member_summary(view: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +97,7 @@ def batch_view(store: Store, batch_id: str, *, record: dict[str, Any],
     ended member is 100), so it moves while long members run. Live members are refined
     by one Celery meta read each, only when ``meta_of`` is given.
     """
-    members = []
+    members: list[dict[str, Any]] = []
     for job_id, job in zip(ids := member_ids(store, batch_id), store.jobs(ids), strict=True):
         if job is None:  # expired record of a long-finished batch
             members.append({"job_id": job_id, "status": None})

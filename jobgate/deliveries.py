@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from jobgate.store import Store, decode_job, secrets_of
 
@@ -71,8 +71,8 @@ class Deliveries:
         One round trip (``SET NX GET``, Redis 7): the first writer wins, and every later
         attempt sends the first writer's bytes.
         """
-        earlier = self.redis.set(self.body_key(subject_id, event), built, nx=True,
-                                 ex=self.store.retention, get=True)
+        earlier = cast("str | None", self.redis.set(self.body_key(subject_id, event), built,
+                                                    nx=True, ex=self.store.retention, get=True))
         return built if earlier is None else earlier
 
     # ----------------------------------------------------------------- attempt

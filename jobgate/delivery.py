@@ -112,7 +112,7 @@ class PinnedAdapter(HTTPAdapter):
         """Subclass urllib3's connection class so every connection registers with this adapter."""
         adapter = self
 
-        class Tracked(base):  # type: ignore[misc, valid-type]
+        class Tracked(base):
             _jobgate_tracked = True
 
             def connect(self) -> None:
@@ -318,6 +318,8 @@ def deliver(
     try:
         headers = webhook_headers(secrets, webhook_id, body, user_agent=user_agent)
         prepared = requests.Request("POST", target.url, data=body, headers=headers).prepare()
+        if prepared.url is None:  # prepare() always sets it; this narrows its type to str
+            raise ValueError("the prepared request has no URL")
         netloc = urlsplit(prepared.url).netloc
         prepared.headers["Host"] = netloc.rpartition("@")[2]
         hostname = urlsplit(prepared.url).hostname or ""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from jobgate.messages import Messenger
 from jobgate.store import Store
@@ -33,7 +33,8 @@ def move_due(store: Store, messenger: Messenger, *, now: float | None = None,
              limit: int = MOVE_BATCH) -> int:
     """Queue every entry due by ``now``; returns how many this call moved."""
     now = time.time() if now is None else now
-    rows = store.redis.zrangebyscore(store.due_key, "-inf", now, start=0, num=limit)
+    rows = cast("list[str]",
+                store.redis.zrangebyscore(store.due_key, "-inf", now, start=0, num=limit))
     if not rows:
         return 0
     specs = [json.loads(row) for row in rows]

@@ -12,9 +12,9 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -50,7 +50,11 @@ def digest(payload: Any) -> str:
 
 
 class Store:
-    """Typed access to jobgate's Redis keys; every key starts with ``prefix``."""
+    """Typed access to jobgate's Redis keys; every key starts with ``prefix``.
+
+    The client always decodes responses (``decode_responses=True``), so replies are
+    ``str``; redis-py's annotations say ``bytes | str``, hence the ``cast``s on reads.
+    """
 
     def __init__(self, client: redis.Redis, *, prefix: str = "jobgate", retention: int = 604800,
                  live_ttl: int | None = None,
@@ -96,14 +100,16 @@ class Store:
         record = {"id": partner_id, "name": name, "created_at": utcnow(),
                   "key_hash": hash_key(api_key), "webhook_secret": webhook_secret}
         pipe = self.redis.pipeline()
-        pipe.hset(self.key("partner", partner_id), mapping=record)
+        # redis-py types ``mapping`` as Mapping[FieldT, ...], invariant in its key type,
+        # so a dict[str, str] is refused although str is a FieldT.
+        pipe.hset(self.key("partner", partner_id), mapping=record)  # type: ignore[arg-type]
         pipe.set(self.key("partnerkey", record["key_hash"]), partner_id)
         pipe.zadd(self.key("partners"), {partner_id: time.time()})
         pipe.execute()
         return record, api_key
 
     def partner(self, partner_id: str) -> dict[str, str] | None:
-        record = self.redis.hgetall(self.key("partner", partner_id))
+        record = cast("dict[str, str]", self.redis.hgetall(self.key("partner", partner_id)))
         return record or None
 
     def partner_by_key(self, api_key: str) -> dict[str, str] | None:
@@ -116,7 +122,7 @@ class Store:
         hit = self._key_cache.get(hashed)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        partner_id = self.redis.get(self.key("partnerkey", hashed))
+        partner_id = cast("str | None", self.redis.get(self.key("partnerkey", hashed)))
         partner = self.partner(partner_id) if partner_id else None
         if partner is not None:
             if len(self._key_cache) >= KEY_CACHE_SIZE:
@@ -125,7 +131,7 @@ class Store:
         return partner
 
     def partners(self) -> list[dict[str, str]]:
-        ids = self.redis.zrange(self.key("partners"), 0, -1)
+        ids = cast("list[str]", self.redis.zrange(self.key("partners"), 0, -1))
         pipe = self.redis.pipeline()
         for partner_id in ids:
             pipe.hgetall(self.key("partner", partner_id))
@@ -160,12 +166,13 @@ class Store:
         hash_key, jobs_key = self.key("batch", batch_id), self.key("batch", batch_id, "jobs")
         score = time.time()
         pipe = self.redis.pipeline()
-        pipe.hset(hash_key, mapping=batch)
+        pipe.hset(hash_key, mapping=batch)  # type: ignore[arg-type]  # see create_partner
         pipe.rpush(jobs_key, *(job["job_id"] for job in jobs))
         pipe.expire(hash_key, self.live_ttl)
         pipe.expire(jobs_key, self.live_ttl)
         pipe.zadd(self.key("batches", "live"), {batch_id: score})
-        for job, message in zip(jobs, messages or [None] * len(jobs), strict=True):
+        queued: Sequence[tuple[str, str] | None] = messages or [None] * len(jobs)
+        for job, message in zip(jobs, queued, strict=True):
             self._add_job(pipe, job, score, message)
         pipe.execute()
 
@@ -200,7 +207,7 @@ class Store:
         pipe.execute()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        return decode_job(self.redis.hgetall(self.key("job", job_id)))
+        return decode_job(cast("dict[str, str]", self.redis.hgetall(self.key("job", job_id))))
 
     def job_and(self, job_id: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
         """A job record and the string at ``key`` (Celery's meta), in one round trip."""
@@ -279,13 +286,16 @@ class Store:
         arriving between pages never shift or repeat the items of later pages.
         """
         key = self.key("jobs", index)
+        rows: list[tuple[str, float]]
         if cursor:
             score, _, after = cursor.partition(":")
-            raw = self.redis.zrevrangebyscore(key, score, "-inf", start=0, num=limit + 64,
-                                              withscores=True)
+            raw = cast("list[tuple[str, float]]",
+                       self.redis.zrevrangebyscore(key, score, "-inf", start=0,
+                                                   num=limit + 64, withscores=True))
             rows = [(m, s) for m, s in raw if not (repr(s) == score and m >= after)]
         else:
-            rows = self.redis.zrevrange(key, 0, limit - 1, withscores=True)
+            rows = cast("list[tuple[str, float]]",
+                        self.redis.zrevrange(key, 0, limit - 1, withscores=True))
         return [(member, f"{score!r}:{member}") for member, score in rows[:limit]]
 
     def iter_index(self, index: str, *, cursor: str | None,

@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from jobgate import lifecycle
 from jobgate.batches import batch_record, member_ids
@@ -80,9 +80,10 @@ def sweep(store: Store, messenger: Messenger, *, stale_after: float,
     _count_batches(store, messenger, now - stale_after, repairs)
     if not messenger.inline:
         return _recorded(store, repairs)
-    live = store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after,
-                                     start=0, num=LIMIT)
-    overdue = store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
+    live = cast("list[str]", store.redis.zrangebyscore(store.key("live"), "-inf",
+                                                       now - stale_after, start=0, num=LIMIT))
+    overdue = cast("list[str]",
+                   store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT))
     if not live and not overdue:
         return _recorded(store, repairs)
     records = dict(zip(live, store.jobs(live), strict=True))
@@ -155,7 +156,9 @@ def _repair_deliveries(store: Store, messenger: Messenger, task_ids: list[str],
 def _count_batches(store: Store, messenger: Messenger, before: float,
                    repairs: Counter[str]) -> None:
     live_key = store.key("batches", "live")
-    for batch_id in store.redis.zrangebyscore(live_key, "-inf", before, start=0, num=LIMIT):
+    batch_ids = cast("list[str]",
+                     store.redis.zrangebyscore(live_key, "-inf", before, start=0, num=LIMIT))
+    for batch_id in batch_ids:
         record = batch_record(store, batch_id)
         if record is None or record.get("finished_at"):
             store.redis.zrem(live_key, batch_id)

@@ -9,7 +9,8 @@
 -- Returns {-1} unknown batch, {0} not the last member, {1, wants_event, queued}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return {0} end
-redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 local completed = redis.call('HINCRBY', KEYS[1], 'completed', 1)
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))

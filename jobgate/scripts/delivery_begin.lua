@@ -1,12 +1,14 @@
 -- Claim an attempt (SET NX EX) for this worker node, or take it over when the node
 -- holding it is no longer alive (its liveness key expired: it died mid-attempt, so the
 -- redelivered message may try again at once). If the attempt is done (a duplicate
--- message: its delivery is closed again in KEYS[4]), or held by a live node, return nil.
+-- message: its delivery is closed again in KEYS[4]), or held by a live node (or by this
+-- node, or by a holder with no node name), return nil.
 -- Otherwise the subject's record (HGETALL, empty if gone), its stored
 -- body (or false) and its partner's hash (empty if none). The partner key is only known
 -- from the record, so it is built here from ARGV[2] (one Redis, not a cluster).
 -- KEYS: claim, body, subject record, open deliveries. ARGV: lease seconds, partner key
 -- prefix, node name, worker liveness key prefix, this attempt's task id.
+-- Returns nil, or {record pairs, body or false, partner pairs}.
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
   local holder = redis.call('GET', KEYS[1])
   if holder == 'done' then

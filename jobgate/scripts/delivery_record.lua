@@ -7,6 +7,7 @@
 -- KEYS: summary, log, claim, job record, open deliveries, due set. ARGV: state, webhook
 -- id, event, at, retention, max log, entry head, mirror flag, this attempt's task id,
 -- next attempt's task id ('' none), its open deadline, its due time, its due entry.
+-- Returns the attempt's number.
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'webhook_id', ARGV[2], 'event', ARGV[3],
            'last_attempt_at', ARGV[4])

@@ -1,5 +1,6 @@
 -- Move due entries onto their queues: each entry is pushed only by the caller whose ZREM
--- removed it, so workers running this at the same time never queue an entry twice.
+-- removed it, so workers running this at the same time never queue an entry twice. The
+-- caller picks the due entries (ZRANGEBYSCORE up to now); their scores are not checked here.
 -- KEYS: due set, then the queue list of each entry. ARGV: entry, message, entry, message...
 -- Returns how many were moved.
 local moved = 0

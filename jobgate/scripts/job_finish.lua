@@ -9,6 +9,7 @@
 -- KEYS: job record, stats, events channel, webhooks queue, live jobs, open deliveries.
 -- ARGV: retention, status, event, message ('' none), open member, open deadline, job id,
 -- then the record's field/value pairs.
+-- Returns {-1} no record, {0} already ended, {1, callback URL, batch id, queued 0/1}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('HGET', KEYS[1], 'status') then return {0} end
 redis.call('HSET', KEYS[1], unpack(ARGV, 8))

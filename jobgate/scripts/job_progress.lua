@@ -4,6 +4,8 @@
 -- Given Celery's PROCESSING meta (ARGV[3], expiring after ARGV[4] s), the script also
 -- writes it as Celery's update_state would (SET + PUBLISH on the meta key, never over a
 -- SUCCESS): one round trip per report instead of three.
+-- KEYS: job record, events channel, Celery meta key. ARGV: progress JSON, event, meta
+-- ('' none), meta expiry in s ('' none). Returns 1 written, 0 ended, 2 no record.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
 if redis.call('HGET', KEYS[1], 'status') then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
