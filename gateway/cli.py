@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,7 +17,7 @@ import click
 import redis
 
 from config import Settings
-from gateway.launch import Child, LaunchError, http_status, stop_all
+from gateway.launch import Child, LaunchError, http_status, stop_all, supervise
 
 DEV_DIR = Path(".jobgate-dev")
 
@@ -37,22 +39,94 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------------------- worker
-def worker_command(extra: tuple[str, ...] = (), settings: Settings | None = None) -> list[str]:
-    """The celery worker command line on jobgate's queues (extra args go to Celery)."""
+POOLS = ("jobs", "webhooks")
+DELIVERY_POOLS = ("gevent", "threads")
+DEFAULT_DELIVERY_CONCURRENCY = 100
+
+
+def _has_option(args: Sequence[str], short: str, long: str) -> bool:
+    """Whether ``args`` set Celery's option ``short``/``long`` (``-n x``, ``-nx``, ``--long=x``)."""
+    return any(arg == long or arg.startswith(long + "=") or
+               (arg.startswith(short) and not arg.startswith("--")) for arg in args)
+
+
+def pool_commands(settings: Settings | None = None, *, concurrency: int | None = None,
+                  delivery_concurrency: int = DEFAULT_DELIVERY_CONCURRENCY,
+                  delivery_pool: str = "gevent", jobs_name: str = "jobs@%h",
+                  webhooks_name: str = "webhooks@%h", loglevel: str = "INFO",
+                  extra: Sequence[str] = (), delivery_extra: Sequence[str] = (),
+                  pools: Sequence[str] = POOLS) -> dict[str, list[str]]:
+    """The Celery worker command line of each pool ``jobgate worker`` runs.
+
+    ``jobs``: prefork on the jobs queue, ``concurrency`` processes (default: one per core),
+    then ``extra`` (an option set there wins over ours). ``webhooks``: the I/O pool
+    (gevent, or threads) on the webhooks queue with ``delivery_concurrency`` slots, then
+    ``delivery_extra``.
+    """
     settings = settings or Settings.from_env()
-    queues = f"{settings.queue_jobs},{settings.queue_webhooks}"
-    command = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", queues]
-    if not any(arg in ("-l", "--loglevel") or arg.startswith("--loglevel=") for arg in extra):
-        command += ["-l", "INFO"]
-    return command + list(extra)
+    celery = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker"]
+
+    def command(queue: str, pool: str, slots: int, name: str,
+                more: Sequence[str]) -> list[str]:
+        ours = [("-Q", "--queues", queue), ("-P", "--pool", pool),
+                ("-c", "--concurrency", str(slots)), ("-n", "--hostname", name),
+                ("-l", "--loglevel", loglevel)]
+        return celery + [arg for short, long, value in ours
+                         if not _has_option(more, short, long)
+                         for arg in (short, value)] + list(more)
+
+    commands = {
+        "jobs": command(settings.queue_jobs, "prefork", concurrency or os.cpu_count() or 1,
+                        jobs_name, extra),
+        "webhooks": command(settings.queue_webhooks, delivery_pool, delivery_concurrency,
+                            webhooks_name, delivery_extra),
+    }
+    return {pool: commands[pool] for pool in pools}
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("-c", "--concurrency", type=click.IntRange(min=1),
+              help="Job pool processes (prefork).  [default: number of CPUs]")
+@click.option("--delivery-concurrency", type=click.IntRange(min=1),
+              default=DEFAULT_DELIVERY_CONCURRENCY, show_default=True,
+              help="Webhook deliveries the delivery pool runs at once.")
+@click.option("--delivery-pool", type=click.Choice(DELIVERY_POOLS), default="gevent",
+              show_default=True, help="The delivery pool's Celery pool (both are I/O pools).")
+@click.option("--pool-only", type=click.Choice(POOLS),
+              help="Run only this pool (then this is a plain Celery worker), to scale the "
+                   "two separately.")
+@click.option("--jobs-name", default="jobs@%h", show_default=True,
+              help="Celery node name of the job pool.")
+@click.option("--webhooks-name", default="webhooks@%h", show_default=True,
+              help="Celery node name of the delivery pool.")
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="Log level of both pools.")
+@click.option("--delivery-args", default="", metavar="ARGS",
+              help="Extra Celery arguments for the delivery pool, as one shell-quoted string.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker on the jobs and webhooks queues (extra args go to Celery)."""
-    command = worker_command(celery_args)
-    os.execv(command[0], command)
+def worker(concurrency: int | None, delivery_concurrency: int, delivery_pool: str,
+           pool_only: str | None, jobs_name: str, webhooks_name: str, loglevel: str,
+           delivery_args: str, celery_args: tuple[str, ...]) -> None:
+    """Run the job pool and the webhook delivery pool, and supervise both.
+
+    The job pool is a prefork Celery worker on the jobs queue; the delivery pool an I/O
+    worker (gevent) on the webhooks queue, so receivers that hang until the webhook
+    timeout never hold a process a job could start on. SIGTERM or SIGINT stops both warm
+    (running tasks finish; a second signal stops them cold). If one pool exits, the other
+    is stopped and this exits non-zero. Extra arguments go to Celery (the job pool).
+    """
+    commands = pool_commands(
+        concurrency=concurrency, delivery_concurrency=delivery_concurrency,
+        delivery_pool=delivery_pool, jobs_name=jobs_name, webhooks_name=webhooks_name,
+        loglevel=loglevel, extra=celery_args, delivery_extra=shlex.split(delivery_args),
+        pools=(pool_only,) if pool_only else POOLS)
+    if pool_only:
+        command = commands[pool_only]
+        os.execv(command[0], command)
+    children = [Child.start(f"{pool} pool", command, stop_with_parent=True)
+                for pool, command in commands.items()]
+    sys.exit(supervise(children, say=lambda text: click.echo(f"jobgate worker: {text}",
+                                                               err=True)))
 
 
 # --------------------------------------------------------------------------- partners
@@ -157,7 +231,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @main.command()
 @click.option("--port", default=8000, show_default=True, help="Gateway port on 127.0.0.1.")
-@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+@click.option("--concurrency", default=2, show_default=True,
+              help="Job pool processes of the worker.")
 def dev(port: int, concurrency: int) -> None:
     """Gateway + worker (+ embedded Redis when none answers at REDIS_URL), for trying it out."""
     base = Settings.from_env()
@@ -181,8 +256,9 @@ def dev(port: int, concurrency: int) -> None:
             from gateway.views.partners import create_partner
 
             dev_partner = create_partner("dev")
-        children.append(Child.start("worker", worker_command(("-c", str(concurrency)),
-                                                             settings), env=env))
+        # Output to this terminal; `jobgate worker` runs and supervises both pools.
+        children.append(Child.start("worker", [sys.executable, "-m", "gateway.cli", "worker",
+                                               "-c", str(concurrency)], env=env))
         children.append(Child.start("gunicorn", [
             sys.executable, "-m", "gunicorn", "-c", "python:config.gunicorn", "-w", "1",
             "-b", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"], env=env))

@@ -10,6 +10,7 @@ workers (``tests/helpers.py``) and the benchmarks' stack (``bench/common.py``):
 - :meth:`Child.stop` is a graceful stop (SIGTERM to the group, SIGKILL after a timeout),
   :meth:`Child.kill` signals the group and every group started under it (SIGKILL: the
   whole thing, as a crash would);
+- :func:`supervise` runs children until one exits or a signal arrives (``jobgate worker``).
 
 Only the standard library: neither ``jobgate/`` nor ``tasks/`` imports it.
 """
@@ -30,7 +31,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Child", "LaunchError", "http_status", "stop_all"]
+__all__ = ["Child", "LaunchError", "http_status", "stop_all", "supervise"]
 
 
 class LaunchError(RuntimeError):
@@ -190,6 +191,69 @@ def stop_all(children: Iterable[Child], timeout: float = 20.0) -> None:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+
+
+def supervise(children: Sequence[Child], *, say: Callable[[str], None] | None = None,
+              poll: float = 0.2) -> int:
+    """Run until a child exits or this process gets SIGTERM/SIGINT; then stop the rest.
+
+    A SIGTERM or SIGINT is forwarded to every child as SIGTERM (a warm shutdown for a
+    Celery worker: running tasks finish) and this waits for them all, however long that
+    takes; a second one forwards SIGQUIT (Celery's cold shutdown). Signals go to each
+    child's own process, not its group: a Celery worker stops its pool itself, while a
+    pool process that gets SIGTERM dies with its task. If a child exits on its own, what
+    is left of its group is killed and the others get SIGTERM the same way. The result is
+    an exit status: 0 when every child stopped cleanly after a signal, else non-zero (a
+    child that exits on its own is a failure, even with status 0).
+    """
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        failed: Child | None = None
+        while not received and failed is None:
+            failed = next((c for c in children if not c.running()), None)
+            if failed is None and not received:
+                time.sleep(poll)
+        if failed is not None:
+            failed.kill_leftovers()
+            others = [c.name for c in children if c.running()]
+            say(f"{failed.name} exited with {failed.returncode}"
+                + (f"; stopping {', '.join(others)}" if others else ""))
+        else:
+            say(f"got {signal.Signals(received[0]).name}: stopping "
+                f"{', '.join(c.name for c in children)} (warm; a second signal: cold)")
+        for child in children:
+            child.send(signal.SIGTERM, group=False)
+        handled = len(received)
+        while any(child.running() for child in children):
+            if len(received) > handled:
+                handled = len(received)
+                cold = handled >= 2
+                if cold:
+                    say("stopping now (cold shutdown)")
+                for child in children:
+                    child.send(signal.SIGQUIT if cold else signal.SIGTERM, group=False)
+            time.sleep(poll)
+        for child in children:
+            child.kill_leftovers()
+        if failed is not None:
+            return _exit_status(failed.returncode) or 1
+        return max((_exit_status(child.returncode) for child in children), default=0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_status(returncode: int | None) -> int:
+    """A child's return code as a shell would report it (killed by signal N: 128 + N)."""
+    if returncode is None:
+        return 0
+    return 128 - returncode if returncode < 0 else returncode
 
 
 # ----------------------------------------------------------------------------- helpers

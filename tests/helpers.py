@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -64,19 +65,36 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A real ``celery -A tasks.worker worker`` subprocess (prefork) for ``settings``,
-    started by the launcher ``jobgate`` uses."""
+    """A real worker subprocess for ``settings``, started by the launcher ``jobgate`` uses.
+
+    By default what is shipped: ``jobgate worker``, i.e. the job pool (prefork,
+    ``concurrency`` processes, node ``name``) and the delivery pool (gevent, node
+    ``webhooks_name``) under their supervisor. With ``queues``, one plain
+    ``celery -A tasks.worker worker -Q <queues> -P <pool>`` instead, as people who run
+    Celery directly do (``queues`` = both queues is the old single-pool shape).
+    """
 
     def __init__(self, settings: Settings, *, concurrency: int = 2, pool: str = "prefork",
                  queues: str | None = None, env: Mapping[str, str] | None = None,
-                 name: str = "test") -> None:
+                 name: str = "test", delivery_concurrency: int | None = None) -> None:
         self.settings = settings
-        self.name = f"{name}-{os.getpid()}-{time.monotonic_ns()}@localhost"
-        self.nodes = [self.name]
-        self.args = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
-                     "-Q", queues or f"{settings.queue_jobs},{settings.queue_webhooks}",
-                     "-P", pool, "-c", str(concurrency), "-n", self.name,
-                     "--without-gossip", "--without-mingle", "-l", "INFO"]
+        tag = f"{name}-{os.getpid()}-{time.monotonic_ns()}"
+        self.name = f"{tag}@localhost"
+        quick = ["--without-gossip", "--without-mingle"]
+        if queues is None:
+            self.webhooks_name: str | None = f"{tag}-webhooks@localhost"
+            self.nodes = [self.name, self.webhooks_name]
+            self.args = [sys.executable, "-m", "gateway.cli", "worker", "-c", str(concurrency),
+                         "--jobs-name", self.name, "--webhooks-name", self.webhooks_name,
+                         "--delivery-args", shlex.join(quick), *quick]
+            if delivery_concurrency is not None:
+                self.args += ["--delivery-concurrency", str(delivery_concurrency)]
+        else:
+            self.webhooks_name = None
+            self.nodes = [self.name]
+            self.args = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
+                         "-Q", queues, "-P", pool, "-c", str(concurrency), "-n", self.name,
+                         *quick, "-l", "INFO"]
         self.env = {**os.environ, **settings_env(settings), **(env or {}),
                     "PYTHONPATH": str(ROOT)}
         self.child: Child | None = None
@@ -109,7 +127,7 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Kill the whole worker (main process and pool children)."""
+        """Kill the whole worker at once: supervisor, both pools and their processes."""
         if self.child is not None and self.child.running():
             self.child.kill(sig)
 

@@ -1,4 +1,4 @@
-"""The process launcher (gateway.launch)."""
+"""The process launcher (gateway.launch) and the command lines ``jobgate worker`` runs."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from config import Settings
+from gateway.cli import pool_commands
 from gateway.launch import Child, LaunchError, descendants, http_status, stop_all
 from tests.helpers import free_port, wait_until
 
@@ -88,3 +90,30 @@ def test_stop_all_stops_children_together(tmp_path: Path) -> None:
 
 def test_http_status_is_none_while_nothing_answers() -> None:
     assert http_status(f"http://127.0.0.1:{free_port()}/healthz", timeout=0.5) is None
+
+
+# ------------------------------------------------------------------ jobgate worker's shape
+def test_worker_runs_a_prefork_job_pool_and_a_gevent_delivery_pool() -> None:
+    settings = Settings(queue_jobs="j", queue_webhooks="w")
+    commands = pool_commands(settings)
+    assert list(commands) == ["jobs", "webhooks"]
+    celery = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker"]
+    assert commands["jobs"] == celery + ["-Q", "j", "-P", "prefork", "-c",
+                                         str(os.cpu_count()), "-n", "jobs@%h", "-l", "INFO"]
+    assert commands["webhooks"] == celery + ["-Q", "w", "-P", "gevent", "-c", "100",
+                                             "-n", "webhooks@%h", "-l", "INFO"]
+
+
+def test_worker_options_and_extra_celery_arguments() -> None:
+    settings = Settings(queue_jobs="j", queue_webhooks="w")
+    commands = pool_commands(
+        settings, concurrency=3, delivery_concurrency=50, delivery_pool="threads",
+        jobs_name="a@h", webhooks_name="b@h", loglevel="WARNING",
+        extra=("-E", "--hostname=mine@h", "-Ofair"), delivery_extra=("--without-mingle",))
+    jobs, hooks = commands["jobs"], commands["webhooks"]
+    # An option given to Celery directly wins over ours (here the node name).
+    assert jobs[6:] == ["-Q", "j", "-P", "prefork", "-c", "3", "-l", "WARNING",
+                        "-E", "--hostname=mine@h", "-Ofair"]
+    assert hooks[6:] == ["-Q", "w", "-P", "threads", "-c", "50", "-n", "b@h", "-l", "WARNING",
+                         "--without-mingle"]
+    assert list(pool_commands(settings, pools=("webhooks",))) == ["webhooks"]
