@@ -1,7 +1,8 @@
 """What every bench script shares: start/stop the stack, percentiles, tables, JSON results.
 
-Every process started here binds 127.0.0.1 only, runs in its own process group and is
-stopped (SIGTERM, then SIGKILL) by ``Stack.close``, which the scripts call in a ``finally``.
+Every process started here binds 127.0.0.1 only, is started by ``gateway.launch`` (the
+launcher ``jobgate`` itself uses) in its own process group and is stopped (SIGTERM, then
+SIGKILL) by ``Stack.close``, which the scripts call in a ``finally``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import json
 import os
 import platform
 import shlex
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +22,8 @@ from typing import Any
 
 import redis
 import requests
+
+from gateway.launch import Child, descendants, http_status
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -128,22 +129,9 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
-@dataclass
-class Service:
-    """One started process group (gunicorn, a Celery worker, Flower, the receiver)."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def check(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited; log {self.log_path}:\n{self.tail()}")
-        return True
-
-    def tail(self, lines: int = 30) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+class Service(Child):
+    """One started process group (gunicorn, a Celery worker, Flower, the receiver), with
+    what the bench reads of it: CPU time and memory of its whole process tree."""
 
     def pids(self) -> list[int]:
         """This service's process and every descendant."""
@@ -159,38 +147,6 @@ class Service:
         per = {pid: size for pid, size in per.items() if size}
         return {"total_mib": round(sum(per.values()) / 2**20, 1),
                 "processes_mib": [round(v / 2**20, 1) for v in per.values()]}
-
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM the process group, SIGKILL if it is still there after ``timeout``."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:
@@ -240,14 +196,8 @@ def rss_bytes(pid: int) -> int:
 
 def spawn(name: str, args: Sequence[str], env: Mapping[str, str]) -> Service:
     """Start ``args`` in its own process group, output to a log file under LOGS."""
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log_path = LOGS / f"{name}-{os.getpid()}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - the child owns it; closed with the process
-    proc = subprocess.Popen(list(args), env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    log.close()
-    return Service(name, proc, log_path)
+    return Service.start(name, args, log=LOGS / f"{name}-{os.getpid()}.log",
+                         env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
 
 
 def gateway_env(redis_url: str) -> dict[str, str]:
@@ -301,13 +251,13 @@ class Stack:
                                      "-b", f"127.0.0.1:{port}", "--log-level", "warning",
                                      "wsgi:app"], self.env)
         self.services["gateway"] = service
-        wait_for(lambda: service.check() and requests.get(self.url("gateway", "/healthz"),
-                                                          timeout=1).ok, 30, "gunicorn")
+        service.wait_ready(lambda: http_status(self.url("gateway", "/healthz")) == 200, 30,
+                           "gunicorn")
         return service
 
     def start_worker(self, concurrency: int = 2, events: bool = False,
                      instances: int = 1) -> Service:
-        """``instances`` workers as one service (one process group, so CPU and memory
+        """``instances`` workers as one service (one process tree, so CPU and memory
         are read over all of them)."""
         from config import Settings
         from tasks.app import make_celery
@@ -319,9 +269,8 @@ class Stack:
         self.services["worker"] = service
         app = make_celery(Settings.from_env(self.env))
         try:
-            wait_for(lambda: service.check() and
-                     len(app.control.ping(timeout=0.5)) >= instances, 60,
-                     "the Celery workers", interval=0.2)
+            service.wait_ready(lambda: len(app.control.ping(timeout=0.5)) >= instances, 60,
+                               "the Celery workers", interval=0.2)
         finally:
             app.close()
         return service
@@ -332,8 +281,8 @@ class Stack:
                                    "flower", "--address=127.0.0.1", f"--port={port}",
                                    "--logging=warning"], self.env)
         self.services["flower"] = service
-        wait_for(lambda: service.check() and requests.get(
-            self.url("flower", "/api/task/types"), timeout=1).status_code < 500, 60, "Flower")
+        service.wait_ready(lambda: (http_status(self.url("flower", "/api/task/types")) or 500)
+                           < 500, 60, "Flower")
         return service
 
     def start_receiver(self, secret: str) -> Service:
@@ -341,8 +290,8 @@ class Stack:
         service = spawn("receiver", [sys.executable, "-m", "bench.receiver", "--port",
                                      str(port)], {**self.env, "BENCH_WEBHOOK_SECRET": secret})
         self.services["receiver"] = service
-        wait_for(lambda: service.check() and requests.get(self.url("receiver", "/stats"),
-                                                          timeout=1).ok, 30, "the receiver")
+        service.wait_ready(lambda: http_status(self.url("receiver", "/stats")) == 200, 30,
+                           "the receiver")
         return service
 
     def create_partner(self, name: str = "bench") -> dict[str, Any]:

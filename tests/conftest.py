@@ -71,7 +71,8 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def worker(settings: Settings, redis_client: redis.Redis) -> Iterator[WorkerProcess]:
-    """One real prefork Celery worker on the jobs and webhooks queues, for the session."""
+    """What is shipped, for the session: ``jobgate worker`` (a prefork job pool of 2 and
+    the gevent delivery pool, supervised), started as the launcher starts it."""
     proc = WorkerProcess(settings, concurrency=2).start()
     yield proc
     proc.stop()

@@ -1,9 +1,11 @@
-"""Test helpers: wait on conditions (never bare sleeps), run a real Celery worker."""
+"""Test helpers: wait on conditions (never bare sleeps); run a real worker, Redis and
+gunicorn through the launcher ``jobgate`` itself uses (``gateway.launch``)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -16,9 +18,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
-import requests
 
 from config import Settings
+from gateway.launch import Child, http_status
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -64,63 +66,76 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    """A real ``celery -A tasks.worker worker`` subprocess (prefork) for ``settings``."""
+    """A real worker subprocess for ``settings``, started by the launcher ``jobgate`` uses.
+
+    By default what is shipped: ``jobgate worker``, i.e. the job pool (prefork,
+    ``concurrency`` processes, node ``name``) and the delivery pool (gevent, node
+    ``webhooks_name``) under their supervisor. With ``queues``, one plain
+    ``celery -A tasks.worker worker -Q <queues> -P <pool>`` instead, as people who run
+    Celery directly do (``queues`` = both queues is the old single-pool shape).
+    """
 
     def __init__(self, settings: Settings, *, concurrency: int = 2, pool: str = "prefork",
                  queues: str | None = None, env: Mapping[str, str] | None = None,
-                 name: str = "test") -> None:
+                 name: str = "test", delivery_concurrency: int | None = None) -> None:
         self.settings = settings
-        self.name = f"{name}-{os.getpid()}-{time.monotonic_ns()}@localhost"
-        self.args = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
-                     "-Q", queues or f"{settings.queue_jobs},{settings.queue_webhooks}",
-                     "-P", pool, "-c", str(concurrency), "-n", self.name,
-                     "--without-gossip", "--without-mingle", "-l", "INFO"]
+        tag = f"{name}-{os.getpid()}-{time.monotonic_ns()}"
+        self.name = f"{tag}@localhost"
+        quick = ["--without-gossip", "--without-mingle"]
+        if queues is None:
+            self.webhooks_name: str | None = f"{tag}-webhooks@localhost"
+            self.nodes = [self.name, self.webhooks_name]
+            self.args = [sys.executable, "-m", "gateway.cli", "worker", "-c", str(concurrency),
+                         "--jobs-name", self.name, "--webhooks-name", self.webhooks_name,
+                         "--delivery-args", shlex.join(quick), *quick]
+            if delivery_concurrency is not None:
+                self.args += ["--delivery-concurrency", str(delivery_concurrency)]
+        else:
+            self.webhooks_name = None
+            self.nodes = [self.name]
+            self.args = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
+                         "-Q", queues, "-P", pool, "-c", str(concurrency), "-n", self.name,
+                         *quick, "-l", "INFO"]
         self.env = {**os.environ, **settings_env(settings), **(env or {}),
                     "PYTHONPATH": str(ROOT)}
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"jobgate-{self.name}.log"
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.child.proc if self.child else None
+
     def start(self, timeout: float = 30.0) -> WorkerProcess:
-        """Start and wait until the worker answers a control ping."""
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        """Start and wait until every node answers a control ping."""
+        self.child = Child.start(self.name, self.args, log=self.log_path, env=self.env,
+                                 cwd=ROOT)
         from tasks.app import make_celery
 
         app = make_celery(self.settings)
+
+        def answered() -> bool:
+            replies = app.control.ping(destination=self.nodes, timeout=0.5)
+            return {node for reply in replies for node in reply} >= set(self.nodes)
+
         try:
-            wait_until(lambda: self._alive() and app.control.ping(
-                destination=[self.name], timeout=0.5), timeout, 0.2,
-                f"worker {self.name} to answer (log: {self.log_path})")
+            self.child.wait_ready(answered, timeout, f"worker {self.name} to answer",
+                                  interval=0.2)
         finally:
             app.close()
         return self
-
-    def _alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError(f"worker exited; log:\n{self.log()}")
-        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Kill the whole worker (main process and pool children)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
+        """Kill the whole worker at once: supervisor, both pools and their processes."""
+        if self.child is not None and self.child.running():
+            self.child.kill(sig)
 
     def stop(self) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL if it takes too long."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
+        if self.child is not None:
+            self.child.stop(timeout=20)
 
 
 def free_port() -> int:
@@ -141,7 +156,12 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self.dir = Path(directory or tempfile.mkdtemp(prefix="jobgate-redis-"))
         self.appendonly = appendonly
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        """The running server's process (None when stopped)."""
+        return self.child.proc if self.child else None
 
     @staticmethod
     def binary() -> str:
@@ -165,29 +185,22 @@ class EmbeddedRedis:
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly \
             else ["--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *durability, "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        self.child = Child.start(f"redis-server on {self.port}", [
+            self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            *durability, "--dir", str(self.dir)], log=self.dir / "redis.log")
         client = self.client()
         try:
-            wait_until(lambda: self._answers(client), timeout, 0.05, f"redis on {self.port}")
+            self.child.wait_ready(lambda: _pings(client), timeout, f"redis on {self.port}",
+                                  interval=0.05)
         finally:
             client.close()
         return self
 
-    def _answers(self, client: redis.Redis) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            log = self.dir / "redis.log"
-            raise AssertionError(f"redis-server exited: {log.read_text() if log.exists() else ''}")
-        return _pings(client)
-
     def stop(self) -> None:
         """Stop it the way an operator would (SIGTERM)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=20)
-        self.proc = None
+        if self.child is not None:
+            self.child.stop(timeout=20)
+        self.child = None
 
     def close(self) -> None:
         """Stop it and remove its directory."""
@@ -214,32 +227,16 @@ def gunicorn(settings: Settings, *, workers: int = 2,
     port = free_port()
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"jobgate-gunicorn-{port}.log"
     child_env = {**os.environ, **settings_env(settings), **(env or {}), "PYTHONPATH": str(ROOT)}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-             *extra, "wsgi:app"],
-            cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    server = Child.start("gunicorn", [
+        sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+        *extra, "wsgi:app"], log=log_path, env=child_env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited:\n{log_path.read_text(errors='replace')}")
-        try:
-            return requests.get(url + "/healthz", timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
-
     try:
-        wait_until(up, timeout=30, interval=0.1, message="gunicorn to answer /healthz")
+        server.wait_ready(lambda: http_status(url + "/healthz", timeout=5) == 200, 30,
+                          "gunicorn to answer /healthz")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop(timeout=20)
 
 
 def flush_db(url: str) -> None:

@@ -300,3 +300,25 @@ def test_a_gone_batch_sends_nothing_and_closes_the_claim(fake_app: FakeApp) -> N
     books = Deliveries(fake_app.store)
     claim = books.claim_key(batch_id, "batch.completed:auto:0")
     assert fake_app.store.redis.get(claim) == "done"
+
+
+def test_the_delivery_task_shares_one_result_backend_across_threads() -> None:
+    """Celery's backend is per thread, and in the gevent delivery pool each task is a new
+    greenlet (a new thread): the delivery task keeps one for the process instead."""
+    import threading
+
+    from tasks.app import make_celery
+
+    app = make_celery(Settings(redis_url="redis://127.0.0.1:6379/0"))
+    task = app.tasks[DELIVER_TASK]
+    seen: list[tuple[Any, Any]] = []  # kept, so no backend is freed and its id reused
+    threads = [threading.Thread(target=lambda: seen.append((task.backend, app.backend)))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(ours) for ours, _ in seen}) == 1
+    assert len({id(celerys) for _, celerys in seen}) == 3
+    assert type(task.backend).__name__ == "RedisBackend"
+    app.close()

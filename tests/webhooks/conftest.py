@@ -121,6 +121,76 @@ def receiver() -> Iterator[Receiver]:
     server.stop()
 
 
+class HangingReceiver:
+    """Receivers that never answer, on 127.0.0.1: ``/hang`` reads the request and sends
+    nothing; ``/drip`` sends a status line, then one header byte every 100 ms (per-read
+    timeouts never fire, only the delivery's own deadline ends it). Each connection holds
+    until the client gives up or ``close()``."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0), backlog=512)
+        self.port = self.server.getsockname()[1]
+        self.closing = threading.Event()
+        self._lock = threading.Lock()
+        self.arrived: list[tuple[str, float]] = []  # (path, time.time()) per request
+        self._connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str = "/hang") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def holding(self, path: str = "/hang") -> int:
+        """Requests to ``path`` that arrived (each is held, never answered)."""
+        with self._lock:
+            return sum(1 for arrived, _ in self.arrived if arrived == path)
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._connections.append(conn)
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        try:
+            head = conn.recv(65536)
+            if not head:
+                return
+            path = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else "?"
+            with self._lock:
+                self.arrived.append((path, time.time()))
+            if path == "/drip":
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                while not self.closing.wait(0.1):
+                    conn.sendall(b"X")
+            else:
+                while not self.closing.is_set() and conn.recv(65536):
+                    pass  # hold until the client gives up (EOF) or we close
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.closing.set()
+        self.server.close()
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+
+
+@pytest.fixture
+def hanging_receiver() -> Iterator[HangingReceiver]:
+    server = HangingReceiver()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def held_settings(settings: Settings) -> Settings:
     """Settings whose job queue no worker consumes until a test starts one on it."""
