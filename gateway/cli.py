@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import click
 import redis
 
-from config import Settings
+from config import Settings, SettingsError
 from gateway.launch import Child, LaunchError, http_status, stop_all, supervise
 
 DEV_DIR = Path(".jobgate-dev")
@@ -32,7 +32,17 @@ def _echo_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group: a bad setting is one line (``Error: VAR=… is not valid: …``)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="jobgate", prog_name="jobgate")
 def main() -> None:
     """jobgate: submit jobs over HTTP, run them on Celery, get signed webhooks."""

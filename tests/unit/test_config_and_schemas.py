@@ -137,3 +137,15 @@ def test_entry_points_stop_with_that_line_and_imports_read_no_settings():
         assert started.returncode == 1
         assert started.stderr.strip() == ("jobgate: JOBGATE_RATE_LIMIT='abc' is not valid: "
                                           "invalid literal for int() with base 10: 'abc'")
+
+
+@pytest.mark.parametrize("command", [["worker"], ["partner", "list"], ["dev"]])
+def test_the_jobgate_command_says_a_bad_setting_in_one_line(command):
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    result = CliRunner().invoke(main, command, env={"JOBGATE_RATE_LIMIT": "x"})
+    assert result.exit_code == 1
+    assert result.output == ("Error: JOBGATE_RATE_LIMIT='x' is not valid: invalid literal "
+                             "for int() with base 10: 'x'\n")
