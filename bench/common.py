@@ -23,6 +23,7 @@ from typing import Any
 import redis
 import requests
 
+from gateway.cli import DEFAULT_DELIVERY_CONCURRENCY
 from gateway.launch import Child, descendants, http_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,18 +209,39 @@ def gateway_env(redis_url: str) -> dict[str, str]:
             "FLOWER_UNAUTHENTICATED_API": "1"}
 
 
-def worker_command(concurrency: int, events: bool, instance: int = 0) -> list[str]:
-    """``jobgate worker`` (a Celery worker on the jobs and webhooks queues), as operators run it."""
-    extra = ["-c", str(concurrency), "-P", "prefork", "-l", "WARNING", "--without-gossip",
-             "--without-mingle", "-n", f"bench{instance}-{os.getpid()}@localhost"]
-    if events:
-        extra.append("-E")
-    return [sys.executable, "-m", "gateway.cli", "worker", *extra]
+# The worker shapes a bench can run: what ``jobgate worker`` ships (gevent delivery pool),
+# the same with a threads delivery pool, and the shape before the delivery pool.
+WORKER_SHAPES = {"gevent": "jobgate worker",
+                 "threads": "jobgate worker, threads delivery pool",
+                 "single": "single pool (before)"}
 
 
-def worker_shape(concurrency: int, instances: int) -> str:
+def worker_command(concurrency: int, events: bool, instance: int = 0,
+                   shape: str = "gevent") -> list[str]:
+    """``jobgate worker`` as operators run it: the prefork job pool (``-c concurrency``)
+    and the delivery pool (gevent, or threads for ``shape="threads"``), supervised.
+
+    ``shape="single"``: the shape before the delivery pool, one prefork Celery worker on
+    both queues (``celery -A tasks.worker worker -Q jobs,webhooks``), for comparisons.
+    """
+    quiet = ["-l", "WARNING", "--without-gossip", "--without-mingle", *(["-E"] if events else [])]
+    node = f"bench{instance}-{os.getpid()}"
+    if shape == "single":
+        return [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q",
+                "jobs,webhooks", "-P", "prefork", "-c", str(concurrency), "-n",
+                f"{node}@localhost", *quiet]
+    return [sys.executable, "-m", "gateway.cli", "worker", "-c", str(concurrency),
+            "--delivery-pool", shape, "--jobs-name", f"{node}@localhost",
+            "--webhooks-name", f"{node}-webhooks@localhost",
+            "--delivery-args", shlex.join(quiet[2:]), *quiet]
+
+
+def worker_shape(concurrency: int, instances: int, shape: str = "gevent") -> str:
     """How the bench ran the workers, for the JSON."""
-    one = f"jobgate worker -P prefork -c {concurrency}"
+    one = (f"celery worker -Q jobs,webhooks -P prefork -c {concurrency} (single pool)"
+           if shape == "single" else
+           f"jobgate worker -c {concurrency} (prefork job pool + {shape} delivery pool of "
+           f"{DEFAULT_DELIVERY_CONCURRENCY})")
     return one if instances == 1 else f"{instances} x {one}"
 
 
@@ -255,21 +277,22 @@ class Stack:
                            "gunicorn")
         return service
 
-    def start_worker(self, concurrency: int = 2, events: bool = False,
-                     instances: int = 1) -> Service:
+    def start_worker(self, concurrency: int = 2, events: bool = False, instances: int = 1,
+                     shape: str = "gevent") -> Service:
         """``instances`` workers as one service (one process tree, so CPU and memory
         are read over all of them)."""
         from config import Settings
         from tasks.app import make_celery
 
-        commands = [worker_command(concurrency, events, n) for n in range(instances)]
+        commands = [worker_command(concurrency, events, n, shape) for n in range(instances)]
         args = commands[0] if instances == 1 else [
             "sh", "-c", " & ".join(shlex.join(command) for command in commands) + " & wait"]
         service = spawn("worker", args, self.env)
         self.services["worker"] = service
         app = make_celery(Settings.from_env(self.env))
+        nodes = instances * (1 if shape == "single" else 2)  # Celery nodes to answer
         try:
-            service.wait_ready(lambda: len(app.control.ping(timeout=0.5)) >= instances, 60,
+            service.wait_ready(lambda: len(app.control.ping(timeout=0.5)) >= nodes, 60,
                                "the Celery workers", interval=0.2)
         finally:
             app.close()

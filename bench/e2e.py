@@ -17,6 +17,7 @@ import requests
 
 from bench.common import (
     SLEEP_PARAMS,
+    WORKER_SHAPES,
     Stack,
     base_parser,
     gunicorn_shape,
@@ -127,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="give up when no webhook arrives for this long")
     parser.add_argument("--cap", type=float, default=600.0, help="overall time cap, seconds")
     parser.add_argument("--profile", type=Path, help="py-spy raw profiles into this folder")
+    parser.add_argument("--worker-shape", choices=WORKER_SHAPES, default="gevent",
+                        help="gevent: jobgate worker as shipped; threads: its delivery pool "
+                             "on threads; single: one prefork worker on both queues (before)")
     args = parser.parse_args(argv)
     started = machine()
     stack = Stack.fresh(args.redis_url)
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gateway = stack.start_gateway(args.gunicorn)
         worker = stack.start_worker(args.worker_concurrency, events=False,
-                                    instances=args.worker_instances)
+                                    instances=args.worker_instances,
+                                    shape=args.worker_shape)
         partner = stack.create_partner()
         stack.start_receiver(partner["webhook_secret"])
         client = stack.redis()
@@ -219,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     write_result("e2e", {
         "benchmark": "e2e", "task": "demo.sleep", "params": SLEEP_PARAMS,
         "config": {"gunicorn": gunicorn_shape(args.gunicorn),
-                   "worker": worker_shape(args.worker_concurrency, args.worker_instances),
+                   "worker": worker_shape(args.worker_concurrency, args.worker_instances,
+                                          shape=args.worker_shape),
                    "submit_concurrency": args.concurrency},
         "machine": started,
         "results": result,

@@ -95,3 +95,20 @@ def test_serving_bench_reads_under_each_shape(redis_url: str, redis_client, tmp_
         # 300 requests: enough CPU for /proc's 10 ms clock ticks to see (40 was not).
         assert row["ok"] == row["requests"] == 300, row
         assert row["cpu_us_per_request"]["server"] > 0, row
+
+
+def test_slow_receivers_bench_measures_both_shapes(redis_url: str, redis_client,
+                                                   tmp_path: Path):
+    data = run_script("slow_receivers", redis_url, tmp_path / "slow_receivers.json",
+                      "--hanging", "3", "--jobs", "4", "--interval", "0.05",
+                      "--webhook-timeout", "2", "--cap", "2", "--rounds", "1",
+                      "--worker-concurrency", "1")
+    results = data["results"]
+    assert set(results) == {"jobgate worker", "single pool (before)"}
+    for shape in results.values():
+        assert set(shape) == {"0", "3"}
+        for row in shape.values():
+            assert row["probes"] == 4 and row["p50_ms"] is not None, row
+    # Shipped: all three receivers hang at once and every probe still starts.
+    shipped = results["jobgate worker"]["3"]
+    assert shipped["hanging_at_first_probe"] == [3] and shipped["not_started"] == 0, shipped

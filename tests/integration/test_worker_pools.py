@@ -8,6 +8,7 @@ the pair instead of leaving half a worker running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
@@ -84,6 +85,21 @@ def test_when_one_pool_dies_the_supervisor_stops_the_other_and_fails(settings, r
         assert f"{dies} pool exited with -9; stopping {other} pool" in worker.log()
     finally:
         worker.stop()
+
+
+def test_pools_stop_when_the_supervisor_is_sigkilled(settings, redis_client):
+    """No orphans: Linux sends each pool SIGTERM when its supervisor dies (PDEATHSIG)."""
+    worker = WorkerProcess(own_queues(settings), concurrency=1, name="pools").start()
+    processes = everything(worker)
+    try:
+        worker.proc.kill()  # the supervisor alone, not its pools' groups
+        worker.proc.wait(timeout=10)
+        wait_until(lambda: not any(alive(pid) for pid in processes), 30, 0.1,
+                   "both pools to stop after their supervisor died")
+    finally:
+        for pid in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_pool_only_runs_one_plain_celery_worker(settings, redis_client):
