@@ -91,3 +91,5 @@ def test_hanging_receivers_do_not_delay_job_starts(settings, redis_client, admin
     finally:
         hanging_receiver.close()
         worker.stop()
+        # The hour-later retries went back to this test's queues at the warm stop.
+        redis_client.delete(own.queue_jobs, own.queue_webhooks)
