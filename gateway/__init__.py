@@ -36,9 +36,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False
     app.extensions["jobgate"] = Services(
         settings=settings,
-        store=Store.from_url(settings.redis_url, prefix=settings.key_prefix,
-                             retention=settings.job_retention,
-                             max_connections=settings.redis_max_connections),
+        store=Store.from_settings(settings),
         celery=make_celery(settings),
         allowlist=parse_allowlist(settings.callback_allowlist),
     )

@@ -79,8 +79,8 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
 
 def _send_all(svc: Services, batch_id: str, records: list[dict[str, Any]]) -> None:
     """Queue every member over one broker connection, for a broker that is not the store's
-    Redis (the store's records are written first; a member whose message a crash lost is
-    queued again by the sweeper).
+    Redis (the store's records are written first: a crash before the sends strands the
+    members, which the sweeper cannot see in another broker; docs/reliability.md).
 
     If the broker fails part way, members not queued end as FAILURE (counted, so the batch
     still completes); if none was queued, the batch and its records are removed and the

@@ -58,10 +58,3 @@ def move_due(store: Store, messenger: Messenger, *, now: float | None = None,
         moved += 1
     return moved
 
-
-def due_ids(store: Store) -> set[str]:
-    """Task ids of every scheduled entry (for the sweeper)."""
-    found: set[str] = set()
-    for row, _ in store.redis.zscan_iter(store.due_key, count=1000):
-        found.add(json.loads(row)["id"])
-    return found

@@ -15,10 +15,12 @@ What a pass looks for, each counted in ``<prefix>:repairs`` (``/metrics``) and l
   complete the batch and queue ``batch.completed``.
 
 "Nowhere" is decided from the broker itself: the queues (the job's own, from its record,
-and the messenger's), kombu's unacknowledged messages and the due set, read twice so that a
-message between two of them is not missed. Deliveries are looked for on the messenger's
-webhooks queue: deployments (and test worlds) that use other queue names use their own key
-prefix too. That
+and the messenger's), kombu's unacknowledged messages and the due set, each snapshot taken
+in one MULTI, and a second snapshot a second later before anything is repaired. Deliveries
+are looked for on the messenger's webhooks queue: deployments (and test worlds) that use
+other queue names use their own key prefix too. A pass reads every queued message, so its
+cost grows with the backlog (about 1 s per 100 000 queued messages here); it runs in a
+thread of its own, off the worker's consumer loop. That
 needs the broker to be the store's Redis (``messenger.inline``); with another broker only
 batch counts are repaired.
 """
@@ -33,7 +35,6 @@ from typing import Any, cast
 
 from jobgate import lifecycle
 from jobgate.batches import batch_record, member_ids
-from jobgate.due import due_ids
 from jobgate.events import parse_delivery_task_id
 from jobgate.messages import DELIVER_TASK, Messenger
 from jobgate.status import TERMINAL
@@ -47,18 +48,27 @@ LIMIT = 1000  # candidates of each kind looked at per pass
 UNACKED_KEY = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, key]
 
 
-def inflight_ids(store: Store, queues: list[str]) -> set[str]:
+def inflight_ids(store: Store, queues: list[str], broker_prefix: str = "") -> set[str]:
     """Task ids of every message queued on ``queues``, held unacknowledged by a worker, or
-    scheduled on the due set."""
-    client, found = store.redis, due_ids(store)
+    scheduled on the due set: one snapshot (MULTI), so a message moving between two of
+    them while the list is read is not missed. ``broker_prefix`` is kombu's
+    ``global_keyprefix``, if set."""
+    pipe = store.redis.pipeline(transaction=True)
     for queue in queues:
-        for start in range(0, client.llen(queue), 1000):
-            for raw in client.lrange(queue, start, start + 999):
-                found.add(_task_id(raw))
-    for _, raw in client.hscan_iter(UNACKED_KEY, count=1000):
+        pipe.lrange(broker_prefix + queue, 0, -1)
+    pipe.hvals(broker_prefix + UNACKED_KEY)
+    pipe.zrange(store.due_key, 0, -1)
+    *lists, held, due = pipe.execute()
+    found = {_task_id(raw) for listed in lists for raw in listed}
+    for raw in held:
         try:
             found.add(_task_id(json.loads(raw)[0]))
         except (ValueError, IndexError, TypeError):
+            continue
+    for row in due:
+        try:
+            found.add(str(json.loads(row)["id"]))
+        except (ValueError, KeyError, TypeError):
             continue
     found.discard("")
     return found
@@ -73,8 +83,14 @@ def _task_id(message: Any) -> str:
 
 
 def sweep(store: Store, messenger: Messenger, *, stale_after: float,
-          now: float | None = None) -> Counter[str]:
-    """One pass; returns the repairs made by kind."""
+          now: float | None = None, recheck_after: float = 1.0,
+          broker_prefix: str = "") -> Counter[str]:
+    """One pass; returns the repairs made by kind.
+
+    What looks lost in a first snapshot is looked for again ``recheck_after`` s later: a
+    worker takes a message with ``BRPOP`` and records it as unacknowledged in a second
+    step, and a message between the two is in neither.
+    """
     now = time.time() if now is None else now
     repairs: Counter[str] = Counter()
     _count_batches(store, messenger, now - stale_after, repairs)
@@ -89,11 +105,12 @@ def sweep(store: Store, messenger: Messenger, *, stale_after: float,
     records = dict(zip(live, store.jobs(live), strict=True))
     queues = sorted({messenger.jobs_queue, messenger.webhooks_queue,
                      *(r["queue"] for r in records.values() if r and r.get("queue"))})
-    seen = inflight_ids(store, queues)
+    seen = inflight_ids(store, queues, broker_prefix)
     missing_jobs = [job_id for job_id in live if job_id not in seen]
     missing_deliveries = [task_id for task_id in overdue if task_id not in seen]
     if missing_jobs or missing_deliveries:
-        seen = inflight_ids(store, queues)  # again: a message moving between two reads
+        time.sleep(recheck_after)
+        seen = inflight_ids(store, queues, broker_prefix)
         _repair_jobs(store, messenger, [j for j in missing_jobs if j not in seen], repairs)
         _repair_deliveries(store, messenger,
                            [t for t in missing_deliveries if t not in seen], repairs)

@@ -31,9 +31,7 @@ class JobgateCelery(Celery):
 
     @cached_property
     def store(self) -> Store:
-        return Store.from_url(self.settings.redis_url, prefix=self.settings.key_prefix,
-                              retention=self.settings.job_retention,
-                              max_connections=self.settings.redis_max_connections)
+        return Store.from_settings(self.settings)
 
     @cached_property
     def messenger(self) -> CeleryMessenger:
@@ -159,6 +157,11 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         worker_hijack_root_logger=False,
     )
     app.steps["consumer"].add(Upkeep)  # fresh messages, due retries, the sweeper
+    if not same_redis(settings.broker_url, settings.redis_url):
+        log.warning("CELERY_BROKER_URL is not REDIS_URL: jobs, webhooks and retries are "
+                    "queued outside the store's transactions, and the sweeper cannot see the "
+                    "broker, so a crash between a record and its message can strand a job "
+                    "(docs/reliability.md)")
     for job_type in job_types(demo=settings.demo_tasks).values():
         # shared=False: each app built here owns its tasks (tests build several apps).
         app.task(name=job_type.name, base=JobTask, bind=True, shared=False,

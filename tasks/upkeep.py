@@ -1,19 +1,24 @@
-"""Worker upkeep: a consumer bootstep with timers in every worker's main process.
+"""Worker upkeep: what every worker does besides running tasks.
 
-- **Fresh messages** (every visibility timeout / 6): the messages this worker holds
-  unacknowledged get a new timestamp in kombu's ``unacked_index``, so the broker's
-  visibility timeout restores a message only once its worker has stopped refreshing it:
-  a killed worker's jobs run again within about one timeout (30 s by default), and a
-  long job is never handed to a second worker while the first still runs it.
-- **Alive** (same timer): ``<prefix>:worker:<node name>`` with a short TTL.
-- **Due deliveries** (every second): ``jobgate.due.move_due`` queues due retries.
-- **Sweeper** (every ``JOBGATE_SWEEP_INTERVAL`` s): the worker holding a short lease runs
-  one ``jobgate.sweeper.sweep`` pass.
+- **Fresh messages** (a thread, every visibility timeout / 10): the messages this worker
+  process holds unacknowledged get a new timestamp in kombu's ``unacked_index``, so the
+  broker's visibility timeout restores a message only once its worker has stopped
+  refreshing it: a killed worker's jobs run again within about one timeout (30 s by
+  default), and a running job is never handed to a second worker while the first runs it.
+  A thread, not a consumer timer: the consumer stops first at a warm shutdown, while the
+  pool finishes its jobs, and those jobs must stay fresh until they are acked. The broker's
+  scores are written first and on their own, so a store Redis that fails cannot stop them.
+- **Alive** (same thread): ``<prefix>:worker:<node name>`` with a short TTL.
+- **Due deliveries** (consumer timer, every second): ``jobgate.due.move_due``.
+- **Sweeper** (consumer timer, every ``JOBGATE_SWEEP_INTERVAL`` s): the worker holding a
+  lease runs one ``jobgate.sweeper.sweep`` pass, in a thread so that a long pass never
+  stalls the consumer's loop.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -29,13 +34,58 @@ log = logging.getLogger("jobgate.upkeep")
 
 def held_delivery_tags() -> list[str]:
     """Delivery tags of every message this worker process has taken and not acked."""
-    requests = {*list(worker_state.requests.values()), *list(worker_state.active_requests)}
+    for _ in range(3):  # the consumer's thread may change the sets while we copy them
+        try:
+            requests = {*list(worker_state.requests.values()),
+                        *list(worker_state.reserved_requests),
+                        *list(worker_state.active_requests)}
+            break
+        except RuntimeError:
+            continue
+    else:
+        return []
     tags = []
     for request in requests:
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag:
             tags.append(str(tag))
     return tags
+
+
+class Refresher(threading.Thread):
+    """Keeps held messages fresh and the node alive, until the process exits."""
+
+    def __init__(self, app: Any, node: str, unacked_index: str | None) -> None:
+        super().__init__(name="jobgate-refresh", daemon=True)
+        self.store = app.store
+        self.node = node
+        self.every = max(0.5, app.settings.visibility_timeout / 10)
+        self.unacked_index = unacked_index
+        self.broker: redis.Redis | None = None
+        if unacked_index is not None:
+            self.broker = redis.Redis.from_url(app.conf.broker_url, decode_responses=True,
+                                               socket_timeout=5, socket_connect_timeout=2)
+
+    def run(self) -> None:
+        while True:
+            self.tick()
+            time.sleep(self.every)
+
+    def tick(self) -> None:
+        now = time.time()
+        tags = held_delivery_tags()
+        if tags and self.broker is not None:
+            try:
+                # XX: only messages still unacknowledged; one acked meanwhile stays gone.
+                self.broker.zadd(self.unacked_index, dict.fromkeys(tags, now), xx=True)
+            except Exception:  # noqa: BLE001 - the next tick tries again
+                log.warning("upkeep: refreshing %d held messages failed", len(tags),
+                            exc_info=True)
+        try:
+            self.store.redis.set(self.store.key("worker", self.node), now,
+                                 ex=int(self.every * 5) + 1)
+        except Exception:  # noqa: BLE001
+            log.warning("upkeep: the liveness key could not be written", exc_info=True)
 
 
 class Upkeep(bootsteps.StartStopStep):
@@ -46,35 +96,30 @@ class Upkeep(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self._timers: list[Any] = []
-        self._broker: redis.Redis | None = None
-        self._unacked_index = "unacked_index"
+        self._refresher: Refresher | None = None
+        self._sweeping: threading.Thread | None = None
 
     def start(self, c: Any) -> None:
         app, settings = c.app, c.app.settings
         self.node = c.hostname
-        self.every = max(1.0, settings.visibility_timeout / 6)
-        if app.conf.broker_url.startswith(("redis://", "rediss://")):
-            self._broker = redis.Redis.from_url(app.conf.broker_url, decode_responses=True,
-                                                socket_timeout=5, socket_connect_timeout=2)
-            channel = c.task_consumer.channel
-            self._unacked_index = (getattr(channel, "global_keyprefix", "") or "") + \
-                channel.unacked_index_key
+        if self._refresher is None:  # once per process: it outlives consumer restarts
+            unacked_index = None
+            if app.conf.broker_url.startswith(("redis://", "rediss://")):
+                channel = c.task_consumer.channel
+                unacked_index = (getattr(channel, "global_keyprefix", "") or "") + \
+                    channel.unacked_index_key
+            self._refresher = Refresher(app, self.node, unacked_index)
+            self._refresher.tick()
+            self._refresher.start()
         self._timers = [
-            c.timer.call_repeatedly(self.every, self._guard, (self.refresh, c)),
             c.timer.call_repeatedly(1.0, self._guard, (self.move_due, c)),
             c.timer.call_repeatedly(settings.sweep_interval, self._guard, (self.sweep, c)),
         ]
-        self._guard(self.refresh, c)
 
     def stop(self, c: Any) -> None:
         for timer in self._timers:
             timer.cancel()
         self._timers = []
-
-    def shutdown(self, c: Any) -> None:
-        self.stop(c)
-        if self._broker is not None:
-            self._broker.close()
 
     @staticmethod
     def _guard(step: Any, c: Any) -> None:
@@ -84,29 +129,32 @@ class Upkeep(bootsteps.StartStopStep):
         except Exception:  # noqa: BLE001 - a timer that raises would stop for good
             log.warning("upkeep: %s failed", step.__name__, exc_info=True)
 
-    def refresh(self, c: Any) -> None:
-        store, now = c.app.store, time.time()
-        store.redis.set(store.key("worker", self.node), now, ex=int(self.every * 3) + 1)
-        tags = held_delivery_tags()
-        if tags and self._broker is not None:
-            # XX: only messages still unacknowledged; one acked meanwhile stays gone.
-            self._broker.zadd(self._unacked_index, dict.fromkeys(tags, now), xx=True)
-
     def move_due(self, c: Any) -> None:
         moved = move_due(c.app.store, c.app.messenger)
         if moved:
             log.info("upkeep: queued %d due deliveries", moved)
 
     def sweep(self, c: Any) -> None:
+        """Hold or renew the sweeper's lease; start a pass unless one still runs here."""
         app = c.app
         store, settings = app.store, app.settings
         lease = store.key("sweeper")
-        ttl_ms = int(settings.sweep_interval * 2000)
+        ttl_ms = int(max(settings.sweep_interval * 3, 60) * 1000)
         if not store.redis.set(lease, self.node, nx=True, px=ttl_ms):
             if store.redis.get(lease) != self.node:
                 return  # another worker sweeps
             store.redis.pexpire(lease, ttl_ms)
-        repairs = sweep(store, app.messenger,
-                        stale_after=settings.visibility_timeout + settings.sweep_interval)
+        if self._sweeping is not None and self._sweeping.is_alive():
+            return
+        self._sweeping = threading.Thread(target=self._guard, args=(self._pass, c),
+                                          name="jobgate-sweep", daemon=True)
+        self._sweeping.start()
+
+    def _pass(self, c: Any) -> None:
+        app = c.app
+        channel = c.task_consumer.channel
+        repairs = sweep(app.store, app.messenger,
+                        stale_after=app.settings.visibility_timeout + app.settings.sweep_interval,
+                        broker_prefix=getattr(channel, "global_keyprefix", "") or "")
         if repairs:
             log.warning("sweeper: repaired %s", dict(repairs))
