@@ -133,8 +133,9 @@ def _attempt(settings: Settings, store: Store, messenger: Messenger, books: Deli
     number = books.record(subject_id, entry, state, kind, token=token, task_id=task_id,
                           following=following)
     entry = {**entry, "attempt": number}
+    # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.
     log.info("webhook %s %s for %s %s: %s (%s)", wid, event, kind, subject_id, attempt.outcome,
-             attempt.status_code or attempt.error, extra={"job_id": subject_id})
+             attempt.status_code or attempt.detail or attempt.error, extra={"job_id": subject_id})
     return entry
 
 

@@ -49,13 +49,19 @@ _MAX_ERROR_CHARS = 300
 
 @dataclass
 class Attempt:
-    """What one delivery attempt did; ``retry_after`` is the receiver's (capped) request in s."""
+    """What one delivery attempt did; ``retry_after`` is the receiver's (capped) request in s.
+
+    ``error`` goes to the partner-visible deliveries log; ``detail`` is for the worker's log
+    only: the SSRF guard's specific reason when it refused the URL (``error`` is then the
+    generic refusal).
+    """
 
     outcome: Outcome
     status_code: int | None
     error: str | None
     duration_ms: int
     retry_after: float | None
+    detail: str | None = None
 
 
 class PinnedAdapter(HTTPAdapter):
@@ -313,7 +319,7 @@ def deliver(
             url, allow_http=allow_http, allowlist=allowlist, resolve=resolve
         )
     except CallbackRefused as exc:
-        return Attempt("failed", None, exc.reason, _ms_since(start), None)
+        return Attempt("failed", None, exc.reason, _ms_since(start), None, detail=exc.detail)
 
     try:
         headers = webhook_headers(secrets, webhook_id, body, user_agent=user_agent)

@@ -4,11 +4,20 @@ A callback URL is accepted only if its scheme is allowed, it carries no credenti
 *every* address its host resolves to is public unicast (or inside a configured allowlist).
 The checked addresses are returned so the caller can connect to exactly those addresses
 instead of resolving the name a second time (DNS rebinding).
+
+What the partner is told depends on what it could learn. A mistake it can see by reading its
+own URL (not a string, too long, whitespace, scheme, credentials, no host, a port that is not
+a number from 1 to 65535) keeps its specific message. Every refusal that depends on where the
+host points (a non-public address, literal or resolved, a name that does not resolve) gets
+the one message ``REFUSED``, so that submitting URLs cannot map internal names or addresses;
+the specific reason goes to the ``jobgate.ssrf`` log, with the host, and in
+``CallbackRefused.detail``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Callable, Sequence
@@ -17,6 +26,7 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "MAX_URL_LENGTH",
+    "REFUSED",
     "CallbackRefused",
     "IPAddress",
     "Network",
@@ -28,6 +38,10 @@ __all__ = [
 ]
 
 MAX_URL_LENGTH = 2048
+# The partner's answer to every refusal that depends on where the URL points.
+REFUSED = "callback_url is not allowed: it must be a public https URL"
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -40,7 +54,7 @@ _V6 = ipaddress.IPv6Network
 
 # Explicit deny lists, on top of ``ipaddress``'s ``is_global``/``is_private``/... properties,
 # so the verdict does not depend on which IANA registry snapshot this Python ships with.
-# Order matters: the first match names the category in the refusal message.
+# Order matters: the first match names the category in the logged reason.
 _DENIED: tuple[tuple[Network, str], ...] = (
     (_V4("0.0.0.0/8"), "unspecified or 'this network'"),
     (_V4("127.0.0.0/8"), "loopback"),
@@ -79,11 +93,23 @@ _DEC = re.compile(r"[1-9][0-9]*")
 
 
 class CallbackRefused(ValueError):
-    """A callback URL the SSRF guard will not deliver to; ``reason`` is safe to show the partner."""
+    """A callback URL the SSRF guard will not deliver to.
 
-    def __init__(self, reason: str) -> None:
+    ``reason`` is safe to show the partner (``REFUSED`` for address-based refusals);
+    ``detail`` is the specific reason, for logs and operators only (same as ``reason`` for a
+    mistake the partner can see in its own URL).
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail or reason
+
+
+def _refused(host: str, detail: str) -> CallbackRefused:
+    """Log ``detail`` (never shown to the partner) and return the generic refusal."""
+    log.warning("callback_url refused, host %r: %s", host, detail)
+    return CallbackRefused(REFUSED, detail)
 
 
 @dataclass(frozen=True)
@@ -250,18 +276,19 @@ def check_callback_url(
         addresses: list[IPAddress] = [literal]
     else:
         resolver = resolve or default_resolve
+        unresolved = f"host {host!r} could not be resolved"
         try:
             raw = resolver(host, port)
         except (OSError, UnicodeError, ValueError) as exc:
-            raise CallbackRefused(f"callback_url host {host!r} could not be resolved") from exc
+            raise _refused(host, f"{unresolved} ({type(exc).__name__}: {exc})") from exc
         if not raw:
-            raise CallbackRefused(f"callback_url host {host!r} could not be resolved")
+            raise _refused(host, f"{unresolved} (no address)")
         addresses = []
         for item in raw:
             try:
                 address = ipaddress.ip_address(item)
             except ValueError as exc:
-                raise CallbackRefused(f"callback_url host {host!r} could not be resolved") from exc
+                raise _refused(host, f"{unresolved} (not an IP address: {item!r})") from exc
             if address not in addresses:
                 addresses.append(address)
 
@@ -270,12 +297,8 @@ def check_callback_url(
             continue
         category = _refusal(address)
         if category is not None:
-            # A resolved address is not echoed back: with split-horizon DNS that would let a
-            # partner map internal names to internal IPs.
-            shown = f"{str(address)!r}" if literal is not None else f"host {host!r}"
-            raise CallbackRefused(
-                f"callback_url {shown} points to a non-public address ({category})"
-            )
+            where = "is" if literal is not None else f"host {host!r} resolves to"
+            raise _refused(host, f"{where} {address}, a non-public address ({category})")
 
     return Target(
         url=url,

@@ -13,6 +13,7 @@ import http.server
 import io
 import ipaddress
 import json
+import logging
 import socket
 import socketserver
 import ssl
@@ -43,7 +44,7 @@ from jobgate.delivery import (
     retry_delay,
 )
 from jobgate.signing import generate_secret, sign
-from jobgate.ssrf import parse_allowlist
+from jobgate.ssrf import REFUSED, parse_allowlist
 
 URL = "https://hooks.example/cb"
 PUBLIC = ["93.184.215.14"]
@@ -444,34 +445,49 @@ def test_transport_errors_are_retried(
 
 
 def test_refused_url_fails_without_any_connection(
-    rsps: responses.RequestsMock, secret: str, no_connect: list[object]
+    rsps: responses.RequestsMock,
+    secret: str,
+    no_connect: list[object],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """DNS now answers a private address: failed with the reason, nothing sent."""
+    """DNS now answers a private address: failed, nothing sent. The partner-visible error is
+    the generic refusal; the reason is in ``detail`` and the guard's log, never in ``error``."""
+    caplog.set_level(logging.INFO, logger="jobgate.ssrf")
     rsps.add(responses.POST, URL, status=200)
     attempt = _deliver(secret, resolve=resolver("10.0.0.1"))
     assert attempt.outcome == "failed"
     assert attempt.status_code is None and attempt.retry_after is None
-    assert attempt.error is not None and "private" in attempt.error
+    assert attempt.error == REFUSED
+    assert attempt.detail is not None and "private" in attempt.detail
+    logged = [r.getMessage() for r in caplog.records if r.name == "jobgate.ssrf"]
+    assert any("'hooks.example'" in line and "private" in line for line in logged), logged
     assert len(rsps.calls) == 0
     assert no_connect == []
 
 
 @pytest.mark.parametrize(
-    ("url", "kwargs", "words"),
+    ("url", "kwargs", "error", "detail"),
     [
-        ("http://hooks.example/cb", {}, "https"),
-        ("https://u:p@hooks.example/cb", {}, "credentials"),
-        (URL, {"resolve": resolver("93.184.215.14", "169.254.169.254")}, "link-local"),
-        ("https://127.0.0.1/cb", {}, "loopback"),
+        ("http://hooks.example/cb", {}, "must use https", "must use https"),
+        ("https://u:p@hooks.example/cb", {}, "credentials", "credentials"),
+        (URL, {"resolve": resolver("93.184.215.14", "169.254.169.254")}, REFUSED, "link-local"),
+        ("https://127.0.0.1/cb", {}, REFUSED, "loopback"),
     ],
 )
 def test_other_refusals_fail_without_connection(
-    secret: str, no_connect: list[object], url: str, kwargs: dict[str, Any], words: str
+    secret: str,
+    no_connect: list[object],
+    url: str,
+    kwargs: dict[str, Any],
+    error: str,
+    detail: str,
 ) -> None:
-    """Every SSRF refusal at delivery time ends the delivery as ``failed``."""
+    """Every SSRF refusal at delivery time ends the delivery as ``failed``; mistakes in the
+    URL itself keep their specific message, address-based refusals are generic."""
     attempt = _deliver(secret, url=url, **kwargs)
     assert attempt.outcome == "failed"
-    assert attempt.error is not None and words in attempt.error
+    assert attempt.error is not None and error in attempt.error
+    assert attempt.detail is not None and detail in attempt.detail
     assert no_connect == []
 
 

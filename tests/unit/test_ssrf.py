@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from collections.abc import Callable, Iterator
 
@@ -10,6 +11,7 @@ import pytest
 
 from jobgate.ssrf import (
     MAX_URL_LENGTH,
+    REFUSED,
     CallbackRefused,
     Target,
     check_callback_url,
@@ -52,6 +54,25 @@ def fake_resolver(*addresses: str) -> Callable[[str, int], list[str]]:
 def must_not_resolve(host: str, port: int) -> list[str]:
     """A resolver for literal-IP URLs: being called at all is a bug."""
     raise AssertionError(f"resolver called for literal host {host!r}")
+
+
+def assert_refused(
+    info: pytest.ExceptionInfo[CallbackRefused],
+    caplog: pytest.LogCaptureFixture,
+    host: str,
+    words: str,
+) -> None:
+    """The partner gets the one generic message; the detail is kept and logged with the host."""
+    assert info.value.reason == REFUSED == str(info.value)
+    assert words in info.value.detail
+    logged = [r.getMessage() for r in caplog.records if r.name == "jobgate.ssrf"]
+    assert any(words in line and repr(host) in line for line in logged), logged
+
+
+@pytest.fixture(autouse=True)
+def ssrf_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture the guard's log (the refusal details) in every test."""
+    caplog.set_level(logging.INFO, logger="jobgate.ssrf")
 
 
 def test_network_guard_fixture_catches_connections(no_network: list[object]) -> None:
@@ -108,14 +129,15 @@ REFUSED_RESOLVED = [
 
 
 @pytest.mark.parametrize(("address", "words"), REFUSED_RESOLVED)
-def test_hostname_resolving_to_non_public_address_is_refused(address: str, words: str) -> None:
-    """A name that resolves to any non-public address is refused, naming the category."""
+def test_hostname_resolving_to_non_public_address_is_refused(
+    address: str, words: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name that resolves to any non-public address is refused with the generic message;
+    the category is only in the detail and the log (no internal DNS oracle for partners)."""
     with pytest.raises(CallbackRefused) as info:
         check_callback_url("https://hooks.example/cb", resolve=fake_resolver(address))
-    assert words in info.value.reason
-    assert str(info.value) == info.value.reason
-    # A resolved (not literal) address is not echoed: no internal DNS oracle for partners.
-    assert address not in info.value.reason
+    assert_refused(info, caplog, "hooks.example", words)
+    assert str(ipaddress.ip_address(address)) in info.value.detail
 
 
 @pytest.mark.parametrize(
@@ -127,10 +149,13 @@ def test_hostname_resolving_to_non_public_address_is_refused(address: str, words
         pytest.param(["93.184.215.14", "::ffff:127.0.0.1"], id="public-then-mapped-loopback"),
     ],
 )
-def test_every_resolved_address_must_be_public(answer: list[str]) -> None:
+def test_every_resolved_address_must_be_public(
+    answer: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
     """One bad address among good ones is enough to refuse (the client might pick it)."""
-    with pytest.raises(CallbackRefused, match="non-public"):
+    with pytest.raises(CallbackRefused) as info:
         check_callback_url("https://hooks.example/cb", resolve=fake_resolver(*answer))
+    assert_refused(info, caplog, "hooks.example", "non-public")
 
 
 @pytest.mark.parametrize(
@@ -157,11 +182,16 @@ def test_every_resolved_address_must_be_public(answer: list[str]) -> None:
         pytest.param("https://127.0.0.1./cb", "loopback", id="trailing-dot"),
     ],
 )
-def test_literal_ip_hosts_are_checked_without_resolving(url: str, words: str) -> None:
-    """IP literals, including inet_aton decimal/hex/octal spellings, are parsed and refused."""
+def test_literal_ip_hosts_are_checked_without_resolving(
+    url: str, words: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """IP literals, including inet_aton decimal/hex/octal spellings, are parsed and refused
+    (generic message: one answer for every address-based refusal)."""
     with pytest.raises(CallbackRefused) as info:
         check_callback_url(url, resolve=must_not_resolve)
-    assert words in info.value.reason
+    assert info.value.reason == REFUSED
+    assert words in info.value.detail
+    assert any(words in r.getMessage() for r in caplog.records if r.name == "jobgate.ssrf")
 
 
 @pytest.mark.parametrize(
@@ -193,10 +223,12 @@ def test_literal_ip_hosts_are_checked_without_resolving(url: str, words: str) ->
     ],
 )
 def test_malformed_or_disallowed_urls_are_refused(url: str, allow_http: bool, words: str) -> None:
-    """Scheme, credentials, host, port, length and character rules refuse before any lookup."""
+    """Scheme, credentials, host, port, length and character rules refuse before any lookup,
+    with a specific message: the partner can see the mistake in its own URL."""
     with pytest.raises(CallbackRefused) as info:
         check_callback_url(url, allow_http=allow_http, resolve=must_not_resolve)
     assert words in info.value.reason
+    assert info.value.reason != REFUSED and info.value.detail == info.value.reason
 
 
 @pytest.mark.parametrize(
@@ -208,10 +240,14 @@ def test_malformed_or_disallowed_urls_are_refused(url: str, allow_http: bool, wo
         pytest.param(lambda h, p: (_ for _ in ()).throw(UnicodeError("idna")), id="bad-idna"),
     ],
 )
-def test_resolution_failure_is_refused(resolver: Callable[[str, int], list[str]]) -> None:
-    """A name that does not resolve to usable addresses is refused, not let through."""
-    with pytest.raises(CallbackRefused, match="could not be resolved"):
+def test_resolution_failure_is_refused(
+    resolver: Callable[[str, int], list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name that does not resolve to usable addresses is refused, not let through, with the
+    same message as an internal one (whether a name exists is not the partner's to learn)."""
+    with pytest.raises(CallbackRefused) as info:
         check_callback_url("https://nowhere.example/cb", resolve=resolver)
+    assert_refused(info, caplog, "nowhere.example", "could not be resolved")
 
 
 def test_public_address_is_accepted_with_resolver_order_and_dedup() -> None:
@@ -352,8 +388,11 @@ def test_default_resolver_failure_is_refused(monkeypatch: pytest.MonkeyPatch) ->
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", failing)
-    with pytest.raises(CallbackRefused, match="could not be resolved"):
+    with pytest.raises(CallbackRefused) as info:
         check_callback_url("https://nxdomain.example/cb")
+    assert info.value.reason == REFUSED
+    assert "could not be resolved" in info.value.detail
+    assert "Name or service not known" in info.value.detail
 
 
 def test_default_resolver_answer_for_dns_rebinding_name_is_refused(
@@ -365,12 +404,38 @@ def test_default_resolver_answer_for_dns_rebinding_name_is_refused(
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
 
     monkeypatch.setattr(socket, "getaddrinfo", rebinding)
-    with pytest.raises(CallbackRefused, match="loopback"):
+    with pytest.raises(CallbackRefused) as info:
         check_callback_url("https://127.0.0.1.nip.io/cb")
+    assert info.value.reason == REFUSED and "loopback" in info.value.detail
 
 
 def test_callback_refused_is_a_value_error_with_reason() -> None:
     """The API layer can catch it as ValueError and show ``reason`` as the 422 message."""
     err = CallbackRefused("nope")
     assert isinstance(err, ValueError)
-    assert err.reason == "nope"
+    assert err.reason == err.detail == "nope"
+    assert CallbackRefused(REFUSED, "loopback").detail == "loopback"
+
+
+@pytest.mark.parametrize(
+    ("url", "resolver"),
+    [
+        pytest.param("https://internal.corp/cb", fake_resolver("10.1.2.3"), id="internal-name"),
+        pytest.param("https://metadata.corp/cb", fake_resolver("169.254.169.254"), id="metadata"),
+        pytest.param(
+            "https://missing.corp/cb",
+            lambda h, p: (_ for _ in ()).throw(socket.gaierror(-2, "nx")),
+            id="no-such-name",
+        ),
+        pytest.param("https://10.1.2.3/cb", must_not_resolve, id="literal-private"),
+        pytest.param("https://[::1]/cb", must_not_resolve, id="literal-loopback"),
+    ],
+)
+def test_address_based_refusals_all_look_the_same(
+    url: str, resolver: Callable[[str, int], list[str]]
+) -> None:
+    """Existing internal name, missing name, internal literal: one indistinguishable answer."""
+    with pytest.raises(CallbackRefused) as info:
+        check_callback_url(url, resolve=resolver)
+    assert info.value.reason == REFUSED
+    assert info.value.args == (REFUSED,)
