@@ -112,6 +112,7 @@ def _attempt(settings: Settings, store: Store, messenger: Messenger, books: Deli
                           timeout=settings.webhook_timeout,
                           allow_http=settings.callback_allow_http,
                           allowlist=parse_allowlist(settings.callback_allowlist),
+                          ports=settings.callback_ports,
                           user_agent=USER_AGENT, retry_after_cap=RETRY_AFTER_CAP)
     else:
         attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)

@@ -27,6 +27,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import NewConnectionError
 
+from config import DEFAULT_CALLBACK_PORTS, PortRanges
 from jobgate.signing import webhook_headers
 from jobgate.ssrf import CallbackRefused, Network, Resolver, check_callback_url
 
@@ -301,6 +302,7 @@ def deliver(
     timeout: float = 10.0,
     allow_http: bool = False,
     allowlist: Sequence[Network] = (),
+    ports: PortRanges = DEFAULT_CALLBACK_PORTS,
     user_agent: str = "jobgate/0",
     max_response_bytes: int = 65536,
     retry_after_cap: float = 3600.0,
@@ -316,7 +318,7 @@ def deliver(
     deadline = start + timeout
     try:
         target = check_callback_url(
-            url, allow_http=allow_http, allowlist=allowlist, resolve=resolve
+            url, allow_http=allow_http, allowlist=allowlist, ports=ports, resolve=resolve
         )
     except CallbackRefused as exc:
         return Attempt("failed", None, exc.reason, _ms_since(start), None, detail=exc.detail)

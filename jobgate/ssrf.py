@@ -1,14 +1,16 @@
 """SSRF guard for partner-supplied callback URLs.
 
-A callback URL is accepted only if its scheme is allowed, it carries no credentials and
-*every* address its host resolves to is public unicast (or inside a configured allowlist).
+A callback URL is accepted only if its scheme is allowed, it carries no credentials, its port
+is an allowed one and *every* address its host resolves to is public unicast (or inside a
+configured allowlist).
 The checked addresses are returned so the caller can connect to exactly those addresses
 instead of resolving the name a second time (DNS rebinding).
 
 What the partner is told depends on what it could learn. A mistake it can see by reading its
 own URL (not a string, too long, whitespace, scheme, credentials, no host, a port that is not
 a number from 1 to 65535) keeps its specific message. Every refusal that depends on where the
-host points (a non-public address, literal or resolved, a name that does not resolve) gets
+host points or which port it names (a port outside the allowed ones, a non-public address,
+literal or resolved, a name that does not resolve) gets
 the one message ``REFUSED``, so that submitting URLs cannot map internal names or addresses;
 the specific reason goes to the ``jobgate.ssrf`` log, with the host, and in
 ``CallbackRefused.detail``.
@@ -24,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from config import DEFAULT_CALLBACK_PORTS, PortRanges
+
 __all__ = [
     "MAX_URL_LENGTH",
     "REFUSED",
@@ -35,11 +39,12 @@ __all__ = [
     "check_callback_url",
     "default_resolve",
     "parse_allowlist",
+    "port_allowed",
 ]
 
 MAX_URL_LENGTH = 2048
 # The partner's answer to every refusal that depends on where the URL points.
-REFUSED = "callback_url is not allowed: it must be a public https URL"
+REFUSED = "callback_url is not allowed: it must be a public https URL on an allowed port"
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_HTTP_PORT = 80
 
 _V4 = ipaddress.IPv4Network
 _V6 = ipaddress.IPv6Network
@@ -233,14 +239,26 @@ def _allowed(ip: IPAddress, allowlist: Sequence[Network]) -> bool:
     return any(c.version == net.version and c in net for c in candidates for net in allowlist)
 
 
+def port_allowed(port: int, ports: PortRanges, allow_http: bool) -> bool:
+    """True when ``port`` is in one of the ``ports`` ranges; 80 only while http is allowed."""
+    if port == _HTTP_PORT and not allow_http:
+        return False
+    return any(low <= port <= high for low, high in ports)
+
+
 def check_callback_url(
     url: str,
     *,
     allow_http: bool = False,
     allowlist: Sequence[Network] = (),
+    ports: PortRanges = DEFAULT_CALLBACK_PORTS,
     resolve: Resolver | None = None,
 ) -> Target:
-    """Validate ``url`` and resolve it, refusing anything that could reach a non-public address."""
+    """Validate ``url`` and resolve it, refusing anything that could reach a non-public address.
+
+    ``ports`` are the allowed port ranges (``JOBGATE_CALLBACK_PORTS``); a URL naming another
+    port is refused before its host is looked at.
+    """
     if not isinstance(url, str) or not url:
         raise CallbackRefused("callback_url must be a non-empty string")
     if len(url) > MAX_URL_LENGTH:
@@ -270,6 +288,8 @@ def check_callback_url(
     if explicit_port == 0:
         raise CallbackRefused("callback_url has an invalid port")
     port = explicit_port if explicit_port is not None else _DEFAULT_PORTS[scheme]
+    if not port_allowed(port, ports, allow_http):
+        raise _refused(host, f"port {port} is not an allowed callback port")
 
     literal = _literal_address(host)
     if literal is not None:

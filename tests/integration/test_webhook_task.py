@@ -27,7 +27,7 @@ from jobgate.signing import generate_secret
 from jobgate.ssrf import REFUSED
 from jobgate.store import Store, secrets_of
 
-URL = "http://127.0.0.1:9/hooks"
+URL = "http://127.0.0.1:9009/hooks"
 
 
 class FakeApp(SimpleNamespace):

@@ -491,6 +491,28 @@ def test_other_refusals_fail_without_connection(
     assert no_connect == []
 
 
+@pytest.mark.parametrize("url", ["https://hooks.example:22/cb", "https://hooks.example:25/cb"])
+def test_disallowed_port_fails_without_resolving_or_connecting(
+    secret: str, no_connect: list[object], url: str
+) -> None:
+    """A port outside ``ports`` is refused at delivery too, before DNS (generic error)."""
+
+    def must_not_resolve(host: str, port: int) -> list[str]:
+        raise AssertionError("resolved a URL with a refused port")
+
+    attempt = _deliver(secret, url=url, resolve=must_not_resolve)
+    assert attempt.outcome == "failed" and attempt.error == REFUSED
+    assert attempt.detail is not None and "not an allowed callback port" in attempt.detail
+    assert no_connect == []
+
+
+def test_configured_ports_apply_at_delivery(secret: str, no_connect: list[object]) -> None:
+    """``ports`` narrows the default: 6379 (inside 1024-65535) refused when not listed."""
+    attempt = _deliver(secret, url="https://hooks.example:6379/cb", ports=((443, 443),))
+    assert attempt.outcome == "failed" and attempt.error == REFUSED
+    assert no_connect == []
+
+
 def test_bad_secret_fails_without_connection(secret: str, no_connect: list[object]) -> None:
     """A malformed secret is a configuration error: failed, nothing sent."""
     attempt = deliver(URL, BODY, WEBHOOK_ID, ["not-a-secret"], resolve=resolver(*PUBLIC))

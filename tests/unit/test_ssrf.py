@@ -6,9 +6,11 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
+from config import DEFAULT_CALLBACK_PORTS, parse_ports
 from jobgate.ssrf import (
     MAX_URL_LENGTH,
     REFUSED,
@@ -17,6 +19,7 @@ from jobgate.ssrf import (
     check_callback_url,
     default_resolve,
     parse_allowlist,
+    port_allowed,
 )
 
 LOOPBACK_ALLOWLIST = parse_allowlist("127.0.0.0/8,::1/128")
@@ -439,3 +442,71 @@ def test_address_based_refusals_all_look_the_same(
         check_callback_url(url, resolve=resolver)
     assert info.value.reason == REFUSED
     assert info.value.args == (REFUSED,)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http"),
+    [
+        pytest.param("https://hooks.example:22/cb", False, id="ssh"),
+        pytest.param("https://hooks.example:25/cb", False, id="smtp"),
+        pytest.param("https://hooks.example:53/cb", False, id="dns"),
+        pytest.param("http://hooks.example:1023/cb", True, id="last-privileged"),
+        pytest.param("https://hooks.example:80/cb", False, id="80-without-http"),
+        pytest.param("https://8.8.8.8:22/cb", False, id="public-literal"),
+        pytest.param("https://127.0.0.1:25/cb", False, id="port-checked-first"),
+    ],
+)
+def test_other_ports_are_refused_before_resolving(
+    url: str, allow_http: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only 443, 80 (with http) and 1024-65535 by default: another port is refused with the
+    generic message, before the host is resolved or its address looked at."""
+    with pytest.raises(CallbackRefused) as info:
+        check_callback_url(url, allow_http=allow_http, resolve=must_not_resolve)
+    port = urlsplit(url).port
+    assert_refused(info, caplog, urlsplit(url).hostname or "", f"port {port} ")
+
+
+def test_configured_ports_replace_the_default() -> None:
+    """``ports`` (JOBGATE_CALLBACK_PORTS) is the whole list: 6379 refused when not in it."""
+    ports = parse_ports("443,8000-8999")
+    resolve = fake_resolver("93.184.215.14")
+    for url in ("https://hooks.example:6379/cb", "https://hooks.example:9000/cb",
+                "https://hooks.example:7999/cb"):
+        with pytest.raises(CallbackRefused) as info:
+            check_callback_url(url, ports=ports, resolve=must_not_resolve)
+        assert info.value.reason == REFUSED
+        assert "is not an allowed callback port" in info.value.detail
+    for url, port in (("https://hooks.example/cb", 443), ("https://hooks.example:8443/cb", 8443),
+                      ("https://hooks.example:8999/cb", 8999)):
+        assert check_callback_url(url, ports=ports, resolve=resolve).port == port
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_http", "port"),
+    [
+        pytest.param("https://hooks.example/cb", False, 443, id="443-implicit"),
+        pytest.param("https://hooks.example:443/cb", False, 443, id="443-explicit"),
+        pytest.param("https://hooks.example:8443/cb", False, 8443, id="8443"),
+        pytest.param("https://hooks.example:1024/cb", False, 1024, id="1024"),
+        pytest.param("https://hooks.example:65535/cb", False, 65535, id="65535"),
+        pytest.param("http://hooks.example/cb", True, 80, id="80-implicit-with-http"),
+        pytest.param("http://hooks.example:80/cb", True, 80, id="80-explicit-with-http"),
+    ],
+)
+def test_default_ports_are_accepted(url: str, allow_http: bool, port: int) -> None:
+    """443, 80 while http is allowed, and every unprivileged port pass by default."""
+    target = check_callback_url(url, allow_http=allow_http, resolve=fake_resolver("1.1.1.1"))
+    assert target.port == port
+
+
+def test_port_80_counts_only_while_http_is_allowed() -> None:
+    """80 in the list (or in a range) is ignored without http, so https://host:80 is refused."""
+    assert port_allowed(80, DEFAULT_CALLBACK_PORTS, allow_http=True)
+    assert not port_allowed(80, DEFAULT_CALLBACK_PORTS, allow_http=False)
+    assert not port_allowed(80, parse_ports("1-65535"), allow_http=False)
+    assert port_allowed(81, parse_ports("1-65535"), allow_http=False)
+    assert not port_allowed(8080, parse_ports("443,80"), allow_http=True)
