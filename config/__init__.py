@@ -13,6 +13,7 @@ from typing import Any
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400)
+DEFAULT_CALLBACK_DNS_TIMEOUT = 2.0
 
 
 class SettingsError(ValueError):
@@ -73,6 +74,7 @@ class Settings:
     callback_allow_http: bool = False
     callback_allowlist: str = ""
     callback_ports: PortRanges = DEFAULT_CALLBACK_PORTS
+    callback_dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT
     result_expires: int = 3600
     job_retention: int = 7 * 24 * 3600
     max_body: int = 1024 * 1024
@@ -142,6 +144,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "callback_allow_http": ("JOBGATE_CALLBACK_ALLOW_HTTP", _bool),
     "callback_allowlist": ("JOBGATE_CALLBACK_ALLOWLIST", str),
     "callback_ports": ("JOBGATE_CALLBACK_PORTS", parse_ports),
+    "callback_dns_timeout": ("JOBGATE_CALLBACK_DNS_TIMEOUT", float),
     "result_expires": ("JOBGATE_RESULT_EXPIRES", int),
     "job_retention": ("JOBGATE_JOB_RETENTION", int),
     "max_body": ("JOBGATE_MAX_BODY", int),
@@ -163,6 +166,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 # setting name -> (lowest value allowed, the rule in words)
 _BOUNDS: dict[str, tuple[float, str]] = {
+    "callback_dns_timeout": (0.01, "at least 0.01 second"),
     "result_expires": (1, "at least 1 second"),
     "job_retention": (1, "at least 1 second"),
     "max_body": (1, "at least 1 byte"),
@@ -182,4 +186,5 @@ assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}
 assert set(_BOUNDS) <= set(_ENV)
 
 __all__ = ["Settings", "SettingsError", "DEFAULT_REDIS_URL", "DEFAULT_RETRY_DELAYS",
-           "DEFAULT_CALLBACK_PORTS", "PortRanges", "format_ports", "parse_ports"]
+           "DEFAULT_CALLBACK_DNS_TIMEOUT", "DEFAULT_CALLBACK_PORTS", "PortRanges",
+           "format_ports", "parse_ports"]

@@ -113,6 +113,7 @@ def _attempt(settings: Settings, store: Store, messenger: Messenger, books: Deli
                           allow_http=settings.callback_allow_http,
                           allowlist=parse_allowlist(settings.callback_allowlist),
                           ports=settings.callback_ports,
+                          dns_timeout=settings.callback_dns_timeout,
                           user_agent=USER_AGENT, retry_after_cap=RETRY_AFTER_CAP)
     else:
         attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)

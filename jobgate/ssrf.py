@@ -6,6 +6,11 @@ configured allowlist).
 The checked addresses are returned so the caller can connect to exactly those addresses
 instead of resolving the name a second time (DNS rebinding).
 
+The lookup is bounded (``dns_timeout``): ``socket.getaddrinfo`` has no timeout, so it runs
+on a thread of its own (a greenlet, where gevent has patched ``threading``; its
+``getaddrinfo`` is then gevent's cooperative resolver) and the caller waits for it at most
+that long. A lookup still running when the caller gives up finishes in the background.
+
 What the partner is told depends on what it could learn. A mistake it can see by reading its
 own URL (not a string, too long, whitespace, scheme, credentials, no host, a port that is not
 a number from 1 to 65535) keeps its specific message. Every refusal that depends on where the
@@ -20,17 +25,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from config import DEFAULT_CALLBACK_PORTS, PortRanges
+from config import DEFAULT_CALLBACK_DNS_TIMEOUT, DEFAULT_CALLBACK_PORTS, PortRanges
 
 __all__ = [
+    "DNS_LOOKUPS",
     "MAX_URL_LENGTH",
     "REFUSED",
+    "LookupTimeout",
     "CallbackRefused",
     "IPAddress",
     "Network",
@@ -40,11 +50,16 @@ __all__ = [
     "default_resolve",
     "parse_allowlist",
     "port_allowed",
+    "resolve_within",
 ]
 
 MAX_URL_LENGTH = 2048
 # The partner's answer to every refusal that depends on where the URL points.
 REFUSED = "callback_url is not allowed: it must be a public https URL on an allowed port"
+
+# Lookups one process runs at once; past it a lookup waits for a free slot (within its own
+# deadline). Slots held by lookups the caller gave up on free when those end.
+DNS_LOOKUPS = 64
 
 log = logging.getLogger(__name__)
 
@@ -104,18 +119,78 @@ class CallbackRefused(ValueError):
     ``reason`` is safe to show the partner (``REFUSED`` for address-based refusals);
     ``detail`` is the specific reason, for logs and operators only (same as ``reason`` for a
     mistake the partner can see in its own URL).
+    ``transient`` marks a refusal that may not hold a moment later (the DNS lookup timed
+    out): a delivery retries it instead of failing.
     """
 
-    def __init__(self, reason: str, detail: str | None = None) -> None:
+    def __init__(self, reason: str, detail: str | None = None, *, transient: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.detail = detail or reason
+        self.transient = transient
 
 
-def _refused(host: str, detail: str) -> CallbackRefused:
+def _refused(host: str, detail: str, *, transient: bool = False) -> CallbackRefused:
     """Log ``detail`` (never shown to the partner) and return the generic refusal."""
     log.warning("callback_url refused, host %r: %s", host, detail)
-    return CallbackRefused(REFUSED, detail)
+    return CallbackRefused(REFUSED, detail, transient=transient)
+
+
+class LookupTimeout(Exception):
+    """``resolve_within`` gave up waiting (deliberately not an ``OSError``)."""
+
+
+_slots_lock = threading.Lock()
+_slots: tuple[int, threading.BoundedSemaphore] | None = None
+
+
+def _lookup_slots() -> threading.BoundedSemaphore:
+    """This process's lookup slots, made on first use: after gevent's patching (so waiting
+    for one yields to other greenlets) and anew after a fork (lookups of the parent that
+    held slots do not exist in the child). ``_slots_lock`` may be a real lock made before
+    the patching: it is never held across anything that could switch greenlets."""
+    global _slots
+    with _slots_lock:
+        if _slots is None or _slots[0] != os.getpid():
+            _slots = (os.getpid(), threading.BoundedSemaphore(DNS_LOOKUPS))
+        return _slots[1]
+
+
+def resolve_within(resolve: Resolver, host: str, port: int, timeout: float) -> list[str]:
+    """``resolve(host, port)``, waiting at most ``timeout`` seconds (slot wait included).
+
+    The lookup runs on a daemon thread, so one that hangs past the deadline neither blocks
+    the caller nor delays the process's exit; raises ``LookupTimeout`` when time runs out,
+    else whatever ``resolve`` returned or raised.
+    """
+    # ``not timeout > 0`` also catches NaN; a wait longer than TIMEOUT_MAX cannot be asked.
+    deadline = time.monotonic() + (min(timeout, threading.TIMEOUT_MAX) if timeout > 0 else 0.0)
+    slots = _lookup_slots()
+    if not slots.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        raise LookupTimeout("no free lookup slot")
+    done = threading.Event()
+    outcome: list[list[str]] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(resolve(host, port))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            failure.append(exc)
+        finally:
+            slots.release()
+            done.set()
+
+    try:
+        threading.Thread(target=run, name=f"jobgate-dns {host}", daemon=True).start()
+    except RuntimeError as exc:  # "can't start new thread": as good as no answer in time
+        slots.release()
+        raise LookupTimeout(f"no lookup thread: {exc}") from None
+    if not done.wait(max(deadline - time.monotonic(), 0.0)):
+        raise LookupTimeout("lookup still running")
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 @dataclass(frozen=True)
@@ -253,11 +328,13 @@ def check_callback_url(
     allowlist: Sequence[Network] = (),
     ports: PortRanges = DEFAULT_CALLBACK_PORTS,
     resolve: Resolver | None = None,
+    dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT,
 ) -> Target:
     """Validate ``url`` and resolve it, refusing anything that could reach a non-public address.
 
     ``ports`` are the allowed port ranges (``JOBGATE_CALLBACK_PORTS``); a URL naming another
-    port is refused before its host is looked at.
+    port is refused before its host is looked at. The lookup (``resolve``, by default the
+    system resolver) gets ``dns_timeout`` seconds; past them the URL is refused (transient).
     """
     if not isinstance(url, str) or not url:
         raise CallbackRefused("callback_url must be a non-empty string")
@@ -298,7 +375,12 @@ def check_callback_url(
         resolver = resolve or default_resolve
         unresolved = f"host {host!r} could not be resolved"
         try:
-            raw = resolver(host, port)
+            raw = resolve_within(resolver, host, port, dns_timeout)
+        except LookupTimeout as exc:
+            raise _refused(
+                host, f"DNS lookup of host {host!r} timed out after {dns_timeout:.3g}s ({exc})",
+                transient=True,
+            ) from None
         except (OSError, UnicodeError, ValueError) as exc:
             raise _refused(host, f"{unresolved} ({type(exc).__name__}: {exc})") from exc
         if not raw:

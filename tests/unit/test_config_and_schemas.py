@@ -27,6 +27,7 @@ def test_defaults_match_the_contract():
     assert s.admin_keys == ()
     assert s.callback_allow_http is False
     assert s.callback_ports == ((443, 443), (80, 80), (1024, 65535))
+    assert s.callback_dns_timeout == 2.0
     assert s.demo_tasks is True
     # Workers refresh what they hold, so the timeout only bounds how long a dead
     # worker's jobs wait: within the 60 s recovery target, above a few refreshes.
@@ -129,6 +130,8 @@ def test_partner_and_revoke_schemas():
     ("JOBGATE_CALLBACK_PORTS", "443,70000", "within 1-65535"),
     ("JOBGATE_CALLBACK_PORTS", "9000-8000", "low first"),
     ("JOBGATE_CALLBACK_PORTS", " , ", "at least one port"),
+    ("JOBGATE_CALLBACK_DNS_TIMEOUT", "0", "at least 0.01 second"),
+    ("JOBGATE_CALLBACK_DNS_TIMEOUT", "soon", "could not convert"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable(variable, value, says):
     if says is None:

@@ -513,6 +513,62 @@ def test_configured_ports_apply_at_delivery(secret: str, no_connect: list[object
     assert no_connect == []
 
 
+@pytest.fixture
+def hanging_dns() -> Iterator[Callable[[str, int], list[str]]]:
+    """A resolver that does not answer until teardown (its daemon thread then ends)."""
+    release = threading.Event()
+
+    def _resolve(host: str, port: int) -> list[str]:
+        release.wait(30)
+        return list(PUBLIC)
+
+    yield _resolve
+    release.set()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "dns_timeout", "waited"),
+    [
+        pytest.param(10.0, 0.2, "0.2s", id="dns-timeout"),
+        pytest.param(0.3, 5.0, "0.3s", id="capped-by-attempt-timeout"),
+    ],
+)
+def test_slow_dns_is_cut_at_its_deadline_and_retried(
+    secret: str,
+    no_connect: list[object],
+    hanging_dns: Callable[[str, int], list[str]],
+    timeout: float,
+    dns_timeout: float,
+    waited: str,
+) -> None:
+    """The lookup gets ``dns_timeout``, never more than the attempt's ``timeout``; a timed-out
+    lookup is a ``retry`` (it may answer next time) with the generic error, nothing sent."""
+    start = time.monotonic()
+    attempt = _deliver(secret, resolve=hanging_dns, timeout=timeout, dns_timeout=dns_timeout)
+    elapsed = time.monotonic() - start
+    assert elapsed < min(timeout, dns_timeout) + 1.0, elapsed
+    assert attempt.outcome == "retry" and attempt.status_code is None
+    assert attempt.error == REFUSED
+    assert attempt.detail is not None and f"timed out after {waited}" in attempt.detail
+    assert no_connect == []
+
+
+def test_dns_time_counts_against_the_attempt(rsps: responses.RequestsMock, secret: str) -> None:
+    """The attempt's deadline starts before the lookup: the request gets what is left."""
+    rsps.add(responses.POST, URL, status=200)
+
+    def slow(host: str, port: int) -> list[str]:
+        time.sleep(0.3)
+        return list(PUBLIC)
+
+    attempt = _deliver(secret, resolve=slow, timeout=5.0)
+    assert attempt.outcome == "delivered"
+    assert attempt.duration_ms >= 300
+    [call] = rsps.calls
+    assert isinstance(call.request.req_kwargs["timeout"], tuple)
+    assert all(t <= 4.75 for t in call.request.req_kwargs["timeout"])
+
+
 def test_bad_secret_fails_without_connection(secret: str, no_connect: list[object]) -> None:
     """A malformed secret is a configuration error: failed, nothing sent."""
     attempt = deliver(URL, BODY, WEBHOOK_ID, ["not-a-secret"], resolve=resolver(*PUBLIC))

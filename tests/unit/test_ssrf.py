@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
 
+import jobgate.ssrf as ssrf
 from config import DEFAULT_CALLBACK_PORTS, parse_ports
 from jobgate.ssrf import (
     MAX_URL_LENGTH,
@@ -21,6 +28,7 @@ from jobgate.ssrf import (
     parse_allowlist,
     port_allowed,
 )
+from tests.helpers import ROOT
 
 LOOPBACK_ALLOWLIST = parse_allowlist("127.0.0.0/8,::1/128")
 
@@ -510,3 +518,261 @@ def test_port_80_counts_only_while_http_is_allowed() -> None:
     assert not port_allowed(80, parse_ports("1-65535"), allow_http=False)
     assert port_allowed(81, parse_ports("1-65535"), allow_http=False)
     assert not port_allowed(8080, parse_ports("443,80"), allow_http=True)
+
+
+# --------------------------------------------------------------------------- DNS timeout
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Set at teardown, so lookups the guard gave up on end (they run on daemon threads)."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def hanging_resolver(release: threading.Event, calls: list[str]) -> Callable[[str, int], list[str]]:
+    """A resolver that answers only once ``release`` is set (a DNS server that went quiet)."""
+
+    def _resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        release.wait(30)
+        return ["93.184.215.14"]
+
+    return _resolve
+
+
+def test_slow_lookup_is_refused_at_the_deadline(
+    release: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lookup that does not answer within ``dns_timeout`` is refused (generic message,
+    transient); the caller waits that long, not as long as the resolver."""
+    calls: list[str] = []
+    start = time.monotonic()
+    with pytest.raises(CallbackRefused) as info:
+        check_callback_url(
+            "https://slow.example/cb", resolve=hanging_resolver(release, calls), dns_timeout=0.2
+        )
+    elapsed = time.monotonic() - start
+    assert 0.2 <= elapsed < 1.5, elapsed
+    assert calls == ["slow.example"]
+    assert_refused(info, caplog, "slow.example", "timed out after 0.2s")
+    assert info.value.transient is True
+
+
+def test_lookup_within_the_deadline_passes() -> None:
+    """A resolver slower than instant but within ``dns_timeout`` is waited for."""
+
+    def slowish(host: str, port: int) -> list[str]:
+        time.sleep(0.05)
+        return ["93.184.215.14"]
+
+    target = check_callback_url("https://hooks.example/cb", resolve=slowish, dns_timeout=2)
+    assert target.addresses == ("93.184.215.14",)
+
+
+def test_only_the_deadline_is_transient() -> None:
+    """The resolver's own timeout error is a failed lookup like any other, not transient;
+    nor is any other refusal."""
+
+    def own_timeout(host: str, port: int) -> list[str]:
+        raise TimeoutError("resolver gave up")
+
+    with pytest.raises(CallbackRefused) as info:
+        check_callback_url("https://hooks.example/cb", resolve=own_timeout)
+    assert "could not be resolved" in info.value.detail and info.value.transient is False
+    with pytest.raises(CallbackRefused) as info:
+        check_callback_url("https://hooks.example/cb", resolve=fake_resolver("10.0.0.1"))
+    assert info.value.transient is False
+
+
+def test_lookup_runs_on_a_daemon_thread() -> None:
+    """One hanging lookup must neither hold the caller nor keep the process from exiting."""
+    seen: list[threading.Thread] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        seen.append(threading.current_thread())
+        return ["93.184.215.14"]
+
+    check_callback_url("https://hooks.example/cb", resolve=resolver)
+    [thread] = seen
+    assert thread is not threading.current_thread()
+    assert thread.daemon and thread.name.startswith("jobgate-dns")
+
+
+def test_lookups_run_side_by_side() -> None:
+    """Lookups from concurrent callers are not serialised behind one another."""
+    barrier = threading.Barrier(2, timeout=5)
+
+    def meets(host: str, port: int) -> list[str]:
+        barrier.wait()  # only returns once both lookups are running at the same time
+        return ["93.184.215.14"]
+
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            results.append(check_callback_url("https://a.example/", resolve=meets, dns_timeout=5))
+        except CallbackRefused as exc:
+            results.append(exc)
+
+    callers = [threading.Thread(target=call) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(10)
+    assert len(results) == 2 and all(isinstance(r, Target) for r in results), results
+
+
+def test_waiting_for_a_lookup_slot_counts_against_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, release: threading.Event
+) -> None:
+    """With every slot held by hanging lookups, a new one is refused at its deadline without
+    its resolver running; once the hanging lookup ends its slot is free again."""
+    monkeypatch.setattr(ssrf, "DNS_LOOKUPS", 1)
+    monkeypatch.setattr(ssrf, "_slots", None)
+    calls: list[str] = []
+    with pytest.raises(CallbackRefused):
+        check_callback_url(
+            "https://slow.example/", resolve=hanging_resolver(release, calls), dns_timeout=0.1
+        )
+    fast_calls: list[str] = []
+
+    def fast(host: str, port: int) -> list[str]:
+        fast_calls.append(host)
+        return ["93.184.215.14"]
+
+    with pytest.raises(CallbackRefused) as info:
+        check_callback_url("https://fast.example/", resolve=fast, dns_timeout=0.1)
+    assert "no free lookup slot" in info.value.detail and fast_calls == []
+    release.set()
+    assert check_callback_url("https://fast.example/", resolve=fast, dns_timeout=5).port == 443
+    assert calls == ["slow.example"] and fast_calls == ["fast.example"]
+
+
+def test_lookup_slots_are_made_anew_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork copies the parent's slot count, held by threads the child does not have."""
+    parent = ssrf._lookup_slots()
+    assert ssrf._lookup_slots() is parent
+    monkeypatch.setattr(ssrf.os, "getpid", lambda: -1)
+    assert ssrf._lookup_slots() is not parent
+
+
+GEVENT_SCRIPT = r"""
+from gevent import monkey
+monkey.patch_all()
+
+import socket
+import threading
+import time
+
+import gevent
+import gevent.socket
+
+def no_connect(*args, **kwargs):
+    raise AssertionError("connection attempted")
+
+socket.socket.connect = socket.socket.connect_ex = no_connect
+
+from jobgate.ssrf import CallbackRefused, check_callback_url, default_resolve, resolve_within
+
+assert monkey.is_module_patched("threading") and monkey.is_module_patched("socket")
+assert socket.getaddrinfo is gevent.socket.getaddrinfo
+
+ticks = []
+
+def ticker():
+    while True:
+        ticks.append(time.monotonic())
+        gevent.sleep(0.02)
+
+gevent.spawn(ticker)
+
+def hanging(host, port):
+    time.sleep(60)  # patched: a cooperative wait, as gevent's resolver waits for an answer
+    return ["93.184.215.14"]
+
+start = time.monotonic()
+try:
+    check_callback_url("https://slow.example/cb", resolve=hanging, dns_timeout=0.3)
+except CallbackRefused as exc:
+    assert exc.transient and "timed out after 0.3s" in exc.detail, exc.detail
+else:
+    raise AssertionError("not refused")
+elapsed = time.monotonic() - start
+assert 0.3 <= elapsed < 2, elapsed
+# The hub kept running other greenlets while this one waited for the lookup.
+assert sum(1 for t in ticks if t > start) >= 5, ticks
+
+fast = check_callback_url("https://fast.example/cb", resolve=lambda h, p: ["1.1.1.1"])
+assert fast.addresses == ("1.1.1.1",)
+# gevent's getaddrinfo itself, through the same path (a numeric host: no DNS traffic).
+assert resolve_within(default_resolve, "127.0.0.1", 443, 2.0) == ["127.0.0.1"]
+print("ok", round(elapsed, 2))
+"""
+
+
+def test_dns_deadline_holds_under_gevent() -> None:
+    """The gateway and the delivery pool run gevent-patched: the lookup's greenlet hangs,
+    the caller is refused at the deadline, and the hub keeps serving other greenlets."""
+    proc = subprocess.run(
+        [sys.executable, "-c", GEVENT_SCRIPT],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok"), proc.stdout
+
+
+def test_submit_check_uses_the_settings_and_answers_422_generic(
+    monkeypatch: pytest.MonkeyPatch, release: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gateway.jobs.check_callback passes JOBGATE_CALLBACK_DNS_TIMEOUT and _PORTS to the guard
+    and turns a refusal into 422 callback_url_refused with the partner-safe reason only."""
+    from config import Settings
+    from gateway.errors import APIError
+    from gateway.jobs import check_callback
+
+    calls: list[str] = []
+    monkeypatch.setattr(ssrf, "default_resolve", hanging_resolver(release, calls))
+    svc = SimpleNamespace(
+        settings=Settings(callback_dns_timeout=0.1, callback_ports=parse_ports("443,8443")),
+        allowlist=(),
+    )
+    start = time.monotonic()
+    with pytest.raises(APIError) as slow:
+        check_callback(svc, "https://slow.example/cb")  # type: ignore[arg-type]
+    assert time.monotonic() - start < 1.0
+    assert calls == ["slow.example"]
+    with pytest.raises(APIError) as port:
+        check_callback(svc, "https://hooks.example:9443/cb")  # type: ignore[arg-type]
+    for error in (slow.value, port.value):
+        assert (error.status, error.code, error.message) == (422, "callback_url_refused", REFUSED)
+        assert error.details == {"callback_url": [REFUSED]}
+    logged = " ".join(r.getMessage() for r in caplog.records if r.name == "jobgate.ssrf")
+    assert "timed out after 0.1s" in logged and "port 9443" in logged
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan")])
+def test_no_time_left_is_an_immediate_timeout(timeout: float) -> None:
+    """A deadline already spent (or NaN) refuses at once instead of waiting or raising."""
+    with pytest.raises(ssrf.LookupTimeout):
+        ssrf.resolve_within(lambda h, p: time.sleep(0.5) or [], "a.example", 443, timeout)
+
+
+def test_no_thread_for_the_lookup_is_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process out of threads refuses (transient) instead of raising, and frees its slot."""
+
+    def cannot_start(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(ssrf, "DNS_LOOKUPS", 1)
+    monkeypatch.setattr(ssrf, "_slots", None)
+    monkeypatch.setattr(threading.Thread, "start", cannot_start)
+    for _ in range(2):  # the second would wait for the slot if the first had kept it
+        with pytest.raises(CallbackRefused) as info:
+            check_callback_url("https://a.example/", resolve=fake_resolver("1.1.1.1"))
+        assert info.value.transient and "no lookup thread" in info.value.detail
