@@ -13,6 +13,7 @@ from typing import Any
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400)
+DEFAULT_CALLBACK_DNS_TIMEOUT = 2.0
 
 
 class SettingsError(ValueError):
@@ -31,6 +32,37 @@ def _floats(value: str) -> tuple[float, ...]:
     return tuple(float(part) for part in _csv(value))
 
 
+PortRanges = tuple[tuple[int, int], ...]
+
+
+def parse_ports(value: str) -> PortRanges:
+    """``JOBGATE_CALLBACK_PORTS``: comma-separated ports and ``low-high`` ranges, 1-65535."""
+    ranges: list[tuple[int, int]] = []
+    for item in _csv(value):
+        low_text, dash, high_text = item.partition("-")
+        try:
+            low = int(low_text.strip())
+            high = int(high_text.strip()) if dash else low
+        except ValueError:
+            raise ValueError(f"{item!r} is not a port or a range of ports (like 8443 or "
+                             "1024-65535)") from None
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"{item!r} is not within 1-65535 (low-high, low first)")
+        ranges.append((low, high))
+    if not ranges:
+        raise ValueError("at least one port is needed")
+    return tuple(ranges)
+
+
+def format_ports(ranges: PortRanges) -> str:
+    """The ``JOBGATE_CALLBACK_PORTS`` text for ``ranges`` (``parse_ports`` reads it back)."""
+    return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in ranges)
+
+
+# 443, 80 (only while http is allowed) and the unprivileged ports; not 22, 25, 53, ...
+DEFAULT_CALLBACK_PORTS = parse_ports("443,80,1024-65535")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything jobgate reads from its environment; immutable once built."""
@@ -41,6 +73,8 @@ class Settings:
     admin_keys: tuple[str, ...] = ()
     callback_allow_http: bool = False
     callback_allowlist: str = ""
+    callback_ports: PortRanges = DEFAULT_CALLBACK_PORTS
+    callback_dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT
     result_expires: int = 3600
     job_retention: int = 7 * 24 * 3600
     max_body: int = 1024 * 1024
@@ -71,6 +105,10 @@ class Settings:
             values = value if isinstance(value, tuple) else (value,)
             if any(v < low for v in values):
                 raise SettingsError(f"{_ENV[name][0]}={value!r} is not valid: {what}")
+        if not self.callback_ports or any(
+                not 1 <= low <= high <= 65535 for low, high in self.callback_ports):
+            raise SettingsError(f"JOBGATE_CALLBACK_PORTS={format_ports(self.callback_ports)!r} "
+                                "is not valid: ports are 1-65535, at least one")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(f"REDIS_URL={self.redis_url!r} is not valid: it must start "
                                 "with redis://, rediss:// or unix://")
@@ -105,6 +143,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "admin_keys": ("JOBGATE_ADMIN_KEYS", _csv),
     "callback_allow_http": ("JOBGATE_CALLBACK_ALLOW_HTTP", _bool),
     "callback_allowlist": ("JOBGATE_CALLBACK_ALLOWLIST", str),
+    "callback_ports": ("JOBGATE_CALLBACK_PORTS", parse_ports),
+    "callback_dns_timeout": ("JOBGATE_CALLBACK_DNS_TIMEOUT", float),
     "result_expires": ("JOBGATE_RESULT_EXPIRES", int),
     "job_retention": ("JOBGATE_JOB_RETENTION", int),
     "max_body": ("JOBGATE_MAX_BODY", int),
@@ -126,6 +166,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 # setting name -> (lowest value allowed, the rule in words)
 _BOUNDS: dict[str, tuple[float, str]] = {
+    "callback_dns_timeout": (0.01, "at least 0.01 second"),
     "result_expires": (1, "at least 1 second"),
     "job_retention": (1, "at least 1 second"),
     "max_body": (1, "at least 1 byte"),
@@ -144,4 +185,6 @@ _BOUNDS: dict[str, tuple[float, str]] = {
 assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}
 assert set(_BOUNDS) <= set(_ENV)
 
-__all__ = ["Settings", "SettingsError", "DEFAULT_REDIS_URL", "DEFAULT_RETRY_DELAYS"]
+__all__ = ["Settings", "SettingsError", "DEFAULT_REDIS_URL", "DEFAULT_RETRY_DELAYS",
+           "DEFAULT_CALLBACK_DNS_TIMEOUT", "DEFAULT_CALLBACK_PORTS", "PortRanges",
+           "format_ports", "parse_ports"]

@@ -51,7 +51,8 @@ def check_callback(svc: Services, url: str) -> None:
     """422 ``callback_url_refused`` unless the URL passes the SSRF guard."""
     try:
         check_callback_url(url, allow_http=svc.settings.callback_allow_http,
-                           allowlist=svc.allowlist)
+                           allowlist=svc.allowlist, ports=svc.settings.callback_ports,
+                           dns_timeout=svc.settings.callback_dns_timeout)
     except CallbackRefused as exc:
         raise APIError(422, "callback_url_refused", exc.reason,
                        {"callback_url": [exc.reason]}) from None

@@ -112,6 +112,8 @@ def _attempt(settings: Settings, store: Store, messenger: Messenger, books: Deli
                           timeout=settings.webhook_timeout,
                           allow_http=settings.callback_allow_http,
                           allowlist=parse_allowlist(settings.callback_allowlist),
+                          ports=settings.callback_ports,
+                          dns_timeout=settings.callback_dns_timeout,
                           user_agent=USER_AGENT, retry_after_cap=RETRY_AFTER_CAP)
     else:
         attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)
@@ -133,8 +135,9 @@ def _attempt(settings: Settings, store: Store, messenger: Messenger, books: Deli
     number = books.record(subject_id, entry, state, kind, token=token, task_id=task_id,
                           following=following)
     entry = {**entry, "attempt": number}
+    # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.
     log.info("webhook %s %s for %s %s: %s (%s)", wid, event, kind, subject_id, attempt.outcome,
-             attempt.status_code or attempt.error, extra={"job_id": subject_id})
+             attempt.status_code or attempt.detail or attempt.error, extra={"job_id": subject_id})
     return entry
 
 

@@ -27,6 +27,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import NewConnectionError
 
+from config import DEFAULT_CALLBACK_DNS_TIMEOUT, DEFAULT_CALLBACK_PORTS, PortRanges
 from jobgate.signing import webhook_headers
 from jobgate.ssrf import CallbackRefused, Network, Resolver, check_callback_url
 
@@ -49,13 +50,19 @@ _MAX_ERROR_CHARS = 300
 
 @dataclass
 class Attempt:
-    """What one delivery attempt did; ``retry_after`` is the receiver's (capped) request in s."""
+    """What one delivery attempt did; ``retry_after`` is the receiver's (capped) request in s.
+
+    ``error`` goes to the partner-visible deliveries log; ``detail`` is for the worker's log
+    only: the SSRF guard's specific reason when it refused the URL (``error`` is then the
+    generic refusal).
+    """
 
     outcome: Outcome
     status_code: int | None
     error: str | None
     duration_ms: int
     retry_after: float | None
+    detail: str | None = None
 
 
 class PinnedAdapter(HTTPAdapter):
@@ -295,25 +302,32 @@ def deliver(
     timeout: float = 10.0,
     allow_http: bool = False,
     allowlist: Sequence[Network] = (),
+    ports: PortRanges = DEFAULT_CALLBACK_PORTS,
     user_agent: str = "jobgate/0",
     max_response_bytes: int = 65536,
     retry_after_cap: float = 3600.0,
     resolve: Resolver | None = None,
+    dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT,
     session: requests.Session | None = None,
 ) -> Attempt:
     """POST one signed webhook to the re-checked, pinned callback address; never raises.
 
-    ``session`` only contributes its TLS settings (``verify``, ``cert``); its adapters,
-    proxies, cookies and netrc are never used, so the SSRF pinning cannot be bypassed.
+    The DNS lookup gets ``dns_timeout`` seconds, never more than the attempt's ``timeout``,
+    which it counts against. ``session`` only contributes its TLS settings (``verify``,
+    ``cert``); its adapters, proxies, cookies and netrc are never used, so the SSRF pinning
+    cannot be bypassed.
     """
     start = time.monotonic()
     deadline = start + timeout
     try:
         target = check_callback_url(
-            url, allow_http=allow_http, allowlist=allowlist, resolve=resolve
+            url, allow_http=allow_http, allowlist=allowlist, ports=ports, resolve=resolve,
+            dns_timeout=min(dns_timeout, deadline - time.monotonic()),
         )
     except CallbackRefused as exc:
-        return Attempt("failed", None, exc.reason, _ms_since(start), None)
+        # A lookup that timed out may well answer next time: retried, unlike a refusal.
+        outcome: Outcome = "retry" if exc.transient else "failed"
+        return Attempt(outcome, None, exc.reason, _ms_since(start), None, detail=exc.detail)
 
     try:
         headers = webhook_headers(secrets, webhook_id, body, user_agent=user_agent)

@@ -1,22 +1,46 @@
 """SSRF guard for partner-supplied callback URLs.
 
-A callback URL is accepted only if its scheme is allowed, it carries no credentials and
-*every* address its host resolves to is public unicast (or inside a configured allowlist).
+A callback URL is accepted only if its scheme is allowed, it carries no credentials, its port
+is an allowed one and *every* address its host resolves to is public unicast (or inside a
+configured allowlist).
 The checked addresses are returned so the caller can connect to exactly those addresses
 instead of resolving the name a second time (DNS rebinding).
+
+The lookup is bounded (``dns_timeout``): ``socket.getaddrinfo`` has no timeout, so it runs
+on a thread of its own (a greenlet, where gevent has patched ``threading``; its
+``getaddrinfo`` is then gevent's cooperative resolver) and the caller waits for it at most
+that long. A lookup still running when the caller gives up finishes in the background.
+
+What the partner is told depends on what it could learn. A mistake it can see by reading its
+own URL (not a string, too long, whitespace, scheme, credentials, no host, a port that is not
+a number from 1 to 65535) keeps its specific message. Every refusal that depends on where the
+host points or which port it names (a port outside the allowed ones, a non-public address,
+literal or resolved, a name that does not resolve) gets
+the one message ``REFUSED``, so that submitting URLs cannot map internal names or addresses;
+the specific reason goes to the ``jobgate.ssrf`` log, with the host, and in
+``CallbackRefused.detail``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import re
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from config import DEFAULT_CALLBACK_DNS_TIMEOUT, DEFAULT_CALLBACK_PORTS, PortRanges
+
 __all__ = [
+    "DNS_LOOKUPS",
     "MAX_URL_LENGTH",
+    "REFUSED",
+    "LookupTimeout",
     "CallbackRefused",
     "IPAddress",
     "Network",
@@ -25,22 +49,33 @@ __all__ = [
     "check_callback_url",
     "default_resolve",
     "parse_allowlist",
+    "port_allowed",
+    "resolve_within",
 ]
 
 MAX_URL_LENGTH = 2048
+# The partner's answer to every refusal that depends on where the URL points.
+REFUSED = "callback_url is not allowed: it must be a public https URL on an allowed port"
+
+# Lookups one process runs at once; past it a lookup waits for a free slot (within its own
+# deadline). Slots held by lookups the caller gave up on free when those end.
+DNS_LOOKUPS = 64
+
+log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_HTTP_PORT = 80
 
 _V4 = ipaddress.IPv4Network
 _V6 = ipaddress.IPv6Network
 
 # Explicit deny lists, on top of ``ipaddress``'s ``is_global``/``is_private``/... properties,
 # so the verdict does not depend on which IANA registry snapshot this Python ships with.
-# Order matters: the first match names the category in the refusal message.
+# Order matters: the first match names the category in the logged reason.
 _DENIED: tuple[tuple[Network, str], ...] = (
     (_V4("0.0.0.0/8"), "unspecified or 'this network'"),
     (_V4("127.0.0.0/8"), "loopback"),
@@ -79,11 +114,83 @@ _DEC = re.compile(r"[1-9][0-9]*")
 
 
 class CallbackRefused(ValueError):
-    """A callback URL the SSRF guard will not deliver to; ``reason`` is safe to show the partner."""
+    """A callback URL the SSRF guard will not deliver to.
 
-    def __init__(self, reason: str) -> None:
+    ``reason`` is safe to show the partner (``REFUSED`` for address-based refusals);
+    ``detail`` is the specific reason, for logs and operators only (same as ``reason`` for a
+    mistake the partner can see in its own URL).
+    ``transient`` marks a refusal that may not hold a moment later (the DNS lookup timed
+    out): a delivery retries it instead of failing.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None, *, transient: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail or reason
+        self.transient = transient
+
+
+def _refused(host: str, detail: str, *, transient: bool = False) -> CallbackRefused:
+    """Log ``detail`` (never shown to the partner) and return the generic refusal."""
+    log.warning("callback_url refused, host %r: %s", host, detail)
+    return CallbackRefused(REFUSED, detail, transient=transient)
+
+
+class LookupTimeout(Exception):
+    """``resolve_within`` gave up waiting (deliberately not an ``OSError``)."""
+
+
+_slots_lock = threading.Lock()
+_slots: tuple[int, threading.BoundedSemaphore] | None = None
+
+
+def _lookup_slots() -> threading.BoundedSemaphore:
+    """This process's lookup slots, made on first use: after gevent's patching (so waiting
+    for one yields to other greenlets) and anew after a fork (lookups of the parent that
+    held slots do not exist in the child). ``_slots_lock`` may be a real lock made before
+    the patching: it is never held across anything that could switch greenlets."""
+    global _slots
+    with _slots_lock:
+        if _slots is None or _slots[0] != os.getpid():
+            _slots = (os.getpid(), threading.BoundedSemaphore(DNS_LOOKUPS))
+        return _slots[1]
+
+
+def resolve_within(resolve: Resolver, host: str, port: int, timeout: float) -> list[str]:
+    """``resolve(host, port)``, waiting at most ``timeout`` seconds (slot wait included).
+
+    The lookup runs on a daemon thread, so one that hangs past the deadline neither blocks
+    the caller nor delays the process's exit; raises ``LookupTimeout`` when time runs out,
+    else whatever ``resolve`` returned or raised.
+    """
+    # ``not timeout > 0`` also catches NaN; a wait longer than TIMEOUT_MAX cannot be asked.
+    deadline = time.monotonic() + (min(timeout, threading.TIMEOUT_MAX) if timeout > 0 else 0.0)
+    slots = _lookup_slots()
+    if not slots.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        raise LookupTimeout("no free lookup slot")
+    done = threading.Event()
+    outcome: list[list[str]] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(resolve(host, port))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            failure.append(exc)
+        finally:
+            slots.release()
+            done.set()
+
+    try:
+        threading.Thread(target=run, name=f"jobgate-dns {host}", daemon=True).start()
+    except RuntimeError as exc:  # "can't start new thread": as good as no answer in time
+        slots.release()
+        raise LookupTimeout(f"no lookup thread: {exc}") from None
+    if not done.wait(max(deadline - time.monotonic(), 0.0)):
+        raise LookupTimeout("lookup still running")
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 @dataclass(frozen=True)
@@ -207,14 +314,28 @@ def _allowed(ip: IPAddress, allowlist: Sequence[Network]) -> bool:
     return any(c.version == net.version and c in net for c in candidates for net in allowlist)
 
 
+def port_allowed(port: int, ports: PortRanges, allow_http: bool) -> bool:
+    """True when ``port`` is in one of the ``ports`` ranges; 80 only while http is allowed."""
+    if port == _HTTP_PORT and not allow_http:
+        return False
+    return any(low <= port <= high for low, high in ports)
+
+
 def check_callback_url(
     url: str,
     *,
     allow_http: bool = False,
     allowlist: Sequence[Network] = (),
+    ports: PortRanges = DEFAULT_CALLBACK_PORTS,
     resolve: Resolver | None = None,
+    dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT,
 ) -> Target:
-    """Validate ``url`` and resolve it, refusing anything that could reach a non-public address."""
+    """Validate ``url`` and resolve it, refusing anything that could reach a non-public address.
+
+    ``ports`` are the allowed port ranges (``JOBGATE_CALLBACK_PORTS``); a URL naming another
+    port is refused before its host is looked at. The lookup (``resolve``, by default the
+    system resolver) gets ``dns_timeout`` seconds; past them the URL is refused (transient).
+    """
     if not isinstance(url, str) or not url:
         raise CallbackRefused("callback_url must be a non-empty string")
     if len(url) > MAX_URL_LENGTH:
@@ -244,24 +365,32 @@ def check_callback_url(
     if explicit_port == 0:
         raise CallbackRefused("callback_url has an invalid port")
     port = explicit_port if explicit_port is not None else _DEFAULT_PORTS[scheme]
+    if not port_allowed(port, ports, allow_http):
+        raise _refused(host, f"port {port} is not an allowed callback port")
 
     literal = _literal_address(host)
     if literal is not None:
         addresses: list[IPAddress] = [literal]
     else:
         resolver = resolve or default_resolve
+        unresolved = f"host {host!r} could not be resolved"
         try:
-            raw = resolver(host, port)
+            raw = resolve_within(resolver, host, port, dns_timeout)
+        except LookupTimeout as exc:
+            raise _refused(
+                host, f"DNS lookup of host {host!r} timed out after {dns_timeout:.3g}s ({exc})",
+                transient=True,
+            ) from None
         except (OSError, UnicodeError, ValueError) as exc:
-            raise CallbackRefused(f"callback_url host {host!r} could not be resolved") from exc
+            raise _refused(host, f"{unresolved} ({type(exc).__name__}: {exc})") from exc
         if not raw:
-            raise CallbackRefused(f"callback_url host {host!r} could not be resolved")
+            raise _refused(host, f"{unresolved} (no address)")
         addresses = []
         for item in raw:
             try:
                 address = ipaddress.ip_address(item)
             except ValueError as exc:
-                raise CallbackRefused(f"callback_url host {host!r} could not be resolved") from exc
+                raise _refused(host, f"{unresolved} (not an IP address: {item!r})") from exc
             if address not in addresses:
                 addresses.append(address)
 
@@ -270,12 +399,8 @@ def check_callback_url(
             continue
         category = _refusal(address)
         if category is not None:
-            # A resolved address is not echoed back: with split-horizon DNS that would let a
-            # partner map internal names to internal IPs.
-            shown = f"{str(address)!r}" if literal is not None else f"host {host!r}"
-            raise CallbackRefused(
-                f"callback_url {shown} points to a non-public address ({category})"
-            )
+            where = "is" if literal is not None else f"host {host!r} resolves to"
+            raise _refused(host, f"{where} {address}, a non-public address ({category})")
 
     return Target(
         url=url,

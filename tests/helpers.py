@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from config import Settings
+from config import Settings, format_ports
 from gateway.launch import Child, http_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +48,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_ADMIN_KEYS": ",".join(settings.admin_keys),
         "JOBGATE_CALLBACK_ALLOW_HTTP": "1" if settings.callback_allow_http else "0",
         "JOBGATE_CALLBACK_ALLOWLIST": settings.callback_allowlist,
+        "JOBGATE_CALLBACK_PORTS": format_ports(settings.callback_ports),
+        "JOBGATE_CALLBACK_DNS_TIMEOUT": str(settings.callback_dns_timeout),
         "JOBGATE_RESULT_EXPIRES": str(settings.result_expires),
         "JOBGATE_JOB_RETENTION": str(settings.job_retention),
         "JOBGATE_WEBHOOK_RETRY_DELAYS": ",".join(str(d) for d in settings.webhook_retry_delays),

@@ -215,9 +215,9 @@ def test_batch_with_member_callback_url_matches_the_document(settings, redis_cli
     key = client.post("/v1/partners", json={"name": "doc"},
                       headers=admin_headers).get_json()["api_key"]
     body = {"jobs": [{"task": "demo.sleep", "params": {"seconds": 0, "steps": 1},
-                      "callback_url": "http://127.0.0.1:9/hooks", "metadata": {"row": 1}},
+                      "callback_url": "http://127.0.0.1:9009/hooks", "metadata": {"row": 1}},
                      {"task": "demo.sleep"}],
-            "callback_url": "http://127.0.0.1:9/batches"}
+            "callback_url": "http://127.0.0.1:9009/batches"}
     assert errors("BatchSubmit", body) == []
     created = client.post("/v1/batches", json=body, headers={"Authorization": f"Bearer {key}"})
     assert created.status_code == 202, created.get_json()
@@ -226,7 +226,7 @@ def test_batch_with_member_callback_url_matches_the_document(settings, redis_cli
     assert read.status_code == 200
     assert errors("Batch", read.get_json()) == []
     member = client.get(f"/v1/jobs/{read.get_json()['job_ids'][0]}", headers=admin_headers)
-    assert member.get_json()["callback_url"] == "http://127.0.0.1:9/hooks"
+    assert member.get_json()["callback_url"] == "http://127.0.0.1:9009/hooks"
 
 
 def test_metrics_count_submissions(client, partner):

@@ -7,6 +7,7 @@ that records what it would queue; ``responses`` answers the HTTP side (nothing i
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 import uuid
@@ -23,9 +24,10 @@ from jobgate.deliveries import Deliveries
 from jobgate.events import delivery_task_id, webhook_id
 from jobgate.messages import DELIVER_TASK
 from jobgate.signing import generate_secret
+from jobgate.ssrf import REFUSED
 from jobgate.store import Store, secrets_of
 
-URL = "http://127.0.0.1:9/hooks"
+URL = "http://127.0.0.1:9009/hooks"
 
 
 class FakeApp(SimpleNamespace):
@@ -162,19 +164,32 @@ def test_a_duplicate_message_sends_nothing(fake_app: FakeApp) -> None:
     assert len(Deliveries(fake_app.store).attempts(job_id)) == 1
 
 
-@pytest.mark.parametrize("url", ["http://10.0.0.5/hook", "http://169.254.169.254/latest",
-                                 "http://[::ffff:192.168.1.1]/hook", "http://user:pw@127.0.0.1/h",
-                                 "ftp://127.0.0.1/hook"])
-def test_delivery_time_guard_refuses_before_connecting(fake_app: FakeApp, url: str,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A URL accepted at submit can be refused at delivery (DNS or config changed)."""
+@pytest.mark.parametrize(("url", "error", "logged"), [
+    ("http://10.0.0.5/hook", REFUSED, "private"),
+    ("http://169.254.169.254/latest", REFUSED, "link-local"),
+    ("http://[::ffff:192.168.1.1]/hook", REFUSED, "private"),
+    ("http://user:pw@127.0.0.1/h", "credentials", "credentials"),
+    ("ftp://127.0.0.1/hook", "scheme 'ftp'", "scheme 'ftp'")])
+def test_delivery_time_guard_refuses_before_connecting(fake_app: FakeApp, url: str, error: str,
+                                                       logged: str,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A URL accepted at submit can be refused at delivery (DNS or config changed). The
+    partner-visible attempt says only what the partner may know; the worker's log says why."""
+    caplog.set_level(logging.INFO, logger="jobgate")
     job_id = make_job(fake_app, callback_url=url)
     connects: list[Any] = []
     monkeypatch.setattr(socket.socket, "connect", lambda self, addr: connects.append(addr))
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: connects.append(a))
     entry = attempt(fake_app, "job", job_id, "job.succeeded")
     assert connects == []
-    assert entry["outcome"] == "failed" and entry["error"]
+    assert entry["outcome"] == "failed" and error in entry["error"]
+    [stored] = Deliveries(fake_app.store).attempts(job_id)
+    assert stored["error"] == entry["error"]
+    if error == REFUSED:
+        assert logged not in json.dumps(stored)
+    line = next(r.getMessage() for r in caplog.records if r.name == "jobgate.attempts")
+    assert logged in line and job_id in line
     assert fake_app.sent == []
     assert fake_app.store.job(job_id)["webhook_state"] == "failed"
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 from marshmallow import ValidationError
 
-from config import Settings, SettingsError
+from config import Settings, SettingsError, format_ports
 from gateway.schemas import JobSubmitSchema, PartnerCreateSchema, RevokeSchema
 from tasks.builtin import DocumentsParams, EmbedParams, SleepParams
 from tasks.registry import job_types
@@ -26,6 +26,8 @@ def test_defaults_match_the_contract():
     assert s.webhook_retry_delays == (5, 30, 120, 600, 1800, 3600, 7200, 14400)
     assert s.admin_keys == ()
     assert s.callback_allow_http is False
+    assert s.callback_ports == ((443, 443), (80, 80), (1024, 65535))
+    assert s.callback_dns_timeout == 2.0
     assert s.demo_tasks is True
     # Workers refresh what they hold, so the timeout only bounds how long a dead
     # worker's jobs wait: within the 60 s recovery target, above a few refreshes.
@@ -43,6 +45,15 @@ def test_environment_overrides_and_derivation():
     assert s.webhook_retry_delays == (1.0, 2.5)
     moved = s.with_overrides(redis_url="redis://other:1/0")
     assert moved.result_backend == "redis://other:1/0"
+
+
+def test_callback_ports_are_parsed_once_into_ranges():
+    s = Settings.from_env({"JOBGATE_CALLBACK_PORTS": " 443, 8000-8999 ,8443"})
+    assert s.callback_ports == ((443, 443), (8000, 8999), (8443, 8443))
+    assert format_ports(s.callback_ports) == "443,8000-8999,8443"
+    assert Settings.from_env({"JOBGATE_CALLBACK_PORTS": format_ports(s.callback_ports)}) == s
+    with pytest.raises(SettingsError, match="JOBGATE_CALLBACK_PORTS"):
+        Settings(callback_ports=((0, 10),))
 
 
 def test_bad_values_name_the_variable():
@@ -114,6 +125,13 @@ def test_partner_and_revoke_schemas():
     ("JOBGATE_VISIBILITY_TIMEOUT", "1", "at least 2 seconds"),
     ("JOBGATE_CALLBACK_ALLOW_HTTP", "", None),  # empty means the default
     ("REDIS_URL", "http://localhost", "redis://"),
+    ("JOBGATE_CALLBACK_PORTS", "https", "not a port or a range"),
+    ("JOBGATE_CALLBACK_PORTS", "0", "within 1-65535"),
+    ("JOBGATE_CALLBACK_PORTS", "443,70000", "within 1-65535"),
+    ("JOBGATE_CALLBACK_PORTS", "9000-8000", "low first"),
+    ("JOBGATE_CALLBACK_PORTS", " , ", "at least one port"),
+    ("JOBGATE_CALLBACK_DNS_TIMEOUT", "0", "at least 0.01 second"),
+    ("JOBGATE_CALLBACK_DNS_TIMEOUT", "soon", "could not convert"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable(variable, value, says):
     if says is None:

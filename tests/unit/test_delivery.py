@@ -13,6 +13,7 @@ import http.server
 import io
 import ipaddress
 import json
+import logging
 import socket
 import socketserver
 import ssl
@@ -43,7 +44,7 @@ from jobgate.delivery import (
     retry_delay,
 )
 from jobgate.signing import generate_secret, sign
-from jobgate.ssrf import parse_allowlist
+from jobgate.ssrf import REFUSED, parse_allowlist
 
 URL = "https://hooks.example/cb"
 PUBLIC = ["93.184.215.14"]
@@ -444,35 +445,128 @@ def test_transport_errors_are_retried(
 
 
 def test_refused_url_fails_without_any_connection(
-    rsps: responses.RequestsMock, secret: str, no_connect: list[object]
+    rsps: responses.RequestsMock,
+    secret: str,
+    no_connect: list[object],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """DNS now answers a private address: failed with the reason, nothing sent."""
+    """DNS now answers a private address: failed, nothing sent. The partner-visible error is
+    the generic refusal; the reason is in ``detail`` and the guard's log, never in ``error``."""
+    caplog.set_level(logging.INFO, logger="jobgate.ssrf")
     rsps.add(responses.POST, URL, status=200)
     attempt = _deliver(secret, resolve=resolver("10.0.0.1"))
     assert attempt.outcome == "failed"
     assert attempt.status_code is None and attempt.retry_after is None
-    assert attempt.error is not None and "private" in attempt.error
+    assert attempt.error == REFUSED
+    assert attempt.detail is not None and "private" in attempt.detail
+    logged = [r.getMessage() for r in caplog.records if r.name == "jobgate.ssrf"]
+    assert any("'hooks.example'" in line and "private" in line for line in logged), logged
     assert len(rsps.calls) == 0
     assert no_connect == []
 
 
 @pytest.mark.parametrize(
-    ("url", "kwargs", "words"),
+    ("url", "kwargs", "error", "detail"),
     [
-        ("http://hooks.example/cb", {}, "https"),
-        ("https://u:p@hooks.example/cb", {}, "credentials"),
-        (URL, {"resolve": resolver("93.184.215.14", "169.254.169.254")}, "link-local"),
-        ("https://127.0.0.1/cb", {}, "loopback"),
+        ("http://hooks.example/cb", {}, "must use https", "must use https"),
+        ("https://u:p@hooks.example/cb", {}, "credentials", "credentials"),
+        (URL, {"resolve": resolver("93.184.215.14", "169.254.169.254")}, REFUSED, "link-local"),
+        ("https://127.0.0.1/cb", {}, REFUSED, "loopback"),
     ],
 )
 def test_other_refusals_fail_without_connection(
-    secret: str, no_connect: list[object], url: str, kwargs: dict[str, Any], words: str
+    secret: str,
+    no_connect: list[object],
+    url: str,
+    kwargs: dict[str, Any],
+    error: str,
+    detail: str,
 ) -> None:
-    """Every SSRF refusal at delivery time ends the delivery as ``failed``."""
+    """Every SSRF refusal at delivery time ends the delivery as ``failed``; mistakes in the
+    URL itself keep their specific message, address-based refusals are generic."""
     attempt = _deliver(secret, url=url, **kwargs)
     assert attempt.outcome == "failed"
-    assert attempt.error is not None and words in attempt.error
+    assert attempt.error is not None and error in attempt.error
+    assert attempt.detail is not None and detail in attempt.detail
     assert no_connect == []
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example:22/cb", "https://hooks.example:25/cb"])
+def test_disallowed_port_fails_without_resolving_or_connecting(
+    secret: str, no_connect: list[object], url: str
+) -> None:
+    """A port outside ``ports`` is refused at delivery too, before DNS (generic error)."""
+
+    def must_not_resolve(host: str, port: int) -> list[str]:
+        raise AssertionError("resolved a URL with a refused port")
+
+    attempt = _deliver(secret, url=url, resolve=must_not_resolve)
+    assert attempt.outcome == "failed" and attempt.error == REFUSED
+    assert attempt.detail is not None and "not an allowed callback port" in attempt.detail
+    assert no_connect == []
+
+
+def test_configured_ports_apply_at_delivery(secret: str, no_connect: list[object]) -> None:
+    """``ports`` narrows the default: 6379 (inside 1024-65535) refused when not listed."""
+    attempt = _deliver(secret, url="https://hooks.example:6379/cb", ports=((443, 443),))
+    assert attempt.outcome == "failed" and attempt.error == REFUSED
+    assert no_connect == []
+
+
+@pytest.fixture
+def hanging_dns() -> Iterator[Callable[[str, int], list[str]]]:
+    """A resolver that does not answer until teardown (its daemon thread then ends)."""
+    release = threading.Event()
+
+    def _resolve(host: str, port: int) -> list[str]:
+        release.wait(30)
+        return list(PUBLIC)
+
+    yield _resolve
+    release.set()
+
+
+@pytest.mark.parametrize(
+    ("timeout", "dns_timeout", "waited"),
+    [
+        pytest.param(10.0, 0.2, "0.2s", id="dns-timeout"),
+        pytest.param(0.3, 5.0, "0.3s", id="capped-by-attempt-timeout"),
+    ],
+)
+def test_slow_dns_is_cut_at_its_deadline_and_retried(
+    secret: str,
+    no_connect: list[object],
+    hanging_dns: Callable[[str, int], list[str]],
+    timeout: float,
+    dns_timeout: float,
+    waited: str,
+) -> None:
+    """The lookup gets ``dns_timeout``, never more than the attempt's ``timeout``; a timed-out
+    lookup is a ``retry`` (it may answer next time) with the generic error, nothing sent."""
+    start = time.monotonic()
+    attempt = _deliver(secret, resolve=hanging_dns, timeout=timeout, dns_timeout=dns_timeout)
+    elapsed = time.monotonic() - start
+    assert elapsed < min(timeout, dns_timeout) + 1.0, elapsed
+    assert attempt.outcome == "retry" and attempt.status_code is None
+    assert attempt.error == REFUSED
+    assert attempt.detail is not None and f"timed out after {waited}" in attempt.detail
+    assert no_connect == []
+
+
+def test_dns_time_counts_against_the_attempt(rsps: responses.RequestsMock, secret: str) -> None:
+    """The attempt's deadline starts before the lookup: the request gets what is left."""
+    rsps.add(responses.POST, URL, status=200)
+
+    def slow(host: str, port: int) -> list[str]:
+        time.sleep(0.3)
+        return list(PUBLIC)
+
+    attempt = _deliver(secret, resolve=slow, timeout=5.0)
+    assert attempt.outcome == "delivered"
+    assert attempt.duration_ms >= 300
+    [call] = rsps.calls
+    assert isinstance(call.request.req_kwargs["timeout"], tuple)
+    assert all(t <= 4.75 for t in call.request.req_kwargs["timeout"])
 
 
 def test_bad_secret_fails_without_connection(secret: str, no_connect: list[object]) -> None:
