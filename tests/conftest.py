@@ -78,6 +78,15 @@ def worker(settings: Settings, redis_client: redis.Redis) -> Iterator[WorkerProc
     proc.stop()
 
 
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    """Workers a test starts itself; all stopped (or already killed) at the end."""
+    started: list[WorkerProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
 @pytest.fixture(scope="session")
 def app(settings: Settings, redis_client: redis.Redis):
     from gateway import create_app

@@ -259,3 +259,19 @@ def wait_for_status(client: Any, job_id: str, headers: Mapping[str, str],
     """Poll the status route until the job reaches one of ``statuses``."""
     return wait_until(lambda: (view := job_status(client, job_id, headers))["status"]
                       in statuses and view, timeout, 0.05, f"job {job_id} to reach {statuses}")
+
+
+def gateway_for(settings: Settings, admin_key: str) -> tuple[Any, dict[str, Any], Any]:
+    """A test client of a gateway built for ``settings``, a fresh partner on it (its JSON
+    plus ready ``headers``) and the app's services (store, messenger)."""
+    from gateway import create_app
+
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    client = app.test_client()
+    created = client.post("/v1/partners", json={"name": "acme"},
+                          headers={"Authorization": f"Bearer {admin_key}"})
+    assert created.status_code == 201, created.get_json()
+    partner = created.get_json()
+    partner["headers"] = {"Authorization": f"Bearer {partner['api_key']}"}
+    return client, partner, app.extensions["jobgate"]

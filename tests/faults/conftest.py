@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import pytest
 
 from config import Settings
-from tests.helpers import WorkerProcess
 from tests.reliability.conftest import WebhookReceiver
 
 
@@ -32,12 +31,3 @@ def receiver() -> Iterator[WebhookReceiver]:
     hook = WebhookReceiver().start()
     yield hook
     hook.stop()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    """Workers a test starts; all stopped (or already killed) at the end."""
-    started: list[WorkerProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()

@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 
 from config import Settings
-from gateway import create_app
 from jobgate.events import webhook_id
 from jobgate.sweeper import sweep
-from tests.helpers import WorkerProcess, wait_until
+from tests.helpers import WorkerProcess, gateway_for, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
 # (failpoint, action, subject, POSTs a receiver may see beyond the log)
@@ -39,17 +38,6 @@ CASES = [
     ("delivery.sent", "redis_error", "job", 1),
 ]
 RECOVERY: dict[str, float] = {}  # case -> seconds from the fault to the terminal webhook
-
-
-def gateway(settings: Settings, admin_key: str) -> tuple[Any, dict[str, Any], Any]:
-    app = create_app(settings)
-    client = app.test_client()
-    created = client.post("/v1/partners", json={"name": "acme"},
-                          headers={"Authorization": f"Bearer {admin_key}"})
-    assert created.status_code == 201, created.get_json()
-    partner = created.get_json()
-    partner["headers"] = {"Authorization": f"Bearer {partner['api_key']}"}
-    return client, partner, app.extensions["jobgate"]
 
 
 def submit(client: Any, partner: dict[str, Any], subject: str, url: str) -> tuple[str, list]:
@@ -84,7 +72,7 @@ def stranded(svc: Any, settings: Settings, subject_id: str, job_ids: list[str]) 
 def test_one_ending_whatever_breaks(point: str, action: str, subject: str, extra_posts: int,
                                     fault_settings: Settings, receiver: WebhookReceiver,
                                     workers: list[WorkerProcess]) -> None:
-    client, partner, svc = gateway(fault_settings, fault_settings.admin_keys[0])
+    client, partner, svc = gateway_for(fault_settings, fault_settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
     doomed = WorkerProcess(fault_settings, concurrency=1, name="doomed",
                            env={"JOBGATE_FAILPOINTS": f"{point}={action}"}).start()

@@ -6,8 +6,7 @@ import signal
 
 from config import Settings
 from jobgate.events import webhook_id
-from tests.faults.test_every_step import gateway
-from tests.helpers import WorkerProcess, wait_until
+from tests.helpers import WorkerProcess, gateway_for, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
 
@@ -18,7 +17,7 @@ def test_a_job_outliving_the_visibility_timeout_during_a_warm_shutdown_runs_once
     job's message must stay fresh until it is acked, or another worker restores it
     (visibility timeout 4 s here, the job takes 9 s) and runs it a second time (for a task
     not safe to run twice: ends it FAILURE worker_lost while it still runs)."""
-    client, partner, svc = gateway(fault_settings, fault_settings.admin_keys[0])
+    client, partner, svc = gateway_for(fault_settings, fault_settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
     leaving = WorkerProcess(fault_settings, concurrency=1, name="leaving").start()
     workers.append(leaving)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from config import Settings
 from jobgate.events import webhook_id
-from tests.faults.test_every_step import gateway
-from tests.helpers import WorkerProcess, wait_until
+from tests.helpers import WorkerProcess, gateway_for, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
 
 def test_an_unsafe_task_whose_worker_died_fails_with_worker_lost_once(
         fault_settings: Settings, receiver: WebhookReceiver,
         workers: list[WorkerProcess]) -> None:
-    client, partner, _ = gateway(fault_settings, fault_settings.admin_keys[0])
+    client, partner, _ = gateway_for(fault_settings, fault_settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
     doomed = WorkerProcess(fault_settings, concurrency=1, name="doomed",
                            env={"JOBGATE_FAILPOINTS": "job.started=kill"}).start()

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 
 from config import Settings
-from gateway import create_app
 from jobgate.events import webhook_id
-from tests.helpers import WorkerProcess, job_status, wait_for_status, wait_until
+from tests.helpers import WorkerProcess, gateway_for, job_status, wait_for_status, wait_until
 from tests.reliability.conftest import OwnRedis, WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -35,19 +33,6 @@ def own_queues(settings: Settings, name: str, **changes: Any) -> Settings:
                                    **changes)
 
 
-def gateway_for(settings: Settings, admin_key: str):
-    """A test client for ``settings`` and a fresh partner on it."""
-    app = create_app(settings)
-    app.config["TESTING"] = True
-    client = app.test_client()
-    created = client.post("/v1/partners", json={"name": "acme"},
-                          headers={"Authorization": f"Bearer {admin_key}"})
-    assert created.status_code == 201, created.get_json()
-    partner = created.get_json()
-    partner["headers"] = {"Authorization": f"Bearer {partner['api_key']}"}
-    return client, partner
-
-
 def submit(client, partner, body: dict[str, Any]) -> str:
     response = client.post("/v1/jobs", json=body, headers=partner["headers"])
     assert response.status_code == 202, response.get_json()
@@ -58,15 +43,6 @@ def deliveries(client, partner, job_id: str) -> dict[str, Any]:
     response = client.get(f"/v1/jobs/{job_id}/deliveries", headers=partner["headers"])
     assert response.status_code == 200, response.get_json()
     return response.get_json()
-
-
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    """Workers a test starts; all stopped (or already killed) at the end."""
-    started: list[WorkerProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
 
 
 def unacked_since(redis_client: redis.Redis, job_id: str) -> float | None:
@@ -80,7 +56,7 @@ def unacked_since(redis_client: redis.Redis, job_id: str) -> float | None:
 def test_worker_sigkilled_mid_job_finishes_once_with_one_terminal_webhook(
         settings, redis_client, receiver: WebhookReceiver, workers):
     kill_settings = own_queues(settings, "kill", visibility_timeout=3)
-    client, partner = gateway_for(kill_settings, settings.admin_keys[0])
+    client, partner, _ = gateway_for(kill_settings, settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
     doomed = WorkerProcess(kill_settings, concurrency=1, name="doomed").start()
     workers.append(doomed)
@@ -126,7 +102,7 @@ def test_receiver_down_then_up_gets_every_webhook_with_attempts_recorded(
         settings, receiver: WebhookReceiver, workers):
     down_settings = own_queues(settings, "down",
                                webhook_retry_delays=(0.3, 0.6, 1.2, 2.4, 4.8, 4.8))
-    client, partner = gateway_for(down_settings, settings.admin_keys[0])
+    client, partner, _ = gateway_for(down_settings, settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
     receiver.stop()
     workers.append(WorkerProcess(down_settings, concurrency=2, name="down").start())
@@ -171,7 +147,7 @@ def test_receiver_down_then_up_gets_every_webhook_with_attempts_recorded(
 def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
         settings, fresh_own_redis: OwnRedis, workers):
     own = own_queues(settings.with_overrides(redis_url=fresh_own_redis.url), "restart")
-    client, partner = gateway_for(own, settings.admin_keys[0])
+    client, partner, _ = gateway_for(own, settings.admin_keys[0])
     job_ids = [submit(client, partner, {"task": "texts.embed",
                                         "params": {"texts": [f"text {n}"], "dimensions": 8}})
                for n in range(5)]
