@@ -196,11 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         "lost": len(lost), "lost_jobs": lost[:20],
         "jobs_with_several_ids": len(several), "several_ids": dict(list(several.items())[:20]),
         "redeliveries_same_id": seen["duplicates"],
+        "redelivered_ids": {wid: {"job_id": job, "again": seen["duplicated_ids"][wid]}
+                            for job, entry in by_job.items() for wid in entry["ids"]
+                            if wid in seen["duplicated_ids"]},
         "attempts_refused_500": seen["refused"], "attempts_received": sum(arrivals),
         "bad_signatures": seen["bad_signatures"],
         "kills": len(chaos.kills) if chaos else 0,
         "kill_ticks_skipped": chaos.skipped if chaos else 0,
         "kill_every_s": args.kill_every,
+        "kill_log": [{"at": round(k["at"] - t0, 2), "node": k["node"]}
+                     for k in (chaos.kills if chaos else [])],
         "leftovers": left, "stranded": stranded_count(left), "stranded_evidence": evidence,
         "repairs": left["repairs"],
         "jobs_per_s_terminal": round(len(finished) / (max(finished) - t0), 1)

@@ -46,6 +46,7 @@ class Tally:
         self.arrivals: dict[str, int] = {}  # webhook id -> attempts that reached us
         self.refused = 0  # attempts answered 500 (--fail-ratio)
         self.first_by_job: dict[str, float] = {}
+        self.duplicated: dict[str, int] = {}  # webhook id -> 2xx answers after the first
 
     def arrive(self, webhook_id: str, fail_ratio: float, seed: str) -> bool:
         """Count an attempt of ``webhook_id``; True if it is to be refused (500)."""
@@ -69,6 +70,7 @@ class Tally:
             self.last_at = now
             if webhook_id in self.seen_ids:
                 self.duplicates += 1
+                self.duplicated[webhook_id] = self.duplicated.get(webhook_id, 0) + 1
                 return
             self.seen_ids.add(webhook_id)
             self.ids_by_job.setdefault(job_id, set()).add(webhook_id)
@@ -92,6 +94,7 @@ class Tally:
                 out["job_ids"] = sorted(self.ids_by_job)
             if detail:
                 out["refused"] = self.refused
+                out["duplicated_ids"] = dict(self.duplicated)
                 out["by_job"] = {job: {"ids": sorted(ids), "first_at": self.first_by_job[job],
                                        "arrivals": {i: self.arrivals.get(i, 0) for i in ids}}
                                  for job, ids in self.ids_by_job.items()}
