@@ -39,6 +39,8 @@ class Tally:
         self.seen_ids: set[str] = set()
         self.duplicates = 0
         self.bad_signatures = 0
+        self.bad_samples: list[dict[str, Any]] = []  # evidence: the first few
+        self.truncated = 0  # bodies shorter than their Content-Length (sender died mid-POST)
         self.received = 0
         self.latencies: list[float] = []
         self.first_at: float | None = None
@@ -85,7 +87,8 @@ class Tally:
                 "received": self.received, "unique": len(self.seen_ids),
                 "jobs": len(self.ids_by_job), "duplicates": self.duplicates,
                 "jobs_with_several_ids": sum(len(v) > 1 for v in self.ids_by_job.values()),
-                "bad_signatures": self.bad_signatures, "first_at": self.first_at,
+                "bad_signatures": self.bad_signatures, "truncated": self.truncated,
+                "first_at": self.first_at,
                 "last_at": self.last_at,
                 "latency_p50_ms": ms(percentile(self.latencies, 50)),
                 "latency_p99_ms": ms(percentile(self.latencies, 99)),
@@ -94,6 +97,7 @@ class Tally:
                 out["job_ids"] = sorted(self.ids_by_job)
             if detail:
                 out["refused"] = self.refused
+                out["bad_signature_samples"] = list(self.bad_samples)
                 out["duplicated_ids"] = dict(self.duplicated)
                 out["by_job"] = {job: {"ids": sorted(ids), "first_at": self.first_by_job[job],
                                        "arrivals": {i: self.arrivals.get(i, 0) for i in ids}}
@@ -117,14 +121,26 @@ def make_handler(tally: Tally, verifier: Webhook, fail_ratio: float = 0.0,
             self.wfile.write(body)
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
             now = time.time()
             headers = {k.lower(): v for k, v in self.headers.items()}
+            if len(body) < length:  # the connection closed mid-body: nothing to verify
+                with tally.lock:
+                    tally.truncated += 1
+                self.close_connection = True
+                return
             try:
                 payload = verifier.verify(body, headers)
-            except WebhookVerificationError:
+            except WebhookVerificationError as exc:
                 with tally.lock:
                     tally.bad_signatures += 1
+                    if len(tally.bad_samples) < 10:
+                        tally.bad_samples.append({
+                            "webhook_id": headers.get("webhook-id"),
+                            "webhook_timestamp": headers.get("webhook-timestamp"),
+                            "at": now, "length": len(body), "error": str(exc),
+                            "body_head": body[:200].decode(errors="replace")})
                 self._answer(400)
                 return
             if tally.arrive(headers["webhook-id"], fail_ratio, fail_seed):
