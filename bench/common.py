@@ -298,6 +298,27 @@ class Stack:
             app.close()
         return service
 
+    def spawn_worker(self, instance: int, concurrency: int = 2) -> tuple[Service, str]:
+        """One ``jobgate worker`` (job pool + delivery pool) as its own service
+        ``worker<instance>``, not waited for; with its job pool's node name. Ready once
+        both pools wrote their liveness key (``worker_alive``)."""
+        command = worker_command(concurrency, events=False, instance=instance)
+        service = spawn(f"worker{instance}", command, self.env)
+        self.services[f"worker{instance}"] = service
+        return service, f"bench{instance}-{os.getpid()}@localhost"
+
+    def worker_alive(self, node: str) -> bool:
+        """Both pools of the ``jobgate worker`` whose job pool is ``node`` have written
+        their liveness key (tasks.upkeep), so both consume."""
+        name, host = node.split("@", 1)
+        prefix = self.env.get("JOBGATE_KEY_PREFIX", "jobgate")
+        client = self.redis()
+        try:
+            return client.exists(f"{prefix}:worker:{node}",
+                                 f"{prefix}:worker:{name}-webhooks@{host}") == 2
+        finally:
+            client.close()
+
     def start_flower(self) -> Service:
         port = self.ports["flower"] = free_port()
         service = spawn("flower", [sys.executable, "-m", "celery", "-A", "bench.flower_app",
@@ -308,10 +329,12 @@ class Stack:
                            < 500, 60, "Flower")
         return service
 
-    def start_receiver(self, secret: str) -> Service:
+    def start_receiver(self, secret: str, extra: Sequence[str] = ()) -> Service:
+        """``bench.receiver`` with the partner's secret; ``extra``: its options."""
         port = self.ports["receiver"] = free_port()
         service = spawn("receiver", [sys.executable, "-m", "bench.receiver", "--port",
-                                     str(port)], {**self.env, "BENCH_WEBHOOK_SECRET": secret})
+                                     str(port), *extra],
+                        {**self.env, "BENCH_WEBHOOK_SECRET": secret})
         self.services["receiver"] = service
         service.wait_ready(lambda: http_status(self.url("receiver", "/stats")) == 200, 30,
                            "the receiver")
@@ -341,3 +364,46 @@ class Stack:
                 service.stop()
             except Exception as exc:  # noqa: BLE001 - keep stopping the others
                 print(f"could not stop {service.name}: {exc}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ what is left over
+def leftovers(stack: Stack) -> dict[str, Any]:
+    """What would be stranded if nothing moved again: the live set, open deliveries, the
+    due set, the queues and kombu's unacknowledged messages; and the sweeper's repairs."""
+    prefix = stack.env.get("JOBGATE_KEY_PREFIX", "jobgate")
+    client = stack.redis()
+    try:
+        return {"live": client.zcard(f"{prefix}:live"),
+                "deliveries_open": client.zcard(f"{prefix}:deliveries:open"),
+                "due": client.zcard(f"{prefix}:due"),
+                "queue_jobs": client.llen("jobs"), "queue_webhooks": client.llen("webhooks"),
+                "unacked": client.hlen("unacked"),
+                "repairs": {k: int(v) for k, v in
+                            client.hgetall(f"{prefix}:repairs").items()}}
+    finally:
+        client.close()
+
+
+def stranded_count(left: Mapping[str, Any]) -> int:
+    """Records ``leftovers`` found still waiting (repairs are not counted)."""
+    return sum(v for k, v in left.items() if k != "repairs")
+
+
+def leftover_detail(stack: Stack, limit: int = 20) -> dict[str, Any]:
+    """Evidence for a stranded record: the first entries of each set, and unacked ids."""
+    prefix = stack.env.get("JOBGATE_KEY_PREFIX", "jobgate")
+    client = stack.redis()
+    try:
+        unacked = []
+        for tag, raw in list(client.hscan_iter("unacked", count=1000))[:limit]:
+            try:
+                unacked.append({"tag": tag, "id": json.loads(json.loads(raw)[0])["headers"]["id"]})
+            except (ValueError, KeyError, TypeError, IndexError):
+                unacked.append({"tag": tag})
+        return {"live": client.zrange(f"{prefix}:live", 0, limit - 1, withscores=True),
+                "deliveries_open": client.zrange(f"{prefix}:deliveries:open", 0, limit - 1,
+                                                 withscores=True),
+                "due": client.zrange(f"{prefix}:due", 0, limit - 1, withscores=True),
+                "unacked": unacked}
+    finally:
+        client.close()

@@ -112,3 +112,36 @@ def test_slow_receivers_bench_measures_both_shapes(redis_url: str, redis_client,
     # Shipped: all three receivers hang at once and every probe still starts.
     shipped = results["jobgate worker"]["3"]
     assert shipped["hanging_at_first_probe"] == [3] and shipped["not_started"] == 0, shipped
+
+
+def test_recovery_bench_recovers_every_killed_job_once(redis_url: str, redis_client,
+                                                       tmp_path: Path):
+    data = run_script("recovery", redis_url, tmp_path / "recovery.json", "--kills", "2",
+                      "--visibility-timeout", "6", "--job-seconds", "2")
+    result = data["results"]
+    assert result["kills"] == 2 and len(result["rounds"]) == 2
+    assert result["statuses"]["SUCCESS"] == 2, result["rounds"]
+    assert result["runs"] == {"2": 2}, result["rounds"]  # killed once, run again once
+    for key in ("kill_to_terminal_s", "kill_to_webhook_s"):
+        assert set(result[key]) == {"p50", "p90", "max"} and result[key]["max"] > 0, result
+    assert result["lost"] == 0 and result["jobs_with_several_ids"] == 0, result
+    assert result["bad_signatures"] == 0 and result["stranded"] == 0, result["leftovers"]
+    # A 9 s job on a live fleet with a 6 s visibility timeout runs once.
+    control = result["control"]
+    assert control["seconds"] == 9 and control["status"] == "SUCCESS", control
+    assert control["runs"] == 1 and control["ran_once"], control
+
+
+def test_chaos_bench_loses_nothing(redis_url: str, redis_client, tmp_path: Path):
+    data = run_script("chaos", redis_url, tmp_path / "chaos.json", "--jobs", "100",
+                      "--job-seconds", "0.05", "--kill-every", "1", "--visibility-timeout", "6",
+                      "--retry-delays", "0.5,0.5,1,1,1,1,1,1", "--fail-ratio", "0.1",
+                      "--cap", "150", "--quiet-cap", "60")
+    result = data["results"]
+    assert result["jobs_submitted"] == 100 and result["jobs_terminal"] == 100, result
+    assert result["kills"] >= 1 and result["attempts_refused_500"] >= 1, result
+    assert result["lost"] == 0 and result["jobs_with_several_ids"] == 0, result
+    assert result["not_terminal"] == 0 and result["bad_signatures"] == 0, result
+    assert result["stranded"] == 0, result["leftovers"]
+    assert set(result["leftovers"]) >= {"live", "deliveries_open", "due", "queue_jobs",
+                                        "queue_webhooks", "unacked", "repairs"}
