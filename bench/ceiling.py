@@ -49,8 +49,9 @@ def queue_noops(client: redis.Redis, app: Any, count: int) -> str:
     return queue
 
 
-def drain(redis_url: str, mode: str, count: int, concurrency: int,
-          instances: int = 1) -> dict[str, Any]:
+def drain(
+    redis_url: str, mode: str, count: int, concurrency: int, instances: int = 1
+) -> dict[str, Any]:
     """Queue ``count`` noops for ``mode``, start ``instances`` workers, time them emptying
     the queue."""
     client = redis.Redis.from_url(redis_url)
@@ -58,19 +59,45 @@ def drain(redis_url: str, mode: str, count: int, concurrency: int,
     env = {**gateway_env(redis_url), "BENCH_CEILING_MODE": mode}
     queue = queue_noops(client, build(mode, Settings.from_env(env)), count)
     redis_process = redis_pid(client)
-    workers = [spawn(f"ceiling-worker-{n}", [
-        sys.executable, "-m", "celery", "-A", "bench.ceiling_app", "worker", "-P", "prefork",
-        "-c", str(concurrency), "-Q", queue, "-l", "WARNING", "--without-gossip",
-        "--without-mingle", "--without-heartbeat", "-n", f"ceiling-{os.getpid()}-{n}@localhost"],
-        env) for n in range(instances)]
+    workers = [
+        spawn(
+            f"ceiling-worker-{n}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.ceiling_app",
+                "worker",
+                "-P",
+                "prefork",
+                "-c",
+                str(concurrency),
+                "-Q",
+                queue,
+                "-l",
+                "WARNING",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"ceiling-{os.getpid()}-{n}@localhost",
+            ],
+            env,
+        )
+        for n in range(instances)
+    ]
     try:
-        wait_for(lambda: client.llen(queue) < count, 60, "the worker's first task",
-                 interval=0.002)
+        wait_for(lambda: client.llen(queue) < count, 60, "the worker's first task", interval=0.002)
         pids = [p for w in workers for p in (w.proc.pid, *descendants(w.proc.pid))]
         start, left = time.perf_counter(), client.llen(queue)
         worker_cpu, redis_cpu = cpu_seconds(pids), cpu_seconds([redis_process])
-        wait_for(lambda: client.llen(queue) == 0 and client.hlen("unacked") == 0,
-                 600, "the queue to drain", interval=0.01)
+        wait_for(
+            lambda: client.llen(queue) == 0 and client.hlen("unacked") == 0,
+            600,
+            "the queue to drain",
+            interval=0.01,
+        )
         elapsed = time.perf_counter() - start
         worker_cpu = cpu_seconds(pids) - worker_cpu
         redis_cpu = cpu_seconds([redis_process]) - redis_cpu
@@ -78,11 +105,15 @@ def drain(redis_url: str, mode: str, count: int, concurrency: int,
         for worker in workers:
             worker.stop()
         client.close()
-    return {"settings": MODES[mode], "tasks": left, "seconds": round(elapsed, 3),
-            "tasks_per_s": round(left / elapsed, 1),
-            "worker_cpu_pct": round(100 * worker_cpu / elapsed, 1),
-            "redis_cpu_pct": round(100 * redis_cpu / elapsed, 1),
-            "worker_cpu_ms_per_task": round(1000 * worker_cpu / left, 3)}
+    return {
+        "settings": MODES[mode],
+        "tasks": left,
+        "seconds": round(elapsed, 3),
+        "tasks_per_s": round(left / elapsed, 1),
+        "worker_cpu_pct": round(100 * worker_cpu / elapsed, 1),
+        "redis_cpu_pct": round(100 * redis_cpu / elapsed, 1),
+        "worker_cpu_ms_per_task": round(1000 * worker_cpu / left, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,20 +121,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=20000)
     args = parser.parse_args(argv)
     started = machine()
-    results = {mode: drain(args.redis_url, mode, args.tasks, args.worker_concurrency,
-                           args.worker_instances)
-               for mode in MODES}
-    print_table(["settings", "tasks", "tasks/s", "worker CPU %", "Redis CPU %",
-                 "worker CPU ms/task", "jobs/s bound (2 tasks/job)"],
-                [[mode, r["tasks"], r["tasks_per_s"], r["worker_cpu_pct"], r["redis_cpu_pct"],
-                  r["worker_cpu_ms_per_task"], round(r["tasks_per_s"] / 2, 1)]
-                 for mode, r in results.items()])
-    write_result("ceiling", {
-        "benchmark": "ceiling", "task": "bench.noop",
-        "config": {"worker": f"{args.worker_instances} x celery worker -P prefork -c "
-                             f"{args.worker_concurrency}", "tasks": args.tasks},
-        "machine": started, "results": results,
-    }, args.out)
+    results = {
+        mode: drain(
+            args.redis_url, mode, args.tasks, args.worker_concurrency, args.worker_instances
+        )
+        for mode in MODES
+    }
+    print_table(
+        [
+            "settings",
+            "tasks",
+            "tasks/s",
+            "worker CPU %",
+            "Redis CPU %",
+            "worker CPU ms/task",
+            "jobs/s bound (2 tasks/job)",
+        ],
+        [
+            [
+                mode,
+                r["tasks"],
+                r["tasks_per_s"],
+                r["worker_cpu_pct"],
+                r["redis_cpu_pct"],
+                r["worker_cpu_ms_per_task"],
+                round(r["tasks_per_s"] / 2, 1),
+            ]
+            for mode, r in results.items()
+        ],
+    )
+    write_result(
+        "ceiling",
+        {
+            "benchmark": "ceiling",
+            "task": "bench.noop",
+            "config": {
+                "worker": f"{args.worker_instances} x celery worker -P prefork -c "
+                f"{args.worker_concurrency}",
+                "tasks": args.tasks,
+            },
+            "machine": started,
+            "results": results,
+        },
+        args.out,
+    )
     return 0
 
 

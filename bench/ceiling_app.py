@@ -16,7 +16,7 @@ from tasks.app import make_celery
 
 MODES = {
     "jobgate": "jobgate's Celery settings: results, track_started, result_extended, "
-               "acks_late + reject_on_worker_lost, prefetch 1",
+    "acks_late + reject_on_worker_lost, prefetch 1",
     "celery defaults": "no result backend, ack on receipt, prefetch 4",
 }
 

@@ -87,10 +87,12 @@ def records(stack: Stack, ids: list[str]) -> list[dict[str, Any]]:
         out = []
         for start in range(0, len(ids), 2000):
             pipe = client.pipeline()
-            for job_id in ids[start:start + 2000]:
+            for job_id in ids[start : start + 2000]:
                 pipe.hmget(f"jobgate:job:{job_id}", "status", "runs", "finished_at", "error")
-            out += [dict(zip(("status", "runs", "finished_at", "error"), values, strict=True))
-                    for values in pipe.execute()]
+            out += [
+                dict(zip(("status", "runs", "finished_at", "error"), values, strict=True))
+                for values in pipe.execute()
+            ]
         return out
     finally:
         client.close()
@@ -108,20 +110,39 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10000)
     parser.add_argument("--concurrency", type=int, default=16, help="submitting connections")
-    parser.add_argument("--job-seconds", type=float, default=0.0,
-                        help="demo.sleep length of each job")
+    parser.add_argument(
+        "--job-seconds", type=float, default=0.0, help="demo.sleep length of each job"
+    )
     parser.add_argument("--kill-every", type=float, default=6.0, help="seconds between kills")
-    parser.add_argument("--fail-ratio", type=float, default=0.1,
-                        help="share of webhook attempts the receiver answers 500")
-    parser.add_argument("--retry-delays", default="1,2,3,5,5,10,10,10",
-                        help="JOBGATE_WEBHOOK_RETRY_DELAYS for the run (short)")
-    parser.add_argument("--visibility-timeout", type=int,
-                        help="JOBGATE_VISIBILITY_TIMEOUT (default: as shipped, 30)")
+    parser.add_argument(
+        "--fail-ratio",
+        type=float,
+        default=0.1,
+        help="share of webhook attempts the receiver answers 500",
+    )
+    parser.add_argument(
+        "--retry-delays",
+        default="1,2,3,5,5,10,10,10",
+        help="JOBGATE_WEBHOOK_RETRY_DELAYS for the run (short)",
+    )
+    parser.add_argument(
+        "--visibility-timeout",
+        type=int,
+        help="JOBGATE_VISIBILITY_TIMEOUT (default: as shipped, 30)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="chaos RNG and refusal hash seed")
-    parser.add_argument("--cap", type=float, default=1200.0,
-                        help="seconds from the first submission until the chaos stops anyway")
-    parser.add_argument("--quiet-cap", type=float, default=300.0,
-                        help="seconds after the chaos stops to wait for quiet")
+    parser.add_argument(
+        "--cap",
+        type=float,
+        default=1200.0,
+        help="seconds from the first submission until the chaos stops anyway",
+    )
+    parser.add_argument(
+        "--quiet-cap",
+        type=float,
+        default=300.0,
+        help="seconds after the chaos stops to wait for quiet",
+    )
     args = parser.parse_args(argv)
     stack = Stack.fresh(args.redis_url)
     stack.env["JOBGATE_WEBHOOK_RETRY_DELAYS"] = args.retry_delays
@@ -135,21 +156,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start_gateway(args.gunicorn)
         partner = stack.create_partner()
-        stack.start_receiver(partner["webhook_secret"],
-                             ["--fail-ratio", str(args.fail_ratio), "--fail-seed",
-                              str(args.seed)])
+        stack.start_receiver(
+            partner["webhook_secret"],
+            ["--fail-ratio", str(args.fail_ratio), "--fail-seed", str(args.seed)],
+        )
         fleet.add()
         fleet.add()
         fleet.wait_ready(2)
-        raw = request_bytes("POST", "/v1/jobs", body={
-            "task": "demo.sleep", "params": params,
-            "callback_url": stack.url("receiver", "/hook")},
-            headers={"Authorization": f"Bearer {partner['api_key']}"})
+        raw = request_bytes(
+            "POST",
+            "/v1/jobs",
+            body={
+                "task": "demo.sleep",
+                "params": params,
+                "callback_url": stack.url("receiver", "/hook"),
+            },
+            headers={"Authorization": f"Bearer {partner['api_key']}"},
+        )
         chaos = Chaos(fleet, args.kill_every, args.seed)
         t0 = time.time()
         chaos.start()
-        load = run_load(stack.ports["gateway"], lambda _i: raw, concurrency=args.concurrency,
-                        total=args.jobs, seconds=args.cap, keep_bodies=True)
+        load = run_load(
+            stack.ports["gateway"],
+            lambda _i: raw,
+            concurrency=args.concurrency,
+            total=args.jobs,
+            seconds=args.cap,
+            keep_bodies=True,
+        )
         submitted_at = time.time()
         ids = [body["job_id"] for body in load.json_bodies() if "job_id" in body]
         print(f"submitted {len(ids)} jobs in {submitted_at - t0:.1f} s", flush=True)
@@ -161,11 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         done_at = time.time()
         chaos.stop()
         stopped_at = time.time()
-        print(f"all ended: {done_at - t0:.1f} s; {len(chaos.kills)} kills; waiting for quiet",
-              flush=True)
+        print(
+            f"all ended: {done_at - t0:.1f} s; {len(chaos.kills)} kills; waiting for quiet",
+            flush=True,
+        )
         try:
-            wait_for(lambda: stranded_count(leftovers(stack)) == 0 and all_done(stack, ids),
-                     args.quiet_cap, "quiet", 1.0)
+            wait_for(
+                lambda: stranded_count(leftovers(stack)) == 0 and all_done(stack, ids),
+                args.quiet_cap,
+                "quiet",
+                1.0,
+            )
         except RuntimeError as exc:
             print(exc, flush=True)
         quiet_at = time.time()
@@ -188,67 +228,96 @@ def main(argv: list[str] | None = None) -> int:
     finished = [parse(r["finished_at"]) for r in recs if r["finished_at"]]
     arrivals = [n for job in by_job.values() for n in job["arrivals"].values()]
     result = {
-        "jobs_submitted": len(ids), "submit": load.summary(),
+        "jobs_submitted": len(ids),
+        "submit": load.summary(),
         "jobs_terminal": sum(statuses[s] for s in TERMINAL),
-        "statuses": dict(statuses), "failure_errors": dict(errors),
-        "not_terminal": len(not_terminal), "not_terminal_jobs": not_terminal[:20],
+        "statuses": dict(statuses),
+        "failure_errors": dict(errors),
+        "not_terminal": len(not_terminal),
+        "not_terminal_jobs": not_terminal[:20],
         "runs": {str(k): v for k, v in sorted(runs.items())},
-        "lost": len(lost), "lost_jobs": lost[:20],
-        "jobs_with_several_ids": len(several), "several_ids": dict(list(several.items())[:20]),
+        "lost": len(lost),
+        "lost_jobs": lost[:20],
+        "jobs_with_several_ids": len(several),
+        "several_ids": dict(list(several.items())[:20]),
         "redeliveries_same_id": seen["duplicates"],
-        "redelivered_ids": {wid: {"job_id": job, "again": seen["duplicated_ids"][wid]}
-                            for job, entry in by_job.items() for wid in entry["ids"]
-                            if wid in seen["duplicated_ids"]},
-        "attempts_refused_500": seen["refused"], "attempts_received": sum(arrivals),
+        "redelivered_ids": {
+            wid: {"job_id": job, "again": seen["duplicated_ids"][wid]}
+            for job, entry in by_job.items()
+            for wid in entry["ids"]
+            if wid in seen["duplicated_ids"]
+        },
+        "attempts_refused_500": seen["refused"],
+        "attempts_received": sum(arrivals),
         "bad_signatures": seen["bad_signatures"],
         "bad_signature_samples": seen["bad_signature_samples"],
         "truncated_requests": seen["truncated"],
         "kills": len(chaos.kills) if chaos else 0,
         "kill_ticks_skipped": chaos.skipped if chaos else 0,
         "kill_every_s": args.kill_every,
-        "kill_log": [{"at": round(k["at"] - t0, 2), "node": k["node"]}
-                     for k in (chaos.kills if chaos else [])],
-        "leftovers": left, "stranded": stranded_count(left), "stranded_evidence": evidence,
+        "kill_log": [
+            {"at": round(k["at"] - t0, 2), "node": k["node"]}
+            for k in (chaos.kills if chaos else [])
+        ],
+        "leftovers": left,
+        "stranded": stranded_count(left),
+        "stranded_evidence": evidence,
         "repairs": left["repairs"],
-        "jobs_per_s_terminal": round(len(finished) / (max(finished) - t0), 1)
-        if finished else None,
+        "jobs_per_s_terminal": round(len(finished) / (max(finished) - t0), 1) if finished else None,
         "submit_seconds": round(submitted_at - t0, 2),
         "all_ended_seconds": round(done_at - t0, 2),
         "quiet_after_chaos_stop_s": round(quiet_at - stopped_at, 2),
         "time_to_quiet_s": round(quiet_at - t0, 2),
-        "worker_logs": [str(s.log_path) for s in stack.services.values()
-                        if s.name.startswith("worker")],
+        "worker_logs": [
+            str(s.log_path) for s in stack.services.values() if s.name.startswith("worker")
+        ],
     }
     print()
-    print_table(["metric", "value"], [
-        ["jobs submitted", len(ids)], ["jobs terminal", result["jobs_terminal"]],
-        ["statuses", dict(statuses)], ["runs per job", result["runs"]],
-        ["lost (no terminal webhook)", result["lost"]],
-        ["jobs with >1 terminal id", result["jobs_with_several_ids"]],
-        ["redeliveries of the same id", result["redeliveries_same_id"]],
-        ["attempts answered 500", result["attempts_refused_500"]],
-        ["bad signatures", result["bad_signatures"]],
-        ["requests cut short (sender killed)", result["truncated_requests"]],
-        ["stranded records", result["stranded"]],
-        ["sweeper repairs", result["repairs"] or "none"],
-        ["worker kills (SIGKILL, tree)", result["kills"]],
-        ["jobs/s (terminal)", result["jobs_per_s_terminal"]],
-        ["all ended + webhooked, s", result["all_ended_seconds"]],
-        ["quiet after chaos stop, s", result["quiet_after_chaos_stop_s"]],
-        ["time to quiet (from first submit), s", result["time_to_quiet_s"]]])
-    write_result("chaos", {
-        "benchmark": "chaos", "task": "demo.sleep", "params": params,
-        "config": {"gunicorn": gunicorn_shape(args.gunicorn),
-                   "workers": f"2 x jobgate worker -c {args.worker_concurrency} (prefork job "
-                              "pool + gevent delivery pool), one SIGKILLed (whole tree) and "
-                              f"replaced every {args.kill_every} s",
-                   "visibility_timeout_s": settings.visibility_timeout,
-                   "sweep_interval_s": settings.sweep_interval,
-                   "webhook_retry_delays": args.retry_delays, "fail_ratio": args.fail_ratio,
-                   "seed": args.seed, "submit_concurrency": args.concurrency},
-        "machine": started,
-        "results": result,
-    }, args.out)
+    print_table(
+        ["metric", "value"],
+        [
+            ["jobs submitted", len(ids)],
+            ["jobs terminal", result["jobs_terminal"]],
+            ["statuses", dict(statuses)],
+            ["runs per job", result["runs"]],
+            ["lost (no terminal webhook)", result["lost"]],
+            ["jobs with >1 terminal id", result["jobs_with_several_ids"]],
+            ["redeliveries of the same id", result["redeliveries_same_id"]],
+            ["attempts answered 500", result["attempts_refused_500"]],
+            ["bad signatures", result["bad_signatures"]],
+            ["requests cut short (sender killed)", result["truncated_requests"]],
+            ["stranded records", result["stranded"]],
+            ["sweeper repairs", result["repairs"] or "none"],
+            ["worker kills (SIGKILL, tree)", result["kills"]],
+            ["jobs/s (terminal)", result["jobs_per_s_terminal"]],
+            ["all ended + webhooked, s", result["all_ended_seconds"]],
+            ["quiet after chaos stop, s", result["quiet_after_chaos_stop_s"]],
+            ["time to quiet (from first submit), s", result["time_to_quiet_s"]],
+        ],
+    )
+    write_result(
+        "chaos",
+        {
+            "benchmark": "chaos",
+            "task": "demo.sleep",
+            "params": params,
+            "config": {
+                "gunicorn": gunicorn_shape(args.gunicorn),
+                "workers": f"2 x jobgate worker -c {args.worker_concurrency} (prefork job "
+                "pool + gevent delivery pool), one SIGKILLed (whole tree) and "
+                f"replaced every {args.kill_every} s",
+                "visibility_timeout_s": settings.visibility_timeout,
+                "sweep_interval_s": settings.sweep_interval,
+                "webhook_retry_delays": args.retry_delays,
+                "fail_ratio": args.fail_ratio,
+                "seed": args.seed,
+                "submit_concurrency": args.concurrency,
+            },
+            "machine": started,
+            "results": result,
+        },
+        args.out,
+    )
     return 0
 
 

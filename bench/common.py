@@ -39,15 +39,25 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def base_parser(description: str) -> argparse.ArgumentParser:
     """Options every script takes: Redis db, output file, gunicorn and worker shape."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL",
-                                                              DEFAULT_REDIS_URL),
-                        help="Redis db used (and FLUSHED) by the run")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL),
+        help="Redis db used (and FLUSHED) by the run",
+    )
     parser.add_argument("--out", type=Path, help="JSON result path (default bench/results/)")
-    parser.add_argument("--gunicorn", default="", metavar="FLAGS",
-                        help="extra gunicorn flags over gunicorn.conf.py, e.g. '-w 3'")
+    parser.add_argument(
+        "--gunicorn",
+        default="",
+        metavar="FLAGS",
+        help="extra gunicorn flags over gunicorn.conf.py, e.g. '-w 3'",
+    )
     parser.add_argument("--worker-concurrency", type=int, default=2)
-    parser.add_argument("--worker-instances", type=int, default=1,
-                        help="'jobgate worker' processes, each with its own main process")
+    parser.add_argument(
+        "--worker-instances",
+        type=int,
+        default=1,
+        help="'jobgate worker' processes, each with its own main process",
+    )
     return parser
 
 
@@ -79,14 +89,18 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg": list(os.getloadavg())}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": list(os.getloadavg()),
+    }
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A plain fixed-width table on stdout."""
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r]
-                                           for r in rows]
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for index, row in enumerate(cells):
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
@@ -114,8 +128,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.1) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll ``condition`` until truthy; RuntimeError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -146,8 +159,10 @@ class Service(Child):
         """Resident memory of the process tree, total and per process, in MiB."""
         per = {pid: rss_bytes(pid) for pid in self.pids()}
         per = {pid: size for pid, size in per.items() if size}
-        return {"total_mib": round(sum(per.values()) / 2**20, 1),
-                "processes_mib": [round(v / 2**20, 1) for v in per.values()]}
+        return {
+            "total_mib": round(sum(per.values()) / 2**20, 1),
+            "processes_mib": [round(v / 2**20, 1) for v in per.values()],
+        }
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:
@@ -197,27 +212,39 @@ def rss_bytes(pid: int) -> int:
 
 def spawn(name: str, args: Sequence[str], env: Mapping[str, str]) -> Service:
     """Start ``args`` in its own process group, output to a log file under LOGS."""
-    return Service.start(name, args, log=LOGS / f"{name}-{os.getpid()}.log",
-                         env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    return Service.start(
+        name,
+        args,
+        log=LOGS / f"{name}-{os.getpid()}.log",
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
 
 
 def gateway_env(redis_url: str) -> dict[str, str]:
     """The gateway's production configuration for the bench (no rate limit, local hooks)."""
-    return {"REDIS_URL": redis_url, "JOBGATE_ADMIN_KEYS": ADMIN_KEY,
-            "JOBGATE_RATE_LIMIT": "0", "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
-            "JOBGATE_CALLBACK_ALLOWLIST": "127.0.0.0/8",
-            "FLOWER_UNAUTHENTICATED_API": "1"}
+    return {
+        "REDIS_URL": redis_url,
+        "JOBGATE_ADMIN_KEYS": ADMIN_KEY,
+        "JOBGATE_RATE_LIMIT": "0",
+        "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
+        "JOBGATE_CALLBACK_ALLOWLIST": "127.0.0.0/8",
+        "FLOWER_UNAUTHENTICATED_API": "1",
+    }
 
 
 # The worker shapes a bench can run: what ``jobgate worker`` ships (gevent delivery pool),
 # the same with a threads delivery pool, and the shape before the delivery pool.
-WORKER_SHAPES = {"gevent": "jobgate worker",
-                 "threads": "jobgate worker, threads delivery pool",
-                 "single": "single pool (before)"}
+WORKER_SHAPES = {
+    "gevent": "jobgate worker",
+    "threads": "jobgate worker, threads delivery pool",
+    "single": "single pool (before)",
+}
 
 
-def worker_command(concurrency: int, events: bool, instance: int = 0,
-                   shape: str = "gevent") -> list[str]:
+def worker_command(
+    concurrency: int, events: bool, instance: int = 0, shape: str = "gevent"
+) -> list[str]:
     """``jobgate worker`` as operators run it: the prefork job pool (``-c concurrency``)
     and the delivery pool (gevent, or threads for ``shape="threads"``), supervised.
 
@@ -227,21 +254,50 @@ def worker_command(concurrency: int, events: bool, instance: int = 0,
     quiet = ["-l", "WARNING", "--without-gossip", "--without-mingle", *(["-E"] if events else [])]
     node = f"bench{instance}-{os.getpid()}"
     if shape == "single":
-        return [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "-Q",
-                "jobs,webhooks", "-P", "prefork", "-c", str(concurrency), "-n",
-                f"{node}@localhost", *quiet]
-    return [sys.executable, "-m", "gateway.cli", "worker", "-c", str(concurrency),
-            "--delivery-pool", shape, "--jobs-name", f"{node}@localhost",
-            "--webhooks-name", f"{node}-webhooks@localhost",
-            "--delivery-args", shlex.join(quiet[2:]), *quiet]
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.worker",
+            "worker",
+            "-Q",
+            "jobs,webhooks",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{node}@localhost",
+            *quiet,
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "worker",
+        "-c",
+        str(concurrency),
+        "--delivery-pool",
+        shape,
+        "--jobs-name",
+        f"{node}@localhost",
+        "--webhooks-name",
+        f"{node}-webhooks@localhost",
+        "--delivery-args",
+        shlex.join(quiet[2:]),
+        *quiet,
+    ]
 
 
 def worker_shape(concurrency: int, instances: int, shape: str = "gevent") -> str:
     """How the bench ran the workers, for the JSON."""
-    one = (f"celery worker -Q jobs,webhooks -P prefork -c {concurrency} (single pool)"
-           if shape == "single" else
-           f"jobgate worker -c {concurrency} (prefork job pool + {shape} delivery pool of "
-           f"{DEFAULT_DELIVERY_CONCURRENCY})")
+    one = (
+        f"celery worker -Q jobs,webhooks -P prefork -c {concurrency} (single pool)"
+        if shape == "single"
+        else f"jobgate worker -c {concurrency} (prefork job pool + {shape} delivery pool of "
+        f"{DEFAULT_DELIVERY_CONCURRENCY})"
+    )
     return one if instances == 1 else f"{instances} x {one}"
 
 
@@ -269,31 +325,52 @@ class Stack:
     def start_gateway(self, flags: str = "") -> Service:
         """``gunicorn wsgi:app`` as operators run it (gunicorn.conf.py), plus ``flags``."""
         port = self.ports["gateway"] = free_port()
-        service = spawn("gunicorn", [sys.executable, "-m", "gunicorn", *shlex.split(flags),
-                                     "-b", f"127.0.0.1:{port}", "--log-level", "warning",
-                                     "wsgi:app"], self.env)
+        service = spawn(
+            "gunicorn",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                *shlex.split(flags),
+                "-b",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                "wsgi:app",
+            ],
+            self.env,
+        )
         self.services["gateway"] = service
-        service.wait_ready(lambda: http_status(self.url("gateway", "/healthz")) == 200, 30,
-                           "gunicorn")
+        service.wait_ready(
+            lambda: http_status(self.url("gateway", "/healthz")) == 200, 30, "gunicorn"
+        )
         return service
 
-    def start_worker(self, concurrency: int = 2, events: bool = False, instances: int = 1,
-                     shape: str = "gevent") -> Service:
+    def start_worker(
+        self, concurrency: int = 2, events: bool = False, instances: int = 1, shape: str = "gevent"
+    ) -> Service:
         """``instances`` workers as one service (one process tree, so CPU and memory
         are read over all of them)."""
         from config import Settings
         from tasks.app import make_celery
 
         commands = [worker_command(concurrency, events, n, shape) for n in range(instances)]
-        args = commands[0] if instances == 1 else [
-            "sh", "-c", " & ".join(shlex.join(command) for command in commands) + " & wait"]
+        args = (
+            commands[0]
+            if instances == 1
+            else ["sh", "-c", " & ".join(shlex.join(command) for command in commands) + " & wait"]
+        )
         service = spawn("worker", args, self.env)
         self.services["worker"] = service
         app = make_celery(Settings.from_env(self.env))
         nodes = instances * (1 if shape == "single" else 2)  # Celery nodes to answer
         try:
-            service.wait_ready(lambda: len(app.control.ping(timeout=0.5)) >= nodes, 60,
-                               "the Celery workers", interval=0.2)
+            service.wait_ready(
+                lambda: len(app.control.ping(timeout=0.5)) >= nodes,
+                60,
+                "the Celery workers",
+                interval=0.2,
+            )
         finally:
             app.close()
         return service
@@ -314,35 +391,57 @@ class Stack:
         prefix = self.env.get("JOBGATE_KEY_PREFIX", "jobgate")
         client = self.redis()
         try:
-            return client.exists(f"{prefix}:worker:{node}",
-                                 f"{prefix}:worker:{name}-webhooks@{host}") == 2
+            return (
+                client.exists(f"{prefix}:worker:{node}", f"{prefix}:worker:{name}-webhooks@{host}")
+                == 2
+            )
         finally:
             client.close()
 
     def start_flower(self) -> Service:
         port = self.ports["flower"] = free_port()
-        service = spawn("flower", [sys.executable, "-m", "celery", "-A", "bench.flower_app",
-                                   "flower", "--address=127.0.0.1", f"--port={port}",
-                                   "--logging=warning"], self.env)
+        service = spawn(
+            "flower",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.flower_app",
+                "flower",
+                "--address=127.0.0.1",
+                f"--port={port}",
+                "--logging=warning",
+            ],
+            self.env,
+        )
         self.services["flower"] = service
-        service.wait_ready(lambda: (http_status(self.url("flower", "/api/task/types")) or 500)
-                           < 500, 60, "Flower")
+        service.wait_ready(
+            lambda: (http_status(self.url("flower", "/api/task/types")) or 500) < 500, 60, "Flower"
+        )
         return service
 
     def start_receiver(self, secret: str, extra: Sequence[str] = ()) -> Service:
         """``bench.receiver`` with the partner's secret; ``extra``: its options."""
         port = self.ports["receiver"] = free_port()
-        service = spawn("receiver", [sys.executable, "-m", "bench.receiver", "--port",
-                                     str(port), *extra],
-                        {**self.env, "BENCH_WEBHOOK_SECRET": secret})
+        service = spawn(
+            "receiver",
+            [sys.executable, "-m", "bench.receiver", "--port", str(port), *extra],
+            {**self.env, "BENCH_WEBHOOK_SECRET": secret},
+        )
         self.services["receiver"] = service
-        service.wait_ready(lambda: http_status(self.url("receiver", "/stats")) == 200, 30,
-                           "the receiver")
+        service.wait_ready(
+            lambda: http_status(self.url("receiver", "/stats")) == 200, 30, "the receiver"
+        )
         return service
 
     def create_partner(self, name: str = "bench") -> dict[str, Any]:
-        response = requests.post(self.url("gateway", "/v1/partners"), json={"name": name},
-                                 headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10)
+        response = requests.post(
+            self.url("gateway", "/v1/partners"),
+            json={"name": name},
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=10,
+        )
         response.raise_for_status()
         return response.json()
 
@@ -373,13 +472,15 @@ def leftovers(stack: Stack) -> dict[str, Any]:
     prefix = stack.env.get("JOBGATE_KEY_PREFIX", "jobgate")
     client = stack.redis()
     try:
-        return {"live": client.zcard(f"{prefix}:live"),
-                "deliveries_open": client.zcard(f"{prefix}:deliveries:open"),
-                "due": client.zcard(f"{prefix}:due"),
-                "queue_jobs": client.llen("jobs"), "queue_webhooks": client.llen("webhooks"),
-                "unacked": client.hlen("unacked"),
-                "repairs": {k: int(v) for k, v in
-                            client.hgetall(f"{prefix}:repairs").items()}}
+        return {
+            "live": client.zcard(f"{prefix}:live"),
+            "deliveries_open": client.zcard(f"{prefix}:deliveries:open"),
+            "due": client.zcard(f"{prefix}:due"),
+            "queue_jobs": client.llen("jobs"),
+            "queue_webhooks": client.llen("webhooks"),
+            "unacked": client.hlen("unacked"),
+            "repairs": {k: int(v) for k, v in client.hgetall(f"{prefix}:repairs").items()},
+        }
     finally:
         client.close()
 
@@ -400,10 +501,13 @@ def leftover_detail(stack: Stack, limit: int = 20) -> dict[str, Any]:
                 unacked.append({"tag": tag, "id": json.loads(json.loads(raw)[0])["headers"]["id"]})
             except (ValueError, KeyError, TypeError, IndexError):
                 unacked.append({"tag": tag})
-        return {"live": client.zrange(f"{prefix}:live", 0, limit - 1, withscores=True),
-                "deliveries_open": client.zrange(f"{prefix}:deliveries:open", 0, limit - 1,
-                                                 withscores=True),
-                "due": client.zrange(f"{prefix}:due", 0, limit - 1, withscores=True),
-                "unacked": unacked}
+        return {
+            "live": client.zrange(f"{prefix}:live", 0, limit - 1, withscores=True),
+            "deliveries_open": client.zrange(
+                f"{prefix}:deliveries:open", 0, limit - 1, withscores=True
+            ),
+            "due": client.zrange(f"{prefix}:due", 0, limit - 1, withscores=True),
+            "unacked": unacked,
+        }
     finally:
         client.close()

@@ -34,26 +34,35 @@ class Load:
     def summary(self) -> dict[str, Any]:
         """Requests/s (2xx answers over wall time), latency percentiles in ms, failures."""
         done = len(self.latencies)
-        return {"requests": done, "ok": self.ok, "errors": self.errors,
-                "failed": done - self.ok + self.errors,
-                "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
-                "seconds": round(self.elapsed, 3),
-                "rps": round(self.ok / self.elapsed, 1) if self.elapsed else None,
-                "p50_ms": ms(percentile(self.latencies, 50)),
-                "p90_ms": ms(percentile(self.latencies, 90)),
-                "p99_ms": ms(percentile(self.latencies, 99)),
-                "max_ms": ms(max(self.latencies) if self.latencies else None)}
+        return {
+            "requests": done,
+            "ok": self.ok,
+            "errors": self.errors,
+            "failed": done - self.ok + self.errors,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "seconds": round(self.elapsed, 3),
+            "rps": round(self.ok / self.elapsed, 1) if self.elapsed else None,
+            "p50_ms": ms(percentile(self.latencies, 50)),
+            "p90_ms": ms(percentile(self.latencies, 90)),
+            "p99_ms": ms(percentile(self.latencies, 99)),
+            "max_ms": ms(max(self.latencies) if self.latencies else None),
+        }
 
     def json_bodies(self) -> list[Any]:
         return [json.loads(body) for body in self.bodies]
 
 
-def request_bytes(method: str, path: str, *, body: Any = None,
-                  headers: dict[str, str] | None = None) -> bytes:
+def request_bytes(
+    method: str, path: str, *, body: Any = None, headers: dict[str, str] | None = None
+) -> bytes:
     """An HTTP/1.1 keep-alive request as bytes (JSON body when given)."""
     payload = b"" if body is None else json.dumps(body).encode()
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: keep-alive",
-             f"Content-Length: {len(payload)}"]
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Connection: keep-alive",
+        f"Content-Length: {len(payload)}",
+    ]
     if body is not None:
         lines.append("Content-Type: application/json")
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
@@ -78,8 +87,15 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
     return status, body, close
 
 
-async def _connection(port: int, make: Callable[[int], bytes], counter: list[int],
-                      total: int, deadline: float, load: Load, keep: bool) -> None:
+async def _connection(
+    port: int,
+    make: Callable[[int], bytes],
+    counter: list[int],
+    total: int,
+    deadline: float,
+    load: Load,
+    keep: bool,
+) -> None:
     reader = writer = None
     try:
         while counter[0] < total and time.monotonic() < deadline:
@@ -108,20 +124,34 @@ async def _connection(port: int, make: Callable[[int], bytes], counter: list[int
             writer.close()
 
 
-async def _run(port: int, make: Callable[[int], bytes], concurrency: int, total: int,
-               seconds: float, keep: bool) -> Load:
+async def _run(
+    port: int,
+    make: Callable[[int], bytes],
+    concurrency: int,
+    total: int,
+    seconds: float,
+    keep: bool,
+) -> Load:
     load = Load()
     counter = [0]
     start = time.perf_counter()
     deadline = time.monotonic() + seconds
-    await asyncio.gather(*(_connection(port, make, counter, total, deadline, load, keep)
-                           for _ in range(concurrency)))
+    await asyncio.gather(
+        *(_connection(port, make, counter, total, deadline, load, keep) for _ in range(concurrency))
+    )
     load.elapsed = time.perf_counter() - start
     return load
 
 
-def run_load(port: int, make: Callable[[int], bytes], *, concurrency: int, total: int,
-             seconds: float = 60.0, keep_bodies: bool = False) -> Load:
+def run_load(
+    port: int,
+    make: Callable[[int], bytes],
+    *,
+    concurrency: int,
+    total: int,
+    seconds: float = 60.0,
+    keep_bodies: bool = False,
+) -> Load:
     """Send up to ``total`` requests (``make(i)`` builds the i-th) on ``concurrency``
     keep-alive connections to 127.0.0.1:``port``, stopping after ``seconds`` at most."""
     return asyncio.run(_run(port, make, concurrency, total, seconds, keep_bodies))

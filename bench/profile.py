@@ -25,9 +25,24 @@ class PySpy:
             raise RuntimeError("py-spy is not installed (pip install py-spy)")
         out.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--subprocesses", "--nonblocking",
-             "--rate", str(rate), "--format", "raw", "-o", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--subprocesses",
+                "--nonblocking",
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "-o",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def stop(self) -> None:
         """SIGINT makes py-spy write its file; SIGKILL if it hangs."""
@@ -63,13 +78,27 @@ def top_frames(path: Path, limit: int = 25) -> dict[str, Any]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_short(f) for f in stack.split(";") if f and not f.startswith("process ")
-                  and not f.startswith("thread ")]
+        frames = [
+            _short(f)
+            for f in stack.split(";")
+            if f and not f.startswith("process ") and not f.startswith("thread ")
+        ]
         if not frames:
             continue
         total += count
-        if any(k in frames[-1] for k in ("select (", "poll (", "wait (", "accept (", "_recv (",
-                                         "readinto (", "sleep (", "epoll")):
+        if any(
+            k in frames[-1]
+            for k in (
+                "select (",
+                "poll (",
+                "wait (",
+                "accept (",
+                "_recv (",
+                "readinto (",
+                "sleep (",
+                "epoll",
+            )
+        ):
             idle += count
         for frame in set(frames):
             inclusive[frame] += count
@@ -78,5 +107,9 @@ def top_frames(path: Path, limit: int = 25) -> dict[str, Any]:
     def pct(counter: Counter[str]) -> list[list[Any]]:
         return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(limit)]
 
-    return {"samples": total, "idle_pct": round(100 * idle / total, 1) if total else None,
-            "inclusive": pct(inclusive), "self": pct(leaf)}
+    return {
+        "samples": total,
+        "idle_pct": round(100 * idle / total, 1) if total else None,
+        "inclusive": pct(inclusive),
+        "self": pct(leaf),
+    }

@@ -84,29 +84,39 @@ class Tally:
     def stats(self, with_jobs: bool, detail: bool = False) -> dict[str, Any]:
         with self.lock:
             out: dict[str, Any] = {
-                "received": self.received, "unique": len(self.seen_ids),
-                "jobs": len(self.ids_by_job), "duplicates": self.duplicates,
+                "received": self.received,
+                "unique": len(self.seen_ids),
+                "jobs": len(self.ids_by_job),
+                "duplicates": self.duplicates,
                 "jobs_with_several_ids": sum(len(v) > 1 for v in self.ids_by_job.values()),
-                "bad_signatures": self.bad_signatures, "truncated": self.truncated,
+                "bad_signatures": self.bad_signatures,
+                "truncated": self.truncated,
                 "first_at": self.first_at,
                 "last_at": self.last_at,
                 "latency_p50_ms": ms(percentile(self.latencies, 50)),
                 "latency_p99_ms": ms(percentile(self.latencies, 99)),
-                "latency_max_ms": ms(max(self.latencies) if self.latencies else None)}
+                "latency_max_ms": ms(max(self.latencies) if self.latencies else None),
+            }
             if with_jobs:
                 out["job_ids"] = sorted(self.ids_by_job)
             if detail:
                 out["refused"] = self.refused
                 out["bad_signature_samples"] = list(self.bad_samples)
                 out["duplicated_ids"] = dict(self.duplicated)
-                out["by_job"] = {job: {"ids": sorted(ids), "first_at": self.first_by_job[job],
-                                       "arrivals": {i: self.arrivals.get(i, 0) for i in ids}}
-                                 for job, ids in self.ids_by_job.items()}
+                out["by_job"] = {
+                    job: {
+                        "ids": sorted(ids),
+                        "first_at": self.first_by_job[job],
+                        "arrivals": {i: self.arrivals.get(i, 0) for i in ids},
+                    }
+                    for job, ids in self.ids_by_job.items()
+                }
             return out
 
 
-def make_handler(tally: Tally, verifier: Webhook, fail_ratio: float = 0.0,
-                 fail_seed: str = "") -> type[BaseHTTPRequestHandler]:
+def make_handler(
+    tally: Tally, verifier: Webhook, fail_ratio: float = 0.0, fail_seed: str = ""
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -136,11 +146,16 @@ def make_handler(tally: Tally, verifier: Webhook, fail_ratio: float = 0.0,
                 with tally.lock:
                     tally.bad_signatures += 1
                     if len(tally.bad_samples) < 10:
-                        tally.bad_samples.append({
-                            "webhook_id": headers.get("webhook-id"),
-                            "webhook_timestamp": headers.get("webhook-timestamp"),
-                            "at": now, "length": len(body), "error": str(exc),
-                            "body_head": body[:200].decode(errors="replace")})
+                        tally.bad_samples.append(
+                            {
+                                "webhook_id": headers.get("webhook-id"),
+                                "webhook_timestamp": headers.get("webhook-timestamp"),
+                                "at": now,
+                                "length": len(body),
+                                "error": str(exc),
+                                "body_head": body[:200].decode(errors="replace"),
+                            }
+                        )
                 self._answer(400)
                 return
             if tally.arrive(headers["webhook-id"], fail_ratio, fail_seed):
@@ -153,8 +168,7 @@ def make_handler(tally: Tally, verifier: Webhook, fail_ratio: float = 0.0,
             if not self.path.startswith("/stats"):
                 self._answer(404)
                 return
-            stats = tally.stats(with_jobs="jobs=1" in self.path,
-                                detail="detail=1" in self.path)
+            stats = tally.stats(with_jobs="jobs=1" in self.path, detail="detail=1" in self.path)
             self._answer(200, json.dumps(stats).encode())
 
     return Handler
@@ -163,14 +177,18 @@ def make_handler(tally: Tally, verifier: Webhook, fail_ratio: float = 0.0,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--fail-ratio", type=float, default=0.0,
-                        help="answer 500 to about this share of attempts (default 0: none)")
+    parser.add_argument(
+        "--fail-ratio",
+        type=float,
+        default=0.0,
+        help="answer 500 to about this share of attempts (default 0: none)",
+    )
     parser.add_argument("--fail-seed", default="", help="mixed into the refusal hash")
     args = parser.parse_args(argv)
     verifier = Webhook(os.environ["BENCH_WEBHOOK_SECRET"])
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(Tally(), verifier,
-                                                                  args.fail_ratio,
-                                                                  args.fail_seed))
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", args.port), make_handler(Tally(), verifier, args.fail_ratio, args.fail_seed)
+    )
     server.daemon_threads = True
     server.serve_forever()
     return 0

@@ -131,8 +131,10 @@ def start_latencies(stack: Stack, ids: list[str]) -> list[tuple[float, bool]]:
         for job_id in ids:
             pipe.hmget(f"jobgate:job:{job_id}", "created_at", "started_at")
         now = time.time()
-        return [(parse(started) - parse(created), True) if started else
-                (now - parse(created), False) for created, started in pipe.execute()]
+        return [
+            (parse(started) - parse(created), True) if started else (now - parse(created), False)
+            for created, started in pipe.execute()
+        ]
     finally:
         client.close()
 
@@ -145,26 +147,40 @@ def queues_drained(stack: Stack) -> bool:
         client.close()
 
 
-def phase(stack: Stack, session: requests.Session, receiver: HangingReceiver, hanging: int,
-          capacity: int, args: Any) -> dict[str, Any]:
+def phase(
+    stack: Stack,
+    session: requests.Session,
+    receiver: HangingReceiver,
+    hanging: int,
+    capacity: int,
+    args: Any,
+) -> dict[str, Any]:
     """One phase: ``hanging`` receivers held, then ``args.jobs`` paced probe jobs."""
     submit = stack.url("gateway", "/v1/jobs")
     receiver.hold()
     arrived_before = receiver.arrived
     for _ in range(hanging):
-        session.post(submit, json={"task": "demo.sleep", "params": SLEEP_PARAMS,
-                                   "callback_url": receiver.url}, timeout=10).raise_for_status()
+        session.post(
+            submit,
+            json={"task": "demo.sleep", "params": SLEEP_PARAMS, "callback_url": receiver.url},
+            timeout=10,
+        ).raise_for_status()
     if hanging:
         # As many as the shape can hold at once: all of them, or one per pool process.
-        wait_for(lambda: receiver.holding() >= min(hanging, capacity),
-                 args.webhook_timeout, "the receivers to hang", interval=0.02)
+        wait_for(
+            lambda: receiver.holding() >= min(hanging, capacity),
+            args.webhook_timeout,
+            "the receivers to hang",
+            interval=0.02,
+        )
     hanging_at_start = receiver.holding()
     ids: list[str] = []
     start = time.monotonic()
     for index in range(args.jobs):
         time.sleep(max(0.0, start + index * args.interval - time.monotonic()))
-        response = session.post(submit, json={"task": "demo.sleep", "params": SLEEP_PARAMS},
-                                timeout=10)
+        response = session.post(
+            submit, json={"task": "demo.sleep", "params": SLEEP_PARAMS}, timeout=10
+        )
         response.raise_for_status()
         ids.append(response.json()["job_id"])
     cap = time.monotonic() + args.cap
@@ -174,12 +190,18 @@ def phase(stack: Stack, session: requests.Session, receiver: HangingReceiver, ha
     peak = receiver.peak
     # Done measuring: let the backlog of deliveries fail fast, so the next phase is clean.
     receiver.release()
-    wait_for(lambda: receiver.arrived - arrived_before >= hanging and queues_drained(stack),
-             max(120.0, hanging * args.webhook_timeout), "the deliveries to drain",
-             interval=0.1)
+    wait_for(
+        lambda: receiver.arrived - arrived_before >= hanging and queues_drained(stack),
+        max(120.0, hanging * args.webhook_timeout),
+        "the deliveries to drain",
+        interval=0.1,
+    )
     time.sleep(0.5)
-    return {"latencies": latencies, "hanging_at_first_probe": hanging_at_start,
-            "peak_hanging": peak}
+    return {
+        "latencies": latencies,
+        "hanging_at_first_probe": hanging_at_start,
+        "peak_hanging": peak,
+    }
 
 
 def censored_percentile(values: list[tuple[float, bool]], q: float) -> tuple[float | None, bool]:
@@ -202,13 +224,15 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     probes = [v for run in runs for v in run["latencies"]]
     points = {"p50": 50, "p99": 99, "max": 100}
     values = {name: censored_percentile(probes, q) for name, q in points.items()}
-    return {"probes": len(probes), "not_started": sum(not ok for _, ok in probes),
-            **{f"{name}_ms": value for name, (value, _) in values.items()},
-            "lower_bounds": [name for name, (_, bound) in values.items() if bound],
-            "p50_ms_per_round": [shown(censored_percentile(run["latencies"], 50))
-                                 for run in runs],
-            "hanging_at_first_probe": [run["hanging_at_first_probe"] for run in runs],
-            "peak_hanging": [run["peak_hanging"] for run in runs]}
+    return {
+        "probes": len(probes),
+        "not_started": sum(not ok for _, ok in probes),
+        **{f"{name}_ms": value for name, (value, _) in values.items()},
+        "lower_bounds": [name for name, (_, bound) in values.items() if bound],
+        "p50_ms_per_round": [shown(censored_percentile(run["latencies"], 50)) for run in runs],
+        "hanging_at_first_probe": [run["hanging_at_first_probe"] for run in runs],
+        "peak_hanging": [run["peak_hanging"] for run in runs],
+    }
 
 
 def cell(row: dict[str, Any], name: str) -> str | None:
@@ -218,8 +242,12 @@ def cell(row: dict[str, Any], name: str) -> str | None:
 def run_shape(shape: str, args: Any) -> dict[str, Any]:
     stack = Stack.fresh(args.redis_url)
     # One retry, an hour later: every hanging receiver gets exactly one attempt here.
-    stack.env.update({"JOBGATE_WEBHOOK_TIMEOUT": str(args.webhook_timeout),
-                      "JOBGATE_WEBHOOK_RETRY_DELAYS": "3600"})
+    stack.env.update(
+        {
+            "JOBGATE_WEBHOOK_TIMEOUT": str(args.webhook_timeout),
+            "JOBGATE_WEBHOOK_RETRY_DELAYS": "3600",
+        }
+    )
     receiver = HangingReceiver()
     runs: dict[int, list[dict[str, Any]]] = {0: [], args.hanging: []}
     try:
@@ -228,16 +256,17 @@ def run_shape(shape: str, args: Any) -> dict[str, Any]:
         partner = stack.create_partner()
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {partner['api_key']}"
-        capacity = args.worker_concurrency if shape == "single" else \
-            DEFAULT_DELIVERY_CONCURRENCY
+        capacity = args.worker_concurrency if shape == "single" else DEFAULT_DELIVERY_CONCURRENCY
         for round_no in range(args.rounds):
             for hanging in runs:
                 result = phase(stack, session, receiver, hanging, capacity, args)
                 runs[hanging].append(result)
-                print(f"{WORKER_SHAPES[shape]}, round {round_no + 1}, {hanging} hanging: "
-                      f"p50 {shown(censored_percentile(result['latencies'], 50))} ms, "
-                      f"{sum(not ok for _, ok in result['latencies'])} not started",
-                      flush=True)
+                print(
+                    f"{WORKER_SHAPES[shape]}, round {round_no + 1}, {hanging} hanging: "
+                    f"p50 {shown(censored_percentile(result['latencies'], 50))} ms, "
+                    f"{sum(not ok for _, ok in result['latencies'])} not started",
+                    flush=True,
+                )
     finally:
         receiver.close()
         stack.close()
@@ -253,16 +282,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--hanging", type=int, default=100, help="receivers hanging at once")
     parser.add_argument("--jobs", type=int, default=60, help="probe jobs per phase")
-    parser.add_argument("--interval", type=float, default=0.2,
-                        help="seconds between probe submissions")
-    parser.add_argument("--webhook-timeout", type=float, default=10.0,
-                        help="JOBGATE_WEBHOOK_TIMEOUT: how long each receiver hangs")
-    parser.add_argument("--cap", type=float, default=20.0,
-                        help="seconds after the last probe before the rest count as not "
-                             "started")
+    parser.add_argument(
+        "--interval", type=float, default=0.2, help="seconds between probe submissions"
+    )
+    parser.add_argument(
+        "--webhook-timeout",
+        type=float,
+        default=10.0,
+        help="JOBGATE_WEBHOOK_TIMEOUT: how long each receiver hangs",
+    )
+    parser.add_argument(
+        "--cap",
+        type=float,
+        default=20.0,
+        help="seconds after the last probe before the rest count as not started",
+    )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--shapes", default="gevent,single",
-                        help=f"comma-separated, of {', '.join(WORKER_SHAPES)}")
+    parser.add_argument(
+        "--shapes", default="gevent,single", help=f"comma-separated, of {', '.join(WORKER_SHAPES)}"
+    )
     args = parser.parse_args(argv)
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = set(shapes) - set(WORKER_SHAPES)
@@ -271,23 +309,56 @@ def main(argv: list[str] | None = None) -> int:
     started = machine()
     results = {WORKER_SHAPES[shape]: run_shape(shape, args) for shape in shapes}
     print()
-    print_table(["worker shape", "receivers hanging", "probes", "not started", "p50 ms",
-                 "p99 ms", "max ms", "hanging at first probe"],
-                [[shape, hanging, row["probes"], row["not_started"], cell(row, "p50"),
-                  cell(row, "p99"), cell(row, "max"),
-                  "/".join(str(n) for n in row["hanging_at_first_probe"])]
-                 for shape, by_hanging in results.items() for hanging, row in by_hanging.items()])
-    write_result("slow_receivers", {
-        "benchmark": "slow_receivers", "task": "demo.sleep", "params": SLEEP_PARAMS,
-        "config": {"gunicorn": gunicorn_shape(args.gunicorn),
-                   "workers": {WORKER_SHAPES[shape]: worker_shape(args.worker_concurrency, 1,
-                                                                  shape) for shape in shapes},
-                   "hanging": args.hanging, "probe_jobs": args.jobs,
-                   "probe_interval_s": args.interval, "webhook_timeout_s": args.webhook_timeout,
-                   "cap_s": args.cap, "rounds": args.rounds},
-        "machine": started,
-        "results": results,
-    }, args.out)
+    print_table(
+        [
+            "worker shape",
+            "receivers hanging",
+            "probes",
+            "not started",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "hanging at first probe",
+        ],
+        [
+            [
+                shape,
+                hanging,
+                row["probes"],
+                row["not_started"],
+                cell(row, "p50"),
+                cell(row, "p99"),
+                cell(row, "max"),
+                "/".join(str(n) for n in row["hanging_at_first_probe"]),
+            ]
+            for shape, by_hanging in results.items()
+            for hanging, row in by_hanging.items()
+        ],
+    )
+    write_result(
+        "slow_receivers",
+        {
+            "benchmark": "slow_receivers",
+            "task": "demo.sleep",
+            "params": SLEEP_PARAMS,
+            "config": {
+                "gunicorn": gunicorn_shape(args.gunicorn),
+                "workers": {
+                    WORKER_SHAPES[shape]: worker_shape(args.worker_concurrency, 1, shape)
+                    for shape in shapes
+                },
+                "hanging": args.hanging,
+                "probe_jobs": args.jobs,
+                "probe_interval_s": args.interval,
+                "webhook_timeout_s": args.webhook_timeout,
+                "cap_s": args.cap,
+                "rounds": args.rounds,
+            },
+            "machine": started,
+            "results": results,
+        },
+        args.out,
+    )
     return 0
 
 

@@ -31,10 +31,20 @@ from bench.submit import pooled, ratio
 
 def submit_jobs(stack: Stack, partner: dict[str, Any], count: int) -> list[str]:
     """Submit ``count`` demo.sleep jobs through the gateway; their ids."""
-    raw = request_bytes("POST", "/v1/jobs", body={"task": "demo.sleep", "params": SLEEP_PARAMS},
-                        headers={"Authorization": f"Bearer {partner['api_key']}"})
-    load = run_load(stack.ports["gateway"], lambda _i: raw, concurrency=8, total=count,
-                    seconds=120, keep_bodies=True)
+    raw = request_bytes(
+        "POST",
+        "/v1/jobs",
+        body={"task": "demo.sleep", "params": SLEEP_PARAMS},
+        headers={"Authorization": f"Bearer {partner['api_key']}"},
+    )
+    load = run_load(
+        stack.ports["gateway"],
+        lambda _i: raw,
+        concurrency=8,
+        total=count,
+        seconds=120,
+        keep_bodies=True,
+    )
     if load.ok != count:
         raise RuntimeError(f"only {load.ok} of {count} submissions were accepted")
     return [body["job_id"] for body in load.json_bodies()]
@@ -60,8 +70,9 @@ def flower_knows(stack: Stack, ids: list[str]) -> bool:
     return True
 
 
-def measure(stack: Stack, paths: dict[str, tuple[str, str, dict[str, str]]], ids: list[str],
-            args: Any) -> dict[str, Any]:
+def measure(
+    stack: Stack, paths: dict[str, tuple[str, str, dict[str, str]]], ids: list[str], args: Any
+) -> dict[str, Any]:
     """Run each (service, path template, headers) over ``ids`` at each level, alternating."""
     out: dict[str, Any] = {}
     for level in args.levels:
@@ -71,10 +82,15 @@ def measure(stack: Stack, paths: dict[str, tuple[str, str, dict[str, str]]], ids
             for name in names:
                 service, template, headers = paths[name]
                 raws = [request_bytes("GET", template.format(id=i), headers=headers) for i in ids]
-                runs[name].append(run_load(stack.ports[service],
-                                           lambda n, raws=raws: raws[n % len(raws)],
-                                           concurrency=level, total=args.requests,
-                                           seconds=args.seconds))
+                runs[name].append(
+                    run_load(
+                        stack.ports[service],
+                        lambda n, raws=raws: raws[n % len(raws)],
+                        concurrency=level,
+                        total=args.requests,
+                        seconds=args.seconds,
+                    )
+                )
         out[str(level)] = {name: pooled(loads).summary() for name, loads in runs.items()}
     return out
 
@@ -82,8 +98,9 @@ def measure(stack: Stack, paths: dict[str, tuple[str, str, dict[str, str]]], ids
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=500, help="distinct jobs read")
-    parser.add_argument("--requests", type=int, default=3000,
-                        help="requests per target, level and round")
+    parser.add_argument(
+        "--requests", type=int, default=3000, help="requests per target, level and round"
+    )
     parser.add_argument("--concurrency", default="16")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=30.0, help="time cap of one run")
@@ -98,40 +115,79 @@ def main(argv: list[str] | None = None) -> int:
         partner = stack.create_partner()
         auth = {"Authorization": f"Bearer {partner['api_key']}"}
         ids = submit_jobs(stack, partner, args.jobs)
-        results["queued"] = measure(stack, {
-            "jobgate": ("gateway", "/v1/jobs/{id}", auth),
-            "flower result": ("flower", "/api/task/result/{id}", {}),
-        }, ids, args)
-        stack.start_worker(args.worker_concurrency, events=True,
-                           instances=args.worker_instances)
+        results["queued"] = measure(
+            stack,
+            {
+                "jobgate": ("gateway", "/v1/jobs/{id}", auth),
+                "flower result": ("flower", "/api/task/result/{id}", {}),
+            },
+            ids,
+            args,
+        )
+        stack.start_worker(args.worker_concurrency, events=True, instances=args.worker_instances)
         wait_for(lambda: all_finished(stack, ids), 120, "every job to finish", interval=0.5)
         wait_for(lambda: flower_knows(stack, ids), 60, "Flower to see every job", interval=0.5)
-        results["finished"] = measure(stack, {
-            "jobgate": ("gateway", "/v1/jobs/{id}", auth),
-            "flower info": ("flower", "/api/task/info/{id}", {}),
-            "flower result": ("flower", "/api/task/result/{id}", {}),
-        }, ids, args)
+        results["finished"] = measure(
+            stack,
+            {
+                "jobgate": ("gateway", "/v1/jobs/{id}", auth),
+                "flower info": ("flower", "/api/task/info/{id}", {}),
+                "flower result": ("flower", "/api/task/result/{id}", {}),
+            },
+            ids,
+            args,
+        )
     finally:
         stack.close()
     rows = []
     for phase, levels in results.items():
         for level, by_target in levels.items():
-            best_flower = max((r["rps"] or 0 for n, r in by_target.items() if n != "jobgate"),
-                              default=None)
+            best_flower = max(
+                (r["rps"] or 0 for n, r in by_target.items() if n != "jobgate"), default=None
+            )
             for name, row in by_target.items():
-                rows.append([phase, level, name, row["rps"], row["p50_ms"], row["p99_ms"],
-                             row["failed"],
-                             ratio(row["rps"], best_flower) if name == "jobgate" else ""])
-    print_table(["jobs", "concurrency", "target", "req/s", "p50 ms", "p99 ms", "failed",
-                 "jobgate/best flower"], rows)
-    write_result("status", {
-        "benchmark": "status", "jobs": args.jobs,
-        "config": {"gunicorn": gunicorn_shape(args.gunicorn), "requests": args.requests,
-                   "rounds": args.rounds, "levels": args.levels,
-                   "worker": worker_shape(args.worker_concurrency, args.worker_instances)},
-        "machine": started,
-        "results": results,
-    }, args.out)
+                rows.append(
+                    [
+                        phase,
+                        level,
+                        name,
+                        row["rps"],
+                        row["p50_ms"],
+                        row["p99_ms"],
+                        row["failed"],
+                        ratio(row["rps"], best_flower) if name == "jobgate" else "",
+                    ]
+                )
+    print_table(
+        [
+            "jobs",
+            "concurrency",
+            "target",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "failed",
+            "jobgate/best flower",
+        ],
+        rows,
+    )
+    write_result(
+        "status",
+        {
+            "benchmark": "status",
+            "jobs": args.jobs,
+            "config": {
+                "gunicorn": gunicorn_shape(args.gunicorn),
+                "requests": args.requests,
+                "rounds": args.rounds,
+                "levels": args.levels,
+                "worker": worker_shape(args.worker_concurrency, args.worker_instances),
+            },
+            "machine": started,
+            "results": results,
+        },
+        args.out,
+    )
     return 0
 
 

@@ -43,10 +43,16 @@ def requests_for(stack: Stack, partner: dict[str, Any]) -> dict[str, tuple[int, 
     auth = {"Authorization": f"Bearer {partner['api_key']}"}
     job = {"task": "demo.sleep", "params": SLEEP_PARAMS}
     return {
-        "jobgate": (stack.ports["gateway"], request_bytes("POST", "/v1/jobs", body=job,
-                                                          headers=auth)),
-        "flower": (stack.ports["flower"], request_bytes(
-            "POST", "/api/task/async-apply/demo.sleep", body={"kwargs": SLEEP_PARAMS})),
+        "jobgate": (
+            stack.ports["gateway"],
+            request_bytes("POST", "/v1/jobs", body=job, headers=auth),
+        ),
+        "flower": (
+            stack.ports["flower"],
+            request_bytes(
+                "POST", "/api/task/async-apply/demo.sleep", body={"kwargs": SLEEP_PARAMS}
+            ),
+        ),
     }
 
 
@@ -56,8 +62,9 @@ def ratio(ours: float | None, theirs: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000,
-                        help="requests per target, level and round")
+    parser.add_argument(
+        "--requests", type=int, default=3000, help="requests per target, level and round"
+    )
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=30.0, help="time cap of one run")
@@ -73,17 +80,28 @@ def main(argv: list[str] | None = None) -> int:
         targets = requests_for(stack, partner)
         queue = stack.redis()
         for port, raw in targets.values():  # warm up connections, imports, caches
-            run_load(port, lambda _i, raw=raw: raw, concurrency=8,
-                     total=max(50, args.requests // 10), seconds=args.seconds)
+            run_load(
+                port,
+                lambda _i, raw=raw: raw,
+                concurrency=8,
+                total=max(50, args.requests // 10),
+                seconds=args.seconds,
+            )
         for level in levels:
             runs: dict[str, list[Load]] = {name: [] for name in TARGETS}
             for round_no in range(args.rounds):
                 order = TARGETS if round_no % 2 == 0 else TARGETS[::-1]
                 for name in order:
                     port, raw = targets[name]
-                    runs[name].append(run_load(port, lambda _i, raw=raw: raw,
-                                               concurrency=level, total=args.requests,
-                                               seconds=args.seconds))
+                    runs[name].append(
+                        run_load(
+                            port,
+                            lambda _i, raw=raw: raw,
+                            concurrency=level,
+                            total=args.requests,
+                            seconds=args.seconds,
+                        )
+                    )
             results[str(level)] = {name: pooled(loads).summary() for name, loads in runs.items()}
             queue.delete("jobs")
         queue.close()
@@ -93,21 +111,41 @@ def main(argv: list[str] | None = None) -> int:
     for level, by_target in results.items():
         for name in TARGETS:
             row = by_target[name]
-            rows.append([level, name, row["rps"], row["p50_ms"], row["p99_ms"],
-                         row["failed"],
-                         ratio(row["rps"], by_target["flower"]["rps"]) if name == "jobgate"
-                         else ""])
-    print_table(["concurrency", "target", "req/s", "p50 ms", "p99 ms", "failed",
-                 "jobgate/flower"], rows)
-    write_result("submit", {
-        "benchmark": "submit", "task": "demo.sleep", "params": SLEEP_PARAMS,
-        "config": {"gunicorn": gunicorn_shape(args.gunicorn), "requests": args.requests,
-                   "rounds": args.rounds, "levels": levels},
-        "machine": started,
-        "results": results,
-        "ratios": {level: ratio(r["jobgate"]["rps"], r["flower"]["rps"])
-                   for level, r in results.items()},
-    }, args.out)
+            rows.append(
+                [
+                    level,
+                    name,
+                    row["rps"],
+                    row["p50_ms"],
+                    row["p99_ms"],
+                    row["failed"],
+                    ratio(row["rps"], by_target["flower"]["rps"]) if name == "jobgate" else "",
+                ]
+            )
+    print_table(
+        ["concurrency", "target", "req/s", "p50 ms", "p99 ms", "failed", "jobgate/flower"], rows
+    )
+    write_result(
+        "submit",
+        {
+            "benchmark": "submit",
+            "task": "demo.sleep",
+            "params": SLEEP_PARAMS,
+            "config": {
+                "gunicorn": gunicorn_shape(args.gunicorn),
+                "requests": args.requests,
+                "rounds": args.rounds,
+                "levels": levels,
+            },
+            "machine": started,
+            "results": results,
+            "ratios": {
+                level: ratio(r["jobgate"]["rps"], r["flower"]["rps"])
+                for level, r in results.items()
+            },
+        },
+        args.out,
+    )
     return 0
 
 

@@ -44,8 +44,9 @@ def parse_ports(value: str) -> PortRanges:
             low = int(low_text.strip())
             high = int(high_text.strip()) if dash else low
         except ValueError:
-            raise ValueError(f"{item!r} is not a port or a range of ports (like 8443 or "
-                             "1024-65535)") from None
+            raise ValueError(
+                f"{item!r} is not a port or a range of ports (like 8443 or 1024-65535)"
+            ) from None
         if not 1 <= low <= high <= 65535:
             raise ValueError(f"{item!r} is not within 1-65535 (low-high, low first)")
         ranges.append((low, high))
@@ -106,12 +107,17 @@ class Settings:
             if any(v < low for v in values):
                 raise SettingsError(f"{_ENV[name][0]}={value!r} is not valid: {what}")
         if not self.callback_ports or any(
-                not 1 <= low <= high <= 65535 for low, high in self.callback_ports):
-            raise SettingsError(f"JOBGATE_CALLBACK_PORTS={format_ports(self.callback_ports)!r} "
-                                "is not valid: ports are 1-65535, at least one")
+            not 1 <= low <= high <= 65535 for low, high in self.callback_ports
+        ):
+            raise SettingsError(
+                f"JOBGATE_CALLBACK_PORTS={format_ports(self.callback_ports)!r} "
+                "is not valid: ports are 1-65535, at least one"
+            )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError(f"REDIS_URL={self.redis_url!r} is not valid: it must start "
-                                "with redis://, rediss:// or unix://")
+            raise SettingsError(
+                f"REDIS_URL={self.redis_url!r} is not valid: it must start "
+                "with redis://, rediss:// or unix://"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -185,6 +191,14 @@ _BOUNDS: dict[str, tuple[float, str]] = {
 assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}
 assert set(_BOUNDS) <= set(_ENV)
 
-__all__ = ["Settings", "SettingsError", "DEFAULT_REDIS_URL", "DEFAULT_RETRY_DELAYS",
-           "DEFAULT_CALLBACK_DNS_TIMEOUT", "DEFAULT_CALLBACK_PORTS", "PortRanges",
-           "format_ports", "parse_ports"]
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "DEFAULT_REDIS_URL",
+    "DEFAULT_RETRY_DELAYS",
+    "DEFAULT_CALLBACK_DNS_TIMEOUT",
+    "DEFAULT_CALLBACK_PORTS",
+    "PortRanges",
+    "format_ports",
+    "parse_ports",
+]

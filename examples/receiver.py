@@ -1,7 +1,7 @@
 """A tiny webhook receiver that verifies jobgate's signatures (Standard Webhooks).
 
-    pip install standardwebhooks
-    python examples/receiver.py whsec_...        # listens on 127.0.0.1:9000
+pip install standardwebhooks
+python examples/receiver.py whsec_...        # listens on 127.0.0.1:9000
 """
 
 import sys

@@ -42,8 +42,18 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     register_error_handlers(app)
     metrics.init_metrics(app)
-    for module in (health, openapi, metrics, partners, catalog, jobs, batches, events, ui,
-                   webhooks):
+    for module in (
+        health,
+        openapi,
+        metrics,
+        partners,
+        catalog,
+        jobs,
+        batches,
+        events,
+        ui,
+        webhooks,
+    ):
         app.register_blueprint(module.bp)
     logging.getLogger("jobgate").setLevel(logging.INFO)
     return app

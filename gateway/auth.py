@@ -37,16 +37,24 @@ def authenticate() -> Principal:
     scheme, _, key = header.partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
-        raise APIError(401, "unauthorized", "Send an API key as 'Authorization: Bearer <key>'.",
-                       headers={"WWW-Authenticate": 'Bearer realm="jobgate"'})
+        raise APIError(
+            401,
+            "unauthorized",
+            "Send an API key as 'Authorization: Bearer <key>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="jobgate"'},
+        )
     svc = services()
     if any(hmac.compare_digest(key.encode(), admin.encode()) for admin in svc.settings.admin_keys):
         g.principal = Principal("admin", name="admin")
         return g.principal
     partner = svc.store.partner_by_key(key)
     if partner is None:
-        raise APIError(401, "unauthorized", "This API key is not valid.",
-                       headers={"WWW-Authenticate": 'Bearer realm="jobgate"'})
+        raise APIError(
+            401,
+            "unauthorized",
+            "This API key is not valid.",
+            headers={"WWW-Authenticate": 'Bearer realm="jobgate"'},
+        )
     g.principal = Principal("partner", partner["id"], partner.get("name", ""))
     return g.principal
 

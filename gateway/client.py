@@ -61,8 +61,9 @@ WEBHOOK_TOLERANCE = 300  # seconds a webhook timestamp may be off (Standard Webh
 class JobgateError(Exception):
     """The gateway answered an error: ``status``, ``code``, ``message``, ``details``."""
 
-    def __init__(self, status: int, code: str, message: str,
-                 details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
@@ -99,8 +100,9 @@ class Client:
     'SUCCESS'
     """
 
-    def __init__(self, url: str, key: str, *, timeout: float = 30.0,
-                 session: requests.Session | None = None) -> None:
+    def __init__(
+        self, url: str, key: str, *, timeout: float = 30.0, session: requests.Session | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
@@ -111,16 +113,24 @@ class Client:
         return f"Client({self.url!r})"
 
     # ---------------------------------------------------------------- plumbing
-    def _request(self, method: str, path: str, *, timeout: float | None = None,
-                 **kwargs: Any) -> dict[str, Any]:
-        response = self.session.request(method, self.url + path,
-                                        timeout=timeout or self.timeout, **kwargs)
+    def _request(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        response = self.session.request(
+            method, self.url + path, timeout=timeout or self.timeout, **kwargs
+        )
         return _json_or_raise(response)
 
     # -------------------------------------------------------------------- jobs
-    def submit(self, task: str, params: Mapping[str, Any] | None = None, *,
-               callback_url: str | None = None, metadata: Mapping[str, Any] | None = None,
-               idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit(
+        self,
+        task: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        callback_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         """Queue a job; returns it (status ``PENDING``).
 
         >>> jg.submit("demo.sleep", {"seconds": 1})["status"]  # doctest: +SKIP
@@ -151,8 +161,12 @@ class Client:
             if left <= 0:
                 raise WaitTimeout(job)
             hold = min(left, MAX_SERVER_WAIT)
-            job = self._request("GET", f"/v1/jobs/{job_id}", params={"wait": f"{hold:.3f}"},
-                                timeout=hold + self.timeout)
+            job = self._request(
+                "GET",
+                f"/v1/jobs/{job_id}",
+                params={"wait": f"{hold:.3f}"},
+                timeout=hold + self.timeout,
+            )
         return job
 
     def events(self, job_id: str, *, reconnect: int = 3) -> Iterator[Event]:
@@ -163,9 +177,12 @@ class Client:
         """
         failures = 0
         while True:
-            with self.session.get(f"{self.url}/v1/jobs/{job_id}/events", stream=True,
-                                  headers={"Accept": "text/event-stream"},
-                                  timeout=(self.timeout, max(self.timeout, 60.0))) as response:
+            with self.session.get(
+                f"{self.url}/v1/jobs/{job_id}/events",
+                stream=True,
+                headers={"Accept": "text/event-stream"},
+                timeout=(self.timeout, max(self.timeout, 60.0)),
+            ) as response:
                 if response.status_code != 200:
                     _json_or_raise(response)
                 for event in parse_sse(response.iter_lines(decode_unicode=True)):
@@ -175,23 +192,33 @@ class Client:
                         return
             failures += 1
             if failures > reconnect:
-                raise JobgateError(0, "stream_closed",
-                                   "The event stream closed before the job finished.")
+                raise JobgateError(
+                    0, "stream_closed", "The event stream closed before the job finished."
+                )
 
     def revoke(self, job_id: str, *, reason: str = "", terminate: bool = True) -> dict[str, Any]:
         """Revoke a job (admin key); returns it, status ``REVOKED``."""
-        return self._request("POST", f"/v1/jobs/{job_id}/revoke",
-                             json={"reason": reason, "terminate": terminate})
+        return self._request(
+            "POST", f"/v1/jobs/{job_id}/revoke", json={"reason": reason, "terminate": terminate}
+        )
 
-    def list(self, *, status: str | None = None, task: str | None = None, limit: int = 20,
-             cursor: str | None = None) -> dict[str, Any]:
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
         """One page of jobs, newest first: ``{"jobs": [...], "next_cursor": ...}``."""
         params = {"status": status, "task": task, "limit": limit, "cursor": cursor}
-        return self._request("GET", "/v1/jobs",
-                             params={k: v for k, v in params.items() if v is not None})
+        return self._request(
+            "GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None}
+        )
 
-    def iter_jobs(self, *, status: str | None = None, task: str | None = None,
-                  page_size: int = 100) -> Iterator[dict[str, Any]]:
+    def iter_jobs(
+        self, *, status: str | None = None, task: str | None = None, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
         """Every job, newest first, following ``next_cursor`` page after page."""
         cursor = None
         while True:
@@ -202,8 +229,13 @@ class Client:
                 return
 
     # ----------------------------------------------------------------- batches
-    def submit_batch(self, jobs: list[Mapping[str, Any]], *, callback_url: str | None = None,
-                     metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def submit_batch(
+        self,
+        jobs: list[Mapping[str, Any]],
+        *,
+        callback_url: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Queue jobs together (each ``{"task", "params", ...}``); returns the batch."""
         body: dict[str, Any] = {"jobs": [dict(job) for job in jobs]}
         if callback_url is not None:
@@ -216,11 +248,15 @@ class Client:
         """The batch now: counts, percent and its jobs."""
         return self._request("GET", f"/v1/batches/{batch_id}")
 
-    def revoke_batch(self, batch_id: str, *, reason: str = "",
-                     terminate: bool = True) -> dict[str, Any]:
+    def revoke_batch(
+        self, batch_id: str, *, reason: str = "", terminate: bool = True
+    ) -> dict[str, Any]:
         """Revoke every unfinished job of a batch (admin key)."""
-        return self._request("POST", f"/v1/batches/{batch_id}/revoke",
-                             json={"reason": reason, "terminate": terminate})
+        return self._request(
+            "POST",
+            f"/v1/batches/{batch_id}/revoke",
+            json={"reason": reason, "terminate": terminate},
+        )
 
 
 def _json_or_raise(response: requests.Response) -> dict[str, Any]:
@@ -233,10 +269,17 @@ def _json_or_raise(response: requests.Response) -> dict[str, Any]:
         return body
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
-        raise JobgateError(response.status_code, str(error.get("code")),
-                           str(error.get("message")), error.get("details"))
-    raise JobgateError(response.status_code, "http_error",
-                       f"Unexpected answer ({response.reason or 'no JSON body'}).")
+        raise JobgateError(
+            response.status_code,
+            str(error.get("code")),
+            str(error.get("message")),
+            error.get("details"),
+        )
+    raise JobgateError(
+        response.status_code,
+        "http_error",
+        f"Unexpected answer ({response.reason or 'no JSON body'}).",
+    )
 
 
 def parse_sse(lines: Iterator[str]) -> Iterator[Event]:
@@ -260,9 +303,14 @@ def parse_sse(lines: Iterator[str]) -> Iterator[Event]:
             event_id = value
 
 
-def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes | str, *,
-                   tolerance: float = WEBHOOK_TOLERANCE,
-                   now: float | None = None) -> dict[str, Any]:
+def verify_webhook(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes | str,
+    *,
+    tolerance: float = WEBHOOK_TOLERANCE,
+    now: float | None = None,
+) -> dict[str, Any]:
     """Check a jobgate webhook (Standard Webhooks) and return its parsed payload.
 
     ``secret`` is the partner's ``whsec_...``; ``headers`` any mapping (case does not

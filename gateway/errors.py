@@ -38,9 +38,14 @@ HTTP_CODES = {
 class APIError(Exception):
     """An error the API answers on purpose, with its status, code and message."""
 
-    def __init__(self, status: int, code: str, message: str,
-                 details: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -53,8 +58,13 @@ def not_found(what: str = "job") -> APIError:
     return APIError(404, "not_found", f"No {what} with this id.")
 
 
-def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
     response.status_code = status
     for name, value in (headers or {}).items():
@@ -79,17 +89,21 @@ def register_error_handlers(app: Flask) -> None:
         headers = {}
         if status == 405 and exc.valid_methods:
             headers["Allow"] = ", ".join(sorted(exc.valid_methods))
-        return error_response(status, HTTP_CODES.get(status, "http_error"), message,
-                              headers=headers)
+        return error_response(
+            status, HTTP_CODES.get(status, "http_error"), message, headers=headers
+        )
 
     @app.errorhandler(RedisError)
     @app.errorhandler(KombuOperationalError)
     @app.errorhandler(ConnectionError)
     def _unavailable(exc: Exception) -> Response:
         log.warning("backing service unavailable on %s %s: %s", request.method, request.path, exc)
-        return error_response(503, "unavailable",
-                              "The job store or broker is unreachable; try again shortly.",
-                              headers={"Retry-After": "5"})
+        return error_response(
+            503,
+            "unavailable",
+            "The job store or broker is unreachable; try again shortly.",
+            headers={"Retry-After": "5"},
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
@@ -97,8 +111,17 @@ def register_error_handlers(app: Flask) -> None:
             return _http_error(exc)
         error_id = uuid.uuid4().hex[:12]
         job_id = (request.view_args or {}).get("job_id")
-        log.exception("unexpected error %s on %s %s (job %s)", error_id, request.method,
-                      request.path, job_id, extra={"job_id": job_id, "error_id": error_id})
-        return error_response(500, "internal_error",
-                              "Something went wrong on our side; it has been logged.",
-                              {"error_id": error_id})
+        log.exception(
+            "unexpected error %s on %s %s (job %s)",
+            error_id,
+            request.method,
+            request.path,
+            job_id,
+            extra={"job_id": job_id, "error_id": error_id},
+        )
+        return error_response(
+            500,
+            "internal_error",
+            "Something went wrong on our side; it has been logged.",
+            {"error_id": error_id},
+        )

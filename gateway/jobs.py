@@ -35,13 +35,18 @@ def validate_job(svc: Services, body: Any) -> dict[str, Any]:
     job = load_or_422(_submit_schema, body)
     job_type = catalog(svc).get(job["task"])
     if job_type is None:
-        raise APIError(422, "unknown_task", f"There is no task named {job['task']!r}.",
-                       {"task": [f"Unknown task. Known: {', '.join(catalog(svc))}."]})
+        raise APIError(
+            422,
+            "unknown_task",
+            f"There is no task named {job['task']!r}.",
+            {"task": [f"Unknown task. Known: {', '.join(catalog(svc))}."]},
+        )
     try:
         job["params"] = job_type.params().load(job["params"])
     except ValidationError as exc:
-        raise APIError(422, "validation_error", "The task's params are invalid.",
-                       {"params": exc.messages}) from None
+        raise APIError(
+            422, "validation_error", "The task's params are invalid.", {"params": exc.messages}
+        ) from None
     if job["callback_url"]:
         check_callback(svc, job["callback_url"])
     return job
@@ -50,24 +55,38 @@ def validate_job(svc: Services, body: Any) -> dict[str, Any]:
 def check_callback(svc: Services, url: str) -> None:
     """422 ``callback_url_refused`` unless the URL passes the SSRF guard."""
     try:
-        check_callback_url(url, allow_http=svc.settings.callback_allow_http,
-                           allowlist=svc.allowlist, ports=svc.settings.callback_ports,
-                           dns_timeout=svc.settings.callback_dns_timeout)
+        check_callback_url(
+            url,
+            allow_http=svc.settings.callback_allow_http,
+            allowlist=svc.allowlist,
+            ports=svc.settings.callback_ports,
+            dns_timeout=svc.settings.callback_dns_timeout,
+        )
     except CallbackRefused as exc:
-        raise APIError(422, "callback_url_refused", exc.reason,
-                       {"callback_url": [exc.reason]}) from None
+        raise APIError(
+            422, "callback_url_refused", exc.reason, {"callback_url": [exc.reason]}
+        ) from None
 
 
-def new_record(principal: Principal, job: dict[str, Any], queue: str = "",
-               **extra: Any) -> dict[str, Any]:
+def new_record(
+    principal: Principal, job: dict[str, Any], queue: str = "", **extra: Any
+) -> dict[str, Any]:
     """A new job's record; it keeps its params and queue so that the sweeper can queue a
     lost message again."""
     job_id = new_id()
-    return {"job_id": job_id, "task_id": job_id, "task": job["task"], "queue": queue or None,
-            "partner_id": principal.partner_id, "params": job["params"],
-            "params_digest": digest(job["params"]),
-            "metadata": job.get("metadata") or {}, "callback_url": job.get("callback_url"),
-            "created_at": utcnow(), **extra}
+    return {
+        "job_id": job_id,
+        "task_id": job_id,
+        "task": job["task"],
+        "queue": queue or None,
+        "partner_id": principal.partner_id,
+        "params": job["params"],
+        "params_digest": digest(job["params"]),
+        "metadata": job.get("metadata") or {},
+        "callback_url": job.get("callback_url"),
+        "created_at": utcnow(),
+        **extra,
+    }
 
 
 def enqueue(svc: Services, record: dict[str, Any]) -> None:
@@ -80,14 +99,16 @@ def enqueue(svc: Services, record: dict[str, Any]) -> None:
     messenger = svc.messenger
     queue = messenger.jobs_queue
     if messenger.inline:
-        message = messenger.envelope(record["task"], record["task_id"], queue=queue,
-                                     kwargs=record["params"])
+        message = messenger.envelope(
+            record["task"], record["task_id"], queue=queue, kwargs=record["params"]
+        )
         svc.store.create_job(record, message=(queue, message))
         return
     svc.store.create_job(record)
     try:
-        messenger.send(record["task"], kwargs=record["params"], task_id=record["task_id"],
-                       queue=queue)
+        messenger.send(
+            record["task"], kwargs=record["params"], task_id=record["task_id"], queue=queue
+        )
     except Exception:
         svc.store.delete_job(record)
         raise
@@ -97,25 +118,34 @@ def enforce_rate_limit(svc: Services, principal: Principal) -> None:
     """Count one submission (a job or a whole batch); 429 with Retry-After over the limit."""
     retry_after = svc.store.hit_rate_limit(principal.partner_id, svc.settings.rate_limit)
     if retry_after is not None:
-        raise APIError(429, "rate_limited", "Too many submissions; slow down.",
-                       {"limit_per_minute": svc.settings.rate_limit},
-                       headers={"Retry-After": str(retry_after)})
+        raise APIError(
+            429,
+            "rate_limited",
+            "Too many submissions; slow down.",
+            {"limit_per_minute": svc.settings.rate_limit},
+            headers={"Retry-After": str(retry_after)},
+        )
 
 
-def submit(svc: Services, principal: Principal, body: Any,
-           idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+def submit(
+    svc: Services, principal: Principal, body: Any, idempotency_key: str | None
+) -> tuple[dict[str, Any], bool]:
     """Validate and queue a job; returns (job view, created) — created is False on replay."""
     job = validate_job(svc, body)
     record = new_record(principal, job, svc.messenger.jobs_queue)
     if idempotency_key:
         body_digest = digest(body)
-        earlier = svc.store.claim_idempotency(principal.partner_id, idempotency_key,
-                                              body_digest, record["job_id"])
+        earlier = svc.store.claim_idempotency(
+            principal.partner_id, idempotency_key, body_digest, record["job_id"]
+        )
         if earlier is not None:
             # A replay creates nothing, so it does not count against the rate limit.
             if earlier["digest"] != body_digest:
-                raise APIError(409, "idempotency_conflict",
-                               "This Idempotency-Key was used with a different body.")
+                raise APIError(
+                    409,
+                    "idempotency_conflict",
+                    "This Idempotency-Key was used with a different body.",
+                )
             return describe(svc, wait_for_record(svc, earlier["job_id"])), False
     try:
         enforce_rate_limit(svc, principal)
@@ -134,8 +164,11 @@ def wait_for_record(svc: Services, job_id: str, timeout: float = 2.0) -> dict[st
     deadline = time.monotonic() + timeout
     while (record := svc.store.job(job_id)) is None:
         if time.monotonic() > deadline:
-            raise APIError(409, "idempotency_conflict",
-                           "A request with this Idempotency-Key is still being processed.")
+            raise APIError(
+                409,
+                "idempotency_conflict",
+                "A request with this Idempotency-Key is still being processed.",
+            )
         time.sleep(0.02)
     return record
 
@@ -147,8 +180,9 @@ def find(svc: Services, principal: Principal, job_id: str) -> dict[str, Any]:
 
 
 def _visible(principal: Principal, record: dict[str, Any] | None) -> dict[str, Any]:
-    if record is None or not (principal.is_admin or record.get("partner_id") ==
-                              principal.partner_id):
+    if record is None or not (
+        principal.is_admin or record.get("partner_id") == principal.partner_id
+    ):
         raise not_found("job")
     return record
 
@@ -193,8 +227,9 @@ def wait(svc: Services, record: dict[str, Any], seconds: float) -> dict[str, Any
     return view
 
 
-def events(svc: Services, job_id: str, deadline: float,
-           poll: float = 1.0) -> Iterator[dict[str, Any] | None]:
+def events(
+    svc: Services, job_id: str, deadline: float, poll: float = 1.0
+) -> Iterator[dict[str, Any] | None]:
     """Yield each published event of a job until ``deadline`` (None every ``poll`` s)."""
     pubsub = svc.store.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(svc.store.channel(job_id))
@@ -207,13 +242,21 @@ def events(svc: Services, job_id: str, deadline: float,
         pubsub.close()
 
 
-def listing(svc: Services, principal: Principal, *, status: str | None, task: str | None,
-            limit: int, cursor: str | None) -> dict[str, Any]:
+def listing(
+    svc: Services,
+    principal: Principal,
+    *,
+    status: str | None,
+    task: str | None,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
     """The caller's jobs, newest first, filtered; ``next_cursor`` continues the list."""
     index = "all" if principal.is_admin else principal.partner_id
     jobs: list[dict[str, Any]] = []
     for scanned, (record, position) in enumerate(
-            svc.store.iter_index(index, cursor=cursor), start=1):
+        svc.store.iter_index(index, cursor=cursor), start=1
+    ):
         if record is not None and (not task or record.get("task") == task):
             view = describe(svc, record)
             if not status or view["status"] == status:

@@ -65,9 +65,16 @@ class Child:
         self.log_path = log_path
 
     @classmethod
-    def start(cls, name: str, args: Sequence[str], *, log: Path | None = None,
-              env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-              stop_with_parent: bool = False) -> Child:
+    def start(
+        cls,
+        name: str,
+        args: Sequence[str],
+        *,
+        log: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | Path | None = None,
+        stop_with_parent: bool = False,
+    ) -> Child:
         """Run ``args`` in a new session (so a new process group) named ``name``.
 
         ``log``: a file for its stdout and stderr (truncated), or None to share ours.
@@ -77,14 +84,22 @@ class Child:
         """
         preexec = _parent_death_signal(signal.SIGTERM) if stop_with_parent else None
         if log is None:
-            proc = subprocess.Popen(list(args), env=env, cwd=cwd, start_new_session=True,
-                                    preexec_fn=preexec)
+            proc = subprocess.Popen(
+                list(args), env=env, cwd=cwd, start_new_session=True, preexec_fn=preexec
+            )
         else:
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "wb") as out:  # the child keeps its own descriptor
-                proc = subprocess.Popen(list(args), env=env, cwd=cwd, stdout=out,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=preexec)
+                proc = subprocess.Popen(
+                    list(args),
+                    env=env,
+                    cwd=cwd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                )
         return cls(name, proc, log)
 
     # ------------------------------------------------------------------------ state
@@ -114,8 +129,9 @@ class Child:
         where = f"; log {self.log_path}:\n{self.tail()}" if self.log_path else ""
         raise LaunchError(f"{self.name} exited with {code}{where}")
 
-    def wait_ready(self, condition: Callable[[], T], timeout: float, what: str = "",
-                   interval: float = 0.1) -> T:
+    def wait_ready(
+        self, condition: Callable[[], T], timeout: float, what: str = "", interval: float = 0.1
+    ) -> T:
         """Poll ``condition`` until it returns something truthy, and return that.
 
         LaunchError if the child exits first (with its log's tail) or after ``timeout``
@@ -130,8 +146,10 @@ class Child:
                 return value
             if time.monotonic() > deadline:
                 where = f" (log: {self.log_path})" if self.log_path else ""
-                raise LaunchError(f"timed out after {timeout:g}s waiting for "
-                                  f"{what or self.name + ' to be ready'}{where}")
+                raise LaunchError(
+                    f"timed out after {timeout:g}s waiting for "
+                    f"{what or self.name + ' to be ready'}{where}"
+                )
             time.sleep(interval)
 
     # ------------------------------------------------------------------------ stopping
@@ -193,8 +211,9 @@ def stop_all(children: Iterable[Child], timeout: float = 20.0) -> None:
             child.kill()
 
 
-def supervise(children: Sequence[Child], *, say: Callable[[str], None] | None = None,
-              poll: float = 0.2) -> int:
+def supervise(
+    children: Sequence[Child], *, say: Callable[[str], None] | None = None, poll: float = 0.2
+) -> int:
     """Run until a child exits or this process gets SIGTERM/SIGINT; then stop the rest.
 
     A SIGTERM or SIGINT is forwarded to every child as SIGTERM (a warm shutdown for a
@@ -222,11 +241,15 @@ def supervise(children: Sequence[Child], *, say: Callable[[str], None] | None = 
         if failed is not None:
             failed.kill_leftovers()
             others = [c.name for c in children if c.running()]
-            say(f"{failed.name} exited with {failed.returncode}"
-                + (f"; stopping {', '.join(others)}" if others else ""))
+            say(
+                f"{failed.name} exited with {failed.returncode}"
+                + (f"; stopping {', '.join(others)}" if others else "")
+            )
         else:
-            say(f"got {signal.Signals(received[0]).name}: stopping "
-                f"{', '.join(c.name for c in children)} (warm; a second signal: cold)")
+            say(
+                f"got {signal.Signals(received[0]).name}: stopping "
+                f"{', '.join(c.name for c in children)} (warm; a second signal: cold)"
+            )
         for child in children:
             child.send(signal.SIGTERM, group=False)
         handled = len(received)

@@ -45,29 +45,34 @@ class RedisCollector:
         up = GaugeMetricFamily("jobgate_redis_up", "Redis answered this scrape")
         up.add_metric([], 1)
         yield up
-        jobs = CounterMetricFamily("jobgate_jobs", "Jobs by event (submitted or final status)",
-                                   labels=["event"])
+        jobs = CounterMetricFamily(
+            "jobgate_jobs", "Jobs by event (submitted or final status)", labels=["event"]
+        )
         for event in ("submitted", "SUCCESS", "FAILURE", "REVOKED"):
             jobs.add_metric([event], float(counts.get(event, 0)))
         yield jobs
-        queue = GaugeMetricFamily("jobgate_queue_length", "Messages waiting per Celery queue",
-                                  labels=["queue"])
-        for name, depth in zip((settings.queue_jobs, settings.queue_webhooks), depths,
-                               strict=True):
+        queue = GaugeMetricFamily(
+            "jobgate_queue_length", "Messages waiting per Celery queue", labels=["queue"]
+        )
+        for name, depth in zip((settings.queue_jobs, settings.queue_webhooks), depths, strict=True):
             queue.add_metric([name], depth)
         yield queue
         repairs = CounterMetricFamily(
-            "jobgate_repairs", "Records the sweeper repaired, by kind (jobgate.sweeper)",
-            labels=["kind"])
+            "jobgate_repairs",
+            "Records the sweeper repaired, by kind (jobgate.sweeper)",
+            labels=["kind"],
+        )
         for kind in REPAIR_KINDS:
             repairs.add_metric([kind], float(repaired.get(kind, 0)))
         yield repairs
-        scheduled = GaugeMetricFamily("jobgate_deliveries_scheduled",
-                                      "Webhook retries waiting on the due set")
+        scheduled = GaugeMetricFamily(
+            "jobgate_deliveries_scheduled", "Webhook retries waiting on the due set"
+        )
         scheduled.add_metric([], due)
         yield scheduled
-        pending = GaugeMetricFamily("jobgate_deliveries_open",
-                                    "Webhook attempts queued or scheduled, not yet recorded")
+        pending = GaugeMetricFamily(
+            "jobgate_deliveries_open", "Webhook attempts queued or scheduled, not yet recorded"
+        )
         pending.add_metric([], open_deliveries)
         yield pending
 
@@ -75,11 +80,19 @@ class RedisCollector:
 def init_metrics(app: Flask) -> None:
     """Per-app registry: request counter and latency histogram, plus the Redis figures."""
     registry = CollectorRegistry()
-    requests_total = Counter("jobgate_http_requests", "HTTP requests by route and status",
-                             ["method", "route", "status"], registry=registry)
-    latency = Histogram("jobgate_http_request_seconds", "Request latency by route",
-                        ["method", "route"], registry=registry,
-                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30))
+    requests_total = Counter(
+        "jobgate_http_requests",
+        "HTTP requests by route and status",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "jobgate_http_request_seconds",
+        "Request latency by route",
+        ["method", "route"],
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30),
+    )
     registry.register(RedisCollector(app.extensions["jobgate"]))
     app.extensions["jobgate_metrics"] = registry
 
@@ -98,7 +111,9 @@ def init_metrics(app: Flask) -> None:
         child = children.get((method, route, status))
         if child is None:
             child = children[method, route, status] = (
-                latency.labels(method, route), requests_total.labels(method, route, str(status)))
+                latency.labels(method, route),
+                requests_total.labels(method, route, str(status)),
+            )
         if "started" in g:
             child[0].observe(time.perf_counter() - g.started)
         child[1].inc()
@@ -106,9 +121,12 @@ def init_metrics(app: Flask) -> None:
 
 
 @bp.get("/metrics")
-@operation("Prometheus metrics",
-           ok(200, "Prometheus text format", {"type": "string"}, media="text/plain"),
-           tag="operations", secured=False)
+@operation(
+    "Prometheus metrics",
+    ok(200, "Prometheus text format", {"type": "string"}, media="text/plain"),
+    tag="operations",
+    secured=False,
+)
 def metrics() -> Response:
     registry = current_app.extensions["jobgate_metrics"]
     return Response(generate_latest(registry), mimetype="text/plain; version=0.0.4")

@@ -67,16 +67,34 @@ WRITE = (400, *AUTH, 413, 422)
 # the ones holding it, since the MarshmallowPlugin registers a nested schema it has not
 # seen yet under its class name less "Schema" (as it does for a schema a view names that
 # is not listed here), and registering that name again fails.
-COMPONENTS = ("Error", "Job", "JobList", "JobSubmit", "Partner", "PartnerCreated",
-              "PartnerCreate", "PartnerList", "Secret", "TaskInfo", "Revoke", "Health",
-              "Delivery", "Deliveries", "Redelivery", "BatchMember", "Batch", "BatchSubmit")
+COMPONENTS = (
+    "Error",
+    "Job",
+    "JobList",
+    "JobSubmit",
+    "Partner",
+    "PartnerCreated",
+    "PartnerCreate",
+    "PartnerList",
+    "Secret",
+    "TaskInfo",
+    "Revoke",
+    "Health",
+    "Delivery",
+    "Deliveries",
+    "Redelivery",
+    "BatchMember",
+    "Batch",
+    "BatchSubmit",
+)
 
 # Headers of a submission's answer (gateway.views.common.accepted).
 ACCEPTED_HEADERS = {
-    "Location": {"description": "Where to read what was queued.",
-                 "schema": {"type": "string"}},
-    "Retry-After": {"description": "Seconds to wait before the first read.",
-                    "schema": {"type": "integer"}},
+    "Location": {"description": "Where to read what was queued.", "schema": {"type": "string"}},
+    "Retry-After": {
+        "description": "Seconds to wait before the first read.",
+        "schema": {"type": "integer"},
+    },
 }
 
 # The body of routes that take no fields but refuse a body that is not a JSON object.
@@ -93,8 +111,13 @@ def _ref(schema: Any) -> Any:
     return {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
 
 
-def ok(status: int, description: str, schema: Any = None, media: str = "application/json",
-       headers: dict[str, Any] | None = None) -> dict[int, Any]:
+def ok(
+    status: int,
+    description: str,
+    schema: Any = None,
+    media: str = "application/json",
+    headers: dict[str, Any] | None = None,
+) -> dict[int, Any]:
     """One non-error response; ``schema`` is a marshmallow schema, a component name or a
     JSON schema, sent as ``media``; ``headers`` the response headers worth naming."""
     response: dict[str, Any] = {"description": description}
@@ -105,10 +128,17 @@ def ok(status: int, description: str, schema: Any = None, media: str = "applicat
     return {status: response}
 
 
-def operation(summary: str, responses: dict[int, Any], errors: tuple[int, ...] = (), *,
-              tag: str, body: Any = None, body_required: bool = True,
-              params: list[dict[str, Any]] | None = None,
-              secured: bool = True) -> Callable[[F], F]:
+def operation(
+    summary: str,
+    responses: dict[int, Any],
+    errors: tuple[int, ...] = (),
+    *,
+    tag: str,
+    body: Any = None,
+    body_required: bool = True,
+    params: list[dict[str, Any]] | None = None,
+    secured: bool = True,
+) -> Callable[[F], F]:
     """Document the decorated view as one OpenAPI operation (its rule's one method).
 
     ``responses`` are the answers it gives on success (``ok(...)``), ``errors`` the error
@@ -120,10 +150,13 @@ def operation(summary: str, responses: dict[int, Any], errors: tuple[int, ...] =
     for status in errors:
         op["responses"][status] = {
             "description": ERRORS[status],
-            "content": {"application/json": {"schema": _ref("Error")}}}
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
     if body is not None:
-        op["requestBody"] = {"required": body_required,
-                             "content": {"application/json": {"schema": _ref(body)}}}
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
     if params:
         op["parameters"] = list(params)
     if not secured:
@@ -138,9 +171,15 @@ def operation(summary: str, responses: dict[int, Any], errors: tuple[int, ...] =
 
 def path_parameters(rule: Rule) -> list[dict[str, Any]]:
     """The rule's variables as OpenAPI path parameters, in the order they appear."""
-    return [{"name": name, "in": "path", "required": True,
-             "schema": dict(CONVERTER_TYPES.get(converter, {"type": "string"}))}
-            for converter, name in RULE_ARGUMENT.findall(rule.rule)]
+    return [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": dict(CONVERTER_TYPES.get(converter, {"type": "string"})),
+        }
+        for converter, name in RULE_ARGUMENT.findall(rule.rule)
+    ]
 
 
 def documented_rules(app: Flask) -> list[tuple[Rule, str, dict[str, Any]]]:
@@ -159,24 +198,35 @@ def documented_rules(app: Flask) -> list[tuple[Rule, str, dict[str, Any]]]:
             raise LookupError(
                 f"{rule.rule} ({rule.endpoint}) has no OpenAPI operation: add "
                 "@operation(...) under its route, or list it in "
-                "gateway.openapi.NOT_IN_DOCUMENT with the reason")
+                "gateway.openapi.NOT_IN_DOCUMENT with the reason"
+            )
         methods = sorted((rule.methods or set()) - IGNORED_METHODS)
         if len(list(app.url_map.iter_rules(rule.endpoint))) != 1:
-            raise LookupError(f"{rule.endpoint} is routed by more than one rule: give each "
-                              "rule its own view, with its own @operation")
+            raise LookupError(
+                f"{rule.endpoint} is routed by more than one rule: give each "
+                "rule its own view, with its own @operation"
+            )
         if len(methods) != 1:
-            raise LookupError(f"{rule.rule} ({rule.endpoint}) serves {methods}: one "
-                              "@operation documents one method, so give each its own view")
+            raise LookupError(
+                f"{rule.rule} ({rule.endpoint}) serves {methods}: one "
+                "@operation documents one method, so give each its own view"
+            )
         found.append((rule, methods[0], op))
     return found
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
     """The whole document for ``app``'s routes; docs/api.md is the contract in prose."""
-    spec = APISpec(title="jobgate", version=__version__, openapi_version="3.0.3",
-                   plugins=[FlaskPlugin(), MarshmallowPlugin()],
-                   info={"description": "Submit jobs over HTTP, run them on Celery, "
-                                        "get Standard Webhooks when they end."})
+    spec = APISpec(
+        title="jobgate",
+        version=__version__,
+        openapi_version="3.0.3",
+        plugins=[FlaskPlugin(), MarshmallowPlugin()],
+        info={
+            "description": "Submit jobs over HTTP, run them on Celery, "
+            "get Standard Webhooks when they end."
+        },
+    )
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.options["security"] = [{"bearer": []}]
     for name in COMPONENTS:
@@ -186,8 +236,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
         if not op["parameters"]:
             del op["parameters"]
         # FlaskPlugin finds the view's rule and turns "<job_id>" into "{job_id}".
-        spec.path(view=app.view_functions[rule.endpoint], app=app,
-                  operations={method.lower(): op})
+        spec.path(view=app.view_functions[rule.endpoint], app=app, operations={method.lower(): op})
     return spec.to_dict()
 
 

@@ -23,21 +23,29 @@ log = logging.getLogger(__name__)
 MAX_REASON = 500
 
 
-def revoke_job(svc: Services, job_id: str, *, by: str, reason: str,
-               terminate: bool = True) -> dict[str, Any]:
+def revoke_job(
+    svc: Services, job_id: str, *, by: str, reason: str, terminate: bool = True
+) -> dict[str, Any]:
     """Revoke a job; returns its view (REVOKED). 404 unknown, 409 already finished."""
     record = svc.store.job(job_id) if len(job_id) <= 64 else None
     if record is None:
         raise not_found("job")
     if record.get("status") not in TERMINAL:
-        if finish_job(svc.messenger, svc.store, job_id, "REVOKED", revoked_by=by,
-                      revoke_reason=(reason or "")[:MAX_REASON]):
+        if finish_job(
+            svc.messenger,
+            svc.store,
+            job_id,
+            "REVOKED",
+            revoked_by=by,
+            revoke_reason=(reason or "")[:MAX_REASON],
+        ):
             _tell_workers(svc, record, terminate)
         record = svc.store.job(job_id) or record
     status = record.get("status")
     if status != "REVOKED":
-        raise APIError(409, "conflict", f"The job already finished with status {status}.",
-                       {"status": status})
+        raise APIError(
+            409, "conflict", f"The job already finished with status {status}.", {"status": status}
+        )
     return describe(svc, record)
 
 
@@ -51,8 +59,13 @@ def _tell_workers(svc: Services, record: dict[str, Any], terminate: bool) -> Non
     fresh = svc.store.job(record["job_id"]) or record
     running = bool(fresh.get("started_at"))
     try:
-        svc.celery.control.revoke(record["task_id"], terminate=terminate and running,
-                                  signal="SIGTERM")
+        svc.celery.control.revoke(
+            record["task_id"], terminate=terminate and running, signal="SIGTERM"
+        )
     except Exception:  # noqa: BLE001 - the record already says REVOKED; workers check it
-        log.warning("could not broadcast the revoke of %s", record["job_id"], exc_info=True,
-                    extra={"job_id": record["job_id"]})
+        log.warning(
+            "could not broadcast the revoke of %s",
+            record["job_id"],
+            exc_info=True,
+            extra={"job_id": record["job_id"]},
+        )

@@ -22,15 +22,28 @@ def _small_json(value: Any) -> None:
 
 # --------------------------------------------------------------------------- requests
 class JobSubmitSchema(Schema):
-    task = fields.String(required=True, validate=validate.Length(min=1, max=200),
-                         metadata={"example": "documents.process"})
-    params = fields.Dict(keys=fields.String(), load_default=dict,
-                         metadata={"description": "Validated by the task's own params schema."})
-    callback_url = fields.String(load_default=None, allow_none=True,
-                                 validate=validate.Length(min=1, max=2048),
-                                 metadata={"example": "https://partner.example/hooks"})
-    metadata = fields.Dict(keys=fields.String(), load_default=dict, validate=_small_json,
-                           metadata={"description": "Any JSON object, returned as is."})
+    task = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=200),
+        metadata={"example": "documents.process"},
+    )
+    params = fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        metadata={"description": "Validated by the task's own params schema."},
+    )
+    callback_url = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(min=1, max=2048),
+        metadata={"example": "https://partner.example/hooks"},
+    )
+    metadata = fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        validate=_small_json,
+        metadata={"description": "Any JSON object, returned as is."},
+    )
 
 
 class BatchMemberField(fields.Nested):
@@ -48,11 +61,18 @@ class BatchSubmitSchema(Schema):
     """Shape of ``POST /v1/batches``; each member is then validated as a job. More than
     ``MAX_BATCH`` members is refused before this schema runs, without reading them."""
 
-    jobs = fields.List(BatchMemberField(JobSubmitSchema), required=True,
-                       validate=validate.Length(min=1), metadata={"maxItems": MAX_BATCH})
-    callback_url = fields.String(load_default=None, allow_none=True,
-                                 validate=validate.Length(min=1, max=2048),
-                                 metadata={"description": "Receives batch.completed only."})
+    jobs = fields.List(
+        BatchMemberField(JobSubmitSchema),
+        required=True,
+        validate=validate.Length(min=1),
+        metadata={"maxItems": MAX_BATCH},
+    )
+    callback_url = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(min=1, max=2048),
+        metadata={"description": "Receives batch.completed only."},
+    )
     metadata = fields.Dict(keys=fields.String(), load_default=dict)
 
 
@@ -88,8 +108,9 @@ class ListJobsArgs(Schema):
 
 
 class WaitArgs(Schema):
-    wait = fields.Float(load_default=None, validate=validate.Range(min=0, max=30,
-                                                                 min_inclusive=False))
+    wait = fields.Float(
+        load_default=None, validate=validate.Range(min=0, max=30, min_inclusive=False)
+    )
 
 
 # -------------------------------------------------------------------------- responses
@@ -111,8 +132,9 @@ class ProgressSchema(Schema):
 
 
 class WebhookSummarySchema(Schema):
-    state = fields.String(validate=validate.OneOf(
-        ["none", "pending", "delivered", "retrying", "failed"]))
+    state = fields.String(
+        validate=validate.OneOf(["none", "pending", "delivered", "retrying", "failed"])
+    )
     attempts = fields.Integer()
 
 
@@ -163,7 +185,8 @@ class PartnerListSchema(Schema):
 class SecretSchema(Schema):
     webhook_secret = fields.String(required=True)
     previous_secret_valid_for = fields.Integer(
-        metadata={"description": "Seconds the old secret still signs (both signatures sent)."})
+        metadata={"description": "Seconds the old secret still signs (both signatures sent)."}
+    )
 
 
 class TaskInfoSchema(Schema):
@@ -182,8 +205,9 @@ class DeliverySchema(Schema):
     error = fields.String(required=True, allow_none=True)
     duration_ms = fields.Integer(required=True)
     next_attempt_at = fields.String(required=True, allow_none=True)
-    outcome = fields.String(required=True,
-                            validate=validate.OneOf(["delivered", "retry", "failed"]))
+    outcome = fields.String(
+        required=True, validate=validate.OneOf(["delivered", "retry", "failed"])
+    )
     redelivery = fields.Boolean(required=True)
     attempt = fields.Integer(required=True)
 
@@ -191,8 +215,11 @@ class DeliverySchema(Schema):
 class DeliveriesSchema(Schema):
     job_id = fields.String(required=True)
     webhook = fields.Nested(WebhookSummarySchema, required=True)
-    deliveries = fields.List(fields.Nested(DeliverySchema), required=True,
-                             metadata={"description": "Oldest first; the last 200."})
+    deliveries = fields.List(
+        fields.Nested(DeliverySchema),
+        required=True,
+        metadata={"description": "Oldest first; the last 200."},
+    )
 
 
 class RedeliverySchema(Schema):
@@ -220,8 +247,9 @@ class BatchSchema(Schema):
     """A batch as ``GET /v1/batches/{id}`` returns it (``jobgate.batches.batch_view``)."""
 
     batch_id = fields.String(required=True)
-    status = fields.String(required=True,
-                           validate=validate.OneOf(["PENDING", "PROCESSING", "COMPLETED"]))
+    status = fields.String(
+        required=True, validate=validate.OneOf(["PENDING", "PROCESSING", "COMPLETED"])
+    )
     total = fields.Integer(required=True)
     completed = fields.Integer(required=True)
     succeeded = fields.Integer(required=True)
@@ -234,8 +262,11 @@ class BatchSchema(Schema):
     created_at = fields.String(required=True, allow_none=True)
     finished_at = fields.String(required=True, allow_none=True)
     job_ids = fields.List(fields.String(), required=True)
-    jobs = fields.List(fields.Nested(BatchMemberSchema), required=True,
-                       metadata={"description": "Members in submission order."})
+    jobs = fields.List(
+        fields.Nested(BatchMemberSchema),
+        required=True,
+        metadata={"description": "Members in submission order."},
+    )
 
 
 class HealthSchema(Schema):
@@ -251,5 +282,6 @@ def load_or_422(schema: Schema, data: Any) -> dict[str, Any]:
         return schema.load(data)
     except ValidationError as exc:
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
-        raise APIError(422, "validation_error", "The request has invalid fields.",
-                       messages) from None
+        raise APIError(
+            422, "validation_error", "The request has invalid fields.", messages
+        ) from None

@@ -38,8 +38,9 @@ USER_AGENT = f"jobgate/{__version__}"
 RETRY_AFTER_CAP = 3600.0  # a receiver's Retry-After is honoured up to one hour
 
 
-def plan(outcome: str, retry_number: int, delays: tuple[float, ...],
-         retry_after: float | None = None) -> tuple[str, float | None]:
+def plan(
+    outcome: str, retry_number: int, delays: tuple[float, ...], retry_after: float | None = None
+) -> tuple[str, float | None]:
     """The delivery state after an attempt, and the delay before retry ``retry_number``."""
     if outcome in ("delivered", "failed"):
         return outcome, None
@@ -52,9 +53,18 @@ def iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def run_attempt(settings: Settings, store: Store, messenger: Messenger, kind: str,
-                subject_id: str, event: str, *, retry: int = 0,
-                chain: str = AUTO_CHAIN, node: str = "") -> dict[str, Any] | None:
+def run_attempt(
+    settings: Settings,
+    store: Store,
+    messenger: Messenger,
+    kind: str,
+    subject_id: str,
+    event: str,
+    *,
+    retry: int = 0,
+    chain: str = AUTO_CHAIN,
+    node: str = "",
+) -> dict[str, Any] | None:
     """Send attempt ``retry`` (0 = first) of ``chain``; returns the recorded attempt.
 
     Redis round trips: one to claim the attempt and read the subject, the stored body and
@@ -70,15 +80,38 @@ def run_attempt(settings: Settings, store: Store, messenger: Messenger, kind: st
         if books.claim(subject_id, token, lease=settings.webhook_timeout + CLAIM_MARGIN):
             books.complete(subject_id, token, task_id)
         return None
-    begun = books.begin(subject_id, token, settings.webhook_timeout + CLAIM_MARGIN, event,
-                        subject.record_key(store, subject_id), node=node, task_id=task_id)
+    begun = books.begin(
+        subject_id,
+        token,
+        settings.webhook_timeout + CLAIM_MARGIN,
+        event,
+        subject.record_key(store, subject_id),
+        node=node,
+        task_id=task_id,
+    )
     if begun is None:
-        log.info("webhook %s attempt %s already taken; skipping", subject_id, token,
-                 extra={"job_id": subject_id})
+        log.info(
+            "webhook %s attempt %s already taken; skipping",
+            subject_id,
+            token,
+            extra={"job_id": subject_id},
+        )
         return None
     try:
-        return _attempt(settings, store, messenger, books, begun, kind, subject_id, event,
-                        retry=retry, chain=chain, token=token, task_id=task_id)
+        return _attempt(
+            settings,
+            store,
+            messenger,
+            books,
+            begun,
+            kind,
+            subject_id,
+            event,
+            retry=retry,
+            chain=chain,
+            token=token,
+            task_id=task_id,
+        )
     except Exception:
         # Free the claim (best effort: Redis may be what failed), so that the sweeper's
         # new message for this still-open attempt can run it without waiting for the
@@ -87,9 +120,21 @@ def run_attempt(settings: Settings, store: Store, messenger: Messenger, kind: st
         raise
 
 
-def _attempt(settings: Settings, store: Store, messenger: Messenger, books: Deliveries,
-             begun: Begun, kind: str, subject_id: str, event: str, *, retry: int, chain: str,
-             token: str, task_id: str) -> dict[str, Any] | None:
+def _attempt(
+    settings: Settings,
+    store: Store,
+    messenger: Messenger,
+    books: Deliveries,
+    begun: Begun,
+    kind: str,
+    subject_id: str,
+    event: str,
+    *,
+    retry: int,
+    chain: str,
+    token: str,
+    task_id: str,
+) -> dict[str, Any] | None:
     """The attempt once claimed: build or read the body, POST it, record it."""
     failpoint("delivery.begun")
     subject = SUBJECTS[kind]
@@ -108,43 +153,71 @@ def _attempt(settings: Settings, store: Store, messenger: Messenger, books: Deli
     secrets = begun.signing_secrets() if partner_id else []
     at = utcnow()
     if secrets:
-        attempt = deliver(callback_url, body.encode(), wid, secrets,
-                          timeout=settings.webhook_timeout,
-                          allow_http=settings.callback_allow_http,
-                          allowlist=parse_allowlist(settings.callback_allowlist),
-                          ports=settings.callback_ports,
-                          dns_timeout=settings.callback_dns_timeout,
-                          user_agent=USER_AGENT, retry_after_cap=RETRY_AFTER_CAP)
+        attempt = deliver(
+            callback_url,
+            body.encode(),
+            wid,
+            secrets,
+            timeout=settings.webhook_timeout,
+            allow_http=settings.callback_allow_http,
+            allowlist=parse_allowlist(settings.callback_allowlist),
+            ports=settings.callback_ports,
+            dns_timeout=settings.callback_dns_timeout,
+            user_agent=USER_AGENT,
+            retry_after_cap=RETRY_AFTER_CAP,
+        )
     else:
         attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)
     failpoint("delivery.sent")
-    state, delay = plan(attempt.outcome, retry + 1, settings.webhook_retry_delays,
-                        attempt.retry_after)
-    entry = {"webhook_id": wid, "event": event, "at": at, "status_code": attempt.status_code,
-             "error": attempt.error, "duration_ms": attempt.duration_ms,
-             "next_attempt_at": iso(time.time() + delay) if delay is not None else None,
-             "outcome": attempt.outcome, "redelivery": chain != AUTO_CHAIN}
+    state, delay = plan(
+        attempt.outcome, retry + 1, settings.webhook_retry_delays, attempt.retry_after
+    )
+    entry = {
+        "webhook_id": wid,
+        "event": event,
+        "at": at,
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+        "duration_ms": attempt.duration_ms,
+        "next_attempt_at": iso(time.time() + delay) if delay is not None else None,
+        "outcome": attempt.outcome,
+        "redelivery": chain != AUTO_CHAIN,
+    }
     following = None
     if delay is not None:
         # Scheduled in the script that records this attempt: never one without the other.
         next_id = delivery_task_id(kind, subject_id, event, chain, retry + 1)
-        following = (next_id, time.time() + delay,
-                     due_entry(DELIVER_TASK, next_id, queue=messenger.webhooks_queue,
-                               args=[kind, subject_id, event],
-                               kwargs={"retry": retry + 1, "chain": chain}))
-    number = books.record(subject_id, entry, state, kind, token=token, task_id=task_id,
-                          following=following)
+        following = (
+            next_id,
+            time.time() + delay,
+            due_entry(
+                DELIVER_TASK,
+                next_id,
+                queue=messenger.webhooks_queue,
+                args=[kind, subject_id, event],
+                kwargs={"retry": retry + 1, "chain": chain},
+            ),
+        )
+    number = books.record(
+        subject_id, entry, state, kind, token=token, task_id=task_id, following=following
+    )
     entry = {**entry, "attempt": number}
     # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.
-    log.info("webhook %s %s for %s %s: %s (%s)", wid, event, kind, subject_id, attempt.outcome,
-             attempt.status_code or attempt.detail or attempt.error, extra={"job_id": subject_id})
+    log.info(
+        "webhook %s %s for %s %s: %s (%s)",
+        wid,
+        event,
+        kind,
+        subject_id,
+        attempt.outcome,
+        attempt.status_code or attempt.detail or attempt.error,
+        extra={"job_id": subject_id},
+    )
     return entry
 
 
-def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str,
-              event: str) -> str:
+def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str, event: str) -> str:
     """Queue the event again (same body, same ``webhook-id``) as a fresh retry chain."""
     Deliveries(store).set_state(subject_id, "pending", kind)
-    enqueue_webhook(store, messenger, kind, subject_id, event,
-                    chain="r" + uuid.uuid4().hex[:12])
+    enqueue_webhook(store, messenger, kind, subject_id, event, chain="r" + uuid.uuid4().hex[:12])
     return webhook_id(subject_id, event)

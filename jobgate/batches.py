@@ -34,13 +34,17 @@ def batch_key(store: Store, batch_id: str, *suffix: str) -> str:
 
 def keys(store: Store, batch_id: str) -> list[str]:
     """The batch hash, its set of counted members, its ordered member ids."""
-    return [batch_key(store, batch_id), batch_key(store, batch_id, "done"),
-            batch_key(store, batch_id, "jobs")]
+    return [
+        batch_key(store, batch_id),
+        batch_key(store, batch_id, "done"),
+        batch_key(store, batch_id, "jobs"),
+    ]
 
 
 # ----------------------------------------------------------------------- counting
-def member_finished(store: Store, job_record: dict[str, Any],
-                    message: tuple[str, str, str] | None = None) -> str | None:
+def member_finished(
+    store: Store, job_record: dict[str, Any], message: tuple[str, str, str] | None = None
+) -> str | None:
     """Count a member's outcome once (revoked members count as ended).
 
     The call that completes the batch gets "queued" when its script pushed ``message``
@@ -55,8 +59,17 @@ def member_finished(store: Store, job_record: dict[str, Any],
     queue, body, task_id = message or (store.key("no-webhook"), "", "")
     answer = store.scripts["batch_count"](
         keys=[*keys(store, batch_id), queue, store.open_key, store.key("batches", "live")],
-        args=[job_record["job_id"], outcome, utcnow(), store.retention, body, task_id,
-              time.time() + store.open_grace, batch_id])
+        args=[
+            job_record["job_id"],
+            outcome,
+            utcnow(),
+            store.retention,
+            body,
+            task_id,
+            time.time() + store.open_grace,
+            batch_id,
+        ],
+    )
     if answer[0] != 1:
         return None
     log.info("batch %s completed", batch_id, extra={"batch_id": batch_id})
@@ -68,8 +81,11 @@ def member_finished(store: Store, job_record: dict[str, Any],
 # ------------------------------------------------------------------------ reading
 def batch_record(store: Store, batch_id: str) -> dict[str, Any] | None:
     """The stored batch hash with counters as ints, or None."""
-    raw = (cast("dict[str, str]", store.redis.hgetall(batch_key(store, batch_id)))
-           if len(batch_id) <= 64 else {})
+    raw = (
+        cast("dict[str, str]", store.redis.hgetall(batch_key(store, batch_id)))
+        if len(batch_id) <= 64
+        else {}
+    )
     if not raw:
         return None
     record: dict[str, Any] = dict(raw)
@@ -85,12 +101,15 @@ def member_ids(store: Store, batch_id: str) -> list[str]:
 
 def member_summary(view: dict[str, Any]) -> dict[str, Any]:
     """A member as the batch lists it (the full job, result included, is GET /v1/jobs/{id})."""
-    return {name: view[name] for name in ("job_id", "task", "status", "progress", "error",
-                                          "metadata", "finished_at")}
+    return {
+        name: view[name]
+        for name in ("job_id", "task", "status", "progress", "error", "metadata", "finished_at")
+    }
 
 
-def batch_view(store: Store, batch_id: str, *, record: dict[str, Any],
-               meta_of: MetaReader | None = None) -> dict[str, Any]:
+def batch_view(
+    store: Store, batch_id: str, *, record: dict[str, Any], meta_of: MetaReader | None = None
+) -> dict[str, Any]:
     """The batch as ``GET /v1/batches/{id}`` returns it (and ``batch.completed`` carries).
 
     Counts come from the atomic counters; ``percent`` averages the members' progress (an
@@ -111,15 +130,17 @@ def batch_view(store: Store, batch_id: str, *, record: dict[str, Any],
     if done or not total:
         percent = 100 if done else 0
     else:
-        points = sum(100 if m["status"] in TERMINAL else
-                     int((m.get("progress") or {}).get("percent") or 0) for m in members)
+        points = sum(
+            100 if m["status"] in TERMINAL else int((m.get("progress") or {}).get("percent") or 0)
+            for m in members
+        )
         percent = min(99, points // total)
     started = any(m["status"] not in (None, "PENDING") for m in members)
     return {
         "batch_id": record["batch_id"],
-        "status": "COMPLETED" if done else ("PROCESSING" if started or completed else
-                                            "PENDING"),
-        "total": total, "completed": completed,
+        "status": "COMPLETED" if done else ("PROCESSING" if started or completed else "PENDING"),
+        "total": total,
+        "completed": completed,
         **{name: record[name] for name in COUNTERS},
         "pending": total - completed,
         "percent": percent,

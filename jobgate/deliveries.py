@@ -71,13 +71,25 @@ class Deliveries:
         One round trip (``SET NX GET``, Redis 7): the first writer wins, and every later
         attempt sends the first writer's bytes.
         """
-        earlier = cast("str | None", self.redis.set(self.body_key(subject_id, event), built,
-                                                    nx=True, ex=self.store.retention, get=True))
+        earlier = cast(
+            "str | None",
+            self.redis.set(
+                self.body_key(subject_id, event), built, nx=True, ex=self.store.retention, get=True
+            ),
+        )
         return built if earlier is None else earlier
 
     # ----------------------------------------------------------------- attempt
-    def begin(self, subject_id: str, token: str, lease: float, event: str,
-              record_key: str, node: str = "", task_id: str = "") -> Begun | None:
+    def begin(
+        self,
+        subject_id: str,
+        token: str,
+        lease: float,
+        event: str,
+        record_key: str,
+        node: str = "",
+        task_id: str = "",
+    ) -> Begun | None:
         """Claim attempt ``token`` for worker ``node`` and read what the attempt needs.
 
         None if the attempt ran, or runs on a node still alive; a claim whose node died
@@ -85,10 +97,20 @@ class Deliveries:
         and the record's partner, all in one round trip.
         """
         found = self.scripts["delivery_begin"](
-            keys=[self.claim_key(subject_id, token), self.body_key(subject_id, event),
-                  record_key, self.store.open_key],
-            args=[max(1, int(lease) + 1), self.store.key("partner", ""), node,
-                  self.store.key("worker", ""), task_id])
+            keys=[
+                self.claim_key(subject_id, token),
+                self.body_key(subject_id, event),
+                record_key,
+                self.store.open_key,
+            ],
+            args=[
+                max(1, int(lease) + 1),
+                self.store.key("partner", ""),
+                node,
+                self.store.key("worker", ""),
+                task_id,
+            ],
+        )
         if not found:
             return None
         record, body, partner = found
@@ -122,9 +144,16 @@ class Deliveries:
             pass
 
     # --------------------------------------------------------------- attempts
-    def record(self, subject_id: str, entry: dict[str, Any], state: str,
-               kind: str = "job", token: str | None = None, task_id: str = "",
-               following: tuple[str, float, str] | None = None) -> int:
+    def record(
+        self,
+        subject_id: str,
+        entry: dict[str, Any],
+        state: str,
+        kind: str = "job",
+        token: str | None = None,
+        task_id: str = "",
+        following: tuple[str, float, str] | None = None,
+    ) -> int:
         """Append one attempt, update the summary (and job record); returns attempts so far.
 
         The entry is stored with ``"attempt"`` (its number) added last. With ``token``,
@@ -134,13 +163,30 @@ class Deliveries:
         """
         head = json.dumps(entry, separators=(",", ":"))
         head = (head[:-1] + ',"attempt":') if entry else '{"attempt":'
-        keys = [self._key(subject_id), self.log_key(subject_id),
-                self.claim_key(subject_id, token) if token is not None else "",
-                self.store.key("job", subject_id), self.store.open_key, self.store.due_key]
+        keys = [
+            self._key(subject_id),
+            self.log_key(subject_id),
+            self.claim_key(subject_id, token) if token is not None else "",
+            self.store.key("job", subject_id),
+            self.store.open_key,
+            self.store.due_key,
+        ]
         next_id, due_at, due_entry = following or ("", 0.0, "")
-        args = [state, entry["webhook_id"], entry["event"], entry["at"], self.store.retention,
-                MAX_LOG, head, "1" if kind == "job" else "0", task_id, next_id,
-                due_at + self.store.open_grace, due_at, due_entry]
+        args = [
+            state,
+            entry["webhook_id"],
+            entry["event"],
+            entry["at"],
+            self.store.retention,
+            MAX_LOG,
+            head,
+            "1" if kind == "job" else "0",
+            task_id,
+            next_id,
+            due_at + self.store.open_grace,
+            due_at,
+            due_entry,
+        ]
         return int(self.scripts["delivery_record"](keys=keys, args=args))
 
     def set_state(self, subject_id: str, state: str, kind: str = "job") -> None:
@@ -151,8 +197,9 @@ class Deliveries:
         pipe.expire(summary, self.store.retention)
         pipe.execute()
         if kind == "job":
-            self.scripts["delivery_mirror"](keys=[self.store.key("job", subject_id)],
-                                            args=[state, ""])
+            self.scripts["delivery_mirror"](
+                keys=[self.store.key("job", subject_id)], args=[state, ""]
+            )
 
     def attempts(self, subject_id: str) -> list[dict[str, Any]]:
         """Every recorded attempt, oldest first."""

@@ -321,7 +321,11 @@ def deliver(
     deadline = start + timeout
     try:
         target = check_callback_url(
-            url, allow_http=allow_http, allowlist=allowlist, ports=ports, resolve=resolve,
+            url,
+            allow_http=allow_http,
+            allowlist=allowlist,
+            ports=ports,
+            resolve=resolve,
             dns_timeout=min(dns_timeout, deadline - time.monotonic()),
         )
     except CallbackRefused as exc:

@@ -22,19 +22,30 @@ from jobgate.store import Store
 MOVE_BATCH = 500  # entries moved per call at most
 
 
-def entry(task: str, task_id: str, *, queue: str, args: Sequence[Any] = (),
-          kwargs: dict[str, Any] | None = None) -> str:
+def entry(
+    task: str,
+    task_id: str,
+    *,
+    queue: str,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+) -> str:
     """A due-set entry: the task to send, as compact JSON (unique by its task id)."""
-    return json.dumps({"id": task_id, "task": task, "queue": queue, "args": list(args),
-                       "kwargs": kwargs or {}}, separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        {"id": task_id, "task": task, "queue": queue, "args": list(args), "kwargs": kwargs or {}},
+        separators=(",", ":"),
+        sort_keys=True,
+    )
 
 
-def move_due(store: Store, messenger: Messenger, *, now: float | None = None,
-             limit: int = MOVE_BATCH) -> int:
+def move_due(
+    store: Store, messenger: Messenger, *, now: float | None = None, limit: int = MOVE_BATCH
+) -> int:
     """Queue every entry due by ``now``; returns how many this call moved."""
     now = time.time() if now is None else now
-    rows = cast("list[str]",
-                store.redis.zrangebyscore(store.due_key, "-inf", now, start=0, num=limit))
+    rows = cast(
+        "list[str]", store.redis.zrangebyscore(store.due_key, "-inf", now, start=0, num=limit)
+    )
     if not rows:
         return 0
     specs = [json.loads(row) for row in rows]
@@ -42,19 +53,31 @@ def move_due(store: Store, messenger: Messenger, *, now: float | None = None,
         keys, args = [store.due_key], []
         for row, spec in zip(rows, specs, strict=True):
             keys.append(spec["queue"])
-            args += [row, messenger.envelope(spec["task"], spec["id"], queue=spec["queue"],
-                                             args=spec["args"], kwargs=spec["kwargs"])]
+            args += [
+                row,
+                messenger.envelope(
+                    spec["task"],
+                    spec["id"],
+                    queue=spec["queue"],
+                    args=spec["args"],
+                    kwargs=spec["kwargs"],
+                ),
+            ]
         return int(store.scripts["due_move"](keys=keys, args=args))
     moved = 0
     for row, spec in zip(rows, specs, strict=True):
         if not store.redis.zrem(store.due_key, row):  # another worker took it
             continue
         try:
-            messenger.send(spec["task"], queue=spec["queue"], args=spec["args"],
-                           kwargs=spec["kwargs"], task_id=spec["id"])
+            messenger.send(
+                spec["task"],
+                queue=spec["queue"],
+                args=spec["args"],
+                kwargs=spec["kwargs"],
+                task_id=spec["id"],
+            )
         except Exception:
             store.redis.zadd(store.due_key, {row: now})  # put it back for the next pass
             raise
         moved += 1
     return moved
-

@@ -25,12 +25,15 @@ class EventType:
     description: str
 
 
-EVENT_TYPES: dict[str, EventType] = {e.name: e for e in (
-    EventType("job.succeeded", "job", "A job ended with SUCCESS; data is the job."),
-    EventType("job.failed", "job", "A job ended with FAILURE; data is the job."),
-    EventType("job.revoked", "job", "A job was revoked; data is the job."),
-    EventType("batch.completed", "batch", "Every job of a batch ended; data is the batch."),
-)}
+EVENT_TYPES: dict[str, EventType] = {
+    e.name: e
+    for e in (
+        EventType("job.succeeded", "job", "A job ended with SUCCESS; data is the job."),
+        EventType("job.failed", "job", "A job ended with FAILURE; data is the job."),
+        EventType("job.revoked", "job", "A job was revoked; data is the job."),
+        EventType("batch.completed", "batch", "Every job of a batch ended; data is the batch."),
+    )
+}
 JOB_EVENTS = {"SUCCESS": "job.succeeded", "FAILURE": "job.failed", "REVOKED": "job.revoked"}
 BATCH_COMPLETED = "batch.completed"
 
@@ -54,10 +57,13 @@ def _batch_data(store: Store, batch_id: str, raw: dict[str, str]) -> dict[str, A
     return batches.batch_view(store, batch_id, record=record) if record else None
 
 
-SUBJECTS: dict[str, Subject] = {s.kind: s for s in (
-    Subject("job", lambda store, job_id: store.key("job", job_id), _job_data),
-    Subject("batch", batches.batch_key, _batch_data),
-)}
+SUBJECTS: dict[str, Subject] = {
+    s.kind: s
+    for s in (
+        Subject("job", lambda store, job_id: store.key("job", job_id), _job_data),
+        Subject("batch", batches.batch_key, _batch_data),
+    )
+}
 
 
 def job_event(status: str) -> str:
@@ -86,5 +92,6 @@ def parse_delivery_task_id(task_id: str) -> tuple[str, str, str, str, int] | Non
 
 def event_body(event: str, data: dict[str, Any]) -> str:
     """The JSON body of one event: ``{"type", "timestamp", "data"}``, compact."""
-    return json.dumps({"type": event, "timestamp": utcnow(), "data": data},
-                      separators=(",", ":"), default=str)
+    return json.dumps(
+        {"type": event, "timestamp": utcnow(), "data": data}, separators=(",", ":"), default=str
+    )

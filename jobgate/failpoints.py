@@ -15,8 +15,16 @@ from functools import cache
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-POINTS = ("job.started", "job.progress", "job.end.before", "job.end.after",
-          "batch.count.before", "delivery.begun", "delivery.sent", "batch.create.before")
+POINTS = (
+    "job.started",
+    "job.progress",
+    "job.end.before",
+    "job.end.after",
+    "batch.count.before",
+    "delivery.begun",
+    "delivery.sent",
+    "batch.create.before",
+)
 ACTIONS = ("kill", "redis_error")
 _fired: set[str] = set()
 
@@ -28,8 +36,10 @@ def configured() -> dict[str, str]:
     for item in filter(None, os.environ.get("JOBGATE_FAILPOINTS", "").split(",")):
         name, _, action = item.strip().partition("=")
         if name not in POINTS or action not in ACTIONS:
-            raise ValueError(f"JOBGATE_FAILPOINTS: {item!r} is not <point>=<action> "
-                             f"(points {', '.join(POINTS)}; actions {', '.join(ACTIONS)})")
+            raise ValueError(
+                f"JOBGATE_FAILPOINTS: {item!r} is not <point>=<action> "
+                f"(points {', '.join(POINTS)}; actions {', '.join(ACTIONS)})"
+            )
         armed[name] = action
     return armed
 

@@ -23,12 +23,14 @@ from jobgate.store import Store
 log = logging.getLogger(__name__)
 
 
-def finish_job(messenger: Messenger, store: Store, job_id: str, status: str,
-               **fields: Any) -> bool:
+def finish_job(messenger: Messenger, store: Store, job_id: str, status: str, **fields: Any) -> bool:
     """Record a terminal status once and fire its side effects; False if already ended."""
     ended = store.finish_job(
-        job_id, status, webhook_message=event_message(messenger, "job", job_id,
-                                                      job_event(status)), **fields)
+        job_id,
+        status,
+        webhook_message=event_message(messenger, "job", job_id, job_event(status)),
+        **fields,
+    )
     if ended is None:
         return False
     failpoint("job.end.after")
@@ -38,8 +40,9 @@ def finish_job(messenger: Messenger, store: Store, job_id: str, status: str,
     return True
 
 
-def event_message(messenger: Messenger, kind: str, subject_id: str,
-                  event: str) -> tuple[str, str, str] | None:
+def event_message(
+    messenger: Messenger, kind: str, subject_id: str, event: str
+) -> tuple[str, str, str] | None:
     """(queue, message, task id) of an event's first delivery attempt, for the script that
     records the end (of a job, of a batch) to push; None when the broker is not the job
     store's Redis (the message is then sent after the end is recorded)."""
@@ -47,12 +50,21 @@ def event_message(messenger: Messenger, kind: str, subject_id: str,
         return None
     queue = messenger.webhooks_queue
     task_id = delivery_task_id(kind, subject_id, event, AUTO_CHAIN, 0)
-    return queue, messenger.envelope(DELIVER_TASK, task_id, queue=queue,
-                                     args=[kind, subject_id, event]), task_id
+    return (
+        queue,
+        messenger.envelope(DELIVER_TASK, task_id, queue=queue, args=[kind, subject_id, event]),
+        task_id,
+    )
 
 
-def finish_job_retrying(messenger: Messenger, store: Store, job_id: str, status: str,
-                        delays: tuple[float, ...] = (0.5, 1.0, 2.0), **fields: Any) -> bool:
+def finish_job_retrying(
+    messenger: Messenger,
+    store: Store,
+    job_id: str,
+    status: str,
+    delays: tuple[float, ...] = (0.5, 1.0, 2.0),
+    **fields: Any,
+) -> bool:
     """``finish_job`` for the worker, which must not lose a job's end to a Redis blip.
 
     The task's message is acknowledged whatever happens here, so a transient error is
@@ -71,14 +83,20 @@ def finish_job_retrying(messenger: Messenger, store: Store, job_id: str, status:
             if delay is None:
                 raise
             failed_before = True
-            log.warning("recording the end of job %s failed; retrying in %ss", job_id, delay,
-                        exc_info=True, extra={"job_id": job_id})
+            log.warning(
+                "recording the end of job %s failed; retrying in %ss",
+                job_id,
+                delay,
+                exc_info=True,
+                extra={"job_id": job_id},
+            )
             time.sleep(delay)
     return False
 
 
-def side_effects(messenger: Messenger, store: Store, record: dict[str, Any], *,
-                 webhook_queued: bool = False) -> None:
+def side_effects(
+    messenger: Messenger, store: Store, record: dict[str, Any], *, webhook_queued: bool = False
+) -> None:
     """Queue the terminal webhook (unless the end's own script did) and count the batch
     member; safe to repeat.
 
@@ -105,14 +123,24 @@ def count_batch_member(messenger: Messenger, store: Store, record: dict[str, Any
         enqueue_webhook(store, messenger, "batch", batch_id, BATCH_COMPLETED)
 
 
-def enqueue_webhook(store: Store, messenger: Messenger, kind: str, subject_id: str,
-                    event: str, chain: str = AUTO_CHAIN) -> str:
+def enqueue_webhook(
+    store: Store,
+    messenger: Messenger,
+    kind: str,
+    subject_id: str,
+    event: str,
+    chain: str = AUTO_CHAIN,
+) -> str:
     """Queue the first attempt of ``event`` (of ``chain``) on the webhooks queue, marked
     open first so that a crash before the send leaves it for the sweeper; its task id."""
     task_id = delivery_task_id(kind, subject_id, event, chain, 0)
     store.mark_open(task_id)
-    messenger.send(DELIVER_TASK, args=[kind, subject_id, event],
-                   kwargs={} if chain == AUTO_CHAIN else {"chain": chain},
-                   queue=messenger.webhooks_queue, task_id=task_id)
+    messenger.send(
+        DELIVER_TASK,
+        args=[kind, subject_id, event],
+        kwargs={} if chain == AUTO_CHAIN else {"chain": chain},
+        queue=messenger.webhooks_queue,
+        task_id=task_id,
+    )
     log.info("queued %s for %s %s", event, kind, subject_id, extra={"job_id": subject_id})
     return task_id

@@ -23,13 +23,27 @@ class Messenger(Protocol):
     jobs_queue: str
     webhooks_queue: str
 
-    def envelope(self, name: str, task_id: str, *, queue: str, args: Sequence[Any] = (),
-                 kwargs: dict[str, Any] | None = None) -> str:
+    def envelope(
+        self,
+        name: str,
+        task_id: str,
+        *,
+        queue: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> str:
         """The broker message ``send`` would push, as the Redis list entry (inline only)."""
         ...
 
-    def send(self, name: str, *, queue: str, args: Sequence[Any] = (),
-             kwargs: dict[str, Any] | None = None, task_id: str | None = None,
-             countdown: float | None = None) -> None:
+    def send(
+        self,
+        name: str,
+        *,
+        queue: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        countdown: float | None = None,
+    ) -> None:
         """Publish the task through the broker (``countdown`` s from now)."""
         ...

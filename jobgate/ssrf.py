@@ -378,7 +378,8 @@ def check_callback_url(
             raw = resolve_within(resolver, host, port, dns_timeout)
         except LookupTimeout as exc:
             raise _refused(
-                host, f"DNS lookup of host {host!r} timed out after {dns_timeout:.3g}s ({exc})",
+                host,
+                f"DNS lookup of host {host!r} timed out after {dns_timeout:.3g}s ({exc})",
                 transient=True,
             ) from None
         except (OSError, UnicodeError, ValueError) as exc:

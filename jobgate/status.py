@@ -43,8 +43,12 @@ def progress_of(info: Any) -> dict[str, Any]:
     percent = info.get("percent")
     if percent is None:
         percent = round(100 * current / total) if total else 0
-    return {"current": current, "total": total, "percent": int(percent),
-            "message": str(info.get("message", info.get("status", "")) or "")}
+    return {
+        "current": current,
+        "total": total,
+        "percent": int(percent),
+        "message": str(info.get("message", info.get("status", "")) or ""),
+    }
 
 
 def live_state(record: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -59,15 +63,27 @@ def live_state(record: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dic
     if state == "SUCCESS":
         return {"status": state, "progress": _done(record), "result": info, "error": None}
     if state == "FAILURE":
-        return {"status": state, "progress": {"message": MESSAGES[state]}, "result": None,
-                "error": error_message(info)}
+        return {
+            "status": state,
+            "progress": {"message": MESSAGES[state]},
+            "result": None,
+            "error": error_message(info),
+        }
     if state == "REVOKED":
-        return {"status": state, "progress": {"message": MESSAGES[state]}, "result": None,
-                "error": None}
+        return {
+            "status": state,
+            "progress": {"message": MESSAGES[state]},
+            "result": None,
+            "error": None,
+        }
     if state not in MESSAGES:  # RETRY or a custom state: the job is running
         state = "STARTED"
-    return {"status": state, "progress": {"message": MESSAGES[state]}, "result": None,
-            "error": None}
+    return {
+        "status": state,
+        "progress": {"message": MESSAGES[state]},
+        "result": None,
+        "error": None,
+    }
 
 
 def _done(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,8 +100,12 @@ def job_view(record: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -
     status = record.get("status")
     if status in TERMINAL:
         progress = _done(record) if status == "SUCCESS" else {"message": MESSAGES[status]}
-        state = {"status": status, "progress": progress, "result": record.get("result"),
-                 "error": record.get("error") if status == "FAILURE" else None}
+        state = {
+            "status": status,
+            "progress": progress,
+            "result": record.get("result"),
+            "error": record.get("error") if status == "FAILURE" else None,
+        }
     else:
         state = live_state(record, meta)
     view: dict[str, Any] = {
@@ -103,9 +123,11 @@ def job_view(record: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -
         "revocation": None,
     }
     if status == "REVOKED":
-        view["revocation"] = {"revoked_at": record.get("finished_at"),
-                              "revoked_by": record.get("revoked_by"),
-                              "reason": record.get("revoke_reason")}
+        view["revocation"] = {
+            "revoked_at": record.get("finished_at"),
+            "revoked_by": record.get("revoked_by"),
+            "reason": record.get("revoke_reason"),
+        }
     return view
 
 
@@ -113,5 +135,7 @@ def webhook_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     """The job's ``webhook`` field: delivery state and attempts so far."""
     if not record.get("callback_url"):
         return {"state": "none", "attempts": 0}
-    return {"state": record.get("webhook_state") or "pending",
-            "attempts": int(record.get("webhook_attempts") or 0)}
+    return {
+        "state": record.get("webhook_state") or "pending",
+        "attempts": int(record.get("webhook_attempts") or 0),
+    }

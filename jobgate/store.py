@@ -56,9 +56,15 @@ class Store:
     ``str``; redis-py's annotations say ``bytes | str``, hence the ``cast``s on reads.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "jobgate", retention: int = 604800,
-                 live_ttl: int | None = None,
-                 open_grace: float = 10.0 + CLAIM_MARGIN) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "jobgate",
+        retention: int = 604800,
+        live_ttl: int | None = None,
+        open_grace: float = 10.0 + CLAIM_MARGIN,
+    ) -> None:
         self.redis = client
         self.prefix = prefix
         self.retention = retention
@@ -77,17 +83,26 @@ class Store:
         """A store on ``url`` with a bounded pool: past ``max_connections`` a caller waits
         (up to POOL_WAIT s, then ``ConnectionError``, a 503) instead of failing at once."""
         pool = redis.BlockingConnectionPool.from_url(
-            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,
-            health_check_interval=30, max_connections=max_connections, timeout=POOL_WAIT)
+            url,
+            decode_responses=True,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            max_connections=max_connections,
+            timeout=POOL_WAIT,
+        )
         return cls(redis.Redis(connection_pool=pool), **kwargs)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         """The store ``settings`` describe (gateway and worker build theirs here)."""
-        return cls.from_url(settings.redis_url, prefix=settings.key_prefix,
-                            retention=settings.job_retention,
-                            max_connections=settings.redis_max_connections,
-                            open_grace=settings.webhook_timeout + CLAIM_MARGIN)
+        return cls.from_url(
+            settings.redis_url,
+            prefix=settings.key_prefix,
+            retention=settings.job_retention,
+            max_connections=settings.redis_max_connections,
+            open_grace=settings.webhook_timeout + CLAIM_MARGIN,
+        )
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -97,8 +112,13 @@ class Store:
         """Create a partner; returns (record, api_key). Only the key's hash is stored."""
         partner_id = "ptn_" + uuid.uuid4().hex[:20]
         api_key = "jgp_" + secrets.token_urlsafe(32)
-        record = {"id": partner_id, "name": name, "created_at": utcnow(),
-                  "key_hash": hash_key(api_key), "webhook_secret": webhook_secret}
+        record = {
+            "id": partner_id,
+            "name": name,
+            "created_at": utcnow(),
+            "key_hash": hash_key(api_key),
+            "webhook_secret": webhook_secret,
+        }
         pipe = self.redis.pipeline()
         # redis-py types ``mapping`` as Mapping[FieldT, ...], invariant in its key type,
         # so a dict[str, str] is refused although str is a FieldT.
@@ -143,8 +163,14 @@ class Store:
         old = self.redis.hget(key, "webhook_secret")
         if old is None:
             return False
-        self.redis.hset(key, mapping={"webhook_secret": new_secret, "previous_secret": old,
-                                      "previous_secret_until": str(time.time() + grace)})
+        self.redis.hset(
+            key,
+            mapping={
+                "webhook_secret": new_secret,
+                "previous_secret": old,
+                "previous_secret_until": str(time.time() + grace),
+            },
+        )
         return True
 
     # ---------------------------------------------------------------------- jobs
@@ -158,8 +184,12 @@ class Store:
         self._add_job(pipe, job, time.time(), message)
         pipe.execute()
 
-    def create_batch(self, batch: dict[str, Any], jobs: list[dict[str, Any]],
-                     messages: list[tuple[str, str]] | None = None) -> None:
+    def create_batch(
+        self,
+        batch: dict[str, Any],
+        jobs: list[dict[str, Any]],
+        messages: list[tuple[str, str]] | None = None,
+    ) -> None:
         """Store a batch, its member jobs and (when given) their messages in one MULTI/EXEC:
         a batch exists with all its members queued, or not at all."""
         batch_id = batch["batch_id"]
@@ -176,8 +206,9 @@ class Store:
             self._add_job(pipe, job, score, message)
         pipe.execute()
 
-    def _add_job(self, pipe: Any, job: dict[str, Any], score: float,
-                 message: tuple[str, str] | None) -> None:
+    def _add_job(
+        self, pipe: Any, job: dict[str, Any], score: float, message: tuple[str, str] | None
+    ) -> None:
         job_id = job["job_id"]
         pipe.hset(self.key("job", job_id), mapping=_encode(job))
         pipe.expire(self.key("job", job_id), self.live_ttl)
@@ -233,26 +264,38 @@ class Store:
         """
         event = json.dumps({"job_id": job_id, "status": "STARTED"})
         answer = self.scripts["job_start"](
-            keys=[self.key("job", job_id), self.channel(job_id)],
-            args=[utcnow(), event, worker])
+            keys=[self.key("job", job_id), self.channel(job_id)], args=[utcnow(), event, worker]
+        )
         if answer[0] == -1:
             return "missing", 0
         return (answer[1], 0) if answer[0] == 0 else (None, int(answer[1]))
 
-    def report_progress(self, job_id: str, progress: dict[str, Any],
-                        celery_meta: tuple[str, str, int | None] | None = None) -> int:
+    def report_progress(
+        self,
+        job_id: str,
+        progress: dict[str, Any],
+        celery_meta: tuple[str, str, int | None] | None = None,
+    ) -> int:
         """Keep a job's last progress and publish it, and write ``celery_meta`` (key, value,
         expires) with it: 1 done, 0 the job already ended, 2 it has no record (nothing
         written)."""
         event = json.dumps({"job_id": job_id, "status": "PROCESSING", "progress": progress})
         key, value, expires = celery_meta or (self.key("no-meta"), "", None)
-        return int(self.scripts["job_progress"](
-            keys=[self.key("job", job_id), self.channel(job_id), key],
-            args=[json.dumps(progress), event, value, "" if not expires else int(expires)]))
+        return int(
+            self.scripts["job_progress"](
+                keys=[self.key("job", job_id), self.channel(job_id), key],
+                args=[json.dumps(progress), event, value, "" if not expires else int(expires)],
+            )
+        )
 
-    def finish_job(self, job_id: str, status: str, *,
-                   webhook_message: tuple[str, str, str] | None = None,
-                   **fields: Any) -> dict[str, Any] | None:
+    def finish_job(
+        self,
+        job_id: str,
+        status: str,
+        *,
+        webhook_message: tuple[str, str, str] | None = None,
+        **fields: Any,
+    ) -> dict[str, Any] | None:
         """Record a terminal status once and publish it.
 
         ``webhook_message`` (queue, message, delivery task id) is pushed in the same script
@@ -269,15 +312,36 @@ class Store:
             flat += [name, value]
         event = json.dumps({"job_id": job_id, "status": status})
         queue, message, task_id = webhook_message or (self.key("no-webhook"), "", "")
-        keys = [self.key("job", job_id), self.key("stats"), self.channel(job_id), queue,
-                self.key("live"), self.open_key]
+        keys = [
+            self.key("job", job_id),
+            self.key("stats"),
+            self.channel(job_id),
+            queue,
+            self.key("live"),
+            self.open_key,
+        ]
         answer = self.scripts["job_finish"](
-            keys=keys, args=[self.retention, status, event, message, task_id,
-                             time.time() + self.open_grace, job_id, *flat])
+            keys=keys,
+            args=[
+                self.retention,
+                status,
+                event,
+                message,
+                task_id,
+                time.time() + self.open_grace,
+                job_id,
+                *flat,
+            ],
+        )
         if answer[0] != 1:
             return None
-        return {"job_id": job_id, "status": status, "callback_url": answer[1] or None,
-                "batch_id": answer[2] or None, "webhook_queued": answer[3] == 1}
+        return {
+            "job_id": job_id,
+            "status": status,
+            "callback_url": answer[1] or None,
+            "batch_id": answer[2] or None,
+            "webhook_queued": answer[3] == 1,
+        }
 
     def page(self, index: str, *, limit: int, cursor: str | None) -> list[tuple[str, str]]:
         """Up to ``limit`` (job id, cursor) pairs of a listing index, newest first.
@@ -289,17 +353,22 @@ class Store:
         rows: list[tuple[str, float]]
         if cursor:
             score, _, after = cursor.partition(":")
-            raw = cast("list[tuple[str, float]]",
-                       self.redis.zrevrangebyscore(key, score, "-inf", start=0,
-                                                   num=limit + 64, withscores=True))
+            raw = cast(
+                "list[tuple[str, float]]",
+                self.redis.zrevrangebyscore(
+                    key, score, "-inf", start=0, num=limit + 64, withscores=True
+                ),
+            )
             rows = [(m, s) for m, s in raw if not (repr(s) == score and m >= after)]
         else:
-            rows = cast("list[tuple[str, float]]",
-                        self.redis.zrevrange(key, 0, limit - 1, withscores=True))
+            rows = cast(
+                "list[tuple[str, float]]", self.redis.zrevrange(key, 0, limit - 1, withscores=True)
+            )
         return [(member, f"{score!r}:{member}") for member, score in rows[:limit]]
 
-    def iter_index(self, index: str, *, cursor: str | None,
-                   batch: int = 100) -> Iterator[tuple[dict[str, Any] | None, str]]:
+    def iter_index(
+        self, index: str, *, cursor: str | None, batch: int = 100
+    ) -> Iterator[tuple[dict[str, Any] | None, str]]:
         """Every entry of an index, newest first: its record (None once expired) and the
         cursor just past it; ends at the end of the index.
 
@@ -309,8 +378,9 @@ class Store:
         while True:
             rows = self.page(index, limit=batch, cursor=cursor)
             records = self.jobs(job_id for job_id, _ in rows)
-            stale = [job_id for (job_id, _), record in zip(rows, records, strict=True)
-                     if record is None]
+            stale = [
+                job_id for (job_id, _), record in zip(rows, records, strict=True) if record is None
+            ]
             if stale:
                 self.redis.zrem(self.key("jobs", index), *stale)
             for (_, position), record in zip(rows, records, strict=True):
@@ -320,8 +390,9 @@ class Store:
             cursor = rows[-1][1]
 
     # ------------------------------------------------------------- idempotency
-    def claim_idempotency(self, partner_id: str, key: str, body_digest: str, job_id: str,
-                          ttl: int = 86400) -> dict[str, str] | None:
+    def claim_idempotency(
+        self, partner_id: str, key: str, body_digest: str, job_id: str, ttl: int = 86400
+    ) -> dict[str, str] | None:
         """Claim an Idempotency-Key; returns the earlier claim if the key was taken."""
         name = self.key("idem", partner_id, hashlib.sha256(key.encode()).hexdigest())
         claim = json.dumps({"digest": body_digest, "job_id": job_id})

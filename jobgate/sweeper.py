@@ -42,8 +42,7 @@ from jobgate.store import Store
 
 log = logging.getLogger("jobgate.sweeper")
 
-REPAIR_KINDS = ("job_requeued", "job_failed_lost", "delivery_requeued",
-                "batch_member_counted")
+REPAIR_KINDS = ("job_requeued", "job_failed_lost", "delivery_requeued", "batch_member_counted")
 LIMIT = 1000  # candidates of each kind looked at per pass
 UNACKED_KEY = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, key]
 
@@ -82,9 +81,15 @@ def _task_id(message: Any) -> str:
         return ""
 
 
-def sweep(store: Store, messenger: Messenger, *, stale_after: float,
-          now: float | None = None, recheck_after: float = 1.0,
-          broker_prefix: str = "") -> Counter[str]:
+def sweep(
+    store: Store,
+    messenger: Messenger,
+    *,
+    stale_after: float,
+    now: float | None = None,
+    recheck_after: float = 1.0,
+    broker_prefix: str = "",
+) -> Counter[str]:
     """One pass; returns the repairs made by kind.
 
     What looks lost in a first snapshot is looked for again ``recheck_after`` s later: a
@@ -96,15 +101,23 @@ def sweep(store: Store, messenger: Messenger, *, stale_after: float,
     _count_batches(store, messenger, now - stale_after, repairs)
     if not messenger.inline:
         return _recorded(store, repairs)
-    live = cast("list[str]", store.redis.zrangebyscore(store.key("live"), "-inf",
-                                                       now - stale_after, start=0, num=LIMIT))
-    overdue = cast("list[str]",
-                   store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT))
+    live = cast(
+        "list[str]",
+        store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after, start=0, num=LIMIT),
+    )
+    overdue = cast(
+        "list[str]", store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
+    )
     if not live and not overdue:
         return _recorded(store, repairs)
     records = dict(zip(live, store.jobs(live), strict=True))
-    queues = sorted({messenger.jobs_queue, messenger.webhooks_queue,
-                     *(r["queue"] for r in records.values() if r and r.get("queue"))})
+    queues = sorted(
+        {
+            messenger.jobs_queue,
+            messenger.webhooks_queue,
+            *(r["queue"] for r in records.values() if r and r.get("queue")),
+        }
+    )
     seen = inflight_ids(store, queues, broker_prefix)
     missing_jobs = [job_id for job_id in live if job_id not in seen]
     missing_deliveries = [task_id for task_id in overdue if task_id not in seen]
@@ -112,12 +125,12 @@ def sweep(store: Store, messenger: Messenger, *, stale_after: float,
         time.sleep(recheck_after)
         seen = inflight_ids(store, queues, broker_prefix)
         _repair_jobs(store, messenger, [j for j in missing_jobs if j not in seen], repairs)
-        _repair_deliveries(store, messenger,
-                           [t for t in missing_deliveries if t not in seen], repairs)
+        _repair_deliveries(
+            store, messenger, [t for t in missing_deliveries if t not in seen], repairs
+        )
     # Overdue but found queued (a backlog) or just repaired: look again a grace later.
     if overdue:
-        store.redis.zadd(store.open_key, dict.fromkeys(overdue, now + store.open_grace),
-                         xx=True)
+        store.redis.zadd(store.open_key, dict.fromkeys(overdue, now + store.open_grace), xx=True)
     return _recorded(store, repairs)
 
 
@@ -130,31 +143,48 @@ def _recorded(store: Store, repairs: Counter[str]) -> Counter[str]:
     return repairs
 
 
-def _repair_jobs(store: Store, messenger: Messenger, job_ids: list[str],
-                 repairs: Counter[str]) -> None:
+def _repair_jobs(
+    store: Store, messenger: Messenger, job_ids: list[str], repairs: Counter[str]
+) -> None:
     for job_id, record in zip(job_ids, store.jobs(job_ids), strict=True):
         if record is None or record.get("status") in TERMINAL:
             store.redis.zrem(store.key("live"), job_id)  # expired, or ended: not live
             continue
         if "params" not in record:
-            log.warning("job %s: its message was lost and its record has no params; "
-                        "ending it", job_id, extra={"job_id": job_id})
-            lifecycle.finish_job(messenger, store, job_id, "FAILURE",
-                                 error="lost: the job's message was lost before it ended.")
+            log.warning(
+                "job %s: its message was lost and its record has no params; ending it",
+                job_id,
+                extra={"job_id": job_id},
+            )
+            lifecycle.finish_job(
+                messenger,
+                store,
+                job_id,
+                "FAILURE",
+                error="lost: the job's message was lost before it ended.",
+            )
             repairs["job_failed_lost"] += 1
             continue
         queue = record.get("queue") or messenger.jobs_queue
         # RPUSH: the consuming end of kombu's list, so the repaired job runs next.
-        store.redis.rpush(queue, messenger.envelope(record["task"], record["task_id"],
-                                                    queue=queue, kwargs=record["params"]))
-        log.warning("job %s (%s) had no message anywhere; queued it again", job_id,
-                    "started" if record.get("started_at") else "pending",
-                    extra={"job_id": job_id})
+        store.redis.rpush(
+            queue,
+            messenger.envelope(
+                record["task"], record["task_id"], queue=queue, kwargs=record["params"]
+            ),
+        )
+        log.warning(
+            "job %s (%s) had no message anywhere; queued it again",
+            job_id,
+            "started" if record.get("started_at") else "pending",
+            extra={"job_id": job_id},
+        )
         repairs["job_requeued"] += 1
 
 
-def _repair_deliveries(store: Store, messenger: Messenger, task_ids: list[str],
-                       repairs: Counter[str]) -> None:
+def _repair_deliveries(
+    store: Store, messenger: Messenger, task_ids: list[str], repairs: Counter[str]
+) -> None:
     queue = messenger.webhooks_queue
     for task_id in task_ids:
         parsed = parse_delivery_task_id(task_id)
@@ -162,31 +192,46 @@ def _repair_deliveries(store: Store, messenger: Messenger, task_ids: list[str],
             store.redis.zrem(store.open_key, task_id)
             continue
         kind, subject_id, event, chain, retry = parsed
-        store.redis.rpush(queue, messenger.envelope(
-            DELIVER_TASK, task_id, queue=queue, args=[kind, subject_id, event],
-            kwargs={"retry": retry, "chain": chain}))
-        log.warning("delivery %s had no message anywhere; queued it again", task_id,
-                    extra={"job_id": subject_id})
+        store.redis.rpush(
+            queue,
+            messenger.envelope(
+                DELIVER_TASK,
+                task_id,
+                queue=queue,
+                args=[kind, subject_id, event],
+                kwargs={"retry": retry, "chain": chain},
+            ),
+        )
+        log.warning(
+            "delivery %s had no message anywhere; queued it again",
+            task_id,
+            extra={"job_id": subject_id},
+        )
         repairs["delivery_requeued"] += 1
 
 
-def _count_batches(store: Store, messenger: Messenger, before: float,
-                   repairs: Counter[str]) -> None:
+def _count_batches(
+    store: Store, messenger: Messenger, before: float, repairs: Counter[str]
+) -> None:
     live_key = store.key("batches", "live")
-    batch_ids = cast("list[str]",
-                     store.redis.zrangebyscore(live_key, "-inf", before, start=0, num=LIMIT))
+    batch_ids = cast(
+        "list[str]", store.redis.zrangebyscore(live_key, "-inf", before, start=0, num=LIMIT)
+    )
     for batch_id in batch_ids:
         record = batch_record(store, batch_id)
         if record is None or record.get("finished_at"):
             store.redis.zrem(live_key, batch_id)
             continue
         ids = member_ids(store, batch_id)
-        counted = store.redis.smismember(store.key("batch", batch_id, "done"), ids) if ids \
-            else []
+        counted = store.redis.smismember(store.key("batch", batch_id, "done"), ids) if ids else []
         for job_id, done, job in zip(ids, counted, store.jobs(ids), strict=True):
             if done or job is None or job.get("status") not in TERMINAL:
                 continue
             lifecycle.count_batch_member(messenger, store, job)
-            log.warning("batch %s never counted member %s; counted it", batch_id, job_id,
-                        extra={"batch_id": batch_id, "job_id": job_id})
+            log.warning(
+                "batch %s never counted member %s; counted it",
+                batch_id,
+                job_id,
+                extra={"batch_id": batch_id, "job_id": job_id},
+            )
             repairs["batch_member_counted"] += 1

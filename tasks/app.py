@@ -37,9 +37,12 @@ class JobgateCelery(Celery):
     def messenger(self) -> CeleryMessenger:
         """How the domain queues tasks on this app (inline when the broker is the store's)."""
         settings = self.settings
-        return CeleryMessenger(self, jobs_queue=settings.queue_jobs,
-                               webhooks_queue=settings.queue_webhooks,
-                               inline=same_redis(settings.broker_url, settings.redis_url))
+        return CeleryMessenger(
+            self,
+            jobs_queue=settings.queue_jobs,
+            webhooks_queue=settings.queue_webhooks,
+            inline=same_redis(settings.broker_url, settings.redis_url),
+        )
 
 
 MAX_RUNS = 3  # runs a job may start before a lost worker ends it as worker_lost
@@ -70,38 +73,50 @@ class JobTask(Task):
             record = store.job(job_id) or {}
             if refused == "REVOKED":
                 # A REVOKED meta Celery itself can decode (update_state's would not be).
-                self.backend.mark_as_revoked(job_id, record.get("revoke_reason") or "revoked",
-                                             request=self.request)
+                self.backend.mark_as_revoked(
+                    job_id, record.get("revoke_reason") or "revoked", request=self.request
+                )
             lifecycle.side_effects(self.app.messenger, store, record)
             raise JobRevoked(f"job {job_id} already {refused}")
         failpoint("job.started")
         if runs > 1 and (not self.retry_on_worker_lost or runs > MAX_RUNS):
             self._end_worker_lost(job_id, runs)
         if runs > 1:
-            log.warning("job %s: its worker was lost; running it again (run %d)", job_id,
-                        runs, extra={"job_id": job_id})
+            log.warning(
+                "job %s: its worker was lost; running it again (run %d)",
+                job_id,
+                runs,
+                extra={"job_id": job_id},
+            )
         return super().__call__(*args, **kwargs)
 
     def _end_worker_lost(self, job_id: str, runs: int) -> None:
         """End a job whose worker died while running it, instead of running it again."""
-        why = ("its task is not safe to run twice" if not self.retry_on_worker_lost
-               else f"it was lost {runs - 1} times")
+        why = (
+            "its task is not safe to run twice"
+            if not self.retry_on_worker_lost
+            else f"it was lost {runs - 1} times"
+        )
         error = f"worker_lost: the worker running this job died, and {why}."
         log.warning("job %s: %s", job_id, error, extra={"job_id": job_id})
         self.backend.mark_as_failure(job_id, WorkerLostError(error), request=self.request)
-        lifecycle.finish_job_retrying(self.app.messenger, self.app.store, job_id, "FAILURE",
-                                      error=error)
+        lifecycle.finish_job_retrying(
+            self.app.messenger, self.app.store, job_id, "FAILURE", error=error
+        )
         raise JobRevoked(f"job {job_id} ended as worker_lost")
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         failpoint("job.end.before")
-        lifecycle.finish_job_retrying(self.app.messenger, self.app.store, task_id, "SUCCESS",
-                                      result=retval)
+        lifecycle.finish_job_retrying(
+            self.app.messenger, self.app.store, task_id, "SUCCESS", result=retval
+        )
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
-                   einfo: Any) -> None:
-        lifecycle.finish_job_retrying(self.app.messenger, self.app.store, task_id, "FAILURE",
-                                      error=error_message(exc))
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        lifecycle.finish_job_retrying(
+            self.app.messenger, self.app.store, task_id, "FAILURE", error=error_message(exc)
+        )
 
 
 def _task_body(job_type: JobType):
@@ -144,10 +159,16 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
             "unacked_restore_interval": max(1, settings.visibility_timeout // 6),
             "unacked_restore_throttle": 1,
             "unacked_mutex_expire": max(5, settings.visibility_timeout // 2),
-            "socket_connect_timeout": 2, "socket_timeout": 5},
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        },
         # Fail fast when Redis is down: the gateway answers 503 instead of hanging.
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
-                                   "interval_step": 0.2, "interval_max": 0.5},
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         broker_connection_retry_on_startup=True,
         redis_socket_connect_timeout=2,
         redis_socket_timeout=5,
@@ -158,24 +179,43 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
     )
     app.steps["consumer"].add(Upkeep)  # fresh messages, due retries, the sweeper
     if not same_redis(settings.broker_url, settings.redis_url):
-        log.warning("CELERY_BROKER_URL is not REDIS_URL: jobs, webhooks and retries are "
-                    "queued outside the store's transactions, and the sweeper cannot see the "
-                    "broker, so a crash between a record and its message can strand a job "
-                    "(docs/reliability.md)")
+        log.warning(
+            "CELERY_BROKER_URL is not REDIS_URL: jobs, webhooks and retries are "
+            "queued outside the store's transactions, and the sweeper cannot see the "
+            "broker, so a crash between a record and its message can strand a job "
+            "(docs/reliability.md)"
+        )
     for job_type in job_types(demo=settings.demo_tasks).values():
         # shared=False: each app built here owns its tasks (tests build several apps).
-        app.task(name=job_type.name, base=JobTask, bind=True, shared=False,
-                 retry_on_worker_lost=job_type.retry_on_worker_lost)(_task_body(job_type))
+        app.task(
+            name=job_type.name,
+            base=JobTask,
+            bind=True,
+            shared=False,
+            retry_on_worker_lost=job_type.retry_on_worker_lost,
+        )(_task_body(job_type))
     webhooks.register(app)  # jobgate's own task: webhook delivery, on its own queue
     return app
 
 
 @task_revoked.connect
-def _on_revoked(sender: Any = None, request: Any = None, terminated: bool = False,
-                signum: Any = None, expired: bool = False, **_: Any) -> None:
+def _on_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    signum: Any = None,
+    expired: bool = False,
+    **_: Any,
+) -> None:
     """A revoke that reached a worker: make sure the job record says REVOKED (once)."""
     app = getattr(sender, "app", None)
     if not isinstance(app, JobgateCelery) or request is None:
         return
-    lifecycle.finish_job(app.messenger, app.store, request.id, "REVOKED", revoked_by="worker",
-                         revoke_reason="terminated" if terminated else "revoked")
+    lifecycle.finish_job(
+        app.messenger,
+        app.store,
+        request.id,
+        "REVOKED",
+        revoked_by="worker",
+        revoke_reason="terminated" if terminated else "revoked",
+    )

@@ -17,11 +17,17 @@ MAX_EMBEDDING_FLOATS = 1_000_000  # texts.embed: len(texts) x dimensions (~10 MB
 
 
 class SleepParams(Schema):
-    seconds = fields.Float(load_default=1.0, validate=validate.Range(min=0, max=3600),
-                           metadata={"description": "Total time to sleep."})
-    steps = fields.Integer(load_default=10, strict=True,
-                           validate=validate.Range(min=1, max=10000),
-                           metadata={"description": "Progress reports, evenly spaced."})
+    seconds = fields.Float(
+        load_default=1.0,
+        validate=validate.Range(min=0, max=3600),
+        metadata={"description": "Total time to sleep."},
+    )
+    steps = fields.Integer(
+        load_default=10,
+        strict=True,
+        validate=validate.Range(min=1, max=10000),
+        metadata={"description": "Progress reports, evenly spaced."},
+    )
 
 
 class FailParams(Schema):
@@ -34,10 +40,12 @@ class Document(Schema):
 
 
 class DocumentsParams(Schema):
-    documents = fields.List(fields.Nested(Document), required=True,
-                            validate=validate.Length(min=1, max=1000))
-    chunk_words = fields.Integer(load_default=200, strict=True,
-                                 validate=validate.Range(min=1, max=10000))
+    documents = fields.List(
+        fields.Nested(Document), required=True, validate=validate.Length(min=1, max=1000)
+    )
+    chunk_words = fields.Integer(
+        load_default=200, strict=True, validate=validate.Range(min=1, max=10000)
+    )
     overlap = fields.Integer(load_default=0, strict=True, validate=validate.Range(min=0, max=9999))
 
     @validates_schema
@@ -48,27 +56,40 @@ class DocumentsParams(Schema):
             raise ValidationError("Must be smaller than chunk_words.", "overlap")
         words = sum(len(doc["text"].split()) for doc in data.get("documents", []))
         if words * chunk / (chunk - overlap) > MAX_OUTPUT_WORDS:
-            raise ValidationError(f"The chunks would hold over {MAX_OUTPUT_WORDS} words; "
-                                  "use a smaller overlap or fewer documents.", "overlap")
+            raise ValidationError(
+                f"The chunks would hold over {MAX_OUTPUT_WORDS} words; "
+                "use a smaller overlap or fewer documents.",
+                "overlap",
+            )
 
 
 class EmbedParams(Schema):
-    texts = fields.List(fields.String(validate=validate.Length(max=100_000)), required=True,
-                        validate=validate.Length(min=1, max=10000))
-    dimensions = fields.Integer(load_default=256, strict=True,
-                                validate=validate.Range(min=8, max=4096))
+    texts = fields.List(
+        fields.String(validate=validate.Length(max=100_000)),
+        required=True,
+        validate=validate.Length(min=1, max=10000),
+    )
+    dimensions = fields.Integer(
+        load_default=256, strict=True, validate=validate.Range(min=8, max=4096)
+    )
 
     @validates_schema
     def _bounded_output(self, data: dict[str, Any], **_: Any) -> None:
         """A few bytes of input must not ask for a huge result: cap texts × dimensions."""
         floats = len(data.get("texts", [])) * data.get("dimensions", 256)
         if floats > MAX_EMBEDDING_FLOATS:
-            raise ValidationError(f"texts × dimensions must be at most {MAX_EMBEDDING_FLOATS} "
-                                  f"({floats} asked).", "dimensions")
+            raise ValidationError(
+                f"texts × dimensions must be at most {MAX_EMBEDDING_FLOATS} ({floats} asked).",
+                "dimensions",
+            )
 
 
-@job_task("demo.sleep", params=SleepParams, demo=True,
-          description="Sleep for `seconds`, reporting progress `steps` times.")
+@job_task(
+    "demo.sleep",
+    params=SleepParams,
+    demo=True,
+    description="Sleep for `seconds`, reporting progress `steps` times.",
+)
 def sleep(progress: Progress, *, seconds: float = 1.0, steps: int = 10) -> dict[str, Any]:
     pause = seconds / steps
     for step in range(steps):
@@ -79,9 +100,14 @@ def sleep(progress: Progress, *, seconds: float = 1.0, steps: int = 10) -> dict[
     return {"slept": seconds, "steps": steps}
 
 
-@job_task("demo.once", params=SleepParams, demo=True, retry_on_worker_lost=False,
-          description="demo.sleep declared not safe to run twice: if its worker dies, the "
-                      "job fails with `worker_lost` instead of running again.")
+@job_task(
+    "demo.once",
+    params=SleepParams,
+    demo=True,
+    retry_on_worker_lost=False,
+    description="demo.sleep declared not safe to run twice: if its worker dies, the "
+    "job fails with `worker_lost` instead of running again.",
+)
 def sleep_once(progress: Progress, *, seconds: float = 1.0, steps: int = 10) -> dict[str, Any]:
     return sleep(progress, seconds=seconds, steps=steps)
 
@@ -90,29 +116,46 @@ class DemoFailure(Exception):
     """The error demo.fail raises on purpose."""
 
 
-@job_task("demo.fail", params=FailParams, demo=True,
-          description="Fail at once with `message` (to try error handling and job.failed).")
+@job_task(
+    "demo.fail",
+    params=FailParams,
+    demo=True,
+    description="Fail at once with `message` (to try error handling and job.failed).",
+)
 def fail(progress: Progress, *, message: str = "Demo failure") -> None:
     progress(0, 1, "About to fail")
     raise DemoFailure(message)
 
 
-@job_task("documents.process", params=DocumentsParams,
-          description="Split each document into chunks of words; progress per document.")
-def process_documents(progress: Progress, *, documents: list[dict[str, str]],
-                      chunk_words: int = 200, overlap: int = 0) -> dict[str, Any]:
+@job_task(
+    "documents.process",
+    params=DocumentsParams,
+    description="Split each document into chunks of words; progress per document.",
+)
+def process_documents(
+    progress: Progress, *, documents: list[dict[str, str]], chunk_words: int = 200, overlap: int = 0
+) -> dict[str, Any]:
     out = []
     for index, document in enumerate(documents):
         progress(index, len(documents), f"Processing {document['name']}")
         chunks = chunk_text(document["text"], chunk_words=chunk_words, overlap=overlap)
-        out.append({"name": document["name"], "words": len(document["text"].split()),
-                    "chunk_count": len(chunks), "chunks": chunks})
+        out.append(
+            {
+                "name": document["name"],
+                "words": len(document["text"].split()),
+                "chunk_count": len(chunks),
+                "chunks": chunks,
+            }
+        )
     progress(len(documents), len(documents), "Done")
     return {"documents": out, "total_chunks": sum(d["chunk_count"] for d in out)}
 
 
-@job_task("texts.embed", params=EmbedParams,
-          description="Embed each text with deterministic feature hashing; progress per text.")
+@job_task(
+    "texts.embed",
+    params=EmbedParams,
+    description="Embed each text with deterministic feature hashing; progress per text.",
+)
 def embed_texts(progress: Progress, *, texts: list[str], dimensions: int = 256) -> dict[str, Any]:
     vectors = []
     for index, text in enumerate(texts):

@@ -21,8 +21,9 @@ class JobRevoked(Ignore):
 class _Task(Protocol):
     request: Any
 
-    def update_state(self, task_id: str | None = ..., state: str | None = ...,
-                     meta: dict | None = ...) -> None: ...
+    def update_state(
+        self, task_id: str | None = ..., state: str | None = ..., meta: dict | None = ...
+    ) -> None: ...
 
 
 class Progress:

@@ -31,16 +31,23 @@ def same_redis(broker_url: str, redis_url: str) -> bool:
     return broker_url == redis_url and broker_url.startswith(("redis://", "rediss://"))
 
 
-def task_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any],
-                 queue: str, args: Sequence[Any] = ()) -> str:
+def task_message(
+    app: Celery,
+    name: str,
+    task_id: str,
+    kwargs: dict[str, Any],
+    queue: str,
+    args: Sequence[Any] = (),
+) -> str:
     """The message ``send_task(name, args, kwargs, task_id=task_id, queue=queue)`` pushes.
 
     Protocol 2 headers and body come from Celery; the envelope (base64 body, delivery
     info for the default exchange, persistent delivery mode, priority 0) from kombu's
     virtual transport. Priority 0 means the plain queue list, no priority suffix.
     """
-    message = app.amqp.create_task_message(task_id, name, args, kwargs, root_id=task_id,
-                                           reply_to=app.thread_oid, ignore_result=None)
+    message = app.amqp.create_task_message(
+        task_id, name, args, kwargs, root_id=task_id, reply_to=app.thread_oid, ignore_result=None
+    )
     content_type, encoding, body = dumps(message.body, serializer="json")
     if isinstance(body, str):
         body = body.encode(encoding)
@@ -52,9 +59,15 @@ def task_message(app: Celery, name: str, task_id: str, kwargs: dict[str, Any],
         "body_encoding": "base64",
         "delivery_tag": str(uuid.uuid4()),
     }
-    return json.dumps({"body": b64encode(body).decode(), "content-encoding": encoding,
-                       "content-type": content_type, "headers": message.headers,
-                       "properties": properties})
+    return json.dumps(
+        {
+            "body": b64encode(body).decode(),
+            "content-encoding": encoding,
+            "content-type": content_type,
+            "headers": message.headers,
+            "properties": properties,
+        }
+    )
 
 
 def state_meta(task: Task, state: str, meta: dict[str, Any]) -> tuple[str, str, int | None]:
@@ -64,8 +77,9 @@ def state_meta(task: Task, state: str, meta: dict[str, Any]) -> tuple[str, str, 
     """
     backend = task.backend
     task_id = task.request.id
-    full = backend._get_result_meta(result=backend.encode_result(meta, state), state=state,
-                                    traceback=None, request=task.request)
+    full = backend._get_result_meta(
+        result=backend.encode_result(meta, state), state=state, traceback=None, request=task.request
+    )
     full["task_id"] = task_id
     return backend.get_key_for_task(task_id).decode(), backend.encode(full), backend.expires
 
@@ -73,19 +87,38 @@ def state_meta(task: Task, state: str, meta: dict[str, Any]) -> tuple[str, str, 
 class CeleryMessenger:
     """The domain's ``Messenger`` over a Celery app (``jobgate.messages``)."""
 
-    def __init__(self, app: Celery, *, jobs_queue: str, webhooks_queue: str,
-                 inline: bool) -> None:
+    def __init__(self, app: Celery, *, jobs_queue: str, webhooks_queue: str, inline: bool) -> None:
         self.app = app
         self.jobs_queue = jobs_queue
         self.webhooks_queue = webhooks_queue
         self.inline = inline
 
-    def envelope(self, name: str, task_id: str, *, queue: str, args: Sequence[Any] = (),
-                 kwargs: dict[str, Any] | None = None) -> str:
+    def envelope(
+        self,
+        name: str,
+        task_id: str,
+        *,
+        queue: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> str:
         return task_message(self.app, name, task_id, kwargs or {}, queue, args=args)
 
-    def send(self, name: str, *, queue: str, args: Sequence[Any] = (),
-             kwargs: dict[str, Any] | None = None, task_id: str | None = None,
-             countdown: float | None = None) -> None:
-        self.app.send_task(name, args=list(args), kwargs=kwargs or {}, queue=queue,
-                           task_id=task_id, countdown=countdown)
+    def send(
+        self,
+        name: str,
+        *,
+        queue: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        countdown: float | None = None,
+    ) -> None:
+        self.app.send_task(
+            name,
+            args=list(args),
+            kwargs=kwargs or {},
+            queue=queue,
+            task_id=task_id,
+            countdown=countdown,
+        )

@@ -33,9 +33,14 @@ class JobType:
 REGISTRY: dict[str, JobType] = {}
 
 
-def job_task(name: str, *, params: type[Schema], description: str | None = None,
-             demo: bool = False, retry_on_worker_lost: bool = True,
-             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def job_task(
+    name: str,
+    *,
+    params: type[Schema],
+    description: str | None = None,
+    demo: bool = False,
+    retry_on_worker_lost: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a job type; the function gets a Progress helper and the loaded params.
 
     ``retry_on_worker_lost=False`` marks a task that is not safe to run twice: if the

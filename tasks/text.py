@@ -28,8 +28,15 @@ def chunk_text(text: str, *, chunk_words: int = 200, overlap: int = 0) -> list[s
         raise ValueError("need chunk_words > 0 and 0 <= overlap < chunk_words")
     words = text.split()
     step = chunk_words - overlap
-    return [" ".join(words[i:i + chunk_words]) for i in range(0, len(words), step)
-            if words[i:i + chunk_words]] if words else []
+    return (
+        [
+            " ".join(words[i : i + chunk_words])
+            for i in range(0, len(words), step)
+            if words[i : i + chunk_words]
+        ]
+        if words
+        else []
+    )
 
 
 def embed(text: str, dimensions: int = 256) -> list[float]:

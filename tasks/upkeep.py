@@ -36,9 +36,11 @@ def held_delivery_tags() -> list[str]:
     """Delivery tags of every message this worker process has taken and not acked."""
     for _ in range(3):  # the consumer's thread may change the sets while we copy them
         try:
-            requests = {*list(worker_state.requests.values()),
-                        *list(worker_state.reserved_requests),
-                        *list(worker_state.active_requests)}
+            requests = {
+                *list(worker_state.requests.values()),
+                *list(worker_state.reserved_requests),
+                *list(worker_state.active_requests),
+            }
             break
         except RuntimeError:
             continue
@@ -63,8 +65,12 @@ class Refresher(threading.Thread):
         self.unacked_index = unacked_index
         self.broker: redis.Redis | None = None
         if unacked_index is not None:
-            self.broker = redis.Redis.from_url(app.conf.broker_url, decode_responses=True,
-                                               socket_timeout=5, socket_connect_timeout=2)
+            self.broker = redis.Redis.from_url(
+                app.conf.broker_url,
+                decode_responses=True,
+                socket_timeout=5,
+                socket_connect_timeout=2,
+            )
 
     def run(self) -> None:
         while True:
@@ -79,11 +85,11 @@ class Refresher(threading.Thread):
                 # XX: only messages still unacknowledged; one acked meanwhile stays gone.
                 self.broker.zadd(self.unacked_index, dict.fromkeys(tags, now), xx=True)
             except Exception:  # noqa: BLE001 - the next tick tries again
-                log.warning("upkeep: refreshing %d held messages failed", len(tags),
-                            exc_info=True)
+                log.warning("upkeep: refreshing %d held messages failed", len(tags), exc_info=True)
         try:
-            self.store.redis.set(self.store.key("worker", self.node), now,
-                                 ex=int(self.every * 5) + 1)
+            self.store.redis.set(
+                self.store.key("worker", self.node), now, ex=int(self.every * 5) + 1
+            )
         except Exception:  # noqa: BLE001
             log.warning("upkeep: the liveness key could not be written", exc_info=True)
 
@@ -106,8 +112,9 @@ class Upkeep(bootsteps.StartStopStep):
             unacked_index = None
             if app.conf.broker_url.startswith(("redis://", "rediss://")):
                 channel = c.task_consumer.channel
-                unacked_index = (getattr(channel, "global_keyprefix", "") or "") + \
-                    channel.unacked_index_key
+                unacked_index = (
+                    getattr(channel, "global_keyprefix", "") or ""
+                ) + channel.unacked_index_key
             self._refresher = Refresher(app, self.node, unacked_index)
             self._refresher.tick()
             self._refresher.start()
@@ -146,15 +153,19 @@ class Upkeep(bootsteps.StartStopStep):
             store.redis.pexpire(lease, ttl_ms)
         if self._sweeping is not None and self._sweeping.is_alive():
             return
-        self._sweeping = threading.Thread(target=self._guard, args=(self._pass, c),
-                                          name="jobgate-sweep", daemon=True)
+        self._sweeping = threading.Thread(
+            target=self._guard, args=(self._pass, c), name="jobgate-sweep", daemon=True
+        )
         self._sweeping.start()
 
     def _pass(self, c: Any) -> None:
         app = c.app
         channel = c.task_consumer.channel
-        repairs = sweep(app.store, app.messenger,
-                        stale_after=app.settings.visibility_timeout + app.settings.sweep_interval,
-                        broker_prefix=getattr(channel, "global_keyprefix", "") or "")
+        repairs = sweep(
+            app.store,
+            app.messenger,
+            stale_after=app.settings.visibility_timeout + app.settings.sweep_interval,
+            broker_prefix=getattr(channel, "global_keyprefix", "") or "",
+        )
         if repairs:
             log.warning("sweeper: repaired %s", dict(repairs))

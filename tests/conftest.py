@@ -107,8 +107,7 @@ def admin_headers() -> dict[str, str]:
 
 
 def _create_partner(app, admin_headers: dict[str, str], name: str) -> dict[str, Any]:
-    response = app.test_client().post("/v1/partners", json={"name": name},
-                                      headers=admin_headers)
+    response = app.test_client().post("/v1/partners", json={"name": name}, headers=admin_headers)
     assert response.status_code == 201, response.get_json()
     partner = response.get_json()
     partner["headers"] = {"Authorization": f"Bearer {partner['api_key']}"}

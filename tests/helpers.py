@@ -26,8 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 15.0, interval: float = 0.05,
-               message: str = "condition") -> T:
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
     """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -77,9 +81,17 @@ class WorkerProcess:
     Celery directly do (``queues`` = both queues is the old single-pool shape).
     """
 
-    def __init__(self, settings: Settings, *, concurrency: int = 2, pool: str = "prefork",
-                 queues: str | None = None, env: Mapping[str, str] | None = None,
-                 name: str = "test", delivery_concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        queues: str | None = None,
+        env: Mapping[str, str] | None = None,
+        name: str = "test",
+        delivery_concurrency: int | None = None,
+    ) -> None:
         self.settings = settings
         tag = f"{name}-{os.getpid()}-{time.monotonic_ns()}"
         self.name = f"{tag}@localhost"
@@ -87,19 +99,46 @@ class WorkerProcess:
         if queues is None:
             self.webhooks_name: str | None = f"{tag}-webhooks@localhost"
             self.nodes = [self.name, self.webhooks_name]
-            self.args = [sys.executable, "-m", "gateway.cli", "worker", "-c", str(concurrency),
-                         "--jobs-name", self.name, "--webhooks-name", self.webhooks_name,
-                         "--delivery-args", shlex.join(quick), *quick]
+            self.args = [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "worker",
+                "-c",
+                str(concurrency),
+                "--jobs-name",
+                self.name,
+                "--webhooks-name",
+                self.webhooks_name,
+                "--delivery-args",
+                shlex.join(quick),
+                *quick,
+            ]
             if delivery_concurrency is not None:
                 self.args += ["--delivery-concurrency", str(delivery_concurrency)]
         else:
             self.webhooks_name = None
             self.nodes = [self.name]
-            self.args = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker",
-                         "-Q", queues, "-P", pool, "-c", str(concurrency), "-n", self.name,
-                         *quick, "-l", "INFO"]
-        self.env = {**os.environ, **settings_env(settings), **(env or {}),
-                    "PYTHONPATH": str(ROOT)}
+            self.args = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks.worker",
+                "worker",
+                "-Q",
+                queues,
+                "-P",
+                pool,
+                "-c",
+                str(concurrency),
+                "-n",
+                self.name,
+                *quick,
+                "-l",
+                "INFO",
+            ]
+        self.env = {**os.environ, **settings_env(settings), **(env or {}), "PYTHONPATH": str(ROOT)}
         self.child: Child | None = None
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"jobgate-{self.name}.log"
 
@@ -109,8 +148,7 @@ class WorkerProcess:
 
     def start(self, timeout: float = 30.0) -> WorkerProcess:
         """Start and wait until every node answers a control ping."""
-        self.child = Child.start(self.name, self.args, log=self.log_path, env=self.env,
-                                 cwd=ROOT)
+        self.child = Child.start(self.name, self.args, log=self.log_path, env=self.env, cwd=ROOT)
         from tasks.app import make_celery
 
         app = make_celery(self.settings)
@@ -120,8 +158,7 @@ class WorkerProcess:
             return {node for reply in replies for node in reply} >= set(self.nodes)
 
         try:
-            self.child.wait_ready(answered, timeout, f"worker {self.name} to answer",
-                                  interval=0.2)
+            self.child.wait_ready(answered, timeout, f"worker {self.name} to answer", interval=0.2)
         finally:
             app.close()
         return self
@@ -153,8 +190,9 @@ class EmbeddedRedis:
     ``stop()``/``start()`` in the same ``directory`` exactly as acknowledged.
     """
 
-    def __init__(self, *, port: int | None = None, directory: str | None = None,
-                 appendonly: bool = False) -> None:
+    def __init__(
+        self, *, port: int | None = None, directory: str | None = None, appendonly: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.dir = Path(directory or tempfile.mkdtemp(prefix="jobgate-redis-"))
         self.appendonly = appendonly
@@ -185,15 +223,32 @@ class EmbeddedRedis:
         return redis.Redis(port=self.port, decode_responses=True, socket_connect_timeout=1)
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly \
+        durability = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.appendonly
             else ["--appendonly", "no"]
-        self.child = Child.start(f"redis-server on {self.port}", [
-            self.binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            *durability, "--dir", str(self.dir)], log=self.dir / "redis.log")
+        )
+        self.child = Child.start(
+            f"redis-server on {self.port}",
+            [
+                self.binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *durability,
+                "--dir",
+                str(self.dir),
+            ],
+            log=self.dir / "redis.log",
+        )
         client = self.client()
         try:
-            self.child.wait_ready(lambda: _pings(client), timeout, f"redis on {self.port}",
-                                  interval=0.05)
+            self.child.wait_ready(
+                lambda: _pings(client), timeout, f"redis on {self.port}", interval=0.05
+            )
         finally:
             client.close()
         return self
@@ -218,8 +273,13 @@ def _pings(client: redis.Redis) -> bool:
 
 
 @contextlib.contextmanager
-def gunicorn(settings: Settings, *, workers: int = 2,
-             env: Mapping[str, str] | None = None, extra: tuple[str, ...] = ()) -> Iterator[str]:
+def gunicorn(
+    settings: Settings,
+    *,
+    workers: int = 2,
+    env: Mapping[str, str] | None = None,
+    extra: tuple[str, ...] = (),
+) -> Iterator[str]:
     """``gunicorn wsgi:app`` (gunicorn.conf.py: gevent) on a free loopback port, as
     operators run it.
 
@@ -229,13 +289,30 @@ def gunicorn(settings: Settings, *, workers: int = 2,
     port = free_port()
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"jobgate-gunicorn-{port}.log"
     child_env = {**os.environ, **settings_env(settings), **(env or {}), "PYTHONPATH": str(ROOT)}
-    server = Child.start("gunicorn", [
-        sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-        *extra, "wsgi:app"], log=log_path, env=child_env, cwd=ROOT)
+    server = Child.start(
+        "gunicorn",
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            str(workers),
+            "-b",
+            f"127.0.0.1:{port}",
+            *extra,
+            "wsgi:app",
+        ],
+        log=log_path,
+        env=child_env,
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        server.wait_ready(lambda: http_status(url + "/healthz", timeout=5) == 200, 30,
-                          "gunicorn to answer /healthz")
+        server.wait_ready(
+            lambda: http_status(url + "/healthz", timeout=5) == 200,
+            30,
+            "gunicorn to answer /healthz",
+        )
         yield url
     finally:
         server.stop(timeout=20)
@@ -253,12 +330,20 @@ def job_status(client: Any, job_id: str, headers: Mapping[str, str]) -> dict[str
     return response.get_json()
 
 
-def wait_for_status(client: Any, job_id: str, headers: Mapping[str, str],
-                    statuses: tuple[str, ...] = ("SUCCESS", "FAILURE", "REVOKED"),
-                    timeout: float = 30.0) -> dict[str, Any]:
+def wait_for_status(
+    client: Any,
+    job_id: str,
+    headers: Mapping[str, str],
+    statuses: tuple[str, ...] = ("SUCCESS", "FAILURE", "REVOKED"),
+    timeout: float = 30.0,
+) -> dict[str, Any]:
     """Poll the status route until the job reaches one of ``statuses``."""
-    return wait_until(lambda: (view := job_status(client, job_id, headers))["status"]
-                      in statuses and view, timeout, 0.05, f"job {job_id} to reach {statuses}")
+    return wait_until(
+        lambda: (view := job_status(client, job_id, headers))["status"] in statuses and view,
+        timeout,
+        0.05,
+        f"job {job_id} to reach {statuses}",
+    )
 
 
 def gateway_for(settings: Settings, admin_key: str) -> tuple[Any, dict[str, Any], Any]:
@@ -269,8 +354,9 @@ def gateway_for(settings: Settings, admin_key: str) -> tuple[Any, dict[str, Any]
     app = create_app(settings)
     app.config["TESTING"] = True
     client = app.test_client()
-    created = client.post("/v1/partners", json={"name": "acme"},
-                          headers={"Authorization": f"Bearer {admin_key}"})
+    created = client.post(
+        "/v1/partners", json={"name": "acme"}, headers={"Authorization": f"Bearer {admin_key}"}
+    )
     assert created.status_code == 201, created.get_json()
     partner = created.get_json()
     partner["headers"] = {"Authorization": f"Bearer {partner['api_key']}"}

@@ -17,9 +17,13 @@ POLL_AFTER = "2"  # seconds a poller should wait before its first GET
 
 
 @bp.post("")
-@operation("Submit a batch of jobs (partner)",
-           ok(202, "Queued; Location names the batch", BatchSchema, headers=ACCEPTED_HEADERS),
-           (*WRITE, 403, 429), tag="batches", body=BatchSubmitSchema)
+@operation(
+    "Submit a batch of jobs (partner)",
+    ok(202, "Queued; Location names the batch", BatchSchema, headers=ACCEPTED_HEADERS),
+    (*WRITE, 403, 429),
+    tag="batches",
+    body=BatchSubmitSchema,
+)
 @partner_required
 def submit():
     view = batches.submit(services(), authenticate(), json_body())
@@ -27,8 +31,9 @@ def submit():
 
 
 @bp.get("/<batch_id>")
-@operation("A batch with counts and its jobs", ok(200, "The batch", BatchSchema), READ,
-           tag="batches")
+@operation(
+    "A batch with counts and its jobs", ok(200, "The batch", BatchSchema), READ, tag="batches"
+)
 @login_required
 def show(batch_id: str):
     svc = services()
@@ -37,11 +42,18 @@ def show(batch_id: str):
 
 
 @bp.post("/<batch_id>/revoke")
-@operation("Revoke every unfinished job of a batch (admin)", ok(202, "Revoked", BatchSchema),
-           (*READ, 400, 403, 413, 422), tag="batches", body=RevokeSchema, body_required=False)
+@operation(
+    "Revoke every unfinished job of a batch (admin)",
+    ok(202, "Revoked", BatchSchema),
+    (*READ, 400, 403, 413, 422),
+    tag="batches",
+    body=RevokeSchema,
+    body_required=False,
+)
 @admin_required
 def revoke(batch_id: str):
     args = load_or_422(RevokeSchema(), json_body_or_empty())
-    view = batches.revoke(services(), authenticate(), batch_id, reason=args["reason"],
-                          terminate=args["terminate"])
+    view = batches.revoke(
+        services(), authenticate(), batch_id, reason=args["reason"], terminate=args["terminate"]
+    )
     return jsonify(view), 202

@@ -16,8 +16,9 @@ from gateway.schemas import TaskInfoSchema
 
 bp = Blueprint("tasks", __name__, url_prefix="/v1/tasks")
 
-_converter = OpenAPIConverter(openapi_version="3.0.3", schema_name_resolver=lambda s: None,
-                              spec=None)
+_converter = OpenAPIConverter(
+    openapi_version="3.0.3", schema_name_resolver=lambda s: None, spec=None
+)
 
 
 @cache
@@ -27,10 +28,17 @@ def params_schema(schema_cls: type) -> dict[str, Any]:
 
 
 @bp.get("")
-@operation("The task catalog with JSON schemas of params",
-           ok(200, "Tasks", TaskInfoSchema(many=True)), AUTH, tag="tasks")
+@operation(
+    "The task catalog with JSON schemas of params",
+    ok(200, "Tasks", TaskInfoSchema(many=True)),
+    AUTH,
+    tag="tasks",
+)
 @login_required
 def index():
-    return jsonify([{"name": jt.name, "description": jt.description,
-                     "params": params_schema(jt.params)}
-                    for jt in catalog(services()).values()])
+    return jsonify(
+        [
+            {"name": jt.name, "description": jt.description, "params": params_schema(jt.params)}
+            for jt in catalog(services()).values()
+        ]
+    )

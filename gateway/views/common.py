@@ -23,8 +23,9 @@ def json_body() -> dict[str, Any]:
     JSON parser accepts; so is nesting deep enough to exhaust the parser's recursion.
     """
     try:
-        data = json.loads(request.get_data(cache=True), parse_constant=_no_constants,
-                          parse_float=_finite_float)
+        data = json.loads(
+            request.get_data(cache=True), parse_constant=_no_constants, parse_float=_finite_float
+        )
     except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
@@ -46,8 +47,7 @@ def json_body_or_empty() -> dict[str, Any]:
     return json_body()
 
 
-def accepted(body: dict[str, Any], location: str, poll_after: str,
-             status: int = 202) -> Response:
+def accepted(body: dict[str, Any], location: str, poll_after: str, status: int = 202) -> Response:
     """A long-running operation's answer: the resource, where to poll it, and when."""
     response = jsonify(body)
     response.status_code = status

@@ -28,9 +28,12 @@ RETRY_MS = 2000  # EventSource reconnection delay we ask for
 
 
 @bp.get("/<job_id>/events")
-@operation("Server-Sent Events: one per status/progress change, ends after the terminal one",
-           ok(200, "text/event-stream", {"type": "string"}, media="text/event-stream"), READ,
-           tag="jobs")
+@operation(
+    "Server-Sent Events: one per status/progress change, ends after the terminal one",
+    ok(200, "text/event-stream", {"type": "string"}, media="text/event-stream"),
+    READ,
+    tag="jobs",
+)
 @login_required
 def stream(job_id: str) -> Response:
     svc = services()
@@ -38,8 +41,13 @@ def stream(job_id: str) -> Response:
     pubsub = svc.store.redis.pubsub(ignore_subscribe_messages=True)
     # Subscribe before the first read, so no change between the two is missed.
     pubsub.subscribe(svc.store.channel(job_id))
-    body = job_events(svc, record, pubsub, heartbeat=svc.settings.sse_heartbeat,
-                      max_seconds=svc.settings.sse_max_seconds)
+    body = job_events(
+        svc,
+        record,
+        pubsub,
+        heartbeat=svc.settings.sse_heartbeat,
+        max_seconds=svc.settings.sse_max_seconds,
+    )
     response = Response(body, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
@@ -66,8 +74,9 @@ def sse(event: str, data: dict[str, Any], event_id: int) -> str:
     return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def job_events(svc: Services, record: dict[str, Any], pubsub: Any, *, heartbeat: float,
-               max_seconds: float) -> Iterator[str]:
+def job_events(
+    svc: Services, record: dict[str, Any], pubsub: Any, *, heartbeat: float, max_seconds: float
+) -> Iterator[str]:
     """The stream body: events ``status`` / ``progress`` carrying the job view."""
     job_id = record["job_id"]
     deadline = time.monotonic() + max_seconds

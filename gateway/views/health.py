@@ -12,17 +12,19 @@ bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-@operation("Process is alive", ok(200, "Alive", HealthSchema), tag="operations",
-           secured=False)
+@operation("Process is alive", ok(200, "Alive", HealthSchema), tag="operations", secured=False)
 def healthz():
     """The process answers; says nothing about Redis or workers."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
-@operation("Redis reachable and a worker answers",
-           {**ok(200, "Ready", HealthSchema), **ok(503, "Not ready", HealthSchema)},
-           tag="operations", secured=False)
+@operation(
+    "Redis reachable and a worker answers",
+    {**ok(200, "Ready", HealthSchema), **ok(503, "Not ready", HealthSchema)},
+    tag="operations",
+    secured=False,
+)
 def readyz():
     """Ready when Redis answers and at least one Celery worker replies to a ping."""
     svc = services()
@@ -35,4 +37,5 @@ def readyz():
         checks["error"] = type(exc).__name__
     ready = checks["redis"] and checks["workers"] > 0
     return jsonify({"status": "ready" if ready else "unavailable", "checks": checks}), (
-        200 if ready else 503)
+        200 if ready else 503
+    )

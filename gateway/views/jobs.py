@@ -28,38 +28,60 @@ WAIT_ARGS = WaitArgs()
 LIST_ARGS = ListJobsArgs()
 
 # Query and header parameters as the document shows them (the schemas above check them).
-IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
-                   "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
-WAIT = {"name": "wait", "in": "query", "required": False,
-        "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 30}}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 30},
+}
 LIST_PARAMS = [
     {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(STATUSES)}},
     {"name": "task", "in": "query", "schema": {"type": "string", "maxLength": 200}},
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                 "maximum": 100}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 200}},
 ]
 
 
 @bp.post("")
-@operation("Submit a job (partner)",
-           {**ok(202, "Queued; Location names the job", JobSchema, headers=ACCEPTED_HEADERS),
-            **ok(200, "Replay of an earlier Idempotency-Key", JobSchema,
-                 headers=ACCEPTED_HEADERS)},
-           (*WRITE, 403, 409, 429), tag="jobs", body=JobSubmitSchema, params=[IDEMPOTENCY_KEY])
+@operation(
+    "Submit a job (partner)",
+    {
+        **ok(202, "Queued; Location names the job", JobSchema, headers=ACCEPTED_HEADERS),
+        **ok(200, "Replay of an earlier Idempotency-Key", JobSchema, headers=ACCEPTED_HEADERS),
+    },
+    (*WRITE, 403, 409, 429),
+    tag="jobs",
+    body=JobSubmitSchema,
+    params=[IDEMPOTENCY_KEY],
+)
 @partner_required
 def submit():
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
-        raise APIError(422, "validation_error", "Idempotency-Key must be 1 to 255 characters.",
-                       {"Idempotency-Key": ["Must be 1 to 255 characters."]})
+        raise APIError(
+            422,
+            "validation_error",
+            "Idempotency-Key must be 1 to 255 characters.",
+            {"Idempotency-Key": ["Must be 1 to 255 characters."]},
+        )
     view, created = jobs.submit(services(), authenticate(), json_body(), key)
     return accepted(view, f"/v1/jobs/{view['job_id']}", POLL_AFTER, 202 if created else 200)
 
 
 @bp.get("/<job_id>")
-@operation("Read a job, optionally waiting for its end", ok(200, "The job", JobSchema),
-           (*READ, 422), tag="jobs", params=[WAIT])
+@operation(
+    "Read a job, optionally waiting for its end",
+    ok(200, "The job", JobSchema),
+    (*READ, 422),
+    tag="jobs",
+    params=[WAIT],
+)
 @login_required
 def show(job_id: str):
     wait = load_or_422(WAIT_ARGS, request.args.to_dict())["wait"] if request.args else None
@@ -71,8 +93,13 @@ def show(job_id: str):
 
 
 @bp.get("")
-@operation("List the caller's jobs, newest first", ok(200, "A page of jobs", JobListSchema),
-           (*AUTH, 422), tag="jobs", params=LIST_PARAMS)
+@operation(
+    "List the caller's jobs, newest first",
+    ok(200, "A page of jobs", JobListSchema),
+    (*AUTH, 422),
+    tag="jobs",
+    params=LIST_PARAMS,
+)
 @login_required
 def index():
     args = load_or_422(LIST_ARGS, request.args.to_dict())

@@ -35,9 +35,13 @@ def create_partner(name: str) -> dict[str, str]:
 
 
 @bp.post("")
-@operation("Create a partner (admin); key and secret shown once",
-           ok(201, "Created", PartnerCreatedSchema), (*WRITE, 403), tag="partners",
-           body=PartnerCreateSchema)
+@operation(
+    "Create a partner (admin); key and secret shown once",
+    ok(201, "Created", PartnerCreatedSchema),
+    (*WRITE, 403),
+    tag="partners",
+    body=PartnerCreateSchema,
+)
 @admin_required
 def create():
     body = load_or_422(PartnerCreateSchema(), json_body())
@@ -45,16 +49,26 @@ def create():
 
 
 @bp.get("")
-@operation("List partners (admin); never keys or secrets",
-           ok(200, "Partners", PartnerListSchema), (*AUTH, 403), tag="partners")
+@operation(
+    "List partners (admin); never keys or secrets",
+    ok(200, "Partners", PartnerListSchema),
+    (*AUTH, 403),
+    tag="partners",
+)
 @admin_required
 def index():
     return jsonify({"partners": [public(p) for p in services().store.partners()]})
 
 
 @bp.post("/<partner_id>/rotate-secret")
-@operation("Rotate a partner's webhook secret (admin)", ok(200, "New secret", SecretSchema),
-           (*READ, 400, 403, 413), tag="partners", body=EMPTY_BODY, body_required=False)
+@operation(
+    "Rotate a partner's webhook secret (admin)",
+    ok(200, "New secret", SecretSchema),
+    (*READ, 400, 403, 413),
+    tag="partners",
+    body=EMPTY_BODY,
+    body_required=False,
+)
 @admin_required
 def rotate_secret(partner_id: str):
     json_body_or_empty()
@@ -62,5 +76,6 @@ def rotate_secret(partner_id: str):
     secret = generate_secret()
     if not svc.store.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
         raise not_found("partner")
-    return jsonify({"webhook_secret": secret,
-                    "previous_secret_valid_for": svc.settings.webhook_secret_grace})
+    return jsonify(
+        {"webhook_secret": secret, "previous_secret_valid_for": svc.settings.webhook_secret_grace}
+    )

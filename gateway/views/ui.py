@@ -11,13 +11,21 @@ from flask import Blueprint, Response, render_template
 
 from jobgate.status import STATUSES
 
-bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="../templates",
-               static_folder="../static", static_url_path="/static")
+bp = Blueprint(
+    "ui",
+    __name__,
+    url_prefix="/ui",
+    template_folder="../templates",
+    static_folder="../static",
+    static_url_path="/static",
+)
 
 # Only our own scripts, styles and API: no inline script, no third-party origin.
-CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
-                           "img-src 'self' data:; connect-src 'self'; form-action 'none'; "
-                           "base-uri 'none'; frame-ancestors 'none'")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; form-action 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 @bp.after_request

@@ -28,34 +28,53 @@ REVOKE = RevokeSchema()
 
 
 @bp.post("/<job_id>/revoke")
-@operation("Revoke a job (admin)", ok(202, "Revoked", JobSchema),
-           (*READ, 400, 403, 409, 413, 422), tag="jobs", body=RevokeSchema,
-           body_required=False)
+@operation(
+    "Revoke a job (admin)",
+    ok(202, "Revoked", JobSchema),
+    (*READ, 400, 403, 409, 413, 422),
+    tag="jobs",
+    body=RevokeSchema,
+    body_required=False,
+)
 @admin_required
 def revoke(job_id: str):
     body = load_or_422(REVOKE, json_body_or_empty())
-    view = revoke_job(services(), job_id, by="admin", reason=body["reason"],
-                      terminate=body["terminate"])
+    view = revoke_job(
+        services(), job_id, by="admin", reason=body["reason"], terminate=body["terminate"]
+    )
     return jsonify(view), 202
 
 
 @bp.get("/<job_id>/deliveries")
-@operation("Every webhook delivery attempt",
-           ok(200, "Attempts, oldest first", DeliveriesSchema), READ, tag="webhooks")
+@operation(
+    "Every webhook delivery attempt",
+    ok(200, "Attempts, oldest first", DeliveriesSchema),
+    READ,
+    tag="webhooks",
+)
 @login_required
 def deliveries(job_id: str):
     svc = services()
     record = jobs.find(svc, authenticate(), job_id)
     books = Deliveries(svc.store)
-    return jsonify({"job_id": job_id,
-                    "webhook": books.summary(job_id, bool(record.get("callback_url"))),
-                    "deliveries": books.attempts(job_id)})
+    return jsonify(
+        {
+            "job_id": job_id,
+            "webhook": books.summary(job_id, bool(record.get("callback_url"))),
+            "deliveries": books.attempts(job_id),
+        }
+    )
 
 
 @bp.post("/<job_id>/redeliver")
-@operation("Send the terminal event again (same webhook-id)",
-           ok(202, "Queued again", RedeliverySchema), (*READ, 400, 409, 413), tag="webhooks",
-           body=EMPTY_BODY, body_required=False)
+@operation(
+    "Send the terminal event again (same webhook-id)",
+    ok(202, "Queued again", RedeliverySchema),
+    (*READ, 400, 409, 413),
+    tag="webhooks",
+    body=EMPTY_BODY,
+    body_required=False,
+)
 @login_required
 def redeliver(job_id: str):
     svc = services()
@@ -65,11 +84,22 @@ def redeliver(job_id: str):
         raise APIError(409, "conflict", "This job has no callback_url to deliver to.")
     status = record.get("status")
     if status not in TERMINAL:
-        raise APIError(409, "conflict", "The job has not finished; there is no event yet.",
-                       {"status": status or "PENDING"})
+        raise APIError(
+            409,
+            "conflict",
+            "The job has not finished; there is no event yet.",
+            {"status": status or "PENDING"},
+        )
     event = job_event(status)
     wid = queue_redelivery(svc.store, svc.messenger, "job", job_id, event)
-    return jsonify({"job_id": job_id, "event": event, "webhook_id": wid,
-                    "webhook": {"state": "pending",
-                                "attempts": Deliveries(svc.store).summary(job_id)["attempts"]}}
-                   ), 202
+    return jsonify(
+        {
+            "job_id": job_id,
+            "event": event,
+            "webhook_id": wid,
+            "webhook": {
+                "state": "pending",
+                "attempts": Deliveries(svc.store).summary(job_id)["attempts"],
+            },
+        }
+    ), 202

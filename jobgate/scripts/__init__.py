@@ -14,8 +14,16 @@ from importlib.resources import files
 import redis
 from redis.commands.core import Script
 
-NAMES = ("job_start", "job_progress", "job_finish", "batch_count", "delivery_begin",
-         "delivery_record", "delivery_mirror", "due_move")
+NAMES = (
+    "job_start",
+    "job_progress",
+    "job_finish",
+    "batch_count",
+    "delivery_begin",
+    "delivery_record",
+    "delivery_mirror",
+    "due_move",
+)
 
 
 @cache

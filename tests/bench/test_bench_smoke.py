@@ -24,10 +24,24 @@ RUN_KEYS = {"benchmark", "config", "machine", "loadavg_end", "finished", "result
 def run_script(module: str, redis_url: str, out: Path, *args: str) -> dict:
     """Run ``python -m bench.<module>`` tiny; its JSON result."""
     completed = subprocess.run(
-        [sys.executable, "-m", f"bench.{module}", "--redis-url", redis_url, "--out", str(out),
-         "--gunicorn", "-w 1", *args],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-        text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            f"bench.{module}",
+            "--redis-url",
+            redis_url,
+            "--out",
+            str(out),
+            "--gunicorn",
+            "-w 1",
+            *args,
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     data = json.loads(out.read_text())
     assert RUN_KEYS <= set(data), set(data)
@@ -37,8 +51,17 @@ def run_script(module: str, redis_url: str, out: Path, *args: str) -> dict:
 
 
 def test_submit_bench_measures_both_targets(redis_url: str, redis_client, tmp_path: Path):
-    data = run_script("submit", redis_url, tmp_path / "submit.json", "--requests", "20",
-                      "--concurrency", "1,4", "--rounds", "1")
+    data = run_script(
+        "submit",
+        redis_url,
+        tmp_path / "submit.json",
+        "--requests",
+        "20",
+        "--concurrency",
+        "1,4",
+        "--rounds",
+        "1",
+    )
     assert set(data["results"]) == {"1", "4"}
     for level in data["results"].values():
         for target in ("jobgate", "flower"):
@@ -48,10 +71,20 @@ def test_submit_bench_measures_both_targets(redis_url: str, redis_client, tmp_pa
     assert set(data["ratios"]) == {"1", "4"}
 
 
-def test_status_bench_reads_queued_and_finished_jobs(redis_url: str, redis_client,
-                                                     tmp_path: Path):
-    data = run_script("status", redis_url, tmp_path / "status.json", "--jobs", "10",
-                      "--requests", "20", "--concurrency", "4", "--rounds", "1")
+def test_status_bench_reads_queued_and_finished_jobs(redis_url: str, redis_client, tmp_path: Path):
+    data = run_script(
+        "status",
+        redis_url,
+        tmp_path / "status.json",
+        "--jobs",
+        "10",
+        "--requests",
+        "20",
+        "--concurrency",
+        "4",
+        "--rounds",
+        "1",
+    )
     assert set(data["results"]["queued"]["4"]) == {"jobgate", "flower result"}
     assert set(data["results"]["finished"]["4"]) == {"jobgate", "flower info", "flower result"}
     for phase in data["results"].values():
@@ -60,8 +93,9 @@ def test_status_bench_reads_queued_and_finished_jobs(redis_url: str, redis_clien
 
 
 def test_e2e_bench_delivers_every_webhook_once(redis_url: str, redis_client, tmp_path: Path):
-    data = run_script("e2e", redis_url, tmp_path / "e2e.json", "--jobs", "20",
-                      "--stall", "30", "--cap", "120")
+    data = run_script(
+        "e2e", redis_url, tmp_path / "e2e.json", "--jobs", "20", "--stall", "30", "--cap", "120"
+    )
     result = data["results"]
     assert result["jobs_submitted"] == 20
     assert result["lost"] == 0 and result["duplicated"] == 0, result
@@ -73,8 +107,9 @@ def test_e2e_bench_delivers_every_webhook_once(redis_url: str, redis_client, tmp
     assert result["redis_commands_per_job_server_wide"]
 
 
-def test_ceiling_bench_drains_noops_under_both_settings(redis_url: str, redis_client,
-                                                         tmp_path: Path):
+def test_ceiling_bench_drains_noops_under_both_settings(
+    redis_url: str, redis_client, tmp_path: Path
+):
     data = run_script("ceiling", redis_url, tmp_path / "ceiling.json", "--tasks", "300")
     assert set(data["results"]) == {"jobgate", "celery defaults"}
     for row in data["results"].values():
@@ -85,24 +120,55 @@ def test_ceiling_bench_drains_noops_under_both_settings(redis_url: str, redis_cl
 
 
 def test_serving_bench_reads_under_each_shape(redis_url: str, redis_client, tmp_path: Path):
-    data = run_script("serving", redis_url, tmp_path / "serving.json", "--jobs", "5",
-                      "--requests", "300", "--concurrency", "4", "--rounds", "1",
-                      "--shape", "", "--shape", "-k gthread --threads 2")
+    data = run_script(
+        "serving",
+        redis_url,
+        tmp_path / "serving.json",
+        "--jobs",
+        "5",
+        "--requests",
+        "300",
+        "--concurrency",
+        "4",
+        "--rounds",
+        "1",
+        "--shape",
+        "",
+        "--shape",
+        "-k gthread --threads 2",
+    )
     results = data["results"]
-    assert set(results) == {"flower info", "gunicorn.conf.py",
-                            "gunicorn.conf.py -k gthread --threads 2"}
+    assert set(results) == {
+        "flower info",
+        "gunicorn.conf.py",
+        "gunicorn.conf.py -k gthread --threads 2",
+    }
     for row in results.values():
         # 300 requests: enough CPU for /proc's 10 ms clock ticks to see (40 was not).
         assert row["ok"] == row["requests"] == 300, row
         assert row["cpu_us_per_request"]["server"] > 0, row
 
 
-def test_slow_receivers_bench_measures_both_shapes(redis_url: str, redis_client,
-                                                   tmp_path: Path):
-    data = run_script("slow_receivers", redis_url, tmp_path / "slow_receivers.json",
-                      "--hanging", "3", "--jobs", "4", "--interval", "0.05",
-                      "--webhook-timeout", "2", "--cap", "2", "--rounds", "1",
-                      "--worker-concurrency", "1")
+def test_slow_receivers_bench_measures_both_shapes(redis_url: str, redis_client, tmp_path: Path):
+    data = run_script(
+        "slow_receivers",
+        redis_url,
+        tmp_path / "slow_receivers.json",
+        "--hanging",
+        "3",
+        "--jobs",
+        "4",
+        "--interval",
+        "0.05",
+        "--webhook-timeout",
+        "2",
+        "--cap",
+        "2",
+        "--rounds",
+        "1",
+        "--worker-concurrency",
+        "1",
+    )
     results = data["results"]
     assert set(results) == {"jobgate worker", "single pool (before)"}
     for shape in results.values():
@@ -114,10 +180,20 @@ def test_slow_receivers_bench_measures_both_shapes(redis_url: str, redis_client,
     assert shipped["hanging_at_first_probe"] == [3] and shipped["not_started"] == 0, shipped
 
 
-def test_recovery_bench_recovers_every_killed_job_once(redis_url: str, redis_client,
-                                                       tmp_path: Path):
-    data = run_script("recovery", redis_url, tmp_path / "recovery.json", "--kills", "2",
-                      "--visibility-timeout", "6", "--job-seconds", "2")
+def test_recovery_bench_recovers_every_killed_job_once(
+    redis_url: str, redis_client, tmp_path: Path
+):
+    data = run_script(
+        "recovery",
+        redis_url,
+        tmp_path / "recovery.json",
+        "--kills",
+        "2",
+        "--visibility-timeout",
+        "6",
+        "--job-seconds",
+        "2",
+    )
     result = data["results"]
     assert result["kills"] == 2 and len(result["rounds"]) == 2
     assert result["statuses"]["SUCCESS"] == 2, result["rounds"]
@@ -133,15 +209,39 @@ def test_recovery_bench_recovers_every_killed_job_once(redis_url: str, redis_cli
 
 
 def test_chaos_bench_loses_nothing(redis_url: str, redis_client, tmp_path: Path):
-    data = run_script("chaos", redis_url, tmp_path / "chaos.json", "--jobs", "100",
-                      "--job-seconds", "0.05", "--kill-every", "1", "--visibility-timeout", "6",
-                      "--retry-delays", "0.5,0.5,1,1,1,1,1,1", "--fail-ratio", "0.1",
-                      "--cap", "150", "--quiet-cap", "60")
+    data = run_script(
+        "chaos",
+        redis_url,
+        tmp_path / "chaos.json",
+        "--jobs",
+        "100",
+        "--job-seconds",
+        "0.05",
+        "--kill-every",
+        "1",
+        "--visibility-timeout",
+        "6",
+        "--retry-delays",
+        "0.5,0.5,1,1,1,1,1,1",
+        "--fail-ratio",
+        "0.1",
+        "--cap",
+        "150",
+        "--quiet-cap",
+        "60",
+    )
     result = data["results"]
     assert result["jobs_submitted"] == 100 and result["jobs_terminal"] == 100, result
     assert result["kills"] >= 1 and result["attempts_refused_500"] >= 1, result
     assert result["lost"] == 0 and result["jobs_with_several_ids"] == 0, result
     assert result["not_terminal"] == 0 and result["bad_signatures"] == 0, result
     assert result["stranded"] == 0, result["leftovers"]
-    assert set(result["leftovers"]) >= {"live", "deliveries_open", "due", "queue_jobs",
-                                        "queue_webhooks", "unacked", "repairs"}
+    assert set(result["leftovers"]) >= {
+        "live",
+        "deliveries_open",
+        "due",
+        "queue_jobs",
+        "queue_webhooks",
+        "unacked",
+        "repairs",
+    }

@@ -26,6 +26,7 @@ CHROMEDRIVER = os.environ.get("JOBGATE_CHROMEDRIVER", "/usr/bin/chromedriver")
 ARTIFACTS = ROOT / "tests" / "artifacts"
 INSTALL_HINT = "apt-get install -y chromium chromium-driver"
 
+
 class RecordingHandler(logging.Handler):
     """Keeps every formatted log line the server writes, to search it for secrets."""
 
@@ -68,8 +69,10 @@ def chromium() -> Iterator[object]:
     """One headless Chromium for the session (each test gets a clean tab state)."""
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not Path(path).is_file()]
     if missing:
-        pytest.skip(f"browser tests need Debian Chromium: {', '.join(missing)} not found "
-                    f"(install with: {INSTALL_HINT})")
+        pytest.skip(
+            f"browser tests need Debian Chromium: {', '.join(missing)} not found "
+            f"(install with: {INSTALL_HINT})"
+        )
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -80,11 +83,19 @@ def chromium() -> Iterator[object]:
     profile = tempfile.mkdtemp(prefix="jobgate-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--no-first-run",
-                     "--disable-extensions", "--window-size=1100,900",
-                     f"--user-data-dir={profile}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-extensions",
+        "--window-size=1100,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -119,8 +130,12 @@ class Page:
         return self.element(element_id).text
 
     def wait_visible(self, element_id: str, timeout: float = 15.0):
-        return wait_until(lambda: self.visible(element_id) and self.element(element_id),
-                          timeout, 0.05, f"#{element_id} to show")
+        return wait_until(
+            lambda: self.visible(element_id) and self.element(element_id),
+            timeout,
+            0.05,
+            f"#{element_id} to show",
+        )
 
     def sign_in(self, key: str, path: str = "/ui/") -> None:
         """Type ``key`` into the login form, as a user would, and submit it."""
@@ -130,8 +145,12 @@ class Page:
         field_.clear()
         field_.send_keys(key)
         self.element("login-submit").click()
-        wait_until(lambda: self.visible("content") or self.visible("login-error"), 15, 0.05,
-                   "the sign-in to finish")
+        wait_until(
+            lambda: self.visible("content") or self.visible("login-error"),
+            15,
+            0.05,
+            "the sign-in to finish",
+        )
 
     def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -142,8 +161,11 @@ class Page:
     def console_errors(self) -> list[str]:
         """Script errors and CSP violations (failed 4xx fetches are expected, not errors)."""
         entries = self.driver.get_log("browser")
-        return [entry["message"] for entry in entries if entry["level"] == "SEVERE"
-                and "Failed to load resource" not in entry["message"]]
+        return [
+            entry["message"]
+            for entry in entries
+            if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]
+        ]
 
 
 @pytest.fixture

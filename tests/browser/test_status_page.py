@@ -13,8 +13,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 
 def submit(client, partner: dict[str, Any], task: str, params: dict[str, Any]) -> str:
-    response = client.post("/v1/jobs", json={"task": task, "params": params},
-                           headers=partner["headers"])
+    response = client.post(
+        "/v1/jobs", json={"task": task, "params": params}, headers=partner["headers"]
+    )
     assert response.status_code == 202, response.get_json()
     return response.get_json()["job_id"]
 
@@ -35,13 +36,18 @@ def test_wrong_key_shows_a_clear_error_and_stores_nothing(page):
 def test_progress_bar_rises_live_and_ends_with_the_result(page, app, client, partner, worker):
     job_id = submit(client, partner, "demo.sleep", {"seconds": 2.5, "steps": 10})
     page.sign_in(partner["api_key"])
-    row = wait_until(lambda: page.driver.find_elements(
-        "css selector", f'tr[data-job-id="{job_id}"] a'), 10, 0.05, "the job in the list")
+    row = wait_until(
+        lambda: page.driver.find_elements("css selector", f'tr[data-job-id="{job_id}"] a'),
+        10,
+        0.05,
+        "the job in the list",
+    )
     assert page.text("who") == "Signed in as partner"
     page.screenshot("jobs-list")
     row[0].click()
-    wait_until(lambda: page.driver.current_url.endswith(f"/ui/jobs/{job_id}"), 10, 0.05,
-               "the job page")
+    wait_until(
+        lambda: page.driver.current_url.endswith(f"/ui/jobs/{job_id}"), 10, 0.05, "the job page"
+    )
 
     seen: list[int] = []
     running_shot = []
@@ -66,16 +72,23 @@ def test_progress_bar_rises_live_and_ends_with_the_result(page, app, client, par
     assert not page.visible("revoke-box"), "partners must not see the revoke button"
     expected = "event stream" if has_events_route(app) else "polling"
     assert expected in page.driver.execute_script(
-        "return document.getElementById('live-mode').dataset.used")
-    wait_until(lambda: page.driver.execute_script(
-        "const bar = document.getElementById('progress');"
-        "return bar.firstElementChild.offsetWidth === bar.clientWidth"), 5, 0.05,
-        "the bar's fill animation to end")
+        "return document.getElementById('live-mode').dataset.used"
+    )
+    wait_until(
+        lambda: page.driver.execute_script(
+            "const bar = document.getElementById('progress');"
+            "return bar.firstElementChild.offsetWidth === bar.clientWidth"
+        ),
+        5,
+        0.05,
+        "the bar's fill animation to end",
+    )
     page.screenshot("status-page")
 
 
-def test_page_falls_back_to_polling_when_the_event_stream_is_unavailable(page, client,
-                                                                         partner, worker):
+def test_page_falls_back_to_polling_when_the_event_stream_is_unavailable(
+    page, client, partner, worker
+):
     job_id = submit(client, partner, "demo.sleep", {"seconds": 2, "steps": 8})
     page.driver.execute_cdp_cmd("Network.enable", {})
     page.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/events*"]})
@@ -108,8 +121,7 @@ def test_failed_job_shows_its_error_message(page, client, partner, worker):
     assert not page.visible("job-result")
 
 
-def test_admin_revokes_a_running_job_from_the_page(page, client, partner, admin_headers,
-                                                    worker):
+def test_admin_revokes_a_running_job_from_the_page(page, client, partner, admin_headers, worker):
     job_id = submit(client, partner, "demo.sleep", {"seconds": 60, "steps": 60})
     page.sign_in(ADMIN_KEY, f"/ui/jobs/{job_id}")
     assert page.text("who") == "Signed in as admin"

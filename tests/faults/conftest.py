@@ -20,10 +20,15 @@ from tests.reliability.conftest import WebhookReceiver
 def fault_settings(settings: Settings) -> Settings:
     """Queues of the test's own, fast recovery, quick retries."""
     tag = "fault-" + uuid.uuid4().hex[:8]
-    return settings.with_overrides(queue_jobs=tag, queue_webhooks=tag + "-hooks", key_prefix=tag,
-                                   visibility_timeout=4, sweep_interval=1.0,
-                                   webhook_timeout=2.0,
-                                   webhook_retry_delays=(0.3, 0.6, 1.2, 2.4))
+    return settings.with_overrides(
+        queue_jobs=tag,
+        queue_webhooks=tag + "-hooks",
+        key_prefix=tag,
+        visibility_timeout=4,
+        sweep_interval=1.0,
+        webhook_timeout=2.0,
+        webhook_retry_delays=(0.3, 0.6, 1.2, 2.4),
+    )
 
 
 @pytest.fixture

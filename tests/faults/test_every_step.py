@@ -44,12 +44,14 @@ def submit(client: Any, partner: dict[str, Any], subject: str, url: str) -> tupl
     """Submit a job (or a batch of two); (subject id, job ids)."""
     job = {"task": "demo.sleep", "params": {"seconds": 0.4, "steps": 2}}
     if subject == "job":
-        answer = client.post("/v1/jobs", json={**job, "callback_url": url},
-                             headers=partner["headers"])
+        answer = client.post(
+            "/v1/jobs", json={**job, "callback_url": url}, headers=partner["headers"]
+        )
         assert answer.status_code == 202, answer.get_json()
         return answer.get_json()["job_id"], [answer.get_json()["job_id"]]
-    answer = client.post("/v1/batches", json={"jobs": [job, job], "callback_url": url},
-                         headers=partner["headers"])
+    answer = client.post(
+        "/v1/batches", json={"jobs": [job, job], "callback_url": url}, headers=partner["headers"]
+    )
     assert answer.status_code == 202, answer.get_json()
     return answer.get_json()["batch_id"], answer.get_json()["job_ids"]
 
@@ -60,30 +62,51 @@ def stranded(svc: Any, settings: Settings, subject_id: str, job_ids: list[str]) 
     left = [f"live {j}" for j in job_ids if redis.zscore(store.key("live"), j) is not None]
     left += [f"open {t}" for t in redis.zrange(store.open_key, 0, -1) if subject_id in t]
     left += [f"due {e}" for e in redis.zrange(store.due_key, 0, -1) if subject_id in e]
-    left += [f"queued on {q}" for q in (settings.queue_jobs, settings.queue_webhooks)
-             if redis.llen(q)]
-    left += [f"unacked {t}" for t, raw in redis.hgetall("unacked").items()
-             if any(j in raw for j in [subject_id, *job_ids])]
+    left += [
+        f"queued on {q}" for q in (settings.queue_jobs, settings.queue_webhooks) if redis.llen(q)
+    ]
+    left += [
+        f"unacked {t}"
+        for t, raw in redis.hgetall("unacked").items()
+        if any(j in raw for j in [subject_id, *job_ids])
+    ]
     return left
 
 
-@pytest.mark.parametrize(("point", "action", "subject", "extra_posts"), CASES,
-                         ids=[f"{a}-at-{p}-{s}" for p, a, s, _ in CASES])
-def test_one_ending_whatever_breaks(point: str, action: str, subject: str, extra_posts: int,
-                                    fault_settings: Settings, receiver: WebhookReceiver,
-                                    workers: list[WorkerProcess]) -> None:
+@pytest.mark.parametrize(
+    ("point", "action", "subject", "extra_posts"),
+    CASES,
+    ids=[f"{a}-at-{p}-{s}" for p, a, s, _ in CASES],
+)
+def test_one_ending_whatever_breaks(
+    point: str,
+    action: str,
+    subject: str,
+    extra_posts: int,
+    fault_settings: Settings,
+    receiver: WebhookReceiver,
+    workers: list[WorkerProcess],
+) -> None:
     client, partner, svc = gateway_for(fault_settings, fault_settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
-    doomed = WorkerProcess(fault_settings, concurrency=1, name="doomed",
-                           env={"JOBGATE_FAILPOINTS": f"{point}={action}"}).start()
+    doomed = WorkerProcess(
+        fault_settings,
+        concurrency=1,
+        name="doomed",
+        env={"JOBGATE_FAILPOINTS": f"{point}={action}"},
+    ).start()
     workers.append(doomed)
     subject_id, job_ids = submit(client, partner, subject, receiver.url)
     event = "job.succeeded" if subject == "job" else "batch.completed"
     wid = webhook_id(subject_id, event)
 
     if action == "kill":
-        wait_until(lambda: doomed.proc.poll() is not None, 30, 0.02,
-                   f"the failpoint {point} to kill the worker")
+        wait_until(
+            lambda: doomed.proc.poll() is not None,
+            30,
+            0.02,
+            f"the failpoint {point} to kill the worker",
+        )
         faulted = time.monotonic()
         workers.append(WorkerProcess(fault_settings, concurrency=1, name="heir").start())
     else:
@@ -92,15 +115,27 @@ def test_one_ending_whatever_breaks(point: str, action: str, subject: str, extra
             # The POST went out, its record failed, the task failed and was acked: the
             # delivery stays open. The worker's sweeper finds it once the open grace has
             # passed (the claim's lease, 32 s here); run that pass now rather than wait.
-            wait_until(lambda: receiver.deliveries and not redis_busy(svc, fault_settings),
-                       20, 0.05, "the failed attempt to be acked")
-            repairs = sweep(svc.store, svc.messenger, stale_after=60,
-                            now=time.time() + svc.store.open_grace + 1)
+            wait_until(
+                lambda: receiver.deliveries and not redis_busy(svc, fault_settings),
+                20,
+                0.05,
+                "the failed attempt to be acked",
+            )
+            repairs = sweep(
+                svc.store, svc.messenger, stale_after=60, now=time.time() + svc.store.open_grace + 1
+            )
             assert repairs["delivery_requeued"] == 1, repairs
 
-    wait_until(lambda: receiver.terminal_ids(subject_id) if subject == "job"
-               else [d for d in receiver.accepted() if d.webhook_id == wid],
-               40, 0.05, f"the terminal webhook after {action} at {point}")
+    wait_until(
+        lambda: (
+            receiver.terminal_ids(subject_id)
+            if subject == "job"
+            else [d for d in receiver.accepted() if d.webhook_id == wid]
+        ),
+        40,
+        0.05,
+        f"the terminal webhook after {action} at {point}",
+    )
     RECOVERY[f"{action}@{point}"] = round(time.monotonic() - faulted, 2)
 
     def settled() -> bool:
@@ -108,8 +143,11 @@ def test_one_ending_whatever_breaks(point: str, action: str, subject: str, extra
         view = client.get(f"/v1/{path}/{subject_id}", headers=partner["headers"])
         log = client.get(f"/v1/jobs/{job_ids[0]}/deliveries", headers=partner["headers"])
         delivered = subject == "batch" or log.get_json()["webhook"]["state"] == "delivered"
-        return view.status_code == 200 and delivered and \
-            not stranded(svc, fault_settings, subject_id, job_ids)
+        return (
+            view.status_code == 200
+            and delivered
+            and not stranded(svc, fault_settings, subject_id, job_ids)
+        )
 
     wait_until(settled, 30, 0.1, "nothing stranded")
 
@@ -119,17 +157,19 @@ def test_one_ending_whatever_breaks(point: str, action: str, subject: str, extra
         assert view["result"] == {"slept": 0.4, "steps": 2}
     posts = [d for d in receiver.deliveries if d.webhook_id == wid]
     assert posts and all(d.verified for d in posts)
-    terminal = {d.webhook_id for d in receiver.accepted()
-                if (d.payload or {}).get("type") in ("job.succeeded", "job.failed",
-                                                     "job.revoked", "batch.completed")}
+    terminal = {
+        d.webhook_id
+        for d in receiver.accepted()
+        if (d.payload or {}).get("type")
+        in ("job.succeeded", "job.failed", "job.revoked", "batch.completed")
+    }
     assert terminal == {wid}, terminal
     if subject == "batch":
         batch = client.get(f"/v1/batches/{subject_id}", headers=partner["headers"]).get_json()
         assert (batch["status"], batch["completed"], batch["succeeded"]) == ("COMPLETED", 2, 2)
         assert posts[0].payload["data"]["succeeded"] == 2
     else:
-        log = client.get(f"/v1/jobs/{subject_id}/deliveries",
-                         headers=partner["headers"]).get_json()
+        log = client.get(f"/v1/jobs/{subject_id}/deliveries", headers=partner["headers"]).get_json()
         recorded = [a for a in log["deliveries"] if a["webhook_id"] == wid]
         assert recorded[-1]["status_code"] == 200
         assert len(recorded) <= len(posts) <= len(recorded) + extra_posts, (recorded, posts)
@@ -139,5 +179,7 @@ def test_one_ending_whatever_breaks(point: str, action: str, subject: str, extra
 def redis_busy(svc: Any, settings: Settings) -> bool:
     """A webhook message still queued or held by a worker."""
     redis = svc.store.redis
-    return bool(redis.llen(settings.queue_webhooks) or
-                any("deliver_webhook" in raw for raw in redis.hvals("unacked")))
+    return bool(
+        redis.llen(settings.queue_webhooks)
+        or any("deliver_webhook" in raw for raw in redis.hvals("unacked"))
+    )

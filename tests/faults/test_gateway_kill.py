@@ -12,19 +12,20 @@ from config import Settings
 from tests.helpers import gunicorn
 
 
-def test_a_batch_is_written_whole_or_not_at_all(settings: Settings,
-                                                redis_client: redis.Redis) -> None:
+def test_a_batch_is_written_whole_or_not_at_all(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
     tag = uuid.uuid4().hex[:8]
     own = settings.with_overrides(queue_jobs=f"gwkill-{tag}", queue_webhooks=f"gwkill-{tag}-h")
     admin = {"Authorization": f"Bearer {settings.admin_keys[0]}"}
     with gunicorn(own, workers=1) as url:
-        partner = requests.post(f"{url}/v1/partners", json={"name": "acme"}, headers=admin,
-                                timeout=10).json()
+        partner = requests.post(
+            f"{url}/v1/partners", json={"name": "acme"}, headers=admin, timeout=10
+        ).json()
     headers = {"Authorization": f"Bearer {partner['api_key']}"}
     body = {"jobs": [{"task": "demo.sleep", "params": {"seconds": 0}}] * 200}
     before = set(redis_client.scan_iter("jobgate:batch:*"))
-    with gunicorn(own, workers=1, env={"JOBGATE_FAILPOINTS": "batch.create.before=kill"}) \
-            as doomed:
+    with gunicorn(own, workers=1, env={"JOBGATE_FAILPOINTS": "batch.create.before=kill"}) as doomed:
         with pytest.raises(requests.ConnectionError):
             requests.post(f"{doomed}/v1/batches", json=body, headers=headers, timeout=10)
     assert set(redis_client.scan_iter("jobgate:batch:*")) == before

@@ -11,8 +11,8 @@ from tests.reliability.conftest import WebhookReceiver
 
 
 def test_a_job_outliving_the_visibility_timeout_during_a_warm_shutdown_runs_once(
-        fault_settings: Settings, receiver: WebhookReceiver,
-        workers: list[WorkerProcess]) -> None:
+    fault_settings: Settings, receiver: WebhookReceiver, workers: list[WorkerProcess]
+) -> None:
     """The consumer stops first at a warm shutdown while the pool finishes its job; the
     job's message must stay fresh until it is acked, or another worker restores it
     (visibility timeout 4 s here, the job takes 9 s) and runs it a second time (for a task
@@ -21,8 +21,15 @@ def test_a_job_outliving_the_visibility_timeout_during_a_warm_shutdown_runs_once
     receiver.secrets = [partner["webhook_secret"]]
     leaving = WorkerProcess(fault_settings, concurrency=1, name="leaving").start()
     workers.append(leaving)
-    answer = client.post("/v1/jobs", headers=partner["headers"], json={
-        "task": "demo.once", "params": {"seconds": 9, "steps": 9}, "callback_url": receiver.url})
+    answer = client.post(
+        "/v1/jobs",
+        headers=partner["headers"],
+        json={
+            "task": "demo.once",
+            "params": {"seconds": 9, "steps": 9},
+            "callback_url": receiver.url,
+        },
+    )
     job_id = answer.get_json()["job_id"]
     wait_until(lambda: svc.store.job(job_id).get("started_at"), 20, 0.05, "the job to start")
     workers.append(WorkerProcess(fault_settings, concurrency=1, name="other").start())

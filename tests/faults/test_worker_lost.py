@@ -9,16 +9,23 @@ from tests.reliability.conftest import WebhookReceiver
 
 
 def test_an_unsafe_task_whose_worker_died_fails_with_worker_lost_once(
-        fault_settings: Settings, receiver: WebhookReceiver,
-        workers: list[WorkerProcess]) -> None:
+    fault_settings: Settings, receiver: WebhookReceiver, workers: list[WorkerProcess]
+) -> None:
     client, partner, _ = gateway_for(fault_settings, fault_settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
-    doomed = WorkerProcess(fault_settings, concurrency=1, name="doomed",
-                           env={"JOBGATE_FAILPOINTS": "job.started=kill"}).start()
+    doomed = WorkerProcess(
+        fault_settings, concurrency=1, name="doomed", env={"JOBGATE_FAILPOINTS": "job.started=kill"}
+    ).start()
     workers.append(doomed)
-    answer = client.post("/v1/jobs", headers=partner["headers"], json={
-        "task": "demo.once", "params": {"seconds": 0.2, "steps": 1},
-        "callback_url": receiver.url})
+    answer = client.post(
+        "/v1/jobs",
+        headers=partner["headers"],
+        json={
+            "task": "demo.once",
+            "params": {"seconds": 0.2, "steps": 1},
+            "callback_url": receiver.url,
+        },
+    )
     job_id = answer.get_json()["job_id"]
     wait_until(lambda: doomed.proc.poll() is not None, 30, 0.02, "the worker to be killed")
     workers.append(WorkerProcess(fault_settings, concurrency=1, name="heir").start())

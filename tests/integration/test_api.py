@@ -19,41 +19,50 @@ pytestmark = pytest.mark.integration
 
 
 def submit(client, partner, task="demo.sleep", params=None, **extra):
-    body = {"task": task, "params": params if params is not None else {"seconds": 0,
-                                                                         "steps": 1}, **extra}
+    body = {
+        "task": task,
+        "params": params if params is not None else {"seconds": 0, "steps": 1},
+        **extra,
+    }
     response = client.post("/v1/jobs", json=body, headers=partner["headers"])
     assert response.status_code == 202, response.get_json()
     return response.get_json()
 
 
 def test_unknown_job_is_404_never_pending(client, partner):
-    response = client.get("/v1/jobs/00000000-0000-0000-0000-000000000000",
-                          headers=partner["headers"])
+    response = client.get(
+        "/v1/jobs/00000000-0000-0000-0000-000000000000", headers=partner["headers"]
+    )
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "not_found"
 
 
 def test_finished_job_outlives_celerys_result(settings, redis_client, admin_headers):
     """With result_expires=1 Celery's meta vanishes; the gateway's record still answers."""
-    short = settings.with_overrides(result_expires=1, queue_jobs="jobs-expiry",
-                                    queue_webhooks="webhooks-expiry")
+    short = settings.with_overrides(
+        result_expires=1, queue_jobs="jobs-expiry", queue_webhooks="webhooks-expiry"
+    )
     app = create_app(short)
     client = app.test_client()
-    key = client.post("/v1/partners", json={"name": "expiry"},
-                      headers=admin_headers).get_json()["api_key"]
+    key = client.post("/v1/partners", json={"name": "expiry"}, headers=admin_headers).get_json()[
+        "api_key"
+    ]
     headers = {"Authorization": f"Bearer {key}"}
     worker = WorkerProcess(short, concurrency=1, name="expiry").start()
     try:
-        job = client.post("/v1/jobs", json={"task": "texts.embed",
-                                             "params": {"texts": ["a b"], "dimensions": 8}},
-                          headers=headers).get_json()
+        job = client.post(
+            "/v1/jobs",
+            json={"task": "texts.embed", "params": {"texts": ["a b"], "dimensions": 8}},
+            headers=headers,
+        ).get_json()
         done = wait_for_status(client, job["job_id"], headers)
         assert done["status"] == "SUCCESS"
     finally:
         worker.stop()
     meta_key = f"celery-task-meta-{job['job_id']}"
-    wait_until(lambda: not redis_client.exists(meta_key), timeout=10,
-               message="Celery's result to expire")
+    wait_until(
+        lambda: not redis_client.exists(meta_key), timeout=10, message="Celery's result to expire"
+    )
     again = client.get(f"/v1/jobs/{job['job_id']}", headers=headers).get_json()
     assert again["status"] == "SUCCESS"
     assert again["result"] == done["result"]
@@ -106,8 +115,10 @@ def test_list_is_newest_first_filtered_and_paged(client, partner, other_partner,
 def test_admin_sees_every_partners_jobs(client, partner, other_partner, admin_headers):
     mine = submit(client, partner)["job_id"]
     theirs = submit(client, other_partner)["job_id"]
-    listed = {job["job_id"] for job in client.get(
-        "/v1/jobs?limit=100", headers=admin_headers).get_json()["jobs"]}
+    listed = {
+        job["job_id"]
+        for job in client.get("/v1/jobs?limit=100", headers=admin_headers).get_json()["jobs"]
+    }
     assert {mine, theirs} <= listed
     assert client.get(f"/v1/jobs/{theirs}", headers=admin_headers).status_code == 200
 
@@ -130,8 +141,13 @@ def test_idempotent_replay_returns_the_same_job(client, partner):
 
 def test_catalog_lists_json_schemas(client, partner):
     tasks = {t["name"]: t for t in client.get("/v1/tasks", headers=partner["headers"]).get_json()}
-    assert set(tasks) == {"demo.sleep", "demo.once", "demo.fail", "documents.process",
-                          "texts.embed"}
+    assert set(tasks) == {
+        "demo.sleep",
+        "demo.once",
+        "demo.fail",
+        "documents.process",
+        "texts.embed",
+    }
     sleep = tasks["demo.sleep"]["params"]
     assert sleep["properties"]["seconds"]["maximum"] == 3600
     assert sleep["properties"]["steps"]["minimum"] == 1
@@ -140,8 +156,9 @@ def test_catalog_lists_json_schemas(client, partner):
 
 def test_demo_tasks_off_hides_and_refuses_them(settings, admin_headers, redis_client):
     client = create_app(settings.with_overrides(demo_tasks=False)).test_client()
-    key = client.post("/v1/partners", json={"name": "nodemo"},
-                      headers=admin_headers).get_json()["api_key"]
+    key = client.post("/v1/partners", json={"name": "nodemo"}, headers=admin_headers).get_json()[
+        "api_key"
+    ]
     headers = {"Authorization": f"Bearer {key}"}
     names = {t["name"] for t in client.get("/v1/tasks", headers=headers).get_json()}
     assert names == {"documents.process", "texts.embed"}
@@ -197,8 +214,7 @@ def test_openapi_document_lists_the_contract(client):
     assert "Job" in spec["components"]["schemas"]
 
 
-def test_batch_with_member_callback_url_matches_the_document(settings, redis_client,
-                                                              admin_headers):
+def test_batch_with_member_callback_url_matches_the_document(settings, redis_client, admin_headers):
     """The body the document allows is accepted, and the answers match the document."""
     from openapi_schema_validator import OAS30Validator
 
@@ -208,16 +224,26 @@ def test_batch_with_member_callback_url_matches_the_document(settings, redis_cli
     spec = client.get("/openapi.json").get_json()
 
     def errors(name, instance):
-        validator = OAS30Validator({"$ref": f"#/components/schemas/{name}",
-                                    "components": spec["components"]})
+        validator = OAS30Validator(
+            {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
+        )
         return [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(instance)]
 
-    key = client.post("/v1/partners", json={"name": "doc"},
-                      headers=admin_headers).get_json()["api_key"]
-    body = {"jobs": [{"task": "demo.sleep", "params": {"seconds": 0, "steps": 1},
-                      "callback_url": "http://127.0.0.1:9009/hooks", "metadata": {"row": 1}},
-                     {"task": "demo.sleep"}],
-            "callback_url": "http://127.0.0.1:9009/batches"}
+    key = client.post("/v1/partners", json={"name": "doc"}, headers=admin_headers).get_json()[
+        "api_key"
+    ]
+    body = {
+        "jobs": [
+            {
+                "task": "demo.sleep",
+                "params": {"seconds": 0, "steps": 1},
+                "callback_url": "http://127.0.0.1:9009/hooks",
+                "metadata": {"row": 1},
+            },
+            {"task": "demo.sleep"},
+        ],
+        "callback_url": "http://127.0.0.1:9009/batches",
+    }
     assert errors("BatchSubmit", body) == []
     created = client.post("/v1/batches", json=body, headers={"Authorization": f"Bearer {key}"})
     assert created.status_code == 202, created.get_json()
@@ -244,8 +270,14 @@ def test_metrics_count_submissions(client, partner):
 
 def test_cli_partner_create_prints_json_usable_as_a_key(settings, redis_client, client):
     env = {**settings_env(settings), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "partner", "create", "cli-co"],
-                         env=env, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "partner", "create", "cli-co"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     created = json.loads(out.stdout)
     assert set(created) == {"id", "name", "created_at", "api_key", "webhook_secret"}
     assert created["webhook_secret"].startswith("whsec_")
@@ -253,17 +285,21 @@ def test_cli_partner_create_prints_json_usable_as_a_key(settings, redis_client, 
     assert client.get("/v1/tasks", headers=headers).status_code == 200
 
 
-@pytest.mark.parametrize("body", [
-    "[" * 100_000 + "]" * 100_000,                              # nesting past the parser
-    '{"task": "demo.sleep", "metadata": {"x": 1e999}}',         # overflows to Infinity
-    '{"task": "demo.sleep", "metadata": {"x": NaN}}',
-    '{"task": "demo.sleep", "params": {"seconds": -Infinity}}',
-])
-def test_json_that_cannot_round_trip_is_400_and_writes_nothing(client, partner, redis_client,
-                                                                 body):
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[" * 100_000 + "]" * 100_000,  # nesting past the parser
+        '{"task": "demo.sleep", "metadata": {"x": 1e999}}',  # overflows to Infinity
+        '{"task": "demo.sleep", "metadata": {"x": NaN}}',
+        '{"task": "demo.sleep", "params": {"seconds": -Infinity}}',
+    ],
+)
+def test_json_that_cannot_round_trip_is_400_and_writes_nothing(client, partner, redis_client, body):
     def written():  # what a submit writes: job records and the partner's listing index
-        return (set(redis_client.keys("jobgate:job:*")),
-                redis_client.zcard(f"jobgate:jobs:{partner['id']}"))
+        return (
+            set(redis_client.keys("jobgate:job:*")),
+            redis_client.zcard(f"jobgate:jobs:{partner['id']}"),
+        )
 
     before = written()
     response = client.post("/v1/jobs", data=body, headers=partner["headers"])
@@ -280,16 +316,20 @@ def test_cursor_redis_would_misread_is_422(client, partner, cursor):
     assert "cursor" in response.get_json()["error"]["details"]
 
 
-def test_rate_limit_counts_new_jobs_only_and_says_when_to_retry(settings, admin_headers,
-                                                                redis_client):
+def test_rate_limit_counts_new_jobs_only_and_says_when_to_retry(
+    settings, admin_headers, redis_client
+):
     client = create_app(settings.with_overrides(rate_limit=2)).test_client()
-    key = client.post("/v1/partners", json={"name": "limited"},
-                      headers=admin_headers).get_json()["api_key"]
+    key = client.post("/v1/partners", json={"name": "limited"}, headers=admin_headers).get_json()[
+        "api_key"
+    ]
 
     def post(idem, seconds=0):
-        return client.post("/v1/jobs", json={"task": "demo.sleep", "params": {
-            "seconds": seconds, "steps": 1}}, headers={"Authorization": f"Bearer {key}",
-                                                       "Idempotency-Key": idem})
+        return client.post(
+            "/v1/jobs",
+            json={"task": "demo.sleep", "params": {"seconds": seconds, "steps": 1}},
+            headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem},
+        )
 
     # The limit counts per fixed minute: start well inside one.
     wait_until(lambda: time.time() % 60 < 50, timeout=15, message="a fresh rate window")
@@ -304,8 +344,9 @@ def test_rate_limit_counts_new_jobs_only_and_says_when_to_retry(settings, admin_
     assert post("c", seconds=1).status_code == 429
 
 
-def test_requests_past_the_redis_pool_wait_for_a_connection_then_503(settings, admin_headers,
-                                                                     monkeypatch):
+def test_requests_past_the_redis_pool_wait_for_a_connection_then_503(
+    settings, admin_headers, monkeypatch
+):
     """A full pool makes a request wait for a free connection (not fail at once, as
     redis-py's default pool does past 100), and answer 503 JSON if none frees in time."""
     monkeypatch.setattr("jobgate.store.POOL_WAIT", 0.3)

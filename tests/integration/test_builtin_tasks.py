@@ -19,8 +19,11 @@ def submit(client, partner, body):
 
 
 def test_demo_sleep_reports_rising_progress_then_succeeds(client, partner, worker):
-    job = submit(client, partner, {"task": "demo.sleep", "params": {"seconds": 2, "steps": 10},
-                                   "metadata": {"order": 7}})
+    job = submit(
+        client,
+        partner,
+        {"task": "demo.sleep", "params": {"seconds": 2, "steps": 10}, "metadata": {"order": 7}},
+    )
     assert job["status"] == "PENDING"
     assert job["progress"] == {"message": "Task is queued"}
     seen = []
@@ -53,10 +56,15 @@ def test_demo_fail_ends_failure_with_message_and_no_traceback(client, partner, w
 
 
 def test_documents_process_chunks_each_document(client, partner, worker):
-    docs = [{"name": "a.txt", "text": " ".join(f"w{i}" for i in range(25))},
-            {"name": "b.txt", "text": "short text"}]
-    job = submit(client, partner, {"task": "documents.process",
-                                   "params": {"documents": docs, "chunk_words": 10}})
+    docs = [
+        {"name": "a.txt", "text": " ".join(f"w{i}" for i in range(25))},
+        {"name": "b.txt", "text": "short text"},
+    ]
+    job = submit(
+        client,
+        partner,
+        {"task": "documents.process", "params": {"documents": docs, "chunk_words": 10}},
+    )
     done = wait_for_status(client, job["job_id"], partner["headers"])
     assert done["status"] == "SUCCESS", done
     result = done["result"]
@@ -67,8 +75,9 @@ def test_documents_process_chunks_each_document(client, partner, worker):
 
 def test_texts_embed_matches_the_local_embedding(client, partner, worker):
     texts = ["the cat sat", "quarterly revenue grew"]
-    job = submit(client, partner, {"task": "texts.embed",
-                                   "params": {"texts": texts, "dimensions": 32}})
+    job = submit(
+        client, partner, {"task": "texts.embed", "params": {"texts": texts, "dimensions": 32}}
+    )
     done = wait_for_status(client, job["job_id"], partner["headers"])
     assert done["status"] == "SUCCESS", done
     assert done["result"]["model"] == EMBEDDING_MODEL

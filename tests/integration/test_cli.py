@@ -20,14 +20,22 @@ pytestmark = pytest.mark.integration
 
 def jobgate(settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **settings_env(settings), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_revoke_and_rotate_secret_from_the_cli(settings, client, partner, worker):
-    job = client.post("/v1/jobs", json={"task": "demo.sleep",
-                                         "params": {"seconds": 30, "steps": 30}},
-                      headers=partner["headers"]).get_json()
+    job = client.post(
+        "/v1/jobs",
+        json={"task": "demo.sleep", "params": {"seconds": 30, "steps": 30}},
+        headers=partner["headers"],
+    ).get_json()
     wait_for_status(client, job["job_id"], partner["headers"], ("PROCESSING",))
     out = jobgate(settings, "revoke", job["job_id"], "--reason", "from the cli")
     assert out.returncode == 0, out.stderr
@@ -52,11 +60,18 @@ def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
     redis_port, port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
     env.pop("JOBGATE_ADMIN_KEYS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "dev", "--port", str(port)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "dev", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     try:
+
         def printed_keys() -> bool:
             lines.append(proc.stdout.readline())
             return "webhook secret:" in lines[-1] or proc.poll() is not None
@@ -69,24 +84,36 @@ def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
         admin = re.search(r"admin key:\s+(\S+)", text).group(1)
         url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key}"}
-        assert requests.get(url + "/v1/partners", timeout=5,
-                            headers={"Authorization": f"Bearer {admin}"}).status_code == 200
-        job = requests.post(url + "/v1/jobs", json={"task": "demo.sleep",
-                                                     "params": {"seconds": 0, "steps": 1}},
-                            headers=headers, timeout=5).json()
-        done = requests.get(f"{url}/v1/jobs/{job['job_id']}?wait=30", headers=headers,
-                            timeout=40).json()
+        assert (
+            requests.get(
+                url + "/v1/partners", timeout=5, headers={"Authorization": f"Bearer {admin}"}
+            ).status_code
+            == 200
+        )
+        job = requests.post(
+            url + "/v1/jobs",
+            json={"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}},
+            headers=headers,
+            timeout=5,
+        ).json()
+        done = requests.get(
+            f"{url}/v1/jobs/{job['job_id']}?wait=30", headers=headers, timeout=40
+        ).json()
         assert done["status"] == "SUCCESS"
-        assert (tmp_path / ".jobgate-dev" / "appendonly.aof").exists() or \
-            (tmp_path / ".jobgate-dev" / "appendonlydir").exists()
+        assert (tmp_path / ".jobgate-dev" / "appendonly.aof").exists() or (
+            tmp_path / ".jobgate-dev" / "appendonlydir"
+        ).exists()
     finally:
         children = child_pids(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's group
         proc.wait(timeout=40)
     assert proc.returncode == 0
     assert len(children) >= 3, "embedded Redis, worker and gunicorn were children"
-    wait_until(lambda: not any(alive(pid) for pid in children), timeout=10,
-               message="every child of jobgate dev to exit")
+    wait_until(
+        lambda: not any(alive(pid) for pid in children),
+        timeout=10,
+        message="every child of jobgate dev to exit",
+    )
     assert not listening(port) and not listening(redis_port)
 
 

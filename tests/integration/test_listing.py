@@ -17,15 +17,23 @@ def finished_jobs(store, partner_id: str, count: int) -> list[str]:
     ids = []
     for _ in range(count):
         job_id = str(uuid.uuid4())
-        store.create_job({"job_id": job_id, "task_id": job_id, "task": "demo.sleep",
-                          "partner_id": partner_id, "created_at": utcnow(),
-                          "status": "SUCCESS", "finished_at": utcnow(), "result": {}})
+        store.create_job(
+            {
+                "job_id": job_id,
+                "task_id": job_id,
+                "task": "demo.sleep",
+                "partner_id": partner_id,
+                "created_at": utcnow(),
+                "status": "SUCCESS",
+                "finished_at": utcnow(),
+                "result": {},
+            }
+        )
         ids.append(job_id)
     return ids
 
 
-def test_expired_entries_count_against_the_budget_and_the_cursor_continues(app, client,
-                                                                           partner):
+def test_expired_entries_count_against_the_budget_and_the_cursor_continues(app, client, partner):
     """1 100 entries, 50 of the newest expired, a filter matching none: the first page
     must hand back a cursor (it answered null, ending the list early)."""
     store = app.extensions["jobgate"].store

@@ -23,13 +23,19 @@ def test_progress_script_writes_celery_meta_but_never_over_a_success(settings, r
         store.create_job(record)
         pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(key)
-        wait_until(lambda: pubsub.get_message(timeout=0.1) is None and pubsub.subscribed,
-                   timeout=5, message="the subscription")
+        wait_until(
+            lambda: pubsub.get_message(timeout=0.1) is None and pubsub.subscribed,
+            timeout=5,
+            message="the subscription",
+        )
         assert store.report_progress(job_id, info, (key, processing, 60)) == 1
         assert redis_client.get(key) == processing
         assert 0 < redis_client.ttl(key) <= 60
-        message = wait_until(lambda: pubsub.get_message(timeout=0.1), timeout=5,
-                             message="the meta published on its key")
+        message = wait_until(
+            lambda: pubsub.get_message(timeout=0.1),
+            timeout=5,
+            message="the meta published on its key",
+        )
         assert message["data"] == processing, "published like Celery"
         pubsub.close()
 

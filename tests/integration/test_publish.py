@@ -17,8 +17,9 @@ def _without_tag(raw: str) -> dict:
     return message
 
 
-@pytest.mark.parametrize("kwargs", [{"seconds": 0, "steps": 1},
-                                    {"texts": ["é", "ünïcode"], "dimensions": 8}])
+@pytest.mark.parametrize(
+    "kwargs", [{"seconds": 0, "steps": 1}, {"texts": ["é", "ünïcode"], "dimensions": 8}]
+)
 def test_message_matches_what_send_task_pushes(settings, redis_client, kwargs):
     app = make_celery(settings)
     queue = "publish-check-" + uuid.uuid4().hex[:8]
@@ -60,8 +61,15 @@ def test_state_meta_is_what_update_state_writes(settings, redis_client):
     task = app.tasks["demo.sleep"]
     task_id = str(uuid.uuid4())
     info = {"current": 1, "total": 2, "percent": 50, "message": "step 1 of 2"}
-    task.push_request(id=task_id, task="demo.sleep", args=[], kwargs={"seconds": 1},
-                      hostname="w@h", retries=0, delivery_info={"routing_key": "jobs"})
+    task.push_request(
+        id=task_id,
+        task="demo.sleep",
+        args=[],
+        kwargs={"seconds": 1},
+        hostname="w@h",
+        retries=0,
+        delivery_info={"routing_key": "jobs"},
+    )
     try:
         task.update_state(state="PROCESSING", meta=info)
         key, value, expires = state_meta(task, "PROCESSING", info)

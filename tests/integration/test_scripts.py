@@ -87,7 +87,8 @@ def start_keys(k: Keys) -> list[str]:
 
 
 def test_job_start_without_record_returns_minus_one_and_writes_nothing(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     with listening(redis_client, k("events", "j1")) as received:
         assert run("job_start", start_keys(k), ["t0", "STARTED", "node-a"]) == [-1]
         assert received() == []
@@ -95,7 +96,8 @@ def test_job_start_without_record_returns_minus_one_and_writes_nothing(
 
 
 def test_job_start_records_the_start_once_counts_runs_and_the_latest_worker(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     job = k("job", "j1")
     redis_client.hset(job, mapping={"job_id": "j1", "task": "demo.sleep"})
     redis_client.expire(job, LIVE_TTL)
@@ -105,14 +107,20 @@ def test_job_start_records_the_start_once_counts_runs_and_the_latest_worker(
         # A redelivery after node-a was lost: a second run, on node-b.
         assert run("job_start", start_keys(k), ["t1", '{"s":"STARTED"}', "node-b"]) == [1, 2]
         assert received() == [(k("events", "j1"), '{"s":"STARTED"}')]
-    assert redis_client.hgetall(job) == {"job_id": "j1", "task": "demo.sleep",
-                                         "started_at": "t0", "worker": "node-b", "runs": "2"}
+    assert redis_client.hgetall(job) == {
+        "job_id": "j1",
+        "task": "demo.sleep",
+        "started_at": "t0",
+        "worker": "node-b",
+        "runs": "2",
+    }
     assert ttl_near(redis_client, job, LIVE_TTL)  # the record keeps its TTL
 
 
 @pytest.mark.parametrize("status", ["SUCCESS", "FAILURE", "REVOKED"])
 def test_job_start_refuses_a_terminal_job_with_its_status(
-        redis_client: redis.Redis, run: Any, k: Keys, status: str) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys, status: str
+) -> None:
     job = k("job", "j1")
     redis_client.hset(job, mapping={"job_id": "j1", "status": status})
     with listening(redis_client, k("events", "j1")) as received:
@@ -134,27 +142,42 @@ def live_job(client: redis.Redis, k: Keys, **fields: str) -> str:
 
 
 def test_job_progress_without_record_returns_2_and_writes_nothing(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     with listening(redis_client, k("events", "j1"), k("meta", "j1")) as received:
-        assert run("job_progress", progress_keys(k),
-                   ['{"percent":5}', "ev", '{"status":"PROCESSING"}', "60"]) == 2
+        assert (
+            run(
+                "job_progress",
+                progress_keys(k),
+                ['{"percent":5}', "ev", '{"status":"PROCESSING"}', "60"],
+            )
+            == 2
+        )
         assert received() == []
     assert not redis_client.exists(k("job", "j1"), k("meta", "j1"))
 
 
 def test_job_progress_after_the_end_returns_0_and_writes_nothing(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     job = live_job(redis_client, k, status="REVOKED", progress='{"percent":1}')
     with listening(redis_client, k("events", "j1"), k("meta", "j1")) as received:
-        assert run("job_progress", progress_keys(k),
-                   ['{"percent":5}', "ev", '{"status":"PROCESSING"}', "60"]) == 0
+        assert (
+            run(
+                "job_progress",
+                progress_keys(k),
+                ['{"percent":5}', "ev", '{"status":"PROCESSING"}', "60"],
+            )
+            == 0
+        )
         assert received() == []
     assert redis_client.hget(job, "progress") == '{"percent":1}'
     assert not redis_client.exists(k("meta", "j1"))
 
 
 def test_job_progress_keeps_and_publishes_the_report_without_meta(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     job = live_job(redis_client, k)
     with listening(redis_client, k("events", "j1"), k("meta", "j1")) as received:
         assert run("job_progress", progress_keys(k), ['{"percent":5}', "ev", "", ""]) == 1
@@ -165,7 +188,8 @@ def test_job_progress_keeps_and_publishes_the_report_without_meta(
 
 
 def test_job_progress_writes_and_publishes_celery_meta_with_its_expiry(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     live_job(redis_client, k)
     meta = json.dumps({"status": "PROCESSING", "result": {"percent": 5}})
     redis_client.set(k("meta", "j1"), json.dumps({"status": "STARTED"}))
@@ -177,7 +201,8 @@ def test_job_progress_writes_and_publishes_celery_meta_with_its_expiry(
 
 
 def test_job_progress_writes_meta_without_expiry_when_none_is_given(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     live_job(redis_client, k)
     redis_client.set(k("meta", "j1"), "not json at all")  # unreadable: not a SUCCESS
     assert run("job_progress", progress_keys(k), ['{"percent":5}', "ev", "M", ""]) == 1
@@ -186,13 +211,20 @@ def test_job_progress_writes_meta_without_expiry_when_none_is_given(
 
 
 def test_job_progress_never_overwrites_a_success_meta(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     job = live_job(redis_client, k)  # the worker's SUCCESS landed, its finish not yet
     success = json.dumps({"status": "SUCCESS", "result": 42})
     redis_client.set(k("meta", "j1"), success, ex=100)
     with listening(redis_client, k("events", "j1"), k("meta", "j1")) as received:
-        assert run("job_progress", progress_keys(k),
-                   ['{"percent":99}', "ev", '{"status":"PROCESSING"}', "60"]) == 1
+        assert (
+            run(
+                "job_progress",
+                progress_keys(k),
+                ['{"percent":99}', "ev", '{"status":"PROCESSING"}', "60"],
+            )
+            == 1
+        )
         assert received() == [(k("events", "j1"), "ev")]  # nothing on the meta key
     assert redis_client.get(k("meta", "j1")) == success
     assert ttl_near(redis_client, k("meta", "j1"), 100)
@@ -201,12 +233,23 @@ def test_job_progress_never_overwrites_a_success_meta(
 
 # --------------------------------------------------------------------------- job_finish
 def finish_keys(k: Keys, queue: str = "hooks") -> list[str]:
-    return [k("job", "j1"), k("stats"), k("events", "j1"), k(queue), k("live"),
-            k("deliveries", "open")]
+    return [
+        k("job", "j1"),
+        k("stats"),
+        k("events", "j1"),
+        k(queue),
+        k("live"),
+        k("deliveries", "open"),
+    ]
 
 
-def finish_args(status: str = "SUCCESS", message: str = "MSG", open_member: str = "d1",
-                deadline: float = 1000.0, **fields: str) -> list[Any]:
+def finish_args(
+    status: str = "SUCCESS",
+    message: str = "MSG",
+    open_member: str = "d1",
+    deadline: float = 1000.0,
+    **fields: str,
+) -> list[Any]:
     flat: list[str] = []
     for name, value in {"status": status, "finished_at": "t9", **fields}.items():
         flat += [name, value]
@@ -214,52 +257,62 @@ def finish_args(status: str = "SUCCESS", message: str = "MSG", open_member: str 
 
 
 def test_job_finish_without_record_returns_minus_one_and_writes_nothing(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     redis_client.zadd(k("live"), {"j1": 1.0})
     with listening(redis_client, k("events", "j1")) as received:
         assert run("job_finish", finish_keys(k), finish_args()) == [-1]
         assert received() == []
-    assert not redis_client.exists(k("job", "j1"), k("stats"), k("hooks"),
-                                   k("deliveries", "open"))
+    assert not redis_client.exists(k("job", "j1"), k("stats"), k("hooks"), k("deliveries", "open"))
     assert redis_client.zscore(k("live"), "j1") == 1.0
 
 
 def test_job_finish_first_writer_wins_and_queues_its_webhook_with_the_end(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
-    job = live_job(redis_client, k, callback_url="https://example.test/hook",
-                   batch_id="b1")
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    job = live_job(redis_client, k, callback_url="https://example.test/hook", batch_id="b1")
     redis_client.zadd(k("live"), {"j1": 1.0, "other": 2.0})
     with listening(redis_client, k("events", "j1")) as received:
-        answer = run("job_finish", finish_keys(k),
-                     finish_args(result='{"n":1}', deadline=1234.5))
+        answer = run("job_finish", finish_keys(k), finish_args(result='{"n":1}', deadline=1234.5))
         assert answer == [1, "https://example.test/hook", "b1", 1]
         assert received() == [(k("events", "j1"), "ev-SUCCESS")]
         # The revoke path (or a re-run) comes second: nothing of it is recorded.
-        assert run("job_finish", finish_keys(k),
-                   finish_args("REVOKED", message="MSG2", open_member="d2")) == [0]
+        assert run(
+            "job_finish", finish_keys(k), finish_args("REVOKED", message="MSG2", open_member="d2")
+        ) == [0]
         assert received() == []
     assert redis_client.hgetall(job) == {
-        "job_id": "j1", "callback_url": "https://example.test/hook", "batch_id": "b1",
-        "status": "SUCCESS", "finished_at": "t9", "result": '{"n":1}'}
+        "job_id": "j1",
+        "callback_url": "https://example.test/hook",
+        "batch_id": "b1",
+        "status": "SUCCESS",
+        "finished_at": "t9",
+        "result": '{"n":1}',
+    }
     assert ttl_near(redis_client, job, RETENTION)  # the end sets the retention
     assert redis_client.hgetall(k("stats")) == {"SUCCESS": "1"}
     assert redis_client.lrange(k("hooks"), 0, -1) == ["MSG"]
-    assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [
-        ("d1", 1234.5)]
+    assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("d1", 1234.5)]
     assert redis_client.zrange(k("live"), 0, -1) == ["other"]
 
 
-@pytest.mark.parametrize("callback, message", [
-    ("", "MSG"),                           # no callback URL: nothing to deliver
-    ("https://example.test/hook", ""),     # the caller sends the webhook itself
-], ids=["no-callback", "no-message"])
+@pytest.mark.parametrize(
+    "callback, message",
+    [
+        ("", "MSG"),  # no callback URL: nothing to deliver
+        ("https://example.test/hook", ""),  # the caller sends the webhook itself
+    ],
+    ids=["no-callback", "no-message"],
+)
 def test_job_finish_queues_only_with_a_callback_url_and_a_message(
-        redis_client: redis.Redis, run: Any, k: Keys, callback: str, message: str) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys, callback: str, message: str
+) -> None:
     fields = {"callback_url": callback} if callback else {}
     job = live_job(redis_client, k, **fields)
     redis_client.zadd(k("live"), {"j1": 1.0})
-    answer = run("job_finish", finish_keys(k), finish_args("FAILURE", message=message,
-                                                          error="boom"))
+    answer = run(
+        "job_finish", finish_keys(k), finish_args("FAILURE", message=message, error="boom")
+    )
     assert answer == [1, callback, "", 0]
     assert redis_client.hget(job, "status") == "FAILURE"
     assert redis_client.hget(job, "error") == "boom"
@@ -270,20 +323,36 @@ def test_job_finish_queues_only_with_a_callback_url_and_a_message(
 
 # -------------------------------------------------------------------------- batch_count
 def batch_keys(k: Keys) -> list[str]:
-    return [k("batch", "b1"), k("batch", "b1", "done"), k("batch", "b1", "jobs"), k("hooks"),
-            k("deliveries", "open"), k("batches", "live")]
+    return [
+        k("batch", "b1"),
+        k("batch", "b1", "done"),
+        k("batch", "b1", "jobs"),
+        k("hooks"),
+        k("deliveries", "open"),
+        k("batches", "live"),
+    ]
 
 
-def count_args(member: str, outcome: str = "succeeded", message: str = "BMSG",
-               finished_at: str = "t9") -> list[Any]:
+def count_args(
+    member: str, outcome: str = "succeeded", message: str = "BMSG", finished_at: str = "t9"
+) -> list[Any]:
     return [member, outcome, finished_at, RETENTION, message, "bd1", 2222.0, "b1"]
 
 
 def new_batch(client: redis.Redis, k: Keys, total: int = 2, callback: str = "") -> None:
     """A batch as Store.create_batch leaves it: hash and member list with the live TTL."""
-    client.hset(k("batch", "b1"), mapping={
-        "batch_id": "b1", "callback_url": callback, "total": total, "completed": 0,
-        "succeeded": 0, "failed": 0, "revoked": 0})
+    client.hset(
+        k("batch", "b1"),
+        mapping={
+            "batch_id": "b1",
+            "callback_url": callback,
+            "total": total,
+            "completed": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "revoked": 0,
+        },
+    )
     client.rpush(k("batch", "b1", "jobs"), *(f"m{i}" for i in range(1, total + 1)))
     client.expire(k("batch", "b1"), LIVE_TTL)
     client.expire(k("batch", "b1", "jobs"), LIVE_TTL)
@@ -291,13 +360,13 @@ def new_batch(client: redis.Redis, k: Keys, total: int = 2, callback: str = "") 
 
 
 def test_batch_count_unknown_batch_returns_minus_one_and_writes_nothing(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     assert run("batch_count", batch_keys(k), count_args("m1")) == [-1]
     assert not redis_client.exists(*batch_keys(k))
 
 
-def test_batch_count_counts_each_member_once(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+def test_batch_count_counts_each_member_once(redis_client: redis.Redis, run: Any, k: Keys) -> None:
     new_batch(redis_client, k, total=2, callback="https://example.test/b")
     assert run("batch_count", batch_keys(k), count_args("m1", "failed")) == [0]
     assert run("batch_count", batch_keys(k), count_args("m1", "failed")) == [0]  # a re-run
@@ -306,14 +375,17 @@ def test_batch_count_counts_each_member_once(
     assert "finished_at" not in record
     assert redis_client.smembers(k("batch", "b1", "done")) == {"m1"}
     # The counted set lives as long as the batch hash does.
-    assert abs(redis_client.pttl(k("batch", "b1", "done"))
-               - redis_client.pttl(k("batch", "b1"))) < 2000
+    assert (
+        abs(redis_client.pttl(k("batch", "b1", "done")) - redis_client.pttl(k("batch", "b1")))
+        < 2000
+    )
     assert redis_client.zrange(k("batches", "live"), 0, -1) == ["b1", "b2"]
     assert not redis_client.exists(k("hooks"), k("deliveries", "open"))
 
 
 def test_batch_count_last_member_completes_and_queues_the_event(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     new_batch(redis_client, k, total=2, callback="https://example.test/b")
     assert run("batch_count", batch_keys(k), count_args("m1")) == [0]
     assert run("batch_count", batch_keys(k), count_args("m2", "revoked")) == [1, 1, 1]
@@ -324,8 +396,7 @@ def test_batch_count_last_member_completes_and_queues_the_event(
         assert ttl_near(redis_client, key, RETENTION), key
     assert redis_client.zrange(k("batches", "live"), 0, -1) == ["b2"]
     assert redis_client.lrange(k("hooks"), 0, -1) == ["BMSG"]
-    assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [
-        ("bd1", 2222.0)]
+    assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("bd1", 2222.0)]
     # A re-run of the last member's finish path: counted already, nothing queued again.
     assert run("batch_count", batch_keys(k), count_args("m2", "revoked")) == [0]
     assert redis_client.lrange(k("hooks"), 0, -1) == ["BMSG"]
@@ -333,7 +404,8 @@ def test_batch_count_last_member_completes_and_queues_the_event(
 
 
 def test_batch_count_returns_1_1_0_when_the_caller_must_send(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     new_batch(redis_client, k, total=1, callback="https://example.test/b")
     assert run("batch_count", batch_keys(k), count_args("m1", message="")) == [1, 1, 0]
     assert redis_client.hget(k("batch", "b1"), "finished_at") == "t9"
@@ -342,7 +414,8 @@ def test_batch_count_returns_1_1_0_when_the_caller_must_send(
 
 
 def test_batch_count_without_callback_completes_and_queues_nothing(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     new_batch(redis_client, k, total=1, callback="")
     assert run("batch_count", batch_keys(k), count_args("m1")) == [1, 0, 0]
     assert redis_client.hget(k("batch", "b1"), "finished_at") == "t9"
@@ -351,7 +424,8 @@ def test_batch_count_without_callback_completes_and_queues_nothing(
 
 
 def test_batch_count_never_finishes_a_batch_twice(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     new_batch(redis_client, k, total=1, callback="https://example.test/b")
     redis_client.hset(k("batch", "b1"), "finished_at", "t1")
     assert run("batch_count", batch_keys(k), count_args("m1")) == [0]
@@ -360,7 +434,8 @@ def test_batch_count_never_finishes_a_batch_twice(
 
 
 def test_batch_count_counts_once_even_if_the_batch_hash_has_no_ttl(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     new_batch(redis_client, k, total=2)
     redis_client.persist(k("batch", "b1"))
     assert run("batch_count", batch_keys(k), count_args("m1")) == [0]
@@ -370,8 +445,12 @@ def test_batch_count_counts_once_even_if_the_batch_hash_has_no_ttl(
 
 # ----------------------------------------------------------------------- delivery_begin
 def begin_keys(k: Keys) -> list[str]:
-    return [k("webhook", "j1", "claim", "tok"), k("webhook", "j1", "ev", "body"),
-            k("job", "j1"), k("deliveries", "open")]
+    return [
+        k("webhook", "j1", "claim", "tok"),
+        k("webhook", "j1", "ev", "body"),
+        k("job", "j1"),
+        k("deliveries", "open"),
+    ]
 
 
 def begin_args(k: Keys, node: str = "node-a", lease: int = 41) -> list[Any]:
@@ -379,24 +458,30 @@ def begin_args(k: Keys, node: str = "node-a", lease: int = 41) -> list[Any]:
 
 
 def test_delivery_begin_claims_and_reads_record_body_and_partner(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     redis_client.hset(k("job", "j1"), mapping={"job_id": "j1", "partner_id": "p1"})
     redis_client.hset(k("partner", "p1"), mapping={"id": "p1", "webhook_secret": "s"})
     redis_client.set(k("webhook", "j1", "ev", "body"), "BODY")
     record, body, partner = run("delivery_begin", begin_keys(k), begin_args(k))
-    assert dict(zip(record[::2], record[1::2], strict=True)) == {"job_id": "j1",
-                                                                 "partner_id": "p1"}
+    assert dict(zip(record[::2], record[1::2], strict=True)) == {"job_id": "j1", "partner_id": "p1"}
     assert body == "BODY"
-    assert dict(zip(partner[::2], partner[1::2], strict=True)) == {"id": "p1",
-                                                                   "webhook_secret": "s"}
+    assert dict(zip(partner[::2], partner[1::2], strict=True)) == {
+        "id": "p1",
+        "webhook_secret": "s",
+    }
     assert redis_client.get(k("webhook", "j1", "claim", "tok")) == "node-a"
     assert ttl_near(redis_client, k("webhook", "j1", "claim", "tok"), 41)
 
 
-@pytest.mark.parametrize("record", [{}, {"job_id": "j1"}, {"job_id": "j1", "partner_id": ""}],
-                         ids=["no-record", "no-partner-field", "empty-partner"])
+@pytest.mark.parametrize(
+    "record",
+    [{}, {"job_id": "j1"}, {"job_id": "j1", "partner_id": ""}],
+    ids=["no-record", "no-partner-field", "empty-partner"],
+)
 def test_delivery_begin_without_body_or_partner(
-        redis_client: redis.Redis, run: Any, k: Keys, record: dict[str, str]) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys, record: dict[str, str]
+) -> None:
     if record:
         redis_client.hset(k("job", "j1"), mapping=record)
     found, body, partner = run("delivery_begin", begin_keys(k), begin_args(k))
@@ -407,7 +492,8 @@ def test_delivery_begin_without_body_or_partner(
 
 
 def test_delivery_begin_done_closes_the_open_entry_and_returns_nil(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     claim = k("webhook", "j1", "claim", "tok")
     redis_client.set(claim, "done", ex=RETENTION)
     redis_client.zadd(k("deliveries", "open"), {"d1": 5.0, "d2": 6.0})
@@ -417,10 +503,12 @@ def test_delivery_begin_done_closes_the_open_entry_and_returns_nil(
     assert ttl_near(redis_client, claim, RETENTION)
 
 
-@pytest.mark.parametrize("holder", ["node-a", "node-b", ""],
-                         ids=["this-node", "live-node", "anonymous"])
+@pytest.mark.parametrize(
+    "holder", ["node-a", "node-b", ""], ids=["this-node", "live-node", "anonymous"]
+)
 def test_delivery_begin_never_takes_a_claim_from_a_live_holder(
-        redis_client: redis.Redis, run: Any, k: Keys, holder: str) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys, holder: str
+) -> None:
     claim = k("webhook", "j1", "claim", "tok")
     redis_client.set(claim, holder, ex=100)
     redis_client.set(k("worker", "node-b"), "alive", ex=60)
@@ -432,7 +520,8 @@ def test_delivery_begin_never_takes_a_claim_from_a_live_holder(
 
 
 def test_delivery_begin_takes_over_the_claim_of_a_dead_node(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     claim = k("webhook", "j1", "claim", "tok")
     redis_client.set(claim, "node-dead", ex=100)  # its liveness key expired: it died
     redis_client.set(k("worker", "node-b"), "alive", ex=60)
@@ -445,33 +534,61 @@ def test_delivery_begin_takes_over_the_claim_of_a_dead_node(
 
 # ---------------------------------------------------------------------- delivery_record
 def record_keys(k: Keys, claim: bool = True) -> list[str]:
-    return [k("webhook", "j1"), k("deliveries", "j1"),
-            k("webhook", "j1", "claim", "tok") if claim else "", k("job", "j1"),
-            k("deliveries", "open"), k("due")]
+    return [
+        k("webhook", "j1"),
+        k("deliveries", "j1"),
+        k("webhook", "j1", "claim", "tok") if claim else "",
+        k("job", "j1"),
+        k("deliveries", "open"),
+        k("due"),
+    ]
 
 
-def record_args(state: str = "retrying", max_log: int = 50, mirror: str = "1",
-                task_id: str = "d1", following: tuple[str, float, float, str] | None = None,
-                entry: dict[str, Any] | None = None) -> list[Any]:
-    entry = {"webhook_id": "w1", "event": "job.completed", "at": "t5"} if entry is None \
-        else entry
+def record_args(
+    state: str = "retrying",
+    max_log: int = 50,
+    mirror: str = "1",
+    task_id: str = "d1",
+    following: tuple[str, float, float, str] | None = None,
+    entry: dict[str, Any] | None = None,
+) -> list[Any]:
+    entry = {"webhook_id": "w1", "event": "job.completed", "at": "t5"} if entry is None else entry
     head = json.dumps(entry, separators=(",", ":"))[:-1] + ',"attempt":'
     next_id, deadline, due_at, due_entry = following or ("", 0.0, 0.0, "")
-    return [state, "w1", "job.completed", "t5", RETENTION, max_log, head, mirror, task_id,
-            next_id, deadline, due_at, due_entry]
+    return [
+        state,
+        "w1",
+        "job.completed",
+        "t5",
+        RETENTION,
+        max_log,
+        head,
+        mirror,
+        task_id,
+        next_id,
+        deadline,
+        due_at,
+        due_entry,
+    ]
 
 
 def test_delivery_record_numbers_summarises_logs_and_closes_the_claim(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     job = live_job(redis_client, k)
     redis_client.set(k("webhook", "j1", "claim", "tok"), "node-a", ex=40)
     redis_client.zadd(k("deliveries", "open"), {"d1": 5.0, "other": 6.0})
     assert run("delivery_record", record_keys(k), record_args("failed")) == 1
     assert redis_client.hgetall(k("webhook", "j1")) == {
-        "attempts": "1", "state": "failed", "webhook_id": "w1", "event": "job.completed",
-        "last_attempt_at": "t5"}
+        "attempts": "1",
+        "state": "failed",
+        "webhook_id": "w1",
+        "event": "job.completed",
+        "last_attempt_at": "t5",
+    }
     assert [json.loads(raw) for raw in redis_client.lrange(k("deliveries", "j1"), 0, -1)] == [
-        {"webhook_id": "w1", "event": "job.completed", "at": "t5", "attempt": 1}]
+        {"webhook_id": "w1", "event": "job.completed", "at": "t5", "attempt": 1}
+    ]
     for key in (k("webhook", "j1"), k("deliveries", "j1"), k("webhook", "j1", "claim", "tok")):
         assert ttl_near(redis_client, key, RETENTION), key
     assert redis_client.get(k("webhook", "j1", "claim", "tok")) == "done"
@@ -483,27 +600,31 @@ def test_delivery_record_numbers_summarises_logs_and_closes_the_claim(
 
 
 def test_delivery_record_numbers_attempts_and_trims_the_log_to_max(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
-    numbers = [run("delivery_record", record_keys(k), record_args(max_log=3, task_id=f"d{i}"))
-               for i in range(1, 6)]
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    numbers = [
+        run("delivery_record", record_keys(k), record_args(max_log=3, task_id=f"d{i}"))
+        for i in range(1, 6)
+    ]
     assert numbers == [1, 2, 3, 4, 5]
     log = [json.loads(raw) for raw in redis_client.lrange(k("deliveries", "j1"), 0, -1)]
     assert [entry["attempt"] for entry in log] == [3, 4, 5]  # the newest, oldest first
     assert redis_client.hget(k("webhook", "j1"), "attempts") == "5"
 
 
-def test_delivery_record_with_an_empty_entry(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+def test_delivery_record_with_an_empty_entry(redis_client: redis.Redis, run: Any, k: Keys) -> None:
     args = record_args()
     args[6] = '{"attempt":'  # Deliveries.record's head for an empty entry
     assert run("delivery_record", record_keys(k), args) == 1
     assert redis_client.lrange(k("deliveries", "j1"), 0, -1) == ['{"attempt":1}']
 
 
-@pytest.mark.parametrize("mirror, exists", [("1", False), ("0", True)],
-                         ids=["job-expired", "batch-subject"])
+@pytest.mark.parametrize(
+    "mirror, exists", [("1", False), ("0", True)], ids=["job-expired", "batch-subject"]
+)
 def test_delivery_record_mirrors_only_onto_an_existing_job_when_asked(
-        redis_client: redis.Redis, run: Any, k: Keys, mirror: str, exists: bool) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys, mirror: str, exists: bool
+) -> None:
     if exists:
         live_job(redis_client, k)
     assert run("delivery_record", record_keys(k), record_args(mirror=mirror)) == 1
@@ -515,44 +636,54 @@ def test_delivery_record_mirrors_only_onto_an_existing_job_when_asked(
 
 
 def test_delivery_record_without_a_claim_writes_no_claim(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     assert run("delivery_record", record_keys(k, claim=False), record_args()) == 1
     assert not redis_client.exists("", k("webhook", "j1", "claim", "tok"))
 
 
 def test_delivery_record_schedules_the_next_attempt_with_its_open_entry(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     redis_client.zadd(k("deliveries", "open"), {"d1": 5.0})
     due_entry = json.dumps({"id": "d2", "task": "t", "queue": "q", "args": [], "kwargs": {}})
     args = record_args(task_id="d1", following=("d2", 7040.0, 7000.0, due_entry))
     assert run("delivery_record", record_keys(k), args) == 1
-    assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [
-        ("d2", 7040.0)]
+    assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("d2", 7040.0)]
     assert redis_client.zrange(k("due"), 0, -1, withscores=True) == [(due_entry, 7000.0)]
 
 
 # ---------------------------------------------------------------------- delivery_mirror
 def test_delivery_mirror_never_resurrects_an_expired_job(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     assert run("delivery_mirror", [k("job", "j1")], ["pending", ""]) == 0
     assert not redis_client.exists(k("job", "j1"))
 
 
 def test_delivery_mirror_sets_state_and_attempts_only_when_given(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     job = live_job(redis_client, k, webhook_attempts="2")
     assert run("delivery_mirror", [job], ["pending", ""]) == 1
-    assert redis_client.hgetall(job) == {"job_id": "j1", "webhook_state": "pending",
-                                         "webhook_attempts": "2"}
+    assert redis_client.hgetall(job) == {
+        "job_id": "j1",
+        "webhook_state": "pending",
+        "webhook_attempts": "2",
+    }
     assert run("delivery_mirror", [job], ["delivered", "3"]) == 1
-    assert redis_client.hgetall(job) == {"job_id": "j1", "webhook_state": "delivered",
-                                         "webhook_attempts": "3"}
+    assert redis_client.hgetall(job) == {
+        "job_id": "j1",
+        "webhook_state": "delivered",
+        "webhook_attempts": "3",
+    }
     assert ttl_near(redis_client, job, LIVE_TTL)
 
 
 # ----------------------------------------------------------------------------- due_move
 def test_due_move_moves_each_given_entry_once_onto_its_own_queue(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     due = k("due")
     redis_client.zadd(due, {"e1": 10.0, "e2": 11.0, "e3": 12.0, "later": 9e9})
     keys = [due, k("q", "a"), k("q", "b"), k("q", "a")]
@@ -567,7 +698,8 @@ def test_due_move_moves_each_given_entry_once_onto_its_own_queue(
 
 
 def test_due_move_skips_entries_another_worker_took(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     due = k("due")
     redis_client.zadd(due, {"e2": 11.0})
     assert run("due_move", [due, k("q", "a"), k("q", "a")], ["e1", "m1", "e2", "m2"]) == 1
@@ -576,7 +708,8 @@ def test_due_move_skips_entries_another_worker_took(
 
 
 def test_due_move_with_no_entries_moves_nothing(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     redis_client.zadd(k("due"), {"e1": 1.0})
     assert run("due_move", [k("due")], []) == 0
     assert redis_client.zrange(k("due"), 0, -1) == ["e1"]
@@ -584,8 +717,11 @@ def test_due_move_with_no_entries_moves_nothing(
 
 # ------------------------------------------------------------------------- the loader
 def test_names_are_exactly_the_lua_files() -> None:
-    on_disk = {entry.name.removesuffix(".lua") for entry in files("jobgate.scripts").iterdir()
-               if entry.name.endswith(".lua")}
+    on_disk = {
+        entry.name.removesuffix(".lua")
+        for entry in files("jobgate.scripts").iterdir()
+        if entry.name.endswith(".lua")
+    }
     assert len(set(NAMES)) == len(NAMES)  # no name twice
     assert set(NAMES) == on_disk  # no script without a name, no name without a file
 
@@ -618,7 +754,8 @@ def test_source_reads_each_file_once(monkeypatch: pytest.MonkeyPatch) -> None:
         assert sorted(reads) == sorted(f"{name}.lua" for name in NAMES)
         for name in NAMES:
             assert texts[name] == (real_files("jobgate.scripts") / f"{name}.lua").read_text(
-                encoding="utf-8")
+                encoding="utf-8"
+            )
     finally:
         source.cache_clear()
     with pytest.raises(KeyError):
@@ -634,7 +771,8 @@ def test_scripts_registers_every_name_on_the_client(redis_client: redis.Redis) -
 
 
 def test_scripts_are_loaded_into_redis_on_first_use(
-        redis_client: redis.Redis, run: Any, k: Keys) -> None:
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
     registered = Scripts(redis_client)
     sha = registered["delivery_mirror"].sha
     assert run("delivery_mirror", [k("job", "none")], ["x", ""]) == 0

@@ -36,8 +36,9 @@ def world(app, redis_client) -> Any:
     svc = app.extensions["jobgate"]
     tag = uuid.uuid4().hex[:8]
     store = Store(redis_client, prefix=f"sweep-{tag}", retention=600, open_grace=5)
-    messenger = CeleryMessenger(svc.celery, jobs_queue=f"sweep-jobs-{tag}",
-                                webhooks_queue=f"sweep-hooks-{tag}", inline=True)
+    messenger = CeleryMessenger(
+        svc.celery, jobs_queue=f"sweep-jobs-{tag}", webhooks_queue=f"sweep-hooks-{tag}", inline=True
+    )
     yield store, messenger
     redis_client.delete(messenger.jobs_queue, messenger.webhooks_queue)
     for key in redis_client.scan_iter(f"sweep-{tag}:*"):
@@ -46,8 +47,15 @@ def world(app, redis_client) -> Any:
 
 def a_job(**extra: Any) -> dict[str, Any]:
     job_id = str(uuid.uuid4())
-    return {"job_id": job_id, "task_id": job_id, "task": "demo.sleep", "partner_id": "ptn_x",
-            "params": {"seconds": 0.5, "steps": 1}, "created_at": utcnow(), **extra}
+    return {
+        "job_id": job_id,
+        "task_id": job_id,
+        "task": "demo.sleep",
+        "partner_id": "ptn_x",
+        "params": {"seconds": 0.5, "steps": 1},
+        "created_at": utcnow(),
+        **extra,
+    }
 
 
 def queued(store: Store, queue: str) -> list[dict[str, Any]]:
@@ -78,12 +86,18 @@ def test_a_queued_job_and_a_fresh_one_are_left_alone(world):
     store, messenger = world
     queue = messenger.jobs_queue
     waiting = a_job()
-    store.create_job(waiting, message=(queue, messenger.envelope(
-        "demo.sleep", waiting["task_id"], queue=queue, kwargs=waiting["params"])))
+    store.create_job(
+        waiting,
+        message=(
+            queue,
+            messenger.envelope(
+                "demo.sleep", waiting["task_id"], queue=queue, kwargs=waiting["params"]
+            ),
+        ),
+    )
     store.create_job(a_job())  # no message, but younger than stale_after
     assert sweep(store, messenger, stale_after=30) == {}
-    assert sweep(store, messenger, stale_after=30, now=time.time() + LATER) == {
-        "job_requeued": 1}
+    assert sweep(store, messenger, stale_after=30, now=time.time() + LATER) == {"job_requeued": 1}
     assert len(queued(store, queue)) == 2
 
 
@@ -93,7 +107,8 @@ def test_an_old_record_without_params_ends_failed_with_its_reason(world):
     del job["params"]
     store.create_job(job)
     assert sweep(store, messenger, stale_after=30, now=time.time() + LATER) == {
-        "job_failed_lost": 1}
+        "job_failed_lost": 1
+    }
     record = store.job(job["job_id"])
     assert record["status"] == "FAILURE" and record["error"].startswith("lost:")
     assert store.redis.zscore(store.key("live"), job["job_id"]) is None
@@ -104,7 +119,8 @@ def test_an_open_delivery_with_nothing_queued_is_queued_again_with_its_task_id(w
     task_id = delivery_task_id("job", str(uuid.uuid4()), "job.succeeded", "auto", 2)
     store.mark_open(task_id)
     assert sweep(store, messenger, stale_after=30, now=time.time() + LATER) == {
-        "delivery_requeued": 1}
+        "delivery_requeued": 1
+    }
     [message] = queued(store, messenger.webhooks_queue)
     assert (message["id"], message["task"]) == (task_id, DELIVER_TASK)
     assert message["kwargs"] == {"retry": 2, "chain": "auto"}
@@ -117,8 +133,10 @@ def test_an_open_delivery_with_nothing_queued_is_queued_again_with_its_task_id(w
 def test_a_scheduled_retry_is_not_mistaken_for_a_lost_one(world):
     store, messenger = world
     task_id = delivery_task_id("job", str(uuid.uuid4()), "job.failed", "auto", 1)
-    store.redis.zadd(store.due_key, {entry(DELIVER_TASK, task_id,
-                                           queue=messenger.webhooks_queue): time.time() + 60})
+    store.redis.zadd(
+        store.due_key,
+        {entry(DELIVER_TASK, task_id, queue=messenger.webhooks_queue): time.time() + 60},
+    )
     store.mark_open(task_id, deadline=time.time() - 1)
     assert sweep(store, messenger, stale_after=30) == {}
     assert queued(store, messenger.webhooks_queue) == []
@@ -128,14 +146,26 @@ def test_ended_members_never_counted_complete_the_batch_with_its_event(world):
     store, messenger = world
     batch_id = str(uuid.uuid4())
     members = [a_job(batch_id=batch_id), a_job(batch_id=batch_id)]
-    store.create_batch({"batch_id": batch_id, "partner_id": "ptn_x",
-                        "callback_url": "https://hooks.example/b", "created_at": utcnow(),
-                        "total": 2, "completed": 0, "succeeded": 0, "failed": 0,
-                        "revoked": 0, "metadata": "{}"}, members)
+    store.create_batch(
+        {
+            "batch_id": batch_id,
+            "partner_id": "ptn_x",
+            "callback_url": "https://hooks.example/b",
+            "created_at": utcnow(),
+            "total": 2,
+            "completed": 0,
+            "succeeded": 0,
+            "failed": 0,
+            "revoked": 0,
+            "metadata": "{}",
+        },
+        members,
+    )
     for job in members:  # ended, but the process died before counting them
         assert store.finish_job(job["job_id"], "SUCCESS", result={})
     assert sweep(store, messenger, stale_after=30, now=time.time() + LATER) == {
-        "batch_member_counted": 2}
+        "batch_member_counted": 2
+    }
     record = batches.batch_record(store, batch_id)
     assert record["finished_at"] and (record["completed"], record["succeeded"]) == (2, 2)
     [message] = queued(store, messenger.webhooks_queue)
@@ -148,15 +178,23 @@ def test_ended_members_never_counted_complete_the_batch_with_its_event(world):
 def test_due_entries_are_queued_once_however_many_workers_move_them(world):
     store, messenger = world
     queue = messenger.webhooks_queue
-    due = [entry(DELIVER_TASK, f"whk:job:j{n}:job.failed:auto:1", queue=queue,
-                 args=["job", f"j{n}", "job.failed"], kwargs={"retry": 1, "chain": "auto"})
-           for n in range(50)]
+    due = [
+        entry(
+            DELIVER_TASK,
+            f"whk:job:j{n}:job.failed:auto:1",
+            queue=queue,
+            args=["job", f"j{n}", "job.failed"],
+            kwargs={"retry": 1, "chain": "auto"},
+        )
+        for n in range(50)
+    ]
     store.redis.zadd(store.due_key, dict.fromkeys(due, time.time() - 1))
     later = entry(DELIVER_TASK, "whk:job:later:job.failed:auto:1", queue=queue)
     store.redis.zadd(store.due_key, {later: time.time() + 60})
     moved: list[int] = []
-    movers = [threading.Thread(target=lambda: moved.append(move_due(store, messenger)))
-              for _ in range(4)]
+    movers = [
+        threading.Thread(target=lambda: moved.append(move_due(store, messenger))) for _ in range(4)
+    ]
     for mover in movers:
         mover.start()
     for mover in movers:

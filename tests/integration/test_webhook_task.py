@@ -50,15 +50,22 @@ def attempt(app: FakeApp, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
 
 def scheduled(app: FakeApp) -> list[tuple[dict[str, Any], float]]:
     """(entry, due time) of every retry the attempts scheduled on the due set."""
-    return [(json.loads(row), at)
-            for row, at in app.store.redis.zrange(app.store.due_key, 0, -1, withscores=True)]
+    return [
+        (json.loads(row), at)
+        for row, at in app.store.redis.zrange(app.store.due_key, 0, -1, withscores=True)
+    ]
 
 
 @pytest.fixture
 def fake_app(redis_url: str, redis_client: Any) -> FakeApp:
-    settings = Settings(redis_url=redis_url, callback_allow_http=True,
-                        callback_allowlist="127.0.0.0/8", webhook_retry_delays=(0.2, 0.5, 1.0),
-                        webhook_timeout=2.0, key_prefix="unit-" + uuid.uuid4().hex[:8])
+    settings = Settings(
+        redis_url=redis_url,
+        callback_allow_http=True,
+        callback_allowlist="127.0.0.0/8",
+        webhook_retry_delays=(0.2, 0.5, 1.0),
+        webhook_timeout=2.0,
+        key_prefix="unit-" + uuid.uuid4().hex[:8],
+    )
     store = Store(redis_client, prefix=settings.key_prefix, retention=600)
     return FakeApp(settings=settings, store=store, sent=[])
 
@@ -66,21 +73,38 @@ def fake_app(redis_url: str, redis_client: Any) -> FakeApp:
 def make_job(app: FakeApp, callback_url: str = URL) -> str:
     partner, _ = app.store.create_partner("acme", generate_secret())
     job_id = str(uuid.uuid4())
-    app.store.create_job({"job_id": job_id, "task_id": job_id, "task": "demo.sleep",
-                          "partner_id": partner["id"], "callback_url": callback_url,
-                          "created_at": "2024-01-01T00:00:00.000Z"})
+    app.store.create_job(
+        {
+            "job_id": job_id,
+            "task_id": job_id,
+            "task": "demo.sleep",
+            "partner_id": partner["id"],
+            "callback_url": callback_url,
+            "created_at": "2024-01-01T00:00:00.000Z",
+        }
+    )
     assert app.store.finish_job(job_id, "SUCCESS", result={"ok": True})
     return job_id
 
 
-@pytest.mark.parametrize(("answer", "state", "retries"), [
-    (200, "delivered", False), (204, "delivered", False), (500, "retrying", True),
-    (503, "retrying", True), (408, "retrying", True), (429, "retrying", True),
-    (400, "failed", False), (404, "failed", False), (410, "failed", False),
-    (301, "failed", False),
-])
-def test_status_decides_state_and_retry(fake_app: FakeApp, answer: int, state: str,
-                                        retries: bool) -> None:
+@pytest.mark.parametrize(
+    ("answer", "state", "retries"),
+    [
+        (200, "delivered", False),
+        (204, "delivered", False),
+        (500, "retrying", True),
+        (503, "retrying", True),
+        (408, "retrying", True),
+        (429, "retrying", True),
+        (400, "failed", False),
+        (404, "failed", False),
+        (410, "failed", False),
+        (301, "failed", False),
+    ],
+)
+def test_status_decides_state_and_retry(
+    fake_app: FakeApp, answer: int, state: str, retries: bool
+) -> None:
     job_id = make_job(fake_app)
     started = time.time()
     with responses.RequestsMock() as rsps:
@@ -107,8 +131,14 @@ def test_status_decides_state_and_retry(fake_app: FakeApp, answer: int, state: s
         assert open_ids == []
 
 
-@pytest.mark.parametrize("error", [requests.ConnectionError("refused"),
-                                   requests.ConnectTimeout("slow"), requests.ReadTimeout("slow")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        requests.ConnectionError("refused"),
+        requests.ConnectTimeout("slow"),
+        requests.ReadTimeout("slow"),
+    ],
+)
 def test_transport_errors_are_retried(fake_app: FakeApp, error: Exception) -> None:
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
@@ -144,13 +174,17 @@ def test_every_attempt_sends_the_stored_body_under_one_id(fake_app: FakeApp) -> 
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=500)
         attempt(fake_app, "job", job_id, "job.succeeded")
-        fake_app.store.redis.hset(fake_app.store.key("job", job_id), "result",
-                                  json.dumps({"changed": True}))
+        fake_app.store.redis.hset(
+            fake_app.store.key("job", job_id), "result", json.dumps({"changed": True})
+        )
         attempt(fake_app, "job", job_id, "job.succeeded", retry=1)
         first, second = (call.request for call in rsps.calls)
     assert first.body == second.body
-    assert first.headers["webhook-id"] == second.headers["webhook-id"] == webhook_id(
-        job_id, "job.succeeded")
+    assert (
+        first.headers["webhook-id"]
+        == second.headers["webhook-id"]
+        == webhook_id(job_id, "job.succeeded")
+    )
     assert json.loads(first.body)["data"]["result"] == {"ok": True}
 
 
@@ -164,16 +198,24 @@ def test_a_duplicate_message_sends_nothing(fake_app: FakeApp) -> None:
     assert len(Deliveries(fake_app.store).attempts(job_id)) == 1
 
 
-@pytest.mark.parametrize(("url", "error", "logged"), [
-    ("http://10.0.0.5/hook", REFUSED, "private"),
-    ("http://169.254.169.254/latest", REFUSED, "link-local"),
-    ("http://[::ffff:192.168.1.1]/hook", REFUSED, "private"),
-    ("http://user:pw@127.0.0.1/h", "credentials", "credentials"),
-    ("ftp://127.0.0.1/hook", "scheme 'ftp'", "scheme 'ftp'")])
-def test_delivery_time_guard_refuses_before_connecting(fake_app: FakeApp, url: str, error: str,
-                                                       logged: str,
-                                                       monkeypatch: pytest.MonkeyPatch,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("url", "error", "logged"),
+    [
+        ("http://10.0.0.5/hook", REFUSED, "private"),
+        ("http://169.254.169.254/latest", REFUSED, "link-local"),
+        ("http://[::ffff:192.168.1.1]/hook", REFUSED, "private"),
+        ("http://user:pw@127.0.0.1/h", "credentials", "credentials"),
+        ("ftp://127.0.0.1/hook", "scheme 'ftp'", "scheme 'ftp'"),
+    ],
+)
+def test_delivery_time_guard_refuses_before_connecting(
+    fake_app: FakeApp,
+    url: str,
+    error: str,
+    logged: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A URL accepted at submit can be refused at delivery (DNS or config changed). The
     partner-visible attempt says only what the partner may know; the worker's log says why."""
     caplog.set_level(logging.INFO, logger="jobgate")
@@ -223,8 +265,9 @@ class RoundTrips:
         monkeypatch.setattr(cls, "send_packed_command", counted)
 
 
-def test_one_attempt_costs_at_most_three_round_trips(fake_app: FakeApp,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_attempt_costs_at_most_three_round_trips(
+    fake_app: FakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Claim + reads, body store (first attempt only), record + close: no more."""
     warm, job_id = make_job(fake_app), make_job(fake_app)
     trips = RoundTrips(fake_app.store.redis, monkeypatch)
@@ -255,14 +298,25 @@ def test_the_log_entry_is_the_returned_attempt(fake_app: FakeApp) -> None:
     books = Deliveries(fake_app.store)
     raw = fake_app.store.redis.lrange(books.log_key(job_id), 0, -1)
     assert raw == [json.dumps(entry, separators=(",", ":")) for entry in (first, second)]
-    assert list(first) == ["webhook_id", "event", "at", "status_code", "error", "duration_ms",
-                           "next_attempt_at", "outcome", "redelivery", "attempt"]
+    assert list(first) == [
+        "webhook_id",
+        "event",
+        "at",
+        "status_code",
+        "error",
+        "duration_ms",
+        "next_attempt_at",
+        "outcome",
+        "redelivery",
+        "attempt",
+    ]
     assert books.attempts(job_id) == [first, second]
     assert books.summary(job_id) == {"state": "delivered", "attempts": 2}
     record = fake_app.store.job(job_id)
     assert (record["webhook_state"], record["webhook_attempts"]) == ("delivered", "2")
-    claims = fake_app.store.redis.mget([books.claim_key(job_id, f"job.succeeded:auto:{n}")
-                                        for n in (0, 1)])
+    claims = fake_app.store.redis.mget(
+        [books.claim_key(job_id, f"job.succeeded:auto:{n}") for n in (0, 1)]
+    )
     assert claims == ["done", "done"]
 
 
@@ -327,8 +381,9 @@ def test_the_delivery_task_shares_one_result_backend_across_threads() -> None:
     app = make_celery(Settings(redis_url="redis://127.0.0.1:6379/0"))
     task = app.tasks[DELIVER_TASK]
     seen: list[tuple[Any, Any]] = []  # kept, so no backend is freed and its id reused
-    threads = [threading.Thread(target=lambda: seen.append((task.backend, app.backend)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: seen.append((task.backend, app.backend))) for _ in range(3)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -48,17 +48,20 @@ def test_sigterm_stops_both_pools_warm(settings, redis_client, admin_headers):
     own = own_queues(settings)
     app = create_app(own)
     client = app.test_client()
-    key = client.post("/v1/partners", json={"name": "pools"},
-                      headers=admin_headers).get_json()["api_key"]
+    key = client.post("/v1/partners", json={"name": "pools"}, headers=admin_headers).get_json()[
+        "api_key"
+    ]
     headers = {"Authorization": f"Bearer {key}"}
     worker = WorkerProcess(own, concurrency=1, name="pools").start()
     try:
         children = pools(worker)
         assert set(children) == {"jobs", "webhooks"}
         processes = everything(worker)
-        job = client.post("/v1/jobs", json={"task": "demo.sleep",
-                                             "params": {"seconds": 2, "steps": 4}},
-                          headers=headers).get_json()
+        job = client.post(
+            "/v1/jobs",
+            json={"task": "demo.sleep", "params": {"seconds": 2, "steps": 4}},
+            headers=headers,
+        ).get_json()
         wait_for_status(client, job["job_id"], headers, ("PROCESSING",))
         worker.proc.send_signal(signal.SIGTERM)  # what systemd or Kubernetes sends
         assert worker.proc.wait(timeout=30) == 0
@@ -70,8 +73,9 @@ def test_sigterm_stops_both_pools_warm(settings, redis_client, admin_headers):
 
 
 @pytest.mark.parametrize("dies", ["webhooks", "jobs"])
-def test_when_one_pool_dies_the_supervisor_stops_the_other_and_fails(settings, redis_client,
-                                                                     dies: str):
+def test_when_one_pool_dies_the_supervisor_stops_the_other_and_fails(
+    settings, redis_client, dies: str
+):
     worker = WorkerProcess(own_queues(settings), concurrency=1, name="pools").start()
     try:
         children = pools(worker)
@@ -79,8 +83,12 @@ def test_when_one_pool_dies_the_supervisor_stops_the_other_and_fails(settings, r
         # One pool dies (OOM killer, a crash): the other must not run on alone.
         os.kill(children[dies], signal.SIGKILL)
         assert worker.proc.wait(timeout=30) != 0
-        wait_until(lambda: not any(alive(pid) for pid in processes), 10, 0.1,
-                   "every process of the worker to exit")
+        wait_until(
+            lambda: not any(alive(pid) for pid in processes),
+            10,
+            0.1,
+            "every process of the worker to exit",
+        )
         other = {"jobs": "webhooks", "webhooks": "jobs"}[dies]
         assert f"{dies} pool exited with -9; stopping {other} pool" in worker.log()
     finally:
@@ -94,8 +102,12 @@ def test_pools_stop_when_the_supervisor_is_sigkilled(settings, redis_client):
     try:
         worker.proc.kill()  # the supervisor alone, not its pools' groups
         worker.proc.wait(timeout=10)
-        wait_until(lambda: not any(alive(pid) for pid in processes), 30, 0.1,
-                   "both pools to stop after their supervisor died")
+        wait_until(
+            lambda: not any(alive(pid) for pid in processes),
+            30,
+            0.1,
+            "both pools to stop after their supervisor died",
+        )
     finally:
         for pid in processes:
             with contextlib.suppress(ProcessLookupError):
@@ -117,4 +129,3 @@ def test_pool_only_runs_one_plain_celery_worker(settings, redis_client):
         assert args[args.index(b"-P") + 1] == b"gevent"
     finally:
         worker.stop()
-

@@ -25,8 +25,12 @@ HEARTBEAT = 0.5
 @pytest.fixture(scope="session")
 def gateway_url(settings: Settings, redis_client: Any) -> Iterator[str]:
     """The gateway behind gunicorn as shipped: gevent, so open streams cost greenlets."""
-    with gunicorn(settings, workers=1, extra=("--graceful-timeout", "2"),
-                  env={"JOBGATE_SSE_HEARTBEAT": str(HEARTBEAT)}) as url:
+    with gunicorn(
+        settings,
+        workers=1,
+        extra=("--graceful-timeout", "2"),
+        env={"JOBGATE_SSE_HEARTBEAT": str(HEARTBEAT)},
+    ) as url:
         yield url
 
 
@@ -53,8 +57,14 @@ def receiver() -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            found.received.append({"path": self.path, "headers": dict(self.headers.items()),
-                                   "body": body, "payload": json.loads(body or b"{}")})
+            found.received.append(
+                {
+                    "path": self.path,
+                    "headers": dict(self.headers.items()),
+                    "body": body,
+                    "payload": json.loads(body or b"{}"),
+                }
+            )
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()

@@ -28,15 +28,23 @@ def jg(gateway_url, partner) -> Client:
 
 @pytest.mark.integration
 def test_submit_then_wait_returns_the_result(jg, worker):
-    job = jg.submit("texts.embed", {"texts": ["hello"], "dimensions": 8},
-                    metadata={"ref": "r1"}, idempotency_key="client-test-1")
+    job = jg.submit(
+        "texts.embed",
+        {"texts": ["hello"], "dimensions": 8},
+        metadata={"ref": "r1"},
+        idempotency_key="client-test-1",
+    )
     assert job["status"] == "PENDING"
     done = jg.wait(job["job_id"], timeout=30)
     assert done["status"] == "SUCCESS"
     assert len(done["result"]["embeddings"][0]) == 8
     assert done["metadata"] == {"ref": "r1"}
-    replay = jg.submit("texts.embed", {"texts": ["hello"], "dimensions": 8},
-                       metadata={"ref": "r1"}, idempotency_key="client-test-1")
+    replay = jg.submit(
+        "texts.embed",
+        {"texts": ["hello"], "dimensions": 8},
+        metadata={"ref": "r1"},
+        idempotency_key="client-test-1",
+    )
     assert replay["job_id"] == job["job_id"]
     assert jg.get(job["job_id"]) == done
 
@@ -81,8 +89,10 @@ def test_errors_are_raised_with_code_and_details(jg):
 @pytest.mark.integration
 def test_list_batches_and_iter_jobs(jg, worker):
     batch = jg.submit_batch([{"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}] * 3)
-    done = wait_until(lambda: (b := jg.get_batch(batch["batch_id"]))["status"] == "COMPLETED"
-                      and b, message="the batch to complete")
+    done = wait_until(
+        lambda: (b := jg.get_batch(batch["batch_id"]))["status"] == "COMPLETED" and b,
+        message="the batch to complete",
+    )
     assert done["succeeded"] == 3
     page = jg.list(limit=2)
     assert len(page["jobs"]) == 2 and page["next_cursor"]
@@ -97,8 +107,9 @@ BODY = json.dumps({"type": "job.succeeded", "data": {"job_id": "j1"}}).encode()
 
 
 def signed(secrets=(SECRET,), body=BODY, timestamp=None):
-    return webhook_headers(list(secrets), "msg_1", body, timestamp=timestamp,
-                           user_agent="jobgate/test")
+    return webhook_headers(
+        list(secrets), "msg_1", body, timestamp=timestamp, user_agent="jobgate/test"
+    )
 
 
 def test_verify_webhook_accepts_gateway_and_standardwebhooks_signatures():
@@ -106,8 +117,11 @@ def test_verify_webhook_accepts_gateway_and_standardwebhooks_signatures():
     lower = {k.lower(): v for k, v in signed().items()}
     assert verify_webhook(SECRET, lower, BODY.decode())["type"] == "job.succeeded"
     now = datetime.now(UTC)
-    theirs = {"webhook-id": "msg_2", "webhook-timestamp": str(int(now.timestamp())),
-              "webhook-signature": Webhook(SECRET).sign("msg_2", now, BODY.decode())}
+    theirs = {
+        "webhook-id": "msg_2",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(SECRET).sign("msg_2", now, BODY.decode()),
+    }
     assert verify_webhook(SECRET, theirs, BODY)["type"] == "job.succeeded"
 
 

@@ -25,11 +25,17 @@ SLEEP = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
 def gateway_keys(redis_client: redis.Redis, prefix: str = "jobgate") -> dict[str, Any]:
     """What a submit would change: the job records, listing indexes and idempotency keys
     (not the workers' own upkeep keys: liveness and the sweeper's lease come and go)."""
-    keys = sorted(k for k in redis_client.scan_iter(f"{prefix}:*")
-                  if not k.startswith((f"{prefix}:events:", f"{prefix}:rate:",
-                                       f"{prefix}:worker:", f"{prefix}:sweeper")))
-    return {"keys": keys, "indexes": {k: redis_client.zcard(k) for k in keys
-                                      if k.startswith(f"{prefix}:jobs:")}}
+    keys = sorted(
+        k
+        for k in redis_client.scan_iter(f"{prefix}:*")
+        if not k.startswith(
+            (f"{prefix}:events:", f"{prefix}:rate:", f"{prefix}:worker:", f"{prefix}:sweeper")
+        )
+    )
+    return {
+        "keys": keys,
+        "indexes": {k: redis_client.zcard(k) for k in keys if k.startswith(f"{prefix}:jobs:")},
+    }
 
 
 def job_list(client, partner) -> list[str]:
@@ -58,26 +64,32 @@ def unchanged(client, partner, redis_client):
     assert (gateway_keys(redis_client), job_list(client, partner)) == before
 
 
-@pytest.mark.parametrize(("body", "content_type"), [
-    (b"{not json", "application/json"),
-    (b"", "application/json"),
-    (b"[1, 2, 3]", "application/json"),
-    (b'["task", "demo.sleep"]', "application/json"),
-    (b'"demo.sleep"', "application/json"),
-    (b"null", "application/json"),
-    (b"task=demo.sleep", "application/x-www-form-urlencoded"),
-    ("{\"task\": \"d\u00e9mo\"".encode("latin-1"), "application/json"),
-], ids=["broken", "empty", "array", "array-of-strings", "string", "null", "form", "latin1"])
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b"", "application/json"),
+        (b"[1, 2, 3]", "application/json"),
+        (b'["task", "demo.sleep"]', "application/json"),
+        (b'"demo.sleep"', "application/json"),
+        (b"null", "application/json"),
+        (b"task=demo.sleep", "application/x-www-form-urlencoded"),
+        ('{"task": "d\u00e9mo"'.encode("latin-1"), "application/json"),
+    ],
+    ids=["broken", "empty", "array", "array-of-strings", "string", "null", "form", "latin1"],
+)
 def test_malformed_body_is_400_invalid_json(client, partner, unchanged, body, content_type):
-    response = client.post("/v1/jobs", data=body, content_type=content_type,
-                           headers=partner["headers"])
+    response = client.post(
+        "/v1/jobs", data=body, content_type=content_type, headers=partner["headers"]
+    )
     assert_error(response, 400, "invalid_json")
 
 
 def test_body_over_the_limit_is_413(client, partner, unchanged):
     big = json.dumps({**SLEEP, "metadata": {"blob": "x" * (2 * 1024 * 1024)}})
-    response = client.post("/v1/jobs", data=big, content_type="application/json",
-                           headers=partner["headers"])
+    response = client.post(
+        "/v1/jobs", data=big, content_type="application/json", headers=partner["headers"]
+    )
     error = assert_error(response, 413, "payload_too_large")
     assert "1048576" in error["message"]
 
@@ -88,54 +100,85 @@ def test_unknown_task_is_422_unknown_task(client, partner, unchanged):
     assert "task" in error["details"]
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"seconds": "soon"}, "seconds"),
-    ({"seconds": -1}, "seconds"),
-    ({"steps": 0}, "steps"),
-    ({"steps": "many"}, "steps"),
-    ({"seconds": None}, "seconds"),
-    ({"seconds": 1, "extra": True}, "extra"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"seconds": "soon"}, "seconds"),
+        ({"seconds": -1}, "seconds"),
+        ({"steps": 0}, "steps"),
+        ({"steps": "many"}, "steps"),
+        ({"seconds": None}, "seconds"),
+        ({"seconds": 1, "extra": True}, "extra"),
+    ],
+)
 def test_wrong_param_types_are_422_with_details(client, partner, unchanged, params, field):
-    response = client.post("/v1/jobs", json={"task": "demo.sleep", "params": params},
-                           headers=partner["headers"])
+    response = client.post(
+        "/v1/jobs", json={"task": "demo.sleep", "params": params}, headers=partner["headers"]
+    )
     error = assert_error(response, 422, "validation_error")
     assert field in error["details"]["params"], error["details"]
 
 
-@pytest.mark.parametrize("body", [
-    {},
-    {"task": 42},
-    {"task": ""},
-    {"task": "demo.sleep", "params": [1]},
-    {"task": "demo.sleep", "metadata": "not an object"},
-    {"task": "demo.sleep", "callback_url": 7},
-    {"task": "demo.sleep", "metadata": {"big": "y" * 20000}},
-], ids=["no-task", "task-int", "task-empty", "params-list", "metadata-str", "callback-int",
-        "metadata-too-big"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"task": 42},
+        {"task": ""},
+        {"task": "demo.sleep", "params": [1]},
+        {"task": "demo.sleep", "metadata": "not an object"},
+        {"task": "demo.sleep", "callback_url": 7},
+        {"task": "demo.sleep", "metadata": {"big": "y" * 20000}},
+    ],
+    ids=[
+        "no-task",
+        "task-int",
+        "task-empty",
+        "params-list",
+        "metadata-str",
+        "callback-int",
+        "metadata-too-big",
+    ],
+)
 def test_invalid_job_fields_are_422_validation_error(client, partner, unchanged, body):
     response = client.post("/v1/jobs", json=body, headers=partner["headers"])
     error = assert_error(response, 422, "validation_error")
     assert error["details"]
 
 
-@pytest.mark.parametrize("authorization", [
-    None, "", "Bearer", "Bearer ", "Basic dXNlcjpwYXNz", "Bearer wrong-key",
-    "Bearer jgp_" + "A" * 43, "bearer  test-admin-keyX",
-], ids=["none", "empty", "scheme-only", "blank-key", "basic", "wrong", "forged", "near-admin"])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer wrong-key",
+        "Bearer jgp_" + "A" * 43,
+        "bearer  test-admin-keyX",
+    ],
+    ids=["none", "empty", "scheme-only", "blank-key", "basic", "wrong", "forged", "near-admin"],
+)
 def test_missing_or_wrong_key_is_401(client, partner, unchanged, authorization):
     headers = {} if authorization is None else {"Authorization": authorization}
-    for method, path in (("post", "/v1/jobs"), ("get", "/v1/jobs"), ("get", "/v1/tasks"),
-                         ("get", "/v1/partners")):
+    for method, path in (
+        ("post", "/v1/jobs"),
+        ("get", "/v1/jobs"),
+        ("get", "/v1/tasks"),
+        ("get", "/v1/partners"),
+    ):
         response = getattr(client, method)(path, json=SLEEP, headers=headers)
         assert_error(response, 401, "unauthorized")
 
 
 def test_partner_key_on_admin_routes_is_403(client, partner, other_partner, redis_client):
     before = gateway_keys(redis_client)
-    for method, path, body in (("post", "/v1/partners", {"name": "intruder"}),
-                               ("get", "/v1/partners", None),
-                               ("post", f"/v1/partners/{other_partner['id']}/rotate-secret", {})):
+    for method, path, body in (
+        ("post", "/v1/partners", {"name": "intruder"}),
+        ("get", "/v1/partners", None),
+        ("post", f"/v1/partners/{other_partner['id']}/rotate-secret", {}),
+    ):
         response = getattr(client, method)(path, json=body, headers=partner["headers"])
         assert_error(response, 403, "forbidden")
     assert gateway_keys(redis_client) == before
@@ -150,45 +193,64 @@ def test_other_partners_job_is_404_like_an_unknown_id(client, partner, other_par
     assert submitted.status_code == 202
     job_id = submitted.get_json()["job_id"]
     theirs = client.get(f"/v1/jobs/{job_id}", headers=other_partner["headers"])
-    unknown = client.get("/v1/jobs/00000000-0000-4000-8000-000000000000",
-                         headers=other_partner["headers"])
+    unknown = client.get(
+        "/v1/jobs/00000000-0000-4000-8000-000000000000", headers=other_partner["headers"]
+    )
     assert_error(theirs, 404, "not_found")
     assert_error(unknown, 404, "not_found")
     assert theirs.get_json() == unknown.get_json(), "a foreign id must look like a missing one"
-    for path in (f"/v1/jobs/{job_id}/events", f"/v1/jobs/{job_id}/deliveries",
-                 f"/v1/jobs/{job_id}?wait=1"):
+    for path in (
+        f"/v1/jobs/{job_id}/events",
+        f"/v1/jobs/{job_id}/deliveries",
+        f"/v1/jobs/{job_id}?wait=1",
+    ):
         assert_error(client.get(path, headers=other_partner["headers"]), 404, "not_found")
     assert job_id not in job_list(client, other_partner)
     assert job_id in job_list(client, partner)
 
 
 def test_partner_cannot_revoke_anyones_job(client, partner, other_partner, worker, redis_client):
-    submitted = client.post("/v1/jobs", json={"task": "demo.sleep", "params": {"seconds": 0}},
-                            headers=partner["headers"])
+    submitted = client.post(
+        "/v1/jobs",
+        json={"task": "demo.sleep", "params": {"seconds": 0}},
+        headers=partner["headers"],
+    )
     job_id = submitted.get_json()["job_id"]
     record = redis_client.hgetall(f"jobgate:job:{job_id}")
     for headers in (partner["headers"], other_partner["headers"]):
         response = client.post(f"/v1/jobs/{job_id}/revoke", json={}, headers=headers)
         assert_error(response, 403, "forbidden")
-    assert_error(client.post(f"/v1/jobs/{job_id}/redeliver", json={},
-                             headers=other_partner["headers"]), 404, "not_found")
+    assert_error(
+        client.post(f"/v1/jobs/{job_id}/redeliver", json={}, headers=other_partner["headers"]),
+        404,
+        "not_found",
+    )
     after = redis_client.hgetall(f"jobgate:job:{job_id}")
     assert after.get("status") != "REVOKED"
     assert "revoke_reason" not in after and "revoked_by" not in after
     assert set(after) >= set(record) - {"status"}
 
 
-@pytest.mark.parametrize("job_id", [
-    "00000000-0000-4000-8000-000000000000", "not-a-uuid", "x" * 65, "x" * 4000,
-    "..%2F..%2Fetc%2Fpasswd", "%00", "' OR 1=1 --", "jobgate:partners",
-])
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        "00000000-0000-4000-8000-000000000000",
+        "not-a-uuid",
+        "x" * 65,
+        "x" * 4000,
+        "..%2F..%2Fetc%2Fpasswd",
+        "%00",
+        "' OR 1=1 --",
+        "jobgate:partners",
+    ],
+)
 def test_unknown_job_id_is_404(client, partner, unchanged, job_id):
-    assert_error(client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]), 404,
-                 "not_found")
+    assert_error(client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]), 404, "not_found")
 
 
-def test_idempotency_key_same_body_is_same_job_other_body_409(client, partner, redis_client,
-                                                               worker):
+def test_idempotency_key_same_body_is_same_job_other_body_409(
+    client, partner, redis_client, worker
+):
     headers = {**partner["headers"], "Idempotency-Key": "order-1234"}
     first = client.post("/v1/jobs", json=SLEEP, headers=headers)
     assert first.status_code == 202
@@ -206,24 +268,31 @@ def test_idempotency_key_same_body_is_same_job_other_body_409(client, partner, r
 
 @pytest.mark.parametrize("key", ["", "k" * 256])
 def test_idempotency_key_out_of_bounds_is_422(client, partner, unchanged, key):
-    response = client.post("/v1/jobs", json=SLEEP,
-                           headers={**partner["headers"], "Idempotency-Key": key})
+    response = client.post(
+        "/v1/jobs", json=SLEEP, headers={**partner["headers"], "Idempotency-Key": key}
+    )
     assert_error(response, 422, "validation_error")
 
 
 def test_redis_stopped_is_503_and_writes_nothing(settings: Settings, fresh_own_redis: OwnRedis):
     app = create_app(settings.with_overrides(redis_url=fresh_own_redis.url))
     client = app.test_client()
-    created = client.post("/v1/partners", json={"name": "acme"},
-                          headers={"Authorization": f"Bearer {settings.admin_keys[0]}"})
+    created = client.post(
+        "/v1/partners",
+        json={"name": "acme"},
+        headers={"Authorization": f"Bearer {settings.admin_keys[0]}"},
+    )
     assert created.status_code == 201
     headers = {"Authorization": f"Bearer {created.get_json()['api_key']}"}
     store = fresh_own_redis.client()
     before = sorted(store.keys("*"))
     fresh_own_redis.stop()
     try:
-        for method, path in (("post", "/v1/jobs"), ("get", "/v1/jobs"),
-                             ("get", "/v1/jobs/00000000-0000-4000-8000-000000000000")):
+        for method, path in (
+            ("post", "/v1/jobs"),
+            ("get", "/v1/jobs"),
+            ("get", "/v1/jobs/00000000-0000-4000-8000-000000000000"),
+        ):
             response = getattr(client, method)(path, json=SLEEP, headers=headers)
             assert_error(response, 503, "unavailable")
             assert response.headers["Retry-After"]
@@ -238,22 +307,43 @@ def test_redis_stopped_is_503_and_writes_nothing(settings: Settings, fresh_own_r
 def test_malformed_list_cursor_is_422_not_503(client, partner, worker, cursor):
     """Found by schemathesis: a garbage cursor on a non-empty list reached Redis (503)."""
     assert client.post("/v1/jobs", json=SLEEP, headers=partner["headers"]).status_code == 202
-    response = client.get("/v1/jobs", query_string={"cursor": cursor},
-                          headers=partner["headers"])
+    response = client.get("/v1/jobs", query_string={"cursor": cursor}, headers=partner["headers"])
     assert_error(response, 422, "validation_error")
 
 
 SSRF_URLS = [
-    "https://127.0.0.1/hooks", "https://localhost/hooks", "https://[::1]/hooks",
-    "https://169.254.169.254/latest/meta-data/", "https://10.0.0.1/", "https://172.16.5.4/",
-    "https://192.168.1.1/", "https://100.64.0.1/", "https://0.0.0.0/", "https://2130706433/",
-    "https://0x7f.0.0.1/", "https://0177.0.0.1/", "https://127.1/", "https://[::ffff:127.0.0.1]/",
-    "https://[::ffff:169.254.169.254]/", "https://[64:ff9b::a9fe:a9fe]/", "https://[fe80::1]/",
-    "https://[fc00::1]/", "https://224.0.0.1/", "https://255.255.255.255/",
-    "https://user:pass@example.com/", "https://@127.0.0.1/", "http://example.com/hooks",
-    "ftp://example.com/", "file:///etc/passwd", "gopher://127.0.0.1:6379/_FLUSHALL",
-    "javascript:alert(1)", "https:///no-host", "https://example.com:0/",
-    "https://exa mple.com/", "https://example.com/\r\nX-Injected: 1", "//example.com/",
+    "https://127.0.0.1/hooks",
+    "https://localhost/hooks",
+    "https://[::1]/hooks",
+    "https://169.254.169.254/latest/meta-data/",
+    "https://10.0.0.1/",
+    "https://172.16.5.4/",
+    "https://192.168.1.1/",
+    "https://100.64.0.1/",
+    "https://0.0.0.0/",
+    "https://2130706433/",
+    "https://0x7f.0.0.1/",
+    "https://0177.0.0.1/",
+    "https://127.1/",
+    "https://[::ffff:127.0.0.1]/",
+    "https://[::ffff:169.254.169.254]/",
+    "https://[64:ff9b::a9fe:a9fe]/",
+    "https://[fe80::1]/",
+    "https://[fc00::1]/",
+    "https://224.0.0.1/",
+    "https://255.255.255.255/",
+    "https://user:pass@example.com/",
+    "https://@127.0.0.1/",
+    "http://example.com/hooks",
+    "ftp://example.com/",
+    "file:///etc/passwd",
+    "gopher://127.0.0.1:6379/_FLUSHALL",
+    "javascript:alert(1)",
+    "https:///no-host",
+    "https://example.com:0/",
+    "https://exa mple.com/",
+    "https://example.com/\r\nX-Injected: 1",
+    "//example.com/",
 ]
 # Refused for where they point (the first 20): one generic answer, the reason only logged.
 ADDRESS_BASED = SSRF_URLS[:20]
@@ -269,8 +359,9 @@ def strict_app(settings: Settings):
 def test_ssrf_callback_urls_are_refused(strict_app, partner, redis_client, url):
     client = strict_app.test_client()
     before = gateway_keys(redis_client), job_list(client, partner)
-    response = client.post("/v1/jobs", json={**SLEEP, "callback_url": url},
-                           headers=partner["headers"])
+    response = client.post(
+        "/v1/jobs", json={**SLEEP, "callback_url": url}, headers=partner["headers"]
+    )
     error = assert_error(response, 422, "callback_url_refused")
     assert error["details"]["callback_url"]
     if url in ADDRESS_BASED:

@@ -29,8 +29,9 @@ FIGURES: dict[str, Any] = {}
 
 def own_queues(settings: Settings, name: str, **changes: Any) -> Settings:
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
-    return settings.with_overrides(queue_jobs=tag, queue_webhooks=tag + "-hooks", key_prefix=tag,
-                                   **changes)
+    return settings.with_overrides(
+        queue_jobs=tag, queue_webhooks=tag + "-hooks", key_prefix=tag, **changes
+    )
 
 
 def submit(client, partner, body: dict[str, Any]) -> str:
@@ -54,16 +55,24 @@ def unacked_since(redis_client: redis.Redis, job_id: str) -> float | None:
 
 
 def test_worker_sigkilled_mid_job_finishes_once_with_one_terminal_webhook(
-        settings, redis_client, receiver: WebhookReceiver, workers):
+    settings, redis_client, receiver: WebhookReceiver, workers
+):
     kill_settings = own_queues(settings, "kill", visibility_timeout=3)
     client, partner, _ = gateway_for(kill_settings, settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
     doomed = WorkerProcess(kill_settings, concurrency=1, name="doomed").start()
     workers.append(doomed)
-    job_id = submit(client, partner, {"task": "demo.sleep", "params": {"seconds": 2, "steps": 4},
-                                      "callback_url": receiver.url})
-    wait_until(lambda: job_status(client, job_id, partner["headers"])["status"] == "PROCESSING",
-               20, 0.02, "the job to be running")
+    job_id = submit(
+        client,
+        partner,
+        {"task": "demo.sleep", "params": {"seconds": 2, "steps": 4}, "callback_url": receiver.url},
+    )
+    wait_until(
+        lambda: job_status(client, job_id, partner["headers"])["status"] == "PROCESSING",
+        20,
+        0.02,
+        "the job to be running",
+    )
     doomed.kill()
     killed = job_status(client, job_id, partner["headers"])
     assert killed["status"] == "PROCESSING" and killed["finished_at"] is None
@@ -72,8 +81,12 @@ def test_worker_sigkilled_mid_job_finishes_once_with_one_terminal_webhook(
     # on a worker's start and on its periodic sweep: start the heir past that point.
     handed_out = unacked_since(redis_client, job_id)
     assert handed_out is not None, "the killed worker's message must still be unacked"
-    wait_until(lambda: time.time() > handed_out + kill_settings.visibility_timeout + 0.5,
-               10, 0.1, "the message to outlive the visibility timeout")
+    wait_until(
+        lambda: time.time() > handed_out + kill_settings.visibility_timeout + 0.5,
+        10,
+        0.1,
+        "the message to outlive the visibility timeout",
+    )
     workers.append(WorkerProcess(kill_settings, concurrency=1, name="heir").start())
 
     done = wait_for_status(client, job_id, partner["headers"], timeout=30)
@@ -81,11 +94,17 @@ def test_worker_sigkilled_mid_job_finishes_once_with_one_terminal_webhook(
     assert done["result"] == {"slept": 2.0, "steps": 4}
     wait_until(lambda: receiver.terminal_ids(job_id), 20, 0.05, "the terminal webhook")
     # Quiet: nothing left queued or unacked for this job, its delivery recorded.
-    wait_until(lambda: unacked_since(redis_client, job_id) is None
-               and redis_client.llen(kill_settings.queue_jobs) == 0
-               and redis_client.llen(kill_settings.queue_webhooks) == 0
-               and deliveries(client, partner, job_id)["webhook"]["state"] == "delivered",
-               20, 0.1, "the job and its webhook to settle")
+    wait_until(
+        lambda: (
+            unacked_since(redis_client, job_id) is None
+            and redis_client.llen(kill_settings.queue_jobs) == 0
+            and redis_client.llen(kill_settings.queue_webhooks) == 0
+            and deliveries(client, partner, job_id)["webhook"]["state"] == "delivered"
+        ),
+        20,
+        0.1,
+        "the job and its webhook to settle",
+    )
 
     ids = receiver.terminal_ids(job_id)
     assert list(ids) == [webhook_id(job_id, "job.succeeded")], ids
@@ -93,39 +112,66 @@ def test_worker_sigkilled_mid_job_finishes_once_with_one_terminal_webhook(
     assert set(events) == {"job.succeeded"}
     record = redis_client.hgetall(f"{kill_settings.key_prefix}:job:{job_id}")
     assert record["status"] == "SUCCESS" and record["finished_at"] == done["finished_at"]
-    FIGURES["sigkill"] = {"terminal_ids": len(ids), "deliveries": sum(ids.values()),
-                          "duplicates": sum(ids.values()) - len(ids)}
+    FIGURES["sigkill"] = {
+        "terminal_ids": len(ids),
+        "deliveries": sum(ids.values()),
+        "duplicates": sum(ids.values()) - len(ids),
+    }
     print("sigkill:", FIGURES["sigkill"])
 
 
 def test_receiver_down_then_up_gets_every_webhook_with_attempts_recorded(
-        settings, receiver: WebhookReceiver, workers):
-    down_settings = own_queues(settings, "down",
-                               webhook_retry_delays=(0.3, 0.6, 1.2, 2.4, 4.8, 4.8))
+    settings, receiver: WebhookReceiver, workers
+):
+    down_settings = own_queues(
+        settings, "down", webhook_retry_delays=(0.3, 0.6, 1.2, 2.4, 4.8, 4.8)
+    )
     client, partner, _ = gateway_for(down_settings, settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
     receiver.stop()
     workers.append(WorkerProcess(down_settings, concurrency=2, name="down").start())
-    job_ids = [submit(client, partner, {"task": "demo.sleep", "params": {"seconds": 0},
-                                        "callback_url": receiver.url, "metadata": {"n": n}})
-               for n in range(6)]
+    job_ids = [
+        submit(
+            client,
+            partner,
+            {
+                "task": "demo.sleep",
+                "params": {"seconds": 0},
+                "callback_url": receiver.url,
+                "metadata": {"n": n},
+            },
+        )
+        for n in range(6)
+    ]
 
     def failed_twice(job_id: str) -> bool:
         tries = deliveries(client, partner, job_id)["deliveries"]
         return len(tries) >= 2 and all(t["status_code"] is None and t["error"] for t in tries)
 
-    wait_until(lambda: all(failed_twice(j) for j in job_ids), 20, 0.1,
-               "two refused attempts per webhook while the receiver is down")
+    wait_until(
+        lambda: all(failed_twice(j) for j in job_ids),
+        20,
+        0.1,
+        "two refused attempts per webhook while the receiver is down",
+    )
     assert receiver.deliveries == []
     receiver.start()
-    wait_until(lambda: all(receiver.terminal_ids(j) for j in job_ids), 30, 0.1,
-               "every webhook after the receiver came back")
+    wait_until(
+        lambda: all(receiver.terminal_ids(j) for j in job_ids),
+        30,
+        0.1,
+        "every webhook after the receiver came back",
+    )
 
     attempts = 0
     duplicates = 0
     for job_id in job_ids:
-        wait_until(lambda j=job_id: deliveries(client, partner, j)["webhook"]["state"]
-                   == "delivered", 10, 0.05, "the delivery to be recorded")
+        wait_until(
+            lambda j=job_id: deliveries(client, partner, j)["webhook"]["state"] == "delivered",
+            10,
+            0.05,
+            "the delivery to be recorded",
+        )
         log = deliveries(client, partner, job_id)
         tries = log["deliveries"]
         assert [t["attempt"] for t in tries] == list(range(1, len(tries) + 1))
@@ -138,19 +184,31 @@ def test_receiver_down_then_up_gets_every_webhook_with_attempts_recorded(
         attempts += len(tries)
         duplicates += sum(ids.values()) - 1
         assert job_status(client, job_id, partner["headers"])["webhook"] == {
-            "state": "delivered", "attempts": len(tries)}
-    FIGURES["receiver_down"] = {"webhooks": len(job_ids), "received": len(job_ids),
-                                "attempts": attempts, "duplicates": duplicates}
+            "state": "delivered",
+            "attempts": len(tries),
+        }
+    FIGURES["receiver_down"] = {
+        "webhooks": len(job_ids),
+        "received": len(job_ids),
+        "attempts": attempts,
+        "duplicates": duplicates,
+    }
     print("receiver down:", FIGURES["receiver_down"])
 
 
 def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
-        settings, fresh_own_redis: OwnRedis, workers):
+    settings, fresh_own_redis: OwnRedis, workers
+):
     own = own_queues(settings.with_overrides(redis_url=fresh_own_redis.url), "restart")
     client, partner, _ = gateway_for(own, settings.admin_keys[0])
-    job_ids = [submit(client, partner, {"task": "texts.embed",
-                                        "params": {"texts": [f"text {n}"], "dimensions": 8}})
-               for n in range(5)]
+    job_ids = [
+        submit(
+            client,
+            partner,
+            {"task": "texts.embed", "params": {"texts": [f"text {n}"], "dimensions": 8}},
+        )
+        for n in range(5)
+    ]
     store = fresh_own_redis.client()
     before = {j: store.hgetall(f"{own.key_prefix}:job:{j}") for j in job_ids}
     assert store.llen(own.queue_jobs) == len(job_ids)
@@ -159,9 +217,12 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
     outage: dict[int, int] = {}
     try:
         for method, path, body in (
-                ("post", "/v1/jobs", {"task": "demo.sleep"}), ("get", "/v1/jobs", None),
-                ("get", f"/v1/jobs/{job_ids[0]}", None),
-                ("get", f"/v1/jobs/{job_ids[0]}/deliveries", None), ("get", "/readyz", None)):
+            ("post", "/v1/jobs", {"task": "demo.sleep"}),
+            ("get", "/v1/jobs", None),
+            ("get", f"/v1/jobs/{job_ids[0]}", None),
+            ("get", f"/v1/jobs/{job_ids[0]}/deliveries", None),
+            ("get", "/readyz", None),
+        ):
             response = getattr(client, method)(path, json=body, headers=partner["headers"])
             outage[response.status_code] = outage.get(response.status_code, 0) + 1
             assert response.status_code == 503, (path, response.status_code)
@@ -178,8 +239,12 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
     finally:
         fresh_own_redis.start()
 
-    wait_until(lambda: client.get("/v1/jobs", headers=partner["headers"]).status_code == 200,
-               10, 0.1, "the gateway to reconnect")
+    wait_until(
+        lambda: client.get("/v1/jobs", headers=partner["headers"]).status_code == 200,
+        10,
+        0.1,
+        "the gateway to reconnect",
+    )
     assert {j: store.hgetall(f"{own.key_prefix}:job:{j}") for j in job_ids} == before
     assert store.llen(own.queue_jobs) == len(job_ids)
     listed = client.get("/v1/jobs", headers=partner["headers"]).get_json()["jobs"]
@@ -191,6 +256,9 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
         assert done["status"] == "SUCCESS", done
         assert len(done["result"]["embeddings"][0]) == 8
     store.close()
-    FIGURES["redis_restart"] = {"queued": len(job_ids), "survived": len(job_ids),
-                                "outage_statuses": outage}
+    FIGURES["redis_restart"] = {
+        "queued": len(job_ids),
+        "survived": len(job_ids),
+        "outage_statuses": outage,
+    }
     print("redis restart:", json.dumps(FIGURES["redis_restart"]))

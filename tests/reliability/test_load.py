@@ -29,8 +29,9 @@ SLEEP = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
 @pytest.fixture
 def gunicorn(settings, redis_client) -> Iterator[str]:
     """``gunicorn wsgi:app`` (2 gevent workers) on a free loopback port."""
-    with serve_gunicorn(settings, workers=2,
-                        extra=("--backlog", "2048", "--timeout", "60")) as base:
+    with serve_gunicorn(
+        settings, workers=2, extra=("--backlog", "2048", "--timeout", "60")
+    ) as base:
         yield base
 
 
@@ -52,8 +53,14 @@ class Load:
             return self.reserved <= MAX_SUBMITS
 
 
-def client_loop(base: str, headers: dict[str, str], load: Load, start: threading.Barrier,
-                deadline_box: list[float], number: int) -> None:
+def client_loop(
+    base: str,
+    headers: dict[str, str],
+    load: Load,
+    start: threading.Barrier,
+    deadline_box: list[float],
+    number: int,
+) -> None:
     """One client: submit, read its job, list; repeat until the deadline."""
     session = requests.Session()
     session.headers.update(headers)
@@ -92,9 +99,14 @@ def test_200_concurrent_clients_get_no_server_errors(gunicorn, partner, worker, 
     load = Load()
     start = threading.Barrier(CLIENTS + 1)
     deadline_box = [0.0]
-    threads = [threading.Thread(target=client_loop, daemon=True,
-                                args=(gunicorn, partner["headers"], load, start, deadline_box, n))
-               for n in range(CLIENTS)]
+    threads = [
+        threading.Thread(
+            target=client_loop,
+            daemon=True,
+            args=(gunicorn, partner["headers"], load, start, deadline_box, n),
+        )
+        for n in range(CLIENTS)
+    ]
     for thread in threads:
         thread.start()
     deadline_box[0] = time.monotonic() + DURATION
@@ -108,12 +120,13 @@ def test_200_concurrent_clients_get_no_server_errors(gunicorn, partner, worker, 
     total = sum(load.statuses.values())
     server_errors = {k: v for k, v in load.statuses.items() if k.rsplit(" ", 1)[1] >= "500"}
     latencies = sorted(load.latencies)
-    print(f"\nload: {CLIENTS} clients, {elapsed:.1f}s, {total} responses "
-          f"({total / elapsed:.0f}/s), p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "
-          f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms, "
-          f"submitted {len(load.job_ids)}")
-    print("statuses:", dict(sorted(load.statuses.items())), "transport errors:",
-          dict(load.errors))
+    print(
+        f"\nload: {CLIENTS} clients, {elapsed:.1f}s, {total} responses "
+        f"({total / elapsed:.0f}/s), p50 {latencies[len(latencies) // 2] * 1000:.0f} ms, "
+        f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms, "
+        f"submitted {len(load.job_ids)}"
+    )
+    print("statuses:", dict(sorted(load.statuses.items())), "transport errors:", dict(load.errors))
     assert server_errors == {}, server_errors
     assert load.errors == Counter(), load.errors
     assert total >= CLIENTS, "every client must have completed at least one request"

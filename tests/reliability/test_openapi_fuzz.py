@@ -30,8 +30,9 @@ def fuzz_app(settings, redis_client):
     from gateway import create_app
 
     queue = f"fuzz-{uuid.uuid4().hex[:8]}"
-    flask_app = create_app(settings.with_overrides(queue_jobs=queue,
-                                                   queue_webhooks=queue + "-hooks"))
+    flask_app = create_app(
+        settings.with_overrides(queue_jobs=queue, queue_webhooks=queue + "-hooks")
+    )
     flask_app.config["TESTING"] = True
     return flask_app
 
@@ -39,8 +40,9 @@ def fuzz_app(settings, redis_client):
 @pytest.fixture(scope="module")
 def fuzz_keys(fuzz_app, admin_headers, worker) -> list[dict[str, str]]:
     """The admin headers and a fresh partner's headers (a worker runs, so /readyz is 200)."""
-    created = fuzz_app.test_client().post("/v1/partners", json={"name": "fuzzer"},
-                                          headers=admin_headers)
+    created = fuzz_app.test_client().post(
+        "/v1/partners", json={"name": "fuzzer"}, headers=admin_headers
+    )
     assert created.status_code == 201
     return [admin_headers, {"Authorization": f"Bearer {created.get_json()['api_key']}"}]
 
@@ -56,8 +58,12 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_server_error_and_responses_match_the_schema(case, fuzz_keys):
     for headers in fuzz_keys:
         SENT[case.operation.label] += 1

@@ -6,8 +6,11 @@ import pytest
 
 
 def _no_service(request: pytest.FixtureRequest) -> None:
-    pytest.fail(f"{request.node.nodeid} asks for '{request.fixturename}': unit tests use no "
-                "Redis and no worker; put it in tests/integration/", pytrace=False)
+    pytest.fail(
+        f"{request.node.nodeid} asks for '{request.fixturename}': unit tests use no "
+        "Redis and no worker; put it in tests/integration/",
+        pytrace=False,
+    )
 
 
 @pytest.fixture

@@ -35,9 +35,15 @@ def test_defaults_match_the_contract():
 
 
 def test_environment_overrides_and_derivation():
-    s = Settings.from_env({"REDIS_URL": "redis://r:1/2", "CELERY_BROKER_URL": "redis://b:1/0",
-                           "JOBGATE_ADMIN_KEYS": " a, b ,", "JOBGATE_DEMO_TASKS": "0",
-                           "JOBGATE_WEBHOOK_RETRY_DELAYS": "1,2.5"})
+    s = Settings.from_env(
+        {
+            "REDIS_URL": "redis://r:1/2",
+            "CELERY_BROKER_URL": "redis://b:1/0",
+            "JOBGATE_ADMIN_KEYS": " a, b ,",
+            "JOBGATE_DEMO_TASKS": "0",
+            "JOBGATE_WEBHOOK_RETRY_DELAYS": "1,2.5",
+        }
+    )
     assert s.broker_url == "redis://b:1/0"
     assert s.result_backend == "redis://r:1/2"
     assert s.admin_keys == ("a", "b")
@@ -75,37 +81,53 @@ def test_submit_schema_defaults_and_unknown_fields():
     assert "colour" in exc.value.messages
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "task"),
-    ({"task": 5}, "task"),
-    ({"task": "x", "params": [1]}, "params"),
-    ({"task": "x", "metadata": "no"}, "metadata"),
-    ({"task": "x", "metadata": {"big": "x" * 20000}}, "metadata"),
-    ({"task": "x", "callback_url": "y" * 3000}, "callback_url"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "task"),
+        ({"task": 5}, "task"),
+        ({"task": "x", "params": [1]}, "params"),
+        ({"task": "x", "metadata": "no"}, "metadata"),
+        ({"task": "x", "metadata": {"big": "x" * 20000}}, "metadata"),
+        ({"task": "x", "callback_url": "y" * 3000}, "callback_url"),
+    ],
+)
 def test_submit_schema_rejects(body, field):
     with pytest.raises(ValidationError) as exc:
         JobSubmitSchema().load(body)
     assert field in exc.value.messages
 
 
-@pytest.mark.parametrize("schema, params, field", [
-    (SleepParams, {"seconds": -1}, "seconds"),
-    (SleepParams, {"seconds": 3601}, "seconds"),
-    (SleepParams, {"steps": 0}, "steps"),
-    (SleepParams, {"steps": "many"}, "steps"),
-    (SleepParams, {"steps": 1.5}, "steps"),
-    (EmbedParams, {"texts": ["a"], "dimensions": "64"}, "dimensions"),
-    (EmbedParams, {"texts": ["a"] * 500, "dimensions": 4096}, "dimensions"),
-    (DocumentsParams, {"documents": [{"name": "a", "text": "w"}], "chunk_words": 5,
-                       "overlap": 5}, "overlap"),
-    (DocumentsParams, {"documents": [{"name": "a", "text": "w " * 600}],
-                       "chunk_words": 10000, "overlap": 9999}, "overlap"),
-    (DocumentsParams, {"documents": []}, "documents"),
-    (DocumentsParams, {"documents": [{"name": "a"}]}, "documents"),
-    (EmbedParams, {"texts": "not a list"}, "texts"),
-    (EmbedParams, {"texts": ["a"], "dimensions": 4}, "dimensions"),
-])
+@pytest.mark.parametrize(
+    "schema, params, field",
+    [
+        (SleepParams, {"seconds": -1}, "seconds"),
+        (SleepParams, {"seconds": 3601}, "seconds"),
+        (SleepParams, {"steps": 0}, "steps"),
+        (SleepParams, {"steps": "many"}, "steps"),
+        (SleepParams, {"steps": 1.5}, "steps"),
+        (EmbedParams, {"texts": ["a"], "dimensions": "64"}, "dimensions"),
+        (EmbedParams, {"texts": ["a"] * 500, "dimensions": 4096}, "dimensions"),
+        (
+            DocumentsParams,
+            {"documents": [{"name": "a", "text": "w"}], "chunk_words": 5, "overlap": 5},
+            "overlap",
+        ),
+        (
+            DocumentsParams,
+            {
+                "documents": [{"name": "a", "text": "w " * 600}],
+                "chunk_words": 10000,
+                "overlap": 9999,
+            },
+            "overlap",
+        ),
+        (DocumentsParams, {"documents": []}, "documents"),
+        (DocumentsParams, {"documents": [{"name": "a"}]}, "documents"),
+        (EmbedParams, {"texts": "not a list"}, "texts"),
+        (EmbedParams, {"texts": ["a"], "dimensions": 4}, "dimensions"),
+    ],
+)
 def test_task_params_are_validated(schema, params, field):
     with pytest.raises(ValidationError) as exc:
         schema().load(params)
@@ -119,20 +141,23 @@ def test_partner_and_revoke_schemas():
     assert RevokeSchema().load({}) == {"reason": "", "terminate": True}
 
 
-@pytest.mark.parametrize(("variable", "value", "says"), [
-    ("JOBGATE_RATE_LIMIT", "abc", "invalid literal"),
-    ("JOBGATE_WEBHOOK_RETRY_DELAYS", "5,-1", "no negative delay"),
-    ("JOBGATE_VISIBILITY_TIMEOUT", "1", "at least 2 seconds"),
-    ("JOBGATE_CALLBACK_ALLOW_HTTP", "", None),  # empty means the default
-    ("REDIS_URL", "http://localhost", "redis://"),
-    ("JOBGATE_CALLBACK_PORTS", "https", "not a port or a range"),
-    ("JOBGATE_CALLBACK_PORTS", "0", "within 1-65535"),
-    ("JOBGATE_CALLBACK_PORTS", "443,70000", "within 1-65535"),
-    ("JOBGATE_CALLBACK_PORTS", "9000-8000", "low first"),
-    ("JOBGATE_CALLBACK_PORTS", " , ", "at least one port"),
-    ("JOBGATE_CALLBACK_DNS_TIMEOUT", "0", "at least 0.01 second"),
-    ("JOBGATE_CALLBACK_DNS_TIMEOUT", "soon", "could not convert"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("JOBGATE_RATE_LIMIT", "abc", "invalid literal"),
+        ("JOBGATE_WEBHOOK_RETRY_DELAYS", "5,-1", "no negative delay"),
+        ("JOBGATE_VISIBILITY_TIMEOUT", "1", "at least 2 seconds"),
+        ("JOBGATE_CALLBACK_ALLOW_HTTP", "", None),  # empty means the default
+        ("REDIS_URL", "http://localhost", "redis://"),
+        ("JOBGATE_CALLBACK_PORTS", "https", "not a port or a range"),
+        ("JOBGATE_CALLBACK_PORTS", "0", "within 1-65535"),
+        ("JOBGATE_CALLBACK_PORTS", "443,70000", "within 1-65535"),
+        ("JOBGATE_CALLBACK_PORTS", "9000-8000", "low first"),
+        ("JOBGATE_CALLBACK_PORTS", " , ", "at least one port"),
+        ("JOBGATE_CALLBACK_DNS_TIMEOUT", "0", "at least 0.01 second"),
+        ("JOBGATE_CALLBACK_DNS_TIMEOUT", "soon", "could not convert"),
+    ],
+)
 def test_a_bad_value_is_one_line_naming_the_variable(variable, value, says):
     if says is None:
         assert Settings.from_env({variable: value}) == Settings()
@@ -146,15 +171,29 @@ def test_a_bad_value_is_one_line_naming_the_variable(variable, value, says):
 def test_entry_points_stop_with_that_line_and_imports_read_no_settings():
     env = {**os.environ, "JOBGATE_RATE_LIMIT": "abc", "PYTHONPATH": str(ROOT)}
     # Importing the packages reads no settings (no import-time app): it works.
-    imported = subprocess.run([sys.executable, "-c", "import gateway.jobs, tasks, jobgate.store"],
-                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    imported = subprocess.run(
+        [sys.executable, "-c", "import gateway.jobs, tasks, jobgate.store"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert imported.returncode == 0, imported.stderr
     for module in ("wsgi", "tasks.worker"):
-        started = subprocess.run([sys.executable, "-c", f"import {module}"], env=env, cwd=ROOT,
-                                 capture_output=True, text=True, timeout=60)
+        started = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert started.returncode == 1
-        assert started.stderr.strip() == ("jobgate: JOBGATE_RATE_LIMIT='abc' is not valid: "
-                                          "invalid literal for int() with base 10: 'abc'")
+        assert started.stderr.strip() == (
+            "jobgate: JOBGATE_RATE_LIMIT='abc' is not valid: "
+            "invalid literal for int() with base 10: 'abc'"
+        )
 
 
 @pytest.mark.parametrize("command", [["worker"], ["partner", "list"], ["dev"]])
@@ -165,5 +204,6 @@ def test_the_jobgate_command_says_a_bad_setting_in_one_line(command):
 
     result = CliRunner().invoke(main, command, env={"JOBGATE_RATE_LIMIT": "x"})
     assert result.exit_code == 1
-    assert result.output == ("Error: JOBGATE_RATE_LIMIT='x' is not valid: invalid literal "
-                             "for int() with base 10: 'x'\n")
+    assert result.output == (
+        "Error: JOBGATE_RATE_LIMIT='x' is not valid: invalid literal for int() with base 10: 'x'\n"
+    )

@@ -32,9 +32,11 @@ _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _INLINE = re.compile(
     r"(?<!\\)!?\[(?P<text>(?:[^\[\]\\]|\\.|\[(?:[^\[\]\\]|\\.)*\])*)\]"
     r"\(\s*(?P<target><[^<>\n]*>|(?:[^\s()<>]|\((?:[^\s()<>])*\))+)"
-    r"(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^()]*\)))?\s*\)")
-_DEFINITION = re.compile(r"^ {0,3}\[(?P<label>[^\]^][^\]]*)\]:[ \t]*(?P<target><[^<>\n]*>|\S+)",
-                         re.MULTILINE)
+    r"(?:\s+(?:\"[^\"]*\"|'[^']*'|\([^()]*\)))?\s*\)"
+)
+_DEFINITION = re.compile(
+    r"^ {0,3}\[(?P<label>[^\]^][^\]]*)\]:[ \t]*(?P<target><[^<>\n]*>|\S+)", re.MULTILINE
+)
 _ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _HTML_ANCHOR = re.compile(r"<a\s[^>]*?\b(?:name|id)\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
@@ -71,8 +73,12 @@ def prose(text: str, *, code_spans: bool = True) -> str:
         else:
             lines[index] = ""
             # A closing fence: the same character, at least as long, nothing after it.
-            if found and found.group(1)[0] == fence[0] and len(found.group(1)) >= len(fence) \
-                    and not line.strip().lstrip(fence[0]):
+            if (
+                found
+                and found.group(1)[0] == fence[0]
+                and len(found.group(1)) >= len(fence)
+                and not line.strip().lstrip(fence[0])
+            ):
                 fence = None
     text = _COMMENT.sub(_blank, "\n".join(lines))
     return _CODE_SPAN.sub(_blank, text) if code_spans else text
@@ -86,14 +92,14 @@ def links(text: str) -> list[Link]:
     def scan(chunk: str, offset: int) -> None:
         for match in _INLINE.finditer(chunk):
             start = offset + match.start()
-            found.append(Link(body.count("\n", 0, start) + 1,
-                              match.group("target").strip("<>")))
+            found.append(Link(body.count("\n", 0, start) + 1, match.group("target").strip("<>")))
             scan(match.group("text"), offset + match.start("text"))
 
     scan(body, 0)
     for match in _DEFINITION.finditer(body):
-        found.append(Link(body.count("\n", 0, match.start()) + 1,
-                          match.group("target").strip("<>")))
+        found.append(
+            Link(body.count("\n", 0, match.start()) + 1, match.group("target").strip("<>"))
+        )
     return sorted(found, key=lambda link: link.line)
 
 
@@ -120,10 +126,16 @@ def anchors(path: Path) -> frozenset[str]:
         atx = _ATX.match(line)
         if atx:
             headings.append(atx.group(2) or "")
-        elif (index and _SETEXT.match(line) and lines[index - 1].strip()
-              and not _ATX.match(lines[index - 1])
-              and not (line.strip().startswith("-") and lines[index - 1].lstrip()[:1]
-                       in ("-", "*", "+", "|"))):
+        elif (
+            index
+            and _SETEXT.match(line)
+            and lines[index - 1].strip()
+            and not _ATX.match(lines[index - 1])
+            and not (
+                line.strip().startswith("-")
+                and lines[index - 1].lstrip()[:1] in ("-", "*", "+", "|")
+            )
+        ):
             headings.append(lines[index - 1].strip())
     seen: dict[str, int] = {}
     result = set(_HTML_ANCHOR.findall(body))
@@ -204,8 +216,13 @@ Setext heading
 
 def test_links_are_extracted_outside_code_and_comments() -> None:
     assert [(link.line, link.target) for link in links(SAMPLE)] == [
-        (3, "docs/x.md"), (3, "img/a.png"), (3, "https://example.com"), (3, "b.svg"),
-        (4, "wrapped.md"), (15, "refs/target.md")]
+        (3, "docs/x.md"),
+        (3, "img/a.png"),
+        (3, "https://example.com"),
+        (3, "b.svg"),
+        (4, "wrapped.md"),
+        (15, "refs/target.md"),
+    ]
 
 
 def test_github_slugs(tmp_path: Path) -> None:
@@ -214,8 +231,12 @@ def test_github_slugs(tmp_path: Path) -> None:
     assert slug("Errors & [status codes](x.md)") == "errors--status-codes"
     doc = tmp_path / "sample.md"
     doc.write_text(SAMPLE, encoding="utf-8")
-    assert anchors(doc) == {"title-the-api-v1", "job_id-and-emphasis", "title-the-api-v1-1",
-                            "setext-heading"}
+    assert anchors(doc) == {
+        "title-the-api-v1",
+        "job_id-and-emphasis",
+        "title-the-api-v1-1",
+        "setext-heading",
+    }
 
 
 def test_targets_outside_the_repository_fail() -> None:

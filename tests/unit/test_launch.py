@@ -25,20 +25,21 @@ def alive(pid: int) -> bool:
 
 
 def test_child_runs_in_its_own_group_with_its_log(tmp_path: Path) -> None:
-    child = Child.start("talker", ["sh", "-c", "echo hello; echo oops >&2; sleep 30"],
-                        log=tmp_path / "talker.log")
+    child = Child.start(
+        "talker", ["sh", "-c", "echo hello; echo oops >&2; sleep 30"], log=tmp_path / "talker.log"
+    )
     try:
         assert os.getpgid(child.pid) == child.pid != os.getpgrp()
-        assert child.wait_ready(lambda: "oops" in child.tail() and child.tail(), 5) \
-            == "hello\noops"
+        assert child.wait_ready(lambda: "oops" in child.tail() and child.tail(), 5) == "hello\noops"
     finally:
         assert child.stop(timeout=5) == -signal.SIGTERM
     assert not child.running()
 
 
 def test_wait_ready_fails_with_the_log_tail_when_the_child_exits(tmp_path: Path) -> None:
-    child = Child.start("doomed", ["sh", "-c", "echo cannot bind; exit 3"],
-                        log=tmp_path / "doomed.log")
+    child = Child.start(
+        "doomed", ["sh", "-c", "echo cannot bind; exit 3"], log=tmp_path / "doomed.log"
+    )
     with pytest.raises(LaunchError, match=r"doomed exited with 3; log .*\ncannot bind"):
         child.wait_ready(lambda: False, 10)
 
@@ -55,8 +56,11 @@ def test_wait_ready_times_out(tmp_path: Path) -> None:
 
 
 def test_stop_escalates_to_sigkill_for_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
-    child = Child.start("stubborn", ["sh", "-c", "trap '' TERM; echo ready; sleep 30"],
-                        log=tmp_path / "stubborn.log")
+    child = Child.start(
+        "stubborn",
+        ["sh", "-c", "trap '' TERM; echo ready; sleep 30"],
+        log=tmp_path / "stubborn.log",
+    )
     child.wait_ready(lambda: "ready" in child.tail(), 5)
     started = time.monotonic()
     assert child.stop(timeout=0.5) == -signal.SIGKILL
@@ -65,12 +69,15 @@ def test_stop_escalates_to_sigkill_for_a_child_that_ignores_sigterm(tmp_path: Pa
 
 def test_kill_reaches_groups_started_under_the_child(tmp_path: Path) -> None:
     """A supervisor puts its children in groups of their own; SIGKILL still takes them all."""
-    script = ("import subprocess, time\n"
-              "subprocess.Popen(['sleep', '30'], start_new_session=True)\n"
-              "print('ready', flush=True)\n"
-              "time.sleep(30)\n")
-    child = Child.start("supervisor", [sys.executable, "-c", script],
-                        log=tmp_path / "supervisor.log")
+    script = (
+        "import subprocess, time\n"
+        "subprocess.Popen(['sleep', '30'], start_new_session=True)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(30)\n"
+    )
+    child = Child.start(
+        "supervisor", [sys.executable, "-c", script], log=tmp_path / "supervisor.log"
+    )
     child.wait_ready(lambda: "ready" in child.tail(), 10)
     [grandchild] = descendants(child.pid)
     assert os.getpgid(grandchild) == grandchild != child.pid
@@ -80,8 +87,7 @@ def test_kill_reaches_groups_started_under_the_child(tmp_path: Path) -> None:
 
 
 def test_stop_all_stops_children_together(tmp_path: Path) -> None:
-    children = [Child.start(f"c{n}", ["sleep", "30"], log=tmp_path / f"c{n}.log")
-                for n in range(3)]
+    children = [Child.start(f"c{n}", ["sleep", "30"], log=tmp_path / f"c{n}.log") for n in range(3)]
     started = time.monotonic()
     stop_all(children, timeout=5)
     assert all(not c.running() for c in children)
@@ -98,22 +104,71 @@ def test_worker_runs_a_prefork_job_pool_and_a_gevent_delivery_pool() -> None:
     commands = pool_commands(settings)
     assert list(commands) == ["jobs", "webhooks"]
     celery = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker"]
-    assert commands["jobs"] == celery + ["-Q", "j", "-P", "prefork", "-c",
-                                         str(os.cpu_count()), "-n", "jobs@%h", "-l", "INFO"]
-    assert commands["webhooks"] == celery + ["-Q", "w", "-P", "gevent", "-c", "100",
-                                             "-n", "webhooks@%h", "-l", "INFO"]
+    assert commands["jobs"] == celery + [
+        "-Q",
+        "j",
+        "-P",
+        "prefork",
+        "-c",
+        str(os.cpu_count()),
+        "-n",
+        "jobs@%h",
+        "-l",
+        "INFO",
+    ]
+    assert commands["webhooks"] == celery + [
+        "-Q",
+        "w",
+        "-P",
+        "gevent",
+        "-c",
+        "100",
+        "-n",
+        "webhooks@%h",
+        "-l",
+        "INFO",
+    ]
 
 
 def test_worker_options_and_extra_celery_arguments() -> None:
     settings = Settings(queue_jobs="j", queue_webhooks="w")
     commands = pool_commands(
-        settings, concurrency=3, delivery_concurrency=50, delivery_pool="threads",
-        jobs_name="a@h", webhooks_name="b@h", loglevel="WARNING",
-        extra=("-E", "--hostname=mine@h", "-Ofair"), delivery_extra=("--without-mingle",))
+        settings,
+        concurrency=3,
+        delivery_concurrency=50,
+        delivery_pool="threads",
+        jobs_name="a@h",
+        webhooks_name="b@h",
+        loglevel="WARNING",
+        extra=("-E", "--hostname=mine@h", "-Ofair"),
+        delivery_extra=("--without-mingle",),
+    )
     jobs, hooks = commands["jobs"], commands["webhooks"]
     # An option given to Celery directly wins over ours (here the node name).
-    assert jobs[6:] == ["-Q", "j", "-P", "prefork", "-c", "3", "-l", "WARNING",
-                        "-E", "--hostname=mine@h", "-Ofair"]
-    assert hooks[6:] == ["-Q", "w", "-P", "threads", "-c", "50", "-n", "b@h", "-l", "WARNING",
-                         "--without-mingle"]
+    assert jobs[6:] == [
+        "-Q",
+        "j",
+        "-P",
+        "prefork",
+        "-c",
+        "3",
+        "-l",
+        "WARNING",
+        "-E",
+        "--hostname=mine@h",
+        "-Ofair",
+    ]
+    assert hooks[6:] == [
+        "-Q",
+        "w",
+        "-P",
+        "threads",
+        "-c",
+        "50",
+        "-n",
+        "b@h",
+        "-l",
+        "WARNING",
+        "--without-mingle",
+    ]
     assert list(pool_commands(settings, pools=("webhooks",))) == ["webhooks"]

@@ -30,8 +30,13 @@ class FlakyStore:
         if self.written and self.calls != self.wrote_on:
             return None  # an earlier try recorded it
         self.written = True
-        return {"job_id": job_id, "status": status, "callback_url": "https://x.example/h",
-                "batch_id": None, "webhook_queued": False}
+        return {
+            "job_id": job_id,
+            "status": status,
+            "callback_url": "https://x.example/h",
+            "batch_id": None,
+            "webhook_queued": False,
+        }
 
     def job(self, job_id):
         return {"job_id": job_id, "status": "SUCCESS", "callback_url": "https://x.example/h"}
@@ -40,8 +45,9 @@ class FlakyStore:
 @pytest.fixture
 def effects(monkeypatch):
     seen = []
-    monkeypatch.setattr(lifecycle, "side_effects",
-                        lambda messenger, store, record, **_: seen.append(record))
+    monkeypatch.setattr(
+        lifecycle, "side_effects", lambda messenger, store, record, **_: seen.append(record)
+    )
     return seen
 
 
@@ -61,8 +67,9 @@ def test_a_lost_reply_still_fires_the_side_effects(effects):
 
 def test_an_outage_longer_than_the_retries_is_raised(effects):
     with pytest.raises(RedisConnectionError):
-        lifecycle.finish_job_retrying(NotInline(), FlakyStore(failures=9), "j", "SUCCESS",
-                                      delays=(0, 0))
+        lifecycle.finish_job_retrying(
+            NotInline(), FlakyStore(failures=9), "j", "SUCCESS", delays=(0, 0)
+        )
     assert effects == []
 
 

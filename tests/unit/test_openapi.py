@@ -38,14 +38,21 @@ def openapi_path(rule: str) -> str:
 
 def routed_operations(app) -> set[tuple[str, str]]:
     """(method, path) of every route of the app but the deliberate exclusions."""
-    return {(method.lower(), openapi_path(rule.rule))
-            for rule in app.url_map.iter_rules() if rule.endpoint not in NOT_IN_DOCUMENT
-            for method in (rule.methods or set()) - IGNORED_METHODS}
+    return {
+        (method.lower(), openapi_path(rule.rule))
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint not in NOT_IN_DOCUMENT
+        for method in (rule.methods or set()) - IGNORED_METHODS
+    }
 
 
 def documented_operations(spec) -> set[tuple[str, str]]:
-    return {(method, path) for path, item in spec["paths"].items()
-            for method in item if method in HTTP_METHODS}
+    return {
+        (method, path)
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
 
 
 def test_every_route_is_an_operation_of_the_document(app, spec):
@@ -73,8 +80,12 @@ def test_the_document_is_valid_openapi_3(spec):
 
 def test_path_parameters_come_from_the_rule(spec):
     operation_ = spec["paths"]["/v1/jobs/{job_id}"]["get"]
-    assert operation_["parameters"][0] == {"name": "job_id", "in": "path", "required": True,
-                                           "schema": {"type": "string"}}
+    assert operation_["parameters"][0] == {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
     assert [p["name"] for p in operation_["parameters"]] == ["job_id", "wait"]
 
 
@@ -101,16 +112,16 @@ def test_adding_a_route_with_its_operation_is_one_edit():
     extra = Blueprint("extra", __name__)
 
     @extra.get("/v1/things/<int:thing_id>")
-    @operation("Read a thing", ok(200, "The thing", {"type": "object"}), (404,),
-               tag="things")
+    @operation("Read a thing", ok(200, "The thing", {"type": "object"}), (404,), tag="things")
     def thing(thing_id: int):
         return {}
 
     spec = build_spec(_app_with(extra))
     get = spec["paths"]["/v1/things/{thing_id}"]["get"]
     assert get["summary"] == "Read a thing"
-    assert get["parameters"] == [{"name": "thing_id", "in": "path", "required": True,
-                                  "schema": {"type": "integer"}}]
+    assert get["parameters"] == [
+        {"name": "thing_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    ]
     assert set(get["responses"]) == {"200", "404"}
 
 
@@ -129,10 +140,17 @@ def body_schema(spec, path: str, method: str = "post") -> dict:
 
 def test_a_batch_member_may_carry_its_own_callback_url(spec):
     """gateway.batches validates each member as a job, callback_url included."""
-    batch = {"jobs": [{"task": "demo.sleep", "params": {"seconds": 1},
-                       "callback_url": "https://partner.example/hooks/jobs",
-                       "metadata": {"row": 2}}],
-             "callback_url": "https://partner.example/hooks/batches"}
+    batch = {
+        "jobs": [
+            {
+                "task": "demo.sleep",
+                "params": {"seconds": 1},
+                "callback_url": "https://partner.example/hooks/jobs",
+                "metadata": {"row": 2},
+            }
+        ],
+        "callback_url": "https://partner.example/hooks/batches",
+    }
     assert errors_against(spec, body_schema(spec, "/v1/batches"), batch) == []
     batch["jobs"][0]["priority"] = 1  # what the code refuses, the document refuses
     assert errors_against(spec, body_schema(spec, "/v1/batches"), batch) != []
@@ -144,12 +162,19 @@ def test_batch_members_are_summaries_not_jobs(spec):
 
     batch = spec["paths"]["/v1/batches/{batch_id}"]["get"]["responses"]["200"]
     member = {"$ref": "#/components/schemas/BatchMember"}
-    assert batch["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/Batch"}
+    assert batch["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Batch"}
     assert spec["components"]["schemas"]["Batch"]["properties"]["jobs"]["items"] == member
-    job = job_view({"job_id": "j1", "task": "demo.sleep", "status": "SUCCESS",
-                    "result": {"slept": 1}, "created_at": "2026-05-01T12:00:00.000Z",
-                    "finished_at": "2026-05-01T12:00:01.000Z", "batch_id": "b1"})
+    job = job_view(
+        {
+            "job_id": "j1",
+            "task": "demo.sleep",
+            "status": "SUCCESS",
+            "result": {"slept": 1},
+            "created_at": "2026-05-01T12:00:00.000Z",
+            "finished_at": "2026-05-01T12:00:01.000Z",
+            "batch_id": "b1",
+        }
+    )
     assert errors_against(spec, member, member_summary(job)) == []
     assert errors_against(spec, member, {"job_id": "j2", "status": None}) == []  # expired
     assert errors_against(spec, member, job) != []  # a full job is not what batches list
@@ -158,9 +183,12 @@ def test_batch_members_are_summaries_not_jobs(spec):
 def test_routes_that_read_an_optional_body_say_so(spec):
     """json_body_or_empty: no body is fine, and so is any JSON object (its fields are ignored,
     or all optional)."""
-    for path in ("/v1/jobs/{job_id}/redeliver", "/v1/partners/{partner_id}/rotate-secret",
-                 "/v1/jobs/{job_id}/revoke", "/v1/batches/{batch_id}/revoke"):
+    for path in (
+        "/v1/jobs/{job_id}/redeliver",
+        "/v1/partners/{partner_id}/rotate-secret",
+        "/v1/jobs/{job_id}/revoke",
+        "/v1/batches/{batch_id}/revoke",
+    ):
         assert spec["paths"][path]["post"]["requestBody"]["required"] is False, path
     assert body_schema(spec, "/v1/jobs/{job_id}/redeliver")["type"] == "object"
-    assert body_schema(spec, "/v1/jobs/{job_id}/revoke") == {
-        "$ref": "#/components/schemas/Revoke"}
+    assert body_schema(spec, "/v1/jobs/{job_id}/revoke") == {"$ref": "#/components/schemas/Revoke"}

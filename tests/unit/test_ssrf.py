@@ -482,14 +482,20 @@ def test_configured_ports_replace_the_default() -> None:
     """``ports`` (JOBGATE_CALLBACK_PORTS) is the whole list: 6379 refused when not in it."""
     ports = parse_ports("443,8000-8999")
     resolve = fake_resolver("93.184.215.14")
-    for url in ("https://hooks.example:6379/cb", "https://hooks.example:9000/cb",
-                "https://hooks.example:7999/cb"):
+    for url in (
+        "https://hooks.example:6379/cb",
+        "https://hooks.example:9000/cb",
+        "https://hooks.example:7999/cb",
+    ):
         with pytest.raises(CallbackRefused) as info:
             check_callback_url(url, ports=ports, resolve=must_not_resolve)
         assert info.value.reason == REFUSED
         assert "is not an allowed callback port" in info.value.detail
-    for url, port in (("https://hooks.example/cb", 443), ("https://hooks.example:8443/cb", 8443),
-                      ("https://hooks.example:8999/cb", 8999)):
+    for url, port in (
+        ("https://hooks.example/cb", 443),
+        ("https://hooks.example:8443/cb", 8443),
+        ("https://hooks.example:8999/cb", 8999),
+    ):
         assert check_callback_url(url, ports=ports, resolve=resolve).port == port
 
 

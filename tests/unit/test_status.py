@@ -6,8 +6,14 @@ import pytest
 
 from jobgate.status import error_message, job_view, progress_of
 
-RECORD = {"job_id": "j1", "task_id": "j1", "task": "demo.sleep", "partner_id": "p",
-          "metadata": {"k": 1}, "created_at": "2026-01-01T00:00:00.000Z"}
+RECORD = {
+    "job_id": "j1",
+    "task_id": "j1",
+    "task": "demo.sleep",
+    "partner_id": "p",
+    "metadata": {"k": 1},
+    "created_at": "2026-01-01T00:00:00.000Z",
+}
 
 
 def meta(status, result=None):
@@ -61,20 +67,27 @@ def test_live_failure_is_the_message_never_a_traceback():
     assert view["result"] is None
 
 
-@pytest.mark.parametrize("raw, expected", [
-    (ValueError("x"), "x"),
-    (RuntimeError(), "RuntimeError"),
-    ({"exc_type": "KeyError", "exc_message": ["missing", "key"]}, "missing key"),
-    ({"exc_type": "KeyError", "exc_message": []}, "KeyError"),
-    (None, "Task failed"),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (ValueError("x"), "x"),
+        (RuntimeError(), "RuntimeError"),
+        ({"exc_type": "KeyError", "exc_message": ["missing", "key"]}, "missing key"),
+        ({"exc_type": "KeyError", "exc_message": []}, "KeyError"),
+        (None, "Task failed"),
+    ],
+)
 def test_error_message(raw, expected):
     assert error_message(raw) == expected
 
 
 def test_terminal_record_wins_over_any_meta():
-    record = {**RECORD, "status": "SUCCESS", "result": {"n": 1},
-              "finished_at": "2026-01-01T00:00:02.000Z"}
+    record = {
+        **RECORD,
+        "status": "SUCCESS",
+        "result": {"n": 1},
+        "finished_at": "2026-01-01T00:00:02.000Z",
+    }
     # Celery's result expired long ago: the meta says PENDING, the record decides.
     view = job_view(record, meta("PENDING"))
     assert view["status"] == "SUCCESS"
@@ -83,12 +96,20 @@ def test_terminal_record_wins_over_any_meta():
 
 
 def test_revoked_record_says_who_when_why():
-    record = {**RECORD, "status": "REVOKED", "revoked_by": "admin", "revoke_reason": "dup",
-              "finished_at": "2026-01-01T00:00:03.000Z"}
+    record = {
+        **RECORD,
+        "status": "REVOKED",
+        "revoked_by": "admin",
+        "revoke_reason": "dup",
+        "finished_at": "2026-01-01T00:00:03.000Z",
+    }
     view = job_view(record, meta("PROCESSING", {"current": 1, "total": 2}))
     assert view["status"] == "REVOKED"
-    assert view["revocation"] == {"revoked_at": "2026-01-01T00:00:03.000Z",
-                                  "revoked_by": "admin", "reason": "dup"}
+    assert view["revocation"] == {
+        "revoked_at": "2026-01-01T00:00:03.000Z",
+        "revoked_by": "admin",
+        "reason": "dup",
+    }
     assert view["progress"] == {"message": "Task was revoked"}
 
 

@@ -75,8 +75,11 @@ class Receiver:
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
         """Wait until ``count`` requests arrived; returns them all."""
-        wait_until(lambda: len(self.requests) >= count, timeout,
-                   message=f"{count} webhook request(s) at {self.url}")
+        wait_until(
+            lambda: len(self.requests) >= count,
+            timeout,
+            message=f"{count} webhook request(s) at {self.url}",
+        )
         return list(self.requests)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -17,19 +17,26 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.integration
 
 
-def test_redelivered_finished_job_sends_its_missing_webhook_once(app, client, partner, worker,
-                                                                   receiver, redis_client):
+def test_redelivered_finished_job_sends_its_missing_webhook_once(
+    app, client, partner, worker, receiver, redis_client
+):
     svc = app.extensions["jobgate"]
     principal = Principal("partner", partner["id"])
-    record = new_record(principal, {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1},
-                                    "callback_url": receiver.url})
+    record = new_record(
+        principal,
+        {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}, "callback_url": receiver.url},
+    )
     svc.store.create_job(record)
     # The crash: the end is recorded but nothing was queued after it.
     assert svc.store.finish_job(record["job_id"], "SUCCESS", result={"slept": 0.0, "steps": 1})
 
     for _ in range(2):  # the broker redelivers the job's message (twice, to be sure)
-        svc.celery.send_task("demo.sleep", kwargs={"seconds": 0, "steps": 1},
-                             task_id=record["job_id"], queue=svc.settings.queue_jobs)
+        svc.celery.send_task(
+            "demo.sleep",
+            kwargs={"seconds": 0, "steps": 1},
+            task_id=record["job_id"],
+            queue=svc.settings.queue_jobs,
+        )
     [event] = receiver.wait_for(1)
     payload = event.verify(partner["webhook_secret"])
     assert payload["type"] == "job.succeeded"
@@ -37,8 +44,7 @@ def test_redelivered_finished_job_sends_its_missing_webhook_once(app, client, pa
 
     def drained() -> bool:
         queues = (svc.settings.queue_jobs, svc.settings.queue_webhooks)
-        return all(redis_client.llen(q) == 0 for q in queues) and \
-            redis_client.hlen("unacked") == 0
+        return all(redis_client.llen(q) == 0 for q in queues) and redis_client.hlen("unacked") == 0
 
     wait_until(drained, timeout=20, message="both queues to drain")
     assert len(receiver.requests) == 1, "the second redelivery must not send again"
@@ -55,22 +61,30 @@ def test_the_end_and_its_webhook_message_are_one_write(app, partner, redis_clien
     svc = app.extensions["jobgate"]
     queue = "end-check-" + partner["id"]
     principal = Principal("partner", partner["id"])
-    with_hook = new_record(principal, {"task": "demo.sleep", "params": {},
-                                       "callback_url": "http://127.0.0.1:9/h"})
+    with_hook = new_record(
+        principal, {"task": "demo.sleep", "params": {}, "callback_url": "http://127.0.0.1:9/h"}
+    )
     poll_only = new_record(principal, {"task": "demo.sleep", "params": {}})
     try:
         for record in (with_hook, poll_only):
             svc.store.create_job(record)
-            _, message, task_id = event_message(svc.messenger, "job", record["job_id"],
-                                                "job.succeeded")
-            ended = svc.store.finish_job(record["job_id"], "SUCCESS",
-                                         webhook_message=(queue, message, task_id), result={})
+            _, message, task_id = event_message(
+                svc.messenger, "job", record["job_id"], "job.succeeded"
+            )
+            ended = svc.store.finish_job(
+                record["job_id"], "SUCCESS", webhook_message=(queue, message, task_id), result={}
+            )
             assert ended["webhook_queued"] is (record is with_hook)
-            assert svc.store.finish_job(record["job_id"], "FAILURE",
-                                        webhook_message=(queue, message, task_id)) is None
+            assert (
+                svc.store.finish_job(
+                    record["job_id"], "FAILURE", webhook_message=(queue, message, task_id)
+                )
+                is None
+            )
         [raw] = redis_client.lrange(queue, 0, -1)
         assert json.loads(raw)["headers"]["task"] == "jobgate.deliver_webhook"
         assert json.loads(raw)["headers"]["argsrepr"] == repr(
-            ["job", with_hook["job_id"], "job.succeeded"])
+            ["job", with_hook["job_id"], "job.succeeded"]
+        )
     finally:
         redis_client.delete(queue)

@@ -13,10 +13,18 @@ from tests.helpers import wait_until
 from tests.webhooks.conftest import Receiver, closed_port_url
 
 
-def submit(client: Any, partner: dict[str, Any], callback_url: str | None, task: str = "demo.sleep",
-           params: dict[str, Any] | None = None) -> dict[str, Any]:
-    body = {"task": task, "params": params if params is not None else {"seconds": 0, "steps": 1},
-            "metadata": {"order": 42}}
+def submit(
+    client: Any,
+    partner: dict[str, Any],
+    callback_url: str | None,
+    task: str = "demo.sleep",
+    params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    body = {
+        "task": task,
+        "params": params if params is not None else {"seconds": 0, "steps": 1},
+        "metadata": {"order": 42},
+    }
     if callback_url:
         body["callback_url"] = callback_url
     response = client.post("/v1/jobs", json=body, headers=partner["headers"])
@@ -24,10 +32,15 @@ def submit(client: Any, partner: dict[str, Any], callback_url: str | None, task:
     return response.get_json()
 
 
-def webhook_settles(client: Any, job_id: str, headers: dict[str, str],
-                    states: tuple[str, ...] = ("delivered", "failed"),
-                    timeout: float = 20.0) -> dict[str, Any]:
+def webhook_settles(
+    client: Any,
+    job_id: str,
+    headers: dict[str, str],
+    states: tuple[str, ...] = ("delivered", "failed"),
+    timeout: float = 20.0,
+) -> dict[str, Any]:
     """Wait until the job's webhook state is one of ``states``; returns the job view."""
+
     def settled() -> dict[str, Any] | None:
         view = client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
         return view if view["webhook"]["state"] in states else None
@@ -46,7 +59,8 @@ def parse(at: str) -> datetime:
 
 
 def test_success_sends_one_event_that_independent_verifiers_accept(
-        client, worker, partner, other_partner, receiver: Receiver):
+    client, worker, partner, other_partner, receiver: Receiver
+):
     job = submit(client, partner, receiver.url)
     view = webhook_settles(client, job["job_id"], partner["headers"])
     assert view["webhook"] == {"state": "delivered", "attempts": 1}
@@ -65,7 +79,10 @@ def test_success_sends_one_event_that_independent_verifiers_accept(
     [attempt] = deliveries(client, job["job_id"], partner["headers"])
     assert attempt["webhook_id"] == request.webhook_id
     assert (attempt["event"], attempt["attempt"], attempt["status_code"]) == (
-        "job.succeeded", 1, 200)
+        "job.succeeded",
+        1,
+        200,
+    )
     assert attempt["next_attempt_at"] is None and attempt["error"] is None
 
 
@@ -80,7 +97,8 @@ def test_failure_sends_job_failed_with_the_error(client, worker, partner, receiv
 
 
 def test_500_then_200_is_delivered_on_a_retry_with_the_same_id_and_body(
-        client, worker, partner, receiver: Receiver):
+    client, worker, partner, receiver: Receiver
+):
     receiver.answer(500)
     job = submit(client, partner, receiver.url)
     view = webhook_settles(client, job["job_id"], partner["headers"])
@@ -133,14 +151,19 @@ def test_receiver_down_records_every_retry_then_fails(client, worker, partner):
     assert len({a["webhook_id"] for a in attempts}) == 1
 
 
-def test_redeliver_sends_the_same_event_again(client, worker, partner, other_partner,
-                                              receiver: Receiver):
+def test_redeliver_sends_the_same_event_again(
+    client, worker, partner, other_partner, receiver: Receiver
+):
     job = submit(client, partner, receiver.url)
     webhook_settles(client, job["job_id"], partner["headers"])
     url = f"/v1/jobs/{job['job_id']}/redeliver"
     assert client.post(url, headers=other_partner["headers"]).status_code == 404
-    assert client.get(f"/v1/jobs/{job['job_id']}/deliveries",
-                      headers=other_partner["headers"]).status_code == 404
+    assert (
+        client.get(
+            f"/v1/jobs/{job['job_id']}/deliveries", headers=other_partner["headers"]
+        ).status_code
+        == 404
+    )
     response = client.post(url, headers=partner["headers"])
     assert response.status_code == 202, response.get_json()
     assert response.get_json()["event"] == "job.succeeded"
@@ -151,7 +174,9 @@ def test_redeliver_sends_the_same_event_again(client, worker, partner, other_par
     view = webhook_settles(client, job["job_id"], partner["headers"])
     assert view["webhook"]["attempts"] == 2
     assert [a["redelivery"] for a in deliveries(client, job["job_id"], partner["headers"])] == [
-        False, True]
+        False,
+        True,
+    ]
 
 
 def test_redeliver_needs_a_callback(client, worker, partner):
@@ -161,8 +186,9 @@ def test_redeliver_needs_a_callback(client, worker, partner):
     assert response.get_json()["error"]["code"] == "conflict"
 
 
-def test_rotation_signs_with_both_secrets_during_grace(client, worker, partner, admin_headers,
-                                                       receiver: Receiver):
+def test_rotation_signs_with_both_secrets_during_grace(
+    client, worker, partner, admin_headers, receiver: Receiver
+):
     old = partner["webhook_secret"]
     response = client.post(f"/v1/partners/{partner['id']}/rotate-secret", headers=admin_headers)
     assert response.status_code == 200, response.get_json()

@@ -25,7 +25,8 @@ def revoke(client: Any, job_id: str, headers: dict[str, str], **body: Any) -> An
 
 
 def test_queued_job_revoked_never_runs_even_on_a_worker_started_later(
-        held_app, held_settings, app, worker, partner, admin_headers, receiver: Receiver):
+    held_app, held_settings, app, worker, partner, admin_headers, receiver: Receiver
+):
     held = held_app.test_client()
     job = submit(held, partner, receiver.url, params={"seconds": 0, "steps": 2})
     job_id = job["job_id"]
@@ -50,12 +51,18 @@ def test_queued_job_revoked_never_runs_even_on_a_worker_started_later(
 
     # The revoke was broadcast before this worker existed: only the job record can stop it.
     svc = held_app.extensions["jobgate"]
-    late = WorkerProcess(held_settings, concurrency=1, queues=held_settings.queue_jobs,
-                         name="late").start()
+    late = WorkerProcess(
+        held_settings, concurrency=1, queues=held_settings.queue_jobs, name="late"
+    ).start()
     try:
-        wait_until(lambda: svc.store.redis.llen(held_settings.queue_jobs) == 0 and
-                   raw_status(svc.celery, job_id) == "REVOKED",
-                   20, message="the late worker to take and refuse the job")
+        wait_until(
+            lambda: (
+                svc.store.redis.llen(held_settings.queue_jobs) == 0
+                and raw_status(svc.celery, job_id) == "REVOKED"
+            ),
+            20,
+            message="the late worker to take and refuse the job",
+        )
     finally:
         late.stop()
     record = svc.store.job(job_id)
@@ -67,7 +74,8 @@ def test_queued_job_revoked_never_runs_even_on_a_worker_started_later(
 
 
 def test_running_job_is_terminated_and_sends_one_event(
-        client, app, worker, partner, admin_headers, receiver: Receiver):
+    client, app, worker, partner, admin_headers, receiver: Receiver
+):
     # One 30 s sleep with no progress report in between: only SIGTERM can stop it early.
     job = submit(client, partner, receiver.url, params={"seconds": 30, "steps": 1})
     job_id = job["job_id"]
@@ -77,8 +85,11 @@ def test_running_job_is_terminated_and_sends_one_event(
     assert response.get_json()["status"] == "REVOKED"
     celery = app.extensions["jobgate"].celery
     # The worker writes REVOKED to the result backend when it terminated the process.
-    wait_until(lambda: raw_status(celery, job_id) == "REVOKED", 20,
-               message="the worker to terminate the job")
+    wait_until(
+        lambda: raw_status(celery, job_id) == "REVOKED",
+        20,
+        message="the worker to terminate the job",
+    )
     view = webhook_settles(client, job_id, partner["headers"])
     assert view["status"] == "REVOKED"
     assert view["revocation"]["revoked_by"] == "admin"
@@ -88,7 +99,8 @@ def test_running_job_is_terminated_and_sends_one_event(
 
 
 def test_revoke_without_terminate_stops_at_the_next_progress_report(
-        client, app, worker, partner, admin_headers):
+    client, app, worker, partner, admin_headers
+):
     job = submit(client, partner, None, params={"seconds": 30, "steps": 300})
     job_id = job["job_id"]
     wait_for_status(client, job_id, partner["headers"], ("PROCESSING",))
@@ -97,12 +109,17 @@ def test_revoke_without_terminate_stops_at_the_next_progress_report(
     celery = app.extensions["jobgate"].celery
 
     def still_active() -> bool:
-        replies = celery.control.inspect(destination=[worker.name], timeout=2,
-                                         limit=1).active() or {}
+        replies = (
+            celery.control.inspect(destination=[worker.name], timeout=2, limit=1).active() or {}
+        )
         return any(task["id"] == job_id for tasks in replies.values() for task in tasks)
 
-    wait_until(lambda: replies_ok(celery, worker) and not still_active(), 20,
-               interval=0.2, message="the job to stop at its next progress report")
+    wait_until(
+        lambda: replies_ok(celery, worker) and not still_active(),
+        20,
+        interval=0.2,
+        message="the job to stop at its next progress report",
+    )
     record = app.extensions["jobgate"].store.job(job_id)
     assert record["status"] == "REVOKED"
     assert record["progress"]["current"] < 300
@@ -122,5 +139,7 @@ def test_revoke_errors(client, worker, partner, admin_headers):
     assert response.get_json()["error"]["code"] == "conflict"
     bad = revoke(client, job["job_id"], admin_headers, terminate="maybe")
     assert bad.status_code == 422
-    assert client.post(f"/v1/jobs/{job['job_id']}/revoke",
-                       headers=partner["headers"]).status_code == 403
+    assert (
+        client.post(f"/v1/jobs/{job['job_id']}/revoke", headers=partner["headers"]).status_code
+        == 403
+    )
