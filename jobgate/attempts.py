@@ -25,7 +25,7 @@ from jobgate import __version__
 from jobgate.deliveries import Begun, Deliveries
 from jobgate.delivery import Attempt, deliver, retry_delay
 from jobgate.due import entry as due_entry
-from jobgate.events import SUBJECTS, delivery_task_id, event_body, webhook_id
+from jobgate.events import SUBJECTS, delivery_call, delivery_task_id, event_body, webhook_id
 from jobgate.failpoints import failpoint
 from jobgate.lifecycle import enqueue_webhook
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
@@ -186,16 +186,12 @@ def _attempt(
     following = None
     if delay is not None:
         # Scheduled in the script that records this attempt: never one without the other.
-        next_id = delivery_task_id(kind, subject_id, event, chain, retry + 1)
+        next_id, args, kwargs = delivery_call(kind, subject_id, event, chain, retry + 1)
         following = (
             next_id,
             time.time() + delay,
             due_entry(
-                DELIVER_TASK,
-                next_id,
-                queue=messenger.webhooks_queue,
-                args=[kind, subject_id, event],
-                kwargs={"retry": retry + 1, "chain": chain},
+                DELIVER_TASK, next_id, queue=messenger.webhooks_queue, args=args, kwargs=kwargs
             ),
         )
     number = books.record(

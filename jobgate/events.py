@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jobgate import batches
+from jobgate.messages import AUTO_CHAIN
 from jobgate.status import job_view
 from jobgate.store import Store, decode_job, utcnow
 
@@ -80,6 +81,21 @@ def delivery_task_id(kind: str, subject_id: str, event: str, chain: str, retry: 
     """The Celery task id of one delivery attempt: known in advance, so the sweeper can
     tell whether an open delivery's message is still queued anywhere."""
     return f"whk:{kind}:{subject_id}:{event}:{chain}:{retry}"
+
+
+def delivery_call(
+    kind: str, subject_id: str, event: str, chain: str, retry: int
+) -> tuple[str, list[str], dict[str, Any]]:
+    """(task id, args, kwargs) of one ``jobgate.deliver_webhook`` attempt: the task's call
+    in one place, for every path that queues or schedules one."""
+    kwargs: dict[str, Any] = {}
+    if (chain, retry) != (AUTO_CHAIN, 0):
+        kwargs = {"retry": retry, "chain": chain}
+    return (
+        delivery_task_id(kind, subject_id, event, chain, retry),
+        [kind, subject_id, event],
+        kwargs,
+    )
 
 
 def parse_delivery_task_id(task_id: str) -> tuple[str, str, str, str, int] | None:

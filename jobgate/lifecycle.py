@@ -15,7 +15,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from jobgate import batches
-from jobgate.events import BATCH_COMPLETED, JOB_EVENTS, delivery_task_id, job_event
+from jobgate.events import BATCH_COMPLETED, JOB_EVENTS, delivery_call, job_event
 from jobgate.failpoints import failpoint
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.store import Store
@@ -49,10 +49,10 @@ def event_message(
     if not messenger.inline:
         return None
     queue = messenger.webhooks_queue
-    task_id = delivery_task_id(kind, subject_id, event, AUTO_CHAIN, 0)
+    task_id, args, kwargs = delivery_call(kind, subject_id, event, AUTO_CHAIN, 0)
     return (
         queue,
-        messenger.envelope(DELIVER_TASK, task_id, queue=queue, args=[kind, subject_id, event]),
+        messenger.envelope(DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs),
         task_id,
     )
 
@@ -133,14 +133,10 @@ def enqueue_webhook(
 ) -> str:
     """Queue the first attempt of ``event`` (of ``chain``) on the webhooks queue, marked
     open first so that a crash before the send leaves it for the sweeper; its task id."""
-    task_id = delivery_task_id(kind, subject_id, event, chain, 0)
+    task_id, args, kwargs = delivery_call(kind, subject_id, event, chain, 0)
     store.mark_open(task_id)
     messenger.send(
-        DELIVER_TASK,
-        args=[kind, subject_id, event],
-        kwargs={} if chain == AUTO_CHAIN else {"chain": chain},
-        queue=messenger.webhooks_queue,
-        task_id=task_id,
+        DELIVER_TASK, args=args, kwargs=kwargs, queue=messenger.webhooks_queue, task_id=task_id
     )
     log.info("queued %s for %s %s", event, kind, subject_id, extra={"job_id": subject_id})
     return task_id

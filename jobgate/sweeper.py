@@ -35,7 +35,7 @@ from typing import Any, cast
 
 from jobgate import lifecycle
 from jobgate.batches import batch_record, member_ids
-from jobgate.events import parse_delivery_task_id
+from jobgate.events import delivery_call, parse_delivery_task_id
 from jobgate.messages import DELIVER_TASK, Messenger
 from jobgate.status import TERMINAL
 from jobgate.store import Store
@@ -192,15 +192,10 @@ def _repair_deliveries(
             store.redis.zrem(store.open_key, task_id)
             continue
         kind, subject_id, event, chain, retry = parsed
+        _, args, kwargs = delivery_call(kind, subject_id, event, chain, retry)
         store.redis.rpush(
             queue,
-            messenger.envelope(
-                DELIVER_TASK,
-                task_id,
-                queue=queue,
-                args=[kind, subject_id, event],
-                kwargs={"retry": retry, "chain": chain},
-            ),
+            messenger.envelope(DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs),
         )
         log.warning(
             "delivery %s had no message anywhere; queued it again",
