@@ -218,11 +218,16 @@ def wait(svc: Services, record: dict[str, Any], seconds: float) -> dict[str, Any
 
     The job is read each time ``events`` yields, the first time right after subscribing,
     so an end published between the caller's read and the subscription is not missed.
+    Finished means the job's record is: Celery stores a task's SUCCESS just before the
+    worker records the end, and a view answered from that meta alone would lack what only
+    the record has (``finished_at``, the webhook); the record's end is published, so the
+    wait wakes for it.
     """
     deadline = time.monotonic() + seconds
     for _ in events(svc, record["job_id"], deadline):
-        view = describe(svc, svc.store.job(record["job_id"]) or record)
-        if view["status"] in TERMINAL:
+        current = svc.store.job(record["job_id"]) or record
+        view = describe(svc, current)
+        if current.get("status") in TERMINAL:
             break
     return view
 

@@ -1,0 +1,33 @@
+"""``?wait=`` answers a finished job as its record has it, never from Celery's meta alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from gateway import jobs
+from gateway.auth import Principal
+from gateway.jobs import new_record
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_success_stored_before_the_end_is_recorded_is_waited_for(app, partner):
+    """Celery stores SUCCESS just before the worker records the job's end: in between, a
+    wait that stopped on the meta answered SUCCESS with no finished_at (seen in CI)."""
+    svc = app.extensions["jobgate"]
+    record = new_record(Principal("partner", partner["id"]), {"task": "demo.sleep", "params": {}})
+    svc.store.create_job(record)
+    svc.celery.backend.store_result(record["task_id"], {"slept": 0}, "SUCCESS")
+    ending = threading.Timer(
+        0.3, lambda: svc.store.finish_job(record["job_id"], "SUCCESS", result={"slept": 0})
+    )
+    started = time.monotonic()
+    ending.start()
+    view = jobs.wait(svc, record, 5)
+    ending.join()
+    assert view["status"] == "SUCCESS" and view["result"] == {"slept": 0}
+    assert view["finished_at"] is not None
+    assert 0.25 <= time.monotonic() - started < 4
