@@ -233,6 +233,27 @@ def gateway_env(redis_url: str) -> dict[str, str]:
     }
 
 
+def fresh_database() -> str:
+    """A new, migrated database for one run: ``BENCH_DATABASE_URL`` (PostgreSQL: every
+    table emptied) or, by default, a new SQLite file beside the logs."""
+    from jobgate.db import Database
+
+    url = os.environ.get("BENCH_DATABASE_URL") or (
+        f"sqlite:///{LOGS / f'bench-{os.getpid()}-{time.time_ns()}.sqlite3'}"
+    )
+    LOGS.mkdir(parents=True, exist_ok=True)
+    database = Database(url)
+    database.upgrade()
+    if not database.is_sqlite:
+        from jobgate.db.models import Base
+
+        with database.session() as session:
+            for table in reversed(Base.metadata.sorted_tables):
+                session.execute(table.delete())
+    database.dispose()
+    return url
+
+
 # The worker shapes a bench can run: what ``jobgate worker`` ships (gevent delivery pool),
 # the same with a threads delivery pool, and the shape before the delivery pool.
 WORKER_SHAPES = {
@@ -317,7 +338,7 @@ class Stack:
         client.ping()
         client.flushdb()
         client.close()
-        return cls(redis_url, gateway_env(redis_url))
+        return cls(redis_url, {**gateway_env(redis_url), "JOBGATE_DATABASE_URL": fresh_database()})
 
     def url(self, name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"

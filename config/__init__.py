@@ -14,6 +14,8 @@ from typing import Any
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400)
 DEFAULT_CALLBACK_DNS_TIMEOUT = 2.0
+# A SQLite file in the working directory: nothing to install (PostgreSQL in production).
+DEFAULT_DATABASE_URL = "sqlite:///jobgate.sqlite3"
 
 
 class SettingsError(ValueError):
@@ -77,7 +79,10 @@ class Settings:
     callback_ports: PortRanges = DEFAULT_CALLBACK_PORTS
     callback_dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT
     result_expires: int = 3600
-    job_retention: int = 7 * 24 * 3600
+    job_retention: int = 90 * 24 * 3600
+    job_cache_ttl: int = 3600
+    database_url: str = DEFAULT_DATABASE_URL
+    archive_batch: int = 500
     max_body: int = 1024 * 1024
     webhook_retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
     webhook_timeout: float = 10.0
@@ -112,6 +117,11 @@ class Settings:
             raise SettingsError(
                 f"JOBGATE_CALLBACK_PORTS={format_ports(self.callback_ports)!r} "
                 "is not valid: ports are 1-65535, at least one"
+            )
+        if not self.database_url.startswith(("sqlite:", "postgresql")):
+            raise SettingsError(
+                f"JOBGATE_DATABASE_URL={self.database_url!r} is not valid: use sqlite:///FILE "
+                "or postgresql+psycopg://USER@HOST/DB"
             )
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(
@@ -153,6 +163,9 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "callback_dns_timeout": ("JOBGATE_CALLBACK_DNS_TIMEOUT", float),
     "result_expires": ("JOBGATE_RESULT_EXPIRES", int),
     "job_retention": ("JOBGATE_JOB_RETENTION", int),
+    "job_cache_ttl": ("JOBGATE_JOB_CACHE_TTL", int),
+    "database_url": ("JOBGATE_DATABASE_URL", str),
+    "archive_batch": ("JOBGATE_ARCHIVE_BATCH", int),
     "max_body": ("JOBGATE_MAX_BODY", int),
     "webhook_retry_delays": ("JOBGATE_WEBHOOK_RETRY_DELAYS", _floats),
     "webhook_timeout": ("JOBGATE_WEBHOOK_TIMEOUT", float),
@@ -175,6 +188,8 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "callback_dns_timeout": (0.01, "at least 0.01 second"),
     "result_expires": (1, "at least 1 second"),
     "job_retention": (1, "at least 1 second"),
+    "job_cache_ttl": (1, "at least 1 second"),
+    "archive_batch": (1, "at least 1"),
     "max_body": (1, "at least 1 byte"),
     "webhook_retry_delays": (0, "no negative delay"),
     "webhook_timeout": (0.1, "at least 0.1 second"),
@@ -197,6 +212,7 @@ __all__ = [
     "DEFAULT_REDIS_URL",
     "DEFAULT_RETRY_DELAYS",
     "DEFAULT_CALLBACK_DNS_TIMEOUT",
+    "DEFAULT_DATABASE_URL",
     "DEFAULT_CALLBACK_PORTS",
     "PortRanges",
     "format_ports",

@@ -16,7 +16,8 @@ __all__ = ["create_app", "__version__"]
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     """Build the gateway for ``settings`` (the environment by default).
 
-    Connects to nothing while building: Redis and the broker are first used by requests.
+    Connects to nothing while building: Redis, the broker and the database are first used
+    by requests (``wsgi.py`` checks the database is migrated before serving).
     """
     # Imported here, not at the top, so that ``from gateway.client import Client`` (the
     # partners' Python client) loads neither Flask's views nor Celery.
@@ -24,6 +25,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from gateway.errors import register_error_handlers
     from gateway.extensions import Services
     from gateway.views import batches, catalog, events, health, jobs, partners, ui, webhooks
+    from jobgate.db import Database
+    from jobgate.partners import Partners
     from jobgate.ssrf import parse_allowlist
     from jobgate.store import Store
     from tasks.app import make_celery
@@ -34,9 +37,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     app.json.sort_keys = False
+    store = Store.from_settings(settings)
+    db = Database.from_settings(settings)
     app.extensions["jobgate"] = Services(
         settings=settings,
-        store=Store.from_settings(settings),
+        store=store,
+        db=db,
+        partners=Partners(store, db),
         celery=make_celery(settings),
         allowlist=parse_allowlist(settings.callback_allowlist),
     )

@@ -47,7 +47,7 @@ def authenticate() -> Principal:
     if any(hmac.compare_digest(key.encode(), admin.encode()) for admin in svc.settings.admin_keys):
         g.principal = Principal("admin", name="admin")
         return g.principal
-    partner = svc.store.partner_by_key(key)
+    partner = svc.partners.by_key(key)
     if partner is None:
         raise APIError(
             401,

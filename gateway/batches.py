@@ -16,7 +16,7 @@ from gateway.extensions import Services
 from gateway.jobs import check_callback, enforce_rate_limit, new_record, validate_job
 from gateway.revoke import revoke_job
 from gateway.schemas import BatchSubmitSchema, load_or_422
-from jobgate import lifecycle
+from jobgate import history, lifecycle
 from jobgate.batches import COUNTERS, MAX_BATCH, batch_record, batch_view, keys, member_ids
 from jobgate.failpoints import failpoint
 from jobgate.status import TERMINAL
@@ -135,8 +135,11 @@ def _send_all(svc: Services, batch_id: str, records: list[dict[str, Any]]) -> No
 
 # ------------------------------------------------------------------------ reading
 def find(svc: Services, principal: Principal, batch_id: str) -> dict[str, Any]:
-    """The batch record if the caller may see it; 404 for unknown and others' batches."""
+    """The batch record if the caller may see it (Redis, then the database); 404 for
+    unknown and others' batches."""
     record = batch_record(svc.store, batch_id)
+    if record is None and len(batch_id) <= 64:
+        record = history.batch(svc.db, batch_id)
     if record is None or not (principal.is_admin or record["partner_id"] == principal.partner_id):
         raise not_found("batch")
     return record
@@ -144,10 +147,16 @@ def find(svc: Services, principal: Principal, batch_id: str) -> dict[str, Any]:
 
 def view(svc: Services, batch_id: str, record: dict[str, Any] | None = None) -> dict[str, Any]:
     """The batch view with live members refined by one Celery meta read each."""
-    record = record or batch_record(svc.store, batch_id)
+    record = record or batch_record(svc.store, batch_id) or history.batch(svc.db, batch_id)
     if record is None:
         raise not_found("batch")
-    return batch_view(svc.store, batch_id, record=record, meta_of=svc.celery.backend.get_task_meta)
+    return batch_view(
+        svc.store,
+        batch_id,
+        record=record,
+        meta_of=svc.celery.backend.get_task_meta,
+        archived=lambda ids: history.jobs(svc.db, ids),
+    )
 
 
 # ------------------------------------------------------------------------- revoke
@@ -155,8 +164,8 @@ def revoke(
     svc: Services, principal: Principal, batch_id: str, *, reason: str, terminate: bool
 ) -> dict[str, Any]:
     """Revoke every member not ended yet (admin); ended members are left as they are."""
-    find(svc, principal, batch_id)
-    ids = member_ids(svc.store, batch_id)
+    record = find(svc, principal, batch_id)
+    ids = record.get("member_ids") or member_ids(svc.store, batch_id)
     for job_id, job in zip(ids, svc.store.jobs(ids), strict=True):
         if job is None or job.get("status") in TERMINAL:
             continue

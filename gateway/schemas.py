@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from jobgate.batches import MAX_BATCH
+from jobgate.history import BadCursor, decode_cursor
 from jobgate.status import STATUSES
 
 METADATA_MAX_BYTES = 16 * 1024
-CURSOR_SCORE = re.compile(r"\d{1,12}(\.\d{1,9})?")
 
 
 def _small_json(value: Any) -> None:
@@ -98,13 +97,15 @@ class ListJobsArgs(Schema):
 
     @validates("cursor")
     def _cursor(self, value: str | None, **_: Any) -> None:
-        """A cursor is "<score>:<id>" as a previous page returned it; nothing else."""
+        """A cursor is a position a previous page returned (jobgate.history); nothing else."""
         if value is None:
             return
-        score, sep, after = value.partition(":")
-        # Redis parses the score itself: accept only what both Python and Redis read alike.
-        if not (sep and after and CURSOR_SCORE.fullmatch(score)):
-            raise ValidationError("Not a cursor this API returned; use next_cursor as is.")
+        try:
+            decode_cursor(value)
+        except BadCursor:
+            raise ValidationError(
+                "Not a cursor this API returned; use next_cursor as is."
+            ) from None
 
 
 class WaitArgs(Schema):

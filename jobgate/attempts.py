@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,8 +66,12 @@ def run_attempt(
     retry: int = 0,
     chain: str = AUTO_CHAIN,
     node: str = "",
+    partner_of: Callable[[str], dict[str, str] | None] | None = None,
 ) -> dict[str, Any] | None:
     """Send attempt ``retry`` (0 = first) of ``chain``; returns the recorded attempt.
+
+    ``partner_of`` finds a partner whose Redis mirror is missing (``Partners.get``: a
+    Redis that restarted empty), so its secrets still sign.
 
     Redis round trips: one to claim the attempt and read the subject, the stored body and
     the partner's secrets (``Deliveries.begin``); one more the first time, to store the
@@ -98,6 +104,9 @@ def run_attempt(
         )
         return None
     try:
+        partner_id = begun.record.get("partner_id")
+        if partner_id and not begun.partner and partner_of is not None:
+            begun = replace(begun, partner=partner_of(partner_id) or {})
         return _attempt(
             settings,
             store,

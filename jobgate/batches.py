@@ -58,7 +58,13 @@ def member_finished(
         return None
     queue, body, task_id = message or (store.key("no-webhook"), "", "")
     answer = store.scripts["batch_count"](
-        keys=[*keys(store, batch_id), queue, store.open_key, store.key("batches", "live")],
+        keys=[
+            *keys(store, batch_id),
+            queue,
+            store.open_key,
+            store.key("batches", "live"),
+            store.archive_key,
+        ],
         args=[
             job_record["job_id"],
             outcome,
@@ -108,16 +114,27 @@ def member_summary(view: dict[str, Any]) -> dict[str, Any]:
 
 
 def batch_view(
-    store: Store, batch_id: str, *, record: dict[str, Any], meta_of: MetaReader | None = None
+    store: Store,
+    batch_id: str,
+    *,
+    record: dict[str, Any],
+    meta_of: MetaReader | None = None,
+    archived: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """The batch as ``GET /v1/batches/{id}`` returns it (and ``batch.completed`` carries).
 
     Counts come from the atomic counters; ``percent`` averages the members' progress (an
     ended member is 100), so it moves while long members run. Live members are refined
-    by one Celery meta read each, only when ``meta_of`` is given.
+    by one Celery meta read each, only when ``meta_of`` is given; members Redis no longer
+    holds are read with ``archived`` (``jobgate.history.jobs``) when given.
     """
     members: list[dict[str, Any]] = []
-    for job_id, job in zip(ids := member_ids(store, batch_id), store.jobs(ids), strict=True):
+    ids = record.get("member_ids") or member_ids(store, batch_id)
+    records = store.jobs(ids)
+    if archived is not None and None in records:  # members Redis no longer caches
+        found = archived([i for i, r in zip(ids, records, strict=True) if r is None])
+        records = [r if r is not None else found.get(i) for i, r in zip(ids, records, strict=True)]
+    for job_id, job in zip(ids, records, strict=True):
         if job is None:  # expired record of a long-finished batch
             members.append({"job_id": job_id, "status": None})
             continue

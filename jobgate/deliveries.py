@@ -128,10 +128,10 @@ class Deliveries:
         return bool(self.redis.set(key, "running", nx=True, ex=max(1, int(lease) + 1)))
 
     def complete(self, subject_id: str, token: str, task_id: str = "") -> None:
-        """Mark attempt ``token`` done for the retention period (and its delivery no
+        """Mark attempt ``token`` done for ``done_ttl`` (and its delivery no
         longer open) when it had nothing to send."""
         pipe = self.redis.pipeline()
-        pipe.set(self.claim_key(subject_id, token), "done", ex=self.store.retention)
+        pipe.set(self.claim_key(subject_id, token), "done", ex=self.store.done_ttl)
         if task_id:
             pipe.zrem(self.store.open_key, task_id)
         pipe.execute()
@@ -170,6 +170,7 @@ class Deliveries:
             self.store.key("job", subject_id),
             self.store.open_key,
             self.store.due_key,
+            self.store.archive_key,
         ]
         next_id, due_at, due_entry = following or ("", 0.0, "")
         args = [
@@ -186,6 +187,8 @@ class Deliveries:
             due_at + self.store.open_grace,
             due_at,
             due_entry,
+            f"{kind}:{subject_id}",
+            self.store.done_ttl,
         ]
         return int(self.scripts["delivery_record"](keys=keys, args=args))
 

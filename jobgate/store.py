@@ -1,18 +1,19 @@
-"""The gateway's own records in Redis: partners, jobs, idempotency keys.
+"""The gateway's live records in Redis: jobs, batches, idempotency keys, rate limits.
 
 Celery's result backend forgets a task after ``result_expires`` and answers PENDING for
-any id it does not know; the job record kept here decides whether a job exists and keeps
-its terminal status, result and error for the retention period.
+any id it does not know; the job record kept here decides whether a job exists while it
+is live. Every job and batch is also put on the archive stream (``archive_key``) when it
+is created, ends, or records a delivery attempt; ``jobgate.archive`` copies it into the
+database and then lets Redis forget it after ``cache_ttl``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -24,6 +25,10 @@ from jobgate.scripts import Scripts
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 KEY_CACHE_TTL = 30.0  # seconds a partner found by its API key is remembered in-process
 KEY_CACHE_SIZE = 10_000
+# How long Redis holds a record the archiver has not copied into the database yet: a
+# database outage shorter than this loses nothing (docs/reliability.md).
+HOLD = 7 * 86400
+DONE_TTL_MIN = 600  # a done attempt's claim outlives any duplicate of its message
 POOL_WAIT = 5.0  # seconds a caller waits for a free Redis connection when all are in use
 JSON_FIELDS = ("metadata", "result", "progress", "params")
 CLAIM_MARGIN = 30.0  # seconds an attempt's claim outlives its HTTP timeout
@@ -61,13 +66,18 @@ class Store:
         client: redis.Redis,
         *,
         prefix: str = "jobgate",
-        retention: int = 604800,
+        retention: int = HOLD,
         live_ttl: int | None = None,
         open_grace: float = 10.0 + CLAIM_MARGIN,
+        cache_ttl: int = 3600,
     ) -> None:
         self.redis = client
         self.prefix = prefix
+        # Redis keeps finished records this long unless the archiver, once it has copied
+        # them, shortens that to ``cache_ttl``.
         self.retention = retention
+        self.cache_ttl = cache_ttl
+        self.done_ttl = max(cache_ttl, DONE_TTL_MIN)
         # How long past its due time a queued delivery may go unrecorded before the
         # sweeper looks for its message: one attempt's claim (its HTTP timeout plus
         # CLAIM_MARGIN), so a running attempt is never mistaken for a lost one.
@@ -76,7 +86,6 @@ class Store:
         # longest time a job may stay queued or running.
         self.live_ttl = live_ttl or retention + 2 * 86400
         self.scripts = Scripts(client)
-        self._key_cache: dict[str, tuple[float, dict[str, str]]] = {}
 
     @classmethod
     def from_url(cls, url: str, *, max_connections: int = 1000, **kwargs: Any) -> Store:
@@ -99,79 +108,13 @@ class Store:
         return cls.from_url(
             settings.redis_url,
             prefix=settings.key_prefix,
-            retention=settings.job_retention,
+            cache_ttl=settings.job_cache_ttl,
             max_connections=settings.redis_max_connections,
             open_grace=settings.webhook_timeout + CLAIM_MARGIN,
         )
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
-
-    # ------------------------------------------------------------------ partners
-    def create_partner(self, name: str, webhook_secret: str) -> tuple[dict[str, str], str]:
-        """Create a partner; returns (record, api_key). Only the key's hash is stored."""
-        partner_id = "ptn_" + uuid.uuid4().hex[:20]
-        api_key = "jgp_" + secrets.token_urlsafe(32)
-        record = {
-            "id": partner_id,
-            "name": name,
-            "created_at": utcnow(),
-            "key_hash": hash_key(api_key),
-            "webhook_secret": webhook_secret,
-        }
-        pipe = self.redis.pipeline()
-        # redis-py types ``mapping`` as Mapping[FieldT, ...], invariant in its key type,
-        # so a dict[str, str] is refused although str is a FieldT.
-        pipe.hset(self.key("partner", partner_id), mapping=record)  # type: ignore[arg-type]
-        pipe.set(self.key("partnerkey", record["key_hash"]), partner_id)
-        pipe.zadd(self.key("partners"), {partner_id: time.time()})
-        pipe.execute()
-        return record, api_key
-
-    def partner(self, partner_id: str) -> dict[str, str] | None:
-        record = cast("dict[str, str]", self.redis.hgetall(self.key("partner", partner_id)))
-        return record or None
-
-    def partner_by_key(self, api_key: str) -> dict[str, str] | None:
-        """The partner owning ``api_key``; found keys are cached in-process briefly.
-
-        Auth runs on every request, so a hit saves two Redis round trips. Only keys that
-        exist are cached (a wrong key is looked up each time), for ``KEY_CACHE_TTL`` s.
-        """
-        hashed = hash_key(api_key)
-        hit = self._key_cache.get(hashed)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        partner_id = cast("str | None", self.redis.get(self.key("partnerkey", hashed)))
-        partner = self.partner(partner_id) if partner_id else None
-        if partner is not None:
-            if len(self._key_cache) >= KEY_CACHE_SIZE:
-                self._key_cache.clear()
-            self._key_cache[hashed] = (time.monotonic() + KEY_CACHE_TTL, partner)
-        return partner
-
-    def partners(self) -> list[dict[str, str]]:
-        ids = cast("list[str]", self.redis.zrange(self.key("partners"), 0, -1))
-        pipe = self.redis.pipeline()
-        for partner_id in ids:
-            pipe.hgetall(self.key("partner", partner_id))
-        return [record for record in pipe.execute() if record]
-
-    def rotate_secret(self, partner_id: str, new_secret: str, grace: int) -> bool:
-        """Replace the webhook secret; the old one keeps signing for ``grace`` seconds."""
-        key = self.key("partner", partner_id)
-        old = self.redis.hget(key, "webhook_secret")
-        if old is None:
-            return False
-        self.redis.hset(
-            key,
-            mapping={
-                "webhook_secret": new_secret,
-                "previous_secret": old,
-                "previous_secret_until": str(time.time() + grace),
-            },
-        )
-        return True
 
     # ---------------------------------------------------------------------- jobs
     def create_job(self, job: dict[str, Any], message: tuple[str, str] | None = None) -> None:
@@ -201,6 +144,7 @@ class Store:
         pipe.expire(hash_key, self.live_ttl)
         pipe.expire(jobs_key, self.live_ttl)
         pipe.zadd(self.key("batches", "live"), {batch_id: score})
+        pipe.xadd(self.archive_key, {"s": f"batch:{batch_id}"})
         queued: Sequence[tuple[str, str] | None] = messages or [None] * len(jobs)
         for job, message in zip(jobs, queued, strict=True):
             self._add_job(pipe, job, score, message)
@@ -214,27 +158,15 @@ class Store:
         pipe.expire(self.key("job", job_id), self.live_ttl)
         pipe.hincrby(self.key("stats"), "submitted", 1)
         pipe.zadd(self.key("live"), {job_id: score})
-        for index in self._indexes(job):
-            pipe.zadd(self.key("jobs", index), {job_id: score})
-            pipe.zremrangebyscore(self.key("jobs", index), "-inf", score - self.live_ttl)
+        pipe.xadd(self.archive_key, {"s": f"job:{job_id}"})
         if message is not None:
             pipe.lpush(*message)
-
-    @staticmethod
-    def _indexes(job: dict[str, Any]) -> list[str]:
-        """Listing indexes a job belongs to: everyone's and its partner's.
-
-        A batch keeps its own ordered member list (gateway.batches), with its TTL.
-        """
-        return ["all", job["partner_id"]]
 
     def delete_job(self, job: dict[str, Any]) -> None:
         """Undo create_job (used when the broker refused the message)."""
         pipe = self.redis.pipeline()
         pipe.delete(self.key("job", job["job_id"]))
         pipe.zrem(self.key("live"), job["job_id"])
-        for index in self._indexes(job):
-            pipe.zrem(self.key("jobs", index), job["job_id"])
         pipe.execute()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
@@ -319,6 +251,7 @@ class Store:
             queue,
             self.key("live"),
             self.open_key,
+            self.archive_key,
         ]
         answer = self.scripts["job_finish"](
             keys=keys,
@@ -342,52 +275,6 @@ class Store:
             "batch_id": answer[2] or None,
             "webhook_queued": answer[3] == 1,
         }
-
-    def page(self, index: str, *, limit: int, cursor: str | None) -> list[tuple[str, str]]:
-        """Up to ``limit`` (job id, cursor) pairs of a listing index, newest first.
-
-        A cursor is "<score>:<job id>", the position of the last item seen, so new jobs
-        arriving between pages never shift or repeat the items of later pages.
-        """
-        key = self.key("jobs", index)
-        rows: list[tuple[str, float]]
-        if cursor:
-            score, _, after = cursor.partition(":")
-            raw = cast(
-                "list[tuple[str, float]]",
-                self.redis.zrevrangebyscore(
-                    key, score, "-inf", start=0, num=limit + 64, withscores=True
-                ),
-            )
-            rows = [(m, s) for m, s in raw if not (repr(s) == score and m >= after)]
-        else:
-            rows = cast(
-                "list[tuple[str, float]]", self.redis.zrevrange(key, 0, limit - 1, withscores=True)
-            )
-        return [(member, f"{score!r}:{member}") for member, score in rows[:limit]]
-
-    def iter_index(
-        self, index: str, *, cursor: str | None, batch: int = 100
-    ) -> Iterator[tuple[dict[str, Any] | None, str]]:
-        """Every entry of an index, newest first: its record (None once expired) and the
-        cursor just past it; ends at the end of the index.
-
-        Expired entries are yielded too, so a caller with a scan budget counts them, and
-        are dropped from the index on the way.
-        """
-        while True:
-            rows = self.page(index, limit=batch, cursor=cursor)
-            records = self.jobs(job_id for job_id, _ in rows)
-            stale = [
-                job_id for (job_id, _), record in zip(rows, records, strict=True) if record is None
-            ]
-            if stale:
-                self.redis.zrem(self.key("jobs", index), *stale)
-            for (_, position), record in zip(rows, records, strict=True):
-                yield record, position
-            if len(rows) < batch:
-                return
-            cursor = rows[-1][1]
 
     # ------------------------------------------------------------- idempotency
     def claim_idempotency(
@@ -429,6 +316,12 @@ class Store:
         return self.key("deliveries", "open")
 
     @property
+    def archive_key(self) -> str:
+        """The archive stream: ``{"s": "job:<id>"|"batch:<id>"}`` for each change the
+        database must get (``jobgate.archive`` drains it)."""
+        return self.key("archive")
+
+    @property
     def due_key(self) -> str:
         """Deliveries scheduled for later (the retry set): entry -> due time."""
         return self.key("due")
@@ -439,11 +332,13 @@ class Store:
 
 
 def secrets_of(partner: dict[str, str], now: float | None = None) -> list[str]:
-    """A partner hash's signing secrets: current, plus the previous one during its grace."""
+    """A mirrored partner's signing secrets (``jobgate.partners``): the current one, then
+    every rotated one still within its grace period."""
+    now = time.time() if now is None else now
     found = [partner["webhook_secret"]] if partner.get("webhook_secret") else []
-    until = float(partner.get("previous_secret_until") or 0)
-    if partner.get("previous_secret") and until > (time.time() if now is None else now):
-        found.append(partner["previous_secret"])
+    rotated = [s for s in (partner.get("previous_secrets") or "").split(",") if s]
+    untils = [float(u) for u in (partner.get("previous_secrets_until") or "").split(",") if u]
+    found += [s for s, until in zip(rotated, untils, strict=False) if until > now]
     return found
 
 

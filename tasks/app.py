@@ -12,7 +12,9 @@ from celery.signals import task_revoked
 
 from config import Settings
 from jobgate import lifecycle
+from jobgate.db import Database
 from jobgate.failpoints import failpoint
+from jobgate.partners import Partners
 from jobgate.status import error_message
 from jobgate.store import Store
 from tasks import webhooks
@@ -25,13 +27,22 @@ log = logging.getLogger(__name__)
 
 
 class JobgateCelery(Celery):
-    """A Celery app that carries jobgate's settings, its job store and its messenger."""
+    """A Celery app that carries jobgate's settings, its job store, database and messenger."""
 
     settings: Settings
 
     @cached_property
     def store(self) -> Store:
         return Store.from_settings(self.settings)
+
+    @cached_property
+    def database(self) -> Database:
+        """The SQL database (archiver, partner secrets when Redis lost their mirror)."""
+        return Database.from_settings(self.settings)
+
+    @cached_property
+    def partners(self) -> Partners:
+        return Partners(self.store, self.database)
 
     @cached_property
     def messenger(self) -> CeleryMessenger:

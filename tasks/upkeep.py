@@ -13,6 +13,10 @@
 - **Sweeper** (consumer timer, every ``JOBGATE_SWEEP_INTERVAL`` s): the worker holding a
   lease runs one ``jobgate.sweeper.sweep`` pass, in a thread so that a long pass never
   stalls the consumer's loop.
+- **Archiver** (a thread): drains the archive stream into the database in chunks
+  (``jobgate.archive``); every worker process runs one, the stream's consumer group shares
+  the work. The one holding the pruner's lease also deletes history older than
+  ``JOBGATE_JOB_RETENTION``, every ``PRUNE_EVERY`` s.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import redis
 from celery import bootsteps
 from celery.worker import state as worker_state
 
+from jobgate.archive import Archiver, prune
 from jobgate.due import move_due
 from jobgate.sweeper import sweep
 
@@ -94,6 +99,46 @@ class Refresher(threading.Thread):
             log.warning("upkeep: the liveness key could not be written", exc_info=True)
 
 
+PRUNE_EVERY = 3600.0
+
+
+class ArchiveThread(threading.Thread):
+    """Archives until the process exits; a failing database is retried every second (the
+    entries wait in the stream), with one warning a minute."""
+
+    def __init__(self, app: Any, node: str) -> None:
+        super().__init__(name="jobgate-archive", daemon=True)
+        self.app = app
+        self.node = node
+        self.archiver = Archiver(
+            app.store, app.database, consumer=node, batch=app.settings.archive_batch
+        )
+        self._warned = 0.0
+        self._pruned = 0.0
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.archiver.run_once(block_ms=1000)
+                self.maybe_prune()
+            except Exception:  # noqa: BLE001 - the database or Redis is down: try again
+                if time.monotonic() - self._warned > 60:
+                    self._warned = time.monotonic()
+                    log.warning("archive: archiving failed; retrying", exc_info=True)
+                time.sleep(1.0)
+
+    def maybe_prune(self) -> None:
+        if time.monotonic() - self._pruned < PRUNE_EVERY:
+            return
+        self._pruned = time.monotonic()
+        store = self.app.store
+        if not store.redis.set(store.key("pruner"), self.node, nx=True, ex=int(PRUNE_EVERY)):
+            return
+        deleted = prune(self.app.database, self.app.settings.job_retention)
+        if deleted:
+            log.info("archive: pruned %d jobs past retention", deleted)
+
+
 class Upkeep(bootsteps.StartStopStep):
     """Registered on every app ``make_celery`` builds (``app.steps["consumer"]``)."""
 
@@ -103,6 +148,7 @@ class Upkeep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self._timers: list[Any] = []
         self._refresher: Refresher | None = None
+        self._archiving: ArchiveThread | None = None
         self._sweeping: threading.Thread | None = None
 
     def start(self, c: Any) -> None:
@@ -118,6 +164,8 @@ class Upkeep(bootsteps.StartStopStep):
             self._refresher = Refresher(app, self.node, unacked_index)
             self._refresher.tick()
             self._refresher.start()
+            self._archiving = ArchiveThread(app, self.node)
+            self._archiving.start()
         self._timers = [
             c.timer.call_repeatedly(1.0, self._guard, (self.move_due, c)),
             c.timer.call_repeatedly(settings.sweep_interval, self._guard, (self.sweep, c)),

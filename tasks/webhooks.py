@@ -63,6 +63,7 @@ def register(app: Celery) -> Any:
             retry=retry,
             chain=chain,
             node=self.request.hostname or "",
+            partner_of=app.partners.get,
         )
 
     return deliver_webhook

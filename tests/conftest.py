@@ -16,7 +16,7 @@ import redis
 
 from config import Settings
 from gateway.cli import redis_answers
-from tests.helpers import EmbeddedRedis, WorkerProcess, flush_db
+from tests.helpers import EmbeddedRedis, WorkerProcess, flush_db, migrated_database
 
 ADMIN_KEY = "test-admin-key"
 
@@ -42,10 +42,21 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(redis_url: str) -> Settings:
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The suite's database, migrated: a SQLite file (the embedded default), or a new
+    PostgreSQL database with ``JOBGATE_TEST_DATABASE=postgresql``. tests/db runs each
+    test on both."""
+    kind = os.environ.get("JOBGATE_TEST_DATABASE", "sqlite")
+    with migrated_database(kind, tmp_path_factory.mktemp("db")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(redis_url: str, database_url: str) -> Settings:
     """Settings every integration test shares with its worker subprocess."""
     return Settings(
         redis_url=redis_url,
+        database_url=database_url,
         admin_keys=(ADMIN_KEY,),
         callback_allow_http=True,
         callback_allowlist="127.0.0.0/8,::1/128",
@@ -143,3 +154,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         folder = item.path.parent.name
         for marker in MARKERS_BY_FOLDER.get(folder, ()):
             item.add_marker(marker)
+
+
+@pytest.fixture
+def archived(app):
+    """``archived(*job_ids)``: wait until the database holds each job as Redis does now
+    (an in-test archiver drains the stream beside the worker's)."""
+    from jobgate import history
+    from jobgate.archive import Archiver
+    from tests.helpers import wait_until
+
+    svc = app.extensions["jobgate"]
+    archiver = Archiver(svc.store, svc.db, consumer="tests")
+
+    def wait(*job_ids: str) -> None:
+        def caught_up() -> bool:
+            archiver.drain(5)
+            rows = history.jobs(svc.db, list(job_ids))
+            for job_id, live in zip(job_ids, svc.store.jobs(job_ids), strict=True):
+                row = rows.get(job_id)
+                if row is None or (live is not None and row.get("status") != live.get("status")):
+                    return False
+            return True
+
+        wait_until(caught_up, 20, message=f"{len(job_ids)} job(s) archived")
+
+    return wait

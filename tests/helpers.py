@@ -13,10 +13,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import redis
 
 from config import Settings, format_ports
@@ -68,6 +71,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_MAX_BODY": str(settings.max_body),
         "JOBGATE_MAX_WAIT": str(settings.max_wait),
         "JOBGATE_WEBHOOK_SECRET_GRACE": str(settings.webhook_secret_grace),
+        "JOBGATE_DATABASE_URL": settings.database_url,
+        "JOBGATE_JOB_CACHE_TTL": str(settings.job_cache_ttl),
+        "JOBGATE_ARCHIVE_BATCH": str(settings.archive_batch),
     }
 
 
@@ -361,3 +367,60 @@ def gateway_for(settings: Settings, admin_key: str) -> tuple[Any, dict[str, Any]
     partner = created.get_json()
     partner["headers"] = {"Authorization": f"Bearer {partner['api_key']}"}
     return client, partner, app.extensions["jobgate"]
+
+
+# ----------------------------------------------------------------------------- databases
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_admin_url() -> str:
+    """The PostgreSQL server the tests create their databases on (``JOBGATE_TEST_POSTGRES``)."""
+    return os.environ.get("JOBGATE_TEST_POSTGRES", POSTGRES_ADMIN_URL)
+
+
+@contextmanager
+def postgres_database(name_hint: str = "t") -> Iterator[str]:
+    """A new, empty PostgreSQL database for this run (dropped afterwards); its URL.
+
+    Skips the calling test, with the reason, when no server answers, except under CI
+    (``CI`` set), where a missing PostgreSQL fails: CI must run these tests.
+    """
+    import sqlalchemy
+
+    admin = sqlalchemy.create_engine(postgres_admin_url(), isolation_level="AUTOCOMMIT")
+    name = f"jobgate_{name_hint}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.OperationalError as exc:
+        admin.dispose()
+        reason = f"no PostgreSQL at {postgres_admin_url()} ({str(exc).splitlines()[0]})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the PostgreSQL tests")
+        pytest.skip(f"{reason}; set JOBGATE_TEST_POSTGRES to run them")
+    url = sqlalchemy.engine.make_url(postgres_admin_url()).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def migrated_database(kind: str, directory: Path) -> Iterator[str]:
+    """A migrated database of ``kind`` ("sqlite": a file in ``directory``; "postgresql")."""
+    from jobgate.db import Database
+
+    if kind == "sqlite":
+        url = f"sqlite:///{directory / f'jobgate-{uuid.uuid4().hex[:6]}.sqlite3'}"
+        database = Database(url)
+        database.upgrade()
+        database.dispose()
+        yield url
+        return
+    with postgres_database() as url:
+        database = Database(url)
+        database.upgrade()
+        database.dispose()
+        yield url

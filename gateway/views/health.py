@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, jsonify
 
 from gateway.extensions import services
+from gateway.metrics import database_answers
 from gateway.openapi import ok, operation
 from gateway.schemas import HealthSchema
+from jobgate.archive import Archiver
 
 bp = Blueprint("health", __name__)
 
@@ -20,22 +24,29 @@ def healthz():
 
 @bp.get("/readyz")
 @operation(
-    "Redis reachable and a worker answers",
+    "Redis reachable and a worker answers; database and archive lag reported",
     {**ok(200, "Ready", HealthSchema), **ok(503, "Not ready", HealthSchema)},
     tag="operations",
     secured=False,
 )
 def readyz():
-    """Ready when Redis answers and at least one Celery worker replies to a ping."""
+    """Ready when Redis answers and at least one Celery worker replies to a ping.
+
+    The database and the archive lag are reported, not required: with the database down
+    jobs are still taken, run and delivered, and archiving catches up when it returns
+    (``status`` says ``degraded`` meanwhile).
+    """
     svc = services()
-    checks = {"redis": False, "workers": 0}
+    checks: dict[str, Any] = {"redis": False, "workers": 0}
     try:
         checks["redis"] = bool(svc.store.redis.ping())
         replies = svc.celery.control.ping(timeout=1.0, limit=1) or []
         checks["workers"] = len(replies)
+        backlog, lag = Archiver(svc.store, svc.db, consumer="readyz").lag()
+        checks["archive_backlog"], checks["archive_lag_seconds"] = backlog, round(lag, 3)
     except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
         checks["error"] = type(exc).__name__
+    checks["database"] = database_answers(svc)
     ready = checks["redis"] and checks["workers"] > 0
-    return jsonify({"status": "ready" if ready else "unavailable", "checks": checks}), (
-        200 if ready else 503
-    )
+    status = "unavailable" if not ready else ("ready" if checks["database"] else "degraded")
+    return jsonify({"status": status, "checks": checks}), (200 if ready else 503)

@@ -30,7 +30,7 @@ def public(record: dict[str, str]) -> dict[str, str]:
 
 def create_partner(name: str) -> dict[str, str]:
     """Create a partner; the answer holds the API key and secret, shown this once."""
-    record, api_key = services().store.create_partner(name, generate_secret())
+    record, api_key = services().partners.create(name, generate_secret())
     return {**public(record), "api_key": api_key, "webhook_secret": record["webhook_secret"]}
 
 
@@ -57,7 +57,7 @@ def create():
 )
 @admin_required
 def index():
-    return jsonify({"partners": [public(p) for p in services().store.partners()]})
+    return jsonify({"partners": [public(p) for p in services().partners.all()]})
 
 
 @bp.post("/<partner_id>/rotate-secret")
@@ -74,7 +74,7 @@ def rotate_secret(partner_id: str):
     json_body_or_empty()
     svc = services()
     secret = generate_secret()
-    if not svc.store.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
+    if not svc.partners.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
         raise not_found("partner")
     return jsonify(
         {"webhook_secret": secret, "previous_secret_valid_for": svc.settings.webhook_secret_grace}

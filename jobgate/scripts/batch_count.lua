@@ -3,8 +3,9 @@
 -- sets finished_at, takes the batch off the live set and, if the batch has a callback URL,
 -- queues batch.completed in this same script (ARGV[5] onto KEYS[4], marked open in
 -- KEYS[5]), so a completed batch never lacks its event.
+-- The completed batch goes on the archive stream (KEYS[7]).
 -- KEYS: batch hash, counted members, member ids, webhooks queue, open deliveries, live
--- batches. ARGV: member job id, outcome counter, finished_at, retention, message ('' when
+-- batches, archive stream. ARGV: member job id, outcome counter, finished_at, retention, message ('' when
 -- the caller sends it), open member, open deadline, batch id.
 -- Returns {-1} unknown batch, {0} not the last member, {1, wants_event, queued}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
@@ -18,6 +19,7 @@ if completed < total or redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then 
 redis.call('HSET', KEYS[1], 'finished_at', ARGV[3])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[4])) end
 redis.call('ZREM', KEYS[6], ARGV[8])
+redis.call('XADD', KEYS[7], '*', 's', 'batch:' .. ARGV[8])
 local callback = redis.call('HGET', KEYS[1], 'callback_url') or ''
 if callback == '' then return {1, 0, 0} end
 if ARGV[5] == '' then return {1, 1, 0} end

@@ -4,9 +4,11 @@
 -- it exists (ARGV[8] == '1'), mark the claim done (KEYS[3], '' for none), close this
 -- attempt in the open deliveries and, when another attempt follows, schedule it on the
 -- due set and mark it open: an attempt is never recorded without its successor.
--- KEYS: summary, log, claim, job record, open deliveries, due set. ARGV: state, webhook
--- id, event, at, retention, max log, entry head, mirror flag, this attempt's task id,
--- next attempt's task id ('' none), its open deadline, its due time, its due entry.
+-- The subject goes on the archive stream (KEYS[7]) so the attempt reaches the database.
+-- KEYS: summary, log, claim, job record, open deliveries, due set, archive stream.
+-- ARGV: state, webhook id, event, at, retention, max log, entry head, mirror flag, this
+-- attempt's task id, next attempt's task id ('' none), its open deadline, its due time,
+-- its due entry, the archive entry ('job:<id>' or 'batch:<id>'), the done claim's TTL.
 -- Returns the attempt's number.
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'webhook_id', ARGV[2], 'event', ARGV[3],
@@ -18,7 +20,8 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 if ARGV[8] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'webhook_state', ARGV[1], 'webhook_attempts', tostring(n))
 end
-if KEYS[3] ~= '' then redis.call('SET', KEYS[3], 'done', 'EX', ARGV[5]) end
+if KEYS[3] ~= '' then redis.call('SET', KEYS[3], 'done', 'EX', ARGV[15]) end
+redis.call('XADD', KEYS[7], '*', 's', ARGV[14])
 redis.call('ZREM', KEYS[5], ARGV[9])
 if ARGV[10] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[11], ARGV[10])

@@ -6,7 +6,9 @@
 -- and gets back what its other side effects need (callback URL, batch id, whether it
 -- queued): one round trip for the whole end of a job, and no end recorded without its
 -- webhook.
--- KEYS: job record, stats, events channel, webhooks queue, live jobs, open deliveries.
+-- The end is put on the archive stream (KEYS[7]) here too, so the database gets it.
+-- KEYS: job record, stats, events channel, webhooks queue, live jobs, open deliveries,
+-- archive stream.
 -- ARGV: retention, status, event, message ('' none), open member, open deadline, job id,
 -- then the record's field/value pairs.
 -- Returns {-1} no record, {0} already ended, {1, callback URL, batch id, queued 0/1}.
@@ -17,6 +19,7 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[7])
+redis.call('XADD', KEYS[7], '*', 's', 'job:' .. ARGV[7])
 local found = redis.call('HMGET', KEYS[1], 'callback_url', 'batch_id')
 local callback = found[1] or ''
 local queued = 0

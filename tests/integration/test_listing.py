@@ -1,8 +1,9 @@
-"""Listing pages through the whole index even when entries have expired on the way."""
+"""Listing pages from the database: newest first, cursors, filters, the scan budget."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -12,10 +13,12 @@ from jobgate.store import utcnow
 pytestmark = pytest.mark.integration
 
 
-def finished_jobs(store, partner_id: str, count: int) -> list[str]:
-    """``count`` SUCCESS job records of ``partner_id``, oldest first."""
+def jobs_of(store, partner_id: str, count: int, **fields) -> list[str]:
+    """``count`` job records of ``partner_id`` written straight to Redis, oldest first, a
+    second apart (jobs created in the same millisecond are ordered by id)."""
     ids = []
-    for _ in range(count):
+    start = datetime.now(UTC) - timedelta(seconds=count)
+    for n in range(count):
         job_id = str(uuid.uuid4())
         store.create_job(
             {
@@ -23,52 +26,68 @@ def finished_jobs(store, partner_id: str, count: int) -> list[str]:
                 "task_id": job_id,
                 "task": "demo.sleep",
                 "partner_id": partner_id,
-                "created_at": utcnow(),
-                "status": "SUCCESS",
-                "finished_at": utcnow(),
-                "result": {},
+                "created_at": (start + timedelta(seconds=n)).isoformat()[:23] + "Z",
+                **fields,
             }
         )
         ids.append(job_id)
     return ids
 
 
-def test_expired_entries_count_against_the_budget_and_the_cursor_continues(app, client, partner):
-    """1 100 entries, 50 of the newest expired, a filter matching none: the first page
-    must hand back a cursor (it answered null, ending the list early)."""
-    store = app.extensions["jobgate"].store
-    ids = finished_jobs(store, partner["id"], MAX_SCAN + 100)
-    for job_id in ids[-50:]:  # the newest 50 expire: the first page scans them first
-        store.redis.delete(store.key("job", job_id))
+def forget(store, job_ids) -> None:
+    """Drop the Redis side (as the cache TTL does), keeping only the database's rows."""
+    store.redis.delete(*(store.key("job", job_id) for job_id in job_ids))
 
+
+def test_every_archived_job_pages_once_newest_first_after_redis_forgot(
+    app, client, partner, archived
+):
+    store = app.extensions["jobgate"].store
+    ids = jobs_of(store, partner["id"], 7, status="SUCCESS", finished_at=utcnow(), result={})
+    archived(*ids)
+    forget(store, ids)
+    seen, cursor = [], None
+    while True:
+        query = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        body = client.get("/v1/jobs", query_string=query, headers=partner["headers"]).get_json()
+        seen += [job["job_id"] for job in body["jobs"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
+    one = client.get(f"/v1/jobs/{ids[0]}", headers=partner["headers"]).get_json()
+    assert one["status"] == "SUCCESS" and one["job_id"] == ids[0]
+
+
+def test_a_live_status_filter_reads_at_most_the_budget_and_hands_back_a_cursor(
+    app, client, partner, archived
+):
+    """1 100 queued jobs and a filter matching none: the first page stops at the budget
+    with a cursor, the second reaches the end."""
+    store = app.extensions["jobgate"].store
+    ids = jobs_of(store, partner["id"], MAX_SCAN + 100)
+    archived(*ids)
     pages, cursor = 0, None
     while True:
-        query = {"status": "FAILURE", "limit": 20, **({"cursor": cursor} if cursor else {})}
+        query = {"status": "PROCESSING", "limit": 20, **({"cursor": cursor} if cursor else {})}
         page = client.get("/v1/jobs", query_string=query, headers=partner["headers"])
         assert page.status_code == 200, page.get_json()
-        body = page.get_json()
-        assert body["jobs"] == []
+        assert page.get_json()["jobs"] == []
         pages += 1
-        cursor = body["next_cursor"]
+        cursor = page.get_json()["next_cursor"]
         if cursor is None:
             break
         assert pages < 5, "the cursor never reached the end"
-    assert pages == 2  # 1 000 entries scanned on the first page, the rest on the second
+    assert pages == 2
 
 
-def test_a_matching_job_past_expired_entries_is_found(app, client, partner):
+def test_a_terminal_status_filter_is_answered_by_the_index(app, client, partner, archived):
     store = app.extensions["jobgate"].store
-    [wanted] = finished_jobs(store, partner["id"], 1)
-    store.redis.hset(store.key("job", wanted), "status", "FAILURE")
-    newer = finished_jobs(store, partner["id"], MAX_SCAN)
-    for job_id in newer:
-        store.redis.delete(store.key("job", job_id))
-    found, cursor = [], None
-    for _ in range(3):
-        query = {"status": "FAILURE", **({"cursor": cursor} if cursor else {})}
-        body = client.get("/v1/jobs", query_string=query, headers=partner["headers"]).get_json()
-        found += [job["job_id"] for job in body["jobs"]]
-        cursor = body["next_cursor"]
-        if cursor is None:
-            break
-    assert found == [wanted]
+    [wanted] = jobs_of(store, partner["id"], 1, status="FAILURE", finished_at=utcnow(), error="x")
+    newer = jobs_of(store, partner["id"], MAX_SCAN, status="SUCCESS", finished_at=utcnow())
+    archived(wanted, *newer)
+    body = client.get(
+        "/v1/jobs", query_string={"status": "FAILURE"}, headers=partner["headers"]
+    ).get_json()
+    assert [job["job_id"] for job in body["jobs"]] == [wanted]
+    assert body["next_cursor"] is None

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 RETENTION = 600  # s: the retention a caller passes
 LIVE_TTL = 3000  # s: a live record's TTL before its end (longer than RETENTION)
+DONE_TTL = 500  # s: how long a done claim is kept (Store.done_ttl)
 
 
 class Keys:
@@ -240,6 +241,7 @@ def finish_keys(k: Keys, queue: str = "hooks") -> list[str]:
         k(queue),
         k("live"),
         k("deliveries", "open"),
+        k("archive"),
     ]
 
 
@@ -294,6 +296,8 @@ def test_job_finish_first_writer_wins_and_queues_its_webhook_with_the_end(
     assert redis_client.lrange(k("hooks"), 0, -1) == ["MSG"]
     assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("d1", 1234.5)]
     assert redis_client.zrange(k("live"), 0, -1) == ["other"]
+    # The end goes on the archive stream once (the second writer adds nothing).
+    assert [f for _, f in redis_client.xrange(k("archive"))] == [{"s": "job:j1"}]
 
 
 @pytest.mark.parametrize(
@@ -330,6 +334,7 @@ def batch_keys(k: Keys) -> list[str]:
         k("hooks"),
         k("deliveries", "open"),
         k("batches", "live"),
+        k("archive"),
     ]
 
 
@@ -397,6 +402,7 @@ def test_batch_count_last_member_completes_and_queues_the_event(
     assert redis_client.zrange(k("batches", "live"), 0, -1) == ["b2"]
     assert redis_client.lrange(k("hooks"), 0, -1) == ["BMSG"]
     assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("bd1", 2222.0)]
+    assert [f for _, f in redis_client.xrange(k("archive"))] == [{"s": "batch:b1"}]
     # A re-run of the last member's finish path: counted already, nothing queued again.
     assert run("batch_count", batch_keys(k), count_args("m2", "revoked")) == [0]
     assert redis_client.lrange(k("hooks"), 0, -1) == ["BMSG"]
@@ -541,6 +547,7 @@ def record_keys(k: Keys, claim: bool = True) -> list[str]:
         k("job", "j1"),
         k("deliveries", "open"),
         k("due"),
+        k("archive"),
     ]
 
 
@@ -569,6 +576,8 @@ def record_args(
         deadline,
         due_at,
         due_entry,
+        "job:j1",
+        DONE_TTL,
     ]
 
 
@@ -589,9 +598,12 @@ def test_delivery_record_numbers_summarises_logs_and_closes_the_claim(
     assert [json.loads(raw) for raw in redis_client.lrange(k("deliveries", "j1"), 0, -1)] == [
         {"webhook_id": "w1", "event": "job.completed", "at": "t5", "attempt": 1}
     ]
-    for key in (k("webhook", "j1"), k("deliveries", "j1"), k("webhook", "j1", "claim", "tok")):
+    for key in (k("webhook", "j1"), k("deliveries", "j1")):
         assert ttl_near(redis_client, key, RETENTION), key
+    assert ttl_near(redis_client, k("webhook", "j1", "claim", "tok"), DONE_TTL)
     assert redis_client.get(k("webhook", "j1", "claim", "tok")) == "done"
+    # The subject goes on the archive stream with its attempt.
+    assert [f for _, f in redis_client.xrange(k("archive"))] == [{"s": "job:j1"}]
     assert redis_client.hget(job, "webhook_state") == "failed"
     assert redis_client.hget(job, "webhook_attempts") == "1"
     assert ttl_near(redis_client, job, LIVE_TTL)  # the mirror leaves the record's TTL

@@ -20,9 +20,11 @@ import responses
 
 from config import Settings
 from jobgate.attempts import plan, run_attempt
+from jobgate.db import Database
 from jobgate.deliveries import Deliveries
 from jobgate.events import delivery_task_id, webhook_id
 from jobgate.messages import DELIVER_TASK
+from jobgate.partners import Partners
 from jobgate.signing import generate_secret
 from jobgate.ssrf import REFUSED
 from jobgate.store import Store, secrets_of
@@ -45,6 +47,7 @@ class FakeApp(SimpleNamespace):
 
 
 def attempt(app: FakeApp, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    kwargs.setdefault("partner_of", app.partners.get)
     return run_attempt(app.settings, app.store, app.messenger, *args, **kwargs)
 
 
@@ -57,7 +60,7 @@ def scheduled(app: FakeApp) -> list[tuple[dict[str, Any], float]]:
 
 
 @pytest.fixture
-def fake_app(redis_url: str, redis_client: Any) -> FakeApp:
+def fake_app(redis_url: str, redis_client: Any, database_url: str) -> FakeApp:
     settings = Settings(
         redis_url=redis_url,
         callback_allow_http=True,
@@ -67,11 +70,12 @@ def fake_app(redis_url: str, redis_client: Any) -> FakeApp:
         key_prefix="unit-" + uuid.uuid4().hex[:8],
     )
     store = Store(redis_client, prefix=settings.key_prefix, retention=600)
-    return FakeApp(settings=settings, store=store, sent=[])
+    partners = Partners(store, Database(database_url))
+    return FakeApp(settings=settings, store=store, partners=partners, sent=[])
 
 
 def make_job(app: FakeApp, callback_url: str = URL) -> str:
-    partner, _ = app.store.create_partner("acme", generate_secret())
+    partner, _ = app.partners.create("acme", generate_secret())
     job_id = str(uuid.uuid4())
     app.store.create_job(
         {
@@ -344,12 +348,12 @@ def test_a_gone_job_sends_nothing_and_closes_the_claim(fake_app: FakeApp) -> Non
 def test_a_rotated_secret_signs_with_both_during_grace(fake_app: FakeApp) -> None:
     job_id = make_job(fake_app)
     partner_id = fake_app.store.job(job_id)["partner_id"]
-    assert fake_app.store.rotate_secret(partner_id, generate_secret(), grace=60)
+    assert fake_app.partners.rotate_secret(partner_id, generate_secret(), grace=60)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=200)
         attempt(fake_app, "job", job_id, "job.succeeded")
         signatures = rsps.calls[0].request.headers["webhook-signature"].split()
-    assert len(signatures) == len(secrets_of(fake_app.store.partner(partner_id))) == 2
+    assert len(signatures) == len(secrets_of(fake_app.partners.get(partner_id))) == 2
 
 
 def test_a_partner_without_secret_fails_without_sending(fake_app: FakeApp) -> None:
@@ -360,6 +364,20 @@ def test_a_partner_without_secret_fails_without_sending(fake_app: FakeApp) -> No
         entry = attempt(fake_app, "job", job_id, "job.succeeded")
     assert entry["outcome"] == "failed" and entry["error"] == "the partner has no webhook secret"
     assert fake_app.sent == []
+
+
+def test_a_partner_mirror_redis_lost_is_read_from_the_database(fake_app: FakeApp) -> None:
+    """Redis restarted without persistence: the partner's mirror is gone, its secret is
+    not (the database keeps it), so the attempt signs and the mirror is rebuilt."""
+    job_id = make_job(fake_app)
+    partner_id = fake_app.store.job(job_id)["partner_id"]
+    fake_app.store.redis.delete(fake_app.store.key("partner", partner_id))
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=200)
+        entry = attempt(fake_app, "job", job_id, "job.succeeded")
+        assert rsps.calls[0].request.headers["webhook-signature"].startswith("v1,")
+    assert entry["outcome"] == "delivered"
+    assert fake_app.store.redis.hget(fake_app.store.key("partner", partner_id), "webhook_secret")
 
 
 def test_a_gone_batch_sends_nothing_and_closes_the_claim(fake_app: FakeApp) -> None:

@@ -15,6 +15,7 @@ import redis
 from config import Settings
 from gateway import create_app
 from jobgate.ssrf import REFUSED
+from tests.helpers import wait_until
 from tests.reliability.conftest import OwnRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -23,19 +24,26 @@ SLEEP = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
 
 
 def gateway_keys(redis_client: redis.Redis, prefix: str = "jobgate") -> dict[str, Any]:
-    """What a submit would change: the job records, listing indexes and idempotency keys
-    (not the workers' own upkeep keys: liveness and the sweeper's lease come and go)."""
+    """What a submit would change: the job records and idempotency keys (its archive
+    entry is written in the same MULTI as its record; the workers' own upkeep keys,
+    liveness, leases and the stream archivers drain, come and go)."""
     keys = sorted(
         k
         for k in redis_client.scan_iter(f"{prefix}:*")
         if not k.startswith(
-            (f"{prefix}:events:", f"{prefix}:rate:", f"{prefix}:worker:", f"{prefix}:sweeper")
+            (
+                f"{prefix}:events:",
+                f"{prefix}:rate:",
+                f"{prefix}:worker:",
+                f"{prefix}:sweeper",
+                f"{prefix}:pruner",
+                f"{prefix}:archive",
+                f"{prefix}:live",
+                f"{prefix}:deliveries:open",
+            )
         )
     )
-    return {
-        "keys": keys,
-        "indexes": {k: redis_client.zcard(k) for k in keys if k.startswith(f"{prefix}:jobs:")},
-    }
+    return {"keys": keys}
 
 
 def job_list(client, partner) -> list[str]:
@@ -205,8 +213,8 @@ def test_other_partners_job_is_404_like_an_unknown_id(client, partner, other_par
         f"/v1/jobs/{job_id}?wait=1",
     ):
         assert_error(client.get(path, headers=other_partner["headers"]), 404, "not_found")
+    wait_until(lambda: job_id in job_list(client, partner), 20, message="the job listed")
     assert job_id not in job_list(client, other_partner)
-    assert job_id in job_list(client, partner)
 
 
 def test_partner_cannot_revoke_anyones_job(client, partner, other_partner, worker, redis_client):
@@ -249,7 +257,7 @@ def test_unknown_job_id_is_404(client, partner, unchanged, job_id):
 
 
 def test_idempotency_key_same_body_is_same_job_other_body_409(
-    client, partner, redis_client, worker
+    client, partner, redis_client, worker, archived
 ):
     headers = {**partner["headers"], "Idempotency-Key": "order-1234"}
     first = client.post("/v1/jobs", json=SLEEP, headers=headers)
@@ -259,6 +267,7 @@ def test_idempotency_key_same_body_is_same_job_other_body_409(
     assert again.status_code == 200
     assert again.get_json()["job_id"] == job_id
     assert again.headers["Location"] == f"/v1/jobs/{job_id}"
+    archived(job_id)
     before = gateway_keys(redis_client), job_list(client, partner)
     other = client.post("/v1/jobs", json={**SLEEP, "metadata": {"x": 1}}, headers=headers)
     assert_error(other, 409, "idempotency_conflict")

@@ -21,7 +21,9 @@ def test_defaults_match_the_contract():
     assert s.redis_url == "redis://localhost:6379/0"
     assert s.broker_url == s.result_backend == s.redis_url
     assert s.result_expires == 3600
-    assert s.job_retention == 7 * 24 * 3600
+    assert s.job_retention == 90 * 24 * 3600  # in the database (issue 12)
+    assert s.job_cache_ttl == 3600  # in Redis once archived
+    assert s.database_url == "sqlite:///jobgate.sqlite3"
     assert s.max_body == 1024 * 1024
     assert s.webhook_retry_delays == (5, 30, 120, 600, 1800, 3600, 7200, 14400)
     assert s.admin_keys == ()

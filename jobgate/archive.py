@@ -1,0 +1,356 @@
+"""The archiver: copies jobs, batches and delivery attempts from Redis into the database.
+
+Every change the database must get puts its subject on the archive stream
+(``Store.archive_key``): a job when it is created and when it ends, a batch when it is
+created and when it completes, either when an attempt is recorded. Archivers (a thread in
+every worker process) read the stream in a consumer group, in chunks: each chunk reads the
+current Redis records of its subjects in one pipeline, writes them in one transaction
+(upserts: a subject archived twice is one row, and ``rev`` keeps an older read from
+overwriting a newer row), then acknowledges the entries. An entry is only removed once its
+transaction committed, so a database outage delays archiving and loses nothing; the
+entries of an archiver that died are claimed by another after ``CLAIM_IDLE`` s.
+
+Once a finished subject is in the database and its webhook has no attempt to come, its
+Redis keys are given ``Store.cache_ttl``: Redis then forgets it, and reads fall back to the
+database (``jobgate.history``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from jobgate.batches import batch_key, batch_record, member_ids
+from jobgate.db import Database
+from jobgate.db.models import Attempt, Batch, Job
+from jobgate.partners import parse_time
+from jobgate.status import TERMINAL
+from jobgate.store import Store, decode_job
+
+log = logging.getLogger("jobgate.archive")
+
+GROUP = "archivers"
+CLAIM_IDLE = 60.0  # seconds an entry may stay with an archiver before another takes it
+FINAL = frozenset({"none", "delivered", "failed"})  # webhook states with no attempt to come
+
+
+@dataclass
+class Chunk:
+    """One read of the stream: entry ids and the subjects they name, deduplicated."""
+
+    ids: list[str]
+    jobs: list[str]
+    batches: list[str]
+
+
+def revision(status: str | None, webhook_state: str | None, attempts: int) -> int:
+    """How far along a record is: ended beats live, more attempts beat fewer, a final
+    webhook state beats the same attempts still pending."""
+    ended = 1 if status in TERMINAL else 0
+    final = 1 if (webhook_state or "none") in FINAL else 0
+    return ended * 10_000_000 + attempts * 2 + final
+
+
+class Archiver:
+    """Drains the archive stream into the database (one per worker process)."""
+
+    def __init__(self, store: Store, db: Database, *, consumer: str, batch: int = 500) -> None:
+        self.store = store
+        self.db = db
+        self.consumer = consumer
+        self.batch = batch
+        self._group_ready = False
+
+    # ------------------------------------------------------------------ stream
+    def ensure_group(self) -> None:
+        """Create the consumer group (from the stream's start) unless it exists."""
+        if self._group_ready:
+            return
+        try:
+            self.store.redis.xgroup_create(self.store.archive_key, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def read(self, block_ms: int = 0) -> Chunk:
+        """Entries to archive: others' stale ones first, then this archiver's own
+        unacknowledged ones (a chunk whose transaction failed), then new ones."""
+        self.ensure_group()
+        key, r = self.store.archive_key, self.store.redis
+        claimed = r.xautoclaim(
+            key, GROUP, self.consumer, int(CLAIM_IDLE * 1000), "0-0", count=self.batch
+        )
+        entries = list(claimed[1]) if claimed and len(claimed) > 1 else []
+        if not entries:
+            own = cast(
+                "list[Any]", r.xreadgroup(GROUP, self.consumer, {key: "0"}, count=self.batch)
+            )
+            entries = list(own[0][1]) if own else []
+        if not entries:
+            new = cast(
+                "list[Any]",
+                r.xreadgroup(
+                    GROUP, self.consumer, {key: ">"}, count=self.batch, block=block_ms or None
+                ),
+            )
+            entries = list(new[0][1]) if new else []
+        return _chunk(entries)
+
+    def run_once(self, block_ms: int = 0) -> int:
+        """Archive one chunk; returns how many entries it acknowledged."""
+        chunk = self.read(block_ms)
+        if not chunk.ids:
+            return 0
+        done = self.archive(chunk.jobs, chunk.batches)
+        key, r = self.store.archive_key, self.store.redis
+        pipe = r.pipeline()
+        pipe.xack(key, GROUP, *chunk.ids)
+        pipe.xdel(key, *chunk.ids)
+        for name in done:
+            # LT: never lengthen a TTL already shorter (a second archiving of the subject).
+            pipe.expire(name, self.store.cache_ttl, lt=True)
+        pipe.execute()
+        return len(chunk.ids)
+
+    def drain(self, limit: float = 30.0) -> int:
+        """Archive until the stream is empty (or ``limit`` s pass); tests and the CLI."""
+        total, deadline = 0, time.monotonic() + limit
+        while time.monotonic() < deadline and (n := self.run_once()):
+            total += n
+        return total
+
+    # ---------------------------------------------------------------- archive
+    def archive(self, job_ids: Sequence[str], batch_ids: Sequence[str]) -> list[str]:
+        """Write the subjects' current Redis records to the database in one transaction;
+        returns the Redis keys that may now expire (finished subjects, webhook final)."""
+        store = self.store
+        pipe = store.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hgetall(store.key("job", job_id))
+            pipe.lrange(store.key("deliveries", job_id), 0, -1)
+            pipe.hget(store.key("webhook", job_id), "event")
+        for batch_id in batch_ids:
+            pipe.lrange(store.key("deliveries", batch_id), 0, -1)
+            pipe.hgetall(store.key("webhook", batch_id))
+        raw = pipe.execute()
+        jobs, attempts, expiring = [], [], []
+        for i, job_id in enumerate(job_ids):
+            record, log_entries, event = raw[3 * i : 3 * i + 3]
+            job = decode_job(record)
+            if job is None:
+                continue  # expired or never written (a refused submit): nothing to keep
+            jobs.append(job)
+            attempts += _attempts(job_id, "job", log_entries)
+            if job.get("status") in TERMINAL and _webhook_state(job) in FINAL:
+                expiring += self._subject_keys(job_id, event)
+        batches = []
+        offset = 3 * len(job_ids)
+        for i, batch_id in enumerate(batch_ids):
+            log_entries, summary = raw[offset + 2 * i : offset + 2 * i + 2]
+            found = batch_record(store, batch_id)
+            if found is None:
+                continue
+            found["member_ids"] = member_ids(store, batch_id)
+            found["webhook_state"] = summary.get("state") if found.get("callback_url") else "none"
+            found["webhook_attempts"] = int(summary.get("attempts") or 0)
+            batches.append(found)
+            attempts += _attempts(batch_id, "batch", log_entries)
+            if found.get("finished_at") and (found["webhook_state"] or "pending") in FINAL:
+                expiring += [
+                    batch_key(store, batch_id),
+                    batch_key(store, batch_id, "done"),
+                    batch_key(store, batch_id, "jobs"),
+                    *self._subject_keys(batch_id, summary.get("event")),
+                ]
+        with self.db.session() as session:
+            _upsert_jobs(session, jobs)
+            _upsert_batches(session, batches)
+            _insert_attempts(session, attempts)
+        return expiring
+
+    def _subject_keys(self, subject_id: str, event: str | None) -> list[str]:
+        store = self.store
+        keys = [
+            store.key("job", subject_id),
+            store.key("webhook", subject_id),
+            store.key("deliveries", subject_id),
+        ]
+        if event:
+            keys.append(store.key("webhook", subject_id, event, "body"))
+        return keys
+
+    # ------------------------------------------------------------------ state
+    def lag(self) -> tuple[int, float]:
+        """(entries waiting, age in seconds of the oldest): what /metrics and /readyz show."""
+        r, key = self.store.redis, self.store.archive_key
+        pipe = r.pipeline(transaction=False)
+        pipe.xlen(key)
+        pipe.xrange(key, "-", "+", count=1)
+        length, first = pipe.execute()
+        if not first:
+            return int(length), 0.0
+        oldest_ms = int(str(first[0][0]).split("-")[0])
+        return int(length), max(0.0, time.time() - oldest_ms / 1000)
+
+
+def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None = None) -> int:
+    """Delete finished jobs (and their attempts) older than ``retention`` s, and completed
+    batches, one chunk per transaction; returns the jobs deleted."""
+    cutoff = parse_time(_iso(time.time() if now is None else now)).timestamp() - retention
+    from datetime import UTC, datetime
+
+    before = datetime.fromtimestamp(cutoff, UTC)
+    deleted = 0
+    while True:
+        with db.session() as session:
+            ids = list(
+                session.scalars(select(Job.job_id).where(Job.finished_at < before).limit(chunk))
+            )
+            batch_ids = list(
+                session.scalars(
+                    select(Batch.batch_id).where(Batch.completed_at < before).limit(chunk)
+                )
+            )
+            if not ids and not batch_ids:
+                return deleted
+            subjects = ids + batch_ids
+            session.execute(delete(Attempt).where(Attempt.subject_id.in_(subjects)))
+            session.execute(delete(Job).where(Job.job_id.in_(ids)))
+            session.execute(delete(Batch).where(Batch.batch_id.in_(batch_ids)))
+            deleted += len(ids)
+
+
+def count_rows(db: Database) -> dict[str, int]:
+    """Rows per table (tests and the benchmark)."""
+    with db.session() as session:
+        return {
+            model.__tablename__: int(session.scalar(select(func.count()).select_from(model)) or 0)
+            for model in (Job, Batch, Attempt)
+        }
+
+
+# --------------------------------------------------------------------- helpers
+def _chunk(entries: Iterable[Any]) -> Chunk:
+    ids: list[str] = []
+    jobs: dict[str, None] = {}
+    batches: dict[str, None] = {}
+    for entry_id, fields in entries:
+        ids.append(entry_id)
+        subject = (fields or {}).get("s", "")
+        kind, _, subject_id = subject.partition(":")
+        if kind == "job" and subject_id:
+            jobs[subject_id] = None
+        elif kind == "batch" and subject_id:
+            batches[subject_id] = None
+    return Chunk(ids, list(jobs), list(batches))
+
+
+def _webhook_state(job: dict[str, Any]) -> str:
+    if not job.get("callback_url"):
+        return "none"
+    return str(job.get("webhook_state") or "pending")
+
+
+def _iso(timestamp: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for text in raw:
+        entry = json.loads(text)
+        rows.append(
+            {
+                "subject_id": subject_id,
+                "attempt": int(entry["attempt"]),
+                "kind": kind,
+                "webhook_id": entry.get("webhook_id", ""),
+                "event": entry.get("event", ""),
+                "outcome": entry.get("outcome", ""),
+                "at": parse_time(entry["at"]),
+                "entry": entry,
+                "error": entry.get("error"),
+            }
+        )
+    return rows
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _upsert_jobs(session: Session, jobs: list[dict[str, Any]]) -> None:
+    if not jobs:
+        return
+    rows = [
+        {
+            "job_id": job["job_id"],
+            "partner_id": job.get("partner_id") or "",
+            "task": job.get("task") or "",
+            "status": job.get("status") if job.get("status") in TERMINAL else None,
+            "batch_id": job.get("batch_id"),
+            "created_at": parse_time(job["created_at"]),
+            "finished_at": parse_time(job["finished_at"]) if job.get("finished_at") else None,
+            "record": job,
+            "rev": revision(
+                job.get("status"), _webhook_state(job), int(job.get("webhook_attempts") or 0)
+            ),
+        }
+        for job in jobs
+    ]
+    insert = _insert(session)(Job).values(rows)
+    cols = ("status", "finished_at", "record", "rev")
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["job_id"],
+            set_={name: insert.excluded[name] for name in cols},
+            where=Job.rev <= insert.excluded.rev,
+        )
+    )
+
+
+def _upsert_batches(session: Session, batches: list[dict[str, Any]]) -> None:
+    if not batches:
+        return
+    rows = [
+        {
+            "batch_id": batch["batch_id"],
+            "partner_id": batch.get("partner_id") or "",
+            "created_at": parse_time(batch["created_at"]),
+            "completed_at": parse_time(batch["finished_at"]) if batch.get("finished_at") else None,
+            "record": batch,
+            "rev": revision(
+                "SUCCESS" if batch.get("finished_at") else None,
+                batch.get("webhook_state"),
+                int(batch.get("webhook_attempts") or 0),
+            ),
+        }
+        for batch in batches
+    ]
+    insert = _insert(session)(Batch).values(rows)
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["batch_id"],
+            set_={name: insert.excluded[name] for name in ("completed_at", "record", "rev")},
+            where=Batch.rev <= insert.excluded.rev,
+        )
+    )
+
+
+def _insert_attempts(session: Session, attempts: list[dict[str, Any]]) -> None:
+    if not attempts:
+        return
+    insert = _insert(session)(Attempt).values(attempts)
+    session.execute(insert.on_conflict_do_nothing(index_elements=["subject_id", "attempt"]))

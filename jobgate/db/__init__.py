@@ -1,0 +1,148 @@
+"""jobgate's SQL database: what must last (partners, job history, attempts, batches).
+
+SQLAlchemy 2 with Alembic migrations; a SQLite file by default (nothing to install),
+PostgreSQL in production. ``Database`` connects lazily: building one touches nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import Settings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class DatabaseNotReady(RuntimeError):
+    """The database is unreachable or not migrated; the message is one line saying which."""
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3, the driver jobgate installs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Database:
+    """An engine and its sessions for one database URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(settings.database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._create_engine()
+        return self._engine
+
+    def _create_engine(self) -> Engine:
+        if not self.is_sqlite:
+            return create_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=10,
+                connect_args={"connect_timeout": 5},
+            )
+        # Several processes share the file: WAL lets readers run beside the one writer,
+        # and a writer waits (busy_timeout) instead of failing with "database is locked".
+        engine = create_engine(self.url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed when the block ends without error, rolled back otherwise."""
+        if self._sessions is None:
+            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        with self._sessions.begin() as session:
+            yield session
+
+    def ping(self) -> None:
+        """One round trip (``SELECT 1``); raises when the database does not answer."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    # ------------------------------------------------------------- migrations
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    @staticmethod
+    def head_revision() -> str | None:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+    def check_migrated(self) -> None:
+        """Raise ``DatabaseNotReady`` (one line) unless the database is at the latest
+        migration; the gateway and workers call it before they serve."""
+        try:
+            current = self.current_revision()
+        except Exception as exc:  # noqa: BLE001 - any driver error: say it in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DatabaseNotReady(
+                f"the database at {self.safe_url} does not answer: {first}"
+            ) from None
+        head = self.head_revision()
+        if current != head:
+            state = "not migrated" if current is None else f"at revision {current}, not {head}"
+            raise DatabaseNotReady(
+                f"the database at {self.safe_url} is {state}: run `jobgate db upgrade`"
+            )
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Run the migrations up to ``revision`` (Alembic's ``upgrade``)."""
+        from alembic import command
+
+        config = alembic_config()
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for messages and logs."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+
+def alembic_config() -> Any:
+    """Alembic's configuration for jobgate's migrations, built in code (no alembic.ini)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config

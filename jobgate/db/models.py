@@ -1,0 +1,112 @@
+"""The tables: what must outlast Redis (partners, their keys and secrets, job history,
+delivery attempts, batches).
+
+A job or batch row keeps the whole record as the gateway shows it (``record``, JSON) next
+to the columns that listings filter and sort on, so a job read from the database is the
+same job read from Redis, field for field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+Time = DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every jobgate table (Alembic reads its metadata)."""
+
+
+class Partner(Base):
+    __tablename__ = "partners"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(Time)
+    disabled_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
+
+
+class ApiKey(Base):
+    """A partner's API key, by its SHA-256 only; ``expires_at`` ends a rotated key's grace."""
+
+    __tablename__ = "api_keys"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(
+        ForeignKey("partners.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(Time)
+    expires_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
+
+
+class SigningSecret(Base):
+    """A webhook signing secret; the current one has no ``expires_at``, rotated ones sign
+    until theirs."""
+
+    __tablename__ = "signing_secrets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    partner_id: Mapped[str] = mapped_column(
+        ForeignKey("partners.id", ondelete="CASCADE"), index=True
+    )
+    secret: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(Time)
+    expires_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
+
+
+class Job(Base):
+    """A job as last archived: queued and running jobs too, so that listings page here."""
+
+    __tablename__ = "jobs"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(32))
+    task: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(Time)
+    finished_at: Mapped[datetime | None] = mapped_column(Time, nullable=True, index=True)
+    record: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # How far along the record is (jobgate.archive.revision): an archiver that read an
+    # older record never overwrites a newer one.
+    rev: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (
+        Index("jobs_partner_created", "partner_id", "created_at", "job_id"),
+        Index("jobs_partner_status_created", "partner_id", "status", "created_at", "job_id"),
+        Index("jobs_partner_task_created", "partner_id", "task", "created_at", "job_id"),
+        Index("jobs_created", "created_at", "job_id"),
+    )
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(Time)
+    completed_at: Mapped[datetime | None] = mapped_column(Time, nullable=True, index=True)
+    record: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    rev: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Attempt(Base):
+    """One delivery attempt of a subject's (a job's or a batch's) webhook, as logged."""
+
+    __tablename__ = "attempts"
+
+    subject_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    webhook_id: Mapped[str] = mapped_column(String(100), index=True)
+    event: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(Time, index=True)
+    entry: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

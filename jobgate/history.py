@@ -1,0 +1,101 @@
+"""Reading what the archiver wrote: jobs, batches and attempts from the database.
+
+A row keeps the record exactly as Redis held it (``jobgate.archive``), so a job read here
+gives the same view as one read from Redis. Listings page here, newest first, with a
+keyset cursor over (created_at, job_id) that the indexes of ``jobgate.db.models`` serve.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from sqlalchemy import literal, select, tuple_
+
+from jobgate.db import Database
+from jobgate.db.models import Attempt, Batch, Job
+from jobgate.partners import parse_time
+from jobgate.status import TERMINAL
+
+
+class BadCursor(ValueError):
+    """A listing cursor this gateway did not write."""
+
+
+def job(db: Database, job_id: str) -> dict[str, Any] | None:
+    """The archived record of ``job_id``, or None."""
+    with db.session() as session:
+        row = session.get(Job, job_id)
+        return dict(row.record) if row is not None else None
+
+
+def jobs(db: Database, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Archived records by id (ids not archived are absent)."""
+    if not job_ids:
+        return {}
+    with db.session() as session:
+        rows = session.scalars(select(Job).where(Job.job_id.in_(job_ids)))
+        return {row.job_id: dict(row.record) for row in rows}
+
+
+def batch(db: Database, batch_id: str) -> dict[str, Any] | None:
+    """The archived batch record (with ``member_ids``), or None."""
+    with db.session() as session:
+        row = session.get(Batch, batch_id)
+        return dict(row.record) if row is not None else None
+
+
+def attempts(db: Database, subject_id: str) -> list[dict[str, Any]]:
+    """Every archived attempt of a job's or batch's webhook, oldest first."""
+    with db.session() as session:
+        rows = session.scalars(
+            select(Attempt).where(Attempt.subject_id == subject_id).order_by(Attempt.attempt)
+        )
+        return [dict(row.entry) for row in rows]
+
+
+def encode_cursor(record: dict[str, Any]) -> str:
+    raw = f"{record['created_at']}|{record['job_id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[Any, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, job_id = raw.partition("|")
+        return parse_time(created), job_id
+    except (ValueError, UnicodeDecodeError):
+        raise BadCursor(cursor) from None
+
+
+def page(
+    db: Database,
+    *,
+    partner_id: str | None,
+    status: str | None = None,
+    task: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` archived records, newest first, after ``cursor``.
+
+    ``status`` filters on the archived status: a terminal one exactly; any other
+    (queued, started, processing) selects the jobs not ended when last archived, which
+    the caller refines with their live state.
+    """
+    query = select(Job.record)
+    if partner_id is not None:
+        query = query.where(Job.partner_id == partner_id)
+    if task:
+        query = query.where(Job.task == task)
+    if status in TERMINAL:
+        query = query.where(Job.status == status)
+    elif status:
+        query = query.where(Job.status.is_(None))
+    if cursor:
+        created, job_id = decode_cursor(cursor)
+        position = tuple_(literal(created, Job.created_at.type), literal(job_id))
+        query = query.where(tuple_(Job.created_at, Job.job_id) < position)
+    query = query.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit)
+    with db.session() as session:
+        return [dict(record) for record in session.scalars(query)]
