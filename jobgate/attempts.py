@@ -38,6 +38,26 @@ USER_AGENT = f"jobgate/{__version__}"
 RETRY_AFTER_CAP = 3600.0  # a receiver's Retry-After is honoured up to one hour
 
 
+def endpoint_gone(
+    store: Store, kind: str, subject_id: str, callback_url: str, partner_id: str | None
+) -> None:
+    """The receiver answered ``410 Gone``: the one hook an endpoint registry plugs into.
+
+    Called once per gone answer, after the attempt is recorded (delivery ``failed``, its
+    ``error`` naming the reason, no retry scheduled). Callback URLs are per job today, so
+    there is no endpoint to disable yet and this only logs; the endpoint registry will
+    disable the endpoint of ``callback_url`` here.
+    """
+    log.warning(
+        "webhook endpoint gone (410) for %s %s: %s (partner %s); not retried",
+        kind,
+        subject_id,
+        callback_url,
+        partner_id or "-",
+        extra={"job_id": subject_id},
+    )
+
+
 def plan(
     outcome: str, retry_number: int, delays: tuple[float, ...], retry_after: float | None = None
 ) -> tuple[str, float | None]:
@@ -209,6 +229,8 @@ def _attempt(
         attempt.status_code or attempt.detail or attempt.error,
         extra={"job_id": subject_id},
     )
+    if attempt.gone:
+        endpoint_gone(store, kind, subject_id, callback_url, partner_id)
     return entry
 
 

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import redis
 
-from config import Settings
+from config import DEFAULT_WEBHOOK_TIMEOUT, Settings
 from jobgate.scripts import Scripts
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
@@ -63,7 +63,7 @@ class Store:
         prefix: str = "jobgate",
         retention: int = 604800,
         live_ttl: int | None = None,
-        open_grace: float = 10.0 + CLAIM_MARGIN,
+        open_grace: float = DEFAULT_WEBHOOK_TIMEOUT + CLAIM_MARGIN,
     ) -> None:
         self.redis = client
         self.prefix = prefix

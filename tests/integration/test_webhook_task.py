@@ -19,6 +19,7 @@ import requests
 import responses
 
 from config import Settings
+from jobgate import attempts
 from jobgate.attempts import plan, run_attempt
 from jobgate.deliveries import Deliveries
 from jobgate.events import delivery_task_id, webhook_id
@@ -96,10 +97,10 @@ def make_job(app: FakeApp, callback_url: str = URL) -> str:
         (503, "retrying", True),
         (408, "retrying", True),
         (429, "retrying", True),
-        (400, "failed", False),
-        (404, "failed", False),
+        (400, "retrying", True),
+        (404, "retrying", True),
+        (301, "retrying", True),
         (410, "failed", False),
-        (301, "failed", False),
     ],
 )
 def test_status_decides_state_and_retry(
@@ -234,6 +235,24 @@ def test_delivery_time_guard_refuses_before_connecting(
     assert logged in line and job_id in line
     assert fake_app.sent == []
     assert fake_app.store.job(job_id)["webhook_state"] == "failed"
+
+
+def test_gone_fails_at_once_and_calls_the_endpoint_hook(
+    fake_app: FakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """410: recorded failed with its reason, nothing scheduled, ``endpoint_gone`` called once."""
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(attempts, "endpoint_gone", lambda *args: calls.append(args))
+    job_id = make_job(fake_app)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=410)
+        entry = attempt(fake_app, "job", job_id, "job.succeeded")
+    assert entry is not None
+    assert (entry["outcome"], entry["next_attempt_at"]) == ("failed", None)
+    assert entry["error"] == "HTTP 410 Gone (endpoint gone: not retried)"
+    assert scheduled(fake_app) == []
+    record = fake_app.store.job(job_id)
+    assert calls == [(fake_app.store, "job", job_id, URL, record["partner_id"])]
 
 
 def test_plan() -> None:
