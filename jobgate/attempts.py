@@ -25,7 +25,7 @@ from jobgate import __version__
 from jobgate.deliveries import Begun, Deliveries
 from jobgate.delivery import Attempt, deliver, retry_delay
 from jobgate.due import entry as due_entry
-from jobgate.events import SUBJECTS, delivery_call, delivery_task_id, event_body, webhook_id
+from jobgate.events import SUBJECTS, build_body, delivery_call, delivery_task_id, webhook_id
 from jobgate.failpoints import failpoint
 from jobgate.lifecycle import enqueue_webhook
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
@@ -157,7 +157,6 @@ def _attempt(
 ) -> dict[str, Any] | None:
     """The attempt once claimed: build or read the body, POST it, record it."""
     failpoint("delivery.begun")
-    subject = SUBJECTS[kind]
     callback_url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id")
     if not begun.record or not callback_url:
         books.complete(subject_id, token, task_id)
@@ -165,11 +164,12 @@ def _attempt(
     wid = webhook_id(subject_id, event)
     body = begun.body
     if body is None:
-        data = subject.data(store, subject_id, begun.record)
-        if data is None:  # the subject went between the two reads
+        # Built from the record as the event left it (its time included), not from now.
+        built = build_body(store, kind, subject_id, event, begun.record)
+        if built is None:  # the subject went between the two reads
             books.complete(subject_id, token, task_id)
             return None
-        body = books.store_body(subject_id, event, event_body(event, data))
+        body = books.store_body(subject_id, event, built)
     secrets = begun.signing_secrets() if partner_id else []
     at = utcnow()
     if secrets:

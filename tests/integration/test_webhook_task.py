@@ -189,6 +189,21 @@ def test_every_attempt_sends_the_stored_body_under_one_id(fake_app: FakeApp) -> 
     assert json.loads(first.body)["data"]["result"] == {"ok": True}
 
 
+def test_a_late_first_attempt_sends_the_body_of_the_moment_the_job_ended(
+    fake_app: FakeApp,
+) -> None:
+    """The event's ``timestamp`` is the job's ``finished_at`` even when the first attempt
+    runs well after the end (a backlog, a stopped delivery pool)."""
+    job_id = make_job(fake_app)
+    finished_at = fake_app.store.job(job_id)["finished_at"]
+    time.sleep(0.3)  # the first attempt comes late
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=200)
+        attempt(fake_app, "job", job_id, "job.succeeded")
+        payload = json.loads(rsps.calls[0].request.body)
+    assert payload["timestamp"] == payload["data"]["finished_at"] == finished_at
+
+
 def test_a_duplicate_message_sends_nothing(fake_app: FakeApp) -> None:
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
