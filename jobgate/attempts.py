@@ -200,7 +200,8 @@ def _attempt(
         "error": attempt.error,
         "duration_ms": attempt.duration_ms,
         "next_attempt_at": iso(time.time() + delay) if delay is not None else None,
-        "outcome": attempt.outcome,
+        # The last retry's answer ends the delivery: "failed", as no attempt follows.
+        "outcome": "failed" if state == "failed" else attempt.outcome,
         "redelivery": chain != AUTO_CHAIN,
     }
     following = None

@@ -166,7 +166,7 @@ def test_last_retry_failing_makes_the_delivery_failed(fake_app: FakeApp) -> None
         rsps.post(URL, status=500)
         entry = attempt(fake_app, "job", job_id, "job.succeeded", retry=3)
     assert fake_app.sent == [] and scheduled(fake_app) == []
-    assert entry["next_attempt_at"] is None
+    assert (entry["next_attempt_at"], entry["outcome"]) == (None, "failed")
     assert fake_app.store.job(job_id)["webhook_state"] == "failed"
 
 
