@@ -12,7 +12,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-DEFAULT_RETRY_DELAYS = (5, 30, 120, 600, 1800, 3600, 7200, 14400)
+# After the first attempt (sent at once): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, i.e.
+# Svix's schedule, 8 attempts over about 27.6 h (jitter added, see jobgate.delivery).
+DEFAULT_RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)
+DEFAULT_WEBHOOK_TIMEOUT = 15.0
 DEFAULT_CALLBACK_DNS_TIMEOUT = 2.0
 # A SQLite file in the working directory: nothing to install (PostgreSQL in production).
 DEFAULT_DATABASE_URL = "sqlite:///jobgate.sqlite3"
@@ -85,7 +88,7 @@ class Settings:
     archive_batch: int = 500
     max_body: int = 1024 * 1024
     webhook_retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
-    webhook_timeout: float = 10.0
+    webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
     webhook_secret_grace: int = 24 * 3600
     demo_tasks: bool = True
     rate_limit: int = 600
@@ -211,6 +214,7 @@ __all__ = [
     "SettingsError",
     "DEFAULT_REDIS_URL",
     "DEFAULT_RETRY_DELAYS",
+    "DEFAULT_WEBHOOK_TIMEOUT",
     "DEFAULT_CALLBACK_DNS_TIMEOUT",
     "DEFAULT_DATABASE_URL",
     "DEFAULT_CALLBACK_PORTS",

@@ -27,7 +27,7 @@ from jobgate import __version__
 from jobgate.deliveries import Begun, Deliveries
 from jobgate.delivery import Attempt, deliver, retry_delay
 from jobgate.due import entry as due_entry
-from jobgate.events import SUBJECTS, delivery_call, delivery_task_id, event_body, webhook_id
+from jobgate.events import SUBJECTS, build_body, delivery_call, delivery_task_id, webhook_id
 from jobgate.failpoints import failpoint
 from jobgate.lifecycle import enqueue_webhook
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
@@ -38,6 +38,26 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = f"jobgate/{__version__}"
 RETRY_AFTER_CAP = 3600.0  # a receiver's Retry-After is honoured up to one hour
+
+
+def endpoint_gone(
+    store: Store, kind: str, subject_id: str, callback_url: str, partner_id: str | None
+) -> None:
+    """The receiver answered ``410 Gone``: the one hook an endpoint registry plugs into.
+
+    Called once per gone answer, after the attempt is recorded (delivery ``failed``, its
+    ``error`` naming the reason, no retry scheduled). Callback URLs are per job today, so
+    there is no endpoint to disable yet and this only logs; the endpoint registry will
+    disable the endpoint of ``callback_url`` here.
+    """
+    log.warning(
+        "webhook endpoint gone (410) for %s %s: %s (partner %s); not retried",
+        kind,
+        subject_id,
+        callback_url,
+        partner_id or "-",
+        extra={"job_id": subject_id},
+    )
 
 
 def plan(
@@ -146,7 +166,6 @@ def _attempt(
 ) -> dict[str, Any] | None:
     """The attempt once claimed: build or read the body, POST it, record it."""
     failpoint("delivery.begun")
-    subject = SUBJECTS[kind]
     callback_url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id")
     if not begun.record or not callback_url:
         books.complete(subject_id, token, task_id)
@@ -154,11 +173,12 @@ def _attempt(
     wid = webhook_id(subject_id, event)
     body = begun.body
     if body is None:
-        data = subject.data(store, subject_id, begun.record)
-        if data is None:  # the subject went between the two reads
+        # Built from the record as the event left it (its time included), not from now.
+        built = build_body(store, kind, subject_id, event, begun.record)
+        if built is None:  # the subject went between the two reads
             books.complete(subject_id, token, task_id)
             return None
-        body = books.store_body(subject_id, event, event_body(event, data))
+        body = books.store_body(subject_id, event, built)
     secrets = begun.signing_secrets() if partner_id else []
     at = utcnow()
     if secrets:
@@ -189,7 +209,8 @@ def _attempt(
         "error": attempt.error,
         "duration_ms": attempt.duration_ms,
         "next_attempt_at": iso(time.time() + delay) if delay is not None else None,
-        "outcome": attempt.outcome,
+        # The last retry's answer ends the delivery: "failed", as no attempt follows.
+        "outcome": "failed" if state == "failed" else attempt.outcome,
         "redelivery": chain != AUTO_CHAIN,
     }
     following = None
@@ -218,6 +239,8 @@ def _attempt(
         attempt.status_code or attempt.detail or attempt.error,
         extra={"job_id": subject_id},
     )
+    if attempt.gone:
+        endpoint_gone(store, kind, subject_id, callback_url, partner_id)
     return entry
 
 

@@ -1,9 +1,11 @@
 """Webhook bookkeeping in Redis: the stored event body, attempt claims, the attempts log.
 
-Every key lives for the retention period. The body of an event is built once and stored,
-so every retry and redelivery sends the same bytes under the same ``webhook-id``; each
-attempt is appended to the subject's deliveries log and summarised (state, attempts) both
-in a small summary hash and, for jobs, in the job record that ``webhook_summary`` reads.
+Every key lives for the retention period. The body of an event is built once, from the
+record as the event left it (``jobgate.events.build_body``: its time is the event's, not
+the first attempt's), and stored, so every retry and redelivery sends the same bytes under
+the same ``webhook-id``; each attempt is appended to the subject's deliveries log and
+summarised (state, attempts) both in a small summary hash and, for jobs, in the job record
+that ``webhook_summary`` reads.
 
 One attempt costs two Redis round trips (three the first time, when the body is built):
 ``begin`` claims the attempt and reads the subject, its stored body and its partner's

@@ -4,6 +4,10 @@
 to the *checked* address (no second DNS lookup), never following redirects, reading at most
 ``max_response_bytes`` and bounding the whole attempt by ``timeout``. The caller (the Celery
 task) records the returned :class:`Attempt` and schedules the next try with ``retry_delay``.
+
+The policy (docs/webhooks.md): a 2xx is delivered; every other answer (3xx included, never
+followed), a connection error or a timeout is retried, except ``410 Gone``, which ends the
+delivery at once and marks the attempt ``gone`` so the caller can disable the endpoint.
 """
 
 from __future__ import annotations
@@ -27,11 +31,17 @@ from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import NewConnectionError
 
-from config import DEFAULT_CALLBACK_DNS_TIMEOUT, DEFAULT_CALLBACK_PORTS, PortRanges
+from config import (
+    DEFAULT_CALLBACK_DNS_TIMEOUT,
+    DEFAULT_CALLBACK_PORTS,
+    DEFAULT_WEBHOOK_TIMEOUT,
+    PortRanges,
+)
 from jobgate.signing import webhook_headers
 from jobgate.ssrf import CallbackRefused, Network, Resolver, check_callback_url
 
 __all__ = [
+    "GONE",
     "Attempt",
     "Outcome",
     "PinnedAdapter",
@@ -43,7 +53,8 @@ __all__ = [
 
 Outcome = Literal["delivered", "retry", "failed"]
 
-_RETRY_STATUSES = frozenset({408, 429})
+GONE = 410  # the receiver says the endpoint is gone for good: stop, and disable it
+JITTER = 0.2  # each retry delay is scaled by a uniform factor in [1 - JITTER, 1 + JITTER]
 _CHUNK = 8192
 _MAX_ERROR_CHARS = 300
 
@@ -54,7 +65,9 @@ class Attempt:
 
     ``error`` goes to the partner-visible deliveries log; ``detail`` is for the worker's log
     only: the SSRF guard's specific reason when it refused the URL (``error`` is then the
-    generic refusal).
+    generic refusal). ``gone`` is True when the receiver answered ``410 Gone``: the
+    outcome is then ``failed``, and the caller tells the endpoint's owner
+    (``jobgate.attempts.endpoint_gone``).
     """
 
     outcome: Outcome
@@ -63,6 +76,11 @@ class Attempt:
     duration_ms: int
     retry_after: float | None
     detail: str | None = None
+
+    @property
+    def gone(self) -> bool:
+        """The receiver answered ``410 Gone``: no retry, and the endpoint should be disabled."""
+        return self.status_code == GONE
 
 
 class PinnedAdapter(HTTPAdapter):
@@ -151,13 +169,17 @@ class PinnedAdapter(HTTPAdapter):
 
 
 def classify(status_code: int | None, exc: BaseException | None) -> Outcome:
-    """Map a response status (which wins when present) or a transport error to an outcome."""
+    """Map a response status (which wins when present) or a transport error to an outcome.
+
+    Every answer but a 2xx is retried, redirects included (they are never followed: the
+    receiver must fix its URL), except ``410 Gone``, which fails at once.
+    """
     if status_code is not None:
         if 200 <= status_code < 300:
             return "delivered"
-        if status_code in _RETRY_STATUSES or 500 <= status_code < 600:
-            return "retry"
-        return "failed"  # 1xx/3xx (redirects are not followed) and other 4xx
+        if status_code == GONE:
+            return "failed"
+        return "retry"  # 1xx, 3xx (not followed), 4xx, 5xx: the receiver may recover
     if exc is None or isinstance(exc, ValueError):
         return "failed"  # refused by the SSRF guard, invalid URL/header: retrying cannot help
     if isinstance(
@@ -203,14 +225,17 @@ def retry_delay(
 ) -> float | None:
     """Seconds before retry number ``attempt`` (1-based): schedule ±20 % jitter, ≥ Retry-After.
 
-    ``None`` once the schedule is exhausted (the delivery is then ``failed``).
+    The jitter is a uniform factor in ``[0.8, 1.2]`` on that retry's own delay (so
+    receivers that failed together are not all retried in the same second); a receiver's
+    ``Retry-After`` is then a floor. ``None`` once the schedule is exhausted (the delivery
+    is then ``failed``).
     """
     if attempt < 1:
         raise ValueError("attempt is 1-based")
     if attempt > len(delays):
         return None
     base = float(delays[attempt - 1])
-    delay = base * (0.8 + 0.4 * rng())
+    delay = base * (1.0 - JITTER + 2 * JITTER * rng())
     if retry_after is not None:
         delay = max(delay, float(retry_after))
     return delay
@@ -285,6 +310,8 @@ def _status_error(response: requests.Response) -> str | None:
     text = f"HTTP {code}"
     if response.reason:
         text += f" {response.reason}"
+    if code == GONE:
+        text += " (endpoint gone: not retried)"
     if 300 <= code < 400:
         location = response.headers.get("Location")
         text += " (redirect not followed"
@@ -299,7 +326,7 @@ def deliver(
     webhook_id: str,
     secrets: Sequence[str],
     *,
-    timeout: float = 10.0,
+    timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
     allow_http: bool = False,
     allowlist: Sequence[Network] = (),
     ports: PortRanges = DEFAULT_CALLBACK_PORTS,

@@ -3,6 +3,14 @@
 A subject is what an event is about (a job, a batch); each kind names the Redis hash that
 holds its record and builds the ``data`` of the event from it. Adding an event type is one
 ``EventType`` here (and, for a new subject kind, one ``Subject``).
+
+An event's body is fixed when the event happens, not when it is first sent:
+``build_body`` is a pure function of what the script recording the event wrote (the
+record as it was at that moment, and its ``finished_at`` as the event's ``timestamp``),
+so a first attempt made late (a backlog, a stopped delivery pool, a message the sweeper
+re-queued) sends the same bytes as one made at once. ``jobgate.deliveries`` then stores
+the first body built, so every retry and redelivery sends those bytes even across an
+upgrade of this code.
 """
 
 from __future__ import annotations
@@ -41,16 +49,31 @@ BATCH_COMPLETED = "batch.completed"
 
 @dataclass(frozen=True)
 class Subject:
-    """A kind of thing events are about: where its record lives and how data is built."""
+    """A kind of thing events are about: where its record lives and how data is built.
+
+    ``data`` builds the event's ``data`` as the subject was when the event happened, from
+    its raw record; ``occurred_at`` reads when that was from the same record.
+    """
 
     kind: str
     record_key: Callable[[Store, str], str]
     data: Callable[[Store, str, dict[str, str]], dict[str, Any] | None]
+    occurred_at: Callable[[dict[str, str]], str | None]
+
+
+# Written on the job record by each delivery attempt; not part of the job as it ended.
+_DELIVERY_FIELDS = ("webhook_state", "webhook_attempts")
 
 
 def _job_data(store: Store, job_id: str, raw: dict[str, str]) -> dict[str, Any] | None:
-    record = decode_job(raw)
+    """The job as ``GET /v1/jobs/{id}`` returned it when it ended (webhook still pending)."""
+    record = decode_job({k: v for k, v in raw.items() if k not in _DELIVERY_FIELDS})
     return job_view(record) if record else None
+
+
+def _finished_at(raw: dict[str, str]) -> str | None:
+    """When a job or batch ended: its ``finished_at``, written by the script that ended it."""
+    return raw.get("finished_at") or None
 
 
 def _batch_data(store: Store, batch_id: str, raw: dict[str, str]) -> dict[str, Any] | None:
@@ -61,8 +84,8 @@ def _batch_data(store: Store, batch_id: str, raw: dict[str, str]) -> dict[str, A
 SUBJECTS: dict[str, Subject] = {
     s.kind: s
     for s in (
-        Subject("job", lambda store, job_id: store.key("job", job_id), _job_data),
-        Subject("batch", batches.batch_key, _batch_data),
+        Subject("job", lambda store, job_id: store.key("job", job_id), _job_data, _finished_at),
+        Subject("batch", batches.batch_key, _batch_data, _finished_at),
     )
 }
 
@@ -106,8 +129,24 @@ def parse_delivery_task_id(task_id: str) -> tuple[str, str, str, str, int] | Non
     return parts[1], parts[2], parts[3], parts[4], int(parts[5])
 
 
-def event_body(event: str, data: dict[str, Any]) -> str:
+def event_body(event: str, data: dict[str, Any], timestamp: str) -> str:
     """The JSON body of one event: ``{"type", "timestamp", "data"}``, compact."""
     return json.dumps(
-        {"type": event, "timestamp": utcnow(), "data": data}, separators=(",", ":"), default=str
+        {"type": event, "timestamp": timestamp, "data": data}, separators=(",", ":"), default=str
     )
+
+
+def build_body(
+    store: Store, kind: str, subject_id: str, event: str, raw: dict[str, str]
+) -> str | None:
+    """The body of ``event`` about the subject whose raw record is ``raw``, as it was when
+    the event happened (the same bytes whenever it is built); None if the subject is gone.
+
+    A record without ``finished_at`` (none in practice: every end writes it) falls back
+    to now.
+    """
+    subject = SUBJECTS[kind]
+    data = subject.data(store, subject_id, raw)
+    if data is None:
+        return None
+    return event_body(event, data, subject.occurred_at(raw) or utcnow())

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis
 
-from config import Settings
+from config import DEFAULT_WEBHOOK_TIMEOUT, Settings
 from jobgate.scripts import Scripts
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
@@ -68,7 +68,7 @@ class Store:
         prefix: str = "jobgate",
         retention: int = HOLD,
         live_ttl: int | None = None,
-        open_grace: float = 10.0 + CLAIM_MARGIN,
+        open_grace: float = DEFAULT_WEBHOOK_TIMEOUT + CLAIM_MARGIN,
         cache_ttl: int = 3600,
     ) -> None:
         self.redis = client

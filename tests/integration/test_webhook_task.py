@@ -19,6 +19,7 @@ import requests
 import responses
 
 from config import Settings
+from jobgate import attempts
 from jobgate.attempts import plan, run_attempt
 from jobgate.db import Database
 from jobgate.deliveries import Deliveries
@@ -100,10 +101,10 @@ def make_job(app: FakeApp, callback_url: str = URL) -> str:
         (503, "retrying", True),
         (408, "retrying", True),
         (429, "retrying", True),
-        (400, "failed", False),
-        (404, "failed", False),
+        (400, "retrying", True),
+        (404, "retrying", True),
+        (301, "retrying", True),
         (410, "failed", False),
-        (301, "failed", False),
     ],
 )
 def test_status_decides_state_and_retry(
@@ -169,7 +170,7 @@ def test_last_retry_failing_makes_the_delivery_failed(fake_app: FakeApp) -> None
         rsps.post(URL, status=500)
         entry = attempt(fake_app, "job", job_id, "job.succeeded", retry=3)
     assert fake_app.sent == [] and scheduled(fake_app) == []
-    assert entry["next_attempt_at"] is None
+    assert (entry["next_attempt_at"], entry["outcome"]) == (None, "failed")
     assert fake_app.store.job(job_id)["webhook_state"] == "failed"
 
 
@@ -190,6 +191,21 @@ def test_every_attempt_sends_the_stored_body_under_one_id(fake_app: FakeApp) -> 
         == webhook_id(job_id, "job.succeeded")
     )
     assert json.loads(first.body)["data"]["result"] == {"ok": True}
+
+
+def test_a_late_first_attempt_sends_the_body_of_the_moment_the_job_ended(
+    fake_app: FakeApp,
+) -> None:
+    """The event's ``timestamp`` is the job's ``finished_at`` even when the first attempt
+    runs well after the end (a backlog, a stopped delivery pool)."""
+    job_id = make_job(fake_app)
+    finished_at = fake_app.store.job(job_id)["finished_at"]
+    time.sleep(0.3)  # the first attempt comes late
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=200)
+        attempt(fake_app, "job", job_id, "job.succeeded")
+        payload = json.loads(rsps.calls[0].request.body)
+    assert payload["timestamp"] == payload["data"]["finished_at"] == finished_at
 
 
 def test_a_duplicate_message_sends_nothing(fake_app: FakeApp) -> None:
@@ -238,6 +254,24 @@ def test_delivery_time_guard_refuses_before_connecting(
     assert logged in line and job_id in line
     assert fake_app.sent == []
     assert fake_app.store.job(job_id)["webhook_state"] == "failed"
+
+
+def test_gone_fails_at_once_and_calls_the_endpoint_hook(
+    fake_app: FakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """410: recorded failed with its reason, nothing scheduled, ``endpoint_gone`` called once."""
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(attempts, "endpoint_gone", lambda *args: calls.append(args))
+    job_id = make_job(fake_app)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=410)
+        entry = attempt(fake_app, "job", job_id, "job.succeeded")
+    assert entry is not None
+    assert (entry["outcome"], entry["next_attempt_at"]) == ("failed", None)
+    assert entry["error"] == "HTTP 410 Gone (endpoint gone: not retried)"
+    assert scheduled(fake_app) == []
+    record = fake_app.store.job(job_id)
+    assert calls == [(fake_app.store, "job", job_id, URL, record["partner_id"])]
 
 
 def test_plan() -> None:

@@ -25,7 +25,11 @@ def test_defaults_match_the_contract():
     assert s.job_cache_ttl == 3600  # in Redis once archived
     assert s.database_url == "sqlite:///jobgate.sqlite3"
     assert s.max_body == 1024 * 1024
-    assert s.webhook_retry_delays == (5, 30, 120, 600, 1800, 3600, 7200, 14400)
+    # Svix's schedule after a first attempt sent at once: 5 s, 5 min, 30 min, 2 h, 5 h,
+    # 10 h, 10 h (8 attempts, a day and more in all); one attempt may take 15 s.
+    assert s.webhook_retry_delays == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert sum(s.webhook_retry_delays) > 24 * 3600
+    assert s.webhook_timeout == 15.0
     assert s.admin_keys == ()
     assert s.callback_allow_http is False
     assert s.callback_ports == ((443, 443), (80, 80), (1024, 65535))

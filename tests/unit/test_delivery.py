@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 import jobgate.signing as signing
+from config import DEFAULT_RETRY_DELAYS
 from jobgate.delivery import (
     Attempt,
     PinnedAdapter,
@@ -51,7 +52,7 @@ PUBLIC = ["93.184.215.14"]
 BODY = json.dumps({"type": "job.succeeded", "data": {"job_id": "j1"}}).encode()
 WEBHOOK_ID = "evt_test_1"
 LOOPBACK = parse_allowlist("127.0.0.0/8")
-DEFAULT_DELAYS = [5, 30, 120, 600, 1800, 3600, 7200, 14400]
+DEFAULT_DELAYS = list(DEFAULT_RETRY_DELAYS)
 
 
 def resolver(*addresses: str) -> Callable[[str, int], list[str]]:
@@ -132,17 +133,18 @@ def _deliver(secret: str, url: str = URL, **kwargs: Any) -> Attempt:
         (202, None, "delivered"),
         (204, None, "delivered"),
         (299, None, "delivered"),
-        (301, None, "failed"),
-        (302, None, "failed"),
-        (307, None, "failed"),
-        (308, None, "failed"),
-        (400, None, "failed"),
-        (401, None, "failed"),
-        (403, None, "failed"),
-        (404, None, "failed"),
+        (100, None, "retry"),
+        (301, None, "retry"),
+        (302, None, "retry"),
+        (307, None, "retry"),
+        (308, None, "retry"),
+        (400, None, "retry"),
+        (401, None, "retry"),
+        (403, None, "retry"),
+        (404, None, "retry"),
         (410, None, "failed"),
-        (413, None, "failed"),
-        (422, None, "failed"),
+        (413, None, "retry"),
+        (422, None, "retry"),
         (408, None, "retry"),
         (429, None, "retry"),
         (500, None, "retry"),
@@ -163,7 +165,7 @@ def _deliver(secret: str, url: str = URL, **kwargs: Any) -> Attempt:
     ],
 )
 def test_classify(status: int | None, exc: Exception | None, expected: str) -> None:
-    """2xx delivered; 408/429/5xx and transport errors retried; 3xx and other 4xx failed."""
+    """2xx delivered; 410 failed; every other status and transport errors retried."""
     assert classify(status, exc) == expected
 
 
@@ -221,9 +223,9 @@ def test_parse_retry_after_date_defaults_to_current_time() -> None:
         (1, 0.0, 4.0),
         (1, 0.5, 5.0),
         (1, 1.0, 6.0),
-        (2, 0.0, 24.0),
-        (3, 0.5, 120.0),
-        (8, 1.0, 14400 * 1.2),
+        (2, 0.0, 240.0),
+        (3, 0.5, 1800.0),
+        (7, 1.0, 36000 * 1.2),
     ],
 )
 def test_retry_delay_jitter_is_plus_minus_20_percent(
@@ -236,7 +238,7 @@ def test_retry_delay_jitter_is_plus_minus_20_percent(
 def test_retry_delay_default_rng_stays_in_band() -> None:
     """With the real RNG every delay stays within ±20 % and is not constant."""
     values = [retry_delay(2, DEFAULT_DELAYS) for _ in range(200)]
-    assert all(v is not None and 24.0 <= v <= 36.0 for v in values)
+    assert all(v is not None and 240.0 <= v <= 360.0 for v in values)
     assert len(set(values)) > 1
 
 
@@ -255,8 +257,8 @@ def test_retry_delay_attempt_is_one_based() -> None:
 def test_retry_delay_honours_retry_after_as_minimum() -> None:
     """A receiver's Retry-After raises the delay, never lowers it."""
     assert retry_delay(1, DEFAULT_DELAYS, retry_after=120.0, rng=lambda: 0.5) == 120.0
-    assert retry_delay(3, DEFAULT_DELAYS, retry_after=10.0, rng=lambda: 0.5) == 120.0
-    assert retry_delay(9, DEFAULT_DELAYS, retry_after=10.0) is None
+    assert retry_delay(3, DEFAULT_DELAYS, retry_after=10.0, rng=lambda: 0.5) == 1800.0
+    assert retry_delay(8, DEFAULT_DELAYS, retry_after=10.0) is None
 
 
 # --------------------------------------------------------------------------- deliver (responses)
@@ -314,8 +316,8 @@ def test_every_attempt_is_signed_with_a_fresh_timestamp(
     [
         (200, "delivered"),
         (202, "delivered"),
-        (400, "failed"),
-        (404, "failed"),
+        (400, "retry"),
+        (404, "retry"),
         (410, "failed"),
         (408, "retry"),
         (429, "retry"),
@@ -330,22 +332,31 @@ def test_status_classification(
     rsps.add(responses.POST, URL, status=status)
     attempt = _deliver(secret)
     assert (attempt.outcome, attempt.status_code) == (outcome, status)
+    assert attempt.gone == (status == 410)
     if outcome == "delivered":
         assert attempt.error is None
     else:
         assert attempt.error is not None and attempt.error.startswith(f"HTTP {status}")
 
 
+def test_gone_is_failed_with_a_reason(rsps: responses.RequestsMock, secret: str) -> None:
+    """410 Gone ends the delivery (no retry, Retry-After ignored) and says why in the log."""
+    rsps.add(responses.POST, URL, status=410, headers={"Retry-After": "5"})
+    attempt = _deliver(secret)
+    assert (attempt.outcome, attempt.gone, attempt.retry_after) == ("failed", True, None)
+    assert attempt.error == "HTTP 410 Gone (endpoint gone: not retried)"
+
+
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_redirects_are_not_followed(rsps: responses.RequestsMock, secret: str, status: int) -> None:
-    """A 3xx is a failed attempt; the Location is reported but never requested."""
+    """A 3xx is retried, never followed; the Location is reported but never requested."""
     rsps.add(
         responses.POST, URL, status=status, headers={"Location": "https://elsewhere.example/x"}
     )
     elsewhere = rsps.add(responses.POST, "https://elsewhere.example/x", status=200)
     rsps.add(responses.GET, "https://elsewhere.example/x", status=200)
     attempt = _deliver(secret)
-    assert attempt.outcome == "failed"
+    assert attempt.outcome == "retry"
     assert attempt.status_code == status
     assert attempt.error is not None and "redirect not followed" in attempt.error
     assert "https://elsewhere.example/x" in attempt.error
@@ -362,8 +373,10 @@ def test_redirects_are_not_followed(rsps: responses.RequestsMock, secret: str, s
         (429, "-3", 0.0),
         (429, "garbage", None),
         (500, None, None),
+        (404, "120", 120.0),
+        (307, "7", 7.0),
         (200, "120", None),  # only meaningful when we will retry
-        (404, "120", None),
+        (410, "120", None),
     ],
 )
 def test_retry_after_is_parsed_and_capped(
@@ -721,10 +734,10 @@ def test_real_server_receives_verifiable_webhook(
 def test_real_server_redirect_is_not_followed(
     http_receiver: tuple[Receiver, int], secret: str
 ) -> None:
-    """A real 302 ends the attempt as failed; the Location is never requested."""
+    """A real 302 is retried, not followed; the Location is never requested."""
     receiver, port = http_receiver
     attempt = _local(secret, f"http://hooks.test:{port}/redirect", allow_http=True)
-    assert (attempt.outcome, attempt.status_code) == ("failed", 302)
+    assert (attempt.outcome, attempt.status_code) == ("retry", 302)
     assert [path for path, _, _ in receiver.requests] == ["/redirect"]
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from jobgate.events import (
     BATCH_COMPLETED,
     EVENT_TYPES,
     JOB_EVENTS,
     SUBJECTS,
+    build_body,
     delivery_task_id,
     parse_delivery_task_id,
     webhook_id,
@@ -29,3 +33,30 @@ def test_ids_are_stable_and_delivery_task_ids_round_trip():
     assert parse_delivery_task_id(task_id) == ("batch", "b-1", "batch.completed", "r0a1", 3)
     assert parse_delivery_task_id("3f2a-job-id") is None
     assert parse_delivery_task_id("whk:job:j:job.failed:auto:x") is None
+
+
+ENDED = {
+    "job_id": "j1",
+    "task": "demo.sleep",
+    "status": "SUCCESS",
+    "result": '{"ok": true}',
+    "callback_url": "https://partner.example/hooks",
+    "created_at": "2026-05-01T12:00:00.000Z",
+    "finished_at": "2026-05-01T12:00:03.512Z",
+}
+
+
+def test_the_body_is_the_job_as_it_ended_whenever_it_is_built():
+    """``timestamp`` is the end's ``finished_at``, not the time of building; the delivery
+    fields a later attempt writes on the record change nothing: the same bytes every time."""
+    store: Any = None  # a job's body needs nothing but its record
+    at_end = build_body(store, "job", "j1", "job.succeeded", dict(ENDED))
+    later = {**ENDED, "webhook_state": "retrying", "webhook_attempts": "3"}
+    assert build_body(store, "job", "j1", "job.succeeded", later) == at_end
+    assert at_end is not None
+    payload = json.loads(at_end)
+    assert (payload["type"], payload["timestamp"]) == ("job.succeeded", ENDED["finished_at"])
+    assert payload["data"]["finished_at"] == ENDED["finished_at"]
+    assert payload["data"]["webhook"] == {"state": "pending", "attempts": 0}
+    assert payload["data"]["result"] == {"ok": True}
+    assert build_body(store, "job", "j1", "job.succeeded", {}) is None

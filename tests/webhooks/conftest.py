@@ -1,8 +1,9 @@
 """Fixtures for the webhook suite: a real, scriptable HTTP receiver on 127.0.0.1.
 
 The receiver records every request (headers, exact body bytes, arrival time) and answers
-from a script a test sets (``receiver.answer(500, 200)``, ``(429, {"Retry-After": "1"})``);
-once the script runs out it answers 200. Webhooks are verified in the tests with the
+from a script a test sets (``receiver.answer(500, 200)``, ``(429, {"Retry-After": "1"})``,
+``Slow(2.0)`` to answer only after the sender's timeout); once the script runs out it
+answers 200. Webhooks are verified in the tests with the
 ``standardwebhooks`` package (an independent implementation), never with our own signer.
 """
 
@@ -24,7 +25,17 @@ from standardwebhooks.webhooks import Webhook
 from config import Settings
 from tests.helpers import wait_until
 
-Answer = int | tuple[int, dict[str, str]]
+
+@dataclass(frozen=True)
+class Slow:
+    """An answer the receiver sends only after ``seconds`` (past the webhook timeout, the
+    sender has given up by then: a timeout)."""
+
+    seconds: float
+    status: int = 200
+
+
+Answer = int | tuple[int, dict[str, str]] | Slow
 
 
 @dataclass(frozen=True)
@@ -68,10 +79,12 @@ class Receiver:
         with self._lock:
             self._script.extend(answers)
 
-    def _next_answer(self) -> tuple[int, dict[str, str]]:
+    def _next_answer(self) -> tuple[int, dict[str, str], float]:
         with self._lock:
             answer = self._script.popleft() if self._script else 200
-        return answer if isinstance(answer, tuple) else (answer, {})
+        if isinstance(answer, Slow):
+            return answer.status, {}, answer.seconds
+        return (*answer, 0.0) if isinstance(answer, tuple) else (answer, {}, 0.0)
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
         """Wait until ``count`` requests arrived; returns them all."""
@@ -91,13 +104,17 @@ class Receiver:
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 with receiver._lock:
                     receiver.requests.append(Received(self.path, headers, body, time.time()))
-                status, extra = receiver._next_answer()
-                self.send_response(status)
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                status, extra, delay = receiver._next_answer()
+                time.sleep(delay)
+                try:
+                    self.send_response(status)
+                    for name, value in extra.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"ok")
+                except OSError:  # the sender gave up first (a Slow answer)
+                    self.close_connection = True
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
