@@ -133,6 +133,9 @@ class Archiver:
     def archive(self, job_ids: Sequence[str], batch_ids: Sequence[str]) -> list[str]:
         """Write the subjects' current Redis records to the database in one transaction;
         returns the Redis keys that may now expire (finished subjects, webhook final)."""
+        # One row per subject per statement: PostgreSQL refuses an upsert that names a
+        # row twice.
+        job_ids, batch_ids = list(dict.fromkeys(job_ids)), list(dict.fromkeys(batch_ids))
         store = self.store
         pipe = store.redis.pipeline(transaction=False)
         for job_id in job_ids:

@@ -140,6 +140,7 @@ def other_partner(app, admin_headers) -> dict[str, Any]:
 MARKERS_BY_FOLDER = {
     "unit": ("unit",),
     "integration": ("integration",),
+    "db": ("integration", "database"),
     "live": ("integration",),
     "webhooks": ("integration",),
     "reliability": ("integration",),

@@ -1,0 +1,171 @@
+"""The archiver against a real Redis and each database: idempotent upserts, newer rows
+never overwritten, the Redis side forgotten only once archived and final, retention."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from jobgate import history
+from jobgate.archive import Archiver, count_rows, prune, revision
+from jobgate.deliveries import Deliveries
+from jobgate.store import Store, utcnow
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Store:
+    return Store(redis_client, prefix="arch-" + uuid.uuid4().hex[:8], cache_ttl=120)
+
+
+@pytest.fixture
+def archiver(store: Store, db) -> Archiver:
+    return Archiver(store, db, consumer="test", batch=50)
+
+
+def new_job(store: Store, **fields: Any) -> str:
+    job_id = str(uuid.uuid4())
+    store.create_job(
+        {
+            "job_id": job_id,
+            "task_id": job_id,
+            "task": "demo.sleep",
+            "partner_id": "ptn_a",
+            "params": {"seconds": 1},
+            "metadata": {"order": 7},
+            "created_at": utcnow(),
+            **fields,
+        }
+    )
+    return job_id
+
+
+def test_created_then_finished_is_one_row_with_the_end(store, archiver, db) -> None:
+    job_id = new_job(store)
+    assert archiver.drain() == 1
+    assert history.job(db, job_id)["job_id"] == job_id
+    assert history.job(db, job_id).get("status") is None
+    assert store.finish_job(job_id, "SUCCESS", result={"n": 1})
+    assert archiver.drain() == 1
+    row = history.job(db, job_id)
+    assert row == store.job(job_id)  # the record as Redis holds it, field for field
+    assert row["status"] == "SUCCESS" and row["result"] == {"n": 1}
+    assert count_rows(db)["jobs"] >= 1
+    assert store.redis.xlen(store.archive_key) == 0  # acknowledged and removed
+
+
+def test_a_job_archived_twice_is_one_row(store, archiver, db) -> None:
+    job_id = new_job(store)
+    store.redis.xadd(store.archive_key, {"s": f"job:{job_id}"})
+    store.redis.xadd(store.archive_key, {"s": f"job:{job_id}"})
+    assert archiver.drain() == 3
+    before = count_rows(db)["jobs"]
+    archiver.archive([job_id, job_id], [])
+    assert count_rows(db)["jobs"] == before
+
+
+def test_an_older_read_never_overwrites_a_newer_row(store, archiver, db) -> None:
+    """Two archivers read the same job at different times and commit in the other order."""
+    job_id = new_job(store)
+    stale = store.job(job_id)
+    assert store.finish_job(job_id, "FAILURE", error="boom")
+    archiver.drain()
+    assert history.job(db, job_id)["status"] == "FAILURE"
+    # The stale (live) read commits last: it must not take the end back.
+    store.redis.delete(store.key("job", job_id))
+    store.redis.hset(
+        store.key("job", job_id),
+        mapping={k: str(v) for k, v in stale.items() if not isinstance(v, dict)},
+    )
+    archiver.archive([job_id], [])
+    assert history.job(db, job_id)["status"] == "FAILURE"
+
+
+def test_revision_orders_ends_attempts_and_final_states() -> None:
+    assert revision(None, "none", 0) < revision("SUCCESS", "pending", 0)
+    assert revision("SUCCESS", "retrying", 1) < revision("SUCCESS", "retrying", 2)
+    assert revision("SUCCESS", "retrying", 2) < revision("SUCCESS", "failed", 2)
+
+
+def test_redis_forgets_a_finished_job_only_once_archived_and_final(store, archiver, db) -> None:
+    job_id = new_job(store, callback_url="https://example.test/hook")
+    assert store.finish_job(job_id, "SUCCESS", result={})
+    key = store.key("job", job_id)
+    hold = store.redis.ttl(key)
+    archiver.drain()
+    assert store.redis.ttl(key) == hold or store.redis.ttl(key) > store.cache_ttl, (
+        "webhook still pending: Redis keeps the record for its attempts"
+    )
+    books = Deliveries(store)
+    entry = {
+        "webhook_id": "msg_x",
+        "event": "job.succeeded",
+        "at": utcnow(),
+        "outcome": "delivered",
+    }
+    books.record(job_id, entry, "delivered", "job")
+    archiver.drain()
+    assert 0 < store.redis.ttl(key) <= store.cache_ttl
+    for name in (store.key("webhook", job_id), store.key("deliveries", job_id)):
+        assert 0 < store.redis.ttl(name) <= store.cache_ttl, name
+    assert [a["outcome"] for a in history.attempts(db, job_id)] == ["delivered"]
+
+
+def test_a_job_without_callback_is_forgotten_once_archived(store, archiver, db) -> None:
+    job_id = new_job(store)
+    assert store.finish_job(job_id, "REVOKED", revoked_by="admin")
+    archiver.drain()
+    assert 0 < store.redis.ttl(store.key("job", job_id)) <= store.cache_ttl
+
+
+def test_a_failed_transaction_keeps_the_entries_for_the_next_try(store, db, monkeypatch) -> None:
+    """The database refuses a chunk: nothing is acknowledged, the next run archives it."""
+    archiver = Archiver(store, db, consumer="flaky")
+    job_id = new_job(store)
+
+    def broken(*_: Any) -> list[str]:
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(archiver, "archive", broken)
+    with pytest.raises(RuntimeError):
+        archiver.run_once()
+    assert store.redis.xlen(store.archive_key) == 1
+    monkeypatch.undo()
+    assert archiver.run_once() == 1  # its own pending entry first
+    assert history.job(db, job_id) is not None
+
+
+def test_a_dead_archivers_entries_are_claimed_by_another(store, db, monkeypatch) -> None:
+    monkeypatch.setattr("jobgate.archive.CLAIM_IDLE", 0.05)
+    job_id = new_job(store)
+    dead = Archiver(store, db, consumer="dead")
+    assert dead.read().jobs == [job_id]  # read, then "killed" before committing
+    time.sleep(0.1)  # the entry's idle time must pass CLAIM_IDLE: that is what is tested
+    alive = Archiver(store, db, consumer="alive")
+    assert alive.run_once() == 1
+    assert history.job(db, job_id) is not None
+
+
+def test_lag_reports_waiting_entries_and_the_oldest_age(store, archiver) -> None:
+    assert archiver.lag() == (0, 0.0)
+    new_job(store)
+    waiting, age = archiver.lag()
+    assert waiting == 1 and 0 <= age < 60
+
+
+def test_prune_deletes_jobs_and_attempts_past_retention_in_chunks(store, archiver, db) -> None:
+    old = [new_job(store) for _ in range(3)]
+    for job_id in old:
+        store.finish_job(job_id, "SUCCESS", result={})
+    archiver.drain()
+    fresh = new_job(store)
+    store.finish_job(fresh, "SUCCESS", result={})
+    archiver.drain()
+    # Everything finished just now: a retention of one hour keeps all, of -1 h deletes all.
+    assert prune(db, 3600, chunk=2) == 0
+    deleted = prune(db, 1, chunk=2, now=time.time() + 3600)
+    assert deleted >= 4
+    assert all(history.job(db, job_id) is None for job_id in [*old, fresh])

@@ -1,0 +1,52 @@
+"""Migrations: an empty database is refused with one line, upgraded, then accepted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from jobgate.db import Database, DatabaseNotReady
+from tests.helpers import ROOT, postgres_database
+
+
+def test_an_unmigrated_database_is_refused_then_upgraded(tmp_path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    with pytest.raises(DatabaseNotReady, match="not migrated: run `jobgate db upgrade`"):
+        database.check_migrated()
+    database.upgrade()
+    database.check_migrated()
+    assert database.current_revision() == Database.head_revision()
+
+
+def test_postgresql_upgrades_from_empty() -> None:
+    with postgres_database("mig") as url:
+        database = Database(url)
+        with pytest.raises(DatabaseNotReady):
+            database.check_migrated()
+        database.upgrade()
+        database.check_migrated()
+        database.dispose()
+
+
+def test_the_gateway_refuses_to_start_on_an_unmigrated_database(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    result = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "JOBGATE_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"jobgate: the database at {url} is not migrated: run `jobgate db upgrade`"]
+
+
+def test_an_unreachable_database_is_one_line(tmp_path) -> None:
+    database = Database("postgresql://postgres@127.0.0.1:1/none")
+    with pytest.raises(DatabaseNotReady, match="does not answer") as caught:
+        database.check_migrated()
+    assert "\n" not in str(caught.value)
