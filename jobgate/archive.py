@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
@@ -32,6 +33,9 @@ from sqlalchemy.orm import Session
 from jobgate.batches import batch_key, batch_record, member_ids
 from jobgate.db import Database
 from jobgate.db.models import Attempt, Batch, Job
+from jobgate.events import JOB_EVENTS
+from jobgate.lifecycle import enqueue_webhook
+from jobgate.messages import Messenger
 from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
@@ -206,12 +210,68 @@ class Archiver:
         return int(length), max(0.0, time.time() - oldest_ms / 1000)
 
 
+def restore(
+    store: Store, db: Database, messenger: Messenger, *, older_than: float, limit: int = 1000
+) -> int:
+    """Give Redis back what it lost (a restart without persistence): jobs the database
+    holds as not settled, created more than ``older_than`` s ago, whose Redis record is
+    gone. A job not ended is queued again (it runs again: at least once); an ended one
+    whose webhook was not final gets its record back and its event queued again, with
+    the same ``webhook-id`` and body. Returns how many were restored."""
+    cutoff = datetime.fromtimestamp(time.time() - older_than, UTC)
+    with db.session() as session:
+        records = [
+            dict(r)
+            for r in session.scalars(
+                select(Job.record)
+                .where(Job.settled.is_(False), Job.created_at < cutoff)
+                .order_by(Job.created_at)
+                .limit(limit)
+            )
+        ]
+    if not records:
+        return 0
+    pipe = store.redis.pipeline(transaction=False)
+    for record in records:
+        pipe.exists(store.key("job", record["job_id"]))
+    lost = [r for r, there in zip(records, pipe.execute(), strict=True) if not there]
+    for record in lost:
+        job_id = record["job_id"]
+        if record.get("status") in TERMINAL:
+            store.create_job(record)
+            store.redis.zrem(store.key("live"), job_id)
+            enqueue_webhook(
+                store, messenger, "job", job_id, JOB_EVENTS[record["status"]], chain="restored"
+            )
+        else:
+            fresh = {k: v for k, v in record.items() if k not in LIVE_FIELDS}
+            queue = record.get("queue") or messenger.jobs_queue
+            if messenger.inline:
+                message = messenger.envelope(
+                    record["task"], record["task_id"], queue=queue, kwargs=record.get("params")
+                )
+                store.create_job(fresh, message=(queue, message))
+            else:
+                store.create_job(fresh)
+                messenger.send(
+                    record["task"],
+                    kwargs=record.get("params"),
+                    task_id=record["task_id"],
+                    queue=queue,
+                )
+        store.redis.hincrby(store.key("repairs"), "restored", 1)
+        log.warning("archive: restored job %s that Redis lost", job_id, extra={"job_id": job_id})
+    return len(lost)
+
+
+# Fields a running job gathers; a job queued again starts without them.
+LIVE_FIELDS = frozenset({"started_at", "runs", "worker", "progress"})
+
+
 def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None = None) -> int:
     """Delete finished jobs (and their attempts) older than ``retention`` s, and completed
     batches, one chunk per transaction; returns the jobs deleted."""
     cutoff = parse_time(_iso(time.time() if now is None else now)).timestamp() - retention
-    from datetime import UTC, datetime
-
     before = datetime.fromtimestamp(cutoff, UTC)
     deleted = 0
     while True:
@@ -265,8 +325,6 @@ def _webhook_state(job: dict[str, Any]) -> str:
 
 
 def _iso(timestamp: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -310,11 +368,12 @@ def _upsert_jobs(session: Session, jobs: list[dict[str, Any]]) -> None:
             "rev": revision(
                 job.get("status"), _webhook_state(job), int(job.get("webhook_attempts") or 0)
             ),
+            "settled": job.get("status") in TERMINAL and _webhook_state(job) in FINAL,
         }
         for job in jobs
     ]
     insert = _insert(session)(Job).values(rows)
-    cols = ("status", "finished_at", "record", "rev")
+    cols = ("status", "finished_at", "record", "rev", "settled")
     session.execute(
         insert.on_conflict_do_update(
             index_elements=["job_id"],

@@ -42,7 +42,13 @@ from jobgate.store import Store
 
 log = logging.getLogger("jobgate.sweeper")
 
-REPAIR_KINDS = ("job_requeued", "job_failed_lost", "delivery_requeued", "batch_member_counted")
+REPAIR_KINDS = (
+    "job_requeued",
+    "job_failed_lost",
+    "delivery_requeued",
+    "batch_member_counted",
+    "restored",  # by jobgate.archive.restore, after Redis lost its data
+)
 LIMIT = 1000  # candidates of each kind looked at per pass
 UNACKED_KEY = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, key]
 

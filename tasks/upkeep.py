@@ -30,7 +30,7 @@ import redis
 from celery import bootsteps
 from celery.worker import state as worker_state
 
-from jobgate.archive import Archiver, prune
+from jobgate.archive import Archiver, prune, restore
 from jobgate.due import move_due
 from jobgate.sweeper import sweep
 
@@ -100,6 +100,7 @@ class Refresher(threading.Thread):
 
 
 PRUNE_EVERY = 3600.0
+RESTORE_EVERY = 30.0  # how often the holder of the lease looks for jobs Redis lost
 
 
 class ArchiveThread(threading.Thread):
@@ -115,17 +116,29 @@ class ArchiveThread(threading.Thread):
         )
         self._warned = 0.0
         self._pruned = 0.0
+        self._restored = 0.0
 
     def run(self) -> None:
         while True:
             try:
                 self.archiver.run_once(block_ms=1000)
                 self.maybe_prune()
+                self.maybe_restore()
             except Exception:  # noqa: BLE001 - the database or Redis is down: try again
                 if time.monotonic() - self._warned > 60:
                     self._warned = time.monotonic()
                     log.warning("archive: archiving failed; retrying", exc_info=True)
                 time.sleep(1.0)
+
+    def maybe_restore(self) -> None:
+        """Jobs the database holds as unsettled and Redis lost: back into Redis."""
+        if time.monotonic() - self._restored < RESTORE_EVERY:
+            return
+        self._restored = time.monotonic()
+        store = self.app.store
+        if not store.redis.set(store.key("restorer"), self.node, nx=True, ex=int(RESTORE_EVERY)):
+            return
+        restore(store, self.app.database, self.app.messenger, older_than=RESTORE_EVERY)
 
     def maybe_prune(self) -> None:
         if time.monotonic() - self._pruned < PRUNE_EVERY:

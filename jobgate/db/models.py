@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -76,12 +76,21 @@ class Job(Base):
     # How far along the record is (jobgate.archive.revision): an archiver that read an
     # older record never overwrites a newer one.
     rev: Mapped[int] = mapped_column(Integer, default=0)
+    # Ended with its webhook final: nothing of it lives in Redis any more. The rows not
+    # settled are what a Redis that lost its data must get back (jobgate.archive.restore).
+    settled: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (
         Index("jobs_partner_created", "partner_id", "created_at", "job_id"),
         Index("jobs_partner_status_created", "partner_id", "status", "created_at", "job_id"),
         Index("jobs_partner_task_created", "partner_id", "task", "created_at", "job_id"),
         Index("jobs_created", "created_at", "job_id"),
+        Index(
+            "jobs_unsettled",
+            "created_at",
+            postgresql_where=text("NOT settled"),
+            sqlite_where=text("NOT settled"),
+        ),
     )
 
 

@@ -37,6 +37,7 @@ def gateway_keys(redis_client: redis.Redis, prefix: str = "jobgate") -> dict[str
                 f"{prefix}:worker:",
                 f"{prefix}:sweeper",
                 f"{prefix}:pruner",
+                f"{prefix}:restorer",
                 f"{prefix}:archive",
                 f"{prefix}:live",
                 f"{prefix}:deliveries:open",

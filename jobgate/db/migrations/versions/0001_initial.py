@@ -73,12 +73,20 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("rev", sa.Integer(), nullable=False),
+        sa.Column("settled", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("job_id"),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_jobs_batch_id"), ["batch_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_jobs_finished_at"), ["finished_at"], unique=False)
         batch_op.create_index("jobs_created", ["created_at", "job_id"], unique=False)
+        batch_op.create_index(
+            "jobs_unsettled",
+            ["created_at"],
+            unique=False,
+            postgresql_where=sa.text("NOT settled"),
+            sqlite_where=sa.text("NOT settled"),
+        )
         batch_op.create_index(
             "jobs_partner_created", ["partner_id", "created_at", "job_id"], unique=False
         )
@@ -145,6 +153,7 @@ def downgrade() -> None:
         batch_op.drop_index("jobs_partner_status_created")
         batch_op.drop_index("jobs_partner_created")
         batch_op.drop_index("jobs_created")
+        batch_op.drop_index("jobs_unsettled")
         batch_op.drop_index(batch_op.f("ix_jobs_finished_at"))
         batch_op.drop_index(batch_op.f("ix_jobs_batch_id"))
 
