@@ -88,7 +88,18 @@ class Archiver:
 
     def read(self, block_ms: int = 0) -> Chunk:
         """Entries to archive: others' stale ones first, then this archiver's own
-        unacknowledged ones (a chunk whose transaction failed), then new ones."""
+        unacknowledged ones (a chunk whose transaction failed), then new ones.
+
+        A Redis that lost its data lost the group too: it is created again."""
+        try:
+            return self._read(block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False
+            return self._read(block_ms)
+
+    def _read(self, block_ms: int) -> Chunk:
         self.ensure_group()
         key, r = self.store.archive_key, self.store.redis
         claimed = r.xautoclaim(

@@ -100,7 +100,6 @@ class Refresher(threading.Thread):
 
 
 PRUNE_EVERY = 3600.0
-RESTORE_EVERY = 30.0  # how often the holder of the lease looks for jobs Redis lost
 
 
 class ArchiveThread(threading.Thread):
@@ -117,28 +116,38 @@ class ArchiveThread(threading.Thread):
         self._warned = 0.0
         self._pruned = 0.0
         self._restored = 0.0
+        # How often the holder of the lease looks for jobs Redis lost (30 s by default).
+        self.restore_every = max(2.0, 2 * app.settings.sweep_interval)
 
     def run(self) -> None:
         while True:
-            try:
-                self.archiver.run_once(block_ms=1000)
-                self.maybe_prune()
-                self.maybe_restore()
-            except Exception:  # noqa: BLE001 - the database or Redis is down: try again
-                if time.monotonic() - self._warned > 60:
-                    self._warned = time.monotonic()
-                    log.warning("archive: archiving failed; retrying", exc_info=True)
+            failed = False
+            # Each step on its own: a database that refuses the archive must not stop
+            # the restore of what Redis lost, nor the other way round.
+            for step in (
+                lambda: self.archiver.run_once(block_ms=1000),
+                self.maybe_restore,
+                self.maybe_prune,
+            ):
+                try:
+                    step()
+                except Exception:  # noqa: BLE001 - the database or Redis is down: try again
+                    failed = True
+                    if time.monotonic() - self._warned > 60:
+                        self._warned = time.monotonic()
+                        log.warning("archive: an upkeep step failed; retrying", exc_info=True)
+            if failed:
                 time.sleep(1.0)
 
     def maybe_restore(self) -> None:
         """Jobs the database holds as unsettled and Redis lost: back into Redis."""
-        if time.monotonic() - self._restored < RESTORE_EVERY:
+        if time.monotonic() - self._restored < self.restore_every:
             return
         self._restored = time.monotonic()
-        store = self.app.store
-        if not store.redis.set(store.key("restorer"), self.node, nx=True, ex=int(RESTORE_EVERY)):
+        store, every = self.app.store, self.restore_every
+        if not store.redis.set(store.key("restorer"), self.node, nx=True, px=int(every * 1000)):
             return
-        restore(store, self.app.database, self.app.messenger, older_than=RESTORE_EVERY)
+        restore(store, self.app.database, self.app.messenger, older_than=every)
 
     def maybe_prune(self) -> None:
         if time.monotonic() - self._pruned < PRUNE_EVERY:

@@ -209,3 +209,12 @@ def test_restore_gives_back_what_redis_lost_and_nothing_settled(store, archiver,
     assert ("demo.sleep", queued) in sent
     assert any(name == DELIVER_TASK and pending in task_id for name, task_id in sent)
     assert restore(store, db, messenger, older_than=-60) == 0  # Redis has them again
+
+
+def test_an_archiver_recreates_its_group_after_redis_lost_it(store, archiver, db) -> None:
+    new_job(store)
+    assert archiver.drain() == 1
+    store.redis.delete(store.archive_key)  # Redis restarted empty: stream and group gone
+    job_id = new_job(store)
+    assert archiver.drain() == 1
+    assert history.job(db, job_id) is not None

@@ -1,0 +1,84 @@
+"""The database goes down mid-run: jobs are still taken, run and delivered; archiving
+waits (nothing lost), readiness says so, and catches up when the database returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from config import Settings
+from jobgate import history
+from jobgate.db import Database
+from jobgate.events import webhook_id
+from tests.conftest import ADMIN_KEY
+from tests.helpers import (
+    TcpProxy,
+    WorkerProcess,
+    gateway_for,
+    postgres_database,
+    wait_for_status,
+    wait_until,
+)
+from tests.reliability.conftest import WebhookReceiver
+
+JOB = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
+
+
+def submit_all(client: Any, partner: dict[str, Any], url: str, count: int) -> list[str]:
+    ids = []
+    for _ in range(count):
+        answer = client.post(
+            "/v1/jobs", json={**JOB, "callback_url": url}, headers=partner["headers"]
+        )
+        assert answer.status_code == 202, answer.get_json()
+        ids.append(answer.get_json()["job_id"])
+    return ids
+
+
+def test_a_database_outage_delays_archiving_and_loses_nothing(
+    fault_settings: Settings, receiver: WebhookReceiver, workers: list[WorkerProcess]
+) -> None:
+    with postgres_database("down") as direct:
+        Database(direct).upgrade()
+        proxy = TcpProxy(("127.0.0.1", make_url(direct).port or 5432)).start()
+        try:
+            url = make_url(direct).set(port=proxy.port).render_as_string(hide_password=False)
+            own = fault_settings.with_overrides(database_url=url)
+            client, partner, svc = gateway_for(own, ADMIN_KEY)
+            receiver.secrets.append(partner["webhook_secret"])
+            workers.append(WorkerProcess(own, concurrency=2, name="dbdown").start())
+            before = submit_all(client, partner, receiver.url, 3)
+
+            def archived(ids: list[str]) -> bool:
+                rows = history.jobs(svc.db, ids)
+                return all((rows.get(j) or {}).get("status") == "SUCCESS" for j in ids)
+
+            wait_until(lambda: archived(before), 30, message="the first jobs archived")
+
+            proxy.stop()  # the database is down from here
+            during = submit_all(client, partner, receiver.url, 8)
+            for job_id in during:
+                assert wait_for_status(client, job_id, partner["headers"])["status"] == "SUCCESS"
+            ready = client.get("/readyz").get_json()
+            assert ready["status"] == "degraded" and ready["checks"]["database"] is False
+            assert ready["checks"]["archive_backlog"] > 0
+
+            proxy.start()  # back: archiving catches up with every job
+            wait_until(lambda: archived(before + during), 60, message="archiving caught up")
+            wait_until(
+                lambda: client.get("/readyz").get_json()["checks"].get("archive_backlog") == 0,
+                30,
+                message="the archive stream drained",
+            )
+        finally:
+            proxy.stop()
+    ids = before + during
+    terminal = {
+        (d.payload or {}).get("data", {}).get("job_id"): d.webhook_id
+        for d in receiver.deliveries
+        if d.verified
+    }
+    for job_id in ids:
+        assert terminal.get(job_id) == webhook_id(job_id, "job.succeeded"), job_id
+    assert all(d.verified for d in receiver.deliveries)

@@ -1,0 +1,78 @@
+"""Redis is killed and comes back empty (no AOF, no snapshot): partners, history and the
+jobs it held are not lost. The database gives back the partners (their keys still
+authenticate), the finished jobs (read from it), and the jobs that were queued or
+running, which run again and reach one terminal status and one terminal webhook."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from config import Settings
+from jobgate import history
+from jobgate.events import webhook_id
+from tests.conftest import ADMIN_KEY
+from tests.helpers import EmbeddedRedis, WorkerProcess, gateway_for, wait_until
+from tests.reliability.conftest import WebhookReceiver
+
+
+def submit(client: Any, partner: dict[str, Any], url: str, seconds: float) -> str:
+    body = {"task": "demo.sleep", "params": {"seconds": seconds, "steps": 1}, "callback_url": url}
+    answer = client.post("/v1/jobs", json=body, headers=partner["headers"])
+    assert answer.status_code == 202, answer.get_json()
+    return answer.get_json()["job_id"]
+
+
+def test_redis_restarted_empty_loses_no_partner_job_or_webhook(
+    fault_settings: Settings, receiver: WebhookReceiver, workers: list[WorkerProcess]
+) -> None:
+    server = EmbeddedRedis().start()
+    try:
+        own = fault_settings.with_overrides(redis_url=server.url)
+        client, partner, svc = gateway_for(own, ADMIN_KEY)
+        receiver.secrets.append(partner["webhook_secret"])
+        workers.append(WorkerProcess(own, concurrency=2, name="lost").start())
+        done = [submit(client, partner, receiver.url, 0) for _ in range(3)]
+
+        def archived_settled() -> bool:
+            rows = history.jobs(svc.db, done)
+            return all((rows.get(j) or {}).get("webhook_state") == "delivered" for j in done)
+
+        wait_until(archived_settled, 30, message="the first jobs delivered and archived")
+        # Long enough to be queued or running when Redis dies.
+        live = [submit(client, partner, receiver.url, 3) for _ in range(4)]
+        wait_until(
+            lambda: all(history.job(svc.db, j) for j in live), 20, message="live jobs archived"
+        )
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        server.start()  # same port, nothing on disk: empty
+        # Settled jobs live on in the database only.
+        assert not server.client().exists(*(f"{own.key_prefix}:job:{j}" for j in done))
+
+        # A new gateway process (no in-process key cache): the partner's key still works.
+        fresh_client, _, _ = gateway_for(own, ADMIN_KEY)
+        headers = partner["headers"]
+        for job_id in done:
+            view = fresh_client.get(f"/v1/jobs/{job_id}", headers=headers)
+            assert view.status_code == 200 and view.get_json()["status"] == "SUCCESS"
+
+        def ended(job_id: str) -> bool:
+            view = fresh_client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+            return view.get("status") == "SUCCESS" and view["webhook"]["state"] == "delivered"
+
+        try:
+            wait_until(lambda: all(ended(j) for j in live), 90, message="every lost job run again")
+        except AssertionError:
+            print(workers[0].log()[-8000:])
+            raise
+    finally:
+        server.close()
+    by_job: dict[str, set[str]] = {}
+    for delivery in receiver.deliveries:
+        assert delivery.verified
+        job_id = (delivery.payload or {}).get("data", {}).get("job_id")
+        by_job.setdefault(job_id, set()).add(delivery.webhook_id)
+    for job_id in done + live:
+        assert by_job.get(job_id) == {webhook_id(job_id, "job.succeeded")}, job_id
