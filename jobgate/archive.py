@@ -249,8 +249,7 @@ def restore(
     for record in lost:
         job_id = record["job_id"]
         if record.get("status") in TERMINAL:
-            store.create_job(record)
-            store.redis.zrem(store.key("live"), job_id)
+            store.put_back(record)
             enqueue_webhook(
                 store, messenger, "job", job_id, JOB_EVENTS[record["status"]], chain="restored"
             )

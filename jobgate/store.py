@@ -162,6 +162,15 @@ class Store:
         if message is not None:
             pipe.lpush(*message)
 
+    def put_back(self, job: dict[str, Any]) -> None:
+        """Write an ended job's archived record back (Redis forgot it: its cache expired,
+        or Redis lost its data) so a delivery attempt can read it; held until archived
+        again."""
+        pipe = self.redis.pipeline()
+        pipe.hset(self.key("job", job["job_id"]), mapping=_encode(job))
+        pipe.expire(self.key("job", job["job_id"]), self.retention)
+        pipe.execute()
+
     def delete_job(self, job: dict[str, Any]) -> None:
         """Undo create_job (used when the broker refused the message)."""
         pipe = self.redis.pipeline()

@@ -18,10 +18,11 @@ from gateway.schemas import (
     load_or_422,
 )
 from gateway.views.common import json_body_or_empty
+from jobgate import history
 from jobgate.attempts import redeliver as queue_redelivery
 from jobgate.deliveries import Deliveries
 from jobgate.events import job_event
-from jobgate.status import TERMINAL
+from jobgate.status import TERMINAL, webhook_summary
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/jobs")
 REVOKE = RevokeSchema()
@@ -57,6 +58,14 @@ def deliveries(job_id: str):
     svc = services()
     record = jobs.find(svc, authenticate(), job_id)
     books = Deliveries(svc.store)
+    if svc.store.job(job_id) is None:  # Redis forgot the job: its attempts are archived
+        return jsonify(
+            {
+                "job_id": job_id,
+                "webhook": webhook_summary(record),
+                "deliveries": history.attempts(svc.db, job_id),
+            }
+        )
     return jsonify(
         {
             "job_id": job_id,
@@ -91,6 +100,8 @@ def redeliver(job_id: str):
             {"status": status or "PENDING"},
         )
     event = job_event(status)
+    if svc.store.job(job_id) is None:  # only archived now: the attempt reads it in Redis
+        svc.store.put_back(record)
     wid = queue_redelivery(svc.store, svc.messenger, "job", job_id, event)
     return jsonify(
         {

@@ -90,3 +90,12 @@ def test_every_job_reads_the_same_from_redis_and_from_the_database(world) -> Non
     assert {job["job_id"] for job in listed} >= set(ids)
     attempts = history.attempts(svc.db, ids[0])
     assert [a["outcome"] for a in attempts] == ["delivered"]
+    logged = client.get(f"/v1/jobs/{ids[0]}/deliveries", headers=headers).get_json()
+    assert logged["deliveries"] == attempts and logged["webhook"]["state"] == "delivered"
+    # A redelivery of a job only the database holds: the same id arrives again, signed.
+    before = len(world.receiver.requests)
+    again = client.post(f"/v1/jobs/{ids[0]}/redeliver", headers=headers)
+    assert again.status_code == 202, again.get_json()
+    [request] = world.receiver.wait_for(before + 1)[before:]
+    assert request.webhook_id == again.get_json()["webhook_id"]
+    request.verify(partner["webhook_secret"])
