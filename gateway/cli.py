@@ -266,6 +266,26 @@ def db_upgrade() -> None:
     upgrade_database(Settings.from_env(), say=click.echo)
 
 
+@db.command("revision")
+@click.argument("message")
+def db_revision(message: str) -> None:
+    """Write a new migration from the change to jobgate/db/models.py (check it by hand)."""
+    import tempfile
+
+    from alembic import command
+
+    from jobgate.db import Database, alembic_config
+
+    with tempfile.TemporaryDirectory() as scratch:
+        database = Database(f"sqlite:///{scratch}/head.sqlite3")
+        database.upgrade()  # a database at the latest migration: the diff is the change
+        config = alembic_config()
+        with database.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.revision(config, message=message, autogenerate=True)
+        database.dispose()
+
+
 def upgrade_database(settings: Settings, say=lambda text: None) -> None:
     """Migrate the database to the latest revision and import Redis-only partners."""
     from jobgate.db import Database

@@ -167,7 +167,7 @@ class Store:
         or Redis lost its data) so a delivery attempt can read it; held until archived
         again."""
         pipe = self.redis.pipeline()
-        pipe.hset(self.key("job", job["job_id"]), mapping=_encode(job))
+        pipe.hset(self.key("job", job["job_id"]), mapping=_encode(job))  # type: ignore[arg-type]
         pipe.expire(self.key("job", job["job_id"]), self.retention)
         pipe.execute()
 
