@@ -23,8 +23,16 @@ DEV_DIR = Path(".jobgate-dev")
 
 
 def _app(settings: Settings | None = None):
+    """The gateway app for a command that needs its services; a database that is not
+    migrated stops the command with one line, as it stops the gateway."""
     from gateway import create_app
+    from jobgate.db import Database, DatabaseNotReady
 
+    settings = settings or Settings.from_env()
+    try:
+        Database.from_settings(settings).check_migrated()
+    except DatabaseNotReady as exc:
+        raise click.ClickException(str(exc)) from None
     return create_app(settings)
 
 
@@ -184,7 +192,14 @@ def worker(
     timeout never hold a process a job could start on. SIGTERM or SIGINT stops both warm
     (running tasks finish; a second signal stops them cold). If one pool exits, the other
     is stopped and this exits non-zero. Extra arguments go to Celery (the job pool).
+    A database that is not migrated stops it with one line, as it stops the gateway.
     """
+    from jobgate.db import Database, DatabaseNotReady
+
+    try:
+        Database.from_settings(Settings.from_env()).check_migrated()
+    except DatabaseNotReady as exc:
+        raise click.ClickException(str(exc)) from None
     commands = pool_commands(
         concurrency=concurrency,
         delivery_concurrency=delivery_concurrency,

@@ -55,6 +55,36 @@ def test_revoke_and_rotate_secret_from_the_cli(settings, client, partner, worker
     assert "api_key" not in json.dumps(listed) and "whsec_" not in json.dumps(listed)
 
 
+def test_db_upgrade_migrates_and_imports_partners_that_only_redis_had(
+    settings, redis_client, tmp_path
+):
+    own = settings.with_overrides(
+        database_url=f"sqlite:///{tmp_path / 'fresh.sqlite3'}", key_prefix="cli-upgrade"
+    )
+    redis_client.hset(
+        "cli-upgrade:partner:ptn_legacy",
+        mapping={
+            "id": "ptn_legacy",
+            "name": "legacy",
+            "created_at": "2025-01-02T03:04:05.678Z",
+            "key_hash": "cd" * 32,
+            "webhook_secret": "whsec_legacy",
+        },
+    )
+    redis_client.zadd("cli-upgrade:partners", {"ptn_legacy": 1.0})
+    refused = jobgate(own, "partner", "list")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith("is not migrated: run `jobgate db upgrade`")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    upgraded = jobgate(own, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "empty -> 0001" in upgraded.stdout and "imported 1 partner" in upgraded.stdout
+    again = jobgate(own, "db", "upgrade")
+    assert again.returncode == 0 and "imported" not in again.stdout
+    listed = json.loads(jobgate(own, "partner", "list").stdout)
+    assert [p["id"] for p in listed] == ["ptn_legacy"]
+
+
 def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
     """`jobgate dev` with no Redis at REDIS_URL: embedded Redis, keys printed, job runs."""
     redis_port, port = free_port(), free_port()
@@ -100,6 +130,19 @@ def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
             f"{url}/v1/jobs/{job['job_id']}?wait=30", headers=headers, timeout=40
         ).json()
         assert done["status"] == "SUCCESS"
+        # The history is in a SQLite file beside the embedded Redis: the list pages from it.
+        assert (tmp_path / ".jobgate-dev" / "jobgate.sqlite3").exists()
+        wait_until(
+            lambda: (
+                [
+                    j["job_id"]
+                    for j in requests.get(url + "/v1/jobs", headers=headers).json()["jobs"]
+                ]
+                == [job["job_id"]]
+            ),
+            timeout=20,
+            message="the job listed from the database",
+        )
         assert (tmp_path / ".jobgate-dev" / "appendonly.aof").exists() or (
             tmp_path / ".jobgate-dev" / "appendonlydir"
         ).exists()
