@@ -16,7 +16,11 @@ def test_a_batch_is_written_whole_or_not_at_all(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     tag = uuid.uuid4().hex[:8]
-    own = settings.with_overrides(queue_jobs=f"gwkill-{tag}", queue_webhooks=f"gwkill-{tag}-h")
+    # Keys of its own: no worker archives them, so the archive stream shows what was written.
+    own = settings.with_overrides(
+        queue_jobs=f"gwkill-{tag}", queue_webhooks=f"gwkill-{tag}-h", key_prefix=f"gwkill-{tag}"
+    )
+    p = own.key_prefix
     admin = {"Authorization": f"Bearer {settings.admin_keys[0]}"}
     with gunicorn(own, workers=1) as url:
         partner = requests.post(
@@ -24,12 +28,13 @@ def test_a_batch_is_written_whole_or_not_at_all(
         ).json()
     headers = {"Authorization": f"Bearer {partner['api_key']}"}
     body = {"jobs": [{"task": "demo.sleep", "params": {"seconds": 0}}] * 200}
-    before = set(redis_client.scan_iter("jobgate:batch:*"))
+    before = set(redis_client.scan_iter(f"{p}:batch:*"))
     with gunicorn(own, workers=1, env={"JOBGATE_FAILPOINTS": "batch.create.before=kill"}) as doomed:
         with pytest.raises(requests.ConnectionError):
             requests.post(f"{doomed}/v1/batches", json=body, headers=headers, timeout=10)
-    assert set(redis_client.scan_iter("jobgate:batch:*")) == before
-    assert redis_client.zcard(f"jobgate:jobs:{partner['id']}") == 0
+    assert set(redis_client.scan_iter(f"{p}:batch:*")) == before
+    assert not set(redis_client.scan_iter(f"{p}:job:*"))
+    assert redis_client.xlen(f"{p}:archive") == 0
     assert redis_client.llen(own.queue_jobs) == 0
 
     # A gateway that stays up writes the whole batch and queues every member, at once.
@@ -37,7 +42,10 @@ def test_a_batch_is_written_whole_or_not_at_all(
         created = requests.post(f"{url}/v1/batches", json=body, headers=headers, timeout=30)
     assert created.status_code == 202, created.text
     batch_id = created.json()["batch_id"]
-    assert redis_client.llen(f"jobgate:batch:{batch_id}:jobs") == 200
-    assert redis_client.zcard(f"jobgate:jobs:{partner['id']}") == 200
+    members = redis_client.lrange(f"{p}:batch:{batch_id}:jobs", 0, -1)
+    assert len(members) == 200
+    assert redis_client.exists(*(f"{p}:job:{job_id}" for job_id in members)) == 200
+    # On the archive stream with them, in the same MULTI: the batch and its 200 members.
+    assert redis_client.xlen(f"{p}:archive") == 201
     assert redis_client.llen(own.queue_jobs) == 200
     redis_client.delete(own.queue_jobs)

@@ -1,0 +1,74 @@
+"""Listing pages from the database on both backends: order, cursors, filters."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from jobgate import history
+from jobgate.archive import Archiver
+from jobgate.store import Store
+
+
+@pytest.fixture
+def filled(redis_client: redis.Redis, db):
+    """Twelve archived jobs of one partner, a second apart, every third one FAILURE, and
+    two of another partner; (ids oldest first, partner id)."""
+    store = Store(redis_client, prefix="hist-" + uuid.uuid4().hex[:8])
+    partner = "ptn_" + uuid.uuid4().hex[:8]
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    ids = []
+    for n in range(14):
+        job_id = str(uuid.uuid4())
+        ended = {"status": "FAILURE", "error": "x"} if n % 3 == 0 else {"status": "SUCCESS"}
+        store.create_job(
+            {
+                "job_id": job_id,
+                "task_id": job_id,
+                "task": "demo.fail" if n % 3 == 0 else "demo.sleep",
+                "partner_id": partner if n < 12 else "ptn_other",
+                "created_at": (start + timedelta(seconds=n)).isoformat()[:23] + "Z",
+                "finished_at": (start + timedelta(seconds=n + 1)).isoformat()[:23] + "Z",
+                **ended,
+            }
+        )
+        ids.append(job_id)
+    Archiver(store, db, consumer="t").drain()
+    return ids[:12], partner
+
+
+def pages(db, **query) -> list[str]:
+    seen, cursor = [], None
+    while True:
+        rows = history.page(db, limit=5, cursor=cursor, **query)
+        seen += [row["job_id"] for row in rows]
+        if len(rows) < 5:
+            return seen
+        cursor = history.encode_cursor(rows[-1])
+
+
+def test_pages_are_newest_first_each_job_once(filled, db) -> None:
+    ids, partner = filled
+    assert pages(db, partner_id=partner) == ids[::-1]
+
+
+def test_filters_use_the_columns(filled, db) -> None:
+    ids, partner = filled
+    failed = [j for n, j in enumerate(ids) if n % 3 == 0]
+    assert pages(db, partner_id=partner, status="FAILURE") == failed[::-1]
+    assert pages(db, partner_id=partner, task="demo.fail") == failed[::-1]
+    assert pages(db, partner_id=partner, status="STARTED") == []  # none live
+
+
+def test_an_admin_page_holds_every_partner(filled, db) -> None:
+    ids, _ = filled
+    everyone = pages(db, partner_id=None)
+    assert set(ids) < set(everyone)
+
+
+def test_a_cursor_not_written_here_is_refused() -> None:
+    with pytest.raises(history.BadCursor):
+        history.decode_cursor("bm90LWEtY3Vyc29y")
