@@ -55,8 +55,18 @@ def test_finished_job_outlives_celerys_result(settings, redis_client, admin_head
             json={"task": "texts.embed", "params": {"texts": ["a b"], "dimensions": 8}},
             headers=headers,
         ).get_json()
-        done = wait_for_status(client, job["job_id"], headers)
-        assert done["status"] == "SUCCESS"
+        assert wait_for_status(client, job["job_id"], headers)["status"] == "SUCCESS"
+        # Celery's SUCCESS meta is written just before the worker records the end.
+        done = wait_until(
+            lambda: (
+                (view := client.get(f"/v1/jobs/{job['job_id']}", headers=headers).get_json())[
+                    "finished_at"
+                ]
+                and view
+            ),
+            timeout=10,
+            message="the end recorded",
+        )
     finally:
         worker.stop()
     meta_key = f"celery-task-meta-{job['job_id']}"
