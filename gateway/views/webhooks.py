@@ -20,6 +20,7 @@ from gateway.schemas import (
 from gateway.views.common import json_body_or_empty
 from jobgate.attempts import redeliver as queue_redelivery
 from jobgate.deliveries import Deliveries
+from jobgate.endpoints import message_summaries
 from jobgate.events import job_event
 from jobgate.status import TERMINAL
 
@@ -57,13 +58,14 @@ def deliveries(job_id: str):
     svc = services()
     record = jobs.find(svc, authenticate(), job_id)
     books = Deliveries(svc.store)
-    return jsonify(
-        {
-            "job_id": job_id,
-            "webhook": books.summary(job_id, bool(record.get("callback_url"))),
-            "deliveries": books.attempts(job_id),
-        }
-    )
+    answer = {
+        "job_id": job_id,
+        "webhook": books.summary(job_id, bool(record.get("callback_url"))),
+        "deliveries": books.attempts(job_id),
+    }
+    if not record.get("callback_url"):
+        answer["endpoint_messages"] = message_summaries(svc.store, job_id)
+    return jsonify(answer)
 
 
 @bp.post("/<job_id>/redeliver")
