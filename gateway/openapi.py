@@ -39,6 +39,7 @@ NOT_IN_DOCUMENT = {
     # The status page: HTML shells for browsers, no API contract (docs/ui.md).
     "ui.jobs_page": "status page HTML (docs/ui.md)",
     "ui.job_page": "status page HTML (docs/ui.md)",
+    "ui.endpoints_page": "status page HTML (docs/ui.md)",
     # Static files: the status page's scripts and styles, served by Flask itself.
     "ui.static": "status page scripts and styles",
     "static": "Flask's own static route for gateway/static (the same files as ui.static)",
