@@ -19,6 +19,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from svix.webhooks import Webhook as SvixWebhook
 
 from config import Settings
+from jobgate.events import fan_out_task_id
 from jobgate.store import utcnow
 from tests.conftest import ADMIN_KEY
 from tests.helpers import WorkerProcess, gateway_for, wait_until
@@ -41,6 +42,7 @@ def world(settings: Settings, redis_client: Any) -> Iterator[SimpleNamespace]:
         webhook_retry_delays=SCHEDULE,
         webhook_timeout=2.0,
         endpoint_disable_after=DISABLE_AFTER,
+        sweep_interval=0.5,
     )
     client, partner, svc = gateway_for(own, ADMIN_KEY)
     worker = WorkerProcess(own, concurrency=2, name="endpoints").start()
@@ -371,3 +373,28 @@ def test_an_endpoint_failing_for_the_whole_period_is_disabled(world, receiver: R
     submit(world.client, partner, None)
     view = disabled(world, partner, endpoint["id"])
     assert "every attempt failed" in view["disabled_reason"]
+
+
+def test_a_lost_fan_out_step_is_found_by_the_sweeper_and_sent_once(world, receiver) -> None:
+    """The end was recorded but its fan-out message was lost (a broker that dropped it):
+    the open step is queued again by the worker's sweeper, and the endpoint gets the event
+    once; a step that runs again after that creates nothing twice."""
+    from gateway.auth import Principal
+    from gateway.jobs import new_record
+
+    partner = new_partner(world)
+    endpoint = register(world, partner, receiver.url)
+    store = world.svc.store
+    record = new_record(Principal("partner", partner["id"]), {"task": "demo.sleep", "params": {}})
+    store.create_job(record)  # no message: no worker runs it
+    assert store.finish_job(record["job_id"], "SUCCESS", result={"ok": True})  # no fan-out
+    step = fan_out_task_id("job", record["job_id"], "job.succeeded")
+    store.mark_open(step, deadline=time.time() - 60)  # what the end's script leaves open
+    [request] = receiver.wait_for(1, timeout=30)
+    payload = verified(request, endpoint["webhook_secret"])
+    assert (payload["type"], payload["data"]["job_id"]) == ("job.succeeded", record["job_id"])
+    wait_until(lambda: store.redis.zscore(store.open_key, step) is None, 10, message="closed")
+    store.mark_open(step, deadline=time.time() - 60)  # the step runs once more
+    wait_until(lambda: store.redis.zscore(store.open_key, step) is None, 30, message="re-run")
+    settled_attempts(world, partner, endpoint["id"], 1)
+    assert len(receiver.requests) == 1
