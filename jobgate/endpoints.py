@@ -20,6 +20,7 @@ time) and ``<prefix>:endpoint:<id>:attempts`` (every attempt to it, by sequence)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from redis.exceptions import WatchError
 from sqlalchemy import or_, select
 
 from jobgate.db import Database
@@ -195,7 +197,11 @@ class Endpoints:
 
     def _changed(self, partner_id: str, endpoint_id: str) -> None:
         self.mirror(endpoint_id)
-        self.store.redis.delete(self.store.key("endpoints", partner_id))
+        index = self.store.key("endpoints", partner_id)
+        pipe = self.store.redis.pipeline()
+        pipe.incr(index + ":gen")
+        pipe.delete(index)
+        pipe.execute()
         self.partners.mirror(partner_id)  # its count of enabled endpoints
 
     # ----------------------------------------------------------------- reads
@@ -238,11 +244,17 @@ class Endpoints:
         index = self.store.key("endpoints", partner_id)
         ids = cast("set[str]", self.store.redis.smembers(index))
         if BUILT not in ids:
-            with self.db.session() as session:
-                ids = set(
-                    session.scalars(select(Endpoint.id).where(Endpoint.partner_id == partner_id))
-                )
-            self.store.redis.sadd(index, BUILT, *ids)
+            with self.store.redis.pipeline() as pipe:
+                # A change between the read and the write (its _changed bumps the
+                # generation) must not leave the index without the changed endpoint.
+                pipe.watch(index + ":gen")  # type: ignore[no-untyped-call]
+                with self.db.session() as session:
+                    query = select(Endpoint.id).where(Endpoint.partner_id == partner_id)
+                    ids = set(session.scalars(query))
+                pipe.multi()
+                pipe.sadd(index, BUILT, *ids)
+                with contextlib.suppress(WatchError):  # used once, rebuilt next time
+                    pipe.execute()
         pipe = self.store.redis.pipeline(transaction=False)
         ordered = sorted(i for i in ids if i != BUILT)
         for endpoint_id in ordered:

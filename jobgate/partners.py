@@ -59,7 +59,6 @@ class Partners:
         self._key_cache: dict[str, tuple[float, dict[str, str]]] = {}
         # Bumped on every invalidation: a lookup that began before one never caches.
         self._generation = 0
-        self._listening = False  # the cache is only used while invalidations can arrive
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
 
@@ -191,14 +190,14 @@ class Partners:
         (never past the key's own expiry), then Redis's mirror answers, then the database
         (which also rebuilds the mirror).
         A disabled partner's keys find nothing. The in-process cache is dropped whenever
-        any process publishes a change (``changed``), and is not used at all while this
-        process is not subscribed to those changes, so a disabled partner or a rotated
-        key stops working at once everywhere.
+        any process publishes a change (``changed``) and whenever this process
+        (re)subscribes to them, so a disabled partner or a rotated key stops working at
+        once everywhere.
         """
         self._listen()
         hashed = hash_key(api_key)
         hit = self._key_cache.get(hashed)
-        if hit is not None and hit[0] > time.monotonic() and self._listening:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         generation = self._generation
         redis = self.store.redis
@@ -233,22 +232,21 @@ class Partners:
             self._listener.start()
 
     def _follow_changes(self) -> None:
+        """Drop the key cache on every published change, and whenever the subscription
+        is (re)made: a change published while it was down would otherwise be missed. A
+        lost subscription keeps the cache (while Redis is down nothing can change, and
+        known keys keep being served)."""
         channel = self.store.key(CHANGED_CHANNEL)
         while True:
             pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(channel)
-                while True:
-                    message = pubsub.get_message(timeout=1.0)
-                    if not self._listening and pubsub.subscribed:
-                        self._forget()  # anything cached before may have missed a change
-                        self._listening = True
-                    if message is not None:
-                        self._forget()
-            except Exception:  # noqa: BLE001 - Redis went away: no cache until back
-                self._listening = False
                 self._forget()
-                log.warning("partner change feed lost; key cache off until back", exc_info=True)
+                while True:
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        self._forget()
+            except Exception:  # noqa: BLE001 - Redis went away: subscribe again later
+                log.warning("partner change feed lost; subscribing again", exc_info=True)
                 time.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):

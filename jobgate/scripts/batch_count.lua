@@ -11,8 +11,8 @@
 -- batches, archive stream. ARGV: member job id, outcome counter, finished_at, retention, message ('' when
 -- the caller sends it), open member, open deadline, batch id, fan-out message ('' none),
 -- its open member, partner key prefix.
--- Returns {-1} unknown batch, {0} not the last member, {1, wants_event, queued, fan-out
--- (0 not looked at, 1 queued, 2 no endpoint)}.
+-- Returns {-1} unknown batch, {0} not the last member, {1, wants_event, queued} and, for
+-- a batch without callback given a fan-out message, a 4th: 1 queued, 2 no endpoint.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return {0} end
 local ttl = redis.call('PTTL', KEYS[1])
@@ -28,7 +28,8 @@ redis.call('XADD', KEYS[7], '*', 's', 'batch:' .. ARGV[8])
 local callback = redis.call('HGET', KEYS[1], 'callback_url') or ''
 if callback == '' then
   local partner = redis.call('HGET', KEYS[1], 'partner_id')
-  if ARGV[9] == '' or not partner or partner == '' then return {1, 0, 0, 0} end
+  if not ARGV[9] or ARGV[9] == '' then return {1, 0, 0} end
+  if not partner or partner == '' then return {1, 0, 0, 2} end
   if redis.call('HGET', ARGV[11] .. partner, 'endpoints') == '0' then return {1, 0, 0, 2} end
   redis.call('LPUSH', KEYS[4], ARGV[9])
   redis.call('ZADD', KEYS[5], ARGV[7], ARGV[10])

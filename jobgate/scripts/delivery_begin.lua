@@ -9,7 +9,8 @@
 -- The owner key is only known from the record, so it is built here from ARGV[2] (one
 -- Redis, not a cluster).
 -- KEYS: claim, body, subject record, open deliveries. ARGV: lease seconds, owner key
--- prefix, node name, worker liveness key prefix, this attempt's task id, owner field.
+-- prefix, node name, worker liveness key prefix, this attempt's task id, owner field
+-- (default 'partner_id').
 -- Returns nil, or {record pairs, body or false, partner pairs}.
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
   local holder = redis.call('GET', KEYS[1])
@@ -24,7 +25,7 @@ end
 local record = redis.call('HGETALL', KEYS[3])
 local partner = {}
 for i = 1, #record, 2 do
-  if record[i] == ARGV[6] then
+  if record[i] == (ARGV[6] or 'partner_id') then
     if record[i + 1] ~= '' then partner = redis.call('HGETALL', ARGV[2] .. record[i + 1]) end
     break
   end

@@ -24,7 +24,7 @@ if ARGV[8] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'webhook_state', ARGV[1], 'webhook_attempts', tostring(n))
 end
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], 'done', 'EX', ARGV[15]) end
-if KEYS[8] ~= '' then
+if KEYS[8] and KEYS[8] ~= '' then
   local seq = redis.call('INCR', KEYS[9])
   redis.call('ZADD', KEYS[8], seq, ARGV[7] .. tostring(n) .. '}')
   redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(tonumber(ARGV[6]) * 50) - 1)
