@@ -90,6 +90,7 @@ class Settings:
     webhook_retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
     webhook_secret_grace: int = 24 * 3600
+    endpoint_disable_after: float = 5 * 86400
     demo_tasks: bool = True
     rate_limit: int = 600
     max_wait: int = 30
@@ -173,6 +174,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "webhook_retry_delays": ("JOBGATE_WEBHOOK_RETRY_DELAYS", _floats),
     "webhook_timeout": ("JOBGATE_WEBHOOK_TIMEOUT", float),
     "webhook_secret_grace": ("JOBGATE_WEBHOOK_SECRET_GRACE", int),
+    "endpoint_disable_after": ("JOBGATE_ENDPOINT_DISABLE_AFTER", float),
     "demo_tasks": ("JOBGATE_DEMO_TASKS", _bool),
     "rate_limit": ("JOBGATE_RATE_LIMIT", int),
     "max_wait": ("JOBGATE_MAX_WAIT", int),
@@ -197,6 +199,7 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "webhook_retry_delays": (0, "no negative delay"),
     "webhook_timeout": (0.1, "at least 0.1 second"),
     "webhook_secret_grace": (0, "not negative"),
+    "endpoint_disable_after": (0, "not negative"),
     "rate_limit": (0, "not negative (0 switches the limit off)"),
     "max_wait": (0, "not negative"),
     "sse_heartbeat": (0.1, "at least 0.1 second"),

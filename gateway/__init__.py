@@ -24,7 +24,17 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from gateway import metrics, openapi
     from gateway.errors import register_error_handlers
     from gateway.extensions import Services
-    from gateway.views import batches, catalog, events, health, jobs, partners, ui, webhooks
+    from gateway.views import (
+        batches,
+        catalog,
+        endpoints,
+        events,
+        health,
+        jobs,
+        partners,
+        ui,
+        webhooks,
+    )
     from jobgate.db import Database
     from jobgate.partners import Partners
     from jobgate.ssrf import parse_allowlist
@@ -60,6 +70,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         events,
         ui,
         webhooks,
+        endpoints,
     ):
         app.register_blueprint(module.bp)
     logging.getLogger("jobgate").setLevel(logging.INFO)

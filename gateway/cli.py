@@ -269,6 +269,61 @@ def partner_rotate_secret(partner_id: str) -> None:
         )
 
 
+def _partner_call(action, *args: object) -> None:
+    """Run a gateway partner action in an app context and print its JSON (an unknown
+    partner: exit 1 with the message)."""
+    from gateway.errors import APIError
+
+    with _app().app_context():
+        try:
+            _echo_json(action(*args))
+        except APIError as exc:
+            raise click.ClickException(exc.message) from None
+
+
+@partner.command("show")
+@click.argument("partner_id")
+def partner_show(partner_id: str) -> None:
+    """Print a partner with its counts: jobs by status, endpoints, failing deliveries."""
+    from gateway.views.partners import partner_detail
+
+    _partner_call(partner_detail, partner_id)
+
+
+@partner.command("disable")
+@click.argument("partner_id")
+def partner_disable(partner_id: str) -> None:
+    """Disable a partner: its keys answer 401 at once; its queued jobs still run."""
+    from gateway.views.partners import set_disabled
+
+    _partner_call(set_disabled, partner_id, True)
+
+
+@partner.command("enable")
+@click.argument("partner_id")
+def partner_enable(partner_id: str) -> None:
+    """Enable a disabled partner."""
+    from gateway.views.partners import set_disabled
+
+    _partner_call(set_disabled, partner_id, False)
+
+
+@partner.command("rotate-key")
+@click.argument("partner_id")
+@click.option(
+    "--grace",
+    type=click.IntRange(0, 30 * 86400),
+    default=0,
+    show_default=True,
+    help="Seconds the old key keeps working.",
+)
+def partner_rotate_key(partner_id: str, grace: int) -> None:
+    """Give a partner a new API key (shown once); the old one works --grace seconds."""
+    from gateway.views.partners import rotate_key
+
+    _partner_call(rotate_key, partner_id, grace)
+
+
 # --------------------------------------------------------------------------- database
 @main.group()
 def db() -> None:

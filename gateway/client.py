@@ -258,6 +258,73 @@ class Client:
             json={"reason": reason, "terminate": terminate},
         )
 
+    # --------------------------------------------------------------- endpoints
+    def create_endpoint(
+        self,
+        url: str,
+        *,
+        description: str = "",
+        event_types: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Register a webhook endpoint; the answer holds its ``webhook_secret`` (only
+        here). ``event_types`` None or empty: every event."""
+        body: dict[str, Any] = {"url": url, "description": description}
+        if event_types:
+            body["event_types"] = list(event_types)
+        return self._request("POST", "/v1/endpoints", json=body)
+
+    def endpoints(self, *, state: str | None = None) -> list[dict[str, Any]]:
+        """Your endpoints (every partner's with an admin key); ``state`` ``enabled``,
+        ``disabled`` or ``failing``."""
+        params = {"state": state} if state else {}
+        return self._request("GET", "/v1/endpoints", params=params)["endpoints"]
+
+    def get_endpoint(self, endpoint_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/endpoints/{endpoint_id}")
+
+    def update_endpoint(self, endpoint_id: str, **changes: Any) -> dict[str, Any]:
+        """Change ``url``, ``description``, ``event_types`` or ``enabled`` (True
+        re-enables a disabled endpoint)."""
+        return self._request("PATCH", f"/v1/endpoints/{endpoint_id}", json=changes)
+
+    def delete_endpoint(self, endpoint_id: str) -> None:
+        response = self.session.delete(
+            f"{self.url}/v1/endpoints/{endpoint_id}", timeout=self.timeout
+        )
+        if response.status_code != 204:
+            _json_or_raise(response)
+
+    def rotate_endpoint_secret(self, endpoint_id: str) -> dict[str, Any]:
+        """A new signing secret; the old ones keep signing for the grace period."""
+        return self._request("POST", f"/v1/endpoints/{endpoint_id}/rotate-secret")
+
+    def test_endpoint(self, endpoint_id: str) -> dict[str, Any]:
+        """Send a signed ``ping`` now; returns the attempt (``outcome``, ``status_code``)."""
+        return self._request("POST", f"/v1/endpoints/{endpoint_id}/test", timeout=self.timeout + 20)
+
+    def endpoint_attempts(
+        self,
+        endpoint_id: str,
+        *,
+        status: str | None = None,
+        since: str | None = None,
+        limit: int = 50,
+        cursor: int | None = None,
+    ) -> dict[str, Any]:
+        """One page of attempts to the endpoint, newest first:
+        ``{"attempts": [...], "next_cursor": ...}``."""
+        params = {"status": status, "since": since, "limit": limit, "cursor": cursor}
+        return self._request(
+            "GET",
+            f"/v1/endpoints/{endpoint_id}/attempts",
+            params={k: v for k, v in params.items() if v is not None},
+        )
+
+    def recover_endpoint(self, endpoint_id: str, since: str) -> dict[str, Any]:
+        """Send again every message to the endpoint that ended failed since ``since``
+        (ISO 8601 with a zone): ``{"recovered", "webhook_ids"}``."""
+        return self._request("POST", f"/v1/endpoints/{endpoint_id}/recover", json={"since": since})
+
 
 def _json_or_raise(response: requests.Response) -> dict[str, Any]:
     """The JSON body of a 2xx answer; a ``JobgateError`` for anything else."""

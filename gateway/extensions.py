@@ -9,6 +9,7 @@ from flask import current_app
 
 from config import Settings
 from jobgate.db import Database
+from jobgate.endpoints import Endpoints
 from jobgate.partners import Partners
 from jobgate.store import Store
 
@@ -25,6 +26,19 @@ class Services:
     partners: Partners
     celery: JobgateCelery
     allowlist: tuple[Any, ...] = field(default_factory=tuple)
+    endpoints: Endpoints | None = None
+
+    @property
+    def registry(self) -> Endpoints:
+        """Registered webhook endpoints (built with the partners' store and database)."""
+        if self.endpoints is None:
+            self.endpoints = Endpoints(
+                self.store,
+                self.db,
+                self.partners,
+                disable_after=self.settings.endpoint_disable_after,
+            )
+        return self.endpoints
 
     @property
     def messenger(self) -> CeleryMessenger:

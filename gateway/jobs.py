@@ -53,8 +53,9 @@ def validate_job(svc: Services, body: Any) -> dict[str, Any]:
     return job
 
 
-def check_callback(svc: Services, url: str) -> None:
-    """422 ``callback_url_refused`` unless the URL passes the SSRF guard."""
+def check_callback(svc: Services, url: str, field: str = "callback_url") -> None:
+    """422 ``callback_url_refused`` (reason under ``details[field]``) unless the URL
+    passes the SSRF guard."""
     try:
         check_callback_url(
             url,
@@ -64,9 +65,7 @@ def check_callback(svc: Services, url: str) -> None:
             dns_timeout=svc.settings.callback_dns_timeout,
         )
     except CallbackRefused as exc:
-        raise APIError(
-            422, "callback_url_refused", exc.reason, {"callback_url": [exc.reason]}
-        ) from None
+        raise APIError(422, "callback_url_refused", exc.reason, {field: [exc.reason]}) from None
 
 
 def new_record(

@@ -8,6 +8,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from jobgate.batches import MAX_BATCH
+from jobgate.events import EVENT_TYPES
 from jobgate.history import BadCursor, decode_cursor
 from jobgate.status import STATUSES
 
@@ -82,6 +83,71 @@ class PartnerCreateSchema(Schema):
     def _printable(self, value: str, **_: Any) -> None:
         if not value.strip() or not value.isprintable():
             raise ValidationError("Must be printable and not blank.")
+
+
+def _unique(values: list[str]) -> None:
+    if len(set(values)) != len(values):
+        raise ValidationError("Must not repeat an event type.")
+
+
+def _url_field(required: bool) -> fields.String:
+    return fields.String(
+        required=required,
+        validate=validate.Length(min=1, max=2048),
+        metadata={"example": "https://partner.example/hooks"},
+    )
+
+
+def _event_types_field() -> fields.List:
+    return fields.List(
+        fields.String(validate=validate.OneOf(sorted(EVENT_TYPES))),
+        validate=_unique,
+        metadata={"description": "Events to send; empty or absent: every event."},
+    )
+
+
+class EndpointCreateSchema(Schema):
+    url = _url_field(required=True)
+    description = fields.String(load_default="", validate=validate.Length(max=500))
+    event_types = _event_types_field()
+
+
+class EndpointPatchSchema(Schema):
+    url = _url_field(required=False)
+    description = fields.String(validate=validate.Length(max=500))
+    event_types = _event_types_field()
+    enabled = fields.Boolean(metadata={"description": "true re-enables a disabled endpoint."})
+
+
+class RecoverSchema(Schema):
+    since = fields.AwareDateTime(
+        required=True,
+        default_timezone=None,
+        metadata={"description": "ISO 8601 time with a zone, e.g. 2026-05-01T00:00:00Z."},
+    )
+
+
+class RotateKeySchema(Schema):
+    grace = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0, max=30 * 86400),
+        metadata={"description": "Seconds the old key keeps working (default 0: stops now)."},
+    )
+
+
+class EndpointListArgs(Schema):
+    state = fields.String(
+        load_default=None, validate=validate.OneOf(["enabled", "disabled", "failing"])
+    )
+
+
+class EndpointAttemptsArgs(Schema):
+    status = fields.String(
+        load_default=None, validate=validate.OneOf(["delivered", "retry", "failed"])
+    )
+    since = fields.AwareDateTime(load_default=None)
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.Integer(load_default=None, validate=validate.Range(min=1))
 
 
 class RevokeSchema(Schema):
@@ -190,6 +256,59 @@ class SecretSchema(Schema):
     )
 
 
+class KeySchema(Schema):
+    api_key = fields.String(required=True)
+    previous_key_valid_for = fields.Integer(
+        required=True, metadata={"description": "Seconds the old key keeps working."}
+    )
+
+
+class PartnerStateSchema(PartnerSchema):
+    enabled = fields.Boolean(required=True)
+    disabled_at = fields.String(required=True, allow_none=True)
+
+
+class PartnerDetailSchema(PartnerStateSchema):
+    jobs = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "Archived jobs by status (PENDING: not started yet)."},
+    )
+    endpoints = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "total, enabled, disabled, failing."},
+    )
+    failing_deliveries = fields.Integer(
+        required=True,
+        metadata={"description": "Messages to its endpoints now retrying or failed."},
+    )
+
+
+class EndpointSchema(Schema):
+    id = fields.String(required=True)
+    partner_id = fields.String(required=True)
+    url = fields.String(required=True)
+    description = fields.String(required=True)
+    event_types = fields.List(fields.String(), required=True)
+    enabled = fields.Boolean(required=True)
+    disabled_at = fields.String(required=True, allow_none=True)
+    disabled_reason = fields.String(required=True, allow_none=True)
+    failing_since = fields.String(required=True, allow_none=True)
+    created_at = fields.String(required=True)
+    updated_at = fields.String(required=True)
+
+
+class EndpointCreatedSchema(EndpointSchema):
+    webhook_secret = fields.String(required=True, metadata={"description": "Shown once."})
+
+
+class EndpointListSchema(Schema):
+    endpoints = fields.List(fields.Nested(EndpointSchema), required=True)
+
+
 class TaskInfoSchema(Schema):
     name = fields.String(required=True)
     description = fields.String(required=True)
@@ -213,6 +332,32 @@ class DeliverySchema(Schema):
     attempt = fields.Integer(required=True)
 
 
+class EndpointAttemptSchema(DeliverySchema):
+    """One attempt to a registered endpoint: which message, about what."""
+
+    endpoint_id = fields.String(required=True)
+    subject_kind = fields.String(required=True, allow_none=True)
+    subject_id = fields.String(required=True, allow_none=True)
+
+
+class EndpointAttemptsSchema(Schema):
+    attempts = fields.List(fields.Nested(EndpointAttemptSchema), required=True)
+    next_cursor = fields.Integer(required=True, allow_none=True)
+
+
+class RecoveredSchema(Schema):
+    recovered = fields.Integer(required=True)
+    webhook_ids = fields.List(fields.String(), required=True)
+
+
+class EndpointMessageSchema(Schema):
+    webhook_id = fields.String(required=True)
+    endpoint_id = fields.String(required=True, allow_none=True)
+    event = fields.String(required=True, allow_none=True)
+    state = fields.String(required=True)
+    attempts = fields.Integer(required=True)
+
+
 class DeliveriesSchema(Schema):
     job_id = fields.String(required=True)
     webhook = fields.Nested(WebhookSummarySchema, required=True)
@@ -220,6 +365,10 @@ class DeliveriesSchema(Schema):
         fields.Nested(DeliverySchema),
         required=True,
         metadata={"description": "Oldest first; the last 200."},
+    )
+    endpoint_messages = fields.List(
+        fields.Nested(EndpointMessageSchema),
+        metadata={"description": "A job without callback_url: its message to each endpoint."},
     )
 
 

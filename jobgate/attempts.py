@@ -20,19 +20,26 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from config import Settings
 from jobgate import __version__
 from jobgate.deliveries import Begun, Deliveries
 from jobgate.delivery import Attempt, deliver, retry_delay
 from jobgate.due import entry as due_entry
-from jobgate.events import SUBJECTS, build_body, delivery_call, delivery_task_id, webhook_id
+from jobgate.events import (
+    MESSAGE,
+    SUBJECTS,
+    build_body,
+    delivery_call,
+    delivery_task_id,
+    webhook_id,
+)
 from jobgate.failpoints import failpoint
 from jobgate.lifecycle import enqueue_webhook
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.ssrf import parse_allowlist
-from jobgate.store import CLAIM_MARGIN, Store, utcnow
+from jobgate.store import CLAIM_MARGIN, Store, secrets_of, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +47,35 @@ USER_AGENT = f"jobgate/{__version__}"
 RETRY_AFTER_CAP = 3600.0  # a receiver's Retry-After is honoured up to one hour
 
 
+class EndpointHooks(Protocol):
+    """What an attempt needs from the endpoint registry (``jobgate.endpoints.Endpoints``)."""
+
+    def mirrored(self, endpoint_id: str) -> dict[str, str]: ...
+
+    def gone(self, endpoint_id: str) -> None: ...
+
+    def attempted(self, endpoint_id: str, delivered: bool, now: float | None = None) -> None: ...
+
+
 def endpoint_gone(
-    store: Store, kind: str, subject_id: str, callback_url: str, partner_id: str | None
+    store: Store,
+    kind: str,
+    subject_id: str,
+    callback_url: str,
+    partner_id: str | None,
+    *,
+    endpoint_id: str | None = None,
+    registry: EndpointHooks | None = None,
 ) -> None:
-    """The receiver answered ``410 Gone``: the one hook an endpoint registry plugs into.
+    """The receiver answered ``410 Gone``: the one hook the endpoint registry plugs into.
 
     Called once per gone answer, after the attempt is recorded (delivery ``failed``, its
-    ``error`` naming the reason, no retry scheduled). Callback URLs are per job today, so
-    there is no endpoint to disable yet and this only logs; the endpoint registry will
-    disable the endpoint of ``callback_url`` here.
+    ``error`` naming the reason, no retry scheduled). A registered endpoint
+    (``endpoint_id``) is disabled; a job's own ``callback_url`` has no record to disable,
+    so for it this only logs.
     """
+    if endpoint_id and registry is not None:
+        registry.gone(endpoint_id)
     log.warning(
         "webhook endpoint gone (410) for %s %s: %s (partner %s); not retried",
         kind,
@@ -57,6 +83,23 @@ def endpoint_gone(
         callback_url,
         partner_id or "-",
         extra={"job_id": subject_id},
+    )
+
+
+def post(settings: Settings, url: str, body: str, wid: str, secrets: list[str]) -> Attempt:
+    """One signed POST of ``body`` under ``settings``' timeout and SSRF rules."""
+    return deliver(
+        url,
+        body.encode(),
+        wid,
+        secrets,
+        timeout=settings.webhook_timeout,
+        allow_http=settings.callback_allow_http,
+        allowlist=parse_allowlist(settings.callback_allowlist),
+        ports=settings.callback_ports,
+        dns_timeout=settings.callback_dns_timeout,
+        user_agent=USER_AGENT,
+        retry_after_cap=RETRY_AFTER_CAP,
     )
 
 
@@ -87,11 +130,13 @@ def run_attempt(
     chain: str = AUTO_CHAIN,
     node: str = "",
     partner_of: Callable[[str], dict[str, str] | None] | None = None,
+    endpoints: EndpointHooks | None = None,
 ) -> dict[str, Any] | None:
     """Send attempt ``retry`` (0 = first) of ``chain``; returns the recorded attempt.
 
     ``partner_of`` finds a partner whose Redis mirror is missing (``Partners.get``: a
-    Redis that restarted empty), so its secrets still sign.
+    Redis that restarted empty), so its secrets still sign; ``endpoints`` does the same
+    for an endpoint's message (kind ``msg``), and keeps the endpoint's health.
 
     Redis round trips: one to claim the attempt and read the subject, the stored body and
     the partner's secrets (``Deliveries.begin``); one more the first time, to store the
@@ -114,6 +159,7 @@ def run_attempt(
         subject.record_key(store, subject_id),
         node=node,
         task_id=task_id,
+        owner=("endpoint_id", "endpoint") if kind == MESSAGE else ("partner_id", "partner"),
     )
     if begun is None:
         log.info(
@@ -124,9 +170,14 @@ def run_attempt(
         )
         return None
     try:
-        partner_id = begun.record.get("partner_id")
-        if partner_id and not begun.partner and partner_of is not None:
-            begun = replace(begun, partner=partner_of(partner_id) or {})
+        if kind == MESSAGE:
+            endpoint_id = begun.record.get("endpoint_id")
+            if endpoint_id and not begun.partner and endpoints is not None:
+                begun = replace(begun, partner=endpoints.mirrored(endpoint_id))
+        else:
+            partner_id = begun.record.get("partner_id")
+            if partner_id and not begun.partner and partner_of is not None:
+                begun = replace(begun, partner=partner_of(partner_id) or {})
         return _attempt(
             settings,
             store,
@@ -140,6 +191,7 @@ def run_attempt(
             chain=chain,
             token=token,
             task_id=task_id,
+            endpoints=endpoints,
         )
     except Exception:
         # Free the claim (best effort: Redis may be what failed), so that the sweeper's
@@ -163,10 +215,19 @@ def _attempt(
     chain: str,
     token: str,
     task_id: str,
+    endpoints: EndpointHooks | None = None,
 ) -> dict[str, Any] | None:
     """The attempt once claimed: build or read the body, POST it, record it."""
     failpoint("delivery.begun")
     callback_url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id")
+    endpoint_id = begun.record.get("endpoint_id", "") if kind == MESSAGE else ""
+    refusal = None
+    if endpoint_id:  # an endpoint's message: its URL and secrets are the endpoint's now
+        callback_url = begun.partner.get("url") or "-"
+        if not begun.partner:
+            refusal = "the endpoint was deleted"
+        elif begun.partner.get("disabled"):
+            refusal = f"the endpoint is disabled ({begun.partner['disabled']})"
     if not begun.record or not callback_url:
         books.complete(subject_id, token, task_id)
         return None
@@ -181,20 +242,10 @@ def _attempt(
         body = books.store_body(subject_id, event, built)
     secrets = begun.signing_secrets() if partner_id else []
     at = utcnow()
-    if secrets:
-        attempt = deliver(
-            callback_url,
-            body.encode(),
-            wid,
-            secrets,
-            timeout=settings.webhook_timeout,
-            allow_http=settings.callback_allow_http,
-            allowlist=parse_allowlist(settings.callback_allowlist),
-            ports=settings.callback_ports,
-            dns_timeout=settings.callback_dns_timeout,
-            user_agent=USER_AGENT,
-            retry_after_cap=RETRY_AFTER_CAP,
-        )
+    if refusal:
+        attempt = Attempt("failed", None, refusal, 0, None)
+    elif secrets:
+        attempt = post(settings, callback_url, body, wid, secrets)
     else:
         attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)
     failpoint("delivery.sent")
@@ -213,6 +264,10 @@ def _attempt(
         "outcome": "failed" if state == "failed" else attempt.outcome,
         "redelivery": chain != AUTO_CHAIN,
     }
+    if endpoint_id:
+        entry["endpoint_id"] = endpoint_id
+        entry["subject_kind"] = begun.record.get("kind")
+        entry["subject_id"] = begun.record.get("subject_id")
     following = None
     if delay is not None:
         # Scheduled in the script that records this attempt: never one without the other.
@@ -225,7 +280,14 @@ def _attempt(
             ),
         )
     number = books.record(
-        subject_id, entry, state, kind, token=token, task_id=task_id, following=following
+        subject_id,
+        entry,
+        state,
+        kind,
+        token=token,
+        task_id=task_id,
+        following=following,
+        endpoint_id=endpoint_id,
     )
     entry = {**entry, "attempt": number}
     # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.
@@ -239,8 +301,21 @@ def _attempt(
         attempt.status_code or attempt.detail or attempt.error,
         extra={"job_id": subject_id},
     )
-    if attempt.gone:
-        endpoint_gone(store, kind, subject_id, callback_url, partner_id)
+    try:  # recorded already: an error here must not free the done claim (no resend)
+        if endpoint_id and endpoints is not None and not refusal:
+            endpoints.attempted(endpoint_id, attempt.outcome == "delivered")
+        if attempt.gone:
+            endpoint_gone(
+                store,
+                kind,
+                subject_id,
+                callback_url,
+                partner_id,
+                endpoint_id=endpoint_id or None,
+                registry=endpoints,
+            )
+    except Exception:  # noqa: BLE001 - logged; the next attempt tries again
+        log.exception("endpoint bookkeeping after %s failed", wid)
     return entry
 
 
@@ -249,3 +324,37 @@ def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str, ev
     Deliveries(store).set_state(subject_id, "pending", kind)
     enqueue_webhook(store, messenger, kind, subject_id, event, chain="r" + uuid.uuid4().hex[:12])
     return webhook_id(subject_id, event)
+
+
+def send_ping(
+    settings: Settings, store: Store, endpoint: dict[str, str], endpoint_id: str
+) -> dict[str, Any]:
+    """Send a signed ``ping`` event to an endpoint now (no retry) and log it among the
+    endpoint's attempts; returns the attempt. ``endpoint`` is its mirror hash."""
+    from jobgate.endpoints import ping_body
+
+    wid, body = ping_body(endpoint_id)
+    at = utcnow()
+    secrets = secrets_of(endpoint)
+    if not secrets:
+        attempt = Attempt("failed", None, "the endpoint has no signing secret", 0, None)
+    else:
+        attempt = post(settings, endpoint.get("url", ""), body, wid, secrets)
+    entry: dict[str, Any] = {
+        "webhook_id": wid,
+        "event": "ping",
+        "at": at,
+        "status_code": attempt.status_code,
+        "error": attempt.error,
+        "duration_ms": attempt.duration_ms,
+        "next_attempt_at": None,
+        "outcome": "delivered" if attempt.outcome == "delivered" else "failed",
+        "redelivery": False,
+        "endpoint_id": endpoint_id,
+        "subject_kind": None,
+        "subject_id": None,
+    }
+    number = Deliveries(store).record(
+        wid, entry, entry["outcome"], MESSAGE, endpoint_id=endpoint_id
+    )
+    return {**entry, "attempt": number}

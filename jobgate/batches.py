@@ -43,20 +43,26 @@ def keys(store: Store, batch_id: str) -> list[str]:
 
 # ----------------------------------------------------------------------- counting
 def member_finished(
-    store: Store, job_record: dict[str, Any], message: tuple[str, str, str] | None = None
+    store: Store,
+    job_record: dict[str, Any],
+    message: tuple[str, str, str] | None = None,
+    fan_out: tuple[str, str, str] | None = None,
 ) -> str | None:
     """Count a member's outcome once (revoked members count as ended).
 
     The call that completes the batch gets "queued" when its script pushed ``message``
-    (queue, message, task id: ``batch.completed``'s first delivery), "send" when the batch
-    wants the event and the caller must send it, "completed" when it has no callback;
-    every other call gets None.
+    (queue, message, task id: ``batch.completed``'s first delivery) or, for a batch with
+    no callback, ``fan_out`` (the fan-out step to the partner's endpoints); "send" when
+    the batch wants the event and the caller must send it; "fan_out" when the caller must
+    queue the fan-out step; "completed" when nothing is to be sent; every other call gets
+    None.
     """
     batch_id = job_record.get("batch_id")
     outcome = OUTCOME.get(job_record.get("status", ""))
     if not batch_id or outcome is None:
         return None
     queue, body, task_id = message or (store.key("no-webhook"), "", "")
+    _, fan_body, fan_id = fan_out or ("", "", "")
     answer = store.scripts["batch_count"](
         keys=[
             *keys(store, batch_id),
@@ -74,13 +80,17 @@ def member_finished(
             task_id,
             time.time() + store.open_grace,
             batch_id,
+            fan_body,
+            fan_id,
+            store.key("partner", ""),
         ],
     )
     if answer[0] != 1:
         return None
     log.info("batch %s completed", batch_id, extra={"batch_id": batch_id})
     if not answer[1]:
-        return "completed"
+        fan = int(answer[3]) if len(answer) > 3 else 0
+        return {0: "fan_out", 1: "queued", 2: "completed"}[fan]
     return "queued" if answer[2] else "send"
 
 

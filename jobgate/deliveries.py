@@ -91,12 +91,15 @@ class Deliveries:
         record_key: str,
         node: str = "",
         task_id: str = "",
+        owner: tuple[str, str] = ("partner_id", "partner"),
     ) -> Begun | None:
         """Claim attempt ``token`` for worker ``node`` and read what the attempt needs.
 
         None if the attempt ran, or runs on a node still alive; a claim whose node died
         is taken over. Otherwise the record at ``record_key``, the stored body of ``event``
-        and the record's partner, all in one round trip.
+        and the record's owner (``owner``: the record's field naming it, and the key
+        kind of its hash: the partner, or an endpoint's message's endpoint), all in one
+        round trip.
         """
         found = self.scripts["delivery_begin"](
             keys=[
@@ -107,10 +110,11 @@ class Deliveries:
             ],
             args=[
                 max(1, int(lease) + 1),
-                self.store.key("partner", ""),
+                self.store.key(owner[1], ""),
                 node,
                 self.store.key("worker", ""),
                 task_id,
+                owner[0],
             ],
         )
         if not found:
@@ -155,13 +159,15 @@ class Deliveries:
         token: str | None = None,
         task_id: str = "",
         following: tuple[str, float, str] | None = None,
+        endpoint_id: str = "",
     ) -> int:
         """Append one attempt, update the summary (and job record); returns attempts so far.
 
         The entry is stored with ``"attempt"`` (its number) added last. With ``token``,
         that attempt's claim is marked done in the same call, and its delivery (``task_id``)
         closed; ``following`` (task id, due time, due-set entry) schedules the next
-        attempt in the same script. One round trip.
+        attempt in the same script; with ``endpoint_id``, the attempt is also appended to
+        that endpoint's attempts. One round trip.
         """
         head = json.dumps(entry, separators=(",", ":"))
         head = (head[:-1] + ',"attempt":') if entry else '{"attempt":'
@@ -173,6 +179,8 @@ class Deliveries:
             self.store.open_key,
             self.store.due_key,
             self.store.archive_key,
+            self.store.key("endpoint", endpoint_id, "attempts") if endpoint_id else "",
+            self.store.key("endpoint", endpoint_id, "seq") if endpoint_id else "",
         ]
         next_id, due_at, due_entry = following or ("", 0.0, "")
         args = [

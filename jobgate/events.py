@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from jobgate import batches
 from jobgate.messages import AUTO_CHAIN
@@ -81,11 +81,30 @@ def _batch_data(store: Store, batch_id: str, raw: dict[str, str]) -> dict[str, A
     return batches.batch_view(store, batch_id, record=record) if record else None
 
 
+def _message_data(store: Store, msg_id: str, raw: dict[str, str]) -> dict[str, Any] | None:
+    """An endpoint's message carries its event's data: that of the subject it is about
+    (only needed if the body stored at fan-out time is gone)."""
+    subject = SUBJECTS.get(raw.get("kind", ""))
+    if subject is None:
+        return None
+    about = raw.get("subject_id", "")
+    record = cast("dict[str, str]", store.redis.hgetall(subject.record_key(store, about)))
+    return subject.data(store, about, record) if record else None
+
+
+MESSAGE = "msg"  # the subject kind of one event's message to one registered endpoint
+
 SUBJECTS: dict[str, Subject] = {
     s.kind: s
     for s in (
         Subject("job", lambda store, job_id: store.key("job", job_id), _job_data, _finished_at),
         Subject("batch", batches.batch_key, _batch_data, _finished_at),
+        Subject(
+            MESSAGE,
+            lambda store, msg_id: store.key("msg", msg_id),
+            _message_data,
+            lambda raw: raw.get("occurred_at") or None,
+        ),
     )
 }
 
@@ -96,8 +115,31 @@ def job_event(status: str) -> str:
 
 
 def webhook_id(subject_id: str, event: str) -> str:
-    """One id per (subject, event): the same on every retry and redelivery."""
+    """One id per (subject, event): the same on every retry and redelivery. An endpoint's
+    message is its own subject, and its id is its ``webhook-id``."""
+    if subject_id.startswith("msg_"):
+        return subject_id
     return "msg_" + hashlib.sha256(f"{subject_id}:{event}".encode()).hexdigest()[:32]
+
+
+def endpoint_message_id(subject_id: str, event: str, endpoint_id: str) -> str:
+    """The ``webhook-id`` of ``event`` about ``subject_id`` sent to one endpoint: derived,
+    so a repeated fan-out finds the same message."""
+    raw = f"{subject_id}:{event}:{endpoint_id}".encode()
+    return "msg_" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def fan_out_task_id(kind: str, subject_id: str, event: str) -> str:
+    """The Celery task id of an event's fan-out step to its partner's endpoints."""
+    return f"fan:{kind}:{subject_id}:{event}"
+
+
+def parse_fan_out_task_id(task_id: str) -> tuple[str, str, str] | None:
+    """(kind, subject id, event) of a ``fan_out_task_id``; None otherwise."""
+    parts = task_id.split(":")
+    if len(parts) != 4 or parts[0] != "fan":
+        return None
+    return parts[1], parts[2], parts[3]
 
 
 def delivery_task_id(kind: str, subject_id: str, event: str, chain: str, retry: int) -> str:

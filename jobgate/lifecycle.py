@@ -15,9 +15,15 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from jobgate import batches
-from jobgate.events import BATCH_COMPLETED, JOB_EVENTS, delivery_call, job_event
+from jobgate.events import (
+    BATCH_COMPLETED,
+    JOB_EVENTS,
+    delivery_call,
+    fan_out_task_id,
+    job_event,
+)
 from jobgate.failpoints import failpoint
-from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
+from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK, Messenger
 from jobgate.store import Store
 
 log = logging.getLogger(__name__)
@@ -25,18 +31,26 @@ log = logging.getLogger(__name__)
 
 def finish_job(messenger: Messenger, store: Store, job_id: str, status: str, **fields: Any) -> bool:
     """Record a terminal status once and fire its side effects; False if already ended."""
+    event = job_event(status)
     ended = store.finish_job(
         job_id,
         status,
-        webhook_message=event_message(messenger, "job", job_id, job_event(status)),
+        webhook_message=event_message(messenger, "job", job_id, event),
+        fan_out_message=fan_out_message(messenger, "job", job_id, event),
         **fields,
     )
     if ended is None:
         return False
     failpoint("job.end.after")
-    if ended["webhook_queued"]:
-        log.info("queued %s for job %s", job_event(status), job_id, extra={"job_id": job_id})
-    side_effects(messenger, store, ended, webhook_queued=ended["webhook_queued"])
+    fan = ended.get("fan_out", "")
+    if ended["webhook_queued"] or fan == "queued":
+        log.info("queued %s for job %s", event, job_id, extra={"job_id": job_id})
+    side_effects(
+        messenger,
+        store,
+        ended,
+        webhook_queued=ended["webhook_queued"] or bool(fan),
+    )
     return True
 
 
@@ -53,6 +67,22 @@ def event_message(
     return (
         queue,
         messenger.envelope(DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs),
+        task_id,
+    )
+
+
+def fan_out_message(
+    messenger: Messenger, kind: str, subject_id: str, event: str
+) -> tuple[str, str, str] | None:
+    """(queue, message, task id) of an event's fan-out step to the partner's endpoints,
+    for the script that records the end; None when the broker is not the store's Redis."""
+    if not messenger.inline:
+        return None
+    queue = messenger.webhooks_queue
+    task_id = fan_out_task_id(kind, subject_id, event)
+    return (
+        queue,
+        messenger.envelope(FAN_OUT_TASK, task_id, queue=queue, args=[kind, subject_id, event]),
         task_id,
     )
 
@@ -97,7 +127,8 @@ def finish_job_retrying(
 def side_effects(
     messenger: Messenger, store: Store, record: dict[str, Any], *, webhook_queued: bool = False
 ) -> None:
-    """Queue the terminal webhook (unless the end's own script did) and count the batch
+    """Queue the terminal webhook, or the fan-out step to the partner's endpoints for a
+    job without a callback (unless the end's own script did either), and count the batch
     member; safe to repeat.
 
     Repeating is how a crash between recording the end and these effects heals: the
@@ -109,6 +140,8 @@ def side_effects(
         return
     if record.get("callback_url") and not webhook_queued:
         enqueue_webhook(store, messenger, "job", record["job_id"], job_event(status))
+    elif not record.get("callback_url") and not webhook_queued:
+        enqueue_fan_out(store, messenger, "job", record["job_id"], job_event(status))
     if record.get("batch_id"):
         count_batch_member(messenger, store, record)
 
@@ -119,8 +152,12 @@ def count_batch_member(messenger: Messenger, store: Store, record: dict[str, Any
     failpoint("batch.count.before")
     batch_id = record["batch_id"]
     message = event_message(messenger, "batch", batch_id, BATCH_COMPLETED)
-    if batches.member_finished(store, record, message) == "send":
+    fan = fan_out_message(messenger, "batch", batch_id, BATCH_COMPLETED)
+    counted = batches.member_finished(store, record, message, fan)
+    if counted == "send":
         enqueue_webhook(store, messenger, "batch", batch_id, BATCH_COMPLETED)
+    elif counted == "fan_out":
+        enqueue_fan_out(store, messenger, "batch", batch_id, BATCH_COMPLETED)
 
 
 def enqueue_webhook(
@@ -139,4 +176,30 @@ def enqueue_webhook(
         DELIVER_TASK, args=args, kwargs=kwargs, queue=messenger.webhooks_queue, task_id=task_id
     )
     log.info("queued %s for %s %s", event, kind, subject_id, extra={"job_id": subject_id})
+    return task_id
+
+
+def enqueue_fan_out(
+    store: Store, messenger: Messenger, kind: str, subject_id: str, event: str
+) -> str | None:
+    """Queue the fan-out step of ``event`` (marked open first), unless the partner's
+    mirror says it has no enabled endpoint; its task id, or None."""
+    record_key = (
+        store.key("job", subject_id) if kind == "job" else batches.batch_key(store, subject_id)
+    )
+    partner_id = store.redis.hget(record_key, "partner_id")
+    if (
+        not partner_id
+        or store.redis.hget(store.key("partner", str(partner_id)), "endpoints") == "0"
+    ):
+        return None
+    task_id = fan_out_task_id(kind, subject_id, event)
+    store.mark_open(task_id)
+    messenger.send(
+        FAN_OUT_TASK,
+        args=[kind, subject_id, event],
+        queue=messenger.webhooks_queue,
+        task_id=task_id,
+    )
+    log.info("queued the fan-out of %s for %s %s", event, kind, subject_id)
     return task_id

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 DELIVER_TASK = "jobgate.deliver_webhook"
+FAN_OUT_TASK = "jobgate.fan_out"  # an event to every matching endpoint of its partner
 AUTO_CHAIN = "auto"  # the retry chain an event's first delivery starts; redeliveries get their own
 
 

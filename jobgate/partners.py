@@ -9,19 +9,27 @@ the database by whoever misses it, so a flushed Redis heals on first use.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import secrets as random
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from jobgate.db import Database
-from jobgate.db.models import ApiKey, Partner, SigningSecret
+from jobgate.db.models import ApiKey, Endpoint, Job, Partner, SigningSecret
 from jobgate.store import KEY_CACHE_SIZE, KEY_CACHE_TTL, Store, hash_key, utcnow
 
+log = logging.getLogger(__name__)
+
 MIRROR_FIELDS = ("id", "name", "created_at", "webhook_secret")
+# Published on ``<prefix>:partners:changed`` whenever a partner's keys stop or start
+# working (disable, enable, rotate-key): every gateway process drops its key cache.
+CHANGED_CHANNEL = "partners:changed"
 
 
 def iso_time(value: datetime | None) -> str | None:
@@ -49,6 +57,10 @@ class Partners:
         self.store = store
         self.db = db
         self._key_cache: dict[str, tuple[float, dict[str, str]]] = {}
+        # Bumped on every invalidation: a lookup that began before one never caches.
+        self._generation = 0
+        self._listener: threading.Thread | None = None
+        self._listener_lock = threading.Lock()
 
     # ---------------------------------------------------------------- writes
     def create(self, name: str, webhook_secret: str) -> tuple[dict[str, str], str]:
@@ -77,18 +89,51 @@ class Partners:
         with self.db.session() as session:
             if session.get(Partner, partner_id) is None:
                 return False
-            for old in session.scalars(
-                select(SigningSecret).where(
-                    SigningSecret.partner_id == partner_id,
-                    or_(SigningSecret.expires_at.is_(None), SigningSecret.expires_at > now),
-                )
-            ):
-                until = now + timedelta(seconds=grace)
-                if old.expires_at is None or _aware(old.expires_at) > until:
-                    old.expires_at = until
+            expire_live(
+                session,
+                SigningSecret,
+                (SigningSecret.partner_id == partner_id) & SigningSecret.endpoint_id.is_(None),
+                now,
+                grace,
+            )
             session.add(SigningSecret(partner_id=partner_id, secret=new_secret, created_at=now))
         self.mirror(partner_id)
         return True
+
+    def set_disabled(self, partner_id: str, disabled: bool) -> dict[str, str] | None:
+        """Disable (or enable) a partner: its keys answer 401 at once on every gateway
+        process; its queued jobs still run and their events are still sent. None if there
+        is no such partner."""
+        with self.db.session() as session:
+            partner = session.get(Partner, partner_id)
+            if partner is None:
+                return None
+            if disabled and partner.disabled_at is None:
+                partner.disabled_at = now_utc()
+            elif not disabled:
+                partner.disabled_at = None
+        record = self.mirror(partner_id)
+        self.changed()
+        return record
+
+    def rotate_key(self, partner_id: str, grace: int) -> str | None:
+        """A new API key; every key still working keeps working for ``grace`` more seconds
+        (0: it stops now). None if there is no such partner."""
+        api_key = "jgp_" + random.token_urlsafe(32)
+        now = now_utc()
+        with self.db.session() as session:
+            if session.get(Partner, partner_id) is None:
+                return None
+            expire_live(session, ApiKey, ApiKey.partner_id == partner_id, now, grace)
+            session.add(ApiKey(key_hash=hash_key(api_key), partner_id=partner_id, created_at=now))
+        self.mirror(partner_id)
+        self.changed()
+        return api_key
+
+    def changed(self) -> None:
+        """Tell every gateway process to forget the keys it cached (pub/sub)."""
+        self._forget()
+        self.store.redis.publish(self.store.key(CHANGED_CHANNEL), "1")
 
     def import_from_redis(self) -> int:
         """Copy partners that exist only in Redis (created before the database) into it;
@@ -141,21 +186,93 @@ class Partners:
     def by_key(self, api_key: str) -> dict[str, str] | None:
         """The partner owning ``api_key``, None for an unknown or expired key.
 
-        Auth runs on every request: a found key is cached in-process for KEY_CACHE_TTL s,
-        then Redis's mirror answers, then the database (which also rebuilds the mirror).
+        Auth runs on every request: a found key is cached in-process for KEY_CACHE_TTL s
+        (never past the key's own expiry), then Redis's mirror answers, then the database
+        (which also rebuilds the mirror).
+        A disabled partner's keys find nothing. The in-process cache is dropped whenever
+        any process publishes a change (``changed``) and whenever this process
+        (re)subscribes to them, so a disabled partner or a rotated key stops working at
+        once everywhere.
         """
+        self._listen()
         hashed = hash_key(api_key)
         hit = self._key_cache.get(hashed)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        generation = self._generation
         redis = self.store.redis
-        partner_id = cast("str | None", redis.get(self.store.key("partnerkey", hashed)))
+        pipe = redis.pipeline(transaction=False)
+        pipe.get(self.store.key("partnerkey", hashed))
+        pipe.pttl(self.store.key("partnerkey", hashed))
+        partner_id, ttl_ms = pipe.execute()
         partner = self.get(partner_id) if partner_id else self._by_key_in_db(hashed)
-        if partner is not None:
+        if partner is not None and partner.get("disabled"):
+            return None
+        if partner is not None and generation == self._generation:
             if len(self._key_cache) >= KEY_CACHE_SIZE:
                 self._key_cache.clear()
-            self._key_cache[hashed] = (time.monotonic() + KEY_CACHE_TTL, partner)
+            ttl = KEY_CACHE_TTL if not ttl_ms or ttl_ms < 0 else min(KEY_CACHE_TTL, ttl_ms / 1000)
+            self._key_cache[hashed] = (time.monotonic() + ttl, partner)
         return partner
+
+    def _forget(self) -> None:
+        self._generation += 1
+        self._key_cache.clear()
+
+    def _listen(self) -> None:
+        """Start (once per process) the thread that drops the key cache on changes."""
+        if self._listener is not None and self._listener.is_alive():
+            return
+        with self._listener_lock:
+            if self._listener is not None and self._listener.is_alive():
+                return
+            self._listener = threading.Thread(
+                target=self._follow_changes, name="jobgate-partner-changes", daemon=True
+            )
+            self._listener.start()
+
+    def _follow_changes(self) -> None:
+        """Drop the key cache on every published change, and whenever the subscription
+        is (re)made: a change published while it was down would otherwise be missed. A
+        lost subscription keeps the cache (while Redis is down nothing can change, and
+        known keys keep being served)."""
+        channel = self.store.key(CHANGED_CHANNEL)
+        while True:
+            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(channel)
+                self._forget()
+                while True:
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        self._forget()
+            except Exception:  # noqa: BLE001 - Redis went away: subscribe again later
+                log.warning("partner change feed lost; subscribing again", exc_info=True)
+                time.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+
+    def state(self, partner_id: str) -> dict[str, Any] | None:
+        """``{"id", "name", "created_at", "enabled", "disabled_at"}``, None if unknown."""
+        with self.db.session() as session:
+            partner = session.get(Partner, partner_id)
+            if partner is None:
+                return None
+            return {
+                **_public(partner),
+                "enabled": partner.disabled_at is None,
+                "disabled_at": iso_time(partner.disabled_at),
+            }
+
+    def job_counts(self, partner_id: str) -> dict[str, int]:
+        """The partner's archived jobs by status (``PENDING``: not ended and not started)."""
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Job.status, func.count())
+                .where(Job.partner_id == partner_id)
+                .group_by(Job.status)
+            ).all()
+        return {(status or "PENDING"): int(count) for status, count in rows}
 
     def _by_key_in_db(self, hashed: str) -> dict[str, str] | None:
         with self.db.session() as session:
@@ -186,14 +303,24 @@ class Partners:
                 select(SigningSecret)
                 .where(
                     SigningSecret.partner_id == partner_id,
+                    SigningSecret.endpoint_id.is_(None),
                     or_(SigningSecret.expires_at.is_(None), SigningSecret.expires_at > now),
                 )
                 .order_by(SigningSecret.id.desc())
             ).all()
+            endpoints = session.scalar(
+                select(func.count())
+                .select_from(Endpoint)
+                .where(Endpoint.partner_id == partner_id, Endpoint.disabled_at.is_(None))
+            )
             record = _public(partner)
+            if partner.disabled_at is not None:
+                record["disabled"] = iso_time(partner.disabled_at) or "1"
         current = [s for s in live if s.expires_at is None]
         rotated = [s for s in live if s.expires_at is not None]
         record["webhook_secret"] = current[0].secret if current else ""
+        # Read by job_finish.lua / batch_count.lua: 0 means no fan-out step is queued.
+        record["endpoints"] = str(endpoints or 0)
         if rotated:
             record["previous_secrets"] = ",".join(s.secret for s in rotated)
             record["previous_secrets_until"] = ",".join(
@@ -214,6 +341,16 @@ class Partners:
                 pipe.delete(partnerkey)
         pipe.execute()
         return record
+
+
+def expire_live(session: Any, model: Any, condition: Any, now: datetime, grace: int) -> None:
+    """Every key or secret (``model``: ApiKey or SigningSecret) matching ``condition``
+    that still works stops ``grace`` s from ``now``, unless it stops sooner already."""
+    until = now + timedelta(seconds=grace)
+    live = or_(model.expires_at.is_(None), model.expires_at > now)
+    for row in session.scalars(select(model).where(condition, live)):
+        if row.expires_at is None or _aware(row.expires_at) > until:
+            row.expires_at = until
 
 
 def _public(partner: Partner) -> dict[str, str]:

@@ -32,6 +32,8 @@ DONE_TTL_MIN = 600  # a done attempt's claim outlives any duplicate of its messa
 POOL_WAIT = 5.0  # seconds a caller waits for a free Redis connection when all are in use
 JSON_FIELDS = ("metadata", "result", "progress", "params")
 CLAIM_MARGIN = 30.0  # seconds an attempt's claim outlives its HTTP timeout
+# What an end's script did about the partner's endpoints (its last answer, 0/1/2).
+FAN_OUT_STATES = ("", "queued", "none")
 
 
 def utcnow() -> str:
@@ -235,15 +237,19 @@ class Store:
         status: str,
         *,
         webhook_message: tuple[str, str, str] | None = None,
+        fan_out_message: tuple[str, str, str] | None = None,
         **fields: Any,
     ) -> dict[str, Any] | None:
         """Record a terminal status once and publish it.
 
         ``webhook_message`` (queue, message, delivery task id) is pushed in the same script
-        when the job has a callback URL, and the delivery marked open. Returns what the
-        other side effects of the end need ({job_id, status, callback_url, batch_id,
-        webhook_queued}) to the one caller that recorded it; None if a terminal status was
-        already recorded, or the job has no record.
+        when the job has a callback URL, and the delivery marked open; ``fan_out_message``
+        (same shape, the fan-out step to the partner's endpoints) when it has none and its
+        partner may have endpoints. Returns what the other side effects of the end need
+        ({job_id, status, callback_url, batch_id, webhook_queued, fan_out}) to the one
+        caller that recorded it; None if a terminal status was already recorded, or the
+        job has no record. ``fan_out`` is "queued", "none" (no endpoint) or "" (not
+        looked at: the caller decides).
         """
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a terminal status")
@@ -253,6 +259,7 @@ class Store:
             flat += [name, value]
         event = json.dumps({"job_id": job_id, "status": status})
         queue, message, task_id = webhook_message or (self.key("no-webhook"), "", "")
+        _, fan_message, fan_id = fan_out_message or ("", "", "")
         keys = [
             self.key("job", job_id),
             self.key("stats"),
@@ -272,6 +279,9 @@ class Store:
                 task_id,
                 time.time() + self.open_grace,
                 job_id,
+                fan_message,
+                fan_id,
+                self.key("partner", ""),
                 *flat,
             ],
         )
@@ -283,6 +293,7 @@ class Store:
             "callback_url": answer[1] or None,
             "batch_id": answer[2] or None,
             "webhook_queued": answer[3] == 1,
+            "fan_out": FAN_OUT_STATES[int(answer[4])],
         }
 
     # ------------------------------------------------------------- idempotency

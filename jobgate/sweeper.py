@@ -10,7 +10,9 @@ What a pass looks for, each counted in ``<prefix>:repairs`` (``/metrics``) and l
 - ``job_failed_lost``: the same, for a record too old to carry its params: it ends FAILURE.
 - ``delivery_requeued``: a delivery attempt queued or scheduled but never recorded whose
   message is nowhere (lost with a worker, or the attempt died on a Redis error): queued
-  again under the same task id; the attempt's claim stops a second send.
+  again under the same task id; the attempt's claim stops a second send. The same for
+  an event's fan-out step to its partner's endpoints (``fan:…``), which creates each
+  endpoint's message once however often it runs.
 - ``batch_member_counted``: an ended member a batch never counted; counting it may
   complete the batch and queue ``batch.completed``.
 
@@ -35,8 +37,8 @@ from typing import Any, cast
 
 from jobgate import lifecycle
 from jobgate.batches import batch_record, member_ids
-from jobgate.events import delivery_call, parse_delivery_task_id
-from jobgate.messages import DELIVER_TASK, Messenger
+from jobgate.events import delivery_call, parse_delivery_task_id, parse_fan_out_task_id
+from jobgate.messages import DELIVER_TASK, FAN_OUT_TASK, Messenger
 from jobgate.status import TERMINAL
 from jobgate.store import Store
 
@@ -194,15 +196,20 @@ def _repair_deliveries(
     queue = messenger.webhooks_queue
     for task_id in task_ids:
         parsed = parse_delivery_task_id(task_id)
-        if parsed is None:
+        fan = parse_fan_out_task_id(task_id)
+        if parsed is not None:
+            kind, subject_id, event, chain, retry = parsed
+            _, args, kwargs = delivery_call(kind, subject_id, event, chain, retry)
+            message = messenger.envelope(
+                DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs
+            )
+        elif fan is not None:  # an event's fan-out step to its partner's endpoints
+            subject_id = fan[1]
+            message = messenger.envelope(FAN_OUT_TASK, task_id, queue=queue, args=list(fan))
+        else:
             store.redis.zrem(store.open_key, task_id)
             continue
-        kind, subject_id, event, chain, retry = parsed
-        _, args, kwargs = delivery_call(kind, subject_id, event, chain, retry)
-        store.redis.rpush(
-            queue,
-            messenger.envelope(DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs),
-        )
+        store.redis.rpush(queue, message)
         log.warning(
             "delivery %s had no message anywhere; queued it again",
             task_id,

@@ -13,6 +13,7 @@ from celery.signals import task_revoked
 from config import Settings
 from jobgate import lifecycle
 from jobgate.db import Database
+from jobgate.endpoints import Endpoints
 from jobgate.failpoints import failpoint
 from jobgate.partners import Partners
 from jobgate.status import error_message
@@ -43,6 +44,16 @@ class JobgateCelery(Celery):
     @cached_property
     def partners(self) -> Partners:
         return Partners(self.store, self.database)
+
+    @cached_property
+    def endpoints(self) -> Endpoints:
+        """Registered endpoints (fan-out, their secrets and health)."""
+        return Endpoints(
+            self.store,
+            self.database,
+            self.partners,
+            disable_after=self.settings.endpoint_disable_after,
+        )
 
     @cached_property
     def messenger(self) -> CeleryMessenger:

@@ -8,7 +8,9 @@ from typing import Any
 from celery import Celery, Task
 
 from jobgate.attempts import run_attempt
-from jobgate.messages import AUTO_CHAIN, DELIVER_TASK
+from jobgate.endpoints import fan_out
+from jobgate.events import fan_out_task_id
+from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK
 
 
 class DeliveryTask(Task):
@@ -37,7 +39,8 @@ class DeliveryTask(Task):
 
 
 def register(app: Celery) -> Any:
-    """Register ``jobgate.deliver_webhook`` on ``app`` (each app built by make_celery)."""
+    """Register ``jobgate.deliver_webhook`` and ``jobgate.fan_out`` on ``app`` (each app
+    built by make_celery)."""
 
     # shared=False: only this app gets the task (make_celery builds several apps).
     @app.task(
@@ -64,6 +67,22 @@ def register(app: Celery) -> Any:
             chain=chain,
             node=self.request.hostname or "",
             partner_of=app.partners.get,
+            endpoints=app.endpoints,
+        )
+
+    @app.task(name=FAN_OUT_TASK, bind=True, ignore_result=True, acks_late=True, shared=False)
+    def fan_out_event(self: Any, kind: str, subject_id: str, event: str) -> list[str]:
+        """Queue ``event`` to every matching endpoint of the subject's partner, once
+        (see jobgate.endpoints.fan_out)."""
+        app = self.app
+        return fan_out(
+            app.store,
+            app.messenger,
+            app.endpoints,
+            kind,
+            subject_id,
+            event,
+            fan_out_task_id(kind, subject_id, event),
         )
 
     return deliver_webhook

@@ -72,6 +72,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_MAX_BODY": str(settings.max_body),
         "JOBGATE_MAX_WAIT": str(settings.max_wait),
         "JOBGATE_WEBHOOK_SECRET_GRACE": str(settings.webhook_secret_grace),
+        "JOBGATE_ENDPOINT_DISABLE_AFTER": str(settings.endpoint_disable_after),
         "JOBGATE_DATABASE_URL": settings.database_url,
         "JOBGATE_JOB_CACHE_TTL": str(settings.job_cache_ttl),
         "JOBGATE_ARCHIVE_BATCH": str(settings.archive_batch),

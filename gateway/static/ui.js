@@ -401,7 +401,167 @@ function jobPage(jobId) {
   requireSignIn(start);
 }
 
+// ------------------------------------------------------------------ endpoints
+
+function endpointsPage() {
+  let selected = null;
+  let cursor = null;
+
+  function cell(tr, content) {
+    const td = document.createElement("td");
+    if (content instanceof Node) td.append(content);
+    else td.textContent = content;
+    tr.append(td);
+  }
+
+  function stateOf(endpoint) {
+    if (!endpoint.enabled) return `disabled: ${endpoint.disabled_reason || ""}`;
+    return endpoint.failing_since ? `failing since ${when(endpoint.failing_since)}` : "enabled";
+  }
+
+  function row(endpoint) {
+    const tr = document.createElement("tr");
+    tr.dataset.endpointId = endpoint.id;
+    const open = document.createElement("button");
+    open.type = "button";
+    open.className = "link";
+    open.textContent = "Open";
+    open.addEventListener("click", () => select(endpoint));
+    cell(tr, endpoint.url);
+    cell(tr, endpoint.event_types.length ? endpoint.event_types.join(", ") : "every event");
+    cell(tr, stateOf(endpoint));
+    cell(tr, open);
+    return tr;
+  }
+
+  async function load() {
+    try {
+      const page = await api("/v1/endpoints");
+      $("endpoints-body").replaceChildren(...page.endpoints.map(row));
+      show($("endpoints-empty"), page.endpoints.length === 0);
+      showError($("endpoints-error"), null);
+      const fresh = selected && page.endpoints.find((e) => e.id === selected.id);
+      if (fresh) showDetail(fresh);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("endpoints-error"), error);
+    }
+  }
+
+  async function add(event) {
+    event.preventDefault();
+    const types = $("add-events").value.split(",").map((t) => t.trim()).filter(Boolean);
+    const body = { url: $("add-url").value.trim(), description: $("add-description").value };
+    if (types.length) body.event_types = types;
+    $("add-submit").disabled = true;
+    try {
+      const created = await api("/v1/endpoints", { method: "POST", body });
+      $("add-secret").textContent = created.webhook_secret;
+      show($("add-secret-box"), true);
+      showError($("add-error"), null);
+      $("add-form").reset();
+      await load();
+      select(created);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("add-error"), error);
+    } finally {
+      $("add-submit").disabled = false;
+    }
+  }
+
+  function showDetail(endpoint) {
+    selected = endpoint;
+    show($("detail"), true);
+    $("detail-title").textContent = `${endpoint.url} (${stateOf(endpoint)})`;
+    show($("detail-enable"), !endpoint.enabled);
+    $("detail-test").disabled = !endpoint.enabled;
+  }
+
+  function select(endpoint) {
+    showDetail(endpoint);
+    $("detail-test-result").textContent = "";
+    $("recover-result").textContent = "";
+    const dayAgo = new Date(Date.now() - 86400 * 1000).toISOString();
+    $("recover-since").value = dayAgo;
+    loadAttempts(false);
+  }
+
+  function attemptRow(attempt) {
+    const tr = document.createElement("tr");
+    tr.dataset.webhookId = attempt.webhook_id;
+    tr.dataset.outcome = attempt.outcome;
+    cell(tr, when(attempt.at));
+    cell(tr, attempt.event);
+    cell(tr, attempt.outcome + (attempt.redelivery ? " (resent)" : ""));
+    cell(tr, attempt.status_code == null ? "–" : String(attempt.status_code));
+    cell(tr, attempt.error || "");
+    return tr;
+  }
+
+  async function loadAttempts(append) {
+    if (!selected) return;
+    const params = new URLSearchParams({ limit: "20" });
+    const status = $("attempts-filter").value;
+    if (status) params.set("status", status);
+    if (append && cursor) params.set("cursor", String(cursor));
+    try {
+      const page = await api(`/v1/endpoints/${encodeURIComponent(selected.id)}/attempts?${params}`);
+      const body = $("attempts-body");
+      if (!append) body.replaceChildren();
+      body.append(...page.attempts.map(attemptRow));
+      cursor = page.next_cursor;
+      show($("attempts-more"), cursor != null);
+      show($("attempts-empty"), body.children.length === 0);
+      showError($("detail-error"), null);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("detail-error"), error);
+    }
+  }
+
+  async function act(button, work) {
+    button.disabled = true;
+    try {
+      await work();
+      showError($("detail-error"), null);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("detail-error"), error);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function path(suffix) {
+    return `/v1/endpoints/${encodeURIComponent(selected.id)}${suffix}`;
+  }
+
+  $("detail-test").addEventListener("click", () => act($("detail-test"), async () => {
+    const attempt = await api(path("/test"), { method: "POST" });
+    $("detail-test-result").textContent = `Test ${attempt.outcome}` +
+      (attempt.status_code == null ? "" : ` (HTTP ${attempt.status_code})`) +
+      (attempt.error ? `: ${attempt.error}` : "");
+    await loadAttempts(false);
+  }));
+  $("detail-enable").addEventListener("click", () => act($("detail-enable"), async () => {
+    showDetail(await api(path(""), { method: "PATCH", body: { enabled: true } }));
+    await load();
+  }));
+  $("recover-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    act($("recover-submit"), async () => {
+      const since = $("recover-since").value.trim();
+      const done = await api(path("/recover"), { method: "POST", body: { since } });
+      $("recover-result").textContent =
+        `${done.recovered} message${done.recovered === 1 ? "" : "s"} queued again.`;
+    });
+  });
+  $("attempts-filter").addEventListener("change", () => loadAttempts(false));
+  $("attempts-refresh").addEventListener("click", () => loadAttempts(false));
+  $("attempts-more").addEventListener("click", () => loadAttempts(true));
+  $("endpoints-refresh").addEventListener("click", load);
+  $("add-form").addEventListener("submit", add);
+  requireSignIn(load);
+}
+
 // ------------------------------------------------------------------ entry point
 
-if (document.body.dataset.page === "job") jobPage(document.body.dataset.jobId);
-else jobsPage();
+const PAGES = { job: () => jobPage(document.body.dataset.jobId), endpoints: endpointsPage };
+(PAGES[document.body.dataset.page] || jobsPage)();

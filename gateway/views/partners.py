@@ -1,6 +1,8 @@
-"""Partners (admin): create, list, rotate the webhook secret."""
+"""Partners (admin): create, list, read with counts, disable/enable, rotate key and secret."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Blueprint, jsonify
 
@@ -9,13 +11,18 @@ from gateway.errors import not_found
 from gateway.extensions import services
 from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
 from gateway.schemas import (
+    KeySchema,
     PartnerCreatedSchema,
     PartnerCreateSchema,
+    PartnerDetailSchema,
     PartnerListSchema,
+    PartnerStateSchema,
+    RotateKeySchema,
     SecretSchema,
     load_or_422,
 )
 from gateway.views.common import json_body, json_body_or_empty
+from jobgate.endpoints import failing_messages
 from jobgate.signing import generate_secret
 
 bp = Blueprint("partners", __name__, url_prefix="/v1/partners")
@@ -79,3 +86,96 @@ def rotate_secret(partner_id: str):
     return jsonify(
         {"webhook_secret": secret, "previous_secret_valid_for": svc.settings.webhook_secret_grace}
     )
+
+
+def partner_detail(partner_id: str) -> dict[str, Any]:
+    """The partner's state with counts: jobs by status, endpoints, failing deliveries."""
+    svc = services()
+    state = svc.partners.state(partner_id)
+    if state is None:
+        raise not_found("partner")
+    endpoints = svc.registry.find(partner_id)
+    return {
+        **state,
+        "jobs": svc.partners.job_counts(partner_id),
+        "endpoints": {
+            "total": len(endpoints),
+            "enabled": sum(1 for e in endpoints if e["enabled"]),
+            "disabled": sum(1 for e in endpoints if not e["enabled"]),
+            "failing": sum(1 for e in endpoints if e["enabled"] and e["failing_since"]),
+        },
+        "failing_deliveries": failing_messages(svc.store, [e["id"] for e in endpoints]),
+    }
+
+
+def set_disabled(partner_id: str, disabled: bool) -> dict[str, Any]:
+    """Disable or enable a partner; its state (404 if unknown)."""
+    svc = services()
+    if svc.partners.set_disabled(partner_id, disabled) is None:
+        raise not_found("partner")
+    return svc.partners.state(partner_id) or {}
+
+
+def rotate_key(partner_id: str, grace: int) -> dict[str, Any]:
+    """A new API key for the partner; the old ones work ``grace`` s more."""
+    api_key = services().partners.rotate_key(partner_id, grace)
+    if api_key is None:
+        raise not_found("partner")
+    return {"api_key": api_key, "previous_key_valid_for": grace}
+
+
+@bp.get("/<partner_id>")
+@operation(
+    "Read a partner with counts (admin)",
+    ok(200, "The partner", PartnerDetailSchema),
+    (*READ, 403),
+    tag="partners",
+)
+@admin_required
+def read(partner_id: str):
+    return jsonify(partner_detail(partner_id))
+
+
+@bp.post("/<partner_id>/disable")
+@operation(
+    "Disable a partner (admin): its keys answer 401 at once; its jobs still run",
+    ok(200, "Disabled", PartnerStateSchema),
+    (*READ, 400, 403, 413),
+    tag="partners",
+    body=EMPTY_BODY,
+    body_required=False,
+)
+@admin_required
+def disable(partner_id: str):
+    json_body_or_empty()
+    return jsonify(set_disabled(partner_id, True))
+
+
+@bp.post("/<partner_id>/enable")
+@operation(
+    "Enable a disabled partner (admin)",
+    ok(200, "Enabled", PartnerStateSchema),
+    (*READ, 400, 403, 413),
+    tag="partners",
+    body=EMPTY_BODY,
+    body_required=False,
+)
+@admin_required
+def enable(partner_id: str):
+    json_body_or_empty()
+    return jsonify(set_disabled(partner_id, False))
+
+
+@bp.post("/<partner_id>/rotate-key")
+@operation(
+    "Give a partner a new API key (admin); the old one works for grace seconds",
+    ok(200, "New key, shown once", KeySchema),
+    (*READ, 400, 403, 413, 422),
+    tag="partners",
+    body=RotateKeySchema,
+    body_required=False,
+)
+@admin_required
+def rotate_key_view(partner_id: str):
+    body = load_or_422(RotateKeySchema(), json_body_or_empty())
+    return jsonify(rotate_key(partner_id, body["grace"]))

@@ -49,3 +49,9 @@ def jobs_page() -> str:
 def job_page(job_id: str) -> str:
     """One job: live progress bar, result or error, and a revoke button for admins."""
     return render_template("ui_job.html", page="job", job_id=job_id)
+
+
+@bp.get("/endpoints")
+def endpoints_page() -> str:
+    """A partner's endpoints: list, add, test, attempts and recover (admins: every one)."""
+    return render_template("ui_endpoints.html", page="endpoints", job_id="")

@@ -21,6 +21,7 @@ from gateway.views.common import json_body_or_empty
 from jobgate import history
 from jobgate.attempts import redeliver as queue_redelivery
 from jobgate.deliveries import Deliveries
+from jobgate.endpoints import message_summaries
 from jobgate.events import job_event
 from jobgate.status import TERMINAL, webhook_summary
 
@@ -59,20 +60,20 @@ def deliveries(job_id: str):
     record = jobs.find(svc, authenticate(), job_id)
     books = Deliveries(svc.store)
     if svc.store.job(job_id) is None:  # Redis forgot the job: its attempts are archived
-        return jsonify(
-            {
-                "job_id": job_id,
-                "webhook": webhook_summary(record),
-                "deliveries": history.attempts(svc.db, job_id),
-            }
-        )
-    return jsonify(
-        {
+        answer = {
+            "job_id": job_id,
+            "webhook": webhook_summary(record),
+            "deliveries": history.attempts(svc.db, job_id),
+        }
+    else:
+        answer = {
             "job_id": job_id,
             "webhook": books.summary(job_id, bool(record.get("callback_url"))),
             "deliveries": books.attempts(job_id),
         }
-    )
+    if not record.get("callback_url"):
+        answer["endpoint_messages"] = message_summaries(svc.store, job_id)
+    return jsonify(answer)
 
 
 @bp.post("/<job_id>/redeliver")

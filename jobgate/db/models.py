@@ -45,15 +45,39 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
 
 
+class Endpoint(Base):
+    """A partner's registered webhook endpoint (issue 10). ``event_types`` empty: every
+    event. ``failing_since``: the first failed attempt with no delivery since (None while
+    it delivers); ``disabled_at`` set by a ``PATCH``, a ``410 Gone`` or a failing period."""
+
+    __tablename__ = "endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(
+        ForeignKey("partners.id", ondelete="CASCADE"), index=True
+    )
+    url: Mapped[str] = mapped_column(String(2048))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    event_types: Mapped[list[str]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(Time)
+    updated_at: Mapped[datetime] = mapped_column(Time)
+    disabled_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
+    disabled_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    failing_since: Mapped[datetime | None] = mapped_column(Time, nullable=True)
+
+
 class SigningSecret(Base):
     """A webhook signing secret; the current one has no ``expires_at``, rotated ones sign
-    until theirs."""
+    until theirs. A partner's own secrets have no ``endpoint_id``; an endpoint's have."""
 
     __tablename__ = "signing_secrets"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     partner_id: Mapped[str] = mapped_column(
         ForeignKey("partners.id", ondelete="CASCADE"), index=True
+    )
+    endpoint_id: Mapped[str | None] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=True, index=True
     )
     secret: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(Time)

@@ -23,6 +23,7 @@ NAMES = (
     "delivery_record",
     "delivery_mirror",
     "due_move",
+    "fan_out",
 )
 
 

@@ -5,7 +5,10 @@
 -- attempt in the open deliveries and, when another attempt follows, schedule it on the
 -- due set and mark it open: an attempt is never recorded without its successor.
 -- The subject goes on the archive stream (KEYS[7]) so the attempt reaches the database.
--- KEYS: summary, log, claim, job record, open deliveries, due set, archive stream.
+-- An endpoint's message also appends the entry to the endpoint's attempts (KEYS[8], a
+-- sorted set by a per-endpoint sequence KEYS[9]; '' for none), trimmed to ARGV[6] * 50.
+-- KEYS: summary, log, claim, job record, open deliveries, due set, archive stream,
+-- endpoint attempts, endpoint sequence.
 -- ARGV: state, webhook id, event, at, retention, max log, entry head, mirror flag, this
 -- attempt's task id, next attempt's task id ('' none), its open deadline, its due time,
 -- its due entry, the archive entry ('job:<id>' or 'batch:<id>'), the done claim's TTL.
@@ -21,6 +24,13 @@ if ARGV[8] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'webhook_state', ARGV[1], 'webhook_attempts', tostring(n))
 end
 if KEYS[3] ~= '' then redis.call('SET', KEYS[3], 'done', 'EX', ARGV[15]) end
+if KEYS[8] and KEYS[8] ~= '' then
+  local seq = redis.call('INCR', KEYS[9])
+  redis.call('ZADD', KEYS[8], seq, ARGV[7] .. tostring(n) .. '}')
+  redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(tonumber(ARGV[6]) * 50) - 1)
+  redis.call('EXPIRE', KEYS[8], ARGV[5])
+  redis.call('EXPIRE', KEYS[9], ARGV[5])
+end
 redis.call('XADD', KEYS[7], '*', 's', ARGV[14])
 redis.call('ZREM', KEYS[5], ARGV[9])
 if ARGV[10] ~= '' then

@@ -7,25 +7,39 @@
 -- queued): one round trip for the whole end of a job, and no end recorded without its
 -- webhook.
 -- The end is put on the archive stream (KEYS[7]) here too, so the database gets it.
+-- A job without a callback URL goes to its partner's registered endpoints instead: the
+-- fan-out step's message (ARGV[8]) is queued and marked open (ARGV[9]) here, unless the
+-- partner's mirror (ARGV[10] .. partner id) says it has no enabled endpoint ('0'); a
+-- partner whose mirror is missing gets the step, which then asks the database.
 -- KEYS: job record, stats, events channel, webhooks queue, live jobs, open deliveries,
 -- archive stream.
 -- ARGV: retention, status, event, message ('' none), open member, open deadline, job id,
--- then the record's field/value pairs.
--- Returns {-1} no record, {0} already ended, {1, callback URL, batch id, queued 0/1}.
+-- fan-out message ('' none), its open member, partner key prefix, then the record's
+-- field/value pairs.
+-- Returns {-1} no record, {0} already ended, {1, callback URL, batch id, queued 0/1,
+-- fan-out 0 not looked at / 1 queued / 2 no endpoint}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('HGET', KEYS[1], 'status') then return {0} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[7])
 redis.call('XADD', KEYS[7], '*', 's', 'job:' .. ARGV[7])
-local found = redis.call('HMGET', KEYS[1], 'callback_url', 'batch_id')
+local found = redis.call('HMGET', KEYS[1], 'callback_url', 'batch_id', 'partner_id')
 local callback = found[1] or ''
 local queued = 0
+local fan = 0
 if callback ~= '' and ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[4], ARGV[4])
   redis.call('ZADD', KEYS[6], ARGV[6], ARGV[5])
   queued = 1
+elseif callback == '' and ARGV[8] ~= '' and found[3] then
+  fan = 2
+  if redis.call('HGET', ARGV[10] .. found[3], 'endpoints') ~= '0' then
+    redis.call('LPUSH', KEYS[4], ARGV[8])
+    redis.call('ZADD', KEYS[6], ARGV[6], ARGV[9])
+    fan = 1
+  end
 end
-return {1, callback, found[2] or '', queued}
+return {1, callback, found[2] or '', queued, fan}

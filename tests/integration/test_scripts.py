@@ -255,7 +255,18 @@ def finish_args(
     flat: list[str] = []
     for name, value in {"status": status, "finished_at": "t9", **fields}.items():
         flat += [name, value]
-    return [RETENTION, status, f"ev-{status}", message, open_member, deadline, "j1", *flat]
+    no_fan_out = ["", "", "partner:"]  # fan-out message, its open member, partner prefix
+    return [
+        RETENTION,
+        status,
+        f"ev-{status}",
+        message,
+        open_member,
+        deadline,
+        "j1",
+        *no_fan_out,
+        *flat,
+    ]
 
 
 def test_job_finish_without_record_returns_minus_one_and_writes_nothing(
@@ -276,7 +287,7 @@ def test_job_finish_first_writer_wins_and_queues_its_webhook_with_the_end(
     redis_client.zadd(k("live"), {"j1": 1.0, "other": 2.0})
     with listening(redis_client, k("events", "j1")) as received:
         answer = run("job_finish", finish_keys(k), finish_args(result='{"n":1}', deadline=1234.5))
-        assert answer == [1, "https://example.test/hook", "b1", 1]
+        assert answer == [1, "https://example.test/hook", "b1", 1, 0]  # 0: no fan-out looked at
         assert received() == [(k("events", "j1"), "ev-SUCCESS")]
         # The revoke path (or a re-run) comes second: nothing of it is recorded.
         assert run(
@@ -317,7 +328,7 @@ def test_job_finish_queues_only_with_a_callback_url_and_a_message(
     answer = run(
         "job_finish", finish_keys(k), finish_args("FAILURE", message=message, error="boom")
     )
-    assert answer == [1, callback, "", 0]
+    assert answer == [1, callback, "", 0, 0]
     assert redis_client.hget(job, "status") == "FAILURE"
     assert redis_client.hget(job, "error") == "boom"
     assert redis_client.hgetall(k("stats")) == {"FAILURE": "1"}

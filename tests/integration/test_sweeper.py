@@ -19,8 +19,8 @@ import pytest
 
 from jobgate import batches
 from jobgate.due import entry, move_due
-from jobgate.events import delivery_task_id
-from jobgate.messages import DELIVER_TASK
+from jobgate.events import delivery_task_id, fan_out_task_id
+from jobgate.messages import DELIVER_TASK, FAN_OUT_TASK
 from jobgate.store import Store, utcnow
 from jobgate.sweeper import sweep
 from tasks.publish import CeleryMessenger
@@ -203,3 +203,15 @@ def test_due_entries_are_queued_once_however_many_workers_move_them(world):
     ids = [message["id"] for message in queued(store, queue)]
     assert sorted(ids) == sorted(json.loads(row)["id"] for row in due)
     assert store.redis.zrange(store.due_key, 0, -1) == [later]
+
+
+def test_an_open_fan_out_step_with_nothing_queued_is_queued_again(world):
+    store, messenger = world
+    task_id = fan_out_task_id("job", str(uuid.uuid4()), "job.succeeded")
+    store.mark_open(task_id)
+    assert sweep(store, messenger, stale_after=30, now=time.time() + LATER) == {
+        "delivery_requeued": 1
+    }
+    [message] = queued(store, messenger.webhooks_queue)
+    assert (message["id"], message["task"]) == (task_id, FAN_OUT_TASK)
+    assert message["args"] == ["job", task_id.split(":")[2], "job.succeeded"]

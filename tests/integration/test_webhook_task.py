@@ -261,7 +261,7 @@ def test_gone_fails_at_once_and_calls_the_endpoint_hook(
 ) -> None:
     """410: recorded failed with its reason, nothing scheduled, ``endpoint_gone`` called once."""
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(attempts, "endpoint_gone", lambda *args: calls.append(args))
+    monkeypatch.setattr(attempts, "endpoint_gone", lambda *args, **_: calls.append(args))
     job_id = make_job(fake_app)
     with responses.RequestsMock() as rsps:
         rsps.post(URL, status=410)

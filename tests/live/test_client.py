@@ -148,3 +148,39 @@ def test_verify_webhook_refuses_forgeries_and_replays(tamper):
         headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v2,")
     with pytest.raises(WebhookVerificationError):
         verify_webhook(secret, headers, body)
+
+
+@pytest.mark.integration
+def test_endpoint_calls(jg, worker):
+    from tests.webhooks.conftest import Receiver
+
+    receiver = Receiver()
+    try:
+        hook = jg.create_endpoint(receiver.url, description="c", event_types=["job.succeeded"])
+        assert hook["webhook_secret"].startswith("whsec_")
+        assert [e["id"] for e in jg.endpoints()] == [hook["id"]]
+        assert jg.get_endpoint(hook["id"])["description"] == "c"
+        ping = jg.test_endpoint(hook["id"])
+        assert ping["outcome"] == "delivered"
+        Webhook(hook["webhook_secret"]).verify(
+            receiver.requests[0].body, receiver.requests[0].headers
+        )
+        job = jg.submit("demo.sleep", {"seconds": 0, "steps": 1})
+        jg.wait(job["job_id"], timeout=30)
+        receiver.wait_for(2)
+        attempts = wait_until(
+            lambda: (page := jg.endpoint_attempts(hook["id"]))["attempts"][1:] and page, 10
+        )
+        assert attempts["attempts"][0]["subject_id"] == job["job_id"]
+        assert jg.endpoint_attempts(hook["id"], status="failed")["attempts"] == []
+        assert jg.recover_endpoint(hook["id"], "2026-01-01T00:00:00Z")["recovered"] == 0
+        rotated = jg.rotate_endpoint_secret(hook["id"])
+        assert rotated["webhook_secret"] != hook["webhook_secret"]
+        assert jg.update_endpoint(hook["id"], enabled=False)["enabled"] is False
+        assert jg.endpoints(state="disabled")[0]["id"] == hook["id"]
+        jg.delete_endpoint(hook["id"])
+        with pytest.raises(JobgateError) as gone:
+            jg.get_endpoint(hook["id"])
+        assert gone.value.status == 404
+    finally:
+        receiver.stop()

@@ -1,0 +1,227 @@
+"""Registered webhook endpoints (partners; admins read, re-enable and see failing ones)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from gateway.auth import Principal, authenticate, login_required, partner_required
+from gateway.errors import APIError, not_found
+from gateway.extensions import services
+from gateway.jobs import check_callback
+from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
+from gateway.schemas import (
+    EndpointAttemptsArgs,
+    EndpointAttemptSchema,
+    EndpointAttemptsSchema,
+    EndpointCreatedSchema,
+    EndpointCreateSchema,
+    EndpointListArgs,
+    EndpointListSchema,
+    EndpointPatchSchema,
+    EndpointSchema,
+    RecoveredSchema,
+    RecoverSchema,
+    SecretSchema,
+    load_or_422,
+)
+from gateway.views.common import json_body, json_body_or_empty
+from jobgate import endpoints as registry
+from jobgate.attempts import send_ping
+from jobgate.partners import iso_time
+from jobgate.signing import generate_secret
+
+bp = Blueprint("endpoints", __name__, url_prefix="/v1/endpoints")
+
+CREATE, PATCH, RECOVER = EndpointCreateSchema(), EndpointPatchSchema(), RecoverSchema()
+LIST_ARGS, ATTEMPT_ARGS = EndpointListArgs(), EndpointAttemptsArgs()
+ENDPOINT_STATES = ["enabled", "disabled", "failing"]
+ATTEMPT_PARAMS = [
+    {
+        "name": "status",
+        "in": "query",
+        "schema": {"type": "string", "enum": ["delivered", "retry", "failed"]},
+    },
+    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+    {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+]
+
+
+def owner(principal: Principal) -> str | None:
+    """Whose endpoints the caller sees: a partner its own, an admin every partner's."""
+    return None if principal.is_admin else principal.partner_id
+
+
+def find(endpoint_id: str) -> dict[str, Any]:
+    """The endpoint if the caller may see it, else 404 (another partner's too)."""
+    found = services().registry.get(endpoint_id, owner(authenticate()))
+    if found is None:
+        raise not_found("endpoint")
+    return found
+
+
+def query_args(schema: Any) -> dict[str, Any]:
+    return load_or_422(schema, request.args.to_dict())
+
+
+@bp.post("")
+@operation(
+    "Register an endpoint (partner); its signing secret is shown once",
+    ok(201, "Registered", EndpointCreatedSchema),
+    (*WRITE, 403),
+    tag="endpoints",
+    body=EndpointCreateSchema,
+)
+@partner_required
+def create():
+    body = load_or_422(CREATE, json_body())
+    svc = services()
+    check_callback(svc, body["url"], field="url")
+    secret = generate_secret()
+    partner_id = authenticate().partner_id or ""
+    created = svc.registry.create(
+        partner_id,
+        body["url"],
+        secret,
+        description=body["description"],
+        event_types=body.get("event_types") or [],
+    )
+    if created is None:
+        raise not_found("partner")
+    return jsonify({**created, "webhook_secret": secret}), 201
+
+
+@bp.get("")
+@operation(
+    "List endpoints (a partner's own; every partner's for an admin)",
+    ok(200, "Endpoints, oldest first", EndpointListSchema),
+    (*AUTH, 422),
+    tag="endpoints",
+    params=[
+        {"name": "state", "in": "query", "schema": {"type": "string", "enum": ENDPOINT_STATES}}
+    ],
+)
+@login_required
+def index():
+    args = query_args(LIST_ARGS)
+    found = services().registry.find(owner(authenticate()), args["state"])
+    return jsonify({"endpoints": found})
+
+
+@bp.get("/<endpoint_id>")
+@operation("Read an endpoint", ok(200, "The endpoint", EndpointSchema), READ, tag="endpoints")
+@login_required
+def read(endpoint_id: str):
+    return jsonify(find(endpoint_id))
+
+
+@bp.patch("/<endpoint_id>")
+@operation(
+    "Change an endpoint; enabled: true re-enables it",
+    ok(200, "Changed", EndpointSchema),
+    (*READ, 400, 413, 422),
+    tag="endpoints",
+    body=EndpointPatchSchema,
+)
+@login_required
+def update(endpoint_id: str):
+    body = load_or_422(PATCH, json_body())
+    find(endpoint_id)
+    svc = services()
+    if "url" in body:
+        check_callback(svc, body["url"], field="url")
+    changed = svc.registry.update(endpoint_id, owner(authenticate()), body)
+    if changed is None:
+        raise not_found("endpoint")
+    return jsonify(changed)
+
+
+@bp.delete("/<endpoint_id>")
+@operation("Delete an endpoint", ok(204, "Deleted"), READ, tag="endpoints")
+@login_required
+def delete(endpoint_id: str):
+    if not services().registry.delete(endpoint_id, owner(authenticate())):
+        raise not_found("endpoint")
+    return "", 204
+
+
+@bp.post("/<endpoint_id>/rotate-secret")
+@operation(
+    "Rotate an endpoint's signing secret",
+    ok(200, "New secret", SecretSchema),
+    (*READ, 400, 413),
+    tag="endpoints",
+    body=EMPTY_BODY,
+    body_required=False,
+)
+@login_required
+def rotate_secret(endpoint_id: str):
+    json_body_or_empty()
+    svc = services()
+    secret = generate_secret()
+    grace = svc.settings.webhook_secret_grace
+    if not svc.registry.rotate_secret(endpoint_id, owner(authenticate()), secret, grace):
+        raise not_found("endpoint")
+    return jsonify({"webhook_secret": secret, "previous_secret_valid_for": grace})
+
+
+@bp.post("/<endpoint_id>/test")
+@operation(
+    "Send a signed ping event now; answers with the attempt",
+    ok(200, "The attempt", EndpointAttemptSchema),
+    (*READ, 400, 409, 413),
+    tag="endpoints",
+    body=EMPTY_BODY,
+    body_required=False,
+)
+@login_required
+def test(endpoint_id: str):
+    json_body_or_empty()
+    find(endpoint_id)
+    svc = services()
+    mirror = svc.registry.mirrored(endpoint_id)
+    if mirror.get("disabled"):
+        raise APIError(409, "conflict", "The endpoint is disabled; enable it first.")
+    return jsonify(send_ping(svc.settings, svc.store, mirror, endpoint_id))
+
+
+@bp.get("/<endpoint_id>/attempts")
+@operation(
+    "Every attempt to the endpoint, newest first",
+    ok(200, "A page of attempts", EndpointAttemptsSchema),
+    (*READ, 422),
+    tag="endpoints",
+    params=ATTEMPT_PARAMS,
+)
+@login_required
+def attempts(endpoint_id: str):
+    args = query_args(ATTEMPT_ARGS)
+    find(endpoint_id)
+    page, cursor = registry.attempts(
+        services().store,
+        endpoint_id,
+        status=args["status"],
+        since=iso_time(args["since"]) if args["since"] else None,
+        limit=args["limit"],
+        cursor=args["cursor"],
+    )
+    return jsonify({"attempts": page, "next_cursor": cursor})
+
+
+@bp.post("/<endpoint_id>/recover")
+@operation(
+    "Send again every message to the endpoint that ended failed since a time",
+    ok(202, "Queued again", RecoveredSchema),
+    (*WRITE, 404),
+    tag="endpoints",
+    body=RecoverSchema,
+)
+@login_required
+def recover(endpoint_id: str):
+    body = load_or_422(RECOVER, json_body())
+    find(endpoint_id)
+    svc = services()
+    ids = registry.recover(svc.store, svc.messenger, endpoint_id, iso_time(body["since"]))
+    return jsonify({"recovered": len(ids), "webhook_ids": ids}), 202
