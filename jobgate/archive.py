@@ -329,8 +329,10 @@ def _chunk(entries: Iterable[Any]) -> Chunk:
 
 
 def _webhook_state(job: dict[str, Any]) -> str:
+    """The job's own delivery state; a fan-out step to its partner's endpoints that has
+    not run yet counts as pending (the step reads the record in Redis)."""
     if not job.get("callback_url"):
-        return "none"
+        return "pending" if job.get("fanout") == "queued" else "none"
     return str(job.get("webhook_state") or "pending")
 
 

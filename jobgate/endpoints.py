@@ -375,6 +375,7 @@ def fan_out(
     books = Deliveries(store)
     if not targets:
         store.redis.zrem(store.open_key, fan_task_id)
+        _fanned(store, kind, subject_id, raw)
         return []
     body = store.redis.get(books.body_key(subject_id, event))
     if body is None:
@@ -439,8 +440,20 @@ def fan_out(
                 queue=messenger.webhooks_queue,
                 task_id=task_id,
             )
+    _fanned(store, kind, subject_id, raw)
     log.info("fanned %s of %s %s out to %d endpoint(s)", event, kind, subject_id, len(created))
     return [task_id.split(":")[2] for task_id in created]
+
+
+def _fanned(store: Store, kind: str, subject_id: str, raw: dict[str, str]) -> None:
+    """The step has run: the job's record may now leave Redis once archived (the archiver
+    keeps a record whose ``fanout`` is ``queued``: this step reads it)."""
+    if kind != "job" or raw.get("fanout") != "queued":
+        return
+    pipe = store.redis.pipeline()
+    pipe.hset(store.key("job", subject_id), "fanout", "done")
+    pipe.xadd(store.archive_key, {"s": f"job:{subject_id}"})
+    pipe.execute()
 
 
 # ----------------------------------------------------------- attempts, recover

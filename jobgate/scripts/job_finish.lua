@@ -39,6 +39,8 @@ elseif callback == '' and ARGV[8] ~= '' and found[3] then
   if redis.call('HGET', ARGV[10] .. found[3], 'endpoints') ~= '0' then
     redis.call('LPUSH', KEYS[4], ARGV[8])
     redis.call('ZADD', KEYS[6], ARGV[6], ARGV[9])
+    -- Until the step has run, the archiver keeps the record in Redis (the step reads it).
+    redis.call('HSET', KEYS[1], 'fanout', 'queued')
     fan = 1
   end
 end

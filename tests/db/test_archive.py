@@ -218,3 +218,17 @@ def test_an_archiver_recreates_its_group_after_redis_lost_it(store, archiver, db
     job_id = new_job(store)
     assert archiver.drain() == 1
     assert history.job(db, job_id) is not None
+
+
+def test_a_job_whose_fan_out_step_has_not_run_stays_in_redis(store, archiver) -> None:
+    """The fan-out step to the partner's endpoints reads the job's record in Redis: the
+    record keeps its hold until the step has run (jobgate.endpoints._fanned)."""
+    job_id = new_job(store)
+    assert store.finish_job(job_id, "SUCCESS", result={})
+    store.redis.hset(store.key("job", job_id), "fanout", "queued")  # as job_finish.lua does
+    archiver.drain()
+    assert store.redis.ttl(store.key("job", job_id)) > store.cache_ttl
+    store.redis.hset(store.key("job", job_id), "fanout", "done")
+    store.redis.xadd(store.archive_key, {"s": f"job:{job_id}"})
+    archiver.drain()
+    assert 0 < store.redis.ttl(store.key("job", job_id)) <= store.cache_ttl
