@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -54,6 +54,7 @@ class Chunk:
     ids: list[str]
     jobs: list[str]
     batches: list[str]
+    messages: list[str] = field(default_factory=list)  # endpoint messages (their attempts)
 
 
 def revision(status: str | None, webhook_state: str | None, attempts: int) -> int:
@@ -126,7 +127,7 @@ class Archiver:
         chunk = self.read(block_ms)
         if not chunk.ids:
             return 0
-        done = self.archive(chunk.jobs, chunk.batches)
+        done = self.archive(chunk.jobs, chunk.batches, chunk.messages)
         key, r = self.store.archive_key, self.store.redis
         pipe = r.pipeline()
         pipe.xack(key, GROUP, *chunk.ids)
@@ -145,12 +146,15 @@ class Archiver:
         return total
 
     # ---------------------------------------------------------------- archive
-    def archive(self, job_ids: Sequence[str], batch_ids: Sequence[str]) -> list[str]:
+    def archive(
+        self, job_ids: Sequence[str], batch_ids: Sequence[str], message_ids: Sequence[str] = ()
+    ) -> list[str]:
         """Write the subjects' current Redis records to the database in one transaction;
         returns the Redis keys that may now expire (finished subjects, webhook final)."""
         # One row per subject per statement: PostgreSQL refuses an upsert that names a
         # row twice.
         job_ids, batch_ids = list(dict.fromkeys(job_ids)), list(dict.fromkeys(batch_ids))
+        message_ids = list(dict.fromkeys(message_ids))
         store = self.store
         pipe = store.redis.pipeline(transaction=False)
         for job_id in job_ids:
@@ -160,6 +164,8 @@ class Archiver:
         for batch_id in batch_ids:
             pipe.lrange(store.key("deliveries", batch_id), 0, -1)
             pipe.hgetall(store.key("webhook", batch_id))
+        for message_id in message_ids:
+            pipe.lrange(store.key("deliveries", message_id), 0, -1)
         raw = pipe.execute()
         jobs, attempts, expiring = [], [], []
         for i, job_id in enumerate(job_ids):
@@ -190,6 +196,11 @@ class Archiver:
                     batch_key(store, batch_id, "jobs"),
                     *self._subject_keys(batch_id, summary.get("event")),
                 ]
+        # An endpoint message's attempts go to the database too; its own keys stay in Redis
+        # for the hold period, which is the window of `recover` (jobgate.endpoints).
+        offset += 2 * len(batch_ids)
+        for i, message_id in enumerate(message_ids):
+            attempts += _attempts(message_id, "msg", raw[offset + i])
         with self.db.session() as session:
             _upsert_jobs(session, jobs)
             _upsert_batches(session, batches)
@@ -317,6 +328,7 @@ def _chunk(entries: Iterable[Any]) -> Chunk:
     ids: list[str] = []
     jobs: dict[str, None] = {}
     batches: dict[str, None] = {}
+    messages: dict[str, None] = {}
     for entry_id, fields in entries:
         ids.append(entry_id)
         subject = (fields or {}).get("s", "")
@@ -325,7 +337,9 @@ def _chunk(entries: Iterable[Any]) -> Chunk:
             jobs[subject_id] = None
         elif kind == "batch" and subject_id:
             batches[subject_id] = None
-    return Chunk(ids, list(jobs), list(batches))
+        elif kind == "msg" and subject_id:
+            messages[subject_id] = None
+    return Chunk(ids, list(jobs), list(batches), list(messages))
 
 
 def _webhook_state(job: dict[str, Any]) -> str:

@@ -232,3 +232,13 @@ def test_a_job_whose_fan_out_step_has_not_run_stays_in_redis(store, archiver) ->
     store.redis.xadd(store.archive_key, {"s": f"job:{job_id}"})
     archiver.drain()
     assert 0 < store.redis.ttl(store.key("job", job_id)) <= store.cache_ttl
+
+
+def test_an_endpoint_messages_attempts_reach_the_database(store, archiver, db) -> None:
+    msg_id = "msg_" + uuid.uuid4().hex
+    entry = {"webhook_id": msg_id, "event": "job.succeeded", "at": utcnow(), "outcome": "retry"}
+    books = Deliveries(store)
+    books.record(msg_id, entry, "retrying", "msg")
+    books.record(msg_id, {**entry, "outcome": "delivered"}, "delivered", "msg")
+    archiver.drain()
+    assert [a["outcome"] for a in history.attempts(db, msg_id)] == ["retry", "delivered"]
