@@ -305,9 +305,17 @@ def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None 
                     select(Batch.batch_id).where(Batch.completed_at < before).limit(chunk)
                 )
             )
-            if not ids and not batch_ids:
+            # Endpoint messages' attempts: by their own time (a message outlives no job).
+            message_ids = list(
+                session.scalars(
+                    select(Attempt.subject_id)
+                    .where(Attempt.kind == "msg", Attempt.at < before)
+                    .limit(chunk)
+                )
+            )
+            if not ids and not batch_ids and not message_ids:
                 return deleted
-            subjects = ids + batch_ids
+            subjects = ids + batch_ids + message_ids
             session.execute(delete(Attempt).where(Attempt.subject_id.in_(subjects)))
             session.execute(delete(Job).where(Job.job_id.in_(ids)))
             session.execute(delete(Batch).where(Batch.batch_id.in_(batch_ids)))
