@@ -68,6 +68,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_MAX_BODY": str(settings.max_body),
         "JOBGATE_MAX_WAIT": str(settings.max_wait),
         "JOBGATE_WEBHOOK_SECRET_GRACE": str(settings.webhook_secret_grace),
+        "JOBGATE_REDIS_SENTINEL_MASTER": settings.redis_sentinel_master,
     }
 
 
