@@ -34,6 +34,7 @@ from bench.common import (
     Service,
     Stack,
     base_parser,
+    cpu_seconds,
     free_port,
     gunicorn_shape,
     machine,
@@ -90,6 +91,24 @@ def idle_rate(stack: Stack, seconds: float) -> tuple[Counter[str], float]:
     counts.subtract(before)
     elapsed = time.monotonic() - start
     return counts, elapsed
+
+
+def worker_roles(worker: Service) -> dict[str, float]:
+    """CPU seconds so far of the worker's processes by role, from their command lines:
+    jobgate's job pool (``-Q jobs``, main + prefork children), its delivery pool
+    (``-Q webhooks``), the supervisor; the peer's one Celery worker."""
+    used: dict[str, float] = {}
+    for pid in worker.pids():
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        queue = args[args.index("-Q") + 1] if "-Q" in args[:-1] else ""
+        role = {"jobs": "job pool", "webhooks": "delivery pool"}.get(queue)
+        if role is None:
+            role = "supervisor" if "gateway.cli" in args else "celery worker"
+        used[role] = used.get(role, 0.0) + cpu_seconds([pid])
+    return used
 
 
 # ---------------------------------------------------------------------------- the peer
@@ -168,6 +187,7 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
         idle, idle_seconds = idle_rate(stack, args.idle)
         before = command_counts(stack)
         cpu = stack.cpu_meter({"gateway": gateway, "worker": worker, "receiver": receiver})
+        roles_before = worker_roles(worker)
         t0, m0 = time.time(), time.monotonic()
         load = run_load(
             stack.ports["gateway"],
@@ -184,6 +204,7 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
         }
         wait_for_webhooks(stack, len(submitted), args.stall, args.cap)
         cpu_used = cpu.used()
+        roles = worker_roles(worker)
         settle = time.monotonic() + 10
         while time.monotonic() < settle and not queues_empty(stack):
             time.sleep(0.1)
@@ -223,6 +244,10 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
             "fast_receivers_p99": ms(percentile(fast, 99)),
         },
         "cpu_ms_per_job": {name: round(1000 * cpu_used[name] / count, 3) for name in PROCESSES},
+        "worker_cpu_ms_per_job_by_role": {
+            role: round(1000 * (used - roles_before.get(role, 0.0)) / count, 3)
+            for role, used in roles.items()
+        },
         "redis_commands_per_job": round(sum(corrected.values()) / count, 1),
         "redis_commands_per_job_by_command": dict(
             sorted(per_job.items(), key=lambda item: -item[1])
@@ -246,6 +271,8 @@ def monitored_run(args: Any, redis_url: str, jobs: int) -> dict[str, Any]:
     names = script_names()
     client_cmds: Counter[str] = Counter()
     lua_cmds: Counter[str] = Counter()
+    by_script: dict[str, Counter[str]] = {}  # script -> the commands it ran inside Redis
+    current = ["?"]  # MONITOR shows an EVALSHA, then the commands its script runs
     stop = threading.Event()
     ready = threading.Event()
 
@@ -260,13 +287,18 @@ def monitored_run(args: Any, redis_url: str, jobs: int) -> dict[str, Any]:
                     break
                 if int(line.get("db", db)) != db:
                     continue  # another db of a shared server: not ours
-                parts = shlex.split(line["command"]) if line["command"] else []
-                if not parts:
+                parts = (line.get("command") or "").split(" ", 2)  # name, first arg
+                if not parts[0]:
                     continue
                 name = parts[0].upper()
                 if name == "EVALSHA" and len(parts) > 1:
-                    name = f"EVALSHA {names.get(parts[1], 'not jobgate (kombu)')}"
-                (lua_cmds if line.get("client_type") == "lua" else client_cmds)[name] += 1
+                    current[0] = names.get(parts[1].strip('"'), "not jobgate's (kombu)")
+                    name = f"EVALSHA {current[0]}"
+                if line.get("client_type") == "lua":
+                    lua_cmds[name] += 1
+                    by_script.setdefault(current[0], Counter())[name] += 1
+                else:
+                    client_cmds[name] += 1
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -291,6 +323,10 @@ def monitored_run(args: Any, redis_url: str, jobs: int) -> dict[str, Any]:
         "lua_inner_commands_per_job": round(sum(lua_cmds.values()) / count, 1),
         "client": per_job(client_cmds),
         "inside_scripts": per_job(lua_cmds),
+        "inside_each_script_per_job": {
+            script: {"total": round(sum(c.values()) / count, 2), **per_job(c)}
+            for script, c in sorted(by_script.items(), key=lambda item: -sum(item[1].values()))
+        },
     }
 
 
@@ -338,7 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     started = machine()
     own = OwnRedis() if args.own_redis else None
     redis_url = own.url if own else args.redis_url
-    scenarios = {"normal": args.jobs, **({"slow": args.slow_jobs} if args.slow_jobs else {})}
+    # The slow scenario's throughput is compared with a normal run of its own size (a
+    # smaller backlog drains at a different rate): "normal-small".
+    scenarios = {"normal": args.jobs}
+    if args.slow_jobs and args.slow_jobs != args.jobs:
+        scenarios["normal-small"] = args.slow_jobs
+    if args.slow_jobs:
+        scenarios["slow"] = args.slow_jobs
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {
         s: {t: [] for t in TARGETS} for s in scenarios
     }
@@ -351,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = one_round(target, args, redis_url, jobs, slow=scenario == "slow")
                     runs[scenario][target].append(result)
                     print(
-                        f"round {number + 1} {scenario:6} {target:7} "
+                        f"round {number + 1} {scenario:12} {target:7} "
                         f"{result['jobs_per_s']} jobs/s, p50/p99 "
                         f"{result['submit_to_webhook_ms']['p50']}/"
                         f"{result['submit_to_webhook_ms']['p99']} ms, "
@@ -378,10 +420,10 @@ def main(argv: list[str] | None = None) -> int:
             ],
         }
     if "slow" in summary:
+        same_size = summary.get("normal-small", summary["normal"])
         ratios["slow_retention"] = {
             target: round(summary["slow"][target]["jobs_per_s"] / normal, 2)
-            if (normal := summary["normal"][target]["jobs_per_s"])
-            and summary["slow"][target]["jobs_per_s"]
+            if (normal := same_size[target]["jobs_per_s"]) and summary["slow"][target]["jobs_per_s"]
             else None
             for target in TARGETS
         }
@@ -427,8 +469,13 @@ def main(argv: list[str] | None = None) -> int:
         print_table(["command", "per job"], list(monitor["client"].items())[:15])
         print("inside scripts:")
         print_table(["command", "per job"], list(monitor["inside_scripts"].items())[:15])
+        print("inside each script, per job:")
+        print_table(
+            ["script", "commands"],
+            [[k, v["total"]] for k, v in monitor["inside_each_script_per_job"].items()],
+        )
     write_result(
-        "peer",
+        "peer" if args.rounds else "peer-monitor",
         {
             "benchmark": "peer",
             "task": "demo.sleep",
