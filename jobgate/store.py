@@ -20,6 +20,7 @@ from typing import Any, cast
 import redis
 
 from config import DEFAULT_WEBHOOK_TIMEOUT, Settings
+from jobgate.connections import redis_client
 from jobgate.scripts import Scripts
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
@@ -90,25 +91,26 @@ class Store:
         self.scripts = Scripts(client)
 
     @classmethod
-    def from_url(cls, url: str, *, max_connections: int = 1000, **kwargs: Any) -> Store:
-        """A store on ``url`` with a bounded pool: past ``max_connections`` a caller waits
-        (up to POOL_WAIT s, then ``ConnectionError``, a 503) instead of failing at once."""
-        pool = redis.BlockingConnectionPool.from_url(
+    def from_url(
+        cls, url: str, *, max_connections: int = 1000, sentinel_master: str = "", **kwargs: Any
+    ) -> Store:
+        """A store on ``url`` (``sentinel://`` with ``sentinel_master`` follows failovers) with
+        a bounded pool: past ``max_connections`` a caller waits (up to POOL_WAIT s, then
+        ``ConnectionError``, a 503) instead of failing at once."""
+        client = redis_client(
             url,
-            decode_responses=True,
-            socket_timeout=5,
-            socket_connect_timeout=2,
-            health_check_interval=30,
+            sentinel_master=sentinel_master,
             max_connections=max_connections,
-            timeout=POOL_WAIT,
+            pool_wait=POOL_WAIT,
         )
-        return cls(redis.Redis(connection_pool=pool), **kwargs)
+        return cls(client, **kwargs)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         """The store ``settings`` describe (gateway and worker build theirs here)."""
         return cls.from_url(
             settings.redis_url,
+            sentinel_master=settings.sentinel_master_for(settings.redis_url),
             prefix=settings.key_prefix,
             cache_ttl=settings.job_cache_ttl,
             max_connections=settings.redis_max_connections,
@@ -120,7 +122,7 @@ class Store:
 
     # ---------------------------------------------------------------------- jobs
     def create_job(self, job: dict[str, Any], message: tuple[str, str] | None = None) -> None:
-        """Store a new job record and index it for listing, newest first.
+        """Store a new job record and put it on the archive stream (listing reads the database).
 
         ``message`` (queue, payload) is pushed onto the broker queue in the same
         MULTI/EXEC: the job and its Celery message exist together or not at all.

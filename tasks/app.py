@@ -152,6 +152,18 @@ def _task_body(job_type: JobType):
     return run
 
 
+def sentinel_options(settings: Settings, url: str) -> dict[str, Any]:
+    """kombu's and Celery's transport options for a ``sentinel://`` URL (else none): the
+    master's name, and short timeouts for the sentinels themselves."""
+    master = settings.sentinel_master_for(url)
+    if not master:
+        return {}
+    return {
+        "master_name": master,
+        "sentinel_kwargs": {"socket_timeout": 2, "socket_connect_timeout": 2},
+    }
+
+
 def make_celery(settings: Settings | None = None) -> JobgateCelery:
     """Build a Celery app for ``settings`` with every enabled job type registered."""
     settings = settings or Settings.from_env()
@@ -183,7 +195,10 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
             "unacked_mutex_expire": max(5, settings.visibility_timeout // 2),
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            **sentinel_options(settings, settings.broker_url),
         },
+        # A sentinel:// backend asks the sentinels for the master (after a failover too).
+        result_backend_transport_options=sentinel_options(settings, settings.result_backend),
         # Fail fast when Redis is down: the gateway answers 503 instead of hanging.
         task_publish_retry_policy={
             "max_retries": 2,

@@ -28,7 +28,10 @@ from kombu.serialization import dumps
 
 def same_redis(broker_url: str, redis_url: str) -> bool:
     """True when tasks can be queued in the job store's own transactions."""
-    return broker_url == redis_url and broker_url.startswith(("redis://", "rediss://"))
+    # sentinel:// (one master name for all URLs, config.Settings) is the same Redis too.
+    return broker_url == redis_url and broker_url.startswith(
+        ("redis://", "rediss://", "sentinel://")
+    )
 
 
 def task_message(

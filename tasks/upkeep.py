@@ -31,6 +31,7 @@ from celery import bootsteps
 from celery.worker import state as worker_state
 
 from jobgate.archive import Archiver, prune, restore
+from jobgate.connections import redis_client
 from jobgate.due import move_due
 from jobgate.sweeper import sweep
 
@@ -70,11 +71,9 @@ class Refresher(threading.Thread):
         self.unacked_index = unacked_index
         self.broker: redis.Redis | None = None
         if unacked_index is not None:
-            self.broker = redis.Redis.from_url(
+            self.broker = redis_client(
                 app.conf.broker_url,
-                decode_responses=True,
-                socket_timeout=5,
-                socket_connect_timeout=2,
+                sentinel_master=app.settings.sentinel_master_for(app.conf.broker_url),
             )
 
     def run(self) -> None:
@@ -178,7 +177,7 @@ class Upkeep(bootsteps.StartStopStep):
         self.node = c.hostname
         if self._refresher is None:  # once per process: it outlives consumer restarts
             unacked_index = None
-            if app.conf.broker_url.startswith(("redis://", "rediss://")):
+            if app.conf.broker_url.startswith(("redis://", "rediss://", "sentinel://")):
                 channel = c.task_consumer.channel
                 unacked_index = (
                     getattr(channel, "global_keyprefix", "") or ""

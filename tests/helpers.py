@@ -76,6 +76,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_DATABASE_URL": settings.database_url,
         "JOBGATE_JOB_CACHE_TTL": str(settings.job_cache_ttl),
         "JOBGATE_ARCHIVE_BATCH": str(settings.archive_batch),
+        "JOBGATE_REDIS_SENTINEL_MASTER": settings.redis_sentinel_master,
     }
 
 

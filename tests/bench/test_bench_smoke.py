@@ -245,3 +245,39 @@ def test_chaos_bench_loses_nothing(redis_url: str, redis_client, tmp_path: Path)
         "unacked",
         "repairs",
     }
+
+
+def test_peer_bench_runs_both_gateways_in_both_scenarios(
+    redis_url: str, redis_client, tmp_path: Path
+):
+    data = run_script(
+        "peer",
+        redis_url,
+        tmp_path / "peer.json",
+        "--jobs",
+        "20",
+        "--slow-jobs",
+        "10",
+        "--rounds",
+        "1",
+        "--idle",
+        "0",
+        "--webhook-timeout",
+        "1",
+        "--monitor-jobs",
+        "10",
+        "--stall",
+        "30",
+        "--cap",
+        "120",
+    )
+    for scenario, jobs in (("normal", 20), ("normal-small", 10), ("slow", 10)):
+        for target in ("jobgate", "peer"):
+            (row,) = data["results"][scenario][target]
+            assert row["jobs_submitted"] == row["jobs_webhooked"] == jobs, row
+            assert row["lost"] == row["duplicated"] == row["bad_signatures"] == 0, row
+            assert set(row["cpu_ms_per_job"]) >= {"gateway", "worker", "receiver", "redis"}
+            assert row["redis_commands_per_job"] > 0 and row["submit_to_webhook_ms"]["p50"]
+            assert row["worker_cpu_ms_per_job_by_role"], row
+    assert set(data["ratios"]) == {"normal", "normal-small", "slow", "slow_retention"}
+    assert data["monitor"]["client"] and data["monitor"]["inside_scripts"]
