@@ -207,7 +207,31 @@ def show(svc: Services, principal: Principal, job_id: str) -> tuple[dict[str, An
     if record.get("status") in TERMINAL:
         return record, job_view(record)
     meta = backend.decode_result(raw_meta) if raw_meta else {"status": "PENDING", "result": None}
+    if meta.get("status") in TERMINAL:
+        record = recorded_end(svc, record)
+        if record.get("status") in TERMINAL:
+            return record, job_view(record)
     return record, job_view(record, meta)
+
+
+RECORD_GRACE = 0.5  # seconds a read waits for the end Celery's meta already announces
+
+
+def recorded_end(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
+    """The record once it holds the end that Celery's meta already shows.
+
+    A worker stores the task's SUCCESS/FAILURE meta just before it records the end, so a
+    read in between would answer SUCCESS without ``finished_at`` or the webhook (and a
+    second read a different view). The record follows within milliseconds; past
+    RECORD_GRACE (the worker died in between) the meta's view is answered.
+    """
+    deadline = time.monotonic() + RECORD_GRACE
+    while time.monotonic() < deadline:
+        current = svc.store.job(record["job_id"])
+        if current is None or current.get("status") in TERMINAL:
+            return current or record
+        time.sleep(0.01)
+    return record
 
 
 def describe(svc: Services, record: dict[str, Any]) -> dict[str, Any]:

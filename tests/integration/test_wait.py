@@ -31,3 +31,21 @@ def test_a_success_stored_before_the_end_is_recorded_is_waited_for(app, partner)
     assert view["status"] == "SUCCESS" and view["result"] == {"slept": 0}
     assert view["finished_at"] is not None
     assert 0.25 <= time.monotonic() - started < 4
+
+
+def test_a_plain_read_between_the_meta_and_the_end_answers_the_recorded_end(app, partner):
+    """The same gap for a plain GET (the client's first read before ``?wait=``): it
+    answered SUCCESS with finished_at null, then a later read differed (flaky in CI)."""
+    svc = app.extensions["jobgate"]
+    principal = Principal("partner", partner["id"])
+    record = new_record(principal, {"task": "demo.sleep", "params": {}})
+    svc.store.create_job(record)
+    svc.celery.backend.store_result(record["task_id"], {"slept": 0}, "SUCCESS")
+    ending = threading.Timer(
+        0.1, lambda: svc.store.finish_job(record["job_id"], "SUCCESS", result={"slept": 0})
+    )
+    ending.start()
+    _, view = jobs.show(svc, principal, record["job_id"])
+    ending.join()
+    assert view["status"] == "SUCCESS" and view["finished_at"] is not None
+    assert jobs.show(svc, principal, record["job_id"])[1] == view
