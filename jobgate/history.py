@@ -24,34 +24,30 @@ class BadCursor(ValueError):
 
 def job(db: Database, job_id: str) -> dict[str, Any] | None:
     """The archived record of ``job_id``, or None."""
-    with db.session() as session:
-        row = session.get(Job, job_id)
-        return dict(row.record) if row is not None else None
+    rows = db.read(select(Job.record).where(Job.job_id == job_id))
+    return dict(rows[0][0]) if rows else None
 
 
 def jobs(db: Database, job_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Archived records by id (ids not archived are absent)."""
     if not job_ids:
         return {}
-    with db.session() as session:
-        rows = session.scalars(select(Job).where(Job.job_id.in_(job_ids)))
-        return {row.job_id: dict(row.record) for row in rows}
+    rows = db.read(select(Job.job_id, Job.record).where(Job.job_id.in_(job_ids)))
+    return {job_id: dict(record) for job_id, record in rows}
 
 
 def batch(db: Database, batch_id: str) -> dict[str, Any] | None:
     """The archived batch record (with ``member_ids``), or None."""
-    with db.session() as session:
-        row = session.get(Batch, batch_id)
-        return dict(row.record) if row is not None else None
+    rows = db.read(select(Batch.record).where(Batch.batch_id == batch_id))
+    return dict(rows[0][0]) if rows else None
 
 
 def attempts(db: Database, subject_id: str) -> list[dict[str, Any]]:
     """Every archived attempt of a job's or batch's webhook, oldest first."""
-    with db.session() as session:
-        rows = session.scalars(
-            select(Attempt).where(Attempt.subject_id == subject_id).order_by(Attempt.attempt)
-        )
-        return [dict(row.entry) for row in rows]
+    rows = db.read(
+        select(Attempt.entry).where(Attempt.subject_id == subject_id).order_by(Attempt.attempt)
+    )
+    return [dict(entry) for (entry,) in rows]
 
 
 def encode_cursor(record: dict[str, Any]) -> str:
@@ -97,5 +93,4 @@ def page(
         position = tuple_(literal(created, Job.created_at.type), literal(job_id))
         query = query.where(tuple_(Job.created_at, Job.job_id) < position)
     query = query.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit)
-    with db.session() as session:
-        return [dict(record) for record in session.scalars(query)]
+    return [dict(record) for (record,) in db.read(query)]

@@ -99,6 +99,7 @@ class Refresher(threading.Thread):
 
 
 PRUNE_EVERY = 3600.0
+ARCHIVE_LINGER = 0.5  # seconds of archive lag traded for larger chunks (docs/database.md)
 
 
 class ArchiveThread(threading.Thread):
@@ -123,11 +124,7 @@ class ArchiveThread(threading.Thread):
             failed = False
             # Each step on its own: a database that refuses the archive must not stop
             # the restore of what Redis lost, nor the other way round.
-            for step in (
-                lambda: self.archiver.run_once(block_ms=1000),
-                self.maybe_restore,
-                self.maybe_prune,
-            ):
+            for step in (self.archive, self.maybe_restore, self.maybe_prune):
                 try:
                     step()
                 except Exception:  # noqa: BLE001 - the database or Redis is down: try again
@@ -137,6 +134,14 @@ class ArchiveThread(threading.Thread):
                         log.warning("archive: an upkeep step failed; retrying", exc_info=True)
             if failed:
                 time.sleep(1.0)
+
+    def archive(self) -> None:
+        """One chunk; after a chunk that was not full, wait ARCHIVE_LINGER s so that the
+        next one is larger (each chunk costs a fixed few round trips: in chunks of 8 the
+        archiver cost 1.1 ms of CPU per job, in chunks of 500, 0.4 ms)."""
+        taken = self.archiver.run_once(block_ms=1000)
+        if 0 < taken < self.archiver.batch:
+            time.sleep(ARCHIVE_LINGER)
 
     def maybe_restore(self) -> None:
         """Jobs the database holds as unsettled and Redis lost: back into Redis."""

@@ -38,8 +38,19 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     """Fail the test if anything connects or does a real DNS lookup: refusal is pre-connection."""
     calls: list[object] = []
 
+    real = {
+        "socket.connect": socket.socket.connect,
+        "socket.connect_ex": socket.socket.connect_ex,
+        "socket.create_connection": socket.create_connection,
+        "socket.getaddrinfo": socket.getaddrinfo,
+    }
+
     def forbidden(name: str) -> Callable[..., object]:
         def _fail(*args: object, **kwargs: object) -> object:
+            # Earlier tests' gateways keep a partner-change subscription thread that
+            # reconnects to their (stopped) Redis: not the code under test here.
+            if threading.current_thread().name == "jobgate-partner-changes":
+                return real[name](*args, **kwargs)
             calls.append((name, args))
             raise AssertionError(f"{name} called during an SSRF check: {args!r}")
 
