@@ -310,14 +310,15 @@ def _upsert_jobs(session: Session, jobs: list[dict[str, Any]]) -> None:
         }
         for job in jobs
     ]
-    insert = _insert(session)(Job).values(rows)
+    insert = _insert(session)(Job.__table__)
     cols = ("status", "finished_at", "record", "rev")
     session.execute(
         insert.on_conflict_do_update(
             index_elements=["job_id"],
             set_={name: insert.excluded[name] for name in cols},
-            where=Job.rev <= insert.excluded.rev,
-        )
+            where=Job.__table__.c.rev <= insert.excluded.rev,
+        ),
+        rows,
     )
 
 
@@ -339,18 +340,21 @@ def _upsert_batches(session: Session, batches: list[dict[str, Any]]) -> None:
         }
         for batch in batches
     ]
-    insert = _insert(session)(Batch).values(rows)
+    insert = _insert(session)(Batch.__table__)
     session.execute(
         insert.on_conflict_do_update(
             index_elements=["batch_id"],
             set_={name: insert.excluded[name] for name in ("completed_at", "record", "rev")},
-            where=Batch.rev <= insert.excluded.rev,
-        )
+            where=Batch.__table__.c.rev <= insert.excluded.rev,
+        ),
+        rows,
     )
 
 
 def _insert_attempts(session: Session, attempts: list[dict[str, Any]]) -> None:
     if not attempts:
         return
-    insert = _insert(session)(Attempt).values(attempts)
-    session.execute(insert.on_conflict_do_nothing(index_elements=["subject_id", "attempt"]))
+    insert = _insert(session)(Attempt.__table__)
+    session.execute(
+        insert.on_conflict_do_nothing(index_elements=["subject_id", "attempt"]), attempts
+    )
