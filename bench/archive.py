@@ -270,8 +270,10 @@ def part_e2e(args: Any) -> dict[str, Any]:
             caught_up_at + args.cache_ttl, (in_db["last_finished"] or 0) + args.result_expires
         )
         time.sleep(max(0.0, wait_until - time.time()) + 2)
+        # At most --settle s more: claim keys (600 s) keep expiring one by one past that.
         settled, last_keys = time.monotonic(), -1
-        while time.monotonic() - settled < 3 and time.monotonic() < deadline:
+        settle_until = time.monotonic() + args.settle
+        while time.monotonic() - settled < 3 and time.monotonic() < settle_until:
             keys = client.dbsize()
             if keys != last_keys:
                 settled, last_keys = time.monotonic(), keys
@@ -1081,6 +1083,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-ttl", type=int, default=30, help="JOBGATE_JOB_CACHE_TTL, s")
     parser.add_argument("--result-expires", type=int, default=30, help="JOBGATE_RESULT_EXPIRES")
     parser.add_argument("--sample-every", type=float, default=0.25, help="lag sampling, s")
+    parser.add_argument(
+        "--settle", type=float, default=30.0, help="after the TTLs: wait for the key count"
+    )
     parser.add_argument("--stall", type=float, default=60.0)
     parser.add_argument("--cap", type=float, default=1800.0, help="time cap of a wait, s")
     parser.add_argument("--drain-jobs", type=int, default=50_000)
