@@ -210,14 +210,17 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-def spawn(name: str, args: Sequence[str], env: Mapping[str, str]) -> Service:
-    """Start ``args`` in its own process group, output to a log file under LOGS."""
+def spawn(name: str, args: Sequence[str], env: Mapping[str, str], root: Path = ROOT) -> Service:
+    """Start ``args`` in its own process group, output to a log file under LOGS.
+
+    ``root``: the source tree it runs from (another checkout, for A/B runs against an
+    older commit: its directory comes first on ``sys.path``)."""
     return Service.start(
         name,
         args,
         log=LOGS / f"{name}-{os.getpid()}.log",
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(root)},
+        cwd=root,
     )
 
 
@@ -233,13 +236,17 @@ def gateway_env(redis_url: str) -> dict[str, str]:
     }
 
 
-def fresh_database() -> str:
-    """A new, migrated database for one run: ``BENCH_DATABASE_URL`` (PostgreSQL: every
-    table emptied) or, by default, a new SQLite file beside the logs."""
+def fresh_database(url: str | None = None) -> str:
+    """A new, migrated database for one run: ``url`` or ``BENCH_DATABASE_URL``
+    (PostgreSQL: every table emptied) or, by default, a new SQLite file beside the logs."""
+    from sqlalchemy import text
+
     from jobgate.db import Database
 
-    url = os.environ.get("BENCH_DATABASE_URL") or (
-        f"sqlite:///{LOGS / f'bench-{os.getpid()}-{time.time_ns()}.sqlite3'}"
+    url = (
+        url
+        or os.environ.get("BENCH_DATABASE_URL")
+        or (f"sqlite:///{LOGS / f'bench-{os.getpid()}-{time.time_ns()}.sqlite3'}")
     )
     LOGS.mkdir(parents=True, exist_ok=True)
     database = Database(url)
@@ -247,9 +254,11 @@ def fresh_database() -> str:
     if not database.is_sqlite:
         from jobgate.db.models import Base
 
+        # TRUNCATE, not DELETE: after bench.archive's million rows a DELETE takes
+        # tens of seconds and leaves the table bloated for the next run.
+        names = ", ".join(table.name for table in Base.metadata.sorted_tables)
         with database.session() as session:
-            for table in reversed(Base.metadata.sorted_tables):
-                session.execute(table.delete())
+            session.execute(text(f"TRUNCATE {names}"))
     database.dispose()
     return url
 
@@ -330,15 +339,18 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
+    root: Path = ROOT  # the source tree the gateway and workers run from
 
     @classmethod
-    def fresh(cls, redis_url: str) -> Stack:
-        """A stack on a FLUSHED Redis db (the bench's own)."""
+    def fresh(cls, redis_url: str, database_url: str | None = None, root: Path = ROOT) -> Stack:
+        """A stack on a FLUSHED Redis db (the bench's own) and a fresh database
+        (``fresh_database(database_url)``), running the code in ``root``."""
         client = redis.Redis.from_url(redis_url)
         client.ping()
         client.flushdb()
         client.close()
-        return cls(redis_url, {**gateway_env(redis_url), "JOBGATE_DATABASE_URL": fresh_database()})
+        env = {**gateway_env(redis_url), "JOBGATE_DATABASE_URL": fresh_database(database_url)}
+        return cls(redis_url, env, root=root)
 
     def url(self, name: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
@@ -360,6 +372,7 @@ class Stack:
                 "wsgi:app",
             ],
             self.env,
+            self.root,
         )
         self.services["gateway"] = service
         service.wait_ready(
@@ -381,7 +394,7 @@ class Stack:
             if instances == 1
             else ["sh", "-c", " & ".join(shlex.join(command) for command in commands) + " & wait"]
         )
-        service = spawn("worker", args, self.env)
+        service = spawn("worker", args, self.env, self.root)
         self.services["worker"] = service
         app = make_celery(Settings.from_env(self.env))
         nodes = instances * (1 if shape == "single" else 2)  # Celery nodes to answer

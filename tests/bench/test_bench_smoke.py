@@ -281,3 +281,64 @@ def test_peer_bench_runs_both_gateways_in_both_scenarios(
             assert row["worker_cpu_ms_per_job_by_role"], row
     assert set(data["ratios"]) == {"normal", "normal-small", "slow", "slow_retention"}
     assert data["monitor"]["client"] and data["monitor"]["inside_scripts"]
+
+
+def test_archive_bench_measures_every_part(redis_url: str, redis_client, tmp_path: Path):
+    data = run_script(
+        "archive",
+        redis_url,
+        tmp_path / "archive.json",
+        "--database-url",
+        f"sqlite:///{tmp_path / 'archive.sqlite3'}",
+        "--jobs",
+        "30",
+        "--cache-ttl",
+        "2",
+        "--result-expires",
+        "2",
+        "--stall",
+        "30",
+        "--cap",
+        "120",
+        "--drain-jobs",
+        "300",
+        "--archive-batch",
+        "100",
+        "--before",
+        "HEAD",
+        "--ab-jobs",
+        "20",
+        "--ab-rounds",
+        "1",
+        "--read-rows",
+        "3000",
+        "--read-partners",
+        "10",
+        "--read-requests",
+        "40",
+        "--read-rounds",
+        "1",
+        "--read-concurrency",
+        "4",
+    )
+    result = data["results"]
+    e2e = result["e2e"]
+    assert e2e["jobs"] == 30 and e2e["lost"] == 0 and e2e["duplicated"] == 0, e2e
+    assert e2e["database"]["rows"] == 30 and e2e["database"]["statuses"] == {"SUCCESS": 30}
+    assert e2e["archive_lag"]["samples"] > 0 and e2e["redis"]["peak"]["used_memory"] > 0
+    # Once the cache TTL and the result expiry passed, only the attempts' claims are left.
+    left = set(e2e["redis"]["keys_after_by_family"])
+    assert not left & {"jobgate:job:*", "celery-task-meta-*", "jobgate:deliveries:*"}, left
+    for row in result["drain"].values():
+        assert row["entries_left"] == 0 and row["rows"]["jobs"] == 300, row
+        assert row["jobs_per_s"] > 0
+    assert [r["arm"] for r in result["ab"]["rounds"]] == ["before", "after"]
+    assert all(r["lost"] == 0 for r in result["ab"]["rounds"])
+    reads = result["reads"]
+    assert reads["loaded"]["rows"] == 3000
+    for name, row in reads["http"].items():
+        assert row["ok"] == row["requests"] == 40, (name, row)
+    for name, check in reads["checks"].items():
+        assert check["status"] == 200, (name, check)
+    assert set(reads["explain"]) >= {"job by id", "list: first page", "list: deep cursor page"}
+    assert result["ratios"]["drain_sqlite_over_e2e"] is not None
