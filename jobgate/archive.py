@@ -202,7 +202,7 @@ class Archiver:
         for i, message_id in enumerate(message_ids):
             attempts += _attempts(message_id, "msg", raw[offset + i])
         with self.db.session() as session:
-            _upsert_jobs(session, jobs)
+            _upsert_jobs(session, jobs, store.prefix)
             _upsert_batches(session, batches)
             _insert_attempts(session, attempts)
         return expiring
@@ -235,18 +235,21 @@ class Archiver:
 def restore(
     store: Store, db: Database, messenger: Messenger, *, older_than: float, limit: int = 1000
 ) -> int:
-    """Give Redis back what it lost (a restart without persistence): jobs the database
-    holds as not settled, created more than ``older_than`` s ago, whose Redis record is
-    gone. A job not ended is queued again (it runs again: at least once); an ended one
-    whose webhook was not final gets its record back and its event queued again, with
-    the same ``webhook-id`` and body. Returns how many were restored."""
+    """Give Redis back what it lost (a restart without persistence): jobs of this
+    store's key prefix the database holds as not settled, created more than
+    ``older_than`` s ago, whose Redis record is gone. A job not ended is queued again
+    (it runs again: at least once); an ended one whose webhook was not final gets its
+    record back and its event queued again, with the same ``webhook-id`` and body.
+    Returns how many were restored."""
     cutoff = datetime.fromtimestamp(time.time() - older_than, UTC)
     with db.session() as session:
         records = [
             dict(r)
             for r in session.scalars(
                 select(Job.record)
-                .where(Job.settled.is_(False), Job.created_at < cutoff)
+                .where(
+                    Job.keyspace == store.prefix, Job.settled.is_(False), Job.created_at < cutoff
+                )
                 .order_by(Job.created_at)
                 .limit(limit)
             )
@@ -386,7 +389,7 @@ def _insert(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def _upsert_jobs(session: Session, jobs: list[dict[str, Any]]) -> None:
+def _upsert_jobs(session: Session, jobs: list[dict[str, Any]], keyspace: str) -> None:
     if not jobs:
         return
     rows = [
@@ -403,6 +406,7 @@ def _upsert_jobs(session: Session, jobs: list[dict[str, Any]]) -> None:
                 job.get("status"), _webhook_state(job), int(job.get("webhook_attempts") or 0)
             ),
             "settled": job.get("status") in TERMINAL and _webhook_state(job) in FINAL,
+            "keyspace": keyspace,
         }
         for job in jobs
     ]

@@ -11,7 +11,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -102,7 +113,10 @@ class Job(Base):
     rev: Mapped[int] = mapped_column(Integer, default=0)
     # Ended with its webhook final: nothing of it lives in Redis any more. The rows not
     # settled are what a Redis that lost its data must get back (jobgate.archive.restore).
-    settled: Mapped[bool] = mapped_column(Boolean, default=False)
+    settled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The Redis key prefix the job lives under: a database shared by deployments (or by
+    # test runs) restores each one's jobs into its own Redis only.
+    keyspace: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
     __table_args__ = (
         Index("jobs_partner_created", "partner_id", "created_at", "job_id"),
@@ -111,6 +125,7 @@ class Job(Base):
         Index("jobs_created", "created_at", "job_id"),
         Index(
             "jobs_unsettled",
+            "keyspace",
             "created_at",
             postgresql_where=text("NOT settled"),
             sqlite_where=text("NOT settled"),

@@ -94,6 +94,11 @@ def test_list_batches_and_iter_jobs(jg, worker):
         message="the batch to complete",
     )
     assert done["succeeded"] == 3
+    # Listings page from the database: the members show once archived (the archive lag).
+    wait_until(
+        lambda: set(batch["job_ids"]) <= {j["job_id"] for j in jg.list(limit=100)["jobs"]},
+        message="the batch's jobs listed",
+    )
     page = jg.list(limit=2)
     assert len(page["jobs"]) == 2 and page["next_cursor"]
     ids = [job["job_id"] for job in jg.iter_jobs(page_size=2)]

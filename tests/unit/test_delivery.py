@@ -46,6 +46,7 @@ from jobgate.delivery import (
 )
 from jobgate.signing import generate_secret, sign
 from jobgate.ssrf import REFUSED, parse_allowlist
+from tests.helpers import background_of_other_apps
 
 URL = "https://hooks.example/cb"
 PUBLIC = ["93.184.215.14"]
@@ -93,13 +94,19 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 def no_connect(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Fail on any connection at all (for refusals, which must happen before connecting)."""
     calls: list[object] = []
+    real = {"connect": socket.socket.connect, "create_connection": socket.create_connection}
 
-    def fail(*args: object, **kwargs: object) -> None:
-        calls.append(args)
-        raise AssertionError(f"connection attempted: {args!r}")
+    def failing(name: str) -> Any:
+        def fail(*args: object, **kwargs: object) -> object:
+            if background_of_other_apps():
+                return real[name](*args, **kwargs)  # type: ignore[operator]
+            calls.append(args)
+            raise AssertionError(f"connection attempted: {args!r}")
 
-    monkeypatch.setattr(socket.socket, "connect", fail)
-    monkeypatch.setattr(socket, "create_connection", fail)
+        return fail
+
+    monkeypatch.setattr(socket.socket, "connect", failing("connect"))
+    monkeypatch.setattr(socket, "create_connection", failing("create_connection"))
     return calls
 
 

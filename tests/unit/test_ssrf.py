@@ -28,7 +28,7 @@ from jobgate.ssrf import (
     parse_allowlist,
     port_allowed,
 )
-from tests.helpers import ROOT
+from tests.helpers import ROOT, background_of_other_apps
 
 LOOPBACK_ALLOWLIST = parse_allowlist("127.0.0.0/8,::1/128")
 
@@ -47,9 +47,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
 
     def forbidden(name: str) -> Callable[..., object]:
         def _fail(*args: object, **kwargs: object) -> object:
-            # Earlier tests' gateways keep a partner-change subscription thread that
-            # reconnects to their (stopped) Redis: not the code under test here.
-            if threading.current_thread().name == "jobgate-partner-changes":
+            if background_of_other_apps():
                 return real[name](*args, **kwargs)
             calls.append((name, args))
             raise AssertionError(f"{name} called during an SSRF check: {args!r}")

@@ -73,7 +73,8 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("rev", sa.Integer(), nullable=False),
-        sa.Column("settled", sa.Boolean(), nullable=False),
+        sa.Column("settled", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("keyspace", sa.String(length=64), server_default="", nullable=False),
         sa.PrimaryKeyConstraint("job_id"),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
@@ -82,7 +83,7 @@ def upgrade() -> None:
         batch_op.create_index("jobs_created", ["created_at", "job_id"], unique=False)
         batch_op.create_index(
             "jobs_unsettled",
-            ["created_at"],
+            ["keyspace", "created_at"],
             unique=False,
             postgresql_where=sa.text("NOT settled"),
             sqlite_where=sa.text("NOT settled"),
