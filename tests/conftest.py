@@ -51,6 +51,14 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def own_database(tmp_path) -> Iterator[str]:
+    """A migrated SQLite database of this test's own, for a test whose workers must not
+    see (or restore) what other tests left in the session's database."""
+    with migrated_database("sqlite", tmp_path) as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def settings(redis_url: str, database_url: str) -> Settings:
     """Settings every integration test shares with its worker subprocess."""

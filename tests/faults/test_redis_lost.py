@@ -24,11 +24,14 @@ def submit(client: Any, partner: dict[str, Any], url: str, seconds: float) -> st
 
 
 def test_redis_restarted_empty_loses_no_partner_job_or_webhook(
-    fault_settings: Settings, receiver: WebhookReceiver, workers: list[WorkerProcess]
+    fault_settings: Settings,
+    receiver: WebhookReceiver,
+    workers: list[WorkerProcess],
+    own_database: str,
 ) -> None:
     server = EmbeddedRedis().start()
     try:
-        own = fault_settings.with_overrides(redis_url=server.url)
+        own = fault_settings.with_overrides(redis_url=server.url, database_url=own_database)
         client, partner, svc = gateway_for(own, ADMIN_KEY)
         receiver.secrets.append(partner["webhook_secret"])
         workers.append(WorkerProcess(own, concurrency=2, name="lost").start())

@@ -112,11 +112,14 @@ def test_list_is_newest_first_filtered_and_paged(client, partner, other_partner,
         url = "/v1/jobs?limit=2" + (f"&cursor={cursor}" if cursor else "")
         page = client.get(url, headers=partner["headers"]).get_json()
         assert len(page["jobs"]) <= 2
-        seen += [job["job_id"] for job in page["jobs"]]
+        seen += [(job["created_at"], job["job_id"]) for job in page["jobs"]]
         cursor = page["next_cursor"]
         if not cursor:
             break
-    assert seen == [failed, *reversed(ids)], "newest first, every job once, only mine"
+    # Newest first by creation time, then by id within the same millisecond (docs/api.md).
+    assert seen == sorted(seen, reverse=True), "newest first"
+    assert {job_id for _, job_id in seen} == {failed, *ids}, "every job once, only mine"
+    assert len(seen) == 6
     only_failed = client.get("/v1/jobs?status=FAILURE", headers=partner["headers"]).get_json()
     assert [job["job_id"] for job in only_failed["jobs"]] == [failed]
     by_task = client.get("/v1/jobs?task=demo.fail", headers=partner["headers"]).get_json()

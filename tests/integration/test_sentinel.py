@@ -178,10 +178,10 @@ def _status(base: str, key: str, job_id: str) -> str | None:
     return answer.json()["status"] if answer.status_code == 200 else None
 
 
-def test_a_failover_loses_no_job_the_replica_had(group: SentinelGroup, database_url: str) -> None:
+def test_a_failover_loses_no_job_the_replica_had(group: SentinelGroup, own_database: str) -> None:
     settings = Settings(
         redis_url=group.url,
-        database_url=database_url,
+        database_url=own_database,
         redis_sentinel_master=MASTER,
         admin_keys=(ADMIN_KEY,),
         callback_allow_http=True,
