@@ -17,6 +17,7 @@ from gateway.errors import APIError, not_found
 from gateway.extensions import Services
 from gateway.schemas import JobSubmitSchema, load_or_422
 from jobgate import history
+from jobgate.lifecycle import queue_job
 from jobgate.ssrf import CallbackRefused, check_callback_url
 from jobgate.status import TERMINAL, job_view
 from jobgate.store import digest, new_id, utcnow
@@ -90,28 +91,8 @@ def new_record(
 
 
 def enqueue(svc: Services, record: dict[str, Any]) -> None:
-    """Store the job record and queue the Celery task under the job's id.
-
-    With the broker on the job store's Redis both are one transaction (see
-    tasks.publish). Otherwise the record is stored first and removed again if the broker
-    refuses the message. Either way a failed submit leaves nothing behind.
-    """
-    messenger = svc.messenger
-    queue = messenger.jobs_queue
-    if messenger.inline:
-        message = messenger.envelope(
-            record["task"], record["task_id"], queue=queue, kwargs=record["params"]
-        )
-        svc.store.create_job(record, message=(queue, message))
-        return
-    svc.store.create_job(record)
-    try:
-        messenger.send(
-            record["task"], kwargs=record["params"], task_id=record["task_id"], queue=queue
-        )
-    except Exception:
-        svc.store.delete_job(record)
-        raise
+    """Store the job record and queue the Celery task (``jobgate.lifecycle.queue_job``)."""
+    queue_job(svc.store, svc.messenger, record)
 
 
 def enforce_rate_limit(svc: Services, principal: Principal) -> None:

@@ -34,7 +34,7 @@ from jobgate.batches import batch_key, batch_record, member_ids
 from jobgate.db import Database
 from jobgate.db.models import Attempt, Batch, Job
 from jobgate.events import JOB_EVENTS
-from jobgate.lifecycle import enqueue_webhook
+from jobgate.lifecycle import enqueue_webhook, queue_job
 from jobgate.messages import Messenger
 from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
@@ -242,18 +242,15 @@ def restore(
     record back and its event queued again, with the same ``webhook-id`` and body.
     Returns how many were restored."""
     cutoff = datetime.fromtimestamp(time.time() - older_than, UTC)
-    with db.session() as session:
-        records = [
-            dict(r)
-            for r in session.scalars(
-                select(Job.record)
-                .where(
-                    Job.keyspace == store.prefix, Job.settled.is_(False), Job.created_at < cutoff
-                )
-                .order_by(Job.created_at)
-                .limit(limit)
-            )
-        ]
+    records = [
+        dict(record)
+        for (record,) in db.read(
+            select(Job.record)
+            .where(Job.keyspace == store.prefix, Job.settled.is_(False), Job.created_at < cutoff)
+            .order_by(Job.created_at)
+            .limit(limit)
+        )
+    ]
     if not records:
         return 0
     pipe = store.redis.pipeline(transaction=False)
@@ -268,21 +265,7 @@ def restore(
                 store, messenger, "job", job_id, JOB_EVENTS[record["status"]], chain="restored"
             )
         else:
-            fresh = {k: v for k, v in record.items() if k not in LIVE_FIELDS}
-            queue = record.get("queue") or messenger.jobs_queue
-            if messenger.inline:
-                message = messenger.envelope(
-                    record["task"], record["task_id"], queue=queue, kwargs=record.get("params")
-                )
-                store.create_job(fresh, message=(queue, message))
-            else:
-                store.create_job(fresh)
-                messenger.send(
-                    record["task"],
-                    kwargs=record.get("params"),
-                    task_id=record["task_id"],
-                    queue=queue,
-                )
+            queue_job(store, messenger, {k: v for k, v in record.items() if k not in LIVE_FIELDS})
         store.redis.hincrby(store.key("repairs"), "restored", 1)
         log.warning("archive: restored job %s that Redis lost", job_id, extra={"job_id": job_id})
     return len(lost)
@@ -295,8 +278,7 @@ LIVE_FIELDS = frozenset({"started_at", "runs", "worker", "progress"})
 def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None = None) -> int:
     """Delete finished jobs (and their attempts) older than ``retention`` s, and completed
     batches, one chunk per transaction; returns the jobs deleted."""
-    cutoff = parse_time(_iso(time.time() if now is None else now)).timestamp() - retention
-    before = datetime.fromtimestamp(cutoff, UTC)
+    before = datetime.fromtimestamp((time.time() if now is None else now) - retention, UTC)
     deleted = 0
     while True:
         with db.session() as session:
@@ -359,10 +341,6 @@ def _webhook_state(job: dict[str, Any]) -> str:
     if not job.get("callback_url"):
         return "pending" if job.get("fanout") == "queued" else "none"
     return str(job.get("webhook_state") or "pending")
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]]:

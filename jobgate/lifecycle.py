@@ -203,3 +203,25 @@ def enqueue_fan_out(
     )
     log.info("queued the fan-out of %s for %s %s", event, kind, subject_id)
     return task_id
+
+
+def queue_job(store: Store, messenger: Messenger, record: dict[str, Any]) -> None:
+    """Store a job's record and queue its Celery task under the job's id (on the record's
+    queue): a submit, and a job restored after Redis lost it.
+
+    With the broker on the job store's Redis both are one transaction (see
+    tasks.publish). Otherwise the record is stored first and removed again if the broker
+    refuses the message. Either way a failure leaves nothing behind.
+    """
+    queue = record.get("queue") or messenger.jobs_queue
+    params = record.get("params")
+    if messenger.inline:
+        message = messenger.envelope(record["task"], record["task_id"], queue=queue, kwargs=params)
+        store.create_job(record, message=(queue, message))
+        return
+    store.create_job(record)
+    try:
+        messenger.send(record["task"], kwargs=params, task_id=record["task_id"], queue=queue)
+    except Exception:
+        store.delete_job(record)
+        raise
