@@ -39,7 +39,7 @@ from jobgate.failpoints import failpoint
 from jobgate.lifecycle import enqueue_webhook
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.ssrf import parse_allowlist
-from jobgate.store import CLAIM_MARGIN, Store, secrets_of, utcnow
+from jobgate.store import CLAIM_MARGIN, Store, format_time, secrets_of, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def plan(
 
 def iso(timestamp: float) -> str:
     """A Unix time as ISO 8601 UTC with milliseconds and a Z (like ``utcnow``)."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return format_time(datetime.fromtimestamp(timestamp, UTC))
 
 
 def run_attempt(

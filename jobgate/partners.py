@@ -19,10 +19,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from jobgate.db import Database
 from jobgate.db.models import ApiKey, Endpoint, Job, Partner, SigningSecret
-from jobgate.store import KEY_CACHE_SIZE, KEY_CACHE_TTL, Store, hash_key, utcnow
+from jobgate.store import KEY_CACHE_SIZE, KEY_CACHE_TTL, Store, format_time, hash_key, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,7 @@ def iso_time(value: datetime | None) -> str | None:
     """A database time as the API writes times (ISO 8601 UTC, milliseconds, Z)."""
     if value is None:
         return None
-    if value.tzinfo is None:  # SQLite keeps no zone; jobgate writes UTC only
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return format_time(_aware(value))  # SQLite keeps no zone; jobgate writes UTC only
 
 
 def parse_time(text: str) -> datetime:
@@ -70,13 +69,8 @@ class Partners:
         api_key = "jgp_" + random.token_urlsafe(32)
         created = now_utc()
         with self.db.session() as session:
-            session.add(Partner(id=partner_id, name=name, created_at=created))
-            session.flush()  # the partner row first: keys and secrets reference it
-            session.add(
-                ApiKey(key_hash=hash_key(api_key), partner_id=partner_id, created_at=created)
-            )
-            session.add(
-                SigningSecret(partner_id=partner_id, secret=webhook_secret, created_at=created)
+            _add_partner(
+                session, partner_id, name, created, hash_key(api_key), [(webhook_secret, None)]
             )
         record = self.mirror(partner_id)
         assert record is not None
@@ -149,28 +143,15 @@ class Partners:
                 if session.get(Partner, partner_id) is not None:
                     continue
                 created = parse_time(raw.get("created_at") or utcnow())
-                session.add(Partner(id=partner_id, name=raw.get("name", ""), created_at=created))
-                session.flush()
-                if raw.get("key_hash"):
-                    session.add(
-                        ApiKey(key_hash=raw["key_hash"], partner_id=partner_id, created_at=created)
-                    )
+                signing: list[tuple[str, datetime | None]] = []
                 if raw.get("webhook_secret"):
-                    session.add(
-                        SigningSecret(
-                            partner_id=partner_id, secret=raw["webhook_secret"], created_at=created
-                        )
-                    )
+                    signing.append((raw["webhook_secret"], None))
                 until = float(raw.get("previous_secret_until") or 0)
                 if raw.get("previous_secret") and until > time.time():
-                    session.add(
-                        SigningSecret(
-                            partner_id=partner_id,
-                            secret=raw["previous_secret"],
-                            created_at=created,
-                            expires_at=datetime.fromtimestamp(until, UTC),
-                        )
-                    )
+                    signing.append((raw["previous_secret"], datetime.fromtimestamp(until, UTC)))
+                _add_partner(
+                    session, partner_id, raw.get("name", ""), created, raw.get("key_hash"), signing
+                )
             imported += 1
             self.mirror(partner_id)
         return imported
@@ -363,3 +344,25 @@ def _public(partner: Partner) -> dict[str, str]:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _add_partner(
+    session: Session,
+    partner_id: str,
+    name: str,
+    created: datetime,
+    key_hash: str | None,
+    signing: list[tuple[str, datetime | None]],
+) -> None:
+    """A partner's rows: the partner, its key hash (if any) and its signing secrets, each
+    (secret, expires_at or None for the current one)."""
+    session.add(Partner(id=partner_id, name=name, created_at=created))
+    session.flush()  # the partner row first: keys and secrets reference it
+    if key_hash:
+        session.add(ApiKey(key_hash=key_hash, partner_id=partner_id, created_at=created))
+    for secret, expires_at in signing:
+        session.add(
+            SigningSecret(
+                partner_id=partner_id, secret=secret, created_at=created, expires_at=expires_at
+            )
+        )

@@ -37,9 +37,14 @@ CLAIM_MARGIN = 30.0  # seconds an attempt's claim outlives its HTTP timeout
 FAN_OUT_STATES = ("", "queued", "none")
 
 
+def format_time(value: datetime) -> str:
+    """An aware time as jobgate writes every time: ISO 8601 UTC with milliseconds and a Z."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def utcnow() -> str:
     """Current UTC time as ISO 8601 with milliseconds and a Z."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return format_time(datetime.now(UTC))
 
 
 def new_id() -> str:
