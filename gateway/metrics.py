@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.extensions import Services
 from gateway.openapi import ok, operation
+from jobgate.archive import oldest_age
 from jobgate.sweeper import REPAIR_KINDS
 
 bp = Blueprint("metrics", __name__)
@@ -85,18 +86,11 @@ class RedisCollector:
         lag = GaugeMetricFamily(
             "jobgate_archive_lag_seconds", "Age of the oldest change not archived yet"
         )
-        lag.add_metric([], archive_lag(oldest))
+        lag.add_metric([], oldest_age(oldest))
         yield lag
         database = GaugeMetricFamily("jobgate_database_up", "The database answered this scrape")
         database.add_metric([], 1 if database_answers(self.svc) else 0)
         yield database
-
-
-def archive_lag(oldest: list[Any]) -> float:
-    """Seconds since the oldest archive stream entry was added (its id is a Unix ms)."""
-    if not oldest:
-        return 0.0
-    return max(0.0, time.time() - int(str(oldest[0][0]).split("-")[0]) / 1000)
 
 
 def database_answers(svc: Services) -> bool:

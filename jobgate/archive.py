@@ -220,16 +220,26 @@ class Archiver:
 
     # ------------------------------------------------------------------ state
     def lag(self) -> tuple[int, float]:
-        """(entries waiting, age in seconds of the oldest): what /metrics and /readyz show."""
-        r, key = self.store.redis, self.store.archive_key
-        pipe = r.pipeline(transaction=False)
-        pipe.xlen(key)
-        pipe.xrange(key, "-", "+", count=1)
-        length, first = pipe.execute()
-        if not first:
-            return int(length), 0.0
-        oldest_ms = int(str(first[0][0]).split("-")[0])
-        return int(length), max(0.0, time.time() - oldest_ms / 1000)
+        """(entries waiting, age in seconds of the oldest): see ``lag``."""
+        return lag(self.store)
+
+
+def lag(store: Store) -> tuple[int, float]:
+    """(entries waiting on the archive stream, age in seconds of the oldest): what
+    /readyz shows, in one round trip."""
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.xlen(store.archive_key)
+    pipe.xrange(store.archive_key, "-", "+", count=1)
+    length, first = pipe.execute()
+    return int(length), oldest_age(first)
+
+
+def oldest_age(first: list[Any]) -> float:
+    """Seconds since the stream entry in ``first`` (an XRANGE of count 1) was added: its
+    id is the Unix time in ms; 0 for an empty stream."""
+    if not first:
+        return 0.0
+    return max(0.0, time.time() - int(str(first[0][0]).split("-")[0]) / 1000)
 
 
 def restore(

@@ -10,7 +10,7 @@ from gateway.extensions import services
 from gateway.metrics import database_answers
 from gateway.openapi import ok, operation
 from gateway.schemas import HealthSchema
-from jobgate.archive import Archiver
+from jobgate.archive import lag as archive_lag
 
 bp = Blueprint("health", __name__)
 
@@ -42,7 +42,7 @@ def readyz():
         checks["redis"] = bool(svc.store.redis.ping())
         replies = svc.celery.control.ping(timeout=1.0, limit=1) or []
         checks["workers"] = len(replies)
-        backlog, lag = Archiver(svc.store, svc.db, consumer="readyz").lag()
+        backlog, lag = archive_lag(svc.store)
         checks["archive_backlog"], checks["archive_lag_seconds"] = backlog, round(lag, 3)
     except Exception as exc:  # noqa: BLE001 - readiness reports, never raises
         checks["error"] = type(exc).__name__
