@@ -38,6 +38,7 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = normalise_url(url)
         self._engine: Engine | None = None
+        self._reader: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
 
     @classmethod
@@ -50,11 +51,23 @@ class Database:
 
     @property
     def engine(self) -> Engine:
+        """The engine of sessions and migrations (transactions)."""
         if self._engine is None:
             self._engine = self._create_engine()
         return self._engine
 
-    def _create_engine(self) -> Engine:
+    @property
+    def reader(self) -> Engine:
+        """The engine of ``read``: its own pool of connections opened in autocommit.
+
+        Switching a pooled connection to autocommit and back on every checkout cost more
+        than the query itself (bench.archive, reads), so reads keep connections of their own.
+        """
+        if self._reader is None:
+            self._reader = self._create_engine(isolation_level="AUTOCOMMIT")
+        return self._reader
+
+    def _create_engine(self, **options: Any) -> Engine:
         if not self.is_sqlite:
             # A pool sized for a gevent process serving many reads at once (with 5, the
             # bench opened a new connection for most reads), and no pre-ping round trip
@@ -65,10 +78,11 @@ class Database:
                 max_overflow=20,
                 pool_recycle=300,
                 connect_args={"connect_timeout": 5},
+                **options,
             )
         # Several processes share the file: WAL lets readers run beside the one writer,
         # and a writer waits (busy_timeout) instead of failing with "database is locked".
-        engine = create_engine(self.url, connect_args={"timeout": 30})
+        engine = create_engine(self.url, connect_args={"timeout": 30}, **options)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -89,16 +103,14 @@ class Database:
         with self._sessions.begin() as session:
             yield session
 
-    def read(self, statement: Any) -> list[Any]:
+    def read(self, statement: Any, params: dict[str, Any] | None = None) -> list[Any]:
         """The rows of a read, on an autocommit connection (no BEGIN and COMMIT round
         trips); a pooled connection found dead (the database restarted) is retried once
         on a fresh one."""
         for attempt in (1, 2):
             try:
-                with self.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT"
-                ) as connection:
-                    return list(connection.execute(statement).all())
+                with self.reader.connect() as connection:
+                    return list(connection.execute(statement, params).all())
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
@@ -110,8 +122,9 @@ class Database:
             connection.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
+        for engine in (self._engine, self._reader):
+            if engine is not None:
+                engine.dispose()
 
     # ------------------------------------------------------------- migrations
     def current_revision(self) -> str | None:
