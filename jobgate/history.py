@@ -8,9 +8,10 @@ keyset cursor over (created_at, job_id) that the indexes of ``jobgate.db.models`
 from __future__ import annotations
 
 import base64
+import functools
 from typing import Any
 
-from sqlalchemy import bindparam, literal, select, tuple_
+from sqlalchemy import bindparam, select, tuple_
 
 from jobgate.db import Database
 from jobgate.db.models import Attempt, Batch, Job
@@ -85,18 +86,32 @@ def page(
     (queued, started, processing) selects the jobs not ended when last archived, which
     the caller refines with their live state.
     """
-    query = select(Job.record)
-    if partner_id is not None:
-        query = query.where(Job.partner_id == partner_id)
-    if task:
-        query = query.where(Job.task == task)
+    params: dict[str, Any] = {"partner_id": partner_id, "task": task, "limit": limit}
+    kind = None
     if status in TERMINAL:
-        query = query.where(Job.status == status)
+        kind, params["status"] = "ended", status
     elif status:
-        query = query.where(Job.status.is_(None))
+        kind = "live"
     if cursor:
-        created, job_id = decode_cursor(cursor)
-        position = tuple_(literal(created, Job.created_at.type), literal(job_id))
+        params["created"], params["after_id"] = decode_cursor(cursor)
+    statement = _page_statement(partner_id is not None, bool(task), kind, bool(cursor))
+    return [dict(record) for (record,) in db.read(statement, params)]
+
+
+@functools.cache
+def _page_statement(by_partner: bool, by_task: bool, status: str | None, after: bool) -> Any:
+    """The listing select for one combination of filters, built once (bind parameters
+    carry the values)."""
+    query = select(Job.record)
+    if by_partner:
+        query = query.where(Job.partner_id == bindparam("partner_id"))
+    if by_task:
+        query = query.where(Job.task == bindparam("task"))
+    if status == "ended":
+        query = query.where(Job.status == bindparam("status"))
+    elif status == "live":
+        query = query.where(Job.status.is_(None))
+    if after:
+        position = tuple_(bindparam("created", type_=Job.created_at.type), bindparam("after_id"))
         query = query.where(tuple_(Job.created_at, Job.job_id) < position)
-    query = query.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit)
-    return [dict(record) for (record,) in db.read(query)]
+    return query.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(bindparam("limit"))
