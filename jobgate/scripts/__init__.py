@@ -24,6 +24,7 @@ NAMES = (
     "delivery_mirror",
     "due_move",
     "fan_out",
+    "archive_done",
 )
 
 

