@@ -89,7 +89,7 @@ def spread(values: list[float]) -> dict[str, float | None]:
 # ---------------------------------------------------------------------- sampling
 class Sampler(threading.Thread):
     """Every ``every`` s: Redis used_memory, key count, the archive stream's length and
-    its oldest entry's age (what ``Archiver.lag`` reports)."""
+    its oldest entry's age (what ``jobgate.archive.lag`` reports)."""
 
     def __init__(self, redis_url: str, stream: str, every: float = 0.25) -> None:
         super().__init__(name="bench-sampler", daemon=True)

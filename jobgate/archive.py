@@ -215,11 +215,6 @@ class Archiver:
             keys.append(store.key("webhook", subject_id, event, "body"))
         return keys
 
-    # ------------------------------------------------------------------ state
-    def lag(self) -> tuple[int, float]:
-        """(entries waiting, age in seconds of the oldest): see ``lag``."""
-        return lag(self.store)
-
 
 def lag(store: Store) -> tuple[int, float]:
     """(entries waiting on the archive stream, age in seconds of the oldest): what
