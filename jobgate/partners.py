@@ -15,6 +15,7 @@ import secrets as random
 import threading
 import time
 import uuid
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -31,6 +32,8 @@ MIRROR_FIELDS = ("id", "name", "created_at", "webhook_secret")
 # Published on ``<prefix>:partners:changed`` whenever a partner's keys stop or start
 # working (disable, enable, rotate-key): every gateway process drops its key cache.
 CHANGED_CHANNEL = "partners:changed"
+# While the change feed is down, subscribing again waits 1 s, then 2, 4, up to this.
+FEED_RETRY_MAX = 8.0
 
 
 def iso_time(value: datetime | None) -> str | None:
@@ -60,6 +63,7 @@ class Partners:
         self._generation = 0
         self._listener: threading.Thread | None = None
         self._listener_lock = threading.Lock()
+        self._closed = threading.Event()
 
     # ---------------------------------------------------------------- writes
     def create(self, name: str, webhook_secret: str) -> tuple[dict[str, str], str]:
@@ -205,33 +209,20 @@ class Partners:
         if self._listener is not None and self._listener.is_alive():
             return
         with self._listener_lock:
-            if self._listener is not None and self._listener.is_alive():
+            if self._closed.is_set() or (self._listener is not None and self._listener.is_alive()):
                 return
             self._listener = threading.Thread(
-                target=self._follow_changes, name="jobgate-partner-changes", daemon=True
+                target=_follow_changes,
+                args=(weakref.ref(self),),
+                name="jobgate-partner-changes",
+                daemon=True,
             )
             self._listener.start()
 
-    def _follow_changes(self) -> None:
-        """Drop the key cache on every published change, and whenever the subscription
-        is (re)made: a change published while it was down would otherwise be missed. A
-        lost subscription keeps the cache (while Redis is down nothing can change, and
-        known keys keep being served)."""
-        channel = self.store.key(CHANGED_CHANNEL)
-        while True:
-            pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            try:
-                pubsub.subscribe(channel)
-                self._forget()
-                while True:
-                    if pubsub.get_message(timeout=1.0) is not None:
-                        self._forget()
-            except Exception:  # noqa: BLE001 - Redis went away: subscribe again later
-                log.warning("partner change feed lost; subscribing again", exc_info=True)
-                time.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
+    def close(self) -> None:
+        """Stop following changes (within a second); the key cache is no longer used."""
+        self._closed.set()
+        self._forget()
 
     def state(self, partner_id: str) -> dict[str, Any] | None:
         """``{"id", "name", "created_at", "enabled", "disabled_at"}``, None if unknown."""
@@ -366,3 +357,46 @@ def _add_partner(
                 partner_id=partner_id, secret=secret, created_at=created, expires_at=expires_at
             )
         )
+
+
+def _follow_changes(ref: weakref.ReferenceType[Partners]) -> None:
+    """Drop the key cache on every published change, and whenever the subscription is
+    (re)made: a change published while it was down would otherwise be missed. A lost
+    subscription keeps the cache (while Redis is down nothing can change, and known keys
+    keep being served).
+
+    Holds its ``Partners`` only weakly, and returns within a second of it being closed
+    or collected, so an app that is done with does not leave a thread polling a Redis
+    that may be gone. One outage logs one traceback, not one a second.
+    """
+    delay = 1.0
+    while (partners := ref()) is not None and not partners._closed.is_set():
+        channel = partners.store.key(CHANGED_CHANNEL)
+        pubsub = partners.store.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        del partners
+        try:
+            pubsub.subscribe(channel)
+            while True:
+                partners = ref()
+                if partners is None or partners._closed.is_set():
+                    return
+                if delay > 1.0:
+                    log.info("partner change feed back")
+                    delay = 1.0
+                partners._forget()
+                del partners
+                while pubsub.get_message(timeout=1.0) is None:
+                    if (partners := ref()) is None or partners._closed.is_set():
+                        return
+                    del partners
+        except Exception:  # noqa: BLE001 - Redis went away: subscribe again later
+            log.warning(
+                "partner change feed lost; subscribing again in %.0f s",
+                delay,
+                exc_info=delay == 1.0,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, FEED_RETRY_MAX)
+        finally:
+            with contextlib.suppress(Exception):
+                pubsub.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import logging
+import threading
 import uuid
 
 import pytest
@@ -10,6 +13,7 @@ import redis
 from jobgate.partners import Partners
 from jobgate.signing import generate_secret
 from jobgate.store import Store, secrets_of
+from tests.helpers import free_port, wait_until
 
 
 @pytest.fixture
@@ -70,3 +74,43 @@ def test_partners_created_in_redis_before_the_database_are_imported(partners: Pa
     )
     store.redis.delete(store.key("partner", "ptn_old"))
     assert secrets_of(partners.get("ptn_old")) == ["whsec_old"]
+
+
+def _feeds() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "jobgate-partner-changes"]
+
+
+def test_the_change_feed_ends_when_its_partners_are_closed_or_collected(
+    redis_client: redis.Redis, db
+) -> None:
+    """An app that is done with must not leave a thread behind polling its Redis."""
+    before = set(_feeds())
+    closed = Partners(Store(redis_client, prefix="ptn-" + uuid.uuid4().hex[:8]), db)
+    closed.by_key("jgp_unknown")
+    dropped = Partners(Store(redis_client, prefix="ptn-" + uuid.uuid4().hex[:8]), db)
+    dropped.by_key("jgp_unknown")
+    started = set(_feeds()) - before
+    assert len(started) == 2
+    closed.close()
+    del dropped
+    gc.collect()
+    wait_until(lambda: not any(t.is_alive() for t in started), timeout=5)
+
+
+def test_a_lost_change_feed_logs_one_traceback_per_outage(
+    db, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens on the port: the feed retries with a growing pause, and only the
+    first failure carries a traceback (formatting one a second is noise, and on CPython
+    3.11 it races other threads' parsing, gh-106905)."""
+    nowhere = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    partners = Partners(Store(nowhere, prefix="ptn-" + uuid.uuid4().hex[:8]), db)
+    caplog.set_level(logging.WARNING, logger="jobgate.partners")
+    try:
+        partners._listen()
+        lost = lambda: [r for r in caplog.records if "change feed lost" in r.getMessage()]  # noqa: E731
+        wait_until(lambda: len(lost()) >= 2, timeout=10)
+        assert [bool(r.exc_info) for r in lost()[:2]] == [True, False]
+        assert "again in 2 s" in lost()[1].getMessage()
+    finally:
+        partners.close()
