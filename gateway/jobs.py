@@ -204,7 +204,8 @@ def recorded_end(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
     A worker stores the task's SUCCESS/FAILURE meta just before it records the end, so a
     read in between would answer SUCCESS without ``finished_at`` or the webhook (and a
     second read a different view). The record follows within milliseconds; past
-    RECORD_GRACE (the worker died in between) the meta's view is answered.
+    RECORD_GRACE (the worker died or lost Redis in between) the job reads as it was, not
+    ended: it will run again, and only a recorded end is ever announced.
     """
     deadline = time.monotonic() + RECORD_GRACE
     while time.monotonic() < deadline:

@@ -52,30 +52,21 @@ def progress_of(info: Any) -> dict[str, Any]:
 
 
 def live_state(record: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Status, progress, result and error of a job with no terminal record yet."""
+    """Status and progress of a job with no terminal record yet: never an end, which only
+    the record announces."""
     state = (meta or {}).get("status") or "PENDING"
     info = (meta or {}).get("result")
     if state == "PENDING" and record.get("started_at"):
         # The worker recorded a start but Celery's meta is not written yet or expired.
         state = "STARTED"
+    if state in TERMINAL:
+        # Celery stored an end that the record does not hold: the worker died, or lost
+        # Redis, between the two. The job will run again (or end worker_lost), so this
+        # end is not announced: it reads as it was, and its one end is the recorded one.
+        info = record.get("progress")
+        state = "PROCESSING" if info else "STARTED"
     if state == "PROCESSING":
         return {"status": state, "progress": progress_of(info), "result": None, "error": None}
-    if state == "SUCCESS":
-        return {"status": state, "progress": _done(record), "result": info, "error": None}
-    if state == "FAILURE":
-        return {
-            "status": state,
-            "progress": {"message": MESSAGES[state]},
-            "result": None,
-            "error": error_message(info),
-        }
-    if state == "REVOKED":
-        return {
-            "status": state,
-            "progress": {"message": MESSAGES[state]},
-            "result": None,
-            "error": None,
-        }
     if state not in MESSAGES:  # RETRY or a custom state: the job is running
         state = "STARTED"
     return {

@@ -49,3 +49,17 @@ def test_a_plain_read_between_the_meta_and_the_end_answers_the_recorded_end(app,
     ending.join()
     assert view["status"] == "SUCCESS" and view["finished_at"] is not None
     assert jobs.show(svc, principal, record["job_id"])[1] == view
+
+
+def test_an_end_celery_stored_but_never_recorded_is_not_announced(app, partner):
+    """The worker stored FAILURE, then lost Redis (a failover) before recording the end:
+    the sweeper runs the job again, so a read answering FAILURE here was the first of two
+    terminal statuses (seen in the Sentinel failover test)."""
+    svc = app.extensions["jobgate"]
+    principal = Principal("partner", partner["id"])
+    record = new_record(principal, {"task": "demo.sleep", "params": {}})
+    svc.store.create_job(record)
+    svc.celery.backend.mark_as_failure(record["task_id"], ConnectionError("failing over"))
+    _, view = jobs.show(svc, principal, record["job_id"])
+    assert (view["status"], view["error"], view["finished_at"]) == ("STARTED", None, None)
+    assert jobs.wait(svc, record, 0.3)["status"] == "STARTED"
