@@ -28,6 +28,10 @@ from jobgate.store import Store
 
 log = logging.getLogger(__name__)
 
+# How long the worker keeps trying to record a job's end: 57.5 s, longer than a Sentinel
+# failover with its default down-after-milliseconds (30 s) plus the election.
+END_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0) + (5.0,) * 10
+
 
 def finish_job(messenger: Messenger, store: Store, job_id: str, status: str, **fields: Any) -> bool:
     """Record a terminal status once and fire its side effects; False if already ended."""
@@ -92,14 +96,15 @@ def finish_job_retrying(
     store: Store,
     job_id: str,
     status: str,
-    delays: tuple[float, ...] = (0.5, 1.0, 2.0),
+    delays: tuple[float, ...] = END_RETRY_DELAYS,
     **fields: Any,
 ) -> bool:
-    """``finish_job`` for the worker, which must not lose a job's end to a Redis blip.
+    """``finish_job`` for the worker, which must not lose a job's end to a Redis outage.
 
     The task's message is acknowledged whatever happens here, so a transient error is
-    retried. If a failed try may have recorded the end and only lost the reply, the side
-    effects (idempotent) are replayed from the record.
+    retried for longer than a failover takes. If a failed try may have recorded the end
+    and only lost the reply, the side effects (idempotent) are replayed from the record.
+    Past the last try the end is not recorded, and the sweeper runs the job again.
     """
     failed_before = False
     for delay in (*delays, None):
@@ -112,14 +117,14 @@ def finish_job_retrying(
         except RedisError:
             if delay is None:
                 raise
-            failed_before = True
             log.warning(
                 "recording the end of job %s failed; retrying in %ss",
                 job_id,
                 delay,
-                exc_info=True,
+                exc_info=not failed_before,  # one traceback per outage
                 extra={"job_id": job_id},
             )
+            failed_before = True
             time.sleep(delay)
     return False
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobgate.failpoints import failpoint
 from tasks.publish import state_meta
+
+log = logging.getLogger(__name__)
 
 
 class JobRevoked(Ignore):
@@ -32,7 +37,9 @@ class Progress:
     Each report writes Celery's ``PROCESSING`` meta (what the status route reads), keeps
     the last progress in the job record and publishes it for live listeners (SSE, ?wait=).
     A revoke that could not terminate the process (threads/solo pools, or terminate=false
-    on a job that checks in) takes effect here, at the next report.
+    on a job that checks in) takes effect here, at the next report. A report that cannot
+    reach Redis (down, failing over) is skipped with a warning: progress is not worth
+    failing a job for, and the job's end is recorded with retries of its own.
     """
 
     def __init__(self, task: _Task | None = None, store: Any = None) -> None:
@@ -47,7 +54,16 @@ class Progress:
         self.reports.append(info)
         if self.store is not None and self.job_id:
             meta = self._celery_meta(info)
-            answer = self.store.report_progress(self.job_id, info, meta)
+            try:
+                answer = self.store.report_progress(self.job_id, info, meta)
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                log.warning(
+                    "job %s: progress not recorded (%s)",
+                    self.job_id,
+                    error,
+                    extra={"job_id": self.job_id},
+                )
+                return
             failpoint("job.progress")
             if answer == 0:
                 raise JobRevoked(f"job {self.job_id} was revoked or already ended")

@@ -178,14 +178,6 @@ def _status(base: str, key: str, job_id: str) -> str | None:
     return answer.json()["status"] if answer.status_code == 200 else None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, not fixed yet: a job whose end could not be recorded during the "
-    "failover (the store's retries gave up after ~3.5 s) reads FAILURE from Celery's meta "
-    "on the new primary, then the sweeper runs it again and it ends SUCCESS, so the API "
-    "showed two terminal statuses; failed in 1 of 2 fresh-clone CI runs and 1 of 7 "
-    "helper runs (see the session note)",
-)
 def test_a_failover_loses_no_job_the_replica_had(group: SentinelGroup, own_database: str) -> None:
     settings = Settings(
         redis_url=group.url,

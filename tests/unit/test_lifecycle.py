@@ -79,3 +79,31 @@ def test_already_ended_without_any_error_fires_nothing(effects):
     store.wrote_on = None
     assert not lifecycle.finish_job_retrying(NotInline(), store, "j", "SUCCESS", delays=(0,))
     assert effects == []
+
+
+def test_the_default_retries_outlast_a_sentinel_failover():
+    """Sentinel's default down-after-milliseconds is 30 s, then an election: an end given
+    up sooner is run again by the sweeper (the job ran twice for one failover)."""
+    assert sum(lifecycle.END_RETRY_DELAYS) > 45
+
+
+class DownStore:
+    def report_progress(self, job_id, info, meta):
+        raise RedisConnectionError("failing over")
+
+
+class RunningTask:
+    class request:
+        id = "j1"
+
+    def update_state(self, **_):
+        raise AssertionError("a report Redis did not take goes nowhere else")
+
+
+def test_a_progress_report_redis_cannot_take_does_not_fail_the_job(caplog):
+    from tasks.progress import Progress
+
+    progress = Progress(RunningTask(), DownStore())
+    progress(1, 2, "half")
+    assert progress.reports[-1]["percent"] == 50
+    assert "progress not recorded" in caplog.text
