@@ -33,14 +33,23 @@ log = logging.getLogger(__name__)
 END_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0) + (5.0,) * 10
 
 
-def finish_job(messenger: Messenger, store: Store, job_id: str, status: str, **fields: Any) -> bool:
-    """Record a terminal status once and fire its side effects; False if already ended."""
+def finish_job(
+    messenger: Messenger,
+    store: Store,
+    job_id: str,
+    status: str,
+    celery_meta: tuple[str, str, int | None] | None = None,
+    **fields: Any,
+) -> bool:
+    """Record a terminal status once and fire its side effects; False if already ended.
+    ``celery_meta`` (key, value, expires), from the worker, is written with the end."""
     event = job_event(status)
     ended = store.finish_job(
         job_id,
         status,
         webhook_message=event_message(messenger, "job", job_id, event),
         fan_out_message=fan_out_message(messenger, "job", job_id, event),
+        celery_meta=celery_meta,
         **fields,
     )
     if ended is None:

@@ -204,17 +204,25 @@ class Store:
             pipe.hgetall(self.key("job", job_id))
         return [decode_job(raw) for raw in pipe.execute()]
 
-    def start_job(self, job_id: str, worker: str = "") -> tuple[str | None, int]:
+    def start_job(
+        self,
+        job_id: str,
+        worker: str = "",
+        celery_meta: tuple[str, str, int | None] | None = None,
+    ) -> tuple[str | None, int]:
         """Record a worker's start (Celery keeps no start time), which worker runs the job
-        and its run count, and publish STARTED.
+        and its run count, and publish STARTED; write ``celery_meta`` (key, value, expires:
+        Celery's STARTED) with it when the job may run.
 
         Returns (refusal, runs): refusal is None when the job may run, else why not (its
         terminal status, or "missing" when it has no record); runs counts this run (more
         than 1: an earlier run was lost with its worker).
         """
         event = json.dumps({"job_id": job_id, "status": "STARTED"})
+        meta_key, meta, expires = self._meta_parts(celery_meta)
         answer = self.scripts["job_start"](
-            keys=[self.key("job", job_id), self.channel(job_id)], args=[utcnow(), event, worker]
+            keys=[self.key("job", job_id), self.channel(job_id), meta_key],
+            args=[utcnow(), event, worker, meta, expires],
         )
         if answer[0] == -1:
             return "missing", 0
@@ -230,13 +238,20 @@ class Store:
         expires) with it: 1 done, 0 the job already ended, 2 it has no record (nothing
         written)."""
         event = json.dumps({"job_id": job_id, "status": "PROCESSING", "progress": progress})
-        key, value, expires = celery_meta or (self.key("no-meta"), "", None)
+        key, value, expires = self._meta_parts(celery_meta)
         return int(
             self.scripts["job_progress"](
                 keys=[self.key("job", job_id), self.channel(job_id), key],
-                args=[json.dumps(progress), event, value, "" if not expires else int(expires)],
+                args=[json.dumps(progress), event, value, expires],
             )
         )
+
+    def _meta_parts(
+        self, celery_meta: tuple[str, str, int | None] | None
+    ) -> tuple[str, str, int | str]:
+        """(key, value, expiry) of a Celery meta for a script ('' for none)."""
+        key, value, expires = celery_meta or (self.key("no-meta"), "", None)
+        return key, value, int(expires) if expires else ""
 
     def finish_job(
         self,
@@ -245,9 +260,11 @@ class Store:
         *,
         webhook_message: tuple[str, str, str] | None = None,
         fan_out_message: tuple[str, str, str] | None = None,
+        celery_meta: tuple[str, str, int | None] | None = None,
         **fields: Any,
     ) -> dict[str, Any] | None:
-        """Record a terminal status once and publish it.
+        """Record a terminal status once and publish it (with ``celery_meta``, Celery's
+        terminal meta, written by the same script when given).
 
         ``webhook_message`` (queue, message, delivery task id) is pushed in the same script
         when the job has a callback URL, and the delivery marked open; ``fan_out_message``
@@ -267,6 +284,7 @@ class Store:
         event = json.dumps({"job_id": job_id, "status": status})
         queue, message, task_id = webhook_message or (self.key("no-webhook"), "", "")
         _, fan_message, fan_id = fan_out_message or ("", "", "")
+        meta_key, meta, expires = self._meta_parts(celery_meta)
         keys = [
             self.key("job", job_id),
             self.key("stats"),
@@ -275,6 +293,7 @@ class Store:
             self.key("live"),
             self.open_key,
             self.archive_key,
+            meta_key,
         ]
         answer = self.scripts["job_finish"](
             keys=keys,
@@ -289,6 +308,8 @@ class Store:
                 fan_message,
                 fan_id,
                 self.key("partner", ""),
+                meta,
+                expires,
                 *flat,
             ],
         )

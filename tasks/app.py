@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import cached_property
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, states
 from celery.exceptions import WorkerLostError
 from celery.signals import task_revoked
 
@@ -20,7 +21,7 @@ from jobgate.status import error_message
 from jobgate.store import Store
 from tasks import webhooks
 from tasks.progress import JobRevoked, Progress
-from tasks.publish import CeleryMessenger, same_redis
+from tasks.publish import CeleryMessenger, same_redis, state_meta
 from tasks.registry import JobType, job_types
 from tasks.upkeep import Upkeep
 
@@ -56,6 +57,16 @@ class JobgateCelery(Celery):
         )
 
     @cached_property
+    def meta_in_scripts(self) -> bool:
+        """Whether jobgate's scripts write the job tasks' Celery meta for STARTED and
+        SUCCESS (and PROCESSING) with the job record, in one round trip, instead of
+        Celery: only when the result backend is the store's Redis. The job tasks then
+        ignore their results and do not track their start themselves (``make_celery``);
+        Celery still stores every error state (FAILURE, REVOKED, a lost worker's) as
+        before, since the worker's main process writes most of them."""
+        return same_redis(self.settings.result_backend, self.settings.redis_url)
+
+    @cached_property
     def messenger(self) -> CeleryMessenger:
         """How the domain queues tasks on this app (inline when the broker is the store's)."""
         settings = self.settings
@@ -82,7 +93,12 @@ class JobTask(Task):
         if not job_id:  # called directly, not through a worker
             return super().__call__(*args, **kwargs)
         store: Store = self.app.store
-        refused, runs = store.start_job(job_id, worker=self.request.hostname or "")
+        started = {"pid": os.getpid(), "hostname": self.request.hostname}
+        refused, runs = store.start_job(
+            job_id,
+            worker=self.request.hostname or "",
+            celery_meta=self._meta(states.STARTED, started),
+        )
         if refused == "missing":
             # No record: retention ran out or the message did not come from the gateway.
             log.warning("job %s has no record; not running it", job_id, extra={"job_id": job_id})
@@ -130,15 +146,28 @@ class JobTask(Task):
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         failpoint("job.end.before")
         lifecycle.finish_job_retrying(
-            self.app.messenger, self.app.store, task_id, "SUCCESS", result=retval
+            self.app.messenger,
+            self.app.store,
+            task_id,
+            "SUCCESS",
+            celery_meta=self._meta(states.SUCCESS, retval),
+            result=retval,
         )
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        # Celery stored the FAILURE meta itself (store_errors_even_if_ignored).
         lifecycle.finish_job_retrying(
             self.app.messenger, self.app.store, task_id, "FAILURE", error=error_message(exc)
         )
+
+    def _meta(self, state: str, result: Any) -> tuple[str, str, int | None] | None:
+        """Celery's meta for ``state``, for the store's script to write with the record,
+        when this task leaves its results to jobgate (``meta_in_scripts``); else None."""
+        if not self.app.meta_in_scripts:
+            return None
+        return state_meta(self, state, result)
 
 
 def _task_body(job_type: JobType):
@@ -230,6 +259,11 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
             bind=True,
             shared=False,
             retry_on_worker_lost=job_type.retry_on_worker_lost,
+            # STARTED and SUCCESS are written by the start and end scripts
+            # (JobgateCelery.meta_in_scripts); Celery writes the error states.
+            ignore_result=app.meta_in_scripts,
+            track_started=not app.meta_in_scripts,
+            store_errors_even_if_ignored=True,
         )(_task_body(job_type))
     webhooks.register(app)  # jobgate's own task: webhook delivery, on its own queue
     return app

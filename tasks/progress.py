@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from celery.backends.redis import RedisBackend
 from celery.exceptions import Ignore
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -74,9 +73,6 @@ class Progress:
 
     def _celery_meta(self, info: dict[str, Any]) -> tuple[str, str, int | None] | None:
         """What ``update_state`` would write, when the result backend is the store's Redis."""
-        settings = getattr(getattr(self.task, "app", None), "settings", None)
-        if settings is None or settings.result_backend != settings.redis_url:
-            return None
-        if not isinstance(self.task.backend, RedisBackend):
+        if not getattr(getattr(self.task, "app", None), "meta_in_scripts", False):
             return None
         return state_meta(self.task, "PROCESSING", info)

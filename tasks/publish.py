@@ -73,15 +73,22 @@ def task_message(
     )
 
 
-def state_meta(task: Task, state: str, meta: dict[str, Any]) -> tuple[str, str, int | None]:
-    """(key, value, expires) that ``task.update_state(state=state, meta=meta)`` writes to a
-    Redis result backend: ``store_result``'s encoded meta under ``celery-task-meta-<id>``,
-    kept for ``result_expires`` (``tests/unit/test_publish.py`` pins it to Celery's write).
+def state_meta(
+    task: Task, state: str, meta: Any, traceback: str | None = None
+) -> tuple[str, str, int | None]:
+    """(key, value, expires) that ``task.backend.store_result(id, meta, state, traceback,
+    request=task.request)`` writes to a Redis result backend (``update_state``, the
+    tracer's STARTED, SUCCESS and FAILURE): the encoded meta under
+    ``celery-task-meta-<id>``, kept for ``result_expires`` (``tests/unit/test_publish.py``
+    pins it to Celery's write).
     """
     backend = task.backend
     task_id = task.request.id
     full = backend._get_result_meta(
-        result=backend.encode_result(meta, state), state=state, traceback=None, request=task.request
+        result=backend.encode_result(meta, state),
+        state=state,
+        traceback=traceback,
+        request=task.request,
     )
     full["task_id"] = task_id
     return backend.get_key_for_task(task_id).decode(), backend.encode(full), backend.expires

@@ -1,13 +1,15 @@
 """jobgate's Lua scripts: one file each beside this module, read once per process.
 
 Each script is atomic in Redis, which is what makes "first writer wins" and "the end and
-its webhook together" hold. ``Scripts(client)`` registers them all on one client
+its webhook together" hold. A script may include a shared file (``--! include <name>``,
+see LIBRARY). ``Scripts(client)`` registers them all on one client
 (``EVALSHA``, loaded into Redis on first use); ``Store`` builds it once and every part of
 the domain reaches a script through ``store.scripts``.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib.resources import files
 
@@ -26,14 +28,18 @@ NAMES = (
     "fan_out",
     "archive_done",
 )
+# Files other scripts include (``--! include <name>`` on a line of its own), never run alone.
+LIBRARY = ("celery_meta",)
+INCLUDE = re.compile(r"^--! include (\w+)$", re.MULTILINE)
 
 
 @cache
 def source(name: str) -> str:
-    """The text of ``<name>.lua`` (read from the package once per process)."""
-    if name not in NAMES:
+    """The text of ``<name>.lua`` with its includes in place (read once per process)."""
+    if name not in NAMES and name not in LIBRARY:
         raise KeyError(f"no Lua script named {name!r}")
-    return files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    text = files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return INCLUDE.sub(lambda found: source(found.group(1)), text)
 
 
 class Scripts:

@@ -6,26 +6,31 @@
 -- and gets back what its other side effects need (callback URL, batch id, whether it
 -- queued): one round trip for the whole end of a job, and no end recorded without its
 -- webhook.
--- The end is put on the archive stream (KEYS[7]) here too, so the database gets it.
+-- The end is put on the archive stream (KEYS[7]) here too, so the database gets it, and
+-- Celery's terminal meta (ARGV[11], key KEYS[8]) is written with it when given: Celery's
+-- state and jobgate's record then change in one step, with no read in between seeing one
+-- without the other.
 -- A job without a callback URL goes to its partner's registered endpoints instead: the
 -- fan-out step's message (ARGV[8]) is queued and marked open (ARGV[9]) here, unless the
 -- partner's mirror (ARGV[10] .. partner id) says it has no enabled endpoint ('0'); a
 -- partner whose mirror is missing gets the step, which then asks the database.
 -- KEYS: job record, stats, events channel, webhooks queue, live jobs, open deliveries,
--- archive stream.
+-- archive stream, Celery meta key.
 -- ARGV: retention, status, event, message ('' none), open member, open deadline, job id,
--- fan-out message ('' none), its open member, partner key prefix, then the record's
--- field/value pairs.
+-- fan-out message ('' none), its open member, partner key prefix, Celery meta ('' none),
+-- its expiry in s ('' none), then the record's field/value pairs.
 -- Returns {-1} no record, {0} already ended, {1, callback URL, batch id, queued 0/1,
 -- fan-out 0 not looked at / 1 queued / 2 no endpoint}.
+--! include celery_meta
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 if redis.call('HGET', KEYS[1], 'status') then return {0} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[7])
 redis.call('XADD', KEYS[7], '*', 's', 'job:' .. ARGV[7])
+write_celery_meta(KEYS[8], ARGV[11], ARGV[12], false)
 local found = redis.call('HMGET', KEYS[1], 'callback_url', 'batch_id', 'partner_id')
 local callback = found[1] or ''
 local queued = 0

@@ -6,20 +6,10 @@
 -- SUCCESS): one round trip per report instead of three.
 -- KEYS: job record, events channel, Celery meta key. ARGV: progress JSON, event, meta
 -- ('' none), meta expiry in s ('' none). Returns 1 written, 0 ended, 2 no record.
+--! include celery_meta
 if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
 if redis.call('HGET', KEYS[1], 'status') then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
-if ARGV[3] ~= '' then
-  local current = redis.call('GET', KEYS[3])
-  local ok, meta = pcall(cjson.decode, current or 'null')
-  if not (ok and type(meta) == 'table' and meta['status'] == 'SUCCESS') then
-    if ARGV[4] ~= '' then
-      redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-    else
-      redis.call('SET', KEYS[3], ARGV[3])
-    end
-    redis.call('PUBLISH', KEYS[3], ARGV[3])
-  end
-end
+write_celery_meta(KEYS[3], ARGV[3], ARGV[4], true)
 return 1

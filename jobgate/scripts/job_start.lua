@@ -1,9 +1,12 @@
 -- A worker taking a job: refuse it if it already has a terminal status (revoked while
 -- queued, or a redelivery of a finished job), else record the start once, which worker
 -- runs it and how many runs it has had (a run > 1 means an earlier one was lost with its
--- worker), and publish STARTED.
--- KEYS: job record, events channel. ARGV: started_at, STARTED event, worker node name.
+-- worker), and publish STARTED. Given Celery's STARTED meta (ARGV[4], expiring after
+-- ARGV[5] s), writes it too, as the tracer's track_started would.
+-- KEYS: job record, events channel, Celery meta key. ARGV: started_at, STARTED event,
+-- worker node name, meta ('' none), meta expiry in s ('' none).
 -- Returns {-1} no record, {0, status} refused, {1, runs} run it.
+--! include celery_meta
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status then return {0, status} end
@@ -11,4 +14,5 @@ redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 redis.call('HSET', KEYS[1], 'worker', ARGV[3])
 local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
 redis.call('PUBLISH', KEYS[2], ARGV[2])
+write_celery_meta(KEYS[3], ARGV[4], ARGV[5], false)
 return {1, runs}

@@ -79,6 +79,36 @@ def test_finished_job_outlives_celerys_result(settings, redis_client, admin_head
     assert again["finished_at"] == done["finished_at"]
 
 
+def test_status_and_asyncresult_agree_through_a_real_worker(app, client, partner, worker):
+    """The contract: while a job runs and once it ended, ``GET /v1/jobs/{id}`` and
+    ``AsyncResult(task_id)`` say the same (the scripts write Celery's meta with the record)."""
+    celery = app.extensions["jobgate"].celery
+
+    def both(job_id: str) -> tuple[dict, object]:
+        view = client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).get_json()
+        return view, celery.AsyncResult(job_id)
+
+    running = submit(client, partner, params={"seconds": 3, "steps": 3})["job_id"]
+    view, result = wait_until(
+        lambda: (found := both(running))[0]["status"] == "PROCESSING" and found,
+        timeout=20,
+        message="the job reporting progress",
+    )
+    assert result.state == "PROCESSING"
+    assert result.info["total"] == view["progress"]["total"] == 3
+    done = wait_for_status(client, running, partner["headers"])
+    result = celery.AsyncResult(running)
+    assert (result.state, result.result) == ("SUCCESS", done["result"])
+    assert result.date_done is not None and result.name == "demo.sleep"
+
+    failed = submit(client, partner, task="demo.fail", params={"message": "on purpose"})
+    view = wait_for_status(client, failed["job_id"], partner["headers"])
+    result = celery.AsyncResult(failed["job_id"])
+    assert (view["status"], result.state) == ("FAILURE", "FAILURE")
+    assert str(result.result) == view["error"] == "on purpose"
+    assert "DemoFailure" in (result.traceback or "")
+
+
 def test_wait_holds_until_the_job_ends(client, partner, worker):
     job = submit(client, partner, params={"seconds": 1, "steps": 2})
     response = client.get(f"/v1/jobs/{job['job_id']}?wait=20", headers=partner["headers"])

@@ -56,11 +56,22 @@ def test_only_a_redis_broker_shared_with_the_store_qualifies():
     assert not same_redis("amqp://guest@h//", "amqp://guest@h//")
 
 
-def test_state_meta_is_what_update_state_writes(settings, redis_client):
+@pytest.mark.parametrize(
+    "state, meta, traceback",
+    [
+        ("PROCESSING", {"current": 1, "total": 2, "percent": 50, "message": "step 1"}, None),
+        ("STARTED", {"pid": 4321, "hostname": "w@h"}, None),
+        ("SUCCESS", {"slept": 1, "texts": ["é"]}, None),
+        ("FAILURE", ValueError("bad input"), "Traceback (most recent call last): ..."),
+    ],
+)
+def test_state_meta_is_what_celery_writes(settings, redis_client, state, meta, traceback):
+    """What the scripts write for a job task's states is byte for byte Celery's own write
+    (``update_state`` for PROCESSING, the tracer's ``store_result`` for the others), save
+    the time an end is stamped with, and ``AsyncResult`` reads it back."""
     app = make_celery(settings)
     task = app.tasks["demo.sleep"]
     task_id = str(uuid.uuid4())
-    info = {"current": 1, "total": 2, "percent": 50, "message": "step 1 of 2"}
     task.push_request(
         id=task_id,
         task="demo.sleep",
@@ -71,17 +82,24 @@ def test_state_meta_is_what_update_state_writes(settings, redis_client):
         delivery_info={"routing_key": "jobs"},
     )
     try:
-        task.update_state(state="PROCESSING", meta=info)
-        key, value, expires = state_meta(task, "PROCESSING", info)
+        task.backend.store_result(task_id, meta, state, traceback, request=task.request)
+        key, value, expires = state_meta(task, state, meta, traceback)
         theirs = redis_client.get(key)
         ttl = redis_client.ttl(key)
         redis_client.set(key, value)
         result = app.AsyncResult(task_id)
-        assert (result.state, result.info) == ("PROCESSING", info)
+        assert result.state == state
+        if state == "FAILURE":
+            assert (type(result.info), result.info.args) == (ValueError, ("bad input",))
+            assert result.traceback == traceback
+        else:
+            assert result.info == meta
     finally:
         task.pop_request()
         redis_client.delete(key)
         app.close()
     assert key == f"celery-task-meta-{task_id}"
-    assert json.loads(value) == json.loads(theirs)
+    ours, theirs = json.loads(value), json.loads(theirs)
+    assert (ours.pop("date_done") is None) == (theirs.pop("date_done") is None)
+    assert ours == theirs
     assert expires == settings.result_expires and 0 < ttl <= expires

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 import jobgate.scripts as scripts_module
-from jobgate.scripts import NAMES, Scripts, source
+from jobgate.scripts import LIBRARY, NAMES, Scripts, source
 
 pytestmark = pytest.mark.integration
 
@@ -84,14 +84,14 @@ def ttl_near(client: redis.Redis, key: str, expected: int) -> bool:
 
 # ---------------------------------------------------------------------------- job_start
 def start_keys(k: Keys) -> list[str]:
-    return [k("job", "j1"), k("events", "j1")]
+    return [k("job", "j1"), k("events", "j1"), k("meta", "j1")]
 
 
 def test_job_start_without_record_returns_minus_one_and_writes_nothing(
     redis_client: redis.Redis, run: Any, k: Keys
 ) -> None:
     with listening(redis_client, k("events", "j1")) as received:
-        assert run("job_start", start_keys(k), ["t0", "STARTED", "node-a"]) == [-1]
+        assert run("job_start", start_keys(k), ["t0", "STARTED", "node-a", "", ""]) == [-1]
         assert received() == []
     assert not redis_client.exists(k("job", "j1"))
 
@@ -103,10 +103,16 @@ def test_job_start_records_the_start_once_counts_runs_and_the_latest_worker(
     redis_client.hset(job, mapping={"job_id": "j1", "task": "demo.sleep"})
     redis_client.expire(job, LIVE_TTL)
     with listening(redis_client, k("events", "j1")) as received:
-        assert run("job_start", start_keys(k), ["t0", '{"s":"STARTED"}', "node-a"]) == [1, 1]
+        assert run("job_start", start_keys(k), ["t0", '{"s":"STARTED"}', "node-a", "", ""]) == [
+            1,
+            1,
+        ]
         assert received() == [(k("events", "j1"), '{"s":"STARTED"}')]
         # A redelivery after node-a was lost: a second run, on node-b.
-        assert run("job_start", start_keys(k), ["t1", '{"s":"STARTED"}', "node-b"]) == [1, 2]
+        assert run("job_start", start_keys(k), ["t1", '{"s":"STARTED"}', "node-b", "", ""]) == [
+            1,
+            2,
+        ]
         assert received() == [(k("events", "j1"), '{"s":"STARTED"}')]
     assert redis_client.hgetall(job) == {
         "job_id": "j1",
@@ -118,6 +124,23 @@ def test_job_start_records_the_start_once_counts_runs_and_the_latest_worker(
     assert ttl_near(redis_client, job, LIVE_TTL)  # the record keeps its TTL
 
 
+def test_job_start_writes_celery_started_meta_only_for_a_run(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    job = k("job", "j1")
+    redis_client.hset(job, mapping={"job_id": "j1"})
+    meta = '{"status": "STARTED", "result": {"pid": 1}}'
+    with listening(redis_client, k("meta", "j1")) as received:
+        assert run("job_start", start_keys(k), ["t0", "ev", "node-a", meta, "60"]) == [1, 1]
+        assert received() == [(k("meta", "j1"), meta)]
+    assert redis_client.get(k("meta", "j1")) == meta
+    assert ttl_near(redis_client, k("meta", "j1"), 60)
+    redis_client.hset(job, "status", "REVOKED")
+    redis_client.delete(k("meta", "j1"))
+    assert run("job_start", start_keys(k), ["t1", "ev", "node-b", meta, "60"]) == [0, "REVOKED"]
+    assert not redis_client.exists(k("meta", "j1"))
+
+
 @pytest.mark.parametrize("status", ["SUCCESS", "FAILURE", "REVOKED"])
 def test_job_start_refuses_a_terminal_job_with_its_status(
     redis_client: redis.Redis, run: Any, k: Keys, status: str
@@ -125,7 +148,7 @@ def test_job_start_refuses_a_terminal_job_with_its_status(
     job = k("job", "j1")
     redis_client.hset(job, mapping={"job_id": "j1", "status": status})
     with listening(redis_client, k("events", "j1")) as received:
-        assert run("job_start", start_keys(k), ["t0", "STARTED", "node-a"]) == [0, status]
+        assert run("job_start", start_keys(k), ["t0", "STARTED", "node-a", "", ""]) == [0, status]
         assert received() == []
     assert redis_client.hgetall(job) == {"job_id": "j1", "status": status}
 
@@ -242,6 +265,7 @@ def finish_keys(k: Keys, queue: str = "hooks") -> list[str]:
         k("live"),
         k("deliveries", "open"),
         k("archive"),
+        k("meta", "j1"),
     ]
 
 
@@ -250,6 +274,7 @@ def finish_args(
     message: str = "MSG",
     open_member: str = "d1",
     deadline: float = 1000.0,
+    meta: tuple[str, str] = ("", ""),
     **fields: str,
 ) -> list[Any]:
     flat: list[str] = []
@@ -265,6 +290,7 @@ def finish_args(
         deadline,
         "j1",
         *no_fan_out,
+        *meta,  # Celery's meta, its expiry ('' none)
         *flat,
     ]
 
@@ -309,6 +335,22 @@ def test_job_finish_first_writer_wins_and_queues_its_webhook_with_the_end(
     assert redis_client.zrange(k("live"), 0, -1) == ["other"]
     # The end goes on the archive stream once (the second writer adds nothing).
     assert [f for _, f in redis_client.xrange(k("archive"))] == [{"s": "job:j1"}]
+    assert not redis_client.exists(k("meta", "j1"))  # none given: none written
+
+
+def test_job_finish_writes_celery_meta_with_the_end_and_only_the_winner(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    live_job(redis_client, k, callback_url="https://example.test/hook")
+    meta = '{"status": "SUCCESS", "result": {"n": 1}}'
+    with listening(redis_client, k("meta", "j1")) as received:
+        assert run("job_finish", finish_keys(k), finish_args(meta=(meta, "60")))[0] == 1
+        assert received() == [(k("meta", "j1"), meta)]  # published like Celery
+        later = '{"status": "FAILURE"}'
+        assert run("job_finish", finish_keys(k), finish_args("FAILURE", meta=(later, "60"))) == [0]
+        assert received() == []
+    assert redis_client.get(k("meta", "j1")) == meta
+    assert ttl_near(redis_client, k("meta", "j1"), 60)
 
 
 @pytest.mark.parametrize(
@@ -745,8 +787,16 @@ def test_names_are_exactly_the_lua_files() -> None:
         for entry in files("jobgate.scripts").iterdir()
         if entry.name.endswith(".lua")
     }
-    assert len(set(NAMES)) == len(NAMES)  # no name twice
-    assert set(NAMES) == on_disk  # no script without a name, no name without a file
+    assert len(set(NAMES + LIBRARY)) == len(NAMES + LIBRARY)  # no name twice
+    # no script without a name, no name without a file
+    assert set(NAMES) | set(LIBRARY) == on_disk
+
+
+def test_an_include_is_replaced_by_its_file_once_per_script() -> None:
+    included = source("celery_meta")
+    for name in ("job_start", "job_progress", "job_finish"):
+        assert source(name).count("local function write_celery_meta") == 1
+        assert included in source(name) and "--! include" not in source(name)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -774,11 +824,11 @@ def test_source_reads_each_file_once(monkeypatch: pytest.MonkeyPatch) -> None:
         texts = {name: source(name) for name in NAMES}
         for name in NAMES:
             assert source(name) is texts[name]  # from the cache, not read again
-        assert sorted(reads) == sorted(f"{name}.lua" for name in NAMES)
+        assert sorted(reads) == sorted(f"{name}.lua" for name in NAMES + LIBRARY)
         for name in NAMES:
-            assert texts[name] == (real_files("jobgate.scripts") / f"{name}.lua").read_text(
-                encoding="utf-8"
-            )
+            text = (real_files("jobgate.scripts") / f"{name}.lua").read_text(encoding="utf-8")
+            if "--! include" not in text:
+                assert texts[name] == text
     finally:
         source.cache_clear()
     with pytest.raises(KeyError):
