@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 
+from bench.sentinel import MASTER, SentinelGroup
 from config import Settings
-from gateway.launch import Child
-from tests.helpers import WorkerProcess, free_port, gunicorn, wait_until
+from tests.helpers import WorkerProcess, gunicorn, wait_until
 from tests.webhooks.conftest import Receiver
 
 pytestmark = [
@@ -37,110 +34,8 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-MASTER = "jobgate-test"
 ADMIN_KEY = "sentinel-admin-key"
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
-
-
-class SentinelGroup:
-    """A primary, one replica and three sentinels watching them, as real processes."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="jobgate-sentinel-"))
-        self.primary_port, self.replica_port = free_port(), free_port()
-        self.sentinel_ports = [free_port() for _ in range(3)]
-        self.children: dict[str, Child] = {}
-
-    @property
-    def url(self) -> str:
-        return ";".join(f"sentinel://127.0.0.1:{port}/0" for port in self.sentinel_ports)
-
-    def _start(self, name: str, args: list[str]) -> Child:
-        child = Child.start(name, args, log=self.dir / f"{name}.log")
-        self.children[name] = child
-        return child
-
-    def _server(self, name: str, port: int, *extra: str) -> None:
-        self._start(
-            name,
-            [
-                shutil.which("redis-server") or "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                "--dbfilename",
-                f"{name}.rdb",
-                *extra,
-            ],
-        )
-
-    def client(self, port: int) -> redis.Redis:
-        return redis.Redis(
-            port=port, decode_responses=True, socket_connect_timeout=1, socket_timeout=2
-        )
-
-    def start(self, timeout: float = 20.0) -> SentinelGroup:
-        self._server("primary", self.primary_port)
-        self._server(
-            "replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port)
-        )
-        replica = self.client(self.replica_port)
-        self.children["replica"].wait_ready(
-            lambda: _quiet(lambda: replica.info("replication")["master_link_status"] == "up"),
-            timeout,
-            "the replica to sync",
-        )
-        for index, port in enumerate(self.sentinel_ports):
-            conf = self.dir / f"sentinel-{index}.conf"
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
-                f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
-                f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                f"sentinel failover-timeout {MASTER} 10000\n"
-                f"sentinel parallel-syncs {MASTER} 1\n"
-            )
-            self._start(f"sentinel-{index}", [shutil.which("redis-sentinel") or "", str(conf)])
-        for index, port in enumerate(self.sentinel_ports):
-            sentinel = self.client(port)
-            self.children[f"sentinel-{index}"].wait_ready(
-                lambda s=sentinel: _quiet(
-                    lambda: (
-                        len(s.sentinel_sentinels(MASTER)) == 2
-                        and len(s.sentinel_slaves(MASTER)) == 1
-                    )
-                ),
-                timeout,
-                f"sentinel {index} to see the replica and the other sentinels",
-            )
-        return self
-
-    def master_port(self) -> int | None:
-        """The master's port as the first sentinel that answers says."""
-        for port in self.sentinel_ports:
-            found = _quiet(lambda p=port: self.client(p).sentinel_get_master_addr_by_name(MASTER))
-            if found:
-                return int(found[1])
-        return None
-
-    def stop(self) -> None:
-        for child in reversed(list(self.children.values())):
-            child.stop(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _quiet(call: Any) -> Any:
-    """``call()``, or None while the server it asks is not answering yet."""
-    try:
-        return call()
-    except (redis.RedisError, OSError, KeyError):
-        return None
 
 
 @pytest.fixture
