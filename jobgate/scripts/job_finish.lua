@@ -22,8 +22,11 @@
 -- Returns {-1} no record, {0} already ended, {1, callback URL, batch id, queued 0/1,
 -- fan-out 0 not looked at / 1 queued / 2 no endpoint}.
 --! include celery_meta
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-if redis.call('HGET', KEYS[1], 'status') then return {0} end
+-- A record always has its job_id field; the terminal fields written below do not touch
+-- the other three.
+local found = redis.call('HMGET', KEYS[1], 'job_id', 'status', 'callback_url', 'batch_id', 'partner_id')
+if not found[1] then return {-1} end
+if found[2] then return {0} end
 redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
@@ -31,17 +34,16 @@ redis.call('PUBLISH', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[7])
 redis.call('XADD', KEYS[7], '*', 's', 'job:' .. ARGV[7])
 write_celery_meta(KEYS[8], ARGV[11], ARGV[12], false)
-local found = redis.call('HMGET', KEYS[1], 'callback_url', 'batch_id', 'partner_id')
-local callback = found[1] or ''
+local callback = found[3] or ''
 local queued = 0
 local fan = 0
 if callback ~= '' and ARGV[4] ~= '' then
   redis.call('LPUSH', KEYS[4], ARGV[4])
   redis.call('ZADD', KEYS[6], ARGV[6], ARGV[5])
   queued = 1
-elseif callback == '' and ARGV[8] ~= '' and found[3] then
+elseif callback == '' and ARGV[8] ~= '' and found[5] then
   fan = 2
-  if redis.call('HGET', ARGV[10] .. found[3], 'endpoints') ~= '0' then
+  if redis.call('HGET', ARGV[10] .. found[5], 'endpoints') ~= '0' then
     redis.call('LPUSH', KEYS[4], ARGV[8])
     redis.call('ZADD', KEYS[6], ARGV[6], ARGV[9])
     -- Until the step has run, the archiver keeps the record in Redis (the step reads it).
@@ -49,4 +51,4 @@ elseif callback == '' and ARGV[8] ~= '' and found[3] then
     fan = 1
   end
 end
-return {1, callback, found[2] or '', queued, fan}
+return {1, callback, found[4] or '', queued, fan}

@@ -7,8 +7,9 @@
 -- KEYS: job record, events channel, Celery meta key. ARGV: progress JSON, event, meta
 -- ('' none), meta expiry in s ('' none). Returns 1 written, 0 ended, 2 no record.
 --! include celery_meta
-if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
-if redis.call('HGET', KEYS[1], 'status') then return 0 end
+local found = redis.call('HMGET', KEYS[1], 'job_id', 'status')  -- a record has its job_id
+if not found[1] then return 2 end
+if found[2] then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[1])
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 write_celery_meta(KEYS[3], ARGV[3], ARGV[4], true)

@@ -7,8 +7,10 @@
 -- worker node name, meta ('' none), meta expiry in s ('' none).
 -- Returns {-1} no record, {0, status} refused, {1, runs} run it.
 --! include celery_meta
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
-local status = redis.call('HGET', KEYS[1], 'status')
+-- A record always has its job_id field: one HMGET tells "no record" and "ended" apart.
+local found = redis.call('HMGET', KEYS[1], 'job_id', 'status')
+if not found[1] then return {-1} end
+local status = found[2]
 if status then return {0, status} end
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
 redis.call('HSET', KEYS[1], 'worker', ARGV[3])
