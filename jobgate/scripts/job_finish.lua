@@ -7,9 +7,9 @@
 -- queued): one round trip for the whole end of a job, and no end recorded without its
 -- webhook.
 -- The end is put on the archive stream (KEYS[7]) here too, so the database gets it, and
--- Celery's terminal meta (ARGV[11], key KEYS[8]) is written with it when given: Celery's
--- state and jobgate's record then change in one step, with no read in between seeing one
--- without the other.
+-- Celery's meta (ARGV[11], key KEYS[8]; the worker gives its SUCCESS) is written with it:
+-- Celery's state and jobgate's record then change in one step, with no read in between
+-- seeing one without the other.
 -- A job without a callback URL goes to its partner's registered endpoints instead: the
 -- fan-out step's message (ARGV[8]) is queued and marked open (ARGV[9]) here, unless the
 -- partner's mirror (ARGV[10] .. partner id) says it has no enabled endpoint ('0'); a
