@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery, Task, states
 from celery.exceptions import WorkerLostError
 from celery.signals import task_revoked
+from kombu.exceptions import EncodeError
 
 from config import Settings
 from jobgate import lifecycle
@@ -145,12 +146,23 @@ class JobTask(Task):
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         failpoint("job.end.before")
+        try:
+            meta = self._meta(states.SUCCESS, retval)
+        except EncodeError as exc:
+            # Celery storing the result would have failed the task the same way.
+            error = f"the task's result could not be encoded as JSON: {exc}"
+            log.warning("job %s: %s", task_id, error, extra={"job_id": task_id})
+            self.backend.mark_as_failure(task_id, exc, request=self.request)
+            lifecycle.finish_job_retrying(
+                self.app.messenger, self.app.store, task_id, "FAILURE", error=error
+            )
+            return
         lifecycle.finish_job_retrying(
             self.app.messenger,
             self.app.store,
             task_id,
             "SUCCESS",
-            celery_meta=self._meta(states.SUCCESS, retval),
+            celery_meta=meta,
             result=retval,
         )
 

@@ -103,3 +103,29 @@ def test_state_meta_is_what_celery_writes(settings, redis_client, state, meta, t
     assert (ours.pop("date_done") is None) == (theirs.pop("date_done") is None)
     assert ours == theirs
     assert expires == settings.result_expires and 0 < ttl <= expires
+
+
+def test_a_result_celery_cannot_encode_ends_the_job_failure(settings, redis_client):
+    """Celery used to fail such a task when storing its result; with the SUCCESS meta
+    written by the end script, the worker must fail it the same way, not leave it
+    unended (the sweeper would run it again, up to worker_lost)."""
+    from gateway.auth import Principal
+    from gateway.jobs import new_record
+
+    app = make_celery(settings)
+    task = app.tasks["demo.sleep"]
+    record = new_record(Principal("partner", "p1"), {"task": "demo.sleep", "params": {}})
+    job_id = record["job_id"]
+    app.store.create_job(record)
+    task.push_request(id=job_id, task="demo.sleep", args=[], kwargs={}, hostname="w@h")
+    try:
+        task.on_success(object(), job_id, [], {})
+        ended = app.store.job(job_id)
+        meta = app.AsyncResult(job_id)
+        assert ended["status"] == "FAILURE"
+        assert ended["error"].startswith("the task's result could not be encoded as JSON")
+        assert meta.state == "FAILURE"
+    finally:
+        task.pop_request()
+        redis_client.delete(f"celery-task-meta-{job_id}")
+        app.close()
