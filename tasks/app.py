@@ -87,7 +87,14 @@ class JobTask(Task):
     decides what a run after a lost worker does (run again, or end as worker_lost)."""
 
     abstract = True
-    retry_on_worker_lost = True  # set per job type (tasks.registry.job_task)
+    # Whether a run after a lost worker may run the job again (per job type: the
+    # registry's retry_on_worker_lost). Not Celery 5.7's own ``retry_on_worker_lost``,
+    # which is kept off: it re-publishes the task with a 180 s countdown (an ETA message,
+    # which jobgate never uses) when only a pool process dies. jobgate's path is
+    # reject_on_worker_lost: the message goes straight back and the start script counts
+    # the run.
+    rerun_on_worker_lost = True
+    retry_on_worker_lost = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         job_id = self.request.id
@@ -118,7 +125,7 @@ class JobTask(Task):
             lifecycle.side_effects(self.app.messenger, store, record)
             raise JobRevoked(f"job {job_id} already {refused}")
         failpoint("job.started")
-        if runs > 1 and (not self.retry_on_worker_lost or runs > MAX_RUNS):
+        if runs > 1 and (not self.rerun_on_worker_lost or runs > MAX_RUNS):
             self._end_worker_lost(job_id, runs)
         if runs > 1:
             log.warning(
@@ -133,7 +140,7 @@ class JobTask(Task):
         """End a job whose worker died while running it, instead of running it again."""
         why = (
             "its task is not safe to run twice"
-            if not self.retry_on_worker_lost
+            if not self.rerun_on_worker_lost
             else f"it was lost {runs - 1} times"
         )
         error = f"worker_lost: the worker running this job died, and {why}."
@@ -270,7 +277,7 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
             base=JobTask,
             bind=True,
             shared=False,
-            retry_on_worker_lost=job_type.retry_on_worker_lost,
+            rerun_on_worker_lost=job_type.retry_on_worker_lost,
             # STARTED and SUCCESS are written by the start and end scripts
             # (JobgateCelery.meta_in_scripts); Celery writes the error states.
             ignore_result=app.meta_in_scripts,

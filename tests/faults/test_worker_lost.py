@@ -1,10 +1,16 @@
-"""A task declared not safe to run twice ends FAILURE (worker_lost) when its worker dies."""
+"""A lost worker: a task not safe to run twice ends FAILURE (worker_lost); a job whose
+pool process alone died runs again at once."""
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
+
 from config import Settings
+from gateway.launch import descendants
 from jobgate.events import webhook_id
-from tests.helpers import WorkerProcess, gateway_for, wait_until
+from tests.helpers import WorkerProcess, gateway_for, wait_for_status, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
 
@@ -38,3 +44,58 @@ def test_an_unsafe_task_whose_worker_died_fails_with_worker_lost_once(
     assert list(receiver.terminal_ids(job_id)) == [webhook_id(job_id, "job.failed")]
     [hook] = receiver.accepted(job_id)
     assert hook.payload["data"]["error"] == view["error"]
+
+
+def _pool_processes(root: int) -> list[int]:
+    """The prefork pool processes under ``root``: forks whose parent runs the same pool."""
+
+    def cmdline(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return ""
+
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    return [
+        pid
+        for pid in descendants(root)
+        if "prefork" in cmdline(pid) and "prefork" in cmdline(parent(pid))
+    ]
+
+
+def test_a_pool_process_killed_under_a_live_worker_runs_the_job_again_at_once(
+    fault_settings: Settings, receiver: WebhookReceiver, workers: list[WorkerProcess]
+) -> None:
+    """Only the pool process dies (OOM killer, segfault); the worker lives. Celery 5.7's
+    own Task.retry_on_worker_lost, which jobgate's job tasks had switched on by sharing
+    its name, re-published such a job with a 180 s countdown; the message must instead go
+    straight back (reject_on_worker_lost) and the job run again with runs=2."""
+    client, partner, services = gateway_for(fault_settings, fault_settings.admin_keys[0])
+    receiver.secrets = [partner["webhook_secret"]]
+    worker = WorkerProcess(fault_settings, concurrency=1, name="survivor").start()
+    workers.append(worker)
+    answer = client.post(
+        "/v1/jobs",
+        headers=partner["headers"],
+        json={
+            "task": "demo.sleep",
+            "params": {"seconds": 3, "steps": 3},
+            "callback_url": receiver.url,
+        },
+    )
+    job_id = answer.get_json()["job_id"]
+    wait_for_status(client, job_id, partner["headers"], ("PROCESSING",))
+    pool = wait_until(lambda: _pool_processes(worker.proc.pid), 10, 0.05, "the pool process")
+    for pid in pool:
+        os.kill(pid, signal.SIGKILL)
+
+    wait_until(lambda: receiver.terminal_ids(job_id), 40, 0.05, "the terminal webhook")
+    view = client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).get_json()
+    assert view["status"] == "SUCCESS"
+    assert int(services.store.job(job_id)["runs"]) == 2
+    assert list(receiver.terminal_ids(job_id)) == [webhook_id(job_id, "job.succeeded")]
