@@ -360,8 +360,9 @@ def _add_partner(
 
 
 def _follow_changes(ref: weakref.ReferenceType[Partners]) -> None:
-    """Drop the key cache on every published change, and whenever the subscription is
-    (re)made: a change published while it was down would otherwise be missed. A lost
+    """Drop the key cache on every published change, and whenever Redis confirms the
+    subscription (first, or again after redis-py reconnected by itself): a change
+    published while it was down would otherwise be missed. A lost
     subscription keeps the cache (while Redis is down nothing can change, and known keys
     keep being served).
 
@@ -372,23 +373,23 @@ def _follow_changes(ref: weakref.ReferenceType[Partners]) -> None:
     delay = 1.0
     while (partners := ref()) is not None and not partners._closed.is_set():
         channel = partners.store.key(CHANGED_CHANNEL)
-        pubsub = partners.store.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        # Subscribe confirmations are kept: redis-py resubscribes by itself after a lost
+        # connection, and its confirmation is the only sign that the feed had a gap.
+        pubsub = partners.store.redis.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         del partners
         try:
             pubsub.subscribe(channel)
             while True:
+                message = pubsub.get_message(timeout=1.0)
                 partners = ref()
                 if partners is None or partners._closed.is_set():
                     return
-                if delay > 1.0:
-                    log.info("partner change feed back")
-                    delay = 1.0
-                partners._forget()
+                if message is not None:  # a change, or a (re)subscription confirmed
+                    if delay > 1.0:
+                        log.info("partner change feed back")
+                        delay = 1.0
+                    partners._forget()
                 del partners
-                while pubsub.get_message(timeout=1.0) is None:
-                    if (partners := ref()) is None or partners._closed.is_set():
-                        return
-                    del partners
         except Exception:  # noqa: BLE001 - Redis went away: subscribe again later
             log.warning(
                 "partner change feed lost; subscribing again in %.0f s",

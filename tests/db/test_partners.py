@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 import uuid
 
 import pytest
@@ -13,7 +14,7 @@ import redis
 from jobgate.partners import Partners
 from jobgate.signing import generate_secret
 from jobgate.store import Store, secrets_of
-from tests.helpers import free_port, wait_until
+from tests.helpers import EmbeddedRedis, free_port, wait_until
 
 
 @pytest.fixture
@@ -114,3 +115,30 @@ def test_a_lost_change_feed_logs_one_traceback_per_outage(
         assert "again in 2 s" in lost()[1].getMessage()
     finally:
         partners.close()
+
+
+def test_a_restarted_redis_drops_the_key_cache_once_resubscribed(db) -> None:
+    """A change published while the feed was down was missed, so the cache is dropped
+    when the subscription is back, whether redis-py raised (the loop subscribes again)
+    or reconnected and resubscribed by itself inside get_message (seen with a plain
+    client in a probe; the feed now forgets on every subscribe confirmation)."""
+    server = EmbeddedRedis().start()
+    client = redis.Redis.from_url(
+        server.url,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+    )
+    partners = Partners(Store(client, prefix="ptn-" + uuid.uuid4().hex[:8]), db)
+    try:
+        partners.by_key("jgp_unknown")
+        wait_until(lambda: partners._generation >= 1, timeout=5)
+        before = partners._generation
+        server.stop()
+        time.sleep(2.5)  # down for as long as a restart takes: redis-py retries meanwhile
+        server.start()
+        wait_until(lambda: partners._generation > before, timeout=15)
+    finally:
+        partners.close()
+        server.close()
