@@ -28,9 +28,11 @@ from jobgate.store import Store
 
 log = logging.getLogger(__name__)
 
-# How long the worker keeps trying to record a job's end: 57.5 s, longer than a Sentinel
-# failover with its default down-after-milliseconds (30 s) plus the election.
-END_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0) + (5.0,) * 10
+# How long the worker keeps trying to record a job's end, tries included (each failed try
+# also spends redis-py's own retries, a few seconds): longer than a Sentinel failover
+# with its default down-after-milliseconds (30 s) plus the election.
+END_RETRY_FOR = 60.0
+END_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0) + (5.0,) * 11  # pauses between tries, in order
 
 
 def finish_job(
@@ -106,15 +108,18 @@ def finish_job_retrying(
     job_id: str,
     status: str,
     delays: tuple[float, ...] = END_RETRY_DELAYS,
+    budget: float = END_RETRY_FOR,
     **fields: Any,
 ) -> bool:
     """``finish_job`` for the worker, which must not lose a job's end to a Redis outage.
 
     The task's message is acknowledged whatever happens here, so a transient error is
-    retried for longer than a failover takes. If a failed try may have recorded the end
-    and only lost the reply, the side effects (idempotent) are replayed from the record.
-    Past the last try the end is not recorded, and the sweeper runs the job again.
+    retried, pausing ``delays`` in turn, for up to ``budget`` seconds: longer than a
+    failover takes. If a failed try may have recorded the end and only lost the reply,
+    the side effects (idempotent) are replayed from the record. Past the budget the end is
+    not recorded, and the sweeper runs the job again.
     """
+    deadline = time.monotonic() + budget
     failed_before = False
     for delay in (*delays, None):
         try:
@@ -124,7 +129,7 @@ def finish_job_retrying(
                 side_effects(messenger, store, store.job(job_id) or {})
             return False
         except RedisError:
-            if delay is None:
+            if delay is None or time.monotonic() + delay > deadline:
                 raise
             log.warning(
                 "recording the end of job %s failed; retrying in %ss",

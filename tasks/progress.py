@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Protocol
 
 from celery.exceptions import Ignore
@@ -13,6 +14,8 @@ from jobgate.failpoints import failpoint
 from tasks.publish import state_meta
 
 log = logging.getLogger(__name__)
+
+SKIP_AFTER_FAILURE = 5.0  # seconds of reports skipped after one Redis could not take
 
 
 class JobRevoked(Ignore):
@@ -46,20 +49,27 @@ class Progress:
         self.store = store
         self.job_id = task.request.id if task is not None else None
         self.reports: list[dict[str, Any]] = []
+        self._skip_until = 0.0  # monotonic: reports before it skip Redis (it was down)
 
     def __call__(self, current: int, total: int, message: str = "") -> None:
         percent = round(100 * current / total) if total else 0
         info = {"current": current, "total": total, "percent": percent, "message": message}
         self.reports.append(info)
         if self.store is not None and self.job_id:
+            if time.monotonic() < self._skip_until:
+                return
             meta = self._celery_meta(info)
             try:
                 answer = self.store.report_progress(self.job_id, info, meta)
             except (RedisConnectionError, RedisTimeoutError) as error:
+                # Each try spends redis-py's own retries: skip the next reports for a while
+                # rather than stall the job that long at every one of them.
+                self._skip_until = time.monotonic() + SKIP_AFTER_FAILURE
                 log.warning(
-                    "job %s: progress not recorded (%s)",
+                    "job %s: progress not recorded (%s); skipping reports for %g s",
                     self.job_id,
                     error,
+                    SKIP_AFTER_FAILURE,
                     extra={"job_id": self.job_id},
                 )
                 return

@@ -84,11 +84,35 @@ def test_already_ended_without_any_error_fires_nothing(effects):
 def test_the_default_retries_outlast_a_sentinel_failover():
     """Sentinel's default down-after-milliseconds is 30 s, then an election: an end given
     up sooner is run again by the sweeper (the job ran twice for one failover)."""
-    assert sum(lifecycle.END_RETRY_DELAYS) > 45
+    assert lifecycle.END_RETRY_FOR >= 45
+    assert sum(lifecycle.END_RETRY_DELAYS) >= lifecycle.END_RETRY_FOR  # the budget decides
+
+
+def test_retrying_stops_at_the_budget_whatever_the_delays_left(effects, monkeypatch):
+    """Each failed try also spends redis-py's own retries: the budget bounds the whole,
+    so a worker's warm shutdown is not held for minutes by one job's end."""
+    clock = [0.0]
+    monkeypatch.setattr(lifecycle.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(lifecycle.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    store = FlakyStore(failures=99)
+
+    def slow_finish(*args, **kwargs):
+        clock[0] += 4.0  # a try that fails after redis-py's own retries
+        return FlakyStore.finish_job(store, *args, **kwargs)
+
+    store.finish_job = slow_finish
+    with pytest.raises(RedisConnectionError):
+        lifecycle.finish_job_retrying(NotInline(), store, "j", "SUCCESS", budget=20.0)
+    assert clock[0] <= 20.0 + 4.0  # the last try may start just inside the budget
+    assert store.calls < len(lifecycle.END_RETRY_DELAYS)
 
 
 class DownStore:
+    def __init__(self):
+        self.calls = 0
+
     def report_progress(self, job_id, info, meta):
+        self.calls += 1
         raise RedisConnectionError("failing over")
 
 
@@ -103,7 +127,10 @@ class RunningTask:
 def test_a_progress_report_redis_cannot_take_does_not_fail_the_job(caplog):
     from tasks.progress import Progress
 
-    progress = Progress(RunningTask(), DownStore())
+    store = DownStore()
+    progress = Progress(RunningTask(), store)
     progress(1, 2, "half")
-    assert progress.reports[-1]["percent"] == 50
-    assert "progress not recorded" in caplog.text
+    progress(2, 2, "done")  # within the pause: Redis is not tried again
+    assert [report["percent"] for report in progress.reports] == [50, 100]
+    assert store.calls == 1
+    assert caplog.text.count("progress not recorded") == 1
