@@ -192,7 +192,7 @@ def show(svc: Services, principal: Principal, job_id: str) -> tuple[dict[str, An
         record = recorded_end(svc, record)
         if record.get("status") in TERMINAL:
             return record, job_view(record)
-    return record, job_view(record, meta)
+    return record, job_view(record, meta, meta_may_end=not svc.messenger.inline)
 
 
 RECORD_GRACE = 0.5  # seconds a read waits for the end Celery's meta already announces
@@ -205,7 +205,8 @@ def recorded_end(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
     read in between would answer SUCCESS without ``finished_at`` or the webhook (and a
     second read a different view). The record follows within milliseconds; past
     RECORD_GRACE (the worker died or lost Redis in between) the job reads as it was, not
-    ended: it will run again, and only a recorded end is ever announced.
+    ended: the sweeper runs it again, and only a recorded end is announced. Without a
+    sweeper (the broker is not the store's Redis) the meta's end is answered instead.
     """
     deadline = time.monotonic() + RECORD_GRACE
     while time.monotonic() < deadline:
@@ -221,7 +222,7 @@ def describe(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
     if record.get("status") in TERMINAL:
         return job_view(record)
     meta = svc.celery.backend.get_task_meta(record["task_id"])
-    return job_view(record, meta)
+    return job_view(record, meta, meta_may_end=not svc.messenger.inline)
 
 
 def wait(svc: Services, record: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -51,18 +51,25 @@ def progress_of(info: Any) -> dict[str, Any]:
     }
 
 
-def live_state(record: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Status and progress of a job with no terminal record yet: never an end, which only
-    the record announces."""
+def live_state(
+    record: Mapping[str, Any], meta: Mapping[str, Any] | None, *, meta_may_end: bool = False
+) -> dict[str, Any]:
+    """Status and progress of a job with no terminal record yet.
+
+    An end only Celery's meta holds is announced only with ``meta_may_end`` (nothing will
+    run the job again: the broker is not the store's Redis, so no sweeper sees it).
+    """
     state = (meta or {}).get("status") or "PENDING"
     info = (meta or {}).get("result")
     if state == "PENDING" and record.get("started_at"):
         # The worker recorded a start but Celery's meta is not written yet or expired.
         state = "STARTED"
+    if state in TERMINAL and meta_may_end:
+        return _meta_end(record, state, info)
     if state in TERMINAL:
         # Celery stored an end that the record does not hold: the worker died, or lost
-        # Redis, between the two. The job will run again (or end worker_lost), so this
-        # end is not announced: it reads as it was, and its one end is the recorded one.
+        # Redis, between the two. The sweeper runs the job again (or ends it worker_lost),
+        # so this end is not announced: it reads as it was; its one end is the recorded one.
         info = record.get("progress")
         state = "PROCESSING" if info else "STARTED"
     if state == "PROCESSING":
@@ -77,6 +84,16 @@ def live_state(record: Mapping[str, Any], meta: Mapping[str, Any] | None) -> dic
     }
 
 
+def _meta_end(record: Mapping[str, Any], state: str, info: Any) -> dict[str, Any]:
+    """The end as Celery's meta says it (``AsyncResult``'s state, result and error)."""
+    return {
+        "status": state,
+        "progress": _done(record) if state == "SUCCESS" else {"message": MESSAGES[state]},
+        "result": info if state == "SUCCESS" else None,
+        "error": error_message(info) if state == "FAILURE" else None,
+    }
+
+
 def _done(record: Mapping[str, Any]) -> dict[str, Any]:
     last = record.get("progress") or {}
     total = last.get("total")
@@ -86,8 +103,14 @@ def _done(record: Mapping[str, Any]) -> dict[str, Any]:
     return done
 
 
-def job_view(record: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The job as ``GET /v1/jobs/{id}`` returns it (and as webhooks carry it)."""
+def job_view(
+    record: Mapping[str, Any],
+    meta: Mapping[str, Any] | None = None,
+    *,
+    meta_may_end: bool = False,
+) -> dict[str, Any]:
+    """The job as ``GET /v1/jobs/{id}`` returns it (and as webhooks carry it);
+    ``meta_may_end`` as in ``live_state``."""
     status = record.get("status")
     if status in TERMINAL:
         progress = _done(record) if status == "SUCCESS" else {"message": MESSAGES[status]}
@@ -98,7 +121,7 @@ def job_view(record: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -
             "error": record.get("error") if status == "FAILURE" else None,
         }
     else:
-        state = live_state(record, meta)
+        state = live_state(record, meta, meta_may_end=meta_may_end)
     view: dict[str, Any] = {
         "job_id": record["job_id"],
         "task_id": record.get("task_id", record["job_id"]),

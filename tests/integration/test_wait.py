@@ -63,3 +63,23 @@ def test_an_end_celery_stored_but_never_recorded_is_not_announced(app, partner):
     _, view = jobs.show(svc, principal, record["job_id"])
     assert (view["status"], view["error"], view["finished_at"]) == ("STARTED", None, None)
     assert jobs.wait(svc, record, 0.3)["status"] == "STARTED"
+
+
+def test_without_a_sweeper_an_end_only_celery_stored_is_answered(settings, partner, redis_client):
+    """A broker apart from the store (no sweeper can rerun the job): after the grace the
+    read answers Celery's end rather than 'running' for ever."""
+    from gateway import create_app
+
+    apart = settings.with_overrides(broker_url="memory://")
+    app = create_app(apart)
+    svc = app.extensions["jobgate"]
+    assert not svc.messenger.inline
+    principal = Principal("partner", partner["id"])
+    record = new_record(principal, {"task": "demo.sleep", "params": {}})
+    svc.store.create_job(record)
+    try:
+        svc.celery.backend.mark_as_failure(record["task_id"], ValueError("lost"))
+        _, view = jobs.show(svc, principal, record["job_id"])
+        assert (view["status"], view["error"]) == ("FAILURE", "lost")
+    finally:
+        redis_client.delete(f"celery-task-meta-{record['task_id']}")

@@ -65,6 +65,19 @@ def test_an_end_only_celery_stored_is_not_announced(state):
     assert (view["status"], view["progress"]) == ("PROCESSING", info)
 
 
+def test_without_a_sweeper_the_end_celery_stored_is_answered():
+    """The broker is not the store's Redis: nothing reruns such a job, so reading it as
+    running would be for ever; Celery's end is the best answer there is."""
+    view = job_view(RECORD, meta("SUCCESS", {"ok": True}), meta_may_end=True)
+    assert (view["status"], view["result"], view["progress"]["percent"]) == (
+        "SUCCESS",
+        {"ok": True},
+        100,
+    )
+    view = job_view(RECORD, meta("FAILURE", ValueError("bad input")), meta_may_end=True)
+    assert (view["status"], view["error"], view["result"]) == ("FAILURE", "bad input", None)
+
+
 @pytest.mark.parametrize(
     "raw, expected",
     [
