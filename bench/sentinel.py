@@ -8,7 +8,9 @@ jobgate on it with ``REDIS_URL=<group.url>`` and ``JOBGATE_REDIS_SENTINEL_MASTER
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,29 @@ class SentinelGroup:
             if found:
                 return int(found[1])
         return None
+
+    def kill_primary(self, timeout: float = 120.0) -> float:
+        """SIGKILL the primary and wait for the sentinels to promote the replica; the
+        seconds that took. The promoted server is ``primary`` from then on."""
+        killed = time.monotonic()
+        old = self.primary_port
+        self.children["primary"].kill(signal.SIGKILL)
+        deadline = killed + timeout
+        while self.master_port() in (None, old):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no promotion within {timeout} s")
+            time.sleep(0.1)
+        promoted = time.monotonic() - killed
+        self.children["old-primary-" + str(old)] = self.children.pop("primary")
+        self.children["primary"] = self.children.pop("replica")
+        self.primary_port, self.replica_port = self.replica_port, old
+        return promoted
+
+    def rejoin(self) -> None:
+        """Start the killed primary's server again, as a replica of the new primary."""
+        self.server(
+            "replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port)
+        )
 
     def stop(self) -> None:
         for child in reversed(list(self.children.values())):
