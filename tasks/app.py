@@ -22,7 +22,7 @@ from jobgate.status import error_message
 from jobgate.store import Store
 from tasks import webhooks
 from tasks.progress import JobRevoked, Progress
-from tasks.publish import CeleryMessenger, same_redis, state_meta
+from tasks.publish import CeleryMessenger, same_redis, script_meta
 from tasks.registry import JobType, job_types
 from tasks.upkeep import Upkeep
 
@@ -105,7 +105,7 @@ class JobTask(Task):
         refused, runs = store.start_job(
             job_id,
             worker=self.request.hostname or "",
-            celery_meta=self._meta(states.STARTED, started),
+            celery_meta=script_meta(self, states.STARTED, started),
         )
         if refused == "missing":
             # No record: retention ran out or the message did not come from the gateway.
@@ -154,7 +154,7 @@ class JobTask(Task):
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         failpoint("job.end.before")
         try:
-            meta = self._meta(states.SUCCESS, retval)
+            meta = script_meta(self, states.SUCCESS, retval)
         except EncodeError as exc:
             # Celery storing the result would have failed the task the same way.
             error = f"the task's result could not be encoded as JSON: {exc}"
@@ -180,13 +180,6 @@ class JobTask(Task):
         lifecycle.finish_job_retrying(
             self.app.messenger, self.app.store, task_id, "FAILURE", error=error_message(exc)
         )
-
-    def _meta(self, state: str, result: Any) -> tuple[str, str, int | None] | None:
-        """Celery's meta for ``state``, for the store's script to write with the record,
-        when this task leaves its results to jobgate (``meta_in_scripts``); else None."""
-        if not self.app.meta_in_scripts:
-            return None
-        return state_meta(self, state, result)
 
 
 def _task_body(job_type: JobType):

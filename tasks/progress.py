@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobgate.failpoints import failpoint
-from tasks.publish import state_meta
+from tasks.publish import script_meta
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Progress:
         if self.store is not None and self.job_id:
             if time.monotonic() < self._skip_until:
                 return
-            meta = self._celery_meta(info)
+            meta = script_meta(self.task, "PROCESSING", info)
             try:
                 answer = self.store.report_progress(self.job_id, info, meta)
             except (RedisConnectionError, RedisTimeoutError) as error:
@@ -80,9 +80,3 @@ class Progress:
                 return  # Celery's meta was written by the same script
         if self.task is not None and self.job_id:
             self.task.update_state(state="PROCESSING", meta=info)
-
-    def _celery_meta(self, info: dict[str, Any]) -> tuple[str, str, int | None] | None:
-        """What ``update_state`` would write, when the result backend is the store's Redis."""
-        if not getattr(getattr(self.task, "app", None), "meta_in_scripts", False):
-            return None
-        return state_meta(self.task, "PROCESSING", info)

@@ -7,11 +7,12 @@ with Celery's own ``create_task_message`` and kombu's serializer, shaped exactly
 kombu's Redis transport stores it (an ``LPUSH`` of a JSON envelope onto the queue's
 list, see ``kombu.transport.redis.Channel._put``), and pushes it in the MULTI/EXEC that
 creates the record: one round trip, and the job and its message exist together or not
-at all. ``tests/unit/test_publish.py`` pins the envelope to what kombu itself writes.
+at all. ``tests/integration/test_publish.py`` pins the envelope to what kombu itself
+writes.
 
-``state_meta`` does the same for a task's result meta: the progress script writes
-Celery's ``PROCESSING`` state in the round trip that records the progress, byte for byte
-what ``update_state`` would have written with two more round trips of its own.
+``state_meta`` does the same for a task's result meta: the start, progress and end
+scripts write Celery's ``STARTED``, ``PROCESSING`` and ``SUCCESS`` in the round trip that
+records them, byte for byte what Celery would have written with round trips of its own.
 """
 
 from __future__ import annotations
@@ -73,25 +74,31 @@ def task_message(
     )
 
 
-def state_meta(
-    task: Task, state: str, meta: Any, traceback: str | None = None
-) -> tuple[str, str, int | None]:
-    """(key, value, expires) that ``task.backend.store_result(id, meta, state, traceback,
+def state_meta(task: Task, state: str, meta: Any) -> tuple[str, str, int | None]:
+    """(key, value, expires) that ``task.backend.store_result(id, meta, state,
     request=task.request)`` writes to a Redis result backend (``update_state``, the
-    tracer's STARTED, SUCCESS and FAILURE): the encoded meta under
-    ``celery-task-meta-<id>``, kept for ``result_expires`` (``tests/unit/test_publish.py``
-    pins it to Celery's write).
+    tracer's STARTED and SUCCESS): the encoded meta under ``celery-task-meta-<id>``, kept
+    for ``result_expires`` (``tests/integration/test_publish.py`` pins it to Celery's
+    write).
     """
     backend = task.backend
     task_id = task.request.id
     full = backend._get_result_meta(
         result=backend.encode_result(meta, state),
         state=state,
-        traceback=traceback,
+        traceback=None,
         request=task.request,
     )
     full["task_id"] = task_id
     return backend.get_key_for_task(task_id).decode(), backend.encode(full), backend.expires
+
+
+def script_meta(task: Task, state: str, meta: Any) -> tuple[str, str, int | None] | None:
+    """``state_meta`` for jobgate's scripts to write with the job record; None when Celery
+    writes the task's meta itself (``JobgateCelery.meta_in_scripts`` is false)."""
+    if not getattr(getattr(task, "app", None), "meta_in_scripts", False):
+        return None
+    return state_meta(task, state, meta)
 
 
 class CeleryMessenger:
