@@ -41,6 +41,7 @@ from typing import Any
 import redis
 import requests
 
+from bench.chaos import records
 from bench.common import (
     SLEEP_PARAMS,
     Service,
@@ -256,23 +257,6 @@ def wait_cost(group: SentinelGroup, rounds: int = 2000) -> dict[str, Any]:
     finally:
         client.close()
     return {"rounds": rounds, "mean_ms": timings, "replicas": replicas}
-
-
-def records(stack: Stack, ids: list[str]) -> list[dict[str, Any]]:
-    client = stack.redis()
-    try:
-        out = []
-        for start in range(0, len(ids), 2000):
-            pipe = client.pipeline(transaction=False)
-            for job_id in ids[start : start + 2000]:
-                pipe.hmget(f"jobgate:job:{job_id}", "status", "runs", "error")
-            out += [
-                dict(zip(("status", "runs", "error"), values, strict=True))
-                for values in pipe.execute()
-            ]
-        return out
-    finally:
-        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
