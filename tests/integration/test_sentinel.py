@@ -24,7 +24,7 @@ from tests.webhooks.conftest import Receiver
 
 pytestmark = [
     pytest.mark.sentinel,
-    pytest.mark.faults,  # SIGKILLs the Redis primary; about 25 s
+    pytest.mark.faults,  # SIGKILLs the Redis primary; about 40 s
     pytest.mark.skipif(
         not (shutil.which("redis-sentinel") and shutil.which("redis-server")),
         reason="needs the redis-server and redis-sentinel binaries "
