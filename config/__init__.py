@@ -211,6 +211,17 @@ class Settings:
                 "no Redis URL is sentinel://h:p/db;sentinel://h:p/db"
             )
 
+    @property
+    def worker_refresh_every(self) -> float:
+        """Seconds between a worker's signs of life (and refreshes of the messages it holds)."""
+        return max(0.5, self.visibility_timeout / 10)
+
+    @property
+    def worker_alive_for(self) -> int:
+        """Seconds a worker counts as alive after its last sign of life: five missed
+        refreshes, so a busy worker is never taken for a dead one."""
+        return int(self.worker_refresh_every * 5) + 1
+
     def sentinel_master_for(self, url: str) -> str:
         """The master name to use with ``url``: the setting for sentinel URLs, else ""."""
         return self.redis_sentinel_master if is_sentinel(url) else ""

@@ -183,18 +183,23 @@ class Child:
             return self.proc.wait()
 
     def kill(self, sig: int = signal.SIGKILL, timeout: float = 30.0) -> None:
-        """Send ``sig`` to its group and to every group started under it, then wait.
+        """Send ``sig`` to its whole tree (``signal_tree``), then wait for it to exit.
 
         With SIGKILL this is the whole thing gone at once, as in a crash: a supervisor
         that puts its own children in groups of their own (``jobgate worker``) dies with
         them, and no process of the tree is left to react.
         """
+        self.signal_tree(sig)
+        self.proc.wait(timeout=timeout)
+
+    def signal_tree(self, sig: int) -> None:
+        """Send ``sig`` to its group and to every group started under it (no wait: SIGSTOP
+        and SIGCONT pause and resume the whole tree)."""
         groups = {self.proc.pid} if self.proc.poll() is None else set()
         groups |= {_pgid(pid) for pid in descendants(self.proc.pid)}
         for group in groups - {0, os.getpgrp()}:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(group, sig)
-        self.proc.wait(timeout=timeout)
 
 
 def stop_all(children: Iterable[Child], timeout: float = 20.0) -> None:

@@ -33,6 +33,7 @@ DONE_TTL_MIN = 600  # a done attempt's claim outlives any duplicate of its messa
 POOL_WAIT = 5.0  # seconds a caller waits for a free Redis connection when all are in use
 JSON_FIELDS = ("metadata", "result", "progress", "params")
 CLAIM_MARGIN = 30.0  # seconds an attempt's claim outlives its HTTP timeout
+WORKERS_FORGOTTEN_AFTER = 86400  # a node silent this long leaves the set of workers
 # What an end's script did about the partner's endpoints (its last answer, 0/1/2).
 FAN_OUT_STATES = ("", "queued", "none")
 
@@ -352,6 +353,26 @@ class Store:
         pipe.expire(name, window + 1)
         count = pipe.execute()[0]
         return (slot + 1) * window - now if count > limit else None
+
+    # ----------------------------------------------------------------- workers
+    @property
+    def workers_key(self) -> str:
+        """Worker nodes by their last sign of life (what ``/readyz`` counts)."""
+        return self.key("workers")
+
+    def mark_worker_alive(self, node: str, alive_for: int) -> None:
+        """Worker ``node`` is alive for ``alive_for`` s: the key a delivery claim checks
+        before taking over a dead node's attempt, and the set ``live_workers`` counts."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.key("worker", node), now, ex=alive_for)
+        pipe.zadd(self.workers_key, {node: now})
+        pipe.zremrangebyscore(self.workers_key, "-inf", now - WORKERS_FORGOTTEN_AFTER)
+        pipe.execute()
+
+    def live_workers(self, alive_for: int) -> int:
+        """Worker nodes that gave a sign of life in the last ``alive_for`` s."""
+        return int(self.redis.zcount(self.workers_key, time.time() - alive_for, "+inf"))
 
     # ------------------------------------------------------------------ events
     def channel(self, job_id: str) -> str:

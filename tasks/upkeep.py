@@ -8,7 +8,8 @@
   A thread, not a consumer timer: the consumer stops first at a warm shutdown, while the
   pool finishes its jobs, and those jobs must stay fresh until they are acked. The broker's
   scores are written first and on their own, so a store Redis that fails cannot stop them.
-- **Alive** (same thread): ``<prefix>:worker:<node name>`` with a short TTL.
+- **Alive** (same thread): ``Store.mark_worker_alive``, a short-lived key per node that
+  delivery claims check, and the set ``/readyz`` counts.
 - **Due deliveries** (consumer timer, every second): ``jobgate.due.move_due``.
 - **Sweeper** (consumer timer, every ``JOBGATE_SWEEP_INTERVAL`` s): the worker holding a
   lease runs one ``jobgate.sweeper.sweep`` pass, in a thread so that a long pass never
@@ -67,7 +68,8 @@ class Refresher(threading.Thread):
         super().__init__(name="jobgate-refresh", daemon=True)
         self.store = app.store
         self.node = node
-        self.every = max(0.5, app.settings.visibility_timeout / 10)
+        self.every = app.settings.worker_refresh_every
+        self.alive_for = app.settings.worker_alive_for
         self.unacked_index = unacked_index
         self.broker: redis.Redis | None = None
         if unacked_index is not None:
@@ -91,9 +93,7 @@ class Refresher(threading.Thread):
             except Exception:  # noqa: BLE001 - the next tick tries again
                 log.warning("upkeep: refreshing %d held messages failed", len(tags), exc_info=True)
         try:
-            self.store.redis.set(
-                self.store.key("worker", self.node), now, ex=int(self.every * 5) + 1
-            )
+            self.store.mark_worker_alive(self.node, self.alive_for)
         except Exception:  # noqa: BLE001
             log.warning("upkeep: the liveness key could not be written", exc_info=True)
 

@@ -24,13 +24,18 @@ def healthz():
 
 @bp.get("/readyz")
 @operation(
-    "Redis reachable and a worker answers; database and archive lag reported",
+    "Redis reachable and a worker alive; database and archive lag reported",
     {**ok(200, "Ready", HealthSchema), **ok(503, "Not ready", HealthSchema)},
     tag="operations",
     secured=False,
 )
 def readyz():
-    """Ready when Redis answers and at least one Celery worker replies to a ping.
+    """Ready when Redis answers and at least one worker gave a sign of life recently.
+
+    Workers mark themselves alive every ``visibility_timeout / 10`` s (``tasks.upkeep``);
+    one counts for ``Settings.worker_alive_for`` s after that, so a worker busy for a
+    moment does not take the gateway out of its load balancer, as a broadcast ping with
+    a 1 s timeout did.
 
     The database and the archive lag are reported, not required: with the database down
     jobs are still taken, run and delivered, and archiving catches up when it returns
@@ -40,8 +45,7 @@ def readyz():
     checks: dict[str, Any] = {"redis": False, "workers": 0}
     try:
         checks["redis"] = bool(svc.store.redis.ping())
-        replies = svc.celery.control.ping(timeout=1.0, limit=1) or []
-        checks["workers"] = len(replies)
+        checks["workers"] = svc.store.live_workers(svc.settings.worker_alive_for)
         backlog, lag = archive_lag(svc.store)
         checks["archive_backlog"], checks["archive_lag_seconds"] = backlog, round(lag, 3)
     except Exception as exc:  # noqa: BLE001 - readiness reports, never raises

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +14,14 @@ import pytest
 import redis
 
 from gateway import create_app
-from tests.helpers import ROOT, WorkerProcess, settings_env, wait_for_status, wait_until
+from tests.helpers import (
+    ROOT,
+    EmbeddedRedis,
+    WorkerProcess,
+    settings_env,
+    wait_for_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -249,6 +257,41 @@ def test_readiness_fails_without_workers(settings, redis_client):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["checks"]["redis"] is False
+
+
+def test_readiness_counts_workers_alive_not_ping_replies(settings, own_database, workers):
+    """A worker paused for a moment (busy, starved of CPU) keeps the gateway ready; one
+    killed stops counting after ``worker_alive_for`` s. (A broadcast ping with a 1 s
+    timeout answered 503 the moment the worker was slow: CI saw it.)"""
+    server = EmbeddedRedis().start()
+    try:
+        mine = settings.with_overrides(
+            redis_url=server.url, database_url=own_database, visibility_timeout=2
+        )
+        client = create_app(mine).test_client()
+        alone = client.get("/readyz")
+        assert alone.status_code == 503, alone.get_json()
+        assert alone.get_json()["checks"]["workers"] == 0
+        worker = WorkerProcess(mine, concurrency=1)
+        workers.append(worker)
+        worker.start()
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.get_json()["checks"]["workers"] == len(worker.nodes)
+        worker.child.signal_tree(signal.SIGSTOP)
+        try:
+            paused = client.get("/readyz")
+        finally:
+            worker.child.signal_tree(signal.SIGCONT)
+        assert paused.status_code == 200, paused.get_json()
+        worker.kill()
+        wait_until(
+            lambda: client.get("/readyz").status_code == 503,
+            timeout=mine.worker_alive_for + 5,
+            message="/readyz to drop the killed worker",
+        )
+    finally:
+        server.stop()
 
 
 def test_openapi_document_lists_the_contract(client):
