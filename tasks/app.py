@@ -161,7 +161,12 @@ class JobTask(Task):
             log.warning("job %s: %s", task_id, error, extra={"job_id": task_id})
             self.backend.mark_as_failure(task_id, exc, request=self.request)
             lifecycle.finish_job_retrying(
-                self.app.messenger, self.app.store, task_id, "FAILURE", error=error
+                self.app.messenger,
+                self.app.store,
+                task_id,
+                "FAILURE",
+                error=error,
+                **self._held_progress(),
             )
             return
         lifecycle.finish_job_retrying(
@@ -171,6 +176,7 @@ class JobTask(Task):
             "SUCCESS",
             celery_meta=meta,
             result=retval,
+            **self._held_progress(),
         )
 
     def on_failure(
@@ -178,15 +184,29 @@ class JobTask(Task):
     ) -> None:
         # Celery stored the FAILURE meta itself (store_errors_even_if_ignored).
         lifecycle.finish_job_retrying(
-            self.app.messenger, self.app.store, task_id, "FAILURE", error=error_message(exc)
+            self.app.messenger,
+            self.app.store,
+            task_id,
+            "FAILURE",
+            error=error_message(exc),
+            **self._held_progress(),
         )
+
+    def _held_progress(self) -> dict[str, Any]:
+        """The job's last progress report not yet written (``Progress`` coalesces them),
+        as a field for its end to record; {} if none."""
+        progress = getattr(self.request, "jobgate_progress", None)
+        held = progress.held_for_end() if progress is not None else None
+        return {"progress": held} if held is not None else {}
 
 
 def _task_body(job_type: JobType):
     """The Celery task for a job type: a thin wrapper giving the function a Progress."""
 
     def run(self: JobTask, **params: Any) -> Any:
-        return job_type.func(Progress(self, self.app.store), **params)
+        progress = Progress(self, self.app.store)
+        self.request.jobgate_progress = progress  # its held report goes with the end
+        return job_type.func(progress, **params)
 
     run.__name__ = job_type.func.__name__
     run.__doc__ = job_type.description

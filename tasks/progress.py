@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from tasks.publish import script_meta
 log = logging.getLogger(__name__)
 
 SKIP_AFTER_FAILURE = 5.0  # seconds of reports skipped after one Redis could not take
+COALESCE = 0.1  # seconds: at most one progress write per job per this, none in its first
 
 
 class JobRevoked(Ignore):
@@ -27,6 +29,7 @@ class JobRevoked(Ignore):
 
 class _Task(Protocol):
     request: Any
+    backend: Any
 
     def update_state(
         self, task_id: str | None = ..., state: str | None = ..., meta: dict | None = ...
@@ -36,47 +39,104 @@ class _Task(Protocol):
 class Progress:
     """Report ``current`` of ``total`` with a message; stops the task if it was revoked.
 
-    Each report writes Celery's ``PROCESSING`` meta (what the status route reads), keeps
-    the last progress in the job record and publishes it for live listeners (SSE, ?wait=).
+    A written report sets Celery's ``PROCESSING`` meta (what the status route reads),
+    keeps the progress in the job record and publishes it for live listeners (SSE,
+    ?wait=), in one script. Reports are coalesced: one that comes less than
+    ``COALESCE`` s after the job began or after the last write is held, and the latest
+    held one is written ``COALESCE`` s after that, by a timer, unless the job ends first:
+    its end then records it with the terminal status (``held_for_end``). So a job that
+    ends within ``COALESCE`` s writes no progress of its own, and a chatty one at most
+    1 / ``COALESCE`` reports a second; one that reports less often writes each at once.
+
     A revoke that could not terminate the process (threads/solo pools, or terminate=false
-    on a job that checks in) takes effect here, at the next report. A report that cannot
-    reach Redis (down, failing over) is skipped with a warning: progress is not worth
-    failing a job for, and the job's end is recorded with retries of its own.
+    on a job that checks in) takes effect at a report: the one written, or the next one
+    after a timer's write found it. A report that cannot reach Redis (down, failing over)
+    is skipped with a warning: progress is not worth failing a job for, and the job's end
+    is recorded with retries of its own.
     """
 
     def __init__(self, task: _Task | None = None, store: Any = None) -> None:
         self.task = task
         self.store = store
-        self.job_id = task.request.id if task is not None else None
+        # The task's request, for a timer's write (Celery's request stack is per thread).
+        self.request = task.request if task is not None else None
+        self.job_id = self.request.id if self.request is not None else None
         self.reports: list[dict[str, Any]] = []
         self._skip_until = 0.0  # monotonic: reports before it skip Redis (it was down)
+        self._lock = threading.Lock()
+        self._last_write = time.monotonic()  # the job's start counts as a write
+        self._held: dict[str, Any] | None = None
+        self._timer: threading.Timer | None = None
+        self._ended = False  # a timer's write found the job revoked or ended
 
     def __call__(self, current: int, total: int, message: str = "") -> None:
         percent = round(100 * current / total) if total else 0
         info = {"current": current, "total": total, "percent": percent, "message": message}
         self.reports.append(info)
-        if self.store is not None and self.job_id:
-            if time.monotonic() < self._skip_until:
+        if self._ended:
+            raise JobRevoked(f"job {self.job_id} was revoked or already ended")
+        if self.store is None or not self.job_id:
+            if self.task is not None and self.job_id:
+                self.task.update_state(state="PROCESSING", meta=info)
+            return
+        with self._lock:
+            wait = self._last_write + COALESCE - time.monotonic()
+            if wait > 0:
+                self._held = info
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._write_held)
+                    self._timer.daemon = True
+                    self._timer.start()
                 return
-            meta = script_meta(self.task, "PROCESSING", info)
-            try:
-                answer = self.store.report_progress(self.job_id, info, meta)
-            except (RedisConnectionError, RedisTimeoutError) as error:
-                # Each try spends redis-py's own retries: skip the next reports for a while
-                # rather than stall the job that long at every one of them.
-                self._skip_until = time.monotonic() + SKIP_AFTER_FAILURE
-                log.warning(
-                    "job %s: progress not recorded (%s); skipping reports for %g s",
-                    self.job_id,
-                    error,
-                    SKIP_AFTER_FAILURE,
-                    extra={"job_id": self.job_id},
-                )
+            self._held = None
+            self._last_write = time.monotonic()
+        if self._write(info) == 0:
+            raise JobRevoked(f"job {self.job_id} was revoked or already ended")
+
+    def held_for_end(self) -> dict[str, Any] | None:
+        """The report held and not yet written (None if none), for the job's end to
+        record; no timer writes it after this."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            held, self._held = self._held, None
+            return held
+
+    def _write_held(self) -> None:
+        with self._lock:
+            held, self._held, self._timer = self._held, None, None
+            if held is None:
                 return
-            failpoint("job.progress")
-            if answer == 0:
-                raise JobRevoked(f"job {self.job_id} was revoked or already ended")
-            if meta is not None and answer == 1:
-                return  # Celery's meta was written by the same script
-        if self.task is not None and self.job_id:
-            self.task.update_state(state="PROCESSING", meta=info)
+            self._last_write = time.monotonic()
+        try:
+            if self._write(held) == 0:
+                self._ended = True
+        except Exception:  # noqa: BLE001 - a timer thread has no caller to tell
+            log.warning("job %s: progress not recorded", self.job_id, exc_info=True)
+
+    def _write(self, info: dict[str, Any]) -> int | None:
+        """Write one report; the script's answer (0: the job has ended), None if skipped."""
+        if time.monotonic() < self._skip_until:
+            return None
+        meta = script_meta(self.task, "PROCESSING", info, self.request)
+        try:
+            answer = self.store.report_progress(self.job_id, info, meta)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            # Each try spends redis-py's own retries: skip the next reports for a while
+            # rather than stall the job that long at every one of them.
+            self._skip_until = time.monotonic() + SKIP_AFTER_FAILURE
+            log.warning(
+                "job %s: progress not recorded (%s); skipping reports for %g s",
+                self.job_id,
+                error,
+                SKIP_AFTER_FAILURE,
+                extra={"job_id": self.job_id},
+            )
+            return None
+        failpoint("job.progress")
+        if answer != 0 and not (meta is not None and answer == 1) and self.task is not None:
+            # No meta given (broker apart from the store), or no record to write it with:
+            # Celery's update_state, with the request of the task's own thread.
+            self.task.backend.store_result(self.job_id, info, "PROCESSING", request=self.request)
+        return answer

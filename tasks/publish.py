@@ -74,31 +74,37 @@ def task_message(
     )
 
 
-def state_meta(task: Task, state: str, meta: Any) -> tuple[str, str, int | None]:
+def state_meta(
+    task: Task, state: str, meta: Any, request: Any = None
+) -> tuple[str, str, int | None]:
     """(key, value, expires) that ``task.backend.store_result(id, meta, state,
     request=task.request)`` writes to a Redis result backend (``update_state``, the
     tracer's STARTED and SUCCESS): the encoded meta under ``celery-task-meta-<id>``, kept
     for ``result_expires`` (``tests/integration/test_publish.py`` pins it to Celery's
-    write).
+    write). ``request`` stands for ``task.request`` in a thread that does not run the
+    task (Celery's request stack is per thread).
     """
     backend = task.backend
-    task_id = task.request.id
+    request = request if request is not None else task.request
+    task_id = request.id
     full = backend._get_result_meta(
         result=backend.encode_result(meta, state),
         state=state,
         traceback=None,
-        request=task.request,
+        request=request,
     )
     full["task_id"] = task_id
     return backend.get_key_for_task(task_id).decode(), backend.encode(full), backend.expires
 
 
-def script_meta(task: Task, state: str, meta: Any) -> tuple[str, str, int | None] | None:
+def script_meta(
+    task: Task, state: str, meta: Any, request: Any = None
+) -> tuple[str, str, int | None] | None:
     """``state_meta`` for jobgate's scripts to write with the job record; None when Celery
     writes the task's meta itself (``JobgateCelery.meta_in_scripts`` is false)."""
     if not getattr(getattr(task, "app", None), "meta_in_scripts", False):
         return None
-    return state_meta(task, state, meta)
+    return state_meta(task, state, meta, request)
 
 
 class CeleryMessenger:

@@ -117,6 +117,17 @@ def test_status_and_asyncresult_agree_through_a_real_worker(app, client, partner
     assert "DemoFailure" in (result.traceback or "")
 
 
+def test_a_quick_jobs_last_progress_report_is_recorded_with_its_end(app, client, partner, worker):
+    """A job that ends within ``tasks.progress.COALESCE`` writes no report of its own;
+    its end records the last one, so the finished job still shows it."""
+    job = submit(client, partner, params={"seconds": 0, "steps": 2})
+    done = wait_for_status(client, job["job_id"], partner["headers"])
+    assert done["status"] == "SUCCESS"
+    assert (done["progress"]["current"], done["progress"]["total"]) == (2, 2)
+    record = app.extensions["jobgate"].store.job(job["job_id"])
+    assert record["progress"] == {"current": 2, "total": 2, "percent": 100, "message": "Done"}
+
+
 def test_wait_holds_until_the_job_ends(client, partner, worker):
     job = submit(client, partner, params={"seconds": 1, "steps": 2})
     response = client.get(f"/v1/jobs/{job['job_id']}?wait=20", headers=partner["headers"])
