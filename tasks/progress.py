@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import os
 import threading
 import time
 from typing import Any, Protocol
@@ -43,14 +46,15 @@ class Progress:
     keeps the progress in the job record and publishes it for live listeners (SSE,
     ?wait=), in one script. Reports are coalesced: one that comes less than
     ``COALESCE`` s after the job began or after the last write is held, and the latest
-    held one is written ``COALESCE`` s after that, by a timer, unless the job ends first:
+    held one is written ``COALESCE`` s after that, by the process's flusher thread, unless
+    the job ends first:
     its end then records it with the terminal status (``held_for_end``). So a job that
     ends within ``COALESCE`` s writes no progress of its own, and a chatty one at most
     1 / ``COALESCE`` reports a second; one that reports less often writes each at once.
 
     A revoke that could not terminate the process (threads/solo pools, or terminate=false
     on a job that checks in) takes effect at a report: the one written, or the next one
-    after a timer's write found it. A report that cannot reach Redis (down, failing over)
+    after a flusher's write found it. A report that cannot reach Redis (down, failing over)
     is skipped with a warning: progress is not worth failing a job for, and the job's end
     is recorded with retries of its own.
     """
@@ -58,7 +62,7 @@ class Progress:
     def __init__(self, task: _Task | None = None, store: Any = None) -> None:
         self.task = task
         self.store = store
-        # The task's request, for a timer's write (Celery's request stack is per thread).
+        # The task's request, for the flusher's write (Celery's request stack is per thread).
         self.request = task.request if task is not None else None
         self.job_id = self.request.id if self.request is not None else None
         self.reports: list[dict[str, Any]] = []
@@ -66,8 +70,8 @@ class Progress:
         self._lock = threading.Lock()
         self._last_write = time.monotonic()  # the job's start counts as a write
         self._held: dict[str, Any] | None = None
-        self._timer: threading.Timer | None = None
-        self._ended = False  # a timer's write found the job revoked or ended
+        self._scheduled = False  # the flusher will write what is held
+        self._ended = False  # the flusher's write found the job revoked or ended
 
     def __call__(self, current: int, total: int, message: str = "") -> None:
         percent = round(100 * current / total) if total else 0
@@ -83,10 +87,9 @@ class Progress:
             wait = self._last_write + COALESCE - time.monotonic()
             if wait > 0:
                 self._held = info
-                if self._timer is None:
-                    self._timer = threading.Timer(wait, self._write_held)
-                    self._timer.daemon = True
-                    self._timer.start()
+                if not self._scheduled:
+                    self._scheduled = True
+                    FLUSHER.schedule(time.monotonic() + wait, self)
                 return
             self._held = None
             self._last_write = time.monotonic()
@@ -95,24 +98,22 @@ class Progress:
 
     def held_for_end(self) -> dict[str, Any] | None:
         """The report held and not yet written (None if none), for the job's end to
-        record; no timer writes it after this."""
+        record; the flusher writes nothing of it after this."""
         with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             held, self._held = self._held, None
             return held
 
-    def _write_held(self) -> None:
+    def write_held(self) -> None:
+        """Write the report held, if any (the flusher calls this when it is due)."""
         with self._lock:
-            held, self._held, self._timer = self._held, None, None
+            held, self._held, self._scheduled = self._held, None, False
             if held is None:
                 return
             self._last_write = time.monotonic()
         try:
             if self._write(held) == 0:
                 self._ended = True
-        except Exception:  # noqa: BLE001 - a timer thread has no caller to tell
+        except Exception:  # noqa: BLE001 - the flusher has no caller to tell
             log.warning("job %s: progress not recorded", self.job_id, exc_info=True)
 
     def _write(self, info: dict[str, Any]) -> int | None:
@@ -140,3 +141,41 @@ class Progress:
             # Celery's update_state, with the request of the task's own thread.
             self.task.backend.store_result(self.job_id, info, "PROCESSING", request=self.request)
         return answer
+
+
+class Flusher:
+    """One thread per process that writes held reports when they are due (a timer per
+    job would start a thread per job: about 150 µs, as much as the write it saves)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        """Start empty, with no thread (a forked child has none of its parent's threads)."""
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, int, Progress]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, when: float, progress: Progress) -> None:
+        """Call ``progress.write_held()`` at ``when`` (time.monotonic)."""
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="jobgate-progress", daemon=True
+                )
+                self._thread.start()
+            heapq.heappush(self._due, (when, next(self._order), progress))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                progress = heapq.heappop(self._due)[2]
+            progress.write_held()
+
+
+FLUSHER = Flusher()
