@@ -9,8 +9,8 @@ that ``webhook_summary`` reads.
 
 One attempt costs two Redis round trips (three the first time, when the body is built):
 ``begin`` claims the attempt and reads the subject, its stored body and its partner's
-secrets in one script; ``store_body`` (first time only) is one MULTI of ``SET NX`` and
-``GET``; ``finish`` records the attempt and marks the claim done in one script.
+secrets in one script; ``store_body`` (first time only) is one script (``SET NX``, and
+``GET`` only if a body was there); ``finish`` records the attempt and marks the claim done in one script.
 """
 
 from __future__ import annotations
@@ -68,18 +68,12 @@ class Deliveries:
 
     # ------------------------------------------------------------------ body
     def store_body(self, subject_id: str, event: str, built: str) -> str:
-        """Store ``built`` unless a body is stored already; returns the stored one.
-
-        One round trip, a MULTI of ``SET NX`` and ``GET`` (``SET NX GET`` is Redis 7's;
-        jobgate runs on 6.2 too): the first writer wins, and every later attempt sends the
-        first writer's bytes.
-        """
-        key = self.body_key(subject_id, event)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(key, built, nx=True, ex=self.store.retention)
-        pipe.get(key)
-        _, stored = pipe.execute()
-        return built if stored is None else cast("str", stored)
+        """Store ``built`` unless a body is stored already; returns the stored one (one
+        script: the first writer wins, and every later attempt sends its bytes)."""
+        stored = self.scripts["body_store"](
+            keys=[self.body_key(subject_id, event)], args=[built, self.store.retention]
+        )
+        return cast("str", stored) if stored is not None else built
 
     # ----------------------------------------------------------------- attempt
     def begin(

@@ -22,6 +22,7 @@ NAMES = (
     "job_finish",
     "batch_count",
     "delivery_begin",
+    "body_store",
     "delivery_record",
     "delivery_mirror",
     "due_move",

@@ -516,6 +516,15 @@ def begin_args(k: Keys, node: str = "node-a", lease: int = 41) -> list[Any]:
     return [lease, k("partner", ""), node, k("worker", ""), "d1"]
 
 
+# -------------------------------------------------------------------------- body_store
+def test_body_store_first_writer_wins_and_later_ones_get_its_bytes(run, k, redis_client):
+    body = k("webhook", "j1", "job.succeeded", "body")
+    assert run("body_store", [body], ['{"first":1}', RETENTION]) == '{"first":1}'
+    assert 0 < redis_client.ttl(body) <= RETENTION
+    assert run("body_store", [body], ['{"second":2}', RETENTION]) == '{"first":1}'
+    assert redis_client.get(body) == '{"first":1}'
+
+
 def test_delivery_begin_claims_and_reads_record_body_and_partner(
     redis_client: redis.Redis, run: Any, k: Keys
 ) -> None:
