@@ -1,11 +1,15 @@
 """Submit benchmark: ``POST /v1/jobs`` against Flower's ``POST /api/task/async-apply/<task>``.
 
 Both run in the same script run on the same Celery app and Redis, alternating per round,
-so each ratio is measured under the same machine load. No worker consumes during the
-measurement (the two would otherwise compete with different amounts of work); the queue
-is emptied between levels.
+so each ratio is measured under the same machine load; the queue is emptied between
+levels. By default no worker consumes during the measurement. With ``--consuming`` a
+``jobgate worker`` runs throughout, as users deploy: jobgate's jobs run on it (start,
+progress, end), while the messages Flower sends have no job record and are refused at
+start, so the worker takes less CPU from Flower's rounds than from jobgate's (a handicap
+for jobgate).
 
     python -m bench.submit [--requests 3000] [--concurrency 1,16,64] [--rounds 2]
+                           [--consuming]
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=30.0, help="time cap of one run")
+    parser.add_argument(
+        "--consuming", action="store_true", help="a jobgate worker consumes throughout"
+    )
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",")]
     started = machine()
@@ -76,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start_gateway(args.gunicorn)
         stack.start_flower()
+        if args.consuming:
+            stack.start_worker(args.worker_concurrency, instances=args.worker_instances)
         partner = stack.create_partner()
         targets = requests_for(stack, partner)
         queue = stack.redis()
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         ["concurrency", "target", "req/s", "p50 ms", "p99 ms", "failed", "jobgate/flower"], rows
     )
     write_result(
-        "submit",
+        "submit-consuming" if args.consuming else "submit",
         {
             "benchmark": "submit",
             "task": "demo.sleep",
@@ -136,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
                 "requests": args.requests,
                 "rounds": args.rounds,
                 "levels": levels,
+                "worker consuming": (
+                    f"{args.worker_instances} x jobgate worker -c {args.worker_concurrency}"
+                    if args.consuming
+                    else "none"
+                ),
             },
             "machine": started,
             "results": results,
