@@ -1,10 +1,13 @@
 """Admin revoke: record REVOKED in the job store first, then tell the workers.
 
-The job record is the revocation that lasts: ``JobTask`` refuses a job whose record is
-REVOKED (so a worker started later, which never saw Celery's in-memory revoke, still
-does not run it) and the progress helper stops a running one at its next report when the
-pool could not terminate it. ``finish_job`` is first-writer-wins, so a second revoke, or
-a revoke racing the job's own end, fires no second webhook.
+The revoke's end script writes Celery's ``REVOKED`` meta with the record, so
+``AsyncResult`` agrees at once, also for a job that stops at its next report (Celery
+writes nothing for that). The job record is the revocation that lasts: ``JobTask``
+refuses a job whose record is REVOKED (so a worker started later, which never saw
+Celery's in-memory revoke, still does not run it) and the progress helper stops a running
+one at its next report when the pool could not terminate it. ``finish_job`` is
+first-writer-wins, so a second revoke, or a revoke racing the job's own end, fires no
+second webhook.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from gateway.extensions import Services
 from gateway.jobs import describe
 from jobgate.lifecycle import finish_job
 from jobgate.status import TERMINAL
+from tasks.publish import revoked_meta
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +35,15 @@ def revoke_job(
     if record is None:
         raise not_found("job")
     if record.get("status") not in TERMINAL:
+        reason = (reason or "")[:MAX_REASON]
         if finish_job(
             svc.messenger,
             svc.store,
             job_id,
             "REVOKED",
+            celery_meta=revoked_meta(svc.celery, record["task_id"], reason or "revoked"),
             revoked_by=by,
-            revoke_reason=(reason or "")[:MAX_REASON],
+            revoke_reason=reason,
         ):
             _tell_workers(svc, record, terminate)
         record = svc.store.job(job_id) or record

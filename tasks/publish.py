@@ -12,7 +12,8 @@ writes.
 
 ``state_meta`` does the same for a task's result meta: the start, progress and end
 scripts write Celery's ``STARTED``, ``PROCESSING`` and ``SUCCESS`` in the round trip that
-records them, byte for byte what Celery would have written with round trips of its own.
+records them, byte for byte what Celery would have written with round trips of its own;
+``revoked_meta`` gives an admin revoke's end its ``REVOKED``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from base64 import b64encode
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, states
+from celery.exceptions import TaskRevokedError
 from kombu.serialization import dumps
 
 
@@ -84,9 +86,15 @@ def state_meta(
     write). ``request`` stands for ``task.request`` in a thread that does not run the
     task (Celery's request stack is per thread).
     """
-    backend = task.backend
     request = request if request is not None else task.request
-    task_id = request.id
+    return result_meta(task.backend, request.id, state, meta, request)
+
+
+def result_meta(
+    backend: Any, task_id: str, state: str, meta: Any, request: Any = None
+) -> tuple[str, str, int | None]:
+    """(key, value, expires) of ``backend.store_result(task_id, meta, state,
+    request=request)``, without writing it."""
     full = backend._get_result_meta(
         result=backend.encode_result(meta, state),
         state=state,
@@ -95,6 +103,16 @@ def state_meta(
     )
     full["task_id"] = task_id
     return backend.get_key_for_task(task_id).decode(), backend.encode(full), backend.expires
+
+
+def revoked_meta(app: Celery, task_id: str, reason: str) -> tuple[str, str, int | None] | None:
+    """Celery's ``REVOKED`` meta as ``backend.mark_as_revoked(task_id, reason)`` writes it,
+    for the revoke's end script (so ``AsyncResult`` says REVOKED as the API does, also for
+    a job that stops at its next progress report, where Celery writes nothing); None when
+    Celery writes the job tasks' metas itself."""
+    if not getattr(app, "meta_in_scripts", False):
+        return None
+    return result_meta(app.backend, task_id, states.REVOKED, TaskRevokedError(reason))
 
 
 def script_meta(

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from tasks.app import make_celery
-from tasks.publish import same_redis, state_meta, task_message
+from tasks.publish import revoked_meta, same_redis, state_meta, task_message
 
 
 def _without_tag(raw: str) -> dict:
@@ -103,6 +103,27 @@ def test_state_meta_is_what_celery_writes(settings, redis_client, state, meta):
     assert (ours.pop("date_done") is None) == (theirs.pop("date_done") is None)
     assert ours == theirs
     assert expires == settings.result_expires and 0 < ttl <= expires
+
+
+def test_revoked_meta_is_what_mark_as_revoked_writes(settings, redis_client):
+    """The admin revoke's REVOKED (written by its end script, with no request) is Celery's
+    own ``mark_as_revoked`` write, save the time, and ``AsyncResult`` reads it back."""
+    app = make_celery(settings)
+    task_id = str(uuid.uuid4())
+    try:
+        app.backend.mark_as_revoked(task_id, "customer asked")
+        key, value, expires = revoked_meta(app, task_id, "customer asked")
+        theirs = redis_client.get(key)
+        redis_client.set(key, value)
+        result = app.AsyncResult(task_id)
+        assert (result.state, str(result.result)) == ("REVOKED", "customer asked")
+    finally:
+        redis_client.delete(f"celery-task-meta-{task_id}")
+        app.close()
+    ours, theirs = json.loads(value), json.loads(theirs)
+    assert (ours.pop("date_done") is None) == (theirs.pop("date_done") is None)
+    assert ours == theirs
+    assert expires == settings.result_expires
 
 
 def test_a_result_celery_cannot_encode_ends_the_job_failure(settings, redis_client):

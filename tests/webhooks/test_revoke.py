@@ -11,11 +11,7 @@ from tests.webhooks.test_events import submit, webhook_settles
 
 
 def raw_status(celery: Any, task_id: str) -> str | None:
-    """The task's status in the result backend, read without decoding its result.
-
-    (JobTask stores REVOKED with a plain ``{"reason"}`` meta, which Celery's decoder for
-    exception states refuses, so ``get_task_meta`` cannot be used here.)
-    """
+    """The task's status in the result backend, read raw (None if nothing is stored)."""
     raw = celery.backend.get(celery.backend.get_key_for_task(task_id))
     return json.loads(raw)["status"] if raw else None
 
@@ -84,12 +80,14 @@ def test_running_job_is_terminated_and_sends_one_event(
     assert response.status_code == 202, response.get_json()
     assert response.get_json()["status"] == "REVOKED"
     celery = app.extensions["jobgate"].celery
-    # The worker writes REVOKED to the result backend when it terminated the process.
+    assert celery.AsyncResult(job_id).state == "REVOKED"  # written with the revoke
     wait_until(
-        lambda: raw_status(celery, job_id) == "REVOKED",
+        lambda: replies_ok(celery, worker) and not still_active(celery, worker, job_id),
         20,
+        interval=0.2,
         message="the worker to terminate the job",
     )
+    assert raw_status(celery, job_id) == "REVOKED"
     view = webhook_settles(client, job_id, partner["headers"])
     assert view["status"] == "REVOKED"
     assert view["revocation"]["revoked_by"] == "admin"
@@ -107,15 +105,8 @@ def test_revoke_without_terminate_stops_at_the_next_progress_report(
     response = revoke(client, job_id, admin_headers, terminate=False)
     assert response.status_code == 202
     celery = app.extensions["jobgate"].celery
-
-    def still_active() -> bool:
-        replies = (
-            celery.control.inspect(destination=[worker.name], timeout=2, limit=1).active() or {}
-        )
-        return any(task["id"] == job_id for tasks in replies.values() for task in tasks)
-
     wait_until(
-        lambda: replies_ok(celery, worker) and not still_active(),
+        lambda: replies_ok(celery, worker) and not still_active(celery, worker, job_id),
         20,
         interval=0.2,
         message="the job to stop at its next progress report",
@@ -123,6 +114,17 @@ def test_revoke_without_terminate_stops_at_the_next_progress_report(
     record = app.extensions["jobgate"].store.job(job_id)
     assert record["status"] == "REVOKED"
     assert record["progress"]["current"] < 300
+    # Celery writes nothing for a task that stops this way: the revoke wrote its REVOKED,
+    # and no later progress report wrote over it.
+    result = celery.AsyncResult(job_id)
+    assert result.state == "REVOKED"
+    assert str(result.result) == "revoked"
+
+
+def still_active(celery: Any, worker: WorkerProcess, job_id: str) -> bool:
+    """The worker is running ``job_id``."""
+    replies = celery.control.inspect(destination=[worker.name], timeout=2, limit=1).active() or {}
+    return any(task["id"] == job_id for tasks in replies.values() for task in tasks)
 
 
 def replies_ok(celery: Any, worker: WorkerProcess) -> bool:
