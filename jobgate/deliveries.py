@@ -10,7 +10,8 @@ that ``webhook_summary`` reads.
 One attempt costs two Redis round trips (three the first time, when the body is built):
 ``begin`` claims the attempt and reads the subject, its stored body and its partner's
 secrets in one script; ``store_body`` (first time only) is one script (``SET NX``, and
-``GET`` only if a body was there); ``finish`` records the attempt and marks the claim done in one script.
+``GET`` only if a body was there); ``finish`` records the attempt and marks the claim
+done in one script.
 """
 
 from __future__ import annotations
