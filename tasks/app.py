@@ -206,7 +206,10 @@ def _task_body(job_type: JobType):
     def run(self: JobTask, **params: Any) -> Any:
         progress = Progress(self, self.app.store)
         self.request.jobgate_progress = progress  # its held report goes with the end
-        return job_type.func(progress, **params)
+        try:
+            return job_type.func(progress, **params)
+        finally:
+            progress.close()  # before Celery stores a FAILURE: no report lands after it
 
     run.__name__ = job_type.func.__name__
     run.__doc__ = job_type.description

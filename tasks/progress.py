@@ -46,11 +46,14 @@ class Progress:
     keeps the progress in the job record and publishes it for live listeners (SSE,
     ?wait=), in one script. Reports are coalesced: one that comes less than
     ``COALESCE`` s after the job began or after the last write is held, and the latest
-    held one is written ``COALESCE`` s after that, by the process's flusher thread, unless
-    the job ends first:
-    its end then records it with the terminal status (``held_for_end``). So a job that
-    ends within ``COALESCE`` s writes no progress of its own, and a chatty one at most
-    1 / ``COALESCE`` reports a second; one that reports less often writes each at once.
+    held one is written ``COALESCE`` s after that by the process's flusher thread, unless
+    the task returns or raises first: ``close`` then keeps it for the job's end to record
+    with the terminal status (``held_for_end``). So a job that ends within ``COALESCE`` s
+    writes no progress of its own, and a chatty one at most 1 / ``COALESCE`` reports a
+    second; one that reports less often writes each at once. Writes are serialised and
+    never older than the last one written; none starts once the task has returned, so a
+    report cannot land after (or, Celery's FAILURE being stored before the end is
+    recorded, over) the job's end.
 
     A revoke that could not terminate the process (threads/solo pools, or terminate=false
     on a job that checks in) takes effect at a report: the one written, or the next one
@@ -67,16 +70,21 @@ class Progress:
         self.job_id = self.request.id if self.request is not None else None
         self.reports: list[dict[str, Any]] = []
         self._skip_until = 0.0  # monotonic: reports before it skip Redis (it was down)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the fields below
+        self._writing = threading.Lock()  # one write at a time, in report order
         self._last_write = time.monotonic()  # the job's start counts as a write
-        self._held: dict[str, Any] | None = None
-        self._scheduled = False  # the flusher will write what is held
+        self._held: tuple[int, dict[str, Any]] | None = None  # (report number, report)
+        self._written = 0  # number of the last report written
+        self._scheduled = False  # the flusher will look at what is held
+        self._closed = False  # the task returned: no write starts any more
+        self._final: dict[str, Any] | None = None  # held at close, for the end
         self._ended = False  # the flusher's write found the job revoked or ended
 
     def __call__(self, current: int, total: int, message: str = "") -> None:
         percent = round(100 * current / total) if total else 0
         info = {"current": current, "total": total, "percent": percent, "message": message}
         self.reports.append(info)
+        number = len(self.reports)
         if self._ended:
             raise JobRevoked(f"job {self.job_id} was revoked or already ended")
         if self.store is None or not self.job_id:
@@ -86,40 +94,73 @@ class Progress:
         with self._lock:
             wait = self._last_write + COALESCE - time.monotonic()
             if wait > 0:
-                self._held = info
+                self._held = (number, info)
                 if not self._scheduled:
                     self._scheduled = True
                     FLUSHER.schedule(time.monotonic() + wait, self)
                 return
             self._held = None
             self._last_write = time.monotonic()
-        if self._write(info) == 0:
+        if self._write(number, info) == 0:
             raise JobRevoked(f"job {self.job_id} was revoked or already ended")
 
-    def held_for_end(self) -> dict[str, Any] | None:
-        """The report held and not yet written (None if none), for the job's end to
-        record; the flusher writes nothing of it after this."""
+    def close(self) -> None:
+        """The task returned or raised: no write starts after this (one under way is waited
+        for), and the report still held is kept for ``held_for_end``."""
         with self._lock:
-            held, self._held = self._held, None
-            return held
+            if self._closed:
+                return
+            self._closed = True
+        with self._writing:  # a flusher write under way lands before the end is recorded
+            pass
+        with self._lock:
+            if self._held is not None and self._held[0] > self._written:
+                self._final = self._held[1]
+            self._held = None
+
+    def held_for_end(self) -> dict[str, Any] | None:
+        """The last report not written (None if none), for the job's end to record; closes
+        the helper first."""
+        self.close()
+        with self._lock:
+            final, self._final = self._final, None
+            return final
 
     def write_held(self) -> None:
         """Write the report held, if any (the flusher calls this when it is due)."""
         with self._lock:
-            held, self._held, self._scheduled = self._held, None, False
-            if held is None:
+            self._scheduled = False
+            if self._closed or self._held is None:
                 return
+            number, info = self._held
             self._last_write = time.monotonic()
         try:
-            if self._write(held) == 0:
+            if self._write(number, info) == 0:
                 self._ended = True
         except Exception:  # noqa: BLE001 - the flusher has no caller to tell
             log.warning("job %s: progress not recorded", self.job_id, exc_info=True)
 
-    def _write(self, info: dict[str, Any]) -> int | None:
-        """Write one report; the script's answer (0: the job has ended), None if skipped."""
-        if time.monotonic() < self._skip_until:
-            return None
+    def _write(self, number: int, info: dict[str, Any]) -> int | None:
+        """Write report ``number`` unless a later one was written or the task returned; the
+        script's answer (0: the job has ended), None if nothing was written."""
+        with self._writing:
+            with self._lock:
+                if self._closed:
+                    return None  # a held report goes with the end instead
+                if number <= self._written:
+                    return None
+                if self._held is not None and self._held[0] <= number:
+                    self._held = None
+            if time.monotonic() < self._skip_until:
+                return None
+            answer = self._send(info)
+            if answer is not None:
+                with self._lock:
+                    self._written = max(self._written, number)
+            return answer
+
+    def _send(self, info: dict[str, Any]) -> int | None:
+        """One report to Redis (and Celery's meta); None if Redis could not take it."""
         meta = script_meta(self.task, "PROCESSING", info, self.request)
         try:
             answer = self.store.report_progress(self.job_id, info, meta)

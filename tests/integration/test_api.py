@@ -123,7 +123,6 @@ def test_a_quick_jobs_last_progress_report_is_recorded_with_its_end(app, client,
     job = submit(client, partner, params={"seconds": 0, "steps": 2})
     done = wait_for_status(client, job["job_id"], partner["headers"])
     assert done["status"] == "SUCCESS"
-    assert (done["progress"]["current"], done["progress"]["total"]) == (2, 2)
     record = app.extensions["jobgate"].store.job(job["job_id"])
     assert record["progress"] == {"current": 2, "total": 2, "percent": 100, "message": "Done"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -52,7 +53,7 @@ def test_a_job_that_ends_within_the_window_writes_no_report_and_its_end_takes_th
     progress(0, 1, "Step 1 of 1")
     progress(1, 1, "Done")
     assert progress.held_for_end() == {"current": 1, "total": 1, "percent": 100, "message": "Done"}
-    time.sleep(2 * COALESCE)  # the timer was cancelled: nothing is written after the end
+    time.sleep(2 * COALESCE)  # the flusher comes, finds the helper closed, writes nothing
     assert store.written == []
     assert progress.held_for_end() is None
 
@@ -77,13 +78,65 @@ def test_a_report_after_a_quiet_window_is_written_at_once(monkeypatch):
     assert [report["current"] for report in store.written] == [3]
 
 
-def test_a_timer_write_that_finds_the_job_ended_stops_it_at_the_next_report():
+def test_a_flusher_write_that_finds_the_job_ended_stops_it_at_the_next_report():
     store = Store(answer=0)
     progress = Progress(Task(), store)
     progress(1, 10)
-    wait_until(lambda: store.written, timeout=5 * COALESCE + 1, message="the timer's write")
+    wait_until(lambda: progress._ended, timeout=5 * COALESCE + 1, message="the flusher's write")
     with pytest.raises(JobRevoked):
         progress(2, 10)
+
+
+def test_no_write_starts_after_close_and_the_end_gets_the_held_report():
+    """Celery stores a FAILURE before the end is recorded: a report landing in between
+    would stand over it."""
+    store = Store()
+    progress = Progress(Task(), store)
+    progress(1, 10)
+    progress.close()  # the task returned or raised
+    time.sleep(2 * COALESCE)
+    assert store.written == []
+    assert progress.held_for_end()["current"] == 1
+
+
+class SlowStore(Store):
+    """A store whose first write waits until ``go`` is set (Redis slow to answer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+        self.waiting = threading.Event()
+
+    def report_progress(self, job_id, info, meta):
+        if not self.written:
+            self.waiting.set()
+            assert self.go.wait(10)
+        return super().report_progress(job_id, info, meta)
+
+
+def test_close_waits_for_a_flusher_write_under_way():
+    """The end is recorded after the flusher's write, never under it."""
+    store = SlowStore()
+    progress = Progress(Task(), store)
+    progress(1, 10)
+    assert store.waiting.wait(5 * COALESCE + 1)  # the flusher is writing it
+    closing = threading.Thread(target=progress.close)
+    closing.start()
+    closing.join(2 * COALESCE)
+    assert closing.is_alive()
+    store.go.set()
+    closing.join(5)
+    assert not closing.is_alive()
+    assert [report["current"] for report in store.written] == [1]
+    assert progress.held_for_end() is None  # written already: the end has nothing to add
+
+
+def test_an_older_report_is_never_written_after_a_newer_one():
+    store = Store()
+    progress = Progress(Task(), store)
+    progress._write(2, {"current": 2})
+    progress._write(1, {"current": 1})  # a flusher that took report 1 and came late
+    assert store.written == [{"current": 2}]
 
 
 def test_a_written_report_that_finds_the_job_ended_stops_it_at_once(monkeypatch):
