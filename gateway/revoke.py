@@ -41,7 +41,9 @@ def revoke_job(
             svc.store,
             job_id,
             "REVOKED",
-            celery_meta=revoked_meta(svc.celery, record["task_id"], reason or "revoked"),
+            celery_meta=revoked_meta(
+                svc.celery, record, reason or "revoked", svc.messenger.jobs_queue
+            ),
             revoked_by=by,
             revoke_reason=reason,
         ):

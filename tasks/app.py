@@ -118,10 +118,7 @@ class JobTask(Task):
             # that recorded the end died before queuing the webhook.
             record = store.job(job_id) or {}
             if refused == "REVOKED":
-                # A REVOKED meta Celery itself can decode (update_state's would not be).
-                self.backend.mark_as_revoked(
-                    job_id, record.get("revoke_reason") or "revoked", request=self.request
-                )
+                self._mark_revoked(record)
             lifecycle.side_effects(self.app.messenger, store, record)
             raise JobRevoked(f"job {job_id} already {refused}")
         failpoint("job.started")
@@ -183,13 +180,25 @@ class JobTask(Task):
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         # Celery stored the FAILURE meta itself (store_errors_even_if_ignored).
-        lifecycle.finish_job_retrying(
+        ended = lifecycle.finish_job_retrying(
             self.app.messenger,
             self.app.store,
             task_id,
             "FAILURE",
             error=error_message(exc),
             **self._held_progress(),
+        )
+        if not ended:
+            # Revoked (terminate=false) while it ran, and it raised before its next report:
+            # Celery's FAILURE must not stand against the REVOKED the job has.
+            record = self.app.store.job(task_id) or {}
+            if record.get("status") == "REVOKED":
+                self._mark_revoked(record)
+
+    def _mark_revoked(self, record: dict[str, Any]) -> None:
+        """Celery's REVOKED meta for this job, as Celery writes it for its own revokes."""
+        self.backend.mark_as_revoked(
+            record["job_id"], record.get("revoke_reason") or "revoked", request=self.request
         )
 
     def _held_progress(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery, Task, states
+from celery.app.task import Context
 from celery.exceptions import TaskRevokedError
 from kombu.serialization import dumps
 
@@ -105,14 +106,29 @@ def result_meta(
     return backend.get_key_for_task(task_id).decode(), backend.encode(full), backend.expires
 
 
-def revoked_meta(app: Celery, task_id: str, reason: str) -> tuple[str, str, int | None] | None:
-    """Celery's ``REVOKED`` meta as ``backend.mark_as_revoked(task_id, reason)`` writes it,
-    for the revoke's end script (so ``AsyncResult`` says REVOKED as the API does, also for
-    a job that stops at its next progress report, where Celery writes nothing); None when
-    Celery writes the job tasks' metas itself."""
+def revoked_meta(
+    app: Celery, record: dict[str, Any], reason: str, queue: str
+) -> tuple[str, str, int | None] | None:
+    """Celery's ``REVOKED`` meta for job ``record``, as ``backend.mark_as_revoked`` writes
+    it for the job's task (its request rebuilt from the record: name, params, worker and
+    queue, ``queue`` if the record names none), for the revoke's end script:
+    ``AsyncResult`` then says REVOKED as the API does, also for a job that stops at its
+    next progress report, where Celery writes nothing. None when Celery writes the job
+    tasks' metas itself."""
     if not getattr(app, "meta_in_scripts", False):
         return None
-    return result_meta(app.backend, task_id, states.REVOKED, TaskRevokedError(reason))
+    request = Context(
+        id=record["task_id"],
+        task=record.get("task"),
+        args=[],
+        kwargs=record.get("params") or {},
+        hostname=record.get("worker") or None,
+        retries=0,
+        delivery_info={"routing_key": record.get("queue") or queue},
+    )
+    return result_meta(
+        app.backend, record["task_id"], states.REVOKED, TaskRevokedError(reason), request
+    )
 
 
 def script_meta(

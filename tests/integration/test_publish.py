@@ -106,18 +106,33 @@ def test_state_meta_is_what_celery_writes(settings, redis_client, state, meta):
 
 
 def test_revoked_meta_is_what_mark_as_revoked_writes(settings, redis_client):
-    """The admin revoke's REVOKED (written by its end script, with no request) is Celery's
-    own ``mark_as_revoked`` write, save the time, and ``AsyncResult`` reads it back."""
+    """The admin revoke's REVOKED (written by its end script, the request rebuilt from the
+    job record) is what a worker's ``mark_as_revoked`` writes for the job's own request,
+    save the time, and ``AsyncResult`` reads it back, extended fields included."""
     app = make_celery(settings)
+    task = app.tasks["demo.sleep"]
     task_id = str(uuid.uuid4())
+    params = {"seconds": 1, "steps": 2}
+    record = {"task_id": task_id, "task": "demo.sleep", "params": params, "worker": "w@h"}
+    task.push_request(
+        id=task_id,
+        task="demo.sleep",
+        args=[],
+        kwargs=params,
+        hostname="w@h",
+        retries=0,
+        delivery_info={"routing_key": "jobs"},
+    )
     try:
-        app.backend.mark_as_revoked(task_id, "customer asked")
-        key, value, expires = revoked_meta(app, task_id, "customer asked")
+        app.backend.mark_as_revoked(task_id, "customer asked", request=task.request)
+        key, value, expires = revoked_meta(app, record, "customer asked", "jobs")
         theirs = redis_client.get(key)
         redis_client.set(key, value)
         result = app.AsyncResult(task_id)
         assert (result.state, str(result.result)) == ("REVOKED", "customer asked")
+        assert (result.name, result.kwargs, result.queue) == ("demo.sleep", params, "jobs")
     finally:
+        task.pop_request()
         redis_client.delete(f"celery-task-meta-{task_id}")
         app.close()
     ours, theirs = json.loads(value), json.loads(theirs)
@@ -146,6 +161,34 @@ def test_a_result_celery_cannot_encode_ends_the_job_failure(settings, redis_clie
         assert ended["status"] == "FAILURE"
         assert ended["error"].startswith("the task's result could not be encoded as JSON")
         assert meta.state == "FAILURE"
+    finally:
+        task.pop_request()
+        redis_client.delete(f"celery-task-meta-{job_id}")
+        app.close()
+
+
+def test_a_revoked_job_that_then_raises_keeps_revoked_in_asyncresult(settings, redis_client):
+    """Revoked with terminate=false while it ran, the job raised before its next report:
+    Celery stores FAILURE before ``on_failure``, whose end is refused (REVOKED holds), so
+    the task writes REVOKED back over it."""
+    from gateway.auth import Principal
+    from gateway.jobs import new_record
+    from jobgate.lifecycle import finish_job
+
+    app = make_celery(settings)
+    task = app.tasks["demo.sleep"]
+    record = new_record(Principal("partner", "p1"), {"task": "demo.sleep", "params": {}})
+    job_id = record["job_id"]
+    app.store.create_job(record)
+    task.push_request(id=job_id, task="demo.sleep", args=[], kwargs={}, hostname="w@h")
+    try:
+        assert finish_job(app.messenger, app.store, job_id, "REVOKED", revoke_reason="stop")
+        error = ValueError("raised after the revoke")
+        task.backend.mark_as_failure(job_id, error, request=task.request)  # Celery's tracer
+        task.on_failure(error, job_id, [], {}, None)
+        result = app.AsyncResult(job_id)
+        assert (result.state, str(result.result)) == ("REVOKED", "stop")
+        assert app.store.job(job_id)["status"] == "REVOKED"
     finally:
         task.pop_request()
         redis_client.delete(f"celery-task-meta-{job_id}")

@@ -119,6 +119,7 @@ def test_revoke_without_terminate_stops_at_the_next_progress_report(
     result = celery.AsyncResult(job_id)
     assert result.state == "REVOKED"
     assert str(result.result) == "revoked"
+    assert (result.name, result.kwargs) == ("demo.sleep", {"seconds": 30, "steps": 300})
 
 
 def still_active(celery: Any, worker: WorkerProcess, job_id: str) -> bool:
