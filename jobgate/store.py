@@ -361,18 +361,17 @@ class Store:
         return self.key("workers")
 
     def mark_worker_alive(self, node: str, alive_for: int) -> None:
-        """Worker ``node`` is alive for ``alive_for`` s: the key a delivery claim checks
-        before taking over a dead node's attempt, and the set ``live_workers`` counts."""
-        now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self.key("worker", node), now, ex=alive_for)
-        pipe.zadd(self.workers_key, {node: now})
-        pipe.zremrangebyscore(self.workers_key, "-inf", now - WORKERS_FORGOTTEN_AFTER)
-        pipe.execute()
+        """Worker ``node`` is alive for ``alive_for`` s (by Redis's clock): the key a
+        delivery claim checks before taking over a dead node's attempt, and the set
+        ``live_workers`` counts."""
+        self.scripts["worker_alive"](
+            keys=[self.key("worker", node), self.workers_key],
+            args=[node, alive_for, WORKERS_FORGOTTEN_AFTER],
+        )
 
     def live_workers(self, alive_for: int) -> int:
         """Worker nodes that gave a sign of life in the last ``alive_for`` s."""
-        return int(self.redis.zcount(self.workers_key, time.time() - alive_for, "+inf"))
+        return int(self.scripts["workers_live"](keys=[self.workers_key], args=[alive_for]))
 
     # ------------------------------------------------------------------ events
     def channel(self, job_id: str) -> str:

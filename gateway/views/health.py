@@ -32,10 +32,11 @@ def healthz():
 def readyz():
     """Ready when Redis answers and at least one worker gave a sign of life recently.
 
-    Workers mark themselves alive every ``visibility_timeout / 10`` s (``tasks.upkeep``);
-    one counts for ``Settings.worker_alive_for`` s after that, so a worker busy for a
-    moment does not take the gateway out of its load balancer, as a broadcast ping with
-    a 1 s timeout did.
+    Workers mark themselves alive every ``visibility_timeout / 10`` s (``tasks.upkeep``,
+    by Redis's clock); one counts for ``Settings.worker_alive_for`` s after that, so a
+    worker busy for a moment does not take the gateway out of its load balancer, as a
+    broadcast ping with a 1 s timeout did. Only when none counts is that ping asked, for
+    workers of an older release during a rolling upgrade.
 
     The database and the archive lag are reported, not required: with the database down
     jobs are still taken, run and delivered, and archiving catches up when it returns
@@ -46,6 +47,9 @@ def readyz():
     try:
         checks["redis"] = bool(svc.store.redis.ping())
         checks["workers"] = svc.store.live_workers(svc.settings.worker_alive_for)
+        if not checks["workers"]:
+            # Workers of a release without the set (gateways upgraded first): ask them.
+            checks["workers"] = len(svc.celery.control.ping(timeout=1.0) or [])
         backlog, lag = archive_lag(svc.store)
         checks["archive_backlog"], checks["archive_lag_seconds"] = backlog, round(lag, 3)
     except Exception as exc:  # noqa: BLE001 - readiness reports, never raises

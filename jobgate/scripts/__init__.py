@@ -28,6 +28,8 @@ NAMES = (
     "due_move",
     "fan_out",
     "archive_done",
+    "worker_alive",
+    "workers_live",
 )
 # Files other scripts include (``--! include <name>`` on a line of its own), never run alone.
 LIBRARY = ("celery_meta",)

@@ -525,6 +525,20 @@ def test_body_store_first_writer_wins_and_later_ones_get_its_bytes(run, k, redis
     assert redis_client.get(body) == '{"first":1}'
 
 
+# ------------------------------------------------------------- worker_alive, workers_live
+def test_worker_alive_stamps_with_redis_time_and_workers_live_counts_recent_nodes(
+    run, k, redis_client
+):
+    now = int(redis_client.time()[0])
+    workers = k("workers")
+    redis_client.zadd(workers, {"gone@h": now - 100, "old@h": now - 200_000})
+    assert abs(run("worker_alive", [k("worker", "w@h"), workers], ["w@h", 16, 86400]) - now) <= 2
+    assert 0 < redis_client.ttl(k("worker", "w@h")) <= 16
+    assert redis_client.zrange(workers, 0, -1) == ["gone@h", "w@h"]  # a day's silence: forgotten
+    assert run("workers_live", [workers], [16]) == 1
+    assert run("workers_live", [workers], [150]) == 2
+
+
 def test_delivery_begin_claims_and_reads_record_body_and_partner(
     redis_client: redis.Redis, run: Any, k: Keys
 ) -> None:
