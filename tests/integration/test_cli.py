@@ -97,12 +97,13 @@ def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
     receiver = Receiver()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
     env.pop("JOBGATE_ADMIN_KEYS", None)
+    stderr = (tmp_path / "dev.stderr").open("w")  # the logs of jobgate dev and its children
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "dev", "--port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
         start_new_session=True,
     )
@@ -184,8 +185,15 @@ def test_dev_starts_everything_with_embedded_redis_and_stops_cleanly(tmp_path):
     finally:
         children = child_pids(proc.pid)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's group
-        proc.wait(timeout=40)
-        receiver.stop()
+        try:
+            # jobgate dev gives its children 15 s, then SIGKILL, then Redis 15 s more.
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            print((tmp_path / "dev.stderr").read_text()[-4000:])  # shown with the failure
+            raise
+        finally:
+            receiver.stop()
+            stderr.close()
     assert proc.returncode == 0
     assert len(children) >= 3, "embedded Redis, worker and gunicorn were children"
     wait_until(
