@@ -141,55 +141,47 @@ def test_revoked_meta_is_what_mark_as_revoked_writes(settings, redis_client):
     assert expires == settings.result_expires
 
 
-def test_a_result_celery_cannot_encode_ends_the_job_failure(settings, redis_client):
+@pytest.fixture
+def running(settings, redis_client):
+    """(app, task, job id): a stored ``demo.sleep`` job whose task runs in this thread,
+    as the worker's tracer pushes its request; its Celery meta removed after."""
+    from gateway.auth import Principal
+    from gateway.jobs import new_record
+
+    app = make_celery(settings)
+    task = app.tasks["demo.sleep"]
+    record = new_record(Principal("partner", "p1"), {"task": "demo.sleep", "params": {}})
+    app.store.create_job(record)
+    task.push_request(id=record["job_id"], task="demo.sleep", args=[], kwargs={}, hostname="w@h")
+    yield app, task, record["job_id"]
+    task.pop_request()
+    redis_client.delete(f"celery-task-meta-{record['job_id']}")
+    app.close()
+
+
+def test_a_result_celery_cannot_encode_ends_the_job_failure(running):
     """Celery used to fail such a task when storing its result; with the SUCCESS meta
     written by the end script, the worker must fail it the same way, not leave it
     unended (the sweeper would run it again, up to worker_lost)."""
-    from gateway.auth import Principal
-    from gateway.jobs import new_record
-
-    app = make_celery(settings)
-    task = app.tasks["demo.sleep"]
-    record = new_record(Principal("partner", "p1"), {"task": "demo.sleep", "params": {}})
-    job_id = record["job_id"]
-    app.store.create_job(record)
-    task.push_request(id=job_id, task="demo.sleep", args=[], kwargs={}, hostname="w@h")
-    try:
-        task.on_success(object(), job_id, [], {})
-        ended = app.store.job(job_id)
-        meta = app.AsyncResult(job_id)
-        assert ended["status"] == "FAILURE"
-        assert ended["error"].startswith("the task's result could not be encoded as JSON")
-        assert meta.state == "FAILURE"
-    finally:
-        task.pop_request()
-        redis_client.delete(f"celery-task-meta-{job_id}")
-        app.close()
+    app, task, job_id = running
+    task.on_success(object(), job_id, [], {})
+    ended = app.store.job(job_id)
+    assert ended["status"] == "FAILURE"
+    assert ended["error"].startswith("the task's result could not be encoded as JSON")
+    assert app.AsyncResult(job_id).state == "FAILURE"
 
 
-def test_a_revoked_job_that_then_raises_keeps_revoked_in_asyncresult(settings, redis_client):
+def test_a_revoked_job_that_then_raises_keeps_revoked_in_asyncresult(running):
     """Revoked with terminate=false while it ran, the job raised before its next report:
     Celery stores FAILURE before ``on_failure``, whose end is refused (REVOKED holds), so
     the task writes REVOKED back over it."""
-    from gateway.auth import Principal
-    from gateway.jobs import new_record
     from jobgate.lifecycle import finish_job
 
-    app = make_celery(settings)
-    task = app.tasks["demo.sleep"]
-    record = new_record(Principal("partner", "p1"), {"task": "demo.sleep", "params": {}})
-    job_id = record["job_id"]
-    app.store.create_job(record)
-    task.push_request(id=job_id, task="demo.sleep", args=[], kwargs={}, hostname="w@h")
-    try:
-        assert finish_job(app.messenger, app.store, job_id, "REVOKED", revoke_reason="stop")
-        error = ValueError("raised after the revoke")
-        task.backend.mark_as_failure(job_id, error, request=task.request)  # Celery's tracer
-        task.on_failure(error, job_id, [], {}, None)
-        result = app.AsyncResult(job_id)
-        assert (result.state, str(result.result)) == ("REVOKED", "stop")
-        assert app.store.job(job_id)["status"] == "REVOKED"
-    finally:
-        task.pop_request()
-        redis_client.delete(f"celery-task-meta-{job_id}")
-        app.close()
+    app, task, job_id = running
+    assert finish_job(app.messenger, app.store, job_id, "REVOKED", revoke_reason="stop")
+    error = ValueError("raised after the revoke")
+    task.backend.mark_as_failure(job_id, error, request=task.request)  # Celery's tracer
+    task.on_failure(error, job_id, [], {}, None)
+    result = app.AsyncResult(job_id)
+    assert (result.state, str(result.result)) == ("REVOKED", "stop")
+    assert app.store.job(job_id)["status"] == "REVOKED"
