@@ -470,7 +470,11 @@ def dev(port: int, concurrency: int) -> None:
         }
     )
     settings = Settings.from_env(env)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too, explicitly: a process started as a background job of a script inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own;
+    # "Ctrl-C stops everything" must hold however jobgate dev was started.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupt)
     try:
         if not redis_answers(settings.redis_url, settings.redis_sentinel_master):
             if is_sentinel(settings.redis_url):
