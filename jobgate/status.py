@@ -86,11 +86,18 @@ def live_state(
 
 def _meta_end(record: Mapping[str, Any], state: str, info: Any) -> dict[str, Any]:
     """The end as Celery's meta says it (``AsyncResult``'s state, result and error)."""
+    result = info if state == "SUCCESS" else None
+    return _end(record, state, result, error_message(info) if state == "FAILURE" else None)
+
+
+def _end(record: Mapping[str, Any], status: str, result: Any, error: Any) -> dict[str, Any]:
+    """A terminal status as the view shows it: its progress, result and error (the error
+    of a FAILURE only)."""
     return {
-        "status": state,
-        "progress": _done(record) if state == "SUCCESS" else {"message": MESSAGES[state]},
-        "result": info if state == "SUCCESS" else None,
-        "error": error_message(info) if state == "FAILURE" else None,
+        "status": status,
+        "progress": _done(record) if status == "SUCCESS" else {"message": MESSAGES[status]},
+        "result": result,
+        "error": error if status == "FAILURE" else None,
     }
 
 
@@ -113,13 +120,7 @@ def job_view(
     ``meta_may_end`` as in ``live_state``."""
     status = record.get("status")
     if status in TERMINAL:
-        progress = _done(record) if status == "SUCCESS" else {"message": MESSAGES[status]}
-        state = {
-            "status": status,
-            "progress": progress,
-            "result": record.get("result"),
-            "error": record.get("error") if status == "FAILURE" else None,
-        }
+        state = _end(record, status, record.get("result"), record.get("error"))
     else:
         state = live_state(record, meta, meta_may_end=meta_may_end)
     view: dict[str, Any] = {
