@@ -76,8 +76,7 @@ class Progress:
         self._held: tuple[int, dict[str, Any]] | None = None  # (report number, report)
         self._written = 0  # number of the last report written
         self._scheduled = False  # the flusher will look at what is held
-        self._closed = False  # the task returned: no write starts any more
-        self._final: dict[str, Any] | None = None  # held at close, for the end
+        self._closed = False  # the task returned: no write starts; the held one is the end's
         self._ended = False  # the flusher's write found the job revoked or ended
 
     def __call__(self, current: int, total: int, message: str = "") -> None:
@@ -113,18 +112,14 @@ class Progress:
             self._closed = True
         with self._writing:  # a flusher write under way lands before the end is recorded
             pass
-        with self._lock:
-            if self._held is not None and self._held[0] > self._written:
-                self._final = self._held[1]
-            self._held = None
 
     def held_for_end(self) -> dict[str, Any] | None:
         """The last report not written (None if none), for the job's end to record; closes
         the helper first."""
         self.close()
         with self._lock:
-            final, self._final = self._final, None
-            return final
+            held, self._held = self._held, None
+            return held[1] if held is not None and held[0] > self._written else None
 
     def write_held(self) -> None:
         """Write the report held, if any (the flusher calls this when it is due)."""
