@@ -204,9 +204,15 @@ class EmbeddedRedis:
     """
 
     def __init__(
-        self, *, port: int | None = None, directory: str | None = None, appendonly: bool = False
+        self,
+        *,
+        port: int | None = None,
+        directory: str | None = None,
+        appendonly: bool = False,
+        binary: str | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.server = binary or self.binary()  # a given redis-server (a version's test)
         self.dir = Path(directory or tempfile.mkdtemp(prefix="jobgate-redis-"))
         self.appendonly = appendonly
         self.child: Child | None = None
@@ -244,7 +250,7 @@ class EmbeddedRedis:
         self.child = Child.start(
             f"redis-server on {self.port}",
             [
-                self.binary(),
+                self.server,
                 "--port",
                 str(self.port),
                 "--bind",

