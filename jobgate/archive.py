@@ -157,7 +157,6 @@ class Archiver:
         for job_id in job_ids:
             pipe.hgetall(store.key("job", job_id))
             pipe.lrange(store.key("deliveries", job_id), 0, -1)
-            pipe.hget(store.key("webhook", job_id), "event")
         for batch_id in batch_ids:
             pipe.lrange(store.key("deliveries", batch_id), 0, -1)
             pipe.hgetall(store.key("webhook", batch_id))
@@ -166,16 +165,18 @@ class Archiver:
         raw = pipe.execute()
         jobs, attempts, expiring = [], [], []
         for i, job_id in enumerate(job_ids):
-            record, log_entries, event = raw[3 * i : 3 * i + 3]
+            record, log_entries = raw[2 * i : 2 * i + 2]
             job = decode_job(record)
             if job is None:
                 continue  # expired or never written (a refused submit): nothing to keep
             jobs.append(job)
             attempts += _attempts(job_id, "job", log_entries)
-            if job.get("status") in TERMINAL and _webhook_state(job) in FINAL:
-                expiring += self._subject_keys(job_id, event)
+            status = job.get("status")
+            if status in TERMINAL and _webhook_state(job) in FINAL:
+                # A job has one webhook event, its end's: no need to read it back.
+                expiring += self._subject_keys(job_id, JOB_EVENTS[status])
         batches = []
-        offset = 3 * len(job_ids)
+        offset = 2 * len(job_ids)
         for i, batch_id in enumerate(batch_ids):
             log_entries, summary = raw[offset + 2 * i : offset + 2 * i + 2]
             found = batch_record(store, batch_id)

@@ -101,6 +101,7 @@ def test_redis_forgets_a_finished_job_only_once_archived_and_final(store, archiv
         "webhook still pending: Redis keeps the record for its attempts"
     )
     books = Deliveries(store)
+    books.store_body(job_id, "job.succeeded", '{"type": "job.succeeded"}')
     entry = {
         "webhook_id": "msg_x",
         "event": "job.succeeded",
@@ -110,7 +111,8 @@ def test_redis_forgets_a_finished_job_only_once_archived_and_final(store, archiv
     books.record(job_id, entry, "delivered", "job")
     archiver.drain()
     assert 0 < store.redis.ttl(key) <= store.cache_ttl
-    for name in (store.key("webhook", job_id), store.key("deliveries", job_id)):
+    body = books.body_key(job_id, "job.succeeded")
+    for name in (store.key("webhook", job_id), store.key("deliveries", job_id), body):
         assert 0 < store.redis.ttl(name) <= store.cache_ttl, name
     assert [a["outcome"] for a in history.attempts(db, job_id)] == ["delivered"]
 
