@@ -7,14 +7,15 @@
 -- worker node name, meta ('' none), meta expiry in s ('' none).
 -- Returns {-1} no record, {0, status} refused, {1, runs} run it.
 --! include celery_meta
--- A record always has its job_id field: one HMGET tells "no record" and "ended" apart.
-local found = redis.call('HMGET', KEYS[1], 'job_id', 'status')
+-- A record always has its job_id field: one HMGET tells "no record" and "ended" apart,
+-- and reads what the start's single HSET builds on.
+local found = redis.call('HMGET', KEYS[1], 'job_id', 'status', 'started_at', 'runs')
 if not found[1] then return {-1} end
 local status = found[2]
 if status then return {0, status} end
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[1])
-redis.call('HSET', KEYS[1], 'worker', ARGV[3])
-local runs = redis.call('HINCRBY', KEYS[1], 'runs', 1)
+local runs = (tonumber(found[4]) or 0) + 1
+redis.call('HSET', KEYS[1], 'started_at', found[3] or ARGV[1], 'worker', ARGV[3],
+           'runs', tostring(runs))
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 write_celery_meta(KEYS[3], ARGV[4], ARGV[5], false)
 return {1, runs}
