@@ -24,6 +24,7 @@ from tasks import webhooks
 from tasks.progress import JobRevoked, Progress
 from tasks.publish import CeleryMessenger, same_redis, script_meta
 from tasks.registry import JobType, job_types
+from tasks.transport import broker_transport_for
 from tasks.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,8 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
     app.settings = settings
     app.conf.update(
         broker_url=settings.broker_url,
+        # kombu's Redis transport, its ack bookkeeping without MULTI/EXEC (tasks.transport).
+        broker_transport=broker_transport_for(settings.broker_url),
         result_backend=settings.result_backend,
         task_serializer="json",
         result_serializer="json",

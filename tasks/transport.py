@@ -1,0 +1,60 @@
+"""kombu's Redis transports with their ack bookkeeping sent as plain pipelines.
+
+kombu's Redis QoS records each message a worker takes (``ZADD unacked_index`` +
+``HSET unacked``) and forgets it on ack (``ZREM`` + ``HDEL``), each pair in a
+MULTI/EXEC: 8 of a job's Redis commands (its task and its delivery's). Neither pair
+needs a transaction. Both go in one round trip in order, and kombu's restore
+(``restore_by_tag``, a MULTI/EXEC of its own, kept) reads the hash before it trusts the
+index: an index entry whose hash entry is not written yet is fresh, so no restore looks
+at it; one whose hash entry is gone restores nothing. ``broker_transport_for`` names
+these classes for a ``redis://``, ``rediss://`` or ``sentinel://`` broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+from kombu.transport import redis as kombu_redis
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's QoS, its append and ack pipelines without MULTI/EXEC."""
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
+        if pipe:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as conn:
+                yield conn.pipeline(transaction=False)
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    QoS = QoS
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+TRANSPORTS = {
+    "redis": f"{__name__}:Transport",
+    "rediss": f"{__name__}:Transport",
+    "sentinel": f"{__name__}:SentinelTransport",
+}
+
+
+def broker_transport_for(url: str) -> str | None:
+    """The transport class path for a broker URL (None: kombu's choice by its scheme)."""
+    return TRANSPORTS.get(urlsplit(url.split(";", 1)[0]).scheme)

@@ -1,0 +1,79 @@
+"""tasks.transport: kombu's Redis transport without MULTI/EXEC around its ack bookkeeping,
+on a Redis of the test's own (its command counts are the test's alone)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from kombu import Connection
+
+from config import Settings
+from tasks.app import make_celery
+from tasks.transport import QoS, SentinelTransport, Transport, broker_transport_for
+from tests.helpers import EmbeddedRedis
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server() -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis().start()
+    yield server
+    server.close()
+
+
+def calls(server: EmbeddedRedis, command: str) -> int:
+    stats = server.client().info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_broker_transport_follows_the_url_scheme() -> None:
+    assert broker_transport_for("redis://127.0.0.1:6379/0") == "tasks.transport:Transport"
+    assert broker_transport_for("rediss://h:6380/0") == "tasks.transport:Transport"
+    sentinels = "sentinel://127.0.0.1:26379/0;sentinel://127.0.0.1:26380/0"
+    assert broker_transport_for(sentinels) == "tasks.transport:SentinelTransport"
+    assert broker_transport_for("amqp://guest@127.0.0.1//") is None
+
+
+def test_the_celery_app_consumes_through_this_qos(server: EmbeddedRedis) -> None:
+    app = make_celery(Settings.from_env({"REDIS_URL": server.url}))
+    with app.connection_for_read() as conn:
+        assert isinstance(conn.default_channel.qos, QoS)
+
+
+@pytest.mark.parametrize("cls", [Transport, SentinelTransport])
+def test_both_transports_use_this_qos(cls: type) -> None:
+    assert cls.Channel.QoS is QoS
+
+
+def test_take_and_ack_send_no_transaction_and_leave_no_bookkeeping(
+    server: EmbeddedRedis,
+) -> None:
+    with Connection(server.url, transport=Transport) as conn:
+        queue = conn.SimpleQueue("t-ack")
+        queue.put({"n": 1})
+        before = calls(server, "multi")
+        message = queue.get(timeout=5)
+        client = server.client()
+        assert client.hlen("unacked") == 1 and client.zcard("unacked_index") == 1
+        message.ack()
+        assert calls(server, "multi") == before, "append and ack ran in MULTI/EXEC"
+        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+        queue.close()
+
+
+def test_a_message_taken_and_not_acked_is_restored(server: EmbeddedRedis) -> None:
+    """What a dead worker's messages rely on: kombu's restore (its own transaction)
+    still finds what the plain pipeline recorded."""
+    with Connection(server.url, transport=Transport) as conn:
+        queue = conn.SimpleQueue("t-restore")
+        queue.put({"n": 2})
+        message = queue.get(timeout=5)
+        channel = queue.channel
+        channel.qos.restore_by_tag(message.delivery_tag)
+        assert server.client().hlen("unacked") == 0
+        again = queue.get(timeout=5)
+        assert again.payload == {"n": 2}
+        again.ack()
+        queue.close()
