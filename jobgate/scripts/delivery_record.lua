@@ -17,9 +17,10 @@ local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'webhook_id', ARGV[2], 'event', ARGV[3],
            'last_attempt_at', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('RPUSH', KEYS[2], ARGV[7] .. tostring(n) .. '}')
--- The log holds one entry per attempt: it needs trimming only past ARGV[6] attempts.
-if n > tonumber(ARGV[6]) then redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1) end
+-- RPUSH answers the log's length: trim only past ARGV[6] entries.
+if redis.call('RPUSH', KEYS[2], ARGV[7] .. tostring(n) .. '}') > tonumber(ARGV[6]) then
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
+end
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 if ARGV[8] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'webhook_state', ARGV[1], 'webhook_attempts', tostring(n))

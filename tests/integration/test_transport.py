@@ -30,7 +30,7 @@ def calls(server: EmbeddedRedis, command: str) -> int:
 
 def test_broker_transport_follows_the_url_scheme() -> None:
     assert broker_transport_for("redis://127.0.0.1:6379/0") == "tasks.transport:Transport"
-    assert broker_transport_for("rediss://h:6380/0") == "tasks.transport:Transport"
+    assert broker_transport_for("rediss://h:6380/0") is None  # kombu's: TLS by its name
     sentinels = "sentinel://127.0.0.1:26379/0;sentinel://127.0.0.1:26380/0"
     assert broker_transport_for(sentinels) == "tasks.transport:SentinelTransport"
     assert broker_transport_for("amqp://guest@127.0.0.1//") is None
@@ -40,6 +40,12 @@ def test_the_celery_app_consumes_through_this_qos(server: EmbeddedRedis) -> None
     app = make_celery(Settings.from_env({"REDIS_URL": server.url}))
     with app.connection_for_read() as conn:
         assert isinstance(conn.default_channel.qos, QoS)
+
+
+def test_a_rediss_broker_keeps_tls() -> None:
+    app = make_celery(Settings.from_env({"REDIS_URL": "rediss://127.0.0.1:6380/0"}))
+    with app.connection_for_read() as conn:
+        assert conn.ssl, "a rediss:// broker must connect with TLS"
 
 
 @pytest.mark.parametrize("cls", [Transport, SentinelTransport])
