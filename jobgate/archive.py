@@ -4,11 +4,13 @@ Every change the database must get puts its subject on the archive stream
 (``Store.archive_key``): a job when it is created and when it ends, a batch when it is
 created and when it completes, either when an attempt is recorded. Archivers (a thread in
 every worker process) read the stream in a consumer group, in chunks: each chunk reads the
-current Redis records of its subjects in one pipeline, writes them in one transaction
-(upserts: a subject archived twice is one row, and ``rev`` keeps an older read from
-overwriting a newer row), then acknowledges the entries. An entry is only removed once its
-transaction committed, so a database outage delays archiving and loses nothing; the
-entries of an archiver that died are claimed by another after ``CLAIM_IDLE`` s.
+current Redis records of its subjects in one pipeline (a job's attempt log only when one
+of its entries may have changed it: a created or ended job's entry says it cannot), writes
+them in one transaction (upserts: a subject archived twice is one row, and ``rev`` keeps
+an older read from overwriting a newer row), then acknowledges the entries. An entry is
+only removed once its transaction committed, so a database outage delays archiving and
+loses nothing; the entries of an archiver that died are claimed by another after
+``CLAIM_IDLE`` s.
 
 Once a finished subject is in the database and its webhook has no attempt to come, its
 Redis keys are given ``Store.cache_ttl``: Redis then forgets it, and reads fall back to the
@@ -20,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -55,6 +57,9 @@ class Chunk:
     jobs: list[str]
     batches: list[str]
     messages: list[str] = field(default_factory=list)  # endpoint messages (their attempts)
+    # Jobs named only by entries that touched no attempt (created, ended): their attempt
+    # logs are not read.
+    records_only: frozenset[str] = frozenset()
 
 
 def revision(status: str | None, webhook_state: str | None, attempts: int) -> int:
@@ -127,7 +132,7 @@ class Archiver:
         chunk = self.read(block_ms)
         if not chunk.ids:
             return 0
-        done = self.archive(chunk.jobs, chunk.batches, chunk.messages)
+        done = self.archive(chunk.jobs, chunk.batches, chunk.messages, chunk.records_only)
         # Acknowledge, delete and let ``done`` expire, in one round trip.
         self.store.scripts["archive_done"](
             keys=[self.store.archive_key, *done],
@@ -144,10 +149,15 @@ class Archiver:
 
     # ---------------------------------------------------------------- archive
     def archive(
-        self, job_ids: Sequence[str], batch_ids: Sequence[str], message_ids: Sequence[str] = ()
+        self,
+        job_ids: Sequence[str],
+        batch_ids: Sequence[str],
+        message_ids: Sequence[str] = (),
+        records_only: Collection[str] = (),
     ) -> list[str]:
-        """Write the subjects' current Redis records to the database in one transaction;
-        returns the Redis keys that may now expire (finished subjects, webhook final)."""
+        """Write the subjects' current Redis records to the database in one transaction
+        (with their attempts, except for jobs in ``records_only``); returns the Redis keys
+        that may now expire (finished subjects, webhook final)."""
         # One row per subject per statement: PostgreSQL refuses an upsert that names a
         # row twice.
         job_ids, batch_ids = list(dict.fromkeys(job_ids)), list(dict.fromkeys(batch_ids))
@@ -156,7 +166,8 @@ class Archiver:
         pipe = store.redis.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(store.key("job", job_id))
-            pipe.lrange(store.key("deliveries", job_id), 0, -1)
+            if job_id not in records_only:
+                pipe.lrange(store.key("deliveries", job_id), 0, -1)
         for batch_id in batch_ids:
             pipe.lrange(store.key("deliveries", batch_id), 0, -1)
             pipe.hgetall(store.key("webhook", batch_id))
@@ -164,8 +175,10 @@ class Archiver:
             pipe.lrange(store.key("deliveries", message_id), 0, -1)
         raw = pipe.execute()
         jobs, attempts, expiring = [], [], []
-        for i, job_id in enumerate(job_ids):
-            record, log_entries = raw[2 * i : 2 * i + 2]
+        replies = iter(raw)
+        for job_id in job_ids:
+            record = next(replies)
+            log_entries = [] if job_id in records_only else next(replies)
             job = decode_job(record)
             if job is None:
                 continue  # expired or never written (a refused submit): nothing to keep
@@ -176,9 +189,8 @@ class Archiver:
                 # A job has one webhook event, its end's: no need to read it back.
                 expiring += self._subject_keys(job_id, JOB_EVENTS[status])
         batches = []
-        offset = 2 * len(job_ids)
-        for i, batch_id in enumerate(batch_ids):
-            log_entries, summary = raw[offset + 2 * i : offset + 2 * i + 2]
+        for batch_id in batch_ids:
+            log_entries, summary = next(replies), next(replies)
             found = batch_record(store, batch_id)
             if found is None:
                 continue
@@ -196,9 +208,8 @@ class Archiver:
                 ]
         # An endpoint message's attempts go to the database too; its own keys stay in Redis
         # for the hold period, which is the window of `recover` (jobgate.endpoints).
-        offset += 2 * len(batch_ids)
-        for i, message_id in enumerate(message_ids):
-            attempts += _attempts(message_id, "msg", raw[offset + i])
+        for message_id in message_ids:
+            attempts += _attempts(message_id, "msg", next(replies))
         with self.db.session() as session:
             _upsert_jobs(session, jobs, store.prefix)
             _upsert_batches(session, batches)
@@ -325,17 +336,20 @@ def _chunk(entries: Iterable[Any]) -> Chunk:
     jobs: dict[str, None] = {}
     batches: dict[str, None] = {}
     messages: dict[str, None] = {}
+    with_attempts: set[str] = set()
     for entry_id, fields in entries:
         ids.append(entry_id)
         subject = (fields or {}).get("s", "")
         kind, _, subject_id = subject.partition(":")
         if kind == "job" and subject_id:
             jobs[subject_id] = None
+            if (fields or {}).get("a") != "0":  # an attempt, or an entry that does not say
+                with_attempts.add(subject_id)
         elif kind == "batch" and subject_id:
             batches[subject_id] = None
         elif kind == "msg" and subject_id:
             messages[subject_id] = None
-    return Chunk(ids, list(jobs), list(batches), list(messages))
+    return Chunk(ids, list(jobs), list(batches), list(messages), frozenset(jobs) - with_attempts)
 
 
 def _webhook_state(job: dict[str, Any]) -> str:

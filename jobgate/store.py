@@ -168,7 +168,7 @@ class Store:
         pipe.expire(self.key("job", job_id), self.live_ttl)
         pipe.hincrby(self.key("stats"), "submitted", 1)
         pipe.zadd(self.key("live"), {job_id: score})
-        pipe.xadd(self.archive_key, {"s": f"job:{job_id}"})
+        pipe.xadd(self.archive_key, {"s": f"job:{job_id}", "a": "0"})  # no attempt yet
         if message is not None:
             pipe.lpush(*message)
 
@@ -386,7 +386,8 @@ class Store:
     @property
     def archive_key(self) -> str:
         """The archive stream: ``{"s": "job:<id>"|"batch:<id>"}`` for each change the
-        database must get (``jobgate.archive`` drains it)."""
+        database must get (``jobgate.archive`` drains it); ``"a": "0"`` when the change
+        cannot have touched the subject's attempts (a job created or ended)."""
         return self.key("archive")
 
     @property

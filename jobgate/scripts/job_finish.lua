@@ -6,7 +6,8 @@
 -- and gets back what its other side effects need (callback URL, batch id, whether it
 -- queued): one round trip for the whole end of a job, and no end recorded without its
 -- webhook.
--- The end is put on the archive stream (KEYS[7]) here too, so the database gets it, and
+-- The end is put on the archive stream (KEYS[7]) here too, so the database gets it (the
+-- entry says no attempt changed: jobgate.archive reads no attempt log for it), and
 -- Celery's meta (ARGV[11], key KEYS[8]; the worker gives its SUCCESS) is written with it:
 -- Celery's state and jobgate's record then change in one step, with no read in between
 -- seeing one without the other.
@@ -32,7 +33,7 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[3], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[7])
-redis.call('XADD', KEYS[7], '*', 's', 'job:' .. ARGV[7])
+redis.call('XADD', KEYS[7], '*', 's', 'job:' .. ARGV[7], 'a', '0')  -- no attempt yet
 write_celery_meta(KEYS[8], ARGV[11], ARGV[12], false)
 local callback = found[3] or ''
 local queued = 0

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from jobgate import history
-from jobgate.archive import Archiver, count_rows, lag, prune, restore, revision
+from jobgate.archive import Archiver, _chunk, count_rows, lag, prune, restore, revision
 from jobgate.deliveries import Deliveries
 from jobgate.messages import DELIVER_TASK
 from jobgate.store import Store, utcnow
@@ -83,6 +83,33 @@ def test_an_older_read_never_overwrites_a_newer_row(store, archiver, db) -> None
     )
     archiver.archive([job_id], [])
     assert history.job(db, job_id)["status"] == "FAILURE"
+
+
+def test_a_job_named_only_by_create_and_end_entries_has_no_attempt_log_read() -> None:
+    """A created or ended job's entry says no attempt changed; an attempt's entry, and an
+    entry that does not say (an older writer's), has the log read."""
+    chunk = _chunk(
+        [
+            ("1-0", {"s": "job:a", "a": "0"}),
+            ("2-0", {"s": "job:a", "a": "0"}),
+            ("3-0", {"s": "job:b", "a": "0"}),
+            ("4-0", {"s": "job:b"}),
+            ("5-0", {"s": "job:c"}),
+            ("6-0", None),  # an entry deleted while pending (XAUTOCLAIM gives no fields)
+        ]
+    )
+    assert chunk.jobs == ["a", "b", "c"]
+    assert chunk.records_only == frozenset({"a"})
+    assert chunk.ids == ["1-0", "2-0", "3-0", "4-0", "5-0", "6-0"]
+
+
+def test_an_attempt_in_the_same_chunk_as_the_jobs_end_is_archived(store, archiver, db) -> None:
+    job_id = new_job(store, callback_url="https://example.test/hook")
+    assert store.finish_job(job_id, "SUCCESS", result={})
+    entry = {"webhook_id": "msg_y", "event": "job.succeeded", "at": utcnow(), "outcome": "failed"}
+    Deliveries(store).record(job_id, entry, "retrying", "job")
+    assert archiver.drain() == 3  # created, ended, attempted: one chunk
+    assert [a["outcome"] for a in history.attempts(db, job_id)] == ["failed"]
 
 
 def test_revision_orders_ends_attempts_and_final_states() -> None:

@@ -333,8 +333,9 @@ def test_job_finish_first_writer_wins_and_queues_its_webhook_with_the_end(
     assert redis_client.lrange(k("hooks"), 0, -1) == ["MSG"]
     assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("d1", 1234.5)]
     assert redis_client.zrange(k("live"), 0, -1) == ["other"]
-    # The end goes on the archive stream once (the second writer adds nothing).
-    assert [f for _, f in redis_client.xrange(k("archive"))] == [{"s": "job:j1"}]
+    # The end goes on the archive stream once (the second writer adds nothing), saying no
+    # attempt changed.
+    assert [f for _, f in redis_client.xrange(k("archive"))] == [{"s": "job:j1", "a": "0"}]
     assert not redis_client.exists(k("meta", "j1"))  # none given: none written
 
 
