@@ -271,6 +271,11 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
             "unacked_mutex_expire": max(5, settings.visibility_timeout // 2),
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            # kombu's pool per channel (10 by default): every slot of a delivery pool acks
+            # through one channel, and an ack that finds no free connection fails
+            # ("Couldn't ack"), drops the consumer and leaves the message to the
+            # visibility timeout: a webhook half a minute late.
+            "max_connections": settings.redis_max_connections,
             **sentinel_options(settings, settings.broker_url),
         },
         # A sentinel:// backend asks the sentinels for the master (after a failover too).

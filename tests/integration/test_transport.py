@@ -9,6 +9,7 @@ import pytest
 from kombu import Connection
 
 from config import Settings
+from gateway.cli import DEFAULT_DELIVERY_CONCURRENCY
 from tasks.app import make_celery
 from tasks.transport import QoS, SentinelTransport, Transport, broker_transport_for
 from tests.helpers import EmbeddedRedis
@@ -51,6 +52,29 @@ def test_a_rediss_broker_keeps_tls() -> None:
 @pytest.mark.parametrize("cls", [Transport, SentinelTransport])
 def test_both_transports_use_this_qos(cls: type) -> None:
     assert cls.Channel.QoS is QoS
+
+
+def test_a_delivery_pool_acking_from_every_slot_at_once_finds_a_connection(
+    server: EmbeddedRedis,
+) -> None:
+    """Every slot of the delivery pool (gevent, 100 by default) acks through one channel's
+    pool; with kombu's default of 10 the 11th ack in flight failed ("Couldn't ack"), the
+    consumer dropped, and the message waited for the visibility timeout."""
+    settings = Settings.from_env({"REDIS_URL": server.url})
+    app = make_celery(settings)
+    with app.connection_for_read() as conn:
+        queue = conn.SimpleQueue("t-room")
+        queue.put({"n": 3})
+        message = queue.get(timeout=5)
+        pool = queue.channel.pool
+        in_flight = [pool.get_connection() for _ in range(DEFAULT_DELIVERY_CONCURRENCY - 1)]
+        try:
+            message.ack()
+        finally:
+            for connection in in_flight:
+                pool.release(connection)
+        assert server.client().hlen("unacked") == 0
+        queue.close()
 
 
 def test_take_and_ack_send_no_transaction_and_leave_no_bookkeeping(
