@@ -35,6 +35,14 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from bench.common import ms, percentile
 
 
+class Receiver(ThreadingHTTPServer):
+    """A partner's server as deployed: a listen backlog of 1024 (nginx's default is 511).
+    socketserver's own, 5, reset connections when a delivery pool of 100 connected at
+    once: about 20 webhooks of 2000 were retried 6 s later, which measured the receiver."""
+
+    request_queue_size = 1024
+
+
 class Tally:
     """Everything received, behind one lock."""
 
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     verifier = Webhook(os.environ["BENCH_WEBHOOK_SECRET"])
     handler = make_handler(Tally(), verifier, args.fail_ratio, args.fail_seed, args.slow_seconds)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler)
+    server = Receiver(("127.0.0.1", args.port), handler)
     server.daemon_threads = True
     server.serve_forever()
     return 0
