@@ -738,6 +738,22 @@ def test_real_server_receives_verifiable_webhook(
     StandardWebhook(secret).verify(body, headers, json_parse=False)
 
 
+def test_real_server_pinned_connection_looks_nothing_up(
+    http_receiver: tuple[Receiver, int], secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection goes to the checked address itself, with no ``getaddrinfo`` (which
+    gevent sends through its resolver's thread pool, an IP's too)."""
+    receiver, port = http_receiver
+
+    def no_lookup(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"getaddrinfo{args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    attempt = _local(secret, f"http://hooks.test:{port}/hook", allow_http=True)
+    assert attempt.outcome == "delivered", attempt.error
+    assert len(receiver.requests) == 1
+
+
 def test_real_server_redirect_is_not_followed(
     http_receiver: tuple[Receiver, int], secret: str
 ) -> None:
