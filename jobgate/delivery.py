@@ -175,8 +175,9 @@ class PinnedAdapter(HTTPAdapter):
 
             def _new_conn(self) -> socket.socket:
                 """urllib3's own, to the pinned address without ``getaddrinfo``: gevent
-                sends every lookup, an IP's too, through its resolver's thread pool (a
-                tenth of a delivery's CPU in ``bench.e2e``); the same exceptions."""
+                sends every lookup, an IP's too, through its resolver's thread pool (5 %
+                of the delivery process in a ``bench.e2e`` profile, plus the pool's
+                wake-ups); the same exceptions."""
                 try:
                     sock = connect_to_address(
                         self._dns_host,

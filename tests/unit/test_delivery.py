@@ -40,6 +40,7 @@ from jobgate.delivery import (
     Attempt,
     PinnedAdapter,
     classify,
+    connect_to_address,
     deliver,
     parse_retry_after,
     retry_delay,
@@ -752,6 +753,18 @@ def test_real_server_pinned_connection_looks_nothing_up(
     attempt = _local(secret, f"http://hooks.test:{port}/hook", allow_http=True)
     assert attempt.outcome == "delivered", attempt.error
     assert len(receiver.requests) == 1
+
+
+def test_connect_to_address_sets_timeout_and_options_and_takes_only_an_ip(
+    http_receiver: tuple[Receiver, int],
+) -> None:
+    _, port = http_receiver
+    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+    with connect_to_address("127.0.0.1", port, 7.0, socket_options=nodelay) as sock:
+        assert sock.gettimeout() == 7.0
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    with pytest.raises(ValueError):
+        connect_to_address("localhost", port, 1.0)
 
 
 def test_real_server_redirect_is_not_followed(
