@@ -337,13 +337,13 @@ def _chunk(entries: Iterable[Any]) -> Chunk:
     batches: dict[str, None] = {}
     messages: dict[str, None] = {}
     with_attempts: set[str] = set()
-    for entry_id, fields in entries:
+    for entry_id, raw_fields in entries:
         ids.append(entry_id)
-        subject = (fields or {}).get("s", "")
-        kind, _, subject_id = subject.partition(":")
+        fields = raw_fields or {}  # an entry deleted while pending has none
+        kind, _, subject_id = fields.get("s", "").partition(":")
         if kind == "job" and subject_id:
             jobs[subject_id] = None
-            if (fields or {}).get("a") != "0":  # an attempt, or an entry that does not say
+            if fields.get("a") != "0":  # an attempt, or an entry that does not say
                 with_attempts.add(subject_id)
         elif kind == "batch" and subject_id:
             batches[subject_id] = None

