@@ -11,7 +11,13 @@ from kombu import Connection
 from config import Settings
 from gateway.cli import DEFAULT_DELIVERY_CONCURRENCY
 from tasks.app import make_celery
-from tasks.transport import QoS, SentinelTransport, Transport, broker_transport_for
+from tasks.transport import (
+    QoS,
+    SentinelTransport,
+    SharedClient,
+    Transport,
+    broker_transport_for,
+)
 from tests.helpers import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
@@ -106,4 +112,31 @@ def test_a_message_taken_and_not_acked_is_restored(server: EmbeddedRedis) -> Non
         again = queue.get(timeout=5)
         assert again.payload == {"n": 2}
         again.ack()
+        queue.close()
+
+
+@pytest.mark.parametrize("cls", [Transport, SentinelTransport])
+def test_both_channels_share_their_client(cls: type) -> None:
+    assert issubclass(cls.Channel, SharedClient)
+
+
+def test_takes_and_acks_share_one_client_until_the_pool_is_replaced(
+    server: EmbeddedRedis,
+) -> None:
+    """kombu built a new redis client (and its callback table) for every take and ack."""
+    with Connection(server.url, transport=Transport) as conn:
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            assert first.connection_pool is channel.pool
+        queue = conn.SimpleQueue("t-shared")
+        queue.put({"n": 4})
+        queue.get(timeout=5).ack()
+        with channel.conn_or_acquire() as after_ack:
+            assert after_ack is first
+        channel._disconnect_pools()  # what kombu does when the connection is lost
+        with channel.conn_or_acquire() as rebuilt:
+            assert rebuilt is not first
+            assert rebuilt.connection_pool is channel.pool
+            assert rebuilt.ping()
         queue.close()
