@@ -29,6 +29,7 @@ from jobgate.partners import Partners
 from jobgate.signing import generate_secret
 from jobgate.ssrf import REFUSED
 from jobgate.store import Store, secrets_of
+from tasks.app import make_celery
 
 URL = "http://127.0.0.1:9009/hooks"
 
@@ -444,3 +445,21 @@ def test_the_delivery_task_shares_one_result_backend_across_threads() -> None:
     assert len({id(celerys) for _, celerys in seen}) == 3
     assert type(task.backend).__name__ == "RedisBackend"
     app.close()
+
+
+@pytest.mark.parametrize(("level", "logged"), [(logging.INFO, True), (logging.WARNING, False)])
+def test_the_task_hands_celery_its_attempt_only_when_the_success_line_is_logged(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, level: int, logged: bool
+) -> None:
+    """Celery's tracer reprs every return value, logged or not: at WARNING nothing to repr."""
+    recorded = {"outcome": "delivered", "attempt": 1}
+    monkeypatch.setattr("tasks.webhooks.run_attempt", lambda *args, **kwargs: recorded)
+    trace_log = logging.getLogger("celery.app.trace")
+    before = trace_log.level
+    trace_log.setLevel(level)  # setLevel, not the attribute: it clears isEnabledFor's cache
+    try:
+        app = make_celery(Settings(redis_url=redis_url))
+        returned = app.tasks[DELIVER_TASK].run("job", "j-1", "job.succeeded")
+    finally:
+        trace_log.setLevel(before)
+    assert returned == (recorded if logged else None)
