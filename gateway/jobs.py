@@ -44,7 +44,7 @@ def validate_job(svc: Services, body: Any) -> dict[str, Any]:
             {"task": [f"Unknown task. Known: {', '.join(catalog(svc))}."]},
         )
     try:
-        job["params"] = job_type.params().load(job["params"])
+        job["params"] = job_type.params_schema.load(job["params"])
     except ValidationError as exc:
         raise APIError(
             422, "validation_error", "The task's params are invalid.", {"params": exc.messages}

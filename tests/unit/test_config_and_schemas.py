@@ -79,6 +79,15 @@ def test_demo_tasks_can_be_hidden():
     assert {"documents.process", "texts.embed"} <= set(job_types(demo=False))
 
 
+def test_each_job_type_builds_its_params_schema_once():
+    sleep = job_types()["demo.sleep"]
+    assert sleep.params_schema is sleep.params_schema
+    assert isinstance(sleep.params_schema, SleepParams)
+    with pytest.raises(ValidationError):
+        sleep.params_schema.load({"seconds": "long"})
+    assert sleep.params_schema.load({"seconds": 0})["seconds"] == 0
+
+
 def test_submit_schema_defaults_and_unknown_fields():
     loaded = JobSubmitSchema().load({"task": "demo.sleep"})
     assert loaded == {"task": "demo.sleep", "params": {}, "callback_url": None, "metadata": {}}
