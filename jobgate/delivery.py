@@ -23,17 +23,20 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from config import (
@@ -47,7 +50,9 @@ from jobgate.ssrf import CallbackRefused, Network, Resolver, check_callback_url
 
 __all__ = [
     "GONE",
+    "CONNECTIONS",
     "Attempt",
+    "Connections",
     "Outcome",
     "PinnedAdapter",
     "Watchdog",
@@ -181,23 +186,147 @@ class Watchdog:
 WATCHDOG = Watchdog()  # the process's: ``deliver`` bounds every attempt with it
 
 
+class Guard:
+    """The connections one try of an attempt uses, so that its deadline can shut them down.
+
+    Connections outlive attempts (kept alive per pinned target, ``Connections``), so a
+    deadline must reach only the connection its own try holds: each connection remembers
+    the guard that last took it, and a finished guard shuts nothing down. The guard of the
+    running try is found through a context variable (per thread, and per greenlet under
+    gevent), as urllib3 gives no other way to the connection it picks.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+        self._finished = False
+        self.aborted = False
+        self.reused = False  # the try sent on a connection an earlier attempt opened
+
+    def register(self, conn: Any, *, reused: bool) -> None:
+        """Take ``conn`` for this try; after the deadline, fail at once instead."""
+        with self._lock:
+            if self.aborted:
+                raise TimeoutError("webhook delivery deadline exceeded")
+            conn.jobgate_guard = self
+            self._connections.append(conn)
+            self.reused = self.reused or reused
+
+    def holds(self, conn: Any) -> bool:
+        return getattr(conn, "jobgate_guard", None) is self and not self._finished
+
+    def abort(self) -> None:
+        """Shut down this try's sockets, unblocking a reader past the deadline."""
+        with self._lock:
+            if self._finished:
+                return
+            self.aborted = True
+            mine = [c for c in self._connections if getattr(c, "jobgate_guard", None) is self]
+        for conn in mine:
+            sock = getattr(conn, "sock", None)
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def finish(self) -> None:
+        """The try is over: its connection is the pool's again (or closed)."""
+        with self._lock:
+            self._finished = True
+            self._connections.clear()
+
+
+_GUARD: ContextVar[Guard | None] = ContextVar("jobgate_delivery_guard", default=None)
+
+
+_Conn = TypeVar("_Conn", bound=HTTPConnection)
+
+
+def _tracked(base: type[_Conn]) -> type[_Conn]:
+    """urllib3's connection class, registering with the running try's ``Guard`` and
+    connecting to the pinned address itself."""
+
+    class Tracked(base):  # type: ignore[valid-type,misc]
+        def connect(self) -> None:
+            guard = _GUARD.get()
+            if guard is not None:
+                guard.register(self, reused=False)
+            super().connect()
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            guard = _GUARD.get()
+            # A kept connection (its socket open, not taken by connect() in this try).
+            if guard is not None and self.sock is not None and not guard.holds(self):
+                guard.register(self, reused=True)
+            super().request(*args, **kwargs)
+
+        def _new_conn(self) -> socket.socket:
+            """urllib3's own, to the pinned address without ``getaddrinfo``: gevent
+            sends every lookup, an IP's too, through its resolver's thread pool (5 %
+            of the delivery process in a ``bench.e2e`` profile, plus the pool's
+            wake-ups); the same exceptions."""
+            try:
+                sock = connect_to_address(
+                    self._dns_host,
+                    self.port,
+                    self.timeout,
+                    self.source_address,
+                    self.socket_options,
+                )
+            except TimeoutError as exc:
+                raise ConnectTimeoutError(
+                    self,
+                    f"Connection to {self.host} timed out. (connect timeout={self.timeout})",
+                ) from exc
+            except OSError as exc:
+                raise NewConnectionError(
+                    self, f"Failed to establish a new connection: {exc}"
+                ) from exc
+            sys.audit("http.client.connect", self, self.host, self.port)
+            return sock
+
+    Tracked.__name__ = f"Tracked{base.__name__}"
+    return Tracked
+
+
+class _KeepSome:
+    """A pool that closes a connection it has no room to keep, without urllib3's warning
+    (more attempts than ``keep`` ran at once: the extra connections are not kept)."""
+
+    pool: Any
+
+    def _put_conn(self, conn: Any) -> None:
+        if conn is not None and self.pool is not None and self.pool.full():
+            conn.close()
+            return
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _HTTPPool(_KeepSome, HTTPConnectionPool):
+    ConnectionCls = _tracked(HTTPConnection)
+
+
+class _HTTPSPool(_KeepSome, HTTPSConnectionPool):
+    ConnectionCls = _tracked(HTTPSConnection)
+
+
 class PinnedAdapter(HTTPAdapter):
     """Transport that connects to one pre-checked IP; Host, SNI and cert checks use the URL name.
 
     The pool is keyed on ``address`` instead of the URL's hostname, so urllib3 never resolves
     the name again; for https, ``server_hostname`` (SNI + OpenSSL hostname check) and
     ``assert_hostname`` are pinned to the URL's hostname, so certificate verification is
-    unchanged. ``abort()`` shuts the live sockets down to enforce a wall-clock deadline.
+    unchanged. It keeps up to ``keep`` idle connections alive for the next attempt.
     """
 
-    def __init__(self, address: str, hostname: str) -> None:
+    def __init__(self, address: str, hostname: str, *, keep: int = 1) -> None:
         """Pin requests for ``hostname`` to ``address`` (an IP string checked by the SSRF guard)."""
         self.address = address
         self.hostname = hostname.rstrip(".").lower()
-        self.aborted = False
-        self._connections: list[Any] = []
-        self._lock = threading.Lock()
-        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
+        super().__init__(pool_connections=1, pool_maxsize=keep, max_retries=0)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
@@ -223,72 +352,68 @@ class PinnedAdapter(HTTPAdapter):
         proxies: dict[str, str] | None = None,
         cert: Any = None,
     ) -> HTTPConnectionPool:
-        """Return the pinned pool, with its connections tracked so ``abort()`` can reach them."""
+        """Return the pinned pool (never through a proxy)."""
         if proxies and any(proxies.values()):
             raise ValueError("proxies are not allowed for pinned webhook delivery")
-        pool = super().get_connection_with_tls_context(request, verify, proxies=None, cert=cert)
-        if not getattr(pool.ConnectionCls, "_jobgate_tracked", False):
-            pool.ConnectionCls = self._tracking(pool.ConnectionCls)
-        return pool
+        return super().get_connection_with_tls_context(request, verify, proxies=None, cert=cert)
 
-    def _tracking(self, base: type) -> type:
-        """Subclass urllib3's connection class so every connection registers with this adapter."""
-        adapter = self
 
-        class Tracked(base):
-            _jobgate_tracked = True
+Target = tuple[str, str, str, int, Any, Any]  # address, hostname, scheme, port, verify, cert
 
-            def connect(self) -> None:
-                adapter._register(self)
-                super().connect()
 
-            def _new_conn(self) -> socket.socket:
-                """urllib3's own, to the pinned address without ``getaddrinfo``: gevent
-                sends every lookup, an IP's too, through its resolver's thread pool (5 %
-                of the delivery process in a ``bench.e2e`` profile, plus the pool's
-                wake-ups); the same exceptions."""
-                try:
-                    sock = connect_to_address(
-                        self._dns_host,
-                        self.port,
-                        self.timeout,
-                        self.source_address,
-                        self.socket_options,
-                    )
-                except TimeoutError as exc:
-                    raise ConnectTimeoutError(
-                        self,
-                        f"Connection to {self.host} timed out. (connect timeout={self.timeout})",
-                    ) from exc
-                except OSError as exc:
-                    raise NewConnectionError(
-                        self, f"Failed to establish a new connection: {exc}"
-                    ) from exc
-                sys.audit("http.client.connect", self, self.host, self.port)
-                return sock
+class Connections:
+    """The process's kept-alive connections: one ``PinnedAdapter`` per pinned target.
 
-        return Tracked
+    A target is the checked address with everything the connection was set up for (the
+    URL's name for SNI and the certificate, scheme, port, TLS settings), so a name that
+    now resolves elsewhere gets a new connection, checked again. At most ``targets``
+    targets are kept (the least recently used is closed) and ``keep`` idle connections
+    each. A connection the receiver closed is noticed before reuse (urllib3 polls it);
+    a forked child starts with none (the parent's sockets are not its to use).
+    """
 
-    def _register(self, conn: Any) -> None:
-        """Remember a connection; one registered after ``abort()`` fails at once."""
+    def __init__(self, targets: int = 64, keep: int = 8) -> None:
+        self.targets = targets
+        self.keep = keep
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._adapters: OrderedDict[Target, PinnedAdapter] = OrderedDict()
+
+    def adapter(self, target: Target) -> PinnedAdapter:
+        """The adapter for ``target``, made on first use."""
+        evicted: list[PinnedAdapter] = []
         with self._lock:
-            self._connections.append(conn)
-            if self.aborted:
-                raise TimeoutError("webhook delivery deadline exceeded")
+            if self._pid != os.getpid():
+                self._pid, self._adapters = os.getpid(), OrderedDict()
+            adapter = self._adapters.get(target)
+            if adapter is None:
+                adapter = PinnedAdapter(target[0], target[1], keep=self.keep)
+                self._adapters[target] = adapter
+                while len(self._adapters) > self.targets:
+                    evicted.append(self._adapters.popitem(last=False)[1])
+            else:
+                self._adapters.move_to_end(target)
+        for old in evicted:
+            old.close()
+        return adapter
 
-    def abort(self) -> None:
-        """Shut down every socket this adapter opened, unblocking a reader past the deadline."""
+    def discard(self, target: Target, adapter: PinnedAdapter) -> None:
+        """Close ``adapter``'s kept connections (one turned out stale); the next attempt
+        to ``target`` connects afresh."""
         with self._lock:
-            self.aborted = True
-            connections = list(self._connections)
-        for conn in connections:
-            sock = getattr(conn, "sock", None)
-            if sock is None:
-                continue
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            if self._adapters.get(target) is adapter:
+                del self._adapters[target]
+        adapter.close()
+
+    def close(self) -> None:
+        """Close every kept connection."""
+        with self._lock:
+            adapters, self._adapters = list(self._adapters.values()), OrderedDict()
+        for adapter in adapters:
+            adapter.close()
+
+
+CONNECTIONS = Connections()  # the process's: ``deliver`` sends through it
 
 
 def classify(status_code: int | None, exc: BaseException | None) -> Outcome:
@@ -415,6 +540,15 @@ def _is_connect_failure(exc: BaseException) -> bool:
     return any(isinstance(link, NewConnectionError) for link in _chain(exc))
 
 
+def _is_stale(exc: BaseException) -> bool:
+    """True when a kept connection turned out closed by the receiver: the request met a
+    reset or a close before any answer (what an idle timeout on the other side looks like)."""
+    stale = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+    # urllib3's ProtocolError carries the cause as its second argument.
+    links = [part for link in _chain(exc) for part in (link, *link.args)]
+    return any(isinstance(link, stale) for link in links)
+
+
 def _drain(response: requests.Response, limit: int, deadline: float) -> None:
     """Read and discard at most ``limit`` raw body bytes, stopping at the deadline."""
     left = max(limit, 0)
@@ -459,14 +593,19 @@ def deliver(
     resolve: Resolver | None = None,
     dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT,
     session: requests.Session | None = None,
+    connections: Connections | None = None,
 ) -> Attempt:
     """POST one signed webhook to the re-checked, pinned callback address; never raises.
 
     The DNS lookup gets ``dns_timeout`` seconds, never more than the attempt's ``timeout``,
     which it counts against. ``session`` only contributes its TLS settings (``verify``,
     ``cert``); its adapters, proxies, cookies and netrc are never used, so the SSRF pinning
-    cannot be bypassed.
+    cannot be bypassed. The connection is kept alive for the next attempt to the same
+    checked address (``connections``, the process's ``CONNECTIONS`` by default); a kept
+    connection the receiver closed as the request went out is replaced and the request
+    sent once more, under the same ``webhook-id``.
     """
+    connections = connections if connections is not None else CONNECTIONS
     start = time.monotonic()
     deadline = start + timeout
     try:
@@ -499,12 +638,17 @@ def deliver(
 
     error: BaseException | None = None
     timed_out = True  # stays True only if the deadline passed before any try
-    for index, address in enumerate(target.addresses):
+    addresses = target.addresses
+    index, resent = 0, False
+    while index < len(addresses):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        adapter = PinnedAdapter(address, hostname)
-        watchdog = WATCHDOG.schedule(remaining, adapter.abort)
+        pinned: Target = (addresses[index], hostname, target.scheme, target.port, verify, cert)
+        adapter = connections.adapter(pinned)
+        guard = Guard()
+        token = _GUARD.set(guard)
+        watchdog = WATCHDOG.schedule(remaining, guard.abort)
         try:
             response = adapter.send(
                 prepared,
@@ -515,7 +659,7 @@ def deliver(
                 proxies={},
             )
             try:
-                if adapter.aborted:
+                if guard.aborted:
                     # The deadline cut the response head short: its status is not trustworthy.
                     raise TimeoutError("webhook delivery deadline exceeded")
                 status = response.status_code
@@ -530,16 +674,25 @@ def deliver(
                 error_text = _status_error(response)
                 return Attempt(outcome, status, error_text, _ms_since(start), retry_after)
             finally:
+                guard.finish()
+                # Read to its end, the connection went back to the pool; else it closes.
                 response.close()
         except Exception as exc:  # every failure becomes a recorded attempt, never a raise
+            guard.finish()
             error = exc
-            timed_out = adapter.aborted
-            if not timed_out and _is_connect_failure(exc) and index + 1 < len(target.addresses):
+            timed_out = guard.aborted
+            if not timed_out and guard.reused and not resent and _is_stale(exc):
+                # The receiver closed a kept connection as we sent: once more, afresh.
+                resent = True
+                connections.discard(pinned, adapter)
+                continue
+            if not timed_out and _is_connect_failure(exc) and index + 1 < len(addresses):
+                index += 1
                 continue  # nothing was sent: try the next checked address
             break
         finally:
             WATCHDOG.cancel(watchdog)
-            adapter.close()
+            _GUARD.reset(token)
 
     if timed_out or error is None:
         message = f"timeout: attempt exceeded {timeout:g}s"

@@ -39,6 +39,8 @@ import jobgate.signing as signing
 from config import DEFAULT_RETRY_DELAYS
 from jobgate.delivery import (
     Attempt,
+    Connections,
+    Guard,
     PinnedAdapter,
     Watchdog,
     classify,
@@ -1025,3 +1027,173 @@ def test_watchdog_in_a_forked_child_starts_its_own_thread() -> None:
         os._exit(0 if fired.wait(5) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# --------------------------------------------------------------------------- kept-alive connections
+
+
+class KeepAliveReceiver:
+    """An HTTP/1.1 loopback receiver that keeps connections open; it records which
+    connection (client port) each request came on, and can drop requests unanswered."""
+
+    def __init__(self, drop: Callable[[int], bool] = lambda nth_on_connection: False) -> None:
+        self.requests: list[tuple[int, str, str]] = []  # (client port, path, webhook-id)
+        self.dropped = 0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            served = 0
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server naming
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.served += 1
+                if drop(self.served):  # read, then close without an answer
+                    receiver.dropped += 1
+                    self.close_connection = True
+                    return
+                port = self.client_address[1]
+                receiver.requests.append((port, self.path, self.headers["webhook-id"]))
+                if self.path == "/drip":
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    try:
+                        for _ in range(100):
+                            self.wfile.write(b"X")
+                            self.wfile.flush()
+                            time.sleep(0.1)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = _Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def connections() -> Iterator[Connections]:
+    kept = Connections()
+    yield kept
+    kept.close()
+
+
+def _kept(secret: str, port: int, connections: Connections, path: str = "/hook", **kwargs: Any):
+    kwargs.setdefault("webhook_id", WEBHOOK_ID)
+    webhook_id = kwargs.pop("webhook_id")
+    return deliver(
+        f"http://hooks.test:{port}{path}",
+        BODY,
+        webhook_id,
+        [secret],
+        allow_http=True,
+        allowlist=LOOPBACK,
+        resolve=resolver("127.0.0.1"),
+        connections=connections,
+        **kwargs,
+    )
+
+
+def test_attempts_to_one_receiver_share_a_kept_connection(
+    secret: str, connections: Connections
+) -> None:
+    receiver = KeepAliveReceiver()
+    try:
+        for n in range(3):
+            attempt = _kept(secret, receiver.port, connections, webhook_id=f"msg_{n}")
+            assert attempt.outcome == "delivered", attempt.error
+        ports = {port for port, _, _ in receiver.requests}
+        assert len(receiver.requests) == 3 and len(ports) == 1, receiver.requests
+    finally:
+        receiver.close()
+
+
+def test_a_kept_connection_the_receiver_closed_is_replaced_and_the_request_sent_again(
+    secret: str, connections: Connections
+) -> None:
+    """The receiver reads the second request on a connection and closes it unanswered
+    (an idle timeout racing the request): sent once more on a fresh connection, same id."""
+    receiver = KeepAliveReceiver(drop=lambda nth: nth == 2)
+    try:
+        assert _kept(secret, receiver.port, connections, webhook_id="msg_a").outcome == (
+            "delivered"
+        )
+        attempt = _kept(secret, receiver.port, connections, webhook_id="msg_b")
+        assert attempt.outcome == "delivered", attempt.error
+        assert receiver.dropped == 1
+        assert [wid for _, _, wid in receiver.requests] == ["msg_a", "msg_b"]
+        assert receiver.requests[0][0] != receiver.requests[1][0]  # a new connection
+    finally:
+        receiver.close()
+
+
+def test_a_fresh_connection_closed_unanswered_is_not_sent_again(
+    secret: str, connections: Connections
+) -> None:
+    """Only a kept connection is resent at once; on a fresh one the close is the answer,
+    and the attempt is retried later on the schedule."""
+    receiver = KeepAliveReceiver(drop=lambda nth: nth == 1)
+    try:
+        attempt = _kept(secret, receiver.port, connections)
+        assert attempt.outcome == "retry" and attempt.error is not None
+        assert receiver.dropped == 1 and receiver.requests == []
+    finally:
+        receiver.close()
+
+
+def test_the_deadline_reaches_a_kept_connection(secret: str, connections: Connections) -> None:
+    receiver = KeepAliveReceiver()
+    try:
+        assert _kept(secret, receiver.port, connections).outcome == "delivered"
+        started = time.monotonic()
+        attempt = _kept(secret, receiver.port, connections, path="/drip", timeout=0.8)
+        assert attempt.outcome == "retry" and "timeout" in (attempt.error or "")
+        assert time.monotonic() - started < 3.0
+        assert len({port for port, _, _ in receiver.requests}) == 1  # /drip reused it
+        assert _kept(secret, receiver.port, connections).outcome == "delivered"
+    finally:
+        receiver.close()
+
+
+def test_a_finished_try_cannot_shut_down_the_connection_a_later_one_holds() -> None:
+    left, right = socket.socketpair()
+    try:
+        conn = SimpleNamespace(sock=left)
+        earlier, later = Guard(), Guard()
+        earlier.register(conn, reused=False)
+        earlier.finish()
+        later.register(conn, reused=True)
+        earlier.abort()
+        left.sendall(b"still open")
+        assert right.recv(16) == b"still open"
+        later.abort()
+        assert left.recv(16) == b""  # shut down: reads see the end at once
+    finally:
+        left.close()
+        right.close()
+
+
+def test_connections_keep_the_most_recent_targets_and_forget_after_fork() -> None:
+    kept = Connections(targets=2)
+    first = ("127.0.0.1", "a.test", "http", 80, True, None)
+    second = ("127.0.0.2", "a.test", "http", 80, True, None)
+    third = ("127.0.0.3", "a.test", "http", 80, True, None)
+    a = kept.adapter(first)
+    assert kept.adapter(first) is a
+    kept.adapter(second)
+    kept.adapter(third)  # evicts first, the least recently used
+    assert kept.adapter(first) is not a
+    kept._pid = -1  # as in a forked child
+    assert kept.adapter(first) is not kept.adapter(second) and len(kept._adapters) == 2
+    kept.close()
