@@ -37,7 +37,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.exceptions import ClosedPoolError, ConnectTimeoutError, NewConnectionError
 
 from config import (
     DEFAULT_CALLBACK_DNS_TIMEOUT,
@@ -186,56 +186,71 @@ class Watchdog:
 WATCHDOG = Watchdog()  # the process's: ``deliver`` bounds every attempt with it
 
 
+_OWNERS = threading.Lock()  # a connection changes hands, and is shut down, under this
+
+
 class Guard:
     """The connections one try of an attempt uses, so that its deadline can shut them down.
 
     Connections outlive attempts (kept alive per pinned target, ``Connections``), so a
     deadline must reach only the connection its own try holds: each connection remembers
-    the guard that last took it, and a finished guard shuts nothing down. The guard of the
+    the guard that last took it (under one lock, so a later try taking it and an earlier
+    deadline cannot cross), and a finished guard shuts nothing down. The guard of the
     running try is found through a context variable (per thread, and per greenlet under
     gevent), as urllib3 gives no other way to the connection it picks.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._connections: list[Any] = []
+        self._responses: list[Any] = []
         self._finished = False
         self.aborted = False
         self.reused = False  # the try sent on a connection an earlier attempt opened
 
     def register(self, conn: Any, *, reused: bool) -> None:
         """Take ``conn`` for this try; after the deadline, fail at once instead."""
-        with self._lock:
+        with _OWNERS:
             if self.aborted:
                 raise TimeoutError("webhook delivery deadline exceeded")
             conn.jobgate_guard = self
             self._connections.append(conn)
             self.reused = self.reused or reused
 
+    def watch(self, response: Any) -> None:
+        """Shut ``response`` (urllib3's) down too at the deadline: one that ends when the
+        connection closes (HTTP/1.0, ``Connection: close``) has taken the socket from its
+        connection. After the deadline, fail at once instead."""
+        with _OWNERS:
+            if self.aborted:
+                raise TimeoutError("webhook delivery deadline exceeded")
+            self._responses.append(response)
+
     def holds(self, conn: Any) -> bool:
         return getattr(conn, "jobgate_guard", None) is self and not self._finished
 
     def abort(self) -> None:
         """Shut down this try's sockets, unblocking a reader past the deadline."""
-        with self._lock:
+        with _OWNERS:
             if self._finished:
                 return
             self.aborted = True
-            mine = [c for c in self._connections if getattr(c, "jobgate_guard", None) is self]
-        for conn in mine:
-            sock = getattr(conn, "sock", None)
-            if sock is None:
-                continue
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            for conn in self._connections:
+                sock = getattr(conn, "sock", None)
+                if sock is not None and getattr(conn, "jobgate_guard", None) is self:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+            for response in self._responses:
+                # Refused once the response was read to its end (its connection is the
+                # pool's again), or by a urllib3 before 2.3: nothing to cut then.
+                with contextlib.suppress(Exception):
+                    response.shutdown()
 
     def finish(self) -> None:
         """The try is over: its connection is the pool's again (or closed)."""
-        with self._lock:
+        with _OWNERS:
             self._finished = True
             self._connections.clear()
+            self._responses.clear()
 
 
 _GUARD: ContextVar[Guard | None] = ContextVar("jobgate_delivery_guard", default=None)
@@ -291,16 +306,36 @@ def _tracked(base: type[_Conn]) -> type[_Conn]:
     return Tracked
 
 
+IDLE_MAX = 4.0  # seconds a kept connection may wait for its next request
+
+
 class _KeepSome:
-    """A pool that closes a connection it has no room to keep, without urllib3's warning
-    (more attempts than ``keep`` ran at once: the extra connections are not kept)."""
+    """A pool that keeps a connection idle for at most ``IDLE_MAX`` seconds, and closes
+    one it has no room to keep without urllib3's warning (more attempts than ``keep`` ran
+    at once: the extra connections are not kept).
+
+    Receivers close idle connections after a few seconds (gunicorn 2, Node and Apache
+    5); one closed as a request goes out costs a resend, and a NAT that forgets an idle
+    connection silently would cost the whole timeout: a connection idle longer than
+    ``IDLE_MAX`` is closed instead of used.
+    """
 
     pool: Any
 
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        since = getattr(conn, "jobgate_idle_since", None)
+        if since is not None and time.monotonic() - since > IDLE_MAX:
+            conn.close()  # urllib3 connects a closed connection again on use
+        return conn
+
     def _put_conn(self, conn: Any) -> None:
-        if conn is not None and self.pool is not None and self.pool.full():
-            conn.close()
+        if self.pool is not None and self.pool.full():
+            if conn is not None:
+                conn.close()
             return
+        if conn is not None:
+            conn.jobgate_idle_since = time.monotonic()
         super()._put_conn(conn)  # type: ignore[misc]
 
 
@@ -540,13 +575,26 @@ def _is_connect_failure(exc: BaseException) -> bool:
     return any(isinstance(link, NewConnectionError) for link in _chain(exc))
 
 
+STALE = 1.0  # seconds: a kept connection closed this soon after the request was closed idle
+
+
+def _links(exc: BaseException) -> list[Any]:
+    """The exception chain, with the arguments of each link (urllib3's ProtocolError
+    carries its cause as its second argument)."""
+    return [part for link in _chain(exc) for part in (link, *link.args)]
+
+
 def _is_stale(exc: BaseException) -> bool:
-    """True when a kept connection turned out closed by the receiver: the request met a
-    reset or a close before any answer (what an idle timeout on the other side looks like)."""
+    """True when the request met a reset or a close before any answer: on a kept
+    connection, soon after sending, what an idle timeout on the other side looks like."""
     stale = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-    # urllib3's ProtocolError carries the cause as its second argument.
-    links = [part for link in _chain(exc) for part in (link, *link.args)]
-    return any(isinstance(link, stale) for link in links)
+    return any(isinstance(link, stale) for link in _links(exc))
+
+
+def _pool_closed(exc: BaseException) -> bool:
+    """True when the target's pool was closed before a connection was taken (its
+    adapter evicted by another thread): nothing was sent."""
+    return any(isinstance(link, ClosedPoolError) for link in _links(exc))
 
 
 def _drain(response: requests.Response, limit: int, deadline: float) -> None:
@@ -645,11 +693,13 @@ def deliver(
         if remaining <= 0:
             break
         pinned: Target = (addresses[index], hostname, target.scheme, target.port, verify, cert)
-        adapter = connections.adapter(pinned)
+        adapter: PinnedAdapter | None = None
         guard = Guard()
         token = _GUARD.set(guard)
         watchdog = WATCHDOG.schedule(remaining, guard.abort)
+        sent_at = time.monotonic()
         try:
+            adapter = connections.adapter(pinned)
             response = adapter.send(
                 prepared,
                 stream=True,
@@ -659,9 +709,9 @@ def deliver(
                 proxies={},
             )
             try:
-                if guard.aborted:
-                    # The deadline cut the response head short: its status is not trustworthy.
-                    raise TimeoutError("webhook delivery deadline exceeded")
+                # Past the deadline already, the response head was cut short: its status
+                # is not trustworthy (watch raises TimeoutError).
+                guard.watch(response.raw)
                 status = response.status_code
                 outcome = classify(status, None)
                 retry_after = None
@@ -669,8 +719,9 @@ def deliver(
                     retry_after = parse_retry_after(
                         response.headers.get("Retry-After"), retry_after_cap
                     )
-                with contextlib.suppress(Exception):  # the status already decided the outcome
-                    _drain(response, max_response_bytes, deadline)
+                if status >= 200:  # a 1xx as the answer: its connection is not kept
+                    with contextlib.suppress(Exception):  # the status decided the outcome
+                        _drain(response, max_response_bytes, deadline)
                 error_text = _status_error(response)
                 return Attempt(outcome, status, error_text, _ms_since(start), retry_after)
             finally:
@@ -681,11 +732,14 @@ def deliver(
             guard.finish()
             error = exc
             timed_out = guard.aborted
-            if not timed_out and guard.reused and not resent and _is_stale(exc):
-                # The receiver closed a kept connection as we sent: once more, afresh.
-                resent = True
-                connections.discard(pinned, adapter)
-                continue
+            if not timed_out and not resent and adapter is not None:
+                stale = guard.reused and _is_stale(exc) and time.monotonic() - sent_at < STALE
+                if stale or _pool_closed(exc):
+                    # The receiver closed a kept connection as the request went out (or
+                    # the pool was closed under us: nothing sent): once more, afresh.
+                    resent = True
+                    connections.discard(pinned, adapter)
+                    continue
             if not timed_out and _is_connect_failure(exc) and index + 1 < len(addresses):
                 index += 1
                 continue  # nothing was sent: try the next checked address

@@ -7,17 +7,20 @@ DNS is always faked and only loopback connections are allowed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import http.server
 import io
 import ipaddress
+import itertools
 import json
 import logging
 import os
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
+import jobgate.delivery as delivery
 import jobgate.signing as signing
 from config import DEFAULT_RETRY_DELAYS
 from jobgate.delivery import (
@@ -1197,3 +1201,148 @@ def test_connections_keep_the_most_recent_targets_and_forget_after_fork() -> Non
     kept._pid = -1  # as in a forked child
     assert kept.adapter(first) is not kept.adapter(second) and len(kept._adapters) == 2
     kept.close()
+
+
+class RawReceiver:
+    """A loopback server that hands each request (its webhook-id, its number on its
+    connection) to ``answer(sock, webhook_id, nth)``, which writes whatever bytes it likes;
+    it returns False to close the connection."""
+
+    def __init__(self, answer: Callable[[socket.socket, str, int], bool | None]) -> None:
+        self.seen: list[tuple[int, int, str]] = []  # (connection, nth on it, webhook-id)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self._answer = answer
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        number = 0
+        while True:
+            try:
+                sock, _ = self.server.accept()
+            except OSError:
+                return
+            number += 1
+            threading.Thread(target=self._serve, args=(sock, number), daemon=True).start()
+
+    def _serve(self, sock: socket.socket, number: int) -> None:
+        reader = sock.makefile("rb")
+        with sock, reader:
+            for nth in itertools.count(1):
+                try:
+                    if not reader.readline():
+                        return
+                    headers = {}
+                    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+                        name, _, value = line.decode().partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                    reader.read(int(headers.get("content-length", 0)))
+                    self.seen.append((number, nth, headers.get("webhook-id", "")))
+                    if self._answer(sock, headers.get("webhook-id", ""), nth) is False:
+                        return
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0), as a crashed server's kernel would."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_a_1xx_answer_does_not_leave_its_connection_to_the_next_attempt(
+    secret: str, connections: Connections
+) -> None:
+    """A 103 taken as the answer: the real one still comes on that connection, and must
+    not be read as the next webhook's."""
+
+    def answer(sock: socket.socket, webhook_id: str, nth: int) -> None:
+        if webhook_id == "msg_1":
+            sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+            time.sleep(0.3)
+            sock.sendall(OK)
+        else:
+            sock.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+
+    receiver = RawReceiver(answer)
+    try:
+        first = _kept(secret, receiver.port, connections, webhook_id="msg_1")
+        assert (first.outcome, first.status_code) == ("retry", 103)
+        second = _kept(secret, receiver.port, connections, webhook_id="msg_2")
+        assert (second.outcome, second.status_code) == ("retry", 500)
+        assert receiver.seen[0][0] != receiver.seen[1][0]
+    finally:
+        receiver.close()
+
+
+def test_a_kept_connection_reset_long_after_the_request_is_not_sent_again(
+    secret: str, connections: Connections
+) -> None:
+    """A reset a while after the request is a receiver that failed on it, not an idle
+    close: the attempt is retried on the schedule, the request not sent twice at once."""
+
+    def answer(sock: socket.socket, webhook_id: str, nth: int) -> bool:
+        if nth == 1:
+            sock.sendall(OK)
+            return True
+        time.sleep(1.5)
+        _reset(sock)
+        return False
+
+    receiver = RawReceiver(answer)
+    try:
+        assert _kept(secret, receiver.port, connections, webhook_id="msg_1").outcome == (
+            "delivered"
+        )
+        attempt = _kept(secret, receiver.port, connections, webhook_id="msg_2", timeout=5)
+        assert attempt.outcome == "retry" and attempt.status_code is None
+        assert [wid for _, _, wid in receiver.seen] == ["msg_1", "msg_2"]
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize(
+    "head", [b"HTTP/1.0 200 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"]
+)
+def test_the_deadline_cuts_a_body_that_ends_with_the_connection(
+    secret: str, connections: Connections, head: bytes
+) -> None:
+    """Such a response takes the socket from its connection: the deadline reaches it
+    through the response."""
+
+    def answer(sock: socket.socket, webhook_id: str, nth: int) -> bool:
+        sock.sendall(head)
+        with contextlib.suppress(OSError):
+            for _ in range(100):
+                sock.sendall(b"x")
+                time.sleep(0.1)
+        return False
+
+    receiver = RawReceiver(answer)
+    try:
+        started = time.monotonic()
+        attempt = _kept(secret, receiver.port, connections, timeout=0.8)
+        assert attempt.status_code == 200
+        assert time.monotonic() - started < 3.0
+    finally:
+        receiver.close()
+
+
+def test_a_connection_idle_too_long_is_not_used(
+    secret: str, connections: Connections, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "IDLE_MAX", 0.0)
+    receiver = KeepAliveReceiver()
+    try:
+        for n in range(2):
+            assert _kept(secret, receiver.port, connections, webhook_id=f"m{n}").outcome == (
+                "delivered"
+            )
+        assert receiver.requests[0][0] != receiver.requests[1][0]
+    finally:
+        receiver.close()
