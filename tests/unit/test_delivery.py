@@ -671,6 +671,27 @@ class Receiver:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
 
 
+def _ok(handler: http.server.BaseHTTPRequestHandler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", "2")
+    handler.end_headers()
+    handler.wfile.write(b"ok")
+
+
+def _drip_head(handler: http.server.BaseHTTPRequestHandler) -> None:
+    """A status line, then one header byte every 100 ms (per-read timeouts never fire),
+    then the connection closed."""
+    try:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(100):
+            handler.wfile.write(b"X")
+            handler.wfile.flush()
+            time.sleep(0.1)
+    except OSError:
+        pass
+    handler.close_connection = True
+
+
 def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
     """Build the request handler class bound to ``receiver``."""
 
@@ -684,16 +705,7 @@ def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             elif self.path == "/drip":
-                # Status line, then one header byte every 100 ms: per-read timeouts never fire.
-                try:
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
-                    for _ in range(100):
-                        self.wfile.write(b"X")
-                        self.wfile.flush()
-                        time.sleep(0.1)
-                except OSError:
-                    pass
-                self.close_connection = True
+                _drip_head(self)
             elif self.path == "/big":
                 self.send_response(200)
                 self.send_header("Content-Length", str(50_000_000))
@@ -704,10 +716,7 @@ def _handler(receiver: Receiver) -> type[http.server.BaseHTTPRequestHandler]:
                 except OSError:
                     pass
             else:
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                _ok(self)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -1059,20 +1068,9 @@ class KeepAliveReceiver:
                 port = self.client_address[1]
                 receiver.requests.append((port, self.path, self.headers["webhook-id"]))
                 if self.path == "/drip":
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
-                    try:
-                        for _ in range(100):
-                            self.wfile.write(b"X")
-                            self.wfile.flush()
-                            time.sleep(0.1)
-                    except OSError:
-                        pass
-                    self.close_connection = True
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
+                    _drip_head(self)
+                else:
+                    _ok(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
