@@ -107,7 +107,7 @@ class Deliveries:
                 max(1, int(lease) + 1),
                 self.store.key(owner[1], ""),
                 node,
-                self.store.key("worker", ""),
+                self.store.alive_key(""),
                 task_id,
                 owner[0],
             ],

@@ -360,12 +360,17 @@ class Store:
         """Worker nodes by their last sign of life (what ``/readyz`` counts)."""
         return self.key("workers")
 
+    def alive_key(self, node: str) -> str:
+        """The short-lived key that says worker ``node`` is alive (``node`` '' gives the
+        prefix a script appends a node name to)."""
+        return self.key("worker", node)
+
     def mark_worker_alive(self, node: str, alive_for: int) -> None:
         """Worker ``node`` is alive for ``alive_for`` s (by Redis's clock): the key a
         delivery claim checks before taking over a dead node's attempt, and the set
         ``live_workers`` counts."""
         self.scripts["worker_alive"](
-            keys=[self.key("worker", node), self.workers_key],
+            keys=[self.alive_key(node), self.workers_key],
             args=[node, alive_for, WORKERS_FORGOTTEN_AFTER],
         )
 
