@@ -13,10 +13,8 @@ delivery at once and marks the attempt ``gone`` so the caller can disable the en
 from __future__ import annotations
 
 import contextlib
-import heapq
 import http.client
 import ipaddress
-import itertools
 import os
 import random
 import socket
@@ -47,6 +45,7 @@ from config import (
 )
 from jobgate.signing import webhook_headers
 from jobgate.ssrf import CallbackRefused, Network, Resolver, check_callback_url
+from jobgate.timers import Timers
 
 __all__ = [
     "GONE",
@@ -55,7 +54,6 @@ __all__ = [
     "Connections",
     "Outcome",
     "PinnedAdapter",
-    "Watchdog",
     "classify",
     "deliver",
     "parse_retry_after",
@@ -121,69 +119,10 @@ def connect_to_address(
     return sock
 
 
-Handle = list[Callable[[], None] | None]  # a scheduled call; None once cancelled
-
-
-class _Schedule:
-    """One process's scheduled calls and the thread that makes them."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.wake = threading.Condition()
-        self.heap: list[tuple[float, int, Handle]] = []
-        self.order = itertools.count()
-
-    def run(self) -> None:
-        while True:
-            with self.wake:
-                due: list[Callable[[], None]] = []
-                now = time.monotonic()
-                # Cancelled entries at the head go at once; live ones when their time comes.
-                while self.heap and (self.heap[0][2][0] is None or self.heap[0][0] <= now):
-                    func = heapq.heappop(self.heap)[2][0]
-                    if func is not None:
-                        due.append(func)
-                if not due:
-                    self.wake.wait(self.heap[0][0] - now if self.heap else None)
-            for func in due:
-                with contextlib.suppress(Exception):  # one failing call must not stop the rest
-                    func()
-
-
-class Watchdog:
-    """Calls each scheduled function at its deadline, from one daemon thread per process.
-
-    What ``deliver`` bounds an attempt with: a ``threading.Timer`` per attempt started a
-    thread (a greenlet in the gevent delivery pool) for every webhook, about 2.5 % of the
-    delivery process. Here scheduling is a heap push, and cancelling only marks the entry.
-    A forked child starts its own thread on first use (the parent's did not come along);
-    two first uses at once each start one, and each thread serves what was pushed to it.
-    """
-
-    def __init__(self) -> None:
-        self._schedule: _Schedule | None = None
-
-    def schedule(self, delay: float, func: Callable[[], None]) -> Handle:
-        """Call ``func`` in ``delay`` s; returns the handle ``cancel`` takes."""
-        handle: Handle = [func]
-        when = time.monotonic() + delay
-        state = self._schedule
-        if state is None or state.pid != os.getpid():
-            state = self._schedule = _Schedule()
-            threading.Thread(target=state.run, name="jobgate-deadlines", daemon=True).start()
-        with state.wake:
-            heapq.heappush(state.heap, (when, next(state.order), handle))
-            if state.heap[0][2] is handle:  # sooner than what the thread waits for
-                state.wake.notify()
-        return handle
-
-    @staticmethod
-    def cancel(handle: Handle) -> None:
-        """Forget a scheduled call (harmless once it ran)."""
-        handle[0] = None
-
-
-WATCHDOG = Watchdog()  # the process's: ``deliver`` bounds every attempt with it
+# The process's: ``deliver`` bounds every attempt with it (a ``threading.Timer`` per
+# attempt started a thread, a greenlet in the gevent pool, for every webhook: about 2.5 %
+# of the delivery process).
+WATCHDOG = Timers("jobgate-deadlines")
 
 
 _OWNERS = threading.Lock()  # a connection changes hands, and is shut down, under this

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import os
 import threading
 import time
 from typing import Any, Protocol
@@ -15,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobgate.failpoints import failpoint
+from jobgate.timers import Timers
 from tasks.publish import script_meta
 
 log = logging.getLogger(__name__)
@@ -96,7 +94,7 @@ class Progress:
                 self._held = (number, info)
                 if not self._scheduled:
                     self._scheduled = True
-                    FLUSHER.schedule(time.monotonic() + wait, self)
+                    FLUSHER.schedule(wait, self.write_held)
                 return
             self._held = None
             self._last_write = time.monotonic()
@@ -179,39 +177,6 @@ class Progress:
         return answer
 
 
-class Flusher:
-    """One thread per process that writes held reports when they are due (a timer per
-    job would start a thread per job: about 150 µs, as much as the write it saves)."""
-
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        """Start empty, with no thread (a forked child has none of its parent's threads)."""
-        self._cond = threading.Condition()
-        self._due: list[tuple[float, int, Progress]] = []
-        self._order = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def schedule(self, when: float, progress: Progress) -> None:
-        """Call ``progress.write_held()`` at ``when`` (time.monotonic)."""
-        with self._cond:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="jobgate-progress", daemon=True
-                )
-                self._thread.start()
-            heapq.heappush(self._due, (when, next(self._order), progress))
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._due or self._due[0][0] > time.monotonic():
-                    self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
-                progress = heapq.heappop(self._due)[2]
-            progress.write_held()
-
-
-FLUSHER = Flusher()
+# The held reports' writes when they are due: one thread per process (a timer per job
+# would start a thread per job, about 150 µs, as much as the write it saves).
+FLUSHER = Timers("jobgate-progress")

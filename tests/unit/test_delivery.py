@@ -16,7 +16,6 @@ import ipaddress
 import itertools
 import json
 import logging
-import os
 import socket
 import socketserver
 import ssl
@@ -46,7 +45,6 @@ from jobgate.delivery import (
     Connections,
     Guard,
     PinnedAdapter,
-    Watchdog,
     classify,
     connect_to_address,
     deliver,
@@ -991,55 +989,6 @@ def test_tls_default_trust_store_rejects_private_ca(
     assert attempt.outcome == "retry"
     assert attempt.error is not None and attempt.error.startswith("TLS error")
     assert receiver.requests == []
-
-
-def test_watchdog_calls_each_function_at_its_deadline_sooner_first() -> None:
-    """One thread serves every deadline; a sooner one scheduled later wakes it early."""
-    watchdog = Watchdog()
-    called: list[str] = []
-    both = threading.Event()
-
-    def late() -> None:
-        called.append("late")
-        both.set()
-
-    started = time.monotonic()
-    watchdog.schedule(0.6, late)
-    watchdog.schedule(0.05, lambda: called.append("soon"))
-    assert both.wait(5), called
-    assert called == ["soon", "late"]
-    assert time.monotonic() - started >= 0.6
-
-
-def test_watchdog_cancel_and_a_failing_call_leave_the_rest_running() -> None:
-    watchdog = Watchdog()
-    ran = threading.Event()
-    cancelled: list[str] = []
-
-    def boom() -> None:
-        raise RuntimeError("abort failed")
-
-    handle = watchdog.schedule(0.05, lambda: cancelled.append("ran"))
-    watchdog.cancel(handle)
-    watchdog.schedule(0.05, boom)
-    watchdog.schedule(0.1, ran.set)
-    assert ran.wait(5)
-    assert cancelled == []
-
-
-def test_watchdog_in_a_forked_child_starts_its_own_thread() -> None:
-    """The parent's thread does not survive ``fork``: the child's first schedule starts one."""
-    watchdog = Watchdog()
-    parent = threading.Event()
-    watchdog.schedule(0.01, parent.set)
-    assert parent.wait(5)
-    pid = os.fork()
-    if pid == 0:  # the child: exit 0 only if its own deadline fired
-        fired = threading.Event()
-        watchdog.schedule(0.01, fired.set)
-        os._exit(0 if fired.wait(5) else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # --------------------------------------------------------------------------- kept-alive connections
