@@ -3,10 +3,7 @@ gunicorn through the launcher ``jobgate`` itself uses (``gateway.launch``)."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
 import os
 import shlex
 import shutil
@@ -512,24 +509,3 @@ def background_of_other_apps() -> bool:
     an earlier test's app, reconnecting to its Redis): network guards of unit tests let
     it through, since it is not the code under test."""
     return threading.current_thread().name == "jobgate-partner-changes"
-
-
-def verify_by_spec(secret: str, body: bytes, headers: Mapping[str, str]) -> None:
-    """Verify a webhook as the Standard Webhooks specification describes it, written here
-    from the spec: a second verifier beside the ``standardwebhooks`` package, sharing code
-    with neither it nor ``jobgate.signing`` (the ``svix`` package's verifier delegates to
-    ``standardwebhooks``, so it checked nothing more). Raises AssertionError."""
-    lower = {name.lower(): value for name, value in headers.items()}
-    webhook_id, stamp = lower["webhook-id"], lower["webhook-timestamp"]
-    age = time.time() - int(stamp)
-    assert age <= 5 * 60, f"timestamp {stamp} too old"
-    assert age >= -5 * 60, f"timestamp {stamp} too new"
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    content = f"{webhook_id}.{stamp}.".encode() + body
-    expected = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
-    offered = [
-        sig
-        for version, _, sig in (s.partition(",") for s in lower["webhook-signature"].split())
-        if version == "v1"
-    ]
-    assert any(hmac.compare_digest(expected, sig) for sig in offered), "no matching signature"

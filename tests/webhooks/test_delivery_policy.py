@@ -5,7 +5,7 @@ Every non-2xx answer is retried (redirects too, never followed), and so are time
 body is the one of the moment it happened. The worker is ``jobgate worker`` with the
 shipped schedule compressed (as many retries, 0.2 s each) in a world of its own (key
 prefix and queues), so the session's worker never takes its messages. Every request is
-verified with both the ``standardwebhooks`` package and a verifier written from the spec.
+verified with both the ``standardwebhooks`` package and ``gateway.client.verify_webhook``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from config import DEFAULT_RETRY_DELAYS, Settings
+from gateway.client import verify_webhook
 from tests.conftest import ADMIN_KEY
-from tests.helpers import WorkerProcess, gateway_for, verify_by_spec, wait_until
+from tests.helpers import WorkerProcess, gateway_for, wait_until
 from tests.webhooks.conftest import Received, Receiver, Slow
 from tests.webhooks.test_events import deliveries, parse, submit, webhook_settles
 
@@ -53,12 +54,12 @@ def world(settings: Settings, redis_client: Any) -> Iterator[SimpleNamespace]:
 
 
 def verified(requests: list[Received], secret: str) -> list[dict[str, Any]]:
-    """Each request's payload, verified by standardwebhooks and by the spec's steps (both
+    """Each request's payload, verified by standardwebhooks and by jobgate's client (both
     raise if not)."""
     payloads = []
     for request in requests:
         payloads.append(request.verify(secret))
-        verify_by_spec(secret, request.body, request.headers)
+        verify_webhook(secret, request.headers, request.body)
     return payloads
 
 

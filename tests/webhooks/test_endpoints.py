@@ -3,7 +3,7 @@
 Each route, the fan-out (3 endpoints, filtered by event type), ping, the attempts log,
 recover after an outage, secret rotation, and the policy rules that disable an endpoint
 (``410 Gone``, a failing period). Every request is verified with both the
-``standardwebhooks`` package and a verifier written from the spec, with the endpoint's own secret.
+``standardwebhooks`` package and ``gateway.client.verify_webhook``, with the endpoint's own secret.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import pytest
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from config import Settings
+from gateway.client import verify_webhook
 from jobgate.events import fan_out_task_id
 from jobgate.store import utcnow
 from tests.conftest import ADMIN_KEY
-from tests.helpers import WorkerProcess, gateway_for, verify_by_spec, wait_until
+from tests.helpers import WorkerProcess, gateway_for, wait_until
 from tests.webhooks.conftest import Received, Receiver
 from tests.webhooks.test_events import submit
 
@@ -66,8 +67,8 @@ def register(
 
 
 def verified(request: Received, secret: str) -> dict[str, Any]:
-    """The payload, verified by standardwebhooks and by the spec's steps (each raises if not)."""
-    verify_by_spec(secret, request.body, request.headers)
+    """The payload, verified by standardwebhooks and by jobgate's client (each raises if not)."""
+    verify_webhook(secret, request.headers, request.body)
     return request.verify(secret)
 
 
