@@ -17,7 +17,8 @@ kombu also builds a new ``redis.Redis`` client for every take and every ack (its
 ``conn_or_acquire``); building one copies redis-py's table of response callbacks, 6–9 %
 of a worker's consumer process in a ``bench.e2e`` profile. These channels keep one client
 per connection pool instead: a client holds no connection of its own (each command
-borrows one from the pool), so every greenlet and thread may share it.
+borrows one from the pool), so every greenlet and thread may share it. Their connections
+check for unread bytes with the OS's poll (``jobgate.connections.QuickCheck``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kombu.transport import redis as kombu_redis
+
+from jobgate.connections import QuickConnection, QuickSentinelConnection
 
 
 class QoS(kombu_redis.QoS):
@@ -62,6 +65,7 @@ class SharedClient:
 
 class Channel(SharedClient, kombu_redis.Channel):
     QoS = QoS
+    connection_class = QuickConnection
 
 
 class Transport(kombu_redis.Transport):
@@ -70,6 +74,7 @@ class Transport(kombu_redis.Transport):
 
 class SentinelChannel(SharedClient, kombu_redis.SentinelChannel):
     QoS = QoS
+    connection_class = QuickSentinelConnection
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
