@@ -614,9 +614,9 @@ def deliver(
         prepared = requests.Request("POST", target.url, data=body, headers=headers).prepare()
         if prepared.url is None:  # prepare() always sets it; this narrows its type to str
             raise ValueError("the prepared request has no URL")
-        netloc = urlsplit(prepared.url).netloc
-        prepared.headers["Host"] = netloc.rpartition("@")[2]
-        hostname = urlsplit(prepared.url).hostname or ""
+        parts = urlsplit(prepared.url)
+        prepared.headers["Host"] = parts.netloc.rpartition("@")[2]
+        hostname = parts.hostname or ""
     except (ValueError, TypeError, requests.RequestException) as exc:
         return Attempt("failed", None, _describe(exc), _ms_since(start), None)
 
