@@ -25,6 +25,7 @@ class Load:
     statuses: dict[int, int] = field(default_factory=dict)
     bodies: list[bytes] = field(default_factory=list)
     starts: list[float] = field(default_factory=list)  # time.time() each kept body was sent
+    indices: list[int] = field(default_factory=list)  # the i of make(i) of each kept body
     errors: int = 0
     elapsed: float = 0.0
 
@@ -118,6 +119,7 @@ async def _connection(
             if keep:
                 load.bodies.append(body)
                 load.starts.append(sent_at)
+                load.indices.append(index)
             if close:
                 writer.close()
                 reader = writer = None

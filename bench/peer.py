@@ -209,6 +209,12 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
             for body, start in zip(load.json_bodies(), load.starts, strict=True)
             if "job_id" in body
         }
+        # Answers come back in any order: a job is slow by the index it was made with.
+        slow_ids = {
+            body["job_id"]
+            for body, index in zip(load.json_bodies(), load.indices, strict=True)
+            if "job_id" in body and slow and index % 10 == 9
+        }
         wait_for_webhooks(stack, len(submitted), args.stall, args.cap)
         cpu_used = cpu.used()
         roles = worker_roles(worker)
@@ -222,19 +228,12 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
     finally:
         stack.close()
     by_job = seen.pop("by_job")
-    slow_ids = {job_id for i, job_id in enumerate(submitted) if slow and i % 10 == 9}
     latencies = {
         job_id: by_job[job_id]["first_at"] - start
         for job_id, start in submitted.items()
         if job_id in by_job
     }
     fast = [v for job_id, v in latencies.items() if job_id not in slow_ids]
-    # The last slow webhook comes a whole hold after its job ended, however fast the
-    # rest went: the rate of the fast receivers' webhooks is the throughput they see.
-    fast_last = max(
-        (by_job[job_id]["first_at"] for job_id in latencies if job_id not in slow_ids),
-        default=None,
-    )
     count = len(submitted)
     corrected = {
         name: n - idle.get(name, 0) * elapsed / idle_seconds if idle_seconds else n
@@ -250,7 +249,6 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
         "duplicated": seen["duplicates"],
         "bad_signatures": seen["bad_signatures"],
         "jobs_per_s": round(len(latencies) / (last - t0), 1) if latencies else None,
-        "fast_receivers_jobs_per_s": round(len(fast) / (fast_last - t0), 1) if fast_last else None,
         "submit_to_webhook_ms": {
             "p50": ms(percentile(list(latencies.values()), 50)),
             "p99": ms(percentile(list(latencies.values()), 99)),
@@ -354,7 +352,6 @@ def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
     return {
         "jobs_per_s": mean([r["jobs_per_s"] for r in rounds]),
-        "fast_receivers_jobs_per_s": mean([r.get("fast_receivers_jobs_per_s") for r in rounds]),
         "p50_ms": mean([r["submit_to_webhook_ms"]["p50"] for r in rounds]),
         "p99_ms": mean([r["submit_to_webhook_ms"]["p99"] for r in rounds]),
         "cpu_ms_per_job": {
@@ -442,15 +439,6 @@ def main(argv: list[str] | None = None) -> int:
         ratios["slow_retention"] = {
             target: round(summary["slow"][target]["jobs_per_s"] / normal, 2)
             if (normal := same_size[target]["jobs_per_s"]) and summary["slow"][target]["jobs_per_s"]
-            else None
-            for target in TARGETS
-        }
-        # The same, counting the fast receivers' webhooks only (the slow ones' hold is a
-        # fixed tail: on a 2.5 s run, 1.8 s of it bounds the figure above near 0.6).
-        ratios["slow_retention_fast_receivers"] = {
-            target: round(summary["slow"][target]["fast_receivers_jobs_per_s"] / normal, 2)
-            if (normal := same_size[target]["jobs_per_s"])
-            and summary["slow"][target]["fast_receivers_jobs_per_s"]
             else None
             for target in TARGETS
         }
