@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery, Task, states
 from celery.exceptions import WorkerLostError
-from celery.signals import task_revoked
+from celery.signals import task_revoked, worker_init
 from kombu.exceptions import EncodeError
 
 from config import Settings
@@ -274,7 +274,8 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
             # kombu's pool per channel (10 by default): every slot of a delivery pool acks
             # through one channel, and an ack that finds no free connection fails
             # ("Couldn't ack"), drops the consumer and leaves the message to the
-            # visibility timeout: a webhook half a minute late.
+            # visibility timeout: a webhook half a minute late. A worker with more slots
+            # than this gets more (_broker_pool_for_every_slot).
             "max_connections": settings.redis_max_connections,
             **sentinel_options(settings, settings.broker_url),
         },
@@ -319,6 +320,24 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         )(_task_body(job_type))
     webhooks.register(app)  # jobgate's own task: webhook delivery, on its own queue
     return app
+
+
+BROKER_POOL_SPARE = 32  # broker connections beyond one per slot: the consumer's own
+
+
+@worker_init.connect
+def _broker_pool_for_every_slot(sender: Any = None, **_: Any) -> None:
+    """A worker's broker pool holds a connection for each of its slots plus spares, however
+    many slots it has: each slot acks through it, and an ack that finds none fails."""
+    app = getattr(sender, "app", None)
+    concurrency = getattr(sender, "concurrency", None)
+    if not isinstance(app, JobgateCelery) or not isinstance(concurrency, int):
+        return
+    options = dict(app.conf.broker_transport_options or {})
+    needed = concurrency + BROKER_POOL_SPARE
+    if int(options.get("max_connections") or 0) < needed:
+        options["max_connections"] = needed
+        app.conf.broker_transport_options = options
 
 
 @task_revoked.connect

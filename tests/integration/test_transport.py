@@ -4,13 +4,14 @@ on a Redis of the test's own (its command counts are the test's alone)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 from kombu import Connection
 
 from config import Settings
 from gateway.cli import DEFAULT_DELIVERY_CONCURRENCY
-from tasks.app import make_celery
+from tasks.app import BROKER_POOL_SPARE, _broker_pool_for_every_slot, make_celery
 from tasks.transport import (
     QoS,
     SentinelTransport,
@@ -63,24 +64,30 @@ def test_both_transports_use_this_qos(cls: type) -> None:
 def test_a_delivery_pool_acking_from_every_slot_at_once_finds_a_connection(
     server: EmbeddedRedis,
 ) -> None:
-    """Every slot of the delivery pool (gevent, 100 by default) acks through one channel's
+    """Every slot of the delivery pool (gevent, 1000 by default) acks through one channel's
     pool; with kombu's default of 10 the 11th ack in flight failed ("Couldn't ack"), the
     consumer dropped, and the message waited for the visibility timeout."""
     settings = Settings.from_env({"REDIS_URL": server.url})
     app = make_celery(settings)
+    _broker_pool_for_every_slot(SimpleNamespace(app=app, concurrency=DEFAULT_DELIVERY_CONCURRENCY))
     with app.connection_for_read() as conn:
         queue = conn.SimpleQueue("t-room")
         queue.put({"n": 3})
         message = queue.get(timeout=5)
         pool = queue.channel.pool
-        in_flight = [pool.get_connection() for _ in range(DEFAULT_DELIVERY_CONCURRENCY - 1)]
-        try:
-            message.ack()
-        finally:
-            for connection in in_flight:
-                pool.release(connection)
+        for _ in range(DEFAULT_DELIVERY_CONCURRENCY):  # every slot holds one (no sockets)
+            pool.make_connection()
+        message.ack()
         assert server.client().hlen("unacked") == 0
         queue.close()
+
+
+@pytest.mark.parametrize(("slots", "pool"), [(1500, 1500 + BROKER_POOL_SPARE), (4, 1000)])
+def test_a_worker_gets_a_broker_connection_for_every_slot(slots: int, pool: int) -> None:
+    app = make_celery(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"}))
+    _broker_pool_for_every_slot(SimpleNamespace(app=app, concurrency=slots))
+    assert app.conf.broker_transport_options["max_connections"] == pool
+    assert app.conf.broker_transport_options["visibility_timeout"]  # the rest kept
 
 
 def test_take_and_ack_send_no_transaction_and_leave_no_bookkeeping(
