@@ -39,17 +39,17 @@ class QuickCheck:
     _parser: Any
 
     def can_read(self, timeout: float = 0) -> bool:
-        parser = self._parser
+        parser, sock = self._parser, self._sock
         reader: Any = getattr(parser, "_reader", None)
         if (
             timeout == 0
-            and self._sock is not None
+            and sock is not None
             and hasattr(reader, "has_data")
             and not hasattr(parser, "_next_response")
         ):
             if not reader.has_data():
                 poller = _POLL()
-                poller.register(self._sock, select.POLLIN)
+                poller.register(sock, select.POLLIN)
                 if not poller.poll(0):
                     return False
         return super().can_read(timeout)  # type: ignore[misc, no-any-return]
