@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import requests
 
-from gateway.cli import DEFAULT_DELIVERY_CONCURRENCY
+from gateway.cli import default_delivery_concurrency
 from gateway.launch import Child, descendants, http_status
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,7 +326,7 @@ def worker_shape(concurrency: int, instances: int, shape: str = "gevent") -> str
         f"celery worker -Q jobs,webhooks -P prefork -c {concurrency} (single pool)"
         if shape == "single"
         else f"jobgate worker -c {concurrency} (prefork job pool + {shape} delivery pool of "
-        f"{DEFAULT_DELIVERY_CONCURRENCY})"
+        f"{default_delivery_concurrency(shape)})"
     )
     return one if instances == 1 else f"{instances} x {one}"
 

@@ -25,11 +25,11 @@ from typing import Any
 import requests
 
 from bench.common import (
-    DEFAULT_DELIVERY_CONCURRENCY,
     SLEEP_PARAMS,
     WORKER_SHAPES,
     Stack,
     base_parser,
+    default_delivery_concurrency,
     gunicorn_shape,
     machine,
     ms,
@@ -256,7 +256,9 @@ def run_shape(shape: str, args: Any) -> dict[str, Any]:
         partner = stack.create_partner()
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {partner['api_key']}"
-        capacity = args.worker_concurrency if shape == "single" else DEFAULT_DELIVERY_CONCURRENCY
+        capacity = (
+            args.worker_concurrency if shape == "single" else default_delivery_concurrency(shape)
+        )
         for round_no in range(args.rounds):
             for hanging in runs:
                 result = phase(stack, session, receiver, hanging, capacity, args)

@@ -64,6 +64,15 @@ DELIVERY_POOLS = ("gevent", "threads")
 # fast ones wait (100 served 67). A slot waiting on a receiver costs a greenlet and a
 # socket; Redis and broker connections are taken per command (docs/configuration.md).
 DEFAULT_DELIVERY_CONCURRENCY = 1000
+# A threads delivery pool pays an OS thread per slot, all taking turns on the GIL.
+DEFAULT_THREAD_DELIVERY_CONCURRENCY = 100
+
+
+def default_delivery_concurrency(pool: str) -> int:
+    """Slots of a delivery pool of ``pool`` (gevent or threads) when none are asked for."""
+    return (
+        DEFAULT_THREAD_DELIVERY_CONCURRENCY if pool == "threads" else DEFAULT_DELIVERY_CONCURRENCY
+    )
 
 
 def _has_option(args: Sequence[str], short: str, long: str) -> bool:
@@ -80,7 +89,7 @@ def pool_commands(
     settings: Settings | None = None,
     *,
     concurrency: int | None = None,
-    delivery_concurrency: int = DEFAULT_DELIVERY_CONCURRENCY,
+    delivery_concurrency: int | None = None,
     delivery_pool: str = "gevent",
     jobs_name: str = "jobs@%h",
     webhooks_name: str = "webhooks@%h",
@@ -93,8 +102,8 @@ def pool_commands(
 
     ``jobs``: prefork on the jobs queue, ``concurrency`` processes (default: one per core),
     then ``extra`` (an option set there wins over ours). ``webhooks``: the I/O pool
-    (gevent, or threads) on the webhooks queue with ``delivery_concurrency`` slots, then
-    ``delivery_extra``.
+    (gevent, or threads) on the webhooks queue with ``delivery_concurrency`` slots (default
+    per pool: ``default_delivery_concurrency``), then ``delivery_extra``.
     """
     settings = settings or Settings.from_env()
     celery = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker"]
@@ -125,7 +134,7 @@ def pool_commands(
         "webhooks": command(
             settings.queue_webhooks,
             delivery_pool,
-            delivery_concurrency,
+            delivery_concurrency or default_delivery_concurrency(delivery_pool),
             webhooks_name,
             delivery_extra,
         ),
@@ -143,9 +152,8 @@ def pool_commands(
 @click.option(
     "--delivery-concurrency",
     type=click.IntRange(min=1),
-    default=DEFAULT_DELIVERY_CONCURRENCY,
-    show_default=True,
-    help="Webhook deliveries the delivery pool runs at once.",
+    help="Webhook deliveries the delivery pool runs at once.  [default: 1000 for gevent, "
+    "100 for threads]",
 )
 @click.option(
     "--delivery-pool",
@@ -180,7 +188,7 @@ def pool_commands(
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
     concurrency: int | None,
-    delivery_concurrency: int,
+    delivery_concurrency: int | None,
     delivery_pool: str,
     pool_only: str | None,
     jobs_name: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 from functools import cached_property
 from typing import Any
 
@@ -323,12 +324,15 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
 
 
 BROKER_POOL_SPARE = 32  # broker connections beyond one per slot: the consumer's own
+FILES_PER_SLOT = 3  # a slot may hold a receiver's socket, a store and a broker connection
+FILES_SPARE = 256
 
 
 @worker_init.connect
 def _broker_pool_for_every_slot(sender: Any = None, **_: Any) -> None:
     """A worker's broker pool holds a connection for each of its slots plus spares, however
-    many slots it has: each slot acks through it, and an ack that finds none fails."""
+    many slots it has: each slot acks through it, and an ack that finds none fails. Its
+    limit on open files is raised to match (up to the hard limit)."""
     app = getattr(sender, "app", None)
     concurrency = getattr(sender, "concurrency", None)
     if not isinstance(app, JobgateCelery) or not isinstance(concurrency, int):
@@ -338,6 +342,26 @@ def _broker_pool_for_every_slot(sender: Any = None, **_: Any) -> None:
     if int(options.get("max_connections") or 0) < needed:
         options["max_connections"] = needed
         app.conf.broker_transport_options = options
+    files_for(FILES_PER_SLOT * concurrency + FILES_SPARE)
+
+
+def files_for(needed: int) -> int:
+    """Raise this process's soft limit on open files to ``needed`` if the hard limit allows
+    (warn if it does not); the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log.warning(
+            "open files limited to %d (hard limit); this worker's slots may need %d: "
+            "raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower the concurrency",
+            target,
+            needed,
+        )
+    return target
 
 
 @task_revoked.connect

@@ -23,12 +23,15 @@ check for unread bytes with the OS's poll (``jobgate.connections.QuickCheck``).
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 from kombu.transport import redis as kombu_redis
+from kombu.utils import eventio
+from kombu.utils.compat import detect_environment
 
 from jobgate.connections import QuickConnection, QuickSentinelConnection
 
@@ -63,6 +66,25 @@ class SharedClient:
         yield shared[1]
 
 
+class GreenPoll(eventio._poll):
+    """kombu's ``poll`` poller on ``select.poll`` as it is when built: gevent's cooperative
+    one in a gevent worker. In a greenlet environment kombu polls with ``select.select``,
+    which raises ``ValueError`` for a descriptor of 1024 or more: a delivery pool of 1000
+    slots holds that many sockets, and a broker connection made after them gets one."""
+
+    def __init__(self) -> None:
+        self._poller = select.poll()
+        self._quick_poll = self._poller.poll
+        self._quick_register = self._poller.register
+        self._quick_unregister = self._poller.unregister
+
+
+def green_poller(transport: Any) -> None:
+    """Give ``transport``'s poller ``GreenPoll`` in a greenlet environment (gevent)."""
+    if detect_environment() != "default":
+        transport.cycle.poller = GreenPoll()
+
+
 class Channel(SharedClient, kombu_redis.Channel):
     QoS = QoS
     connection_class = QuickConnection
@@ -70,6 +92,10 @@ class Channel(SharedClient, kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        green_poller(self)
 
 
 class SentinelChannel(SharedClient, kombu_redis.SentinelChannel):
@@ -79,6 +105,10 @@ class SentinelChannel(SharedClient, kombu_redis.SentinelChannel):
 
 class SentinelTransport(kombu_redis.SentinelTransport):
     Channel = SentinelChannel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        green_poller(self)
 
 
 TRANSPORTS = {

@@ -3,6 +3,10 @@ on a Redis of the test's own (its command counts are the test's alone)."""
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
 from collections.abc import Iterator
 from types import SimpleNamespace
 
@@ -147,3 +151,61 @@ def test_takes_and_acks_share_one_client_until_the_pool_is_replaced(
             assert rebuilt.connection_pool is channel.pool
             assert rebuilt.ping()
         queue.close()
+
+
+GREEN_CONSUMER = """
+import os, resource, sys
+from gevent import monkey; monkey.patch_all()
+from kombu import Connection
+from tasks.transport import Transport
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+held = [os.pipe() for _ in range(600)]  # the sockets of a busy delivery pool
+with Connection(sys.argv[1], transport=Transport) as conn:
+    queue = conn.SimpleQueue("t-green")
+    queue.put({"n": 1})
+    message = queue.get(timeout=10)  # polls a broker socket numbered past 1024
+    assert message.payload == {"n": 1}, message.payload
+    message.ack()
+    assert conn.default_channel.client.connection_pool.connection_kwargs
+"""
+
+
+def test_a_gevent_consumer_polls_a_broker_socket_past_1024(server: EmbeddedRedis) -> None:
+    """kombu polls with select() under gevent, which refuses descriptors of 1024 or more."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1500:
+        pytest.skip("needs a hard RLIMIT_NOFILE of 1500 or more")
+    done = subprocess.run(
+        [sys.executable, "-c", GREEN_CONSUMER, server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+FILES_CHECK = """
+import resource, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+from tasks.worker import app
+app.WorkController(concurrency=1000, pool_cls="solo", without_mingle=True, without_gossip=True)
+options = app.conf.broker_transport_options
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], options["max_connections"])
+"""
+
+
+def test_a_worker_of_1000_slots_raises_its_open_files_limit(redis_url: str) -> None:
+    """1000 slots may hold 3 files each; a soft limit of 1024 (systemd's) would run out."""
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 3256:
+        pytest.skip("needs a hard RLIMIT_NOFILE of 3256 or more")
+    done = subprocess.run(
+        [sys.executable, "-c", FILES_CHECK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "REDIS_URL": redis_url},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    files, pool = map(int, done.stdout.split()[-2:])
+    assert files == 3 * 1000 + 256 and pool == 1000 + BROKER_POOL_SPARE

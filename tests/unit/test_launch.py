@@ -122,12 +122,18 @@ def test_worker_runs_a_prefork_job_pool_and_a_gevent_delivery_pool() -> None:
         "-P",
         "gevent",
         "-c",
-        "100",
+        "1000",
         "-n",
         "webhooks@%h",
         "-l",
         "INFO",
     ]
+
+
+def test_a_threads_delivery_pool_defaults_to_fewer_slots() -> None:
+    """An OS thread per slot, all taking turns on the GIL: 100, not gevent's 1000."""
+    hooks = pool_commands(Settings(), delivery_pool="threads")["webhooks"]
+    assert hooks[hooks.index("-P") + 1 : hooks.index("-c") + 2] == ["threads", "-c", "100"]
 
 
 def test_worker_options_and_extra_celery_arguments() -> None:
