@@ -80,8 +80,9 @@ class GreenPoll(eventio._poll):
 
 
 def green_poller(transport: Any) -> None:
-    """Give ``transport``'s poller ``GreenPoll`` in a greenlet environment (gevent)."""
-    if detect_environment() != "default":
+    """Give ``transport``'s poller ``GreenPoll`` under gevent (eventlet's ``select`` has no
+    ``poll``: there kombu's choice stays)."""
+    if detect_environment() == "gevent" and hasattr(select, "poll"):
         transport.cycle.poller = GreenPoll()
 
 
