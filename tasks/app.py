@@ -276,7 +276,7 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
             # through one channel, and an ack that finds no free connection fails
             # ("Couldn't ack"), drops the consumer and leaves the message to the
             # visibility timeout: a webhook half a minute late. A worker with more slots
-            # than this gets more (_broker_pool_for_every_slot).
+            # than this gets more (_size_for_every_slot).
             "max_connections": settings.redis_max_connections,
             **sentinel_options(settings, settings.broker_url),
         },
@@ -329,10 +329,10 @@ FILES_SPARE = 256
 
 
 @worker_init.connect
-def _broker_pool_for_every_slot(sender: Any = None, **_: Any) -> None:
-    """A worker's broker pool holds a connection for each of its slots plus spares, however
-    many slots it has: each slot acks through it, and an ack that finds none fails. Its
-    limit on open files is raised to match (up to the hard limit)."""
+def _size_for_every_slot(sender: Any = None, **_: Any) -> None:
+    """However many slots a worker has: its broker pool holds a connection for each plus
+    spares (each slot acks through it, and an ack that finds none fails), and its limit on
+    open files is raised to match (up to the hard limit)."""
     app = getattr(sender, "app", None)
     concurrency = getattr(sender, "concurrency", None)
     if not isinstance(app, JobgateCelery) or not isinstance(concurrency, int):

@@ -1,4 +1,5 @@
-"""kombu's Redis transports with their ack bookkeeping sent as plain pipelines.
+"""kombu's Redis transports: plain ack pipelines, one shared client, quick connection checks
+and, under gevent, a poller without select()'s limit of 1024 descriptors.
 
 kombu's Redis QoS records each message a worker takes (``ZADD unacked_index`` +
 ``HSET unacked``) and forgets it on ack (``ZREM`` + ``HDEL``), each pair in a
@@ -67,10 +68,11 @@ class SharedClient:
 
 
 class GreenPoll(eventio._poll):
-    """kombu's ``poll`` poller on ``select.poll`` as it is when built: gevent's cooperative
-    one in a gevent worker. In a greenlet environment kombu polls with ``select.select``,
-    which raises ``ValueError`` for a descriptor of 1024 or more: a delivery pool of 1000
-    slots holds that many sockets, and a broker connection made after them gets one."""
+    """kombu's (private) ``poll`` poller on ``select.poll`` as it is when built: gevent's
+    cooperative one in a gevent worker. In a greenlet environment kombu polls with
+    ``select.select``, which raises ``ValueError`` for a descriptor of 1024 or more: a
+    delivery pool of 1000 slots holds that many sockets, and a broker connection made
+    after them gets one."""
 
     def __init__(self) -> None:
         self._poller = select.poll()

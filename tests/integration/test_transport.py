@@ -15,7 +15,7 @@ from kombu import Connection
 
 from config import Settings
 from gateway.cli import DEFAULT_DELIVERY_CONCURRENCY
-from tasks.app import BROKER_POOL_SPARE, _broker_pool_for_every_slot, make_celery
+from tasks.app import BROKER_POOL_SPARE, _size_for_every_slot, make_celery
 from tasks.transport import (
     QoS,
     SentinelTransport,
@@ -73,7 +73,7 @@ def test_a_delivery_pool_acking_from_every_slot_at_once_finds_a_connection(
     consumer dropped, and the message waited for the visibility timeout."""
     settings = Settings.from_env({"REDIS_URL": server.url})
     app = make_celery(settings)
-    _broker_pool_for_every_slot(SimpleNamespace(app=app, concurrency=DEFAULT_DELIVERY_CONCURRENCY))
+    _size_for_every_slot(SimpleNamespace(app=app, concurrency=DEFAULT_DELIVERY_CONCURRENCY))
     with app.connection_for_read() as conn:
         queue = conn.SimpleQueue("t-room")
         queue.put({"n": 3})
@@ -89,7 +89,7 @@ def test_a_delivery_pool_acking_from_every_slot_at_once_finds_a_connection(
 @pytest.mark.parametrize(("slots", "pool"), [(1500, 1500 + BROKER_POOL_SPARE), (4, 1000)])
 def test_a_worker_gets_a_broker_connection_for_every_slot(slots: int, pool: int) -> None:
     app = make_celery(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"}))
-    _broker_pool_for_every_slot(SimpleNamespace(app=app, concurrency=slots))
+    _size_for_every_slot(SimpleNamespace(app=app, concurrency=slots))
     assert app.conf.broker_transport_options["max_connections"] == pool
     assert app.conf.broker_transport_options["visibility_timeout"]  # the rest kept
 
