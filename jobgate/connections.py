@@ -18,6 +18,27 @@ from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConn
 
 from config import is_sentinel, parse_sentinel_url
 
+try:
+    from redis import maint_notifications
+except ImportError:  # redis-py before 7: no maintenance notifications, the check always runs
+    maint_notifications = None  # type: ignore[assignment]
+
+
+def checked_pool_options() -> dict[str, Any]:
+    """Pool options that keep redis-py's check of the connections a pool hands out.
+
+    redis-py 8 speaks RESP3 by default and then turns on Redis Enterprise's maintenance
+    notifications ("auto"), and with them on its pool stops refusing a connection that
+    still holds an unread reply: the next command would read that reply as its own (a
+    status read answered with another job's record). Open-source Redis sends no such
+    notifications, so jobgate turns them off and keeps the check.
+    """
+    if maint_notifications is None:
+        return {}
+    return {
+        "maint_notifications_config": maint_notifications.MaintNotificationsConfig(enabled=False)
+    }
+
 
 def _os_poll() -> Callable[[], Any]:
     """The OS's ``select.poll``, also where gevent has patched it in."""
@@ -98,6 +119,7 @@ def redis_client(
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_connect_timeout,
         "health_check_interval": health_check_interval,
+        **checked_pool_options(),
     }
     bounded = max_connections is not None and pool_wait is not None
     if not is_sentinel(url):

@@ -34,7 +34,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils import eventio
 from kombu.utils.compat import detect_environment
 
-from jobgate.connections import QuickConnection, QuickSentinelConnection
+from jobgate.connections import QuickConnection, QuickSentinelConnection, checked_pool_options
 
 
 class QoS(kombu_redis.QoS):
@@ -50,9 +50,13 @@ class QoS(kombu_redis.QoS):
 
 
 class SharedClient:
-    """A channel's ``conn_or_acquire`` that reuses one client per connection pool."""
+    """A channel's ``conn_or_acquire`` that reuses one client per connection pool, and
+    pools that keep redis-py's check of the connections they hand out."""
 
     _shared: tuple[Any, Any] | None = None  # (pool, client built on it)
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        return {**super()._connparams(asynchronous), **checked_pool_options()}  # type: ignore[misc]
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from kombu import Connection
 
 from jobgate.connections import QuickConnection, quick_checks, redis_client
-from tasks.transport import Channel, SentinelChannel
+from tasks.transport import Channel, SentinelChannel, Transport
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -96,3 +97,23 @@ def test_under_gevent_a_clean_connection_never_reaches_gevents_poll(redis_url: s
         "assert client.ping()  # the pool checks the connection it hands out again\n"
     )
     subprocess.run([sys.executable, "-c", code, redis_url], check=True, timeout=60)
+
+
+def test_a_pool_never_hands_out_a_connection_with_a_leftover_reply(redis_url: str) -> None:
+    """redis-py 8 (RESP3, maintenance notifications "auto") would hand this connection on
+    as it is, and ECHO fresh would read "stale"."""
+    client = redis_client(redis_url)
+    pool = client.connection_pool
+    dirty = pool.get_connection()
+    dirty.send_command("ECHO", "stale")  # sent, never read: the reply stays on the socket
+    wait_until(lambda: buffered(dirty, 1), timeout=5)
+    pool.release(dirty)
+    assert client.echo("fresh") == "fresh"
+    client.close()
+
+
+def test_broker_pools_keep_the_check_too(redis_url: str) -> None:
+    with Connection(redis_url, transport=Transport) as conn:
+        channel = conn.default_channel
+        assert not channel.pool.maint_notifications_enabled()
+        assert not channel.async_pool.maint_notifications_enabled()
