@@ -190,7 +190,8 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
             )
             for hook in hooks
         ]
-        make: Callable[[int], bytes] = lambda i: raws[1] if slow and i % 10 == 9 else raws[0]  # noqa: E731
+        is_slow: Callable[[int], bool] = lambda i: slow and i % 10 == 9  # noqa: E731
+        make: Callable[[int], bytes] = lambda i: raws[1] if is_slow(i) else raws[0]  # noqa: E731
         idle, idle_seconds = idle_rate(stack, args.idle)
         before = command_counts(stack)
         cpu = stack.cpu_meter({"gateway": gateway, "worker": worker, "receiver": receiver})
@@ -204,17 +205,14 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
             seconds=args.cap,
             keep_bodies=True,
         )
-        submitted = {
-            body["job_id"]: start
-            for body, start in zip(load.json_bodies(), load.starts, strict=True)
-            if "job_id" in body
-        }
         # Answers come back in any order: a job is slow by the index it was made with.
-        slow_ids = {
-            body["job_id"]
-            for body, index in zip(load.json_bodies(), load.indices, strict=True)
-            if "job_id" in body and slow and index % 10 == 9
-        }
+        submitted: dict[str, float] = {}
+        slow_ids: set[str] = set()
+        for body, start, index in zip(load.json_bodies(), load.starts, load.indices, strict=True):
+            if "job_id" in body:
+                submitted[body["job_id"]] = start
+                if is_slow(index):
+                    slow_ids.add(body["job_id"])
         wait_for_webhooks(stack, len(submitted), args.stall, args.cap)
         cpu_used = cpu.used()
         roles = worker_roles(worker)
