@@ -177,6 +177,24 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def worker_roles(worker: Service) -> dict[str, float]:
+    """CPU seconds so far of the worker's processes by role, from their command lines:
+    jobgate's job pool (``-Q jobs``, main + prefork children), its delivery pool
+    (``-Q webhooks``), the supervisor; the peer's one Celery worker."""
+    used: dict[str, float] = {}
+    for pid in worker.pids():
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        queue = args[args.index("-Q") + 1] if "-Q" in args[:-1] else ""
+        role = {"jobs": "job pool", "webhooks": "delivery pool"}.get(queue)
+        if role is None:
+            role = "supervisor" if "gateway.cli" in args else "celery worker"
+        used[role] = used.get(role, 0.0) + cpu_seconds([pid])
+    return used
+
+
 def redis_pid(client: redis.Redis) -> int:
     """The local Redis server's process id (for its CPU time)."""
     return int(client.info("server")["process_id"])

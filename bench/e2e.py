@@ -23,6 +23,7 @@ from bench.common import (
     gunicorn_shape,
     machine,
     print_table,
+    worker_roles,
     worker_shape,
     write_result,
 )
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu = stack.cpu_meter(
             {"gateway": gateway, "worker": worker, "receiver": stack.services["receiver"]}
         )
+        roles_before = worker_roles(worker)
         t0 = time.time()
         load = run_load(
             stack.ports["gateway"],
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_webhooks(stack, len(ids), args.stall, args.cap)
         done_at = time.time()
         cpu_used = cpu.used()
+        roles = worker_roles(worker)
+        roles = {role: used - roles_before.get(role, 0.0) for role, used in roles.items()}
         for spy in spies.values():
             spy.stop()
         # Let retries or stray redeliveries show up before counting duplicates.
@@ -236,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         if ids
         else {},
+        "worker_cpu_ms_per_job_by_role": {
+            role: round(1000 * used / len(ids), 3) for role, used in roles.items()
+        }
+        if ids
+        else {},
         "cpu_busy_pct": round(100 * sum(cpu_used.values()) / (done_at - t0), 1),
         "redis_commands_per_job_server_wide": {
             name: round(n / len(ids), 2) for name, n in commands.most_common() if n > 0
@@ -268,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             ],
             *[[f"CPU ms / job: {name}", ms] for name, ms in result["cpu_ms_per_job"].items()],
             ["CPU ms / job: total", round(sum(result["cpu_ms_per_job"].values()), 2)],
+            *[
+                [f"worker CPU ms / job: {role}", ms]
+                for role, ms in result["worker_cpu_ms_per_job_by_role"].items()
+            ],
             ["CPU busy % (of 100 per core)", result["cpu_busy_pct"]],
         ],
     )

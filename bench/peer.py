@@ -34,7 +34,6 @@ from bench.common import (
     Service,
     Stack,
     base_parser,
-    cpu_seconds,
     free_port,
     gunicorn_shape,
     machine,
@@ -43,6 +42,7 @@ from bench.common import (
     print_table,
     spawn,
     wait_for,
+    worker_roles,
     worker_shape,
     write_result,
 )
@@ -98,24 +98,6 @@ def idle_rate(stack: Stack, seconds: float) -> tuple[Counter[str], float]:
     counts.subtract(before)
     elapsed = time.monotonic() - start
     return counts, elapsed
-
-
-def worker_roles(worker: Service) -> dict[str, float]:
-    """CPU seconds so far of the worker's processes by role, from their command lines:
-    jobgate's job pool (``-Q jobs``, main + prefork children), its delivery pool
-    (``-Q webhooks``), the supervisor; the peer's one Celery worker."""
-    used: dict[str, float] = {}
-    for pid in worker.pids():
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        queue = args[args.index("-Q") + 1] if "-Q" in args[:-1] else ""
-        role = {"jobs": "job pool", "webhooks": "delivery pool"}.get(queue)
-        if role is None:
-            role = "supervisor" if "gateway.cli" in args else "celery worker"
-        used[role] = used.get(role, 0.0) + cpu_seconds([pid])
-    return used
 
 
 # ---------------------------------------------------------------------------- the peer
