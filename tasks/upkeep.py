@@ -35,6 +35,7 @@ from jobgate.archive import Archiver, prune, restore
 from jobgate.connections import redis_client
 from jobgate.due import move_due
 from jobgate.sweeper import sweep
+from tasks import direct
 
 log = logging.getLogger("jobgate.upkeep")
 
@@ -53,7 +54,7 @@ def held_delivery_tags() -> list[str]:
             continue
     else:
         return []
-    tags = []
+    tags = [str(message.delivery_tag) for message in list(direct.held)]
     for request in requests:
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag:

@@ -18,8 +18,23 @@ from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK
 _TRACE_LOG = logging.getLogger("celery.app.trace")
 
 
+def deliver(app: Any, node: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+    """One webhook attempt for ``app``'s worker ``node`` (``run_attempt``'s arguments)."""
+    return run_attempt(
+        app.settings,
+        app.store,
+        app.messenger,
+        *args,
+        node=node,
+        partner_of=app.partners.get,
+        endpoints=app.endpoints,
+        **kwargs,
+    )
+
+
 class DeliveryTask(Task):
-    """The delivery task's class: one result backend per process, not per thread.
+    """The delivery task's class: run without Celery's request and tracer where the worker
+    allows (``tasks.direct``), and one result backend per process, not per thread.
 
     Celery keeps ``app.backend`` per thread; in the gevent delivery pool every task runs
     in a new greenlet, which counts as a new thread, so each delivery would build a
@@ -27,6 +42,7 @@ class DeliveryTask(Task):
     ignored. The delivery task never waits on a result, so one shared instance is safe.
     """
 
+    Strategy = "tasks.direct:strategy"
     _process_backend: Any = None
     _creating = threading.Lock()
 
@@ -41,6 +57,10 @@ class DeliveryTask(Task):
     @backend.setter
     def backend(self, value: Any) -> None:
         self._process_backend = value
+
+    def direct(self, node: str, *args: Any, **kwargs: Any) -> None:
+        """What tasks.direct runs for a message: the attempt, for worker ``node``."""
+        deliver(self.app, node, *args, **kwargs)
 
 
 def register(app: Celery) -> Any:
@@ -61,19 +81,8 @@ def register(app: Celery) -> Any:
     ) -> dict[str, Any] | None:
         """Deliver one webhook attempt (see jobgate.attempts); the recorded attempt goes
         to the worker's log at INFO."""
-        app = self.app
-        attempt = run_attempt(
-            app.settings,
-            app.store,
-            app.messenger,
-            kind,
-            subject_id,
-            event,
-            retry=retry,
-            chain=chain,
-            node=self.request.hostname or "",
-            partner_of=app.partners.get,
-            endpoints=app.endpoints,
+        attempt = deliver(
+            self.app, self.request.hostname or "", kind, subject_id, event, retry=retry, chain=chain
         )
         return attempt if _TRACE_LOG.isEnabledFor(logging.INFO) else None
 
