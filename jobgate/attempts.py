@@ -139,8 +139,8 @@ def run_attempt(
     for an endpoint's message (kind ``msg``), and keeps the endpoint's health.
 
     Redis round trips: one to claim the attempt and read the subject, the stored body and
-    the partner's secrets (``Deliveries.begin``); one more the first time, to store the
-    body; one to record the attempt and close the claim (``Deliveries.record``).
+    the partner's secrets (``Deliveries.begin``); one to record the attempt, close the
+    claim and, the first time, store the body (``Deliveries.record``).
     """
     books = Deliveries(store)
     token = f"{event}:{chain}:{retry}"
@@ -232,14 +232,14 @@ def _attempt(
         books.complete(subject_id, token, task_id)
         return None
     wid = webhook_id(subject_id, event)
-    body = begun.body
+    body, built = begun.body, None
     if body is None:
-        # Built from the record as the event left it (its time included), not from now.
-        built = build_body(store, kind, subject_id, event, begun.record)
-        if built is None:  # the subject went between the two reads
+        # Built from the record as the event left it (its time included), not from now:
+        # the same bytes whichever attempt builds them. Stored with this attempt's record.
+        body = built = build_body(store, kind, subject_id, event, begun.record)
+        if body is None:  # the subject went between the two reads
             books.complete(subject_id, token, task_id)
             return None
-        body = books.store_body(subject_id, event, built)
     secrets = begun.signing_secrets() if partner_id else []
     at = utcnow()
     if refusal:
@@ -288,6 +288,7 @@ def _attempt(
         task_id=task_id,
         following=following,
         endpoint_id=endpoint_id,
+        body=built,
     )
     entry = {**entry, "attempt": number}
     # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.

@@ -7,11 +7,10 @@ the same ``webhook-id``; each attempt is appended to the subject's deliveries lo
 summarised (state, attempts) both in a small summary hash and, for jobs, in the job record
 that ``webhook_summary`` reads.
 
-One attempt costs two Redis round trips (three the first time, when the body is built):
-``begin`` claims the attempt and reads the subject, its stored body and its partner's
-secrets in one script; ``store_body`` (first time only) is one script (``SET NX``, and
-``GET`` only if a body was there); ``finish`` records the attempt and marks the claim
-done in one script.
+One attempt costs two Redis round trips: ``begin`` claims the attempt and reads the
+subject, its stored body and its partner's secrets in one script; ``record`` records the
+attempt, marks the claim done and, the first time, stores the body it sent (``SET NX``),
+in one script.
 """
 
 from __future__ import annotations
@@ -70,7 +69,8 @@ class Deliveries:
     # ------------------------------------------------------------------ body
     def store_body(self, subject_id: str, event: str, built: str) -> str:
         """Store ``built`` unless a body is stored already; returns the stored one (one
-        script: the first writer wins, and every later attempt sends its bytes)."""
+        script: the first writer wins, and every later attempt sends its bytes). For the
+        fan-out step; an attempt stores the body it built with its record."""
         stored = self.scripts["body_store"](
             keys=[self.body_key(subject_id, event)], args=[built, self.store.retention]
         )
@@ -155,6 +155,7 @@ class Deliveries:
         task_id: str = "",
         following: tuple[str, float, str] | None = None,
         endpoint_id: str = "",
+        body: str | None = None,
     ) -> int:
         """Append one attempt, update the summary (and job record); returns attempts so far.
 
@@ -162,7 +163,8 @@ class Deliveries:
         that attempt's claim is marked done in the same call, and its delivery (``task_id``)
         closed; ``following`` (task id, due time, due-set entry) schedules the next
         attempt in the same script; with ``endpoint_id``, the attempt is also appended to
-        that endpoint's attempts. One round trip.
+        that endpoint's attempts; ``body``, the one this attempt built, is stored for the
+        later ones unless a body is stored already. One round trip.
         """
         head = json.dumps(entry, separators=(",", ":"))
         head = (head[:-1] + ',"attempt":') if entry else '{"attempt":'
@@ -176,6 +178,7 @@ class Deliveries:
             self.store.archive_key,
             self.store.key("endpoint", endpoint_id, "attempts") if endpoint_id else "",
             self.store.key("endpoint", endpoint_id, "seq") if endpoint_id else "",
+            self.body_key(subject_id, entry["event"]) if body is not None else "",
         ]
         next_id, due_at, due_entry = following or ("", 0.0, "")
         args = [
@@ -194,6 +197,7 @@ class Deliveries:
             due_entry,
             f"{kind}:{subject_id}",
             self.store.done_ttl,
+            body or "",
         ]
         return int(self.scripts["delivery_record"](keys=keys, args=args))
 

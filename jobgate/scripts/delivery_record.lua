@@ -7,11 +7,16 @@
 -- The subject goes on the archive stream (KEYS[7]) so the attempt reaches the database.
 -- An endpoint's message also appends the entry to the endpoint's attempts (KEYS[8], a
 -- sorted set by a per-endpoint sequence KEYS[9]; '' for none), trimmed to ARGV[6] * 50.
+-- The first attempt of an event also stores the body it built and sent (KEYS[10], ARGV[16];
+-- '' for none) unless one is stored already: the first writer wins, and every later
+-- attempt sends the stored bytes. (An attempt that died before its record built the same
+-- bytes: jobgate.events.build_body is a function of the record.)
 -- KEYS: summary, log, claim, job record, open deliveries, due set, archive stream,
--- endpoint attempts, endpoint sequence.
+-- endpoint attempts, endpoint sequence, body.
 -- ARGV: state, webhook id, event, at, retention, max log, entry head, mirror flag, this
 -- attempt's task id, next attempt's task id ('' none), its open deadline, its due time,
--- its due entry, the archive entry ('job:<id>' or 'batch:<id>'), the done claim's TTL.
+-- its due entry, the archive entry ('job:<id>' or 'batch:<id>'), the done claim's TTL,
+-- the body.
 -- Returns the attempt's number.
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'webhook_id', ARGV[2], 'event', ARGV[3],
@@ -32,6 +37,9 @@ if KEYS[8] and KEYS[8] ~= '' then
   redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(tonumber(ARGV[6]) * 50) - 1)
   redis.call('EXPIRE', KEYS[8], ARGV[5])
   redis.call('EXPIRE', KEYS[9], ARGV[5])
+end
+if KEYS[10] and KEYS[10] ~= '' then
+  redis.call('SET', KEYS[10], ARGV[16], 'NX', 'EX', ARGV[5])
 end
 redis.call('XADD', KEYS[7], '*', 's', ARGV[14])
 redis.call('ZREM', KEYS[5], ARGV[9])

@@ -742,6 +742,18 @@ def test_delivery_record_schedules_the_next_attempt_with_its_open_entry(
     assert redis_client.zrange(k("due"), 0, -1, withscores=True) == [(due_entry, 7000.0)]
 
 
+def test_delivery_record_stores_the_first_attempts_body_only(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    body = k("webhook", "j1", "job.completed", "body")
+    keys = [*record_keys(k), "", "", body]
+    assert run("delivery_record", keys, [*record_args(), '{"first":1}']) == 1
+    assert redis_client.get(body) == '{"first":1}'
+    assert ttl_near(redis_client, body, RETENTION)
+    assert run("delivery_record", keys, [*record_args(task_id="d2"), '{"second":2}']) == 2
+    assert redis_client.get(body) == '{"first":1}'  # the first writer's bytes stay
+
+
 # ---------------------------------------------------------------------- delivery_mirror
 def test_delivery_mirror_never_resurrects_an_expired_job(
     redis_client: redis.Redis, run: Any, k: Keys
