@@ -140,7 +140,8 @@ def run_attempt(
 
     Redis round trips: one to claim the attempt and read the subject, the stored body and
     the partner's secrets (``Deliveries.begin``); one to record the attempt, close the
-    claim and, the first time, store the body (``Deliveries.record``).
+    claim and, the first time, store a job's body (``Deliveries.record``); one more the
+    first time for other subjects, whose body is stored before it is sent.
     """
     books = Deliveries(store)
     token = f"{event}:{chain}:{retry}"
@@ -234,12 +235,15 @@ def _attempt(
     wid = webhook_id(subject_id, event)
     body, built = begun.body, None
     if body is None:
-        # Built from the record as the event left it (its time included), not from now:
-        # the same bytes whichever attempt builds them. Stored with this attempt's record.
-        body = built = build_body(store, kind, subject_id, event, begun.record)
+        # Built from the record as the event left it (its time included), not from now.
+        body = build_body(store, kind, subject_id, event, begun.record)
         if body is None:  # the subject went between the two reads
             books.complete(subject_id, token, task_id)
             return None
+        if SUBJECTS[kind].from_record:  # any attempt builds these bytes: stored with its record
+            built = body
+        else:  # stored before it is sent: every later attempt sends the first one's
+            body = books.store_body(subject_id, event, body)
     secrets = begun.signing_secrets() if partner_id else []
     at = utcnow()
     if refusal:

@@ -9,8 +9,9 @@ that ``webhook_summary`` reads.
 
 One attempt costs two Redis round trips: ``begin`` claims the attempt and reads the
 subject, its stored body and its partner's secrets in one script; ``record`` records the
-attempt, marks the claim done and, the first time, stores the body it sent (``SET NX``),
-in one script.
+attempt, marks the claim done and, the first time, stores the job's body it sent (``SET
+NX``), in one script. Other subjects' bodies (``Subject.from_record``) are stored before
+they are sent, by ``store_body``: one more round trip the first time.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class Deliveries:
     def store_body(self, subject_id: str, event: str, built: str) -> str:
         """Store ``built`` unless a body is stored already; returns the stored one (one
         script: the first writer wins, and every later attempt sends its bytes). For the
-        fan-out step; an attempt stores the body it built with its record."""
+        fan-out step and batches; an attempt stores a job's body with its record."""
         stored = self.scripts["body_store"](
             keys=[self.body_key(subject_id, event)], args=[built, self.store.retention]
         )

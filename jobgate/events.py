@@ -53,12 +53,16 @@ class Subject:
 
     ``data`` builds the event's ``data`` as the subject was when the event happened, from
     its raw record; ``occurred_at`` reads when that was from the same record.
+    ``from_record``: ``data`` reads nothing but that record (a job), so every build gives
+    the same bytes; a batch's reads its members, an endpoint message's its subject, as
+    they are now.
     """
 
     kind: str
     record_key: Callable[[Store, str], str]
     data: Callable[[Store, str, dict[str, str]], dict[str, Any] | None]
     occurred_at: Callable[[dict[str, str]], str | None]
+    from_record: bool = False
 
 
 # Written on the job record by each delivery attempt; not part of the job as it ended.
@@ -97,7 +101,13 @@ MESSAGE = "msg"  # the subject kind of one event's message to one registered end
 SUBJECTS: dict[str, Subject] = {
     s.kind: s
     for s in (
-        Subject("job", lambda store, job_id: store.key("job", job_id), _job_data, _finished_at),
+        Subject(
+            "job",
+            lambda store, job_id: store.key("job", job_id),
+            _job_data,
+            _finished_at,
+            from_record=True,
+        ),
         Subject("batch", batches.batch_key, _batch_data, _finished_at),
         Subject(
             MESSAGE,
@@ -182,7 +192,8 @@ def build_body(
     store: Store, kind: str, subject_id: str, event: str, raw: dict[str, str]
 ) -> str | None:
     """The body of ``event`` about the subject whose raw record is ``raw``, as it was when
-    the event happened (the same bytes whenever it is built); None if the subject is gone.
+    the event happened (for a job, the same bytes whenever it is built; see
+    ``Subject.from_record``); None if the subject is gone.
 
     A record without ``finished_at`` (none in practice: every end writes it) falls back
     to now.

@@ -7,10 +7,10 @@
 -- The subject goes on the archive stream (KEYS[7]) so the attempt reaches the database.
 -- An endpoint's message also appends the entry to the endpoint's attempts (KEYS[8], a
 -- sorted set by a per-endpoint sequence KEYS[9]; '' for none), trimmed to ARGV[6] * 50.
--- The first attempt of an event also stores the body it built and sent (KEYS[10], ARGV[16];
--- '' for none) unless one is stored already: the first writer wins, and every later
--- attempt sends the stored bytes. (An attempt that died before its record built the same
--- bytes: jobgate.events.build_body is a function of the record.)
+-- The first attempt of a job's event also stores the body it built and sent (KEYS[10],
+-- ARGV[16]; '' for none) unless one is stored already (the first writer wins). A job's
+-- body is a function of its record (jobgate.events.Subject.from_record): an attempt that
+-- died before its record built the same bytes, and so does the next one.
 -- KEYS: summary, log, claim, job record, open deliveries, due set, archive stream,
 -- endpoint attempts, endpoint sequence, body.
 -- ARGV: state, webhook id, event, at, retention, max log, entry head, mirror flag, this
