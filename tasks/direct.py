@@ -11,10 +11,18 @@ slot killed mid-run (a cold shutdown) leaves its message unacknowledged, for the
 restore. Messages taken and not yet acknowledged are in ``held``, which
 ``tasks.upkeep`` keeps fresh in the broker's unacked index.
 
-What is given up: task events, task signals, ``inspect active``, ETAs and rate limits.
-Celery's own strategy is kept where one of those is wanted or the pool runs tasks in other
-processes: a worker sending task events (``-E``), an autoscaled one (``--autoscale``: its
-autoscaler counts each request), or any pool but gevent, eventlet, threads and solo.
+What is given up: task events, task signals, ``inspect active``, ETAs, rate limits and
+time limits. Celery's own strategy is kept where one of those is wanted or the pool runs
+tasks in other processes: a worker sending task events (``-E``), an autoscaled one
+(``--autoscale``: its autoscaler counts each request), one with a time limit, or any pool
+but gevent, eventlet, threads and solo. The choice is made when the consumer starts
+(again after a broker reconnect): events turned on later by remote control reach the
+delivery pool from its next start.
+
+Shutdown: a warm one lets running deliveries finish, as before. A cold one (SIGQUIT) does
+too, where Celery would cancel its requests: each delivery is bounded by the webhook
+timeout, and ending it mid-send would only have it sent again. SIGKILL stops it at once
+(the broker then restores its messages after the visibility timeout).
 """
 
 from __future__ import annotations
@@ -48,8 +56,13 @@ def sends_task_events(events: Any) -> bool:
 
 def runs_direct(pool: Any, events: Any) -> bool:
     """Whether a worker with ``pool`` and event dispatcher ``events`` takes the direct
-    path: its pool runs tasks in-process and it sends no task events."""
-    return type(pool).__module__ in IN_PROCESS_POOLS and not sends_task_events(events)
+    path: its pool runs tasks in-process, with no time limit (which Celery's request
+    handles), and it sends no task events."""
+    return (
+        type(pool).__module__ in IN_PROCESS_POOLS
+        and not getattr(pool, "timeout", None)
+        and not sends_task_events(events)
+    )
 
 
 def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
@@ -77,7 +90,8 @@ def _run(task: Any, node: str, message: Any, ack: Any, errors: Any, args: Any, k
         task.direct(node, *args, **kwargs)
     except Exception:
         log.exception("task %s[%s] raised", task.name, message.headers.get("id"))
-    except BaseException:  # the slot was killed: leave the message to the broker
+    except BaseException:  # the slot was killed (SIGKILL aside, only the pool's own
+        # ending does that): leave the message unacknowledged, to the broker
         held.discard(message)
         raise
     held.discard(message)

@@ -102,21 +102,20 @@ def test_a_running_delivery_stays_fresh_until_acked(
 
 
 @pytest.mark.parametrize(
-    ("pool", "groups", "direct"),
+    ("pool", "events", "groups", "limit", "direct"),
     [
-        ("gevent", ["worker"], True),  # heartbeats only: what a worker without -E sends
-        ("threads", ["worker"], True),
-        ("solo", None, True),  # no dispatcher
-        ("gevent", None, False),  # -E: every group, task events need Celery's request
-        ("prefork", ["worker"], False),  # runs tasks in other processes
+        ("gevent", True, ["worker"], None, True),  # no -E: heartbeats, worker events only
+        ("threads", True, ["worker"], None, True),
+        ("solo", False, None, None, True),  # --without-heartbeat --without-gossip
+        ("gevent", True, None, None, False),  # -E: every group; task events need a Request
+        ("gevent", True, ["worker"], 60.0, False),  # --time-limit: Celery's request enforces it
+        ("prefork", True, ["worker"], None, False),  # runs tasks in other processes
     ],
 )
 def test_the_direct_path_is_taken_only_where_nothing_needs_celerys_request(
-    pool: str, groups: list[str] | None, direct: bool
+    pool: str, events: bool, groups: list[str] | None, limit: float | None, direct: bool
 ) -> None:
     app = Celery(broker="memory://", set_as_current=False)
-    events = None
-    if pool != "solo":
-        events = app.events.Dispatcher(Connection("memory://"), enabled=True, groups=groups)
-    taskpool = get_implementation(pool)(limit=1)
-    assert runs_direct(taskpool, events) is direct
+    dispatcher = app.events.Dispatcher(Connection("memory://"), enabled=events, groups=groups)
+    taskpool = get_implementation(pool)(limit=1, timeout=limit)
+    assert runs_direct(taskpool, dispatcher) is direct
