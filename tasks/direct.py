@@ -7,8 +7,8 @@ whose class names this strategy (``Strategy = "tasks.direct:strategy"``) and def
 ``direct(node, *args, **kwargs)``, each message is decoded, run by ``direct`` in the
 worker's own pool, and acknowledged once it returns or raises (as ``acks_late``: a raised
 error is logged; jobgate's open deliveries and the sweeper cover what it left undone). A
-slot killed mid-run (a cold shutdown) leaves its message unacknowledged, for the broker to
-restore. Messages taken and not yet acknowledged are in ``held``, which
+run ended by a ``BaseException`` (its greenlet killed) leaves its message unacknowledged,
+for the broker to restore. Messages taken and not yet acknowledged are in ``held``, which
 ``tasks.upkeep`` keeps fresh in the broker's unacked index.
 
 What is given up: task events, task signals, ``inspect active``, ETAs, rate limits and
@@ -90,8 +90,7 @@ def _run(task: Any, node: str, message: Any, ack: Any, errors: Any, args: Any, k
         task.direct(node, *args, **kwargs)
     except Exception:
         log.exception("task %s[%s] raised", task.name, message.headers.get("id"))
-    except BaseException:  # the slot was killed (SIGKILL aside, only the pool's own
-        # ending does that): leave the message unacknowledged, to the broker
+    except BaseException:  # its greenlet killed: unacknowledged, for the broker to restore
         held.discard(message)
         raise
     held.discard(message)
