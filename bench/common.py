@@ -177,10 +177,11 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
-def worker_roles(worker: Service) -> dict[str, float]:
-    """CPU seconds so far of the worker's processes by role, from their command lines:
-    jobgate's job pool (``-Q jobs``, main + prefork children), its delivery pool
-    (``-Q webhooks``), the supervisor; the peer's one Celery worker."""
+def worker_roles(worker: Service, since: Mapping[str, float] | None = None) -> dict[str, float]:
+    """CPU seconds of the worker's processes by role, from their command lines: jobgate's
+    job pool (``-Q jobs``, main + prefork children), its delivery pool (``-Q webhooks``),
+    the supervisor; the peer's one Celery worker. So far, or since an earlier reading."""
+    since = since or {}
     used: dict[str, float] = {}
     for pid in worker.pids():
         try:
@@ -192,7 +193,7 @@ def worker_roles(worker: Service) -> dict[str, float]:
         if role is None:
             role = "supervisor" if "gateway.cli" in args else "celery worker"
         used[role] = used.get(role, 0.0) + cpu_seconds([pid])
-    return used
+    return {role: seconds - since.get(role, 0.0) for role, seconds in used.items()}
 
 
 def redis_pid(client: redis.Redis) -> int:

@@ -196,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_webhooks(stack, len(ids), args.stall, args.cap)
         done_at = time.time()
         cpu_used = cpu.used()
-        roles = worker_roles(worker)
-        roles = {role: used - roles_before.get(role, 0.0) for role, used in roles.items()}
+        roles = worker_roles(worker, since=roles_before)
         for spy in spies.values():
             spy.stop()
         # Let retries or stray redeliveries show up before counting duplicates.

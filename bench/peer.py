@@ -197,7 +197,7 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
                     slow_ids.add(body["job_id"])
         wait_for_webhooks(stack, len(submitted), args.stall, args.cap)
         cpu_used = cpu.used()
-        roles = worker_roles(worker)
+        roles = worker_roles(worker, since=roles_before)
         settle = time.monotonic() + 10
         while time.monotonic() < settle and not queues_empty(stack):
             time.sleep(0.1)
@@ -237,8 +237,7 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
         },
         "cpu_ms_per_job": {name: round(1000 * cpu_used[name] / count, 3) for name in PROCESSES},
         "worker_cpu_ms_per_job_by_role": {
-            role: round(1000 * (used - roles_before.get(role, 0.0)) / count, 3)
-            for role, used in roles.items()
+            role: round(1000 * used / count, 3) for role, used in roles.items()
         },
         "redis_commands_per_job": round(sum(corrected.values()) / count, 1),
         "redis_commands_per_job_by_command": dict(
