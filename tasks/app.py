@@ -345,12 +345,12 @@ def _size_for_every_slot(sender: Any = None, **_: Any) -> None:
     files_for(FILES_PER_SLOT * concurrency + FILES_SPARE)
 
 
-def files_for(needed: int) -> int:
+def files_for(needed: int) -> None:
     """Raise this process's soft limit on open files to ``needed`` if the hard limit allows
-    (warn if it does not); the soft limit now."""
+    (warn if it does not)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
-        return soft
+        return
     target = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -361,7 +361,6 @@ def files_for(needed: int) -> int:
             target,
             needed,
         )
-    return target
 
 
 @task_revoked.connect
