@@ -134,8 +134,8 @@ def redis_client(
     if not sentinel_master:
         raise ValueError(f"{url!r} is a sentinel:// URL: a master name is needed")
     parsed = parse_sentinel_url(url)
-    # redis.sentinel is unannotated: Sentinel and master_for are untyped calls to mypy.
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+    # redis.sentinel is annotated from redis-py 8 on, untyped before: the ignores hold for both.
+    sentinels = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
         list(parsed.sentinels),
         # Sentinels are asked with short timeouts of their own: a dead one is skipped.
         sentinel_kwargs={
@@ -156,7 +156,7 @@ def redis_client(
         }
     elif max_connections is not None:
         extra = {"max_connections": max_connections}
-    client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         sentinel_master, redis_class=redis.Redis, **extra
     )
     return quick_checks(client)

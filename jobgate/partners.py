@@ -375,7 +375,7 @@ def _follow_changes(ref: weakref.ReferenceType[Partners]) -> None:
         channel = partners.store.key(CHANGED_CHANNEL)
         # Subscribe confirmations are kept: redis-py resubscribes by itself after a lost
         # connection, and its confirmation is the only sign that the feed had a gap.
-        pubsub = partners.store.redis.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+        pubsub = partners.store.redis.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call,unused-ignore]
         del partners
         try:
             pubsub.subscribe(channel)
