@@ -158,6 +158,11 @@ class Settings:
     key_prefix: str = "jobgate"
     redis_max_connections: int = 1000
     redis_sentinel_master: str = ""
+    # Fair dispatch and the per-partner limits' defaults (jobgate.limits; a partner's own
+    # limits override them): 0 means no limit, and for the window "auto".
+    dispatch_window: int = 0
+    max_running_jobs: int = 0
+    max_queued_jobs: int = 10_000
     extra: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -280,6 +285,9 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "key_prefix": ("JOBGATE_KEY_PREFIX", str),
     "redis_max_connections": ("JOBGATE_REDIS_MAX_CONNECTIONS", int),
     "redis_sentinel_master": ("JOBGATE_REDIS_SENTINEL_MASTER", str),
+    "dispatch_window": ("JOBGATE_DISPATCH_WINDOW", int),
+    "max_running_jobs": ("JOBGATE_MAX_RUNNING_JOBS", int),
+    "max_queued_jobs": ("JOBGATE_MAX_QUEUED_JOBS", int),
 }
 
 # setting name -> (lowest value allowed, the rule in words)
@@ -301,6 +309,9 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "visibility_timeout": (2, "at least 2 seconds (10 or more in production)"),
     "sweep_interval": (0.1, "at least 0.1 second"),
     "redis_max_connections": (1, "at least 1"),
+    "dispatch_window": (0, "not negative (0: twice the live workers' job-pool slots)"),
+    "max_running_jobs": (0, "not negative (0 switches the limit off)"),
+    "max_queued_jobs": (0, "not negative (0 switches the limit off)"),
 }
 
 assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -12,6 +12,7 @@ from flask import g, request
 
 from gateway.errors import APIError
 from gateway.extensions import services
+from jobgate.limits import effective
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,6 +24,8 @@ class Principal:
     role: str
     partner_id: str | None = None
     name: str = ""
+    # The partner's limits in effect (jobgate.limits), from its mirror; admins have none.
+    limits: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def is_admin(self) -> bool:
@@ -55,7 +58,9 @@ def authenticate() -> Principal:
             "This API key is not valid.",
             headers={"WWW-Authenticate": 'Bearer realm="jobgate"'},
         )
-    g.principal = Principal("partner", partner["id"], partner.get("name", ""))
+    g.principal = Principal(
+        "partner", partner["id"], partner.get("name", ""), effective(svc.settings, partner)
+    )
     return g.principal
 
 

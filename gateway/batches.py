@@ -13,14 +13,21 @@ from typing import Any
 from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
-from gateway.jobs import check_callback, enforce_rate_limit, new_record, validate_job
+from gateway.jobs import (
+    check_callback,
+    enforce_rate_limit,
+    new_record,
+    queue_full,
+    queued_limit,
+    validate_job,
+)
 from gateway.revoke import revoke_job
 from gateway.schemas import BatchSubmitSchema, load_or_422
 from jobgate import history, lifecycle
-from jobgate.batches import COUNTERS, MAX_BATCH, batch_record, batch_view, keys, member_ids
+from jobgate.batches import COUNTERS, MAX_BATCH, batch_record, batch_view, member_ids
 from jobgate.failpoints import failpoint
 from jobgate.status import TERMINAL
-from jobgate.store import new_id, utcnow
+from jobgate.store import QueueFull, new_id, utcnow
 
 log = logging.getLogger("jobgate.batches")
 
@@ -79,58 +86,18 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
         **dict.fromkeys(COUNTERS, 0),
         "metadata": json.dumps(batch["metadata"]),
     }
-    messenger, queue = svc.messenger, svc.messenger.jobs_queue
     failpoint("batch.create.before")
-    if messenger.inline:
-        # The batch, every member and every member's message: one MULTI/EXEC.
-        messages = [
-            (queue, messenger.envelope(r["task"], r["task_id"], queue=queue, kwargs=r["params"]))
-            for r in records
-        ]
-        svc.store.create_batch(batch_hash, records, messages)
-    else:
-        svc.store.create_batch(batch_hash, records)
-        _send_all(svc, batch_id, records)
-    return view(svc, batch_id)
-
-
-def _send_all(svc: Services, batch_id: str, records: list[dict[str, Any]]) -> None:
-    """Queue every member over one broker connection, for a broker that is not the store's
-    Redis (the store's records are written first: a crash before the sends strands the
-    members, which the sweeper cannot see in another broker; docs/reliability.md).
-
-    If the broker fails part way, members not queued end as FAILURE (counted, so the batch
-    still completes); if none was queued, the batch and its records are removed and the
-    error propagates (503).
-    """
-    sent = 0
     try:
-        with svc.celery.producer_or_acquire() as producer:
-            for record in records:
-                svc.celery.send_task(
-                    record["task"],
-                    kwargs=record["params"],
-                    task_id=record["task_id"],
-                    queue=svc.settings.queue_jobs,
-                    producer=producer,
-                )
-                sent += 1
-    except Exception:
-        if sent == 0:
-            for record in records:
-                svc.store.delete_job(record)
-            svc.store.redis.delete(*keys(svc.store, batch_id))
-            svc.store.redis.zrem(svc.store.key("batches", "live"), batch_id)
-            raise
-        log.exception("batch %s: broker failed after %d of %d jobs", batch_id, sent, len(records))
-        for record in records[sent:]:
-            lifecycle.finish_job(
-                svc.messenger,
-                svc.store,
-                record["job_id"],
-                "FAILURE",
-                error="The broker refused this job; it was never queued.",
-            )
+        unsent = svc.store.create_batch(
+            batch_hash,
+            records,
+            [lifecycle.job_message(svc.messenger, r) for r in records],
+            queued_limit=queued_limit(svc, principal),
+        )
+    except QueueFull:
+        raise queue_full(svc, principal) from None
+    lifecycle.send_dispatched(svc.store, svc.messenger, unsent)
+    return view(svc, batch_id)
 
 
 # ------------------------------------------------------------------------ reading

@@ -290,7 +290,8 @@ def _partner_call(action, *args: object) -> None:
         try:
             _echo_json(action(*args))
         except APIError as exc:
-            raise click.ClickException(exc.message) from None
+            details = f" {json.dumps(exc.details)}" if exc.details else ""
+            raise click.ClickException(exc.message + details) from None
 
 
 @partner.command("show")
@@ -300,6 +301,27 @@ def partner_show(partner_id: str) -> None:
     from gateway.views.partners import partner_detail
 
     _partner_call(partner_detail, partner_id)
+
+
+@partner.command("limits")
+@click.argument("partner_id")
+@click.argument("changes", nargs=-1, metavar="[NAME=VALUE|NAME=default]...")
+def partner_limits(partner_id: str, changes: tuple[str, ...]) -> None:
+    """Print a partner with its limits in effect, after setting any NAME=VALUE given
+    (max_running_jobs, max_queued_jobs, submit_per_minute, weight; "default" resets one)."""
+    from gateway.views.partners import partner_detail, set_limits
+
+    parsed: dict[str, int | None] = {}
+    for change in changes:
+        name, _, value = change.partition("=")
+        try:
+            parsed[name] = None if value == "default" else int(value)
+        except ValueError:
+            raise click.BadParameter(f"{change!r}: use NAME=NUMBER or NAME=default") from None
+    if parsed:
+        _partner_call(set_limits, partner_id, parsed)
+    else:
+        _partner_call(partner_detail, partner_id)
 
 
 @partner.command("disable")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import ValidationError
@@ -18,9 +19,10 @@ from gateway.extensions import Services
 from gateway.schemas import JobSubmitSchema, load_or_422
 from jobgate import history
 from jobgate.lifecycle import queue_job
+from jobgate.limits import defaults
 from jobgate.ssrf import CallbackRefused, check_callback_url
-from jobgate.status import TERMINAL, job_view
-from jobgate.store import digest, new_id, utcnow
+from jobgate.status import DEFAULT_PRIORITY, TERMINAL, job_view
+from jobgate.store import QueueFull, digest, format_time, new_id, utcnow
 from tasks.registry import JobType, job_types
 
 _submit_schema = JobSubmitSchema()
@@ -73,8 +75,11 @@ def new_record(
     principal: Principal, job: dict[str, Any], queue: str = "", **extra: Any
 ) -> dict[str, Any]:
     """A new job's record; it keeps its params and queue so that the sweeper can queue a
-    lost message again."""
+    lost message again, and its priority and run_at for the dispatcher."""
     job_id = new_id()
+    run_at = job.get("run_at")
+    if job.get("delay_seconds"):
+        run_at = datetime.now(UTC) + timedelta(seconds=job["delay_seconds"])
     return {
         "job_id": job_id,
         "task_id": job_id,
@@ -85,25 +90,68 @@ def new_record(
         "params_digest": digest(job["params"]),
         "metadata": job.get("metadata") or {},
         "callback_url": job.get("callback_url"),
+        "priority": job.get("priority", DEFAULT_PRIORITY),
+        "run_at": format_time(run_at) if run_at else None,
         "created_at": utcnow(),
         **extra,
     }
 
 
-def enqueue(svc: Services, record: dict[str, Any]) -> None:
-    """Store the job record and queue the Celery task (``jobgate.lifecycle.queue_job``)."""
-    queue_job(svc.store, svc.messenger, record)
+def enqueue(svc: Services, principal: Principal, record: dict[str, Any]) -> None:
+    """Store the job and queue it in its partner's queue (``jobgate.lifecycle.queue_job``);
+    429 ``limit_exceeded`` when the partner has ``max_queued_jobs`` waiting."""
+    try:
+        queue_job(svc.store, svc.messenger, record, queued_limit=queued_limit(svc, principal))
+    except QueueFull:
+        raise queue_full(svc, principal) from None
+
+
+def queued_limit(svc: Services, principal: Principal) -> int:
+    """The caller's ``max_queued_jobs`` (0: none)."""
+    return limit_of(svc, principal, "max_queued_jobs")
+
+
+def limit_of(svc: Services, principal: Principal, name: str) -> int:
+    """One of the caller's limits in effect (``jobgate.limits``; 0: none)."""
+    return principal.limits.get(name, defaults(svc.settings)[name])
+
+
+def queue_full(svc: Services, principal: Principal) -> APIError:
+    """429 ``limit_exceeded`` for a partner with ``max_queued_jobs`` waiting."""
+    return limit_exceeded(
+        "max_queued_jobs",
+        queued_limit(svc, principal),
+        "Too many jobs waiting to start; submit more once some have started.",
+        QUEUE_FULL_RETRY_AFTER,
+    )
+
+
+QUEUE_FULL_RETRY_AFTER = 5  # seconds; jobs leave the queue as the partner's earlier ones run
+
+
+def limit_exceeded(limit: str, value: int, message: str, retry_after: int) -> APIError:
+    """429 ``limit_exceeded``: ``details.limit`` names the partner's limit, ``details.value``
+    its value (``jobgate.limits``)."""
+    return APIError(
+        429,
+        "limit_exceeded",
+        message,
+        {"limit": limit, "value": value},
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def enforce_rate_limit(svc: Services, principal: Principal) -> None:
-    """Count one submission (a job or a whole batch); 429 with Retry-After over the limit."""
-    retry_after = svc.store.hit_rate_limit(principal.partner_id, svc.settings.rate_limit)
+    """Count one submission (a job or a whole batch) against the caller's
+    ``submit_per_minute``; 429 with Retry-After over it."""
+    limit = limit_of(svc, principal, "submit_per_minute")
+    retry_after = svc.store.hit_rate_limit(principal.partner_id or "", limit)
     if retry_after is not None:
         raise APIError(
             429,
             "rate_limited",
             "Too many submissions; slow down.",
-            {"limit_per_minute": svc.settings.rate_limit},
+            {"limit_per_minute": limit, "limit": "submit_per_minute", "value": limit},
             headers={"Retry-After": str(retry_after)},
         )
 
@@ -130,7 +178,7 @@ def submit(
             return describe(svc, wait_for_record(svc, earlier["job_id"])), False
     try:
         enforce_rate_limit(svc, principal)
-        enqueue(svc, record)
+        enqueue(svc, principal, record)
     except Exception:
         # Refused or failed: nothing was created, so the key is free for a retry.
         if idempotency_key:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates
+from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
 from jobgate.batches import MAX_BATCH
 from jobgate.events import EVENT_TYPES
 from jobgate.history import BadCursor, decode_cursor
-from jobgate.status import STATUSES
+from jobgate.status import DEFAULT_PRIORITY, STATUSES
 
 METADATA_MAX_BYTES = 16 * 1024
+MAX_DELAY = 30 * 86400  # a delayed job runs at most 30 days after its submit
 
 
 def _small_json(value: Any) -> None:
@@ -44,6 +46,34 @@ class JobSubmitSchema(Schema):
         validate=_small_json,
         metadata={"description": "Any JSON object, returned as is."},
     )
+    priority = fields.Integer(
+        load_default=DEFAULT_PRIORITY,
+        validate=validate.Range(min=0, max=9),
+        metadata={"description": "0-9, higher first among the partner's own waiting jobs."},
+    )
+    delay_seconds = fields.Integer(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=0, max=MAX_DELAY),
+        metadata={"description": "Run no sooner than this many seconds from now."},
+    )
+    run_at = fields.AwareDateTime(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "Run no sooner than this time (RFC 3339, within 30 days)."},
+    )
+
+    @validates_schema
+    def _one_start(self, data: dict[str, Any], **_: Any) -> None:
+        """``delay_seconds`` or ``run_at``, not both; ``run_at`` ahead, within 30 days."""
+        at = data.get("run_at")
+        if at is None:
+            return
+        if data.get("delay_seconds") is not None:
+            raise ValidationError("Send delay_seconds or run_at, not both.", "run_at")
+        ahead = (at - datetime.now(UTC)).total_seconds()
+        if not 0 < ahead <= MAX_DELAY:
+            raise ValidationError("Must be in the future, at most 30 days ahead.", "run_at")
 
 
 class BatchMemberField(fields.Nested):
@@ -222,6 +252,8 @@ class JobSchema(Schema):
     metadata = fields.Dict()
     callback_url = fields.String(allow_none=True)
     batch_id = fields.String(allow_none=True)
+    priority = fields.Integer()
+    run_at = fields.String(allow_none=True)
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
@@ -268,7 +300,31 @@ class PartnerStateSchema(PartnerSchema):
     disabled_at = fields.String(required=True, allow_none=True)
 
 
+class PartnerPatchSchema(Schema):
+    limits = fields.Dict(
+        keys=fields.String(),
+        values=fields.Raw(allow_none=True),
+        required=True,
+        metadata={
+            "description": "Limits to change (jobgate.limits: max_running_jobs, "
+            "max_queued_jobs, submit_per_minute, weight); null resets one to its default."
+        },
+    )
+
+
 class PartnerDetailSchema(PartnerStateSchema):
+    limits = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "Every limit in effect (0: none)."},
+    )
+    waiting = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "Jobs queued, delayed and running (dispatched, not ended)."},
+    )
     jobs = fields.Dict(
         keys=fields.String(),
         values=fields.Integer(),

@@ -57,6 +57,7 @@ def finish_job(
     if ended is None:
         return False
     failpoint("job.end.after")
+    send_dispatched(store, messenger, ended["dispatched"])
     fan = ended.get("fan_out", "")
     if ended["webhook_queued"] or fan == "queued":
         log.info("queued %s for job %s", event, job_id, extra={"job_id": job_id})
@@ -224,23 +225,67 @@ def enqueue_fan_out(
     return task_id
 
 
-def queue_job(store: Store, messenger: Messenger, record: dict[str, Any]) -> None:
-    """Store a job's record and queue its Celery task under the job's id (on the record's
-    queue): a submit, and a job restored after Redis lost it.
+def queue_job(
+    store: Store, messenger: Messenger, record: dict[str, Any], *, queued_limit: int = 0
+) -> None:
+    """Store a job's record and queue it in its partner's queue (``jobgate/scripts/
+    dispatch.lua``): a submit, and a job restored after Redis lost it. Raises
+    ``jobgate.store.QueueFull`` (nothing stored) past ``queued_limit`` waiting jobs.
 
-    With the broker on the job store's Redis both are one transaction (see
-    tasks.publish). Otherwise the record is stored first and removed again if the broker
-    refuses the message. Either way a failure leaves nothing behind.
+    With the broker on the job store's Redis the job's Celery message is stored with it
+    and pushed by the script that dispatches it, so a job and its message are never
+    apart. Otherwise the jobs a step dispatches are sent right after it
+    (``send_dispatched``).
     """
+    send_dispatched(
+        store,
+        messenger,
+        store.create_job(record, job_message(messenger, record), queued_limit=queued_limit),
+    )
+
+
+def job_message(messenger: Messenger, record: dict[str, Any]) -> tuple[str, str] | None:
+    """(queue, Celery message) of a job's task, for its dispatch to push; None when the
+    broker is not the store's Redis."""
+    if not messenger.inline:
+        return None
     queue = record.get("queue") or messenger.jobs_queue
-    params = record.get("params")
-    if messenger.inline:
-        message = messenger.envelope(record["task"], record["task_id"], queue=queue, kwargs=params)
-        store.create_job(record, message=(queue, message))
+    return queue, messenger.envelope(
+        record["task"], record["task_id"], queue=queue, kwargs=record.get("params")
+    )
+
+
+def dispatch(store: Store, messenger: Messenger, partners: tuple[str, ...] = ()) -> int:
+    """The dispatcher's tick: due delayed jobs, and whatever the window has room for
+    (``partners`` get their turn back after their limits changed); how many were sent
+    from here (another broker)."""
+    ids = store.dispatch(partners)
+    send_dispatched(store, messenger, ids)
+    return len(ids)
+
+
+def send_dispatched(store: Store, messenger: Messenger, job_ids: list[str]) -> None:
+    """Send the Celery message of jobs dispatched without one (a broker other than the
+    store's Redis). A job the broker refuses ends ``FAILURE``: announced once, never
+    left running in the dispatcher's count with no message."""
+    if not job_ids:
         return
-    store.create_job(record)
-    try:
-        messenger.send(record["task"], kwargs=params, task_id=record["task_id"], queue=queue)
-    except Exception:
-        store.delete_job(record)
-        raise
+    for job_id, record in zip(job_ids, store.jobs(job_ids), strict=True):
+        if record is None:
+            continue
+        try:
+            messenger.send(
+                record["task"],
+                kwargs=record.get("params"),
+                task_id=record["task_id"],
+                queue=record.get("queue") or messenger.jobs_queue,
+            )
+        except Exception:  # noqa: BLE001 - the broker's own errors vary by transport
+            log.warning("job %s: the broker refused its message", job_id, exc_info=True)
+            finish_job(
+                messenger,
+                store,
+                job_id,
+                "FAILURE",
+                error="broker_unavailable: the job could not be queued; submit it again.",
+            )

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -113,6 +114,27 @@ class Partners:
         record = self.mirror(partner_id)
         self.changed()
         return record
+
+    def set_limits(
+        self, partner_id: str, changes: Mapping[str, int | None]
+    ) -> dict[str, int] | None:
+        """Change a partner's own limits (``None`` resets one to its default) on every
+        gateway process and in the dispatcher's mirror; its own limits after, None if
+        there is no such partner."""
+        with self.db.session() as session:
+            partner = session.get(Partner, partner_id)
+            if partner is None:
+                return None
+            own = dict(partner.limits or {})
+            for name, value in changes.items():
+                if value is None:
+                    own.pop(name, None)
+                else:
+                    own[name] = int(value)
+            partner.limits = own
+        self.mirror(partner_id)
+        self.changed()
+        return own
 
     def rotate_key(self, partner_id: str, grace: int) -> str | None:
         """A new API key; every key still working keeps working for ``grace`` more seconds
@@ -236,6 +258,12 @@ class Partners:
                 "disabled_at": iso_time(partner.disabled_at),
             }
 
+    def own_limits(self, partner_id: str) -> dict[str, int]:
+        """The limits set for this partner itself (``jobgate.limits``), by name."""
+        with self.db.session() as session:
+            partner = session.get(Partner, partner_id)
+            return dict(partner.limits or {}) if partner is not None else {}
+
     def job_counts(self, partner_id: str) -> dict[str, int]:
         """The partner's archived jobs by status (``PENDING``: not ended and not started)."""
         with self.db.session() as session:
@@ -286,6 +314,8 @@ class Partners:
                 .where(Endpoint.partner_id == partner_id, Endpoint.disabled_at.is_(None))
             )
             record = _public(partner)
+            # The partner's own limits, by name (jobgate.limits; dispatch.lua reads some).
+            record.update({name: str(value) for name, value in (partner.limits or {}).items()})
             if partner.disabled_at is not None:
                 record["disabled"] = iso_time(partner.disabled_at) or "1"
         current = [s for s in live if s.expires_at is None]

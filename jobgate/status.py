@@ -12,6 +12,7 @@ from typing import Any
 
 STATUSES = ("PENDING", "STARTED", "PROCESSING", "SUCCESS", "FAILURE", "REVOKED")
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+DEFAULT_PRIORITY = 5  # a job's priority (0-9, higher first among its partner's waiting jobs)
 
 MESSAGES = {
     "PENDING": "Task is queued",
@@ -131,6 +132,8 @@ def job_view(
         "metadata": record.get("metadata") or {},
         "callback_url": record.get("callback_url"),
         "batch_id": record.get("batch_id"),
+        "priority": int(record.get("priority", DEFAULT_PRIORITY)),
+        "run_at": record.get("run_at"),
         "created_at": record.get("created_at"),
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at") if status in TERMINAL else None,

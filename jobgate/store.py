@@ -22,6 +22,7 @@ import redis
 from config import DEFAULT_WEBHOOK_TIMEOUT, Settings
 from jobgate.connections import redis_client
 from jobgate.scripts import Scripts
+from jobgate.status import DEFAULT_PRIORITY
 
 TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 KEY_CACHE_TTL = 30.0  # seconds a partner found by its API key is remembered in-process
@@ -79,8 +80,14 @@ class Store:
         live_ttl: int | None = None,
         open_grace: float = DEFAULT_WEBHOOK_TIMEOUT + CLAIM_MARGIN,
         cache_ttl: int = 3600,
+        dispatch_window: int = 0,
+        max_running_jobs: int = 0,
     ) -> None:
         self.redis = client
+        # Fair dispatch (jobgate/scripts/dispatch.lua): jobs dispatched and not ended at
+        # most (0: twice the live workers' job-pool slots), and the default per partner.
+        self.dispatch_window = dispatch_window
+        self.max_running_jobs = max_running_jobs
         self.prefix = prefix
         # Redis keeps finished records this long unless the archiver, once it has copied
         # them, shortens that to ``cache_ttl``.
@@ -121,56 +128,95 @@ class Store:
             cache_ttl=settings.job_cache_ttl,
             max_connections=settings.redis_max_connections,
             open_grace=settings.webhook_timeout + CLAIM_MARGIN,
+            dispatch_window=settings.dispatch_window,
+            max_running_jobs=settings.max_running_jobs,
         )
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
     # ---------------------------------------------------------------------- jobs
-    def create_job(self, job: dict[str, Any], message: tuple[str, str] | None = None) -> None:
-        """Store a new job record and put it on the archive stream (listing reads the database).
+    def create_job(
+        self, job: dict[str, Any], message: tuple[str, str] | None = None, *, queued_limit: int = 0
+    ) -> list[str]:
+        """Store a new job, put it on the archive stream and in its partner's queue, and
+        dispatch what the window has room for (``jobgate/scripts/submit.lua``); returns the
+        ids dispatched without a message, for the caller to send.
 
-        ``message`` (queue, payload) is pushed onto the broker queue in the same
-        MULTI/EXEC: the job and its Celery message exist together or not at all.
+        ``message`` (queue, payload) is the job's Celery message, pushed when the job is
+        dispatched. Raises ``QueueFull`` (nothing written) when the partner already has
+        ``queued_limit`` jobs waiting (0: no limit).
         """
-        pipe = self.redis.pipeline()
-        self._add_job(pipe, job, time.time(), message)
-        pipe.execute()
+        return self._submit(None, [job], [message], queued_limit)
 
     def create_batch(
         self,
         batch: dict[str, Any],
         jobs: list[dict[str, Any]],
-        messages: list[tuple[str, str]] | None = None,
-    ) -> None:
-        """Store a batch, its member jobs and (when given) their messages in one MULTI/EXEC:
-        a batch exists with all its members queued, or not at all."""
-        batch_id = batch["batch_id"]
-        hash_key, jobs_key = self.key("batch", batch_id), self.key("batch", batch_id, "jobs")
-        score = time.time()
-        pipe = self.redis.pipeline()
-        pipe.hset(hash_key, mapping=batch)  # type: ignore[arg-type]  # see create_partner
-        pipe.rpush(jobs_key, *(job["job_id"] for job in jobs))
-        pipe.expire(hash_key, self.live_ttl)
-        pipe.expire(jobs_key, self.live_ttl)
-        pipe.zadd(self.key("batches", "live"), {batch_id: score})
-        pipe.xadd(self.archive_key, {"s": f"batch:{batch_id}"})
+        messages: Sequence[tuple[str, str] | None] | None = None,
+        *,
+        queued_limit: int = 0,
+    ) -> list[str]:
+        """``create_job`` for a batch and all its members, in one atomic step: a batch
+        exists with all its members queued, or not at all."""
         queued: Sequence[tuple[str, str] | None] = messages or [None] * len(jobs)
-        for job, message in zip(jobs, queued, strict=True):
-            self._add_job(pipe, job, score, message)
-        pipe.execute()
+        return self._submit(batch, jobs, queued, queued_limit)
 
-    def _add_job(
-        self, pipe: Any, job: dict[str, Any], score: float, message: tuple[str, str] | None
-    ) -> None:
-        job_id = job["job_id"]
-        pipe.hset(self.key("job", job_id), mapping=_encode(job))
-        pipe.expire(self.key("job", job_id), self.live_ttl)
-        pipe.hincrby(self.key("stats"), "submitted", 1)
-        pipe.zadd(self.key("live"), {job_id: score})
-        pipe.xadd(self.archive_key, {"s": f"job:{job_id}", "a": "0"})  # no attempt yet
-        if message is not None:
-            pipe.lpush(*message)
+    def _submit(
+        self,
+        batch: dict[str, Any] | None,
+        jobs: list[dict[str, Any]],
+        messages: Sequence[tuple[str, str] | None],
+        queued_limit: int,
+    ) -> list[str]:
+        partner = str(jobs[0].get("partner_id") or "")
+        # The batch hash is written as given (its metadata already JSON), like the jobs'.
+        batch_pairs = _pairs({k: str(v) for k, v in (batch or {}).items() if v is not None})
+        args: list[Any] = [
+            *self._dispatch_args(),
+            partner,
+            queued_limit,
+            self.live_ttl,
+            batch["batch_id"] if batch else "",
+            len(batch_pairs) // 2,
+            *batch_pairs,
+        ]
+        for job, message in zip(jobs, messages, strict=True):
+            pairs = _pairs(_encode(job))
+            args += [
+                job["job_id"],
+                job.get("priority", DEFAULT_PRIORITY),
+                _epoch(job["run_at"]) if job.get("run_at") else "",
+                "\n".join(message) if message else "",
+                len(pairs) // 2,
+                *pairs,
+            ]
+        answer = self.scripts["submit"](keys=[], args=args)
+        if answer[0] == 0:
+            raise QueueFull(int(answer[1]))
+        return [str(job_id) for job_id in answer[1:]]
+
+    def _dispatch_args(self) -> list[Any]:
+        """prefix, now, fixed window, default max running: what every dispatching script
+        takes first."""
+        return [self.prefix, time.time(), self.dispatch_window, self.max_running_jobs]
+
+    def dispatch(self, partners: Iterable[str] = ()) -> list[str]:
+        """Move due delayed jobs and dispatch what the window has room for, giving
+        ``partners`` (none: every partner that has run a job) their turn back; the ids
+        dispatched without a message, for the caller to send."""
+        answer = self.scripts["dispatch_tick"](keys=[], args=[*self._dispatch_args(), *partners])
+        return [str(job_id) for job_id in answer]
+
+    def waiting(self, partner_id: str) -> dict[str, int]:
+        """A partner's jobs by where they wait: ``queued`` (its queue), ``delayed`` (for
+        their run_at) and ``running`` (dispatched, not ended)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(self.key("waiting", partner_id))
+        pipe.hget(self.key("dispatch", "delayed"), partner_id)
+        pipe.hget(self.key("dispatch", "running"), partner_id)
+        queued, delayed, running = pipe.execute()
+        return {"queued": int(queued), "delayed": int(delayed or 0), "running": int(running or 0)}
 
     def put_back(self, job: dict[str, Any]) -> None:
         """Write an ended job's archived record back (Redis forgot it: its cache expired,
@@ -179,13 +225,6 @@ class Store:
         pipe = self.redis.pipeline()
         pipe.hset(self.key("job", job["job_id"]), mapping=_encode(job))  # type: ignore[arg-type]
         pipe.expire(self.key("job", job["job_id"]), self.retention)
-        pipe.execute()
-
-    def delete_job(self, job: dict[str, Any]) -> None:
-        """Undo create_job (used when the broker refused the message)."""
-        pipe = self.redis.pipeline()
-        pipe.delete(self.key("job", job["job_id"]))
-        pipe.zrem(self.key("live"), job["job_id"])
         pipe.execute()
 
     def job(self, job_id: str) -> dict[str, Any] | None:
@@ -271,10 +310,11 @@ class Store:
         when the job has a callback URL, and the delivery marked open; ``fan_out_message``
         (same shape, the fan-out step to the partner's endpoints) when it has none and its
         partner may have endpoints. Returns what the other side effects of the end need
-        ({job_id, status, callback_url, batch_id, webhook_queued, fan_out}) to the one
-        caller that recorded it; None if a terminal status was already recorded, or the
-        job has no record. ``fan_out`` is "queued", "none" (no endpoint) or "" (not
-        looked at: the caller decides).
+        ({job_id, status, callback_url, batch_id, webhook_queued, fan_out, dispatched})
+        to the one caller that recorded it; None if a terminal status was already
+        recorded, or the job has no record. ``fan_out`` is "queued", "none" (no endpoint)
+        or "" (not looked at: the caller decides); ``dispatched``, the jobs the end's freed
+        slot dispatched without a message (the caller sends them).
         """
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a terminal status")
@@ -311,6 +351,7 @@ class Store:
                 self.key("partner", ""),
                 meta,
                 expires,
+                *self._dispatch_args(),
                 *flat,
             ],
         )
@@ -323,6 +364,7 @@ class Store:
             "batch_id": answer[2] or None,
             "webhook_queued": answer[3] == 1,
             "fan_out": FAN_OUT_STATES[int(answer[4])],
+            "dispatched": [str(job) for job in answer[5:]],
         }
 
     # ------------------------------------------------------------- idempotency
@@ -365,13 +407,13 @@ class Store:
         prefix a script appends a node name to)."""
         return self.key("worker", node)
 
-    def mark_worker_alive(self, node: str, alive_for: int) -> None:
+    def mark_worker_alive(self, node: str, alive_for: int, slots: int = 0) -> None:
         """Worker ``node`` is alive for ``alive_for`` s (by Redis's clock): the key a
         delivery claim checks before taking over a dead node's attempt, and the set
-        ``live_workers`` counts."""
+        ``live_workers`` counts; ``slots``, its job-pool processes, for the dispatcher."""
         self.scripts["worker_alive"](
-            keys=[self.alive_key(node), self.workers_key],
-            args=[node, alive_for, WORKERS_FORGOTTEN_AFTER],
+            keys=[self.alive_key(node), self.workers_key, self.key("dispatch", "slots")],
+            args=[node, alive_for, WORKERS_FORGOTTEN_AFTER, slots],
         )
 
     def live_workers(self, alive_for: int) -> int:
@@ -405,6 +447,14 @@ class Store:
         self.redis.zadd(self.open_key, {task_id: deadline or time.time() + self.open_grace})
 
 
+class QueueFull(Exception):
+    """A partner has as many jobs waiting as its ``max_queued_jobs`` allows."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} jobs waiting")
+        self.waiting = waiting
+
+
 def secrets_of(partner: dict[str, str], now: float | None = None) -> list[str]:
     """A mirrored partner's signing secrets (``jobgate.partners``): the current one, then
     every rotated one still within its grace period."""
@@ -426,6 +476,15 @@ def _encode(values: dict[str, Any]) -> dict[str, str]:
         else:
             out[name] = str(value)
     return out
+
+
+def _pairs(values: dict[str, str]) -> list[str]:
+    return [item for pair in values.items() for item in pair]
+
+
+def _epoch(value: str) -> float:
+    """Seconds since the epoch of a time as jobgate writes it (``format_time``)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def decode_job(raw: dict[str, str]) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from celery.worker import state as worker_state
 from jobgate.archive import Archiver, prune, restore
 from jobgate.connections import redis_client
 from jobgate.due import move_due
+from jobgate.lifecycle import dispatch
 from jobgate.sweeper import sweep
 from tasks import direct
 
@@ -65,10 +66,11 @@ def held_delivery_tags() -> list[str]:
 class Refresher(threading.Thread):
     """Keeps held messages fresh and the node alive, until the process exits."""
 
-    def __init__(self, app: Any, node: str, unacked_index: str | None) -> None:
+    def __init__(self, app: Any, node: str, unacked_index: str | None, slots: int = 0) -> None:
         super().__init__(name="jobgate-refresh", daemon=True)
         self.store = app.store
         self.node = node
+        self.slots = slots  # job-pool processes, for the dispatcher's window
         self.every = app.settings.worker_refresh_every
         self.alive_for = app.settings.worker_alive_for
         self.unacked_index = unacked_index
@@ -94,7 +96,7 @@ class Refresher(threading.Thread):
             except Exception:  # noqa: BLE001 - the next tick tries again
                 log.warning("upkeep: refreshing %d held messages failed", len(tags), exc_info=True)
         try:
-            self.store.mark_worker_alive(self.node, self.alive_for)
+            self.store.mark_worker_alive(self.node, self.alive_for, self.slots)
         except Exception:  # noqa: BLE001
             log.warning("upkeep: the liveness key could not be written", exc_info=True)
 
@@ -166,6 +168,15 @@ class ArchiveThread(threading.Thread):
             log.info("archive: pruned %d jobs past retention", deleted)
 
 
+def job_slots(c: Any) -> int:
+    """The job-pool processes of a node that consumes the jobs queue, else 0 (the
+    delivery pool's slots are not the dispatcher's)."""
+    queues = {queue.name for queue in getattr(c.task_consumer, "queues", ())}
+    if c.app.messenger.jobs_queue not in queues:
+        return 0
+    return int(getattr(c.controller, "concurrency", 0) or 0)
+
+
 class Upkeep(bootsteps.StartStopStep):
     """Registered on every app ``make_celery`` builds (``app.steps["consumer"]``)."""
 
@@ -188,13 +199,14 @@ class Upkeep(bootsteps.StartStopStep):
                 unacked_index = (
                     getattr(channel, "global_keyprefix", "") or ""
                 ) + channel.unacked_index_key
-            self._refresher = Refresher(app, self.node, unacked_index)
+            self._refresher = Refresher(app, self.node, unacked_index, job_slots(c))
             self._refresher.tick()
             self._refresher.start()
             self._archiving = ArchiveThread(app, self.node)
             self._archiving.start()
         self._timers = [
             c.timer.call_repeatedly(1.0, self._guard, (self.move_due, c)),
+            c.timer.call_repeatedly(1.0, self._guard, (self.dispatch, c)),
             c.timer.call_repeatedly(settings.sweep_interval, self._guard, (self.sweep, c)),
         ]
 
@@ -215,6 +227,11 @@ class Upkeep(bootsteps.StartStopStep):
         moved = move_due(c.app.store, c.app.messenger)
         if moved:
             log.info("upkeep: queued %d due deliveries", moved)
+
+    def dispatch(self, c: Any) -> None:
+        """The dispatcher's tick: delayed jobs that are due, and a turn lost by a partner
+        (jobgate/scripts/dispatch.lua); a submit and every job's end dispatch too."""
+        dispatch(c.app.store, c.app.messenger)
 
     def sweep(self, c: Any) -> None:
         """Hold or renew the sweeper's lease; start a pass unless one still runs here."""

@@ -77,6 +77,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_JOB_CACHE_TTL": str(settings.job_cache_ttl),
         "JOBGATE_ARCHIVE_BATCH": str(settings.archive_batch),
         "JOBGATE_REDIS_SENTINEL_MASTER": settings.redis_sentinel_master,
+        "JOBGATE_DISPATCH_WINDOW": str(settings.dispatch_window),
+        "JOBGATE_MAX_RUNNING_JOBS": str(settings.max_running_jobs),
+        "JOBGATE_MAX_QUEUED_JOBS": str(settings.max_queued_jobs),
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from gateway.auth import admin_required
-from gateway.errors import not_found
+from gateway.errors import APIError, not_found
 from gateway.extensions import services
 from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
 from gateway.schemas import (
@@ -16,6 +16,7 @@ from gateway.schemas import (
     PartnerCreateSchema,
     PartnerDetailSchema,
     PartnerListSchema,
+    PartnerPatchSchema,
     PartnerStateSchema,
     RotateKeySchema,
     SecretSchema,
@@ -23,6 +24,9 @@ from gateway.schemas import (
 )
 from gateway.views.common import json_body, json_body_or_empty
 from jobgate.endpoints import failing_messages
+from jobgate.lifecycle import dispatch
+from jobgate.limits import check as check_limits
+from jobgate.limits import effective
 from jobgate.signing import generate_secret
 
 bp = Blueprint("partners", __name__, url_prefix="/v1/partners")
@@ -97,6 +101,8 @@ def partner_detail(partner_id: str) -> dict[str, Any]:
     endpoints = svc.registry.find(partner_id)
     return {
         **state,
+        "limits": effective(svc.settings, svc.partners.own_limits(partner_id)),
+        "waiting": svc.store.waiting(partner_id),
         "jobs": svc.partners.job_counts(partner_id),
         "endpoints": {
             "total": len(endpoints),
@@ -134,6 +140,34 @@ def rotate_key(partner_id: str, grace: int) -> dict[str, Any]:
 @admin_required
 def read(partner_id: str):
     return jsonify(partner_detail(partner_id))
+
+
+@bp.patch("/<partner_id>")
+@operation(
+    "Change a partner's limits (admin); null resets one to its default",
+    ok(200, "The partner", PartnerDetailSchema),
+    (*READ, 400, 403, 413, 422),
+    tag="partners",
+    body=PartnerPatchSchema,
+)
+@admin_required
+def patch(partner_id: str):
+    body = load_or_422(PartnerPatchSchema(), json_body())
+    return jsonify(set_limits(partner_id, body["limits"]))
+
+
+def set_limits(partner_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Change a partner's own limits (``None`` resets one); the partner as ``GET`` shows
+    it. 422 for a bad limit, 404 for an unknown partner."""
+    errors = check_limits(changes)
+    if errors:
+        raise APIError(422, "validation_error", "Invalid limits.", {"limits": errors})
+    svc = services()
+    if svc.partners.set_limits(partner_id, changes) is None:
+        raise not_found("partner")
+    # A higher max_running_jobs may let the partner's waiting jobs start now.
+    dispatch(svc.store, svc.messenger, (partner_id,))
+    return partner_detail(partner_id)
 
 
 @bp.post("/<partner_id>/disable")

@@ -41,6 +41,8 @@ class Partner(Base):
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(Time)
     disabled_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
+    # The partner's own limits (jobgate.limits): name -> value; absent names take the default.
+    limits: Mapped[dict[str, int] | None] = mapped_column(JSONType, nullable=True)
 
 
 class ApiKey(Base):

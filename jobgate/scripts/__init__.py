@@ -30,9 +30,11 @@ NAMES = (
     "archive_done",
     "worker_alive",
     "workers_live",
+    "submit",
+    "dispatch_tick",
 )
 # Files other scripts include (``--! include <name>`` on a line of its own), never run alone.
-LIBRARY = ("celery_meta",)
+LIBRARY = ("celery_meta", "dispatch")
 INCLUDE = re.compile(r"^--! include (\w+)$", re.MULTILINE)
 
 

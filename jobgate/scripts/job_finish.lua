@@ -15,24 +15,29 @@
 -- fan-out step's message (ARGV[8]) is queued and marked open (ARGV[9]) here, unless the
 -- partner's mirror (ARGV[10] .. partner id) says it has no enabled endpoint ('0'); a
 -- partner whose mirror is missing gets the step, which then asks the database.
+-- The job leaves the dispatcher (its partner's queue, the delayed set or the live set):
+-- a revoked job that waited never starts, and an ended one frees its partner's slot for
+-- the next job the window has room for (dispatch.lua).
 -- KEYS: job record, stats, events channel, webhooks queue, live jobs, open deliveries,
 -- archive stream, Celery meta key.
 -- ARGV: retention, status, event, message ('' none), open member, open deadline, job id,
 -- fan-out message ('' none), its open member, partner key prefix, Celery meta ('' none),
--- its expiry in s ('' none), then the record's field/value pairs.
+-- its expiry in s ('' none), key prefix, fixed dispatch window (0 auto), default max
+-- running jobs (0 none), now, then the record's field/value pairs.
 -- Returns {-1} no record, {0} already ended, {1, callback URL, batch id, queued 0/1,
--- fan-out 0 not looked at / 1 queued / 2 no endpoint}.
+-- fan-out 0 not looked at / 1 queued / 2 no endpoint, ids dispatched unsent...}.
 --! include celery_meta
+--! include dispatch
 -- A record always has its job_id field; the terminal fields written below do not touch
 -- the other three.
 local found = redis.call('HMGET', KEYS[1], 'job_id', 'status', 'callback_url', 'batch_id', 'partner_id')
 if not found[1] then return {-1} end
 if found[2] then return {0} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 13))
+redis.call('HSET', KEYS[1], unpack(ARGV, 17))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[3], ARGV[3])
-redis.call('ZREM', KEYS[5], ARGV[7])
+dispatch_done(ARGV[13], found[5] or '', ARGV[7])
 redis.call('XADD', KEYS[7], '*', 's', 'job:' .. ARGV[7], 'a', '0')  -- no attempt yet
 write_celery_meta(KEYS[8], ARGV[11], ARGV[12], false)
 local callback = found[3] or ''
@@ -52,4 +57,5 @@ elseif callback == '' and ARGV[8] ~= '' and found[5] then
     fan = 1
   end
 end
-return {1, callback, found[4] or '', queued, fan}
+local unsent = dispatch(ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]))
+return {1, callback, found[4] or '', queued, fan, unpack(unsent)}

@@ -6,7 +6,8 @@ there. A second worker (the heir) then takes over as in production. Whatever the
 the test asserts what the partner sees: the job ends with one terminal status, exactly
 one terminal ``webhook-id`` arrives (signature verified), the delivery is recorded as
 delivered, and nothing is left stranded (live set, open deliveries, due set, queues,
-kombu's unacknowledged messages). A receiver may see that id twice when the fault falls
+kombu's unacknowledged messages, the partner's queue and its count of running jobs in the
+dispatcher). A receiver may see that id twice when the fault falls
 between its POST and the record (at-least-once; Standard Webhooks receivers dedupe by
 id): the attempt log then has one attempt fewer than the receiver saw, never more.
 """
@@ -56,10 +57,14 @@ def submit(client: Any, partner: dict[str, Any], subject: str, url: str) -> tupl
     return answer.get_json()["batch_id"], answer.get_json()["job_ids"]
 
 
-def stranded(svc: Any, settings: Settings, subject_id: str, job_ids: list[str]) -> list[str]:
-    """What is still left for this subject anywhere it could be stuck."""
+def stranded(
+    svc: Any, settings: Settings, subject_id: str, job_ids: list[str], partner_id: str
+) -> list[str]:
+    """What is still left for this subject anywhere it could be stuck, the dispatcher's
+    books included: no job waiting in its partner's queue, no slot still counted."""
     redis, store = svc.store.redis, svc.store
     left = [f"live {j}" for j in job_ids if redis.zscore(store.key("live"), j) is not None]
+    left += [f"waiting {k}: {n}" for k, n in store.waiting(partner_id).items() if n]
     left += [f"open {t}" for t in redis.zrange(store.open_key, 0, -1) if subject_id in t]
     left += [f"due {e}" for e in redis.zrange(store.due_key, 0, -1) if subject_id in e]
     left += [
@@ -146,7 +151,7 @@ def test_one_ending_whatever_breaks(
         return (
             view.status_code == 200
             and delivered
-            and not stranded(svc, fault_settings, subject_id, job_ids)
+            and not stranded(svc, fault_settings, subject_id, job_ids, partner["id"])
         )
 
     wait_until(settled, 30, 0.1, "nothing stranded")

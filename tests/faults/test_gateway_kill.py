@@ -36,6 +36,7 @@ def test_a_batch_is_written_whole_or_not_at_all(
     assert not set(redis_client.scan_iter(f"{p}:job:*"))
     assert redis_client.xlen(f"{p}:archive") == 0
     assert redis_client.llen(own.queue_jobs) == 0
+    assert redis_client.zcard(f"{p}:waiting:{partner['id']}") == 0
 
     # A gateway that stays up writes the whole batch and queues every member, at once.
     with gunicorn(own, workers=1) as url:
@@ -47,5 +48,5 @@ def test_a_batch_is_written_whole_or_not_at_all(
     assert redis_client.exists(*(f"{p}:job:{job_id}" for job_id in members)) == 200
     # On the archive stream with them, in the same MULTI: the batch and its 200 members.
     assert redis_client.xlen(f"{p}:archive") == 201
-    assert redis_client.llen(own.queue_jobs) == 200
-    redis_client.delete(own.queue_jobs)
+    # No worker: every member waits in its partner's queue for the dispatcher.
+    assert redis_client.zcard(f"{p}:waiting:{partner['id']}") == 200

@@ -48,7 +48,10 @@ def test_unknown_job_is_404_never_pending(client, partner):
 def test_finished_job_outlives_celerys_result(settings, redis_client, admin_headers):
     """With result_expires=1 Celery's meta vanishes; the gateway's record still answers."""
     short = settings.with_overrides(
-        result_expires=1, queue_jobs="jobs-expiry", queue_webhooks="webhooks-expiry"
+        result_expires=1,
+        queue_jobs="jobs-expiry",
+        queue_webhooks="webhooks-expiry",
+        key_prefix=f"expiry-{uuid.uuid4().hex[:8]}",
     )
     app = create_app(short)
     client = app.test_client()
@@ -317,7 +320,9 @@ def test_batch_with_member_callback_url_matches_the_document(settings, redis_cli
     from openapi_schema_validator import OAS30Validator
 
     queue = f"doc-{uuid.uuid4().hex[:8]}"  # no worker reads it: members stay queued
-    app = create_app(settings.with_overrides(queue_jobs=queue, queue_webhooks=queue + "-h"))
+    app = create_app(
+        settings.with_overrides(queue_jobs=queue, queue_webhooks=queue + "-h", key_prefix=queue)
+    )
     client = app.test_client()
     spec = client.get("/openapi.json").get_json()
 

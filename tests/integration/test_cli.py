@@ -58,6 +58,20 @@ def test_revoke_and_rotate_secret_from_the_cli(settings, client, partner, worker
     assert "api_key" not in json.dumps(listed) and "whsec_" not in json.dumps(listed)
 
 
+def test_partner_limits_from_the_cli(settings, partner):
+    shown = jobgate(settings, "partner", "limits", partner["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["limits"]["max_queued_jobs"] == settings.max_queued_jobs
+    out = jobgate(settings, "partner", "limits", partner["id"], "weight=3", "max_running_jobs=2")
+    assert out.returncode == 0, out.stderr
+    limits = json.loads(out.stdout)["limits"]
+    assert limits["weight"] == 3 and limits["max_running_jobs"] == 2
+    reset = jobgate(settings, "partner", "limits", partner["id"], "weight=default")
+    assert json.loads(reset.stdout)["limits"]["weight"] == 1
+    bad = jobgate(settings, "partner", "limits", partner["id"], "weight=0")
+    assert bad.returncode == 1 and "weight" in bad.stderr
+
+
 def test_db_upgrade_migrates_and_imports_partners_that_only_redis_had(
     settings, redis_client, tmp_path
 ):

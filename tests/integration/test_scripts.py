@@ -270,6 +270,7 @@ def finish_keys(k: Keys, queue: str = "hooks") -> list[str]:
 
 
 def finish_args(
+    k: Keys,
     status: str = "SUCCESS",
     message: str = "MSG",
     open_member: str = "d1",
@@ -291,6 +292,10 @@ def finish_args(
         "j1",
         *no_fan_out,
         *meta,  # Celery's meta, its expiry ('' none)
+        k.prefix,  # the dispatcher's: key prefix, window (fixed 4), max running (none), now
+        4,
+        0,
+        1000.0,
         *flat,
     ]
 
@@ -300,7 +305,7 @@ def test_job_finish_without_record_returns_minus_one_and_writes_nothing(
 ) -> None:
     redis_client.zadd(k("live"), {"j1": 1.0})
     with listening(redis_client, k("events", "j1")) as received:
-        assert run("job_finish", finish_keys(k), finish_args()) == [-1]
+        assert run("job_finish", finish_keys(k), finish_args(k)) == [-1]
         assert received() == []
     assert not redis_client.exists(k("job", "j1"), k("stats"), k("hooks"), k("deliveries", "open"))
     assert redis_client.zscore(k("live"), "j1") == 1.0
@@ -312,12 +317,17 @@ def test_job_finish_first_writer_wins_and_queues_its_webhook_with_the_end(
     job = live_job(redis_client, k, callback_url="https://example.test/hook", batch_id="b1")
     redis_client.zadd(k("live"), {"j1": 1.0, "other": 2.0})
     with listening(redis_client, k("events", "j1")) as received:
-        answer = run("job_finish", finish_keys(k), finish_args(result='{"n":1}', deadline=1234.5))
-        assert answer == [1, "https://example.test/hook", "b1", 1, 0]  # 0: no fan-out looked at
+        answer = run(
+            "job_finish", finish_keys(k), finish_args(k, result='{"n":1}', deadline=1234.5)
+        )
+        # 0: no fan-out looked at; no job dispatched without a message
+        assert answer == [1, "https://example.test/hook", "b1", 1, 0]
         assert received() == [(k("events", "j1"), "ev-SUCCESS")]
         # The revoke path (or a re-run) comes second: nothing of it is recorded.
         assert run(
-            "job_finish", finish_keys(k), finish_args("REVOKED", message="MSG2", open_member="d2")
+            "job_finish",
+            finish_keys(k),
+            finish_args(k, "REVOKED", message="MSG2", open_member="d2"),
         ) == [0]
         assert received() == []
     assert redis_client.hgetall(job) == {
@@ -345,10 +355,12 @@ def test_job_finish_writes_celery_meta_with_the_end_and_only_the_winner(
     live_job(redis_client, k, callback_url="https://example.test/hook")
     meta = '{"status": "SUCCESS", "result": {"n": 1}}'
     with listening(redis_client, k("meta", "j1")) as received:
-        assert run("job_finish", finish_keys(k), finish_args(meta=(meta, "60")))[0] == 1
+        assert run("job_finish", finish_keys(k), finish_args(k, meta=(meta, "60")))[0] == 1
         assert received() == [(k("meta", "j1"), meta)]  # published like Celery
         later = '{"status": "FAILURE"}'
-        assert run("job_finish", finish_keys(k), finish_args("FAILURE", meta=(later, "60"))) == [0]
+        assert run("job_finish", finish_keys(k), finish_args(k, "FAILURE", meta=(later, "60"))) == [
+            0
+        ]
         assert received() == []
     assert redis_client.get(k("meta", "j1")) == meta
     assert ttl_near(redis_client, k("meta", "j1"), 60)
@@ -369,7 +381,7 @@ def test_job_finish_queues_only_with_a_callback_url_and_a_message(
     job = live_job(redis_client, k, **fields)
     redis_client.zadd(k("live"), {"j1": 1.0})
     answer = run(
-        "job_finish", finish_keys(k), finish_args("FAILURE", message=message, error="boom")
+        "job_finish", finish_keys(k), finish_args(k, "FAILURE", message=message, error="boom")
     )
     assert answer == [1, callback, "", 0, 0]
     assert redis_client.hget(job, "status") == "FAILURE"
@@ -533,7 +545,9 @@ def test_worker_alive_stamps_with_redis_time_and_workers_live_counts_recent_node
     now = int(redis_client.time()[0])
     workers = k("workers")
     redis_client.zadd(workers, {"gone@h": now - 100, "old@h": now - 200_000})
-    assert abs(run("worker_alive", [k("worker", "w@h"), workers], ["w@h", 16, 86400]) - now) <= 2
+    alive = [k("worker", "w@h"), workers, k("dispatch", "slots")]
+    assert abs(run("worker_alive", alive, ["w@h", 16, 86400, 3]) - now) <= 2
+    assert redis_client.hgetall(k("dispatch", "slots")) == {"w@h": "3"}  # job-pool slots
     assert 0 < redis_client.ttl(k("worker", "w@h")) <= 16
     assert redis_client.zrange(workers, 0, -1) == ["gone@h", "w@h"]  # a day's silence: forgotten
     assert run("workers_live", [workers], [16]) == 1

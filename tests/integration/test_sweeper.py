@@ -35,7 +35,10 @@ def world(app, redis_client) -> Any:
     """A store with its own prefix and a messenger with its own queues (same Redis)."""
     svc = app.extensions["jobgate"]
     tag = uuid.uuid4().hex[:8]
-    store = Store(redis_client, prefix=f"sweep-{tag}", retention=600, open_grace=5)
+    # A fixed dispatch window: jobs are dispatched (live) as they are created.
+    store = Store(
+        redis_client, prefix=f"sweep-{tag}", retention=600, open_grace=5, dispatch_window=100
+    )
     messenger = CeleryMessenger(
         svc.celery, jobs_queue=f"sweep-jobs-{tag}", webhooks_queue=f"sweep-hooks-{tag}", inline=True
     )

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.integration
 
 def own_queues(settings):
     tag = uuid.uuid4().hex[:8]
-    return settings.with_overrides(queue_jobs=f"pools-{tag}", queue_webhooks=f"pools-{tag}-h")
+    return settings.with_overrides(
+        queue_jobs=f"pools-{tag}", queue_webhooks=f"pools-{tag}-h", key_prefix=f"pools-{tag}"
+    )
 
 
 def pools(worker: WorkerProcess) -> dict[str, int]:

@@ -211,7 +211,7 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
     ]
     store = fresh_own_redis.client()
     before = {j: store.hgetall(f"{own.key_prefix}:job:{j}") for j in job_ids}
-    assert store.llen(own.queue_jobs) == len(job_ids)
+    assert store.zcard(f"{own.key_prefix}:waiting:{partner['id']}") == len(job_ids)
 
     fresh_own_redis.stop()
     outage: dict[int, int] = {}
@@ -246,7 +246,7 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
         "the gateway to reconnect",
     )
     assert {j: store.hgetall(f"{own.key_prefix}:job:{j}") for j in job_ids} == before
-    assert store.llen(own.queue_jobs) == len(job_ids)
+    assert store.zcard(f"{own.key_prefix}:waiting:{partner['id']}") == len(job_ids)
 
     workers.append(WorkerProcess(own, concurrency=2, name="restart").start())
     for job_id in job_ids:

@@ -31,7 +31,7 @@ def fuzz_app(settings, redis_client):
 
     queue = f"fuzz-{uuid.uuid4().hex[:8]}"
     flask_app = create_app(
-        settings.with_overrides(queue_jobs=queue, queue_webhooks=queue + "-hooks")
+        settings.with_overrides(queue_jobs=queue, queue_webhooks=queue + "-hooks", key_prefix=queue)
     )
     flask_app.config["TESTING"] = True
     return flask_app

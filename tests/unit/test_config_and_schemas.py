@@ -90,7 +90,15 @@ def test_each_job_type_builds_its_params_schema_once():
 
 def test_submit_schema_defaults_and_unknown_fields():
     loaded = JobSubmitSchema().load({"task": "demo.sleep"})
-    assert loaded == {"task": "demo.sleep", "params": {}, "callback_url": None, "metadata": {}}
+    assert loaded == {
+        "task": "demo.sleep",
+        "params": {},
+        "callback_url": None,
+        "metadata": {},
+        "priority": 5,
+        "delay_seconds": None,
+        "run_at": None,
+    }
     with pytest.raises(ValidationError) as exc:
         JobSubmitSchema().load({"task": "demo.sleep", "colour": "red"})
     assert "colour" in exc.value.messages

@@ -36,6 +36,7 @@ class FlakyStore:
             "callback_url": "https://x.example/h",
             "batch_id": None,
             "webhook_queued": False,
+            "dispatched": [],
         }
 
     def job(self, job_id):

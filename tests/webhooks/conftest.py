@@ -214,7 +214,8 @@ def hanging_receiver() -> Iterator[HangingReceiver]:
 @pytest.fixture(scope="session")
 def held_settings(settings: Settings) -> Settings:
     """Settings whose job queue no worker consumes until a test starts one on it."""
-    return settings.with_overrides(queue_jobs="held-" + uuid.uuid4().hex[:8])
+    tag = "held-" + uuid.uuid4().hex[:8]
+    return settings.with_overrides(queue_jobs=tag, key_prefix=tag)
 
 
 @pytest.fixture(scope="session")

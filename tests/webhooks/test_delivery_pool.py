@@ -47,7 +47,9 @@ def test_more_webhooks_than_slots_all_arrive_and_none_stays_unacked(
     """Each slot's message is acked after its attempt: a pool that did not would stop at
     its prefetch (one message per slot) with every later webhook waiting behind it."""
     tag = uuid.uuid4().hex[:8]
-    own = settings.with_overrides(queue_jobs=f"dp-{tag}", queue_webhooks=f"dp-{tag}-hooks")
+    own = settings.with_overrides(
+        queue_jobs=f"dp-{tag}", queue_webhooks=f"dp-{tag}-hooks", key_prefix=f"dp-{tag}"
+    )
     client, partner = gateway_for(own, admin_headers)
     worker = WorkerProcess(own, concurrency=1, name="dp", delivery_concurrency=2).start()
     try:
@@ -76,6 +78,7 @@ def test_a_running_delivery_stays_fresh_until_acked(
     tag = uuid.uuid4().hex[:8]
     own = settings.with_overrides(
         queue_jobs=f"dpf-{tag}",
+        key_prefix=f"dpf-{tag}",
         queue_webhooks=f"dpf-{tag}-hooks",
         visibility_timeout=2,
         webhook_timeout=6.0,

@@ -45,7 +45,8 @@ def test_queued_job_revoked_never_runs_even_on_a_worker_started_later(
     assert again.status_code == 202
     assert again.get_json()["revocation"]["reason"] == "customer asked"
 
-    # The revoke was broadcast before this worker existed: only the job record can stop it.
+    # Revoked while it waited in its partner's queue: it is never dispatched, and a
+    # worker started later finds nothing to run.
     svc = held_app.extensions["jobgate"]
     late = WorkerProcess(
         held_settings, concurrency=1, queues=held_settings.queue_jobs, name="late"

@@ -60,6 +60,7 @@ def test_hanging_receivers_do_not_delay_job_starts(
     # One retry, an hour later: each receiver gets exactly one attempt during the test.
     own = settings.with_overrides(
         queue_jobs=f"slow-{tag}",
+        key_prefix=f"slow-{tag}",
         queue_webhooks=f"slow-{tag}-hooks",
         webhook_timeout=TIMEOUT,
         webhook_retry_delays=(3600.0,),

@@ -1,0 +1,43 @@
+-- A submit (a job, or a batch and all its members), atomic: unless the partner would then
+-- have more than ARGV[6] jobs waiting (0: no limit), store each job's record (held for
+-- ARGV[7] s), count it, put it on the archive stream and in its partner's queue (or the
+-- delayed set), then dispatch what the window has room for. Refused: nothing is written.
+-- A batch (ARGV[8] its id, '' none) gets its hash (ARGV[9] its field count, then pairs)
+-- and member list written with its members.
+-- KEYS: none; every key is under the prefix ARGV[1] (see dispatch.lua).
+-- ARGV: prefix, now, fixed window (0 auto), default max running (0 none), partner,
+-- queued limit, record TTL, batch id, batch field count, batch pairs..., then per job:
+-- job id, priority, run_at ('' none), message ('' none), field count, field/value pairs.
+-- Returns {0, waiting} refused (the partner's waiting jobs), else {1, unsent ids...}.
+--! include dispatch
+local P, now, partner = ARGV[1], tonumber(ARGV[2]), ARGV[5]
+local limit, ttl, batch = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local i = 10 + 2 * tonumber(ARGV[9])
+local jobs = {}
+while i <= #ARGV do
+  local count = tonumber(ARGV[i + 4])
+  jobs[#jobs + 1] = {i, count}
+  i = i + 5 + 2 * count
+end
+local waiting = dispatch_waiting(P, partner)
+if limit > 0 and waiting + #jobs > limit then return {0, waiting} end
+if batch ~= '' then
+  local key, members = P .. ':batch:' .. batch, P .. ':batch:' .. batch .. ':jobs'
+  redis.call('HSET', key, unpack(ARGV, 10, 9 + 2 * tonumber(ARGV[9])))
+  for _, job in ipairs(jobs) do redis.call('RPUSH', members, ARGV[job[1]]) end
+  redis.call('EXPIRE', key, ttl)
+  redis.call('EXPIRE', members, ttl)
+  redis.call('ZADD', P .. ':batches:live', now, batch)
+  redis.call('XADD', P .. ':archive', '*', 's', 'batch:' .. batch)
+end
+for _, job in ipairs(jobs) do
+  local at, count = job[1], job[2]
+  local id, key = ARGV[at], P .. ':job:' .. ARGV[at]
+  redis.call('HSET', key, unpack(ARGV, at + 5, at + 4 + 2 * count))
+  redis.call('EXPIRE', key, ttl)
+  redis.call('HINCRBY', P .. ':stats', 'submitted', 1)
+  redis.call('XADD', P .. ':archive', '*', 's', 'job:' .. id, 'a', '0')  -- no attempt yet
+  dispatch_queue(P, partner, id, tonumber(ARGV[at + 1]) or 5, ARGV[at + 2], ARGV[at + 3], now)
+end
+local unsent = dispatch(P, tonumber(ARGV[3]), tonumber(ARGV[4]), now)
+return {1, unpack(unsent)}
