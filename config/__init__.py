@@ -163,6 +163,8 @@ class Settings:
     dispatch_window: int = 0
     max_running_jobs: int = 0
     max_queued_jobs: int = 10_000
+    max_open_streams: int = 50
+    max_endpoints: int = 20
     extra: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -288,6 +290,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "dispatch_window": ("JOBGATE_DISPATCH_WINDOW", int),
     "max_running_jobs": ("JOBGATE_MAX_RUNNING_JOBS", int),
     "max_queued_jobs": ("JOBGATE_MAX_QUEUED_JOBS", int),
+    "max_open_streams": ("JOBGATE_MAX_OPEN_STREAMS", int),
+    "max_endpoints": ("JOBGATE_MAX_ENDPOINTS", int),
 }
 
 # setting name -> (lowest value allowed, the rule in words)
@@ -312,6 +316,8 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "dispatch_window": (0, "not negative (0: twice the live workers' job-pool slots)"),
     "max_running_jobs": (0, "not negative (0 switches the limit off)"),
     "max_queued_jobs": (0, "not negative (0 switches the limit off)"),
+    "max_open_streams": (0, "not negative (0 switches the limit off)"),
+    "max_endpoints": (0, "not negative (0 switches the limit off)"),
 }
 
 assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}

@@ -36,10 +36,8 @@ def authenticate() -> Principal:
     """The caller of this request, from ``Authorization: Bearer <key>``; 401 otherwise."""
     if "principal" in g:
         return g.principal
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+    key = presented_key()
+    if not key:
         raise APIError(
             401,
             "unauthorized",
@@ -62,6 +60,12 @@ def authenticate() -> Principal:
         "partner", partner["id"], partner.get("name", ""), effective(svc.settings, partner)
     )
     return g.principal
+
+
+def presented_key() -> str:
+    """The key of ``Authorization: Bearer <key>`` ("" if none)."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
 
 
 def admin_required(view: F) -> F:

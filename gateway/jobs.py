@@ -17,9 +17,10 @@ from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
 from gateway.schemas import JobSubmitSchema, load_or_422
-from jobgate import history
+from jobgate import history, streams
 from jobgate.lifecycle import queue_job
 from jobgate.limits import defaults
+from jobgate.partners import CHANGED_CHANNEL
 from jobgate.ssrf import CallbackRefused, check_callback_url
 from jobgate.status import DEFAULT_PRIORITY, TERMINAL, job_view
 from jobgate.store import QueueFull, digest, format_time, new_id, utcnow
@@ -273,7 +274,78 @@ def describe(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
     return job_view(record, meta, meta_may_end=not svc.messenger.inline)
 
 
-def wait(svc: Services, record: dict[str, Any], seconds: float) -> dict[str, Any]:
+STREAMS_FULL_RETRY_AFTER = 5  # seconds; a partner's streams end as its jobs do
+
+
+class OpenStream:
+    """A partner's open stream or held read: its lease against ``max_open_streams``
+    (``jobgate.streams``), and the key it was opened with, which must keep working.
+
+    The stream also listens on the partners' change channel (``Partners.changed``): a
+    partner disabled, or its key rotated with no grace, ends it at once; each refresh of
+    the lease checks the key again, should a change message be lost.
+    """
+
+    def __init__(
+        self, svc: Services, principal: Principal, api_key: str, lease: streams.StreamLease
+    ) -> None:
+        self.svc = svc
+        self.principal = principal
+        self.api_key = api_key
+        self.lease = lease
+        self.channel = svc.store.key(CHANGED_CHANNEL)
+
+    def due(self) -> float:
+        """Seconds the stream may sleep before ``keep`` is due."""
+        return self.lease.due()
+
+    def allowed(self) -> bool:
+        """Does the stream's key still work (read past this process's key cache)?"""
+        partner = self.svc.partners.by_key(self.api_key, cached=False)
+        return partner is not None and partner["id"] == self.principal.partner_id
+
+    def is_change(self, message: dict[str, Any]) -> bool:
+        """Is ``message`` a partner change (``Partners.changed``), not a job event?"""
+        return message.get("channel") == self.channel
+
+    def concerns(self, message: dict[str, Any]) -> bool:
+        """Is the change about this stream's partner (or any partner)?"""
+        return message.get("data") in (self.principal.partner_id, "1")
+
+    def keep(self) -> bool:
+        """Refresh the lease when due (checking the key again); False: end the stream."""
+        if self.lease.due() > 0:
+            return True
+        if not self.allowed():
+            return False
+        self.lease.refresh()
+        return True
+
+    def close(self) -> None:
+        """Give the lease back (once, whoever calls first)."""
+        self.lease.release()
+
+
+def open_stream(svc: Services, principal: Principal, api_key: str) -> OpenStream | None:
+    """Count one more open stream or held read of the caller (None for an admin: no
+    limit); 429 ``limit_exceeded`` when it has ``max_open_streams`` open."""
+    if principal.partner_id is None:
+        return None
+    limit = limit_of(svc, principal, "max_open_streams")
+    lease = streams.take(svc.store, principal.partner_id, limit)
+    if lease is None:
+        raise limit_exceeded(
+            "max_open_streams",
+            limit,
+            "Too many open event streams and held reads; close one first.",
+            STREAMS_FULL_RETRY_AFTER,
+        )
+    return OpenStream(svc, principal, api_key, lease)
+
+
+def wait(
+    svc: Services, record: dict[str, Any], seconds: float, holder: OpenStream | None = None
+) -> dict[str, Any]:
     """Hold until the job is finished or ``seconds`` pass; woken by the job's events.
 
     The job is read each time ``events`` yields, the first time right after subscribing,
@@ -281,10 +353,10 @@ def wait(svc: Services, record: dict[str, Any], seconds: float) -> dict[str, Any
     Finished means the job's record is: Celery stores a task's SUCCESS just before the
     worker records the end, and a view answered from that meta alone would lack what only
     the record has (``finished_at``, the webhook); the record's end is published, so the
-    wait wakes for it.
+    wait wakes for it. A ``holder`` whose key stops working answers the view at once.
     """
     deadline = time.monotonic() + seconds
-    for _ in events(svc, record["job_id"], deadline):
+    for _ in events(svc, record["job_id"], deadline, holder=holder):
         current = svc.store.job(record["job_id"]) or record
         view = describe(svc, current)
         if current.get("status") in TERMINAL:
@@ -293,15 +365,27 @@ def wait(svc: Services, record: dict[str, Any], seconds: float) -> dict[str, Any
 
 
 def events(
-    svc: Services, job_id: str, deadline: float, poll: float = 1.0
+    svc: Services,
+    job_id: str,
+    deadline: float,
+    poll: float = 1.0,
+    holder: OpenStream | None = None,
 ) -> Iterator[dict[str, Any] | None]:
-    """Yield each published event of a job until ``deadline`` (None every ``poll`` s)."""
+    """Yield each published event of a job until ``deadline`` (None every ``poll`` s),
+    or until the ``holder``'s key stops working."""
     pubsub = svc.store.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(svc.store.channel(job_id))
+    pubsub.subscribe(svc.store.channel(job_id), *([holder.channel] if holder else []))
     try:
         yield None  # subscribed: the caller re-reads once to close the race
         while (left := deadline - time.monotonic()) > 0:
             message = pubsub.get_message(timeout=min(poll, left))
+            if holder is not None:
+                if message is not None and holder.is_change(message):
+                    if holder.concerns(message) and not holder.allowed():
+                        return
+                    message = None
+                if not holder.keep():
+                    return
             yield json.loads(message["data"]) if message else None
     finally:
         pubsub.close()

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from redis.exceptions import WatchError
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from jobgate.db import Database
 from jobgate.db.models import Endpoint, Partner, SigningSecret
@@ -77,6 +77,14 @@ def view(row: Endpoint) -> dict[str, Any]:
     }
 
 
+class TooManyEndpoints(Exception):
+    """The partner has its ``max_endpoints`` (``jobgate.limits``) registered already."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
 class Endpoints:
     """Create, change and find endpoints (database first, then the Redis mirror), fan an
     event out to them, and keep their delivery health."""
@@ -103,13 +111,24 @@ class Endpoints:
         *,
         description: str = "",
         event_types: Iterable[str] = (),
+        limit: int = 0,
     ) -> dict[str, Any] | None:
-        """Register an endpoint; None if there is no such partner."""
+        """Register an endpoint; None if there is no such partner. ``TooManyEndpoints``
+        if the partner has ``limit`` endpoints already (0: no limit), enabled or not;
+        the partner's row is locked meanwhile, so two at once cannot both pass it."""
         endpoint_id = "ep_" + uuid.uuid4().hex[:20]
         now = now_utc()
         with self.db.session() as session:
-            if session.get(Partner, partner_id) is None:
+            if session.get(Partner, partner_id, with_for_update=bool(limit)) is None:
                 return None
+            if limit:
+                held = session.scalar(
+                    select(func.count())
+                    .select_from(Endpoint)
+                    .where(Endpoint.partner_id == partner_id)
+                )
+                if (held or 0) >= limit:
+                    raise TooManyEndpoints(limit)
             row = Endpoint(
                 id=endpoint_id,
                 partner_id=partner_id,

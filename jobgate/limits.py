@@ -17,6 +17,8 @@ DEFAULTS: dict[str, str | None] = {
     "max_running_jobs": "max_running_jobs",
     "max_queued_jobs": "max_queued_jobs",
     "submit_per_minute": "rate_limit",
+    "max_open_streams": "max_open_streams",
+    "max_endpoints": "max_endpoints",
     "weight": None,
 }
 FIXED = {"weight": 1}

@@ -112,7 +112,7 @@ class Partners:
             elif not disabled:
                 partner.disabled_at = None
         record = self.mirror(partner_id)
-        self.changed()
+        self.changed(partner_id)
         return record
 
     def set_limits(
@@ -133,7 +133,7 @@ class Partners:
                     own[name] = int(value)
             partner.limits = own
         self.mirror(partner_id)
-        self.changed()
+        self.changed(partner_id)
         return own
 
     def rotate_key(self, partner_id: str, grace: int) -> str | None:
@@ -147,13 +147,14 @@ class Partners:
             expire_live(session, ApiKey, ApiKey.partner_id == partner_id, now, grace)
             session.add(ApiKey(key_hash=hash_key(api_key), partner_id=partner_id, created_at=now))
         self.mirror(partner_id)
-        self.changed()
+        self.changed(partner_id)
         return api_key
 
-    def changed(self) -> None:
-        """Tell every gateway process to forget the keys it cached (pub/sub)."""
+    def changed(self, partner_id: str = "") -> None:
+        """Tell every gateway process to forget the keys it cached (pub/sub); the message
+        names the partner (``"1"``: any), whose open streams check their key again."""
         self._forget()
-        self.store.redis.publish(self.store.key(CHANGED_CHANNEL), "1")
+        self.store.redis.publish(self.store.key(CHANGED_CHANNEL), partner_id or "1")
 
     def import_from_redis(self) -> int:
         """Copy partners that exist only in Redis (created before the database) into it;
@@ -190,8 +191,9 @@ class Partners:
         )
         return raw or self.mirror(partner_id)
 
-    def by_key(self, api_key: str) -> dict[str, str] | None:
-        """The partner owning ``api_key``, None for an unknown or expired key.
+    def by_key(self, api_key: str, *, cached: bool = True) -> dict[str, str] | None:
+        """The partner owning ``api_key``, None for an unknown or expired key
+        (``cached=False``: asks Redis even if this process cached the key).
 
         Auth runs on every request: a found key is cached in-process for KEY_CACHE_TTL s
         (never past the key's own expiry), then Redis's mirror answers, then the database
@@ -203,7 +205,7 @@ class Partners:
         """
         self._listen()
         hashed = hash_key(api_key)
-        hit = self._key_cache.get(hashed)
+        hit = self._key_cache.get(hashed) if cached else None
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         generation = self._generation

@@ -80,6 +80,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_DISPATCH_WINDOW": str(settings.dispatch_window),
         "JOBGATE_MAX_RUNNING_JOBS": str(settings.max_running_jobs),
         "JOBGATE_MAX_QUEUED_JOBS": str(settings.max_queued_jobs),
+        "JOBGATE_MAX_OPEN_STREAMS": str(settings.max_open_streams),
+        "JOBGATE_MAX_ENDPOINTS": str(settings.max_endpoints),
     }
 
 

@@ -9,7 +9,7 @@ from flask import Blueprint, jsonify, request
 from gateway.auth import Principal, authenticate, login_required, partner_required
 from gateway.errors import APIError, not_found
 from gateway.extensions import services
-from gateway.jobs import check_callback
+from gateway.jobs import check_callback, limit_exceeded, limit_of
 from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
 from gateway.schemas import (
     EndpointAttemptsArgs,
@@ -36,6 +36,9 @@ bp = Blueprint("endpoints", __name__, url_prefix="/v1/endpoints")
 
 CREATE, PATCH, RECOVER = EndpointCreateSchema(), EndpointPatchSchema(), RecoverSchema()
 LIST_ARGS, ATTEMPT_ARGS = EndpointListArgs(), EndpointAttemptsArgs()
+# Seconds; endpoints only go when the partner deletes one, so a retry is for a client that
+# deleted one meanwhile.
+ENDPOINTS_FULL_RETRY_AFTER = 60
 ENDPOINT_STATES = ["enabled", "disabled", "failing"]
 ATTEMPT_PARAMS = [
     {
@@ -70,7 +73,7 @@ def query_args(schema: Any) -> dict[str, Any]:
 @operation(
     "Register an endpoint (partner); its signing secret is shown once",
     ok(201, "Registered", EndpointCreatedSchema),
-    (*WRITE, 403),
+    (*WRITE, 403, 429),
     tag="endpoints",
     body=EndpointCreateSchema,
 )
@@ -80,14 +83,24 @@ def create():
     svc = services()
     check_callback(svc, body["url"], field="url")
     secret = generate_secret()
-    partner_id = authenticate().partner_id or ""
-    created = svc.registry.create(
-        partner_id,
-        body["url"],
-        secret,
-        description=body["description"],
-        event_types=body.get("event_types") or [],
-    )
+    principal = authenticate()
+    limit = limit_of(svc, principal, "max_endpoints")
+    try:
+        created = svc.registry.create(
+            principal.partner_id or "",
+            body["url"],
+            secret,
+            description=body["description"],
+            event_types=body.get("event_types") or [],
+            limit=limit,
+        )
+    except registry.TooManyEndpoints:
+        raise limit_exceeded(
+            "max_endpoints",
+            limit,
+            "Too many endpoints; delete one before registering another.",
+            ENDPOINTS_FULL_RETRY_AFTER,
+        ) from None
     if created is None:
         raise not_found("partner")
     return jsonify({**created, "webhook_secret": secret}), 201

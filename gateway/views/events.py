@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response
 
 from gateway import jobs
-from gateway.auth import authenticate, login_required
+from gateway.auth import authenticate, login_required, presented_key
 from gateway.extensions import Services, services
 from gateway.openapi import READ, ok, operation
 from jobgate.status import TERMINAL, progress_of
@@ -31,27 +31,34 @@ RETRY_MS = 2000  # EventSource reconnection delay we ask for
 @operation(
     "Server-Sent Events: one per status/progress change, ends after the terminal one",
     ok(200, "text/event-stream", {"type": "string"}, media="text/event-stream"),
-    READ,
+    (*READ, 429),
     tag="jobs",
 )
 @login_required
 def stream(job_id: str) -> Response:
     svc = services()
-    record = jobs.find(svc, authenticate(), job_id)
+    principal = authenticate()
+    record = jobs.find(svc, principal, job_id)
+    # Counts against the caller's max_open_streams until the stream ends (429 past it).
+    holder = jobs.open_stream(svc, principal, presented_key())
     pubsub = svc.store.redis.pubsub(ignore_subscribe_messages=True)
-    # Subscribe before the first read, so no change between the two is missed.
-    pubsub.subscribe(svc.store.channel(job_id))
+    # Subscribe before the first read, so no change between the two is missed; and to
+    # the partners' changes, which end the stream of a key that stops working.
+    pubsub.subscribe(svc.store.channel(job_id), *([holder.channel] if holder else []))
     body = job_events(
         svc,
         record,
         pubsub,
         heartbeat=svc.settings.sse_heartbeat,
         max_seconds=svc.settings.sse_max_seconds,
+        holder=holder,
     )
     response = Response(body, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     response.call_on_close(pubsub.close)
+    if holder is not None:
+        response.call_on_close(holder.close)
     return response
 
 
@@ -75,9 +82,17 @@ def sse(event: str, data: dict[str, Any], event_id: int) -> str:
 
 
 def job_events(
-    svc: Services, record: dict[str, Any], pubsub: Any, *, heartbeat: float, max_seconds: float
+    svc: Services,
+    record: dict[str, Any],
+    pubsub: Any,
+    *,
+    heartbeat: float,
+    max_seconds: float,
+    holder: jobs.OpenStream | None = None,
 ) -> Iterator[str]:
-    """The stream body: events ``status`` / ``progress`` carrying the job view."""
+    """The stream body: events ``status`` / ``progress`` carrying the job view. It ends
+    after the terminal one, at ``max_seconds``, or once the ``holder``'s key stops
+    working (partner disabled, key rotated with no grace)."""
     job_id = record["job_id"]
     deadline = time.monotonic() + max_seconds
     sent = 0
@@ -102,10 +117,23 @@ def job_events(
                 yield ": heartbeat\n\n"
                 last_write = now
             wait = min(heartbeat - (now - last_write), deadline - now)
-            if pubsub.get_message(timeout=max(wait, 0.01)) is not None:
-                # Drain what is queued, then read the job once for all of it.
-                while pubsub.get_message(timeout=0) is not None:
-                    pass
+            if holder is not None:
+                wait = min(wait, holder.due())
+            message = pubsub.get_message(timeout=max(wait, 0.01))
+            woken = False
+            # Drain what is queued, then read the job once for all of it.
+            while message is not None:
+                if holder is not None and holder.is_change(message):
+                    if holder.concerns(message) and not holder.allowed():
+                        return
+                else:
+                    woken = True
+                message = pubsub.get_message(timeout=0)
+            if holder is not None and not holder.keep():
+                return
+            if woken:
                 view = current_view(svc, job_id, record)
     finally:
         pubsub.close()
+        if holder is not None:
+            holder.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from gateway import jobs
-from gateway.auth import authenticate, login_required, partner_required
+from gateway.auth import authenticate, login_required, partner_required, presented_key
 from gateway.errors import APIError
 from gateway.extensions import services
 from gateway.openapi import ACCEPTED_HEADERS, AUTH, READ, WRITE, ok, operation
@@ -78,7 +78,7 @@ def submit():
 @operation(
     "Read a job, optionally waiting for its end",
     ok(200, "The job", JobSchema),
-    (*READ, 422),
+    (*READ, 422, 429),
     tag="jobs",
     params=[WAIT],
 )
@@ -88,7 +88,13 @@ def show(job_id: str):
     svc = services()
     record, view = jobs.show(svc, authenticate(), job_id)
     if wait and view["status"] not in TERMINAL:
-        return jsonify(jobs.wait(svc, record, min(wait, svc.settings.max_wait)))
+        # A held read counts against the caller's max_open_streams while it waits.
+        holder = jobs.open_stream(svc, authenticate(), presented_key())
+        try:
+            return jsonify(jobs.wait(svc, record, min(wait, svc.settings.max_wait), holder))
+        finally:
+            if holder is not None:
+                holder.close()
     return jsonify(view)
 
 

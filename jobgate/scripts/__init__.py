@@ -32,6 +32,7 @@ NAMES = (
     "workers_live",
     "submit",
     "dispatch_tick",
+    "stream_open",
 )
 # Files other scripts include (``--! include <name>`` on a line of its own), never run alone.
 LIBRARY = ("celery_meta", "dispatch")
