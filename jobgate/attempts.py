@@ -38,7 +38,7 @@ from jobgate.events import (
 from jobgate.failpoints import failpoint
 from jobgate.lifecycle import enqueue_webhook
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
-from jobgate.ssrf import parse_allowlist
+from jobgate.ssrf import lookups_for, parse_allowlist
 from jobgate.store import CLAIM_MARGIN, Store, format_time, secrets_of, utcnow
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,8 @@ def _attempt(
     if refusal:
         attempt = Attempt("failed", None, refusal, 0, None)
     elif secrets:
-        attempt = post(settings, callback_url, body, wid, secrets)
+        with lookups_for(partner_id or ""):
+            attempt = post(settings, callback_url, body, wid, secrets)
     else:
         attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)
     failpoint("delivery.sent")
