@@ -73,7 +73,12 @@ class BatchSubmitSchema(Schema):
         validate=validate.Length(min=1, max=2048),
         metadata={"description": "Receives batch.completed only."},
     )
-    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+    metadata = fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        validate=_small_json,
+        metadata={"description": "Any JSON object, returned as is (16 KiB, as a job's)."},
+    )
 
 
 class PartnerCreateSchema(Schema):
