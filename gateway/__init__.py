@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         ui,
         webhooks,
     )
+    from gateway.views.common import refuse_unstorable_url
     from jobgate.db import Database
     from jobgate.partners import Partners
     from jobgate.ssrf import parse_allowlist
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     register_error_handlers(app)
     metrics.init_metrics(app)
+    app.before_request(refuse_unstorable_url)
     for module in (
         health,
         openapi,

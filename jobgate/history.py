@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, select, tuple_
 
-from jobgate.db import Database
+from jobgate.db import UNSTORABLE, Database
 from jobgate.db.models import Attempt, Batch, Job
 from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
@@ -63,9 +63,13 @@ def encode_cursor(record: dict[str, Any]) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[Any, str]:
+    """(created_at, job_id) of a cursor; BadCursor for anything ``encode_cursor`` did not
+    write, text the database cannot store included (a NUL in it failed PostgreSQL's read)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, _, job_id = raw.partition("|")
+        if UNSTORABLE.search(job_id):
+            raise ValueError(job_id)
         return parse_time(created), job_id
     except (ValueError, UnicodeDecodeError):
         raise BadCursor(cursor) from None
