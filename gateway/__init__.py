@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from gateway.errors import register_error_handlers
     from gateway.extensions import Services
     from gateway.views import (
+        archive,
         batches,
         catalog,
         endpoints,
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         ui,
         webhooks,
         endpoints,
+        archive,
     ):
         app.register_blueprint(module.bp)
     logging.getLogger("jobgate").setLevel(logging.INFO)

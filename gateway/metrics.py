@@ -88,6 +88,12 @@ class RedisCollector:
         )
         lag.add_metric([], oldest_age(oldest))
         yield lag
+        dead = CounterMetricFamily(
+            "jobgate_archive_dead_letters",
+            "Subjects the archive set aside: the database refused them alone (dead_letters)",
+        )
+        dead.add_metric([], float(counts.get("dead_letters", 0)))
+        yield dead
         database = GaugeMetricFamily("jobgate_database_up", "The database answered this scrape")
         database.add_metric([], 1 if database_answers(self.svc) else 0)
         yield database

@@ -103,6 +103,8 @@ COMPONENTS = (
     "BatchMember",
     "Batch",
     "BatchSubmit",
+    "DeadLetter",
+    "DeadLetters",
 )
 
 # Headers of a submission's answer (gateway.views.common.accepted).

@@ -155,6 +155,11 @@ class EndpointAttemptsArgs(Schema):
     cursor = fields.Integer(load_default=None, validate=validate.Range(min=1))
 
 
+class DeadLetterArgs(Schema):
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.Integer(load_default=None, validate=validate.Range(min=1))
+
+
 class RevokeSchema(Schema):
     reason = fields.String(load_default="", validate=validate.Length(max=500))
     terminate = fields.Boolean(load_default=True)
@@ -422,6 +427,29 @@ class BatchSchema(Schema):
         required=True,
         metadata={"description": "Members in submission order."},
     )
+
+
+class DeadLetterSchema(Schema):
+    """A subject the archiver set aside (``jobgate.archive``): the database refused it alone."""
+
+    id = fields.Integer(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["job", "batch", "msg"]))
+    subject_id = fields.String(required=True)
+    keyspace = fields.String(
+        required=True, metadata={"description": "The Redis key prefix it lives under."}
+    )
+    at = fields.String(required=True)
+    error = fields.String(required=True, metadata={"description": "Why the database refused it."})
+    record = fields.Raw(
+        required=True,
+        allow_none=True,
+        metadata={"description": "What Redis held of it then (its hash, or attempt log)."},
+    )
+
+
+class DeadLettersSchema(Schema):
+    dead_letters = fields.List(fields.Nested(DeadLetterSchema), required=True)
+    next_cursor = fields.Integer(required=True, allow_none=True)
 
 
 class HealthSchema(Schema):

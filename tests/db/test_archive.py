@@ -21,6 +21,7 @@ from jobgate.db.models import DeadLetter
 from jobgate.deliveries import Deliveries
 from jobgate.messages import DELIVER_TASK
 from jobgate.store import Store, utcnow
+from tests.conftest import ADMIN_KEY
 from tests.helpers import free_port
 
 
@@ -392,3 +393,25 @@ def test_a_database_outage_is_retried_never_set_aside(store, db, tmp_path, with_
     assert Archiver(store, db, consumer="outage").run_once() == 1 + len(good)
     assert [letter.subject_id for letter in letters(db, store)] == [bad]
     assert all(history.job(db, job_id) is not None for job_id in good)
+
+
+def test_dead_letters_are_counted_in_metrics_and_listed_for_admins(
+    store, archiver, db, settings
+) -> None:
+    from gateway import create_app
+
+    app = create_app(settings.with_overrides(database_url=db.url, key_prefix=store.prefix))
+    client, admin = app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"}
+    bad = poison_job(store, {"created_at": "yesterday"})
+    archiver.drain()
+    assert "jobgate_archive_dead_letters_total 1.0" in client.get("/metrics").get_data(True)
+    listed = client.get("/v1/archive/dead-letters", headers=admin)
+    assert listed.status_code == 200, listed.get_json()
+    newest = listed.get_json()["dead_letters"][0]
+    assert (newest["kind"], newest["subject_id"], newest["keyspace"]) == ("job", bad, store.prefix)
+    assert newest["record"]["created_at"] == "yesterday" and "yesterday" in newest["error"]
+    page = client.get("/v1/archive/dead-letters?limit=1", headers=admin).get_json()
+    assert page["dead_letters"] == [newest] and page["next_cursor"] == newest["id"]
+    partner = client.post("/v1/partners", json={"name": "nosy"}, headers=admin).get_json()
+    as_partner = {"Authorization": f"Bearer {partner['api_key']}"}
+    assert client.get("/v1/archive/dead-letters", headers=as_partner).status_code == 403
