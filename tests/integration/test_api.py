@@ -371,6 +371,35 @@ def test_metrics_count_submissions(client, partner):
     assert submitted(after) == submitted(before) + 1
 
 
+def http_series(text: str) -> set[str]:
+    """The request counter's label sets in a /metrics answer."""
+    return {
+        line.split("}")[0]
+        for line in text.splitlines()
+        if line.startswith("jobgate_http_requests_total{")
+    }
+
+
+def test_metrics_labels_cannot_grow_from_made_up_methods_or_paths(settings):
+    """Found in review: 300 requests with made-up methods grew /metrics by 282 KB for
+    good. A method no route serves counts as ``other``, a path no rule matches as
+    ``unmatched``: garbage adds a handful of series, however much of it comes."""
+    client = create_app(settings).test_client()
+    client.get("/metrics")  # a scrape counts itself after answering: count one first
+    before = client.get("/metrics").get_data(as_text=True)
+    for n in range(300):
+        client.open("/healthz", method=f"MADEUP{n}")
+        client.open(f"/no/such/path/{n}", method="GET")
+        client.open(f"/v1/jobs/{n}", method=f"X{n}")
+    after = client.get("/metrics").get_data(as_text=True)
+    added = http_series(after) - http_series(before)
+    assert added == {
+        'jobgate_http_requests_total{method="other",route="unmatched",status="405"',
+        'jobgate_http_requests_total{method="GET",route="unmatched",status="404"',
+    }
+    assert len(after) - len(before) < 8000
+
+
 def test_cli_partner_create_prints_json_usable_as_a_key(settings, redis_client, client):
     env = {**settings_env(settings), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     out = subprocess.run(

@@ -10,7 +10,12 @@ import pytest
 from marshmallow import ValidationError
 
 from config import Settings, SettingsError, format_ports
-from gateway.schemas import JobSubmitSchema, PartnerCreateSchema, RevokeSchema
+from gateway.schemas import (
+    BatchSubmitSchema,
+    JobSubmitSchema,
+    PartnerCreateSchema,
+    RevokeSchema,
+)
 from tasks.builtin import DocumentsParams, EmbedParams, SleepParams
 from tasks.registry import job_types
 from tests.helpers import ROOT
@@ -155,6 +160,15 @@ def test_task_params_are_validated(schema, params, field):
     with pytest.raises(ValidationError) as exc:
         schema().load(params)
     assert field in exc.value.messages
+
+
+def test_batch_metadata_has_the_cap_of_a_jobs():
+    member = {"task": "x"}
+    fits = {"blob": "x" * 16000}
+    assert BatchSubmitSchema().load({"jobs": [member], "metadata": fits})["metadata"] == fits
+    with pytest.raises(ValidationError) as exc:
+        BatchSubmitSchema().load({"jobs": [member], "metadata": {"big": "x" * 20000}})
+    assert "metadata" in exc.value.messages
 
 
 def test_partner_and_revoke_schemas():
