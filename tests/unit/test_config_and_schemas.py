@@ -25,6 +25,7 @@ def test_defaults_match_the_contract():
     assert s.job_cache_ttl == 3600  # in Redis once archived
     assert s.database_url == "sqlite:///jobgate.sqlite3"
     assert s.max_body == 1024 * 1024
+    assert s.max_result_bytes == 1024 * 1024  # a larger result fails its job
     # Svix's schedule after a first attempt sent at once: 5 s, 5 min, 30 min, 2 h, 5 h,
     # 10 h, 10 h (8 attempts, a day and more in all); one attempt may take 15 s.
     assert s.webhook_retry_delays == (5, 300, 1800, 7200, 18000, 36000, 36000)
