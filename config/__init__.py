@@ -147,7 +147,7 @@ class Settings:
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
     webhook_secret_grace: int = 24 * 3600
     endpoint_disable_after: float = 5 * 86400
-    demo_tasks: bool = True
+    demo_tasks: bool = False  # on in `jobgate dev` and the tests
     rate_limit: int = 600
     max_wait: int = 30
     sse_heartbeat: float = 15.0
