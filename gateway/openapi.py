@@ -54,7 +54,7 @@ ERRORS = {
     409: "Conflict (`conflict`, `idempotency_conflict`).",
     413: "Body over the configured limit (`payload_too_large`).",
     422: "Invalid fields (`validation_error`, `unknown_task`, `callback_url_refused`).",
-    429: "Submission rate exceeded (`rate_limited`, with Retry-After).",
+    429: "Over a limit, with Retry-After (`rate_limited`: submissions; `limit_exceeded`).",
     500: "Unexpected error, logged with an error id (`internal_error`).",
     503: "Redis or the broker is unreachable (`unavailable`).",
 }
