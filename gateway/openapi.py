@@ -55,7 +55,7 @@ ERRORS = {
     413: "Body over the configured limit (`payload_too_large`).",
     422: "Invalid fields, query parameters or ids (`validation_error`, `unknown_task`, "
     "`callback_url_refused`).",
-    429: "Submission rate exceeded (`rate_limited`, with Retry-After).",
+    429: "Over a limit, with Retry-After (`rate_limited`: submissions; `limit_exceeded`).",
     500: "Unexpected error, logged with an error id (`internal_error`).",
     503: "Redis or the broker is unreachable (`unavailable`).",
 }

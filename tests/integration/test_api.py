@@ -13,7 +13,9 @@ import uuid
 import pytest
 import redis
 
+from config import Settings
 from gateway import create_app
+from gateway.cli import dev_environment
 from tests.helpers import (
     ROOT,
     EmbeddedRedis,
@@ -220,17 +222,41 @@ def test_catalog_lists_json_schemas(client, partner):
     assert tasks["documents.process"]["params"]["required"] == ["documents"]
 
 
-def test_demo_tasks_off_hides_and_refuses_them(settings, admin_headers, redis_client):
-    client = create_app(settings.with_overrides(demo_tasks=False)).test_client()
-    key = client.post("/v1/partners", json={"name": "nodemo"}, headers=admin_headers).get_json()[
+def _client_and_headers(settings, admin_headers):
+    """A test client of a gateway for ``settings`` and a new partner's headers on it."""
+    client = create_app(settings).test_client()
+    key = client.post("/v1/partners", json={"name": "demo"}, headers=admin_headers).get_json()[
         "api_key"
     ]
-    headers = {"Authorization": f"Bearer {key}"}
+    return client, {"Authorization": f"Bearer {key}"}
+
+
+def test_demo_tasks_are_off_by_default_and_on_in_jobgate_dev(
+    settings, admin_headers, redis_client, worker
+):
+    environ = {
+        "REDIS_URL": settings.redis_url,
+        "JOBGATE_DATABASE_URL": settings.database_url,
+        "JOBGATE_ADMIN_KEYS": ",".join(settings.admin_keys),
+    }
+    client, headers = _client_and_headers(Settings.from_env(environ), admin_headers)
     names = {t["name"] for t in client.get("/v1/tasks", headers=headers).get_json()}
     assert names == {"documents.process", "texts.embed"}
     refused = client.post("/v1/jobs", json={"task": "demo.sleep"}, headers=headers)
     assert refused.status_code == 422
     assert refused.get_json()["error"]["code"] == "unknown_task"
+
+    dev_env, _ = dev_environment(environ)
+    client, headers = _client_and_headers(Settings.from_env(dev_env), admin_headers)
+    names = {t["name"] for t in client.get("/v1/tasks", headers=headers).get_json()}
+    assert {"demo.sleep", "demo.once", "demo.fail"} <= names
+    job = submit(client, {"headers": headers}, params={"seconds": 0, "steps": 1})
+    assert wait_for_status(client, job["job_id"], headers)["status"] == "SUCCESS"
+    # An explicit JOBGATE_DEMO_TASKS=0 holds in jobgate dev too.
+    assert (
+        Settings.from_env(dev_environment({**environ, "JOBGATE_DEMO_TASKS": "0"})[0]).demo_tasks
+        is False
+    )
 
 
 def test_routing_errors_are_json(client, partner):
