@@ -244,13 +244,15 @@ def spawn(name: str, args: Sequence[str], env: Mapping[str, str], root: Path = R
 
 
 def gateway_env(redis_url: str) -> dict[str, str]:
-    """The gateway's production configuration for the bench (no rate limit, local hooks)."""
+    """The gateway's production configuration for the bench (no rate limit, local hooks,
+    the demo tasks on)."""
     return {
         "REDIS_URL": redis_url,
         "JOBGATE_ADMIN_KEYS": ADMIN_KEY,
         "JOBGATE_RATE_LIMIT": "0",
         "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
         "JOBGATE_CALLBACK_ALLOWLIST": "127.0.0.0/8",
+        "JOBGATE_DEMO_TASKS": "1",  # the benches submit demo.sleep
         "FLOWER_UNAUTHENTICATED_API": "1",
     }
 

@@ -142,11 +142,12 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     archive_batch: int = 500
     max_body: int = 1024 * 1024
+    max_result_bytes: int = 1024 * 1024
     webhook_retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
     webhook_secret_grace: int = 24 * 3600
     endpoint_disable_after: float = 5 * 86400
-    demo_tasks: bool = True
+    demo_tasks: bool = False  # on in `jobgate dev` and the tests
     rate_limit: int = 600
     max_wait: int = 30
     sse_heartbeat: float = 15.0
@@ -271,6 +272,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "database_url": ("JOBGATE_DATABASE_URL", str),
     "archive_batch": ("JOBGATE_ARCHIVE_BATCH", int),
     "max_body": ("JOBGATE_MAX_BODY", int),
+    "max_result_bytes": ("JOBGATE_MAX_RESULT_BYTES", int),
     "webhook_retry_delays": ("JOBGATE_WEBHOOK_RETRY_DELAYS", _floats),
     "webhook_timeout": ("JOBGATE_WEBHOOK_TIMEOUT", float),
     "webhook_secret_grace": ("JOBGATE_WEBHOOK_SECRET_GRACE", int),
@@ -302,6 +304,7 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "job_cache_ttl": (1, "at least 1 second"),
     "archive_batch": (1, "at least 1"),
     "max_body": (1, "at least 1 byte"),
+    "max_result_bytes": (1, "at least 1 byte"),
     "webhook_retry_delays": (0, "no negative delay"),
     "webhook_timeout": (0.1, "at least 0.1 second"),
     "webhook_secret_grace": (0, "not negative"),

@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from gateway.errors import register_error_handlers
     from gateway.extensions import Services
     from gateway.views import (
+        archive,
         batches,
         catalog,
         endpoints,
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         ui,
         webhooks,
     )
+    from gateway.views.common import refuse_unstorable_url
     from jobgate.db import Database
     from jobgate.partners import Partners
     from jobgate.ssrf import parse_allowlist
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     register_error_handlers(app)
     metrics.init_metrics(app)
+    app.before_request(refuse_unstorable_url)
     for module in (
         health,
         openapi,
@@ -71,6 +74,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         ui,
         webhooks,
         endpoints,
+        archive,
     ):
         app.register_blueprint(module.bp)
     logging.getLogger("jobgate").setLevel(logging.INFO)

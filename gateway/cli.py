@@ -9,7 +9,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -479,22 +479,16 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-@main.command()
-@click.option("--port", default=8000, show_default=True, help="Gateway port on 127.0.0.1.")
-@click.option(
-    "--concurrency", default=2, show_default=True, help="Job pool processes of the worker."
-)
-def dev(port: int, concurrency: int) -> None:
-    """Gateway + worker (+ embedded Redis when none answers at REDIS_URL), for trying it out."""
-    base = Settings.from_env()
-    redis_server: Child | None = None
-    children: list[Child] = []
-    env = dict(os.environ)
+def dev_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The environment ``jobgate dev`` gives its gateway and worker, and its admin key:
+    ``environ`` plus loopback ``http://`` callbacks, the SQLite file in DEV_DIR, a new
+    admin key if none is set, and the ``demo.*`` tasks on (unless JOBGATE_DEMO_TASKS=0)."""
+    base = Settings.from_env(environ)
     admin_key = base.admin_keys[0] if base.admin_keys else "dev-admin-" + secrets.token_hex(8)
-    DEV_DIR.mkdir(exist_ok=True)
-    database_url = os.environ.get("JOBGATE_DATABASE_URL") or (
+    database_url = environ.get("JOBGATE_DATABASE_URL") or (
         f"sqlite:///{(DEV_DIR / 'jobgate.sqlite3').resolve()}"
     )
+    env = dict(environ)
     env.update(
         {
             "REDIS_URL": base.redis_url,
@@ -502,9 +496,25 @@ def dev(port: int, concurrency: int) -> None:
             "JOBGATE_ADMIN_KEYS": ",".join(base.admin_keys or (admin_key,)),
             "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
             "JOBGATE_CALLBACK_ALLOWLIST": base.callback_allowlist or "127.0.0.0/8,::1/128",
+            "JOBGATE_DEMO_TASKS": environ.get("JOBGATE_DEMO_TASKS") or "1",
         }
     )
+    return env, admin_key
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, help="Gateway port on 127.0.0.1.")
+@click.option(
+    "--concurrency", default=2, show_default=True, help="Job pool processes of the worker."
+)
+def dev(port: int, concurrency: int) -> None:
+    """Gateway + worker (+ embedded Redis when none answers at REDIS_URL), for trying it out."""
+    redis_server: Child | None = None
+    children: list[Child] = []
+    env, admin_key = dev_environment(os.environ)
+    DEV_DIR.mkdir(exist_ok=True)
     settings = Settings.from_env(env)
+    database_url = settings.database_url
     # SIGINT too, explicitly: a process started as a background job of a script inherits
     # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own;
     # "Ctrl-C stops everything" must hold however jobgate dev was started.

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from flask import g, has_app_context
 from marshmallow import ValidationError
 
 from gateway.auth import Principal
@@ -21,7 +22,7 @@ from jobgate import history, streams
 from jobgate.lifecycle import queue_job
 from jobgate.limits import defaults
 from jobgate.partners import CHANGED_CHANNEL
-from jobgate.ssrf import CallbackRefused, check_callback_url
+from jobgate.ssrf import CallbackRefused, check_callback_url, lookups_for
 from jobgate.status import DEFAULT_PRIORITY, TERMINAL, job_view
 from jobgate.store import QueueFull, digest, format_time, new_id, utcnow
 from tasks.registry import JobType, job_types
@@ -59,15 +60,17 @@ def validate_job(svc: Services, body: Any) -> dict[str, Any]:
 
 def check_callback(svc: Services, url: str, field: str = "callback_url") -> None:
     """422 ``callback_url_refused`` (reason under ``details[field]``) unless the URL
-    passes the SSRF guard."""
+    passes the SSRF guard; its DNS lookup counts against the caller's share of the slots."""
+    principal = g.get("principal") if has_app_context() else None
     try:
-        check_callback_url(
-            url,
-            allow_http=svc.settings.callback_allow_http,
-            allowlist=svc.allowlist,
-            ports=svc.settings.callback_ports,
-            dns_timeout=svc.settings.callback_dns_timeout,
-        )
+        with lookups_for(principal.partner_id or "" if principal else ""):
+            check_callback_url(
+                url,
+                allow_http=svc.settings.callback_allow_http,
+                allowlist=svc.allowlist,
+                ports=svc.settings.callback_ports,
+                dns_timeout=svc.settings.callback_dns_timeout,
+            )
     except CallbackRefused as exc:
         raise APIError(422, "callback_url_refused", exc.reason, {field: [exc.reason]}) from None
 

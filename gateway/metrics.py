@@ -88,6 +88,12 @@ class RedisCollector:
         )
         lag.add_metric([], oldest_age(oldest))
         yield lag
+        dead = CounterMetricFamily(
+            "jobgate_archive_dead_letters",
+            "Subjects the archive set aside: the database refused them alone (dead_letters)",
+        )
+        dead.add_metric([], float(counts.get("dead_letters", 0)))
+        yield dead
         database = GaugeMetricFamily("jobgate_database_up", "The database answered this scrape")
         database.add_metric([], 1 if database_answers(self.svc) else 0)
         yield database
@@ -123,6 +129,7 @@ def init_metrics(app: Flask) -> None:
     # prometheus_client validates labels on every .labels() call; the children for a
     # (method, route, status) never change, so each is looked up once per process.
     children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+    served: set[str] = set()
 
     @app.before_request
     def _start_timer() -> None:
@@ -130,8 +137,13 @@ def init_metrics(app: Flask) -> None:
 
     @app.after_request
     def _observe(response: Response) -> Response:
-        method, status = request.method, response.status_code
+        # Labels only from the app's own routes: a made-up method or path must not add
+        # a series (each one stays in every scrape for the life of the process).
+        if not served:
+            served.update(*(rule.methods or () for rule in app.url_map.iter_rules()))
+        method = request.method if request.method in served else "other"
         route = request.url_rule.rule if request.url_rule else "unmatched"
+        status = response.status_code
         child = children.get((method, route, status))
         if child is None:
             child = children[method, route, status] = (

@@ -53,15 +53,17 @@ ERRORS = {
     405: "Method not allowed on this route (`method_not_allowed`).",
     409: "Conflict (`conflict`, `idempotency_conflict`).",
     413: "Body over the configured limit (`payload_too_large`).",
-    422: "Invalid fields (`validation_error`, `unknown_task`, `callback_url_refused`).",
-    429: "Submission rate exceeded (`rate_limited`, with Retry-After).",
+    422: "Invalid fields, query parameters or ids (`validation_error`, `unknown_task`, "
+    "`callback_url_refused`).",
+    429: "Over a limit, with Retry-After (`rate_limited`: submissions; `limit_exceeded`).",
     500: "Unexpected error, logged with an error id (`internal_error`).",
     503: "Redis or the broker is unreachable (`unavailable`).",
 }
 
-# Error statuses most routes share: any keyed route, one naming an id, one taking a body.
+# Error statuses most routes share: any keyed route, one naming an id (422: an id holding
+# text that cannot be stored, gateway.views.common), one taking a body.
 AUTH = (401, 500, 503)
-READ = (*AUTH, 404)
+READ = (*AUTH, 404, 422)
 WRITE = (400, *AUTH, 413, 422)
 
 # Component schemas, registered under these names in this order: a nested schema before
@@ -101,6 +103,8 @@ COMPONENTS = (
     "BatchMember",
     "Batch",
     "BatchSubmit",
+    "DeadLetter",
+    "DeadLetters",
 )
 
 # Headers of a submission's answer (gateway.views.common.accepted).

@@ -103,7 +103,12 @@ class BatchSubmitSchema(Schema):
         validate=validate.Length(min=1, max=2048),
         metadata={"description": "Receives batch.completed only."},
     )
-    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+    metadata = fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        validate=_small_json,
+        metadata={"description": "Any JSON object, returned as is (16 KiB, as a job's)."},
+    )
 
 
 class PartnerCreateSchema(Schema):
@@ -176,6 +181,11 @@ class EndpointAttemptsArgs(Schema):
         load_default=None, validate=validate.OneOf(["delivered", "retry", "failed"])
     )
     since = fields.AwareDateTime(load_default=None)
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.Integer(load_default=None, validate=validate.Range(min=1))
+
+
+class DeadLetterArgs(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
     cursor = fields.Integer(load_default=None, validate=validate.Range(min=1))
 
@@ -474,6 +484,29 @@ class BatchSchema(Schema):
         required=True,
         metadata={"description": "Members in submission order."},
     )
+
+
+class DeadLetterSchema(Schema):
+    """A subject the archiver set aside (``jobgate.archive``): the database refused it alone."""
+
+    id = fields.Integer(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(["job", "batch", "msg"]))
+    subject_id = fields.String(required=True)
+    keyspace = fields.String(
+        required=True, metadata={"description": "The Redis key prefix it lives under."}
+    )
+    at = fields.String(required=True)
+    error = fields.String(required=True, metadata={"description": "Why the database refused it."})
+    record = fields.Raw(
+        required=True,
+        allow_none=True,
+        metadata={"description": "What Redis held of it then (its hash, or attempt log)."},
+    )
+
+
+class DeadLettersSchema(Schema):
+    dead_letters = fields.List(fields.Nested(DeadLetterSchema), required=True)
+    next_cursor = fields.Integer(required=True, allow_none=True)
 
 
 class HealthSchema(Schema):

@@ -10,7 +10,9 @@ them in one transaction (upserts: a subject archived twice is one row, and ``rev
 an older read from overwriting a newer row), then acknowledges the entries. An entry is
 only removed once its transaction committed, so a database outage delays archiving and
 loses nothing; the entries of an archiver that died are claimed by another after
-``CLAIM_IDLE`` s.
+``CLAIM_IDLE`` s. A subject the database refuses even alone (``refuses_record``: text it
+cannot store, a record that does not parse) is set aside in ``dead_letters`` instead, so
+that it never holds up the entries after it.
 
 Once a finished subject is in the database and its webhook has no attempt to come, its
 Redis keys are given ``Store.cache_ttl``: Redis then forgets it, and reads fall back to the
@@ -28,13 +30,14 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
 from jobgate.batches import batch_key, batch_record, member_ids
-from jobgate.db import Database
-from jobgate.db.models import Attempt, Batch, Job
+from jobgate.db import Database, escape_unstorable
+from jobgate.db.models import Attempt, Batch, DeadLetter, Job
 from jobgate.events import JOB_EVENTS
 from jobgate.lifecycle import enqueue_webhook, queue_job
 from jobgate.messages import Messenger
@@ -49,6 +52,9 @@ CLAIM_IDLE = 60.0  # seconds an entry may stay with an archiver before another t
 FINAL = frozenset({"none", "delivered", "failed"})  # webhook states with no attempt to come
 
 
+Subject = tuple[str, str]  # (kind, id) as an archive entry names it: job, batch or msg
+
+
 @dataclass
 class Chunk:
     """One read of the stream: entry ids and the subjects they name, deduplicated."""
@@ -60,6 +66,13 @@ class Chunk:
     # Jobs named only by entries that touched no attempt (created, ended): their attempt
     # logs are not read.
     records_only: frozenset[str] = frozenset()
+
+    def subjects(self) -> list[Subject]:
+        return [
+            *(("job", job_id) for job_id in self.jobs),
+            *(("batch", batch_id) for batch_id in self.batches),
+            *(("msg", message_id) for message_id in self.messages),
+        ]
 
 
 def revision(status: str | None, webhook_state: str | None, attempts: int) -> int:
@@ -128,17 +141,80 @@ class Archiver:
         return _chunk(entries)
 
     def run_once(self, block_ms: int = 0) -> int:
-        """Archive one chunk; returns how many entries it acknowledged."""
+        """Archive one chunk; returns how many entries it acknowledged. Subjects the
+        database refuses alone go to ``dead_letters``; an outage raises (nothing is
+        acknowledged: the chunk is read again)."""
         chunk = self.read(block_ms)
         if not chunk.ids:
             return 0
-        done = self.archive(chunk.jobs, chunk.batches, chunk.messages, chunk.records_only)
+        done, refused = self._write(chunk.subjects(), chunk.records_only)
+        if refused:
+            self.set_aside(refused)
         # Acknowledge, delete and let ``done`` expire, in one round trip.
         self.store.scripts["archive_done"](
             keys=[self.store.archive_key, *done],
             args=[GROUP, self.store.cache_ttl, *chunk.ids],
         )
         return len(chunk.ids)
+
+    def _write(
+        self, subjects: list[Subject], records_only: Collection[str]
+    ) -> tuple[list[str], list[tuple[Subject, BaseException]]]:
+        """Archive ``subjects`` in one transaction: (keys that may expire, subjects refused
+        alone with why). A transaction refused for what a record holds is split in halves
+        until each failing subject is tried alone; any other failure (Redis or the database
+        unreachable) is raised, whatever the split, so an outage is retried, never set aside."""
+        jobs = [subject_id for kind, subject_id in subjects if kind == "job"]
+        batches = [subject_id for kind, subject_id in subjects if kind == "batch"]
+        messages = [subject_id for kind, subject_id in subjects if kind == "msg"]
+        try:
+            return self.archive(jobs, batches, messages, records_only), []
+        except Exception as exc:
+            if not refuses_record(exc):
+                raise
+            if len(subjects) == 1:
+                return [], [(subjects[0], exc)]
+        half = len(subjects) // 2
+        first, first_refused = self._write(subjects[:half], records_only)
+        second, second_refused = self._write(subjects[half:], records_only)
+        return first + second, first_refused + second_refused
+
+    def set_aside(self, refused: list[tuple[Subject, BaseException]]) -> None:
+        """One ``dead_letters`` row per subject refused alone (what Redis holds of it, why it
+        failed), counted in ``<prefix>:stats`` as ``dead_letters`` (/metrics). Raises if the
+        database takes not even these rows: the entries are then read again."""
+        store = self.store
+        pipe = store.redis.pipeline(transaction=False)
+        for (kind, subject_id), _ in refused:
+            if kind == "msg":
+                pipe.lrange(store.key("deliveries", subject_id), 0, -1)
+            elif kind == "batch":
+                pipe.hgetall(batch_key(store, subject_id))
+            else:
+                pipe.hgetall(store.key("job", subject_id))
+        held = pipe.execute()
+        now = datetime.now(UTC)
+        rows = [
+            {
+                "keyspace": store.prefix,
+                "kind": kind,
+                "subject_id": escape_unstorable(subject_id)[:200],
+                "at": now,
+                "error": _describe(exc),
+                "record": json.dumps(record) if record else None,  # ASCII: \u escapes
+            }
+            for ((kind, subject_id), exc), record in zip(refused, held, strict=True)
+        ]
+        with self.db.session() as session:
+            session.execute(insert(DeadLetter), rows)
+        store.redis.hincrby(store.key("stats"), "dead_letters", len(rows))
+        for row in rows:
+            log.error(
+                "archive: set %s %s aside in dead_letters: %s",
+                row["kind"],
+                row["subject_id"],
+                row["error"],
+            )
 
     def drain(self, limit: float = 30.0) -> int:
         """Archive until the stream is empty (or ``limit`` s pass); tests and the CLI."""
@@ -290,8 +366,8 @@ LIVE_FIELDS = frozenset({"started_at", "runs", "worker", "progress"})
 
 
 def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None = None) -> int:
-    """Delete finished jobs (and their attempts) older than ``retention`` s, and completed
-    batches, one chunk per transaction; returns the jobs deleted."""
+    """Delete finished jobs (and their attempts) older than ``retention`` s, completed
+    batches and dead letters, one chunk per transaction; returns the jobs deleted."""
     before = datetime.fromtimestamp((time.time() if now is None else now) - retention, UTC)
     deleted = 0
     while True:
@@ -312,8 +388,12 @@ def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None 
                     .limit(chunk)
                 )
             )
-            if not ids and not batch_ids and not message_ids:
+            dead = list(
+                session.scalars(select(DeadLetter.id).where(DeadLetter.at < before).limit(chunk))
+            )
+            if not ids and not batch_ids and not message_ids and not dead:
                 return deleted
+            session.execute(delete(DeadLetter).where(DeadLetter.id.in_(dead)))
             subjects = ids + batch_ids + message_ids
             session.execute(delete(Attempt).where(Attempt.subject_id.in_(subjects)))
             session.execute(delete(Job).where(Job.job_id.in_(ids)))
@@ -328,6 +408,25 @@ def count_rows(db: Database) -> dict[str, int]:
             model.__tablename__: int(session.scalar(select(func.count()).select_from(model)) or 0)
             for model in (Job, Batch, Attempt)
         }
+
+
+def refuses_record(exc: BaseException) -> bool:
+    """Whether ``exc`` is about what a record holds, so that it fails the same way every
+    time (the database refused a value, the record does not parse), rather than about
+    reaching Redis or the database, which is retried until they answer."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError) and exc.orig:
+        exc = exc.orig  # raised while binding a value: about the value
+    if isinstance(exc, SQLAlchemyError | redis.RedisError | OSError):
+        return False
+    return isinstance(exc, ValueError | TypeError | LookupError)
+
+
+def _describe(exc: BaseException) -> str:
+    """Why a subject was refused, in at most 1000 storable characters."""
+    cause = exc.orig if isinstance(exc, StatementError) and exc.orig else exc
+    return escape_unstorable(f"{type(cause).__name__}: {cause}")[:1000]
 
 
 # --------------------------------------------------------------------- helpers

@@ -27,6 +27,7 @@ from jobgate import __version__
 from jobgate.deliveries import Begun, Deliveries
 from jobgate.delivery import Attempt, deliver, retry_delay
 from jobgate.due import entry as due_entry
+from jobgate.due import move as move_entries
 from jobgate.events import (
     MESSAGE,
     SUBJECTS,
@@ -36,9 +37,8 @@ from jobgate.events import (
     webhook_id,
 )
 from jobgate.failpoints import failpoint
-from jobgate.lifecycle import enqueue_webhook
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
-from jobgate.ssrf import parse_allowlist
+from jobgate.ssrf import lookups_for, parse_allowlist
 from jobgate.store import CLAIM_MARGIN, Store, format_time, secrets_of, utcnow
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,8 @@ def _attempt(
     if refusal:
         attempt = Attempt("failed", None, refusal, 0, None)
     elif secrets:
-        attempt = post(settings, callback_url, body, wid, secrets)
+        with lookups_for(partner_id or ""):
+            attempt = post(settings, callback_url, body, wid, secrets)
     else:
         attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)
     failpoint("delivery.sent")
@@ -325,9 +326,32 @@ def _attempt(
 
 
 def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str, event: str) -> str:
-    """Queue the event again (same body, same ``webhook-id``) as a fresh retry chain."""
-    Deliveries(store).set_state(subject_id, "pending", kind)
-    enqueue_webhook(store, messenger, kind, subject_id, event, chain="r" + uuid.uuid4().hex[:12])
+    """Send the event again (same body, same ``webhook-id``); returns that id.
+
+    While its delivery is open, the retry it scheduled is queued now instead (an attempt
+    already queued or running is left to answer): one retry chain however often this is
+    called, and none left behind to send a copy after a redelivery that succeeded. Once
+    the delivery ended (delivered, or failed), a fresh retry chain starts.
+    """
+    chain = "r" + uuid.uuid4().hex[:12]
+    task_id, args, kwargs = delivery_call(kind, subject_id, event, chain, 0)
+    queue = messenger.webhooks_queue
+    now = time.time()
+    found, entry = Deliveries(store).redeliver(
+        subject_id,
+        event,
+        kind,
+        first=delivery_task_id(kind, subject_id, event, AUTO_CHAIN, 0),
+        new=(task_id, due_entry(DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs)),
+        now=now,
+    )
+    if found == "due":
+        # Due now: a worker's pass (once a second) may queue it first; once either way.
+        move_entries(store, messenger, [entry], now=now)
+        log.info("brought the next attempt of %s for %s %s forward", event, kind, subject_id)
+    elif found == "new":
+        messenger.send(DELIVER_TASK, args=args, kwargs=kwargs, queue=queue, task_id=task_id)
+        log.info("queued %s for %s %s again", event, kind, subject_id)
     return webhook_id(subject_id, event)
 
 

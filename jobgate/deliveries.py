@@ -202,6 +202,42 @@ class Deliveries:
         ]
         return int(self.scripts["delivery_record"](keys=keys, args=args))
 
+    def redeliver(
+        self,
+        subject_id: str,
+        event: str,
+        kind: str,
+        *,
+        first: str,
+        new: tuple[str, str],
+        now: float,
+    ) -> tuple[str, str]:
+        """Where a redelivery of ``event`` stands, decided and recorded in one script:
+        ``("due", entry)`` when its delivery has a retry waiting on the due set, now due
+        (the caller queues ``entry``); ``("open", "")`` when an attempt is queued or
+        running (``first``: the automatic chain's first task id); ``("new", "")`` when the
+        delivery had ended: ``new`` (task id, due entry), a new chain's first attempt, is
+        marked open and pending, for the caller to send."""
+        found = self.scripts["delivery_redeliver"](
+            keys=[
+                self._key(subject_id),
+                self.store.due_key,
+                self.store.open_key,
+                self.store.key("job", subject_id),
+            ],
+            args=[
+                event,
+                now,
+                now + self.store.open_grace,
+                first,
+                new[0],
+                new[1],
+                self.store.retention,
+                "1" if kind == "job" else "0",
+            ],
+        )
+        return str(found[0]), str(found[1])
+
     def set_state(self, subject_id: str, state: str, kind: str = "job") -> None:
         """Set the delivery state without an attempt (e.g. ``pending`` on redelivery)."""
         summary = self._key(subject_id)

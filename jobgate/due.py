@@ -46,8 +46,17 @@ def move_due(
     rows = cast(
         "list[str]", store.redis.zrangebyscore(store.due_key, "-inf", now, start=0, num=limit)
     )
+    return move(store, messenger, rows, now=now)
+
+
+def move(
+    store: Store, messenger: Messenger, rows: Sequence[str], *, now: float | None = None
+) -> int:
+    """Queue these due-set entries now, each by the one caller that takes it off the set
+    (a redelivery brings one forward this way); returns how many this call moved."""
     if not rows:
         return 0
+    now = time.time() if now is None else now
     specs = [json.loads(row) for row in rows]
     if messenger.inline:
         keys, args = [store.due_key], []

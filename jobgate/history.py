@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 from typing import Any
 
 from sqlalchemy import bindparam, select, tuple_
 
-from jobgate.db import Database
-from jobgate.db.models import Attempt, Batch, Job
-from jobgate.partners import parse_time
+from jobgate.db import UNSTORABLE, Database
+from jobgate.db.models import Attempt, Batch, DeadLetter, Job
+from jobgate.partners import iso_time, parse_time
 from jobgate.status import TERMINAL
 
 
@@ -63,9 +64,13 @@ def encode_cursor(record: dict[str, Any]) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[Any, str]:
+    """(created_at, job_id) of a cursor; BadCursor for anything ``encode_cursor`` did not
+    write, text the database cannot store included (a NUL in it failed PostgreSQL's read)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, _, job_id = raw.partition("|")
+        if UNSTORABLE.search(job_id):
+            raise ValueError(job_id)
         return parse_time(created), job_id
     except (ValueError, UnicodeDecodeError):
         raise BadCursor(cursor) from None
@@ -115,3 +120,37 @@ def _page_statement(by_partner: bool, by_task: bool, status: str | None, after: 
         position = tuple_(bindparam("created", type_=Job.created_at.type), bindparam("after_id"))
         query = query.where(tuple_(Job.created_at, Job.job_id) < position)
     return query.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(bindparam("limit"))
+
+
+DEAD_LETTER_COLUMNS = (
+    DeadLetter.id,
+    DeadLetter.kind,
+    DeadLetter.subject_id,
+    DeadLetter.keyspace,
+    DeadLetter.at,
+    DeadLetter.error,
+    DeadLetter.record,
+)
+
+
+def dead_letters(
+    db: Database, *, limit: int = 50, cursor: int | None = None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """What the archiver set aside (``jobgate.archive``), newest first, ids below
+    ``cursor``: (page, the next page's cursor or None at the end)."""
+    query = select(*DEAD_LETTER_COLUMNS).order_by(DeadLetter.id.desc()).limit(limit)
+    if cursor is not None:
+        query = query.where(DeadLetter.id < cursor)
+    page = [
+        {
+            "id": row.id,
+            "kind": row.kind,
+            "subject_id": row.subject_id,
+            "keyspace": row.keyspace,
+            "at": iso_time(row.at),
+            "error": row.error,
+            "record": json.loads(row.record) if row.record else None,
+        }
+        for row in db.read(query)
+    ]
+    return page, page[-1]["id"] if len(page) == limit else None

@@ -31,7 +31,9 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -52,6 +54,7 @@ __all__ = [
     "parse_allowlist",
     "port_allowed",
     "resolve_within",
+    "lookups_for",
 ]
 
 MAX_URL_LENGTH = 2048
@@ -61,6 +64,10 @@ REFUSED = "callback_url is not allowed: it must be a public https URL on an allo
 # Lookups one process runs at once; past it a lookup waits for a free slot (within its own
 # deadline). Slots held by lookups the caller gave up on free when those end.
 DNS_LOOKUPS = 64
+# Of those, what one owner (a partner, named with ``lookups_for``) may hold at once: one
+# partner's slow names leave the other partners most of the slots.
+OWNER_SHARE = DNS_LOOKUPS // 4
+_owner: ContextVar[str] = ContextVar("jobgate_dns_owner", default="")
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +149,35 @@ class LookupTimeout(Exception):
 
 
 _slots_lock = threading.Lock()
-_slots: tuple[int, threading.BoundedSemaphore] | None = None
+_slots: tuple[int, threading.BoundedSemaphore, dict[str, threading.BoundedSemaphore]] | None
+_slots = None
 
 
-def _lookup_slots() -> threading.BoundedSemaphore:
-    """This process's lookup slots, made on first use: after gevent's patching (so waiting
-    for one yields to other greenlets) and anew after a fork (lookups of the parent that
-    held slots do not exist in the child). ``_slots_lock`` may be a real lock made before
-    the patching: it is never held across anything that could switch greenlets."""
+@contextmanager
+def lookups_for(owner: str) -> Iterator[None]:
+    """The DNS lookups made inside count against ``owner``'s share (``OWNER_SHARE``)."""
+    token = _owner.set(owner)
+    try:
+        yield
+    finally:
+        _owner.reset(token)
+
+
+def _lookup_slots() -> tuple[threading.BoundedSemaphore, threading.BoundedSemaphore | None]:
+    """This process's lookup slots and the current owner's share of them (None: no owner),
+    made on first use: after gevent's patching (so waiting for one yields to other
+    greenlets) and anew after a fork (lookups of the parent that held slots do not exist
+    in the child). ``_slots_lock`` may be a real lock made before the patching: it is
+    never held across anything that could switch greenlets."""
     global _slots
+    owner = _owner.get()
     with _slots_lock:
         if _slots is None or _slots[0] != os.getpid():
-            _slots = (os.getpid(), threading.BoundedSemaphore(DNS_LOOKUPS))
-        return _slots[1]
+            _slots = (os.getpid(), threading.BoundedSemaphore(DNS_LOOKUPS), {})
+        shares = _slots[2]
+        if owner and owner not in shares:
+            shares[owner] = threading.BoundedSemaphore(OWNER_SHARE)
+        return _slots[1], shares.get(owner) if owner else None
 
 
 def resolve_within(resolve: Resolver, host: str, port: int, timeout: float) -> list[str]:
@@ -166,9 +189,19 @@ def resolve_within(resolve: Resolver, host: str, port: int, timeout: float) -> l
     """
     # ``not timeout > 0`` also catches NaN; a wait longer than TIMEOUT_MAX cannot be asked.
     deadline = time.monotonic() + (min(timeout, threading.TIMEOUT_MAX) if timeout > 0 else 0.0)
-    slots = _lookup_slots()
+    slots, share = _lookup_slots()
+    if share is not None and not share.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        raise LookupTimeout("no free lookup slot in this partner's share")
     if not slots.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+        if share is not None:
+            share.release()
         raise LookupTimeout("no free lookup slot")
+
+    def release() -> None:
+        slots.release()
+        if share is not None:
+            share.release()
+
     done = threading.Event()
     outcome: list[list[str]] = []
     failure: list[BaseException] = []
@@ -179,13 +212,13 @@ def resolve_within(resolve: Resolver, host: str, port: int, timeout: float) -> l
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             failure.append(exc)
         finally:
-            slots.release()
+            release()
             done.set()
 
     try:
         threading.Thread(target=run, name=f"jobgate-dns {host}", daemon=True).start()
     except RuntimeError as exc:  # "can't start new thread": as good as no answer in time
-        slots.release()
+        release()
         raise LookupTimeout(f"no lookup thread: {exc}") from None
     if not done.wait(max(deadline - time.monotonic(), 0.0)):
         raise LookupTimeout("lookup still running")

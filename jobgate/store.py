@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -395,6 +396,16 @@ class Store:
         pipe.expire(name, window + 1)
         count = pipe.execute()[0]
         return (slot + 1) * window - now if count > limit else None
+
+    def take_turn(self, name: str, every: float) -> int | None:
+        """Take ``name``'s one turn per ``every`` s, counted in Redis so that it holds across
+        processes: None when this call took it, else whole seconds until the next (>= 1)."""
+        key = self.key("turn", name)
+        pipe = self.redis.pipeline(transaction=False)  # one round trip
+        pipe.set(key, "1", nx=True, px=max(1, int(every * 1000)))
+        pipe.pttl(key)
+        took, left = pipe.execute()
+        return None if took else max(1, math.ceil(int(left) / 1000))
 
     # ----------------------------------------------------------------- workers
     @property

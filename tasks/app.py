@@ -12,6 +12,7 @@ from celery import Celery, Task, states
 from celery.exceptions import WorkerLostError
 from celery.signals import task_revoked, worker_init
 from kombu.exceptions import EncodeError
+from kombu.utils.json import dumps as json_dumps
 
 from config import Settings
 from jobgate import lifecycle
@@ -211,14 +212,35 @@ class JobTask(Task):
         return {"progress": held} if held is not None else {}
 
 
+class ResultTooLarge(Exception):
+    """A task's result over ``JOBGATE_MAX_RESULT_BYTES``: the job fails and keeps none of it."""
+
+
+def check_result_size(result: Any, limit: int) -> None:
+    """Raise ``ResultTooLarge`` if ``result``, JSON-encoded as Celery stores it, is over
+    ``limit`` bytes: a result is kept in the job record and Celery's meta, and sent in the
+    webhook. One JSON cannot encode is left to ``JobTask.on_success`` to report."""
+    try:
+        size = len(json_dumps(result).encode())
+    except (TypeError, ValueError):
+        return
+    if size > limit:
+        raise ResultTooLarge(
+            f"result_too_large: the result is {size} bytes, over JOBGATE_MAX_RESULT_BYTES ({limit})"
+        )
+
+
 def _task_body(job_type: JobType):
-    """The Celery task for a job type: a thin wrapper giving the function a Progress."""
+    """The Celery task for a job type: a thin wrapper giving the function a Progress, and
+    failing the task when its result is over the cap (before anything stores it)."""
 
     def run(self: JobTask, **params: Any) -> Any:
         progress = Progress(self, self.app.store)
         self.request.jobgate_progress = progress  # its held report goes with the end
         try:
-            return job_type.func(progress, **params)
+            result = job_type.func(progress, **params)
+            check_result_size(result, self.app.settings.max_result_bytes)
+            return result
         finally:
             progress.close()  # before Celery stores a FAILURE: no report lands after it
 

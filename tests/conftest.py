@@ -72,6 +72,7 @@ def settings(redis_url: str, database_url: str) -> Settings:
         webhook_retry_delays=(0.2, 0.5, 1.0),
         webhook_timeout=3.0,
         rate_limit=0,
+        demo_tasks=True,
     )
 
 

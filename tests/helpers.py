@@ -70,6 +70,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
         "JOBGATE_SWEEP_INTERVAL": str(settings.sweep_interval),
         "JOBGATE_MAX_BODY": str(settings.max_body),
+        "JOBGATE_MAX_RESULT_BYTES": str(settings.max_result_bytes),
         "JOBGATE_MAX_WAIT": str(settings.max_wait),
         "JOBGATE_WEBHOOK_SECRET_GRACE": str(settings.webhook_secret_grace),
         "JOBGATE_ENDPOINT_DISABLE_AFTER": str(settings.endpoint_disable_after),

@@ -9,6 +9,14 @@ from typing import Any
 from flask import Response, jsonify, request
 
 from gateway.errors import APIError
+from jobgate.db import UNSTORABLE, escape_unstorable
+
+# Text the database cannot store (jobgate.db.UNSTORABLE) is refused wherever a caller
+# sends it: a job holding it would never reach the database.
+UNSTORABLE_VALUE = "Must not contain NUL (\\u0000) or an unpaired surrogate (\\ud800-\\udfff)."
+UNSTORABLE_KEY = "This key (shown escaped) must not contain NUL or an unpaired surrogate."
+MAX_REPORTED = 100  # fields named in one answer; a body may hold thousands
+MAX_DEPTH = 32  # a field deeper than this is named by its first MAX_DEPTH steps
 
 
 def _no_constants(name: str) -> Any:
@@ -21,16 +29,94 @@ def json_body() -> dict[str, Any]:
     Strict JSON: ``NaN``/``Infinity`` (and numbers that overflow to them, like ``1e999``)
     are refused, since they would come back in responses and signed webhooks as text no
     JSON parser accepts; so is nesting deep enough to exhaust the parser's recursion.
+    Text the database cannot store, anywhere in it, is 422 (``unstorable_fields``).
     """
+    raw, text = request.get_data(cache=True), ""
     try:
-        data = json.loads(
-            request.get_data(cache=True), parse_constant=_no_constants, parse_float=_finite_float
-        )
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads does
+        data = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
     except (ValueError, RecursionError):
         data = None
     if not isinstance(data, dict):
         raise APIError(400, "invalid_json", "The request body must be a JSON object.")
+    if _may_hold_unstorable(text):
+        refuse_unstorable(unstorable_fields(data))
     return data
+
+
+def _may_hold_unstorable(text: str) -> bool:
+    """Whether a JSON text can parse to text the database cannot store: only through a
+    ``\\u`` escape of NUL or a surrogate (strict JSON has no raw control characters), or
+    a raw surrogate. A cheap test first, since walking every body cost 4x its parse."""
+    if "\\" in text and ("\\u0000" in text or "\\ud" in text or "\\uD" in text):
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def unstorable_fields(data: Any) -> dict[str, Any]:
+    """Where parsed JSON holds text the database cannot store, in any key or string at any
+    depth: ``{field: {…: [message]}}`` nested as the input is (a list item by its index,
+    a bad key escaped); ``{}`` when there is none."""
+    details: dict[str, Any] = {}
+    reported = 0
+    stack: list[tuple[tuple[str, ...], Any]] = [((), data)]
+    while stack and reported < MAX_REPORTED:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if UNSTORABLE.search(key):
+                    _nest(details, (*path, escape_unstorable(key)), UNSTORABLE_KEY)
+                    reported += 1
+                else:
+                    stack.append(((*path, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*path, str(index)), item) for index, item in enumerate(value))
+        elif isinstance(value, str) and UNSTORABLE.search(value):
+            _nest(details, path, UNSTORABLE_VALUE)
+            reported += 1
+    return details
+
+
+def _nest(details: dict[str, Any], path: tuple[str, ...], message: str) -> None:
+    """Put ``[message]`` at ``path`` (cut to MAX_DEPTH steps) in nested ``details``."""
+    path = path[:MAX_DEPTH]
+    node = details
+    for step in path[:-1]:
+        if not isinstance(node.get(step), dict):
+            node[step] = {}
+        node = node[step]
+    node[path[-1]] = [message]
+
+
+def refuse_unstorable(details: dict[str, Any]) -> None:
+    """422 ``validation_error`` naming each field that holds text the database cannot store."""
+    if details:
+        raise APIError(
+            422,
+            "validation_error",
+            "The request holds text that cannot be stored (NUL or an unpaired surrogate).",
+            details,
+        )
+
+
+def refuse_unstorable_url() -> None:
+    """Before every request: path values and query parameters under the rule of bodies
+    (a NUL in an id or a cursor would otherwise reach the database)."""
+    details: dict[str, Any] = {
+        name: [UNSTORABLE_VALUE]
+        for name, value in (request.view_args or {}).items()
+        if isinstance(value, str) and UNSTORABLE.search(value)
+    }
+    for name, value in request.args.items(multi=True):
+        if UNSTORABLE.search(name):
+            details[escape_unstorable(name)] = [UNSTORABLE_KEY]
+        elif UNSTORABLE.search(value):
+            details[name] = [UNSTORABLE_VALUE]
+    refuse_unstorable(details)
 
 
 def _finite_float(text: str) -> float:

@@ -40,6 +40,7 @@ LIST_ARGS, ATTEMPT_ARGS = EndpointListArgs(), EndpointAttemptsArgs()
 # deleted one meanwhile.
 ENDPOINTS_FULL_RETRY_AFTER = 60
 ENDPOINT_STATES = ["enabled", "disabled", "failing"]
+TESTS_PER_SECOND = 1  # POST /v1/endpoints/{id}/test, per endpoint, across gateway processes
 ATTEMPT_PARAMS = [
     {
         "name": "status",
@@ -184,7 +185,7 @@ def rotate_secret(endpoint_id: str):
 @operation(
     "Send a signed ping event now; answers with the attempt",
     ok(200, "The attempt", EndpointAttemptSchema),
-    (*READ, 400, 409, 413),
+    (*READ, 400, 409, 413, 429),
     tag="endpoints",
     body=EMPTY_BODY,
     body_required=False,
@@ -197,6 +198,16 @@ def test(endpoint_id: str):
     mirror = svc.registry.mirrored(endpoint_id)
     if mirror.get("disabled"):
         raise APIError(409, "conflict", "The endpoint is disabled; enable it first.")
+    # A ping is a POST to the partner's URL made on demand: one a second per endpoint.
+    wait = svc.store.take_turn(f"endpoint-test:{endpoint_id}", 1.0 / TESTS_PER_SECOND)
+    if wait is not None:
+        raise APIError(
+            429,
+            "limit_exceeded",
+            f"At most {TESTS_PER_SECOND} test ping a second per endpoint; try again shortly.",
+            {"limit": "endpoint_test_per_second", "value": TESTS_PER_SECOND},
+            headers={"Retry-After": str(wait)},
+        )
     return jsonify(send_ping(svc.settings, svc.store, mirror, endpoint_id))
 
 

@@ -109,9 +109,6 @@ def redeliver(job_id: str):
             "job_id": job_id,
             "event": event,
             "webhook_id": wid,
-            "webhook": {
-                "state": "pending",
-                "attempts": Deliveries(svc.store).summary(job_id)["attempts"],
-            },
+            "webhook": Deliveries(svc.store).summary(job_id),
         }
     ), 202

@@ -6,6 +6,7 @@ PostgreSQL in production. ``Database`` connects lazily: building one touches not
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Text no database here can store: NUL (PostgreSQL's text and JSONB refuse it) and lone
+# surrogates (not UTF-8; a str from JSON holds a surrogate only when it is unpaired).
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def escape_unstorable(text: str) -> str:
+    """``text`` with NUL and lone surrogates written as ``\\u0000``-style escapes: storable."""
+    return UNSTORABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 class DatabaseNotReady(RuntimeError):

@@ -160,3 +160,19 @@ class Attempt(Base):
     at: Mapped[datetime] = mapped_column(Time, index=True)
     entry: Mapped[dict[str, Any]] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class DeadLetter(Base):
+    """A subject the archiver could not write even alone (``jobgate.archive``), set aside
+    so that the archive goes on: why it failed and what Redis held of it (JSON text,
+    escaped: it may hold the very text the database refused). One row each time."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    keyspace: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[str] = mapped_column(String(200))
+    at: Mapped[datetime] = mapped_column(Time, index=True)
+    error: Mapped[str] = mapped_column(Text)
+    record: Mapped[str | None] = mapped_column(Text, nullable=True)

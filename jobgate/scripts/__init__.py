@@ -25,6 +25,7 @@ NAMES = (
     "body_store",
     "delivery_record",
     "delivery_mirror",
+    "delivery_redeliver",
     "due_move",
     "fan_out",
     "archive_done",

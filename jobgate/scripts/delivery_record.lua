@@ -3,7 +3,9 @@
 -- here), trim and expire the log, mirror state and attempts on the job record only while
 -- it exists (ARGV[8] == '1'), mark the claim done (KEYS[3], '' for none), close this
 -- attempt in the open deliveries and, when another attempt follows, schedule it on the
--- due set and mark it open: an attempt is never recorded without its successor.
+-- due set and mark it open: an attempt is never recorded without its successor. The
+-- summary keeps that successor's due entry under 'next:<event>' (none once no attempt
+-- follows), for a redelivery to bring it forward (delivery_redeliver.lua).
 -- The subject goes on the archive stream (KEYS[7]) so the attempt reaches the database.
 -- An endpoint's message also appends the entry to the endpoint's attempts (KEYS[8], a
 -- sorted set by a per-endpoint sequence KEYS[9]; '' for none), trimmed to ARGV[6] * 50.
@@ -46,5 +48,8 @@ redis.call('ZREM', KEYS[5], ARGV[9])
 if ARGV[10] ~= '' then
   redis.call('ZADD', KEYS[5], ARGV[11], ARGV[10])
   redis.call('ZADD', KEYS[6], ARGV[12], ARGV[13])
+  redis.call('HSET', KEYS[1], 'next:' .. ARGV[3], ARGV[13])
+else
+  redis.call('HDEL', KEYS[1], 'next:' .. ARGV[3])
 end
 return n

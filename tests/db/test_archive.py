@@ -3,18 +3,26 @@ never overwritten, the Redis side forgotten only once archived and final, retent
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
 
 import pytest
 import redis
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from jobgate import history
 from jobgate.archive import Archiver, _chunk, count_rows, lag, prune, restore, revision
+from jobgate.db import Database
+from jobgate.db.models import DeadLetter
 from jobgate.deliveries import Deliveries
 from jobgate.messages import DELIVER_TASK
 from jobgate.store import Store, utcnow
+from tests.conftest import ADMIN_KEY
+from tests.helpers import free_port
 
 
 @pytest.fixture
@@ -284,3 +292,126 @@ def test_an_endpoint_messages_attempts_reach_the_database(store, archiver, db) -
     books.record(msg_id, {**entry, "outcome": "delivered"}, "delivered", "msg")
     archiver.drain()
     assert [a["outcome"] for a in history.attempts(db, msg_id)] == ["retry", "delivered"]
+
+
+# ------------------------------------------------------------------ dead letters
+# Records written straight into Redis (no gateway) that a database refuses: PostgreSQL's
+# JSONB takes no NUL and no lone surrogate (SQLite stores both); a time that does not
+# parse is refused before any database sees it.
+POISONS = {
+    "nul-in-metadata": ({"metadata": '{"note": "\\u0000"}'}, "postgresql"),
+    "surrogate-in-metadata": ({"metadata": '{"note": "\\ud800"}'}, "postgresql"),
+    "unreadable-created-at": ({"created_at": "yesterday"}, "every database"),
+}
+
+
+def poison_job(store: Store, fields: dict[str, str]) -> str:
+    """A job of another partner whose Redis record is then overwritten with ``fields``."""
+    job_id = new_job(store, partner_id="ptn_poison")
+    store.redis.hset(store.key("job", job_id), mapping=fields)
+    return job_id
+
+
+def letters(db: Database, store: Store) -> list[Any]:
+    """This store's dead letters (the module's database holds other tests' too)."""
+    query = select(DeadLetter).where(DeadLetter.keyspace == store.prefix).order_by(DeadLetter.id)
+    with db.session() as session:
+        return list(session.scalars(query))
+
+
+def counted(store: Store) -> int:
+    return int(store.redis.hget(store.key("stats"), "dead_letters") or 0)
+
+
+@pytest.mark.parametrize("poison", POISONS)
+def test_a_record_the_database_refuses_is_set_aside_and_the_rest_archives(
+    store, archiver, db, poison
+) -> None:
+    """Found in review: one job whose metadata held "\\u0000" stopped the archive for
+    every partner, forever. It is now tried alone, set aside, and the chunk goes on."""
+    fields, refused_by = POISONS[poison]
+    refused = refused_by == "every database" or not db.is_sqlite
+    others = [new_job(store) for _ in range(3)]
+    bad = poison_job(store, fields)
+    others += [new_job(store) for _ in range(3)]
+    assert archiver.drain() == 7  # one chunk of seven entries, every one acknowledged
+    assert all(history.job(db, job_id) is not None for job_id in others)
+    assert store.redis.xlen(store.archive_key) == 0
+    if refused:
+        (letter,) = letters(db, store)
+        assert (letter.kind, letter.subject_id) == ("job", bad)
+        assert letter.error
+        assert json.loads(letter.record) == store.redis.hgetall(store.key("job", bad))
+        assert history.job(db, bad) is None
+        assert counted(store) == 1
+    else:
+        assert letters(db, store) == [] and history.job(db, bad) is not None
+    later = new_job(store)  # and the archive goes on with the entries after it
+    assert archiver.drain() == 1
+    assert history.job(db, later) is not None
+
+
+def test_its_every_later_entry_is_set_aside_too(store, archiver, db) -> None:
+    bad = poison_job(store, {"created_at": "yesterday"})
+    archiver.drain()
+    assert store.finish_job(bad, "SUCCESS", result={})  # the job ends: a new entry
+    assert archiver.drain() == 1
+    assert [letter.subject_id for letter in letters(db, store)] == [bad, bad]
+    assert counted(store) == 2
+
+
+def test_prune_deletes_dead_letters_past_retention(store, archiver, db) -> None:
+    poison_job(store, {"created_at": "yesterday"})
+    archiver.drain()
+    prune(db, 3600)
+    assert len(letters(db, store)) == 1
+    prune(db, 1, now=time.time() + 3600)
+    assert letters(db, store) == []
+
+
+def unreachable(db: Database, tmp_path) -> Database:
+    """The same kind of database, down: nothing listens on its port, or its file's
+    directory is gone."""
+    if db.is_sqlite:
+        return Database(f"sqlite:///{tmp_path / 'gone' / 'jobgate.sqlite3'}")
+    return Database(make_url(db.url).set(port=free_port()).render_as_string(False))
+
+
+@pytest.mark.parametrize("with_others", [True, False], ids=["in-a-chunk", "alone"])
+def test_a_database_outage_is_retried_never_set_aside(store, db, tmp_path, with_others) -> None:
+    """Tried alone, a poison record fails as before; with the database down, every write
+    fails, the dead letter's too: the entries wait, and are sorted out once it answers."""
+    bad = poison_job(store, {"created_at": "yesterday"})
+    good = [new_job(store)] if with_others else []
+    down = Database(unreachable(db, tmp_path).url)
+    for _ in range(3):
+        with pytest.raises(OperationalError):
+            Archiver(store, down, consumer="outage").run_once()
+    down.dispose()
+    assert store.redis.xlen(store.archive_key) == 1 + len(good)
+    assert letters(db, store) == [] and counted(store) == 0
+    assert Archiver(store, db, consumer="outage").run_once() == 1 + len(good)
+    assert [letter.subject_id for letter in letters(db, store)] == [bad]
+    assert all(history.job(db, job_id) is not None for job_id in good)
+
+
+def test_dead_letters_are_counted_in_metrics_and_listed_for_admins(
+    store, archiver, db, settings
+) -> None:
+    from gateway import create_app
+
+    app = create_app(settings.with_overrides(database_url=db.url, key_prefix=store.prefix))
+    client, admin = app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"}
+    bad = poison_job(store, {"created_at": "yesterday"})
+    archiver.drain()
+    assert "jobgate_archive_dead_letters_total 1.0" in client.get("/metrics").get_data(True)
+    listed = client.get("/v1/archive/dead-letters", headers=admin)
+    assert listed.status_code == 200, listed.get_json()
+    newest = listed.get_json()["dead_letters"][0]
+    assert (newest["kind"], newest["subject_id"], newest["keyspace"]) == ("job", bad, store.prefix)
+    assert newest["record"]["created_at"] == "yesterday" and "yesterday" in newest["error"]
+    page = client.get("/v1/archive/dead-letters?limit=1", headers=admin).get_json()
+    assert page["dead_letters"] == [newest] and page["next_cursor"] == newest["id"]
+    partner = client.post("/v1/partners", json={"name": "nosy"}, headers=admin).get_json()
+    as_partner = {"Authorization": f"Bearer {partner['api_key']}"}
+    assert client.get("/v1/archive/dead-letters", headers=as_partner).status_code == 403

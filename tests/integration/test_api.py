@@ -13,7 +13,9 @@ import uuid
 import pytest
 import redis
 
+from config import Settings
 from gateway import create_app
+from gateway.cli import dev_environment
 from tests.helpers import (
     ROOT,
     EmbeddedRedis,
@@ -220,17 +222,41 @@ def test_catalog_lists_json_schemas(client, partner):
     assert tasks["documents.process"]["params"]["required"] == ["documents"]
 
 
-def test_demo_tasks_off_hides_and_refuses_them(settings, admin_headers, redis_client):
-    client = create_app(settings.with_overrides(demo_tasks=False)).test_client()
-    key = client.post("/v1/partners", json={"name": "nodemo"}, headers=admin_headers).get_json()[
+def _client_and_headers(settings, admin_headers):
+    """A test client of a gateway for ``settings`` and a new partner's headers on it."""
+    client = create_app(settings).test_client()
+    key = client.post("/v1/partners", json={"name": "demo"}, headers=admin_headers).get_json()[
         "api_key"
     ]
-    headers = {"Authorization": f"Bearer {key}"}
+    return client, {"Authorization": f"Bearer {key}"}
+
+
+def test_demo_tasks_are_off_by_default_and_on_in_jobgate_dev(
+    settings, admin_headers, redis_client, worker
+):
+    environ = {
+        "REDIS_URL": settings.redis_url,
+        "JOBGATE_DATABASE_URL": settings.database_url,
+        "JOBGATE_ADMIN_KEYS": ",".join(settings.admin_keys),
+    }
+    client, headers = _client_and_headers(Settings.from_env(environ), admin_headers)
     names = {t["name"] for t in client.get("/v1/tasks", headers=headers).get_json()}
     assert names == {"documents.process", "texts.embed"}
     refused = client.post("/v1/jobs", json={"task": "demo.sleep"}, headers=headers)
     assert refused.status_code == 422
     assert refused.get_json()["error"]["code"] == "unknown_task"
+
+    dev_env, _ = dev_environment(environ)
+    client, headers = _client_and_headers(Settings.from_env(dev_env), admin_headers)
+    names = {t["name"] for t in client.get("/v1/tasks", headers=headers).get_json()}
+    assert {"demo.sleep", "demo.once", "demo.fail"} <= names
+    job = submit(client, {"headers": headers}, params={"seconds": 0, "steps": 1})
+    assert wait_for_status(client, job["job_id"], headers)["status"] == "SUCCESS"
+    # An explicit JOBGATE_DEMO_TASKS=0 holds in jobgate dev too.
+    assert (
+        Settings.from_env(dev_environment({**environ, "JOBGATE_DEMO_TASKS": "0"})[0]).demo_tasks
+        is False
+    )
 
 
 def test_routing_errors_are_json(client, partner):
@@ -369,6 +395,35 @@ def test_metrics_count_submissions(client, partner):
         return float(line.split()[-1])
 
     assert submitted(after) == submitted(before) + 1
+
+
+def http_series(text: str) -> set[str]:
+    """The request counter's label sets in a /metrics answer."""
+    return {
+        line.split("}")[0]
+        for line in text.splitlines()
+        if line.startswith("jobgate_http_requests_total{")
+    }
+
+
+def test_metrics_labels_cannot_grow_from_made_up_methods_or_paths(settings):
+    """Found in review: 300 requests with made-up methods grew /metrics by 282 KB for
+    good. A method no route serves counts as ``other``, a path no rule matches as
+    ``unmatched``: garbage adds a handful of series, however much of it comes."""
+    client = create_app(settings).test_client()
+    client.get("/metrics")  # a scrape counts itself after answering: count one first
+    before = client.get("/metrics").get_data(as_text=True)
+    for n in range(300):
+        client.open("/healthz", method=f"MADEUP{n}")
+        client.open(f"/no/such/path/{n}", method="GET")
+        client.open(f"/v1/jobs/{n}", method=f"X{n}")
+    after = client.get("/metrics").get_data(as_text=True)
+    added = http_series(after) - http_series(before)
+    assert added == {
+        'jobgate_http_requests_total{method="other",route="unmatched",status="405"',
+        'jobgate_http_requests_total{method="GET",route="unmatched",status="404"',
+    }
+    assert len(after) - len(before) < 8000
 
 
 def test_cli_partner_create_prints_json_usable_as_a_key(settings, redis_client, client):

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import uuid
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+from celery.result import AsyncResult
+
+from config import Settings
+from tasks.app import ResultTooLarge, check_result_size
 from tasks.text import EMBEDDING_MODEL, embed
-from tests.helpers import job_status, wait_for_status, wait_until
+from tests.conftest import ADMIN_KEY
+from tests.helpers import WorkerProcess, gateway_for, job_status, wait_for_status, wait_until
+from tests.webhooks.conftest import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +93,91 @@ def test_texts_embed_matches_the_local_embedding(client, partner, worker):
     assert done["status"] == "SUCCESS", done
     assert done["result"]["model"] == EMBEDDING_MODEL
     assert done["result"]["embeddings"] == [embed(t, 32) for t in texts]
+
+
+CAP = 4096  # JOBGATE_MAX_RESULT_BYTES of the capped world below
+
+
+@pytest.fixture(scope="module")
+def capped(settings: Settings, redis_client: Any) -> Iterator[SimpleNamespace]:
+    """A gateway client, a partner, its services and a worker whose results are capped at
+    CAP bytes, on queues of their own (the session's worker never takes their messages)."""
+    tag = "capped-" + uuid.uuid4().hex[:8]
+    own = settings.with_overrides(
+        queue_jobs=f"{tag}-jobs", queue_webhooks=f"{tag}-hooks", max_result_bytes=CAP
+    )
+    client, partner, svc = gateway_for(own, ADMIN_KEY)
+    worker = WorkerProcess(own, concurrency=1, name="capped").start()
+    yield SimpleNamespace(client=client, partner=partner, svc=svc)
+    worker.stop()
+
+
+def test_a_result_over_the_cap_fails_the_job_and_nothing_of_it_is_kept(capped):
+    receiver = Receiver()
+    try:
+        words = " ".join(f"word{i}" for i in range(2000))  # about 18 KB of chunks
+        job = submit(
+            capped.client,
+            capped.partner,
+            {
+                "task": "documents.process",
+                "params": {"documents": [{"name": "big.txt", "text": words}]},
+                "callback_url": receiver.url,
+            },
+        )
+        job_id = job["job_id"]
+        done = wait_for_status(capped.client, job_id, capped.partner["headers"])
+        assert done["status"] == "FAILURE"
+        assert done["result"] is None
+        assert done["error"].startswith("result_too_large: the result is ")
+        assert done["error"].endswith(f" bytes, over JOBGATE_MAX_RESULT_BYTES ({CAP})")
+        size = int(done["error"].split(" bytes")[0].rsplit(" ", 1)[1])
+        assert size > CAP
+        # Nothing of the result in the record, nor in Celery's meta, which says FAILURE.
+        store = capped.svc.store
+        assert "result" not in store.redis.hgetall(store.key("job", job_id))
+        celery = capped.svc.celery
+        meta = celery.backend.get_task_meta(job_id)
+        assert meta["status"] == "FAILURE"
+        assert isinstance(meta["result"], ResultTooLarge)
+        assert str(meta["result"]) == done["error"]
+        raw = store.redis.get(celery.backend.get_key_for_task(job_id).decode())
+        assert "chunk_count" not in raw  # the params are there (result_extended), not the result
+        assert AsyncResult(job_id, app=celery).state == "FAILURE"
+        # One job.failed webhook, without the result.
+        wait_until(
+            lambda: (
+                job_status(capped.client, job_id, capped.partner["headers"])["webhook"]["state"]
+                == "delivered"
+            ),
+            20,
+            message="the job.failed webhook delivered",
+        )
+        [hook] = receiver.requests
+        event = json.loads(hook.body)
+        assert event["type"] == "job.failed"
+        assert event["data"]["result"] is None
+        assert event["data"]["error"] == done["error"]
+        assert len(hook.body) < CAP
+    finally:
+        receiver.stop()
+
+
+def test_a_result_under_the_cap_is_kept(capped):
+    job = submit(
+        capped.client,
+        capped.partner,
+        {"task": "documents.process", "params": {"documents": [{"name": "a", "text": "x y"}]}},
+    )
+    done = wait_for_status(capped.client, job["job_id"], capped.partner["headers"])
+    assert done["status"] == "SUCCESS", done
+    assert done["result"]["total_chunks"] == 1
+
+
+def test_the_cap_counts_json_bytes():
+    value = {"text": "é" * 10}  # JSON escapes it: \u00e9, 6 bytes each
+    size = len(json.dumps(value))
+    check_result_size(value, size)
+    with pytest.raises(ResultTooLarge, match=f"the result is {size} bytes"):
+        check_result_size(value, size - 1)
+    check_result_size(object(), 1)  # not JSON: on_success reports it, not the cap

@@ -258,3 +258,31 @@ def test_bad_schedules_are_422(client, partner, extra, field):
     answer = client.post("/v1/jobs", json={**SLEEP, **extra}, headers=partner["headers"])
     assert answer.status_code == 422
     assert field in answer.get_json()["error"]["details"]
+
+
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def test_dispatch_with_rabbitmq_as_the_broker(world, admin_headers, workers):
+    """With a broker apart from the store (RabbitMQ), dispatched jobs are sent from the
+    step that dispatched them; partners still take turns, and every job runs once."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+    except OSError:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    own = world.with_overrides(broker_url=RABBITMQ)
+    client, _, svc = gateway_for(own, admin_headers["Authorization"].split()[1])
+    assert not svc.messenger.inline
+    a = add_partner(client, admin_headers, "a")
+    b = add_partner(client, admin_headers, "b")
+    workers.append(WorkerProcess(own, concurrency=1, name="amqp").start())
+    fast = {"params": {"seconds": 0.05, "steps": 1}}
+    a_jobs = [submit(client, a, **fast)["job_id"] for _ in range(12)]
+    b_job = submit(client, b, **fast)["job_id"]
+    all_ended(client, svc.store, [*a_jobs, b_job])
+    assert {r["status"] for r in svc.store.jobs([*a_jobs, b_job])} == {"SUCCESS"}
+    assert all(int(r["runs"]) == 1 for r in svc.store.jobs([*a_jobs, b_job]))
+    assert start_order(svc.store, [*a_jobs, b_job]).index(b_job) <= 3
+    assert not any(svc.store.waiting(a["id"]).values())

@@ -754,6 +754,10 @@ def test_delivery_record_schedules_the_next_attempt_with_its_open_entry(
     assert run("delivery_record", record_keys(k), args) == 1
     assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("d2", 7040.0)]
     assert redis_client.zrange(k("due"), 0, -1, withscores=True) == [(due_entry, 7000.0)]
+    # The summary names the next attempt for a redelivery, until an attempt ends the chain.
+    assert redis_client.hget(k("webhook", "j1"), "next:job.completed") == due_entry
+    assert run("delivery_record", record_keys(k), record_args("delivered", task_id="d2")) == 2
+    assert redis_client.hget(k("webhook", "j1"), "next:job.completed") is None
 
 
 def test_delivery_record_stores_the_first_attempts_body_only(
@@ -766,6 +770,71 @@ def test_delivery_record_stores_the_first_attempts_body_only(
     assert ttl_near(redis_client, body, RETENTION)
     assert run("delivery_record", keys, [*record_args(task_id="d2"), '{"second":2}']) == 2
     assert redis_client.get(body) == '{"first":1}'  # the first writer's bytes stay
+
+
+# ------------------------------------------------------------------- delivery_redeliver
+def redeliver_keys(k: Keys) -> list[str]:
+    return [k("webhook", "j1"), k("due"), k("deliveries", "open"), k("job", "j1")]
+
+
+def redeliver_args(new_entry: str = '{"id":"r0"}', mirror: str = "1") -> list[Any]:
+    return ["job.completed", 100.0, 140.0, "a0", "r0", new_entry, RETENTION, mirror]
+
+
+def test_delivery_redeliver_brings_a_scheduled_retry_forward(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    retry = json.dumps({"id": "a2"})
+    redis_client.hset(
+        k("webhook", "j1"), mapping={"state": "retrying", "next:job.completed": retry}
+    )
+    redis_client.zadd(k("due"), {retry: 9000.0, "other": 9000.0})
+    redis_client.zadd(k("deliveries", "open"), {"a2": 9040.0})
+    assert run("delivery_redeliver", redeliver_keys(k), redeliver_args()) == ["due", retry]
+    assert redis_client.zscore(k("due"), retry) == 100.0  # due now; others left alone
+    assert redis_client.zscore(k("due"), "other") == 9000.0
+    assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("a2", 140.0)]
+    assert redis_client.hget(k("webhook", "j1"), "state") == "retrying"
+
+
+@pytest.mark.parametrize("open_id", ["a2", "a0"], ids=["its-next-attempt", "the-first-attempt"])
+def test_delivery_redeliver_leaves_an_attempt_queued_or_running_alone(
+    redis_client: redis.Redis, run: Any, k: Keys, open_id: str
+) -> None:
+    if open_id == "a2":  # moved off the due set onto the queue, not recorded yet
+        redis_client.hset(k("webhook", "j1"), "next:job.completed", json.dumps({"id": "a2"}))
+    redis_client.zadd(k("deliveries", "open"), {open_id: 500.0})
+    assert run("delivery_redeliver", redeliver_keys(k), redeliver_args()) == ["open", ""]
+    assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [
+        (open_id, 500.0)
+    ]
+    assert not redis_client.exists(k("due"))
+
+
+def test_delivery_redeliver_after_the_end_opens_a_new_chain(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    job = live_job(redis_client, k, webhook_state="delivered")
+    redis_client.hset(k("webhook", "j1"), mapping={"state": "delivered", "attempts": "2"})
+    new_entry = json.dumps({"id": "r0"})
+    assert run("delivery_redeliver", redeliver_keys(k), redeliver_args(new_entry)) == ["new", ""]
+    assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("r0", 140.0)]
+    assert redis_client.hgetall(k("webhook", "j1")) == {
+        "state": "pending",
+        "attempts": "2",
+        "next:job.completed": new_entry,
+    }
+    assert ttl_near(redis_client, k("webhook", "j1"), RETENTION)
+    assert redis_client.hget(job, "webhook_state") == "pending"
+    # A second call at once finds that chain open: it starts none.
+    assert run("delivery_redeliver", redeliver_keys(k), redeliver_args()) == ["open", ""]
+
+
+def test_delivery_redeliver_never_resurrects_an_expired_job(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    assert run("delivery_redeliver", redeliver_keys(k), redeliver_args(mirror="1"))[0] == "new"
+    assert not redis_client.exists(k("job", "j1"))
 
 
 # ---------------------------------------------------------------------- delivery_mirror

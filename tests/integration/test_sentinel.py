@@ -85,6 +85,7 @@ def test_a_failover_loses_no_job_the_replica_had(group: SentinelGroup, own_datab
         rate_limit=0,
         visibility_timeout=6,
         sweep_interval=1.0,
+        demo_tasks=True,
     )
     receiver = Receiver()
     worker = WorkerProcess(settings, concurrency=2, name="sentinel")

@@ -6,6 +6,7 @@ model, and that the gateway's Redis keys and the partner's job list are unchange
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -14,6 +15,7 @@ import redis
 
 from config import Settings
 from gateway import create_app
+from gateway.views.common import UNSTORABLE_KEY, UNSTORABLE_VALUE
 from jobgate.ssrf import REFUSED
 from tests.helpers import wait_until
 from tests.reliability.conftest import OwnRedis
@@ -248,7 +250,6 @@ def test_partner_cannot_revoke_anyones_job(client, partner, other_partner, worke
         "x" * 65,
         "x" * 4000,
         "..%2F..%2Fetc%2Fpasswd",
-        "%00",
         "' OR 1=1 --",
         "jobgate:partners",
     ],
@@ -380,3 +381,164 @@ def test_ssrf_callback_urls_are_refused(strict_app, partner, redis_client, url):
     else:
         assert error["message"] != REFUSED
     assert (gateway_keys(redis_client), job_list(client, partner)) == before
+
+
+# ------------------------------------------------- text the database cannot store
+# Found in review: a job whose metadata held "\u0000" or "\ud800" was accepted, then
+# never archived on PostgreSQL; a NUL in a path id or a cursor was a 500 there. Such text
+# is refused wherever a caller sends it, naming the field as other 422s do.
+BAD = UNSTORABLE_VALUE
+MEMBER = '{"task": "demo.sleep", "params": {"seconds": 0}}'
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "details"),
+    [
+        (
+            "/v1/jobs",
+            '{"task": "demo.sleep", "metadata": {"note": "a\\u0000b"}}',
+            {"metadata": {"note": [BAD]}},
+        ),
+        (
+            "/v1/jobs",
+            '{"task": "demo.sleep", "metadata": {"note": "\\ud800"}}',
+            {"metadata": {"note": [BAD]}},
+        ),
+        (
+            "/v1/jobs",
+            '{"task": "demo.sleep", "metadata": {"rows": [{"x": ["ok", "\\uDFFF"]}]}}',
+            {"metadata": {"rows": {"0": {"x": {"1": [BAD]}}}}},
+        ),
+        (
+            "/v1/jobs",
+            '{"task": "demo.sleep", "params": {"sec\\u0000onds": 1}}',
+            {"params": {"sec\\u0000onds": [UNSTORABLE_KEY]}},
+        ),
+        ("/v1/jobs", '{"task": "demo.sleep\\u0000"}', {"task": [BAD]}),
+        (
+            "/v1/jobs",
+            '{"task": "demo.sleep", "callback_url": "http://127.0.0.1/\\u0000"}',
+            {"callback_url": [BAD]},
+        ),
+        (
+            "/v1/batches",
+            f'{{"jobs": [{MEMBER}, {{"task": "demo.sleep", "metadata": {{"n": "\\ud83d"}}}}]}}',
+            {"jobs": {"1": {"metadata": {"n": [BAD]}}}},
+        ),
+        (
+            "/v1/batches",
+            f'{{"jobs": [{MEMBER}], "metadata": {{"upload": "\\u0000"}}}}',
+            {"metadata": {"upload": [BAD]}},
+        ),
+        (
+            "/v1/endpoints",
+            '{"url": "http://127.0.0.1:9/hooks", "description": "orders\\u0000"}',
+            {"description": [BAD]},
+        ),
+        (
+            "/v1/endpoints",
+            '{"url": "http://127.0.0.1:9/hooks", "event_types": ["job.failed\\udc00"]}',
+            {"event_types": {"0": [BAD]}},
+        ),
+    ],
+    ids=[
+        "job-metadata-nul",
+        "job-metadata-surrogate",
+        "job-metadata-deep",
+        "params-key",
+        "task",
+        "callback-url",
+        "batch-member",
+        "batch-metadata",
+        "endpoint-description",
+        "endpoint-event-type",
+    ],
+)
+def test_text_the_database_cannot_store_is_422_naming_the_field(
+    client, partner, unchanged, path, body, details
+):
+    response = client.post(
+        path, data=body, content_type="application/json", headers=partner["headers"]
+    )
+    error = assert_error(response, 422, "validation_error")
+    assert error["details"] == details
+
+
+def test_a_raw_surrogate_in_the_body_is_422_too(client, partner, unchanged):
+    body = b'{"task": "demo.sleep", "metadata": {"note": "\xed\xa0\x80"}}'
+    response = client.post("/v1/jobs", data=body, headers=partner["headers"])
+    assert assert_error(response, 422, "validation_error")["details"] == {
+        "metadata": {"note": [BAD]}
+    }
+
+
+def test_deep_or_many_such_strings_get_a_bounded_answer(client, partner, unchanged):
+    """Nested as deep as the parser takes, or thousands of them: still one clear 422."""
+    deep = '{"task": "demo.sleep", "metadata": ' + '{"k": ' * 900 + '"\\u0000"' + "}" * 901
+    details = assert_error(
+        client.post("/v1/jobs", data=deep, headers=partner["headers"]), 422, "validation_error"
+    )["details"]
+    for _ in range(32 - 1):
+        details = next(iter(details.values()))
+    assert details == {"k": [BAD]}
+    many = {"task": "demo.sleep", "metadata": {f"n{i}": "\x00" for i in range(5000)}}
+    response = client.post("/v1/jobs", json=many, headers=partner["headers"])
+    assert len(assert_error(response, 422, "validation_error")["details"]["metadata"]) == 100
+
+
+def test_admin_bodies_with_such_text_are_422(client, admin_headers, redis_client):
+    before = gateway_keys(redis_client)
+    for path, body, details in (
+        ("/v1/partners", {"name": "acme\x00"}, {"name": [BAD]}),
+        ("/v1/jobs/no-such-job/revoke", {"reason": "\ud800"}, {"reason": [BAD]}),
+    ):
+        response = client.post(path, json=body, headers=admin_headers)
+        assert assert_error(response, 422, "validation_error")["details"] == details
+    assert gateway_keys(redis_client) == before
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "name"),
+    [
+        ("get", "/v1/jobs/%00", "job_id"),
+        ("get", "/v1/jobs/abc%00def/events", "job_id"),
+        ("get", "/v1/jobs/%00/deliveries", "job_id"),
+        ("post", "/v1/jobs/%00/redeliver", "job_id"),
+        ("get", "/v1/batches/%00", "batch_id"),
+        ("get", "/v1/endpoints/ep_%00", "endpoint_id"),
+        ("get", "/v1/endpoints/%00/attempts", "endpoint_id"),
+        ("get", "/v1/partners/ptn_%00", "partner_id"),
+        ("post", "/v1/partners/%00/disable", "partner_id"),
+    ],
+)
+def test_a_nul_in_a_path_id_is_422_naming_it(
+    client, partner, admin_headers, unchanged, method, path, name
+):
+    headers = admin_headers if "/partners/" in path else partner["headers"]
+    response = getattr(client, method)(path, headers=headers)
+    assert assert_error(response, 422, "validation_error")["details"] == {name: [BAD]}
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "details"),
+    [
+        ("/v1/jobs", "task=demo%00", {"task": [BAD]}),
+        ("/v1/jobs", "cursor=%00", {"cursor": [BAD]}),
+        ("/v1/jobs", "status=SUCCESS&status=%00", {"status": [BAD]}),
+        ("/v1/jobs", "li%00mit=5", {"li\\u0000mit": [UNSTORABLE_KEY]}),
+        ("/v1/endpoints", "state=%00", {"state": [BAD]}),
+    ],
+)
+def test_a_nul_in_a_query_parameter_is_422_naming_it(
+    client, partner, unchanged, path, query, details
+):
+    response = client.get(f"{path}?{query}", headers=partner["headers"])
+    assert assert_error(response, 422, "validation_error")["details"] == details
+
+
+def test_a_cursor_that_decodes_to_a_nul_is_422(client, partner, worker):
+    """A cursor is base64: the NUL hides in what it decodes to (a 500 on PostgreSQL)."""
+    assert client.post("/v1/jobs", json=SLEEP, headers=partner["headers"]).status_code == 202
+    cursor = base64.urlsafe_b64encode(b"2026-05-01T12:00:00.000Z|\x00").decode().rstrip("=")
+    response = client.get("/v1/jobs", query_string={"cursor": cursor}, headers=partner["headers"])
+    assert "cursor" in assert_error(response, 422, "validation_error")["details"]

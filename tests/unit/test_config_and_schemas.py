@@ -10,7 +10,12 @@ import pytest
 from marshmallow import ValidationError
 
 from config import Settings, SettingsError, format_ports
-from gateway.schemas import JobSubmitSchema, PartnerCreateSchema, RevokeSchema
+from gateway.schemas import (
+    BatchSubmitSchema,
+    JobSubmitSchema,
+    PartnerCreateSchema,
+    RevokeSchema,
+)
 from tasks.builtin import DocumentsParams, EmbedParams, SleepParams
 from tasks.registry import job_types
 from tests.helpers import ROOT
@@ -25,6 +30,7 @@ def test_defaults_match_the_contract():
     assert s.job_cache_ttl == 3600  # in Redis once archived
     assert s.database_url == "sqlite:///jobgate.sqlite3"
     assert s.max_body == 1024 * 1024
+    assert s.max_result_bytes == 1024 * 1024  # a larger result fails its job
     # Svix's schedule after a first attempt sent at once: 5 s, 5 min, 30 min, 2 h, 5 h,
     # 10 h, 10 h (8 attempts, a day and more in all); one attempt may take 15 s.
     assert s.webhook_retry_delays == (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -34,7 +40,7 @@ def test_defaults_match_the_contract():
     assert s.callback_allow_http is False
     assert s.callback_ports == ((443, 443), (80, 80), (1024, 65535))
     assert s.callback_dns_timeout == 2.0
-    assert s.demo_tasks is True
+    assert s.demo_tasks is False  # on in `jobgate dev`, not in production
     # Workers refresh what they hold, so the timeout only bounds how long a dead
     # worker's jobs wait: within the 60 s recovery target, above a few refreshes.
     assert 10 <= s.visibility_timeout <= 45
@@ -46,14 +52,14 @@ def test_environment_overrides_and_derivation():
             "REDIS_URL": "redis://r:1/2",
             "CELERY_BROKER_URL": "redis://b:1/0",
             "JOBGATE_ADMIN_KEYS": " a, b ,",
-            "JOBGATE_DEMO_TASKS": "0",
+            "JOBGATE_DEMO_TASKS": "1",
             "JOBGATE_WEBHOOK_RETRY_DELAYS": "1,2.5",
         }
     )
     assert s.broker_url == "redis://b:1/0"
     assert s.result_backend == "redis://r:1/2"
     assert s.admin_keys == ("a", "b")
-    assert s.demo_tasks is False
+    assert s.demo_tasks is True
     assert s.webhook_retry_delays == (1.0, 2.5)
     moved = s.with_overrides(redis_url="redis://other:1/0")
     assert moved.result_backend == "redis://other:1/0"
@@ -155,6 +161,15 @@ def test_task_params_are_validated(schema, params, field):
     with pytest.raises(ValidationError) as exc:
         schema().load(params)
     assert field in exc.value.messages
+
+
+def test_batch_metadata_has_the_cap_of_a_jobs():
+    member = {"task": "x"}
+    fits = {"blob": "x" * 16000}
+    assert BatchSubmitSchema().load({"jobs": [member], "metadata": fits})["metadata"] == fits
+    with pytest.raises(ValidationError) as exc:
+        BatchSubmitSchema().load({"jobs": [member], "metadata": {"big": "x" * 20000}})
+    assert "metadata" in exc.value.messages
 
 
 def test_partner_and_revoke_schemas():

@@ -28,7 +28,7 @@ from jobgate.ssrf import (
     parse_allowlist,
     port_allowed,
 )
-from tests.helpers import ROOT, background_of_other_apps
+from tests.helpers import ROOT, background_of_other_apps, wait_until
 
 LOOPBACK_ALLOWLIST = parse_allowlist("127.0.0.0/8,::1/128")
 
@@ -667,10 +667,40 @@ def test_waiting_for_a_lookup_slot_counts_against_the_deadline(
 
 def test_lookup_slots_are_made_anew_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fork copies the parent's slot count, held by threads the child does not have."""
-    parent = ssrf._lookup_slots()
-    assert ssrf._lookup_slots() is parent
+    parent, _ = ssrf._lookup_slots()
+    assert ssrf._lookup_slots()[0] is parent
     monkeypatch.setattr(ssrf.os, "getpid", lambda: -1)
-    assert ssrf._lookup_slots() is not parent
+    assert ssrf._lookup_slots()[0] is not parent
+
+
+def test_one_partner_holds_at_most_its_share_of_the_lookup_slots(
+    monkeypatch: pytest.MonkeyPatch, release: threading.Event
+) -> None:
+    """Partner a's hanging lookups fill its share (a quarter of the slots); its next one
+    is refused at its deadline, while partner b's lookup still gets a slot at once."""
+    monkeypatch.setattr(ssrf, "DNS_LOOKUPS", 8)
+    monkeypatch.setattr(ssrf, "OWNER_SHARE", 2)
+    monkeypatch.setattr(ssrf, "_slots", None)
+    calls: list[str] = []
+    with ssrf.lookups_for("a"):
+        for n in range(2):
+            with pytest.raises(CallbackRefused):
+                check_callback_url(
+                    f"https://slow{n}.example/",
+                    resolve=hanging_resolver(release, calls),
+                    dns_timeout=0.05,
+                )
+        with pytest.raises(CallbackRefused) as info:
+            check_callback_url("https://a.example/", resolve=fake_resolver("1.1.1.1"))
+        assert "this partner's share" in info.value.detail
+    with ssrf.lookups_for("b"):
+        assert check_callback_url("https://b.example/", resolve=fake_resolver("1.1.1.1"))
+    release.set()
+    # The hanging lookups end once released, and give their slots back.
+    wait_until(lambda: ssrf._lookup_slots()[0]._value == 8, 5, message="the slots back")
+    with ssrf.lookups_for("a"):
+        assert check_callback_url("https://a.example/", resolve=fake_resolver("1.1.1.1"))
+    assert sorted(calls) == ["slow0.example", "slow1.example"]
 
 
 GEVENT_SCRIPT = r"""

@@ -258,6 +258,35 @@ def test_ping_is_signed_and_logged(world, receiver: Receiver) -> None:
     assert [a["webhook_id"] for a in logged] == [attempt["webhook_id"]]
 
 
+def test_pings_are_limited_to_one_a_second_per_endpoint(world, receiver: Receiver) -> None:
+    partner = new_partner(world)
+    endpoint, other = (register(world, partner, receiver.url) for _ in range(2))
+    path = f"/v1/endpoints/{endpoint['id']}/test"
+    assert world.client.post(path, headers=partner["headers"]).status_code == 200
+    # Counted in Redis: a second gateway process (another app on the same Redis) agrees.
+    elsewhere, _, _ = gateway_for(world.settings, ADMIN_KEY)
+    refused = elsewhere.post(path, headers=partner["headers"])
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "limit_exceeded"
+    assert refused.get_json()["error"]["details"] == {
+        "limit": "endpoint_test_per_second",
+        "value": 1,
+    }
+    assert refused.headers["Retry-After"] == "1"
+    assert len(receiver.requests) == 1  # the refused ping sent nothing
+    # Per endpoint: another one of the partner's is not held back.
+    other_path = f"/v1/endpoints/{other['id']}/test"
+    assert world.client.post(other_path, headers=partner["headers"]).status_code == 200
+    # And the endpoint's next turn comes within the second.
+    wait_until(
+        lambda: world.client.post(path, headers=partner["headers"]).status_code == 200,
+        3,
+        message="the next ping a second later",
+    )
+    assert len(receiver.requests) == 3
+    assert len(attempts(world, partner, endpoint["id"])["attempts"]) == 2
+
+
 def test_attempts_are_paged_and_filtered(world, receiver: Receiver) -> None:
     partner = new_partner(world)
     endpoint = register(world, partner, receiver.url)
