@@ -166,6 +166,9 @@ class Settings:
     max_queued_jobs: int = 10_000
     max_open_streams: int = 50
     max_endpoints: int = 20
+    # A tenth of the gevent delivery pool's default 1000 slots: a setting, as the gateway
+    # cannot know the size of the pools its workers run (docs/configuration.md).
+    max_inflight_deliveries: int = 100
     extra: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -294,6 +297,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_queued_jobs": ("JOBGATE_MAX_QUEUED_JOBS", int),
     "max_open_streams": ("JOBGATE_MAX_OPEN_STREAMS", int),
     "max_endpoints": ("JOBGATE_MAX_ENDPOINTS", int),
+    "max_inflight_deliveries": ("JOBGATE_MAX_INFLIGHT_DELIVERIES", int),
 }
 
 # setting name -> (lowest value allowed, the rule in words)
@@ -321,6 +325,7 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "max_queued_jobs": (0, "not negative (0 switches the limit off)"),
     "max_open_streams": (0, "not negative (0 switches the limit off)"),
     "max_endpoints": (0, "not negative (0 switches the limit off)"),
+    "max_inflight_deliveries": (0, "not negative (0 switches the limit off)"),
 }
 
 assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}

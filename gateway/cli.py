@@ -309,7 +309,7 @@ def partner_show(partner_id: str) -> None:
 def partner_limits(partner_id: str, changes: tuple[str, ...]) -> None:
     """Print a partner with its limits in effect, after setting any NAME=VALUE given
     (max_running_jobs, max_queued_jobs, submit_per_minute, weight, max_open_streams,
-    max_endpoints; "default" resets one)."""
+    max_endpoints, max_inflight_deliveries; "default" resets one)."""
     from gateway.views.partners import partner_detail, set_limits
 
     parsed: dict[str, int | None] = {}

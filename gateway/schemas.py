@@ -317,8 +317,8 @@ class PartnerPatchSchema(Schema):
         required=True,
         metadata={
             "description": "Limits to change (jobgate.limits: max_running_jobs, "
-            "max_queued_jobs, submit_per_minute, weight, max_open_streams, max_endpoints); "
-            "null resets one to its default."
+            "max_queued_jobs, submit_per_minute, weight, max_open_streams, max_endpoints, "
+            "max_inflight_deliveries); null resets one to its default."
         },
     )
 

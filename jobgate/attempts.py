@@ -8,8 +8,9 @@ and records the attempt; when the outcome is ``retry``, the same script schedule
 attempt on the due set (``jobgate.due``) after a delay from
 ``settings.webhook_retry_delays`` (jitter added, never sooner than ``Retry-After``). Every
 queued or scheduled attempt stays open (``Store.open_key``) until one is recorded, so the
-sweeper finds a delivery whose message was lost. The worker's ``jobgate.deliver_webhook``
-task is a thin wrapper.
+sweeper finds a delivery whose message was lost. An attempt whose partner has its
+``max_inflight_deliveries`` in flight waits its turn on the due set instead, unspent
+(``jobgate.deliveries``). The worker's ``jobgate.deliver_webhook`` task is a thin wrapper.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 from config import Settings
 from jobgate import __version__
-from jobgate.deliveries import Begun, Deliveries
+from jobgate.deliveries import DEFERRED, Begun, Deliveries
 from jobgate.delivery import Attempt, deliver, retry_delay
 from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
@@ -141,11 +142,17 @@ def run_attempt(
     Redis round trips: one to claim the attempt and read the subject, the stored body and
     the partner's secrets (``Deliveries.begin``); one to record the attempt, close the
     claim and, the first time, store a job's body (``Deliveries.record``); one more the
-    first time for other subjects, whose body is stored before it is sent.
+    first time for other subjects, whose body is stored before it is sent, and one more
+    when the attempt's end brought its partner's next deferred attempts forward (queued
+    at once rather than by the next pass over the due set).
+
+    An attempt with no slot free among its partner's deliveries in flight
+    (``max_inflight_deliveries``) is deferred by ``Deliveries.begin``, due again once a
+    slot frees: it returns None having sent and recorded nothing.
     """
     books = Deliveries(store)
     token = f"{event}:{chain}:{retry}"
-    task_id = delivery_task_id(kind, subject_id, event, chain, retry)
+    task_id, call_args, call_kwargs = delivery_call(kind, subject_id, event, chain, retry)
     subject = SUBJECTS.get(kind)
     if subject is None:  # unknown kind: nothing to send, but take the attempt as before
         log.warning("unknown webhook subject kind %r for %s", kind, subject_id)
@@ -161,7 +168,22 @@ def run_attempt(
         node=node,
         task_id=task_id,
         owner=("endpoint_id", "endpoint") if kind == MESSAGE else ("partner_id", "partner"),
+        due_entry=due_entry(
+            DELIVER_TASK,
+            task_id,
+            queue=messenger.webhooks_queue,
+            args=call_args,
+            kwargs=call_kwargs,
+        ),
     )
+    if begun == DEFERRED:
+        log.info(
+            "webhook %s attempt %s waits: its partner has max_inflight_deliveries in flight",
+            subject_id,
+            token,
+            extra={"job_id": subject_id},
+        )
+        return None
     if begun is None:
         log.info(
             "webhook %s attempt %s already taken; skipping",
@@ -197,8 +219,8 @@ def run_attempt(
     except Exception:
         # Free the claim (best effort: Redis may be what failed), so that the sweeper's
         # new message for this still-open attempt can run it without waiting for the
-        # claim to lapse.
-        books.release(subject_id, token)
+        # claim to lapse, and the partner's slot.
+        books.release(subject_id, token, task_id, begun.record.get("partner_id", ""))
         raise
 
 
@@ -230,7 +252,7 @@ def _attempt(
         elif begun.partner.get("disabled"):
             refusal = f"the endpoint is disabled ({begun.partner['disabled']})"
     if not begun.record or not callback_url:
-        books.complete(subject_id, token, task_id)
+        books.complete(subject_id, token, task_id, partner_id or "")
         return None
     wid = webhook_id(subject_id, event)
     body, built = begun.body, None
@@ -238,7 +260,7 @@ def _attempt(
         # Built from the record as the event left it (its time included), not from now.
         body = build_body(store, kind, subject_id, event, begun.record)
         if body is None:  # the subject went between the two reads
-            books.complete(subject_id, token, task_id)
+            books.complete(subject_id, token, task_id, partner_id or "")
             return None
         if SUBJECTS[kind].from_record:  # any attempt builds these bytes: stored with its record
             built = body
@@ -284,7 +306,7 @@ def _attempt(
                 DELIVER_TASK, next_id, queue=messenger.webhooks_queue, args=args, kwargs=kwargs
             ),
         )
-    number = books.record(
+    number, woken = books.record(
         subject_id,
         entry,
         state,
@@ -294,6 +316,7 @@ def _attempt(
         following=following,
         endpoint_id=endpoint_id,
         body=built,
+        partner_id=partner_id or "",
     )
     entry = {**entry, "attempt": number}
     # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.
@@ -308,6 +331,8 @@ def _attempt(
         extra={"job_id": subject_id},
     )
     try:  # recorded already: an error here must not free the done claim (no resend)
+        if woken:  # the partner's next in line, due now: queued now (else by the next pass)
+            move_entries(store, messenger, woken)
         if endpoint_id and endpoints is not None and not refusal:
             endpoints.attempted(endpoint_id, attempt.outcome == "delivered")
         if attempt.gone:
@@ -320,8 +345,8 @@ def _attempt(
                 endpoint_id=endpoint_id or None,
                 registry=endpoints,
             )
-    except Exception:  # noqa: BLE001 - logged; the next attempt tries again
-        log.exception("endpoint bookkeeping after %s failed", wid)
+    except Exception:  # noqa: BLE001 - logged; the next attempt (or pass) tries again
+        log.exception("bookkeeping after %s failed", wid)
     return entry
 
 
@@ -383,7 +408,7 @@ def send_ping(
         "subject_kind": None,
         "subject_id": None,
     }
-    number = Deliveries(store).record(
+    number, _ = Deliveries(store).record(
         wid, entry, entry["outcome"], MESSAGE, endpoint_id=endpoint_id
     )
     return {**entry, "attempt": number}

@@ -7,23 +7,33 @@ the same ``webhook-id``; each attempt is appended to the subject's deliveries lo
 summarised (state, attempts) both in a small summary hash and, for jobs, in the job record
 that ``webhook_summary`` reads.
 
-One attempt costs two Redis round trips: ``begin`` claims the attempt and reads the
-subject, its stored body and its partner's secrets in one script; ``record`` records the
-attempt, marks the claim done and, the first time, stores the job's body it sent (``SET
-NX``), in one script. Other subjects' bodies (``Subject.from_record``) are stored before
-they are sent, by ``store_body``: one more round trip the first time.
+One attempt costs two Redis round trips: ``begin`` claims the attempt, takes a slot among
+its partner's deliveries in flight (or defers the attempt) and reads the subject, its
+stored body and its partner's secrets in one script; ``record`` records the attempt,
+marks the claim done, gives the slot back and, the first time, stores the job's body it
+sent (``SET NX``), in one script. Other subjects' bodies (``Subject.from_record``) are
+stored before they are sent, by ``store_body``: one more round trip the first time.
+
+A partner's deliveries in flight (its limit ``max_inflight_deliveries``,
+``jobgate.limits``) are counted in Redis, across every worker: each attempt holds a slot,
+leased for its claim's time so that a worker that dies stops counting, from ``begin`` to
+``record`` (``complete`` or ``release`` when it records nothing). An attempt with no slot
+free is deferred: it joins its partner's line and waits on the due set, and each slot
+given back brings the first in line forward (``jobgate/scripts/inflight.lua``).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, Literal, cast
 
 from jobgate.store import Store, decode_job, secrets_of
 
 STATES = ("pending", "retrying", "delivered", "failed")
 MAX_LOG = 200  # attempts kept per subject (oldest dropped first)
+DEFERRED: Final = "deferred"  # what ``begin`` answers for an attempt that waits its turn
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,17 @@ class Deliveries:
     def claim_key(self, subject_id: str, token: str) -> str:
         return self._key(subject_id, "claim", token)
 
+    def _slot_keys(self, partner_id: str) -> list[str]:
+        """The partner's in-flight set, its line of deferred attempts and its mirror ('' for
+        each without a partner: no slot)."""
+        if not partner_id:
+            return ["", "", ""]
+        return [
+            self.store.key("inflight", partner_id),
+            self.store.key("deferred", partner_id),
+            self.store.key("partner", partner_id),
+        ]
+
     # ------------------------------------------------------------------ body
     def store_body(self, subject_id: str, event: str, built: str) -> str:
         """Store ``built`` unless a body is stored already; returns the stored one (one
@@ -88,14 +109,18 @@ class Deliveries:
         node: str = "",
         task_id: str = "",
         owner: tuple[str, str] = ("partner_id", "partner"),
-    ) -> Begun | None:
+        due_entry: str = "",
+    ) -> Begun | Literal["deferred"] | None:
         """Claim attempt ``token`` for worker ``node`` and read what the attempt needs.
 
         None if the attempt ran, or runs on a node still alive; a claim whose node died
         is taken over. Otherwise the record at ``record_key``, the stored body of ``event``
         and the record's owner (``owner``: the record's field naming it, and the key
         kind of its hash: the partner, or an endpoint's message's endpoint), all in one
-        round trip.
+        round trip. Given the attempt's ``due_entry`` (``jobgate.due.entry``), the attempt
+        also takes a slot among its partner's deliveries in flight, or, with none free for
+        it, is deferred (``DEFERRED``): its claim dropped, ``due_entry`` waiting in the
+        partner's line and on the due set, its delivery still open, no attempt spent.
         """
         found = self.scripts["delivery_begin"](
             keys=[
@@ -103,6 +128,7 @@ class Deliveries:
                 self.body_key(subject_id, event),
                 record_key,
                 self.store.open_key,
+                self.store.due_key,
             ],
             args=[
                 max(1, int(lease) + 1),
@@ -111,10 +137,16 @@ class Deliveries:
                 self.store.alive_key(""),
                 task_id,
                 owner[0],
+                self.store.prefix,
+                self.store.max_inflight_deliveries,
+                time.time(),
+                due_entry,
             ],
         )
         if not found:
             return None
+        if found == DEFERRED:
+            return DEFERRED
         record, body, partner = found
         return Begun(_pairs(record), body, _pairs(partner))
 
@@ -129,21 +161,38 @@ class Deliveries:
         key = self.claim_key(subject_id, token)
         return bool(self.redis.set(key, "running", nx=True, ex=max(1, int(lease) + 1)))
 
-    def complete(self, subject_id: str, token: str, task_id: str = "") -> None:
+    def complete(
+        self, subject_id: str, token: str, task_id: str = "", partner_id: str = ""
+    ) -> None:
         """Mark attempt ``token`` done for ``done_ttl`` (and its delivery no
-        longer open) when it had nothing to send."""
-        pipe = self.redis.pipeline()
-        pipe.set(self.claim_key(subject_id, token), "done", ex=self.store.done_ttl)
-        if task_id:
-            pipe.zrem(self.store.open_key, task_id)
-        pipe.execute()
+        longer open) when it had nothing to send; its slot (``partner_id``'s) is free."""
+        self._end(subject_id, token, "done", task_id, partner_id)
 
-    def release(self, subject_id: str, token: str) -> None:
-        """Drop an attempt's claim after it failed before being recorded (best effort)."""
+    def release(self, subject_id: str, token: str, task_id: str = "", partner_id: str = "") -> None:
+        """Drop an attempt's claim and free its slot after it failed before being
+        recorded (best effort)."""
         try:
-            self.redis.delete(self.claim_key(subject_id, token))
+            self._end(subject_id, token, "", task_id, partner_id)
         except Exception:  # noqa: BLE001 - the caller re-raises the original error
             pass
+
+    def _end(self, subject_id: str, token: str, claim: str, task_id: str, partner_id: str) -> None:
+        self.scripts["delivery_release"](
+            keys=[
+                self.claim_key(subject_id, token),
+                self.store.open_key,
+                self.store.due_key,
+                *self._slot_keys(partner_id),
+            ],
+            args=[
+                claim,
+                self.store.done_ttl,
+                task_id,
+                self.store.max_inflight_deliveries,
+                time.time(),
+                self.store.open_grace,
+            ],
+        )
 
     # --------------------------------------------------------------- attempts
     def record(
@@ -157,15 +206,19 @@ class Deliveries:
         following: tuple[str, float, str] | None = None,
         endpoint_id: str = "",
         body: str | None = None,
-    ) -> int:
-        """Append one attempt, update the summary (and job record); returns attempts so far.
+        partner_id: str = "",
+    ) -> tuple[int, list[str]]:
+        """Append one attempt, update the summary (and job record); returns attempts so
+        far, and the due entries of the partner's deferred attempts brought forward.
 
         The entry is stored with ``"attempt"`` (its number) added last. With ``token``,
         that attempt's claim is marked done in the same call, and its delivery (``task_id``)
         closed; ``following`` (task id, due time, due-set entry) schedules the next
         attempt in the same script; with ``endpoint_id``, the attempt is also appended to
         that endpoint's attempts; ``body``, the one this attempt built, is stored for the
-        later ones unless a body is stored already. One round trip.
+        later ones unless a body is stored already; with ``partner_id``, the attempt's
+        slot among the partner's deliveries in flight is given back, and the first in its
+        line are brought forward (due now, for the caller to queue). One round trip.
         """
         head = json.dumps(entry, separators=(",", ":"))
         head = (head[:-1] + ',"attempt":') if entry else '{"attempt":'
@@ -180,6 +233,7 @@ class Deliveries:
             self.store.key("endpoint", endpoint_id, "attempts") if endpoint_id else "",
             self.store.key("endpoint", endpoint_id, "seq") if endpoint_id else "",
             self.body_key(subject_id, entry["event"]) if body is not None else "",
+            *self._slot_keys(partner_id),
         ]
         next_id, due_at, due_entry = following or ("", 0.0, "")
         args = [
@@ -199,8 +253,12 @@ class Deliveries:
             f"{kind}:{subject_id}",
             self.store.done_ttl,
             body or "",
+            self.store.max_inflight_deliveries,
+            time.time(),
+            self.store.open_grace,
         ]
-        return int(self.scripts["delivery_record"](keys=keys, args=args))
+        number, woken = self.scripts["delivery_record"](keys=keys, args=args)
+        return int(number), list(woken)
 
     def redeliver(
         self,

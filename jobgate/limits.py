@@ -1,8 +1,9 @@
 """Per-partner limits: their names, their defaults (settings) and a partner's own values.
 
 One place for the concept: the partner routes show and change them, the gateway enforces
-the ones at its door, and the partner's Redis mirror carries the ones the dispatcher's
-scripts read (``weight``, ``max_running_jobs``). A value of 0 switches a limit off.
+the ones at its door, and the partner's Redis mirror carries the ones Lua scripts read:
+the dispatcher's (``weight``, ``max_running_jobs``) and the delivery attempt's
+(``max_inflight_deliveries``). A value of 0 switches a limit off.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ DEFAULTS: dict[str, str | None] = {
     "submit_per_minute": "rate_limit",
     "max_open_streams": "max_open_streams",
     "max_endpoints": "max_endpoints",
+    "max_inflight_deliveries": "max_inflight_deliveries",
     "weight": None,
 }
 FIXED = {"weight": 1}
 HIGHEST = {"weight": 100}  # any other limit: up to 10 000 000
-# Limits the dispatcher's scripts read from the partner's mirror (jobgate/scripts/dispatch.lua).
-MIRRORED = ("max_running_jobs", "weight")
+# Limits scripts read from the partner's mirror (jobgate/scripts/dispatch.lua; inflight.lua,
+# whose callers pass the default along).
+MIRRORED = ("max_running_jobs", "weight", "max_inflight_deliveries")
 
 
 def defaults(settings: Settings) -> dict[str, int]:

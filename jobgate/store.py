@@ -83,12 +83,16 @@ class Store:
         cache_ttl: int = 3600,
         dispatch_window: int = 0,
         max_running_jobs: int = 0,
+        max_inflight_deliveries: int = 0,
     ) -> None:
         self.redis = client
         # Fair dispatch (jobgate/scripts/dispatch.lua): jobs dispatched and not ended at
         # most (0: twice the live workers' job-pool slots), and the default per partner.
         self.dispatch_window = dispatch_window
         self.max_running_jobs = max_running_jobs
+        # Webhook deliveries of one partner sent at once, for a partner without its own
+        # max_inflight_deliveries (0: none; jobgate/scripts/inflight.lua).
+        self.max_inflight_deliveries = max_inflight_deliveries
         self.prefix = prefix
         # Redis keeps finished records this long unless the archiver, once it has copied
         # them, shortens that to ``cache_ttl``.
@@ -131,6 +135,7 @@ class Store:
             open_grace=settings.webhook_timeout + CLAIM_MARGIN,
             dispatch_window=settings.dispatch_window,
             max_running_jobs=settings.max_running_jobs,
+            max_inflight_deliveries=settings.max_inflight_deliveries,
         )
 
     def key(self, *parts: str) -> str:

@@ -83,6 +83,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "JOBGATE_MAX_QUEUED_JOBS": str(settings.max_queued_jobs),
         "JOBGATE_MAX_OPEN_STREAMS": str(settings.max_open_streams),
         "JOBGATE_MAX_ENDPOINTS": str(settings.max_endpoints),
+        "JOBGATE_MAX_INFLIGHT_DELIVERIES": str(settings.max_inflight_deliveries),
     }
 
 

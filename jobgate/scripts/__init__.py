@@ -24,6 +24,7 @@ NAMES = (
     "delivery_begin",
     "body_store",
     "delivery_record",
+    "delivery_release",
     "delivery_mirror",
     "delivery_redeliver",
     "due_move",
@@ -36,7 +37,7 @@ NAMES = (
     "stream_open",
 )
 # Files other scripts include (``--! include <name>`` on a line of its own), never run alone.
-LIBRARY = ("celery_meta", "dispatch")
+LIBRARY = ("celery_meta", "dispatch", "inflight")
 INCLUDE = re.compile(r"^--! include (\w+)$", re.MULTILINE)
 
 

@@ -8,10 +8,22 @@
 -- 'partner_id', or, for an endpoint's message, the endpoint named by its ARGV[6] field.
 -- The owner key is only known from the record, so it is built here from ARGV[2] (one
 -- Redis, not a cluster).
--- KEYS: claim, body, subject record, open deliveries. ARGV: lease seconds, owner key
--- prefix, node name, worker liveness key prefix, this attempt's task id, owner field
--- (default 'partner_id').
--- Returns nil, or {record pairs, body or false, partner pairs}.
+-- Given this attempt's due entry (ARGV[10]), the attempt also takes a slot among its
+-- partner's deliveries in flight (inflight.lua; the partner named by the record's
+-- 'partner_id', its keys under the prefix ARGV[7]): its limit is its mirror's
+-- max_inflight_deliveries, else ARGV[8]. An attempt holding a slot already (taken over
+-- from a dead node) keeps it. With no slot free for it (every slot taken, or kept for
+-- the attempts in line before it), it is deferred instead: its claim is dropped, it
+-- joins the partner's line (keeping its place if it had one) and waits on the due set
+-- (KEYS[5]) until a slot frees, or until a fallback time should none be given back (a
+-- lease, ARGV[1] s, for each `limit` attempts ahead of it, and one more): its delivery
+-- stays open until then plus a lease, and no attempt is spent.
+-- KEYS: claim, body, subject record, open deliveries, due set.
+-- ARGV: lease seconds, owner key prefix, node name, worker liveness key prefix, this
+-- attempt's task id, owner field (default 'partner_id'), key prefix, default limit, now,
+-- this attempt's due entry ('' takes no slot).
+-- Returns nil, 'deferred', or {record pairs, body or false, partner pairs}.
+--! include inflight
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
   local holder = redis.call('GET', KEYS[1])
   if holder == 'done' then
@@ -23,11 +35,40 @@ if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[1])
 end
 local record = redis.call('HGETALL', KEYS[3])
-local partner = {}
+local partner, partner_id = {}, ''
 for i = 1, #record, 2 do
-  if record[i] == (ARGV[6] or 'partner_id') then
-    if record[i + 1] ~= '' then partner = redis.call('HGETALL', ARGV[2] .. record[i + 1]) end
-    break
+  if record[i] == (ARGV[6] or 'partner_id') and record[i + 1] ~= '' then
+    partner = redis.call('HGETALL', ARGV[2] .. record[i + 1])
   end
+  if record[i] == 'partner_id' then partner_id = record[i + 1] end
+end
+if (ARGV[10] or '') ~= '' and partner_id ~= '' then
+  local P, now, lease, entry = ARGV[7], tonumber(ARGV[9]), tonumber(ARGV[1]), ARGV[10]
+  local inflight, line = P .. ':inflight:' .. partner_id, P .. ':deferred:' .. partner_id
+  local limit = inflight_limit(P .. ':partner:' .. partner_id, ARGV[8])
+  if limit > 0 and not redis.call('ZSCORE', inflight, ARGV[5]) then
+    local free = inflight_free(inflight, limit, now)
+    local place = redis.call('ZRANK', line, entry)
+    if free > 0 and (place or redis.call('ZCARD', line)) > 0 then
+      -- Those in line first: bring them forward should no ended attempt have (a worker
+      -- died, the limit was raised), and drop the ones that ended.
+      inflight_wake(line, KEYS[5], KEYS[4], free, now, lease)
+      place = redis.call('ZRANK', line, entry)
+    end
+    if (place or redis.call('ZCARD', line)) >= free then
+      redis.call('DEL', KEYS[1])
+      redis.call('ZADD', line, 'NX', now, entry)
+      local at = now + lease * (1 + math.floor(redis.call('ZRANK', line, entry) / limit))
+      redis.call('ZADD', KEYS[5], at, entry)
+      redis.call('ZADD', KEYS[4], at + lease, ARGV[5])
+      if redis.call('TTL', line) < at - now + lease then
+        redis.call('EXPIRE', line, math.ceil(at - now + lease))
+      end
+      return 'deferred'
+    end
+  end
+  redis.call('ZADD', inflight, now + lease, ARGV[5])
+  redis.call('EXPIRE', inflight, ARGV[1])
+  redis.call('ZREM', line, entry)
 end
 return {record, redis.call('GET', KEYS[2]), partner}

@@ -13,13 +13,19 @@
 -- ARGV[16]; '' for none) unless one is stored already (the first writer wins). A job's
 -- body is a function of its record (jobgate.events.Subject.from_record): an attempt that
 -- died before its record built the same bytes, and so does the next one.
+-- The attempt gives back its slot among its partner's deliveries in flight (KEYS[11],
+-- '' for none), and the first attempts in the partner's line (KEYS[12]) are brought
+-- forward as far as slots are free (inflight.lua; the limit is the mirror's, KEYS[13],
+-- else ARGV[17]).
 -- KEYS: summary, log, claim, job record, open deliveries, due set, archive stream,
--- endpoint attempts, endpoint sequence, body.
+-- endpoint attempts, endpoint sequence, body, partner's in-flight set, its line, its
+-- mirror.
 -- ARGV: state, webhook id, event, at, retention, max log, entry head, mirror flag, this
 -- attempt's task id, next attempt's task id ('' none), its open deadline, its due time,
 -- its due entry, the archive entry ('job:<id>' or 'batch:<id>'), the done claim's TTL,
--- the body.
--- Returns the attempt's number.
+-- the body, the default limit, now, the open grace of an attempt brought forward.
+-- Returns {the attempt's number, the due entries brought forward}.
+--! include inflight
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'webhook_id', ARGV[2], 'event', ARGV[3],
            'last_attempt_at', ARGV[4])
@@ -52,4 +58,9 @@ if ARGV[10] ~= '' then
 else
   redis.call('HDEL', KEYS[1], 'next:' .. ARGV[3])
 end
-return n
+local woken = {}
+if KEYS[11] and KEYS[11] ~= '' then
+  woken = inflight_release(KEYS[11], KEYS[12], KEYS[13], ARGV[17], ARGV[9], KEYS[6], KEYS[5],
+                           tonumber(ARGV[18]), tonumber(ARGV[19]))
+end
+return {n, woken}

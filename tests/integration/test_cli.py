@@ -58,14 +58,28 @@ def test_revoke_and_rotate_secret_from_the_cli(settings, client, partner, worker
     assert "api_key" not in json.dumps(listed) and "whsec_" not in json.dumps(listed)
 
 
-def test_partner_limits_from_the_cli(settings, partner):
+def test_partner_limits_from_the_cli(settings, partner, redis_client):
     shown = jobgate(settings, "partner", "limits", partner["id"])
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["limits"]["max_queued_jobs"] == settings.max_queued_jobs
-    out = jobgate(settings, "partner", "limits", partner["id"], "weight=3", "max_running_jobs=2")
+    limits = json.loads(shown.stdout)["limits"]
+    assert limits["max_queued_jobs"] == settings.max_queued_jobs
+    assert limits["max_inflight_deliveries"] == settings.max_inflight_deliveries == 100
+    out = jobgate(
+        settings,
+        "partner",
+        "limits",
+        partner["id"],
+        "weight=3",
+        "max_running_jobs=2",
+        "max_inflight_deliveries=5",
+    )
     assert out.returncode == 0, out.stderr
     limits = json.loads(out.stdout)["limits"]
     assert limits["weight"] == 3 and limits["max_running_jobs"] == 2
+    assert limits["max_inflight_deliveries"] == 5
+    # In the partner's mirror, where the delivery script reads it.
+    mirror = f"{settings.key_prefix}:partner:{partner['id']}"
+    assert redis_client.hget(mirror, "max_inflight_deliveries") == "5"
     reset = jobgate(settings, "partner", "limits", partner["id"], "weight=default")
     assert json.loads(reset.stdout)["limits"]["weight"] == 1
     bad = jobgate(settings, "partner", "limits", partner["id"], "weight=0")

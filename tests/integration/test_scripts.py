@@ -629,6 +629,179 @@ def test_delivery_begin_takes_over_the_claim_of_a_dead_node(
     assert ttl_near(redis_client, claim, 41)
 
 
+# ------------------------------------------------- delivery_begin: deliveries in flight
+NOW = 1_000_000.0  # the caller's clock
+LEASE = 41  # s: an attempt's lease (the claim's)
+
+
+def due_entry(task_id: str) -> str:
+    """A due-set entry as jobgate.due.entry writes it (the scripts read its id)."""
+    return json.dumps({"id": task_id, "task": "t", "queue": "q", "args": [], "kwargs": {}})
+
+
+def slot_args(k: Keys, task_id: str = "d1", default: int = 2, node: str = "node-a") -> list[Any]:
+    return [
+        LEASE,
+        k("partner", ""),
+        node,
+        k("worker", ""),
+        task_id,
+        "partner_id",
+        k.prefix,
+        default,
+        NOW,
+        due_entry(task_id),
+    ]
+
+
+def slot_keys(k: Keys) -> list[str]:
+    return [*begin_keys(k), k("due")]
+
+
+def in_flight(client: redis.Redis, k: Keys) -> dict[str, float]:
+    return dict(client.zrange(k("inflight", "p1"), 0, -1, withscores=True))
+
+
+def line(client: redis.Redis, k: Keys) -> list[str]:
+    return [json.loads(entry)["id"] for entry in client.zrange(k("deferred", "p1"), 0, -1)]
+
+
+def test_delivery_begin_takes_a_slot_of_its_partner(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    redis_client.hset(k("job", "j1"), mapping={"job_id": "j1", "partner_id": "p1"})
+    redis_client.zadd(k("inflight", "p1"), {"other": NOW + 5, "lapsed": NOW - 1})
+    record, _, _ = run("delivery_begin", slot_keys(k), slot_args(k))
+    assert record == ["job_id", "j1", "partner_id", "p1"]
+    # A lapsed lease (its worker died) no longer counts: the second slot is free.
+    assert in_flight(redis_client, k) == {"other": NOW + 5, "d1": NOW + LEASE}
+    assert ttl_near(redis_client, k("inflight", "p1"), LEASE)
+    assert redis_client.get(k("webhook", "j1", "claim", "tok")) == "node-a"
+    assert not redis_client.exists(k("due"), k("deferred", "p1"))
+
+
+@pytest.mark.parametrize(("own", "default"), [(None, 2), ("2", 5)], ids=["default", "own"])
+def test_delivery_begin_over_the_limit_defers_the_attempt(
+    redis_client: redis.Redis, run: Any, k: Keys, own: str | None, default: int
+) -> None:
+    redis_client.hset(k("job", "j1"), mapping={"job_id": "j1", "partner_id": "p1"})
+    if own is not None:  # the partner's own limit, from its mirror, over the default
+        redis_client.hset(k("partner", "p1"), "max_inflight_deliveries", own)
+    redis_client.zadd(k("inflight", "p1"), {"a": NOW + 5, "b": NOW + 6})
+    redis_client.zadd(k("deliveries", "open"), {"d1": 5.0})
+    answer = run("delivery_begin", slot_keys(k), slot_args(k, default=default))
+    assert answer == "deferred"
+    assert not redis_client.exists(k("webhook", "j1", "claim", "tok"))  # claim dropped
+    assert in_flight(redis_client, k) == {"a": NOW + 5, "b": NOW + 6}
+    assert redis_client.zrange(k("deferred", "p1"), 0, -1, withscores=True) == [
+        (due_entry("d1"), NOW)
+    ]
+    # Due at the fallback (a lease: first in line), open until a lease after that.
+    assert redis_client.zrange(k("due"), 0, -1, withscores=True) == [(due_entry("d1"), NOW + LEASE)]
+    assert redis_client.zscore(k("deliveries", "open"), "d1") == NOW + 2 * LEASE
+    assert ttl_near(redis_client, k("deferred", "p1"), 2 * LEASE)
+
+
+def test_delivery_begin_of_an_endpoint_message_counts_against_its_partner(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    keys = [k("webhook", "m1", "claim", "tok"), k("webhook", "m1", "ev", "body"), k("msg", "m1")]
+    keys += [k("deliveries", "open"), k("due")]
+    redis_client.hset(k("msg", "m1"), mapping={"endpoint_id": "e1", "partner_id": "p1"})
+    redis_client.hset(k("endpoint", "e1"), mapping={"url": "https://example.test/e"})
+    redis_client.hset(k("partner", "p1"), "max_inflight_deliveries", "1")
+    args = slot_args(k)
+    args[1], args[5] = k("endpoint", ""), "endpoint_id"
+    _, _, owner = run("delivery_begin", keys, args)
+    assert owner == ["url", "https://example.test/e"]
+    assert list(in_flight(redis_client, k)) == ["d1"]
+    redis_client.delete(keys[0])
+    assert run("delivery_begin", keys, [*args[:4], "d2", *args[5:9], due_entry("d2")]) == (
+        "deferred"
+    )
+    assert line(redis_client, k) == ["d2"]
+
+
+def test_delivery_begin_with_no_limit_counts_the_slot_and_never_defers(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    redis_client.hset(k("job", "j1"), mapping={"job_id": "j1", "partner_id": "p1"})
+    redis_client.hset(k("partner", "p1"), "max_inflight_deliveries", "0")
+    redis_client.zadd(k("inflight", "p1"), {f"x{i}": NOW + 5 for i in range(5)})
+    assert run("delivery_begin", slot_keys(k), slot_args(k, default=2))[0]
+    assert len(in_flight(redis_client, k)) == 6
+
+
+def test_delivery_begin_that_takes_over_keeps_the_dead_nodes_slot(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    redis_client.hset(k("job", "j1"), mapping={"job_id": "j1", "partner_id": "p1"})
+    redis_client.set(k("webhook", "j1", "claim", "tok"), "node-dead", ex=100)
+    redis_client.zadd(k("inflight", "p1"), {"d1": NOW + 3, "other": NOW + 5})  # full
+    assert run("delivery_begin", slot_keys(k), slot_args(k))[0]
+    assert redis_client.get(k("webhook", "j1", "claim", "tok")) == "node-a"
+    assert in_flight(redis_client, k) == {"other": NOW + 5, "d1": NOW + LEASE}
+
+
+def test_delivery_begin_without_a_due_entry_takes_no_slot(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    redis_client.hset(k("job", "j1"), mapping={"job_id": "j1", "partner_id": "p1"})
+    redis_client.zadd(k("inflight", "p1"), {"a": NOW + 5, "b": NOW + 6})
+    assert run("delivery_begin", slot_keys(k), [*slot_args(k)[:9], ""])[0]
+    assert list(in_flight(redis_client, k)) == ["a", "b"]
+
+
+def test_delivery_begin_queues_a_new_attempt_behind_the_line_and_wakes_its_head(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    """A slot is free but kept for the first in line, whose fallback lies ahead: it is
+    brought forward (due now), and the new attempt takes its place behind it."""
+    redis_client.hset(k("job", "j1"), mapping={"job_id": "j1", "partner_id": "p1"})
+    redis_client.zadd(k("inflight", "p1"), {"a": NOW + 5})
+    redis_client.zadd(k("deferred", "p1"), {due_entry("w1"): NOW - 9})
+    redis_client.zadd(k("due"), {due_entry("w1"): NOW + 30})
+    redis_client.zadd(k("deliveries", "open"), {"w1": NOW + 71})
+    assert run("delivery_begin", slot_keys(k), slot_args(k)) == "deferred"
+    assert line(redis_client, k) == ["w1", "d1"]
+    assert redis_client.zscore(k("due"), due_entry("w1")) == NOW
+    assert redis_client.zscore(k("deliveries", "open"), "w1") == NOW + LEASE
+    assert redis_client.zscore(k("due"), due_entry("d1")) == NOW + LEASE
+
+
+def test_delivery_begin_in_line_runs_in_its_place_and_leaves_the_line(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    """Two slots free: the first in line (queued already: open, off the due set) keeps
+    one, so the second in line takes the other; an ended attempt in line is dropped."""
+    redis_client.hset(k("job", "j1"), mapping={"job_id": "j1", "partner_id": "p1"})
+    redis_client.zadd(
+        k("deferred", "p1"),
+        {due_entry("gone"): NOW - 9, due_entry("w1"): NOW - 8, due_entry("d1"): NOW - 7},
+    )
+    redis_client.zadd(k("deliveries", "open"), {"w1": NOW + 40, "d1": NOW + 40})
+    assert run("delivery_begin", slot_keys(k), slot_args(k))[0]
+    assert line(redis_client, k) == ["w1"]
+    assert list(in_flight(redis_client, k)) == ["d1"]
+
+
+def test_delivery_begin_deferred_again_keeps_its_place_and_falls_back_by_it(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    """Fallback: one lease for each `limit` attempts ahead, and one more."""
+    redis_client.hset(k("job", "j1"), mapping={"job_id": "j1", "partner_id": "p1"})
+    redis_client.zadd(k("inflight", "p1"), {"a": NOW + 5})
+    queue = {due_entry(f"w{i}"): NOW - 20 + i for i in range(2)}
+    redis_client.zadd(k("deferred", "p1"), {**queue, due_entry("d1"): NOW - 10})
+    redis_client.zadd(k("due"), queue)
+    redis_client.zadd(k("deferred", "p1"), {due_entry("late"): NOW - 1})
+    redis_client.zadd(k("deliveries", "open"), {"late": NOW + 40})
+    assert run("delivery_begin", slot_keys(k), slot_args(k, default=1)) == "deferred"
+    assert line(redis_client, k) == ["w0", "w1", "d1", "late"]
+    assert redis_client.zscore(k("deferred", "p1"), due_entry("d1")) == NOW - 10
+    assert redis_client.zscore(k("due"), due_entry("d1")) == NOW + 3 * LEASE
+
+
 # ---------------------------------------------------------------------- delivery_record
 def record_keys(k: Keys, claim: bool = True) -> list[str]:
     return [
@@ -678,7 +851,7 @@ def test_delivery_record_numbers_summarises_logs_and_closes_the_claim(
     job = live_job(redis_client, k)
     redis_client.set(k("webhook", "j1", "claim", "tok"), "node-a", ex=40)
     redis_client.zadd(k("deliveries", "open"), {"d1": 5.0, "other": 6.0})
-    assert run("delivery_record", record_keys(k), record_args("failed")) == 1
+    assert run("delivery_record", record_keys(k), record_args("failed")) == [1, []]
     assert redis_client.hgetall(k("webhook", "j1")) == {
         "attempts": "1",
         "state": "failed",
@@ -706,7 +879,7 @@ def test_delivery_record_numbers_attempts_and_trims_the_log_to_max(
     redis_client: redis.Redis, run: Any, k: Keys
 ) -> None:
     numbers = [
-        run("delivery_record", record_keys(k), record_args(max_log=3, task_id=f"d{i}"))
+        run("delivery_record", record_keys(k), record_args(max_log=3, task_id=f"d{i}"))[0]
         for i in range(1, 6)
     ]
     assert numbers == [1, 2, 3, 4, 5]
@@ -718,7 +891,7 @@ def test_delivery_record_numbers_attempts_and_trims_the_log_to_max(
 def test_delivery_record_with_an_empty_entry(redis_client: redis.Redis, run: Any, k: Keys) -> None:
     args = record_args()
     args[6] = '{"attempt":'  # Deliveries.record's head for an empty entry
-    assert run("delivery_record", record_keys(k), args) == 1
+    assert run("delivery_record", record_keys(k), args) == [1, []]
     assert redis_client.lrange(k("deliveries", "j1"), 0, -1) == ['{"attempt":1}']
 
 
@@ -730,7 +903,7 @@ def test_delivery_record_mirrors_only_onto_an_existing_job_when_asked(
 ) -> None:
     if exists:
         live_job(redis_client, k)
-    assert run("delivery_record", record_keys(k), record_args(mirror=mirror)) == 1
+    assert run("delivery_record", record_keys(k), record_args(mirror=mirror)) == [1, []]
     if exists:
         assert redis_client.hgetall(k("job", "j1")) == {"job_id": "j1"}
     else:
@@ -741,7 +914,7 @@ def test_delivery_record_mirrors_only_onto_an_existing_job_when_asked(
 def test_delivery_record_without_a_claim_writes_no_claim(
     redis_client: redis.Redis, run: Any, k: Keys
 ) -> None:
-    assert run("delivery_record", record_keys(k, claim=False), record_args()) == 1
+    assert run("delivery_record", record_keys(k, claim=False), record_args()) == [1, []]
     assert not redis_client.exists("", k("webhook", "j1", "claim", "tok"))
 
 
@@ -751,12 +924,12 @@ def test_delivery_record_schedules_the_next_attempt_with_its_open_entry(
     redis_client.zadd(k("deliveries", "open"), {"d1": 5.0})
     due_entry = json.dumps({"id": "d2", "task": "t", "queue": "q", "args": [], "kwargs": {}})
     args = record_args(task_id="d1", following=("d2", 7040.0, 7000.0, due_entry))
-    assert run("delivery_record", record_keys(k), args) == 1
+    assert run("delivery_record", record_keys(k), args) == [1, []]
     assert redis_client.zrange(k("deliveries", "open"), 0, -1, withscores=True) == [("d2", 7040.0)]
     assert redis_client.zrange(k("due"), 0, -1, withscores=True) == [(due_entry, 7000.0)]
     # The summary names the next attempt for a redelivery, until an attempt ends the chain.
     assert redis_client.hget(k("webhook", "j1"), "next:job.completed") == due_entry
-    assert run("delivery_record", record_keys(k), record_args("delivered", task_id="d2")) == 2
+    assert run("delivery_record", record_keys(k), record_args("delivered", task_id="d2")) == [2, []]
     assert redis_client.hget(k("webhook", "j1"), "next:job.completed") is None
 
 
@@ -765,11 +938,82 @@ def test_delivery_record_stores_the_first_attempts_body_only(
 ) -> None:
     body = k("webhook", "j1", "job.completed", "body")
     keys = [*record_keys(k), "", "", body]
-    assert run("delivery_record", keys, [*record_args(), '{"first":1}']) == 1
+    assert run("delivery_record", keys, [*record_args(), '{"first":1}']) == [1, []]
     assert redis_client.get(body) == '{"first":1}'
     assert ttl_near(redis_client, body, RETENTION)
-    assert run("delivery_record", keys, [*record_args(task_id="d2"), '{"second":2}']) == 2
+    assert run("delivery_record", keys, [*record_args(task_id="d2"), '{"second":2}']) == [2, []]
     assert redis_client.get(body) == '{"first":1}'  # the first writer's bytes stay
+
+
+def test_delivery_record_gives_the_slot_back_and_brings_the_next_in_line_forward(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    redis_client.zadd(k("inflight", "p1"), {"d1": NOW + 5, "other": NOW + 6})
+    line_entries = {due_entry("w1"): NOW - 9, due_entry("w2"): NOW - 8}
+    redis_client.zadd(k("deferred", "p1"), line_entries)
+    redis_client.zadd(k("due"), {due_entry("w1"): NOW + 30, due_entry("w2"): NOW + 30})
+    keys = [*record_keys(k), "", "", ""]
+    keys += [k("inflight", "p1"), k("deferred", "p1"), k("partner", "p1")]
+    args = [*record_args("delivered"), "", 2, NOW, LEASE]
+    assert run("delivery_record", keys, args) == [1, [due_entry("w1")]]
+    assert list(in_flight(redis_client, k)) == ["other"]
+    assert redis_client.zrange(k("due"), 0, -1, withscores=True) == [
+        (due_entry("w1"), NOW),
+        (due_entry("w2"), NOW + 30),
+    ]
+    assert redis_client.zscore(k("deliveries", "open"), "w1") == NOW + LEASE
+    # Brought forward, it keeps its place until it runs.
+    assert line(redis_client, k) == ["w1", "w2"]
+    # Its partner's own limit, raised: the next slot given back brings both forward.
+    redis_client.hset(k("partner", "p1"), "max_inflight_deliveries", "3")
+    args = [*record_args("delivered", task_id="other"), "", 2, NOW, LEASE]
+    assert run("delivery_record", keys, args) == [2, [due_entry("w2")]]
+    assert redis_client.zscore(k("due"), due_entry("w2")) == NOW
+
+
+# --------------------------------------------------------------------- delivery_release
+def release_keys(k: Keys, partner: bool = True) -> list[str]:
+    slot = [k("inflight", "p1"), k("deferred", "p1"), k("partner", "p1")]
+    return [
+        k("webhook", "j1", "claim", "tok"),
+        k("deliveries", "open"),
+        k("due"),
+        *(slot if partner else ["", "", ""]),
+    ]
+
+
+@pytest.mark.parametrize("claim", ["done", ""], ids=["complete", "release"])
+def test_delivery_release_ends_the_claim_and_gives_the_slot_back(
+    redis_client: redis.Redis, run: Any, k: Keys, claim: str
+) -> None:
+    redis_client.set(k("webhook", "j1", "claim", "tok"), "node-a", ex=40)
+    redis_client.zadd(k("deliveries", "open"), {"d1": 5.0, "w1": NOW + 40})
+    redis_client.zadd(k("inflight", "p1"), {"d1": NOW + 5, "other": NOW + 6})
+    redis_client.zadd(k("deferred", "p1"), {due_entry("w1"): NOW - 9})
+    redis_client.zadd(k("due"), {due_entry("w1"): NOW + 30})
+    args = [claim, DONE_TTL, "d1", 2, NOW, LEASE]
+    assert run("delivery_release", release_keys(k), args) == [due_entry("w1")]
+    assert list(in_flight(redis_client, k)) == ["other"]
+    assert redis_client.zscore(k("due"), due_entry("w1")) == NOW
+    claim_key = k("webhook", "j1", "claim", "tok")
+    if claim == "done":  # nothing to send: done, and its delivery closed
+        assert redis_client.get(claim_key) == "done"
+        assert ttl_near(redis_client, claim_key, DONE_TTL)
+        assert redis_client.zscore(k("deliveries", "open"), "d1") is None
+    else:  # failed before being recorded: still open, for the sweeper to run again
+        assert not redis_client.exists(claim_key)
+        assert redis_client.zscore(k("deliveries", "open"), "d1") == 5.0
+
+
+def test_delivery_release_without_a_partner_ends_only_the_claim(
+    redis_client: redis.Redis, run: Any, k: Keys
+) -> None:
+    redis_client.set(k("webhook", "j1", "claim", "tok"), "node-a", ex=40)
+    redis_client.zadd(k("inflight", "p1"), {"d1": NOW + 5})
+    args = ["done", DONE_TTL, "d1", 2, NOW, LEASE]
+    assert run("delivery_release", release_keys(k, partner=False), args) == []
+    assert redis_client.get(k("webhook", "j1", "claim", "tok")) == "done"
+    assert list(in_flight(redis_client, k)) == ["d1"]
 
 
 # ------------------------------------------------------------------- delivery_redeliver

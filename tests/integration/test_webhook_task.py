@@ -415,7 +415,7 @@ def test_an_expired_job_is_not_resurrected(fake_app: FakeApp) -> None:
     books = Deliveries(fake_app.store)
     entry = {"webhook_id": "msg_x", "event": "job.succeeded", "at": "2024-01-01T00:00:00.000Z"}
     fake_app.store.redis.delete(fake_app.store.key("job", job_id))
-    assert books.record(job_id, entry, "retrying", "job", token="t") == 1
+    assert books.record(job_id, entry, "retrying", "job", token="t") == (1, [])
     assert not fake_app.store.redis.exists(fake_app.store.key("job", job_id))
     assert books.attempts(job_id) == [{**entry, "attempt": 1}]
     assert fake_app.store.redis.get(books.claim_key(job_id, "t")) == "done"
