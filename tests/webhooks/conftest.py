@@ -61,6 +61,8 @@ class Receiver:
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
+        self.held = 0  # requests arrived and not answered yet
+        self.most_at_once = 0  # the most it held at once
         self._script: deque[Answer] = deque()
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -104,8 +106,12 @@ class Receiver:
                 headers = {name.lower(): value for name, value in self.headers.items()}
                 with receiver._lock:
                     receiver.requests.append(Received(self.path, headers, body, time.time()))
+                    receiver.held += 1
+                    receiver.most_at_once = max(receiver.most_at_once, receiver.held)
                 status, extra, delay = receiver._next_answer()
                 time.sleep(delay)
+                with receiver._lock:
+                    receiver.held -= 1
                 try:
                     self.send_response(status)
                     for name, value in extra.items():
