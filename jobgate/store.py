@@ -179,7 +179,7 @@ class Store:
         # The batch hash is written as given (its metadata already JSON), like the jobs'.
         batch_pairs = _pairs({k: str(v) for k, v in (batch or {}).items() if v is not None})
         args: list[Any] = [
-            *self._dispatch_args(),
+            *self.dispatch_args(),
             partner,
             queued_limit,
             self.live_ttl,
@@ -202,7 +202,7 @@ class Store:
             raise QueueFull(int(answer[1]))
         return [str(job_id) for job_id in answer[1:]]
 
-    def _dispatch_args(self) -> list[Any]:
+    def dispatch_args(self) -> list[Any]:
         """prefix, now, fixed window, default max running: what every dispatching script
         takes first."""
         return [self.prefix, time.time(), self.dispatch_window, self.max_running_jobs]
@@ -211,7 +211,7 @@ class Store:
         """Move due delayed jobs and dispatch what the window has room for, giving
         ``partners`` (none: every partner that has run a job) their turn back; the ids
         dispatched without a message, for the caller to send."""
-        answer = self.scripts["dispatch_tick"](keys=[], args=[*self._dispatch_args(), *partners])
+        answer = self.scripts["dispatch_tick"](keys=[], args=[*self.dispatch_args(), *partners])
         return [str(job_id) for job_id in answer]
 
     def waiting(self, partner_id: str) -> dict[str, int]:
@@ -357,7 +357,7 @@ class Store:
                 self.key("partner", ""),
                 meta,
                 expires,
-                *self._dispatch_args(),
+                *self.dispatch_args(),
                 *flat,
             ],
         )

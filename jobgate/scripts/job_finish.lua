@@ -22,8 +22,9 @@
 -- archive stream, Celery meta key.
 -- ARGV: retention, status, event, message ('' none), open member, open deadline, job id,
 -- fan-out message ('' none), its open member, partner key prefix, Celery meta ('' none),
--- its expiry in s ('' none), key prefix, fixed dispatch window (0 auto), default max
--- running jobs (0 none), now, then the record's field/value pairs.
+-- its expiry in s ('' none), then what every dispatching script takes (Store.dispatch_args:
+-- key prefix, now, fixed dispatch window (0 auto), default max running jobs (0 none)),
+-- then the record's field/value pairs.
 -- Returns {-1} no record, {0} already ended, {1, callback URL, batch id, queued 0/1,
 -- fan-out 0 not looked at / 1 queued / 2 no endpoint, ids dispatched unsent...}.
 --! include celery_meta
@@ -57,5 +58,5 @@ elseif callback == '' and ARGV[8] ~= '' and found[5] then
     fan = 1
   end
 end
-local unsent = dispatch(ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]))
+local unsent = dispatch(ARGV[13], tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[14]))
 return {1, callback, found[4] or '', queued, fan, unpack(unsent)}

@@ -27,7 +27,10 @@ from tests.helpers import free_port
 
 @pytest.fixture
 def store(redis_client: redis.Redis) -> Store:
-    return Store(redis_client, prefix="arch-" + uuid.uuid4().hex[:8], cache_ttl=120)
+    # A fixed dispatch window: no worker counts its slots here, and a restored job must
+    # be handed to the broker at once.
+    prefix = "arch-" + uuid.uuid4().hex[:8]
+    return Store(redis_client, prefix=prefix, cache_ttl=120, dispatch_window=100)
 
 
 @pytest.fixture

@@ -286,3 +286,26 @@ def test_dispatch_with_rabbitmq_as_the_broker(world, admin_headers, workers):
     assert all(int(r["runs"]) == 1 for r in svc.store.jobs([*a_jobs, b_job]))
     assert start_order(svc.store, [*a_jobs, b_job]).index(b_job) <= 3
     assert not any(svc.store.waiting(a["id"]).values())
+
+
+def test_an_end_dispatches_one_job_and_the_window_holds(world, redis_client):
+    """With a window of 2 and a backlog, each end hands Celery's queue one job more: the
+    live set and the queue never grow past the window (the end's own script dispatches
+    with the window, not with its other arguments)."""
+    from jobgate.store import Store, utcnow
+
+    store = Store(redis_client, prefix=world.key_prefix, dispatch_window=2)
+    queue = world.queue_jobs
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    for job_id in ids:
+        record = {"job_id": job_id, "task": "demo.sleep", "partner_id": "p", "created_at": utcnow()}
+        store.create_job(record, (queue, f"message-{job_id}"))
+    assert redis_client.zcard(store.key("live")) == 2 and redis_client.llen(queue) == 2
+    assert store.waiting("p") == {"queued": 4, "delayed": 0, "running": 2}
+    ended = store.finish_job(ids[0], "SUCCESS", result=None)
+    assert ended is not None and ended["dispatched"] == []
+    assert redis_client.zcard(store.key("live")) == 2 and redis_client.llen(queue) == 3
+    assert store.waiting("p") == {"queued": 3, "delayed": 0, "running": 2}
+    scores = redis_client.zrange(store.key("live"), 0, -1, withscores=True)
+    assert all(abs(score - time.time()) < 60 for _, score in scores), scores
+    redis_client.delete(queue)

@@ -20,6 +20,7 @@ import redis
 
 import jobgate.scripts as scripts_module
 from jobgate.scripts import LIBRARY, NAMES, Scripts, source
+from jobgate.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -292,10 +293,8 @@ def finish_args(
         "j1",
         *no_fan_out,
         *meta,  # Celery's meta, its expiry ('' none)
-        k.prefix,  # the dispatcher's: key prefix, window (fixed 4), max running (none), now
-        4,
-        0,
-        1000.0,
+        # What Store.finish_job passes: prefix, now, a fixed window of 4, no max running.
+        *Store(redis.Redis(), prefix=k.prefix, dispatch_window=4).dispatch_args(),
         *flat,
     ]
 
