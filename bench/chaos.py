@@ -10,9 +10,17 @@ of webhook id, attempt number and seed), so retries happen; retries wait
 Once every job has ended and its webhook arrived (or ``--cap``), the chaos stops and the
 run waits, bounded by ``--quiet-cap``, until nothing is queued, held, due, open or live.
 
-Counted: jobs terminal by status, jobs with no terminal webhook (lost), jobs with more than
-one distinct terminal webhook id, redeliveries of an id already answered 2xx, stranded
-records, the sweeper's repairs by kind, kills, throughput and the time to quiet.
+A message a kill lost in kombu's take-then-record gap is queued again only by the sweeper,
+and no worker lives through a sweep interval while one is killed every ``--kill-every``
+s (shorter than ``JOBGATE_SWEEP_INTERVAL``): such a run goes on to ``--cap``, and the
+repair comes after the chaos stops, within ``repair_bound`` (``--quiet-cap`` must
+allow it).
+
+Counted: jobs terminal by status, jobs with no terminal webhook when the run ended (lost;
+``lost_still_open`` of them still have their delivery open, due or queued, so the sweeper
+would still send it: late, not lost), jobs with more than one distinct terminal webhook
+id, redeliveries of an id already answered 2xx, stranded records, the sweeper's repairs by
+kind, kills, throughput and the time to quiet.
 
     python -m bench.chaos [--jobs 10000] [--kill-every 6] [--fail-ratio 0.1]
 """
@@ -44,6 +52,10 @@ from bench.common import (
 from bench.loadgen import request_bytes, run_load
 from bench.recovery import TERMINAL, Fleet, receiver_detail
 from config import Settings
+from jobgate.store import CLAIM_MARGIN
+from tasks.upkeep import sweeper_lease_seconds
+
+WORKER_START = 30.0  # seconds a replacement worker may take to start on a loaded machine
 
 
 def parse(at: str) -> float:
@@ -98,6 +110,50 @@ def records(stack: Stack, ids: list[str]) -> list[dict[str, Any]]:
         client.close()
 
 
+def repair_bound(settings: Settings) -> float:
+    """Seconds after the chaos stops by which the sweeper has queued again every message
+    the kills lost, with a margin for a worker's start and the attempt that follows.
+
+    The first pass that repairs such a message waits for the lease of a killed sweeper to
+    lapse (``sweeper_lease_seconds``) and for the record to be overdue (a delivery: the
+    webhook timeout + ``CLAIM_MARGIN`` after it was queued, possibly just before the stop;
+    a job: the visibility timeout + the sweep interval), then for the next sweep tick.
+    Defaults: max(60, 45, 45) + 15 + 30 = 105 s.
+    """
+    lease = sweeper_lease_seconds(settings.sweep_interval)
+    grace = settings.webhook_timeout + CLAIM_MARGIN
+    stale = settings.visibility_timeout + settings.sweep_interval
+    return max(lease, grace, stale) + settings.sweep_interval + WORKER_START
+
+
+def pending_for(stack: Stack, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Per job: its record's webhook state and what of its delivery is still open, due or
+    queued (an open one is still the sweeper's to send), with seconds to each deadline."""
+    prefix = stack.env.get("JOBGATE_KEY_PREFIX", "jobgate")
+    client = stack.redis()
+    try:
+        now = time.time()
+        open_ = client.zrange(f"{prefix}:deliveries:open", 0, -1, withscores=True)
+        due = client.zrange(f"{prefix}:due", 0, -1)
+        queued = client.lrange("webhooks", 0, -1)
+        out = {}
+        for job_id in job_ids:
+            record = client.hmget(
+                f"{prefix}:job:{job_id}", "status", "webhook_state", "webhook_attempts"
+            )
+            out[job_id] = {
+                "status": record[0],
+                "webhook_state": record[1],
+                "webhook_attempts": record[2],
+                "open": {m: round(s - now, 1) for m, s in open_ if job_id in m},
+                "due": sum(job_id in row for row in due),
+                "queued": sum(job_id in row for row in queued),
+            }
+        return out
+    finally:
+        client.close()
+
+
 def all_done(stack: Stack, ids: list[str]) -> bool:
     """Every job terminal and every job's webhook arrived."""
     hooked = requests.get(stack.url("receiver", "/stats"), timeout=30).json()["jobs"]
@@ -141,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         "--quiet-cap",
         type=float,
         default=300.0,
-        help="seconds after the chaos stops to wait for quiet",
+        help="seconds after the chaos stops to wait for quiet; at least repair_bound (the "
+        "sweeper's worst case for a message a kill lost, 105 s with the defaults)",
     )
     args = parser.parse_args(argv)
     stack = Stack.fresh(args.redis_url)
@@ -149,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.visibility_timeout:
         stack.env["JOBGATE_VISIBILITY_TIMEOUT"] = str(args.visibility_timeout)
     settings = Settings.from_env(stack.env)
+    bound = repair_bound(settings)
+    quiet_cap = args.quiet_cap
+    if quiet_cap < bound:
+        print(
+            f"--quiet-cap {quiet_cap:g} s is shorter than the sweeper's repair bound "
+            f"({bound:g} s): a message lost near the end may count as lost",
+            flush=True,
+        )
     params = {**SLEEP_PARAMS, "seconds": args.job_seconds}
     started = machine()
     fleet = Fleet(stack, args.worker_concurrency)
@@ -199,14 +264,16 @@ def main(argv: list[str] | None = None) -> int:
             f"all ended: {done_at - t0:.1f} s; {len(chaos.kills)} kills; waiting for quiet",
             flush=True,
         )
+        quiet_reached = True
         try:
             wait_for(
                 lambda: stranded_count(leftovers(stack)) == 0 and all_done(stack, ids),
-                args.quiet_cap,
+                quiet_cap,
                 "quiet",
                 1.0,
             )
         except RuntimeError as exc:
+            quiet_reached = False
             print(exc, flush=True)
         quiet_at = time.time()
         time.sleep(2)  # a last redelivery in flight shows up before counting
@@ -214,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         evidence = leftover_detail(stack) if stranded_count(left) else None
         seen = receiver_detail(stack)
         recs = records(stack, ids)
+        unheard = pending_for(stack, [j for j in ids if j not in seen["by_job"]])
     finally:
         if chaos is not None:
             chaos.stop()
@@ -238,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {str(k): v for k, v in sorted(runs.items())},
         "lost": len(lost),
         "lost_jobs": lost[:20],
+        "lost_still_open": sum(1 for p in unheard.values() if p["open"] or p["due"] or p["queued"]),
+        "lost_detail": dict(list(unheard.items())[:20]),
         "jobs_with_several_ids": len(several),
         "several_ids": dict(list(several.items())[:20]),
         "redeliveries_same_id": seen["duplicates"],
@@ -267,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         "submit_seconds": round(submitted_at - t0, 2),
         "all_ended_seconds": round(done_at - t0, 2),
         "quiet_after_chaos_stop_s": round(quiet_at - stopped_at, 2),
+        "quiet_reached": quiet_reached,
+        "quiet_cap_s": quiet_cap,
+        "repair_bound_s": bound,
         "time_to_quiet_s": round(quiet_at - t0, 2),
         "worker_logs": [
             str(s.log_path) for s in stack.services.values() if s.name.startswith("worker")
@@ -281,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             ["statuses", dict(statuses)],
             ["runs per job", result["runs"]],
             ["lost (no terminal webhook)", result["lost"]],
+            ["  of which still open (late)", result["lost_still_open"]],
             ["jobs with >1 terminal id", result["jobs_with_several_ids"]],
             ["redeliveries of the same id", result["redeliveries_same_id"]],
             ["attempts answered 500", result["attempts_refused_500"]],
@@ -292,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             ["jobs/s (terminal)", result["jobs_per_s_terminal"]],
             ["all ended + webhooked, s", result["all_ended_seconds"]],
             ["quiet after chaos stop, s", result["quiet_after_chaos_stop_s"]],
+            ["quiet reached (within cap)", f"{quiet_reached} ({quiet_cap:g} s)"],
             ["time to quiet (from first submit), s", result["time_to_quiet_s"]],
         ],
     )

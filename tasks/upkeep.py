@@ -105,6 +105,12 @@ PRUNE_EVERY = 3600.0
 ARCHIVE_LINGER = 0.5  # seconds of archive lag traded for larger chunks (docs/database.md)
 
 
+def sweeper_lease_seconds(sweep_interval: float) -> float:
+    """How long the sweeper's lease outlives its holder's last renewal: a worker killed
+    while holding it keeps every other worker from sweeping for up to this long."""
+    return max(sweep_interval * 3, 60.0)
+
+
 class ArchiveThread(threading.Thread):
     """Archives until the process exits; a failing database is retried every second (the
     entries wait in the stream), with one warning a minute."""
@@ -238,7 +244,7 @@ class Upkeep(bootsteps.StartStopStep):
         app = c.app
         store, settings = app.store, app.settings
         lease = store.key("sweeper")
-        ttl_ms = int(max(settings.sweep_interval * 3, 60) * 1000)
+        ttl_ms = int(sweeper_lease_seconds(settings.sweep_interval) * 1000)
         if not store.redis.set(lease, self.node, nx=True, px=ttl_ms):
             if store.redis.get(lease) != self.node:
                 return  # another worker sweeps
