@@ -8,15 +8,20 @@ phases, in alternating order so drift over the run falls on both:
 - **busy**: A first builds a backlog of ``--backlog`` waiting jobs of a short task
   (``demo.sleep`` ``--a-seconds``, default 10 ms) in batches of up to ``--build-batch``
   (1000, the batch maximum), then a thread tops it up with batches of ``--topup`` jobs
-  whenever fewer than ``--backlog`` + ``--topup`` wait, while the worker consumes A's jobs
-  and B submits the same probes as in the idle phase. Then A's backlog drains (the
-  worker runs it) before the next phase.
+  whenever fewer than ``--backlog`` + ``--topup`` of A's jobs are not ended (waiting in
+  A's queue, or dispatched: in Celery's queue or running), while the worker consumes A's
+  jobs and B submits the same probes as in the idle phase. The top-up stops after B's
+  last probe; A's backlog drains (the worker runs it) before the next phase. The length
+  of Celery's queue is sampled with A's backlog: the dispatch window bounds it.
 
 B's latency is the job record's ``started_at`` (written by the worker as it takes the
 job) minus the client's clock just before it sent the ``POST /v1/jobs``: the submit
 request, the wait in B's queue and Celery's, and the worker's pick-up. The report gives
 p50/p99 per phase and round, the ratio p99(busy) / p99(idle) per round and the medians;
-the target is at most 2x. Timestamps in job records have millisecond resolution.
+the target is at most 2x. Timestamps in job records have millisecond resolution. A
+probe not started ``--cap`` s after B's last one counts with the time it waited, a lower
+bound (shown ``>x``). B's probes that one of A's batch requests overlapped are told
+apart (a gateway process busy validating a batch delays the submit, not the dispatch).
 
 A's partner limit ``max_queued_jobs`` is switched off (``PATCH /v1/partners``), or its
 default of 10 000 would refuse a backlog kept at or above 10 000.
