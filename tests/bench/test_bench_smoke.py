@@ -181,6 +181,58 @@ def test_slow_receivers_bench_measures_both_shapes(redis_url: str, redis_client,
     assert shipped["hanging_at_first_probe"] == [3] and shipped["not_started"] == 0, shipped
 
 
+def test_fairness_bench_measures_b_idle_and_under_a_backlog(
+    redis_url: str, redis_client, tmp_path: Path
+):
+    data = run_script(
+        "fairness",
+        redis_url,
+        tmp_path / "fairness.json",
+        "--backlog",
+        "200",
+        "--build-batch",
+        "100",
+        "--topup",
+        "50",
+        "--probes",
+        "3",
+        "--interval",
+        "0.3",
+        "--rounds",
+        "1",
+        "--cap",
+        "60",
+        "--worker-concurrency",
+        "1",
+    )
+    result = data["results"]
+    (found,) = result["rounds"]
+    assert found["order"] == ["idle", "busy"]
+    for phase in ("idle", "busy"):
+        row = found[phase]
+        assert row["probes"] == row["started"] == 3 and row["not_started"] == 0, row
+        assert row["lower_bounds"] == [] and len(row["latencies_ms"]) == 3, row
+        assert 0 < row["p50_ms"] <= row["p99_ms"] == row["max_ms"], row
+        assert row["submit_request_p50_ms"] > 0, row
+    flood = found["busy"]["flood"]
+    # A's backlog was built and kept up while B submitted, and drained afterwards.
+    assert flood["build_jobs"] >= 200 and flood["backlog_max"] >= 200, flood
+    assert flood["a_jobs_ended_per_s"] > 0 and flood["drain_seconds"] >= 0, flood
+    assert found["ratio_p99"] > 0 and found["ratio_p50"] > 0, found
+    assert set(result["median"]) >= {
+        "idle_p50_ms",
+        "idle_p99_ms",
+        "busy_p50_ms",
+        "busy_p99_ms",
+        "ratio_p99",
+        "ratio_p50",
+    }
+    assert result["target"]["ratio_p99_at_most"] == 2.0
+    assert data["config"]["backlog"] == 200 and data["config"]["probes"] == 3
+    # Nothing of either partner is left waiting or running.
+    assert not redis_client.zcard("jobgate:live"), "jobs left dispatched"
+
+
 def test_recovery_bench_recovers_every_killed_job_once(
     redis_url: str, redis_client, tmp_path: Path
 ):
