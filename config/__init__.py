@@ -320,7 +320,7 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "visibility_timeout": (2, "at least 2 seconds (10 or more in production)"),
     "sweep_interval": (0.1, "at least 0.1 second"),
     "redis_max_connections": (1, "at least 1"),
-    "dispatch_window": (0, "not negative (0: twice the live workers' job-pool slots)"),
+    "dispatch_window": (0, "not negative (0: the live workers' job-pool slots)"),
     "max_running_jobs": (0, "not negative (0 switches the limit off)"),
     "max_queued_jobs": (0, "not negative (0 switches the limit off)"),
     "max_open_streams": (0, "not negative (0 switches the limit off)"),

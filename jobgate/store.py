@@ -87,7 +87,7 @@ class Store:
     ) -> None:
         self.redis = client
         # Fair dispatch (jobgate/scripts/dispatch.lua): jobs dispatched and not ended at
-        # most (0: twice the live workers' job-pool slots), and the default per partner.
+        # most (0: the live workers' job-pool slots), and the default per partner.
         self.dispatch_window = dispatch_window
         self.max_running_jobs = max_running_jobs
         # Webhook deliveries of one partner sent at once, for a partner without its own

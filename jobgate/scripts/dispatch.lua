@@ -66,7 +66,10 @@ local function dispatch_waiting(P, partner)
     + (tonumber(redis.call('HGET', P .. ':dispatch:delayed', partner)) or 0)
 end
 
--- The window: fixed (> 0), or twice the job-pool slots of the live worker nodes.
+-- The window: fixed (> 0), or the job-pool slots of the live worker nodes. No more: with
+-- acks_late and a prefetch of one, a worker takes no message past its slots, and an end
+-- pushes the next message before its own ack, so slack would only queue a partner's new
+-- job behind others' already dispatched.
 local function dispatch_window(P, fixed)
   if fixed > 0 then return fixed end
   local slots = redis.call('HGETALL', P .. ':dispatch:slots')
@@ -78,7 +81,7 @@ local function dispatch_window(P, fixed)
       redis.call('HDEL', P .. ':dispatch:slots', slots[i])
     end
   end
-  return 2 * total
+  return total
 end
 
 -- Dispatch while the window has room. A dispatched job goes on the live set, counts as
