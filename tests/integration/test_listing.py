@@ -13,9 +13,13 @@ from jobgate.store import utcnow
 pytestmark = pytest.mark.integration
 
 
+NEVER = "2099-01-01T00:00:00.000Z"
+
+
 def jobs_of(store, partner_id: str, count: int, **fields) -> list[str]:
     """``count`` job records of ``partner_id`` written straight to Redis, oldest first, a
-    second apart (jobs created in the same millisecond are ordered by id)."""
+    second apart (jobs created in the same millisecond are ordered by id). They have no
+    params and must never run: a far ``run_at`` keeps them out of the dispatcher's way."""
     ids = []
     start = datetime.now(UTC) - timedelta(seconds=count)
     for n in range(count):
@@ -27,6 +31,7 @@ def jobs_of(store, partner_id: str, count: int, **fields) -> list[str]:
                 "task": "demo.sleep",
                 "partner_id": partner_id,
                 "created_at": (start + timedelta(seconds=n)).isoformat()[:23] + "Z",
+                "run_at": NEVER,
                 **fields,
             }
         )
