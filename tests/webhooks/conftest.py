@@ -219,9 +219,11 @@ def hanging_receiver() -> Iterator[HangingReceiver]:
 
 @pytest.fixture(scope="session")
 def held_settings(settings: Settings) -> Settings:
-    """Settings whose job queue no worker consumes until a test starts one on it."""
-    tag = "held-" + uuid.uuid4().hex[:8]
-    return settings.with_overrides(queue_jobs=tag, key_prefix=tag)
+    """Settings whose job queue no worker consumes until a test starts one on it. The key
+    prefix stays the session's (the session worker delivers the webhooks): a held job
+    holds one slot of the session's dispatch window until it ends, so a test using it
+    ends (revokes) its held jobs."""
+    return settings.with_overrides(queue_jobs="held-" + uuid.uuid4().hex[:8])
 
 
 @pytest.fixture(scope="session")
