@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dispatch-window",
         type=int,
         default=0,
-        help="JOBGATE_DISPATCH_WINDOW (default 0: twice the live workers' job-pool slots)",
+        help="JOBGATE_DISPATCH_WINDOW (default 0: the live workers' job-pool slots)",
     )
     parser.add_argument(
         "--root",
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                 "gunicorn": gunicorn_shape(args.gunicorn),
                 "worker": worker_shape(args.worker_concurrency, args.worker_instances),
                 "dispatch_window": args.dispatch_window
-                or "auto (twice the live workers' job-pool slots)",
+                or "auto (the live workers' job-pool slots)",
                 "backlog": args.backlog,
                 "build_batch": args.build_batch,
                 "topup": args.topup,
