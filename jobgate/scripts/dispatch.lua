@@ -1,4 +1,4 @@
--- Fair dispatch (jobgate.dispatch): a job waits in its partner's queue until the dispatch
+-- Fair dispatch (docs/api.md#partner-limits): a job waits in its partner's queue until the dispatch
 -- window has room; then the ready partner with the lowest virtual time gives its next job
 -- (highest priority, then oldest) to Celery's queue. Each job costs its partner 1/weight
 -- of virtual time, and a partner that comes back from idle starts at the clock, so it can
