@@ -16,8 +16,13 @@ from tests.helpers import EmbeddedRedis, WorkerProcess, gateway_for, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
 
-def submit(client: Any, partner: dict[str, Any], url: str, seconds: float) -> str:
-    body = {"task": "demo.sleep", "params": {"seconds": seconds, "steps": 1}, "callback_url": url}
+def submit(client: Any, partner: dict[str, Any], url: str, seconds: float, **extra: Any) -> str:
+    body = {
+        "task": "demo.sleep",
+        "params": {"seconds": seconds, "steps": 1},
+        "callback_url": url,
+        **extra,
+    }
     answer = client.post("/v1/jobs", json=body, headers=partner["headers"])
     assert answer.status_code == 202, answer.get_json()
     return answer.get_json()["job_id"]
@@ -42,8 +47,12 @@ def test_redis_restarted_empty_loses_no_partner_job_or_webhook(
             return all((rows.get(j) or {}).get("webhook_state") == "delivered" for j in done)
 
         wait_until(archived_settled, 30, message="the first jobs delivered and archived")
-        # Long enough to be queued or running when Redis dies.
+        # Long enough to be queued or running when Redis dies: two run, two wait in the
+        # partner's queue (the window is the worker's two slots), two wait for their run_at.
         live = [submit(client, partner, receiver.url, 3) for _ in range(4)]
+        delayed = [submit(client, partner, receiver.url, 0, delay_seconds=8) for _ in range(2)]
+        assert svc.store.waiting(partner["id"])["delayed"] == 2
+        live += delayed
         wait_until(
             lambda: all(history.job(svc.db, j) for j in live), 20, message="live jobs archived"
         )
@@ -67,6 +76,9 @@ def test_redis_restarted_empty_loses_no_partner_job_or_webhook(
 
         try:
             wait_until(lambda: all(ended(j) for j in live), 90, message="every lost job run again")
+            for job_id in delayed:  # restored as delayed: not started before its run_at
+                view = fresh_client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+                assert view["run_at"] and view["started_at"] >= view["run_at"], view
         except AssertionError:
             print(workers[0].log()[-8000:])
             raise
