@@ -116,8 +116,10 @@ def queued_limit(svc: Services, principal: Principal) -> int:
 
 
 def limit_of(svc: Services, principal: Principal, name: str) -> int:
-    """One of the caller's limits in effect (``jobgate.limits``; 0: none)."""
-    return principal.limits.get(name, defaults(svc.settings)[name])
+    """One of the caller's limits in effect (``jobgate.limits``; 0: none). A partner's
+    principal carries them all; the defaults are built only for a caller without them."""
+    value = principal.limits.get(name)
+    return value if value is not None else defaults(svc.settings)[name]
 
 
 def queue_full(svc: Services, principal: Principal) -> APIError:
