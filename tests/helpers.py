@@ -162,9 +162,12 @@ class WorkerProcess:
     def proc(self) -> subprocess.Popen[bytes] | None:
         return self.child.proc if self.child else None
 
-    def start(self, timeout: float = 30.0) -> WorkerProcess:
-        """Start and wait until every node answers a control ping."""
+    def start(self, timeout: float = 30.0, ready: bool = True) -> WorkerProcess:
+        """Start and wait until every node answers a control ping (``ready=False``: do not
+        wait, for a worker that may die of a failpoint before it could answer)."""
         self.child = Child.start(self.name, self.args, log=self.log_path, env=self.env, cwd=ROOT)
+        if not ready:
+            return self
         from tasks.app import make_celery
 
         app = make_celery(self.settings)

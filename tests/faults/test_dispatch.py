@@ -36,9 +36,10 @@ def test_killed_worker_loses_no_dispatched_job(
     }
     every = [job_id for ids in jobs.values() for job_id in ids]
     assert svc.store.waiting(a["id"])["queued"] == 5
+    # Jobs already wait, so the kill can come before the worker answers a ping.
     doomed = WorkerProcess(
         fault_settings, concurrency=2, name="doomed", env={"JOBGATE_FAILPOINTS": f"{point}=kill"}
-    ).start()
+    ).start(ready=False)
     workers.append(doomed)
     wait_until(lambda: doomed.proc.poll() is not None, 30, 0.02, f"the kill at {point}")
     workers.append(WorkerProcess(fault_settings, concurrency=2, name="heir").start())
