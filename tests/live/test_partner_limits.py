@@ -169,14 +169,14 @@ def test_a_killed_streams_lease_runs_out(store, partner):
     assert streams.count(store, partner["id"]) == 0
 
 
-def test_max_endpoints_refuses_one_more(client, admin_headers, partner):
+def test_max_endpoints_refuses_one_more(client, admin_headers, partner, other_partner):
     set_limits(client, admin_headers, partner, max_endpoints=2)
 
-    def register(n: int):
+    def register(n: int, who: dict[str, Any] = partner):
         return client.post(
             "/v1/endpoints",
             json={"url": f"http://127.0.0.1:65000/hooks/{n}"},
-            headers=partner["headers"],
+            headers=who["headers"],
         )
 
     first, second = register(1), register(2)
@@ -189,6 +189,8 @@ def test_max_endpoints_refuses_one_more(client, admin_headers, partner):
     assert int(refused.headers["Retry-After"]) > 0
     listed = client.get("/v1/endpoints", headers=partner["headers"]).get_json()["endpoints"]
     assert len(listed) == 2  # nothing was created
+    # The cap is the partner's own: the other partner registers on while it is full.
+    assert [register(n, other_partner).status_code for n in range(3)] == [201, 201, 201]
     # Deleting one makes room; a raised limit does too.
     assert client.delete(f"/v1/endpoints/{first.get_json()['id']}", headers=partner["headers"])
     assert register(4).status_code == 201
