@@ -24,9 +24,13 @@ bound (shown ``>x``). B's probes that one of A's batch requests overlapped are t
 apart (a gateway process busy validating a batch delays the submit, not the dispatch).
 
 A's partner limit ``max_queued_jobs`` is switched off (``PATCH /v1/partners``), or its
-default of 10 000 would refuse a backlog kept at or above 10 000.
+default of 10 000 would refuse a backlog kept at or above 10 000. Dispatch is not
+preemptive: when A's jobs fill every slot, B's job waits for the next of A's to end, so
+its busy latency is the idle one plus up to one of A's jobs. ``--a-max-running`` sets A's
+``max_running_jobs`` below the slots, the headroom an operator keeps for other partners.
 
-    python -m bench.fairness [--backlog 10000] [--probes 30] [--interval 1] [--rounds 3]
+    python -m bench.fairness [--backlog 10000] [--a-seconds 0.01] [--a-max-running 0]
+                             [--probes 30] [--interval 1] [--rounds 3]
                              [--own-redis [--redis-server /usr/bin/redis-server]]
 """
 
@@ -93,11 +97,12 @@ class Partner:
         self.session.close()
 
 
-def unlimit_queue(stack: Stack, partner: Partner) -> None:
-    """Switch the partner's ``max_queued_jobs`` off (0), as an admin."""
+def set_limits(stack: Stack, partner: Partner, max_running_jobs: int) -> None:
+    """Switch the partner's ``max_queued_jobs`` off (0) and set ``max_running_jobs`` (0:
+    none), as an admin."""
     response = requests.patch(
         stack.url("gateway", f"/v1/partners/{partner.id}"),
-        json={"limits": {"max_queued_jobs": 0}},
+        json={"limits": {"max_queued_jobs": 0, "max_running_jobs": max_running_jobs}},
         headers={"Authorization": f"Bearer {ADMIN_KEY}"},
         timeout=10,
     )
@@ -313,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--a-seconds", type=float, default=0.01, help="demo.sleep seconds of A's jobs"
     )
+    parser.add_argument(
+        "--a-max-running",
+        type=int,
+        default=0,
+        help="A's max_running_jobs limit (default 0: none, A may fill every slot)",
+    )
     parser.add_argument("--probes", type=int, default=30, help="B's jobs per phase")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between B's jobs")
     parser.add_argument("--rounds", type=int, default=3)
@@ -358,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.start_gateway(args.gunicorn)
             stack.start_worker(args.worker_concurrency, instances=args.worker_instances)
             partner_a, partner_b = Partner(stack, "flooding A"), Partner(stack, "steady B")
-            unlimit_queue(stack, partner_a)
+            set_limits(stack, partner_a, args.a_max_running)
             store = Store.from_url(redis_url)
             # Warm up: imports, connections and the first job of each task.
             partner_b.submit({"task": "demo.sleep", "params": SLEEP_PARAMS})
@@ -474,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dispatch_window": args.dispatch_window
                 or "auto (the live workers' job-pool slots)",
                 "backlog": args.backlog,
+                "a_max_running_jobs": args.a_max_running or None,
                 "build_batch": args.build_batch,
                 "topup": args.topup,
                 "probes": args.probes,
