@@ -10,6 +10,8 @@ import json
 import logging
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
@@ -23,11 +25,11 @@ from gateway.jobs import (
 )
 from gateway.revoke import revoke_job
 from gateway.schemas import BatchSubmitSchema, load_or_422
-from jobgate import history, lifecycle
+from jobgate import history, lifecycle, outbox
 from jobgate.batches import COUNTERS, MAX_BATCH, batch_record, batch_view, member_ids
 from jobgate.failpoints import failpoint
 from jobgate.status import TERMINAL
-from jobgate.store import QueueFull, new_id, utcnow
+from jobgate.store import QueueFull, as_stored, new_id, utcnow
 
 log = logging.getLogger("jobgate.batches")
 
@@ -87,6 +89,11 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
         "metadata": json.dumps(batch["metadata"]),
     }
     failpoint("batch.create.before")
+    # The rows first (jobgate.outbox): the batch as the archiver would read it back.
+    ids = [r["job_id"] for r in records]
+    row = {**batch_hash, "metadata": batch["metadata"], "member_ids": ids}
+    stored = [as_stored(r) for r in records]
+    outbox.accept(svc.db, svc.store.prefix, stored, batch=row)
     try:
         unsent = svc.store.create_batch(
             batch_hash,
@@ -95,7 +102,15 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
             queued_limit=queued_limit(svc, principal),
         )
     except QueueFull:
+        outbox.withdraw(svc.db, row["member_ids"], batch_id)
         raise queue_full(svc, principal) from None
+    except RedisError as exc:
+        log.warning(
+            "batch %s is committed but Redis failed its hand-off (%s); the relay will queue it",
+            batch_id,
+            exc,
+        )
+        return batch_view(svc.store, batch_id, record=row, jobs=stored)
     lifecycle.send_dispatched(svc.store, svc.messenger, unsent)
     return view(svc, batch_id)
 

@@ -1,8 +1,8 @@
 """The error model: every failure is ``{"error": {"code", "message", "details"}}`` JSON.
 
-No HTML page and no traceback ever reaches a client: HTTP errors are translated, Redis or
-broker outages become ``503 unavailable`` and anything unexpected is logged with an error
-id (and the job id when there is one) and answered ``500 internal_error``.
+No HTML page and no traceback ever reaches a client: HTTP errors are translated, Redis,
+broker or database outages become ``503 unavailable`` and anything unexpected is logged
+with an error id (and the job id when there is one) and answered ``500 internal_error``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 import uuid
 from typing import Any
 
+import sqlalchemy.exc
 from flask import Flask, Response, jsonify, request
 from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
@@ -102,6 +103,18 @@ def register_error_handlers(app: Flask) -> None:
             503,
             "unavailable",
             "The job store or broker is unreachable; try again shortly.",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.InterfaceError)
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    def _database_unavailable(exc: Exception) -> Response:
+        log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
+        return error_response(
+            503,
+            "unavailable",
+            "The database is unreachable; try again shortly.",
             headers={"Retry-After": "5"},
         )
 

@@ -6,6 +6,7 @@ Views stay thin; this module holds the rules (catalog, SSRF, idempotency, isolat
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,20 +14,23 @@ from typing import Any
 
 from flask import g, has_app_context
 from marshmallow import ValidationError
+from redis.exceptions import RedisError
 
 from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
 from gateway.schemas import JobSubmitSchema, load_or_422
-from jobgate import history, streams
+from jobgate import history, outbox, streams
 from jobgate.lifecycle import queue_job
 from jobgate.limits import defaults
+from jobgate.outbox import IdempotencyKey, KeyTaken
 from jobgate.partners import CHANGED_CHANNEL
 from jobgate.ssrf import CallbackRefused, check_callback_url, lookups_for
 from jobgate.status import DEFAULT_PRIORITY, TERMINAL, job_view
-from jobgate.store import QueueFull, digest, format_time, new_id, utcnow
+from jobgate.store import QueueFull, as_stored, digest, format_time, key_hash, new_id, utcnow
 from tasks.registry import JobType, job_types
 
+log = logging.getLogger("jobgate.jobs")
 _submit_schema = JobSubmitSchema()
 MAX_SCAN = 1000  # index entries one list request may read while filtering
 
@@ -102,12 +106,23 @@ def new_record(
 
 
 def enqueue(svc: Services, principal: Principal, record: dict[str, Any]) -> None:
-    """Store the job and queue it in its partner's queue (``jobgate.lifecycle.queue_job``);
-    429 ``limit_exceeded`` when the partner has ``max_queued_jobs`` waiting."""
+    """Hand an accepted job (its row committed) to Redis: its partner's queue
+    (``jobgate.lifecycle.queue_job``). Refused past ``max_queued_jobs``: its row is
+    withdrawn and the answer is 429 ``limit_exceeded``. Redis failing: the job stays
+    accepted, and the relay hands it over from the database (``jobgate.outbox``)."""
     try:
         queue_job(svc.store, svc.messenger, record, queued_limit=queued_limit(svc, principal))
     except QueueFull:
+        outbox.withdraw(svc.db, [record["job_id"]])
         raise queue_full(svc, principal) from None
+    except RedisError as exc:
+        log.warning(
+            "submit: job %s is committed but Redis failed its hand-off (%s); the relay "
+            "will queue it",
+            record["job_id"],
+            exc,
+            extra={"job_id": record["job_id"]},
+        )
 
 
 def queued_limit(svc: Services, principal: Principal) -> int:
@@ -165,28 +180,35 @@ def enforce_rate_limit(svc: Services, principal: Principal) -> None:
 def submit(
     svc: Services, principal: Principal, body: Any, idempotency_key: str | None
 ) -> tuple[dict[str, Any], bool]:
-    """Validate and queue a job; returns (job view, created) — created is False on replay."""
+    """Validate a job, commit its row, queue it; returns (job view, created): created is
+    False on a replay of its Idempotency-Key."""
     job = validate_job(svc, body)
     record = new_record(principal, job, svc.messenger.jobs_queue)
+    key = None
     if idempotency_key:
-        body_digest = digest(body)
+        key = IdempotencyKey(principal.partner_id or "", key_hash(idempotency_key), digest(body))
         earlier = svc.store.claim_idempotency(
-            principal.partner_id, idempotency_key, body_digest, record["job_id"]
+            key.partner_id, idempotency_key, key.digest, record["job_id"]
         )
         if earlier is not None:
             # A replay creates nothing, so it does not count against the rate limit.
-            if earlier["digest"] != body_digest:
-                raise APIError(
-                    409,
-                    "idempotency_conflict",
-                    "This Idempotency-Key was used with a different body.",
-                )
-            return describe(svc, wait_for_record(svc, earlier["job_id"])), False
+            return replay(svc, earlier["job_id"], earlier["digest"], key.digest), False
     try:
         enforce_rate_limit(svc, principal)
-        enqueue(svc, principal, record)
+        outbox.accept(svc.db, svc.store.prefix, [as_stored(record)], idempotency=key)
+    except KeyTaken as taken:
+        # Redis lost the key's claim; the database kept it with the job it made.
+        svc.store.release_idempotency(principal.partner_id, idempotency_key or "")
+        digest_sent = key.digest if key else ""
+        return replay(svc, taken.job_id, taken.digest or "", digest_sent, committed=True), False
     except Exception:
         # Refused or failed: nothing was created, so the key is free for a retry.
+        if idempotency_key:
+            svc.store.release_idempotency(principal.partner_id, idempotency_key)
+        raise
+    try:
+        enqueue(svc, principal, record)
+    except APIError:
         if idempotency_key:
             svc.store.release_idempotency(principal.partner_id, idempotency_key)
         raise
@@ -194,11 +216,30 @@ def submit(
     return job_view(record), True
 
 
+def replay(
+    svc: Services, job_id: str, earlier_digest: str, body_digest: str, *, committed: bool = False
+) -> dict[str, Any]:
+    """The view of the job an Idempotency-Key names (``committed``: found in the
+    database, so Redis may not hold it); 409 if it came with another body."""
+    if earlier_digest != body_digest:
+        raise APIError(
+            409, "idempotency_conflict", "This Idempotency-Key was used with a different body."
+        )
+    if committed:
+        record = svc.store.job(job_id) or history.job(svc.db, job_id)
+        if record is not None:
+            return describe(svc, record)
+    return describe(svc, wait_for_record(svc, job_id))
+
+
 def wait_for_record(svc: Services, job_id: str, timeout: float = 2.0) -> dict[str, Any]:
-    """The record of a job a concurrent request with the same key is creating."""
+    """The record of a job a concurrent request with the same key is creating (Redis,
+    or the database if its hand-off to Redis failed)."""
     deadline = time.monotonic() + timeout
     while (record := svc.store.job(job_id)) is None:
         if time.monotonic() > deadline:
+            if (record := history.job(svc.db, job_id)) is not None:
+                return record
             raise APIError(
                 409,
                 "idempotency_conflict",

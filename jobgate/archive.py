@@ -39,8 +39,6 @@ from jobgate.batches import batch_key, batch_record, member_ids
 from jobgate.db import Database, escape_unstorable
 from jobgate.db.models import Attempt, Batch, DeadLetter, Job
 from jobgate.events import JOB_EVENTS
-from jobgate.lifecycle import enqueue_webhook, queue_job
-from jobgate.messages import Messenger
 from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
@@ -287,8 +285,8 @@ class Archiver:
         for message_id in message_ids:
             attempts += _attempts(message_id, "msg", next(replies))
         with self.db.session() as session:
-            _upsert_jobs(session, jobs, store.prefix)
-            _upsert_batches(session, batches)
+            upsert_jobs(session, [job_row(job, store.prefix) for job in jobs])
+            upsert_batches(session, batches)
             _insert_attempts(session, attempts)
         return expiring
 
@@ -320,49 +318,6 @@ def oldest_age(first: list[Any]) -> float:
     if not first:
         return 0.0
     return max(0.0, time.time() - int(str(first[0][0]).split("-")[0]) / 1000)
-
-
-def restore(
-    store: Store, db: Database, messenger: Messenger, *, older_than: float, limit: int = 1000
-) -> int:
-    """Give Redis back what it lost (a restart without persistence): jobs of this
-    store's key prefix the database holds as not settled, created more than
-    ``older_than`` s ago, whose Redis record is gone. A job not ended is queued again
-    (it runs again: at least once); an ended one whose webhook was not final gets its
-    record back and its event queued again, with the same ``webhook-id`` and body.
-    Returns how many were restored."""
-    cutoff = datetime.fromtimestamp(time.time() - older_than, UTC)
-    records = [
-        dict(record)
-        for (record,) in db.read(
-            select(Job.record)
-            .where(Job.keyspace == store.prefix, Job.settled.is_(False), Job.created_at < cutoff)
-            .order_by(Job.created_at)
-            .limit(limit)
-        )
-    ]
-    if not records:
-        return 0
-    pipe = store.redis.pipeline(transaction=False)
-    for record in records:
-        pipe.exists(store.key("job", record["job_id"]))
-    lost = [r for r, there in zip(records, pipe.execute(), strict=True) if not there]
-    for record in lost:
-        job_id = record["job_id"]
-        if record.get("status") in TERMINAL:
-            store.put_back(record)
-            enqueue_webhook(
-                store, messenger, "job", job_id, JOB_EVENTS[record["status"]], chain="restored"
-            )
-        else:
-            queue_job(store, messenger, {k: v for k, v in record.items() if k not in LIVE_FIELDS})
-        store.redis.hincrby(store.key("repairs"), "restored", 1)
-        log.warning("archive: restored job %s that Redis lost", job_id, extra={"job_id": job_id})
-    return len(lost)
-
-
-# Fields a running job gathers; a job queued again starts without them.
-LIVE_FIELDS = frozenset({"started_at", "runs", "worker", "progress"})
 
 
 def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None = None) -> int:
@@ -483,27 +438,30 @@ def _insert(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def _upsert_jobs(session: Session, jobs: list[dict[str, Any]], keyspace: str) -> None:
-    if not jobs:
+def job_row(job: dict[str, Any], keyspace: str) -> dict[str, Any]:
+    """A job record (as ``Store.job`` reads it) as its row in ``jobs``."""
+    return {
+        "job_id": job["job_id"],
+        "partner_id": job.get("partner_id") or "",
+        "task": job.get("task") or "",
+        "status": job.get("status") if job.get("status") in TERMINAL else None,
+        "batch_id": job.get("batch_id"),
+        "created_at": parse_time(job["created_at"]),
+        "finished_at": parse_time(job["finished_at"]) if job.get("finished_at") else None,
+        "record": job,
+        "rev": revision(
+            job.get("status"), _webhook_state(job), int(job.get("webhook_attempts") or 0)
+        ),
+        "settled": job.get("status") in TERMINAL and _webhook_state(job) in FINAL,
+        "keyspace": keyspace,
+    }
+
+
+def upsert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert job rows (``job_row``), or update each row older than the one given; the
+    columns only a submit writes (its Idempotency-Key) are left as they are."""
+    if not rows:
         return
-    rows = [
-        {
-            "job_id": job["job_id"],
-            "partner_id": job.get("partner_id") or "",
-            "task": job.get("task") or "",
-            "status": job.get("status") if job.get("status") in TERMINAL else None,
-            "batch_id": job.get("batch_id"),
-            "created_at": parse_time(job["created_at"]),
-            "finished_at": parse_time(job["finished_at"]) if job.get("finished_at") else None,
-            "record": job,
-            "rev": revision(
-                job.get("status"), _webhook_state(job), int(job.get("webhook_attempts") or 0)
-            ),
-            "settled": job.get("status") in TERMINAL and _webhook_state(job) in FINAL,
-            "keyspace": keyspace,
-        }
-        for job in jobs
-    ]
     insert = _insert(session)(Job.__table__)
     cols = ("status", "finished_at", "record", "rev", "settled")
     session.execute(
@@ -516,7 +474,8 @@ def _upsert_jobs(session: Session, jobs: list[dict[str, Any]], keyspace: str) ->
     )
 
 
-def _upsert_batches(session: Session, batches: list[dict[str, Any]]) -> None:
+def upsert_batches(session: Session, batches: list[dict[str, Any]]) -> None:
+    """Insert batch records (as the archiver reads them), or update each row older."""
     if not batches:
         return
     rows = [

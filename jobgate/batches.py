@@ -130,17 +130,19 @@ def batch_view(
     record: dict[str, Any],
     meta_of: MetaReader | None = None,
     archived: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None,
+    jobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The batch as ``GET /v1/batches/{id}`` returns it (and ``batch.completed`` carries).
 
     Counts come from the atomic counters; ``percent`` averages the members' progress (an
     ended member is 100), so it moves while long members run. Live members are refined
     by one Celery meta read each, only when ``meta_of`` is given; members Redis no longer
-    holds are read with ``archived`` (``jobgate.history.jobs``) when given.
+    holds are read with ``archived`` (``jobgate.history.jobs``) when given. ``jobs``: the
+    members' records, already read (nothing is read from Redis).
     """
     members: list[dict[str, Any]] = []
     ids = record.get("member_ids") or member_ids(store, batch_id)
-    records = store.jobs(ids)
+    records: list[dict[str, Any] | None] = list(jobs) if jobs is not None else store.jobs(ids)
     if archived is not None and None in records:  # members Redis no longer caches
         found = archived([i for i, r in zip(ids, records, strict=True) if r is None])
         records = [r if r is not None else found.get(i) for i, r in zip(ids, records, strict=True)]

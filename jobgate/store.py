@@ -59,6 +59,14 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
+IDEMPOTENCY_TTL = 86400  # seconds an Idempotency-Key names its job
+
+
+def key_hash(key: str) -> str:
+    """An Idempotency-Key as it is kept (Redis and the database): its SHA-256."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def digest(payload: Any) -> str:
     """Stable digest of a JSON-able value (key order does not matter)."""
     raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
@@ -375,18 +383,18 @@ class Store:
 
     # ------------------------------------------------------------- idempotency
     def claim_idempotency(
-        self, partner_id: str, key: str, body_digest: str, job_id: str, ttl: int = 86400
+        self, partner_id: str, key: str, body_digest: str, job_id: str
     ) -> dict[str, str] | None:
         """Claim an Idempotency-Key; returns the earlier claim if the key was taken."""
-        name = self.key("idem", partner_id, hashlib.sha256(key.encode()).hexdigest())
+        name = self.key("idem", partner_id, key_hash(key))
         claim = json.dumps({"digest": body_digest, "job_id": job_id})
-        if self.redis.set(name, claim, nx=True, ex=ttl):
+        if self.redis.set(name, claim, nx=True, ex=IDEMPOTENCY_TTL):
             return None
         earlier = self.redis.get(name)
         return json.loads(earlier) if earlier else None
 
     def release_idempotency(self, partner_id: str, key: str) -> None:
-        self.redis.delete(self.key("idem", partner_id, hashlib.sha256(key.encode()).hexdigest()))
+        self.redis.delete(self.key("idem", partner_id, key_hash(key)))
 
     # --------------------------------------------------------------- rate limit
     def hit_rate_limit(self, partner_id: str, limit: int, window: int = 60) -> int | None:
@@ -501,6 +509,13 @@ def _pairs(values: dict[str, str]) -> list[str]:
 def _epoch(value: str) -> float:
     """Seconds since the epoch of a time as jobgate writes it (``format_time``)."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def as_stored(record: dict[str, Any]) -> dict[str, Any]:
+    """A new record as ``Store.job`` will read it back (its database row keeps that)."""
+    stored = decode_job(_encode(record))
+    assert stored is not None
+    return stored
 
 
 def decode_job(raw: dict[str, str]) -> dict[str, Any] | None:

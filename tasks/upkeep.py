@@ -31,10 +31,11 @@ import redis
 from celery import bootsteps
 from celery.worker import state as worker_state
 
-from jobgate.archive import Archiver, prune, restore
+from jobgate.archive import Archiver, prune
 from jobgate.connections import redis_client
 from jobgate.due import move_due
 from jobgate.lifecycle import dispatch
+from jobgate.outbox import HANDOFF_GRACE, relay
 from jobgate.sweeper import sweep
 from tasks import direct
 
@@ -153,14 +154,14 @@ class ArchiveThread(threading.Thread):
             time.sleep(ARCHIVE_LINGER)
 
     def maybe_restore(self) -> None:
-        """Jobs the database holds as unsettled and Redis lost: back into Redis."""
+        """Jobs the database holds as unsettled and Redis does not: handed over again."""
         if time.monotonic() - self._restored < self.restore_every:
             return
         self._restored = time.monotonic()
         store, every = self.app.store, self.restore_every
         if not store.redis.set(store.key("restorer"), self.node, nx=True, px=int(every * 1000)):
             return
-        restore(store, self.app.database, self.app.messenger, older_than=every)
+        relay(store, self.app.database, self.app.messenger, older_than=max(every, HANDOFF_GRACE))
 
     def maybe_prune(self) -> None:
         if time.monotonic() - self._pruned < PRUNE_EVERY:

@@ -98,7 +98,8 @@ class SigningSecret(Base):
 
 
 class Job(Base):
-    """A job as last archived: queued and running jobs too, so that listings page here."""
+    """A job: its row is committed before its 202 (jobgate.outbox), then kept up to date
+    by the archiver, so that listings page here and Redis can be rebuilt from it."""
 
     __tablename__ = "jobs"
 
@@ -119,9 +120,14 @@ class Job(Base):
     # The Redis key prefix the job lives under: a database shared by deployments (or by
     # test runs) restores each one's jobs into its own Redis only.
     keyspace: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # The SHA-256 of the Idempotency-Key it was sent with, unique per partner (null: none),
+    # and the digest of the body it came with (jobgate.outbox).
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    request_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (
         Index("jobs_partner_created", "partner_id", "created_at", "job_id"),
+        Index("jobs_partner_idempotency_key", "partner_id", "idempotency_key", unique=True),
         Index("jobs_partner_status_created", "partner_id", "status", "created_at", "job_id"),
         Index("jobs_partner_task_created", "partner_id", "task", "created_at", "job_id"),
         Index("jobs_created", "created_at", "job_id"),

@@ -3,7 +3,9 @@
 -- ARGV[7] s), count it, put it on the archive stream and in its partner's queue (or the
 -- delayed set), then dispatch what the window has room for. Refused: nothing is written.
 -- A batch (ARGV[8] its id, '' none) gets its hash (ARGV[9] its field count, then pairs)
--- and member list written with its members.
+-- and member list written with its members. A job or batch whose record exists already
+-- is left as it is: a job handed to Redis twice (by its gateway and by the relay that
+-- repairs hand-offs from the database, jobgate.outbox) is queued once.
 -- KEYS: none; every key is under the prefix ARGV[1] (see dispatch.lua).
 -- ARGV: prefix, now, fixed window (0 auto), default max running (0 none), partner,
 -- queued limit, record TTL, batch id, batch field count, batch pairs..., then per job:
@@ -21,7 +23,7 @@ while i <= #ARGV do
 end
 local waiting = dispatch_waiting(P, partner)
 if limit > 0 and waiting + #jobs > limit then return {0, waiting} end
-if batch ~= '' then
+if batch ~= '' and redis.call('EXISTS', P .. ':batch:' .. batch) == 0 then
   local key, members = P .. ':batch:' .. batch, P .. ':batch:' .. batch .. ':jobs'
   redis.call('HSET', key, unpack(ARGV, 10, 9 + 2 * tonumber(ARGV[9])))
   for _, job in ipairs(jobs) do redis.call('RPUSH', members, ARGV[job[1]]) end
@@ -33,11 +35,13 @@ end
 for _, job in ipairs(jobs) do
   local at, count = job[1], job[2]
   local id, key = ARGV[at], P .. ':job:' .. ARGV[at]
-  redis.call('HSET', key, unpack(ARGV, at + 5, at + 4 + 2 * count))
-  redis.call('EXPIRE', key, ttl)
-  redis.call('HINCRBY', P .. ':stats', 'submitted', 1)
-  redis.call('XADD', P .. ':archive', '*', 's', 'job:' .. id, 'a', '0')  -- no attempt yet
-  dispatch_queue(P, partner, id, tonumber(ARGV[at + 1]) or 5, ARGV[at + 2], ARGV[at + 3], now)
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, unpack(ARGV, at + 5, at + 4 + 2 * count))
+    redis.call('EXPIRE', key, ttl)
+    redis.call('HINCRBY', P .. ':stats', 'submitted', 1)
+    redis.call('XADD', P .. ':archive', '*', 's', 'job:' .. id, 'a', '0')  -- no attempt yet
+    dispatch_queue(P, partner, id, tonumber(ARGV[at + 1]) or 5, ARGV[at + 2], ARGV[at + 3], now)
+  end
 end
 local unsent = dispatch(P, tonumber(ARGV[3]), tonumber(ARGV[4]), now)
 return {1, unpack(unsent)}

@@ -15,11 +15,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from jobgate import history
-from jobgate.archive import Archiver, _chunk, count_rows, lag, prune, restore, revision
+from jobgate.archive import Archiver, _chunk, count_rows, lag, prune, revision
 from jobgate.db import Database
 from jobgate.db.models import DeadLetter
 from jobgate.deliveries import Deliveries
-from jobgate.messages import DELIVER_TASK
 from jobgate.store import Store, utcnow
 from tests.conftest import ADMIN_KEY
 from tests.helpers import free_port
@@ -222,46 +221,6 @@ def test_prune_deletes_jobs_and_attempts_past_retention_in_chunks(store, archive
     deleted = prune(db, 1, chunk=2, now=time.time() + 3600)
     assert deleted >= 4
     assert all(history.job(db, job_id) is None for job_id in [*old, fresh])
-
-
-class Recorder:
-    """A messenger that records what it would queue (the broker is not the store here)."""
-
-    inline = False
-    jobs_queue = "jobs"
-    webhooks_queue = "webhooks"
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-
-    def send(self, name: str, **options: Any) -> None:
-        self.sent.append((name, options))
-
-
-def test_restore_gives_back_what_redis_lost_and_nothing_settled(store, archiver, db) -> None:
-    """Redis restarted without persistence: a queued job is queued again, an ended job
-    whose webhook was pending gets its record and its event back; a settled one stays
-    in the database only."""
-    queued = new_job(store, started_at=utcnow(), runs="1")
-    pending = new_job(store, callback_url="https://example.test/hook")
-    assert store.finish_job(pending, "SUCCESS", result={"n": 2})
-    settled = new_job(store)
-    assert store.finish_job(settled, "SUCCESS", result={})
-    archiver.drain()
-    for key in store.redis.scan_iter(f"{store.prefix}:*"):
-        store.redis.delete(key)
-    messenger = Recorder()
-    # The module's database also holds other tests' unsettled jobs, under other key
-    # prefixes: only this store's come back.
-    assert restore(store, db, messenger, older_than=-60) == 2
-    again = store.job(queued)
-    assert again is not None and "started_at" not in again and "runs" not in again
-    assert store.job(pending)["status"] == "SUCCESS"
-    assert store.job(settled) is None
-    sent = {(name, options.get("task_id")) for name, options in messenger.sent}
-    assert ("demo.sleep", queued) in sent
-    assert any(name == DELIVER_TASK and pending in task_id for name, task_id in sent)
-    assert restore(store, db, messenger, older_than=-60) == 0  # Redis has them again
 
 
 def test_an_archiver_recreates_its_group_after_redis_lost_it(store, archiver, db) -> None:

@@ -1,5 +1,7 @@
-"""The database goes down mid-run: jobs are still taken, run and delivered; archiving
-waits (nothing lost), readiness says so, and catches up when the database returns."""
+"""The database goes down mid-run. It is the record of every accepted job, so a submit
+is refused (503, Retry-After) rather than accepted unkept; the jobs accepted before run
+and are delivered; archiving waits (nothing lost), readiness says so, and catches up when
+the database returns."""
 
 from __future__ import annotations
 
@@ -56,8 +58,22 @@ def test_a_database_outage_delays_archiving_and_loses_nothing(
 
             wait_until(lambda: archived(before), 30, message="the first jobs archived")
 
+            # Accepted before the outage, still to run when it starts.
+            during = [
+                client.post(
+                    "/v1/jobs",
+                    json={"task": "demo.sleep", "params": {"seconds": 1.5}, "callback_url": url},
+                    headers=partner["headers"],
+                ).get_json()["job_id"]
+                for url in [receiver.url] * 4
+            ]
             proxy.stop()  # the database is down from here
-            during = submit_all(client, partner, receiver.url, 8)
+            refused = client.post(
+                "/v1/jobs", json={**JOB, "callback_url": receiver.url}, headers=partner["headers"]
+            )
+            assert refused.status_code == 503, refused.get_json()
+            assert refused.get_json()["error"]["code"] == "unavailable"
+            assert refused.headers["Retry-After"]
             for job_id in during:
                 assert wait_for_status(client, job_id, partner["headers"])["status"] == "SUCCESS"
             ready = client.get("/readyz").get_json()

@@ -91,3 +91,87 @@ def test_redis_restarted_empty_loses_no_partner_job_or_webhook(
         by_job.setdefault(job_id, set()).add(delivery.webhook_id)
     for job_id in done + live:
         assert by_job.get(job_id) == {webhook_id(job_id, "job.succeeded")}, job_id
+
+
+def test_jobs_accepted_right_before_redis_restarted_empty_all_end_once(
+    fault_settings: Settings,
+    receiver: WebhookReceiver,
+    workers: list[WorkerProcess],
+    own_database: str,
+) -> None:
+    """A burst of 202s (jobs and a batch), then Redis killed and started empty before
+    any worker ran or archived them: the rows committed at submit are the record. Each
+    job reads as PENDING from the database meanwhile, then runs once it is relayed, and
+    every one ends with one terminal webhook; the batch completes with its event."""
+    server = EmbeddedRedis().start()
+    try:
+        own = fault_settings.with_overrides(redis_url=server.url, database_url=own_database)
+        client, partner, _ = gateway_for(own, ADMIN_KEY)
+        receiver.secrets.append(partner["webhook_secret"])
+        headers = partner["headers"]
+        jobs = [submit(client, partner, receiver.url, 0) for _ in range(20)]
+        answer = client.post(
+            "/v1/batches",
+            json={
+                "jobs": [{"task": "demo.sleep", "params": {"seconds": 0}}] * 3,
+                "callback_url": receiver.url,
+            },
+            headers=headers,
+        )
+        assert answer.status_code == 202, answer.get_json()
+        batch_id = answer.get_json()["batch_id"]
+        members = answer.get_json()["job_ids"]
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        server.start()  # same port, nothing on disk: empty
+        assert not server.client().keys(f"{own.key_prefix}:*")
+
+        fresh_client, _, _ = gateway_for(own, ADMIN_KEY)
+        for job_id in jobs + members:
+            view = fresh_client.get(f"/v1/jobs/{job_id}", headers=headers)
+            assert view.status_code == 200 and view.get_json()["status"] == "PENDING", job_id
+
+        workers.append(WorkerProcess(own, concurrency=2, name="relayed").start())
+
+        def ended(job_id: str) -> bool:
+            view = fresh_client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+            return view.get("status") == "SUCCESS"
+
+        def completed() -> list[str]:
+            return [
+                d.webhook_id
+                for d in receiver.accepted()
+                if (d.payload or {}).get("type") == "batch.completed"
+                and d.payload["data"].get("batch_id") == batch_id
+            ]
+
+        try:
+            wait_until(
+                lambda: all(ended(j) for j in jobs + members), 90, message="every job relayed"
+            )
+            wait_until(
+                lambda: (
+                    fresh_client.get(f"/v1/batches/{batch_id}", headers=headers).get_json()[
+                        "status"
+                    ]
+                    == "COMPLETED"
+                ),
+                30,
+                message="the batch completed",
+            )
+            wait_until(
+                lambda: all(receiver.terminal_ids(j) for j in jobs) and completed(),
+                30,
+                message="every terminal webhook",
+            )
+        except AssertionError:
+            print(workers[0].log()[-8000:])
+            raise
+        batch = fresh_client.get(f"/v1/batches/{batch_id}", headers=headers).get_json()
+        assert (batch["total"], batch["succeeded"]) == (3, 3)
+    finally:
+        server.close()
+    for job_id in jobs:
+        assert list(receiver.terminal_ids(job_id)) == [webhook_id(job_id, "job.succeeded")]
+    assert completed() == [webhook_id(batch_id, "batch.completed")]

@@ -207,6 +207,31 @@ def test_idempotent_replay_returns_the_same_job(client, partner):
     assert again.headers["Location"] == first.headers["Location"]
 
 
+def test_an_idempotency_key_redis_lost_is_still_kept_by_the_database(client, partner, app):
+    """The key is kept with the job's row: after Redis lost its claim (and the job), a
+    retry still answers the job it made, and another body with it is a conflict."""
+    body = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
+    headers = {**partner["headers"], "Idempotency-Key": "order-lost"}
+    first = client.post("/v1/jobs", json=body, headers=headers)
+    assert first.status_code == 202
+    store = app.extensions["jobgate"].store
+
+    def redis_loses_the_claim() -> None:
+        for key in store.redis.scan_iter(f"{store.prefix}:idem:*"):
+            store.redis.delete(key)
+        store.redis.delete(store.key("job", first.get_json()["job_id"]))
+
+    redis_loses_the_claim()
+    again = client.post("/v1/jobs", json=body, headers=headers)
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["job_id"] == first.get_json()["job_id"]
+    assert again.get_json()["status"] == "PENDING"
+    redis_loses_the_claim()
+    other = client.post("/v1/jobs", json={**body, "metadata": {"n": 2}}, headers=headers)
+    assert other.status_code == 409
+    assert other.get_json()["error"]["code"] == "idempotency_conflict"
+
+
 def test_catalog_lists_json_schemas(client, partner):
     tasks = {t["name"]: t for t in client.get("/v1/tasks", headers=partner["headers"]).get_json()}
     assert set(tasks) == {
