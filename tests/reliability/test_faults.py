@@ -216,8 +216,18 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
     fresh_own_redis.stop()
     outage: dict[int, int] = {}
     try:
+        # A submit is kept once its row is committed: the database answers, so it is
+        # accepted, and the relay queues it when Redis is back. (With a rate limit or an
+        # Idempotency-Key, Redis is asked first, and the answer is 503.)
+        kept = client.post("/v1/jobs", json={"task": "demo.sleep"}, headers=partner["headers"])
+        assert kept.status_code == 202, kept.get_json()
+        with_key = client.post(
+            "/v1/jobs",
+            json={"task": "demo.sleep"},
+            headers={**partner["headers"], "Idempotency-Key": "during-the-outage"},
+        )
+        assert with_key.status_code == 503, with_key.get_json()
         for method, path, body in (
-            ("post", "/v1/jobs", {"task": "demo.sleep"}),
             # (Listings page from the database, which still answers: not part of this.)
             ("get", f"/v1/jobs/{job_ids[0]}", None),
             ("get", f"/v1/jobs/{job_ids[0]}/deliveries", None),
@@ -253,10 +263,15 @@ def test_redis_restart_keeps_queued_jobs_and_records_and_answers_503_meanwhile(
         done = wait_for_status(client, job_id, partner["headers"], timeout=30)
         assert done["status"] == "SUCCESS", done
         assert len(done["result"]["embeddings"][0]) == 8
+    # The job accepted during the outage, relayed from the database.
+    relayed = wait_for_status(client, kept.get_json()["job_id"], partner["headers"], timeout=60)
+    assert relayed["status"] == "SUCCESS", relayed
 
-    def listed() -> bool:  # the worker's archiver copies them into the database
+    def listed() -> bool:  # every row, committed at submit
         jobs = client.get("/v1/jobs", headers=partner["headers"]).get_json()["jobs"]
-        return sorted(job["job_id"] for job in jobs) == sorted(job_ids)
+        return sorted(job["job_id"] for job in jobs) == sorted(
+            [*job_ids, kept.get_json()["job_id"]]
+        )
 
     wait_until(listed, 20, message="every job listed from the database")
     store.close()
