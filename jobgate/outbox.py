@@ -9,6 +9,8 @@ settled whose Redis record is gone is queued again, or, if it had ended, gets it
 and its event back. A job handed over twice is queued once (``jobgate/scripts/submit.lua``
 leaves a job whose record exists as it is).
 
+Its end is committed the same way before anything announces it (``jobgate.ends``).
+
 A job's Idempotency-Key is kept with its row, unique per partner, so a retry after Redis
 lost its claim still finds the job it made.
 """
@@ -26,11 +28,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from jobgate.archive import job_row, upsert_batches, upsert_jobs
-from jobgate.batches import COUNTERS, OUTCOME, batch_key
+from jobgate.batches import COUNTERS, batch_key
 from jobgate.db import Database
 from jobgate.db.models import Batch, Job
 from jobgate.events import JOB_EVENTS
-from jobgate.lifecycle import enqueue_webhook, queue_job
+from jobgate.lifecycle import count_batch_member, enqueue_webhook, queue_job
 from jobgate.messages import Messenger
 from jobgate.status import TERMINAL
 from jobgate.store import IDEMPOTENCY_TTL, Store
@@ -152,7 +154,7 @@ def _give_back(store: Store, db: Database, messenger: Messenger, job_ids: list[s
         return 0
     records = [dict(r) for (r,) in db.read(select(Job.record).where(Job.job_id.in_(job_ids)))]
     for batch_id in {r["batch_id"] for r in records if r.get("batch_id")}:
-        _put_back_batch(store, db, batch_id)
+        _put_back_batch(store, db, messenger, batch_id)
     for record in records:
         job_id = record["job_id"]
         if record.get("status") in TERMINAL:
@@ -167,9 +169,10 @@ def _give_back(store: Store, db: Database, messenger: Messenger, job_ids: list[s
     return len(records)
 
 
-def _put_back_batch(store: Store, db: Database, batch_id: str) -> None:
-    """A batch Redis lost, rebuilt from its row and its members' rows: the members that
-    ended are counted, the others count as they end."""
+def _put_back_batch(store: Store, db: Database, messenger: Messenger, batch_id: str) -> None:
+    """A batch Redis lost, rebuilt from its row, then its members that ended counted
+    again, as they were at their ends (the last one completes the batch and queues its
+    event); the others count as they end."""
     key = batch_key(store, batch_id)
     if store.redis.exists(key):
         return
@@ -177,30 +180,27 @@ def _put_back_batch(store: Store, db: Database, batch_id: str) -> None:
     if not found:
         return
     batch = dict(found[0][0])
-    members = [
-        (job_id, status)
-        for job_id, status in db.read(
-            select(Job.job_id, Job.status).where(Job.batch_id == batch_id).order_by(Job.created_at)
-        )
-    ]
-    order = batch.get("member_ids") or [job_id for job_id, _ in members]
-    ended = {job_id: status for job_id, status in members if status in TERMINAL}
-    fields = {
+    members = db.read(
+        select(Job.job_id, Job.status).where(Job.batch_id == batch_id).order_by(Job.created_at)
+    )
+    jobs_key, done_key = batch_key(store, batch_id, "jobs"), batch_key(store, batch_id, "done")
+    mapping: dict[str, Any] = {
         name: batch[name]
         for name in ("batch_id", "partner_id", "callback_url", "created_at", "total")
         if batch.get(name) is not None
     }
-    counts = dict.fromkeys(COUNTERS, 0)
-    for status in ended.values():
-        counts[OUTCOME[status]] += 1
-    pipe = store.redis.pipeline()
-    mapping: dict[str, Any] = {**fields, **counts, "completed": len(ended)}
+    mapping |= {**dict.fromkeys(COUNTERS, 0), "completed": 0}
     mapping["metadata"] = json.dumps(batch.get("metadata") or {})
+    pipe = store.redis.pipeline()
+    pipe.delete(jobs_key, done_key)  # whatever is left of them, rebuilt whole
     pipe.hset(key, mapping=cast(Any, mapping))
-    pipe.rpush(batch_key(store, batch_id, "jobs"), *order)
-    if ended:
-        pipe.sadd(batch_key(store, batch_id, "done"), *ended)
-    for name in (key, batch_key(store, batch_id, "jobs"), batch_key(store, batch_id, "done")):
+    pipe.rpush(jobs_key, *(batch.get("member_ids") or [job_id for job_id, _ in members]))
+    for name in (key, jobs_key):
         pipe.expire(name, store.live_ttl)
     pipe.zadd(store.key("batches", "live"), {batch_id: time.time()})
     pipe.execute()
+    for job_id, status in members:
+        if status in TERMINAL:
+            count_batch_member(
+                messenger, store, {"job_id": job_id, "batch_id": batch_id, "status": status}
+            )

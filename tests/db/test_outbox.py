@@ -17,6 +17,7 @@ from jobgate import outbox
 from jobgate.archive import Archiver
 from jobgate.batches import batch_record, member_ids
 from jobgate.db.models import Job
+from jobgate.lifecycle import count_batch_member
 from jobgate.messages import DELIVER_TASK
 from jobgate.outbox import IdempotencyKey, KeyTaken, accept, relay, withdraw
 from jobgate.store import IDEMPOTENCY_TTL, Store, as_stored, utcnow
@@ -145,6 +146,8 @@ def test_a_job_handed_over_twice_is_queued_once(store) -> None:
 
 
 def test_a_lost_batch_comes_back_with_its_ended_members_counted(store, archiver, db) -> None:
+    """Rebuilt from its row: the member that ended is counted again, the others count as
+    they end, and the last one completes the batch."""
     batch_id = uuid.uuid4().hex
     members = [record(batch_id=batch_id) for _ in range(3)]
     batch = {
@@ -173,6 +176,43 @@ def test_a_lost_batch_comes_back_with_its_ended_members_counted(store, archiver,
     assert again["metadata"] == {"run": 1}
     assert member_ids(store, batch_id) == [m["job_id"] for m in members]
     assert store.redis.sismember(f"{store.prefix}:batch:{batch_id}:done", first)
+    for member in members[1:]:
+        assert store.finish_job(member["job_id"], "SUCCESS", result={})
+        count_batch_member(Recorder(), store, {**member, "status": "SUCCESS"})
+    done = batch_record(store, batch_id)
+    assert (
+        done is not None
+        and done["finished_at"]
+        and (done["completed"], done["succeeded"]) == (3, 2)
+    )
+
+
+def test_a_lost_batch_whose_members_all_ended_completes(store, archiver, db) -> None:
+    """Every member's end reached the database, the batch's completion did not: rebuilt,
+    it completes and queues its event."""
+    batch_id = uuid.uuid4().hex
+    members = [record(batch_id=batch_id, callback_url="") for _ in range(2)]
+    batch = {
+        "batch_id": batch_id,
+        "partner_id": "ptn_a",
+        "callback_url": "https://example.test/batch",
+        "created_at": utcnow(),
+        "total": 2,
+        "completed": 0,
+        "metadata": {},
+        "member_ids": [m["job_id"] for m in members],
+    }
+    accept(db, store.prefix, members, batch=batch)
+    store.create_batch({**batch, "metadata": "{}", "member_ids": None}, members)
+    for member in members:  # ended, each with a webhook still to go: not settled
+        store.finish_job(member["job_id"], "SUCCESS", result={}, callback_url="https://x.test/")
+    archiver.drain()
+    wipe(store)
+    messenger = Recorder()
+    assert relay(store, db, messenger, older_than=-60) == 2
+    again = batch_record(store, batch_id)
+    assert again is not None and again["finished_at"] and again["succeeded"] == 2
+    assert any(batch_id in (o.get("task_id") or "") for _, o in messenger.sent)
 
 
 def test_an_idempotency_key_is_kept_with_its_job(store, db) -> None:
