@@ -233,6 +233,25 @@ def test_fairness_bench_measures_b_idle_and_under_a_backlog(
     assert not redis_client.zcard("jobgate:live"), "jobs left dispatched"
 
 
+def test_relay_bench_gives_back_every_lost_job_once(redis_url: str, tmp_path: Path):
+    data = run_script(
+        "relay",
+        redis_url,
+        tmp_path / "relay.json",
+        "--jobs",
+        "50",
+        "--partners",
+        "3",
+        "--rounds",
+        "1",
+    )
+    (found,) = data["results"]["rounds"]
+    assert found["given_back"] == 50 and found["given_back_again"] == 0, found
+    # Every job waits in its partner's queue: 17, 17 and 16.
+    assert (found["queued_per_partner_min"], found["queued_per_partner_max"]) == (16, 17)
+    assert found["seconds"] > 0 and found["jobs_per_s"] > 0, found
+
+
 def test_recovery_bench_recovers_every_killed_job_once(
     redis_url: str, redis_client, tmp_path: Path
 ):
