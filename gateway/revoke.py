@@ -41,6 +41,7 @@ def revoke_job(
             svc.store,
             job_id,
             "REVOKED",
+            db=svc.db,
             celery_meta=revoked_meta(
                 svc.celery, record, reason or "revoked", svc.messenger.jobs_queue
             ),

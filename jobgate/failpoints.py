@@ -19,6 +19,7 @@ POINTS = (
     "job.started",
     "job.progress",
     "job.end.before",
+    "job.end.committed",
     "job.end.after",
     "batch.count.before",
     "delivery.begun",

@@ -1,9 +1,11 @@
-"""What happens once when a job ends: record it, tell listeners, queue its webhook.
+"""What happens once when a job ends: commit it, record it, tell listeners, queue its webhook.
 
 Called from the worker (task success/failure, ``task_revoked``) and from the gateway's
-revoke path. ``Store.finish_job`` is atomic and first-writer-wins, so whichever path gets
-there first records the terminal state and the others do nothing: one terminal event per
-job, even when ``acks_late`` redelivers a job or a revoke races its completion.
+revoke path. The end is committed to the job's database row first (``jobgate.ends``,
+first one wins), then ``Store.finish_job`` records it in Redis with its webhook message,
+atomic and first-writer-wins too: whichever path gets there first decides the terminal
+state and the others record that same end or nothing. One terminal event per job, even
+when ``acks_late`` redelivers a job, a revoke races its completion or Redis loses the end.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import time
 from typing import Any
 
 from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
-from jobgate import batches
+from jobgate import batches, ends
+from jobgate.db import Database
 from jobgate.events import (
     BATCH_COMPLETED,
     JOB_EVENTS,
@@ -24,7 +28,7 @@ from jobgate.events import (
 )
 from jobgate.failpoints import failpoint
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK, Messenger
-from jobgate.store import Store
+from jobgate.store import Store, as_stored, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,26 @@ def finish_job(
     job_id: str,
     status: str,
     celery_meta: tuple[str, str, int | None] | None = None,
+    *,
+    db: Database | None = None,
     **fields: Any,
 ) -> bool:
-    """Record a terminal status once and fire its side effects; False if already ended.
-    ``celery_meta`` (key, value, expires), from the worker, is written with the end."""
+    """Commit a terminal status to ``db`` (the job's row), record it in Redis once and
+    fire its side effects; True if this end is the job's. An end committed earlier wins:
+    that one is recorded instead, and the answer is False (a job has no row only if made
+    outside the gateway). ``celery_meta`` (key, value, expires), from the worker, is
+    written with the end when it is this one."""
+    ours = True
+    if db is not None:
+        end = as_stored({"status": status, "finished_at": utcnow(), **fields})
+        committed = ends.commit_end(db, job_id, end)
+        if committed is not None:
+            ours = (committed["status"], committed.get("result")) == (status, end.get("result"))
+            if not ours:
+                celery_meta = None
+            status = committed["status"]
+            fields = {k: v for k, v in committed.items() if k != "status"}
+        failpoint("job.end.committed")
     event = job_event(status)
     ended = store.finish_job(
         job_id,
@@ -67,7 +87,7 @@ def finish_job(
         ended,
         webhook_queued=ended["webhook_queued"] or bool(fan),
     )
-    return True
+    return ours
 
 
 def event_message(
@@ -112,13 +132,15 @@ def finish_job_retrying(
     budget: float = END_RETRY_FOR,
     **fields: Any,
 ) -> bool:
-    """``finish_job`` for the worker, which must not lose a job's end to a Redis outage.
+    """``finish_job`` for the worker, which must not lose a job's end to a Redis or
+    database outage.
 
     The task's message is acknowledged whatever happens here, so a transient error is
     retried, pausing ``delays`` in turn, for up to ``budget`` seconds: longer than a
     failover takes. If a failed try may have recorded the end and only lost the reply,
     the side effects (idempotent) are replayed from the record. Past the budget the end is
-    not recorded, and the sweeper runs the job again.
+    not recorded in Redis, and the sweeper runs the job again; an end committed to the
+    database meanwhile is the one that run records.
     """
     deadline = time.monotonic() + budget
     failed_before = False
@@ -129,7 +151,7 @@ def finish_job_retrying(
             if failed_before:
                 side_effects(messenger, store, store.job(job_id) or {})
             return False
-        except RedisError:
+        except (RedisError, OperationalError, InterfaceError):
             if delay is None or time.monotonic() + delay > deadline:
                 raise
             log.warning(

@@ -18,6 +18,7 @@ from config import Settings
 from jobgate import lifecycle
 from jobgate.db import Database
 from jobgate.endpoints import Endpoints
+from jobgate.ends import committed_end
 from jobgate.failpoints import failpoint
 from jobgate.partners import Partners
 from jobgate.status import error_message
@@ -43,7 +44,8 @@ class JobgateCelery(Celery):
 
     @cached_property
     def database(self) -> Database:
-        """The SQL database (archiver, partner secrets when Redis lost their mirror)."""
+        """The SQL database: jobs' ends, the archiver, partner secrets when Redis lost
+        their mirror."""
         return Database.from_settings(self.settings)
 
     @cached_property
@@ -125,6 +127,8 @@ class JobTask(Task):
             lifecycle.side_effects(self.app.messenger, store, record)
             raise JobRevoked(f"job {job_id} already {refused}")
         failpoint("job.started")
+        if runs > 1:
+            self._record_a_committed_end(job_id)
         if runs > 1 and (not self.rerun_on_worker_lost or runs > MAX_RUNS):
             self._end_worker_lost(job_id, runs)
         if runs > 1:
@@ -135,6 +139,41 @@ class JobTask(Task):
                 extra={"job_id": job_id},
             )
         return super().__call__(*args, **kwargs)
+
+    def _record_a_committed_end(self, job_id: str) -> None:
+        """A job run again (its worker died, or Redis lost its end) whose end the database
+        holds: record that end, without running the task again."""
+        end = committed_end(self.app.database, job_id)
+        if end is None:
+            return
+        log.warning(
+            "job %s: its end (%s) is committed; not running it again",
+            job_id,
+            end["status"],
+            extra={"job_id": job_id},
+        )
+        meta = None
+        if end["status"] == states.SUCCESS:
+            meta = script_meta(self, states.SUCCESS, end.get("result"))
+        elif end["status"] == states.FAILURE:
+            self.backend.mark_as_failure(
+                job_id, Exception(end.get("error") or "failed"), request=self.request
+            )
+        else:
+            self.backend.mark_as_revoked(
+                job_id, end.get("revoke_reason") or "revoked", request=self.request
+            )
+        fields = {k: v for k, v in end.items() if k != "status"}
+        lifecycle.finish_job_retrying(
+            self.app.messenger,
+            self.app.store,
+            job_id,
+            end["status"],
+            db=self.app.database,
+            celery_meta=meta,
+            **fields,
+        )
+        raise JobRevoked(f"job {job_id} already ended {end['status']}")
 
     def _end_worker_lost(self, job_id: str, runs: int) -> None:
         """End a job whose worker died while running it, instead of running it again."""
@@ -147,7 +186,12 @@ class JobTask(Task):
         log.warning("job %s: %s", job_id, error, extra={"job_id": job_id})
         self.backend.mark_as_failure(job_id, WorkerLostError(error), request=self.request)
         lifecycle.finish_job_retrying(
-            self.app.messenger, self.app.store, job_id, "FAILURE", error=error
+            self.app.messenger,
+            self.app.store,
+            job_id,
+            "FAILURE",
+            db=self.app.database,
+            error=error,
         )
         raise JobRevoked(f"job {job_id} ended as worker_lost")
 
@@ -165,6 +209,7 @@ class JobTask(Task):
                 self.app.store,
                 task_id,
                 "FAILURE",
+                db=self.app.database,
                 error=error,
                 **self._held_progress(),
             )
@@ -174,6 +219,7 @@ class JobTask(Task):
             self.app.store,
             task_id,
             "SUCCESS",
+            db=self.app.database,
             celery_meta=meta,
             result=retval,
             **self._held_progress(),
@@ -188,6 +234,7 @@ class JobTask(Task):
             self.app.store,
             task_id,
             "FAILURE",
+            db=self.app.database,
             error=error_message(exc),
             **self._held_progress(),
         )
@@ -403,6 +450,7 @@ def _on_revoked(
         app.store,
         request.id,
         "REVOKED",
+        db=app.database,
         revoked_by="worker",
         revoke_reason="terminated" if terminated else "revoked",
     )

@@ -1,7 +1,7 @@
-"""The database goes down mid-run. It is the record of every accepted job, so a submit
-is refused (503, Retry-After) rather than accepted unkept; the jobs accepted before run
-and are delivered; archiving waits (nothing lost), readiness says so, and catches up when
-the database returns."""
+"""The database goes down mid-run. It is the record of every accepted job and of every
+end, so a submit is refused (503, Retry-After) rather than accepted unkept, and the jobs
+running when it went down end only once it is back (their ends are retried, nothing is
+announced before); readiness says so, and archiving catches up."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tests.helpers import (
     TcpProxy,
     WorkerProcess,
     gateway_for,
+    job_status,
     postgres_database,
     wait_for_status,
     wait_until,
@@ -38,7 +39,7 @@ def submit_all(client: Any, partner: dict[str, Any], url: str, count: int) -> li
     return ids
 
 
-def test_a_database_outage_delays_archiving_and_loses_nothing(
+def test_a_database_outage_refuses_submits_holds_ends_and_loses_nothing(
     fault_settings: Settings, receiver: WebhookReceiver, workers: list[WorkerProcess]
 ) -> None:
     with postgres_database("down") as direct:
@@ -49,7 +50,8 @@ def test_a_database_outage_delays_archiving_and_loses_nothing(
             own = fault_settings.with_overrides(database_url=url)
             client, partner, svc = gateway_for(own, ADMIN_KEY)
             receiver.secrets.append(partner["webhook_secret"])
-            workers.append(WorkerProcess(own, concurrency=2, name="dbdown").start())
+            worker = WorkerProcess(own, concurrency=2, name="dbdown").start()
+            workers.append(worker)
             before = submit_all(client, partner, receiver.url, 3)
 
             def archived(ids: list[str]) -> bool:
@@ -58,14 +60,14 @@ def test_a_database_outage_delays_archiving_and_loses_nothing(
 
             wait_until(lambda: archived(before), 30, message="the first jobs archived")
 
-            # Accepted before the outage, still to run when it starts.
+            # Accepted before the outage, still running when it starts.
             during = [
                 client.post(
                     "/v1/jobs",
-                    json={"task": "demo.sleep", "params": {"seconds": 1.5}, "callback_url": url},
+                    json={"task": "demo.sleep", "params": {"seconds": 1.5}, "callback_url": hook},
                     headers=partner["headers"],
                 ).get_json()["job_id"]
-                for url in [receiver.url] * 4
+                for hook in [receiver.url] * 4
             ]
             proxy.stop()  # the database is down from here
             refused = client.post(
@@ -74,13 +76,24 @@ def test_a_database_outage_delays_archiving_and_loses_nothing(
             assert refused.status_code == 503, refused.get_json()
             assert refused.get_json()["error"]["code"] == "unavailable"
             assert refused.headers["Retry-After"]
-            for job_id in during:
-                assert wait_for_status(client, job_id, partner["headers"])["status"] == "SUCCESS"
+            # A job's end is committed to the database before anything announces it: the
+            # worker retries the end, and nothing about these jobs goes out meanwhile.
+            wait_until(
+                lambda: f"recording the end of job {during[0]} failed" in worker.log(),
+                30,
+                message="the worker failing to commit an end",
+            )
+            assert not any(receiver.terminal_ids(j) for j in during)
+            assert job_status(client, during[0], partner["headers"])["status"] in (
+                "STARTED",
+                "PROCESSING",
+            )
             ready = client.get("/readyz").get_json()
             assert ready["status"] == "degraded" and ready["checks"]["database"] is False
-            assert ready["checks"]["archive_backlog"] > 0
 
-            proxy.start()  # back: archiving catches up with every job
+            proxy.start()  # back: the ends are committed, announced, and archived
+            for job_id in during:
+                assert wait_for_status(client, job_id, partner["headers"])["status"] == "SUCCESS"
             wait_until(lambda: archived(before + during), 60, message="archiving caught up")
             wait_until(
                 lambda: client.get("/readyz").get_json()["checks"].get("archive_backlog") == 0,

@@ -48,6 +48,37 @@ def test_an_unsafe_task_whose_worker_died_fails_with_worker_lost_once(
     assert hook.payload["data"]["error"] == view["error"]
 
 
+def test_an_unsafe_task_whose_worker_died_after_its_end_was_committed_succeeds_once(
+    fault_settings: Settings, receiver: WebhookReceiver, workers: list[WorkerProcess]
+) -> None:
+    """The worker dies between committing the job's end to the database and recording it
+    in Redis: the heir, given the job again, finds the committed end and records it. The
+    task (not safe to run twice) does not run again, and the job is not announced as
+    failed with worker_lost: one job.succeeded, with the result the first run had."""
+    client, partner, _ = gateway_for(fault_settings, fault_settings.admin_keys[0])
+    receiver.secrets = [partner["webhook_secret"]]
+    doomed = WorkerProcess(
+        fault_settings,
+        concurrency=1,
+        name="doomed",
+        env={"JOBGATE_FAILPOINTS": "job.end.committed=kill"},
+    ).start()
+    workers.append(doomed)
+    job_id = submit(client, partner, "demo.once", {"seconds": 0.2, "steps": 1}, receiver.url)
+    wait_until(lambda: doomed.proc.poll() is not None, 30, 0.02, "the worker to be killed")
+    heir = WorkerProcess(fault_settings, concurrency=1, name="heir").start()
+    workers.append(heir)
+
+    wait_until(lambda: receiver.terminal_ids(job_id), 40, 0.05, "the terminal webhook")
+    view = client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).get_json()
+    assert view["status"] == "SUCCESS", view
+    assert view["error"] is None and view["result"] is not None
+    assert list(receiver.terminal_ids(job_id)) == [webhook_id(job_id, "job.succeeded")]
+    [hook] = receiver.accepted(job_id)
+    assert hook.payload["data"]["result"] == view["result"]
+    assert "not running it again" in heir.log()
+
+
 def _pool_processes(root: int) -> list[int]:
     """The prefork pool processes under ``root``: the prefork forks with no child of
     their own (their parent, the pool's main process, has them)."""
