@@ -97,24 +97,18 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RedisError)
     @app.errorhandler(KombuOperationalError)
     @app.errorhandler(ConnectionError)
-    def _unavailable(exc: Exception) -> Response:
-        log.warning("backing service unavailable on %s %s: %s", request.method, request.path, exc)
-        return error_response(
-            503,
-            "unavailable",
-            "The job store or broker is unreachable; try again shortly.",
-            headers={"Retry-After": "5"},
-        )
-
     @app.errorhandler(sqlalchemy.exc.OperationalError)
     @app.errorhandler(sqlalchemy.exc.InterfaceError)
     @app.errorhandler(sqlalchemy.exc.TimeoutError)
-    def _database_unavailable(exc: Exception) -> Response:
-        log.warning("database unavailable on %s %s: %s", request.method, request.path, exc)
+    def _unavailable(exc: Exception) -> Response:
+        log.warning("backing service unavailable on %s %s: %s", request.method, request.path, exc)
+        which = (
+            "database" if isinstance(exc, sqlalchemy.exc.SQLAlchemyError) else "job store or broker"
+        )
         return error_response(
             503,
             "unavailable",
-            "The database is unreachable; try again shortly.",
+            f"The {which} is unreachable; try again shortly.",
             headers={"Retry-After": "5"},
         )
 
