@@ -1,7 +1,8 @@
 """Fair dispatch: partner B's submit-to-start latency while partner A floods the queue.
 
-A real stack (gateway, ``jobgate worker``, Redis, SQLite) and two partners. Per round two
-phases, in alternating order so drift over the run falls on both:
+A real stack (gateway, ``jobgate worker``, Redis, SQLite or ``BENCH_DATABASE_URL``) and
+two partners. Per round two phases, in alternating order so drift over the run falls on
+both:
 
 - **idle**: A submits nothing; B submits ``--probes`` jobs (``demo.sleep`` 0 s), one every
   ``--interval`` s;
@@ -36,6 +37,7 @@ its busy latency is the idle one plus up to one of A's jobs. ``--a-max-running``
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -494,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                 "redis": f"own redis-server {own.version} ({own.binary})"
                 if own
                 else "shared server, its own db (FLUSHED)",
-                "database": "SQLite (a new file)",
+                "database": os.environ.get("BENCH_DATABASE_URL") or "SQLite (a new file)",
                 "root": str(args.root or ROOT),
             },
             "machine": started,
