@@ -435,7 +435,11 @@ def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]
 
 
 def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return _dialect_insert(session.get_bind().dialect.name)
+
+
+def _dialect_insert(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def job_row(job: dict[str, Any], keyspace: str) -> dict[str, Any]:
@@ -458,19 +462,20 @@ def job_row(job: dict[str, Any], keyspace: str) -> dict[str, Any]:
 
 
 def upsert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert job rows (``job_row``), or update each row older than the one given; the
-    columns only a submit writes (its Idempotency-Key) are left as they are."""
-    if not rows:
-        return
-    insert = _insert(session)(Job.__table__)
+    """Insert job rows (``job_row``), or update each row older than the one given."""
+    if rows:
+        session.execute(upsert_jobs_statement(session.get_bind().dialect.name), rows)
+
+
+def upsert_jobs_statement(dialect: str) -> Any:
+    """``upsert_jobs``'s statement, for rows as parameters; the columns only a submit
+    writes (its Idempotency-Key) are left as they are."""
+    insert = _dialect_insert(dialect)(Job.__table__)
     cols = ("status", "finished_at", "record", "rev", "settled")
-    session.execute(
-        insert.on_conflict_do_update(
-            index_elements=["job_id"],
-            set_={name: insert.excluded[name] for name in cols},
-            where=Job.__table__.c.rev <= insert.excluded.rev,
-        ),
-        rows,
+    return insert.on_conflict_do_update(
+        index_elements=["job_id"],
+        set_={name: insert.excluded[name] for name in cols},
+        where=Job.__table__.c.rev <= insert.excluded.rev,
     )
 
 

@@ -10,12 +10,14 @@ retries, which Celery then reports as a failure, is still announced as the succe
 
 from __future__ import annotations
 
-from typing import Any, cast
+import json
+from typing import Any
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import Text, cast, func, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 
-from jobgate.archive import revision
-from jobgate.db import Database
+from jobgate.archive import refuses_record, revision
+from jobgate.db import Database, escape_unstorable
 from jobgate.db.models import Job
 from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
@@ -24,36 +26,57 @@ from jobgate.status import TERMINAL
 END_FIELDS = ("status", "finished_at", "result", "error", "progress", "revoked_by", "revoke_reason")
 
 
-def commit_end(db: Database, job_id: str, end: dict[str, Any]) -> dict[str, Any] | None:
+def commit_end(
+    db: Database, job_id: str, end: dict[str, Any]
+) -> tuple[dict[str, Any] | None, bool]:
     """Commit a job's end (``status``, ``finished_at`` and the fields it records: result,
-    error, progress, who revoked it) to its row, unless an end is committed already.
-    Returns the committed end: this one, or the earlier one that won. None if the job has
-    no row (created outside the gateway, or before rows were written at submit)."""
-    for _ in range(3):
-        found = db.read(select(Job.status, Job.record).where(Job.job_id == job_id))
-        if not found:
-            return None
-        status, record = found[0]
-        if status in TERMINAL:
-            return _ended_part(record)
-        ended = {**record, **end}
-        with db.session() as session:
-            changed = cast(
-                "CursorResult[Any]",
-                session.execute(
-                    update(Job)
-                    .where(Job.job_id == job_id, Job.status.is_(None))
-                    .values(
-                        status=end["status"],
-                        finished_at=parse_time(end["finished_at"]),
-                        record=ended,
-                        rev=revision(end["status"], "pending", 0),  # the archiver's next wins
-                    )
-                ),
-            ).rowcount
-        if changed:
-            return end
-    raise RuntimeError(f"job {job_id}: its end could not be committed")
+    error, progress, who revoked it) to its row, unless an end is committed already, in
+    one statement. Returns (the committed end, whether this call committed it); (None,
+    False) if the job has no row (made outside the gateway). Text the database cannot
+    store (NUL, lone surrogates) is committed escaped (``jobgate.db.escape_unstorable``)."""
+    try:
+        changed = db.write(_end_statement(db, job_id, end))
+    except Exception as exc:
+        if not refuses_record(exc):
+            raise
+        end = storable(end)
+        changed = db.write(_end_statement(db, job_id, end))
+    if changed:
+        return end, True
+    return committed_end(db, job_id), False
+
+
+def _end_statement(db: Database, job_id: str, end: dict[str, Any]) -> Any:
+    """The ``UPDATE`` of a job's row with its end, if it has none: the record gets the
+    end's fields merged in by the database itself (one round trip, no read first)."""
+    if db.is_sqlite:
+        pairs: list[Any] = []
+        for name, value in end.items():
+            pairs += [f"$.{name}", func.json(json.dumps(value))]
+        record: Any = func.json_set(Job.record, *pairs)
+    else:
+        record = Job.record.op("||")(cast(literal(json.dumps(end), Text), JSONB))
+    return (
+        update(Job)
+        .where(Job.job_id == job_id, Job.status.is_(None))
+        .values(
+            status=end["status"],
+            finished_at=parse_time(end["finished_at"]),
+            record=record,
+            rev=revision(end["status"], "pending", 0),  # the archiver's next write wins
+        )
+    )
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every string (and key) the database cannot store escaped."""
+    if isinstance(value, str):
+        return escape_unstorable(value)
+    if isinstance(value, dict):
+        return {escape_unstorable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
 
 
 def committed_end(db: Database, job_id: str) -> dict[str, Any] | None:

@@ -57,9 +57,13 @@ def finish_job(
     ours = True
     if db is not None:
         end = as_stored({"status": status, "finished_at": utcnow(), **fields})
-        committed = ends.commit_end(db, job_id, end)
+        committed, now = ends.commit_end(db, job_id, end)
         if committed is not None:
-            ours = (committed["status"], committed.get("result")) == (status, end.get("result"))
+            # Committed by this call, or by an earlier try of this same end.
+            ours = now or (committed["status"], committed.get("result")) == (
+                status,
+                end.get("result"),
+            )
             if not ours:
                 celery_meta = None
             status = committed["status"]

@@ -27,7 +27,7 @@ from typing import Any, cast
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from jobgate.archive import job_row, upsert_batches, upsert_jobs
+from jobgate.archive import job_row, upsert_batches, upsert_jobs, upsert_jobs_statement
 from jobgate.batches import COUNTERS, batch_key
 from jobgate.db import Database
 from jobgate.db.models import Batch, Job
@@ -74,16 +74,19 @@ def accept(
     idempotency: IdempotencyKey | None = None,
 ) -> None:
     """Commit the rows of newly accepted jobs (records as ``Store.job`` reads them) and
-    of their batch, in one transaction. With ``idempotency`` (one job): ``KeyTaken`` when
-    the partner's key names an earlier job younger than the key's 24 h."""
+    of their batch: one statement, or with a batch one transaction. With ``idempotency``
+    (one job): ``KeyTaken`` when the partner's key names an earlier job younger than the
+    key's 24 h."""
     rows = [job_row(job, keyspace) for job in jobs]
     if idempotency is not None:
         rows[0] |= {"idempotency_key": idempotency.key_hash, "request_digest": idempotency.digest}
     for attempt in (1, 2):
         try:
+            if batch is None:  # one statement: autocommit, no BEGIN/COMMIT round trips
+                db.write(upsert_jobs_statement(db.dialect), rows)
+                return
             with db.session() as session:
-                if batch is not None:
-                    upsert_batches(session, [batch])
+                upsert_batches(session, [batch])
                 upsert_jobs(session, rows)
             return
         except IntegrityError:

@@ -60,6 +60,11 @@ class Database:
         return self.url.startswith("sqlite")
 
     @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``: which SQL the upserts are written in."""
+        return "sqlite" if self.is_sqlite else "postgresql"
+
+    @property
     def engine(self) -> Engine:
         """The engine of sessions and migrations (transactions)."""
         if self._engine is None:
@@ -121,6 +126,20 @@ class Database:
             try:
                 with self.reader.connect() as connection:
                     return list(connection.execute(statement, params).all())
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
+    def write(self, statement: Any, params: Any = None) -> int:
+        """One statement on an autocommit connection (no ``BEGIN``/``COMMIT`` round trips:
+        a single statement needs no transaction); the rows it changed. Like ``read``, it
+        retries once on a pooled connection found dead: callers give it statements that
+        may run twice (upserts, updates guarded by their ``WHERE``)."""
+        for attempt in (1, 2):
+            try:
+                with self.reader.connect() as connection:
+                    return int(connection.execute(statement, params).rowcount)
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
