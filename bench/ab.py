@@ -6,7 +6,8 @@ shared machine; the ratio after / before is taken per pair. Each run is that tre
 throughout: the tree is the working directory and ``PYTHONPATH`` of the bench process,
 which starts the gateway and the workers from it too (``bench.common.spawn``). Every run
 gets a fresh private ``redis-server`` with ``--own-redis`` (else the ``--redis-url`` db,
-which bench.e2e FLUSHES) and a new SQLite file.
+which bench.e2e FLUSHES) and a new SQLite file, or with ``--database-url`` its arm's own
+database (emptied; each tree migrates its own).
 
 Which code ran is checked, not assumed: a tree with the fair dispatcher has
 ``jobgate/scripts/dispatch.lua``, and its workers leave ``jobgate:dispatch:slots`` in
@@ -46,8 +47,12 @@ def commit_of(tree: Path) -> str | None:
     return found.stdout.strip() if found.returncode == 0 else None
 
 
-def run_e2e(tree: Path, redis_url: str, args: Any) -> dict[str, Any]:
-    """One ``bench.e2e`` run from ``tree``; its JSON and whether its workers dispatched."""
+def run_e2e(tree: Path, redis_url: str, args: Any, arm: str = "") -> dict[str, Any]:
+    """One ``bench.e2e`` run from ``tree``; its JSON and whether its workers dispatched.
+    With ``--database-url``, the arm's own database (each tree migrates its own)."""
+    database = (
+        {"BENCH_DATABASE_URL": args.database_url.format(arm=arm)} if args.database_url else {}
+    )
     with tempfile.TemporaryDirectory(prefix="jobgate-ab-") as scratch:
         out = Path(scratch) / "e2e.json"
         command = [
@@ -65,7 +70,7 @@ def run_e2e(tree: Path, redis_url: str, args: Any) -> dict[str, Any]:
         completed = subprocess.run(
             command,
             cwd=tree,
-            env={**os.environ, "PYTHONPATH": str(tree)},
+            env={**os.environ, **database, "PYTHONPATH": str(tree)},
             capture_output=True,
             text=True,
             timeout=args.timeout,
@@ -134,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis-server", help="the redis-server binary --own-redis runs (default: PATH's)"
     )
+    parser.add_argument(
+        "--database-url",
+        help="a database per arm, '{arm}' standing for before/after (e.g. "
+        "postgresql+psycopg://postgres@127.0.0.1/ab_{arm}); default a new SQLite file per run",
+    )
     parser.add_argument("--out", type=Path, help="JSON result path (default bench/results/)")
     args = parser.parse_args(argv)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
@@ -148,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 own = OwnRedis(args.redis_server)
             try:
-                run = run_e2e(trees[arm], own.url if own else args.redis_url, args)
+                run = run_e2e(trees[arm], own.url if own else args.redis_url, args, arm)
             finally:
                 if own:
                     own.close()
@@ -234,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 "order": "before, after in every pair",
                 "e2e": f"python -m bench.e2e --jobs {args.jobs} {args.e2e_args}".strip(),
                 "redis": "own redis-server per run" if args.own_redis else args.redis_url,
+                "database": args.database_url or "a new SQLite file per run",
             },
             "machine": started,
             "results": {
