@@ -27,6 +27,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, cast
 
 import redis
@@ -467,9 +468,10 @@ def upsert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
         session.execute(upsert_jobs_statement(session.get_bind().dialect.name), rows)
 
 
+@cache
 def upsert_jobs_statement(dialect: str) -> Any:
-    """``upsert_jobs``'s statement, for rows as parameters; the columns only a submit
-    writes (its Idempotency-Key) are left as they are."""
+    """``upsert_jobs``'s statement, for rows as parameters (built once per dialect); the
+    columns only a submit writes (its Idempotency-Key) are left as they are."""
     insert = _dialect_insert(dialect)(Job.__table__)
     cols = ("status", "finished_at", "record", "rev", "settled")
     return insert.on_conflict_do_update(
