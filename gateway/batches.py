@@ -10,16 +10,14 @@ import json
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
 from gateway.jobs import (
     check_callback,
     enforce_rate_limit,
+    hand_off,
     new_record,
-    queue_full,
     queued_limit,
     validate_job,
 )
@@ -29,7 +27,7 @@ from jobgate import history, lifecycle, outbox
 from jobgate.batches import COUNTERS, MAX_BATCH, batch_record, batch_view, member_ids
 from jobgate.failpoints import failpoint
 from jobgate.status import TERMINAL
-from jobgate.store import QueueFull, as_stored, new_id, utcnow
+from jobgate.store import as_stored, new_id, utcnow
 
 log = logging.getLogger("jobgate.batches")
 
@@ -94,22 +92,19 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
     row = {**batch_hash, "metadata": batch["metadata"], "member_ids": ids}
     stored = [as_stored(r) for r in records]
     outbox.accept(svc.db, svc.store.prefix, stored, batch=row)
-    try:
-        unsent = svc.store.create_batch(
+    unsent = hand_off(
+        svc,
+        principal,
+        lambda: svc.store.create_batch(
             batch_hash,
             records,
             [lifecycle.job_message(svc.messenger, r) for r in records],
             queued_limit=queued_limit(svc, principal),
-        )
-    except QueueFull:
-        outbox.withdraw(svc.db, row["member_ids"], batch_id)
-        raise queue_full(svc, principal) from None
-    except RedisError as exc:
-        log.warning(
-            "batch %s is committed but Redis failed its hand-off (%s); the relay will queue it",
-            batch_id,
-            exc,
-        )
+        ),
+        ids,
+        batch_id,
+    )
+    if unsent is None:  # kept; the relay hands it to Redis
         return batch_view(svc.store, batch_id, record=row, jobs=stored)
     lifecycle.send_dispatched(svc.store, svc.messenger, unsent)
     return view(svc, batch_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -107,22 +107,42 @@ def new_record(
 
 def enqueue(svc: Services, principal: Principal, record: dict[str, Any]) -> None:
     """Hand an accepted job (its row committed) to Redis: its partner's queue
-    (``jobgate.lifecycle.queue_job``). Refused past ``max_queued_jobs``: its row is
-    withdrawn and the answer is 429 ``limit_exceeded``. Redis failing: the job stays
-    accepted, and the relay hands it over from the database (``jobgate.outbox``)."""
+    (``jobgate.lifecycle.queue_job``), as ``hand_off`` says."""
+    hand_off(
+        svc,
+        principal,
+        lambda: queue_job(
+            svc.store, svc.messenger, record, queued_limit=queued_limit(svc, principal)
+        ),
+        [record["job_id"]],
+    )
+
+
+def hand_off(
+    svc: Services,
+    principal: Principal,
+    create: Callable[[], Any],
+    job_ids: list[str],
+    batch_id: str | None = None,
+) -> Any:
+    """Run ``create``, the Redis side of a submit whose rows are committed; what it
+    returns. Refused past ``max_queued_jobs``: the rows are withdrawn and the answer is
+    429 ``limit_exceeded``. Redis failing: None, the submit stays accepted, and the relay
+    hands it over from the database (``jobgate.outbox``)."""
     try:
-        queue_job(svc.store, svc.messenger, record, queued_limit=queued_limit(svc, principal))
+        return create()
     except QueueFull:
-        outbox.withdraw(svc.db, [record["job_id"]])
+        outbox.withdraw(svc.db, job_ids, batch_id)
         raise queue_full(svc, principal) from None
     except RedisError as exc:
+        subject = f"batch {batch_id}" if batch_id else f"job {job_ids[0]}"
         log.warning(
-            "submit: job %s is committed but Redis failed its hand-off (%s); the relay "
-            "will queue it",
-            record["job_id"],
+            "submit: %s is committed but Redis failed its hand-off (%s); the relay will queue it",
+            subject,
             exc,
-            extra={"job_id": record["job_id"]},
+            extra={"job_id": None if batch_id else job_ids[0]},
         )
+        return None
 
 
 def queued_limit(svc: Services, principal: Principal) -> int:
