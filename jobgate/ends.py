@@ -11,14 +11,15 @@ retries, which Celery then reports as a failure, is still announced as the succe
 from __future__ import annotations
 
 import json
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Text, cast, func, literal, select, update
+from sqlalchemy import Text, bindparam, cast, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from jobgate.archive import refuses_record, revision
 from jobgate.db import Database, escape_unstorable
-from jobgate.db.models import Job
+from jobgate.db.models import Job, Time
 from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
 
@@ -35,35 +36,52 @@ def commit_end(
     False) if the job has no row (made outside the gateway). Text the database cannot
     store (NUL, lone surrogates) is committed escaped (``jobgate.db.escape_unstorable``)."""
     try:
-        changed = db.write(_end_statement(db, job_id, end))
+        changed = _write_end(db, job_id, end)
     except Exception as exc:
         if not refuses_record(exc):
             raise
         end = storable(end)
-        changed = db.write(_end_statement(db, job_id, end))
+        changed = _write_end(db, job_id, end)
     if changed:
         return end, True
     return committed_end(db, job_id), False
 
 
-def _end_statement(db: Database, job_id: str, end: dict[str, Any]) -> Any:
-    """The ``UPDATE`` of a job's row with its end, if it has none: the record gets the
-    end's fields merged in by the database itself (one round trip, no read first)."""
+def _write_end(db: Database, job_id: str, end: dict[str, Any]) -> int:
+    params: dict[str, Any] = {
+        "end_job_id": job_id,
+        "end_status": end["status"],
+        "end_finished_at": parse_time(end["finished_at"]),
+        "end_rev": revision(end["status"], "pending", 0),  # the archiver's next write wins
+    }
     if db.is_sqlite:
+        for i, (name, value) in enumerate(end.items()):
+            params |= {f"path_{i}": f"$.{name}", f"value_{i}": json.dumps(value)}
+    else:
+        params["end"] = json.dumps(end)
+    return db.write(_end_statement(db.dialect, len(end)), params)
+
+
+@cache
+def _end_statement(dialect: str, fields: int) -> Any:
+    """The ``UPDATE`` of a job's row with its end, if it has none: the database merges
+    the end's ``fields`` into the record itself (one round trip, no read first). Built
+    once per shape, with every value a parameter."""
+    if dialect == "sqlite":
         pairs: list[Any] = []
-        for name, value in end.items():
-            pairs += [f"$.{name}", func.json(json.dumps(value))]
+        for i in range(fields):
+            pairs += [bindparam(f"path_{i}"), func.json(bindparam(f"value_{i}"))]
         record: Any = func.json_set(Job.record, *pairs)
     else:
-        record = Job.record.op("||")(cast(literal(json.dumps(end), Text), JSONB))
+        record = Job.record.op("||")(cast(bindparam("end", type_=Text), JSONB))
     return (
         update(Job)
-        .where(Job.job_id == job_id, Job.status.is_(None))
+        .where(Job.job_id == bindparam("end_job_id"), Job.status.is_(None))
         .values(
-            status=end["status"],
-            finished_at=parse_time(end["finished_at"]),
+            status=bindparam("end_status"),
+            finished_at=bindparam("end_finished_at", type_=Time),
             record=record,
-            rev=revision(end["status"], "pending", 0),  # the archiver's next write wins
+            rev=bindparam("end_rev"),
         )
     )
 

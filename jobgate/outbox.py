@@ -83,7 +83,7 @@ def accept(
     for attempt in (1, 2):
         try:
             if batch is None:  # one statement: autocommit, no BEGIN/COMMIT round trips
-                db.write(upsert_jobs_statement(db.dialect), rows)
+                db.write(upsert_jobs_statement(), rows)
                 return
             with db.session() as session:
                 upsert_batches(session, [batch])
