@@ -74,7 +74,8 @@ def accept(
     idempotency: IdempotencyKey | None = None,
 ) -> None:
     """Commit the rows of newly accepted jobs (records as ``Store.job`` reads them) and
-    of their batch: one statement, or with a batch one transaction. With ``idempotency``
+    of their batch, in one transaction; a job alone is committed with the other jobs its
+    process accepts meanwhile (``Database.write_grouped``). With ``idempotency``
     (one job): ``KeyTaken`` when the partner's key names an earlier job younger than the
     key's 24 h."""
     rows = [job_row(job, keyspace) for job in jobs]
@@ -82,7 +83,10 @@ def accept(
         rows[0] |= {"idempotency_key": idempotency.key_hash, "request_digest": idempotency.digest}
     for attempt in (1, 2):
         try:
-            if batch is None:  # one statement: autocommit, no BEGIN/COMMIT round trips
+            if batch is None and len(rows) == 1:  # with the other submits of the moment
+                db.write_grouped(upsert_jobs_statement(), rows[0])
+                return
+            if batch is None:
                 db.write(upsert_jobs_statement(), rows)
                 return
             with db.session() as session:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings
+from jobgate.db.group import GroupCommit
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -50,6 +52,7 @@ class Database:
         self._engine: Engine | None = None
         self._reader: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
+        self._groups: dict[Any, GroupCommit] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -132,18 +135,28 @@ class Database:
         raise AssertionError("unreachable")
 
     def write(self, statement: Any, params: Any = None) -> int:
-        """One statement on an autocommit connection (no ``BEGIN``/``COMMIT`` round trips:
-        a single statement needs no transaction); the rows it changed. Like ``read``, it
-        retries once on a pooled connection found dead: callers give it statements that
-        may run twice (upserts, updates guarded by their ``WHERE``)."""
+        """One statement, committed; the rows it changed. With one set of parameters, on
+        an autocommit connection (a single statement needs no ``BEGIN``/``COMMIT`` round
+        trips); with a list of several, in one transaction (one commit for all). Like
+        ``read``, it retries once on a pooled connection found dead: callers give it
+        statements that may run twice (upserts, updates guarded by their ``WHERE``)."""
+        several = isinstance(params, list) and len(params) > 1
         for attempt in (1, 2):
             try:
-                with self.reader.connect() as connection:
+                with (self.engine if several else self.reader).begin() as connection:
                     return int(connection.execute(statement, params).rowcount)
             except DBAPIError as exc:
                 if attempt == 2 or not exc.connection_invalidated:
                     raise
         raise AssertionError("unreachable")
+
+    def write_grouped(self, statement: Any, row: dict[str, Any]) -> None:
+        """``write`` of one row, committed in one transaction with the rows this process's
+        other requests write with the same statement meanwhile (``jobgate.db.group``)."""
+        group = self._groups.get(statement)
+        if group is None:
+            group = self._groups.setdefault(statement, GroupCommit(partial(self.write, statement)))
+        group.commit(row)
 
     def ping(self) -> None:
         """One round trip (``SELECT 1``); raises when the database does not answer."""

@@ -4,6 +4,7 @@ Redis back every unsettled job it does not hold, batches included."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from jobgate import outbox
 from jobgate.archive import Archiver
@@ -238,3 +239,43 @@ def test_withdraw_deletes_a_refused_submit(store, db) -> None:
     accept(db, store.prefix, [job])
     withdraw(db, [job["job_id"]])
     assert relay(store, db, Recorder(), older_than=-60) == 0
+
+
+def test_concurrent_submits_are_committed_together_each_with_its_own_outcome(store, db) -> None:
+    """Jobs accepted at the same moment by one process share transactions (group
+    commit); a key already taken fails its own submit only."""
+    groups: list[int] = []
+    write = db.write
+
+    def counting_write(statement: Any, params: Any = None) -> int:
+        groups.append(len(params) if isinstance(params, list) else 1)
+        return write(statement, params)
+
+    db.write = counting_write  # the real write, counted
+    taken = IdempotencyKey("ptn_a", uuid.uuid4().hex, "digest-1")
+    accept(db, store.prefix, [record()], idempotency=taken)
+    groups.clear()
+    jobs = [record() for _ in range(40)]
+    outcomes: dict[int, BaseException | None] = {}
+    start = threading.Barrier(len(jobs))
+
+    def submit(n: int) -> None:
+        start.wait()
+        try:
+            accept(db, store.prefix, [jobs[n]], idempotency=taken if n == 7 else None)
+            outcomes[n] = None
+        except Exception as exc:  # noqa: BLE001 - the outcome under test
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert isinstance(outcomes.pop(7), KeyTaken)
+    assert set(outcomes.values()) == {None}
+    ids = [job["job_id"] for n, job in enumerate(jobs) if n != 7]
+    stored = {r.job_id for r in db.read(select(Job.job_id).where(Job.job_id.in_(ids)))}
+    assert stored == set(ids)
+    assert not db.read(select(Job.job_id).where(Job.job_id == jobs[7]["job_id"]))
+    assert max(groups) > 1  # rows shared a transaction (the group with key 7 then one by one)

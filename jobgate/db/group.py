@@ -1,0 +1,99 @@
+"""Group commit: the rows that a process's concurrent requests write, committed together.
+
+Each caller of ``GroupCommit.commit`` waits until its row is committed, as with a write of
+its own; whichever caller finds no write under way leads: it lets the requests already
+running in the process join (one ``time.sleep(0)``, a turn of gevent's loop), writes
+every waiting row in one transaction, then wakes the others and hands the lead to the
+first that came since. One commit, one lock of SQLite's file and one round trip serve a
+group instead of each row. Rows are taken first come, first served, at most ``limit``
+per transaction, so a partner's burst makes groups larger without holding anyone's row
+back more than a group.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+
+class _Waiter:
+    __slots__ = ("row", "done", "leads", "error")
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+        self.done = threading.Event()
+        self.leads = False
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    """Rows written by ``write`` (one transaction for the list it is given), in groups."""
+
+    def __init__(self, write: Callable[[list[dict[str, Any]]], Any], limit: int = 500) -> None:
+        self._write = write
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiter] = []
+        self._leading = False
+
+    def commit(self, row: dict[str, Any]) -> None:
+        """Return once ``row`` is committed; raise what its write raised. A group that
+        fails on a constraint (an Idempotency-Key taken) is written again row by row,
+        so only the row at fault gets the ``IntegrityError``."""
+        me = _Waiter(row)
+        with self._lock:
+            self._waiting.append(me)
+            me.leads = not self._leading
+            self._leading = True
+        if not me.leads:
+            me.done.wait()
+        if me.leads:
+            time.sleep(0)  # the requests ready to run join this group
+            self._lead()
+        if me.error is not None:
+            raise me.error
+
+    def _lead(self) -> None:
+        with self._lock:
+            group = self._waiting[: self._limit]
+            del self._waiting[: self._limit]
+        try:
+            self._write_group(group)
+        finally:
+            with self._lock:
+                following = self._waiting[0] if self._waiting else None
+                if following is None:
+                    self._leading = False
+                else:
+                    following.leads = True
+            for waiter in group:
+                waiter.leads = False
+                waiter.done.set()
+            if following is not None:
+                following.done.set()
+
+    def _write_group(self, group: list[_Waiter]) -> None:
+        for waiter in group:  # until the write says otherwise (it may be interrupted)
+            waiter.error = RuntimeError("the group commit was interrupted")
+        try:
+            self._write([waiter.row for waiter in group])
+        except IntegrityError as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                return
+            for waiter in group:
+                try:
+                    self._write([waiter.row])
+                    waiter.error = None
+                except Exception as alone:  # noqa: BLE001 - its own request raises it
+                    waiter.error = alone
+        except Exception as exc:  # noqa: BLE001 - every request of the group raises it
+            for waiter in group:
+                waiter.error = exc
+        else:
+            for waiter in group:
+                waiter.error = None
