@@ -96,6 +96,7 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
         "jobs_per_s_finished": result["jobs_per_s_finished"],
         "jobs_per_s_webhooked": result["jobs_per_s_webhooked"],
         "submit_rps": result["submit"]["rps"],
+        "submit_p99_ms": result["submit"]["p99_ms"],
         "webhook_latency_p50_ms": result["webhook_latency_p50_ms"],
         "webhook_latency_p99_ms": result["webhook_latency_p99_ms"],
         "lost": result["lost"],
@@ -182,12 +183,14 @@ def main(argv: list[str] | None = None) -> int:
             "webhooked": ratio(after["jobs_per_s_webhooked"], before["jobs_per_s_webhooked"]),
             "finished": ratio(after["jobs_per_s_finished"], before["jobs_per_s_finished"]),
             "cpu_ms_per_job": ratio(after["cpu_ms_per_job_total"], before["cpu_ms_per_job_total"]),
+            "submit_rps": ratio(after["submit_rps"], before["submit_rps"]),
+            "submit_p99_ms": ratio(after["submit_p99_ms"], before["submit_p99_ms"]),
         }
         for n, (before, after) in enumerate(zip(runs["before"], runs["after"], strict=True))
     ]
     medians = {
         name: median([p[name] for p in pairs])  # type: ignore[misc]
-        for name in ("webhooked", "finished", "cpu_ms_per_job")
+        for name in ("webhooked", "finished", "cpu_ms_per_job", "submit_rps", "submit_p99_ms")
     }
     print()
     print_table(
@@ -200,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             "after finished/s",
             "after/before",
             "CPU ms/job after/before",
+            "submit req/s after/before",
+            "submit p99 after/before",
         ],
         [
             [
@@ -211,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                 a["jobs_per_s_finished"],
                 p["finished"],
                 p["cpu_ms_per_job"],
+                p["submit_rps"],
+                p["submit_p99_ms"],
             ]
             for p, b, a in zip(pairs, runs["before"], runs["after"], strict=True)
         ]
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 medians["finished"],
                 medians["cpu_ms_per_job"],
+                medians["submit_rps"],
+                medians["submit_p99_ms"],
             ]
         ],
     )
