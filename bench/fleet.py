@@ -15,12 +15,14 @@ each (``--faults``): SIGKILL one gateway master with its workers (restarted
 replacement starts at once), SIGKILL the Redis primary (the sentinels promote the
 replica; the old primary comes back as a replica ``--restart-after`` s later).
 
-Reported: jobs accepted, lost (accepted, no terminal webhook), of those the ones whose
-record is gone everywhere (an acknowledged write the failover dropped: Redis replicates
-asynchronously), jobs with more than one terminal webhook id, same-id redeliveries,
-stranded records; per fault the longest stretch with no submission accepted, the tries
-refused, and submit -> webhook latency of the jobs accepted within 10 s of it (against the
-run's); and what ``WAIT 1`` costs per write on this group.
+Reported: jobs accepted, lost (accepted, no terminal webhook), of those the ones the
+gateway answers 404 for, accepted jobs without a row in the database (the record: Redis
+replicates asynchronously, so a failover may drop what it acknowledged, and the relay
+rebuilds it from the row), statuses as the database holds them, jobs with more than one
+terminal webhook id, same-id redeliveries, stranded records; per fault the longest
+stretch with no submission accepted, the tries refused, and submit -> webhook latency of
+the jobs accepted within 10 s of it (against the run's); and what ``WAIT 1`` costs per
+write on this group.
 
     python -m bench.fleet [--jobs 20000] [--rate 60] [--faults gateway:0.25,worker:0.5,primary:0.75]
 """
@@ -41,7 +43,6 @@ from typing import Any
 import redis
 import requests
 
-from bench.chaos import records
 from bench.common import (
     SLEEP_PARAMS,
     Service,
@@ -237,6 +238,29 @@ def longest_gap(times: list[float], start: float, end: float) -> float:
     return max(b - a for a, b in zip(edges, edges[1:], strict=False))
 
 
+def kept_records(database_url: str, ids: list[str]) -> list[dict[str, Any] | None]:
+    """Each accepted job as the database, the record, holds it (None: no row); Redis
+    forgets settled jobs, so counting from it would call them not terminal."""
+    from sqlalchemy import select
+
+    from jobgate.db import Database
+    from jobgate.db.models import Job
+
+    db = Database(database_url)
+    try:
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 1000):
+            query = select(Job.job_id, Job.status, Job.record).where(
+                Job.job_id.in_(ids[start : start + 1000])
+            )
+            for job_id, status, record in db.read(query):
+                fields = {"runs": record.get("runs"), "error": record.get("error")}
+                found[job_id] = {"status": status, **fields}
+        return [found.get(job_id) for job_id in ids]
+    finally:
+        db.dispose()
+
+
 def wait_cost(group: SentinelGroup, rounds: int = 2000) -> dict[str, Any]:
     """Mean ms per ``SET`` alone and ``SET`` followed by ``WAIT 1 1000`` on the primary."""
     port = group.master_port()
@@ -285,10 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     started = machine()
     group = SentinelGroup(down_after_ms=args.down_after).start()
+    database_url = fresh_database()
     env = {
         **gateway_env(group.url),
         "JOBGATE_REDIS_SENTINEL_MASTER": MASTER,
-        "JOBGATE_DATABASE_URL": fresh_database(),
+        "JOBGATE_DATABASE_URL": database_url,
         "JOBGATE_WEBHOOK_RETRY_DELAYS": args.retry_delays,
     }
     stack = SentinelStack(group.url, env)
@@ -370,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         left = leftovers(stack)
         evidence = leftover_detail(stack) if stranded_count(left) else None
         seen = receiver_detail(stack)
-        recs = records(stack, ids)
+        recs = kept_records(database_url, ids)
         by_job = seen["by_job"]
         lost = [j for j in ids if j not in by_job]
         gone = [
@@ -389,9 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.close()
         group.stop()
     several = {j: by_job[j]["ids"] for j in ids if j in by_job and len(by_job[j]["ids"]) > 1}
-    statuses = Counter(r["status"] or "not terminal" for r in recs)
-    errors = Counter((r["error"] or "")[:60] for r in recs if r["status"] == "FAILURE")
-    runs = Counter(int(r["runs"] or 0) for r in recs)
+    statuses = Counter(r["status"] or "not terminal" for r in recs if r is not None)
+    unkept = [j for j, r in zip(ids, recs, strict=True) if r is None]
+    errors = Counter((r["error"] or "")[:60] for r in recs if r and r["status"] == "FAILURE")
+    runs = Counter(int(r["runs"] or 0) for r in recs if r is not None)
     arrivals = [entry["first_at"] for entry in by_job.values()]
     # From the partner's first try, so the time a fault made it retry counts.
     latency = {
@@ -437,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         "lost_jobs": lost[:20],
         "acknowledged_then_gone": len(gone),
         "gone_jobs": gone[:20],
+        "accepted_without_row": len(unkept),
+        "unkept_jobs": unkept[:20],
         "jobs_with_several_ids": len(several),
         "several_ids": dict(list(several.items())[:20]),
         "redeliveries_same_id": seen["duplicates"],
@@ -464,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             ["runs per job", result["runs"]],
             ["lost (accepted, no terminal webhook)", result["lost"]],
             ["of those gone everywhere (404)", result["acknowledged_then_gone"]],
+            ["accepted, no row in the database", result["accepted_without_row"]],
             ["jobs with >1 terminal webhook id", result["jobs_with_several_ids"]],
             ["same-id redeliveries", result["redeliveries_same_id"]],
             ["bad signatures", result["bad_signatures"]],

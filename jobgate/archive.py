@@ -475,14 +475,16 @@ def upsert_jobs_statement() -> Any:
     """``upsert_jobs``'s statement, for rows as parameters (``job_row``'s). Written as
     text because SQLAlchemy 2.0 does not cache its dialects' ``INSERT ... ON CONFLICT``
     constructs (``inherit_cache = False``): compiled on every execute, they cost a submit
-    more CPU than its round trip. SQLite and PostgreSQL share this SQL."""
+    more CPU than its round trip. SQLite and PostgreSQL share this SQL. A row is updated
+    only by a record further along (``revision``): the archiver's read of a job the
+    gateway or its end has just committed (same revision) writes nothing."""
     columns = Job.__table__.c
     names = [column.name for column in columns]
     updated = ("status", "finished_at", "record", "rev", "settled")
     return text(
         f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
         f"ON CONFLICT (job_id) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in updated)} "
-        "WHERE jobs.rev <= excluded.rev"
+        "WHERE jobs.rev < excluded.rev"
     ).bindparams(*(bindparam(column.name, type_=column.type) for column in columns))
 
 
