@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from jobgate.batches import batch_key, batch_record, member_ids
 from jobgate.db import Database, escape_unstorable
-from jobgate.db.models import Attempt, Batch, DeadLetter, Job
+from jobgate.db.models import Attempt, Batch, DeadLetter, Job, Message
 from jobgate.events import JOB_EVENTS
 from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
@@ -323,7 +323,8 @@ def oldest_age(first: list[Any]) -> float:
 
 def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None = None) -> int:
     """Delete finished jobs (and their attempts) older than ``retention`` s, completed
-    batches and dead letters, one chunk per transaction; returns the jobs deleted."""
+    batches, endpoint messages and dead letters, one chunk per transaction; returns the
+    jobs deleted."""
     before = datetime.fromtimestamp((time.time() if now is None else now) - retention, UTC)
     deleted = 0
     while True:
@@ -347,9 +348,15 @@ def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None 
             dead = list(
                 session.scalars(select(DeadLetter.id).where(DeadLetter.at < before).limit(chunk))
             )
-            if not ids and not batch_ids and not message_ids and not dead:
+            kept = list(
+                session.scalars(
+                    select(Message.msg_id).where(Message.created_at < before).limit(chunk)
+                )
+            )
+            if not ids and not batch_ids and not message_ids and not dead and not kept:
                 return deleted
             session.execute(delete(DeadLetter).where(DeadLetter.id.in_(dead)))
+            session.execute(delete(Message).where(Message.msg_id.in_(kept)))
             subjects = ids + batch_ids + message_ids
             session.execute(delete(Attempt).where(Attempt.subject_id.in_(subjects)))
             session.execute(delete(Job).where(Job.job_id.in_(ids)))

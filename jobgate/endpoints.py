@@ -2,7 +2,8 @@
 
 A partner registers endpoints; an event about a job (or batch) that has no
 ``callback_url`` of its own goes to every enabled endpoint of its partner whose
-``event_types`` match (none: every event). Each (event, endpoint) is one *message*: its own
+``event_types`` match (none: every event), and is held for every disabled one (kept, sent
+by ``recover``). Each (event, endpoint) is one *message*, a row of ``messages``: its own
 subject of kind ``msg`` (``jobgate.events.MESSAGE``) whose id, derived from the event and
 the endpoint, is its ``webhook-id``; it has its own claims, attempts log, retry schedule
 and open-set bookkeeping, exactly like a job's callback delivery.
@@ -27,13 +28,14 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, cast
 
 from redis.exceptions import WatchError
-from sqlalchemy import func, or_, select
+from sqlalchemy import bindparam, func, or_, select, text, update
 
 from jobgate.db import Database
-from jobgate.db.models import Endpoint, Partner, SigningSecret
+from jobgate.db.models import Endpoint, Message, Partner, SigningSecret
 from jobgate.deliveries import Deliveries
 from jobgate.events import (
     MESSAGE,
@@ -42,9 +44,10 @@ from jobgate.events import (
     delivery_call,
     endpoint_message_id,
     event_body,
+    job_body,
 )
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
-from jobgate.partners import Partners, expire_live, iso_time, now_utc
+from jobgate.partners import Partners, expire_live, iso_time, now_utc, parse_time
 from jobgate.store import Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -221,7 +224,7 @@ class Endpoints:
         pipe.incr(index + ":gen")
         pipe.delete(index)
         pipe.execute()
-        self.partners.mirror(partner_id)  # its count of enabled endpoints
+        self.partners.mirror(partner_id)  # its count of endpoints
 
     # ----------------------------------------------------------------- reads
     @staticmethod
@@ -382,15 +385,16 @@ def fan_out(
     event: str,
     fan_task_id: str,
 ) -> list[str]:
-    """Create one message per matching enabled endpoint of the subject's partner and
-    queue each first attempt; idempotent. Returns the ``webhook-id``s created now."""
+    """Create one message per endpoint of the subject's partner whose event types match
+    and queue each first attempt; idempotent. Every message is first committed as a row
+    (``messages``); one to a disabled endpoint is *held*: kept, not sent, until
+    ``recover``. Returns the ``webhook-id``s queued now."""
     subject = SUBJECTS[kind]
     raw = cast("dict[str, str]", store.redis.hgetall(subject.record_key(store, subject_id)))
     partner_id = raw.get("partner_id") if raw else None
     targets = [
-        e for e in (registry.for_partner(partner_id) if partner_id else []) if not e.get("disabled")
+        e for e in (registry.for_partner(partner_id) if partner_id else []) if matches(e, event)
     ]
-    targets = [e for e in targets if matches(e, event)]
     books = Deliveries(store)
     if not targets:
         store.redis.zrem(store.open_key, fan_task_id)
@@ -411,9 +415,11 @@ def fan_out(
         body,
         time.time(),
     ]
+    kept = []
     for endpoint in targets:
         msg_id = endpoint_message_id(subject_id, event, endpoint["id"])
         task_id, call_args, kwargs = delivery_call(MESSAGE, msg_id, event, AUTO_CHAIN, 0)
+        held = bool(endpoint.get("disabled"))
         fields = {
             "msg_id": msg_id,
             "partner_id": partner_id,
@@ -423,8 +429,9 @@ def fan_out(
             "event": event,
             "occurred_at": occurred,
         }
+        kept.append({**fields, "created_at": parse_time(occurred), "held": held})
         envelope = ""
-        if messenger.inline:
+        if messenger.inline and not held:
             envelope = messenger.envelope(
                 DELIVER_TASK,
                 task_id,
@@ -434,12 +441,14 @@ def fan_out(
             )
         args += [
             store.key("msg", msg_id),
-            json.dumps(fields),
+            json.dumps({**fields, "held": "1"} if held else fields),
             books.body_key(msg_id, event),
             store.key("endpoint", endpoint["id"], "msgs"),
             task_id,
             envelope,
+            "1" if held else "",
         ]
+    keep_messages(registry.db, kept)  # the rows first: Redis holds nothing they do not
     created = cast(
         "list[str]",
         store.scripts["fan_out"](
@@ -511,9 +520,12 @@ def attempts(
     return page, (last if len(rows) >= PAGE_SCAN else None)
 
 
-def recover(store: Store, messenger: Messenger, endpoint_id: str, since: str) -> list[str]:
+def recover(
+    store: Store, messenger: Messenger, db: Database, endpoint_id: str, since: str
+) -> list[str]:
     """Send again every message to the endpoint that ended ``failed`` at ``since`` or
-    later (same ``webhook-id``, a fresh schedule); their ids."""
+    later, and send every message held for it (made while it was disabled) at ``since``
+    or later: same ``webhook-id``s, a fresh schedule. Returns their ids."""
     from jobgate.attempts import redeliver  # attempts imports this module's callers
 
     ids = cast("list[str]", store.redis.zrange(store.key("endpoint", endpoint_id, "msgs"), 0, -1))
@@ -524,27 +536,101 @@ def recover(store: Store, messenger: Messenger, endpoint_id: str, since: str) ->
     for msg_id, (state, at, event) in zip(ids, pipe.execute(), strict=True):
         if state == "failed" and at and at >= since and event:
             recovered.append(redeliver(store, messenger, MESSAGE, msg_id, event))
+    released = []
+    for row in held_messages(db, endpoint_id, since):
+        if not _hold_in_redis(store, db, row):
+            log.warning("recover: the held message %s has no body to send", row.msg_id)
+            continue
+        store.redis.hdel(store.key("msg", row.msg_id), "held")
+        recovered.append(redeliver(store, messenger, MESSAGE, row.msg_id, row.event))
+        released.append(row.msg_id)
+    if released:
+        db.write(update(Message).where(Message.msg_id.in_(released)).values(held=False))
     return recovered
+
+
+def keep_messages(db: Database, rows: list[dict[str, Any]]) -> None:
+    """Commit messages' rows (``Message``'s columns); one kept already is left as it is."""
+    if rows:
+        columns = [column.name for column in Message.__table__.c]
+        db.write(_keep_statement(), [{name: row[name] for name in columns} for row in rows])
+
+
+@cache
+def _keep_statement() -> Any:
+    columns = Message.__table__.c
+    names = [column.name for column in columns]
+    return text(
+        f"INSERT INTO messages ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
+        "ON CONFLICT (msg_id) DO NOTHING"
+    ).bindparams(*(bindparam(column.name, type_=column.type) for column in columns))
+
+
+def held_messages(db: Database, endpoint_id: str, since: str) -> list[Any]:
+    """The endpoint's held messages made at ``since`` or later, oldest first."""
+    return db.read(
+        select(Message)
+        .where(
+            Message.endpoint_id == endpoint_id,
+            Message.held.is_(True),
+            Message.created_at >= parse_time(since),
+        )
+        .order_by(Message.created_at)
+    )
+
+
+def _hold_in_redis(store: Store, db: Database, row: Any) -> bool:
+    """Make sure Redis holds a held message's record and body (it forgets both after the
+    hold, or loses them): rebuilt from its row, and for a job from the job's row."""
+    books = Deliveries(store)
+    key, body_key = store.key("msg", row.msg_id), books.body_key(row.msg_id, row.event)
+    if store.redis.exists(key, body_key) == 2:
+        return True
+    body = store.redis.get(books.body_key(row.subject_id, row.event))
+    if body is None and row.kind == "job":
+        from jobgate.history import job as archived_job  # history reads through this module
+
+        record = archived_job(db, row.subject_id)
+        body = job_body(row.event, record) if record else None
+    if body is None:
+        return False
+    fields = {
+        "msg_id": row.msg_id,
+        "partner_id": row.partner_id,
+        "endpoint_id": row.endpoint_id,
+        "kind": row.kind,
+        "subject_id": row.subject_id,
+        "event": row.event,
+        "occurred_at": iso_time(row.created_at) or "",
+    }
+    pipe = store.redis.pipeline()
+    pipe.hset(key, mapping=cast(Any, fields))
+    pipe.expire(key, store.retention)
+    pipe.set(body_key, body, ex=store.retention, nx=True)
+    pipe.zadd(store.key("endpoint", row.endpoint_id, "msgs"), {row.msg_id: time.time()})
+    pipe.execute()
+    return True
 
 
 def message_summaries(store: Store, subject_id: str) -> list[dict[str, Any]]:
     """The endpoint messages of a job or batch: ``{"webhook_id", "endpoint_id", "event",
-    "state", "attempts"}`` each."""
+    "state", "attempts"}`` each; ``held`` is the state of one made while its endpoint was
+    disabled, until ``recover`` sends it."""
     ids = sorted(cast("set[str]", store.redis.smembers(store.key("msgs", subject_id))))
     pipe = store.redis.pipeline(transaction=False)
     for msg_id in ids:
-        pipe.hmget(store.key("msg", msg_id), "endpoint_id", "event")
+        pipe.hmget(store.key("msg", msg_id), "endpoint_id", "event", "held")
         pipe.hmget(store.key("webhook", msg_id), "state", "attempts")
     values = pipe.execute()
     found = []
     for index, msg_id in enumerate(ids):
-        (endpoint_id, event), (state, count) = values[2 * index], values[2 * index + 1]
+        (endpoint_id, event, held), (state, count) = values[2 * index], values[2 * index + 1]
         found.append(
             {
                 "webhook_id": msg_id,
                 "endpoint_id": endpoint_id,
                 "event": event,
-                "state": state or "pending",
+                "state": state or ("held" if held else "pending"),
                 "attempts": int(count or 0),
             }
         )

@@ -75,6 +75,13 @@ def _job_data(store: Store, job_id: str, raw: dict[str, str]) -> dict[str, Any] 
     return job_view(record) if record else None
 
 
+def job_body(event: str, record: dict[str, Any]) -> str:
+    """The body of ``event`` about an ended job from its record as its database row keeps
+    it: what ``build_body`` makes from the Redis record, for when Redis has forgotten it."""
+    data = job_view({k: v for k, v in record.items() if k not in _DELIVERY_FIELDS})
+    return event_body(event, data, record.get("finished_at") or utcnow())
+
+
 def _finished_at(raw: dict[str, str]) -> str | None:
     """When a job or batch ended: its ``finished_at``, written by the script that ended it."""
     return raw.get("finished_at") or None

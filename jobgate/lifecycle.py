@@ -229,7 +229,8 @@ def enqueue_fan_out(
     store: Store, messenger: Messenger, kind: str, subject_id: str, event: str
 ) -> str | None:
     """Queue the fan-out step of ``event`` (marked open first), unless the partner's
-    mirror says it has no enabled endpoint; its task id, or None."""
+    mirror says it has no endpoint (a disabled one counts: it gets held messages); its
+    task id, or None."""
     record_key = (
         store.key("job", subject_id) if kind == "job" else batches.batch_key(store, subject_id)
     )

@@ -310,10 +310,9 @@ class Partners:
                 )
                 .order_by(SigningSecret.id.desc())
             ).all()
+            # Disabled endpoints count: their events are kept as held messages.
             endpoints = session.scalar(
-                select(func.count())
-                .select_from(Endpoint)
-                .where(Endpoint.partner_id == partner_id, Endpoint.disabled_at.is_(None))
+                select(func.count()).select_from(Endpoint).where(Endpoint.partner_id == partner_id)
             )
             record = _public(partner)
             # The partner's own limits, by name (jobgate.limits; dispatch.lua reads some).

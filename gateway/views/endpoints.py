@@ -247,5 +247,5 @@ def recover(endpoint_id: str):
     body = load_or_422(RECOVER, json_body())
     find(endpoint_id)
     svc = services()
-    ids = registry.recover(svc.store, svc.messenger, endpoint_id, iso_time(body["since"]))
+    ids = registry.recover(svc.store, svc.messenger, svc.db, endpoint_id, iso_time(body["since"]))
     return jsonify({"recovered": len(ids), "webhook_ids": ids}), 202

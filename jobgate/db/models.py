@@ -168,6 +168,24 @@ class Attempt(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class Message(Base):
+    """One event's message to one registered endpoint (its ``webhook-id``), kept for the
+    retention period from the moment the event matched the endpoint. ``held``: the
+    endpoint was disabled then, so nothing was sent; ``recover`` sends it (same id)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (Index("messages_endpoint_created", "endpoint_id", "created_at"),)
+
+    msg_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(String(32))
+    partner_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Time, index=True)
+    held: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class DeadLetter(Base):
     """A subject the archiver could not write even alone (``jobgate.archive``), set aside
     so that the archive goes on: why it failed and what Redis held of it (JSON text,

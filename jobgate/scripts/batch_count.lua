@@ -6,7 +6,7 @@
 -- The completed batch goes on the archive stream (KEYS[7]). A batch without a callback
 -- URL goes to its partner's endpoints: the fan-out step's message (ARGV[9], open member
 -- ARGV[10]) is queued here unless the partner's mirror (ARGV[11] .. partner id) says it
--- has no enabled endpoint.
+-- has no endpoint (a disabled one counts: it gets held messages).
 -- KEYS: batch hash, counted members, member ids, webhooks queue, open deliveries, live
 -- batches, archive stream. ARGV: member job id, outcome counter, finished_at, retention, message ('' when
 -- the caller sends it), open member, open deadline, batch id, fan-out message ('' none),

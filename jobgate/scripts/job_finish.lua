@@ -13,7 +13,7 @@
 -- seeing one without the other.
 -- A job without a callback URL goes to its partner's registered endpoints instead: the
 -- fan-out step's message (ARGV[8]) is queued and marked open (ARGV[9]) here, unless the
--- partner's mirror (ARGV[10] .. partner id) says it has no enabled endpoint ('0'); a
+-- partner's mirror (ARGV[10] .. partner id) says it has no endpoint at all ('0'); a
 -- partner whose mirror is missing gets the step, which then asks the database.
 -- The job leaves the dispatcher (its partner's queue, the delayed set or the live set):
 -- a revoked job that waited never starts, and an ended one frees its partner's slot for

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from jobgate import history
 from jobgate.archive import Archiver, _chunk, count_rows, lag, prune, revision
 from jobgate.db import Database
-from jobgate.db.models import DeadLetter
+from jobgate.db.models import DeadLetter, Message
 from jobgate.deliveries import Deliveries
 from jobgate.store import Store, utcnow
 from tests.conftest import ADMIN_KEY
@@ -329,6 +329,32 @@ def test_prune_deletes_dead_letters_past_retention(store, archiver, db) -> None:
     assert len(letters(db, store)) == 1
     prune(db, 1, now=time.time() + 3600)
     assert letters(db, store) == []
+
+
+def test_prune_deletes_endpoint_messages_past_retention_by_their_time(db) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from jobgate.endpoints import keep_messages
+
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "msg_id": f"msg_{uuid.uuid4().hex}",
+            "endpoint_id": "ep_prune",
+            "partner_id": "ptn_prune",
+            "kind": "job",
+            "subject_id": str(uuid.uuid4()),
+            "event": "job.succeeded",
+            "created_at": at,
+            "held": True,
+        }
+        for at in (now - timedelta(hours=2), now)
+    ]
+    keep_messages(db, rows)
+    keep_messages(db, rows)  # kept once
+    prune(db, 3600)
+    left = db.read(select(Message.msg_id).where(Message.endpoint_id == "ep_prune"))
+    assert [r.msg_id for r in left] == [rows[1]["msg_id"]]
 
 
 def unreachable(db: Database, tmp_path) -> Database:
