@@ -50,7 +50,7 @@ from bench.e2e import command_counts, queues_empty, wait_for_webhooks
 from bench.loadgen import request_bytes, run_load
 from gateway.launch import http_status
 
-TARGETS = ("jobgate", "peer")
+TARGETS = ("jobgate", "peer", "peer+row")  # the peer, then with its result row saved
 PROCESSES = ("gateway", "worker", "receiver", "redis", "load generator")
 
 
@@ -101,13 +101,24 @@ def idle_rate(stack: Stack, seconds: float) -> tuple[Counter[str], float]:
 
 
 # ---------------------------------------------------------------------------- the peer
-def start_peer(stack: Stack, args: Any, secret: str) -> tuple[Service, Service]:
-    """The peer's gateway (same gunicorn.conf.py as jobgate's) and its Celery worker."""
+def start_peer(
+    stack: Stack, args: Any, secret: str, result_row: bool = False
+) -> tuple[Service, Service]:
+    """The peer's gateway (same gunicorn.conf.py as jobgate's) and its Celery worker;
+    with ``result_row``, its task saves its result in the database jobgate would use."""
     env = {
         **stack.env,
         "PEER_WEBHOOK_SECRET": secret,
         "PEER_WEBHOOK_TIMEOUT": str(args.webhook_timeout),
     }
+    if result_row:
+        env["PEER_DATABASE_URL"] = stack.env["JOBGATE_DATABASE_URL"]
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(env["PEER_DATABASE_URL"])  # each round's rows alone
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS peer_results"))
+        engine.dispose()
     port = stack.ports["gateway"] = free_port()
     gateway = spawn(
         "peer-gunicorn",
@@ -149,7 +160,7 @@ def start_target(target: str, stack: Stack, args: Any) -> tuple[Service, Service
     from jobgate.signing import generate_secret
 
     secret = generate_secret()
-    gateway, worker = start_peer(stack, args, secret)
+    gateway, worker = start_peer(stack, args, secret, result_row=target == "peer+row")
     return gateway, worker, secret, "unused-by-the-peer"
 
 
@@ -205,6 +216,7 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
         commands = command_counts(stack)
         commands.subtract(before)
         seen = requests.get(stack.url("receiver", "/stats?jobs=1&detail=1"), timeout=60).json()
+        rows = result_rows(stack.env["JOBGATE_DATABASE_URL"]) if target == "peer+row" else None
     finally:
         stack.close()
     by_job = seen.pop("by_job")
@@ -245,7 +257,20 @@ def one_round(target: str, args: Any, redis_url: str, jobs: int, slow: bool) -> 
         ),
         "idle_commands_per_s": round(sum(idle.values()) / idle_seconds, 1) if idle_seconds else 0,
         "seconds": round(last - t0, 2),
+        "result_rows": rows,
     }
+
+
+def result_rows(database_url: str) -> int:
+    """How many result rows the peer's task committed (``bench.peer_app.save_result``)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(text("SELECT count(*) FROM peer_results")).scalar_one())
+    finally:
+        engine.dispose()
 
 
 # ---------------------------------------------------------------------------- MONITOR
@@ -402,17 +427,21 @@ def main(argv: list[str] | None = None) -> int:
     summary = {s: {t: pooled(rounds) for t, rounds in by.items()} for s, by in runs.items()}
     ratios: dict[str, Any] = {}
     for scenario, by in summary.items():
-        ours, peer = by["jobgate"], by["peer"]
-        ratios[scenario] = {
-            "jobs_per_s": round(ours["jobs_per_s"] / peer["jobs_per_s"], 2)
-            if ours["jobs_per_s"] and peer["jobs_per_s"]
-            else None,
-            "per_round_jobs_per_s": [
-                round(a["jobs_per_s"] / b["jobs_per_s"], 2)
-                for a, b in zip(runs[scenario]["jobgate"], runs[scenario]["peer"], strict=True)
-                if a["jobs_per_s"] and b["jobs_per_s"]
-            ],
-        }
+        ours = by["jobgate"]
+        for peer_name in TARGETS[1:]:
+            peer = by[peer_name]
+            ratios[scenario if peer_name == "peer" else f"{scenario}, {peer_name}"] = {
+                "jobs_per_s": round(ours["jobs_per_s"] / peer["jobs_per_s"], 2)
+                if ours["jobs_per_s"] and peer["jobs_per_s"]
+                else None,
+                "per_round_jobs_per_s": [
+                    round(a["jobs_per_s"] / b["jobs_per_s"], 2)
+                    for a, b in zip(
+                        runs[scenario]["jobgate"], runs[scenario][peer_name], strict=True
+                    )
+                    if a["jobs_per_s"] and b["jobs_per_s"]
+                ],
+            }
     if "slow" in summary:
         same_size = summary.get("normal-small", summary["normal"])
         ratios["slow_retention"] = {
@@ -478,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
                 "gunicorn": gunicorn_shape(args.gunicorn),
                 "jobgate_worker": worker_shape(args.worker_concurrency, 1),
                 "peer_worker": f"celery -A bench.peer_app:celery worker -P prefork "
-                f"-c {args.worker_concurrency} (Celery defaults)",
+                f"-c {args.worker_concurrency} (Celery defaults); peer+row: its task commits "
+                "its result row to jobgate's database first",
                 "submit_concurrency": args.concurrency,
                 "jobs": args.jobs,
                 "slow_jobs": args.slow_jobs,

@@ -5,7 +5,9 @@ own webhook when it is done, the status from ``AsyncResult``; Celery's defaults
 otherwise. What it leaves out is what jobgate adds: auth, validation, an SSRF guard,
 job records, retries, acks_late, a delivery pool. ``gunicorn bench.peer_app:app`` and
 ``celery -A bench.peer_app:celery worker``; ``REDIS_URL``, ``PEER_WEBHOOK_SECRET``,
-``PEER_WEBHOOK_TIMEOUT`` configure it.
+``PEER_WEBHOOK_TIMEOUT`` configure it. With ``PEER_DATABASE_URL`` the task also does what
+Celery's documentation tells a user whose results matter ("store important results in
+your database"): it commits its result row before it sends the webhook.
 """
 
 import json
@@ -16,17 +18,42 @@ from datetime import UTC, datetime
 import requests
 from celery import Celery
 from flask import Flask, request
+from sqlalchemy import JSON, Column, DateTime, MetaData, String, Table, create_engine, insert
 from standardwebhooks.webhooks import Webhook
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/10")
 celery = Celery("peer", broker=REDIS_URL, backend=REDIS_URL)
 app = Flask(__name__)
+RESULTS = Table(
+    "peer_results",
+    MetaData(),
+    Column("job_id", String(64), primary_key=True),
+    Column("status", String(16)),
+    Column("result", JSON),
+    Column("finished_at", DateTime(timezone=True)),
+)
+_engine = None
+
+
+def save_result(job_id: str, result: dict, finished_at: datetime) -> None:
+    """The task's result row, committed (one engine per worker process, made after fork)."""
+    global _engine
+    if _engine is None:
+        _engine = create_engine(os.environ["PEER_DATABASE_URL"])
+        RESULTS.create(_engine, checkfirst=True)
+    with _engine.begin() as connection:
+        connection.execute(
+            insert(RESULTS),
+            {"job_id": job_id, "status": "SUCCESS", "result": result, "finished_at": finished_at},
+        )
 
 
 @celery.task(bind=True, name="demo.sleep")
 def sleep(self, seconds: float = 0, steps: int = 1, callback_url: str | None = None) -> dict:
     time.sleep(seconds)
     result, now = {"slept": seconds, "steps": steps}, datetime.now(UTC)
+    if os.environ.get("PEER_DATABASE_URL"):
+        save_result(self.request.id, result, now)
     if callback_url:  # the event jobgate would send, signed as jobgate signs it
         msg_id, data = "msg_" + self.request.id.replace("-", ""), {"job_id": self.request.id}
         data.update(status="SUCCESS", result=result, finished_at=now.isoformat())

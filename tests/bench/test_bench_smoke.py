@@ -326,7 +326,7 @@ def test_chaos_bench_loses_nothing(redis_url: str, redis_client, tmp_path: Path)
     }
 
 
-def test_peer_bench_runs_both_gateways_in_both_scenarios(
+def test_peer_bench_runs_every_gateway_in_every_scenario(
     redis_url: str, redis_client, tmp_path: Path
 ):
     data = run_script(
@@ -351,14 +351,24 @@ def test_peer_bench_runs_both_gateways_in_both_scenarios(
         "120",
     )
     for scenario, jobs in (("normal", 20), ("normal-small", 10), ("slow", 10)):
-        for target in ("jobgate", "peer"):
+        for target in ("jobgate", "peer", "peer+row"):
             (row,) = data["results"][scenario][target]
+            # The peer that saves its results saved each job's row; the others none.
+            assert row["result_rows"] == (jobs if target == "peer+row" else None), row
             assert row["jobs_submitted"] == row["jobs_webhooked"] == jobs, row
             assert row["lost"] == row["duplicated"] == row["bad_signatures"] == 0, row
             assert set(row["cpu_ms_per_job"]) >= {"gateway", "worker", "receiver", "redis"}
             assert row["redis_commands_per_job"] > 0 and row["submit_to_webhook_ms"]["p50"]
             assert row["worker_cpu_ms_per_job_by_role"], row
-    assert set(data["ratios"]) == {"normal", "normal-small", "slow", "slow_retention"}
+    assert set(data["ratios"]) == {
+        "normal",
+        "normal-small",
+        "slow",
+        "normal, peer+row",
+        "normal-small, peer+row",
+        "slow, peer+row",
+        "slow_retention",
+    }
     assert data["monitor"]["client"] and data["monitor"]["inside_scripts"]
 
 
