@@ -7,13 +7,14 @@ PostgreSQL in production. ``Database`` connects lazily: building one touches not
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,9 +23,34 @@ from jobgate.db.group import GroupCommit
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+# SQLite's file lock, as ``Database.read``/``write`` wait for it (``_autocommit``).
+LOCK_WAIT_MS = 2  # inside SQLite (busy_timeout), each try
+LOCK_PAUSE = 0.002  # seconds between tries, in Python
+LOCK_PATIENCE = 30.0  # seconds in all, as the sessions' busy_timeout
+
+T = TypeVar("T")
+
 # Text no database here can store: NUL (PostgreSQL's text and JSONB refuse it) and lone
 # surrogates (not UTF-8; a str from JSON holds a surrogate only when it is unpaired).
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def is_locked(exc: DBAPIError) -> bool:
+    """SQLite refused a statement because another connection holds the file's lock."""
+    return "database is locked" in str(exc.orig)
+
+
+def _immediate(connection: Connection, statement: Any, params: list[dict[str, Any]]) -> int:
+    """Several rows in one SQLite transaction that takes the write lock first (a waiting
+    writer never holds half a group)."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    try:
+        changed = int(connection.execute(statement, params).rowcount)
+    except BaseException:
+        connection.exec_driver_sql("ROLLBACK")
+        raise
+    connection.exec_driver_sql("COMMIT")
+    return changed
 
 
 def escape_unstorable(text: str) -> str:
@@ -82,10 +108,10 @@ class Database:
         than the query itself (bench.archive, reads), so reads keep connections of their own.
         """
         if self._reader is None:
-            self._reader = self._create_engine(isolation_level="AUTOCOMMIT")
+            self._reader = self._create_engine(LOCK_WAIT_MS, isolation_level="AUTOCOMMIT")
         return self._reader
 
-    def _create_engine(self, **options: Any) -> Engine:
+    def _create_engine(self, busy_ms: int = 30_000, **options: Any) -> Engine:
         if not self.is_sqlite:
             # A pool sized for a gevent process serving many reads at once (with 5, the
             # bench opened a new connection for most reads), and no pre-ping round trip
@@ -99,14 +125,14 @@ class Database:
                 **options,
             )
         # Several processes share the file: WAL lets readers run beside the one writer,
-        # and a writer waits (busy_timeout) instead of failing with "database is locked".
-        engine = create_engine(self.url, connect_args={"timeout": 30}, **options)
+        # and a writer waits for the lock (busy_timeout) instead of failing at once.
+        engine = create_engine(self.url, connect_args={"timeout": busy_ms / 1000}, **options)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
@@ -123,32 +149,47 @@ class Database:
 
     def read(self, statement: Any, params: dict[str, Any] | None = None) -> list[Any]:
         """The rows of a read, on an autocommit connection (no BEGIN and COMMIT round
-        trips); a pooled connection found dead (the database restarted) is retried once
-        on a fresh one."""
-        for attempt in (1, 2):
-            try:
-                with self.reader.connect() as connection:
-                    return list(connection.execute(statement, params).all())
-            except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
-                    raise
-        raise AssertionError("unreachable")
+        trips; ``_autocommit`` says how a dead connection and SQLite's lock are met)."""
+        return self._autocommit(lambda connection: list(connection.execute(statement, params)))
 
     def write(self, statement: Any, params: Any = None) -> int:
         """One statement, committed; the rows it changed. With one set of parameters, on
         an autocommit connection (a single statement needs no ``BEGIN``/``COMMIT`` round
         trips); with a list of several, in one transaction (one commit for all). Like
-        ``read``, it retries once on a pooled connection found dead: callers give it
-        statements that may run twice (upserts, updates guarded by their ``WHERE``)."""
-        several = isinstance(params, list) and len(params) > 1
-        for attempt in (1, 2):
+        ``read``, it may run twice (a connection found dead): callers give it upserts and
+        updates guarded by their ``WHERE``."""
+        if not (isinstance(params, list) and len(params) > 1):
+            return self._autocommit(
+                lambda connection: int(connection.execute(statement, params).rowcount)
+            )
+        if not self.is_sqlite:
+            return self._autocommit(lambda _: self._transaction(statement, params))
+        return self._autocommit(lambda connection: _immediate(connection, statement, params))
+
+    def _transaction(self, statement: Any, params: list[dict[str, Any]]) -> int:
+        with self.engine.begin() as connection:
+            return int(connection.execute(statement, params).rowcount)
+
+    def _autocommit(self, work: Callable[[Connection], T]) -> T:
+        """``work`` on a connection of ``reader``. A pooled connection found dead (the
+        database restarted) is retried once on a fresh one. On SQLite, a statement that
+        finds the file locked by another writer waits ``LOCK_WAIT_MS`` inside SQLite, then
+        in Python (``time.sleep``: gevent's in a gevent process, so the process's other
+        requests run meanwhile; SQLite's own wait would hold them all, in steps of up to
+        100 ms), for ``LOCK_PATIENCE`` s in all."""
+        deadline = time.monotonic() + LOCK_PATIENCE
+        revived = False
+        while True:
             try:
-                with (self.engine if several else self.reader).begin() as connection:
-                    return int(connection.execute(statement, params).rowcount)
+                with self.reader.connect() as connection:
+                    return work(connection)
             except DBAPIError as exc:
-                if attempt == 2 or not exc.connection_invalidated:
+                if exc.connection_invalidated and not revived:
+                    revived = True
+                elif self.is_sqlite and is_locked(exc) and time.monotonic() < deadline:
+                    time.sleep(LOCK_PAUSE)
+                else:
                     raise
-        raise AssertionError("unreachable")
 
     def write_grouped(self, statement: Any, row: dict[str, Any]) -> None:
         """``write`` of one row, committed in one transaction with the rows this process's

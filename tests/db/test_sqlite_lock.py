@@ -1,0 +1,80 @@
+"""SQLite's write lock, waited for without holding a gevent process still.
+
+A gateway process serves every request on one thread under gevent; a write that waits for
+SQLite's file lock inside SQLite (its busy handler sleeps in C, in steps of up to 100 ms)
+holds every other request of the process until it gets the lock. ``Database.write`` waits
+in Python instead, where gevent runs the others. Here a real gevent process writes while
+another connection holds the lock, and a greenlet beside it counts its ticks.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from tests.helpers import migrated_database
+
+PROBE = r"""
+import gevent.monkey
+gevent.monkey.patch_all()
+import json, sys, time
+import gevent
+from sqlalchemy import text
+from jobgate.db import Database
+
+db = Database(sys.argv[1])
+db.read(text("SELECT 1"))  # connected before the lock is taken
+print("ready", flush=True)
+sys.stdin.readline()  # the lock is held now
+ticks = []
+
+def tick():
+    while True:
+        ticks.append(time.monotonic())
+        gevent.sleep(0.005)
+
+ticker = gevent.spawn(tick)
+gevent.sleep(0.01)
+start, count = time.monotonic(), len(ticks)
+changed = db.write(text("UPDATE partners SET name = name WHERE id = 'none'"))
+waited = time.monotonic() - start
+ticked = len(ticks) - count
+ticker.kill()
+print(json.dumps({"waited": waited, "ticks": ticked, "changed": changed}), flush=True)
+"""
+
+
+def test_a_write_waiting_for_the_lock_lets_the_process_serve_others(tmp_path: Path) -> None:
+    with migrated_database("sqlite", tmp_path) as url:
+        holder = sqlite3.connect(
+            url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
+        )
+        probe = subprocess.Popen(
+            [sys.executable, "-c", PROBE, url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        try:
+            assert probe.stdout is not None and probe.stdin is not None
+            assert probe.stdout.readline().strip() == "ready"
+            holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock ...
+            release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+            probe.stdin.write("go\n")
+            probe.stdin.flush()
+            release.start()  # ... for half a second
+            outcome = json.loads(probe.stdout.readline())
+            release.join()
+        finally:
+            probe.kill()
+            probe.wait(10)
+            holder.close()
+    assert outcome["changed"] == 0 and outcome["waited"] >= 0.4, outcome
+    # A greenlet ticking every 5 ms kept ticking while the write waited (SQLite's own
+    # wait held it still: a handful of ticks at most).
+    assert outcome["ticks"] >= 0.5 * outcome["waited"] / 0.005, outcome
