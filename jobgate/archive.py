@@ -497,14 +497,9 @@ def upsert_jobs_statement() -> Any:
 
 def upsert_batches(session: Session, batches: list[dict[str, Any]]) -> None:
     """Insert batch records (as the archiver reads them), or update each row older."""
-    if batches:
-        dialect = session.get_bind().dialect.name
-        session.execute(upsert_batches_statement(dialect), batch_rows(batches))
-
-
-def batch_rows(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Batch records as their rows in ``batches``."""
-    return [
+    if not batches:
+        return
+    rows = [
         {
             "batch_id": batch["batch_id"],
             "partner_id": batch.get("partner_id") or "",
@@ -519,15 +514,14 @@ def batch_rows(batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for batch in batches
     ]
-
-
-def upsert_batches_statement(dialect: str) -> Any:
-    """``upsert_batches``'s statement, for ``batch_rows`` as parameters."""
-    insert = _dialect_insert(dialect)(Batch.__table__)
-    return insert.on_conflict_do_update(
-        index_elements=["batch_id"],
-        set_={name: insert.excluded[name] for name in ("completed_at", "record", "rev")},
-        where=Batch.__table__.c.rev <= insert.excluded.rev,
+    insert = _insert(session)(Batch.__table__)
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["batch_id"],
+            set_={name: insert.excluded[name] for name in ("completed_at", "record", "rev")},
+            where=Batch.__table__.c.rev <= insert.excluded.rev,
+        ),
+        rows,
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any, cast
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from jobgate.archive import batch_rows, job_row, upsert_batches_statement, upsert_jobs_statement
+from jobgate.archive import job_row, upsert_batches, upsert_jobs, upsert_jobs_statement
 from jobgate.batches import COUNTERS, batch_key
 from jobgate.db import Database
 from jobgate.db.models import Batch, Job
@@ -89,12 +89,9 @@ def accept(
             if batch is None:
                 db.write(upsert_jobs_statement(), rows)
                 return
-            db.write_all(
-                [
-                    (upsert_batches_statement(db.dialect), batch_rows([batch])),
-                    (upsert_jobs_statement(), rows),
-                ]
-            )
+            with db.session() as session:
+                upsert_batches(session, [batch])
+                upsert_jobs(session, rows)
             return
         except IntegrityError:
             if idempotency is None or attempt == 2:

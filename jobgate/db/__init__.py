@@ -40,12 +40,12 @@ def is_locked(exc: DBAPIError) -> bool:
     return "database is locked" in str(exc.orig)
 
 
-def _immediate(connection: Connection, steps: list[tuple[Any, Any]]) -> int:
-    """Statements in one SQLite transaction that takes the write lock first (so it never
-    waits for it halfway)."""
+def _immediate(connection: Connection, statement: Any, params: list[dict[str, Any]]) -> int:
+    """Several rows in one SQLite transaction that takes the write lock first (a waiting
+    writer never holds half a group)."""
     connection.exec_driver_sql("BEGIN IMMEDIATE")
     try:
-        changed = sum(int(connection.execute(s, p).rowcount) for s, p in steps)
+        changed = int(connection.execute(statement, params).rowcount)
     except BaseException:
         connection.exec_driver_sql("ROLLBACK")
         raise
@@ -162,19 +162,13 @@ class Database:
             return self._autocommit(
                 lambda connection: int(connection.execute(statement, params).rowcount)
             )
-        return self.write_all([(statement, params)])
+        if not self.is_sqlite:
+            return self._autocommit(lambda _: self._transaction(statement, params))
+        return self._autocommit(lambda connection: _immediate(connection, statement, params))
 
-    def write_all(self, steps: list[tuple[Any, Any]]) -> int:
-        """Several statements (each with its parameters) in one transaction, committed;
-        the rows they changed. On SQLite the transaction takes the write lock first
-        (``BEGIN IMMEDIATE``), waiting for it as ``_autocommit`` says."""
-        if self.is_sqlite:
-            return self._autocommit(lambda connection: _immediate(connection, steps))
-        return self._autocommit(lambda _: self._transaction(steps))
-
-    def _transaction(self, steps: list[tuple[Any, Any]]) -> int:
+    def _transaction(self, statement: Any, params: list[dict[str, Any]]) -> int:
         with self.engine.begin() as connection:
-            return sum(int(connection.execute(s, p).rowcount) for s, p in steps)
+            return int(connection.execute(statement, params).rowcount)
 
     def _autocommit(self, work: Callable[[Connection], T]) -> T:
         """``work`` on a connection of ``reader``. A pooled connection found dead (the
