@@ -123,7 +123,7 @@ def find(svc: Services, principal: Principal, batch_id: str) -> dict[str, Any]:
 
 
 def view(svc: Services, batch_id: str, record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The batch view with live members refined by one Celery meta read each."""
+    """The batch view, every member as its record has it."""
     record = record or batch_record(svc.store, batch_id) or history.batch(svc.db, batch_id)
     if record is None:
         raise not_found("batch")
@@ -131,7 +131,6 @@ def view(svc: Services, batch_id: str, record: dict[str, Any] | None = None) -> 
         svc.store,
         batch_id,
         record=record,
-        meta_of=svc.celery.backend.get_task_meta,
         archived=lambda ids: history.jobs(svc.db, ids),
     )
 

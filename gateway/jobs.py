@@ -287,57 +287,18 @@ def _visible(principal: Principal, record: dict[str, Any] | None) -> dict[str, A
 
 
 def show(svc: Services, principal: Principal, job_id: str) -> tuple[dict[str, Any], dict]:
-    """(record, view) of a job the caller may see, in one Redis round trip when it can.
-
-    When the job store and Celery's result backend are the same Redis, the record and
-    the task meta are read in one pipeline; the view derives from that one meta read.
-    """
-    backend = svc.celery.backend
-    if len(job_id) > 64 or svc.settings.result_backend != svc.settings.redis_url:
-        record = find(svc, principal, job_id)
-        return record, describe(svc, record)
-    record, raw_meta = svc.store.job_and(job_id, backend.get_key_for_task(job_id).decode())
-    if record is None:  # not live and no longer cached in Redis: the archived record
-        record = history.job(svc.db, job_id)
-    record = _visible(principal, record)
-    if record.get("status") in TERMINAL:
-        return record, job_view(record)
-    meta = backend.decode_result(raw_meta) if raw_meta else {"status": "PENDING", "result": None}
-    if meta.get("status") in TERMINAL:
-        record = recorded_end(svc, record)
-        if record.get("status") in TERMINAL:
-            return record, job_view(record)
-    return record, job_view(record, meta, meta_may_end=not svc.messenger.inline)
-
-
-RECORD_GRACE = 0.5  # seconds a read waits for the end Celery's meta already announces
-
-
-def recorded_end(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
-    """The record once it holds the end that Celery's meta already shows.
-
-    A worker stores the task's SUCCESS/FAILURE meta just before it records the end, so a
-    read in between would answer SUCCESS without ``finished_at`` or the webhook (and a
-    second read a different view). The record follows within milliseconds; past
-    RECORD_GRACE (the worker died or lost Redis in between) the job reads as it was, not
-    ended: the sweeper runs it again, and only a recorded end is announced. Without a
-    sweeper (the broker is not the store's Redis) the meta's end is answered instead.
-    """
-    deadline = time.monotonic() + RECORD_GRACE
-    while time.monotonic() < deadline:
-        current = svc.store.job(record["job_id"])
-        if current is None or current.get("status") in TERMINAL:
-            return current or record
-        time.sleep(0.01)
-    return record
+    """(record, view) of a job the caller may see: one read of its record (Redis, then
+    the database). The view is the record's alone (``describe``)."""
+    record = find(svc, principal, job_id)
+    return record, describe(svc, record)
 
 
 def describe(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
-    """The job view; reads Celery's meta once, and only while the job is not finished."""
-    if record.get("status") in TERMINAL:
-        return job_view(record)
-    meta = svc.celery.backend.get_task_meta(record["task_id"])
-    return job_view(record, meta, meta_may_end=not svc.messenger.inline)
+    """The job view, from its record alone: the one record every answer and webhook is
+    built from. Celery's meta is written beside it for ``AsyncResult`` users and is not
+    read here (it is stored before the worker records the end, so a view that read it
+    could announce an end the record does not hold, or one that never happens)."""
+    return job_view(record)
 
 
 STREAMS_FULL_RETRY_AFTER = 5  # seconds; a partner's streams end as its jobs do
@@ -416,10 +377,8 @@ def wait(
 
     The job is read each time ``events`` yields, the first time right after subscribing,
     so an end published between the caller's read and the subscription is not missed.
-    Finished means the job's record is: Celery stores a task's SUCCESS just before the
-    worker records the end, and a view answered from that meta alone would lack what only
-    the record has (``finished_at``, the webhook); the record's end is published, so the
-    wait wakes for it. A ``holder`` whose key stops working answers the view at once.
+    Finished means the job's record is (its end is published, so the wait wakes for it).
+    A ``holder`` whose key stops working answers the view at once.
     """
     deadline = time.monotonic() + seconds
     for _ in events(svc, record["job_id"], deadline, holder=holder):

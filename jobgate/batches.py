@@ -25,8 +25,6 @@ MAX_BATCH = 1000  # members one batch may hold; more is a 422
 COUNTERS = ("succeeded", "failed", "revoked")
 OUTCOME = {"SUCCESS": "succeeded", "FAILURE": "failed", "REVOKED": "revoked"}
 
-MetaReader = Callable[[str], dict[str, Any]]  # task id -> Celery's task meta
-
 
 def batch_key(store: Store, batch_id: str, *suffix: str) -> str:
     return store.key("batch", batch_id, *suffix)
@@ -128,16 +126,15 @@ def batch_view(
     batch_id: str,
     *,
     record: dict[str, Any],
-    meta_of: MetaReader | None = None,
     archived: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None,
     jobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The batch as ``GET /v1/batches/{id}`` returns it (and ``batch.completed`` carries).
 
     Counts come from the atomic counters; ``percent`` averages the members' progress (an
-    ended member is 100), so it moves while long members run. Live members are refined
-    by one Celery meta read each, only when ``meta_of`` is given; members Redis no longer
-    holds are read with ``archived`` (``jobgate.history.jobs``) when given. ``jobs``: the
+    ended member is 100), so it moves while long members run: each member as its record
+    has it (``jobgate.status.job_view``); members Redis no longer holds are read with
+    ``archived`` (``jobgate.history.jobs``) when given. ``jobs``: the
     members' records, already read (nothing is read from Redis).
     """
     members: list[dict[str, Any]] = []
@@ -150,10 +147,7 @@ def batch_view(
         if job is None:  # expired record of a long-finished batch
             members.append({"job_id": job_id, "status": None})
             continue
-        meta = None
-        if meta_of is not None and job.get("status") not in TERMINAL:
-            meta = meta_of(job["task_id"])
-        members.append(member_summary(job_view(job, meta)))
+        members.append(member_summary(job_view(job)))
     total, completed = record["total"], record["completed"]
     done = bool(record.get("finished_at"))
     if done or not total:

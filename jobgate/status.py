@@ -52,43 +52,13 @@ def progress_of(info: Any) -> dict[str, Any]:
     }
 
 
-def live_state(
-    record: Mapping[str, Any], meta: Mapping[str, Any] | None, *, meta_may_end: bool = False
-) -> dict[str, Any]:
-    """Status and progress of a job with no terminal record yet.
-
-    An end only Celery's meta holds is announced only with ``meta_may_end`` (nothing will
-    run the job again: the broker is not the store's Redis, so no sweeper sees it).
-    """
-    state = (meta or {}).get("status") or "PENDING"
-    info = (meta or {}).get("result")
-    if state == "PENDING" and record.get("started_at"):
-        # The worker recorded a start but Celery's meta is not written yet or expired.
-        state = "STARTED"
-    if state in TERMINAL and meta_may_end:
-        return _meta_end(record, state, info)
-    if state in TERMINAL:
-        # Celery stored an end that the record does not hold: the worker died, or lost
-        # Redis, between the two. The sweeper runs the job again (or ends it worker_lost),
-        # so this end is not announced: it reads as it was; its one end is the recorded one.
-        info = record.get("progress")
-        state = "PROCESSING" if info else "STARTED"
-    if state == "PROCESSING":
-        return {"status": state, "progress": progress_of(info), "result": None, "error": None}
-    if state not in MESSAGES:  # RETRY or a custom state: the job is running
-        state = "STARTED"
-    return {
-        "status": state,
-        "progress": {"message": MESSAGES[state]},
-        "result": None,
-        "error": None,
-    }
-
-
-def _meta_end(record: Mapping[str, Any], state: str, info: Any) -> dict[str, Any]:
-    """The end as Celery's meta says it (``AsyncResult``'s state, result and error)."""
-    result = info if state == "SUCCESS" else None
-    return _end(record, state, result, error_message(info) if state == "FAILURE" else None)
+def live_state(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Status and progress of a job whose record holds no end: processing once it has
+    reported progress, started once a worker took it, pending before."""
+    info = record.get("progress")
+    state = "PROCESSING" if info else "STARTED" if record.get("started_at") else "PENDING"
+    progress = progress_of(info) if info else {"message": MESSAGES[state]}
+    return {"status": state, "progress": progress, "result": None, "error": None}
 
 
 def _end(record: Mapping[str, Any], status: str, result: Any, error: Any) -> dict[str, Any]:
@@ -111,19 +81,14 @@ def _done(record: Mapping[str, Any]) -> dict[str, Any]:
     return done
 
 
-def job_view(
-    record: Mapping[str, Any],
-    meta: Mapping[str, Any] | None = None,
-    *,
-    meta_may_end: bool = False,
-) -> dict[str, Any]:
-    """The job as ``GET /v1/jobs/{id}`` returns it (and as webhooks carry it);
-    ``meta_may_end`` as in ``live_state``."""
+def job_view(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The job as ``GET /v1/jobs/{id}`` returns it (and as webhooks carry it), from its
+    record alone."""
     status = record.get("status")
     if status in TERMINAL:
         state = _end(record, status, record.get("result"), record.get("error"))
     else:
-        state = live_state(record, meta, meta_may_end=meta_may_end)
+        state = live_state(record)
     view: dict[str, Any] = {
         "job_id": record["job_id"],
         "task_id": record.get("task_id", record["job_id"]),

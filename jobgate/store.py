@@ -244,14 +244,6 @@ class Store:
     def job(self, job_id: str) -> dict[str, Any] | None:
         return decode_job(cast("dict[str, str]", self.redis.hgetall(self.key("job", job_id))))
 
-    def job_and(self, job_id: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
-        """A job record and the string at ``key`` (Celery's meta), in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self.key("job", job_id))
-        pipe.get(key)
-        record, value = pipe.execute()
-        return decode_job(record), value
-
     def jobs(self, job_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         pipe = self.redis.pipeline()
         for job_id in job_ids:

@@ -40,7 +40,7 @@ class _Task(Protocol):
 class Progress:
     """Report ``current`` of ``total`` with a message; stops the task if it was revoked.
 
-    A written report sets Celery's ``PROCESSING`` meta (what the status route reads),
+    A written report sets Celery's ``PROCESSING`` meta (what ``AsyncResult`` reads),
     keeps the progress in the job record and publishes it for live listeners (SSE,
     ?wait=), in one script. Reports are coalesced: one that comes less than
     ``COALESCE`` s after the job began or after the last write is held, and the latest

@@ -92,14 +92,25 @@ def test_finished_job_outlives_celerys_result(settings, redis_client, admin_head
     assert again["finished_at"] == done["finished_at"]
 
 
-def test_status_and_asyncresult_agree_through_a_real_worker(app, client, partner, worker):
-    """The contract: while a job runs and once it ended, ``GET /v1/jobs/{id}`` and
-    ``AsyncResult(task_id)`` say the same (the scripts write Celery's meta with the record)."""
+def test_status_and_asyncresult_agree_through_a_real_worker(
+    app, client, partner, worker, admin_headers
+):
+    """The contract: before a job runs, while it runs and once it ended, ``GET
+    /v1/jobs/{id}`` (built from the job's record alone) and ``AsyncResult(task_id)`` say
+    the same (the scripts write Celery's meta with the record)."""
     celery = app.extensions["jobgate"].celery
 
     def both(job_id: str) -> tuple[dict, object]:
         view = client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).get_json()
         return view, celery.AsyncResult(job_id)
+
+    waiting = client.post(
+        "/v1/jobs",
+        json={"task": "demo.sleep", "params": {"seconds": 0}, "delay_seconds": 600},
+        headers=partner["headers"],
+    ).get_json()["job_id"]
+    view, result = both(waiting)
+    assert (view["status"], result.state) == ("PENDING", "PENDING")
 
     running = submit(client, partner, params={"seconds": 3, "steps": 3})["job_id"]
     view, result = wait_until(
@@ -109,6 +120,8 @@ def test_status_and_asyncresult_agree_through_a_real_worker(app, client, partner
     )
     assert result.state == "PROCESSING"
     assert result.info["total"] == view["progress"]["total"] == 3
+    # Reports are a second apart: the view and Celery's meta hold the same one.
+    assert result.info["current"] == view["progress"]["current"]
     done = wait_for_status(client, running, partner["headers"])
     result = celery.AsyncResult(running)
     assert (result.state, result.result) == ("SUCCESS", done["result"])
@@ -120,6 +133,13 @@ def test_status_and_asyncresult_agree_through_a_real_worker(app, client, partner
     assert (view["status"], result.state) == ("FAILURE", "FAILURE")
     assert str(result.result) == view["error"] == "on purpose"
     assert "DemoFailure" in (result.traceback or "")
+
+    revoked = client.post(
+        f"/v1/jobs/{waiting}/revoke", json={"reason": "agreement"}, headers=admin_headers
+    )
+    assert revoked.status_code == 202, revoked.get_json()
+    view, result = both(waiting)
+    assert (view["status"], result.state) == ("REVOKED", "REVOKED")
 
 
 def test_a_quick_jobs_last_progress_report_is_recorded_with_its_end(app, client, partner, worker):
