@@ -162,27 +162,35 @@ class Database:
             return self._autocommit(
                 lambda connection: int(connection.execute(statement, params).rowcount)
             )
-        if not self.is_sqlite:
-            return self._autocommit(lambda _: self._transaction(statement, params))
-        return self._autocommit(lambda connection: _immediate(connection, statement, params))
+        if self.is_sqlite:
+            return self._autocommit(lambda connection: _immediate(connection, statement, params))
+        return self._retrying(lambda: self._transaction(statement, params))
 
     def _transaction(self, statement: Any, params: list[dict[str, Any]]) -> int:
         with self.engine.begin() as connection:
             return int(connection.execute(statement, params).rowcount)
 
     def _autocommit(self, work: Callable[[Connection], T]) -> T:
-        """``work`` on a connection of ``reader``. A pooled connection found dead (the
-        database restarted) is retried once on a fresh one. On SQLite, a statement that
-        finds the file locked by another writer waits ``LOCK_WAIT_MS`` inside SQLite, then
-        in Python (``time.sleep``: gevent's in a gevent process, so the process's other
-        requests run meanwhile; SQLite's own wait would hold them all, in steps of up to
-        100 ms), for ``LOCK_PATIENCE`` s in all."""
+        """``work`` on a connection of ``reader``, retried as ``_retrying`` says."""
+
+        def on_reader() -> T:
+            with self.reader.connect() as connection:
+                return work(connection)
+
+        return self._retrying(on_reader)
+
+    def _retrying(self, work: Callable[[], T]) -> T:
+        """``work()``; a pooled connection found dead (the database restarted) is retried
+        once on a fresh one. On SQLite, a statement that finds the file locked by another
+        writer waits ``LOCK_WAIT_MS`` inside SQLite, then in Python (``time.sleep``:
+        gevent's in a gevent process, so the process's other requests run meanwhile;
+        SQLite's own wait would hold them all, in steps of up to 100 ms), for
+        ``LOCK_PATIENCE`` s in all."""
         deadline = time.monotonic() + LOCK_PATIENCE
         revived = False
         while True:
             try:
-                with self.reader.connect() as connection:
-                    return work(connection)
+                return work()
             except DBAPIError as exc:
                 if exc.connection_invalidated and not revived:
                     revived = True
