@@ -34,6 +34,7 @@ from typing import Any, cast
 from redis.exceptions import WatchError
 from sqlalchemy import bindparam, func, or_, select, text, update
 
+from jobgate import history
 from jobgate.db import Database
 from jobgate.db.models import Endpoint, Message, Partner, SigningSecret
 from jobgate.deliveries import Deliveries
@@ -588,9 +589,7 @@ def _hold_in_redis(store: Store, db: Database, row: Any) -> bool:
         return True
     body = store.redis.get(books.body_key(row.subject_id, row.event))
     if body is None and row.kind == "job":
-        from jobgate.history import job as archived_job  # history reads through this module
-
-        record = archived_job(db, row.subject_id)
+        record = history.job(db, row.subject_id)
         body = job_body(row.event, record) if record else None
     if body is None:
         return False
