@@ -113,11 +113,13 @@ def start_peer(
     }
     if result_row:
         env["PEER_DATABASE_URL"] = stack.env["JOBGATE_DATABASE_URL"]
-        from sqlalchemy import create_engine, text
+        from sqlalchemy import create_engine
+
+        from bench.peer_app import RESULTS
 
         engine = create_engine(env["PEER_DATABASE_URL"])  # each round's rows alone
-        with engine.begin() as connection:
-            connection.execute(text("DROP TABLE IF EXISTS peer_results"))
+        RESULTS.drop(engine, checkfirst=True)
+        RESULTS.create(engine)  # before the worker: its processes would race to make it
         engine.dispose()
     port = stack.ports["gateway"] = free_port()
     gateway = spawn(

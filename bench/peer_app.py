@@ -36,11 +36,11 @@ _engine = None
 
 
 def save_result(job_id: str, result: dict, finished_at: datetime) -> None:
-    """The task's result row, committed (one engine per worker process, made after fork)."""
+    """The task's result row, committed (one engine per worker process, made after fork;
+    the table is made before the worker starts: ``bench.peer.start_peer``)."""
     global _engine
     if _engine is None:
         _engine = create_engine(os.environ["PEER_DATABASE_URL"])
-        RESULTS.create(_engine, checkfirst=True)
     with _engine.begin() as connection:
         connection.execute(
             insert(RESULTS),
