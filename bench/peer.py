@@ -1,4 +1,6 @@
-"""jobgate against the peer (``bench/peer_app.py``, the gateway a Celery user hand-rolls),
+"""jobgate against the peer (``bench/peer_app.py``, the gateway a Celery user hand-rolls)
+and against the same peer whose task commits its result row to the database jobgate
+uses (``peer+row``: what Celery's documentation tells a user whose results matter),
 end to end, in the same run: jobs/s, submit→webhook latency, CPU per job of each process,
 Redis commands per job; then the same with a tenth of the callbacks going to a receiver
 that takes the whole webhook timeout.
@@ -8,7 +10,7 @@ that takes the whole webhook timeout.
 Per round and target: a fresh stack (gateway under the shipped gunicorn.conf.py, worker
 ``-c N``, ``bench.receiver`` verifying every signature), N ``demo.sleep`` 0 s jobs
 submitted while the worker consumes, until every job's webhook arrived. Targets
-alternate per round. ``--monitor-jobs M`` adds a jobgate-only run under ``MONITOR`` that
+alternate order per round. ``--monitor-jobs M`` adds a jobgate-only run under ``MONITOR`` that
 splits its Redis commands per job by command and by Lua script.
 """
 
@@ -414,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = one_round(target, args, redis_url, jobs, slow=scenario == "slow")
                     runs[scenario][target].append(result)
                     print(
-                        f"round {number + 1} {scenario:12} {target:7} "
+                        f"round {number + 1} {scenario:12} {target:8} "
                         f"{result['jobs_per_s']} jobs/s, p50/p99 "
                         f"{result['submit_to_webhook_ms']['p50']}/"
                         f"{result['submit_to_webhook_ms']['p99']} ms, "

@@ -416,23 +416,29 @@ def fan_out(
         body,
         time.time(),
     ]
-    kept = []
-    for endpoint in targets:
-        msg_id = endpoint_message_id(subject_id, event, endpoint["id"])
-        task_id, call_args, kwargs = delivery_call(MESSAGE, msg_id, event, AUTO_CHAIN, 0)
-        held = bool(endpoint.get("disabled"))
-        fields = {
-            "msg_id": msg_id,
+    rows: dict[str, dict[str, Any]] = {
+        endpoint["id"]: {
+            "msg_id": endpoint_message_id(subject_id, event, endpoint["id"]),
             "partner_id": partner_id,
             "endpoint_id": endpoint["id"],
             "kind": kind,
             "subject_id": subject_id,
             "event": event,
-            "occurred_at": occurred,
+            "created_at": parse_time(occurred),
+            "held": bool(endpoint.get("disabled")),
         }
-        kept.append({**fields, "created_at": parse_time(occurred), "held": held})
+        for endpoint in targets
+    }
+    # The rows first: Redis holds nothing they do not. A step that runs again keeps what
+    # its first run decided (held or sent), whatever the endpoint's state is now.
+    held = keep_messages(registry.db, list(rows.values()))
+    for endpoint_id, row in rows.items():
+        msg_id: str = row["msg_id"]
+        task_id, call_args, kwargs = delivery_call(MESSAGE, msg_id, event, AUTO_CHAIN, 0)
+        fields = {name: row[name] for name in ("msg_id", "partner_id", "endpoint_id", "kind")}
+        fields |= {"subject_id": subject_id, "event": event, "occurred_at": occurred}
         envelope = ""
-        if messenger.inline and not held:
+        if messenger.inline and msg_id not in held:
             envelope = messenger.envelope(
                 DELIVER_TASK,
                 task_id,
@@ -442,14 +448,13 @@ def fan_out(
             )
         args += [
             store.key("msg", msg_id),
-            json.dumps({**fields, "held": "1"} if held else fields),
+            json.dumps({**fields, "held": "1"} if msg_id in held else fields),
             books.body_key(msg_id, event),
-            store.key("endpoint", endpoint["id"], "msgs"),
+            store.key("endpoint", endpoint_id, "msgs"),
             task_id,
             envelope,
-            "1" if held else "",
+            "1" if msg_id in held else "",
         ]
-    keep_messages(registry.db, kept)  # the rows first: Redis holds nothing they do not
     created = cast(
         "list[str]",
         store.scripts["fan_out"](
@@ -525,8 +530,9 @@ def recover(
     store: Store, messenger: Messenger, db: Database, endpoint_id: str, since: str
 ) -> list[str]:
     """Send again every message to the endpoint that ended ``failed`` at ``since`` or
-    later, and send every message held for it (made while it was disabled) at ``since``
-    or later: same ``webhook-id``s, a fresh schedule. Returns their ids."""
+    later, and, once it is enabled, every message held for it (made while it was
+    disabled) at ``since`` or later: same ``webhook-id``s, a fresh schedule. Returns
+    their ids."""
     from jobgate.attempts import redeliver  # attempts imports this module's callers
 
     ids = cast("list[str]", store.redis.zrange(store.key("endpoint", endpoint_id, "msgs"), 0, -1))
@@ -537,24 +543,40 @@ def recover(
     for msg_id, (state, at, event) in zip(ids, pipe.execute(), strict=True):
         if state == "failed" and at and at >= since and event:
             recovered.append(redeliver(store, messenger, MESSAGE, msg_id, event))
-    released = []
+    if _disabled(db, endpoint_id):
+        return recovered  # held messages wait for the endpoint to be enabled
     for row in held_messages(db, endpoint_id, since):
         if not _hold_in_redis(store, db, row):
             log.warning("recover: the held message %s has no body to send", row.msg_id)
             continue
         store.redis.hdel(store.key("msg", row.msg_id), "held")
         recovered.append(redeliver(store, messenger, MESSAGE, row.msg_id, row.event))
-        released.append(row.msg_id)
-    if released:
-        db.write(update(Message).where(Message.msg_id.in_(released)).values(held=False))
+        # Released right away: a recover running beside this one, or after a crash here,
+        # sends it again only while this delivery is open, which redeliver makes one.
+        db.write(update(Message).where(Message.msg_id == row.msg_id).values(held=False))
     return recovered
 
 
-def keep_messages(db: Database, rows: list[dict[str, Any]]) -> None:
-    """Commit messages' rows (``Message``'s columns); one kept already is left as it is."""
-    if rows:
-        columns = [column.name for column in Message.__table__.c]
-        db.write(_keep_statement(), [{name: row[name] for name in columns} for row in rows])
+def _disabled(db: Database, endpoint_id: str) -> bool:
+    found = db.read(select(Endpoint.disabled_at).where(Endpoint.id == endpoint_id))
+    return bool(found) and found[0][0] is not None
+
+
+def keep_messages(db: Database, rows: list[dict[str, Any]]) -> set[str]:
+    """Commit messages' rows (``Message``'s columns); one kept already is left as it is.
+    Returns the ids of those held, as their rows say (a row kept earlier decides)."""
+    if not rows:
+        return set()
+    columns = [column.name for column in Message.__table__.c]
+    db.write(_keep_statement(), [{name: row[name] for name in columns} for row in rows])
+    ids = [row["msg_id"] for row in rows]
+    return {
+        msg_id
+        for msg_id, held in db.read(
+            select(Message.msg_id, Message.held).where(Message.msg_id.in_(ids))
+        )
+        if held
+    }
 
 
 @cache
@@ -607,6 +629,7 @@ def _hold_in_redis(store: Store, db: Database, row: Any) -> bool:
     pipe.expire(key, store.retention)
     pipe.set(body_key, body, ex=store.retention, nx=True)
     pipe.zadd(store.key("endpoint", row.endpoint_id, "msgs"), {row.msg_id: time.time()})
+    pipe.sadd(store.key("msgs", row.subject_id), row.msg_id)  # the job's deliveries list it
     pipe.execute()
     return True
 

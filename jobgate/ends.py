@@ -52,7 +52,8 @@ def _write_end(db: Database, job_id: str, end: dict[str, Any]) -> int:
         "end_job_id": job_id,
         "end_status": end["status"],
         "end_finished_at": parse_time(end["finished_at"]),
-        "end_rev": revision(end["status"], "pending", 0),  # the archiver's next write wins
+        # The archiver's next write wins once its record is further along (an attempt).
+        "end_rev": revision(end["status"], "pending", 0),
     }
     if db.is_sqlite:
         for i, (name, value) in enumerate(end.items()):

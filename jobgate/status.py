@@ -1,8 +1,6 @@
-"""Merge the gateway's job record with one read of Celery's task meta into the job view.
-
-Pure functions, no I/O: the caller reads the record and, only for a job that is not
-finished yet, the task meta once (``backend.get_task_meta``), so state, progress and
-result always come from the same read (never ``AsyncResult.state`` then ``.info``).
+"""The job view, built from the job's record alone (its one record: status, progress,
+result and error come from the same read; Celery's meta, written beside it for
+``AsyncResult``, is never read for it). Pure functions, no I/O.
 """
 
 from __future__ import annotations

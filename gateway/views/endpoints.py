@@ -236,7 +236,7 @@ def attempts(endpoint_id: str):
 
 @bp.post("/<endpoint_id>/recover")
 @operation(
-    "Send again every message to the endpoint that ended failed since a time",
+    "Send again what failed since a time, and what was held while the endpoint was disabled",
     ok(202, "Queued again", RecoveredSchema),
     (*WRITE, 404),
     tag="endpoints",

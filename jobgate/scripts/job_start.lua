@@ -1,7 +1,8 @@
 -- A worker taking a job: refuse it if it already has a terminal status (revoked while
 -- queued, or a redelivery of a finished job), else record the start once, which worker
 -- runs it and how many runs it has had (a run > 1 means an earlier one was lost with its
--- worker), and publish STARTED. Given Celery's STARTED meta (ARGV[4], expiring after
+-- worker; its progress is dropped: the run starts over, as Celery's STARTED says), and
+-- publish STARTED. Given Celery's STARTED meta (ARGV[4], expiring after
 -- ARGV[5] s), writes it too, as the tracer's track_started would.
 -- KEYS: job record, events channel, Celery meta key. ARGV: started_at, STARTED event,
 -- worker node name, meta ('' none), meta expiry in s ('' none).
@@ -16,6 +17,7 @@ if status then return {0, status} end
 local runs = (tonumber(found[4]) or 0) + 1
 redis.call('HSET', KEYS[1], 'started_at', found[3] or ARGV[1], 'worker', ARGV[3],
            'runs', tostring(runs))
+if runs > 1 then redis.call('HDEL', KEYS[1], 'progress') end
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 write_celery_meta(KEYS[3], ARGV[4], ARGV[5], false)
 return {1, runs}

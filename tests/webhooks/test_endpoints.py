@@ -422,8 +422,17 @@ def test_events_matched_while_disabled_are_held_then_sent_by_recover(world, rece
         books.body_key(forgotten.msg_id, forgotten.event),
         books.body_key(forgotten.subject_id, forgotten.event),
     )
+    # recover while the endpoint is still disabled leaves them held.
+    early = world.client.post(f"{path}/recover", json={"since": since}, headers=partner["headers"])
+    assert early.get_json()["recovered"] == 0
+    assert len(held_messages(db, endpoint["id"], since)) == 2
     on = world.client.patch(path, json={"enabled": True}, headers=partner["headers"])
     assert on.get_json()["enabled"] is True
+    # A fan-out step that runs again now (its message redelivered) keeps what its first
+    # run decided: still held, nothing sent.
+    step = fan_out_task_id("job", jobs[1]["job_id"], "job.succeeded")
+    store.mark_open(step, deadline=time.time() - 60)
+    wait_until(lambda: store.redis.zscore(store.open_key, step) is None, 30, message="re-run")
     assert receiver.requests == []  # enabling alone sends nothing
     response = world.client.post(
         f"{path}/recover", json={"since": since}, headers=partner["headers"]
