@@ -125,6 +125,17 @@ def test_job_start_records_the_start_once_counts_runs_and_the_latest_worker(
     assert ttl_near(redis_client, job, LIVE_TTL)  # the record keeps its TTL
 
 
+def test_a_second_run_starts_its_progress_over(redis_client: redis.Redis, run: Any, k: Keys):
+    """The job view is the record's: a run after a lost one must not show the lost run's
+    progress (Celery's meta says STARTED again)."""
+    job = k("job", "j1")
+    redis_client.hset(job, mapping={"job_id": "j1", "task": "demo.sleep"})
+    assert run("job_start", start_keys(k), ["t0", "{}", "node-a", "", ""]) == [1, 1]
+    redis_client.hset(job, "progress", '{"current": 3, "total": 4}')  # the lost run's
+    assert run("job_start", start_keys(k), ["t1", "{}", "node-a", "", ""]) == [1, 1 + 1]
+    assert not redis_client.hexists(job, "progress")
+
+
 def test_job_start_writes_celery_started_meta_only_for_a_run(
     redis_client: redis.Redis, run: Any, k: Keys
 ) -> None:
