@@ -1,4 +1,4 @@
-"""Job operations behind the routes: submit, find, describe, wait, list.
+"""Job operations behind the routes: submit, find, show, wait, list.
 
 Views stay thin; this module holds the rules (catalog, SSRF, idempotency, isolation).
 """
@@ -248,8 +248,8 @@ def replay(
     if committed:
         record = svc.store.job(job_id) or history.job(svc.db, job_id)
         if record is not None:
-            return describe(svc, record)
-    return describe(svc, wait_for_record(svc, job_id))
+            return job_view(record)
+    return job_view(wait_for_record(svc, job_id))
 
 
 def wait_for_record(svc: Services, job_id: str, timeout: float = 2.0) -> dict[str, Any]:
@@ -288,17 +288,12 @@ def _visible(principal: Principal, record: dict[str, Any] | None) -> dict[str, A
 
 def show(svc: Services, principal: Principal, job_id: str) -> tuple[dict[str, Any], dict]:
     """(record, view) of a job the caller may see: one read of its record (Redis, then
-    the database). The view is the record's alone (``describe``)."""
+    the database). The view is the record's alone (``jobgate.status.job_view``), the one
+    record every answer and webhook is built from; Celery's meta, written beside it for
+    ``AsyncResult`` users, is not read (it is stored before the worker records the end,
+    so a view that read it could announce an end the record does not hold)."""
     record = find(svc, principal, job_id)
-    return record, describe(svc, record)
-
-
-def describe(svc: Services, record: dict[str, Any]) -> dict[str, Any]:
-    """The job view, from its record alone: the one record every answer and webhook is
-    built from. Celery's meta is written beside it for ``AsyncResult`` users and is not
-    read here (it is stored before the worker records the end, so a view that read it
-    could announce an end the record does not hold, or one that never happens)."""
-    return job_view(record)
+    return record, job_view(record)
 
 
 STREAMS_FULL_RETRY_AFTER = 5  # seconds; a partner's streams end as its jobs do
@@ -383,7 +378,7 @@ def wait(
     deadline = time.monotonic() + seconds
     for _ in events(svc, record["job_id"], deadline, holder=holder):
         current = svc.store.job(record["job_id"]) or record
-        view = describe(svc, current)
+        view = job_view(current)
         if current.get("status") in TERMINAL:
             break
     return view
@@ -447,7 +442,7 @@ def listing(
             for row in rows:
                 scanned += 1
                 after = history.encode_cursor(row)
-                view = describe(svc, current.get(row["job_id"]) or row)
+                view = job_view(current.get(row["job_id"]) or row)
                 if not status or view["status"] == status:
                     jobs.append(view)
                     if len(jobs) == limit:

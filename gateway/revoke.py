@@ -17,9 +17,8 @@ from typing import Any
 
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
-from gateway.jobs import describe
 from jobgate.lifecycle import finish_job
-from jobgate.status import TERMINAL
+from jobgate.status import TERMINAL, job_view
 from tasks.publish import revoked_meta
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ def revoke_job(
         raise APIError(
             409, "conflict", f"The job already finished with status {status}.", {"status": status}
         )
-    return describe(svc, record)
+    return job_view(record)
 
 
 def _tell_workers(svc: Services, record: dict[str, Any], terminate: bool) -> None:

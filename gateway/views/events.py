@@ -20,7 +20,7 @@ from gateway import jobs
 from gateway.auth import authenticate, login_required, presented_key
 from gateway.extensions import Services, services
 from gateway.openapi import READ, ok, operation
-from jobgate.status import TERMINAL, progress_of
+from jobgate.status import TERMINAL, job_view, progress_of
 
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
 
@@ -69,7 +69,7 @@ def current_view(svc: Services, job_id: str, fallback: dict[str, Any]) -> dict[s
     record is never behind the event that woke us, and progress never goes backwards.
     """
     record = svc.store.job(job_id) or fallback
-    view = jobs.describe(svc, record)
+    view = job_view(record)
     if view["status"] not in TERMINAL and record.get("progress"):
         view["status"] = "PROCESSING"
         view["progress"] = progress_of(record["progress"])
