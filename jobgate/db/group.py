@@ -49,13 +49,35 @@ class GroupCommit:
             self._waiting.append(me)
             me.leads = not self._leading
             self._leading = True
-        if not me.leads:
-            me.done.wait()
-        if me.leads:
-            time.sleep(0)  # the requests ready to run join this group
-            self._lead()
+        try:
+            if not me.leads:
+                me.done.wait()
+            if me.leads:
+                time.sleep(0)  # the requests ready to run join this group
+                self._lead()
+        except BaseException:  # killed while waiting (a greenlet killed at shutdown)
+            self._abandon(me)
+            raise
         if me.error is not None:
             raise me.error
+
+    def _abandon(self, me: _Waiter) -> None:
+        """A caller gone before its row was taken: its row is not written, and a lead it
+        held passes on, so the rows behind it are not left without a writer."""
+        with self._lock:
+            if me not in self._waiting:
+                return  # taken into a group: written (or failed) with it
+            self._waiting.remove(me)
+            if not me.leads:
+                return
+            me.leads = False
+            following = self._waiting[0] if self._waiting else None
+            if following is None:
+                self._leading = False
+            else:
+                following.leads = True
+        if following is not None:
+            following.done.set()
 
     def _lead(self) -> None:
         with self._lock:

@@ -152,3 +152,42 @@ def test_the_lead_is_given_back_when_nobody_waits(count: int) -> None:
     for n in range(count):
         group.commit({"n": n})
     assert not group._leading and not group._waiting
+
+
+KILLED_LEADER = r"""
+import gevent.monkey
+gevent.monkey.patch_all()
+import gevent, json, types
+from jobgate.db import group as module
+from jobgate.db.group import GroupCommit
+
+# The leader's turn of the loop made long enough to be killed in (it is one turn).
+module.time = types.SimpleNamespace(sleep=lambda seconds: gevent.sleep(0.2))
+written = []
+group = GroupCommit(lambda rows: written.append([row["n"] for row in rows]))
+leader = gevent.spawn(group.commit, {"n": 0})
+gevent.sleep(0.05)  # the leader waits for the others to join ...
+leader.kill()  # ... and is killed there, before it wrote anything
+follower = gevent.spawn(group.commit, {"n": 1})
+follower.join(timeout=5)
+print(json.dumps({"done": follower.ready(), "written": written}), flush=True)
+"""
+
+
+def test_a_leader_killed_before_it_writes_hands_the_lead_on() -> None:
+    """In a gevent process (the gateway), a request killed while it leads the group must
+    not leave later submits waiting for ever; its own row is not written."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ran = subprocess.run(
+        [sys.executable, "-c", KILLED_LEADER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == {"done": True, "written": [[1]]}
