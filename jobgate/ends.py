@@ -23,8 +23,18 @@ from jobgate.db.models import Job, Time
 from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
 
-# What a job's end writes into its record (``Store.finish_job``'s fields).
-END_FIELDS = ("status", "finished_at", "result", "error", "progress", "revoked_by", "revoke_reason")
+# What a job's end writes into its record (``Store.finish_job``'s fields, and the run's
+# start it ends).
+END_FIELDS = (
+    "status",
+    "finished_at",
+    "started_at",
+    "result",
+    "error",
+    "progress",
+    "revoked_by",
+    "revoke_reason",
+)
 
 
 def commit_end(

@@ -56,6 +56,10 @@ def finish_job(
     written with the end when it is this one."""
     ours = True
     if db is not None:
+        if "started_at" not in fields and (started := store.job_started_at(job_id)):
+            # The run's start goes with the end: an event rebuilt from the row (Redis lost
+            # the record) is then the one that was sent.
+            fields = {**fields, "started_at": started}
         end = as_stored({"status": status, "finished_at": utcnow(), **fields})
         committed, now = ends.commit_end(db, job_id, end)
         if committed is not None:

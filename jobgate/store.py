@@ -244,6 +244,10 @@ class Store:
     def job(self, job_id: str) -> dict[str, Any] | None:
         return decode_job(cast("dict[str, str]", self.redis.hgetall(self.key("job", job_id))))
 
+    def job_started_at(self, job_id: str) -> str | None:
+        """When a worker first started the job (None: not started, or no record)."""
+        return cast("str | None", self.redis.hget(self.key("job", job_id), "started_at"))
+
     def jobs(self, job_ids: Iterable[str]) -> list[dict[str, Any] | None]:
         pipe = self.redis.pipeline()
         for job_id in job_ids:

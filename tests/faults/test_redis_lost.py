@@ -175,3 +175,54 @@ def test_jobs_accepted_right_before_redis_restarted_empty_all_end_once(
     for job_id in jobs:
         assert list(receiver.terminal_ids(job_id)) == [webhook_id(job_id, "job.succeeded")]
     assert completed() == [webhook_id(batch_id, "batch.completed")]
+
+
+def test_redis_restarted_empty_right_after_the_webhooks_announces_no_other_end(
+    fault_settings: Settings,
+    receiver: WebhookReceiver,
+    workers: list[WorkerProcess],
+    own_database: str,
+) -> None:
+    """Jobs end and their webhooks go out; Redis is killed and comes back empty before
+    the archiver may have recorded the deliveries. The committed end is the record: each
+    job reads as the same SUCCESS from the database, and whatever the relay gives back
+    carries the same webhook-id and the same end: never a second terminal event."""
+    server = EmbeddedRedis().start()
+    try:
+        own = fault_settings.with_overrides(redis_url=server.url, database_url=own_database)
+        client, partner, _ = gateway_for(own, ADMIN_KEY)
+        receiver.secrets.append(partner["webhook_secret"])
+        headers = partner["headers"]
+        workers.append(WorkerProcess(own, concurrency=2, name="announced").start())
+        jobs = [submit(client, partner, receiver.url, 0) for _ in range(6)]
+        wait_until(lambda: all(receiver.terminal_ids(j) for j in jobs), 30, message="every webhook")
+        first = {j: receiver.accepted(j)[0].payload["data"] for j in jobs}
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)  # right after the last webhook arrived
+        server.proc.wait(10)
+        server.start()  # same port, nothing on disk: empty
+
+        fresh_client, _, _ = gateway_for(own, ADMIN_KEY)
+
+        def settled(job_id: str) -> bool:
+            view = fresh_client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+            assert view["status"] == "SUCCESS", view  # never anything else meanwhile
+            return view["webhook"]["state"] == "delivered"
+
+        try:
+            wait_until(lambda: all(settled(j) for j in jobs), 60, message="every end settled")
+        except AssertionError:
+            print(workers[0].log()[-8000:])
+            raise
+        for job_id in jobs:
+            view = fresh_client.get(f"/v1/jobs/{job_id}", headers=headers).get_json()
+            assert (view["result"], view["finished_at"]) == (
+                first[job_id]["result"],
+                first[job_id]["finished_at"],
+            )
+    finally:
+        server.close()
+    for job_id in jobs:
+        assert list(receiver.terminal_ids(job_id)) == [webhook_id(job_id, "job.succeeded")]
+        # A redelivery (same id) carries the same end, byte for byte in its data.
+        assert {str(d.payload["data"]) for d in receiver.accepted(job_id)} == {str(first[job_id])}
