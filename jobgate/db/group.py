@@ -33,9 +33,15 @@ class _Waiter:
 class GroupCommit:
     """Rows written by ``write`` (one transaction for the list it is given), in groups."""
 
-    def __init__(self, write: Callable[[list[dict[str, Any]]], Any], limit: int = 500) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[dict[str, Any]]], Any],
+        limit: int = 500,
+        share: Callable[[dict[str, Any]], Any] = lambda row: row.get("partner_id"),
+    ) -> None:
         self._write = write
         self._limit = limit
+        self._share = share
         self._lock = threading.Lock()
         self._waiting: list[_Waiter] = []
         self._leading = False
@@ -81,8 +87,7 @@ class GroupCommit:
 
     def _lead(self) -> None:
         with self._lock:
-            group = self._waiting[: self._limit]
-            del self._waiting[: self._limit]
+            group = self._take()
         try:
             self._write_group(group)
         finally:
@@ -97,6 +102,24 @@ class GroupCommit:
                 waiter.done.set()
             if following is not None:
                 following.done.set()
+
+    def _take(self) -> list[_Waiter]:
+        """The next group (under the lock): every waiting row, or past ``limit`` rows
+        taken in turn across partners, first the partner of the oldest waiting row."""
+        if len(self._waiting) <= self._limit:
+            group, self._waiting = self._waiting, []
+            return group
+        queues: dict[Any, list[_Waiter]] = {}
+        for waiter in self._waiting:
+            queues.setdefault(self._share(waiter.row), []).append(waiter)
+        taken: set[int] = set()
+        while len(taken) < self._limit:
+            for queue in queues.values():
+                if queue and len(taken) < self._limit:
+                    taken.add(id(queue.pop(0)))
+        group = [w for w in self._waiting if id(w) in taken]
+        self._waiting = [w for w in self._waiting if id(w) not in taken]
+        return group
 
     def _write_group(self, group: list[_Waiter]) -> None:
         for waiter in group:  # until the write says otherwise (it may be interrupted)

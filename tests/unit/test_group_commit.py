@@ -191,3 +191,30 @@ def test_a_leader_killed_before_it_writes_hands_the_lead_on() -> None:
     )
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout) == {"done": True, "written": [[1]]}
+
+
+def test_a_partners_burst_never_holds_anothers_row_back_more_than_a_group() -> None:
+    """1 200 of partner A's rows wait, then one of B's: with 500 rows a transaction, B's
+    goes in the very next group (taken in turn across partners), not the third."""
+    groups: list[list[str]] = []
+    release = threading.Event()
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        if not groups:
+            assert release.wait(10)  # the first group is held open until all are queued
+        groups.append([row["partner_id"] for row in rows])
+
+    group = GroupCommit(write, limit=500)
+    rows = [{"partner_id": "A"}] * 1201 + [{"partner_id": "B"}]
+    threads = [threading.Thread(target=group.commit, args=(rows[0],))]
+    threads[0].start()
+    wait_for(lambda: group._leading and not group._waiting)  # the first write is under way
+    threads += [threading.Thread(target=group.commit, args=(row,)) for row in rows[1:]]
+    for thread in threads[1:]:
+        thread.start()
+    wait_for(lambda: len(group._waiting) == len(rows) - 1)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert [len(g) for g in groups] == [1, 500, 500, 201]
+    assert groups[1].count("B") == 1  # the next group after B arrived
