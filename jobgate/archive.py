@@ -31,13 +31,13 @@ from functools import cache
 from typing import Any, cast
 
 import redis
-from sqlalchemy import bindparam, delete, func, insert, select, text
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
 from jobgate.batches import batch_key, batch_record, member_ids
-from jobgate.db import Database, escape_unstorable
+from jobgate.db import Database, escape_unstorable, insert_statement
 from jobgate.db.models import Attempt, Batch, DeadLetter, Job, Message
 from jobgate.events import JOB_EVENTS
 from jobgate.partners import parse_time
@@ -479,20 +479,15 @@ def upsert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
 
 @cache
 def upsert_jobs_statement() -> Any:
-    """``upsert_jobs``'s statement, for rows as parameters (``job_row``'s). Written as
-    text because SQLAlchemy 2.0 does not cache its dialects' ``INSERT ... ON CONFLICT``
-    constructs (``inherit_cache = False``): compiled on every execute, they cost a submit
-    more CPU than its round trip. SQLite and PostgreSQL share this SQL. A row is updated
-    only by a record further along (``revision``): the archiver's read of a job the
-    gateway or its end has just committed (same revision) writes nothing."""
-    columns = Job.__table__.c
-    names = [column.name for column in columns]
+    """``upsert_jobs``'s statement, for rows as parameters (``job_row``'s). A row is
+    updated only by a record further along (``revision``): the archiver's read of a job
+    the gateway or its end has just committed (same revision) writes nothing."""
     updated = ("status", "finished_at", "record", "rev", "settled")
-    return text(
-        f"INSERT INTO jobs ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
+    return insert_statement(
+        cast(Table, Job.__table__),
         f"ON CONFLICT (job_id) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in updated)} "
-        "WHERE jobs.rev < excluded.rev"
-    ).bindparams(*(bindparam(column.name, type_=column.type) for column in columns))
+        "WHERE jobs.rev < excluded.rev",
+    )
 
 
 def upsert_batches(session: Session, batches: list[dict[str, Any]]) -> None:

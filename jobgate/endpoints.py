@@ -32,10 +32,10 @@ from functools import cache
 from typing import Any, cast
 
 from redis.exceptions import WatchError
-from sqlalchemy import bindparam, func, or_, select, text, update
+from sqlalchemy import Table, func, or_, select, update
 
 from jobgate import history
-from jobgate.db import Database
+from jobgate.db import Database, insert_statement
 from jobgate.db.models import Endpoint, Message, Partner, SigningSecret
 from jobgate.deliveries import Deliveries
 from jobgate.events import (
@@ -581,12 +581,7 @@ def keep_messages(db: Database, rows: list[dict[str, Any]]) -> set[str]:
 
 @cache
 def _keep_statement() -> Any:
-    columns = Message.__table__.c
-    names = [column.name for column in columns]
-    return text(
-        f"INSERT INTO messages ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
-        "ON CONFLICT (msg_id) DO NOTHING"
-    ).bindparams(*(bindparam(column.name, type_=column.type) for column in columns))
+    return insert_statement(cast(Table, Message.__table__), "ON CONFLICT (msg_id) DO NOTHING")
 
 
 def held_messages(db: Database, endpoint_id: str, since: str) -> list[Any]:

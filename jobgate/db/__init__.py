@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Table, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,6 +51,19 @@ def _immediate(connection: Connection, statement: Any, params: list[dict[str, An
         raise
     connection.exec_driver_sql("COMMIT")
     return changed
+
+
+def insert_statement(table: Table, on_conflict: str) -> TextClause:
+    """``INSERT`` of every column of ``table`` from parameters named after them, typed as
+    the columns are, then ``on_conflict``; written as text because SQLAlchemy 2.0 does
+    not cache its dialects' ``INSERT ... ON CONFLICT`` constructs (``inherit_cache =
+    False``): compiled on every execute, they cost more CPU than the round trip. SQLite
+    and PostgreSQL share this SQL; build it once (``functools.cache``)."""
+    names = [column.name for column in table.c]
+    return text(
+        f"INSERT INTO {table.name} ({', '.join(names)}) "
+        f"VALUES ({', '.join(':' + name for name in names)}) {on_conflict}"
+    ).bindparams(*(bindparam(column.name, type_=column.type) for column in table.c))
 
 
 def escape_unstorable(text: str) -> str:
