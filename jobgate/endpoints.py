@@ -26,7 +26,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, cast
@@ -435,8 +435,7 @@ def fan_out(
     for endpoint_id, row in rows.items():
         msg_id: str = row["msg_id"]
         task_id, call_args, kwargs = delivery_call(MESSAGE, msg_id, event, AUTO_CHAIN, 0)
-        fields = {name: row[name] for name in ("msg_id", "partner_id", "endpoint_id", "kind")}
-        fields |= {"subject_id": subject_id, "event": event, "occurred_at": occurred}
+        fields = _message_record(row, occurred)
         envelope = ""
         if messenger.inline and msg_id not in held:
             envelope = messenger.envelope(
@@ -597,6 +596,12 @@ def held_messages(db: Database, endpoint_id: str, since: str) -> list[Any]:
     )
 
 
+def _message_record(row: Mapping[str, Any], occurred_at: str) -> dict[str, str]:
+    """A message's Redis record (``<prefix>:msg:<id>``) from its row's fields."""
+    names = ("msg_id", "partner_id", "endpoint_id", "kind", "subject_id", "event")
+    return {**{name: row[name] for name in names}, "occurred_at": occurred_at}
+
+
 def _hold_in_redis(store: Store, db: Database, row: Any) -> bool:
     """Make sure Redis holds a held message's record and body (it forgets both after the
     hold, or loses them): rebuilt from its row, and for a job from the job's row."""
@@ -610,15 +615,7 @@ def _hold_in_redis(store: Store, db: Database, row: Any) -> bool:
         body = job_body(row.event, record) if record else None
     if body is None:
         return False
-    fields = {
-        "msg_id": row.msg_id,
-        "partner_id": row.partner_id,
-        "endpoint_id": row.endpoint_id,
-        "kind": row.kind,
-        "subject_id": row.subject_id,
-        "event": row.event,
-        "occurred_at": iso_time(row.created_at) or "",
-    }
+    fields = _message_record(row._mapping, iso_time(row.created_at) or "")
     pipe = store.redis.pipeline()
     pipe.hset(key, mapping=cast(Any, fields))
     pipe.expire(key, store.retention)
