@@ -259,14 +259,15 @@ class Store:
         job_id: str,
         worker: str = "",
         celery_meta: tuple[str, str, int | None] | None = None,
-    ) -> tuple[str | None, int]:
+    ) -> tuple[str | None, int, str | None]:
         """Record a worker's start (Celery keeps no start time), which worker runs the job
         and its run count, and publish STARTED; write ``celery_meta`` (key, value, expires:
         Celery's STARTED) with it when the job may run.
 
-        Returns (refusal, runs): refusal is None when the job may run, else why not (its
-        terminal status, or "missing" when it has no record); runs counts this run (more
-        than 1: an earlier run was lost with its worker).
+        Returns (refusal, runs, started_at): refusal is None when the job may run, else why
+        not (its terminal status, or "missing" when it has no record); runs counts this run
+        (more than 1: an earlier run was lost with its worker); started_at is the job's first
+        start, for its end to commit without reading it back.
         """
         event = json.dumps({"job_id": job_id, "status": "STARTED"})
         meta_key, meta, expires = self._meta_parts(celery_meta)
@@ -275,8 +276,10 @@ class Store:
             args=[utcnow(), event, worker, meta, expires],
         )
         if answer[0] == -1:
-            return "missing", 0
-        return (answer[1], 0) if answer[0] == 0 else (None, int(answer[1]))
+            return "missing", 0, None
+        if answer[0] == 0:
+            return answer[1], 0, None
+        return None, int(answer[1]), answer[2]
 
     def report_progress(
         self,

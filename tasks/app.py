@@ -107,7 +107,7 @@ class JobTask(Task):
             return super().__call__(*args, **kwargs)
         store: Store = self.app.store
         started = {"pid": os.getpid(), "hostname": self.request.hostname}
-        refused, runs = store.start_job(
+        refused, runs, started_at = store.start_job(
             job_id,
             worker=self.request.hostname or "",
             celery_meta=script_meta(self, states.STARTED, started),
@@ -126,6 +126,7 @@ class JobTask(Task):
                 self._mark_revoked(record)
             lifecycle.side_effects(self.app.messenger, store, record)
             raise JobRevoked(f"job {job_id} already {refused}")
+        self.request.jobgate_started_at = started_at
         failpoint("job.started")
         if runs > 1:
             self._record_a_committed_end(job_id)
@@ -211,7 +212,7 @@ class JobTask(Task):
                 "FAILURE",
                 db=self.app.database,
                 error=error,
-                **self._held_progress(),
+                **self._run_fields(),
             )
             return
         lifecycle.finish_job_retrying(
@@ -222,7 +223,7 @@ class JobTask(Task):
             db=self.app.database,
             celery_meta=meta,
             result=retval,
-            **self._held_progress(),
+            **self._run_fields(),
         )
 
     def on_failure(
@@ -236,7 +237,7 @@ class JobTask(Task):
             "FAILURE",
             db=self.app.database,
             error=error_message(exc),
-            **self._held_progress(),
+            **self._run_fields(),
         )
         if not ended:
             # Revoked (terminate=false) while it ran, and it raised before its next report:
@@ -251,12 +252,17 @@ class JobTask(Task):
             record["job_id"], record.get("revoke_reason") or "revoked", request=self.request
         )
 
-    def _held_progress(self) -> dict[str, Any]:
-        """The job's last progress report not yet written (``Progress`` coalesces them),
-        as a field for its end to record; {} if none."""
+    def _run_fields(self) -> dict[str, Any]:
+        """What this run adds to its end: its start (from ``start_job``, so the end does
+        not read it back) and its last progress report not yet written (``Progress``
+        coalesces them); only the fields it has."""
+        fields: dict[str, Any] = {}
+        if started_at := getattr(self.request, "jobgate_started_at", None):
+            fields["started_at"] = started_at
         progress = getattr(self.request, "jobgate_progress", None)
-        held = progress.held_for_end() if progress is not None else None
-        return {"progress": held} if held is not None else {}
+        if progress is not None and (held := progress.held_for_end()) is not None:
+            fields["progress"] = held
+        return fields
 
 
 class ResultTooLarge(Exception):

@@ -6,7 +6,8 @@
 -- ARGV[5] s), writes it too, as the tracer's track_started would.
 -- KEYS: job record, events channel, Celery meta key. ARGV: started_at, STARTED event,
 -- worker node name, meta ('' none), meta expiry in s ('' none).
--- Returns {-1} no record, {0, status} refused, {1, runs} run it.
+-- Returns {-1} no record, {0, status} refused, {1, runs, started_at} run it (the run's
+-- start travels with the worker to its end, which commits it).
 --! include celery_meta
 -- A record always has its job_id field: one HMGET tells "no record" and "ended" apart,
 -- and reads what the start's single HSET builds on.
@@ -15,9 +16,9 @@ if not found[1] then return {-1} end
 local status = found[2]
 if status then return {0, status} end
 local runs = (tonumber(found[4]) or 0) + 1
-redis.call('HSET', KEYS[1], 'started_at', found[3] or ARGV[1], 'worker', ARGV[3],
-           'runs', tostring(runs))
+local started_at = found[3] or ARGV[1]
+redis.call('HSET', KEYS[1], 'started_at', started_at, 'worker', ARGV[3], 'runs', tostring(runs))
 if runs > 1 then redis.call('HDEL', KEYS[1], 'progress') end
 redis.call('PUBLISH', KEYS[2], ARGV[2])
 write_celery_meta(KEYS[3], ARGV[4], ARGV[5], false)
-return {1, runs}
+return {1, runs, started_at}
