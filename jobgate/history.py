@@ -26,7 +26,7 @@ class BadCursor(ValueError):
 
 # The reads by id, built once: building a statement per call cost about as much as
 # running it (bench.archive, reads).
-JOB = select(Job.record).where(Job.job_id == bindparam("id"))
+JOB_SQL = "SELECT record FROM jobs WHERE job_id = %s"  # PostgreSQL decodes JSONB, SQLite not
 JOBS = select(Job.job_id, Job.record).where(Job.job_id.in_(bindparam("ids", expanding=True)))
 BATCH = select(Batch.record).where(Batch.batch_id == bindparam("id"))
 ATTEMPTS = (
@@ -35,9 +35,12 @@ ATTEMPTS = (
 
 
 def job(db: Database, job_id: str) -> dict[str, Any] | None:
-    """The archived record of ``job_id``, or None."""
-    rows = db.read(JOB, {"id": job_id})
-    return dict(rows[0][0]) if rows else None
+    """The archived record of ``job_id``, or None (the read every status poll of a job
+    Redis has forgotten makes: ``Database.read_first``)."""
+    record = db.read_first(JOB_SQL, (job_id,))
+    if record is None:
+        return None
+    return dict(json.loads(record) if isinstance(record, str) else record)
 
 
 def jobs(db: Database, job_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -165,6 +165,42 @@ class Database:
         trips; ``_autocommit`` says how a dead connection and SQLite's lock are met)."""
         return self._autocommit(lambda connection: list(connection.execute(statement, params)))
 
+    def read_first(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """The first column of ``sql``'s first row, or None without a row: for the hottest
+        reads (a job by id), run on the pooled DBAPI connection itself, where SQLAlchemy's
+        execution cost more than the query. ``sql`` is written with ``%s`` placeholders
+        (SQLite's ``?`` put in here); errors are SQLAlchemy's, met as ``read`` meets them."""
+        dialect = self.reader.dialect
+        if self.is_sqlite:
+            sql = sql.replace("%s", "?")
+
+        def work() -> Any:
+            connection = self.reader.raw_connection()
+            try:
+                cursor = connection.cursor()
+                try:
+                    cursor.execute(sql, params)
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+            except dialect.loaded_dbapi.Error as exc:
+                dead = dialect.is_disconnect(exc, connection.dbapi_connection, None)
+                if dead:
+                    connection.invalidate(exc)
+                raise DBAPIError.instance(
+                    sql,
+                    params,
+                    exc,
+                    dialect.loaded_dbapi.Error,
+                    connection_invalidated=dead,
+                    dialect=dialect,
+                ) from exc
+            finally:
+                connection.close()
+            return None if row is None else row[0]
+
+        return self._retrying(work)
+
     def write(self, statement: Any, params: Any = None) -> int:
         """One statement, committed; the rows it changed. With one set of parameters, on
         an autocommit connection (a single statement needs no ``BEGIN``/``COMMIT`` round

@@ -72,3 +72,34 @@ def test_an_admin_page_holds_every_partner(filled, db) -> None:
 def test_a_cursor_not_written_here_is_refused() -> None:
     with pytest.raises(history.BadCursor):
         history.decode_cursor("bm90LWEtY3Vyc29y")
+
+
+def test_a_job_by_id_reads_its_record_or_none(filled, db) -> None:
+    ids, partner = filled
+    record = history.job(db, ids[0])
+    assert record is not None
+    assert (record["job_id"], record["partner_id"], record["status"]) == (
+        ids[0],
+        partner,
+        "FAILURE",
+    )
+    assert history.job(db, str(uuid.uuid4())) is None
+    # A parameter, never SQL: a quote in an id is an unknown id.
+    assert history.job(db, "x' OR '1'='1") is None
+
+
+def test_a_job_read_survives_its_pooled_connection_dying(filled, db) -> None:
+    """The database restarted (its backends killed) under a gateway: the read on a dead
+    pooled connection is made again on a fresh one, and the dead one leaves the pool."""
+    if db.is_sqlite:
+        pytest.skip("a SQLite file has no server side to lose")
+    ids, _ = filled
+    assert history.job(db, ids[1]) is not None  # the pool now holds a connection
+    with db.engine.connect() as admin:
+        pids = admin.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).all()
+    assert pids  # the reader's pooled connection was among them
+    assert history.job(db, ids[1])["job_id"] == ids[1]
+    assert history.job(db, ids[2])["job_id"] == ids[2]
