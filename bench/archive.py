@@ -760,17 +760,21 @@ def load_rows(url: str, count: int, partners: int) -> dict[str, Any]:
 
 
 def capture_sql(db: Any, call: Any) -> list[tuple[str, Any]]:
-    """The statements (with parameters) ``call()`` sends through ``db``'s engine."""
+    """The statements (with parameters) ``call()`` sends through ``db``'s engines (its
+    transactions' and its autocommit reads')."""
     seen: list[tuple[str, Any]] = []
 
     def hook(_conn, _cursor, statement, parameters, _context, _many):  # noqa: ANN001
         seen.append((statement, parameters))
 
-    event.listen(db.engine, "before_cursor_execute", hook)
+    engines = (db.engine, db.reader)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", hook)
     try:
         call()
     finally:
-        event.remove(db.engine, "before_cursor_execute", hook)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", hook)
     return [s for s in seen if "jobs" in s[0]]
 
 
@@ -795,7 +799,11 @@ def explain(db: Any, call: Any) -> dict[str, Any]:
     statements = capture_sql(db, call)
     if not statements:
         return {"error": "no statement captured"}
-    statement, parameters = statements[-1]
+    return explain_statement(db, *statements[-1])
+
+
+def explain_statement(db: Any, statement: str, parameters: Any) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of one statement as the driver takes it."""
     raw_connection = db.engine.raw_connection()
     try:
         cur = raw_connection.cursor()
@@ -883,7 +891,12 @@ def part_reads(args: Any) -> dict[str, Any]:
             "list: deep cursor page": dict(limit=20, cursor=deep[0]),
         }
         plans = {
-            "job by id": explain(db, lambda: history.job(db, ids[0])),
+            # Read on the DBAPI connection itself (Database.read_first): no engine event.
+            "job by id": explain_statement(
+                db,
+                history.JOB_SQL.replace("%s", "?") if db.is_sqlite else history.JOB_SQL,
+                (ids[0],),
+            ),
             **{
                 name: explain(db, lambda q=q: history.page(db, partner_id=READ_PARTNER, **q))
                 for name, q in queries.items()
