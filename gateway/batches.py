@@ -100,6 +100,7 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
             records,
             [lifecycle.job_message(svc.messenger, r) for r in records],
             queued_limit=queued_limit(svc, principal),
+            committed=True,
         ),
         ids,
         batch_id,

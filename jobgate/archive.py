@@ -1,8 +1,9 @@
 """The archiver: copies jobs, batches and delivery attempts from Redis into the database.
 
 Every change the database must get puts its subject on the archive stream
-(``Store.archive_key``): a job when it is created and when it ends, a batch when it is
-created and when it completes, either when an attempt is recorded. Archivers (a thread in
+(``Store.archive_key``): a job when it ends, a batch when it completes, either when an
+attempt is recorded, and a job or batch made without a committed row (outside the
+gateway and the relay) when it is created. Archivers (a thread in
 every worker process) read the stream in a consumer group, in chunks: each chunk reads the
 current Redis records of its subjects in one pipeline (a job's attempt log only when one
 of its entries may have changed it: a created or ended job's entry says it cannot), writes

@@ -259,8 +259,9 @@ def enqueue_fan_out(
 def queue_job(
     store: Store, messenger: Messenger, record: dict[str, Any], *, queued_limit: int = 0
 ) -> None:
-    """Store a job's record and queue it in its partner's queue (``jobgate/scripts/
-    dispatch.lua``): a submit, and a job restored after Redis lost it. Raises
+    """Store a job whose row is committed (``jobgate.outbox``) and queue it in its
+    partner's queue (``jobgate/scripts/dispatch.lua``): a submit, and a job restored
+    after Redis lost it. Raises
     ``jobgate.store.QueueFull`` (nothing stored) past ``queued_limit`` waiting jobs.
 
     With the broker on the job store's Redis the job's Celery message is stored with it
@@ -271,7 +272,9 @@ def queue_job(
     send_dispatched(
         store,
         messenger,
-        store.create_job(record, job_message(messenger, record), queued_limit=queued_limit),
+        store.create_job(
+            record, job_message(messenger, record), queued_limit=queued_limit, committed=True
+        ),
     )
 
 

@@ -3,8 +3,9 @@
 Celery's result backend forgets a task after ``result_expires`` and answers PENDING for
 any id it does not know; the job record kept here decides whether a job exists while it
 is live. Every job and batch is also put on the archive stream (``archive_key``) when it
-is created, ends, or records a delivery attempt; ``jobgate.archive`` copies it into the
-database and then lets Redis forget it after ``cache_ttl``.
+ends or records a delivery attempt (and when it is created, unless its row was committed
+first: ``jobgate.outbox``); ``jobgate.archive`` copies it into the database and then lets
+Redis forget it after ``cache_ttl``.
 """
 
 from __future__ import annotations
@@ -151,17 +152,24 @@ class Store:
 
     # ---------------------------------------------------------------------- jobs
     def create_job(
-        self, job: dict[str, Any], message: tuple[str, str] | None = None, *, queued_limit: int = 0
+        self,
+        job: dict[str, Any],
+        message: tuple[str, str] | None = None,
+        *,
+        queued_limit: int = 0,
+        committed: bool = False,
     ) -> list[str]:
-        """Store a new job, put it on the archive stream and in its partner's queue, and
-        dispatch what the window has room for (``jobgate/scripts/submit.lua``); returns the
-        ids dispatched without a message, for the caller to send.
+        """Store a new job, put it in its partner's queue and dispatch what the window has
+        room for (``jobgate/scripts/submit.lua``); returns the ids dispatched without a
+        message, for the caller to send.
 
         ``message`` (queue, payload) is the job's Celery message, pushed when the job is
         dispatched. Raises ``QueueFull`` (nothing written) when the partner already has
-        ``queued_limit`` jobs waiting (0: no limit).
+        ``queued_limit`` jobs waiting (0: no limit). Unless its row is ``committed``
+        (``jobgate.outbox``), the job goes on the archive stream, for the archiver to write
+        it.
         """
-        return self._submit(None, [job], [message], queued_limit)
+        return self._submit(None, [job], [message], queued_limit, committed)
 
     def create_batch(
         self,
@@ -170,11 +178,12 @@ class Store:
         messages: Sequence[tuple[str, str] | None] | None = None,
         *,
         queued_limit: int = 0,
+        committed: bool = False,
     ) -> list[str]:
         """``create_job`` for a batch and all its members, in one atomic step: a batch
         exists with all its members queued, or not at all."""
         queued: Sequence[tuple[str, str] | None] = messages or [None] * len(jobs)
-        return self._submit(batch, jobs, queued, queued_limit)
+        return self._submit(batch, jobs, queued, queued_limit, committed)
 
     def _submit(
         self,
@@ -182,6 +191,7 @@ class Store:
         jobs: list[dict[str, Any]],
         messages: Sequence[tuple[str, str] | None],
         queued_limit: int,
+        committed: bool,
     ) -> list[str]:
         partner = str(jobs[0].get("partner_id") or "")
         # The batch hash is written as given (its metadata already JSON), like the jobs'.
@@ -191,6 +201,7 @@ class Store:
             partner,
             queued_limit,
             self.live_ttl,
+            "1" if committed else "",
             batch["batch_id"] if batch else "",
             len(batch_pairs) // 2,
             *batch_pairs,

@@ -71,7 +71,7 @@ def submitted(store: Store, db, **fields: Any) -> str:
     """A job as the gateway takes it: its row committed, then handed to Redis."""
     job = record(**fields)
     accept(db, store.prefix, [job])
-    store.create_job(job)
+    store.create_job(job, committed=True)
     return job["job_id"]
 
 
@@ -92,6 +92,23 @@ def test_a_job_accepted_and_lost_before_any_archiver_comes_back(store, db) -> No
     assert store.waiting("ptn_a")["running"] == 1  # dispatched again (the window is 100)
     assert [(name, o.get("task_id")) for name, o in messenger.sent] == [("demo.sleep", job_id)]
     assert relay(store, db, messenger, older_than=-60) == 0  # Redis has it again
+
+
+def test_a_committed_job_needs_no_archive_entry_one_made_outside_gets_one(
+    store, archiver, db
+) -> None:
+    """The gateway committed the row: its creation costs the archiver nothing (no entry,
+    no read, no statement). A job made without a row still reaches the database."""
+    job_id = submitted(store, db)
+    assert store.redis.xlen(store.archive_key) == 0
+    outside = record()
+    store.create_job(outside)
+    assert store.redis.xlen(store.archive_key) == 1
+    assert archiver.run_once() == 1
+    rows = dict(
+        db.read(select(Job.job_id, Job.task).where(Job.job_id.in_([job_id, outside["job_id"]])))
+    )
+    assert rows == {job_id: "demo.sleep", outside["job_id"]: "demo.sleep"}
 
 
 def test_relay_gives_back_what_redis_lost_and_nothing_settled(store, archiver, db) -> None:
