@@ -107,12 +107,15 @@ def test_job_start_records_the_start_once_counts_runs_and_the_latest_worker(
         assert run("job_start", start_keys(k), ["t0", '{"s":"STARTED"}', "node-a", "", ""]) == [
             1,
             1,
+            "t0",
         ]
         assert received() == [(k("events", "j1"), '{"s":"STARTED"}')]
-        # A redelivery after node-a was lost: a second run, on node-b.
+        # A redelivery after node-a was lost: a second run, on node-b, of the job that
+        # started at t0 (the start its end commits).
         assert run("job_start", start_keys(k), ["t1", '{"s":"STARTED"}', "node-b", "", ""]) == [
             1,
             2,
+            "t0",
         ]
         assert received() == [(k("events", "j1"), '{"s":"STARTED"}')]
     assert redis_client.hgetall(job) == {
@@ -130,9 +133,9 @@ def test_a_second_run_starts_its_progress_over(redis_client: redis.Redis, run: A
     progress (Celery's meta says STARTED again)."""
     job = k("job", "j1")
     redis_client.hset(job, mapping={"job_id": "j1", "task": "demo.sleep"})
-    assert run("job_start", start_keys(k), ["t0", "{}", "node-a", "", ""]) == [1, 1]
+    assert run("job_start", start_keys(k), ["t0", "{}", "node-a", "", ""]) == [1, 1, "t0"]
     redis_client.hset(job, "progress", '{"current": 3, "total": 4}')  # the lost run's
-    assert run("job_start", start_keys(k), ["t1", "{}", "node-a", "", ""]) == [1, 1 + 1]
+    assert run("job_start", start_keys(k), ["t1", "{}", "node-a", "", ""]) == [1, 1 + 1, "t0"]
     assert not redis_client.hexists(job, "progress")
 
 
@@ -143,7 +146,7 @@ def test_job_start_writes_celery_started_meta_only_for_a_run(
     redis_client.hset(job, mapping={"job_id": "j1"})
     meta = '{"status": "STARTED", "result": {"pid": 1}}'
     with listening(redis_client, k("meta", "j1")) as received:
-        assert run("job_start", start_keys(k), ["t0", "ev", "node-a", meta, "60"]) == [1, 1]
+        assert run("job_start", start_keys(k), ["t0", "ev", "node-a", meta, "60"]) == [1, 1, "t0"]
         assert received() == [(k("meta", "j1"), meta)]
     assert redis_client.get(k("meta", "j1")) == meta
     assert ttl_near(redis_client, k("meta", "j1"), 60)
