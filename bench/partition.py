@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -53,9 +54,16 @@ TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 class Partition:
     """The partition fault: cut, wait for the promotion, hold, look at both primaries, heal."""
 
-    def __init__(self, group: SentinelGroup, submitted: Submitted, hold: float) -> None:
+    def __init__(
+        self,
+        group: SentinelGroup,
+        submitted: Submitted,
+        hold: float,
+        churn: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         assert group.proxy is not None, "the group needs its proxy (proxied=True)"
         self.group, self.proxy, self.submitted, self.hold = group, group.proxy, submitted, hold
+        self.churn = churn  # run halfway through the hold: processes that find the new primary
         self.report: dict[str, Any] = {}
 
     def __call__(self, kind: str) -> dict[str, Any]:
@@ -70,7 +78,14 @@ class Partition:
             self.proxy.partition()
             new_port = group.wait_promotion(120)
             promoted_at = time.time()
-            time.sleep(self.hold)  # the partition lasting past the promotion
+            # The partition lasting past the promotion.
+            churned: dict[str, Any] = {}
+            if self.churn is not None:
+                time.sleep(self.hold / 2)
+                churned = self.churn()
+                time.sleep(max(0.0, promoted_at + self.hold - time.time()))
+            else:
+                time.sleep(self.hold)
             offset_at_heal = int(old.info("replication")["master_repl_offset"])
             old_role = old.info("replication")["role"]
             during = self._accepted_between(cut_at, time.time())
@@ -110,6 +125,7 @@ class Partition:
             "jobs_only_on_old_primary": len(only_old),
             "only_on_old_primary_sample": only_old[:10],
             "of_those_discarded_by_the_old_primary_on_rejoin": len(discarded),
+            **({"churn": churned} if churned else {}),
         }
         group.primary_port, group.replica_port = group.replica_port, group.primary_port
         return {"promoted_after_s": self.report["promoted_after_s"]}
@@ -162,12 +178,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", type=float, default=10.0, help="s cut off after the promotion")
     parser.add_argument("--down-after", type=int, default=1000, help="sentinel down-after-ms")
     parser.add_argument("--sweep-interval", type=float, default=15.0, help="the relay: twice it")
+    parser.add_argument(
+        "--churn",
+        action="store_true",
+        help="halfway through the partition, restart the gateway and replace a worker: the "
+        "new processes find the new primary, so both sides take jobs at once",
+    )
+    parser.add_argument("--job-seconds", type=float, default=0.0, help="each demo.sleep job")
     parser.add_argument("--retry-delays", default="1,2,3,5,5,10,10,10")
     parser.add_argument("--give-up", type=float, default=120.0, help="s a submission retries")
     parser.add_argument("--cap", type=float, default=900.0, help="s to wait for every webhook")
     args = parser.parse_args(argv)
     if not args.gunicorn:
         args.gunicorn = "-w 1"
+    params = {**SLEEP_PARAMS, "seconds": args.job_seconds}
     started = machine()
     group = SentinelGroup(down_after_ms=args.down_after, proxied=True).start()
     database_url = fresh_database()
@@ -182,7 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     gateways = Gateways(stack, args.gunicorn)
     fleet = Fleet(stack, args.worker_concurrency)
     submitted = Submitted()
-    partition = Partition(group, submitted, args.hold)
+
+    def churn() -> dict[str, Any]:
+        stack.services["gateway0"].kill()
+        gateways.start(0)
+        node = sorted(fleet.nodes)[0]
+        fleet.kill(node)
+        fleet.add()
+        return {"gateway_restarted": True, "worker_replaced": node}
+
+    partition = Partition(group, submitted, args.hold, churn if args.churn else None)
     faults = Faults([("partition", args.partition_at)], args.jobs, submitted, partition)
     try:
         for index in range(args.gateways):
@@ -194,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         fleet.wait_ready(args.workers)
         body = {
             "task": "demo.sleep",
-            "params": SLEEP_PARAMS,
+            "params": params,
             "callback_url": stack.url("receiver", "/hook"),
         }
         t0 = time.time()
@@ -282,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "benchmark": "partition",
             "task": "demo.sleep",
-            "params": SLEEP_PARAMS,
+            "params": params,
             "config": {
                 "gateways": f"{args.gateways} x gunicorn {gunicorn_shape(args.gunicorn)}",
                 "workers": f"{args.workers} x jobgate worker -c {args.worker_concurrency}",
@@ -294,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                 "submitters": args.submitters,
                 "partition_at": args.partition_at,
                 "hold_after_promotion_s": args.hold,
+                "churn": args.churn,
+                "worker_concurrency": args.worker_concurrency,
                 "sweep_interval_s": args.sweep_interval,
                 "webhook_retry_delays": args.retry_delays,
             },
