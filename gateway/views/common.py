@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Response, jsonify, request
 
-from gateway.errors import APIError
+from gateway.errors import APIError, not_found
 from jobgate.db import UNSTORABLE, escape_unstorable
 
 # Text the database cannot store (jobgate.db.UNSTORABLE) is refused wherever a caller
@@ -117,6 +117,25 @@ def refuse_unstorable_url() -> None:
         elif UNSTORABLE.search(value):
             details[name] = [UNSTORABLE_VALUE]
     refuse_unstorable(details)
+
+
+# What each path id names, for its 404.
+PATH_IDS = {
+    "job_id": "job",
+    "batch_id": "batch",
+    "partner_id": "partner",
+    "endpoint_id": "endpoint",
+}
+
+
+def refuse_foreign_ids() -> None:
+    """Before every request, after ``refuse_unstorable_url``: a path id jobgate cannot have
+    made (over 64 characters, or holding ``:``, its Redis keys' separator) is 404 before
+    any store is asked; ``<batch id>:jobs`` would otherwise read the batch's member list
+    as its record."""
+    for name, value in (request.view_args or {}).items():
+        if name in PATH_IDS and isinstance(value, str) and (len(value) > 64 or ":" in value):
+            raise not_found(PATH_IDS[name])
 
 
 def _finite_float(text: str) -> float:

@@ -258,6 +258,23 @@ def test_unknown_job_id_is_404(client, partner, unchanged, job_id):
     assert_error(client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]), 404, "not_found")
 
 
+def test_a_path_id_naming_another_key_is_404(client, partner, admin_headers):
+    """An id with ``:`` (the Redis keys' separator) names no job, batch, partner or
+    endpoint: ``<batch id>:jobs`` is the batch's member list, not a 503 ``WRONGTYPE``."""
+    created = client.post("/v1/batches", json={"jobs": [SLEEP]}, headers=partner["headers"])
+    assert created.status_code == 202, created.get_json()
+    batch_id, job_id = created.get_json()["batch_id"], created.get_json()["jobs"][0]["job_id"]
+    for suffix in ("jobs", "done"):
+        path = f"/v1/batches/{batch_id}:{suffix}"
+        assert_error(client.get(path, headers=partner["headers"]), 404, "not_found")
+        assert_error(client.post(f"{path}/revoke", headers=admin_headers), 404, "not_found")
+    assert_error(client.get(f"/v1/jobs/{job_id}:x", headers=partner["headers"]), 404, "not_found")
+    partner_path = f"/v1/partners/{partner['id']}:endpoints"
+    assert_error(client.get(partner_path, headers=admin_headers), 404, "not_found")
+    endpoint_path = "/v1/endpoints/ep_x:y"
+    assert_error(client.get(endpoint_path, headers=partner["headers"]), 404, "not_found")
+
+
 def test_idempotency_key_same_body_is_same_job_other_body_409(
     client, partner, redis_client, worker, archived
 ):
