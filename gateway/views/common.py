@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from flask import Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.errors import APIError, not_found
 from jobgate.db import UNSTORABLE, escape_unstorable
@@ -32,6 +33,7 @@ def json_body() -> dict[str, Any]:
     Text the database cannot store, anywhere in it, is 422 (``unstorable_fields``).
     """
     raw, text = request.get_data(cache=True), ""
+    refuse_cut_short(raw)
     try:
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads does
         data = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
@@ -42,6 +44,20 @@ def json_body() -> dict[str, Any]:
     if _may_hold_unstorable(text):
         refuse_unstorable(unstorable_fields(data))
     return data
+
+
+def refuse_cut_short(raw: bytes) -> None:
+    """413 for a body sent without a length (chunked) that goes past the limit: Werkzeug
+    stops reading it at ``MAX_CONTENT_LENGTH`` and hands over what it read, which would
+    otherwise be refused as broken JSON."""
+    limit = request.max_content_length
+    if (
+        request.content_length is None
+        and limit is not None
+        and len(raw) >= limit
+        and request.environ["wsgi.input"].read(1)
+    ):
+        raise RequestEntityTooLarge()
 
 
 def _may_hold_unstorable(text: str) -> bool:
