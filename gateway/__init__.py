@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         ui,
         webhooks,
     )
-    from gateway.views.common import refuse_unstorable_url
+    from gateway.views.common import refuse_foreign_ids, refuse_unstorable_url
     from jobgate.db import Database
     from jobgate.partners import Partners
     from jobgate.ssrf import parse_allowlist
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     register_error_handlers(app)
     metrics.init_metrics(app)
     app.before_request(refuse_unstorable_url)
+    app.before_request(refuse_foreign_ids)
     for module in (
         health,
         openapi,

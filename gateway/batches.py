@@ -116,7 +116,7 @@ def find(svc: Services, principal: Principal, batch_id: str) -> dict[str, Any]:
     """The batch record if the caller may see it (Redis, then the database); 404 for
     unknown and others' batches."""
     record = batch_record(svc.store, batch_id)
-    if record is None and len(batch_id) <= 64:
+    if record is None:
         record = history.batch(svc.db, batch_id)
     if record is None or not (principal.is_admin or record["partner_id"] == principal.partner_id):
         raise not_found("batch")

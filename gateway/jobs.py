@@ -272,8 +272,8 @@ def wait_for_record(svc: Services, job_id: str, timeout: float = 2.0) -> dict[st
 def find(svc: Services, principal: Principal, job_id: str) -> dict[str, Any]:
     """The job record if the caller may see it (Redis, then the database); 404 for unknown
     and for others' jobs."""
-    record = svc.store.job(job_id) if len(job_id) <= 64 else None
-    if record is None and len(job_id) <= 64:
+    record = svc.store.job(job_id)
+    if record is None:
         record = history.job(svc.db, job_id)
     return _visible(principal, record)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from config import Settings
 from jobgate import __version__
@@ -81,10 +82,20 @@ def endpoint_gone(
         "webhook endpoint gone (410) for %s %s: %s (partner %s); not retried",
         kind,
         subject_id,
-        callback_url,
+        loggable(callback_url),
         partner_id or "-",
         extra={"job_id": subject_id},
     )
+
+
+def loggable(url: str) -> str:
+    """A URL as jobgate logs it: no query, fragment or credentials (a partner's tokens
+    travel there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def post(settings: Settings, url: str, body: str, wid: str, secrets: list[str]) -> Attempt:

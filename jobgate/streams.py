@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 import uuid
 
+from redis.exceptions import RedisError
+
 from jobgate.store import Store
 
 LEASE = 30.0  # seconds an open stream counts unless refreshed
@@ -50,7 +52,10 @@ class StreamLease:
     def release(self) -> None:
         if not self.released:
             self.released = True
-            self.store.redis.zrem(self.key, self.stream_id)
+            try:
+                self.store.redis.zrem(self.key, self.stream_id)
+            except RedisError:
+                pass  # Redis unreachable: the lease runs out on its own (LEASE)
 
 
 def streams_key(store: Store, partner_id: str) -> str:

@@ -10,12 +10,12 @@ from typing import Any
 
 from celery import Celery, Task, states
 from celery.exceptions import WorkerLostError
-from celery.signals import task_revoked, worker_init
+from celery.signals import after_setup_logger, after_setup_task_logger, task_revoked, worker_init
 from kombu.exceptions import EncodeError
 from kombu.utils.json import dumps as json_dumps
 
 from config import Settings
-from jobgate import lifecycle
+from jobgate import lifecycle, logs
 from jobgate.db import Database
 from jobgate.endpoints import Endpoints
 from jobgate.ends import committed_end
@@ -401,6 +401,15 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
 BROKER_POOL_SPARE = 32  # broker connections beyond one per slot: the consumer's own
 FILES_PER_SLOT = 3  # a slot may hold a receiver's socket, a store and a broker connection
 FILES_SPARE = 256
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _one_line_messages(logger: logging.Logger | None = None, **_: Any) -> None:
+    """A task's exception message (often a partner's input) cannot forge a log line: its
+    line breaks are escaped in the tracebacks the worker logs (``jobgate.logs``)."""
+    if logger is not None:
+        logs.guard(logger)
 
 
 @worker_init.connect

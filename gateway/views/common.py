@@ -7,8 +7,9 @@ import math
 from typing import Any
 
 from flask import Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from gateway.errors import APIError
+from gateway.errors import APIError, not_found
 from jobgate.db import UNSTORABLE, escape_unstorable
 
 # Text the database cannot store (jobgate.db.UNSTORABLE) is refused wherever a caller
@@ -32,6 +33,7 @@ def json_body() -> dict[str, Any]:
     Text the database cannot store, anywhere in it, is 422 (``unstorable_fields``).
     """
     raw, text = request.get_data(cache=True), ""
+    refuse_cut_short(raw)
     try:
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads does
         data = json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
@@ -42,6 +44,20 @@ def json_body() -> dict[str, Any]:
     if _may_hold_unstorable(text):
         refuse_unstorable(unstorable_fields(data))
     return data
+
+
+def refuse_cut_short(raw: bytes) -> None:
+    """413 for a body sent without a length (chunked) that goes past the limit: Werkzeug
+    stops reading it at ``MAX_CONTENT_LENGTH`` and hands over what it read, which would
+    otherwise be refused as broken JSON."""
+    limit = request.max_content_length
+    if (
+        request.content_length is None
+        and limit is not None
+        and len(raw) >= limit
+        and request.environ["wsgi.input"].read(1)
+    ):
+        raise RequestEntityTooLarge()
 
 
 def _may_hold_unstorable(text: str) -> bool:
@@ -117,6 +133,25 @@ def refuse_unstorable_url() -> None:
         elif UNSTORABLE.search(value):
             details[name] = [UNSTORABLE_VALUE]
     refuse_unstorable(details)
+
+
+# What each path id names, for its 404.
+PATH_IDS = {
+    "job_id": "job",
+    "batch_id": "batch",
+    "partner_id": "partner",
+    "endpoint_id": "endpoint",
+}
+
+
+def refuse_foreign_ids() -> None:
+    """Before every request, after ``refuse_unstorable_url``: a path id jobgate cannot have
+    made (over 64 characters, or holding ``:``, its Redis keys' separator) is 404 before
+    any store is asked; ``<batch id>:jobs`` would otherwise read the batch's member list
+    as its record."""
+    for name, value in (request.view_args or {}).items():
+        if name in PATH_IDS and isinstance(value, str) and (len(value) > 64 or ":" in value):
+            raise not_found(PATH_IDS[name])
 
 
 def _finite_float(text: str) -> float:

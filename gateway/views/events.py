@@ -3,18 +3,22 @@
 ``GET /v1/jobs/{id}/events`` sends the current job view first, then one event per status
 or progress change (woken by the messages the worker, the progress helper and the revoke
 path publish on ``store.channel(job_id)`` — no polling loop), a heartbeat comment when
-nothing was sent for a while, and ends right after the terminal event. Each open stream
-holds one connection: serve it with gevent (gunicorn.conf.py) or threads, not the sync worker.
+nothing was sent for a while, and ends right after the terminal event. Redis lost
+mid-stream ends it with an ``error`` event (the client reconnects after ``retry``) and one
+log line, not a traceback per stream. Each open stream holds one connection: serve it
+with gevent (gunicorn.conf.py) or threads, not the sync worker.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response
+from redis.exceptions import RedisError
 
 from gateway import jobs
 from gateway.auth import authenticate, login_required, presented_key
@@ -23,6 +27,7 @@ from gateway.openapi import READ, ok, operation
 from jobgate.status import TERMINAL, job_view, progress_of
 
 bp = Blueprint("events", __name__, url_prefix="/v1/jobs")
+log = logging.getLogger(__name__)
 
 RETRY_MS = 2000  # EventSource reconnection delay we ask for
 
@@ -74,6 +79,14 @@ def current_view(svc: Services, job_id: str, fallback: dict[str, Any]) -> dict[s
         view["status"] = "PROCESSING"
         view["progress"] = progress_of(record["progress"])
     return view
+
+
+UNAVAILABLE = {
+    "error": {
+        "code": "unavailable",
+        "message": "The job store is unreachable; the stream resumes on reconnection.",
+    }
+}
 
 
 def sse(event: str, data: dict[str, Any], event_id: int) -> str:
@@ -133,6 +146,9 @@ def job_events(
                 return
             if woken:
                 view = current_view(svc, job_id, record)
+    except RedisError as exc:
+        log.warning("the event stream of job %s ended: Redis is unreachable (%s)", job_id, exc)
+        yield sse("error", UNAVAILABLE, sent + 1)
     finally:
         pubsub.close()
         if holder is not None:

@@ -565,3 +565,14 @@ def test_requests_past_the_redis_pool_wait_for_a_connection_then_503(
     assert response.get_json()["error"]["code"] == "unavailable"
     threading.Timer(0.1, pool.release, args=(held,)).start()
     assert client.get(job_url, headers=admin_headers).status_code == 404
+
+
+def test_a_tasks_message_cannot_forge_a_worker_log_line(client, partner, worker):
+    """demo.fail's message is the partner's text: in the worker's log, its traceback keeps
+    the message on one line (the escaped line break), so no line reads as a log entry."""
+    forged = "[2026-12-06 03:00:00,000: INFO/MainProcess] forged " + uuid.uuid4().hex
+    failed = submit(client, partner, task="demo.fail", params={"message": f"boom\n{forged}"})
+    view = wait_for_status(client, failed["job_id"], partner["headers"])
+    assert (view["status"], view["error"]) == ("FAILURE", f"boom\n{forged}")
+    wait_until(lambda: f"DemoFailure: boom\\n{forged}" in worker.log(), timeout=10)
+    assert not [line for line in worker.log().splitlines() if line.startswith(forged)]

@@ -258,6 +258,23 @@ def test_unknown_job_id_is_404(client, partner, unchanged, job_id):
     assert_error(client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]), 404, "not_found")
 
 
+def test_a_path_id_naming_another_key_is_404(client, partner, admin_headers):
+    """An id with ``:`` (the Redis keys' separator) names no job, batch, partner or
+    endpoint: ``<batch id>:jobs`` is the batch's member list, not a 503 ``WRONGTYPE``."""
+    created = client.post("/v1/batches", json={"jobs": [SLEEP]}, headers=partner["headers"])
+    assert created.status_code == 202, created.get_json()
+    batch_id, job_id = created.get_json()["batch_id"], created.get_json()["jobs"][0]["job_id"]
+    for suffix in ("jobs", "done"):
+        path = f"/v1/batches/{batch_id}:{suffix}"
+        assert_error(client.get(path, headers=partner["headers"]), 404, "not_found")
+        assert_error(client.post(f"{path}/revoke", headers=admin_headers), 404, "not_found")
+    assert_error(client.get(f"/v1/jobs/{job_id}:x", headers=partner["headers"]), 404, "not_found")
+    partner_path = f"/v1/partners/{partner['id']}:endpoints"
+    assert_error(client.get(partner_path, headers=admin_headers), 404, "not_found")
+    endpoint_path = "/v1/endpoints/ep_x:y"
+    assert_error(client.get(endpoint_path, headers=partner["headers"]), 404, "not_found")
+
+
 def test_idempotency_key_same_body_is_same_job_other_body_409(
     client, partner, redis_client, worker, archived
 ):
@@ -542,3 +559,36 @@ def test_a_cursor_that_decodes_to_a_nul_is_422(client, partner, worker):
     cursor = base64.urlsafe_b64encode(b"2026-05-01T12:00:00.000Z|\x00").decode().rstrip("=")
     response = client.get("/v1/jobs", query_string={"cursor": cursor}, headers=partner["headers"])
     assert "cursor" in assert_error(response, 422, "validation_error")["details"]
+
+
+def test_redis_lost_mid_stream_ends_it_with_an_error_event_and_one_line(
+    settings: Settings, fresh_own_redis: OwnRedis, caplog: pytest.LogCaptureFixture
+):
+    """An open event stream whose Redis goes away: the client gets an ``error`` event
+    (it reconnects after ``retry``) and the gateway logs one line, not a traceback."""
+    app = create_app(settings.with_overrides(redis_url=fresh_own_redis.url, sse_heartbeat=0.2))
+    client = app.test_client()
+    created = client.post(
+        "/v1/partners",
+        json={"name": "acme"},
+        headers={"Authorization": f"Bearer {settings.admin_keys[0]}"},
+    )
+    headers = {"Authorization": f"Bearer {created.get_json()['api_key']}"}
+    job = client.post("/v1/jobs", json=SLEEP, headers=headers).get_json()  # no worker: queued
+    response = client.get(f"/v1/jobs/{job['job_id']}/events", headers=headers, buffered=False)
+    chunks = iter(response.response)
+    assert next(chunks).startswith(b"retry:")
+    assert b"event: status" in next(chunks)
+    fresh_own_redis.stop()
+    with caplog.at_level("WARNING"):
+        rest = b"".join(chunks)  # ends: no exception reaches the server
+    response.close()
+    events = [part for part in rest.split(b"\n\n") if part.startswith(b"id:")]
+    assert len(events) == 1 and b"event: error" in events[0], rest
+    error = json.loads(events[0].split(b"data: ", 1)[1])
+    assert error["error"]["code"] == "unavailable"
+    ended = [r for r in caplog.records if "event stream" in r.getMessage()]
+    assert len(ended) == 1 and ended[0].exc_info is None
+    # Nothing of the request's logged a traceback (the partners' change feed, a thread of
+    # the process, logs its own loss once).
+    assert not [r for r in caplog.records if r.exc_info and r.name.startswith("gateway")]

@@ -118,7 +118,8 @@ def test_every_non_2xx_is_retried_and_redirects_are_never_followed(
 
 def test_410_gone_stops_after_one_attempt(world, receiver: Receiver) -> None:
     receiver.answer(410)
-    job = submit(world.client, world.partner, receiver.url)
+    token = uuid.uuid4().hex
+    job = submit(world.client, world.partner, f"{receiver.url}?token={token}")
     view = webhook_settles(world.client, job["job_id"], world.partner["headers"])
     assert view["webhook"] == {"state": "failed", "attempts": 1}
     [attempt] = deliveries(world.client, job["job_id"], world.partner["headers"])
@@ -130,6 +131,9 @@ def test_410_gone_stops_after_one_attempt(world, receiver: Receiver) -> None:
         lambda: f"endpoint gone (410) for job {job['job_id']}" in world.worker.log(),
         message="the endpoint_gone hook's log line",
     )
+    # It names the URL without its query: a token there is the partner's secret.
+    assert f"{receiver.url} (partner" in world.worker.log()
+    assert token not in world.worker.log()
     time.sleep(4 * max(SCHEDULE))  # no retry ever comes
     assert len(receiver.requests) == 1
     verified(receiver.requests, world.partner["webhook_secret"])
