@@ -247,3 +247,27 @@ def test_targets_outside_the_repository_fail() -> None:
     assert "no such file" in problem(readme, "docs/missing.md")
     assert "no heading" in problem(readme, "#no-such-section")
     assert "not a repository path" in problem(readme, "file:///etc/passwd")
+
+
+_TEST_CITE = re.compile(r"\b(tests/[\w/]+\.py)(?:::(\w+))?")
+
+
+def cited_tests() -> list[tuple[str, str, str | None]]:
+    """(file citing it, test file, test name or None) for every ``tests/…py`` path, with
+    an optional ``::name``, cited in README.md, docs/ or setup.cfg."""
+    found = []
+    for path in [*doc_files(), ROOT / "setup.cfg"]:
+        for match in _TEST_CITE.finditer(path.read_text()):
+            found.append((path.relative_to(ROOT).as_posix(), match.group(1), match.group(2)))
+    return found
+
+
+@pytest.mark.parametrize(("where", "test_file", "name"), cited_tests())
+def test_every_cited_test_exists(where: str, test_file: str, name: str | None) -> None:
+    """A test a document names as proof is there: the file, and the test in it."""
+    path = ROOT / test_file
+    assert path.is_file(), f"{where} cites {test_file}, which does not exist"
+    if name is not None:
+        assert re.search(rf"^(?:async )?def {name}\b|^class {name}\b", path.read_text(), re.M), (
+            f"{where} cites {test_file}::{name}, which is not in it"
+        )
