@@ -174,8 +174,21 @@ class Database:
         if self.is_sqlite:
             sql = sql.replace("%s", "?")
 
+        def wrapped(exc: Exception, dead: bool) -> DBAPIError:
+            return DBAPIError.instance(
+                sql,
+                params,
+                exc,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=dead,
+                dialect=dialect,
+            )
+
         def work() -> Any:
-            connection = self.reader.raw_connection()
+            try:
+                connection = self.reader.raw_connection()
+            except dialect.loaded_dbapi.Error as exc:  # the database unreachable
+                raise wrapped(exc, False) from exc
             try:
                 cursor = connection.cursor()
                 try:
@@ -187,14 +200,7 @@ class Database:
                 dead = dialect.is_disconnect(exc, connection.dbapi_connection, None)
                 if dead:
                     connection.invalidate(exc)
-                raise DBAPIError.instance(
-                    sql,
-                    params,
-                    exc,
-                    dialect.loaded_dbapi.Error,
-                    connection_invalidated=dead,
-                    dialect=dialect,
-                ) from exc
+                raise wrapped(exc, dead) from exc
             finally:
                 connection.close()
             return None if row is None else row[0]

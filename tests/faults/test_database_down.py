@@ -5,6 +5,7 @@ announced before); readiness says so, and archiving catches up."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -76,6 +77,11 @@ def test_a_database_outage_refuses_submits_holds_ends_and_loses_nothing(
             assert refused.status_code == 503, refused.get_json()
             assert refused.get_json()["error"]["code"] == "unavailable"
             assert refused.headers["Retry-After"]
+            # A read the database answers is 503 too (a job Redis does not hold, a page).
+            for path in (f"/v1/jobs/{uuid.uuid4()}", "/v1/jobs", f"/v1/batches/{uuid.uuid4()}"):
+                answer = client.get(path, headers=partner["headers"])
+                assert answer.status_code == 503, (path, answer.get_json())
+                assert answer.get_json()["error"]["code"] == "unavailable"
             # A job's end is committed to the database before anything announces it: the
             # worker retries the end, and nothing about these jobs goes out meanwhile.
             wait_until(
