@@ -174,7 +174,7 @@ class Database:
         if self.is_sqlite:
             sql = sql.replace("%s", "?")
 
-        def wrapped(exc: Exception, dead: bool) -> DBAPIError:
+        def wrapped(exc: Exception, dead: bool) -> Exception:
             return DBAPIError.instance(
                 sql,
                 params,
