@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -169,7 +169,6 @@ class Settings:
     # A tenth of the gevent delivery pool's default 1000 slots: a setting, as the gateway
     # cannot know the size of the pools its workers run (docs/configuration.md).
     max_inflight_deliveries: int = 100
-    extra: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         # Broker and backend follow REDIS_URL unless set on their own.
@@ -328,7 +327,7 @@ _BOUNDS: dict[str, tuple[float, str]] = {
     "max_inflight_deliveries": (0, "not negative (0 switches the limit off)"),
 }
 
-assert set(_ENV) == {f.name for f in fields(Settings)} - {"extra"}
+assert set(_ENV) == {f.name for f in fields(Settings)}
 assert set(_BOUNDS) <= set(_ENV)
 
 __all__ = [

@@ -44,6 +44,8 @@ from typing import Any
 
 import requests
 
+from jobgate.status import TERMINAL
+
 __all__ = [
     "Client",
     "Event",
@@ -53,7 +55,6 @@ __all__ = [
     "verify_webhook",
 ]
 
-TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 MAX_SERVER_WAIT = 30  # the gateway holds a ?wait= request at most this long
 WEBHOOK_TOLERANCE = 300  # seconds a webhook timestamp may be off (Standard Webhooks)
 

@@ -31,7 +31,6 @@ from typing import Any, Final, Literal, cast
 
 from jobgate.store import Store, decode_job, secrets_of
 
-STATES = ("pending", "retrying", "delivered", "failed")
 MAX_LOG = 200  # attempts kept per subject (oldest dropped first)
 DEFERRED: Final = "deferred"  # what ``begin`` answers for an attempt that waits its turn
 

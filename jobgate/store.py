@@ -24,9 +24,8 @@ import redis
 from config import DEFAULT_WEBHOOK_TIMEOUT, Settings
 from jobgate.connections import redis_client
 from jobgate.scripts import Scripts
-from jobgate.status import DEFAULT_PRIORITY
+from jobgate.status import DEFAULT_PRIORITY, TERMINAL
 
-TERMINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 KEY_CACHE_TTL = 30.0  # seconds a partner found by its API key is remembered in-process
 KEY_CACHE_SIZE = 10_000
 # How long Redis holds a record the archiver has not copied into the database yet: a
