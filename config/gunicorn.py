@@ -12,7 +12,7 @@ import os
 # GIL hand-off between threads adds to the tail latency (docs/performance.md). gevent's
 # own HTTP server (gevent.pywsgi) under gunicorn's process management rather than
 # gunicorn's parser: it sends a response's headers and body in one write, not two, and
-# spends less CPU per request (docs/performance.md, "Serving").
+# spends less CPU per request (docs/performance.md, "Status").
 worker_class = "gevent_pywsgi"
 worker_connections = int(os.environ.get("JOBGATE_WEB_CONNECTIONS", "1000"))
 # One process per core: each is single-threaded under gevent.

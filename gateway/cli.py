@@ -59,10 +59,11 @@ def main() -> None:
 # ----------------------------------------------------------------------------- worker
 POOLS = ("jobs", "webhooks")
 DELIVERY_POOLS = ("gevent", "threads")
-# Deliveries held open by slow receivers must leave slots for everyone else: with a tenth
-# of receivers taking the whole 15 s timeout, 1000 slots serve about 660 jobs/s before the
-# fast ones wait (100 served 67). A slot waiting on a receiver costs a greenlet and a
-# socket; Redis and broker connections are taken per command (docs/configuration.md).
+# Deliveries held open by slow receivers must leave slots for everyone else: slow ones in
+# flight are rate × slow share × timeout, so with a tenth of receivers taking the whole
+# 15 s timeout 1000 slots fill only at ten times the rate 100 slots did. A slot waiting on
+# a receiver costs a greenlet and a socket; Redis and broker connections are taken per
+# command (docs/configuration.md).
 DEFAULT_DELIVERY_CONCURRENCY = 1000
 # A threads delivery pool pays an OS thread per slot, all taking turns on the GIL.
 DEFAULT_THREAD_DELIVERY_CONCURRENCY = 100

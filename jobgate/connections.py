@@ -49,7 +49,8 @@ def _os_poll() -> Callable[[], Any]:
 class QuickCheck:
     """redis-py checks every connection its pool hands out for unread bytes (``can_read``,
     a zero-timeout ``select.poll``). Under gevent that poll is gevent's cooperative one,
-    a hub switch costing about 9 % of the delivery process; the OS's poll with a zero
+    a hub switch per Redis command, which showed in profiles of the delivery process
+    (docs/performance.md); the OS's poll with a zero
     timeout cannot block, so it answers first. A socket with nothing to read is clean
     when the parser holds no reply either: redis-py 8's hiredis parser keeps replies only
     in its reader (``has_data``). Anything else (a readable socket, the pure-Python

@@ -120,8 +120,8 @@ def connect_to_address(
 
 
 # The process's: ``deliver`` bounds every attempt with it (a ``threading.Timer`` per
-# attempt started a thread, a greenlet in the gevent pool, for every webhook: about 2.5 %
-# of the delivery process).
+# attempt started a thread, a greenlet in the gevent pool, for every webhook, which showed
+# in profiles of the delivery process).
 WATCHDOG = Timers("jobgate-deadlines")
 
 
@@ -218,8 +218,8 @@ def _tracked(base: type[_Conn]) -> type[_Conn]:
 
         def _new_conn(self) -> socket.socket:
             """urllib3's own, to the pinned address without ``getaddrinfo``: gevent
-            sends every lookup, an IP's too, through its resolver's thread pool (5 %
-            of the delivery process in a ``bench.e2e`` profile, plus the pool's
+            sends every lookup, an IP's too, through its resolver's thread pool (a
+            cost that showed in profiles of the delivery process, plus the pool's
             wake-ups); the same exceptions."""
             try:
                 sock = connect_to_address(

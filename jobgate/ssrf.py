@@ -241,7 +241,8 @@ class Target:
 @functools.lru_cache(maxsize=16)
 def parse_allowlist(text: str) -> tuple[Network, ...]:
     """Parse the comma-separated CIDR list of ``JOBGATE_CALLBACK_ALLOWLIST`` (empty → none);
-    remembered, as every delivery attempt asks (0.7 % of the delivery process)."""
+    remembered, as every delivery attempt asks and parsing it each time showed in profiles
+    of the delivery process."""
     networks: list[Network] = []
     for raw in (text or "").split(","):
         item = raw.strip()

@@ -178,5 +178,5 @@ class Progress:
 
 
 # The held reports' writes when they are due: one thread per process (a timer per job
-# would start a thread per job, about 150 µs, as much as the write it saves).
+# would start a thread per job, costing as much as the write it saves).
 FLUSHER = Timers("jobgate-progress")

@@ -35,8 +35,8 @@ REPR_MAX = 1024  # Celery's argsrepr_maxsize and kwargsrepr_maxsize
 
 def short_repr(value: Any, maxsize: int = REPR_MAX) -> str:
     """``argsrepr``/``kwargsrepr`` for a message (shown by Flower and ``inspect``): plain
-    ``repr`` cut to ``maxsize``. Celery's ``saferepr`` walks the value item by item,
-    4.6 % of the gateway's submit; JSON-decoded arguments cannot hold a cycle, and one
+    ``repr`` cut to ``maxsize``. Celery's ``saferepr`` walks the value item by item, which
+    showed in profiles of the gateway's submit; JSON-decoded arguments cannot hold a cycle, and one
     nested too deep for ``repr`` falls back to ``saferepr``."""
     try:
         text = repr(value)

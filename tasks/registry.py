@@ -33,7 +33,7 @@ class JobType:
     @cached_property
     def params_schema(self) -> Schema:
         """One instance of ``params`` for every submit: a schema keeps no state between
-        loads, and building one per request was 4.6 % of the gateway in ``bench.e2e``."""
+        loads, and building one per request showed in profiles of the gateway."""
         return self.params()
 
 

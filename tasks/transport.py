@@ -15,8 +15,8 @@ named ``rediss``), and a broker URL list after its first failover (kombu's ``swi
 takes the next URL's scheme): both cost the 8 commands, nothing else.
 
 kombu also builds a new ``redis.Redis`` client for every take and every ack (its
-``conn_or_acquire``); building one copies redis-py's table of response callbacks, 6–9 %
-of a worker's consumer process in a ``bench.e2e`` profile. These channels keep one client
+``conn_or_acquire``); building one copies redis-py's table of response callbacks, a cost that
+showed in profiles of a worker's consumer process. These channels keep one client
 per connection pool instead: a client holds no connection of its own (each command
 borrows one from the pool), so every greenlet and thread may share it. Their connections
 check for unread bytes with the OS's poll (``jobgate.connections.QuickCheck``).

@@ -147,8 +147,8 @@ class ArchiveThread(threading.Thread):
 
     def archive(self) -> None:
         """One chunk; after a chunk that was not full, wait ARCHIVE_LINGER s so that the
-        next one is larger (each chunk costs a fixed few round trips: in chunks of 8 the
-        archiver cost 1.1 ms of CPU per job, in chunks of 500, 0.4 ms)."""
+        next one is larger (each chunk costs a fixed few round trips, so small chunks cost
+        the archiver several times the CPU per job of full ones; docs/performance.md)."""
         taken = self.archiver.run_once(block_ms=1000)
         if 0 < taken < self.archiver.batch:
             time.sleep(ARCHIVE_LINGER)
