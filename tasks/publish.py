@@ -1,7 +1,7 @@
 """Celery task messages for the Redis broker, written in the same transaction as the job.
 
-``send_task`` costs the gateway a kombu publish of its own (about half of a submit's CPU)
-and a second write after the job record, with a window where one exists without the
+``send_task`` costs the gateway a kombu publish of its own (a large share of a submit's
+CPU) and a second write after the job record, with a window where one exists without the
 other. When the broker is the job store's Redis, the gateway instead builds the message
 with Celery's own ``create_task_message`` and kombu's serializer, shaped exactly as
 kombu's Redis transport stores it (an ``LPUSH`` of a JSON envelope onto the queue's
