@@ -35,6 +35,7 @@ from redis.exceptions import WatchError
 from sqlalchemy import Table, func, or_, select, update
 
 from jobgate import history
+from jobgate.batches import batch_view
 from jobgate.db import Database, insert_statement
 from jobgate.db.models import Endpoint, Message, Partner, SigningSecret
 from jobgate.deliveries import Deliveries
@@ -602,17 +603,32 @@ def _message_record(row: Mapping[str, Any], occurred_at: str) -> dict[str, str]:
     return {**{name: row[name] for name in names}, "occurred_at": occurred_at}
 
 
+def _body_from_rows(store: Store, db: Database, row: Any) -> str | None:
+    """A held message's body when Redis has forgotten it: a job's from the job's row, a
+    completed batch's from the batch's row and its members' records (Redis's, else their
+    rows); None if the database does not hold the end."""
+    if row.kind == "job":
+        record = history.job(db, row.subject_id)
+        return job_body(row.event, record) if record else None
+    batch = history.batch(db, row.subject_id) if row.kind == "batch" else None
+    if batch is None or not batch.get("finished_at"):
+        return None
+    view = batch_view(
+        store, row.subject_id, record=batch, archived=lambda ids: history.jobs(db, ids)
+    )
+    return event_body(row.event, view, batch["finished_at"])
+
+
 def _hold_in_redis(store: Store, db: Database, row: Any) -> bool:
     """Make sure Redis holds a held message's record and body (it forgets both after the
-    hold, or loses them): rebuilt from its row, and for a job from the job's row."""
+    hold, or loses them): rebuilt from its row, its body from the database's rows."""
     books = Deliveries(store)
     key, body_key = store.key("msg", row.msg_id), books.body_key(row.msg_id, row.event)
     if store.redis.exists(key, body_key) == 2:
         return True
-    body = store.redis.get(books.body_key(row.subject_id, row.event))
-    if body is None and row.kind == "job":
-        record = history.job(db, row.subject_id)
-        body = job_body(row.event, record) if record else None
+    body = store.redis.get(books.body_key(row.subject_id, row.event)) or _body_from_rows(
+        store, db, row
+    )
     if body is None:
         return False
     fields = _message_record(row._mapping, iso_time(row.created_at) or "")

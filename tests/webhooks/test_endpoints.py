@@ -451,6 +451,57 @@ def test_events_matched_while_disabled_are_held_then_sent_by_recover(world, rece
     assert again.get_json()["recovered"] == 0
 
 
+def test_a_held_batch_event_whose_body_redis_lost_is_rebuilt_from_the_rows(world, receiver) -> None:
+    """``batch.completed`` held for a disabled endpoint, then Redis loses the batch and the
+    message's copy and body: ``recover`` sends it, its body built from the batch's row and
+    its members' (before, it stayed held for good)."""
+    from jobgate import history
+    from jobgate.batches import keys as batch_keys
+    from jobgate.deliveries import Deliveries
+    from jobgate.endpoints import held_messages
+
+    partner = new_partner(world)
+    endpoint = register(world, partner, receiver.url)
+    path = f"/v1/endpoints/{endpoint['id']}"
+    world.client.patch(path, json={"enabled": False}, headers=partner["headers"])
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    member = {"task": "demo.sleep", "params": {"seconds": 0, "steps": 1}}
+    created = world.client.post(
+        "/v1/batches", json={"jobs": [member, member]}, headers=partner["headers"]
+    )
+    assert created.status_code == 202, created.get_json()
+    batch_id = created.get_json()["batch_id"]
+    store, db = world.svc.store, world.svc.db
+    wait_until(
+        lambda: (
+            len(held_messages(db, endpoint["id"], since)) == 3
+            and (history.batch(db, batch_id) or {}).get("finished_at")
+        ),
+        30,
+        message="both members and the batch held, the batch archived",
+    )
+    [held] = [row for row in held_messages(db, endpoint["id"], since) if row.kind == "batch"]
+    books = Deliveries(store)
+    store.redis.delete(
+        store.key("msg", held.msg_id),
+        books.body_key(held.msg_id, held.event),
+        books.body_key(batch_id, held.event),
+        *batch_keys(store, batch_id),
+    )
+    world.client.patch(path, json={"enabled": True}, headers=partner["headers"])
+    response = world.client.post(
+        f"{path}/recover", json={"since": since}, headers=partner["headers"]
+    )
+    assert response.get_json()["recovered"] == 3, response.get_json()
+    sent = receiver.wait_for(3)
+    [batch_event] = [r for r in sent if r.webhook_id == held.msg_id]
+    payload = verified(batch_event, endpoint["webhook_secret"])
+    assert payload["type"] == "batch.completed"
+    assert (payload["data"]["batch_id"], payload["data"]["status"]) == (batch_id, "COMPLETED")
+    assert [m["status"] for m in payload["data"]["jobs"]] == ["SUCCESS", "SUCCESS"]
+    assert held_messages(db, endpoint["id"], since) == []
+
+
 def test_an_endpoint_failing_for_the_whole_period_is_disabled(world, receiver: Receiver) -> None:
     partner = new_partner(world)
     endpoint = register(world, partner, receiver.url)
