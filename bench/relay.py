@@ -23,7 +23,8 @@ import redis
 from bench.common import base_parser, fresh_database, machine, print_table, write_result
 from jobgate.db import Database
 from jobgate.outbox import accept, relay
-from jobgate.store import Store, as_stored, utcnow
+from jobgate.store import Store, as_stored
+from jobgate.times import utcnow
 
 
 class Idle:

@@ -27,7 +27,8 @@ from jobgate import history, lifecycle, outbox
 from jobgate.batches import COUNTERS, MAX_BATCH, batch_record, batch_view, member_ids
 from jobgate.failpoints import failpoint
 from jobgate.status import TERMINAL
-from jobgate.store import as_stored, new_id, utcnow
+from jobgate.store import as_stored, new_id
+from jobgate.times import utcnow
 
 log = logging.getLogger("jobgate.batches")
 

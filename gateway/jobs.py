@@ -27,7 +27,8 @@ from jobgate.outbox import IdempotencyKey, KeyTaken
 from jobgate.partners import CHANGED_CHANNEL
 from jobgate.ssrf import CallbackRefused, check_callback_url, lookups_for
 from jobgate.status import DEFAULT_PRIORITY, TERMINAL, job_view
-from jobgate.store import QueueFull, as_stored, digest, format_time, key_hash, new_id, utcnow
+from jobgate.store import QueueFull, as_stored, digest, key_hash, new_id
+from jobgate.times import format_time, utcnow
 from tasks.registry import JobType, job_types
 
 log = logging.getLogger("jobgate.jobs")

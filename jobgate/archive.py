@@ -41,9 +41,9 @@ from jobgate.batches import batch_key, batch_record, member_ids
 from jobgate.db import Database, escape_unstorable, insert_statement
 from jobgate.db.models import Attempt, Batch, DeadLetter, Job, Message
 from jobgate.events import JOB_EVENTS
-from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
+from jobgate.times import parse_time
 
 log = logging.getLogger("jobgate.archive")
 

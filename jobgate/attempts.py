@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -41,7 +40,8 @@ from jobgate.events import (
 from jobgate.failpoints import failpoint
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.ssrf import lookups_for, parse_allowlist
-from jobgate.store import CLAIM_MARGIN, Store, format_time, secrets_of, utcnow
+from jobgate.store import CLAIM_MARGIN, Store, secrets_of
+from jobgate.times import from_timestamp, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,6 @@ def plan(
         return outcome, None
     delay = retry_delay(retry_number, delays, retry_after=retry_after)
     return ("failed", None) if delay is None else ("retrying", delay)
-
-
-def iso(timestamp: float) -> str:
-    """A Unix time as ISO 8601 UTC with milliseconds and a Z (like ``utcnow``)."""
-    return format_time(datetime.fromtimestamp(timestamp, UTC))
 
 
 def run_attempt(
@@ -297,7 +292,7 @@ def _attempt(
         "status_code": attempt.status_code,
         "error": attempt.error,
         "duration_ms": attempt.duration_ms,
-        "next_attempt_at": iso(time.time() + delay) if delay is not None else None,
+        "next_attempt_at": from_timestamp(time.time() + delay) if delay is not None else None,
         # The last retry's answer ends the delivery: "failed", as no attempt follows.
         "outcome": "failed" if state == "failed" else attempt.outcome,
         "redelivery": chain != AUTO_CHAIN,

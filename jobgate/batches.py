@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from jobgate.status import TERMINAL, job_view
-from jobgate.store import Store, utcnow
+from jobgate.store import Store
+from jobgate.times import utcnow
 
 log = logging.getLogger("jobgate.batches")
 

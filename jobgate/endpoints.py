@@ -49,8 +49,9 @@ from jobgate.events import (
     job_body,
 )
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
-from jobgate.partners import Partners, expire_live, iso_time, now_utc, parse_time
-from jobgate.store import Store, utcnow
+from jobgate.partners import Partners, expire_live
+from jobgate.store import Store
+from jobgate.times import aware, iso_time, now_utc, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -317,13 +318,13 @@ class Endpoints:
                 "disabled": (row.disabled_reason or "disabled") if row.disabled_at else "",
             }
             if row.failing_since is not None:
-                record["failing_since"] = str(_epoch(row.failing_since))
+                record["failing_since"] = str(aware(row.failing_since).timestamp())
         current = [s for s in live if s.expires_at is None]
         rotated = [s for s in live if s.expires_at is not None]
         record["webhook_secret"] = current[0].secret if current else ""
         record["previous_secrets"] = ",".join(s.secret for s in rotated)
         record["previous_secrets_until"] = ",".join(
-            str(_epoch(s.expires_at)) for s in rotated if s.expires_at
+            str(aware(s.expires_at).timestamp()) for s in rotated if s.expires_at
         )
         pipe = self.store.redis.pipeline()
         pipe.delete(name)
@@ -371,10 +372,6 @@ class Endpoints:
             row = session.get(Endpoint, endpoint_id)
             if row is not None:
                 row.failing_since = datetime.fromtimestamp(since, UTC) if since else None
-
-
-def _epoch(value: datetime) -> float:
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 # -------------------------------------------------------------------- fan-out

@@ -20,8 +20,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from jobgate.archive import refuses_record, revision
 from jobgate.db import Database, escape_unstorable
 from jobgate.db.models import Job, Time
-from jobgate.partners import parse_time
 from jobgate.status import TERMINAL
+from jobgate.times import parse_time
 
 # What a job's end writes into its record (``Store.finish_job``'s fields, and the run's
 # start it ends).

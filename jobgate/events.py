@@ -24,7 +24,8 @@ from typing import Any, cast
 from jobgate import batches
 from jobgate.messages import AUTO_CHAIN
 from jobgate.status import job_view
-from jobgate.store import Store, decode_job, utcnow
+from jobgate.store import Store, decode_job
+from jobgate.times import utcnow
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from sqlalchemy import bindparam, select, tuple_
 
 from jobgate.db import UNSTORABLE, Database
 from jobgate.db.models import Attempt, Batch, DeadLetter, Job
-from jobgate.partners import iso_time, parse_time
 from jobgate.status import TERMINAL
+from jobgate.times import iso_time, parse_time
 
 
 class BadCursor(ValueError):

@@ -28,7 +28,8 @@ from jobgate.events import (
 )
 from jobgate.failpoints import failpoint
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK, Messenger
-from jobgate.store import Store, as_stored, utcnow
+from jobgate.store import Store, as_stored
+from jobgate.times import utcnow
 
 log = logging.getLogger(__name__)
 

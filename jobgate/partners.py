@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from jobgate.db import Database
 from jobgate.db.models import ApiKey, Endpoint, Job, Partner, SigningSecret
-from jobgate.store import KEY_CACHE_SIZE, KEY_CACHE_TTL, Store, format_time, hash_key, utcnow
+from jobgate.store import KEY_CACHE_SIZE, KEY_CACHE_TTL, Store, hash_key
+from jobgate.times import aware, iso_time, now_utc, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,6 @@ MIRROR_FIELDS = ("id", "name", "created_at", "webhook_secret")
 CHANGED_CHANNEL = "partners:changed"
 # While the change feed is down, subscribing again waits 1 s, then 2, 4, up to this.
 FEED_RETRY_MAX = 8.0
-
-
-def iso_time(value: datetime | None) -> str | None:
-    """A database time as the API writes times (ISO 8601 UTC, milliseconds, Z)."""
-    if value is None:
-        return None
-    return format_time(_aware(value))  # SQLite keeps no zone; jobgate writes UTC only
-
-
-def parse_time(text: str) -> datetime:
-    """An API time (``...Z``) as an aware datetime."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
 
 
 class Partners:
@@ -279,7 +264,7 @@ class Partners:
     def _by_key_in_db(self, hashed: str) -> dict[str, str] | None:
         with self.db.session() as session:
             key = session.get(ApiKey, hashed)
-            if key is None or (key.expires_at is not None and _aware(key.expires_at) <= now_utc()):
+            if key is None or (key.expires_at is not None and aware(key.expires_at) <= now_utc()):
                 return None
             partner_id = key.partner_id
         return self.mirror(partner_id)
@@ -327,19 +312,19 @@ class Partners:
         if rotated:
             record["previous_secrets"] = ",".join(s.secret for s in rotated)
             record["previous_secrets_until"] = ",".join(
-                str(_aware(s.expires_at).timestamp()) for s in rotated if s.expires_at
+                str(aware(s.expires_at).timestamp()) for s in rotated if s.expires_at
             )
         pipe = self.store.redis.pipeline()
         name = self.store.key("partner", partner_id)
         pipe.delete(name)
         pipe.hset(name, mapping=record)  # type: ignore[arg-type]  # see Store.create_batch
         for key in keys:
-            live_key = key.expires_at is None or _aware(key.expires_at) > now
+            live_key = key.expires_at is None or aware(key.expires_at) > now
             partnerkey = self.store.key("partnerkey", key.key_hash)
             if live_key:
                 pipe.set(partnerkey, partner_id)
                 if key.expires_at is not None:
-                    pipe.expireat(partnerkey, _aware(key.expires_at))
+                    pipe.expireat(partnerkey, aware(key.expires_at))
             else:
                 pipe.delete(partnerkey)
         pipe.execute()
@@ -352,7 +337,7 @@ def expire_live(session: Any, model: Any, condition: Any, now: datetime, grace: 
     until = now + timedelta(seconds=grace)
     live = or_(model.expires_at.is_(None), model.expires_at > now)
     for row in session.scalars(select(model).where(condition, live)):
-        if row.expires_at is None or _aware(row.expires_at) > until:
+        if row.expires_at is None or aware(row.expires_at) > until:
             row.expires_at = until
 
 
@@ -362,10 +347,6 @@ def _public(partner: Partner) -> dict[str, str]:
         "name": partner.name,
         "created_at": iso_time(partner.created_at) or "",
     }
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _add_partner(

@@ -16,7 +16,6 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
@@ -25,6 +24,7 @@ from config import DEFAULT_WEBHOOK_TIMEOUT, Settings
 from jobgate.connections import redis_client
 from jobgate.scripts import Scripts
 from jobgate.status import DEFAULT_PRIORITY, TERMINAL
+from jobgate.times import epoch, utcnow
 
 KEY_CACHE_TTL = 30.0  # seconds a partner found by its API key is remembered in-process
 KEY_CACHE_SIZE = 10_000
@@ -38,16 +38,6 @@ CLAIM_MARGIN = 30.0  # seconds an attempt's claim outlives its HTTP timeout
 WORKERS_FORGOTTEN_AFTER = 86400  # a node silent this long leaves the set of workers
 # What an end's script did about the partner's endpoints (its last answer, 0/1/2).
 FAN_OUT_STATES = ("", "queued", "none")
-
-
-def format_time(value: datetime) -> str:
-    """An aware time as jobgate writes every time: ISO 8601 UTC with milliseconds and a Z."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def utcnow() -> str:
-    """Current UTC time as ISO 8601 with milliseconds and a Z."""
-    return format_time(datetime.now(UTC))
 
 
 def new_id() -> str:
@@ -210,7 +200,7 @@ class Store:
             args += [
                 job["job_id"],
                 job.get("priority", DEFAULT_PRIORITY),
-                _epoch(job["run_at"]) if job.get("run_at") else "",
+                epoch(job["run_at"]) if job.get("run_at") else "",
                 "\n".join(message) if message else "",
                 len(pairs) // 2,
                 *pairs,
@@ -513,11 +503,6 @@ def _encode(values: dict[str, Any]) -> dict[str, str]:
 
 def _pairs(values: dict[str, str]) -> list[str]:
     return [item for pair in values.items() for item in pair]
-
-
-def _epoch(value: str) -> float:
-    """Seconds since the epoch of a time as jobgate writes it (``format_time``)."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def as_stored(record: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from jobgate.archive import revision
 from jobgate.db.models import Job
 from jobgate.ends import commit_end, committed_end
 from jobgate.outbox import accept
-from jobgate.store import as_stored, utcnow
+from jobgate.store import as_stored
+from jobgate.times import utcnow
 
 
 def accepted(db) -> str:

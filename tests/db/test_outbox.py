@@ -21,7 +21,8 @@ from jobgate.db.models import Job
 from jobgate.lifecycle import count_batch_member
 from jobgate.messages import DELIVER_TASK
 from jobgate.outbox import IdempotencyKey, KeyTaken, accept, relay, withdraw
-from jobgate.store import IDEMPOTENCY_TTL, Store, as_stored, utcnow
+from jobgate.store import IDEMPOTENCY_TTL, Store, as_stored
+from jobgate.times import utcnow
 
 
 @pytest.fixture

@@ -297,7 +297,8 @@ def test_an_end_dispatches_one_job_and_the_window_holds(world, redis_client):
     """With a window of 2 and a backlog, each end hands Celery's queue one job more: the
     live set and the queue never grow past the window (the end's own script dispatches
     with the window, not with its other arguments)."""
-    from jobgate.store import Store, utcnow
+    from jobgate.store import Store
+    from jobgate.times import utcnow
 
     store = Store(redis_client, prefix=world.key_prefix, dispatch_window=2)
     queue = world.queue_jobs

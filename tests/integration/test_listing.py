@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.jobs import MAX_SCAN
-from jobgate.store import utcnow
+from jobgate.times import utcnow
 
 pytestmark = pytest.mark.integration
 

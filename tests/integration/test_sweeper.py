@@ -21,8 +21,9 @@ from jobgate import batches
 from jobgate.due import entry, move_due
 from jobgate.events import delivery_task_id, fan_out_task_id
 from jobgate.messages import DELIVER_TASK, FAN_OUT_TASK
-from jobgate.store import Store, utcnow
+from jobgate.store import Store
 from jobgate.sweeper import sweep
+from jobgate.times import utcnow
 from tasks.publish import CeleryMessenger
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from config import Settings
 from gateway.client import verify_webhook
 from jobgate.events import endpoint_message_id, fan_out_task_id
-from jobgate.store import utcnow
+from jobgate.times import utcnow
 from tests.conftest import ADMIN_KEY
 from tests.helpers import WorkerProcess, gateway_for, wait_until
 from tests.webhooks.conftest import Received, Receiver
