@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -125,169 +125,200 @@ def plan(
     return ("failed", None) if delay is None else ("retrying", delay)
 
 
-def run_attempt(
-    settings: Settings,
-    store: Store,
-    messenger: Messenger,
-    kind: str,
-    subject_id: str,
-    event: str,
-    *,
-    retry: int = 0,
-    chain: str = AUTO_CHAIN,
-    node: str = "",
-    partner_of: Callable[[str], dict[str, str] | None] | None = None,
-    endpoints: EndpointHooks | None = None,
-) -> dict[str, Any] | None:
-    """Send attempt ``retry`` (0 = first) of ``chain``; returns the recorded attempt.
+@dataclass(frozen=True)
+class Sender:
+    """What every attempt of a worker reaches: its settings, stores and broker, and the
+    registries that find a partner or an endpoint Redis has no mirror of (a Redis that
+    restarted empty), so their secrets still sign; ``endpoints`` also keeps an endpoint's
+    health."""
 
-    ``partner_of`` finds a partner whose Redis mirror is missing (``Partners.get``: a
-    Redis that restarted empty), so its secrets still sign; ``endpoints`` does the same
-    for an endpoint's message (kind ``msg``), and keeps the endpoint's health.
+    settings: Settings
+    store: Store
+    messenger: Messenger
+    partner_of: Callable[[str], dict[str, str] | None] | None = None
+    endpoints: EndpointHooks | None = None
+    node: str = ""  # the worker that claims the attempts
 
-    Redis round trips: one to claim the attempt and read the subject, the stored body and
-    the partner's secrets (``Deliveries.begin``); one to record the attempt, close the
-    claim and, the first time, store a job's body (``Deliveries.record``); one more the
-    first time for other subjects, whose body is stored before it is sent, and one more
-    when the attempt's end brought its partner's next deferred attempts forward (queued
-    at once rather than by the next pass over the due set).
+
+@dataclass(frozen=True)
+class Call:
+    """Which attempt: attempt ``retry`` (0 = first) of ``chain`` for ``event`` about a
+    subject (a job, a batch, an endpoint's message)."""
+
+    kind: str
+    subject_id: str
+    event: str
+    retry: int = 0
+    chain: str = AUTO_CHAIN
+
+    @property
+    def token(self) -> str:
+        return f"{self.event}:{self.chain}:{self.retry}"
+
+    def task(self, retry: int | None = None) -> tuple[str, list[Any], dict[str, Any]]:
+        """(task id, args, kwargs) of this attempt's message, or of attempt ``retry``."""
+        return delivery_call(
+            self.kind,
+            self.subject_id,
+            self.event,
+            self.chain,
+            self.retry if retry is None else retry,
+        )
+
+
+@dataclass(frozen=True)
+class Target:
+    """A claimed attempt, prepared: where it goes, what it sends, who signs it, or why it
+    is refused without a send."""
+
+    url: str
+    body: str
+    built: str | None  # a body built now, stored with the attempt (from_record subjects)
+    secrets: list[str]
+    partner_id: str
+    endpoint_id: str
+    refusal: str | None  # the endpoint's: deleted or disabled
+
+
+def run_attempt(sender: Sender, call: Call) -> dict[str, Any] | None:
+    """Send one attempt and record it; returns the recorded entry, or None when nothing
+    was sent (taken already, deferred, or its subject gone).
+
+    Read top to bottom: claim it (``Deliveries.begin``: one round trip claims the token and
+    reads the subject, the stored body and the partner's secrets), prepare it (URL, body,
+    secrets), send it (``post``), record it with the next attempt scheduled in the same
+    script (``Deliveries.record``), then the bookkeeping that may fail without a resend.
 
     An attempt with no slot free among its partner's deliveries in flight
     (``max_inflight_deliveries``) is deferred by ``Deliveries.begin``, due again once a
-    slot frees: it returns None having sent and recorded nothing.
+    slot frees.
     """
-    books = Deliveries(store)
-    token = f"{event}:{chain}:{retry}"
-    task_id, call_args, call_kwargs = delivery_call(kind, subject_id, event, chain, retry)
-    subject = SUBJECTS.get(kind)
-    if subject is None:  # unknown kind: nothing to send, but take the attempt as before
-        log.warning("unknown webhook subject kind %r for %s", kind, subject_id)
-        if books.claim(subject_id, token, lease=settings.webhook_timeout + CLAIM_MARGIN):
-            books.complete(subject_id, token, task_id)
-        return None
-    begun = books.begin(
-        subject_id,
-        token,
-        settings.webhook_timeout + CLAIM_MARGIN,
-        event,
-        subject.record_key(store, subject_id),
-        node=node,
-        task_id=task_id,
-        owner=("endpoint_id", "endpoint") if kind == MESSAGE else ("partner_id", "partner"),
-        due_entry=due_entry(
-            DELIVER_TASK,
-            task_id,
-            queue=messenger.webhooks_queue,
-            args=call_args,
-            kwargs=call_kwargs,
-        ),
-    )
-    if begun == DEFERRED:
-        log.info(
-            "webhook %s attempt %s waits: its partner has max_inflight_deliveries in flight",
-            subject_id,
-            token,
-            extra={"job_id": subject_id},
-        )
-        return None
+    books = Deliveries(sender.store)
+    task_id = call.task()[0]
+    begun = _claim(sender, call, books, task_id)
     if begun is None:
-        log.info(
-            "webhook %s attempt %s already taken; skipping",
-            subject_id,
-            token,
-            extra={"job_id": subject_id},
-        )
         return None
     try:
-        if kind == MESSAGE:
-            endpoint_id = begun.record.get("endpoint_id")
-            if endpoint_id and not begun.partner and endpoints is not None:
-                begun = replace(begun, partner=endpoints.mirrored(endpoint_id))
-        else:
-            partner_id = begun.record.get("partner_id")
-            if partner_id and not begun.partner and partner_of is not None:
-                begun = replace(begun, partner=partner_of(partner_id) or {})
-        return _attempt(
-            settings,
-            store,
-            messenger,
-            books,
-            begun,
-            kind,
-            subject_id,
-            event,
-            retry=retry,
-            chain=chain,
-            token=token,
-            task_id=task_id,
-            endpoints=endpoints,
-        )
+        failpoint("delivery.begun")
+        target = _prepare(sender, call, books, begun)
+        if target is None:
+            books.complete(call.subject_id, call.token, task_id, begun.record.get("partner_id", ""))
+            return None
+        at = utcnow()
+        attempt = _send(sender, call, target)
+        failpoint("delivery.sent")
+        return _record(sender, call, books, begun, target, attempt, at)
     except Exception:
         # Free the claim (best effort: Redis may be what failed), so that the sweeper's
         # new message for this still-open attempt can run it without waiting for the
         # claim to lapse, and the partner's slot.
-        books.release(subject_id, token, task_id, begun.record.get("partner_id", ""))
+        books.release(call.subject_id, call.token, task_id, begun.record.get("partner_id", ""))
         raise
 
 
-def _attempt(
-    settings: Settings,
-    store: Store,
-    messenger: Messenger,
-    books: Deliveries,
-    begun: Begun,
-    kind: str,
-    subject_id: str,
-    event: str,
-    *,
-    retry: int,
-    chain: str,
-    token: str,
-    task_id: str,
-    endpoints: EndpointHooks | None = None,
-) -> dict[str, Any] | None:
-    """The attempt once claimed: build or read the body, POST it, record it."""
-    failpoint("delivery.begun")
-    callback_url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id")
-    endpoint_id = begun.record.get("endpoint_id", "") if kind == MESSAGE else ""
+def _claim(sender: Sender, call: Call, books: Deliveries, task_id: str) -> Begun | None:
+    """The attempt claimed with what it reads, its owner's mirror found if Redis lacks
+    it; None when there is nothing to send now (unknown kind, deferred, taken)."""
+    settings, store = sender.settings, sender.store
+    lease = settings.webhook_timeout + CLAIM_MARGIN
+    subject = SUBJECTS.get(call.kind)
+    if subject is None:  # unknown kind: nothing to send, but take the attempt as before
+        log.warning("unknown webhook subject kind %r for %s", call.kind, call.subject_id)
+        if books.claim(call.subject_id, call.token, lease=lease):
+            books.complete(call.subject_id, call.token, task_id)
+        return None
+    _, args, kwargs = call.task()
+    begun = books.begin(
+        call.subject_id,
+        call.token,
+        lease,
+        call.event,
+        subject.record_key(store, call.subject_id),
+        node=sender.node,
+        task_id=task_id,
+        owner=("endpoint_id", "endpoint") if call.kind == MESSAGE else ("partner_id", "partner"),
+        due_entry=due_entry(
+            DELIVER_TASK, task_id, queue=sender.messenger.webhooks_queue, args=args, kwargs=kwargs
+        ),
+    )
+    if begun == DEFERRED or begun is None:
+        why = "its partner has max_inflight_deliveries in flight" if begun else "already taken"
+        log.info(
+            "webhook %s attempt %s: %s",
+            call.subject_id,
+            call.token,
+            why,
+            extra={"job_id": call.subject_id},
+        )
+        return None
+    if call.kind == MESSAGE:
+        endpoint_id = begun.record.get("endpoint_id")
+        if endpoint_id and not begun.partner and sender.endpoints is not None:
+            return replace(begun, partner=sender.endpoints.mirrored(endpoint_id))
+    else:
+        partner_id = begun.record.get("partner_id")
+        if partner_id and not begun.partner and sender.partner_of is not None:
+            return replace(begun, partner=sender.partner_of(partner_id) or {})
+    return begun
+
+
+def _prepare(sender: Sender, call: Call, books: Deliveries, begun: Begun) -> Target | None:
+    """Where the attempt goes and what it sends; None when its subject is gone."""
+    url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id") or ""
+    endpoint_id = begun.record.get("endpoint_id", "") if call.kind == MESSAGE else ""
     refusal = None
     if endpoint_id:  # an endpoint's message: its URL and secrets are the endpoint's now
-        callback_url = begun.partner.get("url") or "-"
+        url = begun.partner.get("url") or "-"
         if not begun.partner:
             refusal = "the endpoint was deleted"
         elif begun.partner.get("disabled"):
             refusal = f"the endpoint is disabled ({begun.partner['disabled']})"
-    if not begun.record or not callback_url:
-        books.complete(subject_id, token, task_id, partner_id or "")
+    if not begun.record or not url:
         return None
-    wid = webhook_id(subject_id, event)
     body, built = begun.body, None
     if body is None:
         # Built from the record as the event left it (its time included), not from now.
-        body = build_body(store, kind, subject_id, event, begun.record)
+        body = build_body(sender.store, call.kind, call.subject_id, call.event, begun.record)
         if body is None:  # the subject went between the two reads
-            books.complete(subject_id, token, task_id, partner_id or "")
             return None
-        if SUBJECTS[kind].from_record:  # any attempt builds these bytes: stored with its record
+        if SUBJECTS[call.kind].from_record:  # any attempt builds these bytes: kept with it
             built = body
         else:  # stored before it is sent: every later attempt sends the first one's
-            body = books.store_body(subject_id, event, body)
+            body = books.store_body(call.subject_id, call.event, body)
     secrets = begun.signing_secrets() if partner_id else []
-    at = utcnow()
-    if refusal:
-        attempt = Attempt("failed", None, refusal, 0, None)
-    elif secrets:
-        with lookups_for(partner_id or ""):
-            attempt = post(settings, callback_url, body, wid, secrets)
-    else:
-        attempt = Attempt("failed", None, "the partner has no webhook secret", 0, None)
-    failpoint("delivery.sent")
+    return Target(url, body, built, secrets, partner_id, endpoint_id, refusal)
+
+
+def _send(sender: Sender, call: Call, target: Target) -> Attempt:
+    """The POST, under the partner's SSRF allowlist (none for a refused attempt)."""
+    if target.refusal:
+        return Attempt("failed", None, target.refusal, 0, None)
+    if not target.secrets:
+        return Attempt("failed", None, "the partner has no webhook secret", 0, None)
+    with lookups_for(target.partner_id):
+        wid = webhook_id(call.subject_id, call.event)
+        return post(sender.settings, target.url, target.body, wid, target.secrets)
+
+
+def _record(
+    sender: Sender,
+    call: Call,
+    books: Deliveries,
+    begun: Begun,
+    target: Target,
+    attempt: Attempt,
+    at: str,
+) -> dict[str, Any]:
+    """Record the attempt, the next one scheduled in the same script, then the
+    bookkeeping (an error there must not free the done claim: no resend)."""
+    settings, messenger = sender.settings, sender.messenger
+    wid = webhook_id(call.subject_id, call.event)
     state, delay = plan(
-        attempt.outcome, retry + 1, settings.webhook_retry_delays, attempt.retry_after
+        attempt.outcome, call.retry + 1, settings.webhook_retry_delays, attempt.retry_after
     )
     entry = {
         "webhook_id": wid,
-        "event": event,
+        "event": call.event,
         "at": at,
         "status_code": attempt.status_code,
         "error": attempt.error,
@@ -295,16 +326,16 @@ def _attempt(
         "next_attempt_at": from_timestamp(time.time() + delay) if delay is not None else None,
         # The last retry's answer ends the delivery: "failed", as no attempt follows.
         "outcome": "failed" if state == "failed" else attempt.outcome,
-        "redelivery": chain != AUTO_CHAIN,
+        "redelivery": call.chain != AUTO_CHAIN,
     }
-    if endpoint_id:
-        entry["endpoint_id"] = endpoint_id
+    if target.endpoint_id:
+        entry["endpoint_id"] = target.endpoint_id
         entry["subject_kind"] = begun.record.get("kind")
         entry["subject_id"] = begun.record.get("subject_id")
     following = None
     if delay is not None:
         # Scheduled in the script that records this attempt: never one without the other.
-        next_id, args, kwargs = delivery_call(kind, subject_id, event, chain, retry + 1)
+        next_id, args, kwargs = call.task(call.retry + 1)
         following = (
             next_id,
             time.time() + delay,
@@ -313,42 +344,43 @@ def _attempt(
             ),
         )
     number, woken = books.record(
-        subject_id,
+        call.subject_id,
         entry,
         state,
-        kind,
-        token=token,
-        task_id=task_id,
+        call.kind,
+        token=call.token,
+        task_id=call.task()[0],
         following=following,
-        endpoint_id=endpoint_id,
-        body=built,
-        partner_id=partner_id or "",
+        endpoint_id=target.endpoint_id,
+        body=target.built,
+        partner_id=target.partner_id,
     )
     entry = {**entry, "attempt": number}
     # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.
     log.info(
         "webhook %s %s for %s %s: %s (%s)",
         wid,
-        event,
-        kind,
-        subject_id,
+        call.event,
+        call.kind,
+        call.subject_id,
         attempt.outcome,
         attempt.status_code or attempt.detail or attempt.error,
-        extra={"job_id": subject_id},
+        extra={"job_id": call.subject_id},
     )
-    try:  # recorded already: an error here must not free the done claim (no resend)
+    try:
         if woken:  # the partner's next in line, due now: queued now (else by the next pass)
-            move_entries(store, messenger, woken)
-        if endpoint_id and endpoints is not None and not refusal:
-            endpoints.attempted(endpoint_id, attempt.outcome == "delivered")
+            move_entries(sender.store, messenger, woken)
+        endpoints = sender.endpoints
+        if target.endpoint_id and endpoints is not None and not target.refusal:
+            endpoints.attempted(target.endpoint_id, attempt.outcome == "delivered")
         if attempt.gone:
             endpoint_gone(
-                store,
-                kind,
-                subject_id,
-                callback_url,
-                partner_id,
-                endpoint_id=endpoint_id or None,
+                sender.store,
+                call.kind,
+                call.subject_id,
+                target.url,
+                target.partner_id or None,
+                endpoint_id=target.endpoint_id or None,
                 registry=endpoints,
             )
     except Exception:  # noqa: BLE001 - logged; the next attempt (or pass) tries again

@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from jobgate.attempts import run_attempt
+from jobgate.attempts import Call, Sender, run_attempt
 from jobgate.endpoints import fan_out
 from jobgate.events import fan_out_task_id
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK
@@ -20,17 +20,17 @@ _TRACE_LOG = logging.getLogger("celery.app.trace")
 
 
 def deliver(app: Any, node: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-    """One webhook attempt for ``app``'s worker ``node`` (``run_attempt``'s arguments)."""
-    return run_attempt(
+    """One webhook attempt for ``app``'s worker ``node`` (the message's arguments are a
+    ``jobgate.attempts.Call``'s)."""
+    sender = Sender(
         app.settings,
         app.store,
         app.messenger,
-        *args,
-        node=node,
         partner_of=app.partners.get,
         endpoints=app.endpoints,
-        **kwargs,
+        node=node,
     )
+    return run_attempt(sender, Call(*args, **kwargs))
 
 
 class DeliveryTask(Task):

@@ -20,7 +20,7 @@ import responses
 
 from config import Settings
 from jobgate import attempts
-from jobgate.attempts import plan, run_attempt
+from jobgate.attempts import Call, Sender, plan, run_attempt
 from jobgate.db import Database
 from jobgate.deliveries import Deliveries
 from jobgate.events import delivery_task_id, webhook_id
@@ -49,8 +49,15 @@ class FakeApp(SimpleNamespace):
 
 
 def attempt(app: FakeApp, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-    kwargs.setdefault("partner_of", app.partners.get)
-    return run_attempt(app.settings, app.store, app.messenger, *args, **kwargs)
+    context = {name: kwargs.pop(name) for name in ("node", "endpoints") if name in kwargs}
+    sender = Sender(
+        app.settings,
+        app.store,
+        app.messenger,
+        partner_of=kwargs.pop("partner_of", app.partners.get),
+        **context,
+    )
+    return run_attempt(sender, Call(*args, **kwargs))
 
 
 def scheduled(app: FakeApp) -> list[tuple[dict[str, Any], float]]:
