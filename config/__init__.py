@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # After the first attempt (sent at once): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, i.e.
-# Svix's schedule, 8 attempts over about 27.6 h (jitter added, see jobgate.delivery).
+# Svix's schedule, 8 attempts over about 27.6 h (jitter added, see jobgate.webhooks.http).
 DEFAULT_RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 36000, 36000)
 DEFAULT_WEBHOOK_TIMEOUT = 15.0
 DEFAULT_CALLBACK_DNS_TIMEOUT = 2.0

@@ -383,7 +383,7 @@ class TaskInfoSchema(Schema):
 
 
 class DeliverySchema(Schema):
-    """One webhook delivery attempt (``jobgate.attempts``)."""
+    """One webhook delivery attempt (``jobgate.webhooks.attempt``)."""
 
     webhook_id = fields.String(required=True)
     event = fields.String(required=True)

@@ -38,7 +38,6 @@ from jobgate import history
 from jobgate.batches import batch_view
 from jobgate.db import Database, insert_statement
 from jobgate.db.models import Endpoint, Message, Partner, SigningSecret
-from jobgate.deliveries import Deliveries
 from jobgate.events import (
     MESSAGE,
     SUBJECTS,
@@ -52,6 +51,7 @@ from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.partners import Partners, expire_live
 from jobgate.store import Store
 from jobgate.times import aware, iso_time, now_utc, parse_time, utcnow
+from jobgate.webhooks.ledger import Deliveries
 
 log = logging.getLogger(__name__)
 
@@ -530,7 +530,7 @@ def recover(
     later, and, once it is enabled, every message held for it (made while it was
     disabled) at ``since`` or later: same ``webhook-id``s, a fresh schedule. Returns
     their ids."""
-    from jobgate.attempts import redeliver  # attempts imports this module's callers
+    from jobgate.webhooks.attempt import redeliver  # attempts imports this module's callers
 
     ids = cast("list[str]", store.redis.zrange(store.key("endpoint", endpoint_id, "msgs"), 0, -1))
     pipe = store.redis.pipeline(transaction=False)

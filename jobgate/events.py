@@ -8,7 +8,7 @@ An event's body is fixed when the event happens, not when it is first sent:
 ``build_body`` is a pure function of what the script recording the event wrote (the
 record as it was at that moment, and its ``finished_at`` as the event's ``timestamp``),
 so a first attempt made late (a backlog, a stopped delivery pool, a message the sweeper
-re-queued) sends the same bytes as one made at once. ``jobgate.deliveries`` then stores
+re-queued) sends the same bytes as one made at once. ``jobgate.webhooks.ledger`` then stores
 the first body built, so every retry and redelivery sends those bytes even across an
 upgrade of this code.
 """

@@ -1,4 +1,4 @@
-"""The ``jobgate.deliver_webhook`` task: a thin wrapper over ``jobgate.attempts``."""
+"""The ``jobgate.deliver_webhook`` task: a thin wrapper over ``jobgate.webhooks.attempt``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 from celery import Celery, Task
 
-from jobgate.attempts import Call, Sender, run_attempt
 from jobgate.endpoints import fan_out
 from jobgate.events import fan_out_task_id
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK
+from jobgate.webhooks.attempt import Call, Sender, run_attempt
 
 # Celery's tracer reprs a task's return value whether or not it logs it (visible in
 # profiles of the delivery process at WARNING): the attempt is returned only when its
@@ -21,7 +21,7 @@ _TRACE_LOG = logging.getLogger("celery.app.trace")
 
 def deliver(app: Any, node: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
     """One webhook attempt for ``app``'s worker ``node`` (the message's arguments are a
-    ``jobgate.attempts.Call``'s)."""
+    ``jobgate.webhooks.attempt.Call``'s)."""
     sender = Sender(
         app.settings,
         app.store,
@@ -80,7 +80,7 @@ def register(app: Celery) -> Any:
     def deliver_webhook(
         self: Any, kind: str, subject_id: str, event: str, retry: int = 0, chain: str = AUTO_CHAIN
     ) -> dict[str, Any] | None:
-        """Deliver one webhook attempt (see jobgate.attempts); the recorded attempt goes
+        """Deliver one webhook attempt (see jobgate.webhooks.attempt); the recorded attempt goes
         to the worker's log at INFO."""
         attempt = deliver(
             self.app, self.request.hostname or "", kind, subject_id, event, retry=retry, chain=chain

@@ -28,9 +28,9 @@ from gateway.schemas import (
 )
 from gateway.views.common import json_body, json_body_or_empty
 from jobgate import endpoints as registry
-from jobgate.attempts import send_ping
 from jobgate.signing import generate_secret
 from jobgate.times import iso_time
+from jobgate.webhooks.attempt import send_ping
 
 bp = Blueprint("endpoints", __name__, url_prefix="/v1/endpoints")
 

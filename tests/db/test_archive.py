@@ -18,9 +18,9 @@ from jobgate import history
 from jobgate.archive import Archiver, _chunk, count_rows, lag, prune, revision
 from jobgate.db import Database
 from jobgate.db.models import DeadLetter, Message
-from jobgate.deliveries import Deliveries
 from jobgate.store import Store
 from jobgate.times import utcnow
+from jobgate.webhooks.ledger import Deliveries
 from tests.conftest import ADMIN_KEY
 from tests.helpers import free_port
 

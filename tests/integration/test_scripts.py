@@ -2,7 +2,7 @@
 
 Every test calls a script directly (``Scripts(client)[name](keys=..., args=...)``) on keys
 under a prefix of its own, with the KEYS and ARGV its caller passes (``jobgate.store``,
-``jobgate.deliveries``, ``jobgate.batches``, ``jobgate.due``), and checks what it returns,
+``jobgate.webhooks.ledger``, ``jobgate.batches``, ``jobgate.due``), and checks what it returns,
 every key it writes (values and TTLs), what it publishes, and what it leaves alone.
 """
 

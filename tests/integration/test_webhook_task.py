@@ -19,16 +19,17 @@ import requests
 import responses
 
 from config import Settings
-from jobgate import attempts
-from jobgate.attempts import Call, Sender, plan, run_attempt
 from jobgate.db import Database
-from jobgate.deliveries import Deliveries
 from jobgate.events import delivery_task_id, webhook_id
 from jobgate.messages import DELIVER_TASK
 from jobgate.partners import Partners
 from jobgate.signing import generate_secret
 from jobgate.ssrf import REFUSED
 from jobgate.store import Store, secrets_of
+from jobgate.webhooks import attempt as attempts
+from jobgate.webhooks.attempt import Call, Sender, run_attempt
+from jobgate.webhooks.ledger import Deliveries
+from jobgate.webhooks.policy import plan
 from tasks.app import make_celery
 
 URL = "http://127.0.0.1:9009/hooks"
@@ -309,7 +310,7 @@ def test_delivery_time_guard_refuses_before_connecting(
     assert stored["error"] == entry["error"]
     if error == REFUSED:
         assert logged not in json.dumps(stored)
-    line = next(r.getMessage() for r in caplog.records if r.name == "jobgate.attempts")
+    line = next(r.getMessage() for r in caplog.records if r.name == "jobgate.webhooks.attempt")
     assert logged in line and job_id in line
     assert fake_app.sent == []
     assert fake_app.store.job(job_id)["webhook_state"] == "failed"

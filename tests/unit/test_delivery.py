@@ -1,4 +1,4 @@
-"""Unit tests for one webhook delivery attempt and the retry policy (jobgate.delivery).
+"""Unit tests for one webhook delivery attempt and the retry policy (jobgate.webhooks.http).
 
 ``responses`` mocks ``HTTPAdapter.send``, so it exercises everything around the transport;
 the pinned transport itself is tested against real servers on 127.0.0.1 (http and https).
@@ -37,10 +37,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-import jobgate.delivery as delivery
 import jobgate.signing as signing
+import jobgate.webhooks.http as delivery
 from config import DEFAULT_RETRY_DELAYS
-from jobgate.delivery import (
+from jobgate.signing import generate_secret, sign
+from jobgate.ssrf import REFUSED, parse_allowlist
+from jobgate.webhooks.http import (
     Attempt,
     Connections,
     Guard,
@@ -48,11 +50,8 @@ from jobgate.delivery import (
     classify,
     connect_to_address,
     deliver,
-    parse_retry_after,
-    retry_delay,
 )
-from jobgate.signing import generate_secret, sign
-from jobgate.ssrf import REFUSED, parse_allowlist
+from jobgate.webhooks.policy import parse_retry_after, retry_delay
 from tests.helpers import background_of_other_apps
 
 URL = "https://hooks.example/cb"

@@ -16,17 +16,14 @@ import contextlib
 import http.client
 import ipaddress
 import os
-import random
 import socket
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -46,6 +43,7 @@ from config import (
 from jobgate.signing import webhook_headers
 from jobgate.ssrf import CallbackRefused, Network, Resolver, check_callback_url
 from jobgate.timers import Timers
+from jobgate.webhooks.policy import parse_retry_after
 
 __all__ = [
     "GONE",
@@ -56,14 +54,11 @@ __all__ = [
     "PinnedAdapter",
     "classify",
     "deliver",
-    "parse_retry_after",
-    "retry_delay",
 ]
 
 Outcome = Literal["delivered", "retry", "failed"]
 
 GONE = 410  # the receiver says the endpoint is gone for good: stop, and disable it
-JITTER = 0.2  # each retry delay is scaled by a uniform factor in [1 - JITTER, 1 + JITTER]
 _CHUNK = 8192
 _MAX_ERROR_CHARS = 300
 
@@ -76,7 +71,7 @@ class Attempt:
     only: the SSRF guard's specific reason when it refused the URL (``error`` is then the
     generic refusal). ``gone`` is True when the receiver answered ``410 Gone``: the
     outcome is then ``failed``, and the caller tells the endpoint's owner
-    (``jobgate.attempts.endpoint_gone``).
+    (``jobgate.webhooks.attempt.endpoint_gone``).
     """
 
     outcome: Outcome
@@ -409,58 +404,6 @@ def classify(status_code: int | None, exc: BaseException | None) -> Outcome:
     ):
         return "retry"  # connection errors and timeouts (requests' exceptions are OSErrors)
     return "failed"
-
-
-def parse_retry_after(
-    value: str | None, cap: float, *, now: datetime | None = None
-) -> float | None:
-    """Parse ``Retry-After`` (delta-seconds or HTTP-date) to seconds in ``[0, cap]``, else None."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    seconds: float
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)  # HTTP-dates are always GMT
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return float(min(max(seconds, 0.0), cap))
-
-
-def retry_delay(
-    attempt: int,
-    delays: Sequence[float],
-    *,
-    retry_after: float | None = None,
-    rng: Callable[[], float] = random.random,
-) -> float | None:
-    """Seconds before retry number ``attempt`` (1-based): schedule ±20 % jitter, ≥ Retry-After.
-
-    The jitter is a uniform factor in ``[0.8, 1.2]`` on that retry's own delay (so
-    receivers that failed together are not all retried in the same second); a receiver's
-    ``Retry-After`` is then a floor. ``None`` once the schedule is exhausted (the delivery
-    is then ``failed``).
-    """
-    if attempt < 1:
-        raise ValueError("attempt is 1-based")
-    if attempt > len(delays):
-        return None
-    base = float(delays[attempt - 1])
-    delay = base * (1.0 - JITTER + 2 * JITTER * rng())
-    if retry_after is not None:
-        delay = max(delay, float(retry_after))
-    return delay
 
 
 def _ms_since(start: float) -> int:

@@ -3,14 +3,14 @@
 ``jobgate.lifecycle`` queues the first attempt of each terminal event (batches, one per
 ``batch.completed``). Each attempt claims its token (so a duplicate message sends
 nothing), sends the stored body with fresh Standard Webhooks headers through
-``jobgate.delivery`` (which re-runs the SSRF guard and connects to the checked address),
+``jobgate.webhooks.http`` (which re-runs the SSRF guard and connects to the checked address),
 and records the attempt; when the outcome is ``retry``, the same script schedules the next
 attempt on the due set (``jobgate.due``) after a delay from
 ``settings.webhook_retry_delays`` (jitter added, never sooner than ``Retry-After``). Every
 queued or scheduled attempt stays open (``Store.open_key``) until one is recorded, so the
 sweeper finds a delivery whose message was lost. An attempt whose partner has its
 ``max_inflight_deliveries`` in flight waits its turn on the due set instead, unspent
-(``jobgate.deliveries``). The worker's ``jobgate.deliver_webhook`` task is a thin wrapper.
+(``jobgate.webhooks.ledger``). The worker's ``jobgate.deliver_webhook`` task is a thin wrapper.
 """
 
 from __future__ import annotations
@@ -25,8 +25,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from config import Settings
 from jobgate import __version__
-from jobgate.deliveries import DEFERRED, Begun, Deliveries
-from jobgate.delivery import Attempt, deliver, retry_delay
 from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
 from jobgate.events import (
@@ -42,11 +40,13 @@ from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.ssrf import lookups_for, parse_allowlist
 from jobgate.store import CLAIM_MARGIN, Store, secrets_of
 from jobgate.times import from_timestamp, utcnow
+from jobgate.webhooks.http import Attempt, deliver
+from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries
+from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"jobgate/{__version__}"
-RETRY_AFTER_CAP = 3600.0  # a receiver's Retry-After is honoured up to one hour
 
 
 class EndpointHooks(Protocol):
@@ -113,16 +113,6 @@ def post(settings: Settings, url: str, body: str, wid: str, secrets: list[str]) 
         user_agent=USER_AGENT,
         retry_after_cap=RETRY_AFTER_CAP,
     )
-
-
-def plan(
-    outcome: str, retry_number: int, delays: tuple[float, ...], retry_after: float | None = None
-) -> tuple[str, float | None]:
-    """The delivery state after an attempt, and the delay before retry ``retry_number``."""
-    if outcome in ("delivered", "failed"):
-        return outcome, None
-    delay = retry_delay(retry_number, delays, retry_after=retry_after)
-    return ("failed", None) if delay is None else ("retrying", delay)
 
 
 @dataclass(frozen=True)
