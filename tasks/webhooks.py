@@ -19,7 +19,7 @@ from jobgate.webhooks.attempt import Call, Sender, run_attempt
 _TRACE_LOG = logging.getLogger("celery.app.trace")
 
 
-def deliver(app: Any, node: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+def attempt_once(app: Any, node: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
     """One webhook attempt for ``app``'s worker ``node`` (the message's arguments are a
     ``jobgate.webhooks.attempt.Call``'s)."""
     sender = Sender(
@@ -61,7 +61,7 @@ class DeliveryTask(Task):
 
     def direct(self, node: str, *args: Any, **kwargs: Any) -> None:
         """What tasks.direct runs for a message: the attempt, for worker ``node``."""
-        deliver(self.app, node, *args, **kwargs)
+        attempt_once(self.app, node, *args, **kwargs)
 
 
 def register(app: Celery) -> Any:
@@ -82,7 +82,7 @@ def register(app: Celery) -> Any:
     ) -> dict[str, Any] | None:
         """Deliver one webhook attempt (see jobgate.webhooks.attempt); the recorded attempt goes
         to the worker's log at INFO."""
-        attempt = deliver(
+        attempt = attempt_once(
             self.app, self.request.hostname or "", kind, subject_id, event, retry=retry, chain=chain
         )
         return attempt if _TRACE_LOG.isEnabledFor(logging.INFO) else None
