@@ -1,6 +1,6 @@
 """Calls at a time, without a thread per call: ``Timers``, one daemon thread per process.
 
-The delivery deadlines (``jobgate.webhooks.http.WATCHDOG``) and the progress reports held for
+The delivery deadlines (``jobgate.webhooks.pool.WATCHDOG``) and the progress reports held for
 later (``tasks.progress``) each keep one.
 """
 

@@ -1,4 +1,5 @@
-"""Unit tests for one webhook delivery attempt and the retry policy (jobgate.webhooks.http).
+"""Unit tests for one webhook POST, its pinned connections and the retry policy
+(jobgate.webhooks.http, .pool, .policy).
 
 ``responses`` mocks ``HTTPAdapter.send``, so it exercises everything around the transport;
 the pinned transport itself is tested against real servers on 127.0.0.1 (http and https).
@@ -38,20 +39,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 import jobgate.signing as signing
-import jobgate.webhooks.http as delivery
+import jobgate.webhooks.pool as pool
 from config import DEFAULT_RETRY_DELAYS
 from jobgate.signing import generate_secret, sign
 from jobgate.ssrf import REFUSED, parse_allowlist
-from jobgate.webhooks.http import (
-    Attempt,
-    Connections,
-    Guard,
-    PinnedAdapter,
-    classify,
-    connect_to_address,
-    deliver,
-)
+from jobgate.webhooks.http import Attempt, classify, deliver
 from jobgate.webhooks.policy import parse_retry_after, retry_delay
+from jobgate.webhooks.pool import Connections, Guard, PinnedAdapter, connect_to_address
 from tests.helpers import background_of_other_apps
 
 URL = "https://hooks.example/cb"
@@ -1282,7 +1276,7 @@ def test_the_deadline_cuts_a_body_that_ends_with_the_connection(
 def test_a_connection_idle_too_long_is_not_used(
     secret: str, connections: Connections, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(delivery, "IDLE_MAX", 0.0)
+    monkeypatch.setattr(pool, "IDLE_MAX", 0.0)
     receiver = KeepAliveReceiver()
     try:
         for n in range(2):
