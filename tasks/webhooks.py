@@ -52,7 +52,8 @@ class DeliveryTask(Task):
         if self._process_backend is None:
             with self._creating:
                 if self._process_backend is None:
-                    self._process_backend = self.app._get_backend()
+                    # The first one the app gives (per thread: this greenlet's), kept for all.
+                    self._process_backend = self.app.backend
         return self._process_backend
 
     @backend.setter
