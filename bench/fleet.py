@@ -231,6 +231,43 @@ class Faults(threading.Thread):
             self.error = exc
 
 
+def load_under(
+    faults: Faults,
+    stack: Stack,
+    partner: dict[str, Any],
+    body: dict[str, Any],
+    args: Any,
+    submitted: Submitted,
+    *,
+    finish_faults: bool = False,
+) -> tuple[float, float]:
+    """Submit ``args.jobs`` at ``args.rate`` while ``faults`` run; (start, end of the
+    submits). Then the faults are halted, or with ``finish_faults`` waited for first (one
+    that outlasts the load, as a partition's heal may). Raises a fault's own error."""
+    t0 = time.time()
+    faults.start()
+    submit_all(
+        stack,
+        partner["api_key"],
+        body,
+        args.jobs,
+        args.rate,
+        args.submitters,
+        submitted,
+        args.give_up,
+    )
+    submitted_at = time.time()
+    if not finish_faults:
+        faults.halt.set()
+    faults.join(300)
+    faults.halt.set()
+    if faults.is_alive():
+        raise RuntimeError("a fault was still in progress 300 s after the last submit")
+    if faults.error:
+        raise faults.error
+    return t0, submitted_at
+
+
 def longest_gap(times: list[float], start: float, end: float) -> float:
     """The longest stretch in [start, end] with none of ``times`` in it, in seconds."""
     inside = sorted(t for t in times if start <= t <= end)
@@ -357,25 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             "callback_url": stack.url("receiver", "/hook"),
         }
         faults = Faults(plan, args.jobs, submitted, act)
-        t0 = time.time()
-        faults.start()
-        submit_all(
-            stack,
-            partner["api_key"],
-            body,
-            args.jobs,
-            args.rate,
-            args.submitters,
-            submitted,
-            args.give_up,
-        )
-        submitted_at = time.time()
-        faults.halt.set()  # a fault whose share was never reached does not fire
-        faults.join(300)
-        if faults.is_alive():
-            raise RuntimeError("a fault was still in progress 300 s after the last submit")
-        if faults.error:
-            raise faults.error
+        # A fault whose share was never reached does not fire.
+        t0, submitted_at = load_under(faults, stack, partner, body, args, submitted)
         ids = list(submitted.jobs.values())
         print(f"accepted {len(ids)} jobs in {submitted_at - t0:.1f} s", flush=True)
 

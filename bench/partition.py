@@ -44,7 +44,7 @@ from bench.common import (
     wait_for,
     write_result,
 )
-from bench.fleet import Faults, Gateways, SentinelStack, Submitted, kept_records, submit_all
+from bench.fleet import Faults, Gateways, SentinelStack, Submitted, kept_records, load_under
 from bench.recovery import Fleet, receiver_detail
 from bench.sentinel import MASTER, SentinelGroup, quiet
 
@@ -230,25 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             "params": params,
             "callback_url": stack.url("receiver", "/hook"),
         }
-        t0 = time.time()
-        faults.start()
-        submit_all(
-            stack,
-            partner["api_key"],
-            body,
-            args.jobs,
-            args.rate,
-            args.submitters,
-            submitted,
-            args.give_up,
+        # The partition may outlast the load: its heal is waited for.
+        t0, submitted_at = load_under(
+            faults, stack, partner, body, args, submitted, finish_faults=True
         )
-        submitted_at = time.time()
-        faults.join(300)  # the partition may outlast the load: its heal is waited for
-        faults.halt.set()
-        if faults.is_alive():
-            raise RuntimeError("the partition was still in progress 300 s after the last submit")
-        if faults.error:
-            raise faults.error
         ids = list(submitted.jobs.values())
         print(f"accepted {len(ids)} jobs in {submitted_at - t0:.1f} s", flush=True)
 
