@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from config import Settings
-from jobgate import __version__
+from jobgate import __version__, handoff
 from jobgate.deliveries import DEFERRED, Begun, Deliveries
 from jobgate.delivery import Attempt, deliver, retry_delay
 from jobgate.due import entry as due_entry
@@ -375,7 +375,7 @@ def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str, ev
         move_entries(store, messenger, [entry], now=now)
         log.info("brought the next attempt of %s for %s %s forward", event, kind, subject_id)
     elif found == "new":
-        messenger.send(DELIVER_TASK, args=args, kwargs=kwargs, queue=queue, task_id=task_id)
+        handoff.send_delivery(store, messenger, DELIVER_TASK, task_id, args=args, kwargs=kwargs)
         log.info("queued %s for %s %s again", event, kind, subject_id)
     return webhook_id(subject_id, event)
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+from jobgate import handoff
 from jobgate.messages import Messenger
 from jobgate.store import Store
 
@@ -88,5 +89,8 @@ def move(
         except Exception:
             store.redis.zadd(store.due_key, {row: now})  # put it back for the next pass
             raise
+        # Until here a crash loses the entry; its delivery stays open (due time plus the
+        # open grace) and the sweeper sends it again.
+        handoff.handed(store, messenger, spec["id"])
         moved += 1
     return moved

@@ -25,6 +25,8 @@ POINTS = (
     "delivery.begun",
     "delivery.sent",
     "batch.create.before",
+    "job.dispatched",  # a job's message about to be sent to a broker apart (jobgate.handoff)
+    "delivery.queued",  # a delivery's message about to be sent from Python
 )
 ACTIONS = ("kill", "redis_error")
 _fired: set[str] = set()

@@ -45,6 +45,9 @@ class Messenger(Protocol):
         kwargs: dict[str, Any] | None = None,
         task_id: str | None = None,
         countdown: float | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
-        """Publish the task through the broker (``countdown`` s from now)."""
+        """Publish the task through the broker (``countdown`` s from now), with ``headers``
+        added to the message's; returns once the broker confirmed it (RabbitMQ: publisher
+        confirms)."""
         ...
