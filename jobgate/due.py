@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from jobgate import handoff
+from jobgate.failpoints import failpoint
 from jobgate.messages import Messenger
 from jobgate.store import Store
 
@@ -78,6 +79,7 @@ def move(
     for row, spec in zip(rows, specs, strict=True):
         if not store.redis.zrem(store.due_key, row):  # another worker took it
             continue
+        failpoint("delivery.due")
         try:
             messenger.send(
                 spec["task"],
