@@ -25,7 +25,7 @@ other queue names use their own key prefix too. A pass reads every queued messag
 cost grows with the backlog (about 1 s per 100 000 queued messages here); it runs in a
 thread of its own, off the worker's consumer loop.
 
-With another broker (RabbitMQ) the sweeper cannot look inside it, and needs not: once a
+With another broker (RabbitMQ) the sweeper cannot look inside it, and need not: once a
 publish is confirmed the broker keeps the message, and gives a dead consumer's back. What
 it repairs is a message its sender never handed over (``jobgate.handoff``): a job
 dispatched ``stale_after`` ago, not started, whose send has no handed mark, is sent again
