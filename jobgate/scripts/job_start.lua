@@ -16,7 +16,8 @@ local found = redis.call('HMGET', KEYS[1], 'job_id', 'status', 'started_at', 'ru
 if not found[1] then return {-1} end
 local status = found[2]
 if status then return {0, status} end
-if ARGV[6] ~= '' and found[5] and found[5] ~= ARGV[6] then return {0, 'stale'} end
+local send = ARGV[6] or ''
+if send ~= '' and found[5] and found[5] ~= send then return {0, 'stale'} end
 local runs = (tonumber(found[4]) or 0) + 1
 redis.call('HSET', KEYS[1], 'started_at', found[3] or ARGV[1], 'worker', ARGV[3],
            'runs', tostring(runs))
