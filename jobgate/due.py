@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+from jobgate import handoff
+from jobgate.failpoints import failpoint
 from jobgate.messages import Messenger
 from jobgate.store import Store
 
@@ -77,6 +79,7 @@ def move(
     for row, spec in zip(rows, specs, strict=True):
         if not store.redis.zrem(store.due_key, row):  # another worker took it
             continue
+        failpoint("delivery.due")
         try:
             messenger.send(
                 spec["task"],
@@ -88,5 +91,8 @@ def move(
         except Exception:
             store.redis.zadd(store.due_key, {row: now})  # put it back for the next pass
             raise
+        # Until here a crash loses the entry; its delivery stays open (due time plus the
+        # open grace) and the sweeper sends it again.
+        handoff.handed(store, messenger, spec["id"])
         moved += 1
     return moved

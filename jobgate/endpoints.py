@@ -34,7 +34,7 @@ from typing import Any, cast
 from redis.exceptions import WatchError
 from sqlalchemy import Table, func, or_, select, update
 
-from jobgate import history
+from jobgate import handoff, history
 from jobgate.batches import batch_view
 from jobgate.db import Database, insert_statement
 from jobgate.db.models import Endpoint, Message, Partner, SigningSecret
@@ -407,10 +407,11 @@ def fan_out(
             return []
         body = books.store_body(subject_id, event, built)
     occurred = json.loads(body).get("timestamp") or utcnow()
+    grace = store.open_grace if messenger.inline else store.handoff_grace
     args: list[Any] = [
         fan_task_id,
         store.retention,
-        time.time() + store.open_grace,
+        time.time() + grace,
         body,
         time.time(),
     ]
@@ -464,12 +465,8 @@ def fan_out(
             _, call_args, kwargs = delivery_call(
                 MESSAGE, task_id.split(":")[2], event, AUTO_CHAIN, 0
             )
-            messenger.send(
-                DELIVER_TASK,
-                args=call_args,
-                kwargs=kwargs,
-                queue=messenger.webhooks_queue,
-                task_id=task_id,
+            handoff.send_delivery(
+                store, messenger, DELIVER_TASK, task_id, args=call_args, kwargs=kwargs
             )
     _fanned(store, kind, subject_id, raw)
     log.info("fanned %s of %s %s out to %d endpoint(s)", event, kind, subject_id, len(created))

@@ -25,6 +25,9 @@ POINTS = (
     "delivery.begun",
     "delivery.sent",
     "batch.create.before",
+    "job.dispatched",  # a job's message about to be sent to a broker apart (jobgate.handoff)
+    "delivery.queued",  # a delivery's message about to be sent from Python
+    "delivery.due",  # a due retry taken off the due set, about to be sent from Python
 )
 ACTIONS = ("kill", "redis_error")
 _fired: set[str] = set()

@@ -17,7 +17,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from jobgate import batches, ends
+from jobgate import batches, ends, handoff
 from jobgate.db import Database
 from jobgate.events import (
     BATCH_COMPLETED,
@@ -222,10 +222,8 @@ def enqueue_webhook(
     """Queue the first attempt of ``event`` (of ``chain``) on the webhooks queue, marked
     open first so that a crash before the send leaves it for the sweeper; its task id."""
     task_id, args, kwargs = delivery_call(kind, subject_id, event, chain, 0)
-    store.mark_open(task_id)
-    messenger.send(
-        DELIVER_TASK, args=args, kwargs=kwargs, queue=messenger.webhooks_queue, task_id=task_id
-    )
+    handoff.opening(store, messenger, task_id)
+    handoff.send_delivery(store, messenger, DELIVER_TASK, task_id, args=args, kwargs=kwargs)
     log.info("queued %s for %s %s", event, kind, subject_id, extra={"job_id": subject_id})
     return task_id
 
@@ -246,13 +244,8 @@ def enqueue_fan_out(
     ):
         return None
     task_id = fan_out_task_id(kind, subject_id, event)
-    store.mark_open(task_id)
-    messenger.send(
-        FAN_OUT_TASK,
-        args=[kind, subject_id, event],
-        queue=messenger.webhooks_queue,
-        task_id=task_id,
-    )
+    handoff.opening(store, messenger, task_id)
+    handoff.send_delivery(store, messenger, FAN_OUT_TASK, task_id, args=[kind, subject_id, event])
     log.info("queued the fan-out of %s for %s %s", event, kind, subject_id)
     return task_id
 
@@ -301,20 +294,16 @@ def dispatch(store: Store, messenger: Messenger, partners: tuple[str, ...] = ())
 
 def send_dispatched(store: Store, messenger: Messenger, job_ids: list[str]) -> None:
     """Send the Celery message of jobs dispatched without one (a broker other than the
-    store's Redis). A job the broker refuses ends ``FAILURE``: announced once, never
-    left running in the dispatcher's count with no message."""
+    store's Redis), marked handed once sent (``jobgate.handoff``: the sweeper sends again
+    one whose sender died first). A job the broker refuses ends ``FAILURE``: announced
+    once, never left running in the dispatcher's count with no message."""
     if not job_ids:
         return
     for job_id, record in zip(job_ids, store.jobs(job_ids), strict=True):
         if record is None:
             continue
         try:
-            messenger.send(
-                record["task"],
-                kwargs=record.get("params"),
-                task_id=record["task_id"],
-                queue=record.get("queue") or messenger.jobs_queue,
-            )
+            handoff.send_job(store, messenger, record)
         except Exception:  # noqa: BLE001 - the broker's own errors vary by transport
             log.warning("job %s: the broker refused its message", job_id, exc_info=True)
             finish_job(

@@ -4,7 +4,8 @@ The worker and the gateway each hand the domain a messenger built from their Cel
 (``tasks.publish.CeleryMessenger``). When the broker is the job store's own Redis the
 messenger is ``inline``: the domain writes a task's broker message inside its own Lua
 scripts and transactions (the job and its message, a job's end and its webhook), so the
-two exist together or not at all.
+two exist together or not at all. With another broker (RabbitMQ) the message is sent
+after the script, and ``jobgate.handoff`` marks it handed once the broker has it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Messenger(Protocol):
         kwargs: dict[str, Any] | None = None,
         task_id: str | None = None,
         countdown: float | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
-        """Publish the task through the broker (``countdown`` s from now)."""
+        """Publish the task through the broker (``countdown`` s from now), with ``headers``
+        added to the message's; returns once the broker confirmed it (RabbitMQ: publisher
+        confirms)."""
         ...

@@ -40,7 +40,7 @@ from jobgate.store import IDEMPOTENCY_TTL, Store
 log = logging.getLogger("jobgate.outbox")
 
 # Fields a running job gathers; a job queued again starts without them.
-LIVE_FIELDS = frozenset({"started_at", "runs", "worker", "progress"})
+LIVE_FIELDS = frozenset({"started_at", "runs", "worker", "progress", "send", "sent"})
 # How long after its commit a job may still be on its way to Redis from its gateway: the
 # relay's ``older_than`` in the workers (a second hand-off is harmless, only wasted).
 HANDOFF_GRACE = 10.0

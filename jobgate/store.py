@@ -34,6 +34,8 @@ HOLD = 7 * 86400
 DONE_TTL_MIN = 600  # a done attempt's claim outlives any duplicate of its message
 POOL_WAIT = 5.0  # seconds a caller waits for a free Redis connection when all are in use
 JSON_FIELDS = ("metadata", "result", "progress", "params")
+HANDED_GRACE = 3600.0  # seconds a delivery handed to a broker apart is left to it
+DEFAULT_HANDOFF_GRACE = 45.0  # the default visibility timeout plus the sweep interval
 CLAIM_MARGIN = 30.0  # seconds an attempt's claim outlives its HTTP timeout
 WORKERS_FORGOTTEN_AFTER = 86400  # a node silent this long leaves the set of workers
 # What an end's script did about the partner's endpoints (its last answer, 0/1/2).
@@ -82,6 +84,8 @@ class Store:
         dispatch_window: int = 0,
         max_running_jobs: int = 0,
         max_inflight_deliveries: int = 0,
+        handoff_grace: float = DEFAULT_HANDOFF_GRACE,
+        handed_grace: float = HANDED_GRACE,
     ) -> None:
         self.redis = client
         # Fair dispatch (jobgate/scripts/dispatch.lua): jobs dispatched and not ended at
@@ -101,6 +105,11 @@ class Store:
         # sweeper looks for its message: one attempt's claim (its HTTP timeout plus
         # CLAIM_MARGIN), so a running attempt is never mistaken for a lost one.
         self.open_grace = open_grace
+        # A broker apart from this Redis (jobgate.handoff): how long a sender has to hand
+        # a message over and mark it so, and how long a handed delivery is left to it
+        # before the sweeper sends it again (harmless: the attempt's claim).
+        self.handoff_grace = handoff_grace
+        self.handed_grace = handed_grace
         # A live job keeps its record at least as long as a finished one, plus the
         # longest time a job may stay queued or running.
         self.live_ttl = live_ttl or retention + 2 * 86400
@@ -134,6 +143,7 @@ class Store:
             dispatch_window=settings.dispatch_window,
             max_running_jobs=settings.max_running_jobs,
             max_inflight_deliveries=settings.max_inflight_deliveries,
+            handoff_grace=settings.visibility_timeout + settings.sweep_interval,
         )
 
     def key(self, *parts: str) -> str:
@@ -259,21 +269,23 @@ class Store:
         job_id: str,
         worker: str = "",
         celery_meta: tuple[str, str, int | None] | None = None,
+        send: str = "",
     ) -> tuple[str | None, int, str | None]:
         """Record a worker's start (Celery keeps no start time), which worker runs the job
         and its run count, and publish STARTED; write ``celery_meta`` (key, value, expires:
         Celery's STARTED) with it when the job may run.
 
         Returns (refusal, runs, started_at): refusal is None when the job may run, else why
-        not (its terminal status, or "missing" when it has no record); runs counts this run
-        (more than 1: an earlier run was lost with its worker); started_at is the job's first
-        start, for its end to commit without reading it back.
+        not (its terminal status, "missing" when it has no record, "stale" when ``send``,
+        the message's token, is not the job's last send: ``jobgate.handoff``); runs counts
+        this run (more than 1: an earlier run was lost with its worker); started_at is the
+        job's first start, for its end to commit without reading it back.
         """
         event = json.dumps({"job_id": job_id, "status": "STARTED"})
         meta_key, meta, expires = self._meta_parts(celery_meta)
         answer = self.scripts["job_start"](
             keys=[self.key("job", job_id), self.channel(job_id), meta_key],
-            args=[utcnow(), event, worker, meta, expires],
+            args=[utcnow(), event, worker, meta, expires, send],
         )
         if answer[0] == -1:
             return "missing", 0, None

@@ -16,15 +16,21 @@ What a pass looks for, each counted in ``<prefix>:repairs`` (``/metrics``) and l
 - ``batch_member_counted``: an ended member a batch never counted; counting it may
   complete the batch and queue ``batch.completed``.
 
-"Nowhere" is decided from the broker itself: the queues (the job's own, from its record,
+With the broker on the store's Redis (``messenger.inline``), "nowhere" is decided from
+the broker itself: the queues (the job's own, from its record,
 and the messenger's), kombu's unacknowledged messages and the due set, each snapshot taken
 in one MULTI, and a second snapshot a second later before anything is repaired. Deliveries
 are looked for on the messenger's webhooks queue: deployments (and test worlds) that use
 other queue names use their own key prefix too. A pass reads every queued message, so its
 cost grows with the backlog (about 1 s per 100 000 queued messages here); it runs in a
-thread of its own, off the worker's consumer loop. That
-needs the broker to be the store's Redis (``messenger.inline``); with another broker only
-batch counts are repaired.
+thread of its own, off the worker's consumer loop.
+
+With another broker (RabbitMQ) the sweeper cannot look inside it, and need not: once a
+publish is confirmed the broker keeps the message, and gives a dead consumer's back. What
+it repairs is a message its sender never handed over (``jobgate.handoff``): a job
+dispatched ``stale_after`` ago, not started, whose send has no handed mark, is sent again
+under a new token (``job_requeued``); a delivery open past its deadline (the handoff
+grace, or the handed grace) and not on the due set is sent again (``delivery_requeued``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import time
 from collections import Counter
 from typing import Any, cast
 
-from jobgate import lifecycle
+from jobgate import handoff, lifecycle
 from jobgate.batches import batch_record, member_ids
 from jobgate.events import delivery_call, parse_delivery_task_id, parse_fan_out_task_id
 from jobgate.messages import DELIVER_TASK, FAN_OUT_TASK, Messenger
@@ -108,6 +114,7 @@ def sweep(
     repairs: Counter[str] = Counter()
     _count_batches(store, messenger, now - stale_after, repairs)
     if not messenger.inline:
+        _resend(store, messenger, now, stale_after, repairs)
         return _recorded(store, repairs)
     live = cast(
         "list[str]",
@@ -190,32 +197,80 @@ def _repair_jobs(
         repairs["job_requeued"] += 1
 
 
+def _delivery_task(task_id: str) -> tuple[str, str, list[Any], dict[str, Any]] | None:
+    """(task name, subject id, args, kwargs) of an open delivery's message; None for a
+    task id that names none."""
+    parsed = parse_delivery_task_id(task_id)
+    if parsed is not None:
+        kind, subject_id, event, chain, retry = parsed
+        _, args, kwargs = delivery_call(kind, subject_id, event, chain, retry)
+        return DELIVER_TASK, subject_id, list(args), kwargs
+    fan = parse_fan_out_task_id(task_id)
+    if fan is not None:  # an event's fan-out step to its partner's endpoints
+        return FAN_OUT_TASK, fan[1], list(fan), {}
+    return None
+
+
 def _repair_deliveries(
     store: Store, messenger: Messenger, task_ids: list[str], repairs: Counter[str]
 ) -> None:
     queue = messenger.webhooks_queue
     for task_id in task_ids:
-        parsed = parse_delivery_task_id(task_id)
-        fan = parse_fan_out_task_id(task_id)
-        if parsed is not None:
-            kind, subject_id, event, chain, retry = parsed
-            _, args, kwargs = delivery_call(kind, subject_id, event, chain, retry)
-            message = messenger.envelope(
-                DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs
-            )
-        elif fan is not None:  # an event's fan-out step to its partner's endpoints
-            subject_id = fan[1]
-            message = messenger.envelope(FAN_OUT_TASK, task_id, queue=queue, args=list(fan))
-        else:
+        task = _delivery_task(task_id)
+        if task is None:
             store.redis.zrem(store.open_key, task_id)
             continue
-        store.redis.rpush(queue, message)
+        name, subject_id, args, kwargs = task
+        store.redis.rpush(
+            queue, messenger.envelope(name, task_id, queue=queue, args=args, kwargs=kwargs)
+        )
         log.warning(
             "delivery %s had no message anywhere; queued it again",
             task_id,
             extra={"job_id": subject_id},
         )
         repairs["delivery_requeued"] += 1
+
+
+def _resend(
+    store: Store, messenger: Messenger, now: float, stale_after: float, repairs: Counter[str]
+) -> None:
+    """A broker apart: send again what no sender handed over (``jobgate.handoff``)."""
+    live = cast(
+        "list[str]",
+        store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after, start=0, num=LIMIT),
+    )
+    for job_id, record in zip(live, store.jobs(live), strict=True):
+        if record is None or record.get("status") in TERMINAL:
+            store.redis.zrem(store.key("live"), job_id)  # expired, or ended: not live
+        elif handoff.unsent(record) and handoff.send_job(store, messenger, record):
+            log.warning(
+                "job %s was dispatched and never handed to the broker; sent it again",
+                job_id,
+                extra={"job_id": job_id},
+            )
+            repairs["job_requeued"] += 1
+    overdue = cast(
+        "list[str]", store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
+    )
+    if not overdue:
+        return
+    waiting = inflight_ids(store, [])  # the due set: retries and deferred attempts
+    for task_id in overdue:
+        task = _delivery_task(task_id)
+        if task is None:
+            store.redis.zrem(store.open_key, task_id)
+        elif task_id in waiting:  # its message is written when it is due: look again later
+            store.redis.zadd(store.open_key, {task_id: now + store.open_grace}, xx=True)
+        else:
+            name, subject_id, args, kwargs = task
+            handoff.send_delivery(store, messenger, name, task_id, args=args, kwargs=kwargs)
+            log.warning(
+                "delivery %s was open and not handed to the broker; sent it again",
+                task_id,
+                extra={"job_id": subject_id},
+            )
+            repairs["delivery_requeued"] += 1
 
 
 def _count_batches(

@@ -7,6 +7,7 @@ import os
 import resource
 from functools import cached_property
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery, Task, states
 from celery.exceptions import WorkerLostError
@@ -20,6 +21,7 @@ from jobgate.db import Database
 from jobgate.endpoints import Endpoints
 from jobgate.ends import committed_end
 from jobgate.failpoints import failpoint
+from jobgate.handoff import SEND_HEADER
 from jobgate.partners import Partners
 from jobgate.status import error_message
 from jobgate.store import Store
@@ -111,7 +113,13 @@ class JobTask(Task):
             job_id,
             worker=self.request.hostname or "",
             celery_meta=script_meta(self, states.STARTED, started),
+            send=str(getattr(self.request, SEND_HEADER, None) or ""),
         )
+        if refused == "stale":
+            # A second message of the job (its sender died after the publish, before the
+            # handed mark, and the sweeper sent it again): the job's last send runs it.
+            log.info("job %s: a stale message; dropped", job_id, extra={"job_id": job_id})
+            raise JobRevoked(f"job {job_id}: a stale message")
         if refused == "missing":
             # No record: retention ran out or the message did not come from the gateway.
             log.warning("job %s has no record; not running it", job_id, extra={"job_id": job_id})
@@ -314,6 +322,15 @@ def sentinel_options(settings: Settings, url: str) -> dict[str, Any]:
     }
 
 
+def amqp_options(url: str) -> dict[str, Any]:
+    """py-amqp's transport options for an ``amqp://`` broker (else none): publisher
+    confirms, so a send returns once RabbitMQ has the message (``jobgate.handoff`` marks
+    it handed only then)."""
+    if urlsplit(url.split(";", 1)[0]).scheme not in ("amqp", "amqps", "pyamqp"):
+        return {}
+    return {"confirm_publish": True}
+
+
 def make_celery(settings: Settings | None = None) -> JobgateCelery:
     """Build a Celery app for ``settings`` with every enabled job type registered."""
     settings = settings or Settings.from_env()
@@ -354,6 +371,7 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
             # than this gets more (_size_for_every_slot).
             "max_connections": settings.redis_max_connections,
             **sentinel_options(settings, settings.broker_url),
+            **amqp_options(settings.broker_url),
         },
         # A sentinel:// backend asks the sentinels for the master (after a failover too).
         result_backend_transport_options=sentinel_options(settings, settings.result_backend),
@@ -373,13 +391,6 @@ def make_celery(settings: Settings | None = None) -> JobgateCelery:
         worker_hijack_root_logger=False,
     )
     app.steps["consumer"].add(Upkeep)  # fresh messages, due retries, the sweeper
-    if not same_redis(settings.broker_url, settings.redis_url):
-        log.warning(
-            "CELERY_BROKER_URL is not REDIS_URL: jobs, webhooks and retries are "
-            "queued outside the store's transactions, and the sweeper cannot see the "
-            "broker, so a crash between a record and its message can strand a job "
-            "(docs/reliability.md)"
-        )
     for job_type in job_types(demo=settings.demo_tasks).values():
         # shared=False: each app built here owns its tasks (tests build several apps).
         app.task(

@@ -193,6 +193,7 @@ class CeleryMessenger:
         kwargs: dict[str, Any] | None = None,
         task_id: str | None = None,
         countdown: float | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         self.app.send_task(
             name,
@@ -201,4 +202,5 @@ class CeleryMessenger:
             queue=queue,
             task_id=task_id,
             countdown=countdown,
+            headers=headers,
         )

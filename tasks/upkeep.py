@@ -13,7 +13,7 @@
 - **Due deliveries** (consumer timer, every second): ``jobgate.due.move_due``.
 - **Sweeper** (consumer timer, every ``JOBGATE_SWEEP_INTERVAL`` s): the worker holding a
   lease runs one ``jobgate.sweeper.sweep`` pass, in a thread so that a long pass never
-  stalls the consumer's loop.
+  stalls the consumer's loop. A lease whose holder is no longer alive is taken over.
 - **Archiver** (a thread): drains the archive stream into the database in chunks
   (``jobgate.archive``); every worker process runs one, the stream's consumer group shares
   the work. The one holding the pruner's lease also deletes history older than
@@ -30,12 +30,14 @@ from typing import Any
 import redis
 from celery import bootsteps
 from celery.worker import state as worker_state
+from redis.exceptions import WatchError
 
 from jobgate.archive import Archiver, prune
 from jobgate.connections import redis_client
 from jobgate.due import move_due
 from jobgate.lifecycle import dispatch
 from jobgate.outbox import HANDOFF_GRACE, relay
+from jobgate.store import Store
 from jobgate.sweeper import sweep
 from tasks import direct
 
@@ -107,9 +109,29 @@ ARCHIVE_LINGER = 0.5  # seconds of archive lag traded for larger chunks (docs/da
 
 
 def sweeper_lease_seconds(sweep_interval: float) -> float:
-    """How long the sweeper's lease outlives its holder's last renewal: a worker killed
-    while holding it keeps every other worker from sweeping for up to this long."""
+    """How long the sweeper's lease outlives its holder's last renewal; a worker killed
+    while holding it loses it sooner, once its liveness key expires (``take_over``)."""
     return max(sweep_interval * 3, 60.0)
+
+
+def take_over(store: Store, lease: str, holder: Any, node: str, ttl_ms: int) -> bool:
+    """Take the sweeper's lease from ``holder`` if that worker is no longer alive (killed
+    while it held it), rather than wait out the lease; False if it lives or another worker
+    took the lease first."""
+    if holder is None or store.redis.exists(store.alive_key(str(holder))):
+        return False
+    with store.redis.pipeline() as pipe:
+        try:
+            pipe.watch(lease)
+            if pipe.get(lease) != holder:
+                return False
+            pipe.multi()
+            pipe.set(lease, node, px=ttl_ms)
+            pipe.execute()
+        except WatchError:
+            return False
+    log.warning("sweeper: took the lease of %s, a worker no longer alive", holder)
+    return True
 
 
 class ArchiveThread(threading.Thread):
@@ -247,7 +269,8 @@ class Upkeep(bootsteps.StartStopStep):
         lease = store.key("sweeper")
         ttl_ms = int(sweeper_lease_seconds(settings.sweep_interval) * 1000)
         if not store.redis.set(lease, self.node, nx=True, px=ttl_ms):
-            if store.redis.get(lease) != self.node:
+            holder = store.redis.get(lease)
+            if holder != self.node and not take_over(store, lease, holder, self.node, ttl_ms):
                 return  # another worker sweeps
             store.redis.pexpire(lease, ttl_ms)
         if self._sweeping is not None and self._sweeping.is_alive():

@@ -519,3 +519,54 @@ def background_of_other_apps() -> bool:
     an earlier test's app, reconnecting to its Redis): network guards of unit tests let
     it through, since it is not the code under test."""
     return threading.current_thread().name == "jobgate-partner-changes"
+
+
+# ----------------------------------------------------------------------------- RabbitMQ
+RABBITMQ = ("127.0.0.1", 5672)  # guest/guest, as Debian's rabbitmq-server starts
+
+
+@contextmanager
+def rabbitmq_vhost(name_hint: str = "t") -> Iterator[str]:
+    """A RabbitMQ virtual host of this test's own (its queues, exchanges and control
+    messages apart from any other run's), deleted afterwards; its broker URL.
+
+    Skips the calling test, with the reason, when no RabbitMQ answers on 127.0.0.1:5672 or
+    ``rabbitmqctl`` is missing, except under CI (``CI`` set), where that fails.
+    """
+    reason = ""
+    try:
+        socket.create_connection(RABBITMQ, timeout=1).close()
+    except OSError as exc:
+        reason = f"no RabbitMQ on {RABBITMQ[0]}:{RABBITMQ[1]} ({exc})"
+    if not reason and not shutil.which("rabbitmqctl"):
+        reason = "no rabbitmqctl to make a virtual host with"
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the RabbitMQ tests")
+        pytest.skip(reason)
+    name = f"jobgate-{name_hint}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    _rabbitmqctl("add_vhost", name)
+    try:
+        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@{RABBITMQ[0]}:{RABBITMQ[1]}/{name}"
+    finally:
+        _rabbitmqctl("delete_vhost", name)
+
+
+def rabbitmq_messages(url: str) -> dict[str, int]:
+    """Messages in each queue of the virtual host of ``url``, ready or held by a consumer."""
+    vhost = url.rsplit("/", 1)[1]
+    out = _rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "messages")
+    return {
+        name: int(count)
+        for name, count in (line.split() for line in out.splitlines() if line.strip())
+    }
+
+
+def _rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+    return done.stdout

@@ -18,6 +18,8 @@ from redis.commands.core import Script
 
 NAMES = (
     "job_start",
+    "job_send",
+    "job_sent",
     "job_progress",
     "job_finish",
     "batch_count",

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from config import Settings
-from jobgate import __version__
+from jobgate import __version__, handoff
 from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
 from jobgate.events import (
@@ -403,7 +403,7 @@ def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str, ev
         move_entries(store, messenger, [entry], now=now)
         log.info("brought the next attempt of %s for %s %s forward", event, kind, subject_id)
     elif found == "new":
-        messenger.send(DELIVER_TASK, args=args, kwargs=kwargs, queue=queue, task_id=task_id)
+        handoff.send_delivery(store, messenger, DELIVER_TASK, task_id, args=args, kwargs=kwargs)
         log.info("queued %s for %s %s again", event, kind, subject_id)
     return webhook_id(subject_id, event)
 

@@ -2,7 +2,9 @@
 
 Workers here run with a 4 s visibility timeout and a 1 s sweep, so a killed worker's
 messages come back within seconds; the receiver verifies every request with the
-``standardwebhooks`` package (tests/reliability/conftest.py).
+``standardwebhooks`` package (tests/reliability/conftest.py). A test parametrised on
+``broker`` (indirect: "redis", "rabbitmq") runs once with the store's Redis as the broker
+and once with RabbitMQ, in a virtual host of the test's own.
 """
 
 from __future__ import annotations
@@ -13,14 +15,28 @@ from collections.abc import Iterator
 import pytest
 
 from config import Settings
+from tests.helpers import rabbitmq_vhost
 from tests.reliability.conftest import WebhookReceiver
+
+BROKERS = ["redis", "rabbitmq"]
 
 
 @pytest.fixture
-def fault_settings(settings: Settings) -> Settings:
+def broker(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The workers' broker URL: "" (the store's Redis) unless parametrised "rabbitmq"."""
+    if getattr(request, "param", "redis") == "redis":
+        yield ""
+        return
+    with rabbitmq_vhost("fault") as url:
+        yield url
+
+
+@pytest.fixture
+def fault_settings(settings: Settings, broker: str) -> Settings:
     """Queues of the test's own, fast recovery, quick retries."""
     tag = "fault-" + uuid.uuid4().hex[:8]
     return settings.with_overrides(
+        broker_url=broker or settings.redis_url,
         queue_jobs=tag,
         queue_webhooks=tag + "-hooks",
         key_prefix=tag,

@@ -2,7 +2,8 @@
 
 Each case arms one failpoint (jobgate/failpoints.py) in a real worker: ``kill`` SIGKILLs
 the worker's whole process group at that step, ``redis_error`` fails the Redis call
-there. A second worker (the heir) then takes over as in production. Whatever the step,
+there. A second worker (the heir) then takes over as in production. Each case runs with
+the store's Redis as the broker and with RabbitMQ. Whatever the step,
 the test asserts what the partner sees: the job ends with one terminal status, exactly
 one terminal ``webhook-id`` arrives (signature verified), the delivery is recorded as
 delivered, and nothing is left stranded (live set, open deliveries, due set, queues,
@@ -22,7 +23,8 @@ import pytest
 from config import Settings
 from jobgate.events import webhook_id
 from jobgate.sweeper import sweep
-from tests.helpers import WorkerProcess, gateway_for, wait_until
+from tests.faults.conftest import BROKERS
+from tests.helpers import WorkerProcess, gateway_for, rabbitmq_messages, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
 # (failpoint, action, subject, POSTs a receiver may see beyond the log)
@@ -72,6 +74,8 @@ def stranded(
     left += [
         f"queued on {q}" for q in (settings.queue_jobs, settings.queue_webhooks) if redis.llen(q)
     ]
+    if settings.broker_url != settings.redis_url:  # RabbitMQ: ready or held by a worker
+        left += [f"{n} on {q}" for q, n in rabbitmq_messages(settings.broker_url).items() if n]
     left += [
         f"unacked {t}"
         for t, raw in redis.hgetall("unacked").items()
@@ -80,6 +84,7 @@ def stranded(
     return left
 
 
+@pytest.mark.parametrize("broker", BROKERS, indirect=True)
 @pytest.mark.parametrize(
     ("point", "action", "subject", "extra_posts"),
     CASES,
@@ -185,6 +190,8 @@ def test_one_ending_whatever_breaks(
 
 def redis_busy(svc: Any, settings: Settings) -> bool:
     """A webhook message still queued or held by a worker."""
+    if settings.broker_url != settings.redis_url:
+        return bool(rabbitmq_messages(settings.broker_url).get(settings.queue_webhooks))
     redis = svc.store.redis
     return bool(
         redis.llen(settings.queue_webhooks)

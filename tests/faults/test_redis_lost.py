@@ -1,17 +1,21 @@
 """Redis is killed and comes back empty (no AOF, no snapshot): partners, history and the
 jobs it held are not lost. The database gives back the partners (their keys still
 authenticate), the finished jobs (read from it), and the jobs that were queued or
-running, which run again and reach one terminal status and one terminal webhook."""
+running, which run again and reach one terminal status and one terminal webhook. Each
+with the store's Redis and with RabbitMQ as the broker."""
 
 from __future__ import annotations
 
 import signal
 from typing import Any
 
+import pytest
+
 from config import Settings
 from jobgate import history
 from jobgate.events import webhook_id
 from tests.conftest import ADMIN_KEY
+from tests.faults.conftest import BROKERS
 from tests.helpers import EmbeddedRedis, WorkerProcess, gateway_for, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
@@ -28,15 +32,21 @@ def submit(client: Any, partner: dict[str, Any], url: str, seconds: float, **ext
     return answer.get_json()["job_id"]
 
 
+pytestmark = pytest.mark.parametrize("broker", BROKERS, indirect=True)
+
+
 def test_redis_restarted_empty_loses_no_partner_job_or_webhook(
     fault_settings: Settings,
     receiver: WebhookReceiver,
     workers: list[WorkerProcess],
     own_database: str,
+    broker: str,
 ) -> None:
     server = EmbeddedRedis().start()
     try:
-        own = fault_settings.with_overrides(redis_url=server.url, database_url=own_database)
+        own = fault_settings.with_overrides(
+            redis_url=server.url, broker_url=broker, database_url=own_database
+        )
         client, partner, svc = gateway_for(own, ADMIN_KEY)
         receiver.secrets.append(partner["webhook_secret"])
         workers.append(WorkerProcess(own, concurrency=2, name="lost").start())
@@ -98,6 +108,7 @@ def test_jobs_accepted_right_before_redis_restarted_empty_all_end_once(
     receiver: WebhookReceiver,
     workers: list[WorkerProcess],
     own_database: str,
+    broker: str,
 ) -> None:
     """A burst of 202s (jobs and a batch), then Redis killed and started empty before
     any worker ran or archived them: the rows committed at submit are the record. Each
@@ -105,7 +116,9 @@ def test_jobs_accepted_right_before_redis_restarted_empty_all_end_once(
     every one ends with one terminal webhook; the batch completes with its event."""
     server = EmbeddedRedis().start()
     try:
-        own = fault_settings.with_overrides(redis_url=server.url, database_url=own_database)
+        own = fault_settings.with_overrides(
+            redis_url=server.url, broker_url=broker, database_url=own_database
+        )
         client, partner, _ = gateway_for(own, ADMIN_KEY)
         receiver.secrets.append(partner["webhook_secret"])
         headers = partner["headers"]
@@ -182,6 +195,7 @@ def test_redis_restarted_empty_right_after_the_webhooks_announces_no_other_end(
     receiver: WebhookReceiver,
     workers: list[WorkerProcess],
     own_database: str,
+    broker: str,
 ) -> None:
     """Jobs end and their webhooks go out; Redis is killed and comes back empty before
     the archiver may have recorded the deliveries. The committed end is the record: each
@@ -189,7 +203,9 @@ def test_redis_restarted_empty_right_after_the_webhooks_announces_no_other_end(
     carries the same webhook-id and the same end: never a second terminal event."""
     server = EmbeddedRedis().start()
     try:
-        own = fault_settings.with_overrides(redis_url=server.url, database_url=own_database)
+        own = fault_settings.with_overrides(
+            redis_url=server.url, broker_url=broker, database_url=own_database
+        )
         client, partner, _ = gateway_for(own, ADMIN_KEY)
         receiver.secrets.append(partner["webhook_secret"])
         headers = partner["headers"]

@@ -1,5 +1,5 @@
 """A lost worker: a task not safe to run twice ends FAILURE (worker_lost); a job whose
-pool process alone died runs again at once."""
+pool process alone died runs again at once. Each with Redis and with RabbitMQ as the broker."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from config import Settings
 from gateway.launch import descendants
 from jobgate.events import webhook_id
+from tests.faults.conftest import BROKERS
 from tests.helpers import WorkerProcess, gateway_for, wait_for_status, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
@@ -23,6 +26,9 @@ def submit(client: Any, partner: dict[str, Any], task: str, params: dict, url: s
     )
     assert answer.status_code == 202, answer.get_json()
     return answer.get_json()["job_id"]
+
+
+pytestmark = pytest.mark.parametrize("broker", BROKERS, indirect=True)
 
 
 def test_an_unsafe_task_whose_worker_died_fails_with_worker_lost_once(
