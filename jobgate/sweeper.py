@@ -43,6 +43,7 @@ from typing import Any, cast
 
 from jobgate import handoff, lifecycle
 from jobgate.batches import batch_record, member_ids
+from jobgate.db import Database
 from jobgate.events import delivery_call, parse_delivery_task_id, parse_fan_out_task_id
 from jobgate.messages import DELIVER_TASK, FAN_OUT_TASK, Messenger
 from jobgate.status import TERMINAL
@@ -103,8 +104,10 @@ def sweep(
     now: float | None = None,
     recheck_after: float = 1.0,
     broker_prefix: str = "",
+    db: Database | None = None,
 ) -> Counter[str]:
-    """One pass; returns the repairs made by kind.
+    """One pass; returns the repairs made by kind. An end it gives a job is committed to
+    ``db`` first, as every end is (``lifecycle.finish_job``).
 
     What looks lost in a first snapshot is looked for again ``recheck_after`` s later: a
     worker takes a message with ``BRPOP`` and records it as unacknowledged in a second
@@ -139,7 +142,8 @@ def sweep(
     if missing_jobs or missing_deliveries:
         time.sleep(recheck_after)
         seen = inflight_ids(store, queues, broker_prefix)
-        _repair_jobs(store, messenger, [j for j in missing_jobs if j not in seen], repairs)
+        lost = [j for j in missing_jobs if j not in seen]
+        _repair_jobs(store, messenger, lost, repairs, db)
         _repair_deliveries(
             store, messenger, [t for t in missing_deliveries if t not in seen], repairs
         )
@@ -159,7 +163,11 @@ def _recorded(store: Store, repairs: Counter[str]) -> Counter[str]:
 
 
 def _repair_jobs(
-    store: Store, messenger: Messenger, job_ids: list[str], repairs: Counter[str]
+    store: Store,
+    messenger: Messenger,
+    job_ids: list[str],
+    repairs: Counter[str],
+    db: Database | None = None,
 ) -> None:
     for job_id, record in zip(job_ids, store.jobs(job_ids), strict=True):
         if record is None or record.get("status") in TERMINAL:
@@ -176,6 +184,7 @@ def _repair_jobs(
                 store,
                 job_id,
                 "FAILURE",
+                db=db,
                 error="lost: the job's message was lost before it ended.",
             )
             repairs["job_failed_lost"] += 1

@@ -288,6 +288,7 @@ class Upkeep(bootsteps.StartStopStep):
             app.messenger,
             stale_after=app.settings.visibility_timeout + app.settings.sweep_interval,
             broker_prefix=getattr(channel, "global_keyprefix", "") or "",
+            db=app.database,
         )
         if repairs:
             log.warning("sweeper: repaired %s", dict(repairs))

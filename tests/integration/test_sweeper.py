@@ -118,6 +118,25 @@ def test_an_old_record_without_params_ends_failed_with_its_reason(world):
     assert store.redis.zscore(store.key("live"), job["job_id"]) is None
 
 
+def test_the_end_the_sweeper_gives_a_job_is_committed_to_its_row_first(world, app):
+    """A job whose row exists (the gateway's) and whose Redis record lost its params: its
+    ``lost`` end is the database's too, as every end is before it is announced."""
+    from jobgate.ends import committed_end
+    from jobgate.outbox import accept
+    from jobgate.store import as_stored
+
+    store, messenger = world
+    db = app.extensions["jobgate"].db
+    job = as_stored(a_job())
+    accept(db, store.prefix, [job])
+    store.create_job({k: v for k, v in job.items() if k != "params"}, committed=True)
+    repairs = sweep(store, messenger, stale_after=30, now=time.time() + LATER, db=db)
+    assert repairs == {"job_failed_lost": 1}
+    end = committed_end(db, job["job_id"])
+    assert end is not None and end["status"] == "FAILURE" and end["error"].startswith("lost:")
+    assert store.job(job["job_id"])["finished_at"] == end["finished_at"]
+
+
 def test_an_open_delivery_with_nothing_queued_is_queued_again_with_its_task_id(world):
     store, messenger = world
     task_id = delivery_task_id("job", str(uuid.uuid4()), "job.succeeded", "auto", 2)
