@@ -283,7 +283,7 @@ class Archiver:
                     *self._subject_keys(batch_id, summary.get("event")),
                 ]
         # An endpoint message's attempts go to the database too; its own keys stay in Redis
-        # for the hold period, which is the window of `recover` (jobgate.endpoints).
+        # for the hold period, which is the window of `recover` (jobgate.webhooks.fanout).
         for message_id in message_ids:
             attempts += _attempts(message_id, "msg", next(replies))
         with self.db.session() as session:

@@ -8,10 +8,10 @@ from typing import Any
 
 from celery import Celery, Task
 
-from jobgate.endpoints import fan_out
 from jobgate.events import fan_out_task_id
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK
 from jobgate.webhooks.attempt import Call, Sender, run_attempt
+from jobgate.webhooks.fanout import fan_out
 
 # Celery's tracer reprs a task's return value whether or not it logs it (visible in
 # profiles of the delivery process at WARNING): the attempt is returned only when its
@@ -91,7 +91,7 @@ def register(app: Celery) -> Any:
     @app.task(name=FAN_OUT_TASK, bind=True, ignore_result=True, acks_late=True, shared=False)
     def fan_out_event(self: Any, kind: str, subject_id: str, event: str) -> list[str]:
         """Queue ``event`` to every matching endpoint of the subject's partner, once
-        (see jobgate.endpoints.fan_out)."""
+        (see jobgate.webhooks.fanout.fan_out)."""
         app = self.app
         return fan_out(
             app.store,

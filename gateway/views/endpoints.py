@@ -30,6 +30,7 @@ from gateway.views.common import json_body, json_body_or_empty
 from jobgate import endpoints as registry
 from jobgate.signing import generate_secret
 from jobgate.times import iso_time
+from jobgate.webhooks import fanout
 from jobgate.webhooks.attempt import send_ping
 
 bp = Blueprint("endpoints", __name__, url_prefix="/v1/endpoints")
@@ -247,5 +248,5 @@ def recover(endpoint_id: str):
     body = load_or_422(RECOVER, json_body())
     find(endpoint_id)
     svc = services()
-    ids = registry.recover(svc.store, svc.messenger, svc.db, endpoint_id, iso_time(body["since"]))
+    ids = fanout.recover(svc.store, svc.messenger, svc.db, endpoint_id, iso_time(body["since"]))
     return jsonify({"recovered": len(ids), "webhook_ids": ids}), 202

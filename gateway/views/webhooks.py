@@ -19,10 +19,10 @@ from gateway.schemas import (
 )
 from gateway.views.common import json_body_or_empty
 from jobgate import history
-from jobgate.endpoints import message_summaries
 from jobgate.events import job_event
 from jobgate.status import TERMINAL, webhook_summary
 from jobgate.webhooks.attempt import redeliver as queue_redelivery
+from jobgate.webhooks.fanout import message_summaries
 from jobgate.webhooks.ledger import Deliveries
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/jobs")

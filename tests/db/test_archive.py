@@ -335,7 +335,7 @@ def test_prune_deletes_dead_letters_past_retention(store, archiver, db) -> None:
 def test_prune_deletes_endpoint_messages_past_retention_by_their_time(db) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from jobgate.endpoints import keep_messages
+    from jobgate.webhooks.fanout import keep_messages
 
     now = datetime.now(UTC)
     rows = [

@@ -390,7 +390,7 @@ def test_recover_resends_what_failed_during_an_outage(world, receiver: Receiver)
 def test_events_matched_while_disabled_are_held_then_sent_by_recover(world, receiver) -> None:
     """A disabled endpoint's messages are kept (rows), not sent; once it is enabled again,
     ``recover`` sends them with their own webhook-ids, even after Redis forgot them."""
-    from jobgate.endpoints import held_messages
+    from jobgate.webhooks.fanout import held_messages
     from jobgate.webhooks.ledger import Deliveries
 
     partner = new_partner(world)
@@ -457,7 +457,7 @@ def test_a_held_batch_event_whose_body_redis_lost_is_rebuilt_from_the_rows(world
     its members' (before, it stayed held for good)."""
     from jobgate import history
     from jobgate.batches import keys as batch_keys
-    from jobgate.endpoints import held_messages
+    from jobgate.webhooks.fanout import held_messages
     from jobgate.webhooks.ledger import Deliveries
 
     partner = new_partner(world)
