@@ -116,6 +116,17 @@ def committed_end(db: Database, job_id: str) -> dict[str, Any] | None:
     return _ended_part(found[0][1])
 
 
+def committed_ends(db: Database, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The ends committed to the rows of ``job_ids`` (jobs not ended, or without a row,
+    are absent)."""
+    if not job_ids:
+        return {}
+    rows = db.read(
+        select(Job.job_id, Job.record).where(Job.job_id.in_(job_ids), Job.status.is_not(None))
+    )
+    return {job_id: _ended_part(record) for job_id, record in rows}
+
+
 def _ended_part(record: dict[str, Any]) -> dict[str, Any]:
     """The fields of a record an end writes (``Store.finish_job``'s)."""
     return {name: record[name] for name in END_FIELDS if name in record}

@@ -44,6 +44,7 @@ from typing import Any, cast
 from jobgate import handoff, lifecycle
 from jobgate.batches import batch_record, member_ids
 from jobgate.db import Database
+from jobgate.ends import committed_ends
 from jobgate.events import delivery_call, parse_delivery_task_id, parse_fan_out_task_id
 from jobgate.messages import DELIVER_TASK, FAN_OUT_TASK, Messenger
 from jobgate.status import TERMINAL
@@ -117,7 +118,7 @@ def sweep(
     repairs: Counter[str] = Counter()
     _count_batches(store, messenger, now - stale_after, repairs)
     if not messenger.inline:
-        _resend(store, messenger, now, stale_after, repairs)
+        _resend(store, messenger, now, stale_after, repairs, db)
         return _recorded(store, repairs)
     live = cast(
         "list[str]",
@@ -242,16 +243,36 @@ def _repair_deliveries(
 
 
 def _resend(
-    store: Store, messenger: Messenger, now: float, stale_after: float, repairs: Counter[str]
+    store: Store,
+    messenger: Messenger,
+    now: float,
+    stale_after: float,
+    repairs: Counter[str],
+    db: Database | None = None,
 ) -> None:
-    """A broker apart: send again what no sender handed over (``jobgate.handoff``)."""
+    """A broker apart: send again what no sender handed over (``jobgate.handoff``), and
+    record the committed end of a started job that Redis never took (its worker's end
+    retries ran out: the broker has acknowledged its message, so no run comes again)."""
     live = cast(
         "list[str]",
         store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after, start=0, num=LIMIT),
     )
-    for job_id, record in zip(live, store.jobs(live), strict=True):
+    records = dict(zip(live, store.jobs(live), strict=True))
+    started = [j for j, r in records.items() if r and r.get("started_at") and not r.get("status")]
+    ended = committed_ends(db, started) if db is not None else {}
+    for job_id, record in records.items():
         if record is None or record.get("status") in TERMINAL:
             store.redis.zrem(store.key("live"), job_id)  # expired, or ended: not live
+        elif end := ended.get(job_id):
+            fields = {k: v for k, v in end.items() if k != "status"}
+            lifecycle.finish_job(messenger, store, job_id, end["status"], db=db, **fields)
+            log.warning(
+                "job %s: its committed end (%s) was never recorded; recorded it",
+                job_id,
+                end["status"],
+                extra={"job_id": job_id},
+            )
+            repairs["job_end_recorded"] += 1
         elif handoff.unsent(record) and handoff.send_job(store, messenger, record):
             log.warning(
                 "job %s was dispatched and never handed to the broker; sent it again",

@@ -136,3 +136,43 @@ def test_an_open_delivery_waiting_on_the_due_set_is_not_sent(world):
     assert sweep(store, messenger, stale_after=30) == {}
     assert messenger.sent == []
     assert store.redis.zscore(store.open_key, task_id) > time.time()
+
+
+def test_a_started_jobs_committed_end_that_redis_never_took_is_recorded(world, database_url):
+    """With a broker apart, a worker whose end retries ran out has its message acked: no
+    run comes again. The sweeper finds the end committed to the row, records it and sends
+    its webhook, once."""
+    from jobgate.db import Database
+    from jobgate.ends import commit_end
+    from jobgate.outbox import accept
+    from jobgate.store import as_stored
+
+    store, messenger = world
+    db = Database(database_url)
+    job_id = str(uuid.uuid4())
+    record = as_stored(
+        {
+            "job_id": job_id,
+            "task_id": job_id,
+            "task": "demo.sleep",
+            "partner_id": "ptn_x",
+            "params": {"seconds": 0},
+            "callback_url": "https://partner.example/hook",
+            "created_at": utcnow(),
+        }
+    )
+    accept(db, store.prefix, [record])
+    lifecycle.queue_job(store, messenger, record)
+    assert store.start_job(job_id, "w1")[0] is None
+    end = {"status": "SUCCESS", "finished_at": utcnow(), "result": {"ok": 1}}
+    commit_end(db, job_id, end)  # committed; then Redis refused the end for too long
+    sent = len(messenger.sent)
+    later = time.time() + 3600
+    assert sweep(store, messenger, stale_after=30, now=later, db=db) == {"job_end_recorded": 1}
+    recorded = store.job(job_id)
+    assert (recorded["status"], recorded["result"]) == ("SUCCESS", {"ok": 1})
+    assert recorded["finished_at"] == end["finished_at"]
+    [(task, _)] = messenger.sent[sent:]
+    assert task == DELIVER_TASK  # job.succeeded, built from the committed end
+    assert sweep(store, messenger, stale_after=30, now=later, db=db) == {}
+    db.dispose()
