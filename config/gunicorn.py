@@ -13,7 +13,7 @@ import os
 # own HTTP server (gevent.pywsgi) under gunicorn's process management rather than
 # gunicorn's parser: it sends a response's headers and body in one write, not two, and
 # spends less CPU per request (docs/performance.md, "Status").
-worker_class = "gevent_pywsgi"
+worker_class = "gateway.server.Worker"  # gevent_pywsgi, its refusals in JSON
 worker_connections = int(os.environ.get("JOBGATE_WEB_CONNECTIONS", "1000"))
 # One process per core: each is single-threaded under gevent.
 workers = int(os.environ.get("JOBGATE_WEB_WORKERS", str(os.cpu_count() or 1)))
