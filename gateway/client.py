@@ -379,7 +379,9 @@ def verify_webhook(
 ) -> dict[str, Any]:
     """Check a jobgate webhook (Standard Webhooks) and return its parsed payload.
 
-    ``secret`` is the partner's ``whsec_...``; ``headers`` any mapping (case does not
+    ``secret`` is the partner's ``whsec_...`` as jobgate issues it (a malformed one, or
+    one shorter than 24 bytes, is refused as the gateway refuses it); ``headers`` any
+    mapping (case does not
     matter); ``body`` the raw bytes received. Refuses (``WebhookVerificationError``) a
     missing header, a timestamp more than ``tolerance`` seconds away (replays) or no
     matching ``v1`` signature; the comparison is constant-time. During a secret rotation

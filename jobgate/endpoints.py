@@ -1,16 +1,9 @@
-"""Registered webhook endpoints (issue 10): kept in the database, mirrored in Redis.
+"""Registered webhook endpoints (the registry): kept in the database, mirrored in Redis.
 
 A partner registers endpoints; an event about a job (or batch) that has no
 ``callback_url`` of its own goes to every enabled endpoint of its partner whose
-``event_types`` match (none: every event), and is held for every disabled one (kept, sent
-by ``recover``). Each (event, endpoint) is one *message*, a row of ``messages``: its own
-subject of kind ``msg`` (``jobgate.events.MESSAGE``) whose id, derived from the event and
-the endpoint, is its ``webhook-id``; it has its own claims, attempts log, retry schedule
-and open-set bookkeeping, exactly like a job's callback delivery.
-
-The end of a job queues one fan-out step in its own script (``job_finish.lua``); the step
-(``fan_out``, the worker's ``jobgate.fan_out`` task) creates the messages and queues their
-first attempts in one script (``fan_out.lua``), once, whatever number of times it runs.
+``event_types`` match (``matches``; none: every event). The messages themselves (fan-out,
+held messages, ``recover``) are ``jobgate.webhooks.fanout``'s.
 
 Redis mirror (what the hot paths read, rebuilt from the database on a miss):
 ``<prefix>:endpoint:<id>`` (url, event types, disabled, signing secrets in the partner

@@ -20,7 +20,6 @@ from sqlalchemy.dialects.postgresql import JSONB
 from jobgate.archive import refuses_record, revision
 from jobgate.db import Database, escape_unstorable
 from jobgate.db.models import Job, Time
-from jobgate.status import TERMINAL
 from jobgate.times import parse_time
 
 # What a job's end writes into its record (``Store.finish_job``'s fields, and the run's
@@ -110,15 +109,12 @@ def storable(value: Any) -> Any:
 
 def committed_end(db: Database, job_id: str) -> dict[str, Any] | None:
     """The end committed to a job's row, or None (not ended, or no row)."""
-    found = db.read(select(Job.status, Job.record).where(Job.job_id == job_id))
-    if not found or found[0][0] not in TERMINAL:
-        return None
-    return _ended_part(found[0][1])
+    return committed_ends(db, [job_id]).get(job_id)
 
 
 def committed_ends(db: Database, job_ids: list[str]) -> dict[str, dict[str, Any]]:
     """The ends committed to the rows of ``job_ids`` (jobs not ended, or without a row,
-    are absent)."""
+    are absent; a row's ``status`` is set by its end only)."""
     if not job_ids:
         return {}
     rows = db.read(

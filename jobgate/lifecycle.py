@@ -294,9 +294,9 @@ def dispatch(store: Store, messenger: Messenger, partners: tuple[str, ...] = ())
 
 def send_dispatched(store: Store, messenger: Messenger, job_ids: list[str]) -> None:
     """Send the Celery message of jobs dispatched without one (a broker other than the
-    store's Redis), marked handed once sent (``jobgate.handoff``: the sweeper sends again
-    one whose sender died first). A job the broker refuses ends ``FAILURE``: announced
-    once, never left running in the dispatcher's count with no message."""
+    store's Redis), marked handed once sent (``jobgate.handoff``). A send that fails (the
+    broker or Redis unreachable) is left unmarked: the sweeper sends it again, as it does
+    for a sender that died, so an accepted job is never ended for an outage."""
     if not job_ids:
         return
     for job_id, record in zip(job_ids, store.jobs(job_ids), strict=True):
@@ -305,11 +305,9 @@ def send_dispatched(store: Store, messenger: Messenger, job_ids: list[str]) -> N
         try:
             handoff.send_job(store, messenger, record)
         except Exception:  # noqa: BLE001 - the broker's own errors vary by transport
-            log.warning("job %s: the broker refused its message", job_id, exc_info=True)
-            finish_job(
-                messenger,
-                store,
+            log.warning(
+                "job %s: its message could not be sent; the sweeper sends it again",
                 job_id,
-                "FAILURE",
-                error="broker_unavailable: the job could not be queued; submit it again.",
+                exc_info=True,
+                extra={"job_id": job_id},
             )

@@ -34,7 +34,10 @@ def one_line_messages(exc: BaseException) -> str:
         name = kind.__qualname__
         if kind.__module__ not in ("builtins", "__main__"):
             name = f"{kind.__module__}.{name}"
-        message = str(link)
+        try:
+            message = str(link)
+        except Exception:  # noqa: BLE001 - as traceback prints such an exception
+            message = "<exception str() failed>"
         parts.append(f"{name}: {_escaped(message)}\n" if message else f"{name}\n")
         parts += [f"{_escaped(str(note))}\n" for note in getattr(link, "__notes__", ())]
         parts.append(joint)

@@ -39,7 +39,11 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from jobgate import handoff, lifecycle
 from jobgate.batches import batch_record, member_ids
@@ -120,10 +124,7 @@ def sweep(
     if not messenger.inline:
         _resend(store, messenger, now, stale_after, repairs, db)
         return _recorded(store, repairs)
-    live = cast(
-        "list[str]",
-        store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after, start=0, num=LIMIT),
-    )
+    live = _stale_live(store, now, stale_after)
     overdue = cast(
         "list[str]", store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
     )
@@ -154,6 +155,55 @@ def sweep(
     return _recorded(store, repairs)
 
 
+def _stale_live(store: Store, now: float, stale_after: float) -> list[str]:
+    """Live jobs dispatched more than ``stale_after`` s ago (at most LIMIT)."""
+    return cast(
+        "list[str]",
+        store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after, start=0, num=LIMIT),
+    )
+
+
+def _still_live(store: Store, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The records of ``job_ids`` that are live; one expired or ended leaves the live set."""
+    live = {}
+    for job_id, record in zip(job_ids, store.jobs(job_ids), strict=True):
+        if record is None or record.get("status") in TERMINAL:
+            store.redis.zrem(store.key("live"), job_id)
+        else:
+            live[job_id] = record
+    return live
+
+
+def _end_lost(
+    store: Store, messenger: Messenger, job_id: str, db: Database | None, repairs: Counter[str]
+) -> None:
+    """End a job whose message is gone and whose record cannot make another (no params)."""
+    log.warning(
+        "job %s: its message was lost and its record has no params; ending it",
+        job_id,
+        extra={"job_id": job_id},
+    )
+    lifecycle.finish_job(
+        messenger,
+        store,
+        job_id,
+        "FAILURE",
+        db=db,
+        error="lost: the job's message was lost before it ended.",
+    )
+    repairs["job_failed_lost"] += 1
+
+
+@contextmanager
+def _alone(kind: str, subject_id: str) -> Iterator[None]:
+    """One repair whose failure (Redis or the database unreachable for it) is logged and
+    leaves the pass to the next ones: the next pass tries it again."""
+    try:
+        yield
+    except Exception:  # noqa: BLE001 - any repair's failure; the next pass retries it
+        log.warning("sweeper: repairing %s %s failed", kind, subject_id, exc_info=True)
+
+
 def _recorded(store: Store, repairs: Counter[str]) -> Counter[str]:
     if repairs:
         pipe = store.redis.pipeline()
@@ -170,25 +220,10 @@ def _repair_jobs(
     repairs: Counter[str],
     db: Database | None = None,
 ) -> None:
-    for job_id, record in zip(job_ids, store.jobs(job_ids), strict=True):
-        if record is None or record.get("status") in TERMINAL:
-            store.redis.zrem(store.key("live"), job_id)  # expired, or ended: not live
-            continue
+    for job_id, record in _still_live(store, job_ids).items():
         if "params" not in record:
-            log.warning(
-                "job %s: its message was lost and its record has no params; ending it",
-                job_id,
-                extra={"job_id": job_id},
-            )
-            lifecycle.finish_job(
-                messenger,
-                store,
-                job_id,
-                "FAILURE",
-                db=db,
-                error="lost: the job's message was lost before it ended.",
-            )
-            repairs["job_failed_lost"] += 1
+            with _alone("job", job_id):
+                _end_lost(store, messenger, job_id, db, repairs)
             continue
         queue = record.get("queue") or messenger.jobs_queue
         # RPUSH: the consuming end of kombu's list, so the repaired job runs next.
@@ -253,33 +288,37 @@ def _resend(
     """A broker apart: send again what no sender handed over (``jobgate.handoff``), and
     record the committed end of a started job that Redis never took (its worker's end
     retries ran out: the broker has acknowledged its message, so no run comes again)."""
-    live = cast(
-        "list[str]",
-        store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after, start=0, num=LIMIT),
-    )
-    records = dict(zip(live, store.jobs(live), strict=True))
-    started = [j for j, r in records.items() if r and r.get("started_at") and not r.get("status")]
-    ended = committed_ends(db, started) if db is not None else {}
+    records = _still_live(store, _stale_live(store, now, stale_after))
+    started = [j for j, r in records.items() if r.get("started_at")]
+    ended: dict[str, dict[str, Any]] = {}
+    if db is not None and started:
+        try:
+            ended = committed_ends(db, started)
+        except SQLAlchemyError:  # the database down: the re-sends need Redis only
+            log.warning("sweeper: the committed ends could not be read", exc_info=True)
     for job_id, record in records.items():
-        if record is None or record.get("status") in TERMINAL:
-            store.redis.zrem(store.key("live"), job_id)  # expired, or ended: not live
-        elif end := ended.get(job_id):
-            fields = {k: v for k, v in end.items() if k != "status"}
-            lifecycle.finish_job(messenger, store, job_id, end["status"], db=db, **fields)
-            log.warning(
-                "job %s: its committed end (%s) was never recorded; recorded it",
-                job_id,
-                end["status"],
-                extra={"job_id": job_id},
-            )
-            repairs["job_end_recorded"] += 1
-        elif handoff.unsent(record) and handoff.send_job(store, messenger, record):
-            log.warning(
-                "job %s was dispatched and never handed to the broker; sent it again",
-                job_id,
-                extra={"job_id": job_id},
-            )
-            repairs["job_requeued"] += 1
+        with _alone("job", job_id):
+            if end := ended.get(job_id):
+                fields = {k: v for k, v in end.items() if k != "status"}
+                lifecycle.finish_job(messenger, store, job_id, end["status"], db=db, **fields)
+                log.warning(
+                    "job %s: its committed end (%s) was never recorded; recorded it",
+                    job_id,
+                    end["status"],
+                    extra={"job_id": job_id},
+                )
+                repairs["job_end_recorded"] += 1
+            elif not handoff.unsent(record):
+                continue
+            elif "params" not in record:
+                _end_lost(store, messenger, job_id, db, repairs)
+            elif handoff.send_job(store, messenger, record):
+                log.warning(
+                    "job %s was dispatched and never handed to the broker; sent it again",
+                    job_id,
+                    extra={"job_id": job_id},
+                )
+                repairs["job_requeued"] += 1
     overdue = cast(
         "list[str]", store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
     )
@@ -294,13 +333,14 @@ def _resend(
             store.redis.zadd(store.open_key, {task_id: now + store.open_grace}, xx=True)
         else:
             name, subject_id, args, kwargs = task
-            handoff.send_delivery(store, messenger, name, task_id, args=args, kwargs=kwargs)
-            log.warning(
-                "delivery %s was open and not handed to the broker; sent it again",
-                task_id,
-                extra={"job_id": subject_id},
-            )
-            repairs["delivery_requeued"] += 1
+            with _alone("delivery", task_id):
+                handoff.send_delivery(store, messenger, name, task_id, args=args, kwargs=kwargs)
+                log.warning(
+                    "delivery %s was open and not handed to the broker; sent it again",
+                    task_id,
+                    extra={"job_id": subject_id},
+                )
+                repairs["delivery_requeued"] += 1
 
 
 def _count_batches(

@@ -162,6 +162,7 @@ class Target:
     is refused without a send."""
 
     url: str
+    webhook_id: str
     body: str
     built: str | None  # a body built now, stored with the attempt (from_record subjects)
     secrets: list[str]
@@ -189,15 +190,16 @@ def run_attempt(sender: Sender, call: Call) -> dict[str, Any] | None:
     if begun is None:
         return None
     try:
+        begun = _with_owner(sender, call, begun)
         failpoint("delivery.begun")
         target = _prepare(sender, call, books, begun)
         if target is None:
             books.complete(call.subject_id, call.token, task_id, begun.record.get("partner_id", ""))
             return None
         at = utcnow()
-        attempt = _send(sender, call, target)
+        attempt = _send(sender, target)
         failpoint("delivery.sent")
-        return _record(sender, call, books, begun, target, attempt, at)
+        return _record(sender, call, books, begun, target, attempt, at, task_id)
     except Exception:
         # Free the claim (best effort: Redis may be what failed), so that the sweeper's
         # new message for this still-open attempt can run it without waiting for the
@@ -207,8 +209,8 @@ def run_attempt(sender: Sender, call: Call) -> dict[str, Any] | None:
 
 
 def _claim(sender: Sender, call: Call, books: Deliveries, task_id: str) -> Begun | None:
-    """The attempt claimed with what it reads, its owner's mirror found if Redis lacks
-    it; None when there is nothing to send now (unknown kind, deferred, taken)."""
+    """The attempt claimed with what it reads; None when there is nothing to send now
+    (unknown kind, deferred, taken)."""
     settings, store = sender.settings, sender.store
     lease = settings.webhook_timeout + CLAIM_MARGIN
     subject = SUBJECTS.get(call.kind)
@@ -241,6 +243,12 @@ def _claim(sender: Sender, call: Call, books: Deliveries, task_id: str) -> Begun
             extra={"job_id": call.subject_id},
         )
         return None
+    return begun
+
+
+def _with_owner(sender: Sender, call: Call, begun: Begun) -> Begun:
+    """The claimed attempt with its owner's mirror (an endpoint's, a partner's), read from
+    the database when Redis lacks it (inside the claim's release: it may fail)."""
     if call.kind == MESSAGE:
         endpoint_id = begun.record.get("endpoint_id")
         if endpoint_id and not begun.partner and sender.endpoints is not None:
@@ -276,18 +284,18 @@ def _prepare(sender: Sender, call: Call, books: Deliveries, begun: Begun) -> Tar
         else:  # stored before it is sent: every later attempt sends the first one's
             body = books.store_body(call.subject_id, call.event, body)
     secrets = begun.signing_secrets() if partner_id else []
-    return Target(url, body, built, secrets, partner_id, endpoint_id, refusal)
+    wid = webhook_id(call.subject_id, call.event)
+    return Target(url, wid, body, built, secrets, partner_id, endpoint_id, refusal)
 
 
-def _send(sender: Sender, call: Call, target: Target) -> Attempt:
+def _send(sender: Sender, target: Target) -> Attempt:
     """The POST, under the partner's SSRF allowlist (none for a refused attempt)."""
     if target.refusal:
         return Attempt("failed", None, target.refusal, 0, None)
     if not target.secrets:
         return Attempt("failed", None, "the partner has no webhook secret", 0, None)
     with lookups_for(target.partner_id):
-        wid = webhook_id(call.subject_id, call.event)
-        return post(sender.settings, target.url, target.body, wid, target.secrets)
+        return post(sender.settings, target.url, target.body, target.webhook_id, target.secrets)
 
 
 def _record(
@@ -298,11 +306,11 @@ def _record(
     target: Target,
     attempt: Attempt,
     at: str,
+    task_id: str,
 ) -> dict[str, Any]:
     """Record the attempt, the next one scheduled in the same script, then the
     bookkeeping (an error there must not free the done claim: no resend)."""
-    settings, messenger = sender.settings, sender.messenger
-    wid = webhook_id(call.subject_id, call.event)
+    settings, messenger, wid = sender.settings, sender.messenger, target.webhook_id
     state, delay = plan(
         attempt.outcome, call.retry + 1, settings.webhook_retry_delays, attempt.retry_after
     )
@@ -339,7 +347,7 @@ def _record(
         state,
         call.kind,
         token=call.token,
-        task_id=call.task()[0],
+        task_id=task_id,
         following=following,
         endpoint_id=target.endpoint_id,
         body=target.built,

@@ -30,6 +30,7 @@ from jobgate.events import (
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.store import Store
 from jobgate.times import iso_time, parse_time, utcnow
+from jobgate.webhooks.attempt import redeliver
 from jobgate.webhooks.ledger import Deliveries
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,6 @@ def recover(
     later, and, once it is enabled, every message held for it (made while it was
     disabled) at ``since`` or later: same ``webhook-id``s, a fresh schedule. Returns
     their ids."""
-    from jobgate.webhooks.attempt import redeliver  # attempts imports this module's callers
-
     ids = cast("list[str]", store.redis.zrange(store.key("endpoint", endpoint_id, "msgs"), 0, -1))
     pipe = store.redis.pipeline(transaction=False)
     for msg_id in ids:

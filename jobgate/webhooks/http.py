@@ -33,7 +33,7 @@ from config import (
 )
 from jobgate.signing import webhook_headers
 from jobgate.ssrf import CallbackRefused, Network, Resolver, check_callback_url
-from jobgate.webhooks.policy import parse_retry_after
+from jobgate.webhooks.policy import RETRY_AFTER_CAP, parse_retry_after
 from jobgate.webhooks.pool import (
     _GUARD,
     CONNECTIONS,
@@ -211,7 +211,7 @@ def deliver(
     ports: PortRanges = DEFAULT_CALLBACK_PORTS,
     user_agent: str = "jobgate/0",
     max_response_bytes: int = 65536,
-    retry_after_cap: float = 3600.0,
+    retry_after_cap: float = RETRY_AFTER_CAP,
     resolve: Resolver | None = None,
     dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT,
     session: requests.Session | None = None,

@@ -295,18 +295,6 @@ class Deliveries:
         )
         return str(found[0]), str(found[1])
 
-    def set_state(self, subject_id: str, state: str, kind: str = "job") -> None:
-        """Set the delivery state without an attempt (e.g. ``pending`` on redelivery)."""
-        summary = self._key(subject_id)
-        pipe = self.redis.pipeline()
-        pipe.hset(summary, "state", state)
-        pipe.expire(summary, self.store.retention)
-        pipe.execute()
-        if kind == "job":
-            self.scripts["delivery_mirror"](
-                keys=[self.store.key("job", subject_id)], args=[state, ""]
-            )
-
     def attempts(self, subject_id: str) -> list[dict[str, Any]]:
         """Every recorded attempt, oldest first."""
         return [json.loads(raw) for raw in self.redis.lrange(self.log_key(subject_id), 0, -1)]

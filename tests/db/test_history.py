@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from sqlalchemy import text
 
 from jobgate import history
 from jobgate.archive import Archiver
@@ -95,11 +96,16 @@ def test_a_job_read_survives_its_pooled_connection_dying(filled, db) -> None:
         pytest.skip("a SQLite file has no server side to lose")
     ids, _ = filled
     assert history.job(db, ids[1]) is not None  # the pool now holds a connection
+    [(reader_pid,)] = db.read(text("SELECT pg_backend_pid()"))  # that pooled connection
     with db.engine.connect() as admin:
-        pids = admin.exec_driver_sql(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).all()
-    assert pids  # the reader's pooled connection was among them
+        killed = (
+            admin.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity, pg_terminate_backend(pid) "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            .scalars()
+            .all()
+        )
+    assert reader_pid in killed
     assert history.job(db, ids[1])["job_id"] == ids[1]
     assert history.job(db, ids[2])["job_id"] == ids[2]

@@ -176,3 +176,39 @@ def test_a_started_jobs_committed_end_that_redis_never_took_is_recorded(world, d
     assert task == DELIVER_TASK  # job.succeeded, built from the committed end
     assert sweep(store, messenger, stale_after=30, now=later, db=db) == {}
     db.dispose()
+
+
+class Refusing(Recorder):
+    """A broker apart that is down: every send raises."""
+
+    def send(self, name: str, **options: Any) -> None:
+        raise ConnectionError("the broker is down")
+
+
+def test_a_send_the_broker_refuses_leaves_the_job_to_the_sweeper(world):
+    """An accepted job is never ended for an outage: its send fails, it stays dispatched
+    and unmarked, and the sweeper sends it once the broker is back."""
+    store, messenger = world
+    job_id = dispatched(store, Refusing())  # no exception reaches the submit
+    record = store.job(job_id)
+    assert "status" not in record and record.get("sent") != record.get("send")
+    repairs = sweep(store, messenger, stale_after=30, now=time.time() + 3600)
+    assert repairs == {"job_requeued": 1}
+    [(task, options)] = messenger.sent
+    assert options["task_id"] == job_id and store.job(job_id)["sent"] == store.job(job_id)["send"]
+
+
+def test_the_database_down_does_not_stop_the_resends(world, tmp_path):
+    """The sweeper reads committed ends from the database; unreachable, the re-sends that
+    need only Redis still happen."""
+    from jobgate.db import Database
+
+    store, messenger = world
+    job_id = dispatched(store, Refusing())
+    started = dispatched(store, Refusing())
+    store.start_job(started, "w1")  # started: its end is looked for in the database
+    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    repairs = sweep(store, messenger, stale_after=30, now=time.time() + 3600, db=down)
+    assert repairs == {"job_requeued": 1}
+    assert [options["task_id"] for _, options in messenger.sent] == [job_id]
+    down.dispose()

@@ -474,6 +474,27 @@ def test_a_partner_mirror_redis_lost_is_read_from_the_database(fake_app: FakeApp
     assert fake_app.store.redis.hget(fake_app.store.key("partner", partner_id), "webhook_secret")
 
 
+def test_a_failed_look_up_of_the_partner_frees_the_claim(fake_app: FakeApp) -> None:
+    """The partner's mirror is gone and the database read fails too: the attempt raises
+    with its claim given back, so the next message (a redelivery, the sweeper's) sends at
+    once instead of finding it taken until the lease lapses."""
+    from sqlalchemy.exc import OperationalError
+
+    job_id = make_job(fake_app)
+    partner_id = fake_app.store.job(job_id)["partner_id"]
+    fake_app.store.redis.delete(fake_app.store.key("partner", partner_id))
+
+    def unreachable(_: str) -> dict[str, str] | None:
+        raise OperationalError("SELECT", {}, Exception("the database is down"))
+
+    with pytest.raises(OperationalError):
+        attempt(fake_app, "job", job_id, "job.succeeded", partner_of=unreachable)
+    with responses.RequestsMock() as rsps:
+        rsps.post(URL, status=200)
+        entry = attempt(fake_app, "job", job_id, "job.succeeded")
+    assert entry is not None and entry["outcome"] == "delivered"
+
+
 def test_a_gone_batch_sends_nothing_and_closes_the_claim(fake_app: FakeApp) -> None:
     batch_id = "bat_" + uuid.uuid4().hex[:20]
     with responses.RequestsMock():

@@ -482,11 +482,13 @@ def test_a_held_batch_event_whose_body_redis_lost_is_rebuilt_from_the_rows(world
     )
     [held] = [row for row in held_messages(db, endpoint["id"], since) if row.kind == "batch"]
     books = Deliveries(store)
+    members = created.get_json()["job_ids"]
     store.redis.delete(
         store.key("msg", held.msg_id),
         books.body_key(held.msg_id, held.event),
         books.body_key(batch_id, held.event),
         *batch_keys(store, batch_id),
+        *(store.key("job", job_id) for job_id in members),  # their rows hold them
     )
     world.client.patch(path, json={"enabled": True}, headers=partner["headers"])
     response = world.client.post(
