@@ -14,14 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis import maint_notifications
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from config import is_sentinel, parse_sentinel_url
-
-try:
-    from redis import maint_notifications
-except ImportError:  # redis-py before 7: no maintenance notifications, the check always runs
-    maint_notifications = None  # type: ignore[assignment]
 
 
 def checked_pool_options() -> dict[str, Any]:
@@ -33,8 +29,6 @@ def checked_pool_options() -> dict[str, Any]:
     status read answered with another job's record). Open-source Redis sends no such
     notifications, so jobgate turns them off and keeps the check.
     """
-    if maint_notifications is None:
-        return {}
     return {
         "maint_notifications_config": maint_notifications.MaintNotificationsConfig(enabled=False)
     }
