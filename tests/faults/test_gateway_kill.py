@@ -9,6 +9,8 @@ import redis
 import requests
 
 from config import Settings
+from jobgate import history
+from jobgate.db import Database
 from tests.helpers import gunicorn
 
 
@@ -46,7 +48,13 @@ def test_a_batch_is_written_whole_or_not_at_all(
     members = redis_client.lrange(f"{p}:batch:{batch_id}:jobs", 0, -1)
     assert len(members) == 200
     assert redis_client.exists(*(f"{p}:job:{job_id}" for job_id in members)) == 200
-    # On the archive stream with them, in the same MULTI: the batch and its 200 members.
-    assert redis_client.xlen(f"{p}:archive") == 201
+    # Their rows were committed before the 202 (the record): nothing for the archiver.
+    assert redis_client.xlen(f"{p}:archive") == 0
+    db = Database(settings.database_url)
+    try:
+        assert (history.batch(db, batch_id) or {}).get("member_ids") == members
+        assert set(history.jobs(db, members)) == set(members)
+    finally:
+        db.dispose()
     # No worker: every member waits in its partner's queue for the dispatcher.
     assert redis_client.zcard(f"{p}:waiting:{partner['id']}") == 200
