@@ -55,7 +55,7 @@ def finish_job(
     that one is recorded instead, and the answer is False (a job has no row only if made
     outside the gateway). ``celery_meta`` (key, value, expires), from the worker, is
     written with the end when it is this one."""
-    ours = True
+    ours, in_row = True, False
     if db is not None:
         if "started_at" not in fields and (started := store.job_started_at(job_id)):
             # The run's start goes with the end: an event rebuilt from the row (Redis lost
@@ -64,6 +64,7 @@ def finish_job(
         end = as_stored({"status": status, "finished_at": utcnow(), **fields})
         committed, now = ends.commit_end(db, job_id, end)
         if committed is not None:
+            in_row = True
             # Committed by this call, or by an earlier try of this same end.
             ours = now or (committed["status"], committed.get("result")) == (
                 status,
@@ -81,6 +82,7 @@ def finish_job(
         webhook_message=event_message(messenger, "job", job_id, event),
         fan_out_message=fan_out_message(messenger, "job", job_id, event),
         celery_meta=celery_meta,
+        committed=in_row,
         **fields,
     )
     if ended is None:

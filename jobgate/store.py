@@ -326,10 +326,13 @@ class Store:
         webhook_message: tuple[str, str, str] | None = None,
         fan_out_message: tuple[str, str, str] | None = None,
         celery_meta: tuple[str, str, int | None] | None = None,
+        committed: bool = False,
         **fields: Any,
     ) -> dict[str, Any] | None:
         """Record a terminal status once and publish it (with ``celery_meta``, Celery's
-        terminal meta, written by the same script when given).
+        terminal meta, written by the same script when given). An end ``committed`` to the
+        job's row whose webhook the script queues puts no entry on the archive stream (the
+        attempt's record will).
 
         ``webhook_message`` (queue, message, delivery task id) is pushed in the same script
         when the job has a callback URL, and the delivery marked open; ``fan_out_message``
@@ -376,6 +379,7 @@ class Store:
                 self.key("partner", ""),
                 meta,
                 expires,
+                "1" if committed else "",
                 *self.dispatch_args(),
                 *flat,
             ],

@@ -7,7 +7,8 @@
 -- queued): one round trip for the whole end of a job, and no end recorded without its
 -- webhook.
 -- The end is put on the archive stream (KEYS[7]) here too, so the database gets it (the
--- entry says no attempt changed: jobgate.archive reads no attempt log for it), and
+-- entry says no attempt changed: jobgate.archive reads no attempt log for it), unless it
+-- is committed to the row already (ARGV[13] '1') and its webhook is queued here, and
 -- Celery's meta (ARGV[11], key KEYS[8]; the worker gives its SUCCESS) is written with it:
 -- Celery's state and jobgate's record then change in one step, with no read in between
 -- seeing one without the other.
@@ -22,7 +23,8 @@
 -- archive stream, Celery meta key.
 -- ARGV: retention, status, event, message ('' none), open member, open deadline, job id,
 -- fan-out message ('' none), its open member, partner key prefix, Celery meta ('' none),
--- its expiry in s ('' none), then what every dispatching script takes (Store.dispatch_args:
+-- its expiry in s ('' none), end committed ('1' or ''), then what every dispatching
+-- script takes (Store.dispatch_args:
 -- key prefix, now, fixed dispatch window (0 auto), default max running jobs (0 none)),
 -- then the record's field/value pairs.
 -- Returns {-1} no record, {0} already ended, {1, callback URL, batch id, queued 0/1,
@@ -34,14 +36,18 @@
 local found = redis.call('HMGET', KEYS[1], 'job_id', 'status', 'callback_url', 'batch_id', 'partner_id')
 if not found[1] then return {-1} end
 if found[2] then return {0} end
-redis.call('HSET', KEYS[1], unpack(ARGV, 17))
+redis.call('HSET', KEYS[1], unpack(ARGV, 18))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
 redis.call('PUBLISH', KEYS[3], ARGV[3])
-dispatch_done(ARGV[13], found[5] or '', ARGV[7])
-redis.call('XADD', KEYS[7], '*', 's', 'job:' .. ARGV[7], 'a', '0')  -- no attempt yet
+dispatch_done(ARGV[14], found[5] or '', ARGV[7])
 write_celery_meta(KEYS[8], ARGV[11], ARGV[12], false)
 local callback = found[3] or ''
+-- An end committed to the row whose webhook is queued here needs no entry of its own: the
+-- attempt's record puts the job on the stream (delivery_record.lua) with everything since.
+if not (ARGV[13] == '1' and callback ~= '' and ARGV[4] ~= '') then
+  redis.call('XADD', KEYS[7], '*', 's', 'job:' .. ARGV[7], 'a', '0')  -- no attempt yet
+end
 local queued = 0
 local fan = 0
 if callback ~= '' and ARGV[4] ~= '' then
@@ -58,5 +64,5 @@ elseif callback == '' and ARGV[8] ~= '' and found[5] then
     fan = 1
   end
 end
-local unsent = dispatch(ARGV[13], tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[14]))
+local unsent = dispatch(ARGV[14], tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[15]))
 return {1, callback, found[4] or '', queued, fan, unpack(unsent)}

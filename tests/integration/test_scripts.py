@@ -291,6 +291,7 @@ def finish_args(
     open_member: str = "d1",
     deadline: float = 1000.0,
     meta: tuple[str, str] = ("", ""),
+    committed: str = "",
     **fields: str,
 ) -> list[Any]:
     flat: list[str] = []
@@ -307,6 +308,7 @@ def finish_args(
         "j1",
         *no_fan_out,
         *meta,  # Celery's meta, its expiry ('' none)
+        committed,  # '1': the end is in the job's row already
         # What Store.finish_job passes: prefix, now, a fixed window of 4, no max running.
         *Store(redis.Redis(), prefix=k.prefix, dispatch_window=4).dispatch_args(),
         *flat,
@@ -360,6 +362,24 @@ def test_job_finish_first_writer_wins_and_queues_its_webhook_with_the_end(
     # attempt changed.
     assert [f for _, f in redis_client.xrange(k("archive"))] == [{"s": "job:j1", "a": "0"}]
     assert not redis_client.exists(k("meta", "j1"))  # none given: none written
+
+
+@pytest.mark.parametrize(
+    ("callback", "message", "entries"),
+    [
+        ("https://example.test/hook", "MSG", 0),  # the attempt's record archives it
+        ("", "", 1),  # no webhook to come: the end's own entry
+        ("https://example.test/hook", "", 1),  # queued elsewhere: the end's own entry
+    ],
+    ids=["webhook-queued", "no-callback", "no-message"],
+)
+def test_job_finish_of_a_committed_end_archives_it_only_when_no_attempt_will(
+    redis_client: redis.Redis, run: Any, k: Keys, callback: str, message: str, entries: int
+) -> None:
+    live_job(redis_client, k, **({"callback_url": callback} if callback else {}))
+    answer = run("job_finish", finish_keys(k), finish_args(k, message=message, committed="1"))
+    assert answer[0] == 1
+    assert redis_client.xlen(k("archive")) == entries
 
 
 def test_job_finish_writes_celery_meta_with_the_end_and_only_the_winner(
