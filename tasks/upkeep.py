@@ -39,7 +39,6 @@ from jobgate.lifecycle import dispatch
 from jobgate.outbox import HANDOFF_GRACE, relay
 from jobgate.store import Store
 from jobgate.sweeper import sweep
-from tasks import direct
 
 log = logging.getLogger("jobgate.upkeep")
 
@@ -58,7 +57,7 @@ def held_delivery_tags() -> list[str]:
             continue
     else:
         return []
-    tags = [str(message.delivery_tag) for message in list(direct.held)]
+    tags: list[str] = []
     for request in requests:
         tag = getattr(getattr(request, "message", None), "delivery_tag", None)
         if tag:

@@ -34,8 +34,7 @@ def attempt_once(app: Any, node: str, *args: Any, **kwargs: Any) -> dict[str, An
 
 
 class DeliveryTask(Task):
-    """The delivery task's class: run without Celery's request and tracer where the worker
-    allows (``tasks.direct``), and one result backend per process, not per thread.
+    """The delivery task's class: one result backend per process, not per thread.
 
     Celery keeps ``app.backend`` per thread; in the gevent delivery pool every task runs
     in a new greenlet, which counts as a new thread, so each delivery would build a
@@ -43,7 +42,6 @@ class DeliveryTask(Task):
     ignored. The delivery task never waits on a result, so one shared instance is safe.
     """
 
-    Strategy = "tasks.direct:strategy"
     _process_backend: Any = None
     _creating = threading.Lock()
 
@@ -59,10 +57,6 @@ class DeliveryTask(Task):
     @backend.setter
     def backend(self, value: Any) -> None:
         self._process_backend = value
-
-    def direct(self, node: str, *args: Any, **kwargs: Any) -> None:
-        """What tasks.direct runs for a message: the attempt, for worker ``node``."""
-        attempt_once(self.app, node, *args, **kwargs)
 
 
 def register(app: Celery) -> Any:

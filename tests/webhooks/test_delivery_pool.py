@@ -1,6 +1,6 @@
-"""The delivery pool runs its messages by ``tasks.direct``, not Celery's request and tracer:
-each message is acknowledged once its attempt ran, and stays fresh in kombu's unacked
-index while it runs. A real ``jobgate worker``, a real Redis and a real receiver."""
+"""The delivery pool: each message is acknowledged once its attempt ran (``acks_late``),
+and stays fresh in kombu's unacked index while it runs. A real ``jobgate worker``, a
+real Redis and a real receiver."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from celery import Celery
-from celery.concurrency import get_implementation
-from kombu import Connection
 
-from tasks.direct import runs_direct
 from tests.helpers import WorkerProcess, wait_until
 from tests.webhooks.conftest import Receiver, Slow
 from tests.webhooks.test_slow_receivers import gateway_for
@@ -102,23 +98,3 @@ def test_a_running_delivery_stays_fresh_until_acked(
     finally:
         worker.stop()
     assert len(receiver.requests) == 1
-
-
-@pytest.mark.parametrize(
-    ("pool", "events", "groups", "limit", "direct"),
-    [
-        ("gevent", True, ["worker"], None, True),  # no -E: heartbeats, worker events only
-        ("threads", True, ["worker"], None, True),
-        ("solo", False, None, None, True),  # --without-heartbeat --without-gossip
-        ("gevent", True, None, None, False),  # -E: every group; task events need a Request
-        ("gevent", True, ["worker"], 60.0, False),  # --time-limit: Celery's request enforces it
-        ("prefork", True, ["worker"], None, False),  # runs tasks in other processes
-    ],
-)
-def test_the_direct_path_is_taken_only_where_nothing_needs_celerys_request(
-    pool: str, events: bool, groups: list[str] | None, limit: float | None, direct: bool
-) -> None:
-    app = Celery(broker="memory://", set_as_current=False)
-    dispatcher = app.events.Dispatcher(Connection("memory://"), enabled=events, groups=groups)
-    taskpool = get_implementation(pool)(limit=1, timeout=limit)
-    assert runs_direct(taskpool, dispatcher) is direct
