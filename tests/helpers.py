@@ -570,3 +570,18 @@ def _rabbitmqctl(*args: str) -> str:
     if done.returncode != 0:
         raise AssertionError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
     return done.stdout
+
+
+class Recorder:
+    """A messenger whose broker is not the store's Redis (``inline`` false): it records
+    each send instead of making it."""
+
+    inline = False
+    jobs_queue = "jobs"
+    webhooks_queue = "webhooks"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send(self, name: str, **options: Any) -> None:
+        self.sent.append((name, options))

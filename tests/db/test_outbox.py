@@ -23,6 +23,7 @@ from jobgate.messages import DELIVER_TASK
 from jobgate.outbox import IdempotencyKey, KeyTaken, accept, relay, withdraw
 from jobgate.store import IDEMPOTENCY_TTL, Store, as_stored
 from jobgate.times import utcnow
+from tests.helpers import Recorder
 
 
 @pytest.fixture
@@ -36,20 +37,6 @@ def store(redis_client: redis.Redis) -> Store:
 @pytest.fixture
 def archiver(store: Store, db) -> Archiver:
     return Archiver(store, db, consumer="test", batch=50)
-
-
-class Recorder:
-    """A messenger that records what it would queue (the broker is not the store here)."""
-
-    inline = False
-    jobs_queue = "jobs"
-    webhooks_queue = "webhooks"
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-
-    def send(self, name: str, **options: Any) -> None:
-        self.sent.append((name, options))
 
 
 def record(partner: str = "ptn_a", **fields: Any) -> dict[str, Any]:
