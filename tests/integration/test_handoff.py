@@ -19,22 +19,9 @@ from jobgate.store import Store
 from jobgate.sweeper import sweep
 from jobgate.times import utcnow
 from jobgate.webhooks.ledger import Deliveries
+from tests.helpers import Recorder
 
 pytestmark = pytest.mark.integration
-
-
-class Recorder:
-    """A messenger whose broker is not the store's Redis: it records each send."""
-
-    inline = False
-    jobs_queue = "jobs"
-    webhooks_queue = "webhooks"
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any]]] = []
-
-    def send(self, name: str, **options: Any) -> None:
-        self.sent.append((name, options))
 
 
 @pytest.fixture
@@ -212,3 +199,30 @@ def test_the_database_down_does_not_stop_the_resends(world, tmp_path):
     assert repairs == {"job_requeued": 1}
     assert [options["task_id"] for _, options in messenger.sent] == [job_id]
     down.dispose()
+
+
+def test_one_partners_unsent_jobs_do_not_hold_back_anothers_resend(world):
+    """The sweeper is one loop for every partner: A's many jobs that were never handed to
+    the broker and B's one are all sent again in the same pass (the window bounds the live
+    jobs a pass looks at, below its LIMIT), so B waits for no pass of its own."""
+    store, messenger = world
+
+    def unsent(partner: str) -> str:
+        job_id = str(uuid.uuid4())
+        record = {
+            "job_id": job_id,
+            "task_id": job_id,
+            "task": "demo.sleep",
+            "partner_id": partner,
+            "params": {"seconds": 0},
+            "created_at": utcnow(),
+        }
+        lifecycle.queue_job(store, Refusing(), record)  # dispatched, never handed over
+        return job_id
+
+    flood = [unsent("ptn_a") for _ in range(60)]
+    late = unsent("ptn_b")  # the newest: the last the pass reaches
+    repairs = sweep(store, messenger, stale_after=30, now=time.time() + 3600)
+    assert repairs == {"job_requeued": 61}
+    sent = {options["task_id"] for _, options in messenger.sent}
+    assert late in sent and set(flood) <= sent
