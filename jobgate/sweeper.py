@@ -125,9 +125,7 @@ def sweep(
         _resend(store, messenger, now, stale_after, repairs, db)
         return _recorded(store, repairs)
     live = _stale_live(store, now, stale_after)
-    overdue = cast(
-        "list[str]", store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
-    )
+    overdue = _overdue(store, now)
     if not live and not overdue:
         return _recorded(store, repairs)
     records = dict(zip(live, store.jobs(live), strict=True))
@@ -160,6 +158,13 @@ def _stale_live(store: Store, now: float, stale_after: float) -> list[str]:
     return cast(
         "list[str]",
         store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after, start=0, num=LIMIT),
+    )
+
+
+def _overdue(store: Store, now: float) -> list[str]:
+    """Open deliveries past their deadline (at most LIMIT)."""
+    return cast(
+        "list[str]", store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
     )
 
 
@@ -319,9 +324,7 @@ def _resend(
                     extra={"job_id": job_id},
                 )
                 repairs["job_requeued"] += 1
-    overdue = cast(
-        "list[str]", store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
-    )
+    overdue = _overdue(store, now)
     if not overdue:
         return
     waiting = inflight_ids(store, [])  # the due set: retries and deferred attempts
