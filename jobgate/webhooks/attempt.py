@@ -185,8 +185,9 @@ def run_attempt(sender: Sender, call: Call) -> dict[str, Any] | None:
     slot frees.
     """
     books = Deliveries(sender.store)
-    task_id = call.task()[0]
-    begun = _claim(sender, call, books, task_id)
+    task = call.task()
+    task_id = task[0]
+    begun = _claim(sender, call, books, task)
     if begun is None:
         return None
     try:
@@ -208,10 +209,13 @@ def run_attempt(sender: Sender, call: Call) -> dict[str, Any] | None:
         raise
 
 
-def _claim(sender: Sender, call: Call, books: Deliveries, task_id: str) -> Begun | None:
+def _claim(
+    sender: Sender, call: Call, books: Deliveries, task: tuple[str, list[Any], dict[str, Any]]
+) -> Begun | None:
     """The attempt claimed with what it reads; None when there is nothing to send now
     (unknown kind, deferred, taken)."""
     settings, store = sender.settings, sender.store
+    task_id, args, kwargs = task
     lease = settings.webhook_timeout + CLAIM_MARGIN
     subject = SUBJECTS.get(call.kind)
     if subject is None:  # unknown kind: nothing to send, but take the attempt as before
@@ -219,7 +223,6 @@ def _claim(sender: Sender, call: Call, books: Deliveries, task_id: str) -> Begun
         if books.claim(call.subject_id, call.token, lease=lease):
             books.complete(call.subject_id, call.token, task_id)
         return None
-    _, args, kwargs = call.task()
     begun = books.begin(
         call.subject_id,
         call.token,
