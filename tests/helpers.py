@@ -288,6 +288,14 @@ class EmbeddedRedis:
             self.child.stop(timeout=20)
         self.child = None
 
+    def kill_and_start(self) -> None:
+        """SIGKILL it and start it again on the same port: what a crash and a restart do
+        (without persistence it comes back empty)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.start()
+
     def close(self) -> None:
         """Stop it and remove its directory."""
         self.stop()

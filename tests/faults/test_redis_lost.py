@@ -6,7 +6,6 @@ with the store's Redis and with RabbitMQ as the broker."""
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 import pytest
@@ -66,10 +65,7 @@ def test_redis_restarted_empty_loses_no_partner_job_or_webhook(
         wait_until(
             lambda: all(history.job(svc.db, j) for j in live), 20, message="live jobs archived"
         )
-        assert server.proc is not None
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        server.start()  # same port, nothing on disk: empty
+        server.kill_and_start()  # same port, nothing on disk: empty
         # Settled jobs live on in the database only.
         assert not server.client().exists(*(f"{own.key_prefix}:job:{j}" for j in done))
 
@@ -134,10 +130,7 @@ def test_jobs_accepted_right_before_redis_restarted_empty_all_end_once(
         assert answer.status_code == 202, answer.get_json()
         batch_id = answer.get_json()["batch_id"]
         members = answer.get_json()["job_ids"]
-        assert server.proc is not None
-        server.proc.send_signal(signal.SIGKILL)
-        server.proc.wait(10)
-        server.start()  # same port, nothing on disk: empty
+        server.kill_and_start()  # same port, nothing on disk: empty
         assert not server.client().keys(f"{own.key_prefix}:*")
 
         fresh_client, _, _ = gateway_for(own, ADMIN_KEY)
@@ -213,10 +206,7 @@ def test_redis_restarted_empty_right_after_the_webhooks_announces_no_other_end(
         jobs = [submit(client, partner, receiver.url, 0) for _ in range(6)]
         wait_until(lambda: all(receiver.terminal_ids(j) for j in jobs), 30, message="every webhook")
         first = {j: receiver.accepted(j)[0].payload["data"] for j in jobs}
-        assert server.proc is not None
-        server.proc.send_signal(signal.SIGKILL)  # right after the last webhook arrived
-        server.proc.wait(10)
-        server.start()  # same port, nothing on disk: empty
+        server.kill_and_start()  # right after the last webhook arrived: empty
 
         fresh_client, _, _ = gateway_for(own, ADMIN_KEY)
 
