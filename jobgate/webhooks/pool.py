@@ -5,14 +5,12 @@ attempt, and shut down by the attempt's deadline (``Guard``, one timer thread)."
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -20,37 +18,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from jobgate.timers import Timers
-
-
-def connect_to_address(
-    address: str,
-    port: int,
-    timeout: Any,
-    source_address: tuple[str, int] | None = None,
-    socket_options: Sequence[tuple[int, int, Any]] | None = None,
-) -> socket.socket:
-    """A TCP connection to an IP address (``PinnedAdapter``'s checked one): urllib3's
-    ``create_connection`` for one address, with no name lookup. ``timeout`` is urllib3's
-    (a number or None; its default sentinel leaves the socket's default)."""
-    ip = ipaddress.ip_address(address.strip("[]"))
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        if timeout is None or isinstance(timeout, int | float):
-            sock.settimeout(timeout)
-        if source_address:
-            sock.bind(source_address)
-        sock.connect((str(ip), port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
 
 # The process's: ``deliver`` bounds every attempt with it (a ``threading.Timer`` per
 # attempt started a thread, a greenlet in the gevent pool, for every webhook, which showed
@@ -131,11 +100,22 @@ _GUARD: ContextVar[Guard | None] = ContextVar("jobgate_delivery_guard", default=
 _Conn = TypeVar("_Conn", bound=HTTPConnection)
 
 
+IDLE_MAX = 4.0  # seconds a kept connection may wait for its next request
+
+
 def _tracked(base: type[_Conn]) -> type[_Conn]:
-    """urllib3's connection class, registering with the running try's ``Guard`` and
-    connecting to the pinned address itself."""
+    """urllib3's connection class, registering with the running try's ``Guard`` and not
+    reusing a connection idle longer than ``IDLE_MAX``.
+
+    Receivers close idle connections after a few seconds (gunicorn 2, Node and Apache 5);
+    one closed as a request goes out costs a resend, and a NAT that forgets an idle
+    connection silently would cost the whole timeout. urllib3 notices a connection the
+    receiver has already closed; one idle too long is closed here and opened again.
+    """
 
     class Tracked(base):  # type: ignore[valid-type,misc]
+        jobgate_idle_since: float | None = None
+
         def connect(self) -> None:
             guard = _GUARD.get()
             if guard is not None:
@@ -143,80 +123,41 @@ def _tracked(base: type[_Conn]) -> type[_Conn]:
             super().connect()
 
         def request(self, *args: Any, **kwargs: Any) -> None:
+            since = self.jobgate_idle_since
+            if self.sock is not None and since is not None and time.monotonic() - since > IDLE_MAX:
+                self.close()  # http.client connects a closed connection again as it sends
             guard = _GUARD.get()
             # A kept connection (its socket open, not taken by connect() in this try).
             if guard is not None and self.sock is not None and not guard.holds(self):
                 guard.register(self, reused=True)
             super().request(*args, **kwargs)
 
-        def _new_conn(self) -> socket.socket:
-            """urllib3's own, to the pinned address without ``getaddrinfo``: gevent
-            sends every lookup, an IP's too, through its resolver's thread pool (a
-            cost that showed in profiles of the delivery process, plus the pool's
-            wake-ups); the same exceptions."""
-            try:
-                sock = connect_to_address(
-                    self._dns_host,
-                    self.port,
-                    self.timeout,
-                    self.source_address,
-                    self.socket_options,
-                )
-            except TimeoutError as exc:
-                raise ConnectTimeoutError(
-                    self,
-                    f"Connection to {self.host} timed out. (connect timeout={self.timeout})",
-                ) from exc
-            except OSError as exc:
-                raise NewConnectionError(
-                    self, f"Failed to establish a new connection: {exc}"
-                ) from exc
-            sys.audit("http.client.connect", self, self.host, self.port)
-            return sock
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            response = super().getresponse(*args, **kwargs)
+            self.jobgate_idle_since = time.monotonic()
+            return response
 
     Tracked.__name__ = f"Tracked{base.__name__}"
     return Tracked
 
 
-IDLE_MAX = 4.0  # seconds a kept connection may wait for its next request
-
-
-class _KeepSome:
-    """A pool that keeps a connection idle for at most ``IDLE_MAX`` seconds, and closes
-    one it has no room to keep without urllib3's warning (more attempts than ``keep`` ran
-    at once: the extra connections are not kept).
-
-    Receivers close idle connections after a few seconds (gunicorn 2, Node and Apache
-    5); one closed as a request goes out costs a resend, and a NAT that forgets an idle
-    connection silently would cost the whole timeout: a connection idle longer than
-    ``IDLE_MAX`` is closed instead of used.
-    """
-
-    pool: Any
-
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)  # type: ignore[misc]
-        since = getattr(conn, "jobgate_idle_since", None)
-        if since is not None and time.monotonic() - since > IDLE_MAX:
-            conn.close()  # urllib3 connects a closed connection again on use
-        return conn
-
-    def _put_conn(self, conn: Any) -> None:
-        if self.pool is not None and self.pool.full():
-            if conn is not None:
-                conn.close()
-            return
-        if conn is not None:
-            conn.jobgate_idle_since = time.monotonic()
-        super()._put_conn(conn)  # type: ignore[misc]
-
-
-class _HTTPPool(_KeepSome, HTTPConnectionPool):
+class _HTTPPool(HTTPConnectionPool):
     ConnectionCls = _tracked(HTTPConnection)
 
 
-class _HTTPSPool(_KeepSome, HTTPSConnectionPool):
+class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _tracked(HTTPSConnection)
+
+
+class _PoolFull(logging.Filter):
+    """Drops urllib3's warning for a connection it closes because its pool is full: more
+    attempts to one target ran at once than ``keep``, and the extra ones are not kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Connection pool is full")
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_PoolFull())
 
 
 class PinnedAdapter(HTTPAdapter):

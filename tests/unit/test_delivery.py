@@ -45,7 +45,7 @@ from jobgate.signing import generate_secret, sign
 from jobgate.ssrf import REFUSED, parse_allowlist
 from jobgate.webhooks.http import Attempt, classify, deliver
 from jobgate.webhooks.policy import parse_retry_after, retry_delay
-from jobgate.webhooks.pool import Connections, Guard, PinnedAdapter, connect_to_address
+from jobgate.webhooks.pool import Connections, Guard, PinnedAdapter
 from tests.helpers import background_of_other_apps
 
 URL = "https://hooks.example/cb"
@@ -747,32 +747,25 @@ def test_real_server_receives_verifiable_webhook(
     StandardWebhook(secret).verify(body, headers, json_parse=False)
 
 
-def test_real_server_pinned_connection_looks_nothing_up(
+def test_real_server_pinned_connection_looks_up_no_name(
     http_receiver: tuple[Receiver, int], secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The connection goes to the checked address itself, with no ``getaddrinfo`` (which
-    gevent sends through its resolver's thread pool, an IP's too)."""
+    """The connection goes to the checked address: the only ``getaddrinfo`` is urllib3's
+    of that IP literal, which asks no resolver; the URL's name is never looked up again."""
     receiver, port = http_receiver
+    lookup = socket.getaddrinfo
+    asked: list[Any] = []
 
-    def no_lookup(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError(f"getaddrinfo{args}")
+    def only_ips(host: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(host)
+        ipaddress.ip_address(host)  # a name raises ValueError: the test fails
+        return lookup(host, *args, **kwargs)
 
-    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    monkeypatch.setattr(socket, "getaddrinfo", only_ips)
     attempt = _local(secret, f"http://hooks.test:{port}/hook", allow_http=True)
     assert attempt.outcome == "delivered", attempt.error
     assert len(receiver.requests) == 1
-
-
-def test_connect_to_address_sets_timeout_and_options_and_takes_only_an_ip(
-    http_receiver: tuple[Receiver, int],
-) -> None:
-    _, port = http_receiver
-    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-    with connect_to_address("127.0.0.1", port, 7.0, socket_options=nodelay) as sock:
-        assert sock.gettimeout() == 7.0
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    with pytest.raises(ValueError):
-        connect_to_address("localhost", port, 1.0)
+    assert "hooks.test" not in asked
 
 
 def test_real_server_redirect_is_not_followed(
@@ -1286,3 +1279,17 @@ def test_a_connection_idle_too_long_is_not_used(
         assert receiver.requests[0][0] != receiver.requests[1][0]
     finally:
         receiver.close()
+
+
+def test_urllib3s_pool_full_warning_is_dropped_and_its_others_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More attempts to one target than ``keep`` close their extra connections: not a
+    warning per attempt in the delivery log. urllib3's other warnings still show."""
+    log = logging.getLogger("urllib3.connectionpool")
+    with caplog.at_level(logging.WARNING, logger="urllib3.connectionpool"):
+        log.warning("Connection pool is full, discarding connection: %s", "127.0.0.1")
+        log.warning("Retrying after connection broken by %r", "reset")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Retrying after connection broken by 'reset'"
+    ]
