@@ -8,14 +8,11 @@ and ask again after a failover (redis-py's ``SentinelConnectionPool``).
 
 from __future__ import annotations
 
-import select
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis import maint_notifications
-from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from config import is_sentinel, parse_sentinel_url
 
@@ -32,63 +29,6 @@ def checked_pool_options() -> dict[str, Any]:
     return {
         "maint_notifications_config": maint_notifications.MaintNotificationsConfig(enabled=False)
     }
-
-
-def _os_poll() -> Callable[[], Any]:
-    """The OS's ``select.poll``, also where gevent has patched it in."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey.get_original("select", "poll") if monkey else select.poll
-
-
-class QuickCheck:
-    """redis-py checks every connection its pool hands out for unread bytes (``can_read``,
-    a zero-timeout ``select.poll``). Under gevent that poll is gevent's cooperative one,
-    a hub switch per Redis command, which showed in profiles of the delivery process
-    (docs/performance.md); the OS's poll with a zero
-    timeout cannot block, so it answers first. A socket with nothing to read is clean
-    when the parser holds no reply either: redis-py 8's hiredis parser keeps replies only
-    in its reader (``has_data``). Anything else (a readable socket, the pure-Python
-    parser, an older redis-py whose parser caches a reply of its own) is redis-py's
-    own check."""
-
-    _sock: Any
-    _parser: Any
-
-    def can_read(self, timeout: float = 0) -> bool:
-        parser, sock = self._parser, self._sock
-        reader: Any = getattr(parser, "_reader", None)
-        if (
-            timeout == 0
-            and sock is not None
-            and hasattr(reader, "has_data")
-            and not hasattr(parser, "_next_response")
-        ):
-            if not reader.has_data():
-                poller = _POLL()
-                poller.register(sock, select.POLLIN)
-                if not poller.poll(0):
-                    return False
-        return super().can_read(timeout)  # type: ignore[misc, no-any-return]
-
-
-class QuickConnection(QuickCheck, redis.Connection):
-    """``redis.Connection`` with the quick unread-bytes check."""
-
-
-class QuickSentinelConnection(QuickCheck, SentinelManagedConnection):
-    """``SentinelManagedConnection`` with the quick unread-bytes check."""
-
-
-_POLL = _os_poll()
-# Plain TCP only: a TLS socket can hold decrypted bytes the OS poll does not see.
-QUICK = {redis.Connection: QuickConnection, SentinelManagedConnection: QuickSentinelConnection}
-
-
-def quick_checks(client: redis.Redis) -> redis.Redis:
-    """``client``, its pool's plain TCP connections given the quick check (before any is made)."""
-    pool = client.connection_pool
-    pool.connection_class = QUICK.get(pool.connection_class, pool.connection_class)
-    return client
 
 
 class SentinelBlockingConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
@@ -122,10 +62,10 @@ def redis_client(
             pool = redis.BlockingConnectionPool.from_url(
                 url, max_connections=max_connections, timeout=pool_wait, **options
             )
-            return quick_checks(redis.Redis(connection_pool=pool))
+            return redis.Redis(connection_pool=pool)
         if max_connections is not None:
             options["max_connections"] = max_connections
-        return quick_checks(redis.Redis.from_url(url, **options))
+        return redis.Redis.from_url(url, **options)
     if not sentinel_master:
         raise ValueError(f"{url!r} is a sentinel:// URL: a master name is needed")
     parsed = parse_sentinel_url(url)
@@ -154,7 +94,7 @@ def redis_client(
     client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         sentinel_master, redis_class=redis.Redis, **extra
     )
-    return quick_checks(client)
+    return client
 
 
 def answers(url: str, *, sentinel_master: str = "", timeout: float = 1.0) -> bool:

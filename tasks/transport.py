@@ -1,5 +1,5 @@
-"""kombu's Redis transports: plain ack pipelines, one shared client, quick connection checks
-and, under gevent, a poller without select()'s limit of 1024 descriptors.
+"""kombu's Redis transports: plain ack pipelines, one shared client and, under gevent, a
+poller without select()'s limit of 1024 descriptors.
 
 kombu's Redis QoS records each message a worker takes (``ZADD unacked_index`` +
 ``HSET unacked``) and forgets it on ack (``ZREM`` + ``HDEL``), each pair in a
@@ -18,8 +18,7 @@ kombu also builds a new ``redis.Redis`` client for every take and every ack (its
 ``conn_or_acquire``); building one copies redis-py's table of response callbacks, a cost that
 showed in profiles of a worker's consumer process. These channels keep one client
 per connection pool instead: a client holds no connection of its own (each command
-borrows one from the pool), so every greenlet and thread may share it. Their connections
-check for unread bytes with the OS's poll (``jobgate.connections.QuickCheck``).
+borrows one from the pool), so every greenlet and thread may share it.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils import eventio
 from kombu.utils.compat import detect_environment
 
-from jobgate.connections import QuickConnection, QuickSentinelConnection, checked_pool_options
+from jobgate.connections import checked_pool_options
 
 
 class QoS(kombu_redis.QoS):
@@ -94,7 +93,6 @@ def green_poller(transport: Any) -> None:
 
 class Channel(SharedClient, kombu_redis.Channel):
     QoS = QoS
-    connection_class = QuickConnection
 
 
 class Transport(kombu_redis.Transport):
@@ -107,7 +105,6 @@ class Transport(kombu_redis.Transport):
 
 class SentinelChannel(SharedClient, kombu_redis.SentinelChannel):
     QoS = QoS
-    connection_class = QuickSentinelConnection
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
