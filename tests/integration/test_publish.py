@@ -11,6 +11,8 @@ from celery.utils.saferepr import saferepr
 from tasks.app import make_celery
 from tasks.publish import REPR_MAX, revoked_meta, same_redis, short_repr, state_meta, task_message
 
+pytestmark = pytest.mark.contract
+
 
 def _without_tag(raw: str) -> dict:
     message = json.loads(raw)

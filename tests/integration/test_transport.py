@@ -25,7 +25,7 @@ from tasks.transport import (
 )
 from tests.helpers import EmbeddedRedis
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.contract]
 
 
 @pytest.fixture
