@@ -6,6 +6,7 @@ jobgate the same way, by environment variables.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -149,6 +150,8 @@ class Settings:
     endpoint_disable_after: float = 5 * 86400
     demo_tasks: bool = False  # on in `jobgate dev` and the tests
     rate_limit: int = 600
+    # Failed authentications one client address may make per minute; past it, 429 (0: off).
+    auth_failures_per_minute: int = 30
     max_wait: int = 30
     sse_heartbeat: float = 15.0
     sse_max_seconds: float = 900.0
@@ -222,6 +225,19 @@ class Settings:
             )
 
     @property
+    def admin_actors(self) -> dict[str, str]:
+        """Admin key -> who it is in the audit log: ``JOBGATE_ADMIN_KEYS=name:key,...``
+        names a key; an unnamed one is ``key:`` and the first 12 hex digits of its SHA-256."""
+        actors = {}
+        for entry in self.admin_keys:
+            name, colon, key = entry.partition(":")
+            if colon and name and key:
+                actors[key] = name
+            else:
+                actors[entry] = "key:" + hashlib.sha256(entry.encode()).hexdigest()[:12]
+        return actors
+
+    @property
     def worker_refresh_every(self) -> float:
         """Seconds between a worker's signs of life (and refreshes of the messages it holds)."""
         return max(0.5, self.visibility_timeout / 10)
@@ -281,6 +297,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "endpoint_disable_after": ("JOBGATE_ENDPOINT_DISABLE_AFTER", float),
     "demo_tasks": ("JOBGATE_DEMO_TASKS", _bool),
     "rate_limit": ("JOBGATE_RATE_LIMIT", int),
+    "auth_failures_per_minute": ("JOBGATE_AUTH_FAILURES_PER_MINUTE", int),
     "max_wait": ("JOBGATE_MAX_WAIT", int),
     "sse_heartbeat": ("JOBGATE_SSE_HEARTBEAT", float),
     "sse_max_seconds": ("JOBGATE_SSE_MAX_SECONDS", float),

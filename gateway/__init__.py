@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from gateway.extensions import Services
     from gateway.views import (
         archive,
+        audit,
         batches,
         catalog,
         endpoints,
@@ -76,7 +77,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         webhooks,
         endpoints,
         archive,
+        audit,
     ):
         app.register_blueprint(module.bp)
+    app.after_request(audit.record_admin_action)
     logging.getLogger("jobgate").setLevel(logging.INFO)
     return app

@@ -45,11 +45,24 @@ def authenticate() -> Principal:
             headers={"WWW-Authenticate": 'Bearer realm="jobgate"'},
         )
     svc = services()
-    if any(hmac.compare_digest(key.encode(), admin.encode()) for admin in svc.settings.admin_keys):
-        g.principal = Principal("admin", name="admin")
-        return g.principal
+    address = "auth:" + (request.remote_addr or "")
+    limit = svc.settings.auth_failures_per_minute
+    wait = svc.store.rate_limit_wait(address, limit)
+    if wait is not None:
+        raise APIError(
+            429,
+            "rate_limited",
+            "Too many failed authentications from this address; wait and retry.",
+            {"limit": "auth_failures_per_minute", "value": limit},
+            headers={"Retry-After": str(wait)},
+        )
+    for admin, actor in svc.settings.admin_actors.items():
+        if hmac.compare_digest(key.encode(), admin.encode()):
+            g.principal = Principal("admin", name=actor)
+            return g.principal
     partner = svc.partners.by_key(key)
     if partner is None:
+        svc.store.hit_rate_limit(address, limit)
         raise APIError(
             401,
             "unauthorized",

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import click
@@ -249,7 +250,9 @@ def partner_create(name: str) -> None:
 
     with _app().app_context():
         body = load_or_422(PartnerCreateSchema(), {"name": name})
-        _echo_json(create_partner(body["name"]))
+        created = create_partner(body["name"])
+        _audit("jobgate partner create", created["id"], {"name": name})
+        _echo_json(created)
 
 
 @partner.command("list")
@@ -274,6 +277,7 @@ def partner_rotate_secret(partner_id: str) -> None:
         secret = generate_secret()
         if not svc.partners.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
             raise click.ClickException(f"no partner {partner_id}")
+        _audit("jobgate partner rotate-secret", partner_id)
         _echo_json(
             {
                 "webhook_secret": secret,
@@ -282,17 +286,31 @@ def partner_rotate_secret(partner_id: str) -> None:
         )
 
 
-def _partner_call(action, *args: object) -> None:
+def _audit(action: str, target: str, details: dict[str, Any] | None = None) -> None:
+    """Record a CLI verb that changed something in the audit log, the operator's login
+    name as actor (in an app context)."""
+    import getpass
+
+    from gateway.extensions import services
+    from jobgate import audit
+
+    audit.record(services().db, f"cli:{getpass.getuser()}", action, target, details)
+
+
+def _partner_call(action, *args: object, audit_as: str = "", details: Any = None) -> None:
     """Run a gateway partner action in an app context and print its JSON (an unknown
-    partner: exit 1 with the message)."""
+    partner: exit 1 with the message); ``audit_as`` names a change for the audit log."""
     from gateway.errors import APIError
 
     with _app().app_context():
         try:
-            _echo_json(action(*args))
+            done = action(*args)
         except APIError as exc:
             details = f" {json.dumps(exc.details)}" if exc.details else ""
             raise click.ClickException(exc.message + details) from None
+        if audit_as:
+            _audit(audit_as, str(args[0]), details)
+        _echo_json(done)
 
 
 @partner.command("show")
@@ -321,7 +339,13 @@ def partner_limits(partner_id: str, changes: tuple[str, ...]) -> None:
         except ValueError:
             raise click.BadParameter(f"{change!r}: use NAME=NUMBER or NAME=default") from None
     if parsed:
-        _partner_call(set_limits, partner_id, parsed)
+        _partner_call(
+            set_limits,
+            partner_id,
+            parsed,
+            audit_as="jobgate partner limits",
+            details={"limits": parsed},
+        )
     else:
         _partner_call(partner_detail, partner_id)
 
@@ -332,7 +356,7 @@ def partner_disable(partner_id: str) -> None:
     """Disable a partner: its keys answer 401 at once; its queued jobs still run."""
     from gateway.views.partners import set_disabled
 
-    _partner_call(set_disabled, partner_id, True)
+    _partner_call(set_disabled, partner_id, True, audit_as="jobgate partner disable")
 
 
 @partner.command("enable")
@@ -341,7 +365,7 @@ def partner_enable(partner_id: str) -> None:
     """Enable a disabled partner."""
     from gateway.views.partners import set_disabled
 
-    _partner_call(set_disabled, partner_id, False)
+    _partner_call(set_disabled, partner_id, False, audit_as="jobgate partner enable")
 
 
 @partner.command("rotate-key")
@@ -357,7 +381,13 @@ def partner_rotate_key(partner_id: str, grace: int) -> None:
     """Give a partner a new API key (shown once); the old one works --grace seconds."""
     from gateway.views.partners import rotate_key
 
-    _partner_call(rotate_key, partner_id, grace)
+    _partner_call(
+        rotate_key,
+        partner_id,
+        grace,
+        audit_as="jobgate partner rotate-key",
+        details={"grace": grace},
+    )
 
 
 # --------------------------------------------------------------------------- database
@@ -431,9 +461,11 @@ def revoke(job_id: str, reason: str, terminate: bool) -> None:
 
     with _app().app_context():
         try:
-            _echo_json(revoke_job(services(), job_id, by="cli", reason=reason, terminate=terminate))
+            revoked = revoke_job(services(), job_id, by="cli", reason=reason, terminate=terminate)
         except APIError as exc:
             raise click.ClickException(f"{exc.code}: {exc.message}") from None
+        _audit("jobgate revoke", job_id, {"reason": reason, "terminate": terminate})
+        _echo_json(revoked)
 
 
 # -------------------------------------------------------------------------------- dev

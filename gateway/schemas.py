@@ -185,7 +185,9 @@ class EndpointAttemptsArgs(Schema):
     cursor = fields.Integer(load_default=None, validate=validate.Range(min=1))
 
 
-class DeadLetterArgs(Schema):
+class PageArgs(Schema):
+    """A page of a list read newest first by id: ``limit`` rows with ids below ``cursor``."""
+
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
     cursor = fields.Integer(load_default=None, validate=validate.Range(min=1))
 
@@ -506,6 +508,29 @@ class DeadLetterSchema(Schema):
 
 class DeadLettersSchema(Schema):
     dead_letters = fields.List(fields.Nested(DeadLetterSchema), required=True)
+    next_cursor = fields.Integer(required=True, allow_none=True)
+
+
+class AuditEntrySchema(Schema):
+    """One admin action (``jobgate.audit``)."""
+
+    id = fields.Integer(required=True)
+    at = fields.String(required=True)
+    actor = fields.String(
+        required=True,
+        metadata={"description": "The admin key's name, or `key:` and its fingerprint."},
+    )
+    action = fields.String(
+        required=True, metadata={"example": "POST /v1/partners/<partner_id>/disable"}
+    )
+    target = fields.String(required=True, metadata={"description": "The id acted on."})
+    details = fields.Dict(
+        required=True, metadata={"description": "The request's fields, secrets left out."}
+    )
+
+
+class AuditSchema(Schema):
+    entries = fields.List(fields.Nested(AuditEntrySchema), required=True)
     next_cursor = fields.Integer(required=True, allow_none=True)
 
 

@@ -413,7 +413,8 @@ class Store:
 
     # --------------------------------------------------------------- rate limit
     def hit_rate_limit(self, partner_id: str, limit: int, window: int = 60) -> int | None:
-        """Count one submission; returns seconds to wait if over ``limit`` per window."""
+        """Count one submission (or, for ``auth:<address>``, one failed authentication);
+        returns seconds to wait if over ``limit`` per window."""
         if limit <= 0:
             return None
         now = int(time.time())
@@ -424,6 +425,16 @@ class Store:
         pipe.expire(name, window + 1)
         count = pipe.execute()[0]
         return (slot + 1) * window - now if count > limit else None
+
+    def rate_limit_wait(self, name: str, limit: int, window: int = 60) -> int | None:
+        """Seconds to wait if ``hit_rate_limit`` already counted ``limit`` for ``name`` in
+        this window (counting nothing), else None."""
+        if limit <= 0:
+            return None
+        now = int(time.time())
+        slot = now // window
+        count = self.redis.get(self.key("rate", name, str(slot)))
+        return (slot + 1) * window - now if count is not None and int(count) >= limit else None
 
     def take_turn(self, name: str, every: float) -> int | None:
         """Take ``name``'s one turn per ``every`` s, counted in Redis so that it holds across

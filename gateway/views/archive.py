@@ -7,12 +7,12 @@ from flask import Blueprint, jsonify, request
 from gateway.auth import admin_required
 from gateway.extensions import services
 from gateway.openapi import AUTH, ok, operation
-from gateway.schemas import DeadLetterArgs, DeadLettersSchema, load_or_422
+from gateway.schemas import DeadLettersSchema, PageArgs, load_or_422
 from jobgate import history
 
 bp = Blueprint("archive", __name__, url_prefix="/v1/archive")
 
-ARGS = DeadLetterArgs()
+ARGS = PageArgs()
 PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
     {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 1}},

@@ -200,3 +200,17 @@ class DeadLetter(Base):
     at: Mapped[datetime] = mapped_column(Time, index=True)
     error: Mapped[str] = mapped_column(Text)
     record: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AuditEntry(Base):
+    """One admin action (``jobgate.audit``): who took it, what, on what, and when; kept
+    for good (job retention does not prune it)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(Time)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(120))
+    target: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)

@@ -15,10 +15,13 @@ import redis
 import requests
 
 from jobgate.db import Database
+from tests.conftest import ADMIN_KEY
 from tests.helpers import ROOT, free_port, settings_env, wait_for_status, wait_until
 from tests.webhooks.conftest import Receiver
 
 pytestmark = pytest.mark.integration
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def jobgate(settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -56,6 +59,13 @@ def test_revoke_and_rotate_secret_from_the_cli(settings, client, partner, worker
     listed = json.loads(jobgate(settings, "partner", "list").stdout)
     assert partner["id"] in {p["id"] for p in listed}
     assert "api_key" not in json.dumps(listed) and "whsec_" not in json.dumps(listed)
+
+    # Both changes are in the audit log, the operator as actor; the refused revoke is not.
+    entries = client.get("/v1/audit?limit=200", headers=ADMIN).get_json()["entries"]
+    mine = [(e["action"], e["target"]) for e in entries if e["actor"].startswith("cli:")]
+    assert ("jobgate partner rotate-secret", partner["id"]) in mine
+    assert ("jobgate revoke", job["job_id"]) in mine
+    assert not any(target.startswith("00000000") for _, target in mine)
 
 
 def test_partner_limits_from_the_cli(settings, partner, redis_client):
