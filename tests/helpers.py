@@ -409,6 +409,18 @@ def postgres_admin_url() -> str:
     return os.environ.get("JOBGATE_TEST_POSTGRES", POSTGRES_ADMIN_URL)
 
 
+def postgres_answers() -> bool:
+    """True when the tests' PostgreSQL server accepts a TCP connection."""
+    import sqlalchemy
+
+    url = sqlalchemy.engine.make_url(postgres_admin_url())
+    try:
+        socket.create_connection((url.host or "127.0.0.1", url.port or 5432), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 @contextmanager
 def postgres_database(name_hint: str = "t") -> Iterator[str]:
     """A new, empty PostgreSQL database for this run (dropped afterwards); its URL.

@@ -5,17 +5,24 @@ messages come back within seconds; the receiver verifies every request with the
 ``standardwebhooks`` package (tests/reliability/conftest.py). A test parametrised on
 ``broker`` (indirect: "redis", "rabbitmq") runs once with the store's Redis as the broker
 and once with RabbitMQ, in a virtual host of the test's own.
+
+The record is PostgreSQL here, production's database (``fault_database``, the suite's
+own): without a PostgreSQL on this machine it is SQLite, except under CI (``CI`` set),
+where that fails; ``JOBGATE_TEST_FAULT_DATABASE=sqlite`` asks for SQLite. A test that
+needs a database of its own (``own_database``: Redis lost) runs on both.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from config import Settings
-from tests.helpers import rabbitmq_vhost
+from tests.helpers import migrated_database, postgres_answers, rabbitmq_vhost
 from tests.reliability.conftest import WebhookReceiver
 
 BROKERS = ["redis", "rabbitmq"]
@@ -31,11 +38,35 @@ def broker(request: pytest.FixtureRequest) -> Iterator[str]:
         yield url
 
 
+def fault_database_kind() -> str:
+    """ "postgresql" where one answers (or under CI, which must run it), else "sqlite"."""
+    kind = os.environ.get("JOBGATE_TEST_FAULT_DATABASE", "")
+    if kind:
+        return kind
+    return "postgresql" if os.environ.get("CI") or postgres_answers() else "sqlite"
+
+
+@pytest.fixture(scope="session")
+def fault_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fault suite's database, migrated (PostgreSQL where one answers)."""
+    with migrated_database(fault_database_kind(), tmp_path_factory.mktemp("faults")) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def own_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of this test's own: each such test runs on both (the
+    PostgreSQL case skipped without one, failing under CI)."""
+    with migrated_database(request.param, tmp_path) as url:
+        yield url
+
+
 @pytest.fixture
-def fault_settings(settings: Settings, broker: str) -> Settings:
-    """Queues of the test's own, fast recovery, quick retries."""
+def fault_settings(settings: Settings, broker: str, fault_database: str) -> Settings:
+    """Queues of the test's own, the fault suite's database, fast recovery, quick retries."""
     tag = "fault-" + uuid.uuid4().hex[:8]
     return settings.with_overrides(
+        database_url=fault_database,
         broker_url=broker or settings.redis_url,
         queue_jobs=tag,
         queue_webhooks=tag + "-hooks",

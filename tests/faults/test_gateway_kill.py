@@ -15,12 +15,15 @@ from tests.helpers import gunicorn
 
 
 def test_a_batch_is_written_whole_or_not_at_all(
-    settings: Settings, redis_client: redis.Redis
+    settings: Settings, redis_client: redis.Redis, fault_database: str
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     # Keys of its own: no worker archives them, so the archive stream shows what was written.
     own = settings.with_overrides(
-        queue_jobs=f"gwkill-{tag}", queue_webhooks=f"gwkill-{tag}-h", key_prefix=f"gwkill-{tag}"
+        queue_jobs=f"gwkill-{tag}",
+        queue_webhooks=f"gwkill-{tag}-h",
+        key_prefix=f"gwkill-{tag}",
+        database_url=fault_database,
     )
     p = own.key_prefix
     admin = {"Authorization": f"Bearer {settings.admin_keys[0]}"}
@@ -50,7 +53,7 @@ def test_a_batch_is_written_whole_or_not_at_all(
     assert redis_client.exists(*(f"{p}:job:{job_id}" for job_id in members)) == 200
     # Their rows were committed before the 202 (the record): nothing for the archiver.
     assert redis_client.xlen(f"{p}:archive") == 0
-    db = Database(settings.database_url)
+    db = Database(fault_database)
     try:
         assert (history.batch(db, batch_id) or {}).get("member_ids") == members
         assert set(history.jobs(db, members)) == set(members)
