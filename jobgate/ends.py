@@ -22,12 +22,14 @@ from jobgate.db import Database, escape_unstorable
 from jobgate.db.models import Job, Time
 from jobgate.times import parse_time
 
-# What a job's end writes into its record (``Store.finish_job``'s fields, and the run's
-# start it ends).
+# What a job's end writes into its record (``Store.finish_job``'s fields, and the run it
+# ends: its start, run count and worker).
 END_FIELDS = (
     "status",
     "finished_at",
     "started_at",
+    "runs",
+    "worker",
     "result",
     "error",
     "progress",

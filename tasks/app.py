@@ -135,6 +135,7 @@ class JobTask(Task):
             lifecycle.side_effects(self.app.messenger, store, record)
             raise JobRevoked(f"job {job_id} already {refused}")
         self.request.jobgate_started_at = started_at
+        self.request.jobgate_runs = runs
         failpoint("job.started")
         if runs > 1:
             self._record_a_committed_end(job_id)
@@ -261,12 +262,15 @@ class JobTask(Task):
         )
 
     def _run_fields(self) -> dict[str, Any]:
-        """What this run adds to its end: its start (from ``start_job``, so the end does
-        not read it back) and its last progress report not yet written (``Progress``
-        coalesces them); only the fields it has."""
+        """What this run adds to its end: its start, run count and worker (from
+        ``start_job``, so the end does not read them back, and the row keeps them should
+        Redis lose the record before the archiver copies it) and its last progress report
+        not yet written (``Progress`` coalesces them); only the fields it has."""
         fields: dict[str, Any] = {}
         if started_at := getattr(self.request, "jobgate_started_at", None):
             fields["started_at"] = started_at
+            fields["runs"] = str(getattr(self.request, "jobgate_runs", 1))
+            fields["worker"] = self.request.hostname or ""
         progress = getattr(self.request, "jobgate_progress", None)
         if progress is not None and (held := progress.held_for_end()) is not None:
             fields["progress"] = held

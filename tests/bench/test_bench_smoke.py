@@ -516,6 +516,8 @@ def test_partition_bench_loses_nothing_the_cut_off_primary_acknowledged(
     assert result["jobs_accepted"] + result["submissions_given_up"] == 600, result
     assert result["lost"] == 0 and result["accepted_without_row"] == 0, result
     assert result["two_terminal_events"] == 0 and result["bad_signatures"] == 0, result
+    # Every row keeps its run, also the jobs' whose record only the old primary held.
+    assert "0" not in result["runs"], result["runs"]
 
 
 @pytest.mark.skipif(not Path("/usr/bin/redis-server").exists(), reason="no Debian redis-server")

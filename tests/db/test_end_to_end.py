@@ -14,7 +14,7 @@ from config import Settings
 from jobgate import history
 from tests.conftest import ADMIN_KEY
 from tests.helpers import WorkerProcess, gateway_for, wait_for_status, wait_until
-from tests.webhooks.conftest import Receiver
+from tests.webhooks.conftest import Receiver, Slow
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,26 @@ def test_every_job_reads_the_same_from_redis_and_from_the_database(world) -> Non
     [request] = world.receiver.wait_for(before + 1)[before:]
     assert request.webhook_id == again.get_json()["webhook_id"]
     request.verify(partner["webhook_secret"])
+
+
+def test_a_jobs_row_keeps_its_run_and_worker_from_the_end_alone(world) -> None:
+    """The end commits the run's start, count and worker with the status: a row whose
+    record Redis then loses (an old primary discarding its writes) still says who ran it
+    and how often. Read while its webhook's first attempt is held by the receiver, before
+    anything is on the archive stream for the archiver to copy."""
+    client, partner, svc = world.client, world.partner, world.svc
+    world.receiver.answer(Slow(2.0))
+    job_id = client.post(
+        "/v1/jobs",
+        json={
+            "task": "demo.sleep",
+            "params": {"seconds": 0},
+            "callback_url": world.receiver.url,
+        },
+        headers=partner["headers"],
+    ).get_json()["job_id"]
+    wait_until(lambda: world.receiver.held >= 1, 30, message="the first attempt held")
+    row = history.job(svc.db, job_id) or {}
+    assert row.get("status") == "SUCCESS", row
+    assert row.get("runs") == "1" and row.get("worker"), row
+    assert row.get("started_at") and row["started_at"] <= row["finished_at"]
