@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 
 from config import Settings
-from tests.helpers import migrated_database, postgres_answers, rabbitmq_vhost
+from tests.helpers import (
+    WorkerProcess,
+    migrated_database,
+    postgres_answers,
+    rabbitmq_vhost,
+    wait_until,
+)
 from tests.reliability.conftest import WebhookReceiver
 
 BROKERS = ["redis", "rabbitmq"]
@@ -83,3 +89,34 @@ def receiver() -> Iterator[WebhookReceiver]:
     hook = WebhookReceiver().start()
     yield hook
     hook.stop()
+
+
+def doomed_worker(
+    settings: Settings,
+    workers: list[WorkerProcess],
+    point: str,
+    *,
+    action: str = "kill",
+    concurrency: int = 1,
+    ready: bool = True,
+) -> WorkerProcess:
+    """A worker whose failpoint ``point`` does ``action`` (``kill``: its process group),
+    started and handed to ``workers`` (stopped at the test's end if still running)."""
+    doomed = WorkerProcess(
+        settings,
+        concurrency=concurrency,
+        name="doomed",
+        env={"JOBGATE_FAILPOINTS": f"{point}={action}"},
+    ).start(ready=ready)
+    workers.append(doomed)
+    return doomed
+
+
+def heir_after(
+    doomed: WorkerProcess, settings: Settings, workers: list[WorkerProcess], concurrency: int = 1
+) -> WorkerProcess:
+    """Once ``doomed`` is dead, the worker that takes over (as in production)."""
+    wait_until(lambda: doomed.proc.poll() is not None, 30, 0.02, "the doomed worker's kill")
+    heir = WorkerProcess(settings, concurrency=concurrency, name="heir").start()
+    workers.append(heir)
+    return heir

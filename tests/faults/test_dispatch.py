@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from config import Settings
+from tests.faults.conftest import doomed_worker, heir_after
 from tests.helpers import WorkerProcess, gateway_for, wait_until
 
 JOB = {"task": "demo.sleep", "params": {"seconds": 0.2, "steps": 1}}
@@ -37,12 +38,8 @@ def test_killed_worker_loses_no_dispatched_job(
     every = [job_id for ids in jobs.values() for job_id in ids]
     assert svc.store.waiting(a["id"])["queued"] == 5
     # Jobs already wait, so the kill can come before the worker answers a ping.
-    doomed = WorkerProcess(
-        fault_settings, concurrency=2, name="doomed", env={"JOBGATE_FAILPOINTS": f"{point}=kill"}
-    ).start(ready=False)
-    workers.append(doomed)
-    wait_until(lambda: doomed.proc.poll() is not None, 30, 0.02, f"the kill at {point}")
-    workers.append(WorkerProcess(fault_settings, concurrency=2, name="heir").start())
+    doomed = doomed_worker(fault_settings, workers, point, concurrency=2, ready=False)
+    heir_after(doomed, fault_settings, workers, concurrency=2)
     wait_until(
         lambda: all(r and r.get("finished_at") for r in svc.store.jobs(every)),
         60,

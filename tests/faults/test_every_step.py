@@ -23,7 +23,7 @@ import pytest
 from config import Settings
 from jobgate.events import webhook_id
 from jobgate.sweeper import sweep
-from tests.faults.conftest import BROKERS
+from tests.faults.conftest import BROKERS, doomed_worker, heir_after
 from tests.helpers import WorkerProcess, gateway_for, rabbitmq_messages, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
@@ -101,26 +101,14 @@ def test_one_ending_whatever_breaks(
 ) -> None:
     client, partner, svc = gateway_for(fault_settings, fault_settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
-    doomed = WorkerProcess(
-        fault_settings,
-        concurrency=1,
-        name="doomed",
-        env={"JOBGATE_FAILPOINTS": f"{point}={action}"},
-    ).start()
-    workers.append(doomed)
+    doomed = doomed_worker(fault_settings, workers, point, action=action)
     subject_id, job_ids = submit(client, partner, subject, receiver.url)
     event = "job.succeeded" if subject == "job" else "batch.completed"
     wid = webhook_id(subject_id, event)
 
     if action == "kill":
-        wait_until(
-            lambda: doomed.proc.poll() is not None,
-            30,
-            0.02,
-            f"the failpoint {point} to kill the worker",
-        )
+        heir_after(doomed, fault_settings, workers)
         faulted = time.monotonic()
-        workers.append(WorkerProcess(fault_settings, concurrency=1, name="heir").start())
     else:
         faulted = time.monotonic()
         if point == "delivery.sent":

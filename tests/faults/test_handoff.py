@@ -16,6 +16,7 @@ from config import Settings
 from jobgate import handoff
 from jobgate.events import webhook_id
 from tests.conftest import ADMIN_KEY
+from tests.faults.conftest import doomed_worker, heir_after
 from tests.helpers import (
     WorkerProcess,
     gateway_for,
@@ -49,13 +50,7 @@ def test_a_job_whose_dispatcher_died_before_the_publish_runs_once(
     client, partner, svc = gateway_for(fault_settings, ADMIN_KEY)
     assert not svc.messenger.inline
     receiver.secrets = [partner["webhook_secret"]]
-    doomed = WorkerProcess(
-        fault_settings,
-        concurrency=1,
-        name="doomed",
-        env={"JOBGATE_FAILPOINTS": "job.dispatched=kill"},
-    ).start()
-    workers.append(doomed)
+    doomed = doomed_worker(fault_settings, workers, "job.dispatched")
     answer = client.post(
         "/v1/jobs",
         json={
@@ -73,7 +68,7 @@ def test_a_job_whose_dispatcher_died_before_the_publish_runs_once(
     assert record is not None and record.get("send") and not record.get("sent"), record
     assert svc.store.redis.zscore(svc.store.key("live"), job_id) is not None
 
-    workers.append(WorkerProcess(fault_settings, concurrency=1, name="heir").start())
+    heir_after(doomed, fault_settings, workers)
     wait_until(lambda: receiver.terminal_ids(job_id), 40, 0.05, "the terminal webhook")
     wait_until(lambda: not left_over(svc, fault_settings, job_id), 20, 0.2, "nothing stranded")
     view = client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).get_json()
@@ -169,13 +164,7 @@ def test_a_retry_whose_mover_died_before_the_publish_is_delivered_once(
     client, partner, svc = gateway_for(fault_settings, ADMIN_KEY)
     receiver.secrets = [partner["webhook_secret"]]
     receiver.script = lambda delivery: 200 if receiver.deliveries else 500  # the first: 500
-    doomed = WorkerProcess(
-        fault_settings,
-        concurrency=1,
-        name="doomed",
-        env={"JOBGATE_FAILPOINTS": "delivery.due=kill"},
-    ).start()
-    workers.append(doomed)
+    doomed = doomed_worker(fault_settings, workers, "delivery.due")
     answer = client.post(
         "/v1/jobs",
         json={"task": "demo.sleep", "params": {"seconds": 0}, "callback_url": receiver.url},
@@ -187,7 +176,7 @@ def test_a_retry_whose_mover_died_before_the_publish_is_delivered_once(
     assert [d.answered for d in receiver.deliveries] == [500]
     assert not svc.store.redis.zcard(svc.store.due_key)
 
-    workers.append(WorkerProcess(fault_settings, concurrency=1, name="heir").start())
+    heir_after(doomed, fault_settings, workers)
     wait_until(lambda: receiver.terminal_ids(job_id), 60, 0.1, "the retry delivered")
     wait_until(lambda: not left_over(svc, fault_settings, job_id), 20, 0.2, "nothing stranded")
     assert receiver.terminal_ids(job_id) == {webhook_id(job_id, "job.succeeded"): 1}

@@ -13,7 +13,7 @@ import pytest
 from config import Settings
 from gateway.launch import descendants
 from jobgate.events import webhook_id
-from tests.faults.conftest import BROKERS
+from tests.faults.conftest import BROKERS, doomed_worker, heir_after
 from tests.helpers import WorkerProcess, gateway_for, wait_for_status, wait_until
 from tests.reliability.conftest import WebhookReceiver
 
@@ -36,13 +36,9 @@ def test_an_unsafe_task_whose_worker_died_fails_with_worker_lost_once(
 ) -> None:
     client, partner, _ = gateway_for(fault_settings, fault_settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
-    doomed = WorkerProcess(
-        fault_settings, concurrency=1, name="doomed", env={"JOBGATE_FAILPOINTS": "job.started=kill"}
-    ).start()
-    workers.append(doomed)
+    doomed = doomed_worker(fault_settings, workers, "job.started")
     job_id = submit(client, partner, "demo.once", {"seconds": 0.2, "steps": 1}, receiver.url)
-    wait_until(lambda: doomed.proc.poll() is not None, 30, 0.02, "the worker to be killed")
-    workers.append(WorkerProcess(fault_settings, concurrency=1, name="heir").start())
+    heir_after(doomed, fault_settings, workers)
 
     wait_until(lambda: receiver.terminal_ids(job_id), 40, 0.05, "the terminal webhook")
     view = client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).get_json()
@@ -63,17 +59,9 @@ def test_an_unsafe_task_whose_worker_died_after_its_end_was_committed_succeeds_o
     failed with worker_lost: one job.succeeded, with the result the first run had."""
     client, partner, _ = gateway_for(fault_settings, fault_settings.admin_keys[0])
     receiver.secrets = [partner["webhook_secret"]]
-    doomed = WorkerProcess(
-        fault_settings,
-        concurrency=1,
-        name="doomed",
-        env={"JOBGATE_FAILPOINTS": "job.end.committed=kill"},
-    ).start()
-    workers.append(doomed)
+    doomed = doomed_worker(fault_settings, workers, "job.end.committed")
     job_id = submit(client, partner, "demo.once", {"seconds": 0.2, "steps": 1}, receiver.url)
-    wait_until(lambda: doomed.proc.poll() is not None, 30, 0.02, "the worker to be killed")
-    heir = WorkerProcess(fault_settings, concurrency=1, name="heir").start()
-    workers.append(heir)
+    heir = heir_after(doomed, fault_settings, workers)
 
     wait_until(lambda: receiver.terminal_ids(job_id), 40, 0.05, "the terminal webhook")
     view = client.get(f"/v1/jobs/{job_id}", headers=partner["headers"]).get_json()
