@@ -64,6 +64,11 @@ ERRORS = {
 # text that cannot be stored, gateway.views.common), one taking a body.
 AUTH = (401, 500, 503)
 READ = (*AUTH, 404, 422)
+# The query of a list read newest first by id (``gateway.schemas.PageArgs``).
+PAGE_PARAMS = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+    {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+]
 WRITE = (400, *AUTH, 413, 422)
 
 # Component schemas, registered under these names in this order: a nested schema before

@@ -6,17 +6,13 @@ from flask import Blueprint, jsonify, request
 
 from gateway.auth import admin_required
 from gateway.extensions import services
-from gateway.openapi import AUTH, ok, operation
+from gateway.openapi import AUTH, PAGE_PARAMS, ok, operation
 from gateway.schemas import DeadLettersSchema, PageArgs, load_or_422
 from jobgate import history
 
 bp = Blueprint("archive", __name__, url_prefix="/v1/archive")
 
 ARGS = PageArgs()
-PARAMS = [
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-    {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-]
 
 
 @bp.get("/dead-letters")
@@ -25,7 +21,7 @@ PARAMS = [
     ok(200, "A page of dead letters", DeadLettersSchema),
     (*AUTH, 403, 422),
     tag="operations",
-    params=PARAMS,
+    params=PAGE_PARAMS,
 )
 @admin_required
 def dead_letters():

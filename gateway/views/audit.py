@@ -9,7 +9,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from gateway.auth import admin_required
 from gateway.extensions import services
-from gateway.openapi import AUTH, ok, operation
+from gateway.openapi import AUTH, PAGE_PARAMS, ok, operation
 from gateway.schemas import AuditSchema, PageArgs, load_or_422
 from jobgate import audit
 
@@ -17,10 +17,6 @@ bp = Blueprint("audit", __name__, url_prefix="/v1/audit")
 log = logging.getLogger("jobgate.audit")
 
 ARGS = PageArgs()
-PARAMS = [
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
-    {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-]
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -30,7 +26,7 @@ CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
     ok(200, "A page of the audit log", AuditSchema),
     (*AUTH, 403, 422),
     tag="operations",
-    params=PARAMS,
+    params=PAGE_PARAMS,
 )
 @admin_required
 def index():
