@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -133,6 +133,8 @@ class Settings:
     broker_url: str = ""
     result_backend: str = ""
     admin_keys: tuple[str, ...] = ()
+    # Seals webhook secrets at rest (jobgate.sealing): base64 keys, the first seals.
+    secret_key: str = field(default="", repr=False)
     callback_allow_http: bool = False
     callback_allowlist: str = ""
     callback_ports: PortRanges = DEFAULT_CALLBACK_PORTS
@@ -280,6 +282,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "broker_url": ("CELERY_BROKER_URL", str),
     "result_backend": ("CELERY_RESULT_BACKEND", str),
     "admin_keys": ("JOBGATE_ADMIN_KEYS", _csv),
+    "secret_key": ("JOBGATE_SECRET_KEY", str),
     "callback_allow_http": ("JOBGATE_CALLBACK_ALLOW_HTTP", _bool),
     "callback_allowlist": ("JOBGATE_CALLBACK_ALLOWLIST", str),
     "callback_ports": ("JOBGATE_CALLBACK_PORTS", parse_ports),

@@ -25,16 +25,24 @@ DEV_DIR = Path(".jobgate-dev")
 
 def _app(settings: Settings | None = None):
     """The gateway app for a command that needs its services; a database that is not
-    migrated stops the command with one line, as it stops the gateway."""
+    migrated, or a secret key missing or wrong, stops the command with one line, as it
+    stops the gateway."""
     from gateway import create_app
-    from jobgate.db import Database, DatabaseNotReady
 
     settings = settings or Settings.from_env()
-    try:
-        Database.from_settings(settings).check_migrated()
-    except DatabaseNotReady as exc:
-        raise click.ClickException(str(exc)) from None
+    _check_ready(settings)
     return create_app(settings)
+
+
+def _check_ready(settings: Settings) -> None:
+    """``Database.check_ready`` for a command: its one line, exit 1."""
+    from jobgate.db import Database, DatabaseNotReady
+    from jobgate.sealing import SecretKeyError
+
+    try:
+        Database.from_settings(settings).check_ready(settings.secret_key)
+    except (DatabaseNotReady, SecretKeyError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _echo_json(value: object) -> None:
@@ -208,12 +216,7 @@ def worker(
     is stopped and this exits non-zero. Extra arguments go to Celery (the job pool).
     A database that is not migrated stops it with one line, as it stops the gateway.
     """
-    from jobgate.db import Database, DatabaseNotReady
-
-    try:
-        Database.from_settings(Settings.from_env()).check_migrated()
-    except DatabaseNotReady as exc:
-        raise click.ClickException(str(exc)) from None
+    _check_ready(Settings.from_env())
     commands = pool_commands(
         concurrency=concurrency,
         delivery_concurrency=delivery_concurrency,
@@ -390,6 +393,35 @@ def partner_rotate_key(partner_id: str, grace: int) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- secrets
+@main.group("secrets")
+def secrets_group() -> None:
+    """Webhook secrets at rest (JOBGATE_SECRET_KEY)."""
+
+
+@secrets_group.command("new-key")
+def secrets_new_key() -> None:
+    """Print a new key for JOBGATE_SECRET_KEY (32 random bytes, base64)."""
+    from jobgate.sealing import generate_key
+
+    click.echo(generate_key())
+
+
+@secrets_group.command("reseal")
+def secrets_reseal() -> None:
+    """Seal every stored signing secret with the first key of JOBGATE_SECRET_KEY (any of
+    its keys opens the old ones) and rewrite the Redis mirrors: a key rotation puts the
+    new key first, runs this, then drops the old one."""
+    from gateway.extensions import services
+    from jobgate.partners import reseal_all
+
+    with _app().app_context():
+        svc = services()
+        resealed = reseal_all(svc.partners, svc.registry)
+        _audit("jobgate secrets reseal", "signing_secrets", {"resealed": resealed})
+    click.echo(f"resealed {resealed} secret(s) with the first key")
+
+
 # --------------------------------------------------------------------------- database
 @main.group()
 def db() -> None:
@@ -512,10 +544,25 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def dev_secret_key() -> str:
+    """``jobgate dev``'s JOBGATE_SECRET_KEY: made once and kept in DEV_DIR (owner only),
+    so the secrets it sealed still open after a restart."""
+    from jobgate.sealing import generate_key
+
+    path = DEV_DIR / "secret-key"
+    if not path.exists():
+        DEV_DIR.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(generate_key() + "\n")
+    return path.read_text().strip()
+
+
 def dev_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
     """The environment ``jobgate dev`` gives its gateway and worker, and its admin key:
     ``environ`` plus loopback ``http://`` callbacks, the SQLite file in DEV_DIR, a new
-    admin key if none is set, and the ``demo.*`` tasks on (unless JOBGATE_DEMO_TASKS=0)."""
+    admin key if none is set, the secret key kept in DEV_DIR if none is set, and the
+    ``demo.*`` tasks on (unless JOBGATE_DEMO_TASKS=0)."""
     base = Settings.from_env(environ)
     admin_key = base.admin_keys[0] if base.admin_keys else "dev-admin-" + secrets.token_hex(8)
     database_url = environ.get("JOBGATE_DATABASE_URL") or (
@@ -530,6 +577,7 @@ def dev_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
             "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
             "JOBGATE_CALLBACK_ALLOWLIST": base.callback_allowlist or "127.0.0.0/8,::1/128",
             "JOBGATE_DEMO_TASKS": environ.get("JOBGATE_DEMO_TASKS") or "1",
+            "JOBGATE_SECRET_KEY": base.secret_key or dev_secret_key(),
         }
     )
     return env, admin_key

@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from jobgate.batches import batch_key, batch_record, member_ids
 from jobgate.db import Database, escape_unstorable, insert_statement
-from jobgate.db.models import Attempt, Batch, DeadLetter, Job, Message
+from jobgate.db.models import Attempt, Batch, DeadLetter, Job, Message, SigningSecret
 from jobgate.events import JOB_EVENTS
 from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
@@ -324,9 +324,13 @@ def oldest_age(first: list[Any]) -> float:
 
 def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None = None) -> int:
     """Delete finished jobs (and their attempts) older than ``retention`` s, completed
-    batches, endpoint messages and dead letters, one chunk per transaction; returns the
-    jobs deleted."""
-    before = datetime.fromtimestamp((time.time() if now is None else now) - retention, UTC)
+    batches, endpoint messages and dead letters, one chunk per transaction, and the
+    signing secrets past their grace period; returns the jobs deleted."""
+    moment = time.time() if now is None else now
+    before = datetime.fromtimestamp(moment - retention, UTC)
+    with db.session() as session:
+        expired = SigningSecret.expires_at < datetime.fromtimestamp(moment, UTC)
+        session.execute(delete(SigningSecret).where(expired))
     deleted = 0
     while True:
         with db.session() as session:

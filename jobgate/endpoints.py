@@ -128,9 +128,10 @@ class Endpoints:
             )
             session.add(row)
             session.flush()
+            sealed = self.store.sealer.seal(secret)
             session.add(
                 SigningSecret(
-                    partner_id=partner_id, endpoint_id=endpoint_id, secret=secret, created_at=now
+                    partner_id=partner_id, endpoint_id=endpoint_id, secret=sealed, created_at=now
                 )
             )
             shown = view(row)
@@ -181,9 +182,10 @@ class Endpoints:
             expire_live(
                 session, SigningSecret, SigningSecret.endpoint_id == endpoint_id, now, grace
             )
+            sealed = self.store.sealer.seal(secret)
             session.add(
                 SigningSecret(
-                    partner_id=partner_id, endpoint_id=endpoint_id, secret=secret, created_at=now
+                    partner_id=partner_id, endpoint_id=endpoint_id, secret=sealed, created_at=now
                 )
             )
         self._changed(partner_id, endpoint_id)

@@ -58,10 +58,9 @@ class Partners:
         partner_id = "ptn_" + uuid.uuid4().hex[:20]
         api_key = "jgp_" + random.token_urlsafe(32)
         created = now_utc()
+        sealed = self.store.sealer.seal(webhook_secret)
         with self.db.session() as session:
-            _add_partner(
-                session, partner_id, name, created, hash_key(api_key), [(webhook_secret, None)]
-            )
+            _add_partner(session, partner_id, name, created, hash_key(api_key), [(sealed, None)])
         record = self.mirror(partner_id)
         assert record is not None
         return record, api_key
@@ -80,7 +79,8 @@ class Partners:
                 now,
                 grace,
             )
-            session.add(SigningSecret(partner_id=partner_id, secret=new_secret, created_at=now))
+            sealed = self.store.sealer.seal(new_secret)
+            session.add(SigningSecret(partner_id=partner_id, secret=sealed, created_at=now))
         self.mirror(partner_id)
         return True
 
@@ -156,11 +156,14 @@ class Partners:
                     continue
                 created = parse_time(raw.get("created_at") or utcnow())
                 signing: list[tuple[str, datetime | None]] = []
+                seal = self.store.sealer.seal
                 if raw.get("webhook_secret"):
-                    signing.append((raw["webhook_secret"], None))
+                    signing.append((seal(raw["webhook_secret"]), None))
                 until = float(raw.get("previous_secret_until") or 0)
                 if raw.get("previous_secret") and until > time.time():
-                    signing.append((raw["previous_secret"], datetime.fromtimestamp(until, UTC)))
+                    signing.append(
+                        (seal(raw["previous_secret"]), datetime.fromtimestamp(until, UTC))
+                    )
                 _add_partner(
                     session, partner_id, raw.get("name", ""), created, raw.get("key_hash"), signing
                 )
@@ -329,6 +332,34 @@ class Partners:
                 pipe.delete(partnerkey)
         pipe.execute()
         return record
+
+
+def reseal_all(partners: Partners, endpoints: Any, chunk: int = 500) -> int:
+    """Seal every signing secret again with the store's first key (``jobgate.sealing``),
+    a chunk of rows per transaction, then rewrite every partner's and endpoint's mirror;
+    returns the rows resealed."""
+    sealer, last_id, done = partners.store.sealer, 0, 0
+    while True:
+        with partners.db.session() as session:
+            rows = session.scalars(
+                select(SigningSecret)
+                .where(SigningSecret.id > last_id)
+                .order_by(SigningSecret.id)
+                .limit(chunk)
+            ).all()
+            for row in rows:
+                row.secret = sealer.reseal(row.secret)
+        if not rows:
+            break
+        last_id, done = rows[-1].id, done + len(rows)
+    with partners.db.session() as session:
+        partner_ids = list(session.scalars(select(Partner.id)))
+        endpoint_ids = list(session.scalars(select(Endpoint.id)))
+    for partner_id in partner_ids:
+        partners.mirror(partner_id)
+    for endpoint_id in endpoint_ids:
+        endpoints.mirror(endpoint_id)
+    return done
 
 
 def expire_live(session: Any, model: Any, condition: Any, now: datetime, grace: int) -> None:

@@ -23,6 +23,7 @@ import redis
 from config import DEFAULT_WEBHOOK_TIMEOUT, Settings
 from jobgate.connections import redis_client
 from jobgate.scripts import Scripts
+from jobgate.sealing import Sealer
 from jobgate.status import DEFAULT_PRIORITY, TERMINAL
 from jobgate.times import epoch, utcnow
 
@@ -86,8 +87,11 @@ class Store:
         max_inflight_deliveries: int = 0,
         handoff_grace: float = DEFAULT_HANDOFF_GRACE,
         handed_grace: float = HANDED_GRACE,
+        sealer: Sealer | None = None,
     ) -> None:
         self.redis = client
+        # Seals the signing secrets the database and Redis hold (jobgate.sealing).
+        self.sealer = sealer or Sealer("")
         # Fair dispatch (jobgate/scripts/dispatch.lua): jobs dispatched and not ended at
         # most (0: the live workers' job-pool slots), and the default per partner.
         self.dispatch_window = dispatch_window
@@ -144,6 +148,7 @@ class Store:
             max_running_jobs=settings.max_running_jobs,
             max_inflight_deliveries=settings.max_inflight_deliveries,
             handoff_grace=settings.visibility_timeout + settings.sweep_interval,
+            sealer=Sealer(settings.secret_key),
         )
 
     def key(self, *parts: str) -> str:
@@ -505,15 +510,18 @@ class QueueFull(Exception):
         self.waiting = waiting
 
 
-def secrets_of(partner: dict[str, str], now: float | None = None) -> list[str]:
-    """A mirrored partner's signing secrets (``jobgate.partners``): the current one, then
-    every rotated one still within its grace period."""
+def secrets_of(
+    partner: dict[str, str], now: float | None = None, sealer: Sealer | None = None
+) -> list[str]:
+    """A mirrored partner's (or endpoint's) signing secrets (``jobgate.partners``): the
+    current one, then every rotated one still within its grace period, opened with
+    ``sealer`` (as stored without one)."""
     now = time.time() if now is None else now
     found = [partner["webhook_secret"]] if partner.get("webhook_secret") else []
     rotated = [s for s in (partner.get("previous_secrets") or "").split(",") if s]
     untils = [float(u) for u in (partner.get("previous_secrets_until") or "").split(",") if u]
     found += [s for s, until in zip(rotated, untils, strict=False) if until > now]
-    return found
+    return [sealer.open(secret) for secret in found] if sealer else found
 
 
 def _encode(values: dict[str, Any]) -> dict[str, str]:

@@ -16,9 +16,11 @@ import redis
 
 from config import Settings
 from gateway.cli import redis_answers
+from jobgate.sealing import generate_key
 from tests.helpers import EmbeddedRedis, WorkerProcess, flush_db, migrated_database
 
 ADMIN_KEY = "test-admin-key"
+SECRET_KEY = generate_key()  # the suite's JOBGATE_SECRET_KEY: secrets are sealed as in production
 
 
 def _redis_url() -> str:
@@ -66,6 +68,7 @@ def settings(redis_url: str, database_url: str) -> Settings:
         redis_url=redis_url,
         database_url=database_url,
         admin_keys=(ADMIN_KEY,),
+        secret_key=SECRET_KEY,
         callback_allow_http=True,
         callback_allowlist="127.0.0.0/8,::1/128",
         result_expires=3600,

@@ -54,6 +54,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "CELERY_BROKER_URL": settings.broker_url,
         "CELERY_RESULT_BACKEND": settings.result_backend,
         "JOBGATE_ADMIN_KEYS": ",".join(settings.admin_keys),
+        "JOBGATE_SECRET_KEY": settings.secret_key,
+        "JOBGATE_AUTH_FAILURES_PER_MINUTE": str(settings.auth_failures_per_minute),
         "JOBGATE_CALLBACK_ALLOW_HTTP": "1" if settings.callback_allow_http else "0",
         "JOBGATE_CALLBACK_ALLOWLIST": settings.callback_allowlist,
         "JOBGATE_CALLBACK_PORTS": format_ports(settings.callback_ports),

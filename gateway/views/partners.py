@@ -41,8 +41,9 @@ def public(record: dict[str, str]) -> dict[str, str]:
 
 def create_partner(name: str) -> dict[str, str]:
     """Create a partner; the answer holds the API key and secret, shown this once."""
-    record, api_key = services().partners.create(name, generate_secret())
-    return {**public(record), "api_key": api_key, "webhook_secret": record["webhook_secret"]}
+    secret = generate_secret()
+    record, api_key = services().partners.create(name, secret)
+    return {**public(record), "api_key": api_key, "webhook_secret": secret}
 
 
 @bp.post("")

@@ -14,7 +14,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, TextClause, bindparam, create_engine, event, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    TextClause,
+    bindparam,
+    create_engine,
+    event,
+    select,
+    text,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -301,6 +311,18 @@ class Database:
             raise DatabaseNotReady(
                 f"the database at {self.safe_url} is {state}: run `jobgate db upgrade`"
             )
+
+    def check_ready(self, secret_key: str) -> None:
+        """``check_migrated``, then the secret key (``jobgate.sealing.check_key``) against
+        a sealed secret the database holds; one line (``DatabaseNotReady``,
+        ``SecretKeyError``) when either is not right."""
+        from jobgate.db.models import SigningSecret
+        from jobgate.sealing import PREFIX, check_key
+
+        self.check_migrated()
+        query = select(SigningSecret.secret).where(SigningSecret.secret.startswith(PREFIX))
+        stored = self.read(query.limit(1))
+        check_key(secret_key, stored[0][0] if stored else None)
 
     def upgrade(self, revision: str = "head") -> None:
         """Run the migrations up to ``revision`` (Alembic's ``upgrade``)."""

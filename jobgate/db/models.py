@@ -92,7 +92,7 @@ class SigningSecret(Base):
     endpoint_id: Mapped[str | None] = mapped_column(
         ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=True, index=True
     )
-    secret: Mapped[str] = mapped_column(String(200))
+    secret: Mapped[str] = mapped_column(String(500))  # sealed (jobgate.sealing)
     created_at: Mapped[datetime] = mapped_column(Time)
     expires_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
 

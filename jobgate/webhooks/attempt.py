@@ -286,7 +286,8 @@ def _prepare(sender: Sender, call: Call, books: Deliveries, begun: Begun) -> Tar
             built = body
         else:  # stored before it is sent: every later attempt sends the first one's
             body = books.store_body(call.subject_id, call.event, body)
-    secrets = begun.signing_secrets() if partner_id else []
+    # The partner's (or endpoint's) secrets: current, previous during their grace.
+    secrets = secrets_of(begun.partner, sealer=sender.store.sealer) if partner_id else []
     wid = webhook_id(call.subject_id, call.event)
     return Target(url, wid, body, built, secrets, partner_id, endpoint_id, refusal)
 
@@ -428,7 +429,7 @@ def send_ping(
 
     wid, body = ping_body(endpoint_id)
     at = utcnow()
-    secrets = secrets_of(endpoint)
+    secrets = secrets_of(endpoint, sealer=store.sealer)
     if not secrets:
         attempt = Attempt("failed", None, "the endpoint has no signing secret", 0, None)
     else:

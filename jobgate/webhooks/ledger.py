@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
-from jobgate.store import Store, decode_job, secrets_of
+from jobgate.store import Store, decode_job
 
 MAX_LOG = 200  # attempts kept per subject (oldest dropped first)
 DEFERRED: Final = "deferred"  # what ``begin`` answers for an attempt that waits its turn
@@ -46,10 +46,6 @@ class Begun:
     def job(self) -> dict[str, Any] | None:
         """The record decoded as ``Store.job`` returns it (for job subjects)."""
         return decode_job(self.record)
-
-    def signing_secrets(self, now: float | None = None) -> list[str]:
-        """The partner's signing secrets (``secrets_of``): current, previous during grace."""
-        return secrets_of(self.partner, now)
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
