@@ -85,6 +85,7 @@ COMPONENTS = (
     "PartnerDetail",
     "Endpoint",
     "EndpointCreated",
+    "EndpointSecret",
     "EndpointCreate",
     "EndpointPatch",
     "EndpointList",
