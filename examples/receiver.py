@@ -1,25 +1,62 @@
 """A tiny webhook receiver that verifies jobgate's signatures (Standard Webhooks).
 
-pip install standardwebhooks
-python examples/receiver.py whsec_...        # listens on 127.0.0.1:9000
+pip install standardwebhooks cryptography
+python examples/receiver.py whsec_...        # an hmac endpoint's secret (v1 signatures)
+python examples/receiver.py whpk_...         # an ed25519 endpoint's public key (v1a)
+                                             # listens on 127.0.0.1:9000
 """
 
+import base64
+import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+TOLERANCE = 5 * 60  # seconds: older or newer timestamps are refused (replays)
+
+
+def verify(key: str, body: bytes, headers: dict) -> dict:
+    """The event if one signature checks out with ``key`` (``whsec_`` or ``whpk_``) and the
+    timestamp is fresh; raises ``WebhookVerificationError`` otherwise."""
+    if not key.startswith("whpk_"):
+        return Webhook(key).verify(body, headers)  # HMAC-SHA256, v1
+    headers = {name.lower(): value for name, value in headers.items()}
+    try:
+        msg_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
+        signatures = headers["webhook-signature"].split()
+        sent_at = int(timestamp)
+    except (KeyError, ValueError):
+        raise WebhookVerificationError("missing or malformed webhook headers") from None
+    if abs(time.time() - sent_at) > TOLERANCE:
+        raise WebhookVerificationError("webhook-timestamp is outside the tolerance")
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key[len("whpk_") :]))
+    content = f"{msg_id}.{timestamp}.".encode() + body
+    for candidate in signatures:  # two during a key rotation: either may be ours
+        version, _, signature = candidate.partition(",")
+        if version != "v1a":
+            continue
+        try:
+            public.verify(base64.b64decode(signature), content)
+        except (InvalidSignature, ValueError):
+            continue
+        return json.loads(body)
+    raise WebhookVerificationError("no matching v1a signature")
 
 
 class Hook(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers["Content-Length"]))
         try:
-            event = Webhook(sys.argv[1]).verify(body, dict(self.headers))
+            event = verify(sys.argv[1], body, dict(self.headers))
         except WebhookVerificationError:
             self.send_response(400)
             self.end_headers()
             return
-        print(self.headers["webhook-id"], event["type"], event["data"]["status"], flush=True)
+        print(self.headers["webhook-id"], event["type"], event["data"].get("status"), flush=True)
         self.send_response(204)
         self.end_headers()
 

@@ -32,6 +32,8 @@ Check a webhook in a receiver (Flask shown; any framework gives headers and raw 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import time
@@ -40,8 +42,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from jobgate.signing import sign
+from jobgate.signing import PUBLIC_KEY_PREFIX, sign
 from jobgate.status import TERMINAL
 
 __all__ = [
@@ -264,12 +268,19 @@ class Client:
         *,
         description: str = "",
         event_types: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        signature_scheme: str | None = None,
     ) -> dict[str, Any]:
         """Register a webhook endpoint; the answer holds its ``webhook_secret`` (only
-        here). ``event_types`` None or empty: every event."""
+        here), or its ``public_key`` for ``signature_scheme="ed25519"``. ``event_types``
+        None or empty: every event. ``headers``: sent with every delivery to it."""
         body: dict[str, Any] = {"url": url, "description": description}
         if event_types:
             body["event_types"] = list(event_types)
+        if headers:
+            body["headers"] = dict(headers)
+        if signature_scheme:
+            body["signature_scheme"] = signature_scheme
         return self._request("POST", "/v1/endpoints", json=body)
 
     def endpoints(self, *, state: str | None = None) -> list[dict[str, Any]]:
@@ -282,8 +293,8 @@ class Client:
         return self._request("GET", f"/v1/endpoints/{endpoint_id}")
 
     def update_endpoint(self, endpoint_id: str, **changes: Any) -> dict[str, Any]:
-        """Change ``url``, ``description``, ``event_types`` or ``enabled`` (True
-        re-enables a disabled endpoint)."""
+        """Change ``url``, ``description``, ``event_types``, ``headers`` (the whole set)
+        or ``enabled`` (True re-enables a disabled endpoint)."""
         return self._request("PATCH", f"/v1/endpoints/{endpoint_id}", json=changes)
 
     def delete_endpoint(self, endpoint_id: str) -> None:
@@ -380,12 +391,13 @@ def verify_webhook(
     """Check a jobgate webhook (Standard Webhooks) and return its parsed payload.
 
     ``secret`` is the partner's ``whsec_...`` as jobgate issues it (a malformed one, or
-    one shorter than 24 bytes, is refused as the gateway refuses it); ``headers`` any
-    mapping (case does not
+    one shorter than 24 bytes, is refused as the gateway refuses it), or an ``ed25519``
+    endpoint's ``whpk_...`` public key (its ``v1a`` signatures are then checked);
+    ``headers`` any mapping (case does not
     matter); ``body`` the raw bytes received. Refuses (``WebhookVerificationError``) a
     missing header, a timestamp more than ``tolerance`` seconds away (replays) or no
-    matching ``v1`` signature; the comparison is constant-time. During a secret rotation
-    the gateway sends two signatures and either may match.
+    matching ``v1`` (``v1a``) signature; the comparison is constant-time. During a secret
+    rotation the gateway sends two signatures and either may match.
 
     >>> event = verify_webhook(SECRET, request.headers, request.get_data())  # doctest: +SKIP
     >>> event["type"]  # doctest: +SKIP
@@ -405,6 +417,13 @@ def verify_webhook(
     if abs((time.time() if now is None else now) - sent_at) > tolerance:
         raise WebhookVerificationError("webhook-timestamp is outside the tolerance")
     raw = body.encode() if isinstance(body, str) else bytes(body)
+    if secret.startswith(PUBLIC_KEY_PREFIX):
+        if not _ed25519_signed(secret, f"{webhook_id}.{sent_at}.".encode() + raw, signatures):
+            raise WebhookVerificationError("no matching signature")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise WebhookVerificationError("the body is not JSON") from None
     try:
         expected = sign(secret, webhook_id, sent_at, raw)  # the gateway's own signing
     except ValueError as exc:  # a malformed secret or an empty id (never echoes the secret)
@@ -416,3 +435,22 @@ def verify_webhook(
             except ValueError:
                 raise WebhookVerificationError("the body is not JSON") from None
     raise WebhookVerificationError("no matching signature")
+
+
+def _ed25519_signed(public_key: str, content: bytes, signatures: str) -> bool:
+    """Does one ``v1a`` signature of ``signatures`` verify ``content`` with the ``whpk_`` key?"""
+    try:
+        raw = base64.b64decode(public_key[len(PUBLIC_KEY_PREFIX) :], validate=True)
+        key = Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError):
+        raise WebhookVerificationError("the public key is not whpk_ + 32 bytes of base64") from None
+    for candidate in signatures.split():
+        version, _, signature = candidate.partition(",")
+        if version != "v1a":
+            continue
+        try:
+            key.verify(base64.b64decode(signature, validate=True), content)
+        except (InvalidSignature, binascii.Error, ValueError):
+            continue
+        return True
+    return False

@@ -90,6 +90,7 @@ COMPONENTS = (
     "PartnerDetail",
     "Endpoint",
     "EndpointCreated",
+    "EndpointSecret",
     "EndpointCreate",
     "EndpointPatch",
     "EndpointList",

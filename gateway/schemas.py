@@ -9,8 +9,10 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
 from jobgate.batches import MAX_BATCH
+from jobgate.endpoints import MAX_HEADERS, check_headers
 from jobgate.events import EVENT_TYPES
 from jobgate.history import BadCursor, decode_cursor
+from jobgate.signing import SCHEMES
 from jobgate.status import DEFAULT_PRIORITY, STATUSES
 
 METADATA_MAX_BYTES = 16 * 1024
@@ -141,17 +143,56 @@ def _event_types_field() -> fields.List:
     )
 
 
-class EndpointCreateSchema(Schema):
+class _HeadersChecked(Schema):
+    """An endpoint body with ``headers``: refusals keyed by header name (``_headers``: the
+    whole set) under ``details.headers`` (jobgate.endpoints.check_headers)."""
+
+    @validates_schema
+    def _headers(self, data: dict[str, Any], **_: Any) -> None:
+        errors = check_headers(data.get("headers") or {})
+        if errors:
+            raise ValidationError({"headers": errors})
+
+
+def _headers_field(description: str) -> fields.Dict:
+    return fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        metadata={
+            "description": description,
+            "maxProperties": MAX_HEADERS,
+            "example": {"Authorization": "Bearer partner-token", "X-Tenant": "acme"},
+        },
+    )
+
+
+class EndpointCreateSchema(_HeadersChecked):
     url = _url_field(required=True)
     description = fields.String(load_default="", validate=validate.Length(max=500))
     event_types = _event_types_field()
+    headers = _headers_field(
+        "Headers sent with every delivery to the endpoint: at most 20, names HTTP tokens "
+        "of up to 64 characters (not webhook-*, proxy-*, Content-Type, Content-Length, "
+        "Content-Encoding, Host, User-Agent, Connection, Keep-Alive, Transfer-Encoding, TE, "
+        "Trailer, Upgrade or Expect; case does not matter), values printable ASCII of up to "
+        "2048 characters, 4096 characters of names and values in all."
+    )
+    signature_scheme = fields.String(
+        load_default="hmac",
+        validate=validate.OneOf(SCHEMES),
+        metadata={
+            "description": "hmac (default): a whsec_ secret, v1 signatures; ed25519: a "
+            "whpk_ public key is returned, v1a signatures (the private key stays in jobgate)."
+        },
+    )
 
 
-class EndpointPatchSchema(Schema):
+class EndpointPatchSchema(_HeadersChecked):
     url = _url_field(required=False)
     description = fields.String(validate=validate.Length(max=500))
     event_types = _event_types_field()
     enabled = fields.Boolean(metadata={"description": "true re-enables a disabled endpoint."})
+    headers = _headers_field("Replaces every header of the endpoint; {} removes them.")
 
 
 class RecoverSchema(Schema):
@@ -362,6 +403,13 @@ class EndpointSchema(Schema):
     url = fields.String(required=True)
     description = fields.String(required=True)
     event_types = fields.List(fields.String(), required=True)
+    headers = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        required=True,
+        metadata={"description": "Sent with every delivery to the endpoint."},
+    )
+    signature_scheme = fields.String(required=True, validate=validate.OneOf(SCHEMES))
     enabled = fields.Boolean(required=True)
     disabled_at = fields.String(required=True, allow_none=True)
     disabled_reason = fields.String(required=True, allow_none=True)
@@ -371,7 +419,25 @@ class EndpointSchema(Schema):
 
 
 class EndpointCreatedSchema(EndpointSchema):
-    webhook_secret = fields.String(required=True, metadata={"description": "Shown once."})
+    webhook_secret = fields.String(
+        metadata={"description": "signature_scheme hmac: the whsec_ secret, shown once."}
+    )
+    public_key = fields.String(
+        metadata={"description": "signature_scheme ed25519: the whpk_ public key (v1a)."}
+    )
+
+
+class EndpointSecretSchema(Schema):
+    webhook_secret = fields.String(
+        metadata={"description": "signature_scheme hmac: the new whsec_ secret."}
+    )
+    public_key = fields.String(
+        metadata={"description": "signature_scheme ed25519: the new key pair's whpk_."}
+    )
+    previous_secret_valid_for = fields.Integer(
+        required=True,
+        metadata={"description": "Seconds the previous secret or key still signs (both sent)."},
+    )
 
 
 class EndpointListSchema(Schema):

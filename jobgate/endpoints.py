@@ -7,7 +7,8 @@ held messages, ``recover``) are ``jobgate.webhooks.fanout``'s.
 
 Redis mirror (what the hot paths read, rebuilt from the database on a miss):
 ``<prefix>:endpoint:<id>`` (url, event types, disabled, signing secrets in the partner
-mirror's format, failing_since), ``<prefix>:endpoints:<partner id>`` (the partner's
+mirror's format, failing_since, the partner's own ``headers`` as JSON),
+``<prefix>:endpoints:<partner id>`` (the partner's
 endpoint ids, plus ``-`` once built), ``<prefix>:endpoint:<id>:msgs`` (its messages by
 time) and ``<prefix>:endpoint:<id>:attempts`` (every attempt to it, by sequence).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -41,6 +43,77 @@ BUILT = "-"  # member of a partner's endpoint index once it was built from the d
 DISABLE_AFTER = 5 * 86400  # default: disabled after failing every attempt this long
 PAGE_SCAN = 1000  # attempts looked at per page at most when filtering
 
+# A partner's own headers on an endpoint (sent with every delivery to it). Bounded so that
+# one partner's endpoints (max_endpoints of them) cost little in the database, in Redis
+# (each mirror, read by every attempt) and on the wire (every request they are sent on).
+MAX_HEADERS = 20
+MAX_HEADER_NAME = 64  # characters (names are ASCII tokens)
+MAX_HEADER_VALUE = 2048  # characters (values are printable ASCII)
+MAX_HEADERS_BYTES = 4096  # names and values together, per endpoint
+# Set by jobgate, or what frames the request and its connection: a partner may not send
+# its own (case does not matter); ``webhook-`` and ``proxy-`` are prefixes.
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "host",
+        "user-agent",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+    }
+)
+RESERVED_PREFIXES = ("webhook-", "proxy-")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?")  # visible ASCII, trimmed
+# Only what the fan-out reads from each of a partner's endpoints (not its headers).
+LISTED = ("id", "partner_id", "url", "event_types", "disabled")
+
+
+def check_headers(headers: dict[str, str]) -> dict[str, list[str]]:
+    """Why ``headers`` cannot be an endpoint's, by header name (``_headers`` for the set);
+    empty when they can."""
+    errors: dict[str, list[str]] = {}
+    if len(headers) > MAX_HEADERS:
+        errors["_headers"] = [f"At most {MAX_HEADERS} headers."]
+    size = sum(len(name) + len(str(value)) for name, value in headers.items())
+    if size > MAX_HEADERS_BYTES:
+        errors.setdefault("_headers", []).append(
+            f"At most {MAX_HEADERS_BYTES} characters of names and values together ({size})."
+        )
+    seen: set[str] = set()
+    for name, value in headers.items():
+        why = []
+        lower = name.lower()
+        if not _TOKEN.fullmatch(name) or len(name) > MAX_HEADER_NAME:
+            why.append(f"Not a header name (an HTTP token of 1 to {MAX_HEADER_NAME} characters).")
+        elif lower in RESERVED_HEADERS or lower.startswith(RESERVED_PREFIXES):
+            why.append("Reserved: jobgate sets it, or it frames the request.")
+        elif lower in seen:
+            why.append("Repeated (header names do not depend on case).")
+        seen.add(lower)
+        if not isinstance(value, str) or not _VALUE.fullmatch(value):
+            why.append(
+                "The value must be printable ASCII without leading or trailing space "
+                "(no CR, LF, NUL or other control characters), and not empty."
+            )
+        elif len(value) > MAX_HEADER_VALUE:
+            why.append(f"The value must be at most {MAX_HEADER_VALUE} characters.")
+        if why:
+            errors[name] = why
+    return errors
+
+
+def headers_of(mirror: dict[str, str]) -> dict[str, str]:
+    """The partner's own headers of an endpoint (its mirror hash); {} if none."""
+    raw = mirror.get("headers")
+    return cast("dict[str, str]", json.loads(raw)) if raw else {}
+
 
 def matches(mirror: dict[str, str], event: str) -> bool:
     """Does the endpoint (mirror hash) take ``event``? No event types: every event."""
@@ -56,6 +129,8 @@ def view(row: Endpoint) -> dict[str, Any]:
         "url": row.url,
         "description": row.description,
         "event_types": list(row.event_types or []),
+        "headers": dict(row.headers or {}),
+        "signature_scheme": row.signature_scheme or "hmac",
         "enabled": row.disabled_at is None,
         "disabled_at": iso_time(row.disabled_at),
         "disabled_reason": row.disabled_reason,
@@ -100,10 +175,14 @@ class Endpoints:
         description: str = "",
         event_types: Iterable[str] = (),
         limit: int = 0,
+        headers: dict[str, str] | None = None,
+        signature_scheme: str = "hmac",
     ) -> dict[str, Any] | None:
-        """Register an endpoint; None if there is no such partner. ``TooManyEndpoints``
-        if the partner has ``limit`` endpoints already (0: no limit), enabled or not;
-        the partner's row is locked meanwhile, so two at once cannot both pass it."""
+        """Register an endpoint, ``secret`` signing its webhooks (a ``whsec_``, or a
+        ``whsk_`` for ``signature_scheme`` ed25519); None if there is no such partner.
+        ``TooManyEndpoints`` if the partner has ``limit`` endpoints already (0: no limit),
+        enabled or not; the partner's row is locked meanwhile, so two at once cannot both
+        pass it."""
         endpoint_id = "ep_" + uuid.uuid4().hex[:20]
         now = now_utc()
         with self.db.session() as session:
@@ -123,6 +202,8 @@ class Endpoints:
                 url=url,
                 description=description,
                 event_types=list(event_types),
+                headers=dict(headers) if headers else None,
+                signature_scheme=signature_scheme,
                 created_at=now,
                 updated_at=now,
             )
@@ -141,8 +222,9 @@ class Endpoints:
     def update(
         self, endpoint_id: str, owner: str | None, changes: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """Change url, description, event_types or enabled; None if not found (or not
-        ``owner``'s). Enabling clears the failure history the disable came from."""
+        """Change url, description, event_types, headers (the whole set; {}: none) or
+        enabled; None if not found (or not ``owner``'s). Enabling clears the failure
+        history the disable came from."""
         with self.db.session() as session:
             row = self._row(session, endpoint_id, owner)
             if row is None:
@@ -152,6 +234,8 @@ class Endpoints:
                     setattr(
                         row, name, list(changes[name]) if name == "event_types" else changes[name]
                     )
+            if "headers" in changes:
+                row.headers = dict(changes["headers"]) or None
             if changes.get("enabled") is True:
                 row.disabled_at, row.disabled_reason, row.failing_since = None, None, None
             elif changes.get("enabled") is False and row.disabled_at is None:
@@ -171,12 +255,26 @@ class Endpoints:
         self._changed(partner_id, endpoint_id)
         return True
 
-    def rotate_secret(self, endpoint_id: str, owner: str | None, secret: str, grace: int) -> bool:
-        """A new signing secret; every secret still current signs ``grace`` s more."""
+    def scheme(self, endpoint_id: str, owner: str | None) -> str | None:
+        """The endpoint's ``signature_scheme``; None if not found (or not ``owner``'s)."""
+        with self.db.session() as session:
+            row = self._row(session, endpoint_id, owner)
+            return (row.signature_scheme or "hmac") if row is not None else None
+
+    def rotate_secret(
+        self,
+        endpoint_id: str,
+        owner: str | None,
+        secret: str,
+        grace: int,
+        scheme: str | None = None,
+    ) -> bool:
+        """A new signing secret; every secret still current signs ``grace`` s more. With
+        ``scheme``, False (nothing changed) unless the endpoint signs with that scheme."""
         now = now_utc()
         with self.db.session() as session:
             row = self._row(session, endpoint_id, owner)
-            if row is None:
+            if row is None or (scheme is not None and (row.signature_scheme or "hmac") != scheme):
                 return False
             partner_id = row.partner_id
             expire_live(
@@ -267,10 +365,13 @@ class Endpoints:
         pipe = self.store.redis.pipeline(transaction=False)
         ordered = sorted(i for i in ids if i != BUILT)
         for endpoint_id in ordered:
-            pipe.hgetall(self.store.key("endpoint", endpoint_id))
+            # The fields the fan-out reads, not the partner's headers: an event of a
+            # partner with many endpoints does not read all their headers.
+            pipe.hmget(self.store.key("endpoint", endpoint_id), LISTED)
         found = []
-        for endpoint_id, raw in zip(ordered, pipe.execute(), strict=True):
-            raw = raw or self.mirror(endpoint_id)
+        for endpoint_id, values in zip(ordered, pipe.execute(), strict=True):
+            listed = {name: value for name, value in zip(LISTED, values, strict=True) if value}
+            raw = listed if listed.get("id") else self.mirror(endpoint_id)
             if raw:
                 found.append(raw)
         return found
@@ -300,6 +401,7 @@ class Endpoints:
                 "url": row.url,
                 "event_types": ",".join(row.event_types or []),
                 "disabled": (row.disabled_reason or "disabled") if row.disabled_at else "",
+                "headers": json.dumps(row.headers, separators=(",", ":")) if row.headers else "",
             }
             if row.failing_since is not None:
                 record["failing_since"] = str(aware(row.failing_since).timestamp())
@@ -420,6 +522,8 @@ __all__ = [
     "DISABLE_AFTER",
     "Endpoints",
     "attempts",
+    "check_headers",
+    "headers_of",
     "matches",
     "ping_body",
     "view",

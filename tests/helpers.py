@@ -3,6 +3,7 @@ gunicorn through the launcher ``jobgate`` itself uses (``gateway.launch``)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shlex
@@ -22,6 +23,8 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from config import Settings, format_ports
 from gateway.launch import Child, http_status
@@ -607,3 +610,26 @@ class Recorder:
 
     def send(self, name: str, **options: Any) -> None:
         self.sent.append((name, options))
+
+
+def verify_ed25519(public_key: str, headers: Mapping[str, str], body: bytes) -> int:
+    """How many ``v1a`` signatures of ``webhook-signature`` the ``whpk_`` key verifies,
+    checked with the ``cryptography`` package alone (what a receiver does, sharing no code
+    with jobgate.signing); raises ``InvalidSignature`` if none does."""
+    lower = {name.lower(): value for name, value in headers.items()}
+    raw = base64.b64decode(public_key.removeprefix("whpk_"), validate=True)
+    key = Ed25519PublicKey.from_public_bytes(raw)
+    content = f"{lower['webhook-id']}.{lower['webhook-timestamp']}.".encode() + body
+    good = 0
+    for candidate in lower["webhook-signature"].split(" "):
+        version, _, signature = candidate.partition(",")
+        if version != "v1a":
+            continue
+        try:
+            key.verify(base64.b64decode(signature), content)
+        except InvalidSignature:
+            continue
+        good += 1
+    if not good:
+        raise InvalidSignature("no v1a signature verifies with this public key")
+    return good

@@ -21,14 +21,14 @@ from gateway.schemas import (
     EndpointListSchema,
     EndpointPatchSchema,
     EndpointSchema,
+    EndpointSecretSchema,
     RecoveredSchema,
     RecoverSchema,
-    SecretSchema,
     load_or_422,
 )
 from gateway.views.common import json_body, json_body_or_empty
 from jobgate import endpoints as registry
-from jobgate.signing import generate_secret
+from jobgate.signing import new_secret
 from jobgate.times import iso_time
 from jobgate.webhooks import fanout
 from jobgate.webhooks.attempt import send_ping
@@ -73,7 +73,7 @@ def query_args(schema: Any) -> dict[str, Any]:
 
 @bp.post("")
 @operation(
-    "Register an endpoint (partner); its signing secret is shown once",
+    "Register an endpoint (partner); its signing secret (or public key) is shown once",
     ok(201, "Registered", EndpointCreatedSchema),
     (*WRITE, 403, 429),
     tag="endpoints",
@@ -84,7 +84,8 @@ def create():
     body = load_or_422(CREATE, json_body())
     svc = services()
     check_callback(svc, body["url"], field="url")
-    secret = generate_secret()
+    scheme = body["signature_scheme"]
+    secret, shown = new_secret(scheme)  # hmac: the same whsec_; ed25519: whsk_, whpk_
     principal = authenticate()
     limit = limit_of(svc, principal, "max_endpoints")
     try:
@@ -95,6 +96,8 @@ def create():
             description=body["description"],
             event_types=body.get("event_types") or [],
             limit=limit,
+            headers=body.get("headers") or {},
+            signature_scheme=scheme,
         )
     except registry.TooManyEndpoints:
         raise limit_exceeded(
@@ -105,7 +108,12 @@ def create():
         ) from None
     if created is None:
         raise not_found("partner")
-    return jsonify({**created, "webhook_secret": secret}), 201
+    return jsonify({**created, _shown_as(scheme): shown}), 201
+
+
+def _shown_as(scheme: str) -> str:
+    """The field the receiver's half of a new secret is shown in."""
+    return "public_key" if scheme == "ed25519" else "webhook_secret"
 
 
 @bp.get("")
@@ -164,8 +172,8 @@ def delete(endpoint_id: str):
 
 @bp.post("/<endpoint_id>/rotate-secret")
 @operation(
-    "Rotate an endpoint's signing secret",
-    ok(200, "New secret", SecretSchema),
+    "Rotate an endpoint's signing secret (or key pair)",
+    ok(200, "New secret, or new public key", EndpointSecretSchema),
     (*READ, 400, 413),
     tag="endpoints",
     body=EMPTY_BODY,
@@ -175,11 +183,15 @@ def delete(endpoint_id: str):
 def rotate_secret(endpoint_id: str):
     json_body_or_empty()
     svc = services()
-    secret = generate_secret()
-    grace = svc.settings.webhook_secret_grace
-    if not svc.registry.rotate_secret(endpoint_id, owner(authenticate()), secret, grace):
+    whose = owner(authenticate())
+    scheme = svc.registry.scheme(endpoint_id, whose)
+    if scheme is None:
         raise not_found("endpoint")
-    return jsonify({"webhook_secret": secret, "previous_secret_valid_for": grace})
+    secret, shown = new_secret(scheme)
+    grace = svc.settings.webhook_secret_grace
+    if not svc.registry.rotate_secret(endpoint_id, whose, secret, grace, scheme=scheme):
+        raise not_found("endpoint")
+    return jsonify({_shown_as(scheme): shown, "previous_secret_valid_for": grace})
 
 
 @bp.post("/<endpoint_id>/test")

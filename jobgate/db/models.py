@@ -61,7 +61,9 @@ class ApiKey(Base):
 class Endpoint(Base):
     """A partner's registered webhook endpoint (issue 10). ``event_types`` empty: every
     event. ``failing_since``: the first failed attempt with no delivery since (None while
-    it delivers); ``disabled_at`` set by a ``PATCH``, a ``410 Gone`` or a failing period."""
+    it delivers); ``disabled_at`` set by a ``PATCH``, a ``410 Gone`` or a failing period.
+    ``headers``: the partner's own headers sent with every delivery to it (None: none);
+    ``signature_scheme``: ``hmac`` (``whsec_`` secrets) or ``ed25519`` (``whsk_`` keys)."""
 
     __tablename__ = "endpoints"
 
@@ -77,6 +79,8 @@ class Endpoint(Base):
     disabled_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
     failing_since: Mapped[datetime | None] = mapped_column(Time, nullable=True)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSONType, nullable=True)
+    signature_scheme: Mapped[str] = mapped_column(String(16), default="hmac", server_default="hmac")
 
 
 class SigningSecret(Base):

@@ -27,6 +27,7 @@ from config import Settings
 from jobgate import __version__, handoff
 from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
+from jobgate.endpoints import headers_of
 from jobgate.events import (
     MESSAGE,
     SUBJECTS,
@@ -98,8 +99,16 @@ def loggable(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def post(settings: Settings, url: str, body: str, wid: str, secrets: list[str]) -> Attempt:
-    """One signed POST of ``body`` under ``settings``' timeout and SSRF rules."""
+def post(
+    settings: Settings,
+    url: str,
+    body: str,
+    wid: str,
+    secrets: list[str],
+    headers: dict[str, str] | None = None,
+) -> Attempt:
+    """One signed POST of ``body`` under ``settings``' timeout and SSRF rules, with an
+    endpoint's own ``headers``."""
     return deliver(
         url,
         body.encode(),
@@ -112,6 +121,7 @@ def post(settings: Settings, url: str, body: str, wid: str, secrets: list[str]) 
         dns_timeout=settings.callback_dns_timeout,
         user_agent=USER_AGENT,
         retry_after_cap=RETRY_AFTER_CAP,
+        headers=headers,
     )
 
 
@@ -169,6 +179,7 @@ class Target:
     partner_id: str
     endpoint_id: str
     refusal: str | None  # the endpoint's: deleted or disabled
+    headers: dict[str, str]  # the endpoint's own (none for a callback_url)
 
 
 def run_attempt(sender: Sender, call: Call) -> dict[str, Any] | None:
@@ -268,8 +279,10 @@ def _prepare(sender: Sender, call: Call, books: Deliveries, begun: Begun) -> Tar
     url, partner_id = begun.record.get("callback_url"), begun.record.get("partner_id") or ""
     endpoint_id = begun.record.get("endpoint_id", "") if call.kind == MESSAGE else ""
     refusal = None
-    if endpoint_id:  # an endpoint's message: its URL and secrets are the endpoint's now
+    headers: dict[str, str] = {}
+    if endpoint_id:  # an endpoint's message: its URL, secrets, headers are the endpoint's now
         url = begun.partner.get("url") or "-"
+        headers = headers_of(begun.partner)
         if not begun.partner:
             refusal = "the endpoint was deleted"
         elif begun.partner.get("disabled"):
@@ -289,7 +302,7 @@ def _prepare(sender: Sender, call: Call, books: Deliveries, begun: Begun) -> Tar
     # The partner's (or endpoint's) secrets: current, previous during their grace.
     secrets = secrets_of(begun.partner, sealer=sender.store.sealer) if partner_id else []
     wid = webhook_id(call.subject_id, call.event)
-    return Target(url, wid, body, built, secrets, partner_id, endpoint_id, refusal)
+    return Target(url, wid, body, built, secrets, partner_id, endpoint_id, refusal, headers)
 
 
 def _send(sender: Sender, target: Target) -> Attempt:
@@ -299,7 +312,14 @@ def _send(sender: Sender, target: Target) -> Attempt:
     if not target.secrets:
         return Attempt("failed", None, "the partner has no webhook secret", 0, None)
     with lookups_for(target.partner_id):
-        return post(sender.settings, target.url, target.body, target.webhook_id, target.secrets)
+        return post(
+            sender.settings,
+            target.url,
+            target.body,
+            target.webhook_id,
+            target.secrets,
+            target.headers,
+        )
 
 
 def _record(
@@ -433,7 +453,7 @@ def send_ping(
     if not secrets:
         attempt = Attempt("failed", None, "the endpoint has no signing secret", 0, None)
     else:
-        attempt = post(settings, endpoint.get("url", ""), body, wid, secrets)
+        attempt = post(settings, endpoint.get("url", ""), body, wid, secrets, headers_of(endpoint))
     entry: dict[str, Any] = {
         "webhook_id": wid,
         "event": "ping",

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
 import urllib3
+from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ClosedPoolError, NewConnectionError
 
 from config import (
@@ -216,6 +217,7 @@ def deliver(
     dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT,
     session: requests.Session | None = None,
     connections: Connections | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Attempt:
     """POST one signed webhook to the re-checked, pinned callback address; never raises.
 
@@ -225,7 +227,8 @@ def deliver(
     cannot be bypassed. The connection is kept alive for the next attempt to the same
     checked address (``connections``, the process's ``CONNECTIONS`` by default); a kept
     connection the receiver closed as the request went out is replaced and the request
-    sent once more, under the same ``webhook-id``.
+    sent once more, under the same ``webhook-id``. ``headers`` are the endpoint's own,
+    sent too; the Standard Webhooks headers, ``Content-Type`` and ``User-Agent`` win.
     """
     connections = connections if connections is not None else CONNECTIONS
     start = time.monotonic()
@@ -245,8 +248,9 @@ def deliver(
         return Attempt(outcome, None, exc.reason, _ms_since(start), None, detail=exc.detail)
 
     try:
-        headers = webhook_headers(secrets, webhook_id, body, user_agent=user_agent)
-        prepared = requests.Request("POST", target.url, data=body, headers=headers).prepare()
+        sent: CaseInsensitiveDict[str] = CaseInsensitiveDict(headers or {})
+        sent.update(webhook_headers(secrets, webhook_id, body, user_agent=user_agent))
+        prepared = requests.Request("POST", target.url, data=body, headers=sent).prepare()
         if prepared.url is None:  # prepare() always sets it; this narrows its type to str
             raise ValueError("the prepared request has no URL")
         parts = urlsplit(prepared.url)

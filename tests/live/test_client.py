@@ -16,7 +16,7 @@ from gateway.client import (
     WebhookVerificationError,
     verify_webhook,
 )
-from jobgate.signing import generate_secret, webhook_headers
+from jobgate.signing import generate_secret, generate_signing_key, public_key, webhook_headers
 from tests.conftest import ADMIN_KEY
 from tests.helpers import wait_until
 
@@ -163,6 +163,26 @@ def test_verify_webhook_refuses_forgeries_and_replays(tamper):
         verify_webhook(secret, headers, body)
 
 
+def test_verify_webhook_checks_ed25519_v1a_with_the_public_key():
+    """An ed25519 endpoint's ``whpk_`` key verifies its ``v1a`` signatures (either key
+    during a rotation); another key pair, a changed body or a stale timestamp is refused,
+    and an HMAC ``v1`` signature is no ``v1a`` one."""
+    old, new = generate_signing_key(), generate_signing_key()
+    headers = signed(secrets=(new, old))
+    assert verify_webhook(public_key(old), headers, BODY)["type"] == "job.succeeded"
+    assert verify_webhook(public_key(new), headers, BODY)["type"] == "job.succeeded"
+    refusals = [
+        (public_key(generate_signing_key()), headers, BODY),
+        (public_key(new), headers, BODY.replace(b"j1", b"j2")),
+        (public_key(new), signed(secrets=(new,), timestamp=int(time.time()) - 301), BODY),
+        (public_key(new), signed(), BODY),  # v1 (whsec_) only
+        ("whpk_" + "A" * 10, headers, BODY),  # not a 32-byte key
+    ]
+    for key, sent, body in refusals:
+        with pytest.raises(WebhookVerificationError):
+            verify_webhook(key, sent, body)
+
+
 @pytest.mark.integration
 def test_endpoint_calls(jg, worker):
     from tests.webhooks.conftest import Receiver
@@ -171,6 +191,10 @@ def test_endpoint_calls(jg, worker):
     try:
         hook = jg.create_endpoint(receiver.url, description="c", event_types=["job.succeeded"])
         assert hook["webhook_secret"].startswith("whsec_")
+        keyed = jg.create_endpoint(receiver.url, headers={"X-T": "1"}, signature_scheme="ed25519")
+        assert keyed["public_key"].startswith("whpk_") and keyed["headers"] == {"X-T": "1"}
+        assert jg.update_endpoint(keyed["id"], headers={})["headers"] == {}
+        jg.delete_endpoint(keyed["id"])
         assert [e["id"] for e in jg.endpoints()] == [hook["id"]]
         assert jg.get_endpoint(hook["id"])["description"] == "c"
         ping = jg.test_endpoint(hook["id"])

@@ -245,3 +245,19 @@ def test_the_jobgate_command_says_a_bad_setting_in_one_line(command):
     assert result.output == (
         "Error: JOBGATE_RATE_LIMIT='x' is not valid: invalid literal for int() with base 10: 'x'\n"
     )
+
+
+def test_endpoint_headers_rules() -> None:
+    """jobgate.endpoints.check_headers: tokens for names, reserved names in any case,
+    printable ASCII values (a tab inside is fine), and the bounds."""
+    from jobgate.endpoints import MAX_HEADERS_BYTES, check_headers
+
+    assert check_headers({"Authorization": "Bearer a\tb", "X-Tenant_1.v2": "~!"}) == {}
+    for name in ("webhook-id", "Webhook-Anything", "HOST", "Proxy-Authorization", "TE"):
+        assert "Reserved" in check_headers({name: "v"})[name][0], name
+    for value in ("a\rb", "a\nb", "a\x00b", "a\x7fb", "trailing ", "\tlead", ""):
+        assert "printable ASCII" in check_headers({"X-A": value})["X-A"][0], repr(value)
+    assert "Repeated" in check_headers({"X-A": "1", "x-A": "2"})["x-A"][0]
+    half = MAX_HEADERS_BYTES // 2
+    assert check_headers({"X-A": "v" * (half - 3), "X-B": "v" * (half - 3)}) == {}
+    assert "_headers" in check_headers({"X-A": "v" * (half - 3), "X-B": "v" * (half - 2)})

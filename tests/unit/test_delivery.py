@@ -298,6 +298,27 @@ def test_rotation_sends_one_signature_per_secret(rsps: responses.RequestsMock) -
     StandardWebhook(new).verify(BODY, headers, json_parse=False)
 
 
+def test_an_endpoints_headers_are_sent_and_jobgates_own_win(
+    rsps: responses.RequestsMock, secret: str
+) -> None:
+    """An endpoint's headers go with the request; one that slipped past the API's check
+    (any case) never replaces a Standard Webhooks header, Content-Type or User-Agent."""
+    rsps.add(responses.POST, URL, status=200)
+    extra = {
+        "Authorization": "Bearer t",
+        "content-type": "text/plain",
+        "WEBHOOK-SIGNATURE": "v1,forged",
+        "user-agent": "not-jobgate",
+    }
+    assert _deliver(secret, headers=extra, user_agent="jobgate/1").outcome == "delivered"
+    request = rsps.calls[0].request
+    assert request.headers["Authorization"] == "Bearer t"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["User-Agent"] == "jobgate/1"
+    assert "forged" not in request.headers["webhook-signature"]
+    StandardWebhook(secret).verify(BODY, dict(request.headers), json_parse=False)
+
+
 def test_every_attempt_is_signed_with_a_fresh_timestamp(
     rsps: responses.RequestsMock, secret: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

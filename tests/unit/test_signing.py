@@ -10,17 +10,24 @@ import time
 from collections.abc import Callable
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from gateway.client import verify_webhook
 from jobgate.signing import (
     MIN_SECRET_BYTES,
+    PUBLIC_KEY_PREFIX,
     SECRET_PREFIX,
+    SIGNING_KEY_PREFIX,
     generate_secret,
+    generate_signing_key,
+    new_secret,
+    public_key,
     sign,
     signature_header,
     webhook_headers,
 )
+from tests.helpers import verify_ed25519
 
 BODY = json.dumps({"type": "job.succeeded", "data": {"job_id": "j1", "text": "héllo"}}).encode()
 WEBHOOK_ID = "evt_01HZYJ8T3M0W6Q1F2B4C5D6E7F"
@@ -194,3 +201,86 @@ def test_body_must_be_bytes() -> None:
     """Signing a str would invite re-encoding differences; only the exact bytes are signed."""
     with pytest.raises(TypeError):
         sign(generate_secret(), WEBHOOK_ID, 1700000000, BODY.decode())  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ ed25519 (v1a)
+# RFC 8032, section 7.1, TEST 1: the secret key (seed) and its public key.
+RFC8032_SEED = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
+RFC8032_PUBLIC = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+
+
+def test_signing_key_and_public_key_formats() -> None:
+    """``whsk_`` + base64 of a 32-byte seed; its ``whpk_`` is base64 of 32 raw bytes, and
+    the pair matches RFC 8032's first test vector."""
+    key = generate_signing_key()
+    assert key.startswith(SIGNING_KEY_PREFIX)
+    assert len(base64.b64decode(key[len(SIGNING_KEY_PREFIX) :], validate=True)) == 32
+    public = public_key(key)
+    assert public.startswith(PUBLIC_KEY_PREFIX)
+    assert len(base64.b64decode(public[len(PUBLIC_KEY_PREFIX) :], validate=True)) == 32
+    assert len({generate_signing_key() for _ in range(50)}) == 50
+    seed = SIGNING_KEY_PREFIX + base64.b64encode(bytes.fromhex(RFC8032_SEED)).decode()
+    assert (
+        public_key(seed)
+        == PUBLIC_KEY_PREFIX + base64.b64encode(bytes.fromhex(RFC8032_PUBLIC)).decode()
+    )
+
+
+def test_new_secret_per_scheme() -> None:
+    """hmac: one ``whsec_`` stored and shown; ed25519: the private key stored, only its
+    public key shown; anything else refused."""
+    stored, shown = new_secret("hmac")
+    assert stored == shown and stored.startswith(SECRET_PREFIX)
+    stored, shown = new_secret("ed25519")
+    assert stored.startswith(SIGNING_KEY_PREFIX) and shown == public_key(stored)
+    with pytest.raises(ValueError):
+        new_secret("rsa")
+
+
+def test_a_signing_key_signs_v1a_ed25519_over_id_timestamp_body() -> None:
+    """``v1a,`` + base64 of the 64-byte Ed25519 signature of ``{id}.{timestamp}.{body}``,
+    verified with the public key alone; any change to id, timestamp or body breaks it."""
+    key = generate_signing_key()
+    headers = webhook_headers([key], WEBHOOK_ID, BODY, timestamp=1700000000, user_agent=UA)
+    signature = headers["webhook-signature"]
+    assert signature.startswith("v1a,") and " " not in signature
+    assert len(base64.b64decode(signature[4:], validate=True)) == 64
+    assert verify_ed25519(public_key(key), headers, BODY) == 1
+    for changed in ({"webhook-id": "msg_other"}, {"webhook-timestamp": "1700000001"}):
+        with pytest.raises(InvalidSignature):
+            verify_ed25519(public_key(key), {**headers, **changed}, BODY)
+    with pytest.raises(InvalidSignature):
+        verify_ed25519(public_key(key), headers, BODY.replace(b"j1", b"j2"))
+    with pytest.raises(InvalidSignature):  # another key pair's public key
+        verify_ed25519(public_key(generate_signing_key()), headers, BODY)
+
+
+def test_rotation_of_signing_keys_signs_with_each() -> None:
+    """Two signing keys (a rotation's grace): two ``v1a`` signatures, each key's public
+    key verifies its own; HMAC verifiers see no ``v1`` to accept."""
+    old, new = generate_signing_key(), generate_signing_key()
+    headers = webhook_headers([new, old], WEBHOOK_ID, BODY, user_agent=UA)
+    assert [s[:4] for s in headers["webhook-signature"].split(" ")] == ["v1a,", "v1a,"]
+    assert verify_ed25519(public_key(old), headers, BODY) == 1
+    assert verify_ed25519(public_key(new), headers, BODY) == 1
+    with pytest.raises(Exception, match="signature"):
+        _verify_standardwebhooks(generate_secret(), BODY, headers)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("whsk_not*base64!", id="not-base64"),
+        pytest.param("whsk_" + base64.b64encode(b"short").decode(), id="too-short"),
+        pytest.param("whsk_" + base64.b64encode(bytes(33)).decode(), id="too-long"),
+        pytest.param("whsk_", id="empty"),
+    ],
+)
+def test_malformed_signing_key_is_refused_without_echoing_it(key: str) -> None:
+    with pytest.raises(ValueError) as info:
+        sign(key, WEBHOOK_ID, 1700000000, BODY)
+    tail = key[len(SIGNING_KEY_PREFIX) :]
+    if tail:
+        assert tail not in str(info.value)
+    with pytest.raises(ValueError):
+        public_key(key)
