@@ -23,6 +23,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from config import Settings
 from jobgate.db.models import Endpoint, SigningSecret
 from jobgate.endpoints import MAX_HEADER_VALUE, MAX_HEADERS, MAX_HEADERS_BYTES
+from jobgate.sealing import PREFIX
 from jobgate.store import secrets_of
 from tests.conftest import ADMIN_KEY
 from tests.helpers import ROOT, WorkerProcess, gateway_for, verify_ed25519, wait_until
@@ -66,9 +67,12 @@ def endpoints_of(world: SimpleNamespace, partner: dict[str, Any]) -> list[dict[s
 
 
 def stored_secrets(world: SimpleNamespace, endpoint_id: str) -> list[str]:
+    """The endpoint's stored secrets or keys, opened (each row holds it sealed)."""
     with world.svc.db.session() as session:
         query = select(SigningSecret.secret).where(SigningSecret.endpoint_id == endpoint_id)
-        return list(session.scalars(query))
+        rows = list(session.scalars(query))
+    assert all(row.startswith(PREFIX) for row in rows)  # sealed at rest (jobgate.sealing)
+    return [world.svc.store.sealer.open(row) for row in rows]
 
 
 # ------------------------------------------------------------------------------ headers
@@ -225,7 +229,7 @@ def test_an_ed25519_endpoint_signs_v1a_with_a_key_only_jobgate_holds(world, rece
     path = f"/v1/endpoints/{created['id']}"
     shown = world.client.get(path, headers=partner["headers"]).get_json()
     assert shown["signature_scheme"] == "ed25519" and "public_key" not in shown
-    # The private key is stored (as secrets are) and never shown.
+    # The private key is stored (sealed, as secrets are) and never shown.
     [stored] = stored_secrets(world, created["id"])
     assert stored.startswith("whsk_")
     assert stored[5:] not in json.dumps([created, shown, endpoints_of(world, partner)])

@@ -1,8 +1,8 @@
 """endpoints.headers, endpoints.signature_scheme: a partner's own delivery headers, and
 how the endpoint's webhooks are signed
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06 06:30:00.000000
 
 ``headers``: a JSON object of header names to values sent with every delivery to the
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0007"
-down_revision = "0006"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
