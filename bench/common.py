@@ -25,11 +25,13 @@ import requests
 
 from gateway.cli import default_delivery_concurrency
 from gateway.launch import Child, descendants, http_status
+from jobgate.sealing import generate_key
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LOGS = Path(os.environ.get("TMPDIR", "/tmp")) / "jobgate-bench"
 ADMIN_KEY = "bench-admin-key"
+SECRET_KEY = generate_key()  # the bench's JOBGATE_SECRET_KEY: secrets sealed as in production
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
 SLEEP_PARAMS = {"seconds": 0, "steps": 1}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -249,6 +251,7 @@ def gateway_env(redis_url: str) -> dict[str, str]:
     return {
         "REDIS_URL": redis_url,
         "JOBGATE_ADMIN_KEYS": ADMIN_KEY,
+        "JOBGATE_SECRET_KEY": SECRET_KEY,
         "JOBGATE_RATE_LIMIT": "0",
         "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
         "JOBGATE_CALLBACK_ALLOWLIST": "127.0.0.0/8",

@@ -320,8 +320,9 @@ class Database:
         from jobgate.sealing import PREFIX, check_key
 
         self.check_migrated()
+        # The newest: sealed with the current key, also midway through a rotation.
         query = select(SigningSecret.secret).where(SigningSecret.secret.startswith(PREFIX))
-        stored = self.read(query.limit(1))
+        stored = self.read(query.order_by(SigningSecret.id.desc()).limit(1))
         check_key(secret_key, stored[0][0] if stored else None)
 
     def upgrade(self, revision: str = "head") -> None:

@@ -282,6 +282,7 @@ def test_demo_tasks_are_off_by_default_and_on_in_jobgate_dev(
         "REDIS_URL": settings.redis_url,
         "JOBGATE_DATABASE_URL": settings.database_url,
         "JOBGATE_ADMIN_KEYS": ",".join(settings.admin_keys),
+        "JOBGATE_SECRET_KEY": settings.secret_key,  # the session's: its rows stay one key's
     }
     client, headers = _client_and_headers(Settings.from_env(environ), admin_headers)
     names = {t["name"] for t in client.get("/v1/tasks", headers=headers).get_json()}

@@ -19,6 +19,7 @@ import requests
 
 from bench.sentinel import MASTER, SentinelGroup
 from config import Settings
+from jobgate.sealing import generate_key
 from tests.helpers import WorkerProcess, gunicorn, wait_until
 from tests.webhooks.conftest import Receiver
 
@@ -34,6 +35,7 @@ pytestmark = [
 ]
 
 ADMIN_KEY = "sentinel-admin-key"
+SECRET_KEY = generate_key()
 TERMINAL = ("SUCCESS", "FAILURE", "REVOKED")
 
 
@@ -78,6 +80,7 @@ def test_a_failover_loses_no_job_the_replica_had(group: SentinelGroup, own_datab
         database_url=own_database,
         redis_sentinel_master=MASTER,
         admin_keys=(ADMIN_KEY,),
+        secret_key=SECRET_KEY,
         callback_allow_http=True,
         callback_allowlist="127.0.0.0/8",
         webhook_retry_delays=(0.2, 0.5, 1.0, 2.0, 4.0),
