@@ -271,6 +271,13 @@ def test_disabled_by_jobgate_after_a_410(world, receivers) -> None:
     assert payload["data"]["endpoint"] == {"id": goner["id"], "url": gone.url}
     assert payload["data"]["disabled_by"] == "jobgate"
     assert "410" in payload["data"]["reason"]
+    # The disabled endpoint subscribes too: its own disabling is neither sent nor held.
+    own = world.svc.db.read(
+        select(Message.msg_id).where(
+            Message.endpoint_id == goner["id"], Message.event == "endpoint.disabled"
+        )
+    )
+    assert own == []
     assert stays(lambda: len(gone.requests) == 1)  # the job event, its 410; nothing more
 
 
