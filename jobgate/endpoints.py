@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import WatchError
 from sqlalchemy import func, or_, select
@@ -38,6 +38,9 @@ from jobgate.messages import Messenger
 from jobgate.partners import Partners, expire_live
 from jobgate.store import Store
 from jobgate.times import aware, iso_time, now_utc, utcnow
+
+if TYPE_CHECKING:
+    from jobgate.webhooks.operational import Announcement
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +225,9 @@ class Endpoints:
         self._publish(announcement)
         return True
 
-    def _announcement(self, session: Any, row: Endpoint, event: str, by: str) -> Any:
+    def _announcement(
+        self, session: Any, row: Endpoint, event: str, by: str
+    ) -> Announcement | None:
         """The ``endpoint.*`` event of the change ``row`` holds, committed in ``session``
         (with the change: both or neither), if any other endpoint of the partner listens
         (the disabled one itself never gets its own disabling)."""
@@ -255,7 +260,7 @@ class Endpoints:
             operational.commit(self.db, self.store.prefix, found, session)
         return found
 
-    def _publish(self, announcement: Any) -> None:
+    def _publish(self, announcement: Announcement | None) -> None:
         """Hand a committed ``endpoint.*`` event to Redis (the relay does it should this
         fail: its row is committed)."""
         if announcement is None or self.messenger is None:
