@@ -281,6 +281,31 @@ def test_disabled_by_jobgate_after_a_410(world, receivers) -> None:
     assert stays(lambda: len(gone.requests) == 1)  # the job event, its 410; nothing more
 
 
+def test_disabled_by_jobgate_after_failing_for_the_whole_period(world, receivers) -> None:
+    """An endpoint failing since longer than ``JOBGATE_ENDPOINT_DISABLE_AFTER`` (its
+    mirror says since when) is disabled at its next failed attempt: ``endpoint.disabled``
+    by jobgate, with the reason; its message then ends without a request, and no
+    ``exhausted`` is announced for it (the disabling is what the partner is told)."""
+    partner = new_partner(world)
+    failing = receiver_of(receivers, *[500] * 6)
+    watcher = receiver_of(receivers)
+    broken = register(world, partner, failing.url, event_types=["job.succeeded"])
+    watching = register(world, partner, watcher.url, event_types=["endpoint.disabled", *ATTEMPTS])
+    since = time.time() - world.settings.endpoint_disable_after - 60
+    world.svc.store.redis.hset(
+        world.svc.store.key("endpoint", broken["id"]), "failing_since", str(since)
+    )
+    submit(world.client, partner, None)
+
+    [request] = watcher.wait_for(1)
+    payload = verified(request, watching["webhook_secret"])
+    assert payload["type"] == "endpoint.disabled"
+    assert payload["data"]["endpoint"]["id"] == broken["id"]
+    assert payload["data"]["disabled_by"] == "jobgate"
+    assert payload["data"]["reason"].startswith("every attempt failed for")
+    assert stays(lambda: len(watcher.requests) == 1 and len(failing.requests) == 1)
+
+
 # ------------------------------------------------------------------ catalog, relay
 def test_the_catalog_lists_every_event_type_with_a_sample(world) -> None:
     response = world.client.get("/v1/event-types", headers=world.partner["headers"])
