@@ -306,6 +306,50 @@ def test_disabled_by_jobgate_after_failing_for_the_whole_period(world, receivers
     assert stays(lambda: len(watcher.requests) == 1 and len(failing.requests) == 1)
 
 
+def test_held_for_a_disabled_subscriber_then_recovered_from_its_row(world, receivers) -> None:
+    """An operational event that matches a disabled endpoint is held like any message;
+    once the endpoint is enabled, ``recover`` sends it, its body rebuilt from the event's
+    row when Redis forgot it."""
+    from jobgate.webhooks.ledger import Deliveries
+
+    partner = new_partner(world)
+    watcher = receiver_of(receivers)
+    watching = register(world, partner, watcher.url, event_types=["endpoint.disabled"])
+    other = register(world, partner, closed_port_url(), event_types=["job.failed"])
+    path = f"/v1/endpoints/{watching['id']}"
+    world.client.patch(path, json={"enabled": False}, headers=partner["headers"])
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    world.client.patch(
+        f"/v1/endpoints/{other['id']}", json={"enabled": False}, headers=partner["headers"]
+    )
+    db, store = world.svc.db, world.svc.store
+
+    def held() -> list[Any]:
+        return db.read(
+            select(Message).where(Message.endpoint_id == watching["id"], Message.held.is_(True))
+        )
+
+    [message] = wait_until(held, 10, message="endpoint.disabled held for the watcher")
+    assert message.event == "endpoint.disabled" and message.kind == "op"
+    books = Deliveries(store)
+    store.redis.delete(  # Redis forgets the message and the event's body: rows rebuild them
+        store.key("msg", message.msg_id),
+        books.body_key(message.msg_id, message.event),
+        books.body_key(message.subject_id, message.event),
+    )
+    world.client.patch(path, json={"enabled": True}, headers=partner["headers"])
+    response = world.client.post(
+        f"{path}/recover", json={"since": since}, headers=partner["headers"]
+    )
+    assert response.get_json()["webhook_ids"] == [message.msg_id], response.get_json()
+    [request] = watcher.wait_for(1)
+    payload = verified(request, watching["webhook_secret"])
+    assert payload["type"] == "endpoint.disabled"
+    assert payload["data"]["endpoint"]["id"] == other["id"]
+    [row] = db.read(select(OperationalEvent).where(OperationalEvent.op_id == message.subject_id))
+    assert request.body.decode() == row.body
+
+
 # ------------------------------------------------------------------ catalog, relay
 def test_the_catalog_lists_every_event_type_with_a_sample(world) -> None:
     response = world.client.get("/v1/event-types", headers=world.partner["headers"])
