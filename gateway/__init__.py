@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         audit,
     ):
         app.register_blueprint(module.bp)
+    app.register_blueprint(catalog.event_types_bp)
     app.after_request(audit.record_admin_action)
     logging.getLogger("jobgate").setLevel(logging.INFO)
     return app

@@ -37,6 +37,7 @@ class Services:
                 self.db,
                 self.partners,
                 disable_after=self.settings.endpoint_disable_after,
+                messenger=self.messenger,
             )
         return self.endpoints
 

@@ -450,6 +450,24 @@ class TaskInfoSchema(Schema):
     params = fields.Dict(required=True, metadata={"description": "JSON schema of the params"})
 
 
+class EventTypeSchema(Schema):
+    name = fields.String(required=True)
+    description = fields.String(required=True)
+    operational = fields.Boolean(
+        required=True,
+        metadata={"description": "sent only to endpoints whose event_types name it"},
+    )
+    sample = fields.Dict(
+        required=True,
+        allow_none=True,
+        metadata={"description": "a sample body ({type, timestamp, data}); null for job events"},
+    )
+
+
+class EventTypeListSchema(Schema):
+    event_types = fields.List(fields.Nested(EventTypeSchema), required=True)
+
+
 class DeliverySchema(Schema):
     """One webhook delivery attempt (``jobgate.webhooks.attempt``)."""
 

@@ -39,7 +39,15 @@ from sqlalchemy.orm import Session
 
 from jobgate.batches import batch_key, batch_record, member_ids
 from jobgate.db import Database, escape_unstorable, insert_statement
-from jobgate.db.models import Attempt, Batch, DeadLetter, Job, Message, SigningSecret
+from jobgate.db.models import (
+    Attempt,
+    Batch,
+    DeadLetter,
+    Job,
+    Message,
+    OperationalEvent,
+    SigningSecret,
+)
 from jobgate.events import JOB_EVENTS
 from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
@@ -324,8 +332,9 @@ def oldest_age(first: list[Any]) -> float:
 
 def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None = None) -> int:
     """Delete finished jobs (and their attempts) older than ``retention`` s, completed
-    batches, endpoint messages and dead letters, one chunk per transaction, and the
-    signing secrets past their grace period; returns the jobs deleted."""
+    batches, endpoint messages, operational events and dead letters, one chunk per
+    transaction, and the signing secrets past their grace period; returns the jobs
+    deleted."""
     moment = time.time() if now is None else now
     before = datetime.fromtimestamp(moment - retention, UTC)
     with db.session() as session:
@@ -358,8 +367,16 @@ def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None 
                     select(Message.msg_id).where(Message.created_at < before).limit(chunk)
                 )
             )
-            if not ids and not batch_ids and not message_ids and not dead and not kept:
+            ops = list(
+                session.scalars(
+                    select(OperationalEvent.op_id)
+                    .where(OperationalEvent.created_at < before)
+                    .limit(chunk)
+                )
+            )
+            if not (ids or batch_ids or message_ids or dead or kept or ops):
                 return deleted
+            session.execute(delete(OperationalEvent).where(OperationalEvent.op_id.in_(ops)))
             session.execute(delete(DeadLetter).where(DeadLetter.id.in_(dead)))
             session.execute(delete(Message).where(Message.msg_id.in_(kept)))
             subjects = ids + batch_ids + message_ids

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import WatchError
 from sqlalchemy import func, or_, select
@@ -31,11 +31,18 @@ from sqlalchemy import func, or_, select
 from jobgate.db import Database
 from jobgate.db.models import Endpoint, Partner, SigningSecret
 from jobgate.events import (
+    ENDPOINT_DISABLED,
+    ENDPOINT_ENABLED,
+    OPERATIONAL,
     event_body,
 )
+from jobgate.messages import Messenger
 from jobgate.partners import Partners, expire_live
 from jobgate.store import Store
 from jobgate.times import aware, iso_time, now_utc, utcnow
+
+if TYPE_CHECKING:
+    from jobgate.webhooks.operational import Announcement
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +123,10 @@ def headers_of(mirror: dict[str, str]) -> dict[str, str]:
 
 
 def matches(mirror: dict[str, str], event: str) -> bool:
-    """Does the endpoint (mirror hash) take ``event``? No event types: every event."""
+    """Does the endpoint (mirror hash) take ``event``? No event types: every job and
+    batch event; an operational event (``jobgate.events.OPERATIONAL``) only when named."""
     wanted = [name for name in (mirror.get("event_types") or "").split(",") if name]
-    return not wanted or event in wanted
+    return event in wanted or (not wanted and event not in OPERATIONAL)
 
 
 def view(row: Endpoint) -> dict[str, Any]:
@@ -159,11 +167,14 @@ class Endpoints:
         partners: Partners,
         *,
         disable_after: float = DISABLE_AFTER,
+        messenger: Messenger | None = None,
     ) -> None:
         self.store = store
         self.db = db
         self.partners = partners
         self.disable_after = disable_after
+        # How endpoint.disabled / endpoint.enabled are queued (None: not announced).
+        self.messenger = messenger
 
     # ---------------------------------------------------------------- writes
     def create(
@@ -224,11 +235,15 @@ class Endpoints:
     ) -> dict[str, Any] | None:
         """Change url, description, event_types, headers (the whole set; {}: none) or
         enabled; None if not found (or not ``owner``'s). Enabling clears the failure
-        history the disable came from."""
+        history the disable came from. Disabling or enabling announces it
+        (``endpoint.disabled`` to the partner's other subscribed endpoints,
+        ``endpoint.enabled``), committed with the change."""
+        by = "partner" if owner is not None else "admin"
         with self.db.session() as session:
             row = self._row(session, endpoint_id, owner)
             if row is None:
                 return None
+            was_disabled = row.disabled_at is not None
             for name in ("url", "description", "event_types"):
                 if name in changes:
                     setattr(
@@ -236,13 +251,18 @@ class Endpoints:
                     )
             if "headers" in changes:
                 row.headers = dict(changes["headers"]) or None
+            announcement = None
             if changes.get("enabled") is True:
                 row.disabled_at, row.disabled_reason, row.failing_since = None, None, None
+                if was_disabled:
+                    announcement = self._announcement(session, row, ENDPOINT_ENABLED, by)
             elif changes.get("enabled") is False and row.disabled_at is None:
                 row.disabled_at, row.disabled_reason = now_utc(), "disabled through the API"
+                announcement = self._announcement(session, row, ENDPOINT_DISABLED, by)
             row.updated_at = now_utc()
             shown, partner_id = view(row), row.partner_id
         self._changed(partner_id, endpoint_id)
+        self._publish(announcement)
         return shown
 
     def delete(self, endpoint_id: str, owner: str | None) -> bool:
@@ -290,7 +310,8 @@ class Endpoints:
         return True
 
     def disable(self, endpoint_id: str, reason: str) -> bool:
-        """Disable an endpoint (a 410, a failing period); False if gone or already off."""
+        """Disable an endpoint (a 410, a failing period); False if gone or already off.
+        ``endpoint.disabled`` (``disabled_by: jobgate``) is committed with it."""
         with self.db.session() as session:
             row = session.get(Endpoint, endpoint_id)
             if row is None or row.disabled_at is not None:
@@ -298,9 +319,60 @@ class Endpoints:
             row.disabled_at, row.disabled_reason = now_utc(), reason[:300]
             row.updated_at = now_utc()
             partner_id = row.partner_id
+            announcement = self._announcement(session, row, ENDPOINT_DISABLED, "jobgate")
         log.warning("endpoint %s disabled: %s", endpoint_id, reason)
         self._changed(partner_id, endpoint_id)
+        self._publish(announcement)
         return True
+
+    def _announcement(
+        self, session: Any, row: Endpoint, event: str, by: str
+    ) -> Announcement | None:
+        """The ``endpoint.*`` event of the change ``row`` holds, committed in ``session``
+        (with the change: both or neither), if any other endpoint of the partner listens
+        (the disabled one itself never gets its own disabling)."""
+        if self.messenger is None:
+            return None
+        from jobgate.webhooks import operational
+
+        endpoint = {"id": row.id, "url": row.url}
+        if event == ENDPOINT_DISABLED:
+            at = iso_time(row.disabled_at) or utcnow()
+            data = {
+                "endpoint": endpoint,
+                "disabled_by": by,
+                "reason": row.disabled_reason,
+                "disabled_at": at,
+            }
+        else:
+            at = utcnow()
+            data = {"endpoint": endpoint, "enabled_by": by, "enabled_at": at}
+        found = operational.prepare(
+            self,
+            row.partner_id,
+            event,
+            data,
+            (row.id, at),
+            exclude=row.id if event == ENDPOINT_DISABLED else "",
+            at=at,
+        )
+        if found is not None:
+            operational.commit(self.db, self.store.prefix, found, session)
+        return found
+
+    def _publish(self, announcement: Announcement | None) -> None:
+        """Hand a committed ``endpoint.*`` event to Redis (the relay does it should this
+        fail: its row is committed)."""
+        if announcement is None or self.messenger is None:
+            return
+        from jobgate.webhooks import operational
+
+        try:
+            operational.publish(self.store, self.messenger, self.db, announcement)
+        except Exception:  # noqa: BLE001 - committed: the relay hands it over later
+            log.warning(
+                "announcing %s failed; the relay sends it", announcement.op_id, exc_info=True
+            )
 
     def _changed(self, partner_id: str, endpoint_id: str) -> None:
         self.mirror(endpoint_id)

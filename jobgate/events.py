@@ -27,12 +27,18 @@ from jobgate.status import job_view
 from jobgate.store import Store, decode_job
 from jobgate.times import utcnow
 
+OPERATIONAL_SUBJECT = "op"  # the subject kind of an operational event (jobgate.operational)
+
 
 @dataclass(frozen=True)
 class EventType:
     name: str
     subject: str  # a key of SUBJECTS
     description: str
+    # Operational: about the delivery itself (an endpoint, a message), sent only to the
+    # endpoints whose ``event_types`` name it (never to those that take every event).
+    operational: bool = False
+    sample: dict[str, Any] | None = None  # a sample ``data`` (operational events)
 
 
 EVENT_TYPES: dict[str, EventType] = {
@@ -42,8 +48,85 @@ EVENT_TYPES: dict[str, EventType] = {
         EventType("job.failed", "job", "A job ended with FAILURE; data is the job."),
         EventType("job.revoked", "job", "A job was revoked; data is the job."),
         EventType("batch.completed", "batch", "Every job of a batch ended; data is the batch."),
+        *(
+            EventType(name, OPERATIONAL_SUBJECT, description, True, sample)
+            for name, description, sample in (
+                (
+                    "endpoint.disabled",
+                    "An endpoint was disabled: by jobgate (410 Gone, failing too long) or "
+                    "through the API (by the partner or an admin); sent to the partner's "
+                    "other endpoints that subscribe.",
+                    {
+                        "endpoint": {"id": "ep_3f1c…", "url": "https://partner.example/hooks"},
+                        "disabled_by": "jobgate",
+                        "reason": "every attempt failed for 432000 s (limit 432000 s)",
+                        "disabled_at": "2024-05-01T12:00:03.512Z",
+                    },
+                ),
+                (
+                    "endpoint.enabled",
+                    "A disabled endpoint was enabled again through the API.",
+                    {
+                        "endpoint": {"id": "ep_3f1c…", "url": "https://partner.example/hooks"},
+                        "enabled_by": "partner",
+                        "enabled_at": "2024-05-01T12:00:03.512Z",
+                    },
+                ),
+                (
+                    "message.attempt.failing",
+                    "A message's 4th attempt failed (once per message).",
+                    {
+                        "endpoint": {"id": "ep_3f1c…", "url": "https://partner.example/hooks"},
+                        "message": {"webhook_id": "msg_9a…", "event": "job.succeeded"},
+                        "job_id": "5b0e…",
+                        "attempts": 4,
+                        "last_attempt": {
+                            "at": "2024-05-01T12:35:03.512Z",
+                            "status_code": 503,
+                            "error": "HTTP 503",
+                        },
+                    },
+                ),
+                (
+                    "message.attempt.exhausted",
+                    "A message's last attempt failed: no attempt follows (a callback_url's "
+                    "too, whose endpoint is its redacted URL).",
+                    {
+                        "endpoint": {"callback_url": "https://partner.example/cb"},
+                        "message": {"webhook_id": "msg_9a…", "event": "job.failed"},
+                        "job_id": "5b0e…",
+                        "attempts": 8,
+                        "last_attempt": {
+                            "at": "2024-05-02T16:00:03.512Z",
+                            "status_code": None,
+                            "error": "connection refused",
+                        },
+                    },
+                ),
+                (
+                    "message.attempt.recovered",
+                    "A message that was failing (4 failed attempts or more) was delivered.",
+                    {
+                        "endpoint": {"id": "ep_3f1c…", "url": "https://partner.example/hooks"},
+                        "message": {"webhook_id": "msg_9a…", "event": "batch.completed"},
+                        "batch_id": "b_71d2…",
+                        "attempts": 5,
+                        "last_attempt": {
+                            "at": "2024-05-01T14:35:03.512Z",
+                            "status_code": 200,
+                            "error": None,
+                        },
+                    },
+                ),
+            )
+        ),
     )
 }
+OPERATIONAL = frozenset(name for name, e in EVENT_TYPES.items() if e.operational)
+ENDPOINT_DISABLED, ENDPOINT_ENABLED = "endpoint.disabled", "endpoint.enabled"
+ATTEMPT_FAILING, ATTEMPT_EXHAUSTED = "message.attempt.failing", "message.attempt.exhausted"
+ATTEMPT_RECOVERED = "message.attempt.recovered"
+FAILING_AFTER = 4  # failed attempts of a message that make it ``failing``
 JOB_EVENTS = {"SUCCESS": "job.succeeded", "FAILURE": "job.failed", "REVOKED": "job.revoked"}
 BATCH_COMPLETED = "batch.completed"
 
@@ -104,6 +187,11 @@ def _message_data(store: Store, msg_id: str, raw: dict[str, str]) -> dict[str, A
     return subject.data(store, about, record) if record else None
 
 
+def _op_data(store: Store, op_id: str, raw: dict[str, str]) -> dict[str, Any] | None:
+    """An operational event's data, as its record (and its row) keep it."""
+    return cast("dict[str, Any]", json.loads(raw["data"])) if raw.get("data") else None
+
+
 MESSAGE = "msg"  # the subject kind of one event's message to one registered endpoint
 
 SUBJECTS: dict[str, Subject] = {
@@ -122,6 +210,13 @@ SUBJECTS: dict[str, Subject] = {
             lambda store, msg_id: store.key("msg", msg_id),
             _message_data,
             lambda raw: raw.get("occurred_at") or None,
+        ),
+        Subject(
+            OPERATIONAL_SUBJECT,
+            lambda store, op_id: store.key("op", op_id),
+            _op_data,
+            lambda raw: raw.get("occurred_at") or None,
+            from_record=True,
         ),
     )
 }

@@ -22,6 +22,7 @@ from jobgate.db import Database
 from jobgate.events import (
     BATCH_COMPLETED,
     JOB_EVENTS,
+    SUBJECTS,
     delivery_call,
     fan_out_task_id,
     job_event,
@@ -236,9 +237,7 @@ def enqueue_fan_out(
     """Queue the fan-out step of ``event`` (marked open first), unless the partner's
     mirror says it has no endpoint (a disabled one counts: it gets held messages); its
     task id, or None."""
-    record_key = (
-        store.key("job", subject_id) if kind == "job" else batches.batch_key(store, subject_id)
-    )
+    record_key = SUBJECTS[kind].record_key(store, subject_id)
     partner_id = store.redis.hget(record_key, "partner_id")
     if (
         not partner_id

@@ -62,6 +62,7 @@ class JobgateCelery(Celery):
             self.database,
             self.partners,
             disable_after=self.settings.endpoint_disable_after,
+            messenger=self.messenger,
         )
 
     @cached_property

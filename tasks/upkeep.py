@@ -39,6 +39,7 @@ from jobgate.lifecycle import dispatch
 from jobgate.outbox import HANDOFF_GRACE, relay
 from jobgate.store import Store
 from jobgate.sweeper import sweep
+from jobgate.webhooks import operational
 
 log = logging.getLogger("jobgate.upkeep")
 
@@ -182,7 +183,10 @@ class ArchiveThread(threading.Thread):
         store, every = self.app.store, self.restore_every
         if not store.redis.set(store.key("restorer"), self.node, nx=True, px=int(every * 1000)):
             return
-        relay(store, self.app.database, self.app.messenger, older_than=max(every, HANDOFF_GRACE))
+        older_than = max(every, HANDOFF_GRACE)
+        relay(store, self.app.database, self.app.messenger, older_than=older_than)
+        # Operational events committed and not handed over (or lost by Redis): the same.
+        operational.relay(store, self.app.database, self.app.messenger, older_than=older_than)
 
     def maybe_prune(self) -> None:
         if time.monotonic() - self._pruned < PRUNE_EVERY:

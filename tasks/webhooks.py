@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from typing import Any
 
 from celery import Celery, Task
@@ -12,6 +13,7 @@ from jobgate.events import fan_out_task_id
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK
 from jobgate.webhooks.attempt import Call, Sender, run_attempt
 from jobgate.webhooks.fanout import fan_out
+from jobgate.webhooks.operational import after_attempt
 
 # Celery's tracer reprs a task's return value whether or not it logs it (visible in
 # profiles of the delivery process at WARNING): the attempt is returned only when its
@@ -29,6 +31,7 @@ def attempt_once(app: Any, node: str, *args: Any, **kwargs: Any) -> dict[str, An
         partner_of=app.partners.get,
         endpoints=app.endpoints,
         node=node,
+        operational=partial(after_attempt, app.endpoints, app.messenger),
     )
     return run_attempt(sender, Call(*args, **kwargs))
 

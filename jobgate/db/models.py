@@ -218,3 +218,31 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(120))
     target: Mapped[str] = mapped_column(String(200))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class OperationalEvent(Base):
+    """An operational event (``endpoint.disabled``, ``message.attempt.failing``, …:
+    ``jobgate.webhooks.operational``), committed before Redis announces it, with the body every
+    endpoint gets; ``settled`` once its fan-out step ran (its messages are rows of their
+    own then). The rows not settled are what the relay gives back to a Redis that lost
+    them. ``exclude``: the endpoint it is about that must not get it (its own disabling)."""
+
+    __tablename__ = "operational_events"
+    __table_args__ = (
+        Index(
+            "operational_events_unsettled",
+            "keyspace",
+            "created_at",
+            postgresql_where=text("NOT settled"),
+            sqlite_where=text("NOT settled"),
+        ),
+    )
+
+    op_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    keyspace: Mapped[str] = mapped_column(String(64))
+    partner_id: Mapped[str] = mapped_column(String(32))
+    event: Mapped[str] = mapped_column(String(64))
+    exclude: Mapped[str] = mapped_column(String(32), default="")
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Time, index=True)
+    settled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

@@ -15,6 +15,7 @@ sweeper finds a delivery whose message was lost. An attempt whose partner has it
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -43,6 +44,7 @@ from jobgate.store import CLAIM_MARGIN, Store, secrets_of
 from jobgate.times import from_timestamp, utcnow
 from jobgate.webhooks.http import Attempt, deliver
 from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries
+from jobgate.webhooks.operational import Attempted
 from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,9 @@ class Sender:
     partner_of: Callable[[str], dict[str, str] | None] | None = None
     endpoints: EndpointHooks | None = None
     node: str = ""  # the worker that claims the attempts
+    # Told of every recorded attempt (``jobgate.webhooks.operational.after_attempt``: the
+    # ``message.attempt.*`` events); None: nothing is announced.
+    operational: Callable[[Attempted, Callable[[], str | None]], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -407,7 +412,36 @@ def _record(
             )
     except Exception:  # noqa: BLE001 - logged; the next attempt (or pass) tries again
         log.exception("bookkeeping after %s failed", wid)
+    if sender.operational is not None:
+        try:
+            sender.operational(
+                Attempted(
+                    call.kind,
+                    call.subject_id,
+                    call.event,
+                    call.chain,
+                    wid,
+                    target.partner_id,
+                    target.endpoint_id,
+                    target.url,
+                    attempt.outcome,
+                    state,
+                    number,
+                    entry,
+                    begun.record,
+                    bool(target.refusal),
+                ),
+                lambda: _outcome_before(books, call.subject_id),
+            )
+        except Exception:  # noqa: BLE001 - logged; what it commits, the relay hands over
+            log.exception("announcing what %s's attempt changed failed", wid)
     return entry
+
+
+def _outcome_before(books: Deliveries, subject_id: str) -> str | None:
+    """The outcome of the attempt before the last one recorded (None if none)."""
+    raw = books.redis.lindex(books.log_key(subject_id), -2)
+    return json.loads(raw).get("outcome") if raw else None
 
 
 def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str, event: str) -> str:

@@ -20,6 +20,7 @@ from jobgate.db.models import Endpoint, Message
 from jobgate.endpoints import Endpoints, matches
 from jobgate.events import (
     MESSAGE,
+    OPERATIONAL_SUBJECT,
     SUBJECTS,
     build_body,
     delivery_call,
@@ -30,6 +31,7 @@ from jobgate.events import (
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.store import Store
 from jobgate.times import iso_time, parse_time, utcnow
+from jobgate.webhooks import operational
 from jobgate.webhooks.attempt import redeliver
 from jobgate.webhooks.ledger import Deliveries
 
@@ -52,13 +54,16 @@ def fan_out(
     subject = SUBJECTS[kind]
     raw = cast("dict[str, str]", store.redis.hgetall(subject.record_key(store, subject_id)))
     partner_id = raw.get("partner_id") if raw else None
+    exclude = raw.get("exclude", "") if kind == OPERATIONAL_SUBJECT else ""
     targets = [
-        e for e in (registry.for_partner(partner_id) if partner_id else []) if matches(e, event)
+        e
+        for e in (registry.for_partner(partner_id) if partner_id else [])
+        if matches(e, event) and e.get("id") != exclude
     ]
     books = Deliveries(store)
     if not targets:
         store.redis.zrem(store.open_key, fan_task_id)
-        _fanned(store, kind, subject_id, raw)
+        _fanned(store, kind, subject_id, raw, registry.db)
         return []
     body = store.redis.get(books.body_key(subject_id, event))
     if body is None:
@@ -129,14 +134,18 @@ def fan_out(
             handoff.send_delivery(
                 store, messenger, DELIVER_TASK, task_id, args=call_args, kwargs=kwargs
             )
-    _fanned(store, kind, subject_id, raw)
+    _fanned(store, kind, subject_id, raw, registry.db)
     log.info("fanned %s of %s %s out to %d endpoint(s)", event, kind, subject_id, len(created))
     return [task_id.split(":")[2] for task_id in created]
 
 
-def _fanned(store: Store, kind: str, subject_id: str, raw: dict[str, str]) -> None:
+def _fanned(store: Store, kind: str, subject_id: str, raw: dict[str, str], db: Database) -> None:
     """The step has run: the job's record may now leave Redis once archived (the archiver
-    keeps a record whose ``fanout`` is ``queued``: this step reads it)."""
+    keeps a record whose ``fanout`` is ``queued``: this step reads it); an operational
+    event's row is settled (its messages are rows of their own)."""
+    if kind == OPERATIONAL_SUBJECT and raw:
+        operational.settle(db, subject_id)
+        return
     if kind != "job" or raw.get("fanout") != "queued":
         return
     pipe = store.redis.pipeline()
@@ -227,6 +236,8 @@ def _body_from_rows(store: Store, db: Database, row: Any) -> str | None:
     if row.kind == "job":
         record = history.job(db, row.subject_id)
         return job_body(row.event, record) if record else None
+    if row.kind == OPERATIONAL_SUBJECT:
+        return operational.body_of(db, row.subject_id)
     batch = history.batch(db, row.subject_id) if row.kind == "batch" else None
     if batch is None or not batch.get("finished_at"):
         return None

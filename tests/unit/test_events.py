@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from jobgate.endpoints import matches
 from jobgate.events import (
     BATCH_COMPLETED,
     EVENT_TYPES,
     JOB_EVENTS,
+    OPERATIONAL,
+    OPERATIONAL_SUBJECT,
     SUBJECTS,
     build_body,
     delivery_task_id,
@@ -22,8 +25,32 @@ def test_every_fired_event_is_declared_with_its_subject():
     assert set(JOB_EVENTS) == TERMINAL
     assert {EVENT_TYPES[name].subject for name in JOB_EVENTS.values()} == {"job"}
     assert EVENT_TYPES[BATCH_COMPLETED].subject == "batch"
-    assert set(EVENT_TYPES) == {*JOB_EVENTS.values(), BATCH_COMPLETED}
+    assert set(EVENT_TYPES) == {*JOB_EVENTS.values(), BATCH_COMPLETED, *OPERATIONAL}
     assert {event.subject for event in EVENT_TYPES.values()} <= set(SUBJECTS)
+
+
+def test_operational_events_are_declared_with_a_sample_and_go_only_where_named():
+    """The five operational events (what Svix and Convoy send), each with a sample data
+    for the catalog; an endpoint without event types takes every job and batch event and
+    none of them, one that names one takes it."""
+    assert OPERATIONAL == {
+        "endpoint.disabled",
+        "endpoint.enabled",
+        "message.attempt.failing",
+        "message.attempt.exhausted",
+        "message.attempt.recovered",
+    }
+    for name in OPERATIONAL:
+        assert EVENT_TYPES[name].subject == OPERATIONAL_SUBJECT
+        assert isinstance(EVENT_TYPES[name].sample, dict)
+        json.dumps(EVENT_TYPES[name].sample)
+    every = {"event_types": ""}
+    named = {"event_types": "job.failed,message.attempt.exhausted"}
+    assert all(matches(every, name) for name in (*JOB_EVENTS.values(), BATCH_COMPLETED))
+    assert not any(matches(every, name) for name in OPERATIONAL)
+    assert matches(named, "message.attempt.exhausted") and matches(named, "job.failed")
+    assert not matches(named, "message.attempt.failing")
+    assert not matches(named, "job.succeeded")
 
 
 def test_ids_are_stable_and_delivery_task_ids_round_trip():
