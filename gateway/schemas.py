@@ -12,6 +12,7 @@ from jobgate.batches import MAX_BATCH
 from jobgate.events import EVENT_TYPES
 from jobgate.history import BadCursor, decode_cursor
 from jobgate.status import DEFAULT_PRIORITY, STATUSES
+from jobgate.webhooks.throttle import MAX_RATE_LIMIT
 
 METADATA_MAX_BYTES = 16 * 1024
 MAX_DELAY = 30 * 86400  # a delayed job runs at most 30 days after its submit
@@ -141,10 +142,24 @@ def _event_types_field() -> fields.List:
     )
 
 
+def _rate_limit_field(**options: Any) -> fields.Integer:
+    return fields.Integer(
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_RATE_LIMIT),
+        metadata={
+            "description": "Deliveries per second the endpoint takes at most; null: no limit. "
+            "Messages over it wait their turn (no attempt spent)."
+        },
+        **options,
+    )
+
+
 class EndpointCreateSchema(Schema):
     url = _url_field(required=True)
     description = fields.String(load_default="", validate=validate.Length(max=500))
     event_types = _event_types_field()
+    rate_limit = _rate_limit_field(load_default=None)
 
 
 class EndpointPatchSchema(Schema):
@@ -152,6 +167,7 @@ class EndpointPatchSchema(Schema):
     description = fields.String(validate=validate.Length(max=500))
     event_types = _event_types_field()
     enabled = fields.Boolean(metadata={"description": "true re-enables a disabled endpoint."})
+    rate_limit = _rate_limit_field()
 
 
 class RecoverSchema(Schema):
@@ -366,6 +382,7 @@ class EndpointSchema(Schema):
     disabled_at = fields.String(required=True, allow_none=True)
     disabled_reason = fields.String(required=True, allow_none=True)
     failing_since = fields.String(required=True, allow_none=True)
+    rate_limit = fields.Integer(required=True, allow_none=True)
     created_at = fields.String(required=True)
     updated_at = fields.String(required=True)
 

@@ -51,6 +51,14 @@ def move_due(
     return move(store, messenger, rows, now=now)
 
 
+def next_due(store: Store) -> float | None:
+    """When the earliest entry is due (Unix seconds), None if there is none."""
+    first = cast(
+        "list[tuple[str, float]]", store.redis.zrange(store.due_key, 0, 0, withscores=True)
+    )
+    return float(first[0][1]) if first else None
+
+
 def move(
     store: Store, messenger: Messenger, rows: Sequence[str], *, now: float | None = None
 ) -> int:

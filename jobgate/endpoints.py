@@ -60,6 +60,7 @@ def view(row: Endpoint) -> dict[str, Any]:
         "disabled_at": iso_time(row.disabled_at),
         "disabled_reason": row.disabled_reason,
         "failing_since": iso_time(row.failing_since),
+        "rate_limit": row.rate_limit,
         "created_at": iso_time(row.created_at),
         "updated_at": iso_time(row.updated_at),
     }
@@ -100,6 +101,7 @@ class Endpoints:
         description: str = "",
         event_types: Iterable[str] = (),
         limit: int = 0,
+        rate_limit: int | None = None,
     ) -> dict[str, Any] | None:
         """Register an endpoint; None if there is no such partner. ``TooManyEndpoints``
         if the partner has ``limit`` endpoints already (0: no limit), enabled or not;
@@ -123,6 +125,7 @@ class Endpoints:
                 url=url,
                 description=description,
                 event_types=list(event_types),
+                rate_limit=rate_limit,
                 created_at=now,
                 updated_at=now,
             )
@@ -140,13 +143,13 @@ class Endpoints:
     def update(
         self, endpoint_id: str, owner: str | None, changes: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """Change url, description, event_types or enabled; None if not found (or not
+        """Change url, description, event_types, rate_limit or enabled; None if not found (or not
         ``owner``'s). Enabling clears the failure history the disable came from."""
         with self.db.session() as session:
             row = self._row(session, endpoint_id, owner)
             if row is None:
                 return None
-            for name in ("url", "description", "event_types"):
+            for name in ("url", "description", "event_types", "rate_limit"):
                 if name in changes:
                     setattr(
                         row, name, list(changes[name]) if name == "event_types" else changes[name]
@@ -298,6 +301,7 @@ class Endpoints:
                 "url": row.url,
                 "event_types": ",".join(row.event_types or []),
                 "disabled": (row.disabled_reason or "disabled") if row.disabled_at else "",
+                "rate_limit": str(row.rate_limit or ""),
             }
             if row.failing_since is not None:
                 record["failing_since"] = str(aware(row.failing_since).timestamp())

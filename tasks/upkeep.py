@@ -10,7 +10,10 @@
   scores are written first and on their own, so a store Redis that fails cannot stop them.
 - **Alive** (same thread): ``Store.mark_worker_alive``, a short-lived key per node that
   delivery claims check, and the set ``/readyz`` counts.
-- **Due deliveries** (consumer timer, every second): ``jobgate.due.move_due``.
+- **Due deliveries** (consumer timer, every second): ``jobgate.due.move_due``; an entry
+  due before the next tick (an endpoint's next turn, ``jobgate.webhooks.throttle``) gets
+  a one-shot timer at its time (``jobgate.due.next_due``), so turns are not bunched per
+  second.
 - **Sweeper** (consumer timer, every ``JOBGATE_SWEEP_INTERVAL`` s): the worker holding a
   lease runs one ``jobgate.sweeper.sweep`` pass, in a thread so that a long pass never
   stalls the consumer's loop. A lease whose holder is no longer alive is taken over.
@@ -34,7 +37,7 @@ from redis.exceptions import WatchError
 
 from jobgate.archive import Archiver, prune
 from jobgate.connections import redis_client
-from jobgate.due import move_due
+from jobgate.due import move_due, next_due
 from jobgate.lifecycle import dispatch
 from jobgate.outbox import HANDOFF_GRACE, relay
 from jobgate.store import Store
@@ -205,6 +208,9 @@ def job_slots(c: Any) -> int:
     return int(getattr(c.controller, "concurrency", 0) or 0)
 
 
+SOON_STEP = 0.02  # seconds: the shortest wait of a one-shot due move
+
+
 class Upkeep(bootsteps.StartStopStep):
     """Registered on every app ``make_celery`` builds (``app.steps["consumer"]``)."""
 
@@ -216,6 +222,7 @@ class Upkeep(bootsteps.StartStopStep):
         self._refresher: Refresher | None = None
         self._archiving: ArchiveThread | None = None
         self._sweeping: threading.Thread | None = None
+        self._soon: Any = None  # the one-shot move of an entry due before the next tick
 
     def start(self, c: Any) -> None:
         app, settings = c.app, c.app.settings
@@ -242,6 +249,9 @@ class Upkeep(bootsteps.StartStopStep):
         for timer in self._timers:
             timer.cancel()
         self._timers = []
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
 
     @staticmethod
     def _guard(step: Any, c: Any) -> None:
@@ -255,6 +265,16 @@ class Upkeep(bootsteps.StartStopStep):
         moved = move_due(c.app.store, c.app.messenger)
         if moved:
             log.info("upkeep: queued %d due deliveries", moved)
+        if self._soon is None and self._timers:
+            due = next_due(c.app.store)
+            if due is not None and due - time.time() < 1.0:  # before the next tick
+                delay = max(due - time.time(), SOON_STEP)
+                self._soon = c.timer.call_after(delay, self._guard, (self.move_soon, c))
+
+    def move_soon(self, c: Any) -> None:
+        """The one-shot move ``move_due`` scheduled (it may schedule the next)."""
+        self._soon = None
+        self.move_due(c)
 
     def dispatch(self, c: Any) -> None:
         """The dispatcher's tick: delayed jobs that are due, and a turn lost by a partner

@@ -95,6 +95,7 @@ def create():
             description=body["description"],
             event_types=body.get("event_types") or [],
             limit=limit,
+            rate_limit=body["rate_limit"],
         )
     except registry.TooManyEndpoints:
         raise limit_exceeded(

@@ -77,6 +77,8 @@ class Endpoint(Base):
     disabled_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
     failing_since: Mapped[datetime | None] = mapped_column(Time, nullable=True)
+    # Deliveries per second it takes at most (None: no limit; jobgate.webhooks.throttle).
+    rate_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class SigningSecret(Base):

@@ -43,6 +43,7 @@ from jobgate.times import from_timestamp, utcnow
 from jobgate.webhooks.http import Attempt, deliver
 from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries
 from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
+from jobgate.webhooks.throttle import THROTTLED, pause, pauses
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,11 @@ def _claim(
             DELIVER_TASK, task_id, queue=sender.messenger.webhooks_queue, args=args, kwargs=kwargs
         ),
     )
-    if begun == DEFERRED or begun is None:
-        why = "its partner has max_inflight_deliveries in flight" if begun else "already taken"
+    if not isinstance(begun, Begun):
+        why = {
+            DEFERRED: "its partner has max_inflight_deliveries in flight",
+            THROTTLED: "waits for its endpoint's turn (rate_limit, or paused)",
+        }.get(begun or "", "already taken")
         log.info(
             "webhook %s attempt %s: %s",
             call.subject_id,
@@ -369,6 +373,9 @@ def _record(
         extra={"job_id": call.subject_id},
     )
     try:
+        if target.endpoint_id and pauses(attempt.status_code, attempt.retry_after):
+            # The receiver asked for a pause: the endpoint's other messages wait too.
+            pause(sender.store, target.endpoint_id, attempt.retry_after or 0.0)
         if woken:  # the partner's next in line, due now: queued now (else by the next pass)
             move_entries(sender.store, messenger, woken)
         endpoints = sender.endpoints

@@ -109,7 +109,7 @@ class Deliveries:
         task_id: str = "",
         owner: tuple[str, str] = ("partner_id", "partner"),
         due_entry: str = "",
-    ) -> Begun | Literal["deferred"] | None:
+    ) -> Begun | Literal["deferred", "throttled"] | None:
         """Claim attempt ``token`` for worker ``node`` and read what the attempt needs.
 
         None if the attempt ran, or runs on a node still alive; a claim whose node died
@@ -120,6 +120,9 @@ class Deliveries:
         also takes a slot among its partner's deliveries in flight, or, with none free for
         it, is deferred (``DEFERRED``): its claim dropped, ``due_entry`` waiting in the
         partner's line and on the due set, its delivery still open, no attempt spent.
+        An endpoint's message (``owner`` ``endpoint_id``) first waits for the endpoint's
+        turn (``jobgate.webhooks.throttle``): ``"throttled"`` when it is later, the attempt
+        waiting on the due set until then, unspent, holding no slot.
         """
         found = self.scripts["delivery_begin"](
             keys=[
@@ -146,6 +149,8 @@ class Deliveries:
             return None
         if found == DEFERRED:
             return DEFERRED
+        if found == "throttled":
+            return "throttled"
         record, body, partner = found
         return Begun(_pairs(record), body, _pairs(partner))
 
