@@ -12,8 +12,9 @@
   delivery claims check, and the set ``/readyz`` counts.
 - **Due deliveries** (consumer timer, every second): ``jobgate.due.move_due``; an entry
   due before the next tick (an endpoint's next turn, ``jobgate.webhooks.throttle``) gets
-  a one-shot timer at its time (``jobgate.due.next_due``), so turns are not bunched per
-  second.
+  a one-shot timer at its time (the earliest after each move, ``jobgate.due.next_due``,
+  and any this process's attempts put there, ``jobgate.due.wake``), so turns are not
+  bunched per second.
 - **Sweeper** (consumer timer, every ``JOBGATE_SWEEP_INTERVAL`` s): the worker holding a
   lease runs one ``jobgate.sweeper.sweep`` pass, in a thread so that a long pass never
   stalls the consumer's loop. A lease whose holder is no longer alive is taken over.
@@ -37,7 +38,7 @@ from redis.exceptions import WatchError
 
 from jobgate.archive import Archiver, prune
 from jobgate.connections import redis_client
-from jobgate.due import move_due, next_due
+from jobgate.due import WAKERS, move_due, next_due
 from jobgate.lifecycle import dispatch
 from jobgate.outbox import HANDOFF_GRACE, relay
 from jobgate.store import Store
@@ -223,6 +224,7 @@ class Upkeep(bootsteps.StartStopStep):
         self._archiving: ArchiveThread | None = None
         self._sweeping: threading.Thread | None = None
         self._soon: Any = None  # the one-shot move of an entry due before the next tick
+        self._soon_at = 0.0  # its time
 
     def start(self, c: Any) -> None:
         app, settings = c.app, c.app.settings
@@ -239,6 +241,7 @@ class Upkeep(bootsteps.StartStopStep):
             self._refresher.start()
             self._archiving = ArchiveThread(app, self.node)
             self._archiving.start()
+        WAKERS[id(self)] = lambda at: self.wake(c, at)
         self._timers = [
             c.timer.call_repeatedly(1.0, self._guard, (self.move_due, c)),
             c.timer.call_repeatedly(1.0, self._guard, (self.dispatch, c)),
@@ -246,6 +249,7 @@ class Upkeep(bootsteps.StartStopStep):
         ]
 
     def stop(self, c: Any) -> None:
+        WAKERS.pop(id(self), None)
         for timer in self._timers:
             timer.cancel()
         self._timers = []
@@ -265,11 +269,22 @@ class Upkeep(bootsteps.StartStopStep):
         moved = move_due(c.app.store, c.app.messenger)
         if moved:
             log.info("upkeep: queued %d due deliveries", moved)
-        if self._soon is None and self._timers:
-            due = next_due(c.app.store)
-            if due is not None and due - time.time() < 1.0:  # before the next tick
-                delay = max(due - time.time(), SOON_STEP)
-                self._soon = c.timer.call_after(delay, self._guard, (self.move_soon, c))
+        due = next_due(c.app.store)
+        if due is not None:
+            self.wake(c, due)
+
+    def wake(self, c: Any, at: float) -> None:
+        """Move due entries at ``at`` too, when that is before the next tick (one
+        one-shot timer at a time: the earliest)."""
+        delay = at - time.time()
+        if delay >= 1.0 or not self._timers:
+            return
+        if self._soon is not None:
+            if self._soon_at <= at:
+                return
+            self._soon.cancel()
+        self._soon_at = at
+        self._soon = c.timer.call_after(max(delay, SOON_STEP), self._guard, (self.move_soon, c))
 
     def move_soon(self, c: Any) -> None:
         """The one-shot move ``move_due`` scheduled (it may schedule the next)."""

@@ -27,7 +27,8 @@
 -- ARGV: lease seconds, owner key prefix, node name, worker liveness key prefix, this
 -- attempt's task id, owner field (default 'partner_id'), key prefix, default limit, now,
 -- this attempt's due entry ('' takes no slot).
--- Returns nil, 'deferred', 'throttled', or {record pairs, body or false, partner pairs}.
+-- Returns nil, 'deferred', {'throttled', its turn}, or {record pairs, body or false,
+-- partner pairs}.
 --! include inflight
 --! include throttle
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
@@ -63,7 +64,7 @@ if (ARGV[10] or '') ~= '' and ARGV[6] == 'endpoint_id' then
     end
     redis.call('ZADD', KEYS[5], turn, ARGV[10])
     redis.call('ZADD', KEYS[4], turn + lease, ARGV[5])
-    return 'throttled'
+    return {'throttled', tostring(turn)}
   end
 end
 if (ARGV[10] or '') ~= '' and partner_id ~= '' then

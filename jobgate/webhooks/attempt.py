@@ -27,6 +27,7 @@ from config import Settings
 from jobgate import __version__, handoff
 from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
+from jobgate.due import wake
 from jobgate.events import (
     MESSAGE,
     SUBJECTS,
@@ -41,9 +42,9 @@ from jobgate.ssrf import lookups_for, parse_allowlist
 from jobgate.store import CLAIM_MARGIN, Store, secrets_of
 from jobgate.times import from_timestamp, utcnow
 from jobgate.webhooks.http import Attempt, deliver
-from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries
+from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries, Throttled
 from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
-from jobgate.webhooks.throttle import THROTTLED, pause, pauses
+from jobgate.webhooks.throttle import pause, pauses
 
 log = logging.getLogger(__name__)
 
@@ -237,20 +238,23 @@ def _claim(
             DELIVER_TASK, task_id, queue=sender.messenger.webhooks_queue, args=args, kwargs=kwargs
         ),
     )
-    if not isinstance(begun, Begun):
-        why = {
-            DEFERRED: "its partner has max_inflight_deliveries in flight",
-            THROTTLED: "waits for its endpoint's turn (rate_limit, or paused)",
-        }.get(begun or "", "already taken")
-        log.info(
-            "webhook %s attempt %s: %s",
-            call.subject_id,
-            call.token,
-            why,
-            extra={"job_id": call.subject_id},
-        )
-        return None
-    return begun
+    if isinstance(begun, Begun):
+        return begun
+    if isinstance(begun, Throttled):
+        wake(begun.turn)  # this worker's due move runs at the turn, not a tick later
+        why = "waits for its endpoint's turn (rate_limit, or paused)"
+    elif begun == DEFERRED:
+        why = "its partner has max_inflight_deliveries in flight"
+    else:
+        why = "already taken"
+    log.info(
+        "webhook %s attempt %s: %s",
+        call.subject_id,
+        call.token,
+        why,
+        extra={"job_id": call.subject_id},
+    )
+    return None
 
 
 def _with_owner(sender: Sender, call: Call, begun: Begun) -> Begun:

@@ -5,7 +5,9 @@ next turn as it begins (``delivery_begin.lua`` with ``throttle.lua``): a turn th
 sends it; a later one is kept for it, and the attempt waits on the due set until then
 (*throttled*: its claim dropped, its delivery open, no attempt spent, no slot of its
 partner's ``max_inflight_deliveries`` held), so a backlog waits in Redis, never in a
-worker. A receiver that answers ``429`` or ``503`` with ``Retry-After`` pauses its
+worker; the worker that throttled it asks its due move to run at that turn
+(``jobgate.due.wake``), so turns are kept to a few hundredths of a second, not to the
+once-a-second pass. A receiver that answers ``429`` or ``503`` with ``Retry-After`` pauses its
 endpoint (``pause``): every attempt to it waits until then, not only the one answered.
 
 Everything here is a hint kept in Redis for a short time: a lost key lets one burst
@@ -22,7 +24,6 @@ from jobgate.store import Store
 
 MAX_RATE_LIMIT = 1000  # deliveries per second an endpoint's rate_limit may allow at most
 PAUSING = frozenset({429, 503})  # answers whose Retry-After pauses the whole endpoint
-THROTTLED = "throttled"  # what ``Deliveries.begin`` answers for an attempt not yet due
 
 
 def paused_key(store: Store, endpoint_id: str) -> str:
