@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from config import Settings
-from jobgate import __version__, handoff
+from jobgate import __version__, handoff, tracing
 from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
 from jobgate.due import wake
@@ -100,7 +100,14 @@ def loggable(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def post(settings: Settings, url: str, body: str, wid: str, secrets: list[str]) -> Attempt:
+def post(
+    settings: Settings,
+    url: str,
+    body: str,
+    wid: str,
+    secrets: list[str],
+    traceparent: str | None = None,
+) -> Attempt:
     """One signed POST of ``body`` under ``settings``' timeout and SSRF rules."""
     return deliver(
         url,
@@ -114,6 +121,7 @@ def post(settings: Settings, url: str, body: str, wid: str, secrets: list[str]) 
         dns_timeout=settings.callback_dns_timeout,
         user_agent=USER_AGENT,
         retry_after_cap=RETRY_AFTER_CAP,
+        traceparent=traceparent,
     )
 
 
@@ -171,6 +179,7 @@ class Target:
     partner_id: str
     endpoint_id: str
     refusal: str | None  # the endpoint's: deleted or disabled
+    traceparent: str | None = None  # kept with the subject at submit (jobgate.tracing)
 
 
 def run_attempt(sender: Sender, call: Call) -> dict[str, Any] | None:
@@ -296,7 +305,8 @@ def _prepare(sender: Sender, call: Call, books: Deliveries, begun: Begun) -> Tar
             body = books.store_body(call.subject_id, call.event, body)
     secrets = begun.signing_secrets() if partner_id else []
     wid = webhook_id(call.subject_id, call.event)
-    return Target(url, wid, body, built, secrets, partner_id, endpoint_id, refusal)
+    traceparent = begun.record.get("traceparent") or None
+    return Target(url, wid, body, built, secrets, partner_id, endpoint_id, refusal, traceparent)
 
 
 def _send(sender: Sender, target: Target) -> Attempt:
@@ -305,8 +315,15 @@ def _send(sender: Sender, target: Target) -> Attempt:
         return Attempt("failed", None, target.refusal, 0, None)
     if not target.secrets:
         return Attempt("failed", None, "the partner has no webhook secret", 0, None)
-    with lookups_for(target.partner_id):
-        return post(sender.settings, target.url, target.body, target.webhook_id, target.secrets)
+    with lookups_for(target.partner_id), tracing.client_span("webhook POST", target.traceparent):
+        return post(
+            sender.settings,
+            target.url,
+            target.body,
+            target.webhook_id,
+            target.secrets,
+            tracing.outgoing(target.traceparent),
+        )
 
 
 def _record(

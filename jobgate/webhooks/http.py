@@ -216,6 +216,7 @@ def deliver(
     dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT,
     session: requests.Session | None = None,
     connections: Connections | None = None,
+    traceparent: str | None = None,
 ) -> Attempt:
     """POST one signed webhook to the re-checked, pinned callback address; never raises.
 
@@ -225,7 +226,8 @@ def deliver(
     cannot be bypassed. The connection is kept alive for the next attempt to the same
     checked address (``connections``, the process's ``CONNECTIONS`` by default); a kept
     connection the receiver closed as the request went out is replaced and the request
-    sent once more, under the same ``webhook-id``.
+    sent once more, under the same ``webhook-id``. ``traceparent`` (W3C Trace Context,
+    ``jobgate.tracing``) is sent as that header when given.
     """
     connections = connections if connections is not None else CONNECTIONS
     start = time.monotonic()
@@ -246,6 +248,8 @@ def deliver(
 
     try:
         headers = webhook_headers(secrets, webhook_id, body, user_agent=user_agent)
+        if traceparent:
+            headers["traceparent"] = traceparent
         prepared = requests.Request("POST", target.url, data=body, headers=headers).prepare()
         if prepared.url is None:  # prepare() always sets it; this narrows its type to str
             raise ValueError("the prepared request has no URL")
