@@ -67,30 +67,38 @@ def test_a_jobs_traceparent_is_kept_and_sent_with_its_webhook(
         "not-a-traceparent",
         f"00-{'0' * 32}-00f067aa0ba902b7-01",  # all-zero trace id
         "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",  # uppercase
+        None,  # no header at all
     ],
 )
-def test_an_invalid_traceparent_is_ignored(
-    app, client, worker, partner, receiver: Receiver, header: str
+def test_an_invalid_or_absent_traceparent_is_ignored(
+    app, client, worker, partner, header: str | None
 ) -> None:
-    job = submit_traced(client, partner, header, callback_url=receiver.url)
-    [request] = receiver.wait_for(1)
-    assert "traceparent" not in request.headers
-    view = webhook_settles(client, job["job_id"], partner["headers"])
-    assert view["webhook"]["state"] == "delivered"  # accepted and delivered as ever
-    svc = app.extensions["jobgate"]
-    assert "traceparent" not in svc.store.job(job["job_id"])
-    assert "traceparent" not in history.job(svc.db, job["job_id"])
-
-
-def test_no_traceparent_sends_none(client, worker, partner, receiver: Receiver) -> None:
-    response = client.post(
-        "/v1/jobs",
-        json={"task": "demo.sleep", "params": {"seconds": 0}, "callback_url": receiver.url},
-        headers=partner["headers"],
-    )
-    assert response.status_code == 202
-    [request] = receiver.wait_for(1)
-    assert "traceparent" not in request.headers
+    """Beside a job with a valid header (which carries it), one with ``header`` is
+    accepted and delivered as ever, with no ``traceparent`` kept or sent."""
+    traced, plain = Receiver(), Receiver()
+    try:
+        valid, trace_id, parent_id = new_traceparent()
+        submit_traced(client, partner, valid, callback_url=traced.url)
+        if header is None:
+            job = client.post(
+                "/v1/jobs",
+                json={"task": "demo.sleep", "params": {"seconds": 0}, "callback_url": plain.url},
+                headers=partner["headers"],
+            ).get_json()
+        else:
+            job = submit_traced(client, partner, header, callback_url=plain.url)
+        [request] = plain.wait_for(1)
+        [beside] = traced.wait_for(1)
+        same_trace(beside.headers.get("traceparent"), trace_id, parent_id)
+        assert "traceparent" not in request.headers
+        view = webhook_settles(client, job["job_id"], partner["headers"])
+        assert view["webhook"]["state"] == "delivered"
+        svc = app.extensions["jobgate"]
+        assert "traceparent" not in svc.store.job(job["job_id"])
+        assert "traceparent" not in history.job(svc.db, job["job_id"])
+    finally:
+        traced.stop()
+        plain.stop()
 
 
 def test_a_batch_keeps_its_traceparent_for_its_members_and_its_completion(
