@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         webhooks,
     )
     from gateway.views.common import refuse_foreign_ids, refuse_unstorable_url
+    from jobgate import tracing
     from jobgate.db import Database
     from jobgate.partners import Partners
     from jobgate.ssrf import parse_allowlist
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     )
     register_error_handlers(app)
     metrics.init_metrics(app)
+    tracing.instrument_flask(app)  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
     app.before_request(refuse_unstorable_url)
     app.before_request(refuse_foreign_ids)
     for module in (

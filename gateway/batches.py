@@ -19,6 +19,7 @@ from gateway.jobs import (
     hand_off,
     new_record,
     queued_limit,
+    trace_of,
     validate_job,
 )
 from gateway.revoke import revoke_job
@@ -55,8 +56,11 @@ def validate_members(svc: Services, jobs: list[Any]) -> list[dict[str, Any]]:
     return valid
 
 
-def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
-    """Validate every member, store the batch and its jobs, queue them all; the batch view."""
+def submit(
+    svc: Services, principal: Principal, body: Any, traceparent: str | None = None
+) -> dict[str, Any]:
+    """Validate every member, store the batch and its jobs, queue them all; the batch view.
+    A valid ``traceparent`` is kept with the batch and each member."""
     if (
         isinstance(body, dict)
         and isinstance(body.get("jobs"), list)
@@ -74,8 +78,10 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
     members = validate_members(svc, batch["jobs"])
     enforce_rate_limit(svc, principal)
     batch_id = new_id()
+    trace = trace_of(traceparent)
     records = [
-        new_record(principal, job, svc.messenger.jobs_queue, batch_id=batch_id) for job in members
+        new_record(principal, job, svc.messenger.jobs_queue, batch_id=batch_id, **trace)
+        for job in members
     ]
     batch_hash = {
         "batch_id": batch_id,
@@ -86,6 +92,7 @@ def submit(svc: Services, principal: Principal, body: Any) -> dict[str, Any]:
         "completed": 0,
         **dict.fromkeys(COUNTERS, 0),
         "metadata": json.dumps(batch["metadata"]),
+        **trace,
     }
     failpoint("batch.create.before")
     # The rows first (jobgate.outbox): the batch as the archiver would read it back.

@@ -20,7 +20,7 @@ from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
 from gateway.schemas import JobSubmitSchema, load_or_422
-from jobgate import history, outbox, streams
+from jobgate import history, outbox, streams, tracing
 from jobgate.lifecycle import queue_job
 from jobgate.limits import defaults
 from jobgate.outbox import IdempotencyKey, KeyTaken
@@ -198,13 +198,24 @@ def enforce_rate_limit(svc: Services, principal: Principal) -> None:
         )
 
 
+def trace_of(traceparent: str | None) -> dict[str, str]:
+    """The record fields that keep a submit's trace (W3C ``traceparent``, ``jobgate.tracing``):
+    none when the header is absent or invalid (and OpenTelemetry is off)."""
+    kept = tracing.kept(traceparent)
+    return {"traceparent": kept} if kept else {}
+
+
 def submit(
-    svc: Services, principal: Principal, body: Any, idempotency_key: str | None
+    svc: Services,
+    principal: Principal,
+    body: Any,
+    idempotency_key: str | None,
+    traceparent: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Validate a job, commit its row, queue it; returns (job view, created): created is
-    False on a replay of its Idempotency-Key."""
+    False on a replay of its Idempotency-Key. A valid ``traceparent`` is kept with it."""
     job = validate_job(svc, body)
-    record = new_record(principal, job, svc.messenger.jobs_queue)
+    record = new_record(principal, job, svc.messenger.jobs_queue, **trace_of(traceparent))
     key = None
     if idempotency_key:
         key = IdempotencyKey(principal.partner_id or "", key_hash(idempotency_key), digest(body))

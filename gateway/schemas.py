@@ -14,6 +14,7 @@ from jobgate.events import EVENT_TYPES
 from jobgate.history import BadCursor, decode_cursor
 from jobgate.signing import SCHEMES
 from jobgate.status import DEFAULT_PRIORITY, STATUSES
+from jobgate.webhooks.throttle import MAX_RATE_LIMIT
 
 METADATA_MAX_BYTES = 16 * 1024
 MAX_DELAY = 30 * 86400  # a delayed job runs at most 30 days after its submit
@@ -139,7 +140,23 @@ def _event_types_field() -> fields.List:
     return fields.List(
         fields.String(validate=validate.OneOf(sorted(EVENT_TYPES))),
         validate=_unique,
-        metadata={"description": "Events to send; empty or absent: every event."},
+        metadata={
+            "description": "Events to send; empty or absent: every job and batch event (no "
+            "operational event)."
+        },
+    )
+
+
+def _rate_limit_field(**options: Any) -> fields.Integer:
+    return fields.Integer(
+        allow_none=True,
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_RATE_LIMIT),
+        metadata={
+            "description": "Deliveries per second the endpoint takes at most; null: no limit. "
+            "Messages over it wait their turn (no attempt spent)."
+        },
+        **options,
     )
 
 
@@ -185,6 +202,7 @@ class EndpointCreateSchema(_HeadersChecked):
             "whpk_ public key is returned, v1a signatures (the private key stays in jobgate)."
         },
     )
+    rate_limit = _rate_limit_field(load_default=None)
 
 
 class EndpointPatchSchema(_HeadersChecked):
@@ -193,6 +211,7 @@ class EndpointPatchSchema(_HeadersChecked):
     event_types = _event_types_field()
     enabled = fields.Boolean(metadata={"description": "true re-enables a disabled endpoint."})
     headers = _headers_field("Replaces every header of the endpoint; {} removes them.")
+    rate_limit = _rate_limit_field()
 
 
 class RecoverSchema(Schema):
@@ -414,6 +433,7 @@ class EndpointSchema(Schema):
     disabled_at = fields.String(required=True, allow_none=True)
     disabled_reason = fields.String(required=True, allow_none=True)
     failing_since = fields.String(required=True, allow_none=True)
+    rate_limit = fields.Integer(required=True, allow_none=True)
     created_at = fields.String(required=True)
     updated_at = fields.String(required=True)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from jobgate import handoff
@@ -22,6 +22,9 @@ from jobgate.messages import Messenger
 from jobgate.store import Store
 
 MOVE_BATCH = 500  # entries moved per call at most
+# This process's due moves that want to know of an entry due soon (the worker's upkeep,
+# tasks.upkeep): called with its due time by ``wake``.
+WAKERS: dict[int, Callable[[float], None]] = {}
 
 
 def entry(
@@ -49,6 +52,24 @@ def move_due(
         "list[str]", store.redis.zrangebyscore(store.due_key, "-inf", now, start=0, num=limit)
     )
     return move(store, messenger, rows, now=now)
+
+
+def wake(at: float) -> None:
+    """An entry was just put on the due set for ``at`` (an endpoint's turn): this
+    process's due moves (``WAKERS``) may run then instead of at their next tick."""
+    for waker in list(WAKERS.values()):
+        try:
+            waker(at)
+        except Exception:  # noqa: BLE001 - the tick moves it anyway
+            pass
+
+
+def next_due(store: Store) -> float | None:
+    """When the earliest entry is due (Unix seconds), None if there is none."""
+    first = cast(
+        "list[tuple[str, float]]", store.redis.zrange(store.due_key, 0, 0, withscores=True)
+    )
+    return float(first[0][1]) if first else None
 
 
 def move(

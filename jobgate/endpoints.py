@@ -143,6 +143,7 @@ def view(row: Endpoint) -> dict[str, Any]:
         "disabled_at": iso_time(row.disabled_at),
         "disabled_reason": row.disabled_reason,
         "failing_since": iso_time(row.failing_since),
+        "rate_limit": row.rate_limit,
         "created_at": iso_time(row.created_at),
         "updated_at": iso_time(row.updated_at),
     }
@@ -188,6 +189,7 @@ class Endpoints:
         limit: int = 0,
         headers: dict[str, str] | None = None,
         signature_scheme: str = "hmac",
+        rate_limit: int | None = None,
     ) -> dict[str, Any] | None:
         """Register an endpoint, ``secret`` signing its webhooks (a ``whsec_``, or a
         ``whsk_`` for ``signature_scheme`` ed25519); None if there is no such partner.
@@ -215,6 +217,7 @@ class Endpoints:
                 event_types=list(event_types),
                 headers=dict(headers) if headers else None,
                 signature_scheme=signature_scheme,
+                rate_limit=rate_limit,
                 created_at=now,
                 updated_at=now,
             )
@@ -233,9 +236,9 @@ class Endpoints:
     def update(
         self, endpoint_id: str, owner: str | None, changes: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """Change url, description, event_types, headers (the whole set; {}: none) or
-        enabled; None if not found (or not ``owner``'s). Enabling clears the failure
-        history the disable came from. Disabling or enabling announces it
+        """Change url, description, event_types, headers (the whole set; {}: none),
+        rate_limit or enabled; None if not found (or not ``owner``'s). Enabling clears the
+        failure history the disable came from. Disabling or enabling announces it
         (``endpoint.disabled`` to the partner's other subscribed endpoints,
         ``endpoint.enabled``), committed with the change."""
         by = "partner" if owner is not None else "admin"
@@ -244,7 +247,7 @@ class Endpoints:
             if row is None:
                 return None
             was_disabled = row.disabled_at is not None
-            for name in ("url", "description", "event_types"):
+            for name in ("url", "description", "event_types", "rate_limit"):
                 if name in changes:
                     setattr(
                         row, name, list(changes[name]) if name == "event_types" else changes[name]
@@ -474,6 +477,7 @@ class Endpoints:
                 "event_types": ",".join(row.event_types or []),
                 "disabled": (row.disabled_reason or "disabled") if row.disabled_at else "",
                 "headers": json.dumps(row.headers, separators=(",", ":")) if row.headers else "",
+                "rate_limit": str(row.rate_limit or ""),
             }
             if row.failing_since is not None:
                 record["failing_since"] = str(aware(row.failing_since).timestamp())

@@ -11,17 +11,25 @@ from urllib.parse import urlsplit
 
 from celery import Celery, Task, states
 from celery.exceptions import WorkerLostError
-from celery.signals import after_setup_logger, after_setup_task_logger, task_revoked, worker_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    task_prerun,
+    task_revoked,
+    worker_init,
+)
 from kombu.exceptions import EncodeError
 from kombu.utils.json import dumps as json_dumps
 
 from config import Settings
-from jobgate import lifecycle, logs
+from jobgate import lifecycle, logs, tracing
 from jobgate.db import Database
 from jobgate.endpoints import Endpoints
 from jobgate.ends import committed_end
+from jobgate.events import SUBJECTS
 from jobgate.failpoints import failpoint
 from jobgate.handoff import SEND_HEADER
+from jobgate.messages import DELIVER_TASK, FAN_OUT_TASK
 from jobgate.partners import Partners
 from jobgate.status import error_message
 from jobgate.store import Store
@@ -485,3 +493,39 @@ def _on_revoked(
         revoked_by="worker",
         revoke_reason="terminated" if terminated else "revoked",
     )
+
+
+def instrument_worker() -> bool:
+    """OpenTelemetry in this worker (``jobgate.tracing``: only with
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` set): its Celery instrumentation, and ahead of it the
+    hand-over of each task's kept trace (``_trace_context``)."""
+    if not tracing.setup("jobgate-worker"):
+        return False
+    # Connected before the instrumentation's own receiver: signals run in that order.
+    task_prerun.connect(_trace_context, weak=False, dispatch_uid="jobgate.trace_context")
+    return tracing.instrument_celery()
+
+
+def _trace_context(
+    sender: Any = None, task_id: str | None = None, args: Any = None, **_: Any
+) -> None:
+    """Before a task runs: its job's (or webhook's subject's) kept ``traceparent`` as the
+    request's, where OpenTelemetry's Celery instrumentation reads a parent. jobgate
+    publishes jobs and deliveries itself (not through ``apply_async``), so no message
+    carries it; one Redis read per task, only with OpenTelemetry on."""
+    app = getattr(sender, "app", None)
+    if not isinstance(app, JobgateCelery) or sender is None or not task_id:
+        return
+    try:
+        key = app.store.key("job", task_id)
+        if sender.name in (DELIVER_TASK, FAN_OUT_TASK) and args and len(args) >= 2:
+            subject = SUBJECTS.get(str(args[0]))
+            if subject is None:
+                return
+            key = subject.record_key(app.store, str(args[1]))
+        traceparent = app.store.redis.hget(key, "traceparent")
+    except Exception:  # noqa: BLE001 - tracing never stops a task
+        log.debug("no trace context for %s", task_id, exc_info=True)
+        return
+    if traceparent:
+        sender.request.traceparent = traceparent

@@ -10,7 +10,11 @@
   scores are written first and on their own, so a store Redis that fails cannot stop them.
 - **Alive** (same thread): ``Store.mark_worker_alive``, a short-lived key per node that
   delivery claims check, and the set ``/readyz`` counts.
-- **Due deliveries** (consumer timer, every second): ``jobgate.due.move_due``.
+- **Due deliveries** (consumer timer, every second): ``jobgate.due.move_due``; an entry
+  due before the next tick (an endpoint's next turn, ``jobgate.webhooks.throttle``) gets
+  a one-shot timer at its time (the earliest after each move, ``jobgate.due.next_due``,
+  and any this process's attempts put there, ``jobgate.due.wake``), so turns are not
+  bunched per second.
 - **Sweeper** (consumer timer, every ``JOBGATE_SWEEP_INTERVAL`` s): the worker holding a
   lease runs one ``jobgate.sweeper.sweep`` pass, in a thread so that a long pass never
   stalls the consumer's loop. A lease whose holder is no longer alive is taken over.
@@ -34,7 +38,7 @@ from redis.exceptions import WatchError
 
 from jobgate.archive import Archiver, prune
 from jobgate.connections import redis_client
-from jobgate.due import move_due
+from jobgate.due import WAKERS, move_due, next_due
 from jobgate.lifecycle import dispatch
 from jobgate.outbox import HANDOFF_GRACE, relay
 from jobgate.store import Store
@@ -209,6 +213,9 @@ def job_slots(c: Any) -> int:
     return int(getattr(c.controller, "concurrency", 0) or 0)
 
 
+SOON_STEP = 0.02  # seconds: the shortest wait of a one-shot due move
+
+
 class Upkeep(bootsteps.StartStopStep):
     """Registered on every app ``make_celery`` builds (``app.steps["consumer"]``)."""
 
@@ -220,6 +227,8 @@ class Upkeep(bootsteps.StartStopStep):
         self._refresher: Refresher | None = None
         self._archiving: ArchiveThread | None = None
         self._sweeping: threading.Thread | None = None
+        self._soon: Any = None  # the one-shot move of an entry due before the next tick
+        self._soon_at = 0.0  # its time
 
     def start(self, c: Any) -> None:
         app, settings = c.app, c.app.settings
@@ -236,6 +245,7 @@ class Upkeep(bootsteps.StartStopStep):
             self._refresher.start()
             self._archiving = ArchiveThread(app, self.node)
             self._archiving.start()
+        WAKERS[id(self)] = lambda at: self.wake(c, at)
         self._timers = [
             c.timer.call_repeatedly(1.0, self._guard, (self.move_due, c)),
             c.timer.call_repeatedly(1.0, self._guard, (self.dispatch, c)),
@@ -243,9 +253,13 @@ class Upkeep(bootsteps.StartStopStep):
         ]
 
     def stop(self, c: Any) -> None:
+        WAKERS.pop(id(self), None)
         for timer in self._timers:
             timer.cancel()
         self._timers = []
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
 
     @staticmethod
     def _guard(step: Any, c: Any) -> None:
@@ -259,6 +273,27 @@ class Upkeep(bootsteps.StartStopStep):
         moved = move_due(c.app.store, c.app.messenger)
         if moved:
             log.info("upkeep: queued %d due deliveries", moved)
+        due = next_due(c.app.store)
+        if due is not None:
+            self.wake(c, due)
+
+    def wake(self, c: Any, at: float) -> None:
+        """Move due entries at ``at`` too, when that is before the next tick (one
+        one-shot timer at a time: the earliest)."""
+        delay = at - time.time()
+        if delay >= 1.0 or not self._timers:
+            return
+        if self._soon is not None:
+            if self._soon_at <= at:
+                return
+            self._soon.cancel()
+        self._soon_at = at
+        self._soon = c.timer.call_after(max(delay, SOON_STEP), self._guard, (self.move_soon, c))
+
+    def move_soon(self, c: Any) -> None:
+        """The one-shot move ``move_due`` scheduled (it may schedule the next)."""
+        self._soon = None
+        self.move_due(c)
 
     def dispatch(self, c: Any) -> None:
         """The dispatcher's tick: delayed jobs that are due, and a turn lost by a partner

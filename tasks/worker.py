@@ -5,7 +5,7 @@ stops the start with one line naming it.
 """
 
 from config import Settings, SettingsError
-from tasks.app import make_celery
+from tasks.app import instrument_worker, make_celery
 
 try:
     settings = Settings.from_env()
@@ -13,3 +13,4 @@ except SettingsError as exc:
     raise SystemExit(f"jobgate: {exc}") from None
 
 app = make_celery(settings)
+instrument_worker()  # OpenTelemetry, only with OTEL_EXPORTER_OTLP_ENDPOINT set

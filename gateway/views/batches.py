@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from gateway import batches
 from gateway.auth import admin_required, authenticate, login_required, partner_required
@@ -26,7 +26,9 @@ POLL_AFTER = "2"  # seconds a poller should wait before its first GET
 )
 @partner_required
 def submit():
-    view = batches.submit(services(), authenticate(), json_body())
+    view = batches.submit(
+        services(), authenticate(), json_body(), request.headers.get("traceparent")
+    )
     return accepted(view, f"/v1/batches/{view['batch_id']}", POLL_AFTER)
 
 

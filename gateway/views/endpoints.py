@@ -98,6 +98,7 @@ def create():
             limit=limit,
             headers=body.get("headers") or {},
             signature_scheme=scheme,
+            rate_limit=body["rate_limit"],
         )
     except registry.TooManyEndpoints:
         raise limit_exceeded(

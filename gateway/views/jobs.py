@@ -70,7 +70,9 @@ def submit():
             "Idempotency-Key must be 1 to 255 characters.",
             {"Idempotency-Key": ["Must be 1 to 255 characters."]},
         )
-    view, created = jobs.submit(services(), authenticate(), json_body(), key)
+    view, created = jobs.submit(
+        services(), authenticate(), json_body(), key, request.headers.get("traceparent")
+    )
     return accepted(view, f"/v1/jobs/{view['job_id']}", POLL_AFTER, 202 if created else 200)
 
 

@@ -81,6 +81,8 @@ class Endpoint(Base):
     failing_since: Mapped[datetime | None] = mapped_column(Time, nullable=True)
     headers: Mapped[dict[str, str] | None] = mapped_column(JSONType, nullable=True)
     signature_scheme: Mapped[str] = mapped_column(String(16), default="hmac", server_default="hmac")
+    # Deliveries per second it takes at most (None: no limit; jobgate.webhooks.throttle).
+    rate_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class SigningSecret(Base):

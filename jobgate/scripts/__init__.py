@@ -37,9 +37,10 @@ NAMES = (
     "submit",
     "dispatch_tick",
     "stream_open",
+    "endpoint_pause",
 )
 # Files other scripts include (``--! include <name>`` on a line of its own), never run alone.
-LIBRARY = ("celery_meta", "dispatch", "inflight")
+LIBRARY = ("celery_meta", "dispatch", "inflight", "throttle")
 INCLUDE = re.compile(r"^--! include (\w+)$", re.MULTILINE)
 
 

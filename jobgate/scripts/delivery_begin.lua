@@ -18,12 +18,19 @@
 -- (KEYS[5]) until a slot frees, or until a fallback time should none be given back (a
 -- lease, ARGV[1] s, for each `limit` attempts ahead of it, and one more): its delivery
 -- stays open until then plus a lease, and no attempt is spent.
+-- Before that, an endpoint's message (owner field 'endpoint_id') waits for the
+-- endpoint's turn (throttle.lua: its rate_limit, a pause its receiver asked for): until
+-- then it is throttled: its claim is dropped, it leaves its partner's line and waits on
+-- the due set until its turn, its delivery open until then plus a lease, no attempt
+-- spent and no slot taken.
 -- KEYS: claim, body, subject record, open deliveries, due set.
 -- ARGV: lease seconds, owner key prefix, node name, worker liveness key prefix, this
 -- attempt's task id, owner field (default 'partner_id'), key prefix, default limit, now,
 -- this attempt's due entry ('' takes no slot).
--- Returns nil, 'deferred', or {record pairs, body or false, partner pairs}.
+-- Returns nil, 'deferred', {'throttled', its turn}, or {record pairs, body or false,
+-- partner pairs}.
 --! include inflight
+--! include throttle
 if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'EX', ARGV[1]) then
   local holder = redis.call('GET', KEYS[1])
   if holder == 'done' then
@@ -41,6 +48,24 @@ for i = 1, #record, 2 do
     partner = redis.call('HGETALL', ARGV[2] .. record[i + 1])
   end
   if record[i] == 'partner_id' then partner_id = record[i + 1] end
+end
+if (ARGV[10] or '') ~= '' and ARGV[6] == 'endpoint_id' then
+  local endpoint_id = throttle_field(record, 'endpoint_id') or ''
+  local rate = tonumber(throttle_field(partner, 'rate_limit') or '')
+  local now, lease = tonumber(ARGV[9]), tonumber(ARGV[1])
+  local turn = nil
+  if endpoint_id ~= '' then
+    turn = throttle_turn(ARGV[7] .. ':endpoint:' .. endpoint_id, ARGV[5], rate, now, lease)
+  end
+  if turn then
+    redis.call('DEL', KEYS[1])
+    if partner_id ~= '' then
+      redis.call('ZREM', ARGV[7] .. ':deferred:' .. partner_id, ARGV[10])
+    end
+    redis.call('ZADD', KEYS[5], turn, ARGV[10])
+    redis.call('ZADD', KEYS[4], turn + lease, ARGV[5])
+    return {'throttled', tostring(turn)}
+  end
 end
 if (ARGV[10] or '') ~= '' and partner_id ~= '' then
   local P, now, lease, entry = ARGV[7], tonumber(ARGV[9]), tonumber(ARGV[1]), ARGV[10]

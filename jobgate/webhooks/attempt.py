@@ -25,9 +25,10 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from config import Settings
-from jobgate import __version__, handoff
+from jobgate import __version__, handoff, tracing
 from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
+from jobgate.due import wake
 from jobgate.endpoints import headers_of
 from jobgate.events import (
     MESSAGE,
@@ -43,9 +44,10 @@ from jobgate.ssrf import lookups_for, parse_allowlist
 from jobgate.store import CLAIM_MARGIN, Store, secrets_of
 from jobgate.times import from_timestamp, utcnow
 from jobgate.webhooks.http import Attempt, deliver
-from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries
+from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries, Throttled
 from jobgate.webhooks.operational import Attempted
 from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
+from jobgate.webhooks.throttle import pause, pauses
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +110,10 @@ def post(
     wid: str,
     secrets: list[str],
     headers: dict[str, str] | None = None,
+    traceparent: str | None = None,
 ) -> Attempt:
     """One signed POST of ``body`` under ``settings``' timeout and SSRF rules, with an
-    endpoint's own ``headers``."""
+    endpoint's own ``headers`` and the subject's ``traceparent``."""
     return deliver(
         url,
         body.encode(),
@@ -124,6 +127,7 @@ def post(
         user_agent=USER_AGENT,
         retry_after_cap=RETRY_AFTER_CAP,
         headers=headers,
+        traceparent=traceparent,
     )
 
 
@@ -185,6 +189,7 @@ class Target:
     endpoint_id: str
     refusal: str | None  # the endpoint's: deleted or disabled
     headers: dict[str, str]  # the endpoint's own (none for a callback_url)
+    traceparent: str | None = None  # kept with the subject at submit (jobgate.tracing)
 
 
 def run_attempt(sender: Sender, call: Call) -> dict[str, Any] | None:
@@ -252,17 +257,23 @@ def _claim(
             DELIVER_TASK, task_id, queue=sender.messenger.webhooks_queue, args=args, kwargs=kwargs
         ),
     )
-    if begun == DEFERRED or begun is None:
-        why = "its partner has max_inflight_deliveries in flight" if begun else "already taken"
-        log.info(
-            "webhook %s attempt %s: %s",
-            call.subject_id,
-            call.token,
-            why,
-            extra={"job_id": call.subject_id},
-        )
-        return None
-    return begun
+    if isinstance(begun, Begun):
+        return begun
+    if isinstance(begun, Throttled):
+        wake(begun.turn)  # this worker's due move runs at the turn, not a tick later
+        why = "waits for its endpoint's turn (rate_limit, or paused)"
+    elif begun == DEFERRED:
+        why = "its partner has max_inflight_deliveries in flight"
+    else:
+        why = "already taken"
+    log.info(
+        "webhook %s attempt %s: %s",
+        call.subject_id,
+        call.token,
+        why,
+        extra={"job_id": call.subject_id},
+    )
+    return None
 
 
 def _with_owner(sender: Sender, call: Call, begun: Begun) -> Begun:
@@ -307,7 +318,10 @@ def _prepare(sender: Sender, call: Call, books: Deliveries, begun: Begun) -> Tar
     # The partner's (or endpoint's) secrets: current, previous during their grace.
     secrets = secrets_of(begun.partner, sealer=sender.store.sealer) if partner_id else []
     wid = webhook_id(call.subject_id, call.event)
-    return Target(url, wid, body, built, secrets, partner_id, endpoint_id, refusal, headers)
+    traceparent = begun.record.get("traceparent") or None
+    return Target(
+        url, wid, body, built, secrets, partner_id, endpoint_id, refusal, headers, traceparent
+    )
 
 
 def _send(sender: Sender, target: Target) -> Attempt:
@@ -316,7 +330,7 @@ def _send(sender: Sender, target: Target) -> Attempt:
         return Attempt("failed", None, target.refusal, 0, None)
     if not target.secrets:
         return Attempt("failed", None, "the partner has no webhook secret", 0, None)
-    with lookups_for(target.partner_id):
+    with lookups_for(target.partner_id), tracing.client_span("webhook POST", target.traceparent):
         return post(
             sender.settings,
             target.url,
@@ -324,6 +338,7 @@ def _send(sender: Sender, target: Target) -> Attempt:
             target.webhook_id,
             target.secrets,
             target.headers,
+            tracing.outgoing(target.traceparent),
         )
 
 
@@ -395,6 +410,9 @@ def _record(
         extra={"job_id": call.subject_id},
     )
     try:
+        if target.endpoint_id and pauses(attempt.status_code, attempt.retry_after):
+            # The receiver asked for a pause: the endpoint's other messages wait too.
+            pause(sender.store, target.endpoint_id, attempt.retry_after or 0.0)
         if woken:  # the partner's next in line, due now: queued now (else by the next pass)
             move_entries(sender.store, messenger, woken)
         endpoints = sender.endpoints

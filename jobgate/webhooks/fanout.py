@@ -101,6 +101,8 @@ def fan_out(
         msg_id: str = row["msg_id"]
         task_id, call_args, kwargs = delivery_call(MESSAGE, msg_id, event, AUTO_CHAIN, 0)
         fields = _message_record(row, occurred)
+        if raw.get("traceparent"):  # the subject's trace (jobgate.tracing) goes with it
+            fields["traceparent"] = raw["traceparent"]
         envelope = ""
         if messenger.inline and msg_id not in held:
             envelope = messenger.envelope(

@@ -218,6 +218,7 @@ def deliver(
     session: requests.Session | None = None,
     connections: Connections | None = None,
     headers: Mapping[str, str] | None = None,
+    traceparent: str | None = None,
 ) -> Attempt:
     """POST one signed webhook to the re-checked, pinned callback address; never raises.
 
@@ -229,6 +230,8 @@ def deliver(
     connection the receiver closed as the request went out is replaced and the request
     sent once more, under the same ``webhook-id``. ``headers`` are the endpoint's own,
     sent too; the Standard Webhooks headers, ``Content-Type`` and ``User-Agent`` win.
+    ``traceparent`` (W3C Trace Context, ``jobgate.tracing``) is sent as that header when
+    given.
     """
     connections = connections if connections is not None else CONNECTIONS
     start = time.monotonic()
@@ -250,6 +253,8 @@ def deliver(
     try:
         sent: CaseInsensitiveDict[str] = CaseInsensitiveDict(headers or {})
         sent.update(webhook_headers(secrets, webhook_id, body, user_agent=user_agent))
+        if traceparent:
+            sent["traceparent"] = traceparent
         prepared = requests.Request("POST", target.url, data=body, headers=sent).prepare()
         if prepared.url is None:  # prepare() always sets it; this narrows its type to str
             raise ValueError("the prepared request has no URL")

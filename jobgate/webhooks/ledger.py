@@ -48,6 +48,14 @@ class Begun:
         return decode_job(self.record)
 
 
+@dataclass(frozen=True)
+class Throttled:
+    """What ``Deliveries.begin`` answers for an endpoint's attempt not yet due: it waits
+    on the due set until ``turn`` (Unix seconds), its endpoint's next turn for it."""
+
+    turn: float
+
+
 def _pairs(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -105,7 +113,7 @@ class Deliveries:
         task_id: str = "",
         owner: tuple[str, str] = ("partner_id", "partner"),
         due_entry: str = "",
-    ) -> Begun | Literal["deferred"] | None:
+    ) -> Begun | Literal["deferred"] | Throttled | None:
         """Claim attempt ``token`` for worker ``node`` and read what the attempt needs.
 
         None if the attempt ran, or runs on a node still alive; a claim whose node died
@@ -116,6 +124,9 @@ class Deliveries:
         also takes a slot among its partner's deliveries in flight, or, with none free for
         it, is deferred (``DEFERRED``): its claim dropped, ``due_entry`` waiting in the
         partner's line and on the due set, its delivery still open, no attempt spent.
+        An endpoint's message (``owner`` ``endpoint_id``) first waits for the endpoint's
+        turn (``jobgate.webhooks.throttle``): ``Throttled`` when it is later, the attempt
+        waiting on the due set until then, unspent, holding no slot.
         """
         found = self.scripts["delivery_begin"](
             keys=[
@@ -142,6 +153,8 @@ class Deliveries:
             return None
         if found == DEFERRED:
             return DEFERRED
+        if found[0] == "throttled":
+            return Throttled(float(found[1]))
         record, body, partner = found
         return Begun(_pairs(record), body, _pairs(partner))
 
