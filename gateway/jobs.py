@@ -420,8 +420,13 @@ def listing(
     task: str | None,
     limit: int,
     cursor: str | None,
+    include: str | None = None,
 ) -> dict[str, Any]:
     """The caller's jobs, newest first, filtered; ``next_cursor`` continues the list.
+
+    Entries carry no ``result`` unless ``include="result"``: a result may be up to
+    ``JOBGATE_MAX_RESULT_BYTES``, and a page of twenty is read far more often than any
+    one result is wanted.
 
     Pages come from the database (every job is archived when created and when it ends,
     so a new job shows here within the archive lag). A job not ended when last archived
@@ -444,6 +449,8 @@ def listing(
                 scanned += 1
                 after = history.encode_cursor(row)
                 view = job_view(current.get(row["job_id"]) or row)
+                if include != "result":
+                    del view["result"]
                 if not status or view["status"] == status:
                     jobs.append(view)
                     if len(jobs) == limit:

@@ -195,11 +195,17 @@ class RevokeSchema(Schema):
     terminate = fields.Boolean(load_default=True)
 
 
+LIST_INCLUDES = ("result",)
+
+
 class ListJobsArgs(Schema):
     status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
     task = fields.String(load_default=None, validate=validate.Length(max=200))
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+    # What list entries carry beyond the job itself: "result" adds each job's result
+    # (left out by default: one large result made every page that listed it large).
+    include = fields.String(load_default=None, validate=validate.OneOf(LIST_INCLUDES))
 
     @validates("cursor")
     def _cursor(self, value: str | None, **_: Any) -> None:
@@ -257,7 +263,13 @@ class JobSchema(Schema):
     task = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     progress = fields.Nested(ProgressSchema, allow_none=True)
-    result = fields.Raw(allow_none=True)
+    result = fields.Raw(
+        allow_none=True,
+        metadata={
+            "description": "The task's result (SUCCESS), else null. Left out of list "
+            "entries (GET /v1/jobs) unless ?include=result."
+        },
+    )
     error = fields.String(allow_none=True)
     metadata = fields.Dict()
     callback_url = fields.String(allow_none=True)
@@ -272,7 +284,14 @@ class JobSchema(Schema):
 
 
 class JobListSchema(Schema):
-    jobs = fields.List(fields.Nested(JobSchema), required=True)
+    jobs = fields.List(
+        fields.Nested(JobSchema),
+        required=True,
+        metadata={
+            "description": "Jobs without their `result` (read one job for it, or list with "
+            "?include=result)."
+        },
+    )
     next_cursor = fields.String(allow_none=True, required=True)
 
 

@@ -45,6 +45,12 @@ LIST_PARAMS = [
     {"name": "task", "in": "query", "schema": {"type": "string", "maxLength": 200}},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+    {
+        "name": "include",
+        "in": "query",
+        "description": "`result`: each entry carries its job's result (left out by default).",
+        "schema": {"type": "string", "enum": ["result"]},
+    },
 ]
 
 
