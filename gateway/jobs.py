@@ -29,6 +29,7 @@ from jobgate.ssrf import CallbackRefused, check_callback_url, lookups_for
 from jobgate.status import DEFAULT_PRIORITY, TERMINAL, job_view
 from jobgate.store import QueueFull, as_stored, digest, key_hash, new_id
 from jobgate.times import format_time, utcnow
+from jobgate.webhooks.fanout import message_summaries
 from tasks.registry import JobType, job_types
 
 log = logging.getLogger("jobgate.jobs")
@@ -295,6 +296,35 @@ def show(svc: Services, principal: Principal, job_id: str) -> tuple[dict[str, An
     so a view that read it could announce an end the record does not hold)."""
     record = find(svc, principal, job_id)
     return record, job_view(record)
+
+
+def endpoint_webhook(svc: Services, record: dict[str, Any], view: dict[str, Any]) -> dict[str, Any]:
+    """``view`` with its ``webhook`` read from the job's endpoint messages when it has no
+    ``callback_url`` but its end went to registered endpoints: the state of them all
+    (``failed`` if any failed, else ``retrying``, ``pending``, or ``delivered`` once every
+    one is), their attempts, and each message (``endpoint_messages``). A job that is not
+    finished has no event yet: its view is left as it is, without a read."""
+    if record.get("callback_url") or view.get("status") not in TERMINAL:
+        return view
+    job_id = view["job_id"]
+    messages = message_summaries(svc.store, job_id) or history.messages(svc.db, job_id)
+    if not messages:
+        return view
+    return {**view, "webhook": messages_summary(messages)}
+
+
+def messages_summary(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``webhook`` field of a job whose events went to endpoint messages."""
+    states = {m["state"] for m in messages}
+    state = next(
+        (s for s in ("failed", "retrying") if s in states),
+        "delivered" if states == {"delivered"} else "pending",
+    )
+    return {
+        "state": state,
+        "attempts": sum(m["attempts"] for m in messages),
+        "endpoint_messages": messages,
+    }
 
 
 STREAMS_FULL_RETRY_AFTER = 5  # seconds; a partner's streams end as its jobs do

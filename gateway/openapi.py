@@ -73,6 +73,7 @@ WRITE = (400, *AUTH, 413, 422)
 # is not listed here), and registering that name again fails.
 COMPONENTS = (
     "Error",
+    "EndpointMessage",  # nested in Job's webhook
     "Job",
     "JobList",
     "JobSubmit",
@@ -98,7 +99,6 @@ COMPONENTS = (
     "Delivery",
     "EndpointAttempt",
     "EndpointAttempts",
-    "EndpointMessage",
     "Deliveries",
     "Redelivery",
     "BatchMember",

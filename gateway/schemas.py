@@ -244,11 +244,26 @@ class ProgressSchema(Schema):
     message = fields.String()
 
 
+class EndpointMessageSchema(Schema):
+    webhook_id = fields.String(required=True)
+    endpoint_id = fields.String(required=True, allow_none=True)
+    event = fields.String(required=True, allow_none=True)
+    state = fields.String(required=True)
+    attempts = fields.Integer(required=True)
+
+
 class WebhookSummarySchema(Schema):
     state = fields.String(
         validate=validate.OneOf(["none", "pending", "delivered", "retrying", "failed"])
     )
     attempts = fields.Integer()
+    endpoint_messages = fields.List(
+        fields.Nested(EndpointMessageSchema),
+        metadata={
+            "description": "A job without a callback_url whose end went to registered "
+            "endpoints: each message (state and attempts above are of them all)."
+        },
+    )
 
 
 class RevocationSchema(Schema):
@@ -434,14 +449,6 @@ class EndpointAttemptsSchema(Schema):
 class RecoveredSchema(Schema):
     recovered = fields.Integer(required=True)
     webhook_ids = fields.List(fields.String(), required=True)
-
-
-class EndpointMessageSchema(Schema):
-    webhook_id = fields.String(required=True)
-    endpoint_id = fields.String(required=True, allow_none=True)
-    event = fields.String(required=True, allow_none=True)
-    state = fields.String(required=True)
-    attempts = fields.Integer(required=True)
 
 
 class DeliveriesSchema(Schema):

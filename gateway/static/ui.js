@@ -258,8 +258,10 @@ function jobPage(jobId) {
     $("job-started").textContent = when(view.started_at);
     $("job-finished").textContent = when(view.finished_at);
     const hook = view.webhook || { state: "none", attempts: 0 };
+    const sent = hook.endpoint_messages ? hook.endpoint_messages.length : 0;
     $("job-webhook").textContent = hook.state === "none" ? "no callback" :
-      `${hook.state} (${hook.attempts} attempt${hook.attempts === 1 ? "" : "s"})`;
+      `${hook.state} (${hook.attempts} attempt${hook.attempts === 1 ? "" : "s"})` +
+      (sent ? ` to ${sent} endpoint${sent === 1 ? "" : "s"}` : "");
     $("job-metadata").textContent = JSON.stringify(view.metadata || {}, null, 2);
     show($("revoke-box"), isAdmin() && !TERMINAL.has(view.status));
   }

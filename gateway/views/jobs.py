@@ -97,11 +97,12 @@ def show(job_id: str):
         # A held read counts against the caller's max_open_streams while it waits.
         holder = jobs.open_stream(svc, authenticate(), presented_key())
         try:
-            return jsonify(jobs.wait(svc, record, min(wait, svc.settings.max_wait), holder))
+            ended = jobs.wait(svc, record, min(wait, svc.settings.max_wait), holder)
         finally:
             if holder is not None:
                 holder.close()
-    return jsonify(view)
+        return jsonify(jobs.endpoint_webhook(svc, record, ended))
+    return jsonify(jobs.endpoint_webhook(svc, record, view))
 
 
 @bp.get("")

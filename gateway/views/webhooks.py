@@ -72,7 +72,10 @@ def deliveries(job_id: str):
             "deliveries": books.attempts(job_id),
         }
     if not record.get("callback_url"):
-        answer["endpoint_messages"] = message_summaries(svc.store, job_id)
+        messages = message_summaries(svc.store, job_id) or history.messages(svc.db, job_id)
+        answer["endpoint_messages"] = messages
+        if messages:
+            answer["webhook"] = jobs.messages_summary(messages)
     return jsonify(answer)
 
 
