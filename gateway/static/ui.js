@@ -437,6 +437,9 @@ function endpointsPage() {
   }
 
   async function load() {
+    // POST /v1/endpoints takes a partner's key only: an admin is not offered the form.
+    show($("add-form"), !isAdmin());
+    show($("add-admin-note"), isAdmin());
     try {
       const page = await api("/v1/endpoints");
       $("endpoints-body").replaceChildren(...page.endpoints.map(row));
