@@ -76,9 +76,8 @@ def require_database_file(settings: Settings) -> None:
     path = Path(url.database)
     if not path.exists():
         raise click.ClickException(
-            f"there is no database at {path.resolve()}: run this where `jobgate dev` runs "
-            "(it uses .jobgate-dev/jobgate.sqlite3), or set JOBGATE_DATABASE_URL and run "
-            "`jobgate db upgrade`"
+            f"there is no database at {path.resolve()}: run `jobgate db upgrade` to create "
+            "it, or run this where `jobgate dev` runs (it uses .jobgate-dev/jobgate.sqlite3)"
         )
 
 
