@@ -306,11 +306,20 @@ def endpoint_webhook(svc: Services, record: dict[str, Any], view: dict[str, Any]
     finished has no event yet: its view is left as it is, without a read."""
     if record.get("callback_url") or view.get("status") not in TERMINAL:
         return view
-    job_id = view["job_id"]
-    messages = message_summaries(svc.store, job_id) or history.messages(svc.db, job_id)
+    messages = endpoint_messages(svc, view["job_id"])
     if not messages:
         return view
     return {**view, "webhook": messages_summary(messages)}
+
+
+def endpoint_messages(svc: Services, job_id: str) -> list[dict[str, Any]]:
+    """The job's endpoint messages from Redis (kept there for days, longer than the job's
+    record); from the database only once Redis has forgotten the job itself, so reading a
+    recent job of a partner without endpoints costs no query."""
+    found = message_summaries(svc.store, job_id)
+    if found or svc.store.redis.exists(svc.store.key("job", job_id)):
+        return found
+    return history.messages(svc.db, job_id)
 
 
 def messages_summary(messages: list[dict[str, Any]]) -> dict[str, Any]:

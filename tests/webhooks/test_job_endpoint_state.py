@@ -81,7 +81,7 @@ def test_a_job_delivered_to_its_endpoints_shows_their_messages(world) -> None:
         ).get_json()
         assert deliveries["webhook"] == hook
 
-        # Once Redis forgot the messages, the database's rows say the same.
+        # Once Redis forgot the job and its messages, the database's rows say the same.
         store = world.svc.store
         wait_until(
             lambda: (
@@ -91,8 +91,18 @@ def test_a_job_delivered_to_its_endpoints_shows_their_messages(world) -> None:
             20,
             message="the messages and their attempts archived",
         )
-        store.redis.delete(store.key("msgs", job_id))
+        wait_until(
+            lambda: (history.job(world.svc.db, job_id) or {}).get("status") == "SUCCESS",
+            20,
+            message="the job's end archived",
+        )
+        store.redis.delete(store.key("msgs", job_id), store.key("job", job_id))
+        assert store.job(job_id) is None
         assert webhook_of(world, partner, job_id) == hook
+        deliveries = world.client.get(
+            f"/v1/jobs/{job_id}/deliveries", headers=partner["headers"]
+        ).get_json()
+        assert deliveries["webhook"] == hook
     finally:
         good.stop()
         broken.stop()
