@@ -667,7 +667,8 @@ def dev(port: int, concurrency: int) -> None:
             partner = dev_partner(state.get("partner"))
         write_dev_state(
             {
-                "admin_key": admin_key,
+                # Only a key jobgate dev made: one from JOBGATE_ADMIN_KEYS stays in the env.
+                "admin_key": admin_key if not Settings.from_env(os.environ).admin_keys else "",
                 "partner": partner,
                 "redis_url": settings.redis_url,
                 "database_url": database_url,
