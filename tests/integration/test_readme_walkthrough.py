@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -37,7 +38,13 @@ import requests
 from tests.helpers import ROOT, free_port
 from tests.integration.devstack import Dev, newcomer_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not (shutil.which("curl") and shutil.which("bash")),
+        reason="the README's walkthrough is bash and curl",
+    ),
+]
 
 SECTIONS = ("## A 5-minute walkthrough", "## Webhooks in 2 minutes")
 PLACEHOLDER = re.compile(r"^(?P<name>[A-Z_]+)=(?P<value>\S*(\.\.\.|…)\S*)\s*(#.*)?$")
