@@ -61,7 +61,10 @@ def cli_settings(environ: Mapping[str, str] | None = None) -> Settings:
             environ["JOBGATE_DATABASE_URL"] = url
             if state.get("redis_url") and not environ.get("REDIS_URL"):
                 environ["REDIS_URL"] = state["redis_url"]
-            click.echo(f"jobgate: using the database of `jobgate dev` here: {url}", err=True)
+            from sqlalchemy.engine import make_url
+
+            shown = make_url(url).render_as_string(hide_password=True)
+            click.echo(f"jobgate: using the database of `jobgate dev` here: {shown}", err=True)
     return Settings.from_env(environ)
 
 
