@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port, wait_until
 from tests.integration.devstack import Dev, newcomer_env
 
 pytestmark = [
@@ -214,12 +214,17 @@ def test_the_readme_walkthrough_works_word_for_word(dev: Dev, tmp_path: Path):
                     f"the receiver did not verify the delivery:\n{shell.printed()}"
                 )
                 key = shell.type('echo "$KEY"').strip()
-                view = requests.get(
-                    f"{dev.url}/v1/jobs/{job['job_id']}",
-                    headers={"Authorization": f"Bearer {key}"},
-                    timeout=5,
-                ).json()
-                assert view["status"] == "SUCCESS" and view["webhook"]["state"] == "delivered"
+
+                def recorded(job_id: str = job["job_id"], key: str = key) -> bool:
+                    # The attempt is recorded once the receiver has answered.
+                    view = requests.get(
+                        f"{dev.url}/v1/jobs/{job_id}",
+                        headers={"Authorization": f"Bearer {key}"},
+                        timeout=5,
+                    ).json()
+                    return view["status"] == "SUCCESS" and view["webhook"]["state"] == "delivered"
+
+                wait_until(recorded, 15, message="the delivery recorded as delivered")
 
         # What the walkthrough said would happen, did.
         statuses = {a.get("status") for a in answers}
