@@ -1,13 +1,18 @@
 """A tiny webhook receiver that verifies jobgate's signatures (Standard Webhooks).
 
 pip install standardwebhooks cryptography
-python examples/receiver.py whsec_...        # an hmac endpoint's secret (v1 signatures)
-python examples/receiver.py whpk_...         # an ed25519 endpoint's public key (v1a)
-                                             # listens on 127.0.0.1:9000
+python examples/receiver.py whsec_...   # a partner's or hmac endpoint's secret (v1 signatures)
+python examples/receiver.py whpk_...    # an ed25519 endpoint's public key (v1a)
+                                        # listens on 127.0.0.1:9000 (RECEIVER_PORT=9001: 9001)
+
+The secret is the ``webhook_secret`` of the partner whose jobs it receives (each partner
+has its own), or of the endpoint registered for it. A delivery that verifies is printed
+and answered 204; one that does not is answered 400 (jobgate retries it) and a line says so.
 """
 
 import base64
 import json
+import os
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -52,7 +57,13 @@ class Hook(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         try:
             event = verify(sys.argv[1], body, dict(self.headers))
-        except WebhookVerificationError:
+        except WebhookVerificationError as exc:
+            print(
+                f"rejected {self.headers['webhook-id']}: {exc} (is {sys.argv[1][:12]}… the "
+                "webhook_secret of the partner that submitted the job?)",
+                file=sys.stderr,
+                flush=True,
+            )
             self.send_response(400)
             self.end_headers()
             return
@@ -60,6 +71,11 @@ class Hook(BaseHTTPRequestHandler):
         self.send_response(204)
         self.end_headers()
 
+    def log_message(self, format, *args):  # noqa: A002 - http.server's signature
+        pass  # one line per delivery, printed above
+
 
 if __name__ == "__main__":
-    HTTPServer(("127.0.0.1", 9000), Hook).serve_forever()
+    if len(sys.argv) != 2 or not sys.argv[1].startswith(("whsec_", "whpk_")):
+        sys.exit("usage: python examples/receiver.py whsec_...|whpk_...  (the secret or key)")
+    HTTPServer(("127.0.0.1", int(os.environ.get("RECEIVER_PORT", "9000"))), Hook).serve_forever()

@@ -21,24 +21,91 @@ from gateway.launch import Child, LaunchError, http_status, stop_all, supervise
 from jobgate.connections import answers
 
 DEV_DIR = Path(".jobgate-dev")
+# What `jobgate dev` keeps between runs (its keys and dev partner) and tells the other
+# commands run in the same directory (its Redis and database); readable by its owner only.
+DEV_STATE = DEV_DIR / "dev.json"
+# Its JOBGATE_SECRET_KEY (jobgate.sealing), made once: what it sealed still opens later.
+DEV_SECRET_KEY = DEV_DIR / "secret-key"
+
+
+def read_dev_state(directory: Path = DEV_DIR) -> dict[str, Any]:
+    """What the last ``jobgate dev`` in this directory recorded ({} if none or unreadable)."""
+    try:
+        state = json.loads((directory / DEV_STATE.name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def write_dev_state(state: Mapping[str, Any], directory: Path = DEV_DIR) -> None:
+    path = directory / DEV_STATE.name
+    scratch = path.with_suffix(".tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(state, out, indent=2)
+    os.replace(scratch, path)
+
+
+def cli_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of a command run beside ``jobgate dev`` (partner, revoke).
+
+    Without JOBGATE_DATABASE_URL, in a directory where ``jobgate dev`` ran, the command
+    uses that database (and its Redis, unless REDIS_URL is set) and says so on stderr:
+    ``jobgate partner create`` from a second terminal must find the partners that
+    ``jobgate dev`` serves, not open ./jobgate.sqlite3."""
+    environ = dict(os.environ if environ is None else environ)
+    if not environ.get("JOBGATE_DATABASE_URL"):
+        state = read_dev_state()
+        url = state.get("database_url")
+        if not url and (DEV_DIR / "jobgate.sqlite3").exists():
+            url = f"sqlite:///{(DEV_DIR / 'jobgate.sqlite3').resolve()}"
+        if url:
+            environ["JOBGATE_DATABASE_URL"] = url
+            if state.get("redis_url") and not environ.get("REDIS_URL"):
+                environ["REDIS_URL"] = state["redis_url"]
+            if not environ.get("JOBGATE_SECRET_KEY") and DEV_SECRET_KEY.exists():
+                environ["JOBGATE_SECRET_KEY"] = DEV_SECRET_KEY.read_text().strip()
+            from sqlalchemy.engine import make_url
+
+            shown = make_url(url).render_as_string(hide_password=True)
+            click.echo(f"jobgate: using the database of `jobgate dev` here: {shown}", err=True)
+    return Settings.from_env(environ)
+
+
+def require_database_file(settings: Settings) -> None:
+    """A SQLite database that does not exist stops the command with one line, before
+    anything opens it (SQLite would create an empty file, left behind not migrated)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database)
+    if not path.exists():
+        raise click.ClickException(
+            f"there is no database at {path.resolve()}: run `jobgate db upgrade` to create "
+            "it, or run this where `jobgate dev` runs (it uses .jobgate-dev/jobgate.sqlite3)"
+        )
 
 
 def _app(settings: Settings | None = None):
-    """The gateway app for a command that needs its services; a database that is not
-    migrated, or a secret key missing or wrong, stops the command with one line, as it
-    stops the gateway."""
+    """The gateway app for a command that needs its services; a database that is missing
+    or not migrated, or a secret key missing or wrong, stops the command with one line, as
+    it stops the gateway."""
     from gateway import create_app
 
-    settings = settings or Settings.from_env()
+    settings = settings or cli_settings()
     _check_ready(settings)
     return create_app(settings)
 
 
 def _check_ready(settings: Settings) -> None:
-    """``Database.check_ready`` for a command: its one line, exit 1."""
+    """``Database.check_ready`` for a command (after ``require_database_file``): its one
+    line, exit 1."""
     from jobgate.db import Database, DatabaseNotReady
     from jobgate.sealing import SecretKeyError
 
+    require_database_file(settings)
     try:
         Database.from_settings(settings).check_ready(settings.secret_key)
     except (DatabaseNotReady, SecretKeyError) as exc:
@@ -549,7 +616,7 @@ def dev_secret_key() -> str:
     so the secrets it sealed still open after a restart."""
     from jobgate.sealing import generate_key
 
-    path = DEV_DIR / "secret-key"
+    path = DEV_SECRET_KEY
     if not path.exists():
         DEV_DIR.mkdir(exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -558,13 +625,23 @@ def dev_secret_key() -> str:
     return path.read_text().strip()
 
 
-def dev_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
+def dev_environment(
+    environ: Mapping[str, str], state: Mapping[str, Any] | None = None
+) -> tuple[dict[str, str], str]:
     """The environment ``jobgate dev`` gives its gateway and worker, and its admin key:
-    ``environ`` plus loopback ``http://`` callbacks, the SQLite file in DEV_DIR, a new
-    admin key if none is set, the secret key kept in DEV_DIR if none is set, and the
+    ``environ`` plus loopback ``http://`` callbacks, the SQLite file in DEV_DIR, the admin
+    key of the last run (``state``, from DEV_STATE) or a new one if none is set, the
+    secret key kept in DEV_DIR if none is set, and the
     ``demo.*`` tasks on (unless JOBGATE_DEMO_TASKS=0)."""
     base = Settings.from_env(environ)
-    admin_key = base.admin_keys[0] if base.admin_keys else "dev-admin-" + secrets.token_hex(8)
+    kept = (state or {}).get("admin_key")
+    admin_key = (
+        base.admin_keys[0]
+        if base.admin_keys
+        else kept
+        if isinstance(kept, str) and kept.startswith("dev-admin-")
+        else "dev-admin-" + secrets.token_hex(8)
+    )
     database_url = environ.get("JOBGATE_DATABASE_URL") or (
         f"sqlite:///{(DEV_DIR / 'jobgate.sqlite3').resolve()}"
     )
@@ -583,17 +660,80 @@ def dev_environment(environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
     return env, admin_key
 
 
+DEV_PARTNER = "dev"
+
+
+def dev_partner(kept: Mapping[str, Any] | None) -> dict[str, str]:
+    """The one dev partner, its API key and webhook secret (in an app context): the one
+    the last run recorded while its key still works; else the oldest partner named
+    "dev", with a new key (keys are stored hashed); else a new one."""
+    from gateway.extensions import services
+    from gateway.views.partners import create_partner
+
+    partners = services().partners
+    if kept and kept.get("api_key"):
+        found = partners.by_key(str(kept["api_key"]), cached=False)
+        if found is not None and found.get("id") == kept.get("id"):
+            return {
+                "id": found["id"],
+                "api_key": str(kept["api_key"]),
+                "webhook_secret": found["webhook_secret"],
+            }
+    named = [p for p in partners.all() if p["name"] == DEV_PARTNER]
+    for candidate in named:
+        record = partners.get(candidate["id"])
+        if record is None or record.get("disabled"):
+            continue
+        api_key = partners.rotate_key(candidate["id"], 0)
+        if api_key is not None:
+            return {
+                "id": candidate["id"],
+                "api_key": api_key,
+                "webhook_secret": record["webhook_secret"],
+            }
+    created = create_partner(DEV_PARTNER)
+    return {key: created[key] for key in ("id", "api_key", "webhook_secret")}
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something listens on ``host:port`` (a bind without SO_REUSEPORT fails even
+    where the listener shares its port: gunicorn's does)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+STOP_TIMEOUT = 15  # seconds jobgate dev gives its children to stop warm
+
+
 @main.command()
 @click.option("--port", default=8000, show_default=True, help="Gateway port on 127.0.0.1.")
 @click.option(
     "--concurrency", default=2, show_default=True, help="Job pool processes of the worker."
 )
 def dev(port: int, concurrency: int) -> None:
-    """Gateway + worker (+ embedded Redis when none answers at REDIS_URL), for trying it out."""
+    """Gateway + worker (+ embedded Redis when none answers at REDIS_URL), for trying it out.
+
+    Its admin key and dev partner are kept in .jobgate-dev/dev.json across restarts; the
+    other commands run in this directory use its database."""
+    if port_in_use(port):
+        raise click.ClickException(
+            f"port {port} on 127.0.0.1 is in use (another `jobgate dev`?): stop that, "
+            "or choose another with --port"
+        )
     redis_server: Child | None = None
     children: list[Child] = []
-    env, admin_key = dev_environment(os.environ)
     DEV_DIR.mkdir(exist_ok=True)
+    state = read_dev_state()
+    env, admin_key = dev_environment(os.environ, state)
     settings = Settings.from_env(env)
     database_url = settings.database_url
     # SIGINT too, explicitly: a process started as a background job of a script inherits
@@ -609,9 +749,17 @@ def dev(port: int, concurrency: int) -> None:
             redis_server = start_embedded_redis(settings.redis_url)
         upgrade_database(settings)  # the SQLite file beside the embedded Redis: nothing to install
         with _app(settings).app_context():
-            from gateway.views.partners import create_partner
-
-            dev_partner = create_partner("dev")
+            partner = dev_partner(state.get("partner"))
+        write_dev_state(
+            {
+                # Only a key jobgate dev made: one from JOBGATE_ADMIN_KEYS stays in the env.
+                "admin_key": admin_key if not Settings.from_env(os.environ).admin_keys else "",
+                "partner": partner,
+                "redis_url": settings.redis_url,
+                "database_url": database_url,
+                "url": f"http://127.0.0.1:{port}",
+            }
+        )
         # Output to this terminal; `jobgate worker` runs and supervises both pools.
         children.append(
             Child.start(
@@ -652,26 +800,43 @@ def dev(port: int, concurrency: int) -> None:
         except LaunchError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"""
-jobgate is running at {url}
+jobgate is running: the status page is {url}/ui/ and the API {url}/v1/
   admin key:       {admin_key}
-  partner key:     {dev_partner["api_key"]}   (partner {dev_partner["id"]})
-  webhook secret:  {dev_partner["webhook_secret"]}
-  status page:     {url}/ui/
+  partner key:     {partner["api_key"]}   (partner {partner["id"]}, "{DEV_PARTNER}")
+  webhook secret:  {partner["webhook_secret"]}
   database:        {database_url}
+  (keys and the dev partner are kept in {DEV_STATE} for the next run)
 Try:
-  curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {dev_partner["api_key"]}' \\
+  curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {partner["api_key"]}' \\
        -H 'Content-Type: application/json' -d '{{"task": "demo.sleep", "params": {{"seconds": 5}}}}'
 Ctrl-C stops everything.""")
         while all(c.running() for c in everything):
             time.sleep(0.5)
         click.echo("a jobgate process exited; stopping the others", err=True)
     except KeyboardInterrupt:
-        click.echo("\nstopping…")
+        click.echo("")
     finally:
-        # Gateway and worker first (the worker acks its last tasks), then Redis.
-        stop_all(reversed(children), timeout=15)
-        if redis_server is not None:
-            redis_server.stop(timeout=15)
+        _stop_dev(children, redis_server)
+
+
+def _stop_dev(children: list[Child], redis_server: Child | None) -> None:
+    """Gateway and worker first (the worker finishes and acks its running jobs), then
+    Redis; each wait says what it waits for, and a second Ctrl-C stops them at once."""
+    try:
+        if any(c.running() for c in children):
+            click.echo(
+                "stopping: the gateway, and the worker once its running jobs finish "
+                f"(at most {STOP_TIMEOUT} s; Ctrl-C again stops them now)…",
+                err=True,
+            )
+            stop_all(reversed(children), timeout=STOP_TIMEOUT)
+        if redis_server is not None and redis_server.running():
+            click.echo("stopping the embedded Redis (it writes its append-only file)…", err=True)
+            redis_server.stop(timeout=STOP_TIMEOUT)
+    except KeyboardInterrupt:
+        click.echo("stopping now", err=True)
+        for child in [*children, *([redis_server] if redis_server else [])]:
+            child.kill()
 
 
 if __name__ == "__main__":  # pragma: no cover

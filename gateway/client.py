@@ -212,20 +212,39 @@ class Client:
         task: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        include_result: bool = False,
     ) -> dict[str, Any]:
-        """One page of jobs, newest first: ``{"jobs": [...], "next_cursor": ...}``."""
-        params = {"status": status, "task": task, "limit": limit, "cursor": cursor}
+        """One page of jobs, newest first: ``{"jobs": [...], "next_cursor": ...}``; each
+        job without its ``result`` unless ``include_result``."""
+        params = {
+            "status": status,
+            "task": task,
+            "limit": limit,
+            "cursor": cursor,
+            "include": "result" if include_result else None,
+        }
         return self._request(
             "GET", "/v1/jobs", params={k: v for k, v in params.items() if v is not None}
         )
 
     def iter_jobs(
-        self, *, status: str | None = None, task: str | None = None, page_size: int = 100
+        self,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        page_size: int = 100,
+        include_result: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Every job, newest first, following ``next_cursor`` page after page."""
         cursor = None
         while True:
-            page = self.list(status=status, task=task, limit=page_size, cursor=cursor)
+            page = self.list(
+                status=status,
+                task=task,
+                limit=page_size,
+                cursor=cursor,
+                include_result=include_result,
+            )
             yield from page["jobs"]
             cursor = page.get("next_cursor")
             if not cursor:

@@ -29,6 +29,7 @@ from jobgate.ssrf import CallbackRefused, check_callback_url, lookups_for
 from jobgate.status import DEFAULT_PRIORITY, TERMINAL, job_view
 from jobgate.store import QueueFull, as_stored, digest, key_hash, new_id
 from jobgate.times import format_time, utcnow
+from jobgate.webhooks.fanout import message_summaries
 from tasks.registry import JobType, job_types
 
 log = logging.getLogger("jobgate.jobs")
@@ -308,6 +309,44 @@ def show(svc: Services, principal: Principal, job_id: str) -> tuple[dict[str, An
     return record, job_view(record)
 
 
+def endpoint_webhook(svc: Services, record: dict[str, Any], view: dict[str, Any]) -> dict[str, Any]:
+    """``view`` with its ``webhook`` read from the job's endpoint messages when it has no
+    ``callback_url`` but its end went to registered endpoints: the state of them all
+    (``failed`` if any failed, else ``retrying``, ``pending``, or ``delivered`` once every
+    one is), their attempts, and each message (``endpoint_messages``). A job that is not
+    finished has no event yet: its view is left as it is, without a read."""
+    if record.get("callback_url") or view.get("status") not in TERMINAL:
+        return view
+    messages = endpoint_messages(svc, view["job_id"])
+    if not messages:
+        return view
+    return {**view, "webhook": messages_summary(messages)}
+
+
+def endpoint_messages(svc: Services, job_id: str) -> list[dict[str, Any]]:
+    """The job's endpoint messages from Redis (kept there for days, longer than the job's
+    record); from the database only once Redis has forgotten the job itself, so reading a
+    recent job of a partner without endpoints costs no query."""
+    found = message_summaries(svc.store, job_id)
+    if found or svc.store.redis.exists(svc.store.key("job", job_id)):
+        return found
+    return history.messages(svc.db, job_id)
+
+
+def messages_summary(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``webhook`` field of a job whose events went to endpoint messages."""
+    states = {m["state"] for m in messages}
+    state = next(
+        (s for s in ("failed", "retrying") if s in states),
+        "delivered" if states == {"delivered"} else "pending",
+    )
+    return {
+        "state": state,
+        "attempts": sum(m["attempts"] for m in messages),
+        "endpoint_messages": messages,
+    }
+
+
 STREAMS_FULL_RETRY_AFTER = 5  # seconds; a partner's streams end as its jobs do
 
 
@@ -431,8 +470,13 @@ def listing(
     task: str | None,
     limit: int,
     cursor: str | None,
+    include: str | None = None,
 ) -> dict[str, Any]:
     """The caller's jobs, newest first, filtered; ``next_cursor`` continues the list.
+
+    Entries carry no ``result`` unless ``include="result"``: a result may be up to
+    ``JOBGATE_MAX_RESULT_BYTES``, and a page of twenty is read far more often than any
+    one result is wanted.
 
     Pages come from the database (every job is archived when created and when it ends,
     so a new job shows here within the archive lag). A job not ended when last archived
@@ -455,6 +499,8 @@ def listing(
                 scanned += 1
                 after = history.encode_cursor(row)
                 view = job_view(current.get(row["job_id"]) or row)
+                if include != "result":
+                    del view["result"]
                 if not status or view["status"] == status:
                     jobs.append(view)
                     if len(jobs) == limit:

@@ -38,6 +38,7 @@ NOT_IN_DOCUMENT = {
     "openapi.openapi_json": "the OpenAPI document itself",
     # The status page: HTML shells for browsers, no API contract (docs/ui.md).
     "ui.jobs_page": "status page HTML (docs/ui.md)",
+    "root": "a redirect to the status page for browsers (docs/ui.md); a 404 for the rest",
     "ui.job_page": "status page HTML (docs/ui.md)",
     "ui.endpoints_page": "status page HTML (docs/ui.md)",
     # Static files: the status page's scripts and styles, served by Flask itself.
@@ -77,6 +78,7 @@ WRITE = (400, *AUTH, 413, 422)
 # is not listed here), and registering that name again fails.
 COMPONENTS = (
     "Error",
+    "EndpointMessage",  # nested in Job's webhook
     "Job",
     "JobList",
     "JobSubmit",
@@ -103,7 +105,6 @@ COMPONENTS = (
     "Delivery",
     "EndpointAttempt",
     "EndpointAttempts",
-    "EndpointMessage",
     "Deliveries",
     "Redelivery",
     "BatchMember",

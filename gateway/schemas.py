@@ -257,11 +257,17 @@ class RevokeSchema(Schema):
     terminate = fields.Boolean(load_default=True)
 
 
+LIST_INCLUDES = ("result",)
+
+
 class ListJobsArgs(Schema):
     status = fields.String(load_default=None, validate=validate.OneOf(STATUSES))
     task = fields.String(load_default=None, validate=validate.Length(max=200))
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+    # What list entries carry beyond the job itself: "result" adds each job's result
+    # (left out by default: one large result made every page that listed it large).
+    include = fields.String(load_default=None, validate=validate.OneOf(LIST_INCLUDES))
 
     @validates("cursor")
     def _cursor(self, value: str | None, **_: Any) -> None:
@@ -300,11 +306,26 @@ class ProgressSchema(Schema):
     message = fields.String()
 
 
+class EndpointMessageSchema(Schema):
+    webhook_id = fields.String(required=True)
+    endpoint_id = fields.String(required=True, allow_none=True)
+    event = fields.String(required=True, allow_none=True)
+    state = fields.String(required=True)
+    attempts = fields.Integer(required=True)
+
+
 class WebhookSummarySchema(Schema):
     state = fields.String(
         validate=validate.OneOf(["none", "pending", "delivered", "retrying", "failed"])
     )
     attempts = fields.Integer()
+    endpoint_messages = fields.List(
+        fields.Nested(EndpointMessageSchema),
+        metadata={
+            "description": "A job without a callback_url whose end went to registered "
+            "endpoints: each message (state and attempts above are of them all)."
+        },
+    )
 
 
 class RevocationSchema(Schema):
@@ -319,7 +340,13 @@ class JobSchema(Schema):
     task = fields.String(required=True)
     status = fields.String(required=True, validate=validate.OneOf(STATUSES))
     progress = fields.Nested(ProgressSchema, allow_none=True)
-    result = fields.Raw(allow_none=True)
+    result = fields.Raw(
+        allow_none=True,
+        metadata={
+            "description": "The task's result (SUCCESS), else null. Left out of list "
+            "entries (GET /v1/jobs) unless ?include=result."
+        },
+    )
     error = fields.String(allow_none=True)
     metadata = fields.Dict()
     callback_url = fields.String(allow_none=True)
@@ -334,7 +361,14 @@ class JobSchema(Schema):
 
 
 class JobListSchema(Schema):
-    jobs = fields.List(fields.Nested(JobSchema), required=True)
+    jobs = fields.List(
+        fields.Nested(JobSchema),
+        required=True,
+        metadata={
+            "description": "Jobs without their `result` (read one job for it, or list with "
+            "?include=result)."
+        },
+    )
     next_cursor = fields.String(allow_none=True, required=True)
 
 
@@ -521,14 +555,6 @@ class EndpointAttemptsSchema(Schema):
 class RecoveredSchema(Schema):
     recovered = fields.Integer(required=True)
     webhook_ids = fields.List(fields.String(), required=True)
-
-
-class EndpointMessageSchema(Schema):
-    webhook_id = fields.String(required=True)
-    endpoint_id = fields.String(required=True, allow_none=True)
-    event = fields.String(required=True, allow_none=True)
-    state = fields.String(required=True)
-    attempts = fields.Integer(required=True)
 
 
 class DeliveriesSchema(Schema):

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, tuple_
 
 from jobgate.db import UNSTORABLE, Database
-from jobgate.db.models import Attempt, Batch, DeadLetter, Job
+from jobgate.db.models import Attempt, Batch, DeadLetter, Job, Message
 from jobgate.status import TERMINAL
 from jobgate.times import iso_time, parse_time
 
@@ -59,6 +59,47 @@ def batch(db: Database, batch_id: str) -> dict[str, Any] | None:
 def attempts(db: Database, subject_id: str) -> list[dict[str, Any]]:
     """Every archived attempt of a job's or batch's webhook, oldest first."""
     return [dict(entry) for (entry,) in db.read(ATTEMPTS, {"id": subject_id})]
+
+
+MESSAGES = (
+    select(Message.msg_id, Message.endpoint_id, Message.event, Message.held)
+    .where(Message.subject_id == bindparam("id"))
+    .order_by(Message.msg_id)
+)
+MESSAGE_ATTEMPTS = (
+    select(Attempt.subject_id, Attempt.outcome)
+    .where(Attempt.subject_id.in_(bindparam("ids", expanding=True)))
+    .order_by(Attempt.subject_id, Attempt.attempt)
+)
+
+
+def messages(db: Database, subject_id: str) -> list[dict[str, Any]]:
+    """The archived endpoint messages of a job or batch, as
+    ``jobgate.webhooks.fanout.message_summaries`` gives them from Redis: state (the last
+    attempt's outcome; ``held`` or ``pending`` before any) and attempts."""
+    rows = db.read(MESSAGES, {"id": subject_id})
+    if not rows:
+        return []
+    outcomes: dict[str, list[str]] = {}
+    for msg_id, outcome in db.read(MESSAGE_ATTEMPTS, {"ids": [row.msg_id for row in rows]}):
+        outcomes.setdefault(msg_id, []).append(outcome)
+    found = []
+    for row in rows:
+        done = outcomes.get(row.msg_id, [])
+        if done:  # an attempt that neither delivered nor ended the delivery: a retry follows
+            state = done[-1] if done[-1] in ("delivered", "failed") else "retrying"
+        else:
+            state = "held" if row.held else "pending"
+        found.append(
+            {
+                "webhook_id": row.msg_id,
+                "endpoint_id": row.endpoint_id,
+                "event": row.event,
+                "state": state,
+                "attempts": len(done),
+            }
+        )
+    return found
 
 
 def encode_cursor(record: dict[str, Any]) -> str:

@@ -93,7 +93,7 @@ class EmbedParams(Schema):
 def sleep(progress: Progress, *, seconds: float = 1.0, steps: int = 10) -> dict[str, Any]:
     pause = seconds / steps
     for step in range(steps):
-        progress(step, steps, f"Step {step + 1} of {steps}")
+        progress(step, steps, f"{step} of {steps} steps done")
         if pause:
             time.sleep(pause)
     progress(steps, steps, "Done")
@@ -136,8 +136,9 @@ def process_documents(
     progress: Progress, *, documents: list[dict[str, str]], chunk_words: int = 200, overlap: int = 0
 ) -> dict[str, Any]:
     out = []
+    total = len(documents)
     for index, document in enumerate(documents):
-        progress(index, len(documents), f"Processing {document['name']}")
+        progress(index, total, f"{index} of {total} documents done; next: {document['name']}")
         chunks = chunk_text(document["text"], chunk_words=chunk_words, overlap=overlap)
         out.append(
             {
@@ -159,7 +160,7 @@ def process_documents(
 def embed_texts(progress: Progress, *, texts: list[str], dimensions: int = 256) -> dict[str, Any]:
     vectors = []
     for index, text in enumerate(texts):
-        progress(index, len(texts), f"Embedding text {index + 1} of {len(texts)}")
+        progress(index, len(texts), f"{index} of {len(texts)} texts embedded")
         vectors.append(embed(text, dimensions))
     progress(len(texts), len(texts), "Done")
     return {"model": EMBEDDING_MODEL, "dimensions": dimensions, "embeddings": vectors}

@@ -258,8 +258,10 @@ function jobPage(jobId) {
     $("job-started").textContent = when(view.started_at);
     $("job-finished").textContent = when(view.finished_at);
     const hook = view.webhook || { state: "none", attempts: 0 };
+    const sent = hook.endpoint_messages ? hook.endpoint_messages.length : 0;
     $("job-webhook").textContent = hook.state === "none" ? "no callback" :
-      `${hook.state} (${hook.attempts} attempt${hook.attempts === 1 ? "" : "s"})`;
+      `${hook.state} (${hook.attempts} attempt${hook.attempts === 1 ? "" : "s"})` +
+      (sent ? ` to ${sent} endpoint${sent === 1 ? "" : "s"}` : "");
     $("job-metadata").textContent = JSON.stringify(view.metadata || {}, null, 2);
     show($("revoke-box"), isAdmin() && !TERMINAL.has(view.status));
   }
@@ -435,6 +437,9 @@ function endpointsPage() {
   }
 
   async function load() {
+    // POST /v1/endpoints takes a partner's key only: an admin is not offered the form.
+    show($("add-form"), !isAdmin());
+    show($("add-admin-note"), isAdmin());
     try {
       const page = await api("/v1/endpoints");
       $("endpoints-body").replaceChildren(...page.endpoints.map(row));

@@ -45,6 +45,12 @@ LIST_PARAMS = [
     {"name": "task", "in": "query", "schema": {"type": "string", "maxLength": 200}},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 200}},
+    {
+        "name": "include",
+        "in": "query",
+        "description": "`result`: each entry carries its job's result (left out by default).",
+        "schema": {"type": "string", "enum": ["result"]},
+    },
 ]
 
 
@@ -93,11 +99,12 @@ def show(job_id: str):
         # A held read counts against the caller's max_open_streams while it waits.
         holder = jobs.open_stream(svc, authenticate(), presented_key())
         try:
-            return jsonify(jobs.wait(svc, record, min(wait, svc.settings.max_wait), holder))
+            ended = jobs.wait(svc, record, min(wait, svc.settings.max_wait), holder)
         finally:
             if holder is not None:
                 holder.close()
-    return jsonify(view)
+        return jsonify(jobs.endpoint_webhook(svc, record, ended))
+    return jsonify(jobs.endpoint_webhook(svc, record, view))
 
 
 @bp.get("")

@@ -7,8 +7,9 @@ form, keeps it in ``sessionStorage`` and sends it as ``Authorization: Bearer`` w
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, render_template
+from flask import Blueprint, Response, redirect, render_template, request
 
+from gateway.errors import APIError
 from jobgate.status import STATUSES
 
 bp = Blueprint(
@@ -55,3 +56,21 @@ def job_page(job_id: str) -> str:
 def endpoints_page() -> str:
     """A partner's endpoints: list, add, test, attempts and recover (admins: every one)."""
     return render_template("ui_endpoints.html", page="endpoints", job_id="")
+
+
+def root() -> Response:
+    """``/``: a browser is sent to the status page; an API client (JSON, or ``*/*`` as
+    curl sends) gets the error model's ``404`` naming where things are."""
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+        return redirect("/ui/", code=302)
+    raise APIError(
+        404,
+        "not_found",
+        "Nothing is served at /: the status page is at /ui/, the API under /v1/, "
+        "its contract at /openapi.json.",
+        {"ui": "/ui/", "openapi": "/openapi.json"},
+    )
+
+
+# Outside the blueprint's /ui prefix: the gateway's root.
+bp.record_once(lambda state: state.app.add_url_rule("/", "root", root, methods=["GET"]))

@@ -22,7 +22,6 @@ from jobgate import history
 from jobgate.events import job_event
 from jobgate.status import TERMINAL, webhook_summary
 from jobgate.webhooks.attempt import redeliver as queue_redelivery
-from jobgate.webhooks.fanout import message_summaries
 from jobgate.webhooks.ledger import Deliveries
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1/jobs")
@@ -72,7 +71,10 @@ def deliveries(job_id: str):
             "deliveries": books.attempts(job_id),
         }
     if not record.get("callback_url"):
-        answer["endpoint_messages"] = message_summaries(svc.store, job_id)
+        messages = jobs.endpoint_messages(svc, job_id)
+        answer["endpoint_messages"] = messages
+        if messages:
+            answer["webhook"] = jobs.messages_summary(messages)
     return jsonify(answer)
 
 

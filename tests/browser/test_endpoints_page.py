@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import ADMIN_KEY
 from tests.helpers import wait_until
 from tests.webhooks.conftest import Receiver
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def rows(page, selector: str) -> list:
@@ -74,3 +76,23 @@ def test_add_test_read_attempts_and_recover(page, client, partner, worker) -> No
         )
     finally:
         receiver.stop()
+
+
+def test_an_admin_is_not_offered_the_add_form_the_api_refuses(page, client, partner) -> None:
+    """POST /v1/endpoints answers 403 to admins: the page shows them no form to fill in
+    (a newcomer signed in with the admin key was offered one and got the refusal)."""
+    refused = client.post(
+        "/v1/endpoints", json={"url": "http://127.0.0.1:9/x"}, headers=ADMIN
+    ).status_code
+    assert refused == 403
+    page.sign_in(ADMIN_KEY, path="/ui/endpoints")
+    wait_until(lambda: page.visible("add-admin-note"), 10, 0.05, "the admin's note")
+    assert not page.visible("add-form")
+    assert not page.element("add-submit").is_displayed()
+    assert page.console_errors() == []
+
+
+def test_a_partner_is_offered_the_add_form(page, partner) -> None:
+    page.sign_in(partner["api_key"], path="/ui/endpoints")
+    wait_until(lambda: page.visible("add-form"), 10, 0.05, "the add form")
+    assert not page.visible("add-admin-note")

@@ -35,3 +35,15 @@ def test_static_assets_are_served(client):
     assert style.status_code == 200 and style.mimetype == "text/css"
     script.close()
     style.close()
+
+
+def test_the_root_leads_browsers_to_the_status_page_and_api_clients_to_a_json_404(client):
+    """`jobgate dev` prints http://127.0.0.1:8000: opened in a browser it must lead to
+    the status page, not a JSON 404."""
+    browser = client.get("/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert browser.status_code == 302 and browser.headers["Location"].endswith("/ui/")
+    for accept in ("*/*", "application/json"):
+        api = client.get("/", headers={"Accept": accept})
+        assert api.status_code == 404 and api.mimetype == "application/json"
+        error = api.get_json()["error"]
+        assert error["code"] == "not_found" and "/ui/" in error["message"]

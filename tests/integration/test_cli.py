@@ -115,8 +115,15 @@ def test_db_upgrade_migrates_and_imports_partners_that_only_redis_had(
     redis_client.zadd("cli-upgrade:partners", {"ptn_legacy": 1.0})
     refused = jobgate(own, "partner", "list")
     assert refused.returncode == 1
-    assert refused.stderr.strip().endswith("is not migrated: run `jobgate db upgrade`")
+    assert "there is no database at" in refused.stderr
+    assert "run `jobgate db upgrade` to create it" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "fresh.sqlite3").exists()  # no empty file left behind
+    (tmp_path / "fresh.sqlite3").touch()  # there, but empty: not migrated
+    unmigrated = jobgate(own, "partner", "list")
+    assert unmigrated.returncode == 1
+    assert unmigrated.stderr.strip().endswith("is not migrated: run `jobgate db upgrade`")
+    assert len(unmigrated.stderr.strip().splitlines()) == 1
     upgraded = jobgate(own, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     assert f"empty -> {Database.head_revision()}" in upgraded.stdout

@@ -96,3 +96,25 @@ def test_a_terminal_status_filter_is_answered_by_the_index(app, client, partner,
     ).get_json()
     assert [job["job_id"] for job in body["jobs"]] == [wanted]
     assert body["next_cursor"] is None
+
+
+def test_list_entries_carry_no_result_unless_asked(app, client, partner, archived):
+    """Twenty jobs, one with a 1.2 MB result: the page is the jobs, not their results
+    (it was 1.28 MB); ``?include=result`` brings them, and a job's own route keeps it."""
+    store = app.extensions["jobgate"].store
+    big = {"blob": "x" * 1_200_000}
+    ids = jobs_of(store, partner["id"], 19, status="SUCCESS", finished_at=utcnow(), result={})
+    ids += jobs_of(store, partner["id"], 1, status="SUCCESS", finished_at=utcnow(), result=big)
+    archived(*ids)
+    page = client.get("/v1/jobs", headers=partner["headers"])
+    assert page.status_code == 200
+    jobs = page.get_json()["jobs"]
+    assert {job["job_id"] for job in jobs} == set(ids)
+    assert not any("result" in job for job in jobs)
+    assert len(page.data) < 50_000
+    full = client.get("/v1/jobs?include=result&limit=1", headers=partner["headers"]).get_json()
+    assert full["jobs"][0]["job_id"] == ids[-1] and full["jobs"][0]["result"] == big
+    one = client.get(f"/v1/jobs/{ids[-1]}", headers=partner["headers"]).get_json()
+    assert one["result"] == big
+    bad = client.get("/v1/jobs?include=everything", headers=partner["headers"])
+    assert bad.status_code == 422 and "include" in bad.get_json()["error"]["details"]

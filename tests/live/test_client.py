@@ -112,6 +112,12 @@ def test_list_batches_and_iter_jobs(jg, worker):
         ),
         message="the batch's jobs listed as SUCCESS",
     )
+    # Entries leave results out unless asked for (a page of large results was megabytes).
+    assert not any("result" in j for j in jg.list(limit=5)["jobs"])
+    listed = jg.list(status="SUCCESS", limit=100, include_result=True)["jobs"]
+    results = {j["job_id"]: j["result"] for j in listed}
+    assert all(results[i] == {"slept": 0.0, "steps": 1} for i in batch["job_ids"])
+    assert all("result" in j for j in jg.iter_jobs(page_size=2, include_result=True))
 
 
 # ----------------------------------------------------------------- verify_webhook
