@@ -114,6 +114,7 @@ function isAdmin() {
 }
 
 function showSignedIn(signedIn) {
+  show($("nav-audit"), signedIn && isAdmin());
   show($("login"), !signedIn);
   show($("content"), signedIn);
   show($("logout"), signedIn);
@@ -568,5 +569,48 @@ function endpointsPage() {
 
 // ------------------------------------------------------------------ entry point
 
-const PAGES = { job: () => jobPage(document.body.dataset.jobId), endpoints: endpointsPage };
+// ------------------------------------------------------------------ audit log (admins)
+
+function auditPage() {
+  let cursor = null;
+
+  function row(entry) {
+    const tr = document.createElement("tr");
+    tr.dataset.auditId = String(entry.id);
+    const details = Object.keys(entry.details).length ? JSON.stringify(entry.details) : "";
+    for (const text of [when(entry.at), entry.actor, entry.action, entry.target, details]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  }
+
+  async function load(append) {
+    const params = new URLSearchParams({ limit: "50" });
+    if (append && cursor) params.set("cursor", String(cursor));
+    try {
+      const page = await api(`/v1/audit?${params}`);
+      const body = $("audit-body");
+      if (!append) body.replaceChildren();
+      body.append(...page.entries.map(row));
+      cursor = page.next_cursor;
+      show($("audit-more"), Boolean(cursor));
+      show($("audit-empty"), body.children.length === 0);
+      showError($("audit-error"), null);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("audit-error"), error);
+    }
+  }
+
+  $("audit-refresh").addEventListener("click", () => load(false));
+  $("audit-more").addEventListener("click", () => load(true));
+  requireSignIn(() => load(false));
+}
+
+const PAGES = {
+  job: () => jobPage(document.body.dataset.jobId),
+  endpoints: endpointsPage,
+  audit: auditPage,
+};
 (PAGES[document.body.dataset.page] || jobsPage)();

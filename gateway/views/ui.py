@@ -52,6 +52,12 @@ def job_page(job_id: str) -> str:
     return render_template("ui_job.html", page="job", job_id=job_id)
 
 
+@bp.get("/audit")
+def audit_page() -> str:
+    """The audit log (admins): every admin action, newest first."""
+    return render_template("ui_audit.html", page="audit", job_id="")
+
+
 @bp.get("/endpoints")
 def endpoints_page() -> str:
     """A partner's endpoints: list, add, test, attempts and recover (admins: every one)."""
