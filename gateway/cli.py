@@ -671,13 +671,14 @@ def dev_partner(kept: Mapping[str, Any] | None) -> dict[str, str]:
     from gateway.views.partners import create_partner
 
     partners = services().partners
+    opened = services().store.sealer.open  # the mirror holds the secret sealed
     if kept and kept.get("api_key"):
         found = partners.by_key(str(kept["api_key"]), cached=False)
         if found is not None and found.get("id") == kept.get("id"):
             return {
                 "id": found["id"],
                 "api_key": str(kept["api_key"]),
-                "webhook_secret": found["webhook_secret"],
+                "webhook_secret": opened(found["webhook_secret"]),
             }
     named = [p for p in partners.all() if p["name"] == DEV_PARTNER]
     for candidate in named:
@@ -689,7 +690,7 @@ def dev_partner(kept: Mapping[str, Any] | None) -> dict[str, str]:
             return {
                 "id": candidate["id"],
                 "api_key": api_key,
-                "webhook_secret": record["webhook_secret"],
+                "webhook_secret": opened(record["webhook_secret"]),
             }
     created = create_partner(DEV_PARTNER)
     return {key: created[key] for key in ("id", "api_key", "webhook_secret")}
