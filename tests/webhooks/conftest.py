@@ -15,15 +15,17 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from config import Settings
-from tests.helpers import wait_until
+from tests.helpers import WorkerProcess, gateway_for, wait_until
 
 
 @dataclass(frozen=True)
@@ -234,3 +236,35 @@ def held_app(held_settings: Settings, redis_client: Any):
     flask_app = create_app(held_settings)
     flask_app.config["TESTING"] = True
     return flask_app
+
+
+@contextmanager
+def own_world(
+    settings: Settings, name: str, *, concurrency: int = 2, **overrides: Any
+) -> Iterator[SimpleNamespace]:
+    """A gateway (``client``, an admin-made ``partner``, ``svc``) and a ``jobgate worker``
+    in a key prefix and queues of their own (the session's worker never takes their
+    messages), with ``overrides`` on the suite's settings."""
+    from tests.conftest import ADMIN_KEY
+
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
+    own = settings.with_overrides(
+        key_prefix=tag, queue_jobs=f"{tag}-jobs", queue_webhooks=f"{tag}-hooks", **overrides
+    )
+    client, partner, svc = gateway_for(own, ADMIN_KEY)
+    worker = WorkerProcess(own, concurrency=concurrency, name=name).start()
+    try:
+        yield SimpleNamespace(
+            client=client, partner=partner, svc=svc, settings=own, worker=worker, tag=tag
+        )
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def receivers() -> Iterator[list[Receiver]]:
+    """Every receiver a test makes (``receivers.append(Receiver())``), stopped after it."""
+    made: list[Receiver] = []
+    yield made
+    for receiver in made:
+        receiver.stop()

@@ -10,7 +10,6 @@ endpoint's other messages too. Another partner's endpoint is not slowed meanwhil
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -19,9 +18,8 @@ import pytest
 
 from config import Settings
 from jobgate.webhooks.throttle import MAX_RATE_LIMIT
-from tests.conftest import ADMIN_KEY
-from tests.helpers import WorkerProcess, gateway_for, wait_until
-from tests.webhooks.conftest import Received, Receiver
+from tests.helpers import wait_until
+from tests.webhooks.conftest import Received, Receiver, own_world
 from tests.webhooks.test_endpoints import new_partner, register, settled_attempts
 from tests.webhooks.test_events import parse, submit
 
@@ -30,27 +28,10 @@ SLACK = 0.2  # timers, scheduling, a loaded machine: what an arrival may be earl
 
 @pytest.fixture(scope="module")
 def world(settings: Settings, redis_client: Any) -> Iterator[SimpleNamespace]:
-    """A gateway and a worker in a key prefix and queues of their own."""
-    tag = f"throttle-{uuid.uuid4().hex[:8]}"
-    own = settings.with_overrides(
-        key_prefix=tag,
-        queue_jobs=f"{tag}-jobs",
-        queue_webhooks=f"{tag}-hooks",
-        webhook_retry_delays=(0.2, 0.2, 0.2),
-        webhook_timeout=2.0,
-    )
-    client, partner, svc = gateway_for(own, ADMIN_KEY)
-    worker = WorkerProcess(own, concurrency=2, name="throttle").start()
-    yield SimpleNamespace(client=client, partner=partner, svc=svc, settings=own, tag=tag)
-    worker.stop()
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[Receiver]]:
-    started: list[Receiver] = []
-    yield started
-    for receiver in started:
-        receiver.stop()
+    with own_world(
+        settings, "throttle", webhook_retry_delays=(0.2, 0.2, 0.2), webhook_timeout=2.0
+    ) as world:
+        yield world
 
 
 def _arrivals(requests: list[Received]) -> list[float]:

@@ -9,7 +9,6 @@ recover after an outage, secret rotation, and the policy rules that disable an e
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -22,8 +21,8 @@ from gateway.client import verify_webhook
 from jobgate.events import endpoint_message_id, fan_out_task_id
 from jobgate.times import utcnow
 from tests.conftest import ADMIN_KEY
-from tests.helpers import WorkerProcess, gateway_for, wait_until
-from tests.webhooks.conftest import Received, Receiver
+from tests.helpers import gateway_for, wait_until
+from tests.webhooks.conftest import Received, Receiver, own_world
 from tests.webhooks.test_events import submit
 
 SCHEDULE = (0.2, 0.2, 0.2)  # 4 attempts in about a second
@@ -33,21 +32,15 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 @pytest.fixture(scope="module")
 def world(settings: Settings, redis_client: Any) -> Iterator[SimpleNamespace]:
-    """A gateway, a partner and a worker in a key prefix and queues of their own."""
-    tag = f"endpoints-{uuid.uuid4().hex[:8]}"
-    own = settings.with_overrides(
-        key_prefix=tag,
-        queue_jobs=f"{tag}-jobs",
-        queue_webhooks=f"{tag}-hooks",
+    with own_world(
+        settings,
+        "endpoints",
         webhook_retry_delays=SCHEDULE,
         webhook_timeout=2.0,
         endpoint_disable_after=DISABLE_AFTER,
         sweep_interval=0.5,
-    )
-    client, partner, svc = gateway_for(own, ADMIN_KEY)
-    worker = WorkerProcess(own, concurrency=2, name="endpoints").start()
-    yield SimpleNamespace(client=client, partner=partner, svc=svc, settings=own)
-    worker.stop()
+    ) as world:
+        yield world
 
 
 def new_partner(world: SimpleNamespace) -> dict[str, Any]:

@@ -5,7 +5,6 @@ its deliveries and, once Redis has forgotten them, from the database."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -15,8 +14,9 @@ import pytest
 from config import Settings
 from jobgate import history
 from tests.conftest import ADMIN_KEY
-from tests.helpers import WorkerProcess, gateway_for, wait_until
-from tests.webhooks.conftest import Receiver
+from tests.helpers import wait_until
+from tests.webhooks.conftest import Receiver, own_world
+from tests.webhooks.test_endpoints import new_partner
 from tests.webhooks.test_events import submit
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -24,25 +24,15 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 @pytest.fixture(scope="module")
 def world(settings: Settings, redis_client: Any) -> Iterator[SimpleNamespace]:
-    tag = f"jobhooks-{uuid.uuid4().hex[:8]}"
-    own = settings.with_overrides(
-        key_prefix=tag,
-        queue_jobs=f"{tag}-jobs",
-        queue_webhooks=f"{tag}-hooks",
-        webhook_retry_delays=(0.2, 0.2),  # 3 attempts in under a second
+    with own_world(
+        settings,
+        "jobhooks",
+        concurrency=1,
+        webhook_retry_delays=(0.2, 0.2),
         webhook_timeout=2.0,
         endpoint_disable_after=3600.0,
-    )
-    client, partner, svc = gateway_for(own, ADMIN_KEY)
-    worker = WorkerProcess(own, concurrency=1, name="jobhooks").start()
-    yield SimpleNamespace(client=client, svc=svc)
-    worker.stop()
-
-
-def new_partner(world: SimpleNamespace) -> dict[str, Any]:
-    created = world.client.post("/v1/partners", json={"name": "p"}, headers=ADMIN).get_json()
-    created["headers"] = {"Authorization": f"Bearer {created['api_key']}"}
-    return created
+    ) as world:
+        yield world
 
 
 def register(world: SimpleNamespace, partner: dict[str, Any], url: str) -> dict[str, Any]:

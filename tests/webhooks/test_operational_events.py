@@ -28,7 +28,7 @@ from jobgate.db.models import Message, OperationalEvent
 from jobgate.events import OPERATIONAL
 from tests.conftest import ADMIN_KEY
 from tests.helpers import WorkerProcess, gateway_for, wait_until
-from tests.webhooks.conftest import Receiver, Slow, closed_port_url
+from tests.webhooks.conftest import Receiver, Slow, closed_port_url, own_world
 from tests.webhooks.test_endpoints import new_partner, register, verified
 from tests.webhooks.test_events import parse, submit, webhook_settles
 
@@ -42,29 +42,10 @@ ENDPOINT_EVENTS = ("endpoint.disabled", "endpoint.enabled")
 
 @pytest.fixture(scope="module")
 def world(settings: Settings, redis_client: Any) -> Iterator[SimpleNamespace]:
-    """A gateway and a worker in a key prefix and queues of their own."""
-    tag = f"ops-{uuid.uuid4().hex[:8]}"
-    own = settings.with_overrides(
-        key_prefix=tag,
-        queue_jobs=f"{tag}-jobs",
-        queue_webhooks=f"{tag}-hooks",
-        webhook_retry_delays=SCHEDULE,
-        webhook_timeout=2.0,
-        sweep_interval=0.5,
-    )
-    client, partner, svc = gateway_for(own, ADMIN_KEY)
-    worker = WorkerProcess(own, concurrency=2, name="ops").start()
-    yield SimpleNamespace(client=client, partner=partner, svc=svc, settings=own, worker=worker)
-    worker.stop()
-
-
-@pytest.fixture
-def receivers() -> Iterator[list[Receiver]]:
-    """``receivers.append(Receiver())``-style: every receiver a test makes, stopped."""
-    made: list[Receiver] = []
-    yield made
-    for receiver in made:
-        receiver.stop()
+    with own_world(
+        settings, "ops", webhook_retry_delays=SCHEDULE, webhook_timeout=2.0, sweep_interval=0.5
+    ) as world:
+        yield world
 
 
 def receiver_of(made: list[Receiver], *answers: Any) -> Receiver:
