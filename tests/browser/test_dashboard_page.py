@@ -139,7 +139,7 @@ def test_dashboard_shows_workers_queues_chart_endpoints_and_dead_letters(
         assert "deliveries succeeded" in page.text("activity-totals")
         # The whole page for docs/img/dashboard.png (copied from tests/artifacts).
         page.driver.execute_script("window.scrollTo(0, 0)")
-        page.driver.set_window_size(1100, 1750)
+        page.driver.set_window_size(1100, 1250)
         try:
             page.screenshot("dashboard")
         finally:
