@@ -142,6 +142,32 @@ def _minute(db: Database, column: Any) -> ColumnElement[str]:
     return func.substr(column, 1, 16)
 
 
+def activity_statements(db: Database, since: datetime, until: datetime) -> dict[str, Any]:
+    """The activity's reads, by series: each groups by minute a range ``[since, until)``
+    of one indexed time column (``tests/db/test_dashboard.py`` checks the plans)."""
+    ended_minute = _minute(db, Job.finished_at)
+    submitted_minute = _minute(db, Job.created_at)
+    # Jobs that ended in the window and started in it: the start time is in the record
+    # (ISO text, "...THH:MM:SS.mmmZ"), which sorts as the times do.
+    started_at = Job.record["started_at"].as_string()
+    started_minute = func.substr(started_at, 1, 16)
+    attempt_minute = _minute(db, Attempt.at)
+    delivered = func.sum(case((Attempt.outcome == "delivered", 1), else_=0))
+    ended_in = (Job.finished_at >= since, Job.finished_at < until)
+    return {
+        "ended": select(ended_minute, func.count()).where(*ended_in).group_by(ended_minute),
+        "submitted": select(submitted_minute, func.count())
+        .where(Job.created_at >= since, Job.created_at < until)
+        .group_by(submitted_minute),
+        "started": select(started_minute, func.count())
+        .where(*ended_in, started_at >= format_time(since))
+        .group_by(started_minute),
+        "attempts": select(attempt_minute, func.count(), delivered)
+        .where(Attempt.at >= since, Attempt.at < until)
+        .group_by(attempt_minute),
+    }
+
+
 def activity(
     db: Database, now: datetime | None = None, minutes: int = WINDOW_MINUTES
 ) -> dict[str, Any]:
@@ -151,44 +177,14 @@ def activity(
     now = (now or datetime.now(UTC)).astimezone(UTC)
     last = now.replace(second=0, microsecond=0)
     since = last - timedelta(minutes=minutes - 1)
+    until = last + timedelta(minutes=1)
     labels = [since + timedelta(minutes=i) for i in range(minutes)]
+    statements = activity_statements(db, since, until)
     series: dict[str, dict[str, int]] = {
-        name: {} for name in ("submitted", "started", "ended", "attempts", "delivered")
+        name: _counts(db.read(statements[name])) for name in ("submitted", "started", "ended")
     }
-
-    ended_minute = _minute(db, Job.finished_at)
-    query = (
-        select(ended_minute, func.count()).where(Job.finished_at >= since).group_by(ended_minute)
-    )
-    series["ended"] = _counts(db.read(query))
-
-    submitted_minute = _minute(db, Job.created_at)
-    query = (
-        select(submitted_minute, func.count())
-        .where(Job.created_at >= since)
-        .group_by(submitted_minute)
-    )
-    series["submitted"] = _counts(db.read(query))
-
-    # Jobs that ended in the window and started in it: the start time is in the record
-    # (ISO text, "...THH:MM:SS.mmmZ"), which sorts as the times do.
-    started_at = Job.record["started_at"].as_string()
-    started_minute = func.substr(started_at, 1, 16)
-    query = (
-        select(started_minute, func.count())
-        .where(Job.finished_at >= since, started_at >= format_time(since))
-        .group_by(started_minute)
-    )
-    series["started"] = _counts(db.read(query))
-
-    attempt_minute = _minute(db, Attempt.at)
-    delivered = func.sum(case((Attempt.outcome == "delivered", 1), else_=0))
-    attempts = (
-        select(attempt_minute, func.count(), delivered)
-        .where(Attempt.at >= since)
-        .group_by(attempt_minute)
-    )
-    for minute, count, ok in db.read(attempts):
+    series["attempts"], series["delivered"] = {}, {}
+    for minute, count, ok in db.read(statements["attempts"]):
         key = _key(minute)
         series["attempts"][key] = int(count)
         series["delivered"][key] = int(ok or 0)
@@ -205,7 +201,7 @@ def activity(
     totals["success_rate"] = _rate(totals["delivered"], totals["attempts"])
     return {
         "since": format_time(since),
-        "until": format_time(last + timedelta(minutes=1)),
+        "until": format_time(until),
         "minutes": rows,
         "totals": totals,
     }

@@ -243,3 +243,35 @@ def test_queue_depths_over_thousands_of_partners_in_bounded_round_trips(
     assert shown[0]["partner_id"] == deepest and shown[0]["name"] == "Deepest Co"
     assert shown[0]["total"] == sum(expected[deepest].values()) > 20
     assert all(row["name"] is None for row in shown[1:])  # no row in partners: no name
+
+
+INDEX_OF_SERIES = {
+    "ended": "ix_jobs_finished_at",
+    "started": "ix_jobs_finished_at",
+    "submitted": "jobs_created",
+    "attempts": "ix_attempts_at",
+}
+
+
+def plan(db, statement) -> str:
+    """The database's plan of ``statement`` (PostgreSQL told to avoid sequential scans
+    where it can, so that a small test table still shows whether an index serves)."""
+    compiled = statement.compile(dialect=db.engine.dialect)
+    params = {k: str(v) if isinstance(v, datetime) else v for k, v in compiled.params.items()}
+    with db.engine.connect() as connection:
+        if db.dialect == "postgresql":
+            connection.exec_driver_sql("SET enable_seqscan = off")
+            rows = connection.exec_driver_sql(f"EXPLAIN {compiled}", params)
+        else:
+            ordered = tuple(params[name] for name in compiled.positiontup or ())
+            rows = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", ordered)
+        return "\n".join(str(row[-1]) for row in rows)
+
+
+def test_each_series_reads_a_range_of_its_indexed_time_column(db) -> None:
+    statements = dashboard.activity_statements(db, at(59), at(-1))
+    assert set(statements) == set(INDEX_OF_SERIES)
+    for name, statement in statements.items():
+        explained = plan(db, statement)
+        assert INDEX_OF_SERIES[name] in explained, (name, explained)
+        assert "SCAN jobs\n" not in explained + "\n" and "Seq Scan" not in explained
