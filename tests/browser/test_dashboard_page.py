@@ -88,11 +88,18 @@ def test_dashboard_shows_workers_queues_chart_endpoints_and_dead_letters(
             return texts(page, selector)
 
         # Workers: the session's worker is a job pool of 2 and a delivery pool.
-        alive = wait_until(
-            lambda: shown('#workers-body tr[data-alive="true"]'), 20, 0.3, "live workers"
-        )
-        assert any("jobs" in t and "2" in t for t in alive), alive
-        assert any("webhooks" in t for t in alive), alive
+        cells = """return [...document.querySelectorAll('#workers-body tr[data-alive="true"]')]
+            .map((tr) => [...tr.cells].map((td) => td.textContent))"""
+
+        def both_pools() -> list[list[str]]:
+            refreshed(page)
+            nodes = page.driver.execute_script(cells)
+            return nodes if {node[1] for node in nodes} >= {"jobs", "webhooks"} else []
+
+        nodes = wait_until(both_pools, 20, 0.3, "both pools online")
+        pools = {node[1]: node for node in nodes}
+        assert pools["jobs"][2] == "2" and pools["jobs"][4] == "online"  # a job pool of 2
+        assert int(pools["webhooks"][2]) > 0 and pools["webhooks"][0] != pools["jobs"][0]
         # Queue depth of the partner: its delayed job.
         queue = f'#queues-body tr[data-partner-id="{partner["id"]}"] td'
         wait_until(lambda: shown(queue), 10, 0.3, "the partner's queue")
