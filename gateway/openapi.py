@@ -41,6 +41,7 @@ NOT_IN_DOCUMENT = {
     "root": "a redirect to the status page for browsers (docs/ui.md); a 404 for the rest",
     "ui.job_page": "status page HTML (docs/ui.md)",
     "ui.endpoints_page": "status page HTML (docs/ui.md)",
+    "ui.audit_page": "status page HTML (docs/ui.md)",
     "ui.dashboard_page": "status page HTML (docs/ui.md)",
     "ui.batch_page": "status page HTML (docs/ui.md)",
     # Static files: the status page's scripts and styles, served by Flask itself.
