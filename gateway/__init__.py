@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         audit,
         batches,
         catalog,
+        dashboard,
         endpoints,
         events,
         health,
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         endpoints,
         archive,
         audit,
+        dashboard,
     ):
         app.register_blueprint(module.bp)
     app.register_blueprint(catalog.event_types_bp)

@@ -502,6 +502,8 @@ def listing(
                 if include != "result":
                     del view["result"]
                 if not status or view["status"] == status:
+                    if principal.is_admin:  # whose job it is: the status page's partner column
+                        view["partner_id"] = row.get("partner_id")
                     jobs.append(view)
                     if len(jobs) == limit:
                         return {"jobs": jobs, "next_cursor": after}

@@ -41,6 +41,9 @@ NOT_IN_DOCUMENT = {
     "root": "a redirect to the status page for browsers (docs/ui.md); a 404 for the rest",
     "ui.job_page": "status page HTML (docs/ui.md)",
     "ui.endpoints_page": "status page HTML (docs/ui.md)",
+    "ui.audit_page": "status page HTML (docs/ui.md)",
+    "ui.dashboard_page": "status page HTML (docs/ui.md)",
+    "ui.batch_page": "status page HTML (docs/ui.md)",
     # Static files: the status page's scripts and styles, served by Flask itself.
     "ui.static": "status page scripts and styles",
     "static": "Flask's own static route for gateway/static (the same files as ui.static)",

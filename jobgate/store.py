@@ -462,14 +462,24 @@ class Store:
         prefix a script appends a node name to)."""
         return self.key("worker", node)
 
-    def mark_worker_alive(self, node: str, alive_for: int, slots: int = 0) -> None:
+    @property
+    def pools_key(self) -> str:
+        """Worker nodes -> what they run (JSON ``{"pools": [...], "slots": n}``)."""
+        return self.key("workers", "pools")
+
+    def mark_worker_alive(
+        self, node: str, alive_for: int, slots: int = 0, pools: dict[str, Any] | None = None
+    ) -> None:
         """Worker ``node`` is alive for ``alive_for`` s (by Redis's clock): the key a
         delivery claim checks before taking over a dead node's attempt, and the set
-        ``live_workers`` counts; ``slots``, its job-pool processes, for the dispatcher."""
-        self.scripts["worker_alive"](
-            keys=[self.alive_key(node), self.workers_key, self.key("dispatch", "slots")],
-            args=[node, alive_for, WORKERS_FORGOTTEN_AFTER, slots],
-        )
+        ``live_workers`` counts; ``slots``, its job-pool processes, for the dispatcher;
+        ``pools``, what it runs (its pools and their slots), for the dashboard."""
+        keys = [self.alive_key(node), self.workers_key, self.key("dispatch", "slots")]
+        args: list[Any] = [node, alive_for, WORKERS_FORGOTTEN_AFTER, slots]
+        if pools is not None:
+            keys.append(self.pools_key)
+            args.append(json.dumps(pools, separators=(",", ":")))
+        self.scripts["worker_alive"](keys=keys, args=args)
 
     def live_workers(self, alive_for: int) -> int:
         """Worker nodes that gave a sign of life in the last ``alive_for`` s."""

@@ -73,11 +73,19 @@ def held_delivery_tags() -> list[str]:
 class Refresher(threading.Thread):
     """Keeps held messages fresh and the node alive, until the process exits."""
 
-    def __init__(self, app: Any, node: str, unacked_index: str | None, slots: int = 0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        node: str,
+        unacked_index: str | None,
+        slots: int = 0,
+        pools: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(name="jobgate-refresh", daemon=True)
         self.store = app.store
         self.node = node
         self.slots = slots  # job-pool processes, for the dispatcher's window
+        self.pools = pools  # what the node runs, for the dashboard (pools_of)
         self.every = app.settings.worker_refresh_every
         self.alive_for = app.settings.worker_alive_for
         self.unacked_index = unacked_index
@@ -103,7 +111,7 @@ class Refresher(threading.Thread):
             except Exception:  # noqa: BLE001 - the next tick tries again
                 log.warning("upkeep: refreshing %d held messages failed", len(tags), exc_info=True)
         try:
-            self.store.mark_worker_alive(self.node, self.alive_for, self.slots)
+            self.store.mark_worker_alive(self.node, self.alive_for, self.slots, self.pools)
         except Exception:  # noqa: BLE001
             log.warning("upkeep: the liveness key could not be written", exc_info=True)
 
@@ -213,6 +221,19 @@ def job_slots(c: Any) -> int:
     return int(getattr(c.controller, "concurrency", 0) or 0)
 
 
+def pools_of(c: Any) -> dict[str, Any]:
+    """What a node runs, for the dashboard: its pools (``jobs`` for the jobs queue,
+    ``webhooks`` for the deliveries' queue, any other queue by its name) and its slots
+    (the pool's processes or greenlets)."""
+    messenger = c.app.messenger
+    names = {messenger.jobs_queue: "jobs", messenger.webhooks_queue: "webhooks"}
+    queues = sorted(queue.name for queue in getattr(c.task_consumer, "queues", ()))
+    return {
+        "pools": [names.get(queue, queue) for queue in queues],
+        "slots": int(getattr(c.controller, "concurrency", 0) or 0),
+    }
+
+
 SOON_STEP = 0.02  # seconds: the shortest wait of a one-shot due move
 
 
@@ -240,7 +261,7 @@ class Upkeep(bootsteps.StartStopStep):
                 unacked_index = (
                     getattr(channel, "global_keyprefix", "") or ""
                 ) + channel.unacked_index_key
-            self._refresher = Refresher(app, self.node, unacked_index, job_slots(c))
+            self._refresher = Refresher(app, self.node, unacked_index, job_slots(c), pools_of(c))
             self._refresher.tick()
             self._refresher.start()
             self._archiving = ArchiveThread(app, self.node)

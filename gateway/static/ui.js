@@ -120,6 +120,7 @@ function showSignedIn(signedIn) {
   show($("logout"), signedIn);
   show($("who"), signedIn);
   $("who").textContent = signedIn ? `Signed in as ${isAdmin() ? "admin" : "partner"}` : "";
+  showAdminParts(signedIn);
 }
 
 function requireSignIn(start) {
@@ -184,7 +185,8 @@ function jobsPage() {
     link.title = view.job_id;
     const status = document.createElement("span");
     badge(status, view.status);
-    const cells = [link, view.task, status, `${percentOf(view)}%`, when(view.created_at)];
+    const cells = [link, view.task, status, `${percentOf(view)}%`, when(view.created_at),
+      ...jobListExtraCells(view)];
     for (const content of cells) {
       const td = document.createElement("td");
       if (content instanceof Node) td.append(content);
@@ -198,6 +200,7 @@ function jobsPage() {
     const params = new URLSearchParams({ limit: "20" });
     const status = $("status-filter").value;
     if (status) params.set("status", status);
+    jobListFilters(params);
     if (append && cursor) params.set("cursor", cursor);
     try {
       const page = await api(`/v1/jobs?${params}`);
@@ -222,6 +225,7 @@ function jobsPage() {
   $("refresh").addEventListener("click", () => load(false));
   $("status-filter").addEventListener("change", () => load(false));
   $("more").addEventListener("click", () => load(true));
+  jobListSearch(row, () => { clearTimeout(refreshTimer); }, () => load(false));
   requireSignIn(() => load(false));
 }
 
@@ -567,6 +571,331 @@ function endpointsPage() {
   requireSignIn(load);
 }
 
+// ------------------------------------------------------------------ admin parts
+
+// What only admins are shown: the Dashboard link and the jobs list's partner column.
+function showAdminParts(signedIn) {
+  const admin = signedIn && isAdmin();
+  show($("nav-dashboard"), admin);
+  const column = document.getElementById("col-partner");
+  if (column) show(column, admin);
+}
+
+// ------------------------------------------------------------------ jobs list: additions
+
+function cellLink(href, text, title) {
+  const link = document.createElement("a");
+  link.href = href;
+  link.textContent = text;
+  if (title) link.title = title;
+  return link;
+}
+
+// The partner (admins only) and the batch, linked to its page.
+function jobListExtraCells(view) {
+  const cells = [];
+  if (isAdmin()) cells.push(view.partner_id || "–");
+  cells.push(view.batch_id
+    ? cellLink(`/ui/batches/${encodeURIComponent(view.batch_id)}`, view.batch_id.slice(0, 8),
+      view.batch_id)
+    : "");
+  return cells;
+}
+
+function jobListFilters(params) {
+  const task = $("task-filter").value.trim();
+  if (task) params.set("task", task);
+}
+
+// Find one job by id (shown alone in the list), or a batch (its page).
+function jobListSearch(row, pause, reload) {
+  const input = $("job-search-id");
+  function clear() {
+    input.value = "";
+    show($("job-search-clear"), false);
+    reload();
+  }
+  $("task-filter").addEventListener("change", reload);
+  $("job-search-clear").addEventListener("click", clear);
+  $("job-search").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const id = input.value.trim();
+    if (!id) {
+      clear();
+      return;
+    }
+    $("job-search-submit").disabled = true;
+    try {
+      let view = null;
+      try {
+        view = await api(`/v1/jobs/${encodeURIComponent(id)}`);
+      } catch (error) {
+        if (!(error instanceof ApiError && (error.status === 404 || error.status === 422))) {
+          throw error;
+        }
+      }
+      if (!view) {
+        try {
+          await api(`/v1/batches/${encodeURIComponent(id)}`);
+          window.location.assign(`/ui/batches/${encodeURIComponent(id)}`);
+          return;
+        } catch (error) {
+          if (!(error instanceof ApiError && (error.status === 404 || error.status === 422))) {
+            throw error;
+          }
+          throw "No job or batch with this id is visible to this key.";
+        }
+      }
+      pause();
+      $("jobs-body").replaceChildren(row(view));
+      show($("more"), false);
+      show($("jobs-empty"), false);
+      show($("job-search-clear"), true);
+      showError($("list-error"), null);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("list-error"), error);
+    } finally {
+      $("job-search-submit").disabled = false;
+    }
+  });
+}
+
+// ------------------------------------------------------------------ one batch
+
+function batchPage(batchId) {
+  function render(batch) {
+    show($("batch"), true);
+    badge($("batch-status"), batch.status);
+    $("batch-counts").textContent = `${batch.total} jobs: ${batch.succeeded} succeeded, ` +
+      `${batch.failed} failed, ${batch.revoked} revoked, ${batch.pending} pending ` +
+      `(${batch.percent}%). Created ${when(batch.created_at)}.`;
+    $("batch-body").replaceChildren(...batch.jobs.map((member) => {
+      const tr = document.createElement("tr");
+      tr.dataset.jobId = member.job_id;
+      const status = document.createElement("span");
+      badge(status, member.status || "expired");
+      const link = cellLink(`/ui/jobs/${encodeURIComponent(member.job_id)}`,
+        member.job_id.slice(0, 8), member.job_id);
+      for (const content of [link, member.task || "", status, when(member.finished_at)]) {
+        const td = document.createElement("td");
+        td.append(content);
+        tr.append(td);
+      }
+      return tr;
+    }));
+  }
+
+  async function load() {
+    try {
+      render(await api(`/v1/batches/${encodeURIComponent(batchId)}`));
+      showError($("batch-error"), null);
+    } catch (error) {
+      if (onUnauthorized(error)) return;
+      showError($("batch-error"), error instanceof ApiError && error.status === 404
+        ? "No batch with this id is visible to this key." : error);
+    }
+  }
+  requireSignIn(load);
+}
+
+// ------------------------------------------------------------------ dashboard
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+
+function svg(name, attributes = {}, title = null) {
+  const element = document.createElementNS(SVG_NS, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
+  if (title) {
+    const tip = document.createElementNS(SVG_NS, "title");
+    tip.textContent = title;
+    element.append(tip);
+  }
+  return element;
+}
+
+function percent(rate) {
+  return rate == null ? "–" : `${Math.round(rate * 1000) / 10}%`;
+}
+
+function minuteLabel(iso) {
+  const date = new Date(iso);
+  return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+// Started and ended jobs per minute (bars, left axis) and the delivery success rate
+// (line, right axis, 0-100%), drawn from the dashboard's JSON: no chart library.
+function activityChart(activity) {
+  const width = 760;
+  const height = 220;
+  const pad = { left: 36, right: 44, top: 10, bottom: 24 };
+  const plotW = width - pad.left - pad.right;
+  const plotH = height - pad.top - pad.bottom;
+  const minutes = activity.minutes;
+  const slot = plotW / Math.max(1, minutes.length);
+  const top = Math.max(1, ...minutes.map((m) => Math.max(m.started, m.ended)));
+  const y = (count) => pad.top + plotH - (count / top) * plotH;
+  const chart = svg("svg", {
+    viewBox: `0 0 ${width} ${height}`, id: "activity-svg",
+    "data-started": String(activity.totals.started),
+    "data-ended": String(activity.totals.ended),
+    "data-success-rate": activity.totals.success_rate == null
+      ? "" : String(activity.totals.success_rate),
+  });
+  chart.append(svg("line", { class: "axis", x1: pad.left, x2: pad.left + plotW,
+    y1: pad.top + plotH, y2: pad.top + plotH }));
+  for (const [value, label] of [[0, "0"], [top, String(top)]]) {
+    const text = svg("text", { x: pad.left - 6, y: y(value) + 3, "text-anchor": "end" });
+    text.textContent = label;
+    chart.append(text);
+  }
+  for (const [rate, label] of [[0, "0%"], [0.5, "50%"], [1, "100%"]]) {
+    const text = svg("text", { x: pad.left + plotW + 6, y: pad.top + plotH - rate * plotH + 3 });
+    text.textContent = label;
+    chart.append(text);
+  }
+  const points = [];
+  minutes.forEach((m, i) => {
+    const x = pad.left + i * slot;
+    const label = minuteLabel(m.minute);
+    for (const [name, offset] of [["started", 0.1], ["ended", 0.5]]) {
+      const count = m[name];
+      if (!count) continue;
+      chart.append(svg("rect", {
+        class: `bar-${name}`, x: x + slot * offset, width: slot * 0.4,
+        y: y(count), height: pad.top + plotH - y(count),
+        "data-minute": m.minute, "data-count": String(count),
+      }, `${label}: ${count} ${name}`));
+    }
+    if (m.success_rate != null) {
+      const point = [x + slot / 2, pad.top + plotH - m.success_rate * plotH];
+      points.push(point);
+      chart.append(svg("circle", {
+        class: "rate-dot", cx: point[0], cy: point[1], r: 2.5,
+        "data-minute": m.minute, "data-rate": String(m.success_rate),
+      }, `${label}: ${m.delivered} of ${m.attempts} deliveries (${percent(m.success_rate)})`));
+    }
+    if (i % 10 === 0) {
+      const text = svg("text", { x, y: height - 6 });
+      text.textContent = label;
+      chart.append(text);
+    }
+  });
+  if (points.length > 1) {
+    chart.append(svg("polyline", { class: "rate", points: points.map((p) => p.join(",")).join(" ") }));
+  }
+  return chart;
+}
+
+function tableRow(cells, dataset = {}) {
+  const tr = document.createElement("tr");
+  Object.assign(tr.dataset, dataset);
+  for (const content of cells) {
+    const td = document.createElement("td");
+    if (content instanceof Node) td.append(content);
+    else td.textContent = content;
+    tr.append(td);
+  }
+  return tr;
+}
+
+function dashboardPage() {
+  let timer = null;
+  let deadCursor = null;
+
+  function render(board) {
+    show($("dash"), true);
+    const totals = board.activity.totals;
+    $("activity-totals").textContent = `${totals.started} started, ${totals.ended} ended, ` +
+      `${totals.delivered} of ${totals.attempts} deliveries succeeded (` +
+      `${percent(totals.success_rate)})`;
+    $("activity-chart").replaceChildren(activityChart(board.activity));
+
+    const workers = board.workers;
+    $("workers-summary").textContent = `${workers.alive} online of ${workers.known} known`;
+    $("workers-body").replaceChildren(...workers.nodes.map((node) => {
+      const state = document.createElement("span");
+      state.className = node.alive ? "state-alive" : "state-dead";
+      state.textContent = node.alive ? "online" : "silent";
+      return tableRow([node.node, node.pools.join(", ") || "–", String(node.slots),
+        when(node.last_seen), state], { node: node.node, alive: String(node.alive) });
+    }));
+
+    const queues = board.queues;
+    $("queues-summary").textContent = `${queues.totals.queued} queued, ` +
+      `${queues.totals.running} running, ${queues.totals.delayed} delayed over ` +
+      `${queues.partners_total} partner${queues.partners_total === 1 ? "" : "s"}` +
+      (queues.partners_total > queues.partners.length
+        ? ` (the ${queues.partners.length} deepest shown)` : "");
+    $("queues-body").replaceChildren(...queues.partners.map((q) => tableRow(
+      [q.name ? `${q.name} (${q.partner_id})` : q.partner_id, String(q.queued),
+        String(q.running), String(q.delayed), String(q.total)],
+      { partnerId: q.partner_id })));
+
+    const ends = board.endpoints;
+    $("endpoints-summary").textContent = `${ends.failing.count} failing, ` +
+      `${ends.disabled.count} disabled` +
+      (ends.failing.count + ends.disabled.count ? " (newest shown)" : "");
+    $("bad-endpoints-body").replaceChildren(
+      ...ends.failing.newest.map((e) => tableRow(
+        [e.partner_id, e.url, `failing since ${when(e.failing_since)}`],
+        { endpointId: e.id, state: "failing" })),
+      ...ends.disabled.newest.map((e) => tableRow(
+        [e.partner_id, e.url, `disabled ${when(e.disabled_at)}: ${e.disabled_reason || ""}`],
+        { endpointId: e.id, state: "disabled" })),
+    );
+
+    const dead = board.dead_letters;
+    $("dead-summary").textContent = `${dead.count} set aside`;
+    if (deadCursor === null) {
+      $("dead-body").replaceChildren(...dead.newest.map(deadRow));
+    }
+    $("dash-updated").textContent = `Updated ${when(board.generated_at)}`;
+    $("dash").dataset.loads = String(Number($("dash").dataset.loads || 0) + 1);
+  }
+
+  function deadRow(letter) {
+    return tableRow([when(letter.at), letter.kind, letter.subject_id,
+      (letter.error || "").slice(0, 300)], { deadLetterId: String(letter.id) });
+  }
+
+  // The whole list (GET /v1/archive/dead-letters), page by page, in place of the newest.
+  async function allDeadLetters(append) {
+    const params = new URLSearchParams({ limit: "20" });
+    if (append && deadCursor) params.set("cursor", String(deadCursor));
+    try {
+      const page = await api(`/v1/archive/dead-letters?${params}`);
+      if (!append) $("dead-body").replaceChildren();
+      $("dead-body").append(...page.dead_letters.map(deadRow));
+      deadCursor = page.next_cursor || 0;
+      show($("dead-more"), Boolean(page.next_cursor));
+      show($("dead-all"), false);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("dash-error"), error);
+    }
+  }
+
+  async function load() {
+    clearTimeout(timer);
+    if (!isAdmin()) {
+      showError($("dash-error"), "The dashboard is for admins: sign in with an admin key.");
+      return;
+    }
+    try {
+      render(await api("/v1/dashboard"));
+      showError($("dash-error"), null);
+    } catch (error) {
+      if (onUnauthorized(error)) return;
+      showError($("dash-error"), error);
+    }
+    timer = setTimeout(load, 10000);
+  }
+
+  $("dash-refresh").addEventListener("click", load);
+  $("dead-all").addEventListener("click", () => allDeadLetters(false));
+  $("dead-more").addEventListener("click", () => allDeadLetters(true));
+  requireSignIn(load);
+}
+
 // ------------------------------------------------------------------ entry point
 
 // ------------------------------------------------------------------ audit log (admins)
@@ -613,4 +942,6 @@ const PAGES = {
   endpoints: endpointsPage,
   audit: auditPage,
 };
+PAGES.dashboard = dashboardPage;
+PAGES.batch = () => batchPage(document.body.dataset.batchId);
 (PAGES[document.body.dataset.page] || jobsPage)();

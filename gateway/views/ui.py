@@ -80,3 +80,15 @@ def root() -> Response:
 
 # Outside the blueprint's /ui prefix: the gateway's root.
 bp.record_once(lambda state: state.app.add_url_rule("/", "root", root, methods=["GET"]))
+
+
+@bp.get("/dashboard")
+def dashboard_page() -> str:
+    """Admins: workers, queues, the last hour's chart, failing endpoints, dead letters."""
+    return render_template("ui_dashboard.html", page="dashboard", job_id="")
+
+
+@bp.get("/batches/<batch_id>")
+def batch_page(batch_id: str) -> str:
+    """One batch: its counts and its members, each linked to its job page."""
+    return render_template("ui_batch.html", page="batch", job_id="", batch_id=batch_id)

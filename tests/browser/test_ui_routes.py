@@ -47,3 +47,14 @@ def test_the_root_leads_browsers_to_the_status_page_and_api_clients_to_a_json_40
         assert api.status_code == 404 and api.mimetype == "application/json"
         error = api.get_json()["error"]
         assert error["code"] == "not_found" and "/ui/" in error["message"]
+
+
+def test_dashboard_and_batch_pages_are_hardened_shells_without_data(client):
+    for path in ("/ui/dashboard", "/ui/batches/some-batch"):
+        response = client.get(path)
+        assert response.status_code == 200 and response.mimetype == "text/html"
+        assert "form-action 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["Cache-Control"] == "no-store"
+        assert "<script>" not in response.get_data(as_text=True)
+    html = client.get("/ui/batches/%22%3E%3Cb%3E").get_data(as_text=True)
+    assert "<b>" not in html and 'data-batch-id="&#34;&gt;&lt;b&gt;"' in html

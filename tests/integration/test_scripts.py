@@ -587,6 +587,18 @@ def test_worker_alive_stamps_with_redis_time_and_workers_live_counts_recent_node
     assert run("workers_live", [workers], [150]) == 2
 
 
+def test_worker_alive_records_what_a_node_runs_and_forgets_it_with_the_node(run, k, redis_client):
+    now = int(redis_client.time()[0])
+    workers, pools = k("workers"), k("workers", "pools")
+    redis_client.zadd(workers, {"old@h": now - 200_000})
+    redis_client.hset(pools, "old@h", '{"pools":["jobs"],"slots":2}')
+    alive = [k("worker", "d@h"), workers, k("dispatch", "slots"), pools]
+    run("worker_alive", alive, ["d@h", 16, 86400, 0, '{"pools":["webhooks"],"slots":100}'])
+    assert redis_client.hgetall(pools) == {"d@h": '{"pools":["webhooks"],"slots":100}'}
+    assert redis_client.zrange(workers, 0, -1) == ["d@h"]
+    assert not redis_client.hgetall(k("dispatch", "slots"))  # no job pool: no slots there
+
+
 def test_delivery_begin_claims_and_reads_record_body_and_partner(
     redis_client: redis.Redis, run: Any, k: Keys
 ) -> None:
