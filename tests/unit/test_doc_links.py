@@ -271,3 +271,15 @@ def test_every_cited_test_exists(where: str, test_file: str, name: str | None) -
         assert re.search(rf"^(?:async )?def {name}\b|^class {name}\b", path.read_text(), re.M), (
             f"{where} cites {test_file}::{name}, which is not in it"
         )
+
+
+def test_every_image_the_docs_show_is_refreshed_by_the_screenshot_script() -> None:
+    """``python -m tests.browser.screenshots`` copies each image README.md and docs/ show
+    from the browser test that takes it: none can go stale unnoticed."""
+    from tests.browser.screenshots import SHOTS
+
+    shown = set()
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        shown |= set(re.findall(r"!\[[^\]]*\]\((?:docs/)?img/([^)]+)\)", path.read_text()))
+    assert shown and shown == set(SHOTS)
+    assert all((ROOT / "docs" / "img" / name).is_file() for name in SHOTS)
