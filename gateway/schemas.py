@@ -472,6 +472,12 @@ class EndpointSchema(Schema):
     updated_at = fields.String(required=True)
 
 
+class EndpointReadSchema(EndpointSchema):
+    public_key = fields.String(
+        metadata={"description": "signature_scheme ed25519: the current whpk_ public key."}
+    )
+
+
 class EndpointCreatedSchema(EndpointSchema):
     webhook_secret = fields.String(
         metadata={"description": "signature_scheme hmac: the whsec_ secret, shown once."}

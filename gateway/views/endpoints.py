@@ -20,6 +20,7 @@ from gateway.schemas import (
     EndpointListArgs,
     EndpointListSchema,
     EndpointPatchSchema,
+    EndpointReadSchema,
     EndpointSchema,
     EndpointSecretSchema,
     RecoveredSchema,
@@ -28,7 +29,7 @@ from gateway.schemas import (
 )
 from gateway.views.common import json_body, json_body_or_empty
 from jobgate import endpoints as registry
-from jobgate.signing import new_secret
+from jobgate.signing import new_secret, public_key
 from jobgate.times import iso_time
 from jobgate.webhooks import fanout
 from jobgate.webhooks.attempt import send_ping
@@ -135,10 +136,18 @@ def index():
 
 
 @bp.get("/<endpoint_id>")
-@operation("Read an endpoint", ok(200, "The endpoint", EndpointSchema), READ, tag="endpoints")
+@operation("Read an endpoint", ok(200, "The endpoint", EndpointReadSchema), READ, tag="endpoints")
 @login_required
 def read(endpoint_id: str):
-    return jsonify(find(endpoint_id))
+    found = find(endpoint_id)
+    if found["signature_scheme"] == "ed25519":
+        # The receiver's half of the current key, from the sealed private key jobgate keeps
+        # (a partner who lost it need not rotate to read it again).
+        svc = services()
+        current = svc.registry.mirrored(endpoint_id).get("webhook_secret", "")
+        if current:
+            found["public_key"] = public_key(svc.store.sealer.open(current))
+    return jsonify(found)
 
 
 @bp.patch("/<endpoint_id>")
