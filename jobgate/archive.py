@@ -47,11 +47,13 @@ from jobgate.db.models import (
     Message,
     OperationalEvent,
     SigningSecret,
+    WebhookBody,
 )
 from jobgate.events import JOB_EVENTS
 from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
 from jobgate.times import parse_time
+from jobgate.webhooks.ledger import Deliveries
 
 log = logging.getLogger("jobgate.archive")
 
@@ -248,33 +250,37 @@ class Archiver:
         message_ids = list(dict.fromkeys(message_ids))
         store = self.store
         pipe = store.redis.pipeline(transaction=False)
+        books = Deliveries(store)
         for job_id in job_ids:
             pipe.hgetall(store.key("job", job_id))
             if job_id not in records_only:
                 pipe.lrange(store.key("deliveries", job_id), 0, -1)
+                pipe.hgetall(books.responses_key(job_id))
         for batch_id in batch_ids:
             pipe.lrange(store.key("deliveries", batch_id), 0, -1)
+            pipe.hgetall(books.responses_key(batch_id))
             pipe.hgetall(store.key("webhook", batch_id))
         for message_id in message_ids:
             pipe.lrange(store.key("deliveries", message_id), 0, -1)
+            pipe.hgetall(books.responses_key(message_id))
         raw = pipe.execute()
         jobs, attempts, expiring = [], [], []
         replies = iter(raw)
         for job_id in job_ids:
             record = next(replies)
-            log_entries = [] if job_id in records_only else next(replies)
+            log_entries, answers = ([], {}) if job_id in records_only else next_two(replies)
             job = decode_job(record)
             if job is None:
                 continue  # expired or never written (a refused submit): nothing to keep
             jobs.append(job)
-            attempts += _attempts(job_id, "job", log_entries)
+            attempts += _attempts(job_id, "job", log_entries, answers)
             status = job.get("status")
             if status in TERMINAL and _webhook_state(job) in FINAL:
                 # A job has one webhook event, its end's: no need to read it back.
                 expiring += self._subject_keys(job_id, JOB_EVENTS[status])
         batches = []
         for batch_id in batch_ids:
-            log_entries, summary = next(replies), next(replies)
+            log_entries, answers, summary = next(replies), next(replies), next(replies)
             found = batch_record(store, batch_id)
             if found is None:
                 continue
@@ -282,7 +288,7 @@ class Archiver:
             found["webhook_state"] = summary.get("state") if found.get("callback_url") else "none"
             found["webhook_attempts"] = int(summary.get("attempts") or 0)
             batches.append(found)
-            attempts += _attempts(batch_id, "batch", log_entries)
+            attempts += _attempts(batch_id, "batch", log_entries, answers)
             if found.get("finished_at") and (found["webhook_state"] or "pending") in FINAL:
                 expiring += [
                     batch_key(store, batch_id),
@@ -293,11 +299,13 @@ class Archiver:
         # An endpoint message's attempts go to the database too; its own keys stay in Redis
         # for the hold period, which is the window of `recover` (jobgate.webhooks.fanout).
         for message_id in message_ids:
-            attempts += _attempts(message_id, "msg", next(replies))
+            attempts += _attempts(message_id, "msg", *next_two(replies))
+        bodies = _bodies(store, attempts)
         with self.db.session() as session:
             upsert_jobs(session, [job_row(job, store.prefix) for job in jobs])
             upsert_batches(session, batches)
             _insert_attempts(session, attempts)
+            _insert_bodies(session, bodies)
         return expiring
 
     def _subject_keys(self, subject_id: str, event: str | None) -> list[str]:
@@ -306,6 +314,7 @@ class Archiver:
             store.key("job", subject_id),
             store.key("webhook", subject_id),
             store.key("deliveries", subject_id),
+            Deliveries(store).responses_key(subject_id),
         ]
         if event:
             keys.append(store.key("webhook", subject_id, event, "body"))
@@ -381,6 +390,7 @@ def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None 
             session.execute(delete(Message).where(Message.msg_id.in_(kept)))
             subjects = ids + batch_ids + message_ids
             session.execute(delete(Attempt).where(Attempt.subject_id.in_(subjects)))
+            session.execute(delete(WebhookBody).where(WebhookBody.subject_id.in_(subjects)))
             session.execute(delete(Job).where(Job.job_id.in_(ids)))
             session.execute(delete(Batch).where(Batch.batch_id.in_(batch_ids)))
             deleted += len(ids)
@@ -444,10 +454,22 @@ def _webhook_state(job: dict[str, Any]) -> str:
     return str(job.get("webhook_state") or "pending")
 
 
-def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]]:
+def next_two(replies: Iterable[Any]) -> tuple[Any, Any]:
+    """The next two replies of a pipeline's (an attempts log and its responses)."""
+    found = iter(replies)
+    return next(found), next(found)
+
+
+def _attempts(
+    subject_id: str, kind: str, raw: list[str], answers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The attempts table's rows of a subject's attempts log, each with its answer as the
+    message log keeps it (``answers``: the subject's responses hash)."""
     rows = []
+    answers = answers or {}
     for raw_entry in raw:
         entry = json.loads(raw_entry)
+        answer = answers.get(str(entry["attempt"]))
         rows.append(
             {
                 "subject_id": subject_id,
@@ -459,9 +481,40 @@ def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]
                 "at": parse_time(entry["at"]),
                 "entry": entry,
                 "error": entry.get("error"),
+                "response": json.loads(answer) if answer else None,
             }
         )
     return rows
+
+
+def _bodies(store: Store, attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The bodies the attempts sent (``webhook_bodies`` rows: one per ``webhook-id``),
+    those Redis still holds, read in one round trip (none without an attempt that sent)."""
+    wanted = {
+        row["webhook_id"]: (row["subject_id"], row["event"])
+        for row in attempts
+        if isinstance(row["entry"].get("request"), dict)
+    }
+    if not wanted:
+        return []
+    books = Deliveries(store)
+    pipe = store.redis.pipeline(transaction=False)
+    for subject_id, event in wanted.values():
+        pipe.get(books.body_key(subject_id, event))
+    return [
+        {"webhook_id": webhook_id, "subject_id": subject_id, "event": event, "body": body}
+        for (webhook_id, (subject_id, event)), body in zip(
+            wanted.items(), pipe.execute(), strict=True
+        )
+        if body is not None
+    ]
+
+
+def _insert_bodies(session: Session, bodies: list[dict[str, Any]]) -> None:
+    if not bodies:
+        return
+    insert = _insert(session)(WebhookBody.__table__)
+    session.execute(insert.on_conflict_do_nothing(index_elements=["webhook_id"]), bodies)
 
 
 def _insert(session: Session) -> Any:
