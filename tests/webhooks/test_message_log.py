@@ -31,6 +31,7 @@ from jobgate.webhooks.http import (
 from jobgate.webhooks.ledger import MAX_LOG, Deliveries
 from tests.conftest import ADMIN_KEY
 from tests.helpers import WorkerProcess, gateway_for, wait_until
+from tests.unit.test_openapi import errors_against
 from tests.webhooks.conftest import Received, Receiver, Reply
 from tests.webhooks.test_endpoints import register, settled_attempts
 from tests.webhooks.test_events import deliveries, submit, webhook_settles
@@ -66,6 +67,14 @@ def assert_logged_request_is_what_arrived(
     Webhook(secret).verify(request["body"], request["headers"])
 
 
+def documented(world: SimpleNamespace, path: str, answer: Any, method: str = "get") -> None:
+    """``answer`` is what /openapi.json says the operation answers (200)."""
+    spec = world.client.get("/openapi.json").get_json()
+    response = spec["paths"][path][method]["responses"]["200"]
+    schema = response["content"]["application/json"]["schema"]
+    assert errors_against(spec, schema, answer) == []
+
+
 def forget(world: SimpleNamespace, *ids: str) -> None:
     """Redis forgets every key naming one of ``ids`` (the cache expired)."""
     store = world.svc.store
@@ -99,7 +108,9 @@ def test_a_jobs_attempts_show_what_was_sent_and_answered(world, receiver: Receiv
     job = submit(client, partner, receiver.url)
     job_id = job["job_id"]
     webhook_settles(client, job_id, partner["headers"], ("delivered",))
-    logged = deliveries(client, job_id, partner["headers"])
+    answer = client.get(f"/v1/jobs/{job_id}/deliveries", headers=partner["headers"]).get_json()
+    documented(world, "/v1/jobs/{job_id}/deliveries", answer)
+    logged = answer["deliveries"]
     received = receiver.wait_for(2)
     assert [a["status_code"] for a in logged] == [503, 200]
     for attempt, request in zip(logged, received, strict=True):
@@ -229,7 +240,10 @@ def test_endpoint_attempts_show_what_was_sent_and_answered(world, receiver: Rece
     forget(world, *(one["webhook_id"] for one in logged))
     assert store.redis.exists(Deliveries(store).responses_key(logged[0]["webhook_id"])) == 0
     path = f"/v1/endpoints/{endpoint['id']}/attempts"
-    assert client.get(path, headers=partner["headers"]).get_json()["attempts"] == logged
+    answer = client.get(path, headers=partner["headers"]).get_json()
+    assert answer["attempts"] == logged
+    documented(world, "/v1/endpoints/{endpoint_id}/attempts", answer)
+    documented(world, "/v1/endpoints/{endpoint_id}/test", ping.get_json(), "post")
 
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
