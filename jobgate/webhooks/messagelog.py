@@ -22,11 +22,16 @@ database (``jobgate.history``), the way the attempts themselves are read.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from jobgate.store import Store
 from jobgate.webhooks.ledger import Deliveries
+
+log = logging.getLogger(__name__)
 
 
 def exchange(
@@ -44,8 +49,9 @@ def exchange(
 def _missing(entry: dict[str, Any], body: str | None, response: Any) -> bool:
     """Redis lacks a piece this attempt has: its body (it sent one), or its answer (it got
     one: a status code)."""
-    sent = isinstance(entry.get("request"), dict)
-    return (sent and body is None) or (entry.get("status_code") is not None and response is None)
+    if not isinstance(entry.get("request"), dict):
+        return False  # sent nothing, or recorded before the message log: nothing to find
+    return body is None or (entry.get("status_code") is not None and response is None)
 
 
 def joined(
@@ -84,7 +90,11 @@ def joined(
     if lost and db is not None:
         from jobgate import history
 
-        kept_bodies, kept_responses = history.exchanges(db, lost)
+        try:
+            kept_bodies, kept_responses = history.exchanges(db, lost)
+        except SQLAlchemyError:  # the attempts still read (from Redis), without these
+            log.warning("the message log could not read the database", exc_info=True)
+            kept_bodies, kept_responses = {}, {}
         found = [
             (
                 subject,
