@@ -502,7 +502,12 @@ def _bodies(store: Store, attempts: list[dict[str, Any]]) -> list[dict[str, Any]
     for subject_id, event in wanted.values():
         pipe.get(books.body_key(subject_id, event))
     return [
-        {"webhook_id": webhook_id, "subject_id": subject_id, "event": event, "body": body}
+        {
+            "webhook_id": webhook_id,
+            "subject_id": subject_id,
+            "event": event,
+            "body": escape_unstorable(body),  # what PostgreSQL refuses, written escaped
+        }
         for (webhook_id, (subject_id, event)), body in zip(
             wanted.items(), pipe.execute(), strict=True
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import http.client
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -213,6 +214,15 @@ def _drain(
     return bytes(kept), read > keep or not ended
 
 
+# What no database stores as text (PostgreSQL refuses NUL and lone surrogates): a
+# receiver's answer must not keep its attempts out of the database.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 def logged_response(headers: Mapping[str, str], raw: bytes, truncated: bool) -> dict[str, Any]:
     """What the message log keeps of an answer: at most ``MAX_LOGGED_HEADERS`` headers,
     each name and value cut to its bound and all of them to ``MAX_LOGGED_HEADERS_BYTES``
@@ -227,10 +237,10 @@ def logged_response(headers: Mapping[str, str], raw: bytes, truncated: bool) -> 
         if len(kept) >= MAX_LOGGED_HEADERS or size > MAX_LOGGED_HEADERS_BYTES:
             cut = True
             break
-        kept[short_name] = short_value
+        kept[_storable(short_name)] = _storable(short_value)
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     # A body cut inside a character drops that character's first bytes, not a U+FFFD.
-    text = decoder.decode(raw[:MAX_LOGGED_BODY], final=not truncated)
+    text = _storable(decoder.decode(raw[:MAX_LOGGED_BODY], final=not truncated))
     return {"headers": kept, "headers_truncated": cut, "body": text, "truncated": truncated}
 
 
