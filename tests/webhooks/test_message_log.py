@@ -9,6 +9,7 @@ package (an independent implementation).
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -247,3 +248,32 @@ def test_endpoint_attempts_show_what_was_sent_and_answered(world, receiver: Rece
 
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def test_what_an_attempt_that_got_no_answer_or_sent_nothing_logs() -> None:
+    """A connection refused: the request as it was to be sent, no response. A URL the
+    SSRF guard refuses: nothing sent, nothing logged of a request."""
+    from jobgate.ssrf import parse_allowlist
+    from jobgate.webhooks.http import deliver
+    from jobgate.webhooks.messagelog import exchange
+    from tests.webhooks.conftest import closed_port_url
+
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    refused = deliver(
+        closed_port_url(),
+        b"{}",
+        "msg_x",
+        [secret],
+        allow_http=True,
+        allowlist=parse_allowlist("127.0.0.0/8"),
+    )
+    assert refused.outcome == "retry" and refused.response is None
+    assert refused.request_headers is not None
+    assert refused.request_headers["webhook-id"] == "msg_x"
+    blocked = deliver("http://127.0.0.1:9/hook", b"{}", "msg_y", [secret])
+    assert blocked.outcome == "failed" and blocked.request_headers is None
+    assert exchange({"webhook_id": "msg_y"}, "{}", None) == {
+        "webhook_id": "msg_y",
+        "request": None,
+        "response": None,
+    }
