@@ -106,8 +106,14 @@ def test_a_jobs_attempts_show_what_was_sent_and_answered(world, receiver: Receiv
         Reply(503, (("X-Reason", "busy"), ("Retry-After", "0")), b'{"error":"busy"}'),
         Reply(200, (("X-Receipt", "r-28"),), "merci \u00e9t\u00e9".encode()),
     )
-    job = submit(client, partner, receiver.url)
-    job_id = job["job_id"]
+    traceparent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    submitted = client.post(
+        "/v1/jobs",
+        json={"task": "demo.sleep", "params": {"seconds": 0}, "callback_url": receiver.url},
+        headers={**partner["headers"], "traceparent": traceparent},
+    )
+    assert submitted.status_code == 202, submitted.get_json()
+    job_id = submitted.get_json()["job_id"]
     webhook_settles(client, job_id, partner["headers"], ("delivered",))
     answer = client.get(f"/v1/jobs/{job_id}/deliveries", headers=partner["headers"]).get_json()
     documented(world, "/v1/jobs/{job_id}/deliveries", answer)
@@ -116,6 +122,9 @@ def test_a_jobs_attempts_show_what_was_sent_and_answered(world, receiver: Receiv
     assert [a["status_code"] for a in logged] == [503, 200]
     for attempt, request in zip(logged, received, strict=True):
         assert_logged_request_is_what_arrived(attempt, request, partner["webhook_secret"])
+    # The job's trace goes on in the webhook: the header sent is logged with the rest.
+    trace_id = traceparent.split("-")[1]
+    assert all(a["request"]["headers"]["traceparent"].split("-")[1] == trace_id for a in logged)
     first, second = (attempt["response"] for attempt in logged)
     assert first["headers"]["X-Reason"] == "busy" and first["body"] == '{"error":"busy"}'
     assert second["headers"]["X-Receipt"] == "r-28"
