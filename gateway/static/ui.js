@@ -755,11 +755,17 @@ function endpointManagement() {
   }
 
   let shownId = null;
+  let shownEnabled = null;
   new MutationObserver(() => {
     show($("manage-disable"), detail.dataset.enabled === "true");
     if (detail.dataset.endpointId !== shownId) {
       shownId = detail.dataset.endpointId;
+      shownEnabled = detail.dataset.enabled;
       reset();
+    } else if (detail.dataset.enabled !== shownEnabled) {
+      shownEnabled = detail.dataset.enabled;
+      // "Disabled." is old news once it is enabled again.
+      if (shownEnabled === "true") $("manage-result").textContent = "";
     }
   }).observe(detail, { attributes: true, attributeFilter: ["data-endpoint-id", "data-enabled"] });
 

@@ -199,6 +199,7 @@ def test_the_endpoints_page_shows_attempts_and_edits_rotates_disables_and_delete
         )
         page.wait_visible("detail-enable")
         wait_until(lambda: not page.visible("manage-disable"), 10, 0.05, "Disable hidden")
+        assert page.text("manage-result") == "Disabled."
         page.element("detail-enable").click()
         wait_until(
             lambda: endpoint(client, partner, endpoint_id)[1]["enabled"] is True,
@@ -207,6 +208,7 @@ def test_the_endpoints_page_shows_attempts_and_edits_rotates_disables_and_delete
             "enabled again",
         )
         page.wait_visible("manage-disable")
+        wait_until(lambda: page.text("manage-result") == "", 10, 0.05, "no stale Disabled.")
         page.screenshot("message-log-endpoints")
 
         # Delete, confirmed.
