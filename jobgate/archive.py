@@ -250,37 +250,33 @@ class Archiver:
         message_ids = list(dict.fromkeys(message_ids))
         store = self.store
         pipe = store.redis.pipeline(transaction=False)
-        books = Deliveries(store)
         for job_id in job_ids:
             pipe.hgetall(store.key("job", job_id))
             if job_id not in records_only:
                 pipe.lrange(store.key("deliveries", job_id), 0, -1)
-                pipe.hgetall(books.responses_key(job_id))
         for batch_id in batch_ids:
             pipe.lrange(store.key("deliveries", batch_id), 0, -1)
-            pipe.hgetall(books.responses_key(batch_id))
             pipe.hgetall(store.key("webhook", batch_id))
         for message_id in message_ids:
             pipe.lrange(store.key("deliveries", message_id), 0, -1)
-            pipe.hgetall(books.responses_key(message_id))
         raw = pipe.execute()
         jobs, attempts, expiring = [], [], []
         replies = iter(raw)
         for job_id in job_ids:
             record = next(replies)
-            log_entries, answers = ([], {}) if job_id in records_only else next_two(replies)
+            log_entries = [] if job_id in records_only else next(replies)
             job = decode_job(record)
             if job is None:
                 continue  # expired or never written (a refused submit): nothing to keep
             jobs.append(job)
-            attempts += _attempts(job_id, "job", log_entries, answers)
+            attempts += _attempts(job_id, "job", log_entries)
             status = job.get("status")
             if status in TERMINAL and _webhook_state(job) in FINAL:
                 # A job has one webhook event, its end's: no need to read it back.
                 expiring += self._subject_keys(job_id, JOB_EVENTS[status])
         batches = []
         for batch_id in batch_ids:
-            log_entries, answers, summary = next(replies), next(replies), next(replies)
+            log_entries, summary = next(replies), next(replies)
             found = batch_record(store, batch_id)
             if found is None:
                 continue
@@ -288,7 +284,7 @@ class Archiver:
             found["webhook_state"] = summary.get("state") if found.get("callback_url") else "none"
             found["webhook_attempts"] = int(summary.get("attempts") or 0)
             batches.append(found)
-            attempts += _attempts(batch_id, "batch", log_entries, answers)
+            attempts += _attempts(batch_id, "batch", log_entries)
             if found.get("finished_at") and (found["webhook_state"] or "pending") in FINAL:
                 expiring += [
                     batch_key(store, batch_id),
@@ -299,14 +295,63 @@ class Archiver:
         # An endpoint message's attempts go to the database too; its own keys stay in Redis
         # for the hold period, which is the window of `recover` (jobgate.webhooks.fanout).
         for message_id in message_ids:
-            attempts += _attempts(message_id, "msg", *next_two(replies))
-        bodies = _bodies(store, attempts)
+            attempts += _attempts(message_id, "msg", next(replies))
+        attempts, bodies = self._message_log(attempts)
         with self.db.session() as session:
             upsert_jobs(session, [job_row(job, store.prefix) for job in jobs])
             upsert_batches(session, batches)
             _insert_attempts(session, attempts)
             _insert_bodies(session, bodies)
         return expiring
+
+    def _message_log(
+        self, attempts: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The attempts not archived yet, each with its answer (the message log), and the
+        bodies they sent that the database lacks (``webhook_bodies`` rows): what Redis
+        holds of them, read in one round trip. A subject's log is read whole at each of
+        its attempts; its answers (up to 64 KiB each) and body only once."""
+        if not attempts:
+            return attempts, []
+        subjects = sorted({row["subject_id"] for row in attempts})
+        ids = sorted({row["webhook_id"] for row in attempts})
+        archived = select(Attempt.subject_id, Attempt.attempt).where(
+            Attempt.subject_id.in_(subjects)
+        )
+        known = {(subject, int(number)) for subject, number in self.db.read(archived)}
+        stored = select(WebhookBody.webhook_id).where(WebhookBody.webhook_id.in_(ids))
+        kept = {webhook_id for (webhook_id,) in self.db.read(stored)}
+        fresh = [row for row in attempts if (row["subject_id"], row["attempt"]) not in known]
+        logged = [row for row in fresh if isinstance(row["entry"].get("request"), dict)]
+        wanted = {
+            row["webhook_id"]: (row["subject_id"], row["event"])
+            for row in logged
+            if row["webhook_id"] not in kept
+        }
+        if not logged:
+            return fresh, []
+        books = Deliveries(self.store)
+        pipe = self.store.redis.pipeline(transaction=False)
+        for row in logged:
+            pipe.hget(books.responses_key(row["subject_id"]), str(row["attempt"]))
+        for subject_id, event in wanted.values():
+            pipe.get(books.body_key(subject_id, event))
+        replies = pipe.execute()
+        for row, answer in zip(logged, replies, strict=False):
+            row["response"] = json.loads(answer) if answer else None
+        bodies = [
+            {
+                "webhook_id": webhook_id,
+                "subject_id": subject_id,
+                "event": event,
+                "body": escape_unstorable(body),  # what PostgreSQL refuses, written escaped
+            }
+            for (webhook_id, (subject_id, event)), body in zip(
+                wanted.items(), replies[len(logged) :], strict=True
+            )
+            if body is not None
+        ]
+        return fresh, bodies
 
     def _subject_keys(self, subject_id: str, event: str | None) -> list[str]:
         store = self.store
@@ -454,22 +499,12 @@ def _webhook_state(job: dict[str, Any]) -> str:
     return str(job.get("webhook_state") or "pending")
 
 
-def next_two(replies: Iterable[Any]) -> tuple[Any, Any]:
-    """The next two replies of a pipeline's (an attempts log and its responses)."""
-    found = iter(replies)
-    return next(found), next(found)
-
-
-def _attempts(
-    subject_id: str, kind: str, raw: list[str], answers: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
-    """The attempts table's rows of a subject's attempts log, each with its answer as the
-    message log keeps it (``answers``: the subject's responses hash)."""
+def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]]:
+    """The attempts table's rows of a subject's attempts log (``response`` filled in by
+    ``Archiver._message_log``)."""
     rows = []
-    answers = answers or {}
     for raw_entry in raw:
         entry = json.loads(raw_entry)
-        answer = answers.get(str(entry["attempt"]))
         rows.append(
             {
                 "subject_id": subject_id,
@@ -481,38 +516,10 @@ def _attempts(
                 "at": parse_time(entry["at"]),
                 "entry": entry,
                 "error": entry.get("error"),
-                "response": json.loads(answer) if answer else None,
+                "response": None,
             }
         )
     return rows
-
-
-def _bodies(store: Store, attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The bodies the attempts sent (``webhook_bodies`` rows: one per ``webhook-id``),
-    those Redis still holds, read in one round trip (none without an attempt that sent)."""
-    wanted = {
-        row["webhook_id"]: (row["subject_id"], row["event"])
-        for row in attempts
-        if isinstance(row["entry"].get("request"), dict)
-    }
-    if not wanted:
-        return []
-    books = Deliveries(store)
-    pipe = store.redis.pipeline(transaction=False)
-    for subject_id, event in wanted.values():
-        pipe.get(books.body_key(subject_id, event))
-    return [
-        {
-            "webhook_id": webhook_id,
-            "subject_id": subject_id,
-            "event": event,
-            "body": escape_unstorable(body),  # what PostgreSQL refuses, written escaped
-        }
-        for (webhook_id, (subject_id, event)), body in zip(
-            wanted.items(), pipe.execute(), strict=True
-        )
-        if body is not None
-    ]
 
 
 def _insert_bodies(session: Session, bodies: list[dict[str, Any]]) -> None:
