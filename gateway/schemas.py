@@ -528,6 +528,44 @@ class EventTypeListSchema(Schema):
     event_types = fields.List(fields.Nested(EventTypeSchema), required=True)
 
 
+class SentRequestSchema(Schema):
+    """What an attempt sent, as signed (the message log, ``jobgate.webhooks.messagelog``)."""
+
+    headers = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        required=True,
+        metadata={
+            "description": "Every header sent: the Standard Webhooks ones (webhook-id, "
+            "webhook-timestamp, webhook-signature), the endpoint's own, traceparent if any."
+        },
+    )
+    body = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The message's body, the same bytes on every attempt."},
+    )
+
+
+class ReceivedResponseSchema(Schema):
+    """What the receiver answered, bounded (the message log)."""
+
+    headers = fields.Dict(
+        keys=fields.String(),
+        values=fields.String(),
+        required=True,
+        metadata={"description": "At most 50 headers, 1024 characters a value, 8 KiB in all."},
+    )
+    headers_truncated = fields.Boolean(required=True)
+    body = fields.String(
+        required=True,
+        metadata={"description": "The first 64 KiB of the body, as UTF-8 text."},
+    )
+    truncated = fields.Boolean(
+        required=True, metadata={"description": "The body was longer than 64 KiB (or cut off)."}
+    )
+
+
 class DeliverySchema(Schema):
     """One webhook delivery attempt (``jobgate.webhooks.attempt``)."""
 
@@ -543,6 +581,18 @@ class DeliverySchema(Schema):
     )
     redelivery = fields.Boolean(required=True)
     attempt = fields.Integer(required=True)
+    request = fields.Nested(
+        SentRequestSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "What was sent; null when nothing was (refused)."},
+    )
+    response = fields.Nested(
+        ReceivedResponseSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "What was answered; null without an answer."},
+    )
 
 
 class EndpointAttemptSchema(DeliverySchema):

@@ -47,11 +47,13 @@ from jobgate.db.models import (
     Message,
     OperationalEvent,
     SigningSecret,
+    WebhookBody,
 )
 from jobgate.events import JOB_EVENTS
 from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
 from jobgate.times import parse_time
+from jobgate.webhooks.ledger import Deliveries
 
 log = logging.getLogger("jobgate.archive")
 
@@ -294,11 +296,62 @@ class Archiver:
         # for the hold period, which is the window of `recover` (jobgate.webhooks.fanout).
         for message_id in message_ids:
             attempts += _attempts(message_id, "msg", next(replies))
+        attempts, bodies = self._message_log(attempts)
         with self.db.session() as session:
             upsert_jobs(session, [job_row(job, store.prefix) for job in jobs])
             upsert_batches(session, batches)
             _insert_attempts(session, attempts)
+            _insert_bodies(session, bodies)
         return expiring
+
+    def _message_log(
+        self, attempts: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The attempts not archived yet, each with its answer (the message log), and the
+        bodies they sent that the database lacks (``webhook_bodies`` rows): what Redis
+        holds of them, read in one round trip. A subject's log is read whole at each of
+        its attempts; its answers (up to 64 KiB each) and body only once."""
+        if not attempts:
+            return attempts, []
+        subjects = sorted({row["subject_id"] for row in attempts})
+        ids = sorted({row["webhook_id"] for row in attempts})
+        archived = select(Attempt.subject_id, Attempt.attempt).where(
+            Attempt.subject_id.in_(subjects)
+        )
+        known = {(subject, int(number)) for subject, number in self.db.read(archived)}
+        stored = select(WebhookBody.webhook_id).where(WebhookBody.webhook_id.in_(ids))
+        kept = {webhook_id for (webhook_id,) in self.db.read(stored)}
+        fresh = [row for row in attempts if (row["subject_id"], row["attempt"]) not in known]
+        logged = [row for row in fresh if isinstance(row["entry"].get("request"), dict)]
+        wanted = {
+            row["webhook_id"]: (row["subject_id"], row["event"])
+            for row in logged
+            if row["webhook_id"] not in kept
+        }
+        if not logged:
+            return fresh, []
+        books = Deliveries(self.store)
+        pipe = self.store.redis.pipeline(transaction=False)
+        for row in logged:
+            pipe.hget(books.responses_key(row["subject_id"]), str(row["attempt"]))
+        for subject_id, event in wanted.values():
+            pipe.get(books.body_key(subject_id, event))
+        replies = pipe.execute()
+        for row, answer in zip(logged, replies, strict=False):
+            row["response"] = json.loads(answer) if answer else None
+        bodies = [
+            {
+                "webhook_id": webhook_id,
+                "subject_id": subject_id,
+                "event": event,
+                "body": escape_unstorable(body),  # what PostgreSQL refuses, written escaped
+            }
+            for (webhook_id, (subject_id, event)), body in zip(
+                wanted.items(), replies[len(logged) :], strict=True
+            )
+            if body is not None
+        ]
+        return fresh, bodies
 
     def _subject_keys(self, subject_id: str, event: str | None) -> list[str]:
         store = self.store
@@ -306,6 +359,7 @@ class Archiver:
             store.key("job", subject_id),
             store.key("webhook", subject_id),
             store.key("deliveries", subject_id),
+            Deliveries(store).responses_key(subject_id),
         ]
         if event:
             keys.append(store.key("webhook", subject_id, event, "body"))
@@ -381,6 +435,7 @@ def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None 
             session.execute(delete(Message).where(Message.msg_id.in_(kept)))
             subjects = ids + batch_ids + message_ids
             session.execute(delete(Attempt).where(Attempt.subject_id.in_(subjects)))
+            session.execute(delete(WebhookBody).where(WebhookBody.subject_id.in_(subjects)))
             session.execute(delete(Job).where(Job.job_id.in_(ids)))
             session.execute(delete(Batch).where(Batch.batch_id.in_(batch_ids)))
             deleted += len(ids)
@@ -445,6 +500,8 @@ def _webhook_state(job: dict[str, Any]) -> str:
 
 
 def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]]:
+    """The attempts table's rows of a subject's attempts log (``response`` filled in by
+    ``Archiver._message_log``)."""
     rows = []
     for raw_entry in raw:
         entry = json.loads(raw_entry)
@@ -459,9 +516,17 @@ def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]
                 "at": parse_time(entry["at"]),
                 "entry": entry,
                 "error": entry.get("error"),
+                "response": None,
             }
         )
     return rows
+
+
+def _insert_bodies(session: Session, bodies: list[dict[str, Any]]) -> None:
+    if not bodies:
+        return
+    insert = _insert(session)(WebhookBody.__table__)
+    session.execute(insert.on_conflict_do_nothing(index_elements=["webhook_id"]), bodies)
 
 
 def _insert(session: Session) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, tuple_
 
 from jobgate.db import UNSTORABLE, Database
-from jobgate.db.models import Attempt, Batch, DeadLetter, Job, Message
+from jobgate.db.models import Attempt, Batch, DeadLetter, Job, Message, WebhookBody
 from jobgate.status import TERMINAL
 from jobgate.times import iso_time, parse_time
 
@@ -30,7 +30,10 @@ JOB_SQL = "SELECT record FROM jobs WHERE job_id = %s"  # PostgreSQL decodes JSON
 JOBS = select(Job.job_id, Job.record).where(Job.job_id.in_(bindparam("ids", expanding=True)))
 BATCH = select(Batch.record).where(Batch.batch_id == bindparam("id"))
 ATTEMPTS = (
-    select(Attempt.entry).where(Attempt.subject_id == bindparam("id")).order_by(Attempt.attempt)
+    select(Attempt.entry, Attempt.response, WebhookBody.body)
+    .outerjoin(WebhookBody, WebhookBody.webhook_id == Attempt.webhook_id)
+    .where(Attempt.subject_id == bindparam("id"))
+    .order_by(Attempt.attempt)
 )
 
 
@@ -57,8 +60,43 @@ def batch(db: Database, batch_id: str) -> dict[str, Any] | None:
 
 
 def attempts(db: Database, subject_id: str) -> list[dict[str, Any]]:
-    """Every archived attempt of a job's or batch's webhook, oldest first."""
-    return [dict(entry) for (entry,) in db.read(ATTEMPTS, {"id": subject_id})]
+    """Every archived attempt of a job's or batch's webhook, oldest first, with what it
+    sent and was answered (``jobgate.webhooks.messagelog``)."""
+    from jobgate.webhooks.messagelog import exchange
+
+    return [
+        exchange(dict(entry), body, _json(response))
+        for entry, response, body in db.read(ATTEMPTS, {"id": subject_id})
+    ]
+
+
+def exchanges(
+    db: Database, wanted: list[tuple[str, dict[str, Any]]]
+) -> tuple[dict[str, str], dict[tuple[str, int], dict[str, Any]]]:
+    """For (subject id, attempt entry) pairs: the archived bodies by ``webhook-id`` and
+    answers by (subject id, attempt number), of those the database holds."""
+    pairs = sorted({(subject, int(entry.get("attempt") or 0)) for subject, entry in wanted})
+    ids = sorted({str(entry.get("webhook_id")) for _, entry in wanted})
+    responses: dict[tuple[str, int], dict[str, Any]] = {}
+    bodies: dict[str, str] = {}
+    query = select(Attempt.subject_id, Attempt.attempt, Attempt.response).where(
+        tuple_(Attempt.subject_id, Attempt.attempt).in_(pairs), Attempt.response.is_not(None)
+    )
+    for subject, number, response in db.read(query):
+        answer = _json(response)
+        if answer is not None:
+            responses[(subject, int(number))] = answer
+    found = select(WebhookBody.webhook_id, WebhookBody.body).where(WebhookBody.webhook_id.in_(ids))
+    for webhook_id, body in db.read(found):
+        bodies[webhook_id] = body
+    return bodies, responses
+
+
+def _json(value: Any) -> dict[str, Any] | None:
+    """A JSON column's value as a dict (SQLite's driver may hand back text)."""
+    if value is None:
+        return None
+    return dict(json.loads(value) if isinstance(value, str) else value)
 
 
 MESSAGES = (

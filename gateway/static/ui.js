@@ -482,6 +482,7 @@ function endpointsPage() {
     selected = endpoint;
     show($("detail"), true);
     $("detail-title").textContent = `${endpoint.url} (${stateOf(endpoint)})`;
+    markDetail(endpoint);
     show($("detail-enable"), !endpoint.enabled);
     $("detail-test").disabled = !endpoint.enabled;
   }
@@ -504,6 +505,7 @@ function endpointsPage() {
     cell(tr, attempt.outcome + (attempt.redelivery ? " (resent)" : ""));
     cell(tr, attempt.status_code == null ? "–" : String(attempt.status_code));
     cell(tr, attempt.error || "");
+    cell(tr, exchangeDetails(attempt));
     return tr;
   }
 
@@ -896,6 +898,262 @@ function dashboardPage() {
   requireSignIn(load);
 }
 
+// ------------------------------------------------------------------ message log (issue 28)
+// Each attempt's request (as signed and sent) and response (as answered, bounded), the
+// job page's deliveries with Redeliver, and managing an endpoint. Text only: every value
+// goes in with textContent, never as markup.
+
+const SETTLED = new Set(["delivered", "failed", "none"]);
+
+function pause(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function headerLines(headers) {
+  return Object.entries(headers || {}).map(([name, value]) => `${name}: ${value}`).join("\n");
+}
+
+function exchangePart(title, part, nothing, notes) {
+  const box = document.createElement("div");
+  box.className = "exchange-part";
+  box.dataset.part = title.toLowerCase();
+  const heading = document.createElement("h3");
+  heading.textContent = title;
+  box.append(heading);
+  if (!part) {
+    const none = document.createElement("p");
+    none.className = "muted small";
+    none.textContent = nothing;
+    box.append(none);
+    return box;
+  }
+  const headers = document.createElement("pre");
+  headers.className = "exchange-headers";
+  headers.textContent = headerLines(part.headers);
+  const body = document.createElement("pre");
+  body.className = "exchange-body";
+  body.textContent = part.body == null ? "" : part.body;
+  box.append(headers, body);
+  for (const note of notes(part)) {
+    const line = document.createElement("p");
+    line.className = "muted small exchange-note";
+    line.textContent = note;
+    box.append(line);
+  }
+  return box;
+}
+
+function exchangeDetails(attempt) {
+  const details = document.createElement("details");
+  details.className = "exchange";
+  const summary = document.createElement("summary");
+  summary.textContent = "Show";
+  details.append(
+    summary,
+    exchangePart("Request", attempt.request, "Nothing was sent.", () => []),
+    exchangePart("Response", attempt.response, "No answer.", (answer) => [
+      answer.truncated ? "Body cut to its first 64 KiB." : "",
+      answer.headers_truncated ? "Some headers left out (too many or too long)." : "",
+    ].filter(Boolean)),
+  );
+  return details;
+}
+
+// Runs ``start`` once the page is signed in (now, or after the sign-in form).
+function whenSignedIn(start) {
+  const content = $("content");
+  if (apiKey() && !content.hidden) {
+    start();
+    return;
+  }
+  const observer = new MutationObserver(() => {
+    if (apiKey() && !content.hidden) {
+      observer.disconnect();
+      start();
+    }
+  });
+  observer.observe(content, { attributes: true, attributeFilter: ["hidden"] });
+}
+
+function jobDeliveries(jobId) {
+  const path = `/v1/jobs/${encodeURIComponent(jobId)}`;
+  let timer = null;
+  let count = 0;
+
+  function row(attempt) {
+    const tr = document.createElement("tr");
+    tr.dataset.attempt = String(attempt.attempt);
+    tr.dataset.outcome = attempt.outcome;
+    const cells = [
+      when(attempt.at),
+      attempt.event,
+      attempt.outcome + (attempt.redelivery ? " (resent)" : ""),
+      attempt.status_code == null ? "–" : String(attempt.status_code),
+      attempt.error || "",
+      exchangeDetails(attempt),
+    ];
+    for (const content of cells) {
+      const td = document.createElement("td");
+      if (content instanceof Node) td.append(content);
+      else td.textContent = content;
+      tr.append(td);
+    }
+    return tr;
+  }
+
+  async function load() {
+    clearTimeout(timer);
+    try {
+      const answer = await api(`${path}/deliveries`);
+      const state = answer.webhook.state;
+      const body = $("deliveries-body");
+      // What was open stays open across a reload.
+      const open = new Set([...body.querySelectorAll("details[open]")]
+        .map((details) => details.closest("tr").dataset.attempt));
+      body.replaceChildren(...answer.deliveries.map(row));
+      for (const tr of body.children) {
+        if (open.has(tr.dataset.attempt)) tr.querySelector("details").open = true;
+      }
+      count = answer.deliveries.length;
+      $("deliveries-state").textContent = `(${state})`;
+      show($("deliveries-box"), state !== "none" || count > 0);
+      show($("deliveries-empty"), count === 0);
+      show($("redeliver"), state !== "none");
+      showError($("deliveries-error"), null);
+      if (!SETTLED.has(state)) timer = setTimeout(load, 2000);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("deliveries-error"), error);
+    }
+  }
+
+  async function redeliver() {
+    $("redeliver").disabled = true;
+    try {
+      const done = await api(`${path}/redeliver`, { method: "POST" });
+      $("redeliver-result").textContent = `Queued again (${done.webhook_id}).`;
+      showError($("deliveries-error"), null);
+      const before = count;
+      // The new attempt shows once it is made: look again for a while.
+      for (let tries = 0; tries < 20 && count <= before; tries += 1) {
+        await pause(1000);
+        await load();
+      }
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("deliveries-error"), error);
+    } finally {
+      $("redeliver").disabled = false;
+    }
+  }
+
+  $("deliveries-refresh").addEventListener("click", load);
+  $("redeliver").addEventListener("click", redeliver);
+  window.addEventListener("pagehide", () => clearTimeout(timer));
+  whenSignedIn(load);
+}
+
+// The endpoints page's open endpoint, for endpointManagement (set by showDetail).
+function markDetail(endpoint) {
+  const detail = $("detail");
+  detail.dataset.endpointId = endpoint.id;
+  detail.dataset.enabled = String(endpoint.enabled);
+}
+
+function endpointManagement() {
+  const detail = $("detail");
+
+  function path(suffix = "") {
+    return `/v1/endpoints/${encodeURIComponent(detail.dataset.endpointId)}${suffix}`;
+  }
+
+  function reset() {
+    show($("manage-form"), false);
+    show($("manage-delete-confirm"), false);
+    show($("manage-secret-box"), false);
+    $("manage-secret").textContent = "";
+    $("manage-result").textContent = "";
+  }
+
+  function refreshList() {
+    $("endpoints-refresh").click();  // the list, and the open endpoint with it
+  }
+
+  async function act(button, work) {
+    button.disabled = true;
+    try {
+      await work();
+      showError($("detail-error"), null);
+    } catch (error) {
+      if (!onUnauthorized(error)) showError($("detail-error"), error);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  let shownId = null;
+  let shownEnabled = null;
+  new MutationObserver(() => {
+    show($("manage-disable"), detail.dataset.enabled === "true");
+    if (detail.dataset.endpointId !== shownId) {
+      shownId = detail.dataset.endpointId;
+      shownEnabled = detail.dataset.enabled;
+      reset();
+    } else if (detail.dataset.enabled !== shownEnabled) {
+      shownEnabled = detail.dataset.enabled;
+      // "Disabled." is old news once it is enabled again.
+      if (shownEnabled === "true") $("manage-result").textContent = "";
+    }
+  }).observe(detail, { attributes: true, attributeFilter: ["data-endpoint-id", "data-enabled"] });
+
+  $("manage-edit").addEventListener("click", () => act($("manage-edit"), async () => {
+    const endpoint = await api(path());
+    $("manage-url").value = endpoint.url;
+    $("manage-events").value = endpoint.event_types.join(", ");
+    $("manage-description").value = endpoint.description || "";
+    show($("manage-form"), true);
+    $("manage-url").focus();
+  }));
+  $("manage-cancel").addEventListener("click", () => show($("manage-form"), false));
+  $("manage-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    act($("manage-save"), async () => {
+      const types = $("manage-events").value.split(",").map((t) => t.trim()).filter(Boolean);
+      await api(path(), {
+        method: "PATCH",
+        body: {
+          url: $("manage-url").value.trim(),
+          description: $("manage-description").value,
+          event_types: types,
+        },
+      });
+      show($("manage-form"), false);
+      $("manage-result").textContent = "Saved.";
+      refreshList();
+    });
+  });
+  $("manage-rotate").addEventListener("click", () => act($("manage-rotate"), async () => {
+    const rotated = await api(path("/rotate-secret"), { method: "POST" });
+    $("manage-secret").textContent = rotated.webhook_secret || rotated.public_key || "";
+    show($("manage-secret-box"), true);
+    $("manage-result").textContent =
+      `The previous one still signs for ${rotated.previous_secret_valid_for} s.`;
+  }));
+  $("manage-disable").addEventListener("click", () => act($("manage-disable"), async () => {
+    await api(path(), { method: "PATCH", body: { enabled: false } });
+    $("manage-result").textContent = "Disabled.";
+    refreshList();
+  }));
+  $("manage-delete").addEventListener("click", () => show($("manage-delete-confirm"), true));
+  $("manage-delete-confirm").addEventListener("click", () => act(
+    $("manage-delete-confirm"),
+    async () => {
+      await api(path(), { method: "DELETE" });
+      show(detail, false);
+      delete detail.dataset.endpointId;
+      refreshList();
+    },
+  ));
+}
+
 // ------------------------------------------------------------------ entry point
 
 // ------------------------------------------------------------------ audit log (admins)
@@ -945,3 +1203,10 @@ const PAGES = {
 PAGES.dashboard = dashboardPage;
 PAGES.batch = () => batchPage(document.body.dataset.batchId);
 (PAGES[document.body.dataset.page] || jobsPage)();
+
+// Views added beside a page's own (each starts itself once signed in).
+const EXTRAS = {
+  job: () => jobDeliveries(document.body.dataset.jobId),
+  endpoints: endpointManagement,
+};
+EXTRAS[document.body.dataset.page]?.();

@@ -31,7 +31,7 @@ from gateway.views.common import json_body, json_body_or_empty
 from jobgate import endpoints as registry
 from jobgate.signing import new_secret, public_key
 from jobgate.times import iso_time
-from jobgate.webhooks import fanout
+from jobgate.webhooks import fanout, messagelog
 from jobgate.webhooks.attempt import send_ping
 
 bp = Blueprint("endpoints", __name__, url_prefix="/v1/endpoints")
@@ -254,6 +254,8 @@ def attempts(endpoint_id: str):
         limit=args["limit"],
         cursor=args["cursor"],
     )
+    svc = services()
+    page = messagelog.joined(svc.store, [(messagelog.subject_of(e), e) for e in page], svc.db)
     return jsonify({"attempts": page, "next_cursor": cursor})
 
 

@@ -21,6 +21,7 @@ from gateway.views.common import json_body_or_empty
 from jobgate import history
 from jobgate.events import job_event
 from jobgate.status import TERMINAL, webhook_summary
+from jobgate.webhooks import messagelog
 from jobgate.webhooks.attempt import redeliver as queue_redelivery
 from jobgate.webhooks.ledger import Deliveries
 
@@ -68,7 +69,9 @@ def deliveries(job_id: str):
         answer = {
             "job_id": job_id,
             "webhook": books.summary(job_id, bool(record.get("callback_url"))),
-            "deliveries": books.attempts(job_id),
+            "deliveries": messagelog.joined(
+                svc.store, [(job_id, entry) for entry in books.attempts(job_id)], svc.db
+            ),
         }
     if not record.get("callback_url"):
         messages = jobs.endpoint_messages(svc, job_id)

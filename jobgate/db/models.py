@@ -172,6 +172,22 @@ class Attempt(Base):
     at: Mapped[datetime] = mapped_column(Time, index=True)
     entry: Mapped[dict[str, Any]] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The receiver's answer as the message log keeps it (jobgate.webhooks.http
+    # .logged_response): bounded headers, the first 64 KiB of the body; None without one.
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class WebhookBody(Base):
+    """The body a message sent (its ``webhook-id``), once: every attempt of the message
+    sends these bytes, and the message log shows them with each attempt. Pruned with its
+    subject's attempts."""
+
+    __tablename__ = "webhook_bodies"
+
+    webhook_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    subject_id: Mapped[str] = mapped_column(String(64), index=True)
+    event: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
 
 
 class Message(Base):

@@ -17,13 +17,17 @@
 -- '' for none), and the first attempts in the partner's line (KEYS[12]) are brought
 -- forward as far as slots are free (inflight.lua; the limit is the mirror's, KEYS[13],
 -- else ARGV[17]).
+-- The message log: the receiver's answer (ARGV[20], JSON; '' for none) is kept once, in
+-- the subject's responses hash (KEYS[14]) under the attempt's number, beside the log
+-- entry, and leaves it when the log drops that attempt (the same MAX_LOG), expiring with it.
 -- KEYS: summary, log, claim, job record, open deliveries, due set, archive stream,
 -- endpoint attempts, endpoint sequence, body, partner's in-flight set, its line, its
--- mirror.
+-- mirror, responses.
 -- ARGV: state, webhook id, event, at, retention, max log, entry head, mirror flag, this
 -- attempt's task id, next attempt's task id ('' none), its open deadline, its due time,
 -- its due entry, the archive entry ('job:<id>' or 'batch:<id>'), the done claim's TTL,
--- the body, the default limit, now, the open grace of an attempt brought forward.
+-- the body, the default limit, now, the open grace of an attempt brought forward, the
+-- response.
 -- Returns {the attempt's number, the due entries brought forward}.
 --! include inflight
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -35,6 +39,13 @@ if redis.call('RPUSH', KEYS[2], ARGV[7] .. tostring(n) .. '}') > tonumber(ARGV[6
   redis.call('LTRIM', KEYS[2], -tonumber(ARGV[6]), -1)
 end
 redis.call('EXPIRE', KEYS[2], ARGV[5])
+if KEYS[14] and KEYS[14] ~= '' then
+  if ARGV[20] ~= '' then redis.call('HSET', KEYS[14], tostring(n), ARGV[20]) end
+  if n > tonumber(ARGV[6]) then
+    redis.call('HDEL', KEYS[14], tostring(n - tonumber(ARGV[6])))
+  end
+  redis.call('EXPIRE', KEYS[14], ARGV[5])
+end
 if ARGV[8] == '1' and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'webhook_state', ARGV[1], 'webhook_attempts', tostring(n))
 end

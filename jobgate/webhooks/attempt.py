@@ -45,6 +45,7 @@ from jobgate.store import CLAIM_MARGIN, Store, secrets_of
 from jobgate.times import from_timestamp, utcnow
 from jobgate.webhooks.http import Attempt, deliver
 from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries, Throttled
+from jobgate.webhooks.messagelog import exchange
 from jobgate.webhooks.operational import Attempted
 from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
 from jobgate.webhooks.throttle import pause, pauses
@@ -358,7 +359,7 @@ def _record(
     state, delay = plan(
         attempt.outcome, call.retry + 1, settings.webhook_retry_delays, attempt.retry_after
     )
-    entry = {
+    entry: dict[str, Any] = {
         "webhook_id": wid,
         "event": call.event,
         "at": at,
@@ -370,6 +371,10 @@ def _record(
         "outcome": "failed" if state == "failed" else attempt.outcome,
         "redelivery": call.chain != AUTO_CHAIN,
     }
+    if attempt.request_headers is not None:
+        # The message log: the headers as signed and sent; the body is the message's,
+        # stored once (jobgate.webhooks.messagelog joins it), the answer beside the log.
+        entry["request"] = {"headers": attempt.request_headers}
     if target.endpoint_id:
         entry["endpoint_id"] = target.endpoint_id
         entry["subject_kind"] = begun.record.get("kind")
@@ -396,6 +401,7 @@ def _record(
         endpoint_id=target.endpoint_id,
         body=target.built,
         partner_id=target.partner_id,
+        response=attempt.response,
     )
     entry = {**entry, "attempt": number}
     # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.
@@ -520,7 +526,15 @@ def send_ping(
         "subject_kind": None,
         "subject_id": None,
     }
+    if attempt.request_headers is not None:
+        entry["request"] = {"headers": attempt.request_headers}
     number, _ = Deliveries(store).record(
-        wid, entry, entry["outcome"], MESSAGE, endpoint_id=endpoint_id
+        wid,
+        entry,
+        entry["outcome"],
+        MESSAGE,
+        endpoint_id=endpoint_id,
+        body=body,  # kept for the message log, like any message's
+        response=attempt.response,
     )
-    return {**entry, "attempt": number}
+    return exchange({**entry, "attempt": number}, body, attempt.response)

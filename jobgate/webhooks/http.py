@@ -13,8 +13,10 @@ delivery at once and marks the attempt ``gone`` so the caller can disable the en
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import http.client
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,13 +47,30 @@ from jobgate.webhooks.pool import (
     Target,
 )
 
-__all__ = ["GONE", "Attempt", "Outcome", "classify", "deliver"]
+__all__ = [
+    "GONE",
+    "MAX_LOGGED_BODY",
+    "Attempt",
+    "Outcome",
+    "classify",
+    "deliver",
+    "logged_response",
+]
 
 Outcome = Literal["delivered", "retry", "failed"]
 
 GONE = 410  # the receiver says the endpoint is gone for good: stop, and disable it
 _CHUNK = 8192
 _MAX_ERROR_CHARS = 300
+
+# What the message log keeps of a receiver's answer (docs/webhooks.md, "Message log"):
+# the first 64 KiB of its body and a bounded set of its headers, so that one partner's
+# receiver cannot fill the shared stores however much it answers, however often.
+MAX_LOGGED_BODY = 65536  # bytes of a response body kept (the rest is read and dropped)
+MAX_LOGGED_HEADERS = 50  # response headers kept (the first ones, in the order received)
+MAX_LOGGED_HEADER_NAME = 128  # characters of a response header name kept
+MAX_LOGGED_HEADER_VALUE = 1024  # characters of a response header value kept
+MAX_LOGGED_HEADERS_BYTES = 8192  # characters of names and values kept, all headers together
 
 
 @dataclass
@@ -71,6 +90,11 @@ class Attempt:
     duration_ms: int
     retry_after: float | None
     detail: str | None = None
+    # The message log (docs/webhooks.md): the headers sent, as signed (None when nothing
+    # was sent: refused, or the request could not be built), and the receiver's answer,
+    # bounded (``logged_response``; None without one).
+    request_headers: dict[str, str] | None = None
+    response: dict[str, Any] | None = None
 
     @property
     def gone(self) -> bool:
@@ -172,14 +196,52 @@ def _pool_closed(exc: BaseException) -> bool:
     return any(isinstance(link, ClosedPoolError) for link in _links(exc))
 
 
-def _drain(response: requests.Response, limit: int, deadline: float) -> None:
-    """Read and discard at most ``limit`` raw body bytes, stopping at the deadline."""
-    left = max(limit, 0)
+def _drain(
+    response: requests.Response, limit: int, deadline: float, keep: int
+) -> tuple[bytes, bool]:
+    """Read at most ``limit`` raw body bytes, stopping at the deadline: (the first ``keep``
+    of them, whether the body was longer than those, or did not end)."""
+    left, kept, ended, read = max(limit, 0), bytearray(), False, 0
     while left > 0 and time.monotonic() < deadline:
         chunk = response.raw.read(min(_CHUNK, left), decode_content=False)
         if not chunk:
+            ended = True
             break
         left -= len(chunk)
+        read += len(chunk)
+        if len(kept) < keep:
+            kept += chunk[: keep - len(kept)]
+    return bytes(kept), read > keep or not ended
+
+
+# What no database stores as text (PostgreSQL refuses NUL and lone surrogates): a
+# receiver's answer must not keep its attempts out of the database.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+def logged_response(headers: Mapping[str, str], raw: bytes, truncated: bool) -> dict[str, Any]:
+    """What the message log keeps of an answer: at most ``MAX_LOGGED_HEADERS`` headers,
+    each name and value cut to its bound and all of them to ``MAX_LOGGED_HEADERS_BYTES``
+    (``headers_truncated`` says some were cut), and the first ``keep`` bytes of the body
+    as text (UTF-8, undecodable bytes replaced; ``truncated`` says it was longer)."""
+    kept: dict[str, str] = {}
+    size, cut = 0, False
+    for name, value in headers.items():
+        short_name, short_value = name[:MAX_LOGGED_HEADER_NAME], value[:MAX_LOGGED_HEADER_VALUE]
+        cut = cut or short_name != name or short_value != value
+        size += len(short_name) + len(short_value)
+        if len(kept) >= MAX_LOGGED_HEADERS or size > MAX_LOGGED_HEADERS_BYTES:
+            cut = True
+            break
+        kept[_storable(short_name)] = _storable(short_value)
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    # A body cut inside a character drops that character's first bytes, not a U+FFFD.
+    text = _storable(decoder.decode(raw[:MAX_LOGGED_BODY], final=not truncated))
+    return {"headers": kept, "headers_truncated": cut, "body": text, "truncated": truncated}
 
 
 def _status_error(response: requests.Response) -> str | None:
@@ -211,7 +273,7 @@ def deliver(
     allowlist: Sequence[Network] = (),
     ports: PortRanges = DEFAULT_CALLBACK_PORTS,
     user_agent: str = "jobgate/0",
-    max_response_bytes: int = 65536,
+    max_response_bytes: int = MAX_LOGGED_BODY + 1,
     retry_after_cap: float = RETRY_AFTER_CAP,
     resolve: Resolver | None = None,
     dns_timeout: float = DEFAULT_CALLBACK_DNS_TIMEOUT,
@@ -255,12 +317,19 @@ def deliver(
         sent.update(webhook_headers(secrets, webhook_id, body, user_agent=user_agent))
         if traceparent:
             sent["traceparent"] = traceparent
+        # Said, not left to the transport: the message log shows every header sent, and
+        # the answer's body it keeps is the bytes as they came (never compressed).
+        sent.setdefault("Accept-Encoding", "identity")
         prepared = requests.Request("POST", target.url, data=body, headers=sent).prepare()
         if prepared.url is None:  # prepare() always sets it; this narrows its type to str
             raise ValueError("the prepared request has no URL")
         parts = urlsplit(prepared.url)
         prepared.headers["Host"] = parts.netloc.rpartition("@")[2]
         hostname = parts.hostname or ""
+        request_headers = {
+            name: value.decode("latin-1") if isinstance(value, bytes) else value
+            for name, value in prepared.headers.items()
+        }
     except (ValueError, TypeError, requests.RequestException) as exc:
         return Attempt("failed", None, _describe(exc), _ms_since(start), None)
 
@@ -302,11 +371,20 @@ def deliver(
                     retry_after = parse_retry_after(
                         response.headers.get("Retry-After"), retry_after_cap
                     )
+                raw, cut = b"", False
                 if status >= 200:  # a 1xx as the answer: its connection is not kept
                     with contextlib.suppress(Exception):  # the status decided the outcome
-                        _drain(response, max_response_bytes, deadline)
+                        raw, cut = _drain(response, max_response_bytes, deadline, MAX_LOGGED_BODY)
                 error_text = _status_error(response)
-                return Attempt(outcome, status, error_text, _ms_since(start), retry_after)
+                return Attempt(
+                    outcome,
+                    status,
+                    error_text,
+                    _ms_since(start),
+                    retry_after,
+                    request_headers=request_headers,
+                    response=logged_response(response.headers, raw, cut),
+                )
             finally:
                 guard.finish()
                 # Read to its end, the connection went back to the pool; else it closes.
@@ -333,5 +411,14 @@ def deliver(
 
     if timed_out or error is None:
         message = f"timeout: attempt exceeded {timeout:g}s"
-        return Attempt("retry", None, message, _ms_since(start), None)
-    return Attempt(classify(None, error), None, _describe(error), _ms_since(start), None)
+        return Attempt(
+            "retry", None, message, _ms_since(start), None, request_headers=request_headers
+        )
+    return Attempt(
+        classify(None, error),
+        None,
+        _describe(error),
+        _ms_since(start),
+        None,
+        request_headers=request_headers,
+    )

@@ -77,6 +77,10 @@ class Deliveries:
     def body_key(self, subject_id: str, event: str) -> str:
         return self._key(subject_id, event, "body")
 
+    def responses_key(self, subject_id: str) -> str:
+        """The subject's answers as the message log keeps them, by attempt number."""
+        return self._key(subject_id, "responses")
+
     def claim_key(self, subject_id: str, token: str) -> str:
         return self._key(subject_id, "claim", token)
 
@@ -215,6 +219,7 @@ class Deliveries:
         endpoint_id: str = "",
         body: str | None = None,
         partner_id: str = "",
+        response: dict[str, Any] | None = None,
     ) -> tuple[int, list[str]]:
         """Append one attempt, update the summary (and job record); returns attempts so
         far, and the due entries of the partner's deferred attempts brought forward.
@@ -226,7 +231,9 @@ class Deliveries:
         that endpoint's attempts; ``body``, the one this attempt built, is stored for the
         later ones unless a body is stored already; with ``partner_id``, the attempt's
         slot among the partner's deliveries in flight is given back, and the first in its
-        line are brought forward (due now, for the caller to queue). One round trip.
+        line are brought forward (due now, for the caller to queue); ``response``, the
+        receiver's answer as the message log keeps it (``jobgate.webhooks.http
+        .logged_response``), is kept once for the attempt, beside the log. One round trip.
         """
         head = json.dumps(entry, separators=(",", ":"))
         head = (head[:-1] + ',"attempt":') if entry else '{"attempt":'
@@ -242,6 +249,7 @@ class Deliveries:
             self.store.key("endpoint", endpoint_id, "seq") if endpoint_id else "",
             self.body_key(subject_id, entry["event"]) if body is not None else "",
             *self._slot_keys(partner_id),
+            self.responses_key(subject_id),
         ]
         next_id, due_at, due_entry = following or ("", 0.0, "")
         args = [
@@ -264,6 +272,7 @@ class Deliveries:
             self.store.max_inflight_deliveries,
             time.time(),
             self.store.open_grace,
+            json.dumps(response, separators=(",", ":")) if response is not None else "",
         ]
         number, woken = self.scripts["delivery_record"](keys=keys, args=args)
         return int(number), list(woken)
@@ -305,7 +314,8 @@ class Deliveries:
         return str(found[0]), str(found[1])
 
     def attempts(self, subject_id: str) -> list[dict[str, Any]]:
-        """Every recorded attempt, oldest first."""
+        """Every recorded attempt, oldest first (as recorded: ``jobgate.webhooks.messagelog``
+        adds what each sent and what it was answered)."""
         return [json.loads(raw) for raw in self.redis.lrange(self.log_key(subject_id), 0, -1)]
 
     def summary(self, subject_id: str, has_callback: bool = True) -> dict[str, Any]:

@@ -404,3 +404,45 @@ def test_dead_letters_are_counted_in_metrics_and_listed_for_admins(
     partner = client.post("/v1/partners", json={"name": "nosy"}, headers=admin).get_json()
     as_partner = {"Authorization": f"Bearer {partner['api_key']}"}
     assert client.get("/v1/archive/dead-letters", headers=as_partner).status_code == 403
+
+
+# ------------------------------------------------------------------ the message log
+def test_a_messages_body_and_its_attempts_answers_are_archived_once_and_pruned_with_them(
+    store, archiver, db
+) -> None:
+    """The message log in the database (issue 28): the body once per message, each
+    attempt's answer in its row, even one PostgreSQL would refuse as text (a receiver's
+    NUL), all gone when the attempts are pruned."""
+    from jobgate.db.models import WebhookBody
+    from jobgate.webhooks.http import logged_response
+
+    msg_id = "msg_" + uuid.uuid4().hex
+    body = json.dumps({"type": "job.succeeded", "data": {"note": "été"}}, ensure_ascii=False)
+    books = Deliveries(store)
+    assert books.store_body(msg_id, "job.succeeded", body) == body
+    entry = {
+        "webhook_id": msg_id,
+        "event": "job.succeeded",
+        "at": utcnow(),
+        "outcome": "retry",
+        "status_code": 500,
+        "request": {"headers": {"webhook-id": msg_id}},
+    }
+    answers = [
+        logged_response({"X-A": "1"}, b"nul \x00 here", False),
+        logged_response({"X-B": "2"}, b"ok", False),
+    ]
+    books.record(msg_id, entry, "retrying", "msg", response=answers[0])
+    books.record(msg_id, {**entry, "status_code": 200}, "delivered", "msg", response=answers[1])
+    archiver.drain()
+    archived = history.attempts(db, msg_id)
+    assert [a["response"] for a in archived] == answers
+    assert answers[0]["body"] == "nul \ufffd here"
+    assert all(a["request"]["body"] == body for a in archived)
+    assert all(a["request"]["headers"] == {"webhook-id": msg_id} for a in archived)
+    rows = db.read(select(WebhookBody.webhook_id).where(WebhookBody.subject_id == msg_id))
+    assert len(rows) == 1  # once per message, however many attempts
+    assert not letters(db, store)
+    prune(db, 1, now=time.time() + 3600)
+    assert history.attempts(db, msg_id) == []
+    assert not db.read(select(WebhookBody.webhook_id).where(WebhookBody.subject_id == msg_id))

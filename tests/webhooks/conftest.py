@@ -37,7 +37,16 @@ class Slow:
     status: int = 200
 
 
-Answer = int | tuple[int, dict[str, str]] | Slow
+@dataclass(frozen=True)
+class Reply:
+    """An answer with a body of its own (and headers): what the message log keeps."""
+
+    status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b"ok"
+
+
+Answer = int | tuple[int, dict[str, str]] | Slow | Reply
 
 
 @dataclass(frozen=True)
@@ -83,12 +92,14 @@ class Receiver:
         with self._lock:
             self._script.extend(answers)
 
-    def _next_answer(self) -> tuple[int, dict[str, str], float]:
+    def _next_answer(self) -> tuple[int, dict[str, str], float, bytes]:
         with self._lock:
             answer = self._script.popleft() if self._script else 200
         if isinstance(answer, Slow):
-            return answer.status, {}, answer.seconds
-        return (*answer, 0.0) if isinstance(answer, tuple) else (answer, {}, 0.0)
+            return answer.status, {}, answer.seconds, b"ok"
+        if isinstance(answer, Reply):
+            return answer.status, dict(answer.headers), 0.0, answer.body
+        return (*answer, 0.0, b"ok") if isinstance(answer, tuple) else (answer, {}, 0.0, b"ok")
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
         """Wait until ``count`` requests arrived; returns them all."""
@@ -110,7 +121,7 @@ class Receiver:
                     receiver.requests.append(Received(self.path, headers, body, time.time()))
                     receiver.held += 1
                     receiver.most_at_once = max(receiver.most_at_once, receiver.held)
-                status, extra, delay = receiver._next_answer()
+                status, extra, delay, answer = receiver._next_answer()
                 time.sleep(delay)
                 with receiver._lock:
                     receiver.held -= 1
@@ -118,9 +129,9 @@ class Receiver:
                     self.send_response(status)
                     for name, value in extra.items():
                         self.send_header(name, value)
-                    self.send_header("Content-Length", "2")
+                    self.send_header("Content-Length", str(len(answer)))
                     self.end_headers()
-                    self.wfile.write(b"ok")
+                    self.wfile.write(answer)
                 except OSError:  # the sender gave up first (a Slow answer)
                     self.close_connection = True
 
