@@ -79,11 +79,14 @@ def register(app: Celery) -> Any:
         self: Any, kind: str, subject_id: str, event: str, retry: int = 0, chain: str = AUTO_CHAIN
     ) -> dict[str, Any] | None:
         """Deliver one webhook attempt (see jobgate.webhooks.attempt); the recorded attempt goes
-        to the worker's log at INFO."""
+        to the worker's log at INFO, without the request and the answer (the message log's:
+        an endpoint's own headers may hold a receiver's credentials)."""
         attempt = attempt_once(
             self.app, self.request.hostname or "", kind, subject_id, event, retry=retry, chain=chain
         )
-        return attempt if _TRACE_LOG.isEnabledFor(logging.INFO) else None
+        if attempt is None or not _TRACE_LOG.isEnabledFor(logging.INFO):
+            return None
+        return {k: v for k, v in attempt.items() if k not in ("request", "response")}
 
     @app.task(name=FAN_OUT_TASK, bind=True, ignore_result=True, acks_late=True, shared=False)
     def fan_out_event(self: Any, kind: str, subject_id: str, event: str) -> list[str]:

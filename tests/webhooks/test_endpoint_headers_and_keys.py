@@ -49,7 +49,7 @@ def world(settings: Settings, redis_client: Any) -> Iterator[SimpleNamespace]:
     )
     client, partner, svc = gateway_for(own, ADMIN_KEY)
     worker = WorkerProcess(own, concurrency=2, name="epkeys").start()
-    yield SimpleNamespace(client=client, partner=partner, svc=svc, settings=own)
+    yield SimpleNamespace(client=client, partner=partner, svc=svc, settings=own, worker=worker)
     worker.stop()
 
 
@@ -98,6 +98,9 @@ def test_headers_are_stored_shown_and_sent_with_every_delivery(world, receiver) 
         assert request.headers["content-type"] == "application/json"
         assert request.headers["user-agent"].startswith("jobgate/")
         verified(request, endpoint["webhook_secret"])
+    # The worker logs each attempt, never the partner's header values (a receiver's token).
+    wait_until(lambda: "succeeded in" in world.worker.log(), 10, 0.1, "the attempt logged")
+    assert "partner-token-1" not in world.worker.log()
     assert verified(event, endpoint["webhook_secret"])["type"] == "job.succeeded"
 
     # PATCH replaces the whole set (the mirror the worker reads follows); {} removes them.
