@@ -18,10 +18,15 @@ MAX_FIELD = 200  # characters kept of any one string in an entry's details
 
 
 def redacted(details: Any) -> Any:
-    """``details`` with secret fields dropped and long strings cut (a request body, say)."""
+    """``details`` with secret fields dropped and long strings cut (a request body, say);
+    of an endpoint's ``headers``, only the names (a value may be a receiver's token)."""
     if isinstance(details, dict):
         return {
-            str(name)[:MAX_FIELD]: redacted(value)
+            str(name)[:MAX_FIELD]: (
+                sorted(str(header)[:MAX_FIELD] for header in value)
+                if str(name).lower() == "headers" and isinstance(value, dict)
+                else redacted(value)
+            )
             for name, value in details.items()
             if str(name).lower() not in SECRET_FIELDS
         }

@@ -14,6 +14,7 @@ from config import Settings
 from jobgate import audit
 from jobgate.db import Database
 from tests.conftest import ADMIN_KEY
+from tests.webhooks.conftest import closed_port_url
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +120,30 @@ def test_a_revoke_is_recorded_and_secrets_never_are(named: Any, own_database: st
     finally:
         db.dispose()
     assert entry["details"] == {"name": "n" * audit.MAX_FIELD}
+
+
+def test_an_endpoints_headers_are_recorded_by_name_only(
+    settings: Settings, client: Any, partner: dict[str, Any]
+) -> None:
+    """An admin's PATCH of a partner's endpoint headers: the values may be the receiver's
+    credentials, and the audit log is kept for good."""
+    from gateway import create_app
+
+    token = "Bearer receiver-token-" + uuid.uuid4().hex
+    endpoint = client.post(
+        "/v1/endpoints", json={"url": closed_port_url()}, headers=partner["headers"]
+    ).get_json()
+    app = create_app(settings.with_overrides(admin_keys=(f"alice:{ALICE}",)))
+    patched = app.test_client().patch(
+        f"/v1/endpoints/{endpoint['id']}",
+        json={"headers": {"Authorization": token, "X-Tenant": "acme"}},
+        headers=alice(),
+    )
+    assert patched.status_code == 200, patched.get_json()
+    entries = app.test_client().get("/v1/audit?limit=5", headers=alice()).get_json()["entries"]
+    mine = [e for e in entries if e["target"] == endpoint["id"]]
+    assert mine and mine[0]["details"] == {"headers": ["Authorization", "X-Tenant"]}
+    assert token not in str(entries)
 
 
 def test_pages_follow_the_cursor_to_the_end(named: Any) -> None:
