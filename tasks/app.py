@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import sys
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -434,6 +435,25 @@ def _one_line_messages(logger: logging.Logger | None = None, **_: Any) -> None:
     line breaks are escaped in the tracebacks the worker logs (``jobgate.logs``)."""
     if logger is not None:
         logs.guard(logger)
+
+
+@worker_init.connect
+def _check_ready(sender: Any = None, **_: Any) -> None:
+    """A worker started by Celery itself (``celery -A tasks.worker worker``, not ``jobgate
+    worker``, which checks first) stops with one line too when the database is not
+    migrated or the secret key is missing or does not open the secrets stored: it could
+    sign nothing."""
+    from jobgate.db import DatabaseNotReady
+    from jobgate.sealing import SecretKeyError
+
+    app = getattr(sender, "app", None)
+    if not isinstance(app, JobgateCelery):
+        return
+    try:
+        app.database.check_ready(app.settings.secret_key)
+    except (DatabaseNotReady, SecretKeyError) as exc:
+        print(f"jobgate: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 @worker_init.connect

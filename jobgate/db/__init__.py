@@ -320,10 +320,14 @@ class Database:
         from jobgate.sealing import PREFIX, check_key
 
         self.check_migrated()
-        # The newest: sealed with the current key, also midway through a rotation.
+        # The newest (sealed with the current key) and the oldest (an old key dropped
+        # before `jobgate secrets reseal` ran would leave it sealed with that one).
         query = select(SigningSecret.secret).where(SigningSecret.secret.startswith(PREFIX))
-        stored = self.read(query.order_by(SigningSecret.id.desc()).limit(1))
-        check_key(secret_key, stored[0][0] if stored else None)
+        newest = self.read(query.order_by(SigningSecret.id.desc()).limit(1))
+        oldest = self.read(query.order_by(SigningSecret.id).limit(1))
+        check_key(secret_key, newest[0][0] if newest else None)
+        if oldest:
+            check_key(secret_key, oldest[0][0])
 
     def upgrade(self, revision: str = "head") -> None:
         """Run the migrations up to ``revision`` (Alembic's ``upgrade``)."""

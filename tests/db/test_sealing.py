@@ -150,3 +150,32 @@ def refused_with_one_line(own: Settings) -> None:
         [line] = gateway.stderr.strip().splitlines()
         assert line.startswith("jobgate: ") and said in line
     assert cli(own, "partner", "list").returncode == 0
+    # A worker Celery starts itself (not through `jobgate worker`) stops the same way.
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks.worker",
+            "worker",
+            "-P",
+            "solo",
+            "-Q",
+            "nothing-" + uuid.uuid4().hex[:6],
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env={
+            **os.environ,
+            **settings_env(own),
+            "PYTHONPATH": str(ROOT),
+            "JOBGATE_SECRET_KEY": generate_key(),
+        },
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert plain.returncode == 1, plain.stderr[-2000:]
+    assert "jobgate: JOBGATE_SECRET_KEY does not open" in plain.stderr

@@ -23,7 +23,7 @@ from tasks.transport import (
     Transport,
     broker_transport_for,
 )
-from tests.helpers import EmbeddedRedis
+from tests.helpers import EmbeddedRedis, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.contract]
 
@@ -195,7 +195,7 @@ print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], options["max_connections"])
 """
 
 
-def test_a_worker_of_1000_slots_raises_its_open_files_limit(redis_url: str) -> None:
+def test_a_worker_of_1000_slots_raises_its_open_files_limit(settings: Settings) -> None:
     """1000 slots may hold 3 files each; a soft limit of 1024 (systemd's) would run out."""
     if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 3256:
         pytest.skip("needs a hard RLIMIT_NOFILE of 3256 or more")
@@ -204,7 +204,8 @@ def test_a_worker_of_1000_slots_raises_its_open_files_limit(redis_url: str) -> N
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "REDIS_URL": redis_url},
+        # The suite's settings: a worker starts only on a migrated database and its key.
+        env={**os.environ, **settings_env(settings)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     files, pool = map(int, done.stdout.split()[-2:])

@@ -406,6 +406,7 @@ def test_the_log_entry_is_the_returned_attempt(fake_app: FakeApp) -> None:
         "next_attempt_at",
         "outcome",
         "redelivery",
+        "request",  # the message log: as signed and sent
         "attempt",
     ]
     assert books.attempts(job_id) == [first, second]
