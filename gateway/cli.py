@@ -636,7 +636,7 @@ def dev_environment(
     base = Settings.from_env(environ)
     kept = (state or {}).get("admin_key")
     admin_key = (
-        base.admin_keys[0]
+        next(iter(base.admin_actors))  # the key itself, without a name: given
         if base.admin_keys
         else kept
         if isinstance(kept, str) and kept.startswith("dev-admin-")

@@ -190,8 +190,9 @@ class EndpointCreateSchema(_HeadersChecked):
     headers = _headers_field(
         "Headers sent with every delivery to the endpoint: at most 20, names HTTP tokens "
         "of up to 64 characters (not webhook-*, proxy-*, Content-Type, Content-Length, "
-        "Content-Encoding, Host, User-Agent, Connection, Keep-Alive, Transfer-Encoding, TE, "
-        "Trailer, Upgrade or Expect; case does not matter), values printable ASCII of up to "
+        "Content-Encoding, Accept-Encoding, Host, User-Agent, Connection, Keep-Alive, "
+        "Transfer-Encoding, TE, Trailer, Upgrade or Expect; case does not matter), values "
+        "printable ASCII of up to "
         "2048 characters, 4096 characters of names and values in all."
     )
     signature_scheme = fields.String(

@@ -64,6 +64,7 @@ RESERVED_HEADERS = frozenset(
         "content-type",
         "content-length",
         "content-encoding",
+        "accept-encoding",  # identity: the message log keeps the answer as text
         "host",
         "user-agent",
         "connection",

@@ -253,7 +253,14 @@ def test_endpoint_headers_rules() -> None:
     from jobgate.endpoints import MAX_HEADERS_BYTES, check_headers
 
     assert check_headers({"Authorization": "Bearer a\tb", "X-Tenant_1.v2": "~!"}) == {}
-    for name in ("webhook-id", "Webhook-Anything", "HOST", "Proxy-Authorization", "TE"):
+    for name in (
+        "webhook-id",
+        "Webhook-Anything",
+        "HOST",
+        "Proxy-Authorization",
+        "TE",
+        "Accept-Encoding",
+    ):
         assert "Reserved" in check_headers({name: "v"})[name][0], name
     for value in ("a\rb", "a\nb", "a\x00b", "a\x7fb", "trailing ", "\tlead", ""):
         assert "printable ASCII" in check_headers({"X-A": value})["X-A"][0], repr(value)
