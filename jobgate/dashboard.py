@@ -29,12 +29,12 @@ import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import ColumnElement, case, func, select
 
 from jobgate.db import Database
 from jobgate.db.models import Attempt, DeadLetter, Endpoint, Job, Partner
+from jobgate.logs import loggable
 from jobgate.store import Store
 from jobgate.times import format_time, iso_time
 
@@ -256,25 +256,12 @@ def _endpoint(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
         "partner_id": row.partner_id,
-        "url": safe_url(row.url),
+        "url": loggable(row.url),
         "enabled": row.disabled_at is None,
         "failing_since": iso_time(row.failing_since),
         "disabled_at": iso_time(row.disabled_at),
         "disabled_reason": row.disabled_reason,
     }
-
-
-def safe_url(url: str) -> str:
-    """``url`` without user info, query string or fragment (where tokens hide)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{host}:{parts.port}" if parts.port else host
-    except ValueError:
-        return ""
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # ----------------------------------------------------------------------- dead letters
@@ -319,7 +306,6 @@ __all__ = [
     "dead_letters",
     "endpoints",
     "queues",
-    "safe_url",
     "snapshot",
     "workers",
 ]

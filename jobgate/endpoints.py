@@ -36,6 +36,7 @@ from jobgate.events import (
     OPERATIONAL,
     event_body,
 )
+from jobgate.logs import loggable
 from jobgate.messages import Messenger
 from jobgate.partners import Partners, expire_live
 from jobgate.store import Store
@@ -339,7 +340,7 @@ class Endpoints:
             return None
         from jobgate.webhooks import operational
 
-        endpoint = {"id": row.id, "url": row.url}
+        endpoint = {"id": row.id, "url": loggable(row.url)}  # no token to other receivers
         if event == ENDPOINT_DISABLED:
             at = iso_time(row.disabled_at) or utcnow()
             data = {

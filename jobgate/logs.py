@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from urllib.parse import urlsplit, urlunsplit
 
 CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
 CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
@@ -63,3 +64,16 @@ def guard(logger: logging.Logger) -> None:
     for handler in logger.handlers:
         if not any(isinstance(f, OneLineMessages) for f in handler.filters):
             handler.addFilter(OneLineMessages())
+
+
+def loggable(url: str) -> str:
+    """A URL as jobgate logs it and shows it to anyone but its owner: no query, fragment
+    or credentials (a partner's tokens travel there); "" if it does not parse."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return ""
+    netloc = f"[{host}]" + netloc[len(host) :] if ":" in host else netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

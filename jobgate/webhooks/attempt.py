@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 from config import Settings
 from jobgate import __version__, handoff, tracing
@@ -39,6 +38,7 @@ from jobgate.events import (
     webhook_id,
 )
 from jobgate.failpoints import failpoint
+from jobgate.logs import loggable
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
 from jobgate.ssrf import lookups_for, parse_allowlist
 from jobgate.store import CLAIM_MARGIN, Store, secrets_of
@@ -92,16 +92,6 @@ def endpoint_gone(
         partner_id or "-",
         extra={"job_id": subject_id},
     )
-
-
-def loggable(url: str) -> str:
-    """A URL as jobgate logs it: no query, fragment or credentials (a partner's tokens
-    travel there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def post(

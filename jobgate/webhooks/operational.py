@@ -48,6 +48,7 @@ from jobgate.events import (
     event_body,
 )
 from jobgate.lifecycle import enqueue_fan_out
+from jobgate.logs import loggable
 from jobgate.messages import Messenger
 from jobgate.store import Store
 from jobgate.times import parse_time, utcnow
@@ -309,10 +310,8 @@ def after_attempt(
 def attempt_data(attempt: Attempted) -> dict[str, Any]:
     """``data`` of a ``message.attempt.*`` event: the endpoint (id and URL, or the
     callback URL as logs show it), the message, the job or batch, the last attempt."""
-    from jobgate.webhooks.attempt import loggable
-
     if attempt.endpoint_id:
-        endpoint: dict[str, Any] = {"id": attempt.endpoint_id, "url": attempt.url}
+        endpoint: dict[str, Any] = {"id": attempt.endpoint_id, "url": loggable(attempt.url)}
         kind = attempt.record.get("kind", "")
         subject_id = attempt.record.get("subject_id", "")
     else:

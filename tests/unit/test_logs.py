@@ -94,3 +94,13 @@ def test_guarded_handlers_print_the_escaped_traceback() -> None:
         logger.removeHandler(handler)
     assert not any(line.startswith(FORGED) for line in stream.getvalue().splitlines())
     assert f"boom\\n{FORGED}" in stream.getvalue()
+
+
+def test_a_url_is_logged_and_shown_to_others_without_its_tokens() -> None:
+    from jobgate.logs import loggable
+
+    assert loggable("https://u:pw@partner.example:8443/hook?token=s3cret#frag") == (
+        "https://partner.example:8443/hook"
+    )
+    assert loggable("http://[::1]:9000/x?k=v") == "http://[::1]:9000/x"
+    assert loggable("http://partner.example:99999/x") == ""  # a bad port: nothing shown
