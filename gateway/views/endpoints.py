@@ -43,6 +43,9 @@ LIST_ARGS, ATTEMPT_ARGS = EndpointListArgs(), EndpointAttemptsArgs()
 ENDPOINTS_FULL_RETRY_AFTER = 60
 ENDPOINT_STATES = ["enabled", "disabled", "failing"]
 TESTS_PER_SECOND = 1  # POST /v1/endpoints/{id}/test, per endpoint, across gateway processes
+# Disabling or enabling an endpoint announces it (operational events, rows and messages):
+# at most this many changes of state per endpoint a minute, across gateway processes.
+TOGGLES_PER_MINUTE = 6
 ATTEMPT_PARAMS = [
     {
         "name": "status",
@@ -161,10 +164,20 @@ def read(endpoint_id: str):
 @login_required
 def update(endpoint_id: str):
     body = load_or_422(PATCH, json_body())
-    find(endpoint_id)
+    current = find(endpoint_id)
     svc = services()
     if "url" in body:
         check_callback(svc, body["url"], field="url")
+    if "enabled" in body and body["enabled"] != current["enabled"]:
+        wait = svc.store.hit_rate_limit(f"endpoint-toggle:{endpoint_id}", TOGGLES_PER_MINUTE)
+        if wait is not None:
+            raise APIError(
+                429,
+                "limit_exceeded",
+                f"An endpoint may be disabled or enabled {TOGGLES_PER_MINUTE} times a minute.",
+                {"limit": "endpoint_toggles_per_minute", "value": TOGGLES_PER_MINUTE},
+                headers={"Retry-After": str(wait)},
+            )
     changed = svc.registry.update(endpoint_id, owner(authenticate()), body)
     if changed is None:
         raise not_found("endpoint")

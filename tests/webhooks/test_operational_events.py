@@ -443,3 +443,23 @@ def test_a_partners_storm_of_failing_endpoints_keeps_to_its_share(settings, redi
         worker.stop()
         slow.stop()
         quick.stop()
+
+
+def test_a_partner_toggling_an_endpoint_is_bounded(world) -> None:
+    """Each disable or enable announces itself (rows, messages): a partner flipping one
+    endpoint gets 429 past 6 changes a minute, and nothing more is written."""
+    partner = new_partner(world)
+    endpoint = register(world, partner, closed_port_url())
+    path = f"/v1/endpoints/{endpoint['id']}"
+    codes = [
+        world.client.patch(path, json={"enabled": n % 2 == 1}, headers=partner["headers"])
+        for n in range(8)
+    ]
+    assert [c.status_code for c in codes[:6]] == [200] * 6
+    refused = codes[6]
+    assert refused.status_code == 429, refused.get_json()
+    assert refused.get_json()["error"]["details"]["limit"] == "endpoint_toggles_per_minute"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # A PATCH that changes nothing else is not a toggle: it is not counted or refused.
+    same = world.client.patch(path, json={"description": "x"}, headers=partner["headers"])
+    assert same.status_code == 200
