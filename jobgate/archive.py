@@ -293,9 +293,12 @@ class Archiver:
                     *self._subject_keys(batch_id, summary.get("event")),
                 ]
         # An endpoint message's attempts go to the database too; its own keys stay in Redis
-        # for the hold period, which is the window of `recover` (jobgate.webhooks.fanout).
+        # for the hold period, which is the window of `recover` (jobgate.webhooks.fanout),
+        # except the receiver's answers (up to 64 KiB each), which `recover` does not need:
+        # once in the database, they keep only the cache's time in Redis.
         for message_id in message_ids:
             attempts += _attempts(message_id, "msg", next(replies))
+            expiring.append(Deliveries(store).responses_key(message_id))
         attempts, bodies = self._message_log(attempts)
         with self.db.session() as session:
             upsert_jobs(session, [job_row(job, store.prefix) for job in jobs])

@@ -437,6 +437,10 @@ def test_a_messages_body_and_its_attempts_answers_are_archived_once_and_pruned_w
     archiver.drain()
     archived = history.attempts(db, msg_id)
     assert [a["response"] for a in archived] == answers
+    # Copied, the answers keep only the cache's time in Redis (a receiver answering 64 KiB
+    # to every attempt fills no partner's share of Redis for the message's whole hold).
+    ttl = store.redis.ttl(books.responses_key(msg_id))
+    assert 0 < ttl <= store.cache_ttl < store.retention
     assert answers[0]["body"] == "nul \ufffd here"
     assert all(a["request"]["body"] == body for a in archived)
     assert all(a["request"]["headers"] == {"webhook-id": msg_id} for a in archived)
