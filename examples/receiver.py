@@ -59,8 +59,8 @@ class Hook(BaseHTTPRequestHandler):
             event = verify(sys.argv[1], body, dict(self.headers))
         except WebhookVerificationError as exc:
             print(
-                f"rejected {self.headers['webhook-id']}: {exc} (is {sys.argv[1][:12]}… the "
-                "webhook_secret of the partner that submitted the job?)",
+                f"rejected {self.headers['webhook-id']}: {exc} (is the {sys.argv[1][:5]}… "
+                "given the webhook_secret of the partner that submitted the job?)",
                 file=sys.stderr,
                 flush=True,
             )

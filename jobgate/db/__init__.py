@@ -6,6 +6,7 @@ PostgreSQL in production. ``Database`` connects lazily: building one touches not
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
+    func,
     select,
     text,
 )
@@ -32,6 +34,7 @@ from config import Settings
 from jobgate.db.group import GroupCommit
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("jobgate.db")
 
 # SQLite's file lock, as ``Database.read``/``write`` wait for it (``_autocommit``).
 LOCK_WAIT_MS = 2  # inside SQLite (busy_timeout), each try
@@ -328,6 +331,15 @@ class Database:
         check_key(secret_key, newest[0][0] if newest else None)
         if oldest:
             check_key(secret_key, oldest[0][0])
+        clear = self.read(select(func.count()).where(~SigningSecret.secret.startswith(PREFIX)))[0][
+            0
+        ]
+        if clear:
+            log.warning(
+                "%d signing secret(s) stored before sealing, in clear: run `jobgate secrets "
+                "reseal`",
+                clear,
+            )
 
     def upgrade(self, revision: str = "head") -> None:
         """Run the migrations up to ``revision`` (Alembic's ``upgrade``)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import http.client
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from config import (
     DEFAULT_WEBHOOK_TIMEOUT,
     PortRanges,
 )
+from jobgate.db import UNSTORABLE
 from jobgate.signing import webhook_headers
 from jobgate.ssrf import CallbackRefused, Network, Resolver, check_callback_url
 from jobgate.webhooks.policy import RETRY_AFTER_CAP, parse_retry_after
@@ -214,13 +214,10 @@ def _drain(
     return bytes(kept), read > keep or not ended
 
 
-# What no database stores as text (PostgreSQL refuses NUL and lone surrogates): a
-# receiver's answer must not keep its attempts out of the database.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
 def _storable(text: str) -> str:
-    return _UNSTORABLE.sub("\ufffd", text)
+    """``text`` with what no database stores as text (``jobgate.db.UNSTORABLE``: NUL, lone
+    surrogates) replaced: a receiver's answer must not keep its attempts out of it."""
+    return UNSTORABLE.sub("\ufffd", text)
 
 
 def logged_response(headers: Mapping[str, str], raw: bytes, truncated: bool) -> dict[str, Any]:

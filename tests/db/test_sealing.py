@@ -4,6 +4,7 @@ stops a command with one line; secrets past their grace period are deleted."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,13 +12,14 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import redis
 from sqlalchemy import select
 
 from config import Settings
 from jobgate.archive import prune
 from jobgate.db import Database
-from jobgate.db.models import SigningSecret
+from jobgate.db.models import Partner, SigningSecret
 from jobgate.endpoints import Endpoints
 from jobgate.partners import Partners, reseal_all
 from jobgate.sealing import PREFIX, Sealer, generate_key
@@ -179,3 +181,28 @@ def refused_with_one_line(own: Settings) -> None:
     )
     assert plain.returncode == 1, plain.stderr[-2000:]
     assert "jobgate: JOBGATE_SECRET_KEY does not open" in plain.stderr
+
+
+def test_secrets_stored_before_sealing_are_counted_at_start(
+    db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database from before sealing holds its secrets in clear until the reseal: every
+    start says so, with the command that seals them."""
+    kind = "sqlite" if db_url.startswith("sqlite") else "postgresql"
+    with migrated_database(kind, tmp_path) as url:
+        db = Database(url)
+        try:
+            with db.session() as session:
+                session.add(Partner(id="ptn_legacy", name="old", created_at=now_utc()))
+                session.flush()
+                session.add(
+                    SigningSecret(
+                        partner_id="ptn_legacy", secret=generate_secret(), created_at=now_utc()
+                    )
+                )
+            with caplog.at_level(logging.WARNING, logger="jobgate.db"):
+                db.check_ready(KEY)
+        finally:
+            db.dispose()
+    assert "1 signing secret(s) stored before sealing, in clear" in caplog.text
+    assert "jobgate secrets reseal" in caplog.text
