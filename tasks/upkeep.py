@@ -250,6 +250,8 @@ class Upkeep(bootsteps.StartStopStep):
         self._sweeping: threading.Thread | None = None
         self._soon: Any = None  # the one-shot move of an entry due before the next tick
         self._soon_at = 0.0  # its time
+        # wake() is called from delivery slots too: threads under --delivery-pool threads.
+        self._soon_lock = threading.Lock()
 
     def start(self, c: Any) -> None:
         app, settings = c.app, c.app.settings
@@ -304,16 +306,18 @@ class Upkeep(bootsteps.StartStopStep):
         delay = at - time.time()
         if delay >= 1.0 or not self._timers:
             return
-        if self._soon is not None:
-            if self._soon_at <= at:
-                return
-            self._soon.cancel()
-        self._soon_at = at
-        self._soon = c.timer.call_after(max(delay, SOON_STEP), self._guard, (self.move_soon, c))
+        with self._soon_lock:
+            if self._soon is not None:
+                if self._soon_at <= at:
+                    return
+                self._soon.cancel()
+            self._soon_at = at
+            self._soon = c.timer.call_after(max(delay, SOON_STEP), self._guard, (self.move_soon, c))
 
     def move_soon(self, c: Any) -> None:
         """The one-shot move ``move_due`` scheduled (it may schedule the next)."""
-        self._soon = None
+        with self._soon_lock:
+            self._soon = None
         self.move_due(c)
 
     def dispatch(self, c: Any) -> None:
