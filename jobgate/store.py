@@ -417,29 +417,33 @@ class Store:
         self.redis.delete(self.key("idem", partner_id, key_hash(key)))
 
     # --------------------------------------------------------------- rate limit
-    def hit_rate_limit(self, partner_id: str, limit: int, window: int = 60) -> int | None:
-        """Count one submission (or, for ``auth:<address>``, one failed authentication);
-        returns seconds to wait if over ``limit`` per window."""
-        if limit <= 0:
-            return None
+    def _rate_window(self, name: str, window: int) -> tuple[str, int]:
+        """The counter of ``name``'s current window, and the seconds left in it."""
         now = int(time.time())
         slot = now // window
-        name = self.key("rate", partner_id, str(slot))
+        return self.key("rate", name, str(slot)), (slot + 1) * window - now
+
+    def hit_rate_limit(self, name: str, limit: int, window: int = 60) -> int | None:
+        """Count one submission of partner ``name`` (or one failed authentication of
+        ``auth:<address>``, one change of ``endpoint-toggle:<id>``); returns seconds to wait
+        if over ``limit`` per window."""
+        if limit <= 0:
+            return None
+        key, left = self._rate_window(name, window)
         pipe = self.redis.pipeline()
-        pipe.incr(name)
-        pipe.expire(name, window + 1)
+        pipe.incr(key)
+        pipe.expire(key, window + 1)
         count = pipe.execute()[0]
-        return (slot + 1) * window - now if count > limit else None
+        return left if count > limit else None
 
     def rate_limit_wait(self, name: str, limit: int, window: int = 60) -> int | None:
         """Seconds to wait if ``hit_rate_limit`` already counted ``limit`` for ``name`` in
         this window (counting nothing), else None."""
         if limit <= 0:
             return None
-        now = int(time.time())
-        slot = now // window
-        count = self.redis.get(self.key("rate", name, str(slot)))
-        return (slot + 1) * window - now if count is not None and int(count) >= limit else None
+        key, left = self._rate_window(name, window)
+        count = self.redis.get(key)
+        return left if count is not None and int(count) >= limit else None
 
     def take_turn(self, name: str, every: float) -> int | None:
         """Take ``name``'s one turn per ``every`` s, counted in Redis so that it holds across
