@@ -410,6 +410,20 @@ function jobPage(jobId) {
 
 // ------------------------------------------------------------------ endpoints
 
+// Run an endpoint action from ``button`` (disabled meanwhile); its error shows under the
+// open endpoint.
+async function act(button, work) {
+  button.disabled = true;
+  try {
+    await work();
+    showError($("detail-error"), null);
+  } catch (error) {
+    if (!onUnauthorized(error)) showError($("detail-error"), error);
+  } finally {
+    button.disabled = false;
+  }
+}
+
 function endpointsPage() {
   let selected = null;
   let cursor = null;
@@ -526,18 +540,6 @@ function endpointsPage() {
       showError($("detail-error"), null);
     } catch (error) {
       if (!onUnauthorized(error)) showError($("detail-error"), error);
-    }
-  }
-
-  async function act(button, work) {
-    button.disabled = true;
-    try {
-      await work();
-      showError($("detail-error"), null);
-    } catch (error) {
-      if (!onUnauthorized(error)) showError($("detail-error"), error);
-    } finally {
-      button.disabled = false;
     }
   }
 
@@ -1075,18 +1077,6 @@ function endpointManagement() {
 
   function refreshList() {
     $("endpoints-refresh").click();  // the list, and the open endpoint with it
-  }
-
-  async function act(button, work) {
-    button.disabled = true;
-    try {
-      await work();
-      showError($("detail-error"), null);
-    } catch (error) {
-      if (!onUnauthorized(error)) showError($("detail-error"), error);
-    } finally {
-      button.disabled = false;
-    }
   }
 
   let shownId = null;

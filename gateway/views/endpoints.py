@@ -171,12 +171,11 @@ def update(endpoint_id: str):
     if "enabled" in body and body["enabled"] != current["enabled"]:
         wait = svc.store.hit_rate_limit(f"endpoint-toggle:{endpoint_id}", TOGGLES_PER_MINUTE)
         if wait is not None:
-            raise APIError(
-                429,
-                "limit_exceeded",
+            raise limit_exceeded(
+                "endpoint_toggles_per_minute",
+                TOGGLES_PER_MINUTE,
                 f"An endpoint may be disabled or enabled {TOGGLES_PER_MINUTE} times a minute.",
-                {"limit": "endpoint_toggles_per_minute", "value": TOGGLES_PER_MINUTE},
-                headers={"Retry-After": str(wait)},
+                wait,
             )
     changed = svc.registry.update(endpoint_id, owner(authenticate()), body)
     if changed is None:
@@ -237,12 +236,11 @@ def test(endpoint_id: str):
     # A ping is a POST to the partner's URL made on demand: one a second per endpoint.
     wait = svc.store.take_turn(f"endpoint-test:{endpoint_id}", 1.0 / TESTS_PER_SECOND)
     if wait is not None:
-        raise APIError(
-            429,
-            "limit_exceeded",
+        raise limit_exceeded(
+            "endpoint_test_per_second",
+            TESTS_PER_SECOND,
             f"At most {TESTS_PER_SECOND} test ping a second per endpoint; try again shortly.",
-            {"limit": "endpoint_test_per_second", "value": TESTS_PER_SECOND},
-            headers={"Retry-After": str(wait)},
+            wait,
         )
     return jsonify(send_ping(svc.settings, svc.store, mirror, endpoint_id))
 
