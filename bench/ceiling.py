@@ -25,6 +25,7 @@ from bench.common import (
     base_parser,
     cpu_seconds,
     descendants,
+    fresh_database,
     gateway_env,
     machine,
     print_table,
@@ -56,7 +57,12 @@ def drain(
     the queue."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
-    env = {**gateway_env(redis_url), "BENCH_CEILING_MODE": mode}
+    # A jobgate worker starts on a migrated database only (its start check), used or not.
+    env = {
+        **gateway_env(redis_url),
+        "JOBGATE_DATABASE_URL": fresh_database(),
+        "BENCH_CEILING_MODE": mode,
+    }
     queue = queue_noops(client, build(mode, Settings.from_env(env)), count)
     redis_process = redis_pid(client)
     workers = [
