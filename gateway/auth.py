@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from flask import g, request
+from redis import RedisError
 
 from gateway.errors import APIError
 from gateway.extensions import services
@@ -47,7 +49,12 @@ def authenticate() -> Principal:
     svc = services()
     address = "auth:" + (request.remote_addr or "")
     limit = svc.settings.auth_failures_per_minute
-    wait = svc.store.rate_limit_wait(address, limit)
+    try:
+        wait = svc.store.rate_limit_wait(address, limit)
+    except RedisError:
+        # The count is Redis's: while Redis is away, keys the cache holds still work
+        # (partners.by_key) and an unknown key cannot be checked anyway (503).
+        wait = None
     if wait is not None:
         raise APIError(
             429,
@@ -62,7 +69,8 @@ def authenticate() -> Principal:
             return g.principal
     partner = svc.partners.by_key(key)
     if partner is None:
-        svc.store.hit_rate_limit(address, limit)
+        with contextlib.suppress(RedisError):
+            svc.store.hit_rate_limit(address, limit)
         raise APIError(
             401,
             "unauthorized",

@@ -359,6 +359,9 @@ class JobSchema(Schema):
     finished_at = fields.String(allow_none=True)
     webhook = fields.Nested(WebhookSummarySchema)
     revocation = fields.Nested(RevocationSchema, allow_none=True)
+    partner_id = fields.String(
+        metadata={"description": "An admin's list entries only: the job's partner."}
+    )
 
 
 class JobListSchema(Schema):
