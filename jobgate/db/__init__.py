@@ -7,8 +7,10 @@ PostgreSQL in production. ``Database`` connects lazily: building one touches not
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -96,6 +98,26 @@ def normalise_url(url: str) -> str:
     return url
 
 
+# Every Database of this process, for ``_forget_pools_after_fork``.
+_LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _forget_pools_after_fork() -> None:
+    """In a forked child (a Celery prefork slot, a gunicorn worker), no connection of the
+    parent's pools is used again: two processes on one socket interleave their messages
+    (psycopg's "bind message supplies 6 parameters, but prepared statement requires 5").
+    ``dispose(close=False)`` drops them without closing what the parent still uses
+    (SQLAlchemy's "Using Connection Pools with Multiprocessing or os.fork()")."""
+    for database in list(_LIVE):
+        for engine in (database._engine, database._reader):
+            if engine is not None:
+                engine.dispose(close=False)
+        database._groups = {}  # the parent's waiters are not this process's
+
+
+os.register_at_fork(after_in_child=_forget_pools_after_fork)
+
+
 class Database:
     """An engine and its sessions for one database URL."""
 
@@ -105,6 +127,7 @@ class Database:
         self._reader: Engine | None = None
         self._sessions: sessionmaker[Session] | None = None
         self._groups: dict[Any, GroupCommit] = {}
+        _LIVE.add(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
