@@ -172,8 +172,32 @@ function onUnauthorized(error) {
 
 // ------------------------------------------------------------------ jobs list
 
-function jobsPage() {
+// One paged list (GET path?limit&cursor): the page's rows in place of the list, or after
+// it (append); "more" shown while the API gives a next_cursor. Returns load(append).
+function pagedList({ path, key, body, more, empty = null, error, row, limit = 20,
+  filters = () => {}, loaded = () => {} }) {
   let cursor = null;
+  return async function load(append) {
+    const params = new URLSearchParams({ limit: String(limit) });
+    filters(params);
+    if (append && cursor != null) params.set("cursor", String(cursor));
+    try {
+      const page = await api(`${typeof path === "function" ? path() : path}?${params}`);
+      const rows = $(body);
+      if (!append) rows.replaceChildren();
+      rows.append(...page[key].map(row));
+      cursor = page.next_cursor ?? null;
+      show($(more), cursor != null);
+      if (empty) show($(empty), rows.children.length === 0);
+      showError($(error), null);
+      loaded(page);
+    } catch (failure) {
+      if (!onUnauthorized(failure)) showError($(error), failure);
+    }
+  };
+}
+
+function jobsPage() {
   let refreshTimer = null;
 
   function row(view) {
@@ -196,26 +220,16 @@ function jobsPage() {
     return tr;
   }
 
-  async function load(append) {
-    const params = new URLSearchParams({ limit: "20" });
-    const status = $("status-filter").value;
-    if (status) params.set("status", status);
-    jobListFilters(params);
-    if (append && cursor) params.set("cursor", cursor);
-    try {
-      const page = await api(`/v1/jobs?${params}`);
-      const body = $("jobs-body");
-      if (!append) body.replaceChildren();
-      body.append(...page.jobs.map(row));
-      cursor = page.next_cursor;
-      show($("more"), Boolean(cursor));
-      show($("jobs-empty"), body.children.length === 0);
-      showError($("list-error"), null);
-      scheduleRefresh(page.jobs.some((view) => !TERMINAL.has(view.status)));
-    } catch (error) {
-      if (!onUnauthorized(error)) showError($("list-error"), error);
-    }
-  }
+  const load = pagedList({
+    path: "/v1/jobs", key: "jobs", body: "jobs-body", more: "more", empty: "jobs-empty",
+    error: "list-error", row,
+    filters(params) {
+      const status = $("status-filter").value;
+      if (status) params.set("status", status);
+      jobListFilters(params);
+    },
+    loaded: (page) => scheduleRefresh(page.jobs.some((view) => !TERMINAL.has(view.status))),
+  });
 
   function scheduleRefresh(anyRunning) {
     clearTimeout(refreshTimer);
@@ -426,7 +440,6 @@ async function act(button, work) {
 
 function endpointsPage() {
   let selected = null;
-  let cursor = null;
 
   function cell(tr, content) {
     const td = document.createElement("td");
@@ -523,24 +536,18 @@ function endpointsPage() {
     return tr;
   }
 
+  const attempts = pagedList({
+    path: () => `/v1/endpoints/${encodeURIComponent(selected.id)}/attempts`, key: "attempts",
+    body: "attempts-body", more: "attempts-more", empty: "attempts-empty",
+    error: "detail-error", row: attemptRow,
+    filters(params) {
+      const status = $("attempts-filter").value;
+      if (status) params.set("status", status);
+    },
+  });
+
   async function loadAttempts(append) {
-    if (!selected) return;
-    const params = new URLSearchParams({ limit: "20" });
-    const status = $("attempts-filter").value;
-    if (status) params.set("status", status);
-    if (append && cursor) params.set("cursor", String(cursor));
-    try {
-      const page = await api(`/v1/endpoints/${encodeURIComponent(selected.id)}/attempts?${params}`);
-      const body = $("attempts-body");
-      if (!append) body.replaceChildren();
-      body.append(...page.attempts.map(attemptRow));
-      cursor = page.next_cursor;
-      show($("attempts-more"), cursor != null);
-      show($("attempts-empty"), body.children.length === 0);
-      showError($("detail-error"), null);
-    } catch (error) {
-      if (!onUnauthorized(error)) showError($("detail-error"), error);
-    }
+    if (selected) await attempts(append);
   }
 
   function path(suffix) {
@@ -804,7 +811,7 @@ function tableRow(cells, dataset = {}) {
 
 function dashboardPage() {
   let timer = null;
-  let deadCursor = null;
+  let listingAll = false; // the whole dead-letter list shown, not the board's newest
 
   function render(board) {
     show($("dash"), true);
@@ -850,7 +857,7 @@ function dashboardPage() {
 
     const dead = board.dead_letters;
     $("dead-summary").textContent = `${dead.count} set aside`;
-    if (deadCursor === null) {
+    if (!listingAll) {
       $("dead-body").replaceChildren(...dead.newest.map(deadRow));
     }
     $("dash-updated").textContent = `Updated ${when(board.generated_at)}`;
@@ -863,20 +870,14 @@ function dashboardPage() {
   }
 
   // The whole list (GET /v1/archive/dead-letters), page by page, in place of the newest.
-  async function allDeadLetters(append) {
-    const params = new URLSearchParams({ limit: "20" });
-    if (append && deadCursor) params.set("cursor", String(deadCursor));
-    try {
-      const page = await api(`/v1/archive/dead-letters?${params}`);
-      if (!append) $("dead-body").replaceChildren();
-      $("dead-body").append(...page.dead_letters.map(deadRow));
-      deadCursor = page.next_cursor || 0;
-      show($("dead-more"), Boolean(page.next_cursor));
+  const allDeadLetters = pagedList({
+    path: "/v1/archive/dead-letters", key: "dead_letters", body: "dead-body",
+    more: "dead-more", error: "dash-error", row: deadRow,
+    loaded() {
+      listingAll = true;
       show($("dead-all"), false);
-    } catch (error) {
-      if (!onUnauthorized(error)) showError($("dash-error"), error);
-    }
-  }
+    },
+  });
 
   async function load() {
     clearTimeout(timer);
@@ -1149,8 +1150,6 @@ function endpointManagement() {
 // ------------------------------------------------------------------ audit log (admins)
 
 function auditPage() {
-  let cursor = null;
-
   function row(entry) {
     const tr = document.createElement("tr");
     tr.dataset.auditId = String(entry.id);
@@ -1163,22 +1162,10 @@ function auditPage() {
     return tr;
   }
 
-  async function load(append) {
-    const params = new URLSearchParams({ limit: "50" });
-    if (append && cursor) params.set("cursor", String(cursor));
-    try {
-      const page = await api(`/v1/audit?${params}`);
-      const body = $("audit-body");
-      if (!append) body.replaceChildren();
-      body.append(...page.entries.map(row));
-      cursor = page.next_cursor;
-      show($("audit-more"), Boolean(cursor));
-      show($("audit-empty"), body.children.length === 0);
-      showError($("audit-error"), null);
-    } catch (error) {
-      if (!onUnauthorized(error)) showError($("audit-error"), error);
-    }
-  }
+  const load = pagedList({
+    path: "/v1/audit", key: "entries", body: "audit-body", more: "audit-more",
+    empty: "audit-empty", error: "audit-error", row, limit: 50,
+  });
 
   $("audit-refresh").addEventListener("click", () => load(false));
   $("audit-more").addEventListener("click", () => load(true));

@@ -38,3 +38,26 @@ def test_a_partner_is_not_offered_the_audit_log_and_is_refused_it(page, partner)
     page.wait_visible("audit-error")
     assert "admin" in page.text("audit-error")
     assert not rows(page)
+
+
+def test_more_appends_the_next_page_of_the_audit_log(page, client, partner) -> None:
+    """The paged lists of the UI (jobs, attempts, dead letters, audit) share one loader:
+    "More" appends the next page and hides once the API gives no next cursor."""
+    for _ in range(60):  # past the page of 50, whatever the earlier tests left
+        changed = client.patch(
+            f"/v1/partners/{partner['id']}", json={"limits": {"weight": 2}}, headers=ADMIN
+        )
+        assert changed.status_code == 200, changed.get_json()
+    page.sign_in(ADMIN_KEY, path="/ui/audit")
+    wait_until(lambda: len(rows(page)) == 50, 10, 0.05, "the first page")
+    assert page.visible("audit-more")
+    page.element("audit-more").click()
+    wait_until(lambda: len(rows(page)) > 50, 10, 0.05, "the next page appended")
+    ids = [row.get_attribute("data-audit-id") for row in rows(page)]
+    assert len(ids) == len(set(ids))  # appended, not repeated
+    assert ids == sorted(ids, key=int, reverse=True)  # newest first, across pages
+    while page.visible("audit-more"):
+        page.element("audit-more").click()
+        wait_until(lambda n=len(ids): len(rows(page)) > n or not page.visible("audit-more"), 10)
+        ids = [row.get_attribute("data-audit-id") for row in rows(page)]
+    assert len(ids) == len(set(ids)) >= 61
