@@ -18,11 +18,12 @@
 -- (KEYS[5]) until a slot frees, or until a fallback time should none be given back (a
 -- lease, ARGV[1] s, for each `limit` attempts ahead of it, and one more): its delivery
 -- stays open until then plus a lease, and no attempt is spent.
--- Before that, an endpoint's message (owner field 'endpoint_id') waits for the
+-- Admitted, an endpoint's message (owner field 'endpoint_id') then waits for the
 -- endpoint's turn (throttle.lua: its rate_limit, a pause its receiver asked for): until
 -- then it is throttled: its claim is dropped, it leaves its partner's line and waits on
 -- the due set until its turn, its delivery open until then plus a lease, no attempt
--- spent and no slot taken.
+-- spent and no slot held. A deferred attempt takes no turn: a partner at its limit does
+-- not push its throttled endpoints' turns later.
 -- KEYS: claim, body, subject record, open deliveries, due set.
 -- ARGV: lease seconds, owner key prefix, node name, worker liveness key prefix, this
 -- attempt's task id, owner field (default 'partner_id'), key prefix, default limit, now,
@@ -49,27 +50,13 @@ for i = 1, #record, 2 do
   end
   if record[i] == 'partner_id' then partner_id = record[i + 1] end
 end
-if (ARGV[10] or '') ~= '' and ARGV[6] == 'endpoint_id' then
-  local endpoint_id = throttle_field(record, 'endpoint_id') or ''
-  local rate = tonumber(throttle_field(partner, 'rate_limit') or '')
-  local now, lease = tonumber(ARGV[9]), tonumber(ARGV[1])
-  local turn = nil
-  if endpoint_id ~= '' then
-    turn = throttle_turn(ARGV[7] .. ':endpoint:' .. endpoint_id, ARGV[5], rate, now, lease)
-  end
-  if turn then
-    redis.call('DEL', KEYS[1])
-    if partner_id ~= '' then
-      redis.call('ZREM', ARGV[7] .. ':deferred:' .. partner_id, ARGV[10])
-    end
-    redis.call('ZADD', KEYS[5], turn, ARGV[10])
-    redis.call('ZADD', KEYS[4], turn + lease, ARGV[5])
-    return {'throttled', tostring(turn)}
-  end
-end
-if (ARGV[10] or '') ~= '' and partner_id ~= '' then
-  local P, now, lease, entry = ARGV[7], tonumber(ARGV[9]), tonumber(ARGV[1]), ARGV[10]
-  local inflight, line = P .. ':inflight:' .. partner_id, P .. ':deferred:' .. partner_id
+local entry, now, lease = ARGV[10] or '', tonumber(ARGV[9]), tonumber(ARGV[1])
+local P = ARGV[7]
+-- The partner's slot is decided first (an attempt deferred for it takes no turn of its
+-- endpoint), taken last (a throttled attempt holds none).
+local inflight, line = nil, nil
+if entry ~= '' and partner_id ~= '' then
+  inflight, line = P .. ':inflight:' .. partner_id, P .. ':deferred:' .. partner_id
   local limit = inflight_limit(P .. ':partner:' .. partner_id, ARGV[8])
   if limit > 0 and not redis.call('ZSCORE', inflight, ARGV[5]) then
     local free = inflight_free(inflight, limit, now)
@@ -92,6 +79,26 @@ if (ARGV[10] or '') ~= '' and partner_id ~= '' then
       return 'deferred'
     end
   end
+end
+if entry ~= '' and ARGV[6] == 'endpoint_id' then
+  local endpoint_id = throttle_field(record, 'endpoint_id') or ''
+  local rate = tonumber(throttle_field(partner, 'rate_limit') or '')
+  local turn = nil
+  if endpoint_id ~= '' then
+    turn = throttle_turn(P .. ':endpoint:' .. endpoint_id, ARGV[5], rate, now, lease)
+  end
+  if turn then
+    redis.call('DEL', KEYS[1])
+    if inflight then
+      redis.call('ZREM', line, entry)
+      redis.call('ZREM', inflight, ARGV[5]) -- one taken over from a dead node: given back
+    end
+    redis.call('ZADD', KEYS[5], turn, entry)
+    redis.call('ZADD', KEYS[4], turn + lease, ARGV[5])
+    return {'throttled', tostring(turn)}
+  end
+end
+if inflight then
   redis.call('ZADD', inflight, now + lease, ARGV[5])
   redis.call('EXPIRE', inflight, ARGV[1])
   redis.call('ZREM', line, entry)
