@@ -287,51 +287,6 @@ def partner() -> None:
     """Manage partners (needs REDIS_URL and a migrated JOBGATE_DATABASE_URL)."""
 
 
-@partner.command("create")
-@click.argument("name")
-def partner_create(name: str) -> None:
-    """Create a partner and print its JSON (API key and secret are shown once)."""
-    from gateway.schemas import PartnerCreateSchema, load_or_422
-    from gateway.views.partners import create_partner
-
-    with command_app().app_context():
-        body = load_or_422(PartnerCreateSchema(), {"name": name})
-        created = create_partner(body["name"])
-        _audit("jobgate partner create", created["id"], {"name": name})
-        _echo_json(created)
-
-
-@partner.command("list")
-def partner_list() -> None:
-    """List partners (never keys or secrets)."""
-    from gateway.extensions import services
-    from gateway.views.partners import public
-
-    with command_app().app_context():
-        _echo_json([public(p) for p in services().partners.all()])
-
-
-@partner.command("rotate-secret")
-@click.argument("partner_id")
-def partner_rotate_secret(partner_id: str) -> None:
-    """Give a partner a new webhook secret; the old one still signs during the grace period."""
-    from gateway.extensions import services
-    from jobgate.signing import generate_secret
-
-    with command_app().app_context():
-        svc = services()
-        secret = generate_secret()
-        if not svc.partners.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
-            raise click.ClickException(f"no partner {partner_id}")
-        _audit("jobgate partner rotate-secret", partner_id)
-        _echo_json(
-            {
-                "webhook_secret": secret,
-                "previous_secret_valid_for": svc.settings.webhook_secret_grace,
-            }
-        )
-
-
 def _audit(action: str, target: str, details: dict[str, Any] | None = None) -> None:
     """Record a CLI verb that changed something in the audit log, the operator's login
     name as actor (in an app context)."""
@@ -343,20 +298,54 @@ def _audit(action: str, target: str, details: dict[str, Any] | None = None) -> N
     audit.record(services().db, f"cli:{getpass.getuser()}", action, target, details)
 
 
-def _partner_call(action, *args: object, audit_as: str = "", details: Any = None) -> None:
-    """Run a gateway partner action in an app context and print its JSON (an unknown
-    partner: exit 1 with the message); ``audit_as`` names a change for the audit log."""
+def _act(action, *args: object, audit_as: str = "", details: Any = None) -> None:
+    """Run a gateway action in an app context and print its JSON; an APIError it raises
+    (an unknown id, a refused value) is one line, exit 1. ``audit_as`` names a change for
+    the audit log, its target the first argument."""
     from gateway.errors import APIError
 
     with command_app().app_context():
         try:
             done = action(*args)
         except APIError as exc:
-            details = f" {json.dumps(exc.details)}" if exc.details else ""
-            raise click.ClickException(exc.message + details) from None
+            more = f" {json.dumps(exc.details)}" if exc.details else ""
+            raise click.ClickException(f"{exc.code}: {exc.message}{more}") from None
         if audit_as:
             _audit(audit_as, str(args[0]), details)
         _echo_json(done)
+
+
+@partner.command("create")
+@click.argument("name")
+def partner_create(name: str) -> None:
+    """Create a partner and print its JSON (API key and secret are shown once)."""
+    from gateway.schemas import PartnerCreateSchema, load_or_422
+    from gateway.views.partners import create_partner
+
+    def create() -> dict[str, str]:
+        created = create_partner(load_or_422(PartnerCreateSchema(), {"name": name})["name"])
+        _audit("jobgate partner create", created["id"], {"name": name})
+        return created
+
+    _act(create)
+
+
+@partner.command("list")
+def partner_list() -> None:
+    """List partners (never keys or secrets)."""
+    from gateway.extensions import services
+    from gateway.views.partners import public
+
+    _act(lambda: [public(p) for p in services().partners.all()])
+
+
+@partner.command("rotate-secret")
+@click.argument("partner_id")
+def partner_rotate_secret(partner_id: str) -> None:
+    """Give a partner a new webhook secret; the old one still signs during the grace period."""
+    from gateway.views.partners import new_webhook_secret
+
+    _act(new_webhook_secret, partner_id, audit_as="jobgate partner rotate-secret")
 
 
 @partner.command("show")
@@ -365,7 +354,7 @@ def partner_show(partner_id: str) -> None:
     """Print a partner with its counts: jobs by status, endpoints, failing deliveries."""
     from gateway.views.partners import partner_detail
 
-    _partner_call(partner_detail, partner_id)
+    _act(partner_detail, partner_id)
 
 
 @partner.command("limits")
@@ -385,7 +374,7 @@ def partner_limits(partner_id: str, changes: tuple[str, ...]) -> None:
         except ValueError:
             raise click.BadParameter(f"{change!r}: use NAME=NUMBER or NAME=default") from None
     if parsed:
-        _partner_call(
+        _act(
             set_limits,
             partner_id,
             parsed,
@@ -393,7 +382,7 @@ def partner_limits(partner_id: str, changes: tuple[str, ...]) -> None:
             details={"limits": parsed},
         )
     else:
-        _partner_call(partner_detail, partner_id)
+        _act(partner_detail, partner_id)
 
 
 @partner.command("disable")
@@ -402,7 +391,7 @@ def partner_disable(partner_id: str) -> None:
     """Disable a partner: its keys answer 401 at once; its queued jobs still run."""
     from gateway.views.partners import set_disabled
 
-    _partner_call(set_disabled, partner_id, True, audit_as="jobgate partner disable")
+    _act(set_disabled, partner_id, True, audit_as="jobgate partner disable")
 
 
 @partner.command("enable")
@@ -411,7 +400,7 @@ def partner_enable(partner_id: str) -> None:
     """Enable a disabled partner."""
     from gateway.views.partners import set_disabled
 
-    _partner_call(set_disabled, partner_id, False, audit_as="jobgate partner enable")
+    _act(set_disabled, partner_id, False, audit_as="jobgate partner enable")
 
 
 @partner.command("rotate-key")
@@ -427,7 +416,7 @@ def partner_rotate_key(partner_id: str, grace: int) -> None:
     """Give a partner a new API key (shown once); the old one works --grace seconds."""
     from gateway.views.partners import rotate_key
 
-    _partner_call(
+    _act(
         rotate_key,
         partner_id,
         grace,
@@ -530,17 +519,15 @@ def upgrade_database(settings: Settings, say=lambda text: None) -> None:
 )
 def revoke(job_id: str, reason: str, terminate: bool) -> None:
     """Revoke a job as an admin would over the API, and print it."""
-    from gateway.errors import APIError
     from gateway.extensions import services
     from gateway.revoke import revoke_job
 
-    with command_app().app_context():
-        try:
-            revoked = revoke_job(services(), job_id, by="cli", reason=reason, terminate=terminate)
-        except APIError as exc:
-            raise click.ClickException(f"{exc.code}: {exc.message}") from None
-        _audit("jobgate revoke", job_id, {"reason": reason, "terminate": terminate})
-        _echo_json(revoked)
+    _act(
+        lambda job: revoke_job(services(), job, by="cli", reason=reason, terminate=terminate),
+        job_id,
+        audit_as="jobgate revoke",
+        details={"reason": reason, "terminate": terminate},
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
