@@ -319,7 +319,8 @@ def _act(action, *args: object, audit_as: str = "", details: Any = None) -> None
 @click.argument("name")
 def partner_create(name: str) -> None:
     """Create a partner and print its JSON (API key and secret are shown once)."""
-    from gateway.schemas import PartnerCreateSchema, load_or_422
+    from gateway.schemas import load_or_422
+    from gateway.schemas.partners import PartnerCreateSchema
     from gateway.views.partners import create_partner
 
     def create() -> dict[str, str]:

@@ -10,7 +10,8 @@ from gateway.auth import admin_required
 from gateway.errors import APIError, not_found
 from gateway.extensions import services
 from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
-from gateway.schemas import (
+from gateway.schemas import load_or_422
+from gateway.schemas.partners import (
     KeySchema,
     PartnerCreatedSchema,
     PartnerCreateSchema,
@@ -20,7 +21,6 @@ from gateway.schemas import (
     PartnerStateSchema,
     RotateKeySchema,
     SecretSchema,
-    load_or_422,
 )
 from gateway.views.common import json_body, json_body_or_empty
 from jobgate.endpoints import failing_messages
