@@ -23,7 +23,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from werkzeug.routing import Rule
 
 from gateway import __version__, schemas
-from gateway.schemas import endpoints, jobs, partners, records, webhooks
+from gateway.schemas import endpoints, jobs, partners, webhooks
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,7 +81,7 @@ WRITE = (400, *AUTH, 413, 422)
 # seen yet under its class name less "Schema" (as it does for a schema a view names that
 # is not listed here), and registering that name again fails.
 # Each is ``<name>Schema`` of one of SCHEMA_MODULES.
-SCHEMA_MODULES = (schemas, jobs, webhooks, partners, endpoints, records)
+SCHEMA_MODULES = (schemas, jobs, webhooks, partners, endpoints)
 COMPONENTS = (
     "Error",
     "EndpointMessage",  # nested in Job's webhook

@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from gateway.schemas import PageArgs, url_field
 from gateway.schemas.webhooks import DeliverySchema
 from jobgate.endpoints import MAX_HEADERS, check_headers
 from jobgate.events import EVENT_TYPES
@@ -16,14 +17,6 @@ from jobgate.webhooks.throttle import MAX_RATE_LIMIT
 def _unique(values: list[str]) -> None:
     if len(set(values)) != len(values):
         raise ValidationError("Must not repeat an event type.")
-
-
-def _url_field(required: bool) -> fields.String:
-    return fields.String(
-        required=required,
-        validate=validate.Length(min=1, max=2048),
-        metadata={"example": "https://partner.example/hooks"},
-    )
 
 
 def _event_types_field() -> fields.List:
@@ -74,7 +67,7 @@ def _headers_field(description: str) -> fields.Dict:
 
 
 class EndpointCreateSchema(_HeadersChecked):
-    url = _url_field(required=True)
+    url = url_field(required=True)
     description = fields.String(load_default="", validate=validate.Length(max=500))
     event_types = _event_types_field()
     headers = _headers_field(
@@ -97,7 +90,7 @@ class EndpointCreateSchema(_HeadersChecked):
 
 
 class EndpointPatchSchema(_HeadersChecked):
-    url = _url_field(required=False)
+    url = url_field()
     description = fields.String(validate=validate.Length(max=500))
     event_types = _event_types_field()
     enabled = fields.Boolean(metadata={"description": "true re-enables a disabled endpoint."})
@@ -119,13 +112,11 @@ class EndpointListArgs(Schema):
     )
 
 
-class EndpointAttemptsArgs(Schema):
+class EndpointAttemptsArgs(PageArgs):
     status = fields.String(
         load_default=None, validate=validate.OneOf(["delivered", "retry", "failed"])
     )
     since = fields.AwareDateTime(load_default=None)
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.Integer(load_default=None, validate=validate.Range(min=1))
 
 
 class EndpointSchema(Schema):

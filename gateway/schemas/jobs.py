@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates, validates_schema
 
+from gateway.schemas import url_field
 from gateway.schemas.webhooks import WebhookSummarySchema
 from jobgate.batches import MAX_BATCH
 from jobgate.history import BadCursor, decode_cursor
@@ -24,6 +25,16 @@ def _small_json(value: Any) -> None:
         raise ValidationError(f"Must be at most {METADATA_MAX_BYTES} bytes of JSON.")
 
 
+def _metadata_field(description: str) -> fields.Dict:
+    """A submit's ``metadata``: any JSON object up to METADATA_MAX_BYTES."""
+    return fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        validate=_small_json,
+        metadata={"description": description},
+    )
+
+
 class JobSubmitSchema(Schema):
     task = fields.String(
         required=True,
@@ -35,18 +46,8 @@ class JobSubmitSchema(Schema):
         load_default=dict,
         metadata={"description": "Validated by the task's own params schema."},
     )
-    callback_url = fields.String(
-        load_default=None,
-        allow_none=True,
-        validate=validate.Length(min=1, max=2048),
-        metadata={"example": "https://partner.example/hooks"},
-    )
-    metadata = fields.Dict(
-        keys=fields.String(),
-        load_default=dict,
-        validate=_small_json,
-        metadata={"description": "Any JSON object, returned as is."},
-    )
+    callback_url = url_field(load_default=None, allow_none=True)
+    metadata = _metadata_field("Any JSON object, returned as is.")
     priority = fields.Integer(
         load_default=DEFAULT_PRIORITY,
         validate=validate.Range(min=0, max=9),
@@ -98,18 +99,8 @@ class BatchSubmitSchema(Schema):
         validate=validate.Length(min=1),
         metadata={"maxItems": MAX_BATCH},
     )
-    callback_url = fields.String(
-        load_default=None,
-        allow_none=True,
-        validate=validate.Length(min=1, max=2048),
-        metadata={"description": "Receives batch.completed only."},
-    )
-    metadata = fields.Dict(
-        keys=fields.String(),
-        load_default=dict,
-        validate=_small_json,
-        metadata={"description": "Any JSON object, returned as is (16 KiB, as a job's)."},
-    )
+    callback_url = url_field("Receives batch.completed only.", load_default=None, allow_none=True)
+    metadata = _metadata_field("Any JSON object, returned as is (16 KiB, as a job's).")
 
 
 class RevokeSchema(Schema):

@@ -71,31 +71,21 @@ class PartnerPatchSchema(Schema):
     )
 
 
+def _counts(description: str) -> fields.Dict:
+    """Numbers by name."""
+    return fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": description},
+    )
+
+
 class PartnerDetailSchema(PartnerStateSchema):
-    limits = fields.Dict(
-        keys=fields.String(),
-        values=fields.Integer(),
-        required=True,
-        metadata={"description": "Every limit in effect (0: none)."},
-    )
-    waiting = fields.Dict(
-        keys=fields.String(),
-        values=fields.Integer(),
-        required=True,
-        metadata={"description": "Jobs queued, delayed and running (dispatched, not ended)."},
-    )
-    jobs = fields.Dict(
-        keys=fields.String(),
-        values=fields.Integer(),
-        required=True,
-        metadata={"description": "Archived jobs by status (PENDING: not started yet)."},
-    )
-    endpoints = fields.Dict(
-        keys=fields.String(),
-        values=fields.Integer(),
-        required=True,
-        metadata={"description": "total, enabled, disabled, failing."},
-    )
+    limits = _counts("Every limit in effect (0: none).")
+    waiting = _counts("Jobs queued, delayed and running (dispatched, not ended).")
+    jobs = _counts("Archived jobs by status (PENDING: not started yet).")
+    endpoints = _counts("total, enabled, disabled, failing.")
     failing_deliveries = fields.Integer(
         required=True,
         metadata={"description": "Messages to its endpoints now retrying or failed."},

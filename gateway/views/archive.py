@@ -7,8 +7,7 @@ from flask import Blueprint, jsonify, request
 from gateway.auth import admin_required
 from gateway.extensions import services
 from gateway.openapi import AUTH, PAGE_PARAMS, ok, operation
-from gateway.schemas import PageArgs, load_or_422
-from gateway.schemas.records import DeadLettersSchema
+from gateway.schemas import DeadLettersSchema, PageArgs, load_or_422
 from jobgate import history
 
 bp = Blueprint("archive", __name__, url_prefix="/v1/archive")

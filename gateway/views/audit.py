@@ -10,8 +10,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from gateway.auth import admin_required
 from gateway.extensions import services
 from gateway.openapi import AUTH, PAGE_PARAMS, ok, operation
-from gateway.schemas import PageArgs, load_or_422
-from gateway.schemas.records import AuditSchema
+from gateway.schemas import AuditSchema, PageArgs, load_or_422
 from jobgate import audit
 
 bp = Blueprint("audit", __name__, url_prefix="/v1/audit")
