@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from config import Settings, SettingsError
-from gateway.dev import DEV_DIR, DEV_SECRET_KEY, dev, read_dev_state
+from gateway.dev import DEV_DATABASE, DEV_SECRET_KEY, dev, dev_database_url, read_dev_state
 from gateway.launch import Child, supervise
 from jobgate.connections import answers
 
@@ -30,8 +30,8 @@ def cli_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if not environ.get("JOBGATE_DATABASE_URL"):
         state = read_dev_state()
         url = state.get("database_url")
-        if not url and (DEV_DIR / "jobgate.sqlite3").exists():
-            url = f"sqlite:///{(DEV_DIR / 'jobgate.sqlite3').resolve()}"
+        if not url and DEV_DATABASE.exists():
+            url = dev_database_url()
         if url:
             environ["JOBGATE_DATABASE_URL"] = url
             if state.get("redis_url") and not environ.get("REDIS_URL"):
@@ -83,10 +83,6 @@ def _check_ready(settings: Settings) -> None:
         Database.from_settings(settings).check_ready(settings.secret_key)
     except (DatabaseNotReady, SecretKeyError) as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _echo_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2))
 
 
 class _Commands(click.Group):
@@ -312,7 +308,7 @@ def _act(action, *args: object, audit_as: str = "", details: Any = None) -> None
             raise click.ClickException(f"{exc.code}: {exc.message}{more}") from None
         if audit_as:
             _audit(audit_as, str(args[0]), details)
-        _echo_json(done)
+        click.echo(json.dumps(done, indent=2))
 
 
 @partner.command("create")

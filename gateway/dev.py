@@ -28,6 +28,12 @@ DEV_DIR = Path(".jobgate-dev")
 DEV_STATE = DEV_DIR / "dev.json"
 # Its JOBGATE_SECRET_KEY (jobgate.sealing), made once: what it sealed still opens later.
 DEV_SECRET_KEY = DEV_DIR / "secret-key"
+# Its database unless JOBGATE_DATABASE_URL names one.
+DEV_DATABASE = DEV_DIR / "jobgate.sqlite3"
+
+
+def dev_database_url() -> str:
+    return f"sqlite:///{DEV_DATABASE.resolve()}"
 
 
 def read_dev_state(directory: Path = DEV_DIR) -> dict[str, Any]:
@@ -117,9 +123,7 @@ def dev_environment(
         if isinstance(kept, str) and kept.startswith("dev-admin-")
         else "dev-admin-" + secrets.token_hex(8)
     )
-    database_url = environ.get("JOBGATE_DATABASE_URL") or (
-        f"sqlite:///{(DEV_DIR / 'jobgate.sqlite3').resolve()}"
-    )
+    database_url = environ.get("JOBGATE_DATABASE_URL") or dev_database_url()
     env = dict(environ)
     env.update(
         {
@@ -146,27 +150,22 @@ def dev_partner(kept: Mapping[str, Any] | None) -> dict[str, str]:
     from gateway.views.partners import create_partner
 
     partners = services().partners
-    opened = services().store.sealer.open  # the mirror holds the secret sealed
+
+    def login(record: Mapping[str, str], api_key: str) -> dict[str, str]:
+        secret = services().store.sealer.open(record["webhook_secret"])  # the mirror's: sealed
+        return {"id": record["id"], "api_key": api_key, "webhook_secret": secret}
+
     if kept and kept.get("api_key"):
         found = partners.by_key(str(kept["api_key"]), cached=False)
         if found is not None and found.get("id") == kept.get("id"):
-            return {
-                "id": found["id"],
-                "api_key": str(kept["api_key"]),
-                "webhook_secret": opened(found["webhook_secret"]),
-            }
-    named = [p for p in partners.all() if p["name"] == DEV_PARTNER]
-    for candidate in named:
+            return login(found, str(kept["api_key"]))
+    for candidate in [p for p in partners.all() if p["name"] == DEV_PARTNER]:
         record = partners.get(candidate["id"])
         if record is None or record.get("disabled"):
             continue
         api_key = partners.rotate_key(candidate["id"], 0)
         if api_key is not None:
-            return {
-                "id": candidate["id"],
-                "api_key": api_key,
-                "webhook_secret": opened(record["webhook_secret"]),
-            }
+            return login(record, api_key)
     created = create_partner(DEV_PARTNER)
     return {key: created[key] for key in ("id", "api_key", "webhook_secret")}
 
@@ -240,33 +239,11 @@ def dev(port: int, concurrency: int) -> None:
             }
         )
         # Output to this terminal; `jobgate worker` runs and supervises both pools.
-        children.append(
-            Child.start(
-                "worker",
-                [sys.executable, "-m", "gateway.cli", "worker", "-c", str(concurrency)],
-                env=env,
-            )
-        )
-        children.append(
-            Child.start(
-                "gunicorn",
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-c",
-                    "python:config.gunicorn",
-                    "-w",
-                    "1",
-                    "-b",
-                    f"127.0.0.1:{port}",
-                    "--log-level",
-                    "warning",
-                    "wsgi:app",
-                ],
-                env=env,
-            )
-        )
+        worker = f"-m gateway.cli worker -c {concurrency}"
+        gunicorn = f"-m gunicorn -c python:config.gunicorn -w 1 -b 127.0.0.1:{port} "
+        gunicorn += "--log-level warning wsgi:app"
+        for name, args in (("worker", worker), ("gunicorn", gunicorn)):
+            children.append(Child.start(name, [sys.executable, *args.split()], env=env))
         everything = [*children, *([redis_server] if redis_server else [])]
         try:
             children[-1].wait_ready(
