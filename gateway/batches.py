@@ -23,7 +23,8 @@ from gateway.jobs import (
     validate_job,
 )
 from gateway.revoke import revoke_job
-from gateway.schemas import BatchSubmitSchema, load_or_422
+from gateway.schemas import load_or_422
+from gateway.schemas.jobs import BatchSubmitSchema
 from jobgate import history, lifecycle, outbox
 from jobgate.batches import COUNTERS, MAX_BATCH, batch_record, batch_view, member_ids
 from jobgate.failpoints import failpoint

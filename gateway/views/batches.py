@@ -8,7 +8,8 @@ from gateway import batches
 from gateway.auth import admin_required, authenticate, login_required, partner_required
 from gateway.extensions import services
 from gateway.openapi import ACCEPTED_HEADERS, READ, WRITE, ok, operation
-from gateway.schemas import BatchSchema, BatchSubmitSchema, RevokeSchema, load_or_422
+from gateway.schemas import load_or_422
+from gateway.schemas.jobs import BatchSchema, BatchSubmitSchema, RevokeSchema
 from gateway.views.common import accepted, json_body, json_body_or_empty
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")

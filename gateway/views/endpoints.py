@@ -11,7 +11,8 @@ from gateway.errors import APIError, not_found
 from gateway.extensions import services
 from gateway.jobs import check_callback, limit_exceeded, limit_of
 from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
-from gateway.schemas import (
+from gateway.schemas import load_or_422
+from gateway.schemas.endpoints import (
     EndpointAttemptsArgs,
     EndpointAttemptSchema,
     EndpointAttemptsSchema,
@@ -25,7 +26,6 @@ from gateway.schemas import (
     EndpointSecretSchema,
     RecoveredSchema,
     RecoverSchema,
-    load_or_422,
 )
 from gateway.views.common import json_body, json_body_or_empty
 from jobgate import endpoints as registry

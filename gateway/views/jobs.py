@@ -9,14 +9,8 @@ from gateway.auth import authenticate, login_required, partner_required, present
 from gateway.errors import APIError
 from gateway.extensions import services
 from gateway.openapi import ACCEPTED_HEADERS, AUTH, READ, WRITE, ok, operation
-from gateway.schemas import (
-    JobListSchema,
-    JobSchema,
-    JobSubmitSchema,
-    ListJobsArgs,
-    WaitArgs,
-    load_or_422,
-)
+from gateway.schemas import load_or_422
+from gateway.schemas.jobs import JobListSchema, JobSchema, JobSubmitSchema, ListJobsArgs, WaitArgs
 from gateway.views.common import accepted, json_body
 from jobgate.status import STATUSES, TERMINAL
 

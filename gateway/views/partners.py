@@ -10,7 +10,8 @@ from gateway.auth import admin_required
 from gateway.errors import APIError, not_found
 from gateway.extensions import services
 from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
-from gateway.schemas import (
+from gateway.schemas import load_or_422
+from gateway.schemas.partners import (
     KeySchema,
     PartnerCreatedSchema,
     PartnerCreateSchema,
@@ -20,7 +21,6 @@ from gateway.schemas import (
     PartnerStateSchema,
     RotateKeySchema,
     SecretSchema,
-    load_or_422,
 )
 from gateway.views.common import json_body, json_body_or_empty
 from jobgate.endpoints import failing_messages
@@ -84,13 +84,17 @@ def index():
 @admin_required
 def rotate_secret(partner_id: str):
     json_body_or_empty()
+    return jsonify(new_webhook_secret(partner_id))
+
+
+def new_webhook_secret(partner_id: str) -> dict[str, Any]:
+    """A new webhook secret for the partner; the old one still signs during the grace."""
     svc = services()
     secret = generate_secret()
-    if not svc.partners.rotate_secret(partner_id, secret, svc.settings.webhook_secret_grace):
+    grace = svc.settings.webhook_secret_grace
+    if not svc.partners.rotate_secret(partner_id, secret, grace):
         raise not_found("partner")
-    return jsonify(
-        {"webhook_secret": secret, "previous_secret_valid_for": svc.settings.webhook_secret_grace}
-    )
+    return {"webhook_secret": secret, "previous_secret_valid_for": grace}
 
 
 def partner_detail(partner_id: str) -> dict[str, Any]:

@@ -10,13 +10,9 @@ from gateway.errors import APIError
 from gateway.extensions import services
 from gateway.openapi import EMPTY_BODY, READ, ok, operation
 from gateway.revoke import revoke_job
-from gateway.schemas import (
-    DeliveriesSchema,
-    JobSchema,
-    RedeliverySchema,
-    RevokeSchema,
-    load_or_422,
-)
+from gateway.schemas import load_or_422
+from gateway.schemas.jobs import JobSchema, RevokeSchema
+from gateway.schemas.webhooks import DeliveriesSchema, RedeliverySchema
 from gateway.views.common import json_body_or_empty
 from jobgate import history
 from jobgate.events import job_event

@@ -15,7 +15,7 @@ import redis
 
 from config import Settings
 from gateway import create_app
-from gateway.cli import dev_environment
+from gateway.dev import dev_environment
 from tests.helpers import (
     ROOT,
     EmbeddedRedis,

@@ -10,12 +10,8 @@ import pytest
 from marshmallow import ValidationError
 
 from config import Settings, SettingsError, format_ports
-from gateway.schemas import (
-    BatchSubmitSchema,
-    JobSubmitSchema,
-    PartnerCreateSchema,
-    RevokeSchema,
-)
+from gateway.schemas.jobs import BatchSubmitSchema, JobSubmitSchema, RevokeSchema
+from gateway.schemas.partners import PartnerCreateSchema
 from tasks.builtin import DocumentsParams, EmbedParams, SleepParams
 from tasks.registry import job_types
 from tests.helpers import ROOT

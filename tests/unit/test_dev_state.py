@@ -10,7 +10,7 @@ import click
 import pytest
 
 from config import Settings
-from gateway import cli
+from gateway import cli, dev
 
 pytestmark = pytest.mark.unit
 
@@ -24,7 +24,7 @@ def here(tmp_path, monkeypatch):
 
 def test_commands_beside_dev_use_its_database_and_redis_and_say_so(here, capsys):
     url = "postgresql+psycopg://jg:s3cret@db.example/jobs"
-    cli.write_dev_state({"database_url": url, "redis_url": "redis://127.0.0.1:6390/0"})
+    dev.write_dev_state({"database_url": url, "redis_url": "redis://127.0.0.1:6390/0"})
     assert stat.S_IMODE(os.stat(here / ".jobgate-dev" / "dev.json").st_mode) == 0o600
     settings = cli.cli_settings({})
     assert settings.database_url == url and settings.redis_url == "redis://127.0.0.1:6390/0"
@@ -46,11 +46,11 @@ def test_a_missing_sqlite_file_is_refused_and_not_created(here):
 
 
 def test_dev_keeps_the_admin_key_it_made_not_one_from_the_environment(here):
-    _, first = cli.dev_environment({})
+    _, first = dev.dev_environment({})
     assert first.startswith("dev-admin-")
-    _, again = cli.dev_environment({}, {"admin_key": first})
+    _, again = dev.dev_environment({}, {"admin_key": first})
     assert again == first
-    _, given = cli.dev_environment({"JOBGATE_ADMIN_KEYS": "ops-key"}, {"admin_key": first})
+    _, given = dev.dev_environment({"JOBGATE_ADMIN_KEYS": "ops-key"}, {"admin_key": first})
     assert given == "ops-key"
-    _, fresh = cli.dev_environment({}, {"admin_key": "not-a-dev-key"})
+    _, fresh = dev.dev_environment({}, {"admin_key": "not-a-dev-key"})
     assert fresh.startswith("dev-admin-") and fresh != first
