@@ -23,11 +23,12 @@ from gateway.launch import Child, LaunchError, http_status, stop_all
 from jobgate.connections import answers
 
 DEV_DIR = Path(".jobgate-dev")
-# What `jobgate dev` keeps between runs (its keys and dev partner) and tells the other
-# commands run in the same directory (its Redis and database); readable by its owner only.
+# What `jobgate dev` keeps between runs (its keys, JOBGATE_SECRET_KEY included, and its
+# dev partner) and tells the other commands run in the same directory (its Redis and
+# database); readable by its owner only.
 DEV_STATE = DEV_DIR / "dev.json"
-# Its JOBGATE_SECRET_KEY (jobgate.sealing), made once: what it sealed still opens later.
-DEV_SECRET_KEY = DEV_DIR / "secret-key"
+# Where a `jobgate dev` before dev.json held its secret key: read once, then kept there.
+OLD_SECRET_KEY = DEV_DIR / "secret-key"
 # Its database unless JOBGATE_DATABASE_URL names one.
 DEV_DATABASE = DEV_DIR / "jobgate.sqlite3"
 
@@ -92,18 +93,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def dev_secret_key() -> str:
-    """``jobgate dev``'s JOBGATE_SECRET_KEY: made once and kept in DEV_DIR (owner only),
-    so the secrets it sealed still open after a restart."""
+def dev_secret_key(state: Mapping[str, Any]) -> str:
+    """``jobgate dev``'s JOBGATE_SECRET_KEY: the one it kept (``state``), else a new one
+    (``dev`` keeps it before sealing anything), so what it sealed opens after a restart."""
     from jobgate.sealing import generate_key
 
-    path = DEV_SECRET_KEY
-    if not path.exists():
-        DEV_DIR.mkdir(exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(generate_key() + "\n")
-    return path.read_text().strip()
+    kept = state.get("secret_key")
+    if isinstance(kept, str) and kept:
+        return kept
+    if OLD_SECRET_KEY.exists():
+        return OLD_SECRET_KEY.read_text().strip()
+    return generate_key()
 
 
 def dev_environment(
@@ -111,9 +111,9 @@ def dev_environment(
 ) -> tuple[dict[str, str], str]:
     """The environment ``jobgate dev`` gives its gateway and worker, and its admin key:
     ``environ`` plus loopback ``http://`` callbacks, the SQLite file in DEV_DIR, the admin
-    key of the last run (``state``, from DEV_STATE) or a new one if none is set, the
-    secret key kept in DEV_DIR if none is set, and the
-    ``demo.*`` tasks on (unless JOBGATE_DEMO_TASKS=0)."""
+    key of the last run (``state``, from DEV_STATE) or a new one if none is set, its
+    secret key (``dev_secret_key``) if none is set, and the ``demo.*`` tasks on (unless
+    JOBGATE_DEMO_TASKS=0)."""
     base = Settings.from_env(environ)
     kept = (state or {}).get("admin_key")
     admin_key = (
@@ -133,7 +133,7 @@ def dev_environment(
             "JOBGATE_CALLBACK_ALLOW_HTTP": "1",
             "JOBGATE_CALLBACK_ALLOWLIST": base.callback_allowlist or "127.0.0.0/8,::1/128",
             "JOBGATE_DEMO_TASKS": environ.get("JOBGATE_DEMO_TASKS") or "1",
-            "JOBGATE_SECRET_KEY": base.secret_key or dev_secret_key(),
+            "JOBGATE_SECRET_KEY": base.secret_key or dev_secret_key(state or {}),
         }
     )
     return env, admin_key
@@ -211,9 +211,19 @@ def dev(port: int, concurrency: int) -> None:
     children: list[Child] = []
     DEV_DIR.mkdir(exist_ok=True)
     state = read_dev_state()
+    state["secret_key"] = dev_secret_key(state)  # its own, used unless the env names one
     env, admin_key = dev_environment(os.environ, state)
     settings = Settings.from_env(env)
     database_url = settings.database_url
+    kept = {
+        **state,
+        # Only an admin key jobgate dev made: one from JOBGATE_ADMIN_KEYS stays in the env.
+        "admin_key": admin_key if not Settings.from_env(os.environ).admin_keys else "",
+        "redis_url": settings.redis_url,
+        "database_url": database_url,
+    }
+    write_dev_state(kept)  # before anything is sealed with the secret key
+    OLD_SECRET_KEY.unlink(missing_ok=True)
     # SIGINT too, explicitly: a process started as a background job of a script inherits
     # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own;
     # "Ctrl-C stops everything" must hold however jobgate dev was started.
@@ -228,16 +238,7 @@ def dev(port: int, concurrency: int) -> None:
         upgrade_database(settings)  # the SQLite file beside the embedded Redis: nothing to install
         with command_app(settings).app_context():
             partner = dev_partner(state.get("partner"))
-        write_dev_state(
-            {
-                # Only a key jobgate dev made: one from JOBGATE_ADMIN_KEYS stays in the env.
-                "admin_key": admin_key if not Settings.from_env(os.environ).admin_keys else "",
-                "partner": partner,
-                "redis_url": settings.redis_url,
-                "database_url": database_url,
-                "url": url,
-            }
-        )
+        write_dev_state({**kept, "partner": partner, "url": url})
         # Output to this terminal; `jobgate worker` runs and supervises both pools.
         worker = f"-m gateway.cli worker -c {concurrency}"
         gunicorn = f"-m gunicorn -c python:config.gunicorn -w 1 -b 127.0.0.1:{port} "

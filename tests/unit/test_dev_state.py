@@ -54,3 +54,20 @@ def test_dev_keeps_the_admin_key_it_made_not_one_from_the_environment(here):
     assert given == "ops-key"
     _, fresh = dev.dev_environment({}, {"admin_key": "not-a-dev-key"})
     assert fresh.startswith("dev-admin-") and fresh != first
+
+
+def test_the_secret_key_is_kept_in_dev_json_and_used_by_the_commands_beside_it(here):
+    """One file holds what ``jobgate dev`` keeps: its JOBGATE_SECRET_KEY too (an older
+    ``.jobgate-dev/secret-key`` is read once, then kept in dev.json)."""
+    made = dev.dev_secret_key({})
+    assert made and dev.dev_secret_key({}) != made  # nothing kept: a new key each time
+    assert dev.dev_secret_key({"secret_key": made}) == made
+    env, _ = dev.dev_environment({}, {"secret_key": made})
+    assert env["JOBGATE_SECRET_KEY"] == made
+    given, _ = dev.dev_environment({"JOBGATE_SECRET_KEY": "from-env"}, {"secret_key": made})
+    assert given["JOBGATE_SECRET_KEY"] == "from-env"
+    dev.write_dev_state({"database_url": "sqlite:///x.sqlite3", "secret_key": made})
+    assert cli.cli_settings({}).secret_key == made
+    assert cli.cli_settings({"JOBGATE_SECRET_KEY": "mine"}).secret_key == "mine"
+    dev.OLD_SECRET_KEY.write_text("older\n")
+    assert dev.dev_secret_key({}) == "older"
