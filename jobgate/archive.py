@@ -54,6 +54,7 @@ from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
 from jobgate.times import parse_time
 from jobgate.webhooks.ledger import Deliveries
+from jobgate.webhooks.messagelog import headers_key, with_endpoint_headers
 
 log = logging.getLogger("jobgate.archive")
 
@@ -334,14 +335,24 @@ class Archiver:
         if not logged:
             return fresh, []
         books = Deliveries(self.store)
+        apart = [(row, key) for row in logged if (key := headers_key(self.store, row["entry"]))]
         pipe = self.store.redis.pipeline(transaction=False)
         for row in logged:
             pipe.hget(books.responses_key(row["subject_id"]), str(row["attempt"]))
+        for _, key in apart:
+            pipe.get(key)
         for subject_id, event in wanted.values():
             pipe.get(books.body_key(subject_id, event))
         replies = pipe.execute()
-        for row, answer in zip(logged, replies, strict=False):
+        answers = replies[: len(logged)]
+        headers_apart = replies[len(logged) : len(logged) + len(apart)]
+        sent_bodies = replies[len(logged) + len(apart) :]
+        for row, answer in zip(logged, answers, strict=True):
             row["response"] = json.loads(answer) if answer else None
+        for (row, _), headers in zip(apart, headers_apart, strict=True):
+            # The database keeps each attempt's headers whole (the endpoint's are kept once
+            # in Redis: jobgate.webhooks.messagelog.sent_apart).
+            row["entry"] = with_endpoint_headers(row["entry"], headers)
         bodies = [
             {
                 "webhook_id": webhook_id,
@@ -350,7 +361,7 @@ class Archiver:
                 "body": escape_unstorable(body),  # what PostgreSQL refuses, written escaped
             }
             for (webhook_id, (subject_id, event)), body in zip(
-                wanted.items(), replies[len(logged) :], strict=True
+                wanted.items(), sent_bodies, strict=True
             )
             if body is not None
         ]

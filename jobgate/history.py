@@ -72,24 +72,29 @@ def attempts(db: Database, subject_id: str) -> list[dict[str, Any]]:
 
 def exchanges(
     db: Database, wanted: list[tuple[str, dict[str, Any]]]
-) -> tuple[dict[str, str], dict[tuple[str, int], dict[str, Any]]]:
-    """For (subject id, attempt entry) pairs: the archived bodies by ``webhook-id`` and
-    answers by (subject id, attempt number), of those the database holds."""
+) -> tuple[dict[str, str], dict[tuple[str, int], dict[str, Any]], dict[tuple[str, int], Any]]:
+    """For (subject id, attempt entry) pairs: the archived bodies by ``webhook-id``, and
+    answers and request headers (whole) by (subject id, attempt number), of those the
+    database holds."""
     pairs = sorted({(subject, int(entry.get("attempt") or 0)) for subject, entry in wanted})
     ids = sorted({str(entry.get("webhook_id")) for _, entry in wanted})
     responses: dict[tuple[str, int], dict[str, Any]] = {}
+    headers: dict[tuple[str, int], Any] = {}
     bodies: dict[str, str] = {}
-    query = select(Attempt.subject_id, Attempt.attempt, Attempt.response).where(
-        tuple_(Attempt.subject_id, Attempt.attempt).in_(pairs), Attempt.response.is_not(None)
+    query = select(Attempt.subject_id, Attempt.attempt, Attempt.entry, Attempt.response).where(
+        tuple_(Attempt.subject_id, Attempt.attempt).in_(pairs)
     )
-    for subject, number, response in db.read(query):
+    for subject, number, entry, response in db.read(query):
         answer = _json(response)
         if answer is not None:
             responses[(subject, int(number))] = answer
+        sent = (_json(entry) or {}).get("request")
+        if isinstance(sent, dict) and "endpoint_headers" not in sent:
+            headers[(subject, int(number))] = sent.get("headers")
     found = select(WebhookBody.webhook_id, WebhookBody.body).where(WebhookBody.webhook_id.in_(ids))
     for webhook_id, body in db.read(found):
         bodies[webhook_id] = body
-    return bodies, responses
+    return bodies, responses, headers
 
 
 def _json(value: Any) -> dict[str, Any] | None:

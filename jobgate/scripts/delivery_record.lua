@@ -20,14 +20,16 @@
 -- The message log: the receiver's answer (ARGV[20], JSON; '' for none) is kept once, in
 -- the subject's responses hash (KEYS[14]) under the attempt's number, beside the log
 -- entry, and leaves it when the log drops that attempt (the same MAX_LOG), expiring with it.
+-- An endpoint's own headers the attempt sent (ARGV[21], JSON; '' for none) are kept
+-- once per endpoint and set of values (KEYS[15]), for the retention like its attempts.
 -- KEYS: summary, log, claim, job record, open deliveries, due set, archive stream,
 -- endpoint attempts, endpoint sequence, body, partner's in-flight set, its line, its
--- mirror, responses.
+-- mirror, responses, the endpoint's headers sent.
 -- ARGV: state, webhook id, event, at, retention, max log, entry head, mirror flag, this
 -- attempt's task id, next attempt's task id ('' none), its open deadline, its due time,
 -- its due entry, the archive entry ('job:<id>' or 'batch:<id>'), the done claim's TTL,
 -- the body, the default limit, now, the open grace of an attempt brought forward, the
--- response.
+-- response, the endpoint's headers.
 -- Returns {the attempt's number, the due entries brought forward}.
 --! include inflight
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -56,6 +58,9 @@ if KEYS[8] and KEYS[8] ~= '' then
   redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(tonumber(ARGV[6]) * 50) - 1)
   redis.call('EXPIRE', KEYS[8], ARGV[5])
   redis.call('EXPIRE', KEYS[9], ARGV[5])
+end
+if KEYS[15] and KEYS[15] ~= '' then
+  redis.call('SET', KEYS[15], ARGV[21], 'EX', ARGV[5])
 end
 if KEYS[10] and KEYS[10] ~= '' then
   redis.call('SET', KEYS[10], ARGV[16], 'NX', 'EX', ARGV[5])

@@ -45,7 +45,7 @@ from jobgate.store import CLAIM_MARGIN, Store, secrets_of
 from jobgate.times import from_timestamp, utcnow
 from jobgate.webhooks.http import Attempt, deliver
 from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries, Throttled
-from jobgate.webhooks.messagelog import exchange
+from jobgate.webhooks.messagelog import exchange, headers_key, sent_apart
 from jobgate.webhooks.operational import Attempted
 from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
 from jobgate.webhooks.throttle import pause, pauses
@@ -361,10 +361,12 @@ def _record(
         "outcome": "failed" if state == "failed" else attempt.outcome,
         "redelivery": call.chain != AUTO_CHAIN,
     }
+    kept_apart = None
     if attempt.request_headers is not None:
-        # The message log: the headers as signed and sent; the body is the message's,
-        # stored once (jobgate.webhooks.messagelog joins it), the answer beside the log.
-        entry["request"] = {"headers": attempt.request_headers}
+        # The message log: the headers as signed and sent (the endpoint's own kept apart,
+        # once); the body is the message's, stored once, the answer beside the log
+        # (jobgate.webhooks.messagelog joins them).
+        entry["request"], kept_apart = sent_apart(attempt.request_headers, target.headers)
     if target.endpoint_id:
         entry["endpoint_id"] = target.endpoint_id
         entry["subject_kind"] = begun.record.get("kind")
@@ -392,6 +394,7 @@ def _record(
         body=target.built,
         partner_id=target.partner_id,
         response=attempt.response,
+        endpoint_headers=(headers_key(sender.store, entry) or "", kept_apart or ""),
     )
     entry = {**entry, "attempt": number}
     # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.
@@ -516,8 +519,9 @@ def send_ping(
         "subject_kind": None,
         "subject_id": None,
     }
+    kept_apart = None
     if attempt.request_headers is not None:
-        entry["request"] = {"headers": attempt.request_headers}
+        entry["request"], kept_apart = sent_apart(attempt.request_headers, headers_of(endpoint))
     number, _ = Deliveries(store).record(
         wid,
         entry,
@@ -526,5 +530,7 @@ def send_ping(
         endpoint_id=endpoint_id,
         body=body,  # kept for the message log, like any message's
         response=attempt.response,
+        endpoint_headers=(headers_key(store, entry) or "", kept_apart or ""),
     )
-    return exchange({**entry, "attempt": number}, body, attempt.response)
+    sent = {"headers": attempt.request_headers} if attempt.request_headers is not None else None
+    return exchange({**entry, "attempt": number, "request": sent}, body, attempt.response)

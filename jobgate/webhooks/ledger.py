@@ -220,6 +220,7 @@ class Deliveries:
         body: str | None = None,
         partner_id: str = "",
         response: dict[str, Any] | None = None,
+        endpoint_headers: tuple[str, str] = ("", ""),
     ) -> tuple[int, list[str]]:
         """Append one attempt, update the summary (and job record); returns attempts so
         far, and the due entries of the partner's deferred attempts brought forward.
@@ -233,7 +234,9 @@ class Deliveries:
         slot among the partner's deliveries in flight is given back, and the first in its
         line are brought forward (due now, for the caller to queue); ``response``, the
         receiver's answer as the message log keeps it (``jobgate.webhooks.http
-        .logged_response``), is kept once for the attempt, beside the log. One round trip.
+        .logged_response``), is kept once for the attempt, beside the log;
+        ``endpoint_headers`` (key, JSON: ``jobgate.webhooks.messagelog.sent_apart``), the
+        endpoint's own headers it sent, once per endpoint and set of values. One round trip.
         """
         head = json.dumps(entry, separators=(",", ":"))
         head = (head[:-1] + ',"attempt":') if entry else '{"attempt":'
@@ -250,6 +253,7 @@ class Deliveries:
             self.body_key(subject_id, entry["event"]) if body is not None else "",
             *self._slot_keys(partner_id),
             self.responses_key(subject_id),
+            endpoint_headers[0],
         ]
         next_id, due_at, due_entry = following or ("", 0.0, "")
         args = [
@@ -273,6 +277,7 @@ class Deliveries:
             time.time(),
             self.store.open_grace,
             json.dumps(response, separators=(",", ":")) if response is not None else "",
+            endpoint_headers[1],
         ]
         number, woken = self.scripts["delivery_record"](keys=keys, args=args)
         return int(number), list(woken)

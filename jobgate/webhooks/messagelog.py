@@ -9,8 +9,11 @@ timeout).
 
 What one partner's receiver can do to the shared stores is bounded: the request body is
 never copied per attempt (the ledger keeps a message's body once, ``webhook:<id>:<event>:
-body``, and the database once per ``webhook-id``, ``webhook_bodies``); the request headers
-ride in the attempt's entry (the endpoint's own headers are bounded at registration); an
+body``, and the database once per ``webhook-id``, ``webhook_bodies``); the headers
+jobgate sets ride in the attempt's entry, and an endpoint's own headers (up to 4 KiB) are
+kept in Redis once per endpoint and set of values (``sent_apart``; the entry names them
+by digest), not in each of the endpoint's 10 000 latest attempts; the archive writes
+each attempt's headers whole into the database (``with_endpoint_headers``); an
 answer is cut to its bounds before it is kept, once per attempt (the subject's responses
 hash, the ``attempts.response`` column), for as long as the attempt is kept: the same
 ``MAX_LOG`` attempts per subject and the same retention, in Redis and in the database.
@@ -21,9 +24,10 @@ database (``jobgate.history``), the way the attempts themselves are read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,11 +38,45 @@ from jobgate.webhooks.ledger import Deliveries
 log = logging.getLogger(__name__)
 
 
+def sent_apart(
+    sent: Mapping[str, str], endpoint_headers: Mapping[str, str]
+) -> tuple[dict[str, Any], str | None]:
+    """An attempt's ``request`` as its entry keeps it, and the endpoint's own headers
+    among ``sent`` as JSON (None without any), kept apart under ``headers_key``: the
+    entry then holds the headers jobgate set and the digest of the endpoint's."""
+    names = {name.lower() for name in endpoint_headers}
+    theirs = {name: value for name, value in sent.items() if name.lower() in names}
+    if not theirs:
+        return {"headers": dict(sent)}, None
+    text = json.dumps(theirs, separators=(",", ":"))
+    own = {name: value for name, value in sent.items() if name.lower() not in names}
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {"headers": own, "endpoint_headers": digest}, text
+
+
+def headers_key(store: Store, entry: Mapping[str, Any]) -> str | None:
+    """Where the endpoint's headers an attempt sent are kept (None: it kept them all)."""
+    sent = entry.get("request")
+    if not isinstance(sent, dict) or not sent.get("endpoint_headers"):
+        return None
+    return store.key("endpoint", str(entry.get("endpoint_id")), "sent", sent["endpoint_headers"])
+
+
+def with_endpoint_headers(entry: dict[str, Any], kept: str | None) -> dict[str, Any]:
+    """``entry`` with its request's headers whole again, given the endpoint's headers
+    kept apart (``kept``: their JSON; None when Redis lost them: jobgate's own only)."""
+    sent = entry.get("request")
+    if not isinstance(sent, dict) or "endpoint_headers" not in sent:
+        return entry
+    theirs = json.loads(kept) if kept else {}
+    return {**entry, "request": {"headers": {**theirs, **(sent.get("headers") or {})}}}
+
+
 def exchange(
     entry: dict[str, Any], body: str | None, response: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """``entry`` (a recorded attempt) with its ``request`` (its headers, and ``body``) and
-    ``response`` as the API shows them (None where there is none)."""
+    """``entry`` (a recorded attempt, its headers whole) with its ``request`` (its
+    headers, and ``body``) and ``response`` as the API shows them (None where none)."""
     sent = entry.get("request")
     request = None
     if isinstance(sent, dict) and sent.get("headers") is not None:
@@ -47,10 +85,13 @@ def exchange(
 
 
 def _missing(entry: dict[str, Any], body: str | None, response: Any) -> bool:
-    """Redis lacks a piece this attempt has: its body (it sent one), or its answer (it got
-    one: a status code)."""
-    if not isinstance(entry.get("request"), dict):
+    """Redis lacks a piece this attempt has: its body (it sent one), its answer (it got
+    one: a status code), or the endpoint's headers it sent (kept apart)."""
+    sent = entry.get("request")
+    if not isinstance(sent, dict):
         return False  # sent nothing, or recorded before the message log: nothing to find
+    if sent.get("endpoint_headers"):
+        return True
     return body is None or (entry.get("status_code") is not None and response is None)
 
 
@@ -70,20 +111,23 @@ def joined(
             books.body_key(subject, str(entry.get("event"))) for subject, entry in attempts
         )
     )
+    header_keys = list(
+        dict.fromkeys(key for _, entry in attempts if (key := headers_key(store, entry)))
+    )
     pipe = store.redis.pipeline(transaction=False)
     for subject, entry in attempts:
         pipe.hget(books.responses_key(subject), str(entry.get("attempt")))
-    for key in body_keys:
+    for key in body_keys + header_keys:
         pipe.get(key)
     replies = pipe.execute()
-    responses, bodies = (
-        replies[: len(attempts)],
-        dict(zip(body_keys, replies[len(attempts) :], strict=True)),
-    )
+    responses = replies[: len(attempts)]
+    bodies = dict(zip(body_keys + header_keys, replies[len(attempts) :], strict=True))
     found: list[tuple[str, dict[str, Any], str | None, dict[str, Any] | None]] = []
     for (subject, entry), raw in zip(attempts, responses, strict=True):
         body = bodies.get(books.body_key(subject, str(entry.get("event"))))
-        found.append((subject, entry, body, json.loads(raw) if raw else None))
+        kept = bodies.get(key) if (key := headers_key(store, entry)) else None
+        whole = with_endpoint_headers(entry, kept) if kept else entry  # else: below
+        found.append((subject, whole, body, json.loads(raw) if raw else None))
     lost = [
         (subject, entry) for subject, entry, body, answer in found if _missing(entry, body, answer)
     ]
@@ -91,14 +135,23 @@ def joined(
         from jobgate import history
 
         try:
-            kept_bodies, kept_responses = history.exchanges(db, lost)
+            kept_bodies, kept_responses, kept_headers = history.exchanges(db, lost)
         except SQLAlchemyError:  # the attempts still read (from Redis), without these
             log.warning("the message log could not read the database", exc_info=True)
-            kept_bodies, kept_responses = {}, {}
+            kept_bodies, kept_responses, kept_headers = {}, {}, {}
+
+        def completed(subject: str, entry: dict[str, Any]) -> dict[str, Any]:
+            number = int(entry.get("attempt") or 0)
+            if "endpoint_headers" in (entry.get("request") or {}):
+                archived = kept_headers.get((subject, number))
+                if archived is not None:
+                    return {**entry, "request": {"headers": archived}}
+            return entry
+
         found = [
             (
                 subject,
-                entry,
+                completed(subject, entry),
                 body if body is not None else kept_bodies.get(str(entry.get("webhook_id"))),
                 answer
                 if answer is not None
@@ -106,6 +159,11 @@ def joined(
             )
             for subject, entry, body, answer in found
         ]
+    # Headers kept apart that neither Redis nor the database holds: jobgate's own only.
+    found = [
+        (subject, with_endpoint_headers(entry, None), body, answer)
+        for subject, entry, body, answer in found
+    ]
     return [exchange(entry, body, answer) for _, entry, body, answer in found]
 
 

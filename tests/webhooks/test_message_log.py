@@ -256,6 +256,47 @@ def test_endpoint_attempts_show_what_was_sent_and_answered(world, receiver: Rece
     documented(world, "/v1/endpoints/{endpoint_id}/test", ping.get_json(), "post")
 
 
+def test_an_endpoints_own_headers_are_kept_once_not_in_each_attempt(
+    world, receiver: Receiver
+) -> None:
+    """Up to 4 KiB of an endpoint's own headers go with every delivery to it; Redis keeps
+    them once per endpoint and set of values, not in each of the endpoint's latest 10 000
+    attempts (and each message's log): one partner's 20 endpoints at the bound would
+    otherwise hold ~0.9 GB of the shared Redis in their lists alone. Every attempt still
+    shows them, and, once Redis lost them, the database's copy (the archive writes them
+    whole)."""
+    client, store = world.client, world.svc.store
+    created = client.post("/v1/partners", json={"name": "big"}, headers=ADMIN).get_json()
+    partner = {**created, "headers": {"Authorization": f"Bearer {created['api_key']}"}}
+    big = {f"X-Big-{i:02}": f"{i:02}" * 94 for i in range(20)}  # 20 headers, 4 040 characters
+    endpoint = register(world, partner, receiver.url, headers=big)
+    for _ in range(3):
+        submit(client, partner, None)
+    logged = settled_attempts(world, partner, endpoint["id"], 3)
+    for attempt in logged:
+        sent = attempt["request"]["headers"]
+        assert {name: sent[name] for name in big} == big
+        assert sent["webhook-id"] == attempt["webhook_id"]
+    members = store.redis.zrange(store.key("endpoint", endpoint["id"], "attempts"), 0, -1)
+    assert len(members) == len(logged)
+    assert all(len(member) < 1024 for member in members), [len(m) for m in members]
+    for attempt in logged:  # each message's own log: the same entry
+        [entry] = store.redis.lrange(Deliveries(store).log_key(attempt["webhook_id"]), 0, -1)
+        assert len(entry) < 1024
+    [kept] = store.redis.keys(store.key("endpoint", endpoint["id"], "sent", "*"))
+
+    for attempt in logged:
+        archived(world, attempt["webhook_id"], 1)
+    store.redis.delete(kept)  # Redis lost them: the archived attempts hold them whole
+    answer = attempts_of(world, partner, endpoint["id"])
+    assert answer == logged
+
+
+def attempts_of(world, partner, endpoint_id: str) -> list[dict[str, Any]]:
+    path = f"/v1/endpoints/{endpoint_id}/attempts"
+    return world.client.get(path, headers=partner["headers"]).get_json()["attempts"]
+
+
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
