@@ -21,7 +21,7 @@
 - **Archiver** (a thread): drains the archive stream into the database in chunks
   (``jobgate.archive``); every worker process runs one, the stream's consumer group shares
   the work. The one holding the pruner's lease also deletes history older than
-  ``JOBGATE_JOB_RETENTION``, every ``PRUNE_EVERY`` s.
+  ``JOBGATE_JOB_RETENTION``, every ``PRUNE_EVERY`` s (``jobgate.retention``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,12 @@ from celery import bootsteps
 from celery.worker import state as worker_state
 from redis.exceptions import WatchError
 
-from jobgate.archive import Archiver, prune
+from jobgate.archive import Archiver
 from jobgate.connections import redis_client
 from jobgate.due import WAKERS, move_due, next_due
 from jobgate.lifecycle import dispatch
 from jobgate.outbox import HANDOFF_GRACE, relay
+from jobgate.retention import prune
 from jobgate.store import Store
 from jobgate.sweeper import sweep
 from jobgate.webhooks import operational
