@@ -32,7 +32,7 @@ from functools import cache
 from typing import Any, cast
 
 import redis
-from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
@@ -44,9 +44,6 @@ from jobgate.db.models import (
     Batch,
     DeadLetter,
     Job,
-    Message,
-    OperationalEvent,
-    SigningSecret,
     WebhookBody,
 )
 from jobgate.events import JOB_EVENTS
@@ -398,63 +395,6 @@ def oldest_age(first: list[Any]) -> float:
     return max(0.0, time.time() - int(str(first[0][0]).split("-")[0]) / 1000)
 
 
-def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None = None) -> int:
-    """Delete finished jobs (and their attempts) older than ``retention`` s, completed
-    batches, endpoint messages, operational events and dead letters, one chunk per
-    transaction, and the signing secrets past their grace period; returns the jobs
-    deleted."""
-    moment = time.time() if now is None else now
-    before = datetime.fromtimestamp(moment - retention, UTC)
-    with db.session() as session:
-        expired = SigningSecret.expires_at < datetime.fromtimestamp(moment, UTC)
-        session.execute(delete(SigningSecret).where(expired))
-    deleted = 0
-    while True:
-        with db.session() as session:
-            ids = list(
-                session.scalars(select(Job.job_id).where(Job.finished_at < before).limit(chunk))
-            )
-            batch_ids = list(
-                session.scalars(
-                    select(Batch.batch_id).where(Batch.completed_at < before).limit(chunk)
-                )
-            )
-            # Endpoint messages' attempts: by their own time (a message outlives no job).
-            message_ids = list(
-                session.scalars(
-                    select(Attempt.subject_id)
-                    .where(Attempt.kind == "msg", Attempt.at < before)
-                    .limit(chunk)
-                )
-            )
-            dead = list(
-                session.scalars(select(DeadLetter.id).where(DeadLetter.at < before).limit(chunk))
-            )
-            kept = list(
-                session.scalars(
-                    select(Message.msg_id).where(Message.created_at < before).limit(chunk)
-                )
-            )
-            ops = list(
-                session.scalars(
-                    select(OperationalEvent.op_id)
-                    .where(OperationalEvent.created_at < before)
-                    .limit(chunk)
-                )
-            )
-            if not (ids or batch_ids or message_ids or dead or kept or ops):
-                return deleted
-            session.execute(delete(OperationalEvent).where(OperationalEvent.op_id.in_(ops)))
-            session.execute(delete(DeadLetter).where(DeadLetter.id.in_(dead)))
-            session.execute(delete(Message).where(Message.msg_id.in_(kept)))
-            subjects = ids + batch_ids + message_ids
-            session.execute(delete(Attempt).where(Attempt.subject_id.in_(subjects)))
-            session.execute(delete(WebhookBody).where(WebhookBody.subject_id.in_(subjects)))
-            session.execute(delete(Job).where(Job.job_id.in_(ids)))
-            session.execute(delete(Batch).where(Batch.batch_id.in_(batch_ids)))
-            deleted += len(ids)
-
-
 def count_rows(db: Database) -> dict[str, int]:
     """Rows per table (tests and the benchmark)."""
     with db.session() as session:
@@ -544,11 +484,8 @@ def _insert_bodies(session: Session, bodies: list[dict[str, Any]]) -> None:
 
 
 def _insert(session: Session) -> Any:
-    return _dialect_insert(session.get_bind().dialect.name)
-
-
-def _dialect_insert(dialect: str) -> Any:
-    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+    """The dialect's ``insert``, for its ``ON CONFLICT`` clauses."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def job_row(job: dict[str, Any], keyspace: str) -> dict[str, Any]:

@@ -17,9 +17,11 @@ What a pass looks for, each counted in ``<prefix>:repairs`` (``/metrics``) and l
   complete the batch and queue ``batch.completed``.
 
 With the broker on the store's Redis (``messenger.inline``), "nowhere" is decided from
-the broker itself: the queues (the job's own, from its record,
-and the messenger's), kombu's unacknowledged messages and the due set, each snapshot taken
-in one MULTI, and a second snapshot a second later before anything is repaired. Deliveries
+the broker itself: the queues (the job's own, from its record, and the messenger's), the
+messages workers hold unacknowledged (both read through a ``Broker``: the worker's upkeep
+gives ``tasks.transport.RedisQueues``, which knows kombu's keys) and the due set, each
+snapshot taken in one MULTI, and a second snapshot a second later before anything is
+repaired. Deliveries
 are looked for on the messenger's webhooks queue: deployments (and test worlds) that use
 other queue names use their own key prefix too. A pass reads every queued message, so its
 cost grows with the backlog (about 1 s per 100 000 queued messages here); it runs in a
@@ -39,9 +41,9 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -64,41 +66,40 @@ REPAIR_KINDS = (
     "restored",  # by jobgate.archive.restore, after Redis lost its data
 )
 LIMIT = 1000  # candidates of each kind looked at per pass
-UNACKED_KEY = "unacked"  # kombu's Redis transport: delivery tag -> [message, exchange, key]
 
 
-def inflight_ids(store: Store, queues: list[str], broker_prefix: str = "") -> set[str]:
-    """Task ids of every message queued on ``queues``, held unacknowledged by a worker, or
-    scheduled on the due set: one snapshot (MULTI), so a message moving between two of
-    them while the list is read is not missed. ``broker_prefix`` is kombu's
-    ``global_keyprefix``, if set."""
+class Broker(Protocol):
+    """The broker's messages when it is the store's Redis, as the sweeper reads them; its
+    layout is the transport's (``tasks.transport.RedisQueues``), never the domain's."""
+
+    def read(self, pipe: Any, queues: Sequence[str]) -> None:
+        """Add to ``pipe`` the reads of the messages queued on ``queues`` and held
+        unacknowledged by workers."""
+
+    def task_ids(self, replies: Sequence[Any]) -> set[str]:
+        """The task ids of the messages in ``read``'s replies."""
+        ...
+
+    def push_next(self, redis: Any, queue: str, message: str) -> None:
+        """Queue ``message`` on ``queue`` where a worker takes it next."""
+
+
+def inflight_ids(store: Store, broker: Broker | None, queues: Sequence[str]) -> set[str]:
+    """Task ids of every message queued on ``queues`` or held unacknowledged by a worker
+    (``broker``'s; None: the due set only), or scheduled on the due set: one snapshot
+    (MULTI), so a message moving between two of them while they are read is not missed."""
     pipe = store.redis.pipeline(transaction=True)
-    for queue in queues:
-        pipe.lrange(broker_prefix + queue, 0, -1)
-    pipe.hvals(broker_prefix + UNACKED_KEY)
     pipe.zrange(store.due_key, 0, -1)
-    *lists, held, due = pipe.execute()
-    found = {_task_id(raw) for listed in lists for raw in listed}
-    for raw in held:
-        try:
-            found.add(_task_id(json.loads(raw)[0]))
-        except (ValueError, IndexError, TypeError):
-            continue
+    if broker is not None:
+        broker.read(pipe, queues)
+    due, *replies = pipe.execute()
+    found = broker.task_ids(replies) if broker is not None else set()
     for row in due:
         try:
             found.add(str(json.loads(row)["id"]))
         except (ValueError, KeyError, TypeError):
             continue
-    found.discard("")
     return found
-
-
-def _task_id(message: Any) -> str:
-    try:
-        envelope = json.loads(message) if isinstance(message, str) else message
-        return str(envelope["headers"]["id"])
-    except (ValueError, KeyError, TypeError):
-        return ""
 
 
 def sweep(
@@ -108,11 +109,12 @@ def sweep(
     stale_after: float,
     now: float | None = None,
     recheck_after: float = 1.0,
-    broker_prefix: str = "",
+    broker: Broker | None = None,
     db: Database | None = None,
 ) -> Counter[str]:
     """One pass; returns the repairs made by kind. An end it gives a job is committed to
-    ``db`` first, as every end is (``lifecycle.finish_job``).
+    ``db`` first, as every end is (``lifecycle.finish_job``). ``broker`` is required when
+    the messenger is ``inline`` (the broker is the store's Redis).
 
     What looks lost in a first snapshot is looked for again ``recheck_after`` s later: a
     worker takes a message with ``BRPOP`` and records it as unacknowledged in a second
@@ -124,6 +126,8 @@ def sweep(
     if not messenger.inline:
         _resend(store, messenger, now, stale_after, repairs, db)
         return _recorded(store, repairs)
+    if broker is None:
+        raise TypeError("sweep: an inline messenger's broker is the store's Redis: give it")
     live = _stale_live(store, now, stale_after)
     overdue = _overdue(store, now)
     if not live and not overdue:
@@ -136,16 +140,16 @@ def sweep(
             *(r["queue"] for r in records.values() if r and r.get("queue")),
         }
     )
-    seen = inflight_ids(store, queues, broker_prefix)
+    seen = inflight_ids(store, broker, queues)
     missing_jobs = [job_id for job_id in live if job_id not in seen]
     missing_deliveries = [task_id for task_id in overdue if task_id not in seen]
     if missing_jobs or missing_deliveries:
         time.sleep(recheck_after)
-        seen = inflight_ids(store, queues, broker_prefix)
+        seen = inflight_ids(store, broker, queues)
         lost = [j for j in missing_jobs if j not in seen]
-        _repair_jobs(store, messenger, lost, repairs, db)
+        _repair_jobs(store, messenger, broker, lost, repairs, db)
         _repair_deliveries(
-            store, messenger, [t for t in missing_deliveries if t not in seen], repairs
+            store, messenger, broker, [t for t in missing_deliveries if t not in seen], repairs
         )
     # Overdue but found queued (a backlog) or just repaired: look again a grace later.
     if overdue:
@@ -221,6 +225,7 @@ def _recorded(store: Store, repairs: Counter[str]) -> Counter[str]:
 def _repair_jobs(
     store: Store,
     messenger: Messenger,
+    broker: Broker,
     job_ids: list[str],
     repairs: Counter[str],
     db: Database | None = None,
@@ -231,13 +236,10 @@ def _repair_jobs(
                 _end_lost(store, messenger, job_id, db, repairs)
             continue
         queue = record.get("queue") or messenger.jobs_queue
-        # RPUSH: the consuming end of kombu's list, so the repaired job runs next.
-        store.redis.rpush(
-            queue,
-            messenger.envelope(
-                record["task"], record["task_id"], queue=queue, kwargs=record["params"]
-            ),
+        message = messenger.envelope(
+            record["task"], record["task_id"], queue=queue, kwargs=record["params"]
         )
+        broker.push_next(store.redis, queue, message)  # the repaired job runs next
         log.warning(
             "job %s (%s) had no message anywhere; queued it again",
             job_id,
@@ -262,7 +264,7 @@ def _delivery_task(task_id: str) -> tuple[str, str, list[Any], dict[str, Any]] |
 
 
 def _repair_deliveries(
-    store: Store, messenger: Messenger, task_ids: list[str], repairs: Counter[str]
+    store: Store, messenger: Messenger, broker: Broker, task_ids: list[str], repairs: Counter[str]
 ) -> None:
     queue = messenger.webhooks_queue
     for task_id in task_ids:
@@ -271,9 +273,8 @@ def _repair_deliveries(
             store.redis.zrem(store.open_key, task_id)
             continue
         name, subject_id, args, kwargs = task
-        store.redis.rpush(
-            queue, messenger.envelope(name, task_id, queue=queue, args=args, kwargs=kwargs)
-        )
+        message = messenger.envelope(name, task_id, queue=queue, args=args, kwargs=kwargs)
+        broker.push_next(store.redis, queue, message)
         log.warning(
             "delivery %s had no message anywhere; queued it again",
             task_id,
@@ -327,7 +328,7 @@ def _resend(
     overdue = _overdue(store, now)
     if not overdue:
         return
-    waiting = inflight_ids(store, [])  # the due set: retries and deferred attempts
+    waiting = inflight_ids(store, None, [])  # the due set: retries and deferred attempts
     for task_id in overdue:
         task = _delivery_task(task_id)
         if task is None:

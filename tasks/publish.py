@@ -100,6 +100,16 @@ def task_message(
     )
 
 
+def task_id_of(message: Any) -> str:
+    """The task id of a message ``task_message`` shaped (its JSON text, or decoded): the
+    ``id`` of Celery's protocol 2 headers; "" for anything else."""
+    try:
+        envelope = json.loads(message) if isinstance(message, str | bytes) else message
+        return str(envelope["headers"]["id"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
 def state_meta(
     task: Task, state: str, meta: Any, request: Any = None
 ) -> tuple[str, str, int | None]:

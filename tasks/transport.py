@@ -19,12 +19,17 @@ kombu also builds a new ``redis.Redis`` client for every take and every ack (its
 showed in profiles of a worker's consumer process. These channels keep one client
 per connection pool instead: a client holds no connection of its own (each command
 borrows one from the pool), so every greenlet and thread may share it.
+
+``RedisQueues`` is what the rest of jobgate knows of this transport's keys: the sweeper
+looks for a job's message on the queues' lists and in the ``unacked`` hash, and the
+worker's upkeep refreshes the ``unacked_index`` scores of the messages it holds.
 """
 
 from __future__ import annotations
 
+import json
 import select
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +39,7 @@ from kombu.utils import eventio
 from kombu.utils.compat import detect_environment
 
 from jobgate.connections import checked_pool_options
+from tasks.publish import task_id_of
 
 
 class QoS(kombu_redis.QoS):
@@ -124,3 +130,43 @@ TRANSPORTS = {
 def broker_transport_for(url: str) -> str | None:
     """The transport class path for a broker URL (None: kombu's choice by its scheme)."""
     return TRANSPORTS.get(urlsplit(url.split(";", 1)[0]).scheme)
+
+
+class RedisQueues:
+    """Where kombu's Redis transport keeps messages, under its ``global_keyprefix``: each
+    queue a list (``LPUSH`` to publish, ``BRPOP`` to take), and every message a worker
+    took and has not acked in the ``unacked`` hash (delivery tag -> ``[message, exchange,
+    routing key]``), scored in ``unacked_index`` by when it was taken. The sweeper's
+    ``jobgate.sweeper.Broker``."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.unacked_index = prefix + kombu_redis.Channel.unacked_index_key
+
+    @classmethod
+    def of(cls, channel: Any) -> RedisQueues:
+        """The keys of a worker's consumer channel."""
+        return cls(getattr(channel, "global_keyprefix", "") or "")
+
+    def read(self, pipe: Any, queues: Sequence[str]) -> None:
+        """Add to ``pipe`` the reads of every message queued on ``queues`` or held
+        unacknowledged; ``task_ids`` takes their replies."""
+        for queue in queues:
+            pipe.lrange(self.prefix + queue, 0, -1)
+        pipe.hvals(self.prefix + kombu_redis.Channel.unacked_key)
+
+    def task_ids(self, replies: Sequence[Any]) -> set[str]:
+        """The task ids in the replies of ``read``'s commands, in their order."""
+        *lists, held = replies
+        found = {task_id_of(raw) for listed in lists for raw in listed}
+        for raw in held:
+            try:
+                found.add(task_id_of(json.loads(raw)[0]))
+            except (ValueError, IndexError, TypeError):
+                continue
+        found.discard("")
+        return found
+
+    def push_next(self, redis: Any, queue: str, message: str) -> None:
+        """Queue ``message`` on ``queue`` at the end workers take from: it runs next."""
+        redis.rpush(self.prefix + queue, message)

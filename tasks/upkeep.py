@@ -21,7 +21,7 @@
 - **Archiver** (a thread): drains the archive stream into the database in chunks
   (``jobgate.archive``); every worker process runs one, the stream's consumer group shares
   the work. The one holding the pruner's lease also deletes history older than
-  ``JOBGATE_JOB_RETENTION``, every ``PRUNE_EVERY`` s.
+  ``JOBGATE_JOB_RETENTION``, every ``PRUNE_EVERY`` s (``jobgate.retention``).
 """
 
 from __future__ import annotations
@@ -36,14 +36,16 @@ from celery import bootsteps
 from celery.worker import state as worker_state
 from redis.exceptions import WatchError
 
-from jobgate.archive import Archiver, prune
+from jobgate.archive import Archiver
 from jobgate.connections import redis_client
 from jobgate.due import WAKERS, move_due, next_due
 from jobgate.lifecycle import dispatch
 from jobgate.outbox import HANDOFF_GRACE, relay
+from jobgate.retention import prune
 from jobgate.store import Store
 from jobgate.sweeper import sweep
 from jobgate.webhooks import operational
+from tasks.transport import RedisQueues
 
 log = logging.getLogger("jobgate.upkeep")
 
@@ -259,10 +261,7 @@ class Upkeep(bootsteps.StartStopStep):
         if self._refresher is None:  # once per process: it outlives consumer restarts
             unacked_index = None
             if app.conf.broker_url.startswith(("redis://", "rediss://", "sentinel://")):
-                channel = c.task_consumer.channel
-                unacked_index = (
-                    getattr(channel, "global_keyprefix", "") or ""
-                ) + channel.unacked_index_key
+                unacked_index = RedisQueues.of(c.task_consumer.channel).unacked_index
             self._refresher = Refresher(app, self.node, unacked_index, job_slots(c), pools_of(c))
             self._refresher.tick()
             self._refresher.start()
@@ -345,12 +344,11 @@ class Upkeep(bootsteps.StartStopStep):
 
     def _pass(self, c: Any) -> None:
         app = c.app
-        channel = c.task_consumer.channel
         repairs = sweep(
             app.store,
             app.messenger,
             stale_after=app.settings.visibility_timeout + app.settings.sweep_interval,
-            broker_prefix=getattr(channel, "global_keyprefix", "") or "",
+            broker=RedisQueues.of(c.task_consumer.channel) if app.messenger.inline else None,
             db=app.database,
         )
         if repairs:

@@ -8,7 +8,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from gateway.schemas import PageArgs, url_field
 from gateway.schemas.webhooks import DeliverySchema
-from jobgate.endpoints import MAX_HEADERS, check_headers
+from jobgate.endpoint_headers import MAX_HEADERS, check_headers
 from jobgate.events import EVENT_TYPES
 from jobgate.signing import SCHEMES
 from jobgate.webhooks.throttle import MAX_RATE_LIMIT
@@ -45,7 +45,7 @@ def _rate_limit_field(**options: Any) -> fields.Integer:
 
 class _HeadersChecked(Schema):
     """An endpoint body with ``headers``: refusals keyed by header name (``_headers``: the
-    whole set) under ``details.headers`` (jobgate.endpoints.check_headers)."""
+    whole set) under ``details.headers`` (jobgate.endpoint_headers.check_headers)."""
 
     @validates_schema
     def _headers(self, data: dict[str, Any], **_: Any) -> None:

@@ -28,7 +28,7 @@ from jobgate import __version__, handoff, tracing
 from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
 from jobgate.due import wake
-from jobgate.endpoints import headers_of
+from jobgate.endpoint_headers import headers_of
 from jobgate.events import (
     MESSAGE,
     SUBJECTS,

@@ -15,9 +15,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from jobgate import history
-from jobgate.archive import Archiver, _chunk, count_rows, lag, prune, revision
+from jobgate.archive import Archiver, _chunk, count_rows, lag, revision
 from jobgate.db import Database
 from jobgate.db.models import DeadLetter, Message
+from jobgate.retention import prune
 from jobgate.store import Store
 from jobgate.times import utcnow
 from jobgate.webhooks.ledger import Deliveries

@@ -17,11 +17,11 @@ import redis
 from sqlalchemy import select
 
 from config import Settings
-from jobgate.archive import prune
 from jobgate.db import Database
 from jobgate.db.models import Partner, SigningSecret
 from jobgate.endpoints import Endpoints
 from jobgate.partners import Partners, reseal_all
+from jobgate.retention import prune
 from jobgate.sealing import PREFIX, Sealer, generate_key
 from jobgate.signing import generate_secret
 from jobgate.store import Store, secrets_of

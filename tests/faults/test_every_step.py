@@ -23,6 +23,7 @@ import pytest
 from config import Settings
 from jobgate.events import webhook_id
 from jobgate.sweeper import sweep
+from tasks.transport import RedisQueues
 from tests.faults.conftest import BROKERS, doomed_worker, heir_after
 from tests.helpers import WorkerProcess, gateway_for, rabbitmq_messages, wait_until
 from tests.reliability.conftest import WebhookReceiver
@@ -122,7 +123,11 @@ def test_one_ending_whatever_breaks(
                 "the failed attempt to be acked",
             )
             repairs = sweep(
-                svc.store, svc.messenger, stale_after=60, now=time.time() + svc.store.open_grace + 1
+                svc.store,
+                svc.messenger,
+                stale_after=60,
+                now=time.time() + svc.store.open_grace + 1,
+                broker=RedisQueues() if svc.messenger.inline else None,
             )
             assert repairs["delivery_requeued"] == 1, repairs
 

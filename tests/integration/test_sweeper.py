@@ -13,21 +13,23 @@ import threading
 import time
 import uuid
 from base64 import b64decode
+from functools import partial
 from typing import Any
 
 import pytest
 
-from jobgate import batches
+from jobgate import batches, sweeper
 from jobgate.due import entry, move_due
 from jobgate.events import delivery_task_id, fan_out_task_id
 from jobgate.messages import DELIVER_TASK, FAN_OUT_TASK
 from jobgate.store import Store
-from jobgate.sweeper import sweep
 from jobgate.times import utcnow
 from tasks.publish import CeleryMessenger
+from tasks.transport import RedisQueues
 
 pytestmark = pytest.mark.integration
 
+sweep = partial(sweeper.sweep, broker=RedisQueues())  # as a worker's upkeep gives it
 LATER = 3600.0  # a pass "an hour from now": every record is stale, every deadline past
 
 

@@ -244,9 +244,9 @@ def test_the_jobgate_command_says_a_bad_setting_in_one_line(command):
 
 
 def test_endpoint_headers_rules() -> None:
-    """jobgate.endpoints.check_headers: tokens for names, reserved names in any case,
+    """jobgate.endpoint_headers.check_headers: tokens for names, reserved names in any case,
     printable ASCII values (a tab inside is fine), and the bounds."""
-    from jobgate.endpoints import MAX_HEADERS_BYTES, check_headers
+    from jobgate.endpoint_headers import MAX_HEADERS_BYTES, check_headers
 
     assert check_headers({"Authorization": "Bearer a\tb", "X-Tenant_1.v2": "~!"}) == {}
     for name in (

@@ -1,9 +1,11 @@
 """The private names of other libraries jobgate still relies on, each pinned here so that
 a release that moves one fails this test (and the drift report, ``.ci/run``) before it
 fails a job. Each lives in one module per library: Celery's and kombu's message format in
-``tasks/publish.py``, kombu's Redis transport in ``tasks/transport.py`` (and the worker's
-refresh of its unacked index, ``tasks/upkeep.py``). The domain package uses none
-(``test_the_domain_package_reaches_into_no_librarys_private_names``)."""
+``tasks/publish.py``, kombu's Redis transport and its keys in ``tasks/transport.py``
+(``RedisQueues``: what the sweeper reads and the worker's upkeep refreshes). The domain
+package uses none (``test_the_domain_package_reaches_into_no_librarys_private_names``)
+and names none of kombu's Redis keys
+(``test_the_domain_package_holds_none_of_kombus_redis_layout``)."""
 
 from __future__ import annotations
 
@@ -91,4 +93,37 @@ def test_the_domain_package_reaches_into_no_librarys_private_names() -> None:
         for path in sorted((ROOT / "jobgate").rglob("*.py"))
         if (reads := private_reads(path))
     }
+    assert found == {}
+
+
+KOMBU_REDIS_KEYS = {
+    kombu_redis.Channel.unacked_key,
+    kombu_redis.Channel.unacked_index_key,
+    kombu_redis.Channel.unacked_mutex_key,
+}
+
+
+def test_the_domain_package_holds_none_of_kombus_redis_layout() -> None:
+    """kombu's Redis keys are ``tasks.transport.RedisQueues``'s: no string of the domain
+    (its modules and its Lua scripts) names one, and no module of it imports kombu or
+    Celery, whose message format is ``tasks.publish``'s."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "jobgate").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and node.value in KOMBU_REDIS_KEYS:
+                found.setdefault(str(path.relative_to(ROOT)), []).append(
+                    f"{node.lineno} {node.value!r}"
+                )
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            for module in modules:
+                if module.split(".")[0] in ("kombu", "celery"):
+                    found.setdefault(str(path.relative_to(ROOT)), []).append(
+                        f"{node.lineno} import {module}"
+                    )
+    for path in sorted((ROOT / "jobgate").rglob("*.lua")):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if any(f"'{key}'" in line or f'"{key}"' in line for key in KOMBU_REDIS_KEYS):
+                found.setdefault(str(path.relative_to(ROOT)), []).append(f"{lineno} {line}")
     assert found == {}

@@ -23,6 +23,7 @@ from config import DEFAULT_RETRY_DELAYS, Settings
 from gateway.client import verify_webhook
 from jobgate.store import Store
 from jobgate.sweeper import inflight_ids
+from tasks.transport import RedisQueues
 from tests.conftest import ADMIN_KEY
 from tests.helpers import WorkerProcess, gateway_for, wait_until
 from tests.webhooks.conftest import Received, Receiver, Slow
@@ -63,7 +64,7 @@ def nothing_scheduled(world: SimpleNamespace) -> None:
     """No delivery of this world is queued, held by a worker or due later: nothing can
     follow (shown by the broker's and the due set's state, not by waiting to see)."""
     wait_until(
-        lambda: not inflight_ids(world.store, [world.settings.queue_webhooks]),
+        lambda: not inflight_ids(world.store, RedisQueues(), [world.settings.queue_webhooks]),
         timeout=10,
         message="the last attempt's message acked, and nothing queued or due",
     )

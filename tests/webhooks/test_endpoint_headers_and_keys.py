@@ -22,7 +22,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from config import Settings
 from jobgate.db.models import Endpoint, SigningSecret
-from jobgate.endpoints import MAX_HEADER_VALUE, MAX_HEADERS, MAX_HEADERS_BYTES
+from jobgate.endpoint_headers import MAX_HEADER_VALUE, MAX_HEADERS, MAX_HEADERS_BYTES
 from jobgate.sealing import PREFIX
 from jobgate.store import secrets_of
 from tests.conftest import ADMIN_KEY
