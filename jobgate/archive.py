@@ -32,7 +32,7 @@ from functools import cache
 from typing import Any, cast
 
 import redis
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Connection, Table, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
@@ -483,9 +483,10 @@ def _insert_bodies(session: Session, bodies: list[dict[str, Any]]) -> None:
     session.execute(insert.on_conflict_do_nothing(index_elements=["webhook_id"]), bodies)
 
 
-def _insert(session: Session) -> Any:
+def _insert(executor: Session | Connection) -> Any:
     """The dialect's ``insert``, for its ``ON CONFLICT`` clauses."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    bind = executor if isinstance(executor, Connection) else executor.get_bind()
+    return postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
 
 
 def job_row(job: dict[str, Any], keyspace: str) -> dict[str, Any]:
@@ -509,7 +510,7 @@ def job_row(job: dict[str, Any], keyspace: str) -> dict[str, Any]:
     }
 
 
-def upsert_jobs(session: Session, rows: list[dict[str, Any]]) -> None:
+def upsert_jobs(session: Session | Connection, rows: list[dict[str, Any]]) -> None:
     """Insert job rows (``job_row``), or update each row older than the one given."""
     if rows:
         session.execute(upsert_jobs_statement(), rows)
@@ -528,7 +529,7 @@ def upsert_jobs_statement() -> Any:
     )
 
 
-def upsert_batches(session: Session, batches: list[dict[str, Any]]) -> None:
+def upsert_batches(session: Session | Connection, batches: list[dict[str, Any]]) -> None:
     """Insert batch records (as the archiver reads them), or update each row older."""
     if not batches:
         return

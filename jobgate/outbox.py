@@ -89,15 +89,18 @@ def accept(
             if batch is None:
                 db.write(upsert_jobs_statement(), rows)
                 return
-            with db.session() as session:
-                upsert_batches(session, [batch])
-                upsert_jobs(session, rows)
+            db.transaction(lambda connection: _batch_rows(connection, batch, rows))
             return
         except IntegrityError:
             if idempotency is None or attempt == 2:
                 raise
             _check_key(db, idempotency)
     raise AssertionError("unreachable")
+
+
+def _batch_rows(connection: Any, batch: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    upsert_batches(connection, [batch])
+    upsert_jobs(connection, rows)
 
 
 def _check_key(db: Database, key: IdempotencyKey) -> None:

@@ -55,17 +55,18 @@ def is_locked(exc: DBAPIError) -> bool:
     return "database is locked" in str(exc.orig)
 
 
-def _immediate(connection: Connection, statement: Any, params: list[dict[str, Any]]) -> int:
-    """Several rows in one SQLite transaction that takes the write lock first (a waiting
-    writer never holds half a group)."""
+def _immediate(connection: Connection, work: Callable[[Connection], T]) -> T:
+    """``work`` in one SQLite transaction that takes the write lock first: a waiting
+    writer never holds half a transaction, and once it holds the lock none of its
+    statements waits for it."""
     connection.exec_driver_sql("BEGIN IMMEDIATE")
     try:
-        changed = int(connection.execute(statement, params).rowcount)
+        done = work(connection)
     except BaseException:
         connection.exec_driver_sql("ROLLBACK")
         raise
     connection.exec_driver_sql("COMMIT")
-    return changed
+    return done
 
 
 def insert_statement(table: Table, on_conflict: str) -> TextClause:
@@ -249,17 +250,27 @@ class Database:
         trips); with a list of several, in one transaction (one commit for all). Like
         ``read``, it may run twice (a connection found dead): callers give it upserts and
         updates guarded by their ``WHERE``."""
-        if not (isinstance(params, list) and len(params) > 1):
-            return self._autocommit(
-                lambda connection: int(connection.execute(statement, params).rowcount)
-            )
-        if self.is_sqlite:
-            return self._autocommit(lambda connection: _immediate(connection, statement, params))
-        return self._retrying(lambda: self._transaction(statement, params))
 
-    def _transaction(self, statement: Any, params: list[dict[str, Any]]) -> int:
-        with self.engine.begin() as connection:
+        def run(connection: Connection) -> int:
             return int(connection.execute(statement, params).rowcount)
+
+        if not (isinstance(params, list) and len(params) > 1):
+            return self._autocommit(run)
+        return self.transaction(run)
+
+    def transaction(self, work: Callable[[Connection], T]) -> T:
+        """``work`` on a connection in one transaction, committed; like ``write``, run
+        again on a connection found dead. On SQLite the write lock is taken first and
+        waited for as ``_retrying`` does, never inside SQLite: a session's wait there
+        (``busy_timeout``) holds every greenlet of a gevent process, in steps of up to
+        100 ms (a gateway's batch beside another partner's submit)."""
+        if self.is_sqlite:
+            return self._autocommit(lambda connection: _immediate(connection, work))
+        return self._retrying(lambda: self._in_transaction(work))
+
+    def _in_transaction(self, work: Callable[[Connection], T]) -> T:
+        with self.engine.begin() as connection:
+            return work(connection)
 
     def _autocommit(self, work: Callable[[Connection], T]) -> T:
         """``work`` on a connection of ``reader``, retried as ``_retrying`` says."""

@@ -2,9 +2,10 @@
 
 A gateway process serves every request on one thread under gevent; a write that waits for
 SQLite's file lock inside SQLite (its busy handler sleeps in C, in steps of up to 100 ms)
-holds every other request of the process until it gets the lock. ``Database.write`` waits
-in Python instead, where gevent runs the others. Here a real gevent process writes while
-another connection holds the lock, and a greenlet beside it counts its ticks.
+holds every other request of the process until it gets the lock. ``Database.write`` and
+``Database.transaction`` (a batch's rows at submit) wait in Python instead, where gevent
+runs the others. Here a real gevent process writes while another connection holds the
+lock, and a greenlet beside it counts its ticks.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import migrated_database
 
@@ -40,7 +43,18 @@ def tick():
 ticker = gevent.spawn(tick)
 gevent.sleep(0.01)
 start, count = time.monotonic(), len(ticks)
-changed = db.write(text("UPDATE partners SET name = name WHERE id = 'none'"))
+if sys.argv[2] == "row":
+    changed = db.write(text("UPDATE partners SET name = name WHERE id = 'none'"))
+else:  # a batch of two jobs, as the gateway commits one before its 202
+    from jobgate.outbox import accept
+    at = "2026-12-06T10:00:00.000Z"
+    jobs = [
+        {"job_id": f"j{n}", "partner_id": "ptn_a", "task": "demo.sleep", "created_at": at,
+         "batch_id": "b1", "status": "PENDING"}
+        for n in (1, 2)
+    ]
+    accept(db, "jobgate", jobs, batch={"batch_id": "b1", "partner_id": "ptn_a", "created_at": at})
+    changed = 0
 waited = time.monotonic() - start
 ticked = len(ticks) - count
 ticker.kill()
@@ -48,13 +62,16 @@ print(json.dumps({"waited": waited, "ticks": ticked, "changed": changed}), flush
 """
 
 
-def test_a_write_waiting_for_the_lock_lets_the_process_serve_others(tmp_path: Path) -> None:
+@pytest.mark.parametrize("write", ["row", "batch"])
+def test_a_write_waiting_for_the_lock_lets_the_process_serve_others(
+    tmp_path: Path, write: str
+) -> None:
     with migrated_database("sqlite", tmp_path) as url:
         holder = sqlite3.connect(
             url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False
         )
         probe = subprocess.Popen(
-            [sys.executable, "-c", PROBE, url],
+            [sys.executable, "-c", PROBE, url, write],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
