@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import wraps
@@ -49,12 +50,14 @@ def authenticate() -> Principal:
     svc = services()
     address = "auth:" + (request.remote_addr or "")
     limit = svc.settings.auth_failures_per_minute
-    try:
-        wait = svc.store.rate_limit_wait(address, limit)
-    except RedisError:
-        # The count is Redis's: while Redis is away, keys the cache holds still work
-        # (partners.by_key) and an unknown key cannot be checked anyway (503).
-        wait = None
+    wait = None
+    if _suspected(svc.suspects, address):
+        try:
+            wait = svc.store.rate_limit_wait(address, limit)
+        except RedisError:
+            # The count is Redis's: while Redis is away, keys the cache holds still work
+            # (partners.by_key) and an unknown key cannot be checked anyway (503).
+            wait = None
     if wait is not None:
         raise APIError(
             429,
@@ -69,6 +72,7 @@ def authenticate() -> Principal:
             return g.principal
     partner = svc.partners.by_key(key)
     if partner is None:
+        _suspect(svc.suspects, address)
         with contextlib.suppress(RedisError):
             svc.store.hit_rate_limit(address, limit)
         raise APIError(
@@ -81,6 +85,30 @@ def authenticate() -> Principal:
         "partner", partner["id"], partner.get("name", ""), effective(svc.settings, partner)
     )
     return g.principal
+
+
+SUSPECT_FOR = 60.0  # seconds: the count's window
+SUSPECTS_MAX = 10_000  # addresses one process remembers (the oldest go first)
+
+
+def _suspected(suspects: dict[str, float], address: str) -> bool:
+    """Did an authentication from ``address`` fail in this process within the window?
+    Only then is the count of failures read (one Redis round trip): a guesser spread over
+    a gateway's processes has at most one try per process before each of them looks."""
+    until = suspects.get(address)
+    if until is None:
+        return False
+    if until < time.monotonic():
+        suspects.pop(address, None)
+        return False
+    return True
+
+
+def _suspect(suspects: dict[str, float], address: str) -> None:
+    suspects.pop(address, None)
+    if len(suspects) >= SUSPECTS_MAX:
+        suspects.pop(next(iter(suspects)))
+    suspects[address] = time.monotonic() + SUSPECT_FOR
 
 
 def presented_key() -> str:

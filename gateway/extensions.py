@@ -27,6 +27,9 @@ class Services:
     celery: JobgateCelery
     allowlist: tuple[Any, ...] = field(default_factory=tuple)
     endpoints: Endpoints | None = None
+    # Client addresses whose authentication failed in this process lately, and until when
+    # (monotonic): only their requests read the count of failures (gateway.auth).
+    suspects: dict[str, float] = field(default_factory=dict)
 
     @property
     def registry(self) -> Endpoints:

@@ -192,3 +192,39 @@ def test_failed_authentications_are_throttled_per_address(
         == 200
     )
     assert client.get("/v1/jobs", headers=bad, environ_base=elsewhere).status_code == 401
+
+    # Another gateway process reads the count only once it saw that address fail itself.
+    other = create_app(settings.with_overrides(auth_failures_per_minute=3)).test_client()
+    assert other.get("/v1/jobs", headers=partner["headers"], environ_base=here).status_code == 200
+    assert other.get("/v1/jobs", headers=bad, environ_base=here).status_code == 401
+    assert other.get("/v1/jobs", headers=partner["headers"], environ_base=here).status_code == 429
+
+
+def test_a_request_from_an_address_that_never_failed_reads_no_count(
+    settings: Settings, partner: dict[str, Any]
+) -> None:
+    """The count of failures is read only for addresses this process saw fail: every
+    other request is one Redis round trip shorter."""
+    from gateway import create_app
+
+    app = create_app(settings.with_overrides(auth_failures_per_minute=3))
+    store = app.extensions["jobgate"].store
+    reads: list[str] = []
+    counted = store.rate_limit_wait
+    store.rate_limit_wait = lambda name, *a, **k: reads.append(name) or counted(name, *a, **k)
+    client = app.test_client()
+    fresh = {"REMOTE_ADDR": f"10.7.{uuid.uuid4().int % 250}.1"}
+    for _ in range(3):
+        assert (
+            client.get("/v1/jobs", headers=partner["headers"], environ_base=fresh).status_code
+            == 200
+        )
+    assert reads == []
+    assert (
+        client.get(
+            "/v1/jobs", headers={"Authorization": "Bearer nope"}, environ_base=fresh
+        ).status_code
+        == 401
+    )
+    assert client.get("/v1/jobs", headers=partner["headers"], environ_base=fresh).status_code == 200
+    assert reads == [f"auth:{fresh['REMOTE_ADDR']}"]
