@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, select
 
 from jobgate.db import Database
 from jobgate.db.models import (
@@ -32,46 +33,32 @@ def prune(db: Database, retention: int, *, chunk: int = 1000, now: float | None 
     with db.session() as session:
         expired = SigningSecret.expires_at < datetime.fromtimestamp(moment, UTC)
         session.execute(delete(SigningSecret).where(expired))
+    # What ages out: the id each row is deleted by, and which rows are old. Endpoint
+    # messages' attempts go by their own time (a message outlives no job).
+    ageing: dict[str, tuple[Any, Any]] = {
+        "jobs": (Job.job_id, Job.finished_at < before),
+        "batches": (Batch.batch_id, Batch.completed_at < before),
+        "messages": (Attempt.subject_id, and_(Attempt.kind == "msg", Attempt.at < before)),
+        "dead": (DeadLetter.id, DeadLetter.at < before),
+        "kept": (Message.msg_id, Message.created_at < before),
+        "ops": (OperationalEvent.op_id, OperationalEvent.created_at < before),
+    }
     deleted = 0
     while True:
         with db.session() as session:
-            ids = list(
-                session.scalars(select(Job.job_id).where(Job.finished_at < before).limit(chunk))
-            )
-            batch_ids = list(
-                session.scalars(
-                    select(Batch.batch_id).where(Batch.completed_at < before).limit(chunk)
-                )
-            )
-            # Endpoint messages' attempts: by their own time (a message outlives no job).
-            message_ids = list(
-                session.scalars(
-                    select(Attempt.subject_id)
-                    .where(Attempt.kind == "msg", Attempt.at < before)
-                    .limit(chunk)
-                )
-            )
-            dead = list(
-                session.scalars(select(DeadLetter.id).where(DeadLetter.at < before).limit(chunk))
-            )
-            kept = list(
-                session.scalars(
-                    select(Message.msg_id).where(Message.created_at < before).limit(chunk)
-                )
-            )
-            ops = list(
-                session.scalars(
-                    select(OperationalEvent.op_id)
-                    .where(OperationalEvent.created_at < before)
-                    .limit(chunk)
-                )
-            )
-            if not (ids or batch_ids or message_ids or dead or kept or ops):
+            found = {
+                name: list(session.scalars(select(key).where(old).limit(chunk)))
+                for name, (key, old) in ageing.items()
+            }
+            if not any(found.values()):
                 return deleted
-            session.execute(delete(OperationalEvent).where(OperationalEvent.op_id.in_(ops)))
-            session.execute(delete(DeadLetter).where(DeadLetter.id.in_(dead)))
-            session.execute(delete(Message).where(Message.msg_id.in_(kept)))
-            subjects = ids + batch_ids + message_ids
+            ids, batch_ids = found["jobs"], found["batches"]
+            session.execute(
+                delete(OperationalEvent).where(OperationalEvent.op_id.in_(found["ops"]))
+            )
+            session.execute(delete(DeadLetter).where(DeadLetter.id.in_(found["dead"])))
+            session.execute(delete(Message).where(Message.msg_id.in_(found["kept"])))
+            subjects = ids + batch_ids + found["messages"]
             session.execute(delete(Attempt).where(Attempt.subject_id.in_(subjects)))
             session.execute(delete(WebhookBody).where(WebhookBody.subject_id.in_(subjects)))
             session.execute(delete(Job).where(Job.job_id.in_(ids)))
