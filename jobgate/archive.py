@@ -43,6 +43,7 @@ from jobgate.db.models import (
     Attempt,
     Batch,
     DeadLetter,
+    Endpoint,
     Job,
     WebhookBody,
 )
@@ -51,7 +52,7 @@ from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
 from jobgate.times import parse_time
 from jobgate.webhooks.ledger import Deliveries
-from jobgate.webhooks.messagelog import headers_key, with_endpoint_headers
+from jobgate.webhooks.messagelog import headers_key, rebuilt, with_endpoint_headers
 
 log = logging.getLogger("jobgate.archive")
 
@@ -346,10 +347,19 @@ class Archiver:
         sent_bodies = replies[len(logged) + len(apart) :]
         for row, answer in zip(logged, answers, strict=True):
             row["response"] = json.loads(answer) if answer else None
-        for (row, _), headers in zip(apart, headers_apart, strict=True):
+        lost = {
+            row["entry"].get("endpoint_id")
+            for (row, _), found in zip(apart, headers_apart, strict=True)
+            if not found
+        }
+        current = self._endpoint_headers(lost) if lost else {}
+        for (row, _), found in zip(apart, headers_apart, strict=True):
             # The database keeps each attempt's headers whole (the endpoint's are kept once
-            # in Redis: jobgate.webhooks.messagelog.sent_apart).
-            row["entry"] = with_endpoint_headers(row["entry"], headers)
+            # in Redis, jobgate.webhooks.messagelog.sent_apart; if Redis lost them, the
+            # endpoint's row has them while they are unchanged).
+            entry = row["entry"]
+            theirs = found or rebuilt(entry, current.get(entry.get("endpoint_id")))
+            row["entry"] = with_endpoint_headers(entry, theirs)
         bodies = [
             {
                 "webhook_id": webhook_id,
@@ -363,6 +373,11 @@ class Archiver:
             if body is not None
         ]
         return fresh, bodies
+
+    def _endpoint_headers(self, endpoint_ids: Collection[Any]) -> dict[str, dict[str, str]]:
+        """The partner's own headers of these endpoints, from their rows."""
+        query = select(Endpoint.id, Endpoint.headers).where(Endpoint.id.in_(list(endpoint_ids)))
+        return {endpoint_id: dict(headers or {}) for endpoint_id, headers in self.db.read(query)}
 
     def _subject_keys(self, subject_id: str, event: str | None) -> list[str]:
         store = self.store

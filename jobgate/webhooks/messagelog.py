@@ -13,7 +13,8 @@ body``, and the database once per ``webhook-id``, ``webhook_bodies``); the heade
 jobgate sets ride in the attempt's entry, and an endpoint's own headers (up to 4 KiB) are
 kept in Redis once per endpoint and set of values (``sent_apart``; the entry names them
 by digest), not in each of the endpoint's 10 000 latest attempts; the archive writes
-each attempt's headers whole into the database (``with_endpoint_headers``); an
+each attempt's headers whole into the database (``with_endpoint_headers``; if Redis lost
+them first, the endpoint's row's while it holds the same set: ``rebuilt``); an
 answer is cut to its bounds before it is kept, once per attempt (the subject's responses
 hash, the ``attempts.response`` column), for as long as the attempt is kept: the same
 ``MAX_LOG`` attempts per subject and the same retention, in Redis and in the database.
@@ -48,10 +49,28 @@ def sent_apart(
     theirs = {name: value for name, value in sent.items() if name.lower() in names}
     if not theirs:
         return {"headers": dict(sent)}, None
-    text = json.dumps(theirs, separators=(",", ":"))
     own = {name: value for name, value in sent.items() if name.lower() not in names}
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return {"headers": own, "endpoint_headers": digest}, text
+    return {"headers": own, "endpoint_headers": _digest(theirs)}, json.dumps(
+        theirs, separators=(",", ":")
+    )
+
+
+def _digest(headers: Mapping[str, str]) -> str:
+    """Names a set of headers and values, whatever their order (PostgreSQL's JSONB keeps
+    none: ``rebuilt`` compares with the endpoint's row)."""
+    text = json.dumps(headers, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def rebuilt(entry: Mapping[str, Any], endpoint_headers: Mapping[str, str] | None) -> str | None:
+    """The endpoint's headers an attempt sent, when Redis lost them: the endpoint's
+    headers now (its row), as JSON, if they are the set the attempt named; else None."""
+    sent = entry.get("request")
+    if not endpoint_headers or not isinstance(sent, dict):
+        return None
+    if _digest(endpoint_headers) != sent.get("endpoint_headers"):
+        return None
+    return json.dumps(dict(endpoint_headers), separators=(",", ":"))
 
 
 def headers_key(store: Store, entry: Mapping[str, Any]) -> str | None:

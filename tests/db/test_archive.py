@@ -451,3 +451,80 @@ def test_a_messages_body_and_its_attempts_answers_are_archived_once_and_pruned_w
     prune(db, 1, now=time.time() + 3600)
     assert history.attempts(db, msg_id) == []
     assert not db.read(select(WebhookBody.webhook_id).where(WebhookBody.subject_id == msg_id))
+
+
+def test_endpoint_headers_redis_lost_before_the_archive_are_rebuilt_from_the_endpoints_row(
+    store, archiver, db
+) -> None:
+    """An endpoint's own headers an attempt sent are kept once in Redis
+    (``messagelog.sent_apart``); lost before the archive wrote the attempt, they are
+    the endpoint's row's while that holds the same set (the digest says so), and never
+    another set's."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import update
+
+    from jobgate.db.models import Endpoint, Partner
+    from jobgate.webhooks.messagelog import headers_key, sent_apart
+
+    tag = uuid.uuid4().hex[:8]
+    partner_id, endpoint_id = f"ptn_{tag}", f"ep_{tag}"
+    theirs = {"X-Tenant": "acme", "Authorization": "Bearer token-28", "X-Zone": "eu"}
+    now = datetime.now(UTC)
+    with db.session() as session:
+        session.add(Partner(id=partner_id, name="p", created_at=now))
+        session.flush()
+        session.add(
+            Endpoint(
+                id=endpoint_id,
+                partner_id=partner_id,
+                url="http://127.0.0.1:9/hook",
+                event_types=[],
+                created_at=now,
+                updated_at=now,
+                headers=theirs,
+            )
+        )
+    books = Deliveries(store)
+
+    def attempt_lost_its_headers() -> tuple[str, dict[str, str]]:
+        msg_id = "msg_" + uuid.uuid4().hex
+        sent = {**theirs, "webhook-id": msg_id, "Content-Type": "application/json"}
+        entry: dict[str, Any] = {
+            "webhook_id": msg_id,
+            "event": "job.succeeded",
+            "at": utcnow(),
+            "outcome": "delivered",
+            "status_code": 200,
+            "endpoint_id": endpoint_id,
+        }
+        entry["request"], text = sent_apart(sent, theirs)
+        assert text is not None and "X-Tenant" not in entry["request"]["headers"]
+        books.store_body(msg_id, "job.succeeded", "{}")
+        books.record(
+            msg_id,
+            entry,
+            "delivered",
+            "msg",
+            endpoint_headers=(key := headers_key(store, entry) or "", text),
+        )
+        assert store.redis.exists(key) == 1
+        store.redis.delete(key)  # Redis lost them before the archive ran
+        return msg_id, sent
+
+    msg_id, sent = attempt_lost_its_headers()
+    archiver.drain()
+    [archived] = history.attempts(db, msg_id)
+    assert archived["request"]["headers"] == sent  # whole: the row's set is the one sent
+
+    msg_id, sent = attempt_lost_its_headers()
+    with db.session() as session:  # the endpoint's headers changed since that attempt
+        session.execute(
+            update(Endpoint).where(Endpoint.id == endpoint_id).values(headers={"X-Tenant": "b"})
+        )
+    archiver.drain()
+    [archived] = history.attempts(db, msg_id)
+    assert archived["request"]["headers"] == {
+        "webhook-id": msg_id,
+        "Content-Type": "application/json",
+    }
