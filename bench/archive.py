@@ -434,9 +434,10 @@ def fill_stream(store: Any, jobs: int, group: int, entries_per_job: int) -> list
 
 
 def drain_one(args: Any, url: str) -> dict[str, Any]:
-    from jobgate.archive import Archiver, count_rows
+    from jobgate.archive import Archiver
     from jobgate.db import Database
     from jobgate.store import Store
+    from tests.helpers import count_rows, drain
 
     client = redis.Redis.from_url(args.redis_url)
     client.flushdb()
@@ -452,7 +453,7 @@ def drain_one(args: Any, url: str) -> dict[str, Any]:
         archiver = Archiver(store, db, consumer="bench", batch=args.archive_batch)
         archiver.ensure_group()
         cpu0, t0 = time.process_time(), time.perf_counter()
-        done = archiver.drain(limit=args.cap)
+        done = drain(archiver, limit=args.cap)
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         rows = count_rows(db)

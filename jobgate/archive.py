@@ -32,7 +32,7 @@ from functools import cache
 from typing import Any, cast
 
 import redis
-from sqlalchemy import Connection, Table, func, insert, select
+from sqlalchemy import Connection, Table, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
@@ -225,13 +225,6 @@ class Archiver:
                 row["error"],
             )
 
-    def drain(self, limit: float = 30.0) -> int:
-        """Archive until the stream is empty (or ``limit`` s pass); tests and the CLI."""
-        total, deadline = 0, time.monotonic() + limit
-        while time.monotonic() < deadline and (n := self.run_once()):
-            total += n
-        return total
-
     # ---------------------------------------------------------------- archive
     def archive(
         self,
@@ -408,15 +401,6 @@ def oldest_age(first: list[Any]) -> float:
     if not first:
         return 0.0
     return max(0.0, time.time() - int(str(first[0][0]).split("-")[0]) / 1000)
-
-
-def count_rows(db: Database) -> dict[str, int]:
-    """Rows per table (tests and the benchmark)."""
-    with db.session() as session:
-        return {
-            model.__tablename__: int(session.scalar(select(func.count()).select_from(model)) or 0)
-            for model in (Job, Batch, Attempt)
-        }
 
 
 def refuses_record(exc: BaseException) -> bool:

@@ -17,7 +17,7 @@ import redis
 from config import Settings
 from jobgate.connections import answers
 from jobgate.sealing import generate_key
-from tests.helpers import EmbeddedRedis, WorkerProcess, flush_db, migrated_database
+from tests.helpers import EmbeddedRedis, WorkerProcess, drain, flush_db, migrated_database
 
 ADMIN_KEY = "test-admin-key"
 SECRET_KEY = generate_key()  # the suite's JOBGATE_SECRET_KEY: secrets are sealed as in production
@@ -182,7 +182,7 @@ def archived(app):
 
     def wait(*job_ids: str) -> None:
         def caught_up() -> bool:
-            archiver.drain(5)
+            drain(archiver, 5)
             rows = history.jobs(svc.db, list(job_ids))
             for job_id, live in zip(job_ids, svc.store.jobs(job_ids), strict=True):
                 row = rows.get(job_id)

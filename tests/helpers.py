@@ -633,3 +633,24 @@ def verify_ed25519(public_key: str, headers: Mapping[str, str], body: bytes) -> 
     if not good:
         raise InvalidSignature("no v1a signature verifies with this public key")
     return good
+
+
+def drain(archiver: Any, limit: float = 30.0) -> int:
+    """Archive until the stream is empty (or ``limit`` s pass); entries archived."""
+    total, deadline = 0, time.monotonic() + limit
+    while time.monotonic() < deadline and (n := archiver.run_once()):
+        total += n
+    return total
+
+
+def count_rows(db: Any) -> dict[str, int]:
+    """Rows per table of the job history."""
+    from sqlalchemy import func, select
+
+    from jobgate.db.models import Attempt, Batch, Job
+
+    with db.session() as session:
+        return {
+            model.__tablename__: int(session.scalar(select(func.count()).select_from(model)) or 0)
+            for model in (Job, Batch, Attempt)
+        }

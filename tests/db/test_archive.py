@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from jobgate import history
-from jobgate.archive import Archiver, _chunk, count_rows, lag, revision
+from jobgate.archive import Archiver, _chunk, lag, revision
 from jobgate.db import Database
 from jobgate.db.models import DeadLetter, Message
 from jobgate.retention import prune
@@ -23,7 +23,7 @@ from jobgate.store import Store
 from jobgate.times import utcnow
 from jobgate.webhooks.ledger import Deliveries
 from tests.conftest import ADMIN_KEY
-from tests.helpers import free_port
+from tests.helpers import count_rows, drain, free_port
 
 
 @pytest.fixture
@@ -58,11 +58,11 @@ def new_job(store: Store, **fields: Any) -> str:
 
 def test_created_then_finished_is_one_row_with_the_end(store, archiver, db) -> None:
     job_id = new_job(store)
-    assert archiver.drain() == 1
+    assert drain(archiver) == 1
     assert history.job(db, job_id)["job_id"] == job_id
     assert history.job(db, job_id).get("status") is None
     assert store.finish_job(job_id, "SUCCESS", result={"n": 1})
-    assert archiver.drain() == 1
+    assert drain(archiver) == 1
     row = history.job(db, job_id)
     assert row == store.job(job_id)  # the record as Redis holds it, field for field
     assert row["status"] == "SUCCESS" and row["result"] == {"n": 1}
@@ -74,7 +74,7 @@ def test_a_job_archived_twice_is_one_row(store, archiver, db) -> None:
     job_id = new_job(store)
     store.redis.xadd(store.archive_key, {"s": f"job:{job_id}"})
     store.redis.xadd(store.archive_key, {"s": f"job:{job_id}"})
-    assert archiver.drain() == 3
+    assert drain(archiver) == 3
     before = count_rows(db)["jobs"]
     archiver.archive([job_id, job_id], [])
     assert count_rows(db)["jobs"] == before
@@ -85,7 +85,7 @@ def test_an_older_read_never_overwrites_a_newer_row(store, archiver, db) -> None
     job_id = new_job(store)
     stale = store.job(job_id)
     assert store.finish_job(job_id, "FAILURE", error="boom")
-    archiver.drain()
+    drain(archiver)
     assert history.job(db, job_id)["status"] == "FAILURE"
     # The stale (live) read commits last: it must not take the end back.
     store.redis.delete(store.key("job", job_id))
@@ -120,7 +120,7 @@ def test_an_attempt_in_the_same_chunk_as_the_jobs_end_is_archived(store, archive
     assert store.finish_job(job_id, "SUCCESS", result={})
     entry = {"webhook_id": "msg_y", "event": "job.succeeded", "at": utcnow(), "outcome": "failed"}
     Deliveries(store).record(job_id, entry, "retrying", "job")
-    assert archiver.drain() == 3  # created, ended, attempted: one chunk
+    assert drain(archiver) == 3  # created, ended, attempted: one chunk
     assert [a["outcome"] for a in history.attempts(db, job_id)] == ["failed"]
 
 
@@ -135,7 +135,7 @@ def test_redis_forgets_a_finished_job_only_once_archived_and_final(store, archiv
     assert store.finish_job(job_id, "SUCCESS", result={})
     key = store.key("job", job_id)
     hold = store.redis.ttl(key)
-    archiver.drain()
+    drain(archiver)
     assert store.redis.ttl(key) == hold or store.redis.ttl(key) > store.cache_ttl, (
         "webhook still pending: Redis keeps the record for its attempts"
     )
@@ -148,7 +148,7 @@ def test_redis_forgets_a_finished_job_only_once_archived_and_final(store, archiv
         "outcome": "delivered",
     }
     books.record(job_id, entry, "delivered", "job")
-    archiver.drain()
+    drain(archiver)
     assert 0 < store.redis.ttl(key) <= store.cache_ttl
     body = books.body_key(job_id, "job.succeeded")
     for name in (store.key("webhook", job_id), store.key("deliveries", job_id), body):
@@ -159,18 +159,18 @@ def test_redis_forgets_a_finished_job_only_once_archived_and_final(store, archiv
 def test_a_job_without_callback_is_forgotten_once_archived(store, archiver, db) -> None:
     job_id = new_job(store)
     assert store.finish_job(job_id, "REVOKED", revoked_by="admin")
-    archiver.drain()
+    drain(archiver)
     assert 0 < store.redis.ttl(store.key("job", job_id)) <= store.cache_ttl
 
 
 def test_archiving_again_never_lengthens_a_shorter_ttl(store, archiver, db) -> None:
     job_id = new_job(store)
     assert store.finish_job(job_id, "REVOKED", revoked_by="admin")
-    archiver.drain()
+    drain(archiver)
     key = store.key("job", job_id)
     store.redis.expire(key, 5)
     store.redis.xadd(store.archive_key, {"s": f"job:{job_id}"})
-    assert archiver.drain() == 1
+    assert drain(archiver) == 1
     assert 0 < store.redis.ttl(key) <= 5
     assert store.redis.xlen(store.archive_key) == 0
 
@@ -214,10 +214,10 @@ def test_prune_deletes_jobs_and_attempts_past_retention_in_chunks(store, archive
     old = [new_job(store) for _ in range(3)]
     for job_id in old:
         store.finish_job(job_id, "SUCCESS", result={})
-    archiver.drain()
+    drain(archiver)
     fresh = new_job(store)
     store.finish_job(fresh, "SUCCESS", result={})
-    archiver.drain()
+    drain(archiver)
     # Everything finished just now: a retention of one hour keeps all, of -1 h deletes all.
     assert prune(db, 3600, chunk=2) == 0
     deleted = prune(db, 1, chunk=2, now=time.time() + 3600)
@@ -227,10 +227,10 @@ def test_prune_deletes_jobs_and_attempts_past_retention_in_chunks(store, archive
 
 def test_an_archiver_recreates_its_group_after_redis_lost_it(store, archiver, db) -> None:
     new_job(store)
-    assert archiver.drain() == 1
+    assert drain(archiver) == 1
     store.redis.delete(store.archive_key)  # Redis restarted empty: stream and group gone
     job_id = new_job(store)
-    assert archiver.drain() == 1
+    assert drain(archiver) == 1
     assert history.job(db, job_id) is not None
 
 
@@ -240,11 +240,11 @@ def test_a_job_whose_fan_out_step_has_not_run_stays_in_redis(store, archiver) ->
     job_id = new_job(store)
     assert store.finish_job(job_id, "SUCCESS", result={})
     store.redis.hset(store.key("job", job_id), "fanout", "queued")  # as job_finish.lua does
-    archiver.drain()
+    drain(archiver)
     assert store.redis.ttl(store.key("job", job_id)) > store.cache_ttl
     store.redis.hset(store.key("job", job_id), "fanout", "done")
     store.redis.xadd(store.archive_key, {"s": f"job:{job_id}"})
-    archiver.drain()
+    drain(archiver)
     assert 0 < store.redis.ttl(store.key("job", job_id)) <= store.cache_ttl
 
 
@@ -254,7 +254,7 @@ def test_an_endpoint_messages_attempts_reach_the_database(store, archiver, db) -
     books = Deliveries(store)
     books.record(msg_id, entry, "retrying", "msg")
     books.record(msg_id, {**entry, "outcome": "delivered"}, "delivered", "msg")
-    archiver.drain()
+    drain(archiver)
     assert [a["outcome"] for a in history.attempts(db, msg_id)] == ["retry", "delivered"]
 
 
@@ -298,7 +298,7 @@ def test_a_record_the_database_refuses_is_set_aside_and_the_rest_archives(
     others = [new_job(store) for _ in range(3)]
     bad = poison_job(store, fields)
     others += [new_job(store) for _ in range(3)]
-    assert archiver.drain() == 7  # one chunk of seven entries, every one acknowledged
+    assert drain(archiver) == 7  # one chunk of seven entries, every one acknowledged
     assert all(history.job(db, job_id) is not None for job_id in others)
     assert store.redis.xlen(store.archive_key) == 0
     if refused:
@@ -311,22 +311,22 @@ def test_a_record_the_database_refuses_is_set_aside_and_the_rest_archives(
     else:
         assert letters(db, store) == [] and history.job(db, bad) is not None
     later = new_job(store)  # and the archive goes on with the entries after it
-    assert archiver.drain() == 1
+    assert drain(archiver) == 1
     assert history.job(db, later) is not None
 
 
 def test_its_every_later_entry_is_set_aside_too(store, archiver, db) -> None:
     bad = poison_job(store, {"created_at": "yesterday"})
-    archiver.drain()
+    drain(archiver)
     assert store.finish_job(bad, "SUCCESS", result={})  # the job ends: a new entry
-    assert archiver.drain() == 1
+    assert drain(archiver) == 1
     assert [letter.subject_id for letter in letters(db, store)] == [bad, bad]
     assert counted(store) == 2
 
 
 def test_prune_deletes_dead_letters_past_retention(store, archiver, db) -> None:
     poison_job(store, {"created_at": "yesterday"})
-    archiver.drain()
+    drain(archiver)
     prune(db, 3600)
     assert len(letters(db, store)) == 1
     prune(db, 1, now=time.time() + 3600)
@@ -393,7 +393,7 @@ def test_dead_letters_are_counted_in_metrics_and_listed_for_admins(
     app = create_app(settings.with_overrides(database_url=db.url, key_prefix=store.prefix))
     client, admin = app.test_client(), {"Authorization": f"Bearer {ADMIN_KEY}"}
     bad = poison_job(store, {"created_at": "yesterday"})
-    archiver.drain()
+    drain(archiver)
     assert "jobgate_archive_dead_letters_total 1.0" in client.get("/metrics").get_data(True)
     listed = client.get("/v1/archive/dead-letters", headers=admin)
     assert listed.status_code == 200, listed.get_json()
@@ -435,7 +435,7 @@ def test_a_messages_body_and_its_attempts_answers_are_archived_once_and_pruned_w
     ]
     books.record(msg_id, entry, "retrying", "msg", response=answers[0])
     books.record(msg_id, {**entry, "status_code": 200}, "delivered", "msg", response=answers[1])
-    archiver.drain()
+    drain(archiver)
     archived = history.attempts(db, msg_id)
     assert [a["response"] for a in archived] == answers
     # Copied, the answers keep only the cache's time in Redis (a receiver answering 64 KiB
@@ -513,7 +513,7 @@ def test_endpoint_headers_redis_lost_before_the_archive_are_rebuilt_from_the_end
         return msg_id, sent
 
     msg_id, sent = attempt_lost_its_headers()
-    archiver.drain()
+    drain(archiver)
     [archived] = history.attempts(db, msg_id)
     assert archived["request"]["headers"] == sent  # whole: the row's set is the one sent
 
@@ -522,7 +522,7 @@ def test_endpoint_headers_redis_lost_before_the_archive_are_rebuilt_from_the_end
         session.execute(
             update(Endpoint).where(Endpoint.id == endpoint_id).values(headers={"X-Tenant": "b"})
         )
-    archiver.drain()
+    drain(archiver)
     [archived] = history.attempts(db, msg_id)
     assert archived["request"]["headers"] == {
         "webhook-id": msg_id,

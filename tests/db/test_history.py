@@ -12,6 +12,7 @@ from sqlalchemy import text
 from jobgate import history
 from jobgate.archive import Archiver
 from jobgate.store import Store
+from tests.helpers import drain
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def filled(redis_client: redis.Redis, db):
             }
         )
         ids.append(job_id)
-    Archiver(store, db, consumer="t").drain()
+    drain(Archiver(store, db, consumer="t"))
     return ids[:12], partner
 
 

@@ -23,7 +23,7 @@ from jobgate.messages import DELIVER_TASK
 from jobgate.outbox import IdempotencyKey, KeyTaken, accept, relay, withdraw
 from jobgate.store import IDEMPOTENCY_TTL, Store, as_stored
 from jobgate.times import utcnow
-from tests.helpers import Recorder
+from tests.helpers import Recorder, drain
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_relay_gives_back_what_redis_lost_and_nothing_settled(store, archiver, d
     assert store.finish_job(pending, "SUCCESS", result={"n": 2})
     settled = submitted(store, db)
     assert store.finish_job(settled, "SUCCESS", result={})
-    archiver.drain()
+    drain(archiver)
     wipe(store)
     messenger = Recorder()
     # The module's database also holds other tests' unsettled jobs, under other key
@@ -173,7 +173,7 @@ def test_a_lost_batch_comes_back_with_its_ended_members_counted(store, archiver,
     store.create_batch({**batch, "metadata": '{"run": 1}', "member_ids": None}, members)
     first = members[0]["job_id"]
     assert store.finish_job(first, "FAILURE", error="boom")
-    archiver.drain()
+    drain(archiver)
     wipe(store)
     assert relay(store, db, Recorder(), older_than=-60) == 2  # the ended one is settled
     again = batch_record(store, batch_id)
@@ -212,7 +212,7 @@ def test_a_lost_batch_whose_members_all_ended_completes(store, archiver, db) -> 
     store.create_batch({**batch, "metadata": "{}", "member_ids": None}, members)
     for member in members:  # ended, each with a webhook still to go: not settled
         store.finish_job(member["job_id"], "SUCCESS", result={}, callback_url="https://x.test/")
-    archiver.drain()
+    drain(archiver)
     wipe(store)
     messenger = Recorder()
     assert relay(store, db, messenger, older_than=-60) == 2
