@@ -56,10 +56,6 @@ def parse_traceparent(value: str | None) -> str | None:
     return f"00-{trace_id}-{parent_id}-{flags}"
 
 
-def trace_id_of(traceparent: str) -> str:
-    return traceparent.split("-")[1]
-
-
 def child(traceparent: str) -> str:
     """The same trace, a new parent id: what the next hop (a webhook) is sent with."""
     _, trace_id, _, flags = traceparent.split("-")[:4]
