@@ -179,6 +179,12 @@ class Partners:
         )
         return raw or self.mirror(partner_id)
 
+    def known(self, api_key: str) -> bool:
+        """Did this process find ``api_key`` lately (its cache; nothing asked of Redis)?
+        A guess never did: only keys that were found are cached."""
+        hit = self._key_cache.get(hash_key(api_key))
+        return hit is not None and hit[0] > time.monotonic()
+
     def by_key(self, api_key: str, *, cached: bool = True) -> dict[str, str] | None:
         """The partner owning ``api_key``, None for an unknown or expired key
         (``cached=False``: asks Redis even if this process cached the key).
