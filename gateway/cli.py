@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from config import Settings, SettingsError
-from gateway.dev import DEV_DATABASE, dev, dev_database_url, read_dev_state
+from gateway.dev import DEV_DATABASE, OLD_SECRET_KEY, dev, dev_database_url, read_dev_state
 from gateway.launch import Child, supervise
 from jobgate.connections import answers
 
@@ -36,8 +36,11 @@ def cli_settings(environ: Mapping[str, str] | None = None) -> Settings:
             environ["JOBGATE_DATABASE_URL"] = url
             if state.get("redis_url") and not environ.get("REDIS_URL"):
                 environ["REDIS_URL"] = state["redis_url"]
-            if state.get("secret_key") and not environ.get("JOBGATE_SECRET_KEY"):
-                environ["JOBGATE_SECRET_KEY"] = state["secret_key"]
+            kept = state.get("secret_key") or (
+                OLD_SECRET_KEY.read_text().strip() if OLD_SECRET_KEY.exists() else ""
+            )
+            if kept and not environ.get("JOBGATE_SECRET_KEY"):
+                environ["JOBGATE_SECRET_KEY"] = kept
             from sqlalchemy.engine import make_url
 
             shown = make_url(url).render_as_string(hide_password=True)

@@ -37,21 +37,37 @@ def dev_database_url() -> str:
     return f"sqlite:///{DEV_DATABASE.resolve()}"
 
 
-def read_dev_state(directory: Path = DEV_DIR) -> dict[str, Any]:
-    """What the last ``jobgate dev`` in this directory recorded ({} if none or unreadable)."""
+def read_dev_state(directory: Path = DEV_DIR, *, strict: bool = False) -> dict[str, Any]:
+    """What the last ``jobgate dev`` in this directory recorded ({} if none, or if
+    unreadable; ``strict``: an unreadable file stops the command with one line, since
+    it holds the only copy of the secret key that opens what dev sealed)."""
+    path = directory / DEV_STATE.name
     try:
-        state = json.loads((directory / DEV_STATE.name).read_text())
-    except (OSError, ValueError):
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
-    return state if isinstance(state, dict) else {}
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise click.ClickException(
+                f"{path} cannot be read ({exc}); it holds jobgate dev's keys: mend or remove it"
+            ) from None
+        return {}
+    if not isinstance(state, dict):
+        if strict:
+            raise click.ClickException(f"{path} is not jobgate dev's state: mend or remove it")
+        return {}
+    return state
 
 
 def write_dev_state(state: Mapping[str, Any], directory: Path = DEV_DIR) -> None:
+    """Replace the state file at once (written, flushed to disk, then renamed)."""
     path = directory / DEV_STATE.name
     scratch = path.with_suffix(".tmp")
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(state, out, indent=2)
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(scratch, path)
 
 
@@ -210,7 +226,7 @@ def dev(port: int, concurrency: int) -> None:
     redis_server: Child | None = None
     children: list[Child] = []
     DEV_DIR.mkdir(exist_ok=True)
-    state = read_dev_state()
+    state = read_dev_state(strict=True)
     state["secret_key"] = dev_secret_key(state)  # its own, used unless the env names one
     env, admin_key = dev_environment(os.environ, state)
     settings = Settings.from_env(env)

@@ -71,3 +71,19 @@ def test_the_secret_key_is_kept_in_dev_json_and_used_by_the_commands_beside_it(h
     assert cli.cli_settings({"JOBGATE_SECRET_KEY": "mine"}).secret_key == "mine"
     dev.OLD_SECRET_KEY.write_text("older\n")
     assert dev.dev_secret_key({}) == "older"
+
+
+def test_an_unreadable_dev_json_stops_dev_and_is_never_overwritten(here):
+    """dev.json holds the only copy of dev's secret key: a file that does not parse stops
+    ``jobgate dev`` with one line rather than a new key over the old (the commands
+    beside it read it leniently). An older secret-key file still serves those commands."""
+    broken = here / ".jobgate-dev" / "dev.json"
+    broken.write_text('{"secret_key": "abc"')  # cut short
+    with pytest.raises(click.ClickException, match="mend or remove it"):
+        dev.read_dev_state(strict=True)
+    assert dev.read_dev_state() == {}
+    assert broken.read_text() == '{"secret_key": "abc"'
+    broken.unlink()
+    (here / ".jobgate-dev" / "jobgate.sqlite3").write_text("")
+    dev.OLD_SECRET_KEY.write_text("older\n")
+    assert cli.cli_settings({}).secret_key == "older"
