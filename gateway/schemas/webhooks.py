@@ -39,6 +39,12 @@ class SentRequestSchema(Schema):
             "webhook-timestamp, webhook-signature), the endpoint's own, traceparent if any."
         },
     )
+    headers_incomplete = fields.Boolean(
+        metadata={
+            "description": "Present (true) when the endpoint's own headers this attempt sent "
+            "were lost with Redis and its headers have changed since: only jobgate's are shown."
+        },
+    )
     body = fields.String(
         required=True,
         allow_none=True,

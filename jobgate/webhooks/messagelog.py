@@ -45,11 +45,13 @@ def sent_apart(
     """An attempt's ``request`` as its entry keeps it, and the endpoint's own headers
     among ``sent`` as JSON (None without any), kept apart under ``headers_key``: the
     entry then holds the headers jobgate set and the digest of the endpoint's."""
-    names = {name.lower() for name in endpoint_headers}
-    theirs = {name: value for name, value in sent.items() if name.lower() in names}
+    # The endpoint's: a header sent with the endpoint's own value (one jobgate set in its
+    # place, a traceparent, stays in the entry).
+    values = {name.lower(): value for name, value in endpoint_headers.items()}
+    theirs = {name: value for name, value in sent.items() if values.get(name.lower()) == value}
     if not theirs:
         return {"headers": dict(sent)}, None
-    own = {name: value for name, value in sent.items() if name.lower() not in names}
+    own = {name: value for name, value in sent.items() if name not in theirs}
     return {"headers": own, "endpoint_headers": _digest(theirs)}, json.dumps(
         theirs, separators=(",", ":")
     )
@@ -87,8 +89,10 @@ def with_endpoint_headers(entry: dict[str, Any], kept: str | None) -> dict[str, 
     sent = entry.get("request")
     if not isinstance(sent, dict) or "endpoint_headers" not in sent:
         return entry
-    theirs = json.loads(kept) if kept else {}
-    return {**entry, "request": {"headers": {**theirs, **(sent.get("headers") or {})}}}
+    whole: dict[str, Any] = {"headers": {**(json.loads(kept) if kept else {}), **sent["headers"]}}
+    if not kept:
+        whole["headers_incomplete"] = True  # the endpoint's own were lost with Redis
+    return {**entry, "request": whole}
 
 
 def exchange(
@@ -100,6 +104,8 @@ def exchange(
     request = None
     if isinstance(sent, dict) and sent.get("headers") is not None:
         request = {"headers": sent["headers"], "body": body}
+        if sent.get("headers_incomplete"):
+            request["headers_incomplete"] = True
     return {**entry, "request": request, "response": response}
 
 

@@ -528,3 +528,4 @@ def test_endpoint_headers_redis_lost_before_the_archive_are_rebuilt_from_the_end
         "webhook-id": msg_id,
         "Content-Type": "application/json",
     }
+    assert archived["request"]["headers_incomplete"] is True  # said, not passed off as whole
