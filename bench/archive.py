@@ -434,10 +434,12 @@ def fill_stream(store: Any, jobs: int, group: int, entries_per_job: int) -> list
 
 
 def drain_one(args: Any, url: str) -> dict[str, Any]:
+    from sqlalchemy import func, select
+
     from jobgate.archive import Archiver
     from jobgate.db import Database
+    from jobgate.db.models import Attempt, Batch, Job
     from jobgate.store import Store
-    from tests.helpers import count_rows, drain
 
     client = redis.Redis.from_url(args.redis_url)
     client.flushdb()
@@ -453,10 +455,18 @@ def drain_one(args: Any, url: str) -> dict[str, Any]:
         archiver = Archiver(store, db, consumer="bench", batch=args.archive_batch)
         archiver.ensure_group()
         cpu0, t0 = time.process_time(), time.perf_counter()
-        done = drain(archiver, limit=args.cap)
+        done, deadline = 0, time.monotonic() + args.cap
+        while time.monotonic() < deadline and (n := archiver.run_once()):
+            done += n
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
-        rows = count_rows(db)
+        with db.session() as session:
+            rows = {
+                model.__tablename__: int(
+                    session.scalar(select(func.count()).select_from(model)) or 0
+                )
+                for model in (Job, Batch, Attempt)
+            }
         expiring = store.redis.ttl(store.key("job", ids[-1]))
         left = store.redis.xlen(store.archive_key)
     finally:

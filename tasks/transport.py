@@ -139,21 +139,32 @@ class RedisQueues:
     routing key]``), scored in ``unacked_index`` by when it was taken. The sweeper's
     ``jobgate.sweeper.Broker``."""
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(
+        self,
+        prefix: str = "",
+        unacked: str = kombu_redis.Channel.unacked_key,
+        unacked_index: str = kombu_redis.Channel.unacked_index_key,
+    ) -> None:
         self.prefix = prefix
-        self.unacked_index = prefix + kombu_redis.Channel.unacked_index_key
+        self.unacked = prefix + unacked
+        self.unacked_index = prefix + unacked_index
 
     @classmethod
     def of(cls, channel: Any) -> RedisQueues:
-        """The keys of a worker's consumer channel."""
-        return cls(getattr(channel, "global_keyprefix", "") or "")
+        """The keys of a worker's consumer channel (its transport options may rename
+        them)."""
+        return cls(
+            getattr(channel, "global_keyprefix", "") or "",
+            channel.unacked_key,
+            channel.unacked_index_key,
+        )
 
     def read(self, pipe: Any, queues: Sequence[str]) -> None:
         """Add to ``pipe`` the reads of every message queued on ``queues`` or held
         unacknowledged; ``task_ids`` takes their replies."""
         for queue in queues:
             pipe.lrange(self.prefix + queue, 0, -1)
-        pipe.hvals(self.prefix + kombu_redis.Channel.unacked_key)
+        pipe.hvals(self.unacked)
 
     def task_ids(self, replies: Sequence[Any]) -> set[str]:
         """The task ids in the replies of ``read``'s commands, in their order."""

@@ -175,7 +175,7 @@ function onUnauthorized(error) {
 // One paged list (GET path?limit&cursor): the page's rows in place of the list, or after
 // it (append); "more" shown while the API gives a next_cursor. Returns load(append).
 function pagedList({ path, key, body, more, empty = null, error, row, limit = 20,
-  filters = () => {}, loaded = () => {} }) {
+  filters = () => {}, loaded = () => {}, clearsError = true }) {
   let cursor = null;
   return async function load(append) {
     const params = new URLSearchParams({ limit: String(limit) });
@@ -189,7 +189,7 @@ function pagedList({ path, key, body, more, empty = null, error, row, limit = 20
       cursor = page.next_cursor ?? null;
       show($(more), cursor != null);
       if (empty) show($(empty), rows.children.length === 0);
-      showError($(error), null);
+      if (clearsError) showError($(error), null);
       loaded(page);
     } catch (failure) {
       if (!onUnauthorized(failure)) showError($(error), failure);
@@ -873,6 +873,7 @@ function dashboardPage() {
   const allDeadLetters = pagedList({
     path: "/v1/archive/dead-letters", key: "dead_letters", body: "dead-body",
     more: "dead-more", error: "dash-error", row: deadRow,
+    clearsError: false, // the board's own error, if any, stays until its next refresh
     loaded() {
       listingAll = true;
       show($("dead-all"), false);

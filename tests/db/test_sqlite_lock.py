@@ -92,6 +92,14 @@ def test_a_write_waiting_for_the_lock_lets_the_process_serve_others(
             probe.wait(10)
             holder.close()
     assert outcome["changed"] == 0 and outcome["waited"] >= 0.4, outcome
+    if write == "batch":  # committed once the lock was free: the batch's row and its jobs'
+        check = sqlite3.connect(url.removeprefix("sqlite:///"))
+        try:
+            jobs = check.execute("SELECT count(*) FROM jobs WHERE batch_id = 'b1'").fetchone()
+            batches = check.execute("SELECT count(*) FROM batches WHERE batch_id = 'b1'").fetchone()
+        finally:
+            check.close()
+        assert (jobs[0], batches[0]) == (2, 1)
     # A greenlet ticking every 5 ms kept ticking while the write waited (SQLite's own
     # wait held it still: a handful of ticks at most).
     assert outcome["ticks"] >= 0.5 * outcome["waited"] / 0.005, outcome

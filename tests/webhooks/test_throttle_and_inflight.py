@@ -8,12 +8,15 @@ machine's speed."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from jobgate.due import entry
+from jobgate.messages import DELIVER_TASK
 from jobgate.store import Store
 from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries
 
@@ -37,6 +40,10 @@ def _message(store: Store, endpoint_id: str) -> str:
     return msg_id
 
 
+def due_of(msg_id: str) -> str:
+    return entry(DELIVER_TASK, f"task-{msg_id}", queue="hooks", args=[msg_id])
+
+
 def _begin(store: Store, msg_id: str) -> Any:
     return Deliveries(store).begin(
         msg_id,
@@ -47,7 +54,7 @@ def _begin(store: Store, msg_id: str) -> Any:
         node="node-1",
         task_id=f"task-{msg_id}",
         owner=("endpoint_id", "endpoint"),
-        due_entry=f"entry-{msg_id}",
+        due_entry=due_of(msg_id),
     )
 
 
@@ -68,5 +75,7 @@ def test_an_attempt_deferred_for_its_partners_limit_takes_no_turn_of_its_endpoin
     assert store.redis.get(store.key("endpoint", "ep_slow", "next")) is None  # no turn taken
 
     Deliveries(store).release(fast, "t1", f"task-{fast}", "ptn_a")  # the slot given back
+    woken = store.redis.zscore(store.due_key, due_of(waiting[0]))
+    assert woken is not None and woken <= time.time() + 1  # the first in line, due now
     first = _begin(store, waiting[0])
     assert isinstance(first, Begun), first  # sent at once: its turn was not spent before

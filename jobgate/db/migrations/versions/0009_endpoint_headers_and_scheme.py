@@ -6,7 +6,7 @@ Revises: 0008
 Create Date: 2026-12-06 06:30:00.000000
 
 ``headers``: a JSON object of header names to values sent with every delivery to the
-endpoint (null: none; bounded by the API, jobgate.endpoints.check_headers).
+endpoint (null: none; bounded by the API, jobgate.endpoint_headers.check_headers).
 ``signature_scheme``: ``hmac`` (``whsec_`` secrets, Standard Webhooks ``v1``) or
 ``ed25519`` (``whsk_`` private keys in signing_secrets, ``v1a``); every endpoint
 registered before is ``hmac``.
