@@ -91,7 +91,9 @@ if entry ~= '' and ARGV[6] == 'endpoint_id' then
     redis.call('DEL', KEYS[1])
     if inflight then
       redis.call('ZREM', line, entry)
-      redis.call('ZREM', inflight, ARGV[5]) -- one taken over from a dead node: given back
+      -- A slot taken over from a dead node is given back, and the next in line woken.
+      inflight_release(inflight, line, P .. ':partner:' .. partner_id, ARGV[8], ARGV[5],
+                       KEYS[5], KEYS[4], now, lease)
     end
     redis.call('ZADD', KEYS[5], turn, entry)
     redis.call('ZADD', KEYS[4], turn + lease, ARGV[5])

@@ -44,14 +44,14 @@ def due_of(msg_id: str) -> str:
     return entry(DELIVER_TASK, f"task-{msg_id}", queue="hooks", args=[msg_id])
 
 
-def _begin(store: Store, msg_id: str) -> Any:
+def _begin(store: Store, msg_id: str, node: str = "node-1") -> Any:
     return Deliveries(store).begin(
         msg_id,
         "t1",
         lease=5,
         event="job.succeeded",
         record_key=store.key("webhook", msg_id),
-        node="node-1",
+        node=node,
         task_id=f"task-{msg_id}",
         owner=("endpoint_id", "endpoint"),
         due_entry=due_of(msg_id),
@@ -79,3 +79,25 @@ def test_an_attempt_deferred_for_its_partners_limit_takes_no_turn_of_its_endpoin
     assert woken is not None and woken <= time.time() + 1  # the first in line, due now
     first = _begin(store, waiting[0])
     assert isinstance(first, Begun), first  # sent at once: its turn was not spent before
+
+
+def test_a_throttled_attempt_taken_over_from_a_dead_node_gives_its_slot_to_the_next(
+    store: Store,
+) -> None:
+    """An attempt whose node died holds its partner's slot; taken over and throttled (no
+    turn of its endpoint's now), it holds none: the slot goes to the first in line."""
+    store.redis.hset(store.key("partner", "ptn_a"), mapping={"max_inflight_deliveries": "1"})
+    store.redis.hset(store.key("endpoint", "ep_fast"), mapping={"url": "http://x/a"})
+    store.redis.hset(
+        store.key("endpoint", "ep_slow"), mapping={"url": "http://x/b", "rate_limit": "0.01"}
+    )
+    slow = _message(store, "ep_slow")
+    assert isinstance(_begin(store, slow), Begun)  # its turn, and the one slot; node-1 dies
+    waiting = _message(store, "ep_fast")
+    assert _begin(store, waiting) == DEFERRED
+    again = _begin(store, slow, node="node-2")  # node-1 is not alive: taken over
+    assert not isinstance(again, Begun) and again != DEFERRED  # throttled: 100 s to its turn
+    inflight = store.redis.zrange(store.key("inflight", "ptn_a"), 0, -1)
+    assert f"task-{slow}" not in inflight
+    woken = store.redis.zscore(store.due_key, due_of(waiting))
+    assert woken is not None and woken <= time.time() + 1
