@@ -74,12 +74,12 @@ def exchanges(
     db: Database, wanted: list[tuple[str, dict[str, Any]]]
 ) -> tuple[dict[str, str], dict[tuple[str, int], dict[str, Any]], dict[tuple[str, int], Any]]:
     """For (subject id, attempt entry) pairs: the archived bodies by ``webhook-id``, and
-    answers and request headers (whole) by (subject id, attempt number), of those the
-    database holds."""
+    answers and requests (headers whole, or said incomplete) by (subject id, attempt
+    number), of those the database holds."""
     pairs = sorted({(subject, int(entry.get("attempt") or 0)) for subject, entry in wanted})
     ids = sorted({str(entry.get("webhook_id")) for _, entry in wanted})
     responses: dict[tuple[str, int], dict[str, Any]] = {}
-    headers: dict[tuple[str, int], Any] = {}
+    requests: dict[tuple[str, int], Any] = {}
     bodies: dict[str, str] = {}
     query = select(Attempt.subject_id, Attempt.attempt, Attempt.entry, Attempt.response).where(
         tuple_(Attempt.subject_id, Attempt.attempt).in_(pairs)
@@ -90,11 +90,11 @@ def exchanges(
             responses[(subject, int(number))] = answer
         sent = (_json(entry) or {}).get("request")
         if isinstance(sent, dict) and "endpoint_headers" not in sent:
-            headers[(subject, int(number))] = sent.get("headers")
+            requests[(subject, int(number))] = sent  # as archived: whole, or said incomplete
     found = select(WebhookBody.webhook_id, WebhookBody.body).where(WebhookBody.webhook_id.in_(ids))
     for webhook_id, body in db.read(found):
         bodies[webhook_id] = body
-    return bodies, responses, headers
+    return bodies, responses, requests
 
 
 def _json(value: Any) -> dict[str, Any] | None:

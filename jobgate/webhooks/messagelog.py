@@ -160,17 +160,17 @@ def joined(
         from jobgate import history
 
         try:
-            kept_bodies, kept_responses, kept_headers = history.exchanges(db, lost)
+            kept_bodies, kept_responses, kept_requests = history.exchanges(db, lost)
         except SQLAlchemyError:  # the attempts still read (from Redis), without these
             log.warning("the message log could not read the database", exc_info=True)
-            kept_bodies, kept_responses, kept_headers = {}, {}, {}
+            kept_bodies, kept_responses, kept_requests = {}, {}, {}
 
         def completed(subject: str, entry: dict[str, Any]) -> dict[str, Any]:
             number = int(entry.get("attempt") or 0)
             if "endpoint_headers" in (entry.get("request") or {}):
-                archived = kept_headers.get((subject, number))
+                archived = kept_requests.get((subject, number))
                 if archived is not None:
-                    return {**entry, "request": {"headers": archived}}
+                    return {**entry, "request": archived}
             return entry
 
         found = [
