@@ -45,7 +45,7 @@ from jobgate.store import CLAIM_MARGIN, Store, secrets_of
 from jobgate.times import from_timestamp, utcnow
 from jobgate.webhooks.http import Attempt, deliver
 from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries, Throttled
-from jobgate.webhooks.messagelog import exchange, headers_key, sent_apart
+from jobgate.webhooks.messagelog import exchange, keep_request
 from jobgate.webhooks.operational import Attempted
 from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
 from jobgate.webhooks.throttle import pause, pauses
@@ -361,16 +361,14 @@ def _record(
         "outcome": "failed" if state == "failed" else attempt.outcome,
         "redelivery": call.chain != AUTO_CHAIN,
     }
-    kept_apart = None
-    if attempt.request_headers is not None:
-        # The message log: the headers as signed and sent (the endpoint's own kept apart,
-        # once); the body is the message's, stored once, the answer beside the log
-        # (jobgate.webhooks.messagelog joins them).
-        entry["request"], kept_apart = sent_apart(attempt.request_headers, target.headers)
     if target.endpoint_id:
         entry["endpoint_id"] = target.endpoint_id
         entry["subject_kind"] = begun.record.get("kind")
         entry["subject_id"] = begun.record.get("subject_id")
+    # The message log: the headers as signed and sent (the endpoint's own kept apart,
+    # once); the body is the message's, stored once, the answer beside the log
+    # (jobgate.webhooks.messagelog joins them).
+    apart = keep_request(sender.store, entry, attempt.request_headers, target.headers)
     following = None
     if delay is not None:
         # Scheduled in the script that records this attempt: never one without the other.
@@ -394,7 +392,7 @@ def _record(
         body=target.built,
         partner_id=target.partner_id,
         response=attempt.response,
-        endpoint_headers=(headers_key(sender.store, entry) or "", kept_apart or ""),
+        endpoint_headers=apart,
     )
     entry = {**entry, "attempt": number}
     # The log, unlike the partner-visible entry, names why the SSRF guard refused the URL.
@@ -519,9 +517,7 @@ def send_ping(
         "subject_kind": None,
         "subject_id": None,
     }
-    kept_apart = None
-    if attempt.request_headers is not None:
-        entry["request"], kept_apart = sent_apart(attempt.request_headers, headers_of(endpoint))
+    apart = keep_request(store, entry, attempt.request_headers, headers_of(endpoint))
     number, _ = Deliveries(store).record(
         wid,
         entry,
@@ -530,7 +526,7 @@ def send_ping(
         endpoint_id=endpoint_id,
         body=body,  # kept for the message log, like any message's
         response=attempt.response,
-        endpoint_headers=(headers_key(store, entry) or "", kept_apart or ""),
+        endpoint_headers=apart,
     )
     sent = {"headers": attempt.request_headers} if attempt.request_headers is not None else None
     return exchange({**entry, "attempt": number, "request": sent}, body, attempt.response)

@@ -57,6 +57,21 @@ def sent_apart(
     )
 
 
+def keep_request(
+    store: Store,
+    entry: dict[str, Any],
+    sent: Mapping[str, str] | None,
+    endpoint_headers: Mapping[str, str],
+) -> tuple[str, str]:
+    """Put the request an attempt sent (``sent``: its headers; None: it sent nothing)
+    into its ``entry``, which names its endpoint if it has one; returns where and what
+    of the endpoint's headers to keep apart, for ``Deliveries.record`` ("": nothing)."""
+    if sent is None:
+        return "", ""
+    entry["request"], kept = sent_apart(sent, endpoint_headers)
+    return headers_key(store, entry) or "", kept or ""
+
+
 def _digest(headers: Mapping[str, str]) -> str:
     """Names a set of headers and values, whatever their order (PostgreSQL's JSONB keeps
     none: ``rebuilt`` compares with the endpoint's row)."""
