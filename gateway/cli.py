@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from config import Settings, SettingsError
-from gateway.dev import DEV_DATABASE, OLD_SECRET_KEY, dev, dev_database_url, read_dev_state
+from gateway.dev import DEV_DATABASE, dev, dev_database_url, kept_secret_key, read_dev_state
 from gateway.launch import Child, supervise
 from jobgate.connections import answers
 
@@ -36,9 +36,7 @@ def cli_settings(environ: Mapping[str, str] | None = None) -> Settings:
             environ["JOBGATE_DATABASE_URL"] = url
             if state.get("redis_url") and not environ.get("REDIS_URL"):
                 environ["REDIS_URL"] = state["redis_url"]
-            kept = state.get("secret_key") or (
-                OLD_SECRET_KEY.read_text().strip() if OLD_SECRET_KEY.exists() else ""
-            )
+            kept = kept_secret_key(state)
             if kept and not environ.get("JOBGATE_SECRET_KEY"):
                 environ["JOBGATE_SECRET_KEY"] = kept
             from sqlalchemy.engine import make_url

@@ -109,17 +109,21 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def dev_secret_key(state: Mapping[str, Any]) -> str:
-    """``jobgate dev``'s JOBGATE_SECRET_KEY: the one it kept (``state``), else a new one
-    (``dev`` keeps it before sealing anything), so what it sealed opens after a restart."""
-    from jobgate.sealing import generate_key
-
+def kept_secret_key(state: Mapping[str, Any]) -> str:
+    """The JOBGATE_SECRET_KEY ``jobgate dev`` kept (``state``, or an older
+    .jobgate-dev/secret-key); "" if none."""
     kept = state.get("secret_key")
     if isinstance(kept, str) and kept:
         return kept
-    if OLD_SECRET_KEY.exists():
-        return OLD_SECRET_KEY.read_text().strip()
-    return generate_key()
+    return OLD_SECRET_KEY.read_text().strip() if OLD_SECRET_KEY.exists() else ""
+
+
+def dev_secret_key(state: Mapping[str, Any]) -> str:
+    """``jobgate dev``'s JOBGATE_SECRET_KEY: the one it kept, else a new one (``dev``
+    keeps it before sealing anything), so what it sealed opens after a restart."""
+    from jobgate.sealing import generate_key
+
+    return kept_secret_key(state) or generate_key()
 
 
 def dev_environment(
