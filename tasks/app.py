@@ -184,15 +184,7 @@ class JobTask(Task):
                 job_id, end.get("revoke_reason") or "revoked", request=self.request
             )
         fields = {k: v for k, v in end.items() if k != "status"}
-        lifecycle.finish_job_retrying(
-            self.app.messenger,
-            self.app.store,
-            job_id,
-            end["status"],
-            db=self.app.database,
-            celery_meta=meta,
-            **fields,
-        )
+        self._finish(job_id, end["status"], celery_meta=meta, **fields)
         raise JobRevoked(f"job {job_id} already ended {end['status']}")
 
     def _end_worker_lost(self, job_id: str, runs: int) -> None:
@@ -205,14 +197,7 @@ class JobTask(Task):
         error = f"worker_lost: the worker running this job died, and {why}."
         log.warning("job %s: %s", job_id, error, extra={"job_id": job_id})
         self.backend.mark_as_failure(job_id, WorkerLostError(error), request=self.request)
-        lifecycle.finish_job_retrying(
-            self.app.messenger,
-            self.app.store,
-            job_id,
-            "FAILURE",
-            db=self.app.database,
-            error=error,
-        )
+        self._finish(job_id, "FAILURE", error=error)
         raise JobRevoked(f"job {job_id} ended as worker_lost")
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
@@ -224,46 +209,28 @@ class JobTask(Task):
             error = f"the task's result could not be encoded as JSON: {exc}"
             log.warning("job %s: %s", task_id, error, extra={"job_id": task_id})
             self.backend.mark_as_failure(task_id, exc, request=self.request)
-            lifecycle.finish_job_retrying(
-                self.app.messenger,
-                self.app.store,
-                task_id,
-                "FAILURE",
-                db=self.app.database,
-                error=error,
-                **self._run_fields(),
-            )
+            self._finish(task_id, "FAILURE", error=error, **self._run_fields())
             return
-        lifecycle.finish_job_retrying(
-            self.app.messenger,
-            self.app.store,
-            task_id,
-            "SUCCESS",
-            db=self.app.database,
-            celery_meta=meta,
-            result=retval,
-            **self._run_fields(),
-        )
+        self._finish(task_id, "SUCCESS", celery_meta=meta, result=retval, **self._run_fields())
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         # Celery stored the FAILURE meta itself (store_errors_even_if_ignored).
-        ended = lifecycle.finish_job_retrying(
-            self.app.messenger,
-            self.app.store,
-            task_id,
-            "FAILURE",
-            db=self.app.database,
-            error=error_message(exc),
-            **self._run_fields(),
-        )
+        ended = self._finish(task_id, "FAILURE", error=error_message(exc), **self._run_fields())
         if not ended:
             # Revoked (terminate=false) while it ran, and it raised before its next report:
             # Celery's FAILURE must not stand against the REVOKED the job has.
             record = self.app.store.job(task_id) or {}
             if record.get("status") == "REVOKED":
                 self._mark_revoked(record)
+
+    def _finish(self, job_id: str, status: str, **fields: Any) -> bool:
+        """Record the job's end (committed, then announced), retrying a lost connection."""
+        app = self.app
+        return lifecycle.finish_job_retrying(
+            app.messenger, app.store, job_id, status, db=app.database, **fields
+        )
 
     def _mark_revoked(self, record: dict[str, Any]) -> None:
         """Celery's REVOKED meta for this job, as Celery writes it for its own revokes."""
