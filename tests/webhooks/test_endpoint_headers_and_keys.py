@@ -216,7 +216,10 @@ def test_one_partners_headers_are_bounded_per_endpoint_and_kept_out_of_the_fan_o
     store = world.svc.store
     for endpoint in endpoints:
         mirror = store.key("endpoint", endpoint["id"])
-        assert store.redis.memory_usage(mirror) < MAX_HEADERS_BYTES + 2048
+        # Counted whole (SAMPLES 0): Redis's default estimate samples 5 fields of a hash
+        # and extrapolates, so it read ~2x or ~0.5x by where the headers field fell in a
+        # server's hash order. The headers' JSON (~4.2 KB) sits in jemalloc's 5 KiB class.
+        assert store.redis.memory_usage(mirror, samples=0) < MAX_HEADERS_BYTES + 3072
     listed = world.svc.registry.for_partner(partner["id"])
     assert len(listed) == 3 and all("headers" not in e for e in listed)
     assert sum(len(json.dumps(e)) for e in listed) < 3 * 1024
