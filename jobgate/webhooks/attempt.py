@@ -227,7 +227,7 @@ def _claim(
     """The attempt claimed with what it reads; None when there is nothing to send now
     (unknown kind, deferred, taken)."""
     settings, store = sender.settings, sender.store
-    task_id, args, kwargs = task
+    task_id = task[0]
     lease = settings.webhook_timeout + CLAIM_MARGIN
     subject = SUBJECTS.get(call.kind)
     if subject is None:  # unknown kind: nothing to send, but take the attempt as before
@@ -244,9 +244,7 @@ def _claim(
         node=sender.node,
         task_id=task_id,
         owner=("endpoint_id", "endpoint") if call.kind == MESSAGE else ("partner_id", "partner"),
-        due_entry=due_entry(
-            DELIVER_TASK, task_id, queue=sender.messenger.webhooks_queue, args=args, kwargs=kwargs
-        ),
+        due_entry=_due_entry(sender.messenger, task),
     )
     if isinstance(begun, Begun):
         return begun
@@ -372,14 +370,8 @@ def _record(
     following = None
     if delay is not None:
         # Scheduled in the script that records this attempt: never one without the other.
-        next_id, args, kwargs = call.task(call.retry + 1)
-        following = (
-            next_id,
-            time.time() + delay,
-            due_entry(
-                DELIVER_TASK, next_id, queue=messenger.webhooks_queue, args=args, kwargs=kwargs
-            ),
-        )
+        next_task = call.task(call.retry + 1)
+        following = (next_task[0], time.time() + delay, _due_entry(messenger, next_task))
     number, woken = books.record(
         call.subject_id,
         entry,
@@ -453,6 +445,15 @@ def _record(
     return entry
 
 
+def _due_entry(messenger: Messenger, task: tuple[str, list[Any], dict[str, Any]]) -> str:
+    """The due-set entry (``jobgate.due.entry``) that queues ``task`` (task id, args,
+    kwargs: ``Call.task``) on the webhooks queue."""
+    task_id, args, kwargs = task
+    return due_entry(
+        DELIVER_TASK, task_id, queue=messenger.webhooks_queue, args=args, kwargs=kwargs
+    )
+
+
 def _outcome_before(books: Deliveries, subject_id: str) -> str | None:
     """The outcome of the attempt before the last one recorded (None if none)."""
     raw = books.redis.lindex(books.log_key(subject_id), -2)
@@ -468,15 +469,15 @@ def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str, ev
     the delivery ended (delivered, or failed), a fresh retry chain starts.
     """
     chain = "r" + uuid.uuid4().hex[:12]
-    task_id, args, kwargs = delivery_call(kind, subject_id, event, chain, 0)
-    queue = messenger.webhooks_queue
+    task = delivery_call(kind, subject_id, event, chain, 0)
+    task_id, args, kwargs = task
     now = time.time()
     found, entry = Deliveries(store).redeliver(
         subject_id,
         event,
         kind,
         first=delivery_task_id(kind, subject_id, event, AUTO_CHAIN, 0),
-        new=(task_id, due_entry(DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs)),
+        new=(task_id, _due_entry(messenger, task)),
         now=now,
     )
     if found == "due":
