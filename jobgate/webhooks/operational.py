@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Protocol, cast
@@ -152,37 +152,28 @@ def publish(store: Store, messenger: Messenger, db: Database, event: Announcemen
     """Hand a committed event to Redis: its record and body (the row's: the first commit
     wins), and its fan-out step, marked open in the same transaction as the record (the
     sweeper sends a step whose message went missing)."""
-    found = db.read(select(OperationalEvent.body).where(OperationalEvent.op_id == event.op_id))
-    body = found[0][0] if found else event.body
-    _to_redis(store, messenger, event.op_id, event.partner_id, event.event, event.exclude, body)
+    body = body_of(db, event.op_id)
+    _to_redis(store, messenger, event if body is None else replace(event, body=body))
 
 
-def _to_redis(
-    store: Store,
-    messenger: Messenger,
-    op: str,
-    partner_id: str,
-    event: str,
-    exclude: str,
-    body: str,
-) -> None:
-    parsed = json.loads(body)
+def _to_redis(store: Store, messenger: Messenger, event: Announcement) -> None:
+    parsed = json.loads(event.body)
     record = {
-        "op_id": op,
-        "partner_id": partner_id,
-        "event": event,
-        "exclude": exclude,
+        "op_id": event.op_id,
+        "partner_id": event.partner_id,
+        "event": event.event,
+        "exclude": event.exclude,
         "occurred_at": parsed["timestamp"],
         "data": json.dumps(parsed["data"], separators=(",", ":"), default=str),
     }
-    books = Deliveries(store)
-    key = store.key(OPERATIONAL_SUBJECT, op)
+    key = store.key(OPERATIONAL_SUBJECT, event.op_id)
     pipe = store.redis.pipeline()
     pipe.hset(key, mapping=cast(Any, record))
     pipe.expire(key, store.retention)
-    pipe.set(books.body_key(op, event), body, ex=store.retention, nx=True)
+    body_key = Deliveries(store).body_key(event.op_id, event.event)
+    pipe.set(body_key, event.body, ex=store.retention, nx=True)
     pipe.execute()
-    enqueue_fan_out(store, messenger, OPERATIONAL_SUBJECT, op, event)
+    enqueue_fan_out(store, messenger, OPERATIONAL_SUBJECT, event.op_id, event.event)
 
 
 def announce(
@@ -245,9 +236,8 @@ def relay(store: Store, db: Database, messenger: Messenger, *, older_than: float
             pipe.exists(store.key(OPERATIONAL_SUBJECT, row.op_id))
         for row, there in zip(page, pipe.execute(), strict=True):
             if not there:
-                _to_redis(
-                    store, messenger, row.op_id, row.partner_id, row.event, row.exclude, row.body
-                )
+                event = Announcement(row.op_id, row.partner_id, row.event, row.body, row.exclude)
+                _to_redis(store, messenger, event)
                 restored += 1
                 log.warning("operational: gave Redis back %s %s", row.event, row.op_id)
         after = page[-1].op_id
