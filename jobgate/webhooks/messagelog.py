@@ -171,6 +171,9 @@ def joined(
     lost = [
         (subject, entry) for subject, entry, body, answer in found if _missing(entry, body, answer)
     ]
+    kept_bodies: dict[str, str] = {}
+    kept_responses: dict[tuple[str, int], dict[str, Any]] = {}
+    kept_requests: dict[tuple[str, int], dict[str, Any]] = {}
     if lost and db is not None:
         from jobgate import history
 
@@ -178,33 +181,19 @@ def joined(
             kept_bodies, kept_responses, kept_requests = history.exchanges(db, lost)
         except SQLAlchemyError:  # the attempts still read (from Redis), without these
             log.warning("the message log could not read the database", exc_info=True)
-            kept_bodies, kept_responses, kept_requests = {}, {}, {}
-
-        def completed(subject: str, entry: dict[str, Any]) -> dict[str, Any]:
-            number = int(entry.get("attempt") or 0)
-            if "endpoint_headers" in (entry.get("request") or {}):
-                archived = kept_requests.get((subject, number))
-                if archived is not None:
-                    return {**entry, "request": archived}
-            return entry
-
-        found = [
-            (
-                subject,
-                completed(subject, entry),
-                body if body is not None else kept_bodies.get(str(entry.get("webhook_id"))),
-                answer
-                if answer is not None
-                else kept_responses.get((subject, int(entry.get("attempt") or 0))),
-            )
-            for subject, entry, body, answer in found
-        ]
-    # Headers kept apart that neither Redis nor the database holds: jobgate's own only.
-    found = [
-        (subject, with_endpoint_headers(entry, None), body, answer)
-        for subject, entry, body, answer in found
-    ]
-    return [exchange(entry, body, answer) for _, entry, body, answer in found]
+    shown = []
+    for subject, entry, body, answer in found:
+        number = int(entry.get("attempt") or 0)
+        archived = kept_requests.get((subject, number))
+        if "endpoint_headers" in (entry.get("request") or {}) and archived is not None:
+            entry = {**entry, "request": archived}
+        if body is None:
+            body = kept_bodies.get(str(entry.get("webhook_id")))
+        if answer is None:
+            answer = kept_responses.get((subject, number))
+        # Headers kept apart that neither Redis nor the database holds: jobgate's own only.
+        shown.append(exchange(with_endpoint_headers(entry, None), body, answer))
+    return shown
 
 
 def subject_of(entry: dict[str, Any]) -> str:
