@@ -155,12 +155,7 @@ class Endpoints:
             )
             session.add(row)
             session.flush()
-            sealed = self.store.sealer.seal(secret)
-            session.add(
-                SigningSecret(
-                    partner_id=partner_id, endpoint_id=endpoint_id, secret=sealed, created_at=now
-                )
-            )
+            self._add_secret(session, row, secret, now)
             shown = view(row)
         self._changed(partner_id, endpoint_id)
         return shown
@@ -235,14 +230,18 @@ class Endpoints:
             expire_live(
                 session, SigningSecret, SigningSecret.endpoint_id == endpoint_id, now, grace
             )
-            sealed = self.store.sealer.seal(secret)
-            session.add(
-                SigningSecret(
-                    partner_id=partner_id, endpoint_id=endpoint_id, secret=sealed, created_at=now
-                )
-            )
+            self._add_secret(session, row, secret, now)
         self._changed(partner_id, endpoint_id)
         return True
+
+    def _add_secret(self, session: Any, row: Endpoint, secret: str, now: datetime) -> None:
+        """Add ``secret`` (sealed) as the endpoint's current signing secret."""
+        sealed = self.store.sealer.seal(secret)
+        session.add(
+            SigningSecret(
+                partner_id=row.partner_id, endpoint_id=row.id, secret=sealed, created_at=now
+            )
+        )
 
     def disable(self, endpoint_id: str, reason: str) -> bool:
         """Disable an endpoint (a 410, a failing period); False if gone or already off.

@@ -24,12 +24,13 @@ given back brings the first in line forward (``jobgate/scripts/inflight.lua``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
-from jobgate.store import Store, decode_job
+from jobgate.store import Store
 
 MAX_LOG = 200  # attempts kept per subject (oldest dropped first)
 DEFERRED: Final = "deferred"  # what ``begin`` answers for an attempt that waits its turn
@@ -42,10 +43,6 @@ class Begun:
     record: dict[str, str]  # the subject's raw hash; empty if the record is gone
     body: str | None  # the stored event body, None until the first attempt stores it
     partner: dict[str, str]  # the partner's raw hash; empty if none
-
-    def job(self) -> dict[str, Any] | None:
-        """The record decoded as ``Store.job`` returns it (for job subjects)."""
-        return decode_job(self.record)
 
 
 @dataclass(frozen=True)
@@ -183,10 +180,8 @@ class Deliveries:
     def release(self, subject_id: str, token: str, task_id: str = "", partner_id: str = "") -> None:
         """Drop an attempt's claim and free its slot after it failed before being
         recorded (best effort)."""
-        try:
+        with contextlib.suppress(Exception):  # the caller re-raises the original error
             self._end(subject_id, token, "", task_id, partner_id)
-        except Exception:  # noqa: BLE001 - the caller re-raises the original error
-            pass
 
     def _end(self, subject_id: str, token: str, claim: str, task_id: str, partner_id: str) -> None:
         self.scripts["delivery_release"](

@@ -17,20 +17,15 @@ def parse_retry_after(
     value: str | None, cap: float, *, now: datetime | None = None
 ) -> float | None:
     """Parse ``Retry-After`` (delta-seconds or HTTP-date) to seconds in ``[0, cap]``, else None."""
-    if value is None:
-        return None
-    text = value.strip()
+    text = (value or "").strip()
     if not text:
         return None
-    seconds: float
     try:
         seconds = float(text)
     except ValueError:
         try:
             when = parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)  # HTTP-dates are always GMT
