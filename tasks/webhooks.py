@@ -21,21 +21,6 @@ from jobgate.webhooks.operational import after_attempt
 _TRACE_LOG = logging.getLogger("celery.app.trace")
 
 
-def attempt_once(app: Any, node: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-    """One webhook attempt for ``app``'s worker ``node`` (the message's arguments are a
-    ``jobgate.webhooks.attempt.Call``'s)."""
-    sender = Sender(
-        app.settings,
-        app.store,
-        app.messenger,
-        partner_of=app.partners.get,
-        endpoints=app.endpoints,
-        node=node,
-        operational=partial(after_attempt, app.endpoints, app.messenger),
-    )
-    return run_attempt(sender, Call(*args, **kwargs))
-
-
 class DeliveryTask(Task):
     """The delivery task's class: one result backend per process, not per thread.
 
@@ -81,9 +66,17 @@ def register(app: Celery) -> Any:
         """Deliver one webhook attempt (see jobgate.webhooks.attempt); the recorded attempt goes
         to the worker's log at INFO, without the request and the answer (the message log's:
         an endpoint's own headers may hold a receiver's credentials)."""
-        attempt = attempt_once(
-            self.app, self.request.hostname or "", kind, subject_id, event, retry=retry, chain=chain
+        app = self.app
+        sender = Sender(
+            app.settings,
+            app.store,
+            app.messenger,
+            partner_of=app.partners.get,
+            endpoints=app.endpoints,
+            node=self.request.hostname or "",
+            operational=partial(after_attempt, app.endpoints, app.messenger),
         )
+        attempt = run_attempt(sender, Call(kind, subject_id, event, retry, chain))
         if attempt is None or not _TRACE_LOG.isEnabledFor(logging.INFO):
             return None
         return {k: v for k, v in attempt.items() if k not in ("request", "response")}

@@ -17,7 +17,7 @@ from jobgate import handoff, history
 from jobgate.batches import batch_view
 from jobgate.db import Database, insert_statement
 from jobgate.db.models import Endpoint, Message
-from jobgate.endpoints import Endpoints, matches
+from jobgate.endpoints import Endpoints
 from jobgate.events import (
     MESSAGE,
     OPERATIONAL_SUBJECT,
@@ -55,11 +55,7 @@ def fan_out(
     raw = cast("dict[str, str]", store.redis.hgetall(subject.record_key(store, subject_id)))
     partner_id = raw.get("partner_id") if raw else None
     exclude = raw.get("exclude", "") if kind == OPERATIONAL_SUBJECT else ""
-    targets = [
-        e
-        for e in (registry.for_partner(partner_id) if partner_id else [])
-        if matches(e, event) and e.get("id") != exclude
-    ]
+    targets = operational.subscribers(registry, partner_id, event, exclude) if partner_id else []
     books = Deliveries(store)
     if not targets:
         store.redis.zrem(store.open_key, fan_task_id)

@@ -74,15 +74,17 @@ def op_id(*parts: str) -> str:
     return "op_" + hashlib.sha256(":".join(parts).encode()).hexdigest()[:32]
 
 
-def listeners(registry: Registry, partner_id: str, event: str, exclude: str = "") -> int:
-    """How many of the partner's endpoints subscribe to ``event`` (``exclude`` aside)."""
+def subscribers(
+    registry: Registry, partner_id: str, event: str, exclude: str = ""
+) -> list[dict[str, str]]:
+    """The partner's endpoints (mirrors) that subscribe to ``event``, ``exclude`` aside."""
     from jobgate.endpoints import matches
 
-    return sum(
-        1
+    return [
+        endpoint
         for endpoint in registry.for_partner(partner_id)
         if endpoint.get("id") != exclude and matches(endpoint, event)
-    )
+    ]
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def prepare(
     ``key``: what makes it one event (its id is derived from it)."""
     if event not in OPERATIONAL or not partner_id:
         return None
-    if not listeners(registry, partner_id, event, exclude):
+    if not subscribers(registry, partner_id, event, exclude):
         return None
     timestamp = at or utcnow()
     return Announcement(
