@@ -29,12 +29,7 @@ from sqlalchemy import func, or_, select
 
 from jobgate.db import Database
 from jobgate.db.models import Endpoint, Partner, SigningSecret
-from jobgate.events import (
-    ENDPOINT_DISABLED,
-    ENDPOINT_ENABLED,
-    OPERATIONAL,
-    event_body,
-)
+from jobgate.events import ENDPOINT_DISABLED, ENDPOINT_ENABLED, OPERATIONAL, event_body
 from jobgate.logs import loggable
 from jobgate.messages import Messenger
 from jobgate.partners import Partners, expire_live

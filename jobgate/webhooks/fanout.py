@@ -70,13 +70,7 @@ def fan_out(
         body = books.store_body(subject_id, event, built)
     occurred = json.loads(body).get("timestamp") or utcnow()
     grace = store.open_grace if messenger.inline else store.handoff_grace
-    args: list[Any] = [
-        fan_task_id,
-        store.retention,
-        time.time() + grace,
-        body,
-        time.time(),
-    ]
+    args: list[Any] = [fan_task_id, store.retention, time.time() + grace, body, time.time()]
     rows: dict[str, dict[str, Any]] = {
         endpoint["id"]: {
             "msg_id": endpoint_message_id(subject_id, event, endpoint["id"]),
@@ -102,11 +96,7 @@ def fan_out(
         envelope = ""
         if messenger.inline and msg_id not in held:
             envelope = messenger.envelope(
-                DELIVER_TASK,
-                task_id,
-                queue=messenger.webhooks_queue,
-                args=call_args,
-                kwargs=kwargs,
+                DELIVER_TASK, task_id, queue=messenger.webhooks_queue, args=call_args, kwargs=kwargs
             )
         args += [
             store.key("msg", msg_id),

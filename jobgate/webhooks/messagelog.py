@@ -136,9 +136,7 @@ def _missing(entry: dict[str, Any], body: str | None, response: Any) -> bool:
 
 
 def joined(
-    store: Store,
-    attempts: Sequence[tuple[str, dict[str, Any]]],
-    db: Any = None,
+    store: Store, attempts: Sequence[tuple[str, dict[str, Any]]], db: Any = None
 ) -> list[dict[str, Any]]:
     """Each (delivery subject id, recorded attempt) with what it sent and was answered:
     read from Redis in one round trip, and from ``db`` for the attempts whose pieces Redis

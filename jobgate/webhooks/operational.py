@@ -268,10 +268,7 @@ class Attempted:
 
 
 def after_attempt(
-    registry: Registry,
-    messenger: Messenger,
-    attempt: Attempted,
-    previous: Callable[[], str | None],
+    registry: Registry, messenger: Messenger, attempt: Attempted, previous: Callable[[], str | None]
 ) -> str | None:
     """Announce what the attempt changed of its message: ``failing`` (its 4th failed
     attempt), ``exhausted`` (its last failed: no attempt follows), ``recovered`` (it was
