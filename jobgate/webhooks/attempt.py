@@ -47,7 +47,7 @@ from jobgate.webhooks.http import Attempt, deliver
 from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries, Throttled
 from jobgate.webhooks.messagelog import exchange, keep_request
 from jobgate.webhooks.operational import Attempted
-from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
+from jobgate.webhooks.policy import plan
 from jobgate.webhooks.throttle import pause, pauses
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,6 @@ def post(
         ports=settings.callback_ports,
         dns_timeout=settings.callback_dns_timeout,
         user_agent=USER_AGENT,
-        retry_after_cap=RETRY_AFTER_CAP,
         headers=headers,
         traceparent=traceparent,
     )
@@ -226,9 +225,8 @@ def _claim(
 ) -> Begun | None:
     """The attempt claimed with what it reads; None when there is nothing to send now
     (unknown kind, deferred, taken)."""
-    settings, store = sender.settings, sender.store
     task_id = task[0]
-    lease = settings.webhook_timeout + CLAIM_MARGIN
+    lease = sender.settings.webhook_timeout + CLAIM_MARGIN
     subject = SUBJECTS.get(call.kind)
     if subject is None:  # unknown kind: nothing to send, but take the attempt as before
         log.warning("unknown webhook subject kind %r for %s", call.kind, call.subject_id)
@@ -240,7 +238,7 @@ def _claim(
         call.token,
         lease,
         call.event,
-        subject.record_key(store, call.subject_id),
+        subject.record_key(sender.store, call.subject_id),
         node=sender.node,
         task_id=task_id,
         owner=("endpoint_id", "endpoint") if call.kind == MESSAGE else ("partner_id", "partner"),

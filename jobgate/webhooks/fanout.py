@@ -184,13 +184,8 @@ def keep_messages(db: Database, rows: list[dict[str, Any]]) -> set[str]:
     columns = [column.name for column in Message.__table__.c]
     db.write(_keep_statement(), [{name: row[name] for name in columns} for row in rows])
     ids = [row["msg_id"] for row in rows]
-    return {
-        msg_id
-        for msg_id, held in db.read(
-            select(Message.msg_id, Message.held).where(Message.msg_id.in_(ids))
-        )
-        if held
-    }
+    query = select(Message.msg_id).where(Message.msg_id.in_(ids), Message.held.is_(True))
+    return {msg_id for (msg_id,) in db.read(query)}
 
 
 @cache
@@ -268,16 +263,15 @@ def message_summaries(store: Store, subject_id: str) -> list[dict[str, Any]]:
         pipe.hmget(store.key("msg", msg_id), "endpoint_id", "event", "held")
         pipe.hmget(store.key("webhook", msg_id), "state", "attempts")
     values = pipe.execute()
-    found = []
-    for index, msg_id in enumerate(ids):
-        (endpoint_id, event, held), (state, count) = values[2 * index], values[2 * index + 1]
-        found.append(
-            {
-                "webhook_id": msg_id,
-                "endpoint_id": endpoint_id,
-                "event": event,
-                "state": state or ("held" if held else "pending"),
-                "attempts": int(count or 0),
-            }
+    return [
+        {
+            "webhook_id": msg_id,
+            "endpoint_id": endpoint_id,
+            "event": event,
+            "state": state or ("held" if held else "pending"),
+            "attempts": int(count or 0),
+        }
+        for msg_id, (endpoint_id, event, held), (state, count) in zip(
+            ids, values[::2], values[1::2], strict=True
         )
-    return found
+    ]

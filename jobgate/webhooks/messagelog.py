@@ -144,22 +144,21 @@ def joined(
     if not attempts:
         return []
     books = Deliveries(store)
-    body_keys = list(
+    # Each message's body, and each set of an endpoint's headers kept apart, read once.
+    keys = list(
         dict.fromkeys(
-            books.body_key(subject, str(entry.get("event"))) for subject, entry in attempts
+            [books.body_key(subject, str(entry.get("event"))) for subject, entry in attempts]
+            + [key for _, entry in attempts if (key := headers_key(store, entry))]
         )
-    )
-    header_keys = list(
-        dict.fromkeys(key for _, entry in attempts if (key := headers_key(store, entry)))
     )
     pipe = store.redis.pipeline(transaction=False)
     for subject, entry in attempts:
         pipe.hget(books.responses_key(subject), str(entry.get("attempt")))
-    for key in body_keys + header_keys:
+    for key in keys:
         pipe.get(key)
     replies = pipe.execute()
     responses = replies[: len(attempts)]
-    bodies = dict(zip(body_keys + header_keys, replies[len(attempts) :], strict=True))
+    bodies = dict(zip(keys, replies[len(attempts) :], strict=True))
     found: list[tuple[str, dict[str, Any], str | None, dict[str, Any] | None]] = []
     for (subject, entry), raw in zip(attempts, responses, strict=True):
         body = bodies.get(books.body_key(subject, str(entry.get("event"))))
