@@ -9,7 +9,6 @@ from typing import Any
 
 from celery import Celery, Task
 
-from jobgate.events import fan_out_task_id
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK
 from jobgate.webhooks.attempt import Call, Sender, run_attempt
 from jobgate.webhooks.fanout import fan_out
@@ -86,14 +85,6 @@ def register(app: Celery) -> Any:
         """Queue ``event`` to every matching endpoint of the subject's partner, once
         (see jobgate.webhooks.fanout.fan_out)."""
         app = self.app
-        return fan_out(
-            app.store,
-            app.messenger,
-            app.endpoints,
-            kind,
-            subject_id,
-            event,
-            fan_out_task_id(kind, subject_id, event),
-        )
+        return fan_out(app.store, app.messenger, app.endpoints, kind, subject_id, event)
 
     return deliver_webhook

@@ -26,6 +26,7 @@ from jobgate.events import (
     delivery_call,
     endpoint_message_id,
     event_body,
+    fan_out_task_id,
     job_body,
 )
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
@@ -39,18 +40,13 @@ log = logging.getLogger(__name__)
 
 
 def fan_out(
-    store: Store,
-    messenger: Messenger,
-    registry: Endpoints,
-    kind: str,
-    subject_id: str,
-    event: str,
-    fan_task_id: str,
+    store: Store, messenger: Messenger, registry: Endpoints, kind: str, subject_id: str, event: str
 ) -> list[str]:
     """Create one message per endpoint of the subject's partner whose event types match
     and queue each first attempt; idempotent. Every message is first committed as a row
     (``messages``); one to a disabled endpoint is *held*: kept, not sent, until
     ``recover``. Returns the ``webhook-id``s queued now."""
+    fan_task_id = fan_out_task_id(kind, subject_id, event)  # this step's, open until it ran
     subject = SUBJECTS[kind]
     raw = cast("dict[str, str]", store.redis.hgetall(subject.record_key(store, subject_id)))
     partner_id = raw.get("partner_id") if raw else None
