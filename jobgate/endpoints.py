@@ -421,15 +421,11 @@ class Endpoints:
         return record
 
     # ------------------------------------------------------------- delivery
-    def gone(self, endpoint_id: str) -> None:
-        """The endpoint answered ``410 Gone``: disable it."""
-        self.disable(endpoint_id, "the endpoint answered 410 Gone")
-
-    def attempted(self, endpoint_id: str, delivered: bool, now: float | None = None) -> None:
+    def attempted(self, endpoint_id: str, delivered: bool) -> None:
         """Keep the endpoint's health after an attempt: a delivery clears its failing
         period, a failure starts one (or, past ``disable_after``, disables it). One Redis
         round trip; the database only when the state changes."""
-        now = time.time() if now is None else now
+        now = time.time()
         name = self.store.key("endpoint", endpoint_id)
         pipe = self.store.redis.pipeline()
         pipe.exists(name)

@@ -60,9 +60,9 @@ class EndpointHooks(Protocol):
 
     def mirrored(self, endpoint_id: str) -> dict[str, str]: ...
 
-    def gone(self, endpoint_id: str) -> None: ...
+    def disable(self, endpoint_id: str, reason: str) -> bool: ...
 
-    def attempted(self, endpoint_id: str, delivered: bool, now: float | None = None) -> None: ...
+    def attempted(self, endpoint_id: str, delivered: bool) -> None: ...
 
 
 def endpoint_gone(
@@ -83,7 +83,7 @@ def endpoint_gone(
     so for it this only logs.
     """
     if endpoint_id and registry is not None:
-        registry.gone(endpoint_id)
+        registry.disable(endpoint_id, "the endpoint answered 410 Gone")
     log.warning(
         "webhook endpoint gone (410) for %s %s: %s (partner %s); not retried",
         kind,
