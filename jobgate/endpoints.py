@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from redis.exceptions import WatchError
 from sqlalchemy import func, or_, select
@@ -35,9 +35,7 @@ from jobgate.messages import Messenger
 from jobgate.partners import Partners, expire_live
 from jobgate.store import Store
 from jobgate.times import aware, iso_time, now_utc, utcnow
-
-if TYPE_CHECKING:
-    from jobgate.webhooks.operational import Announcement
+from jobgate.webhooks import operational
 
 log = logging.getLogger(__name__)
 
@@ -256,14 +254,12 @@ class Endpoints:
 
     def _announcement(
         self, session: Any, row: Endpoint, event: str, by: str
-    ) -> Announcement | None:
+    ) -> operational.Announcement | None:
         """The ``endpoint.*`` event of the change ``row`` holds, committed in ``session``
         (with the change: both or neither), if any other endpoint of the partner listens
         (the disabled one itself never gets its own disabling)."""
         if self.messenger is None:
             return None
-        from jobgate.webhooks import operational
-
         endpoint = {"id": row.id, "url": loggable(row.url)}  # no token to other receivers
         if event == ENDPOINT_DISABLED:
             at = iso_time(row.disabled_at) or utcnow()
@@ -289,13 +285,11 @@ class Endpoints:
             operational.commit(self.db, self.store.prefix, found, session)
         return found
 
-    def _publish(self, announcement: Announcement | None) -> None:
+    def _publish(self, announcement: operational.Announcement | None) -> None:
         """Hand a committed ``endpoint.*`` event to Redis (the relay does it should this
         fail: its row is committed)."""
         if announcement is None or self.messenger is None:
             return
-        from jobgate.webhooks import operational
-
         try:
             operational.publish(self.store, self.messenger, self.db, announcement)
         except Exception:  # noqa: BLE001 - committed: the relay hands it over later

@@ -29,6 +29,7 @@ from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
 from jobgate.due import wake
 from jobgate.endpoint_headers import headers_of
+from jobgate.endpoints import ping_body
 from jobgate.events import (
     MESSAGE,
     SUBJECTS,
@@ -493,8 +494,6 @@ def send_ping(
 ) -> dict[str, Any]:
     """Send a signed ``ping`` event to an endpoint now (no retry) and log it among the
     endpoint's attempts; returns the attempt. ``endpoint`` is its mirror hash."""
-    from jobgate.endpoints import ping_body
-
     wid, body = ping_body(endpoint_id)
     at = utcnow()
     secrets = secrets_of(endpoint, sealer=store.sealer)
