@@ -95,30 +95,22 @@ def endpoint_gone(
     )
 
 
-def post(
-    settings: Settings,
-    url: str,
-    body: str,
-    wid: str,
-    secrets: list[str],
-    headers: dict[str, str] | None = None,
-    traceparent: str | None = None,
-) -> Attempt:
-    """One signed POST of ``body`` under ``settings``' timeout and SSRF rules, with an
-    endpoint's own ``headers`` and the subject's ``traceparent``."""
+def post(settings: Settings, target: Target) -> Attempt:
+    """One signed POST of the target's body under ``settings``' timeout and SSRF rules,
+    with its endpoint's own headers and, in the subject's trace, a ``traceparent``."""
     return deliver(
-        url,
-        body.encode(),
-        wid,
-        secrets,
+        target.url,
+        target.body.encode(),
+        target.webhook_id,
+        target.secrets,
         timeout=settings.webhook_timeout,
         allow_http=settings.callback_allow_http,
         allowlist=parse_allowlist(settings.callback_allowlist),
         ports=settings.callback_ports,
         dns_timeout=settings.callback_dns_timeout,
         user_agent=USER_AGENT,
-        headers=headers,
-        traceparent=traceparent,
+        headers=target.headers,
+        traceparent=tracing.outgoing(target.traceparent),
     )
 
 
@@ -174,12 +166,12 @@ class Target:
     url: str
     webhook_id: str
     body: str
-    built: str | None  # a body built now, stored with the attempt (from_record subjects)
     secrets: list[str]
-    partner_id: str
-    endpoint_id: str
-    refusal: str | None  # the endpoint's: deleted or disabled
     headers: dict[str, str]  # the endpoint's own (none for a callback_url)
+    endpoint_id: str = ""
+    partner_id: str = ""
+    built: str | None = None  # a body built now, stored with the attempt (from_record subjects)
+    refusal: str | None = None  # the endpoint's: deleted or disabled
     traceparent: str | None = None  # kept with the subject at submit (jobgate.tracing)
 
 
@@ -308,7 +300,7 @@ def _prepare(sender: Sender, call: Call, books: Deliveries, begun: Begun) -> Tar
     wid = webhook_id(call.subject_id, call.event)
     traceparent = begun.record.get("traceparent") or None
     return Target(
-        url, wid, body, built, secrets, partner_id, endpoint_id, refusal, headers, traceparent
+        url, wid, body, secrets, headers, endpoint_id, partner_id, built, refusal, traceparent
     )
 
 
@@ -319,15 +311,7 @@ def _send(sender: Sender, target: Target) -> Attempt:
     if not target.secrets:
         return Attempt("failed", None, "the partner has no webhook secret", 0, None)
     with lookups_for(target.partner_id), tracing.client_span("webhook POST", target.traceparent):
-        return post(
-            sender.settings,
-            target.url,
-            target.body,
-            target.webhook_id,
-            target.secrets,
-            target.headers,
-            tracing.outgoing(target.traceparent),
-        )
+        return post(sender.settings, target)
 
 
 def _record(
@@ -496,11 +480,11 @@ def send_ping(
     endpoint's attempts; returns the attempt. ``endpoint`` is its mirror hash."""
     wid, body = ping_body(endpoint_id)
     at = utcnow()
-    secrets = secrets_of(endpoint, sealer=store.sealer)
+    secrets, headers = secrets_of(endpoint, sealer=store.sealer), headers_of(endpoint)
     if not secrets:
         attempt = Attempt("failed", None, "the endpoint has no signing secret", 0, None)
     else:
-        attempt = post(settings, endpoint.get("url", ""), body, wid, secrets, headers_of(endpoint))
+        attempt = post(settings, Target(endpoint.get("url", ""), wid, body, secrets, headers))
     entry: dict[str, Any] = {
         "webhook_id": wid,
         "event": "ping",
@@ -515,7 +499,7 @@ def send_ping(
         "subject_kind": None,
         "subject_id": None,
     }
-    apart = keep_request(store, entry, attempt.request_headers, headers_of(endpoint))
+    apart = keep_request(store, entry, attempt.request_headers, headers)
     number, _ = Deliveries(store).record(
         wid,
         entry,
