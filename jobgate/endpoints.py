@@ -200,9 +200,8 @@ class Endpoints:
 
     def scheme(self, endpoint_id: str, owner: str | None) -> str | None:
         """The endpoint's ``signature_scheme``; None if not found (or not ``owner``'s)."""
-        with self.db.session() as session:
-            row = self._row(session, endpoint_id, owner)
-            return (row.signature_scheme or "hmac") if row is not None else None
+        shown = self.get(endpoint_id, owner)
+        return shown["signature_scheme"] if shown is not None else None
 
     def rotate_secret(
         self,
@@ -401,9 +400,8 @@ class Endpoints:
             }
             if row.failing_since is not None:
                 record["failing_since"] = str(aware(row.failing_since).timestamp())
-        current = [s for s in live if s.expires_at is None]
         rotated = [s for s in live if s.expires_at is not None]
-        record["webhook_secret"] = current[0].secret if current else ""
+        record["webhook_secret"] = next((s.secret for s in live if s.expires_at is None), "")
         record["previous_secrets"] = ",".join(s.secret for s in rotated)
         record["previous_secrets_until"] = ",".join(
             str(aware(s.expires_at).timestamp()) for s in rotated if s.expires_at

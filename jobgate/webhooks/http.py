@@ -19,6 +19,7 @@ import http.client
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import UnionType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -143,18 +144,18 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+# How the deliveries log names a transport error: the first kind it is, else its class.
+_KINDS: tuple[tuple[type | UnionType, str], ...] = (
+    (requests.exceptions.ConnectTimeout, "connect timeout"),
+    (requests.exceptions.Timeout | TimeoutError, "timeout"),
+    (requests.exceptions.SSLError, "TLS error"),
+    (requests.exceptions.ConnectionError, "connection error"),
+)
+
+
 def _describe(exc: BaseException) -> str:
     """A short, single-line description of a transport error for the deliveries log."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        kind = "connect timeout"
-    elif isinstance(exc, requests.exceptions.Timeout | TimeoutError):
-        kind = "timeout"
-    elif isinstance(exc, requests.exceptions.SSLError):
-        kind = "TLS error"
-    elif isinstance(exc, requests.exceptions.ConnectionError):
-        kind = "connection error"
-    else:
-        kind = type(exc).__name__
+    kind = next((name for kinds, name in _KINDS if isinstance(exc, kinds)), type(exc).__name__)
     detail = str(_chain(exc)[-1]).replace("\n", " ").strip()  # the innermost cause
     text = f"{kind}: {detail}" if detail else kind
     return text[:_MAX_ERROR_CHARS]

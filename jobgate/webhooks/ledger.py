@@ -84,13 +84,8 @@ class Deliveries:
     def _slot_keys(self, partner_id: str) -> list[str]:
         """The partner's in-flight set, its line of deferred attempts and its mirror ('' for
         each without a partner: no slot)."""
-        if not partner_id:
-            return ["", "", ""]
-        return [
-            self.store.key("inflight", partner_id),
-            self.store.key("deferred", partner_id),
-            self.store.key("partner", partner_id),
-        ]
+        kinds = ("inflight", "deferred", "partner")
+        return [self.store.key(kind, partner_id) if partner_id else "" for kind in kinds]
 
     # ------------------------------------------------------------------ body
     def store_body(self, subject_id: str, event: str, built: str) -> str:
