@@ -261,7 +261,7 @@ class Endpoints:
             return None
         endpoint = {"id": row.id, "url": loggable(row.url)}  # no token to other receivers
         if event == ENDPOINT_DISABLED:
-            at = iso_time(row.disabled_at) or utcnow()
+            at, exclude = iso_time(row.disabled_at) or utcnow(), row.id
             data = {
                 "endpoint": endpoint,
                 "disabled_by": by,
@@ -269,17 +269,10 @@ class Endpoints:
                 "disabled_at": at,
             }
         else:
-            at = utcnow()
+            at, exclude = utcnow(), ""
             data = {"endpoint": endpoint, "enabled_by": by, "enabled_at": at}
-        found = operational.prepare(
-            self,
-            row.partner_id,
-            event,
-            data,
-            (row.id, at),
-            exclude=row.id if event == ENDPOINT_DISABLED else "",
-            at=at,
-        )
+        key = (row.id, at)
+        found = operational.prepare(self, row.partner_id, event, data, key, exclude=exclude, at=at)
         if found is not None:
             operational.commit(self.db, self.store.prefix, found, session)
         return found

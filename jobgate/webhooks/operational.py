@@ -301,8 +301,7 @@ def attempt_data(attempt: Attempted) -> dict[str, Any]:
     callback URL as logs show it), the message, the job or batch, the last attempt."""
     if attempt.endpoint_id:
         endpoint: dict[str, Any] = {"id": attempt.endpoint_id, "url": loggable(attempt.url)}
-        kind = attempt.record.get("kind", "")
-        subject_id = attempt.record.get("subject_id", "")
+        kind, subject_id = attempt.record.get("kind", ""), attempt.record.get("subject_id", "")
     else:
         endpoint = {"callback_url": loggable(attempt.url)}
         kind, subject_id = attempt.kind, attempt.subject_id

@@ -53,11 +53,8 @@ def retry_delay(
         raise ValueError("attempt is 1-based")
     if attempt > len(delays):
         return None
-    base = float(delays[attempt - 1])
-    delay = base * (1.0 - JITTER + 2 * JITTER * rng())
-    if retry_after is not None:
-        delay = max(delay, float(retry_after))
-    return delay
+    delay = float(delays[attempt - 1]) * (1.0 - JITTER + 2 * JITTER * rng())
+    return delay if retry_after is None else max(delay, float(retry_after))
 
 
 def plan(
