@@ -63,7 +63,6 @@ class Deliveries:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.redis = store.redis
-        self.scripts = store.scripts
 
     def _key(self, subject_id: str, *parts: str) -> str:
         return self.store.key("webhook", subject_id, *parts)
@@ -92,7 +91,7 @@ class Deliveries:
         """Store ``built`` unless a body is stored already; returns the stored one (one
         script: the first writer wins, and every later attempt sends its bytes). For the
         fan-out step and batches; an attempt stores a job's body with its record."""
-        stored = self.scripts["body_store"](
+        stored = self.store.scripts["body_store"](
             keys=[self.body_key(subject_id, event)], args=[built, self.store.retention]
         )
         return cast("str", stored) if stored is not None else built
@@ -124,7 +123,7 @@ class Deliveries:
         turn (``jobgate.webhooks.throttle``): ``Throttled`` when it is later, the attempt
         waiting on the due set until then, unspent, holding no slot.
         """
-        found = self.scripts["delivery_begin"](
+        found = self.store.scripts["delivery_begin"](
             keys=[
                 self.claim_key(subject_id, token),
                 self.body_key(subject_id, event),
@@ -179,7 +178,7 @@ class Deliveries:
             self._end(subject_id, token, "", task_id, partner_id)
 
     def _end(self, subject_id: str, token: str, claim: str, task_id: str, partner_id: str) -> None:
-        self.scripts["delivery_release"](
+        self.store.scripts["delivery_release"](
             keys=[
                 self.claim_key(subject_id, token),
                 self.store.open_key,
@@ -269,7 +268,7 @@ class Deliveries:
             json.dumps(response, separators=(",", ":")) if response is not None else "",
             endpoint_headers[1],
         ]
-        number, woken = self.scripts["delivery_record"](keys=keys, args=args)
+        number, woken = self.store.scripts["delivery_record"](keys=keys, args=args)
         return int(number), list(woken)
 
     def redeliver(
@@ -288,7 +287,7 @@ class Deliveries:
         running (``first``: the automatic chain's first task id); ``("new", "")`` when the
         delivery had ended: ``new`` (task id, due entry), a new chain's first attempt, is
         marked open and pending, for the caller to send."""
-        found = self.scripts["delivery_redeliver"](
+        found = self.store.scripts["delivery_redeliver"](
             keys=[
                 self._key(subject_id),
                 self.store.due_key,

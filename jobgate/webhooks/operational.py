@@ -98,7 +98,6 @@ class Announcement:
     exclude: str = ""  # the endpoint it must not go to
 
     def row(self, keyspace: str) -> dict[str, Any]:
-        occurred = json.loads(self.body)["timestamp"]
         return {
             "op_id": self.op_id,
             "keyspace": keyspace,
@@ -106,7 +105,7 @@ class Announcement:
             "event": self.event,
             "exclude": self.exclude,
             "body": self.body,
-            "created_at": parse_time(occurred),
+            "created_at": parse_time(json.loads(self.body)["timestamp"]),
             "settled": False,
         }
 
@@ -127,10 +126,8 @@ def prepare(
         return None
     if not subscribers(registry, partner_id, event, exclude):
         return None
-    timestamp = at or utcnow()
-    return Announcement(
-        op_id(event, *key), partner_id, event, event_body(event, data, timestamp), exclude
-    )
+    body = event_body(event, data, at or utcnow())
+    return Announcement(op_id(event, *key), partner_id, event, body, exclude)
 
 
 @cache
