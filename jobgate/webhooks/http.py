@@ -241,9 +241,8 @@ def _status_error(response: requests.Response) -> str | None:
         text += " (endpoint gone: not retried)"
     if 300 <= code < 400:
         location = response.headers.get("Location")
-        text += " (redirect not followed"
-        text += f"; Location: {location}" if location else ""
-        text += ")"
+        where = f"; Location: {location}" if location else ""
+        text += f" (redirect not followed{where})"
     return text[:_MAX_ERROR_CHARS]
 
 
@@ -351,11 +350,8 @@ def deliver(
                 guard.watch(response.raw)
                 status = response.status_code
                 outcome = classify(status, None)
-                retry_after = None
-                if outcome == "retry":
-                    retry_after = parse_retry_after(
-                        response.headers.get("Retry-After"), retry_after_cap
-                    )
+                asked = response.headers.get("Retry-After") if outcome == "retry" else None
+                retry_after = parse_retry_after(asked, retry_after_cap)
                 raw, cut = b"", False
                 if status >= 200:  # a 1xx as the answer: its connection is not kept
                     with contextlib.suppress(Exception):  # the status decided the outcome
