@@ -127,12 +127,8 @@ class Endpoints:
             if session.get(Partner, partner_id, with_for_update=bool(limit)) is None:
                 return None
             if limit:
-                held = session.scalar(
-                    select(func.count())
-                    .select_from(Endpoint)
-                    .where(Endpoint.partner_id == partner_id)
-                )
-                if (held or 0) >= limit:
+                held = select(func.count(Endpoint.id)).where(Endpoint.partner_id == partner_id)
+                if (session.scalar(held) or 0) >= limit:
                     raise TooManyEndpoints(limit)
             row = Endpoint(
                 id=endpoint_id,
