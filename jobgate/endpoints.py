@@ -22,27 +22,20 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from redis.exceptions import WatchError
 from sqlalchemy import func, or_, select
 
 from jobgate.db import Database
 from jobgate.db.models import Endpoint, Partner, SigningSecret
-from jobgate.events import (
-    ENDPOINT_DISABLED,
-    ENDPOINT_ENABLED,
-    OPERATIONAL,
-    event_body,
-)
+from jobgate.events import ENDPOINT_DISABLED, ENDPOINT_ENABLED, OPERATIONAL, event_body
 from jobgate.logs import loggable
 from jobgate.messages import Messenger
 from jobgate.partners import Partners, expire_live
 from jobgate.store import Store
 from jobgate.times import aware, iso_time, now_utc, utcnow
-
-if TYPE_CHECKING:
-    from jobgate.webhooks.operational import Announcement
+from jobgate.webhooks import operational
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +127,8 @@ class Endpoints:
             if session.get(Partner, partner_id, with_for_update=bool(limit)) is None:
                 return None
             if limit:
-                held = session.scalar(
-                    select(func.count())
-                    .select_from(Endpoint)
-                    .where(Endpoint.partner_id == partner_id)
-                )
-                if (held or 0) >= limit:
+                held = select(func.count(Endpoint.id)).where(Endpoint.partner_id == partner_id)
+                if (session.scalar(held) or 0) >= limit:
                     raise TooManyEndpoints(limit)
             row = Endpoint(
                 id=endpoint_id,
@@ -155,12 +144,7 @@ class Endpoints:
             )
             session.add(row)
             session.flush()
-            sealed = self.store.sealer.seal(secret)
-            session.add(
-                SigningSecret(
-                    partner_id=partner_id, endpoint_id=endpoint_id, secret=sealed, created_at=now
-                )
-            )
+            self._add_secret(session, row, secret, now)
             shown = view(row)
         self._changed(partner_id, endpoint_id)
         return shown
@@ -212,9 +196,8 @@ class Endpoints:
 
     def scheme(self, endpoint_id: str, owner: str | None) -> str | None:
         """The endpoint's ``signature_scheme``; None if not found (or not ``owner``'s)."""
-        with self.db.session() as session:
-            row = self._row(session, endpoint_id, owner)
-            return (row.signature_scheme or "hmac") if row is not None else None
+        shown = self.get(endpoint_id, owner)
+        return shown["signature_scheme"] if shown is not None else None
 
     def rotate_secret(
         self,
@@ -235,14 +218,18 @@ class Endpoints:
             expire_live(
                 session, SigningSecret, SigningSecret.endpoint_id == endpoint_id, now, grace
             )
-            sealed = self.store.sealer.seal(secret)
-            session.add(
-                SigningSecret(
-                    partner_id=partner_id, endpoint_id=endpoint_id, secret=sealed, created_at=now
-                )
-            )
+            self._add_secret(session, row, secret, now)
         self._changed(partner_id, endpoint_id)
         return True
+
+    def _add_secret(self, session: Any, row: Endpoint, secret: str, now: datetime) -> None:
+        """Add ``secret`` (sealed) as the endpoint's current signing secret."""
+        sealed = self.store.sealer.seal(secret)
+        session.add(
+            SigningSecret(
+                partner_id=row.partner_id, endpoint_id=row.id, secret=sealed, created_at=now
+            )
+        )
 
     def disable(self, endpoint_id: str, reason: str) -> bool:
         """Disable an endpoint (a 410, a failing period); False if gone or already off.
@@ -262,17 +249,15 @@ class Endpoints:
 
     def _announcement(
         self, session: Any, row: Endpoint, event: str, by: str
-    ) -> Announcement | None:
+    ) -> operational.Announcement | None:
         """The ``endpoint.*`` event of the change ``row`` holds, committed in ``session``
         (with the change: both or neither), if any other endpoint of the partner listens
         (the disabled one itself never gets its own disabling)."""
         if self.messenger is None:
             return None
-        from jobgate.webhooks import operational
-
         endpoint = {"id": row.id, "url": loggable(row.url)}  # no token to other receivers
         if event == ENDPOINT_DISABLED:
-            at = iso_time(row.disabled_at) or utcnow()
+            at, exclude = iso_time(row.disabled_at) or utcnow(), row.id
             data = {
                 "endpoint": endpoint,
                 "disabled_by": by,
@@ -280,28 +265,19 @@ class Endpoints:
                 "disabled_at": at,
             }
         else:
-            at = utcnow()
+            at, exclude = utcnow(), ""
             data = {"endpoint": endpoint, "enabled_by": by, "enabled_at": at}
-        found = operational.prepare(
-            self,
-            row.partner_id,
-            event,
-            data,
-            (row.id, at),
-            exclude=row.id if event == ENDPOINT_DISABLED else "",
-            at=at,
-        )
+        key = (row.id, at)
+        found = operational.prepare(self, row.partner_id, event, data, key, exclude=exclude, at=at)
         if found is not None:
             operational.commit(self.db, self.store.prefix, found, session)
         return found
 
-    def _publish(self, announcement: Announcement | None) -> None:
+    def _publish(self, announcement: operational.Announcement | None) -> None:
         """Hand a committed ``endpoint.*`` event to Redis (the relay does it should this
         fail: its row is committed)."""
         if announcement is None or self.messenger is None:
             return
-        from jobgate.webhooks import operational
-
         try:
             operational.publish(self.store, self.messenger, self.db, announcement)
         except Exception:  # noqa: BLE001 - committed: the relay hands it over later
@@ -413,9 +389,8 @@ class Endpoints:
             }
             if row.failing_since is not None:
                 record["failing_since"] = str(aware(row.failing_since).timestamp())
-        current = [s for s in live if s.expires_at is None]
         rotated = [s for s in live if s.expires_at is not None]
-        record["webhook_secret"] = current[0].secret if current else ""
+        record["webhook_secret"] = next((s.secret for s in live if s.expires_at is None), "")
         record["previous_secrets"] = ",".join(s.secret for s in rotated)
         record["previous_secrets_until"] = ",".join(
             str(aware(s.expires_at).timestamp()) for s in rotated if s.expires_at
@@ -427,15 +402,11 @@ class Endpoints:
         return record
 
     # ------------------------------------------------------------- delivery
-    def gone(self, endpoint_id: str) -> None:
-        """The endpoint answered ``410 Gone``: disable it."""
-        self.disable(endpoint_id, "the endpoint answered 410 Gone")
-
-    def attempted(self, endpoint_id: str, delivered: bool, now: float | None = None) -> None:
+    def attempted(self, endpoint_id: str, delivered: bool) -> None:
         """Keep the endpoint's health after an attempt: a delivery clears its failing
         period, a failure starts one (or, past ``disable_after``, disables it). One Redis
         round trip; the database only when the state changes."""
-        now = time.time() if now is None else now
+        now = time.time()
         name = self.store.key("endpoint", endpoint_id)
         pipe = self.store.redis.pipeline()
         pipe.exists(name)

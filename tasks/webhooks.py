@@ -9,7 +9,6 @@ from typing import Any
 
 from celery import Celery, Task
 
-from jobgate.events import fan_out_task_id
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, FAN_OUT_TASK
 from jobgate.webhooks.attempt import Call, Sender, run_attempt
 from jobgate.webhooks.fanout import fan_out
@@ -19,21 +18,6 @@ from jobgate.webhooks.operational import after_attempt
 # profiles of the delivery process at WARNING): the attempt is returned only when its
 # line is logged.
 _TRACE_LOG = logging.getLogger("celery.app.trace")
-
-
-def attempt_once(app: Any, node: str, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
-    """One webhook attempt for ``app``'s worker ``node`` (the message's arguments are a
-    ``jobgate.webhooks.attempt.Call``'s)."""
-    sender = Sender(
-        app.settings,
-        app.store,
-        app.messenger,
-        partner_of=app.partners.get,
-        endpoints=app.endpoints,
-        node=node,
-        operational=partial(after_attempt, app.endpoints, app.messenger),
-    )
-    return run_attempt(sender, Call(*args, **kwargs))
 
 
 class DeliveryTask(Task):
@@ -81,9 +65,17 @@ def register(app: Celery) -> Any:
         """Deliver one webhook attempt (see jobgate.webhooks.attempt); the recorded attempt goes
         to the worker's log at INFO, without the request and the answer (the message log's:
         an endpoint's own headers may hold a receiver's credentials)."""
-        attempt = attempt_once(
-            self.app, self.request.hostname or "", kind, subject_id, event, retry=retry, chain=chain
+        app = self.app
+        sender = Sender(
+            app.settings,
+            app.store,
+            app.messenger,
+            partner_of=app.partners.get,
+            endpoints=app.endpoints,
+            node=self.request.hostname or "",
+            operational=partial(after_attempt, app.endpoints, app.messenger),
         )
+        attempt = run_attempt(sender, Call(kind, subject_id, event, retry, chain))
         if attempt is None or not _TRACE_LOG.isEnabledFor(logging.INFO):
             return None
         return {k: v for k, v in attempt.items() if k not in ("request", "response")}
@@ -93,14 +85,6 @@ def register(app: Celery) -> Any:
         """Queue ``event`` to every matching endpoint of the subject's partner, once
         (see jobgate.webhooks.fanout.fan_out)."""
         app = self.app
-        return fan_out(
-            app.store,
-            app.messenger,
-            app.endpoints,
-            kind,
-            subject_id,
-            event,
-            fan_out_task_id(kind, subject_id, event),
-        )
+        return fan_out(app.store, app.messenger, app.endpoints, kind, subject_id, event)
 
     return deliver_webhook

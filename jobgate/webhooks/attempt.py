@@ -29,6 +29,7 @@ from jobgate.due import entry as due_entry
 from jobgate.due import move as move_entries
 from jobgate.due import wake
 from jobgate.endpoint_headers import headers_of
+from jobgate.endpoints import ping_body
 from jobgate.events import (
     MESSAGE,
     SUBJECTS,
@@ -47,7 +48,7 @@ from jobgate.webhooks.http import Attempt, deliver
 from jobgate.webhooks.ledger import DEFERRED, Begun, Deliveries, Throttled
 from jobgate.webhooks.messagelog import exchange, keep_request
 from jobgate.webhooks.operational import Attempted
-from jobgate.webhooks.policy import RETRY_AFTER_CAP, plan
+from jobgate.webhooks.policy import plan
 from jobgate.webhooks.throttle import pause, pauses
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,9 @@ class EndpointHooks(Protocol):
 
     def mirrored(self, endpoint_id: str) -> dict[str, str]: ...
 
-    def gone(self, endpoint_id: str) -> None: ...
+    def disable(self, endpoint_id: str, reason: str) -> bool: ...
 
-    def attempted(self, endpoint_id: str, delivered: bool, now: float | None = None) -> None: ...
+    def attempted(self, endpoint_id: str, delivered: bool) -> None: ...
 
 
 def endpoint_gone(
@@ -83,7 +84,7 @@ def endpoint_gone(
     so for it this only logs.
     """
     if endpoint_id and registry is not None:
-        registry.gone(endpoint_id)
+        registry.disable(endpoint_id, "the endpoint answered 410 Gone")
     log.warning(
         "webhook endpoint gone (410) for %s %s: %s (partner %s); not retried",
         kind,
@@ -94,31 +95,22 @@ def endpoint_gone(
     )
 
 
-def post(
-    settings: Settings,
-    url: str,
-    body: str,
-    wid: str,
-    secrets: list[str],
-    headers: dict[str, str] | None = None,
-    traceparent: str | None = None,
-) -> Attempt:
-    """One signed POST of ``body`` under ``settings``' timeout and SSRF rules, with an
-    endpoint's own ``headers`` and the subject's ``traceparent``."""
+def post(settings: Settings, target: Target) -> Attempt:
+    """One signed POST of the target's body under ``settings``' timeout and SSRF rules,
+    with its endpoint's own headers and, in the subject's trace, a ``traceparent``."""
     return deliver(
-        url,
-        body.encode(),
-        wid,
-        secrets,
+        target.url,
+        target.body.encode(),
+        target.webhook_id,
+        target.secrets,
         timeout=settings.webhook_timeout,
         allow_http=settings.callback_allow_http,
         allowlist=parse_allowlist(settings.callback_allowlist),
         ports=settings.callback_ports,
         dns_timeout=settings.callback_dns_timeout,
         user_agent=USER_AGENT,
-        retry_after_cap=RETRY_AFTER_CAP,
-        headers=headers,
-        traceparent=traceparent,
+        headers=target.headers,
+        traceparent=tracing.outgoing(target.traceparent),
     )
 
 
@@ -174,12 +166,12 @@ class Target:
     url: str
     webhook_id: str
     body: str
-    built: str | None  # a body built now, stored with the attempt (from_record subjects)
     secrets: list[str]
-    partner_id: str
-    endpoint_id: str
-    refusal: str | None  # the endpoint's: deleted or disabled
     headers: dict[str, str]  # the endpoint's own (none for a callback_url)
+    endpoint_id: str = ""
+    partner_id: str = ""
+    built: str | None = None  # a body built now, stored with the attempt (from_record subjects)
+    refusal: str | None = None  # the endpoint's: deleted or disabled
     traceparent: str | None = None  # kept with the subject at submit (jobgate.tracing)
 
 
@@ -226,9 +218,8 @@ def _claim(
 ) -> Begun | None:
     """The attempt claimed with what it reads; None when there is nothing to send now
     (unknown kind, deferred, taken)."""
-    settings, store = sender.settings, sender.store
-    task_id, args, kwargs = task
-    lease = settings.webhook_timeout + CLAIM_MARGIN
+    task_id = task[0]
+    lease = sender.settings.webhook_timeout + CLAIM_MARGIN
     subject = SUBJECTS.get(call.kind)
     if subject is None:  # unknown kind: nothing to send, but take the attempt as before
         log.warning("unknown webhook subject kind %r for %s", call.kind, call.subject_id)
@@ -240,13 +231,11 @@ def _claim(
         call.token,
         lease,
         call.event,
-        subject.record_key(store, call.subject_id),
+        subject.record_key(sender.store, call.subject_id),
         node=sender.node,
         task_id=task_id,
         owner=("endpoint_id", "endpoint") if call.kind == MESSAGE else ("partner_id", "partner"),
-        due_entry=due_entry(
-            DELIVER_TASK, task_id, queue=sender.messenger.webhooks_queue, args=args, kwargs=kwargs
-        ),
+        due_entry=_due_entry(sender.messenger, task),
     )
     if isinstance(begun, Begun):
         return begun
@@ -311,7 +300,7 @@ def _prepare(sender: Sender, call: Call, books: Deliveries, begun: Begun) -> Tar
     wid = webhook_id(call.subject_id, call.event)
     traceparent = begun.record.get("traceparent") or None
     return Target(
-        url, wid, body, built, secrets, partner_id, endpoint_id, refusal, headers, traceparent
+        url, wid, body, secrets, headers, endpoint_id, partner_id, built, refusal, traceparent
     )
 
 
@@ -322,15 +311,7 @@ def _send(sender: Sender, target: Target) -> Attempt:
     if not target.secrets:
         return Attempt("failed", None, "the partner has no webhook secret", 0, None)
     with lookups_for(target.partner_id), tracing.client_span("webhook POST", target.traceparent):
-        return post(
-            sender.settings,
-            target.url,
-            target.body,
-            target.webhook_id,
-            target.secrets,
-            target.headers,
-            tracing.outgoing(target.traceparent),
-        )
+        return post(sender.settings, target)
 
 
 def _record(
@@ -372,14 +353,8 @@ def _record(
     following = None
     if delay is not None:
         # Scheduled in the script that records this attempt: never one without the other.
-        next_id, args, kwargs = call.task(call.retry + 1)
-        following = (
-            next_id,
-            time.time() + delay,
-            due_entry(
-                DELIVER_TASK, next_id, queue=messenger.webhooks_queue, args=args, kwargs=kwargs
-            ),
-        )
+        next_task = call.task(call.retry + 1)
+        following = (next_task[0], time.time() + delay, _due_entry(messenger, next_task))
     number, woken = books.record(
         call.subject_id,
         entry,
@@ -453,6 +428,15 @@ def _record(
     return entry
 
 
+def _due_entry(messenger: Messenger, task: tuple[str, list[Any], dict[str, Any]]) -> str:
+    """The due-set entry (``jobgate.due.entry``) that queues ``task`` (task id, args,
+    kwargs: ``Call.task``) on the webhooks queue."""
+    task_id, args, kwargs = task
+    return due_entry(
+        DELIVER_TASK, task_id, queue=messenger.webhooks_queue, args=args, kwargs=kwargs
+    )
+
+
 def _outcome_before(books: Deliveries, subject_id: str) -> str | None:
     """The outcome of the attempt before the last one recorded (None if none)."""
     raw = books.redis.lindex(books.log_key(subject_id), -2)
@@ -468,15 +452,15 @@ def redeliver(store: Store, messenger: Messenger, kind: str, subject_id: str, ev
     the delivery ended (delivered, or failed), a fresh retry chain starts.
     """
     chain = "r" + uuid.uuid4().hex[:12]
-    task_id, args, kwargs = delivery_call(kind, subject_id, event, chain, 0)
-    queue = messenger.webhooks_queue
+    task = delivery_call(kind, subject_id, event, chain, 0)
+    task_id, args, kwargs = task
     now = time.time()
     found, entry = Deliveries(store).redeliver(
         subject_id,
         event,
         kind,
         first=delivery_task_id(kind, subject_id, event, AUTO_CHAIN, 0),
-        new=(task_id, due_entry(DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs)),
+        new=(task_id, _due_entry(messenger, task)),
         now=now,
     )
     if found == "due":
@@ -494,15 +478,13 @@ def send_ping(
 ) -> dict[str, Any]:
     """Send a signed ``ping`` event to an endpoint now (no retry) and log it among the
     endpoint's attempts; returns the attempt. ``endpoint`` is its mirror hash."""
-    from jobgate.endpoints import ping_body
-
     wid, body = ping_body(endpoint_id)
     at = utcnow()
-    secrets = secrets_of(endpoint, sealer=store.sealer)
+    secrets, headers = secrets_of(endpoint, sealer=store.sealer), headers_of(endpoint)
     if not secrets:
         attempt = Attempt("failed", None, "the endpoint has no signing secret", 0, None)
     else:
-        attempt = post(settings, endpoint.get("url", ""), body, wid, secrets, headers_of(endpoint))
+        attempt = post(settings, Target(endpoint.get("url", ""), wid, body, secrets, headers))
     entry: dict[str, Any] = {
         "webhook_id": wid,
         "event": "ping",
@@ -517,7 +499,7 @@ def send_ping(
         "subject_kind": None,
         "subject_id": None,
     }
-    apart = keep_request(store, entry, attempt.request_headers, headers_of(endpoint))
+    apart = keep_request(store, entry, attempt.request_headers, headers)
     number, _ = Deliveries(store).record(
         wid,
         entry,

@@ -17,7 +17,7 @@ from jobgate import handoff, history
 from jobgate.batches import batch_view
 from jobgate.db import Database, insert_statement
 from jobgate.db.models import Endpoint, Message
-from jobgate.endpoints import Endpoints, matches
+from jobgate.endpoints import Endpoints
 from jobgate.events import (
     MESSAGE,
     OPERATIONAL_SUBJECT,
@@ -26,6 +26,7 @@ from jobgate.events import (
     delivery_call,
     endpoint_message_id,
     event_body,
+    fan_out_task_id,
     job_body,
 )
 from jobgate.messages import AUTO_CHAIN, DELIVER_TASK, Messenger
@@ -39,27 +40,18 @@ log = logging.getLogger(__name__)
 
 
 def fan_out(
-    store: Store,
-    messenger: Messenger,
-    registry: Endpoints,
-    kind: str,
-    subject_id: str,
-    event: str,
-    fan_task_id: str,
+    store: Store, messenger: Messenger, registry: Endpoints, kind: str, subject_id: str, event: str
 ) -> list[str]:
     """Create one message per endpoint of the subject's partner whose event types match
     and queue each first attempt; idempotent. Every message is first committed as a row
     (``messages``); one to a disabled endpoint is *held*: kept, not sent, until
     ``recover``. Returns the ``webhook-id``s queued now."""
+    fan_task_id = fan_out_task_id(kind, subject_id, event)  # this step's, open until it ran
     subject = SUBJECTS[kind]
     raw = cast("dict[str, str]", store.redis.hgetall(subject.record_key(store, subject_id)))
     partner_id = raw.get("partner_id") if raw else None
     exclude = raw.get("exclude", "") if kind == OPERATIONAL_SUBJECT else ""
-    targets = [
-        e
-        for e in (registry.for_partner(partner_id) if partner_id else [])
-        if matches(e, event) and e.get("id") != exclude
-    ]
+    targets = operational.subscribers(registry, partner_id, event, exclude) if partner_id else []
     books = Deliveries(store)
     if not targets:
         store.redis.zrem(store.open_key, fan_task_id)
@@ -74,13 +66,7 @@ def fan_out(
         body = books.store_body(subject_id, event, built)
     occurred = json.loads(body).get("timestamp") or utcnow()
     grace = store.open_grace if messenger.inline else store.handoff_grace
-    args: list[Any] = [
-        fan_task_id,
-        store.retention,
-        time.time() + grace,
-        body,
-        time.time(),
-    ]
+    args: list[Any] = [fan_task_id, store.retention, time.time() + grace, body, time.time()]
     rows: dict[str, dict[str, Any]] = {
         endpoint["id"]: {
             "msg_id": endpoint_message_id(subject_id, event, endpoint["id"]),
@@ -106,11 +92,7 @@ def fan_out(
         envelope = ""
         if messenger.inline and msg_id not in held:
             envelope = messenger.envelope(
-                DELIVER_TASK,
-                task_id,
-                queue=messenger.webhooks_queue,
-                args=call_args,
-                kwargs=kwargs,
+                DELIVER_TASK, task_id, queue=messenger.webhooks_queue, args=call_args, kwargs=kwargs
             )
         args += [
             store.key("msg", msg_id),
@@ -198,13 +180,8 @@ def keep_messages(db: Database, rows: list[dict[str, Any]]) -> set[str]:
     columns = [column.name for column in Message.__table__.c]
     db.write(_keep_statement(), [{name: row[name] for name in columns} for row in rows])
     ids = [row["msg_id"] for row in rows]
-    return {
-        msg_id
-        for msg_id, held in db.read(
-            select(Message.msg_id, Message.held).where(Message.msg_id.in_(ids))
-        )
-        if held
-    }
+    query = select(Message.msg_id).where(Message.msg_id.in_(ids), Message.held.is_(True))
+    return {msg_id for (msg_id,) in db.read(query)}
 
 
 @cache
@@ -282,16 +259,15 @@ def message_summaries(store: Store, subject_id: str) -> list[dict[str, Any]]:
         pipe.hmget(store.key("msg", msg_id), "endpoint_id", "event", "held")
         pipe.hmget(store.key("webhook", msg_id), "state", "attempts")
     values = pipe.execute()
-    found = []
-    for index, msg_id in enumerate(ids):
-        (endpoint_id, event, held), (state, count) = values[2 * index], values[2 * index + 1]
-        found.append(
-            {
-                "webhook_id": msg_id,
-                "endpoint_id": endpoint_id,
-                "event": event,
-                "state": state or ("held" if held else "pending"),
-                "attempts": int(count or 0),
-            }
+    return [
+        {
+            "webhook_id": msg_id,
+            "endpoint_id": endpoint_id,
+            "event": event,
+            "state": state or ("held" if held else "pending"),
+            "attempts": int(count or 0),
+        }
+        for msg_id, (endpoint_id, event, held), (state, count) in zip(
+            ids, values[::2], values[1::2], strict=True
         )
-    return found
+    ]

@@ -19,6 +19,7 @@ import http.client
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import UnionType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -143,24 +144,19 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost exception behind a requests/urllib3 error."""
-    return _chain(exc)[-1]
+# How the deliveries log names a transport error: the first kind it is, else its class.
+_KINDS: tuple[tuple[type | UnionType, str], ...] = (
+    (requests.exceptions.ConnectTimeout, "connect timeout"),
+    (requests.exceptions.Timeout | TimeoutError, "timeout"),
+    (requests.exceptions.SSLError, "TLS error"),
+    (requests.exceptions.ConnectionError, "connection error"),
+)
 
 
 def _describe(exc: BaseException) -> str:
     """A short, single-line description of a transport error for the deliveries log."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        kind = "connect timeout"
-    elif isinstance(exc, requests.exceptions.Timeout | TimeoutError):
-        kind = "timeout"
-    elif isinstance(exc, requests.exceptions.SSLError):
-        kind = "TLS error"
-    elif isinstance(exc, requests.exceptions.ConnectionError):
-        kind = "connection error"
-    else:
-        kind = type(exc).__name__
-    detail = str(_root_cause(exc)).replace("\n", " ").strip()
+    kind = next((name for kinds, name in _KINDS if isinstance(exc, kinds)), type(exc).__name__)
+    detail = str(_chain(exc)[-1]).replace("\n", " ").strip()  # the innermost cause
     text = f"{kind}: {detail}" if detail else kind
     return text[:_MAX_ERROR_CHARS]
 
@@ -177,23 +173,15 @@ def _is_connect_failure(exc: BaseException) -> bool:
 STALE = 1.0  # seconds: a kept connection closed this soon after the request was closed idle
 
 
-def _links(exc: BaseException) -> list[Any]:
-    """The exception chain, with the arguments of each link (urllib3's ProtocolError
-    carries its cause as its second argument)."""
-    return [part for link in _chain(exc) for part in (link, *link.args)]
+# A reset or a close before any answer: on a kept connection, soon after sending, what an
+# idle timeout on the other side looks like.
+_STALE_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
-def _is_stale(exc: BaseException) -> bool:
-    """True when the request met a reset or a close before any answer: on a kept
-    connection, soon after sending, what an idle timeout on the other side looks like."""
-    stale = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
-    return any(isinstance(link, stale) for link in _links(exc))
-
-
-def _pool_closed(exc: BaseException) -> bool:
-    """True when the target's pool was closed before a connection was taken (its
-    adapter evicted by another thread): nothing was sent."""
-    return any(isinstance(link, ClosedPoolError) for link in _links(exc))
+def _caused_by(exc: BaseException, kinds: type[BaseException] | tuple[type, ...]) -> bool:
+    """True when a link of the exception chain, or an argument of one (urllib3's
+    ProtocolError carries its cause as its second argument), is one of ``kinds``."""
+    return any(isinstance(part, kinds) for link in _chain(exc) for part in (link, *link.args))
 
 
 def _drain(
@@ -253,9 +241,8 @@ def _status_error(response: requests.Response) -> str | None:
         text += " (endpoint gone: not retried)"
     if 300 <= code < 400:
         location = response.headers.get("Location")
-        text += " (redirect not followed"
-        text += f"; Location: {location}" if location else ""
-        text += ")"
+        where = f"; Location: {location}" if location else ""
+        text += f" (redirect not followed{where})"
     return text[:_MAX_ERROR_CHARS]
 
 
@@ -363,20 +350,16 @@ def deliver(
                 guard.watch(response.raw)
                 status = response.status_code
                 outcome = classify(status, None)
-                retry_after = None
-                if outcome == "retry":
-                    retry_after = parse_retry_after(
-                        response.headers.get("Retry-After"), retry_after_cap
-                    )
+                asked = response.headers.get("Retry-After") if outcome == "retry" else None
+                retry_after = parse_retry_after(asked, retry_after_cap)
                 raw, cut = b"", False
                 if status >= 200:  # a 1xx as the answer: its connection is not kept
                     with contextlib.suppress(Exception):  # the status decided the outcome
                         raw, cut = _drain(response, max_response_bytes, deadline, MAX_LOGGED_BODY)
-                error_text = _status_error(response)
                 return Attempt(
                     outcome,
                     status,
-                    error_text,
+                    _status_error(response),
                     _ms_since(start),
                     retry_after,
                     request_headers=request_headers,
@@ -391,10 +374,11 @@ def deliver(
             error = exc
             timed_out = guard.aborted
             if not timed_out and not resent and adapter is not None:
-                stale = guard.reused and _is_stale(exc) and time.monotonic() - sent_at < STALE
-                if stale or _pool_closed(exc):
+                stale = guard.reused and time.monotonic() - sent_at < STALE
+                if (stale and _caused_by(exc, _STALE_ERRORS)) or _caused_by(exc, ClosedPoolError):
                     # The receiver closed a kept connection as the request went out (or
-                    # the pool was closed under us: nothing sent): once more, afresh.
+                    # the target's pool was closed before a connection was taken, its
+                    # adapter evicted by another thread: nothing sent): once more, afresh.
                     resent = True
                     connections.discard(pinned, adapter)
                     continue
@@ -407,15 +391,7 @@ def deliver(
             _GUARD.reset(token)
 
     if timed_out or error is None:
-        message = f"timeout: attempt exceeded {timeout:g}s"
-        return Attempt(
-            "retry", None, message, _ms_since(start), None, request_headers=request_headers
-        )
-    return Attempt(
-        classify(None, error),
-        None,
-        _describe(error),
-        _ms_since(start),
-        None,
-        request_headers=request_headers,
-    )
+        outcome, message = "retry", f"timeout: attempt exceeded {timeout:g}s"
+    else:
+        outcome, message = classify(None, error), _describe(error)
+    return Attempt(outcome, None, message, _ms_since(start), None, request_headers=request_headers)

@@ -24,12 +24,13 @@ given back brings the first in line forward (``jobgate/scripts/inflight.lua``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
-from jobgate.store import Store, decode_job
+from jobgate.store import Store
 
 MAX_LOG = 200  # attempts kept per subject (oldest dropped first)
 DEFERRED: Final = "deferred"  # what ``begin`` answers for an attempt that waits its turn
@@ -42,10 +43,6 @@ class Begun:
     record: dict[str, str]  # the subject's raw hash; empty if the record is gone
     body: str | None  # the stored event body, None until the first attempt stores it
     partner: dict[str, str]  # the partner's raw hash; empty if none
-
-    def job(self) -> dict[str, Any] | None:
-        """The record decoded as ``Store.job`` returns it (for job subjects)."""
-        return decode_job(self.record)
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,6 @@ class Deliveries:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.redis = store.redis
-        self.scripts = store.scripts
 
     def _key(self, subject_id: str, *parts: str) -> str:
         return self.store.key("webhook", subject_id, *parts)
@@ -87,20 +83,15 @@ class Deliveries:
     def _slot_keys(self, partner_id: str) -> list[str]:
         """The partner's in-flight set, its line of deferred attempts and its mirror ('' for
         each without a partner: no slot)."""
-        if not partner_id:
-            return ["", "", ""]
-        return [
-            self.store.key("inflight", partner_id),
-            self.store.key("deferred", partner_id),
-            self.store.key("partner", partner_id),
-        ]
+        kinds = ("inflight", "deferred", "partner")
+        return [self.store.key(kind, partner_id) if partner_id else "" for kind in kinds]
 
     # ------------------------------------------------------------------ body
     def store_body(self, subject_id: str, event: str, built: str) -> str:
         """Store ``built`` unless a body is stored already; returns the stored one (one
         script: the first writer wins, and every later attempt sends its bytes). For the
         fan-out step and batches; an attempt stores a job's body with its record."""
-        stored = self.scripts["body_store"](
+        stored = self.store.scripts["body_store"](
             keys=[self.body_key(subject_id, event)], args=[built, self.store.retention]
         )
         return cast("str", stored) if stored is not None else built
@@ -132,7 +123,7 @@ class Deliveries:
         turn (``jobgate.webhooks.throttle``): ``Throttled`` when it is later, the attempt
         waiting on the due set until then, unspent, holding no slot.
         """
-        found = self.scripts["delivery_begin"](
+        found = self.store.scripts["delivery_begin"](
             keys=[
                 self.claim_key(subject_id, token),
                 self.body_key(subject_id, event),
@@ -183,13 +174,11 @@ class Deliveries:
     def release(self, subject_id: str, token: str, task_id: str = "", partner_id: str = "") -> None:
         """Drop an attempt's claim and free its slot after it failed before being
         recorded (best effort)."""
-        try:
+        with contextlib.suppress(Exception):  # the caller re-raises the original error
             self._end(subject_id, token, "", task_id, partner_id)
-        except Exception:  # noqa: BLE001 - the caller re-raises the original error
-            pass
 
     def _end(self, subject_id: str, token: str, claim: str, task_id: str, partner_id: str) -> None:
-        self.scripts["delivery_release"](
+        self.store.scripts["delivery_release"](
             keys=[
                 self.claim_key(subject_id, token),
                 self.store.open_key,
@@ -279,7 +268,7 @@ class Deliveries:
             json.dumps(response, separators=(",", ":")) if response is not None else "",
             endpoint_headers[1],
         ]
-        number, woken = self.scripts["delivery_record"](keys=keys, args=args)
+        number, woken = self.store.scripts["delivery_record"](keys=keys, args=args)
         return int(number), list(woken)
 
     def redeliver(
@@ -298,7 +287,7 @@ class Deliveries:
         running (``first``: the automatic chain's first task id); ``("new", "")`` when the
         delivery had ended: ``new`` (task id, due entry), a new chain's first attempt, is
         marked open and pending, for the caller to send."""
-        found = self.scripts["delivery_redeliver"](
+        found = self.store.scripts["delivery_redeliver"](
             keys=[
                 self._key(subject_id),
                 self.store.due_key,

@@ -136,9 +136,7 @@ def _missing(entry: dict[str, Any], body: str | None, response: Any) -> bool:
 
 
 def joined(
-    store: Store,
-    attempts: Sequence[tuple[str, dict[str, Any]]],
-    db: Any = None,
+    store: Store, attempts: Sequence[tuple[str, dict[str, Any]]], db: Any = None
 ) -> list[dict[str, Any]]:
     """Each (delivery subject id, recorded attempt) with what it sent and was answered:
     read from Redis in one round trip, and from ``db`` for the attempts whose pieces Redis
@@ -146,22 +144,21 @@ def joined(
     if not attempts:
         return []
     books = Deliveries(store)
-    body_keys = list(
+    # Each message's body, and each set of an endpoint's headers kept apart, read once.
+    keys = list(
         dict.fromkeys(
-            books.body_key(subject, str(entry.get("event"))) for subject, entry in attempts
+            [books.body_key(subject, str(entry.get("event"))) for subject, entry in attempts]
+            + [key for _, entry in attempts if (key := headers_key(store, entry))]
         )
-    )
-    header_keys = list(
-        dict.fromkeys(key for _, entry in attempts if (key := headers_key(store, entry)))
     )
     pipe = store.redis.pipeline(transaction=False)
     for subject, entry in attempts:
         pipe.hget(books.responses_key(subject), str(entry.get("attempt")))
-    for key in body_keys + header_keys:
+    for key in keys:
         pipe.get(key)
     replies = pipe.execute()
     responses = replies[: len(attempts)]
-    bodies = dict(zip(body_keys + header_keys, replies[len(attempts) :], strict=True))
+    bodies = dict(zip(keys, replies[len(attempts) :], strict=True))
     found: list[tuple[str, dict[str, Any], str | None, dict[str, Any] | None]] = []
     for (subject, entry), raw in zip(attempts, responses, strict=True):
         body = bodies.get(books.body_key(subject, str(entry.get("event"))))
@@ -171,6 +168,9 @@ def joined(
     lost = [
         (subject, entry) for subject, entry, body, answer in found if _missing(entry, body, answer)
     ]
+    kept_bodies: dict[str, str] = {}
+    kept_responses: dict[tuple[str, int], dict[str, Any]] = {}
+    kept_requests: dict[tuple[str, int], dict[str, Any]] = {}
     if lost and db is not None:
         from jobgate import history
 
@@ -178,33 +178,19 @@ def joined(
             kept_bodies, kept_responses, kept_requests = history.exchanges(db, lost)
         except SQLAlchemyError:  # the attempts still read (from Redis), without these
             log.warning("the message log could not read the database", exc_info=True)
-            kept_bodies, kept_responses, kept_requests = {}, {}, {}
-
-        def completed(subject: str, entry: dict[str, Any]) -> dict[str, Any]:
-            number = int(entry.get("attempt") or 0)
-            if "endpoint_headers" in (entry.get("request") or {}):
-                archived = kept_requests.get((subject, number))
-                if archived is not None:
-                    return {**entry, "request": archived}
-            return entry
-
-        found = [
-            (
-                subject,
-                completed(subject, entry),
-                body if body is not None else kept_bodies.get(str(entry.get("webhook_id"))),
-                answer
-                if answer is not None
-                else kept_responses.get((subject, int(entry.get("attempt") or 0))),
-            )
-            for subject, entry, body, answer in found
-        ]
-    # Headers kept apart that neither Redis nor the database holds: jobgate's own only.
-    found = [
-        (subject, with_endpoint_headers(entry, None), body, answer)
-        for subject, entry, body, answer in found
-    ]
-    return [exchange(entry, body, answer) for _, entry, body, answer in found]
+    shown = []
+    for subject, entry, body, answer in found:
+        number = int(entry.get("attempt") or 0)
+        archived = kept_requests.get((subject, number))
+        if "endpoint_headers" in (entry.get("request") or {}) and archived is not None:
+            entry = {**entry, "request": archived}
+        if body is None:
+            body = kept_bodies.get(str(entry.get("webhook_id")))
+        if answer is None:
+            answer = kept_responses.get((subject, number))
+        # Headers kept apart that neither Redis nor the database holds: jobgate's own only.
+        shown.append(exchange(with_endpoint_headers(entry, None), body, answer))
+    return shown
 
 
 def subject_of(entry: dict[str, Any]) -> str:

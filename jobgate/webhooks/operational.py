@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Protocol, cast
@@ -74,15 +74,17 @@ def op_id(*parts: str) -> str:
     return "op_" + hashlib.sha256(":".join(parts).encode()).hexdigest()[:32]
 
 
-def listeners(registry: Registry, partner_id: str, event: str, exclude: str = "") -> int:
-    """How many of the partner's endpoints subscribe to ``event`` (``exclude`` aside)."""
+def subscribers(
+    registry: Registry, partner_id: str, event: str, exclude: str = ""
+) -> list[dict[str, str]]:
+    """The partner's endpoints (mirrors) that subscribe to ``event``, ``exclude`` aside."""
     from jobgate.endpoints import matches
 
-    return sum(
-        1
+    return [
+        endpoint
         for endpoint in registry.for_partner(partner_id)
         if endpoint.get("id") != exclude and matches(endpoint, event)
-    )
+    ]
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,6 @@ class Announcement:
     exclude: str = ""  # the endpoint it must not go to
 
     def row(self, keyspace: str) -> dict[str, Any]:
-        occurred = json.loads(self.body)["timestamp"]
         return {
             "op_id": self.op_id,
             "keyspace": keyspace,
@@ -104,7 +105,7 @@ class Announcement:
             "event": self.event,
             "exclude": self.exclude,
             "body": self.body,
-            "created_at": parse_time(occurred),
+            "created_at": parse_time(json.loads(self.body)["timestamp"]),
             "settled": False,
         }
 
@@ -123,12 +124,10 @@ def prepare(
     ``key``: what makes it one event (its id is derived from it)."""
     if event not in OPERATIONAL or not partner_id:
         return None
-    if not listeners(registry, partner_id, event, exclude):
+    if not subscribers(registry, partner_id, event, exclude):
         return None
-    timestamp = at or utcnow()
-    return Announcement(
-        op_id(event, *key), partner_id, event, event_body(event, data, timestamp), exclude
-    )
+    body = event_body(event, data, at or utcnow())
+    return Announcement(op_id(event, *key), partner_id, event, body, exclude)
 
 
 @cache
@@ -152,37 +151,28 @@ def publish(store: Store, messenger: Messenger, db: Database, event: Announcemen
     """Hand a committed event to Redis: its record and body (the row's: the first commit
     wins), and its fan-out step, marked open in the same transaction as the record (the
     sweeper sends a step whose message went missing)."""
-    found = db.read(select(OperationalEvent.body).where(OperationalEvent.op_id == event.op_id))
-    body = found[0][0] if found else event.body
-    _to_redis(store, messenger, event.op_id, event.partner_id, event.event, event.exclude, body)
+    body = body_of(db, event.op_id)
+    _to_redis(store, messenger, event if body is None else replace(event, body=body))
 
 
-def _to_redis(
-    store: Store,
-    messenger: Messenger,
-    op: str,
-    partner_id: str,
-    event: str,
-    exclude: str,
-    body: str,
-) -> None:
-    parsed = json.loads(body)
+def _to_redis(store: Store, messenger: Messenger, event: Announcement) -> None:
+    parsed = json.loads(event.body)
     record = {
-        "op_id": op,
-        "partner_id": partner_id,
-        "event": event,
-        "exclude": exclude,
+        "op_id": event.op_id,
+        "partner_id": event.partner_id,
+        "event": event.event,
+        "exclude": event.exclude,
         "occurred_at": parsed["timestamp"],
         "data": json.dumps(parsed["data"], separators=(",", ":"), default=str),
     }
-    books = Deliveries(store)
-    key = store.key(OPERATIONAL_SUBJECT, op)
+    key = store.key(OPERATIONAL_SUBJECT, event.op_id)
     pipe = store.redis.pipeline()
     pipe.hset(key, mapping=cast(Any, record))
     pipe.expire(key, store.retention)
-    pipe.set(books.body_key(op, event), body, ex=store.retention, nx=True)
+    body_key = Deliveries(store).body_key(event.op_id, event.event)
+    pipe.set(body_key, event.body, ex=store.retention, nx=True)
     pipe.execute()
-    enqueue_fan_out(store, messenger, OPERATIONAL_SUBJECT, op, event)
+    enqueue_fan_out(store, messenger, OPERATIONAL_SUBJECT, event.op_id, event.event)
 
 
 def announce(
@@ -245,9 +235,8 @@ def relay(store: Store, db: Database, messenger: Messenger, *, older_than: float
             pipe.exists(store.key(OPERATIONAL_SUBJECT, row.op_id))
         for row, there in zip(page, pipe.execute(), strict=True):
             if not there:
-                _to_redis(
-                    store, messenger, row.op_id, row.partner_id, row.event, row.exclude, row.body
-                )
+                event = Announcement(row.op_id, row.partner_id, row.event, row.body, row.exclude)
+                _to_redis(store, messenger, event)
                 restored += 1
                 log.warning("operational: gave Redis back %s %s", row.event, row.op_id)
         after = page[-1].op_id
@@ -276,10 +265,7 @@ class Attempted:
 
 
 def after_attempt(
-    registry: Registry,
-    messenger: Messenger,
-    attempt: Attempted,
-    previous: Callable[[], str | None],
+    registry: Registry, messenger: Messenger, attempt: Attempted, previous: Callable[[], str | None]
 ) -> str | None:
     """Announce what the attempt changed of its message: ``failing`` (its 4th failed
     attempt), ``exhausted`` (its last failed: no attempt follows), ``recovered`` (it was
@@ -312,8 +298,7 @@ def attempt_data(attempt: Attempted) -> dict[str, Any]:
     callback URL as logs show it), the message, the job or batch, the last attempt."""
     if attempt.endpoint_id:
         endpoint: dict[str, Any] = {"id": attempt.endpoint_id, "url": loggable(attempt.url)}
-        kind = attempt.record.get("kind", "")
-        subject_id = attempt.record.get("subject_id", "")
+        kind, subject_id = attempt.record.get("kind", ""), attempt.record.get("subject_id", "")
     else:
         endpoint = {"callback_url": loggable(attempt.url)}
         kind, subject_id = attempt.kind, attempt.subject_id

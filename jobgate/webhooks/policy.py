@@ -17,20 +17,15 @@ def parse_retry_after(
     value: str | None, cap: float, *, now: datetime | None = None
 ) -> float | None:
     """Parse ``Retry-After`` (delta-seconds or HTTP-date) to seconds in ``[0, cap]``, else None."""
-    if value is None:
-        return None
-    text = value.strip()
+    text = (value or "").strip()
     if not text:
         return None
-    seconds: float
     try:
         seconds = float(text)
     except ValueError:
         try:
             when = parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
             return None
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)  # HTTP-dates are always GMT
@@ -58,11 +53,8 @@ def retry_delay(
         raise ValueError("attempt is 1-based")
     if attempt > len(delays):
         return None
-    base = float(delays[attempt - 1])
-    delay = base * (1.0 - JITTER + 2 * JITTER * rng())
-    if retry_after is not None:
-        delay = max(delay, float(retry_after))
-    return delay
+    delay = float(delays[attempt - 1]) * (1.0 - JITTER + 2 * JITTER * rng())
+    return delay if retry_after is None else max(delay, float(retry_after))
 
 
 def plan(

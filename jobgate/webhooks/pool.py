@@ -149,15 +149,13 @@ class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _tracked(HTTPSConnection)
 
 
-class _PoolFull(logging.Filter):
+def _not_pool_full(record: logging.LogRecord) -> bool:
     """Drops urllib3's warning for a connection it closes because its pool is full: more
     attempts to one target ran at once than ``keep``, and the extra ones are not kept."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Connection pool is full")
+    return not str(record.msg).startswith("Connection pool is full")
 
 
-logging.getLogger("urllib3.connectionpool").addFilter(_PoolFull())
+logging.getLogger("urllib3.connectionpool").addFilter(_not_pool_full)
 
 
 class PinnedAdapter(HTTPAdapter):

@@ -26,18 +26,13 @@ MAX_RATE_LIMIT = 1000  # deliveries per second an endpoint's rate_limit may allo
 PAUSING = frozenset({429, 503})  # answers whose Retry-After pauses the whole endpoint
 
 
-def paused_key(store: Store, endpoint_id: str) -> str:
-    return store.key("endpoint", endpoint_id, "paused")
-
-
-def pause(store: Store, endpoint_id: str, seconds: float, now: float | None = None) -> float:
+def pause(store: Store, endpoint_id: str, seconds: float) -> None:
     """Hold every attempt to the endpoint for ``seconds`` (a longer pause in effect
-    stays); returns until when it is paused (Unix seconds)."""
-    now = time.time() if now is None else now
-    until = store.scripts["endpoint_pause"](
-        keys=[paused_key(store, endpoint_id)], args=[now + seconds, now]
+    stays)."""
+    now = time.time()
+    store.scripts["endpoint_pause"](
+        keys=[store.key("endpoint", endpoint_id, "paused")], args=[now + seconds, now]
     )
-    return float(until)
 
 
 def pauses(status_code: int | None, retry_after: float | None) -> bool:
