@@ -33,11 +33,11 @@ from typing import Any, cast
 
 import redis
 from sqlalchemy import Connection, Table, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
 from jobgate.batches import batch_key, batch_record, member_ids
+from jobgate.batches import keys as batch_keys
 from jobgate.db import Database, escape_unstorable, insert_statement
 from jobgate.db.models import (
     Attempt,
@@ -279,9 +279,7 @@ class Archiver:
             attempts += _attempts(batch_id, "batch", log_entries)
             if found.get("finished_at") and (found["webhook_state"] or "pending") in FINAL:
                 expiring += [
-                    batch_key(store, batch_id),
-                    batch_key(store, batch_id, "done"),
-                    batch_key(store, batch_id, "jobs"),
+                    *batch_keys(store, batch_id),
                     *self._subject_keys(batch_id, summary.get("event")),
                 ]
         # An endpoint message's attempts go to the database too; its own keys stay in Redis
@@ -295,8 +293,10 @@ class Archiver:
         with self.db.session() as session:
             upsert_jobs(session, [job_row(job, store.prefix) for job in jobs])
             upsert_batches(session, batches)
-            _insert_attempts(session, attempts)
-            _insert_bodies(session, bodies)
+            if attempts:
+                session.execute(_upsert(Attempt, "subject_id, attempt"), attempts)
+            if bodies:
+                session.execute(_upsert(WebhookBody, "webhook_id"), bodies)
         return expiring
 
     def _message_log(
@@ -475,19 +475,6 @@ def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]
     return rows
 
 
-def _insert_bodies(session: Session, bodies: list[dict[str, Any]]) -> None:
-    if not bodies:
-        return
-    insert = _insert(session)(WebhookBody.__table__)
-    session.execute(insert.on_conflict_do_nothing(index_elements=["webhook_id"]), bodies)
-
-
-def _insert(executor: Session | Connection) -> Any:
-    """The dialect's ``insert``, for its ``ON CONFLICT`` clauses."""
-    bind = executor if isinstance(executor, Connection) else executor.get_bind()
-    return postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
-
-
 def job_row(job: dict[str, Any], keyspace: str) -> dict[str, Any]:
     """A job record (as ``Store.job`` reads it) as its row in ``jobs``."""
     return {
@@ -520,11 +507,21 @@ def upsert_jobs_statement() -> Any:
     """``upsert_jobs``'s statement, for rows as parameters (``job_row``'s). A row is
     updated only by a record further along (``revision``): the archiver's read of a job
     the gateway or its end has just committed (same revision) writes nothing."""
-    updated = ("status", "finished_at", "record", "rev", "settled")
+    return _upsert(Job, "job_id", ("status", "finished_at", "record", "rev", "settled"), "<")
+
+
+@cache
+def _upsert(model: Any, key: str, updated: tuple[str, ...] = (), newer: str = "") -> Any:
+    """``INSERT`` of ``model``'s rows (``insert_statement``, the same SQL on SQLite and
+    PostgreSQL); a row whose ``key`` exists is left alone, or, with ``updated``, has these
+    columns updated where its ``rev`` is ``newer`` than the one given."""
+    table = cast(Table, model.__table__)
+    if not updated:
+        return insert_statement(table, f"ON CONFLICT ({key}) DO NOTHING")
+    changes = ", ".join(f"{name} = excluded.{name}" for name in updated)
     return insert_statement(
-        cast(Table, Job.__table__),
-        f"ON CONFLICT (job_id) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in updated)} "
-        "WHERE jobs.rev < excluded.rev",
+        table,
+        f"ON CONFLICT ({key}) DO UPDATE SET {changes} WHERE {table.name}.rev {newer} excluded.rev",
     )
 
 
@@ -547,21 +544,4 @@ def upsert_batches(session: Session | Connection, batches: list[dict[str, Any]])
         }
         for batch in batches
     ]
-    insert = _insert(session)(Batch.__table__)
-    session.execute(
-        insert.on_conflict_do_update(
-            index_elements=["batch_id"],
-            set_={name: insert.excluded[name] for name in ("completed_at", "record", "rev")},
-            where=Batch.__table__.c.rev <= insert.excluded.rev,
-        ),
-        rows,
-    )
-
-
-def _insert_attempts(session: Session, attempts: list[dict[str, Any]]) -> None:
-    if not attempts:
-        return
-    insert = _insert(session)(Attempt.__table__)
-    session.execute(
-        insert.on_conflict_do_nothing(index_elements=["subject_id", "attempt"]), attempts
-    )
+    session.execute(_upsert(Batch, "batch_id", ("completed_at", "record", "rev"), "<="), rows)
