@@ -277,13 +277,7 @@ def dead_letters(db: Database, limit: int = LIST_LIMIT) -> dict[str, Any]:
         .limit(limit)
     )
     newest = [
-        {
-            "id": row.id,
-            "kind": row.kind,
-            "subject_id": row.subject_id,
-            "at": iso_time(row.at),
-            "error": (row.error or "")[:ERROR_CHARS],
-        }
+        {**row._mapping, "at": iso_time(row.at), "error": (row.error or "")[:ERROR_CHARS]}
         for row in db.read(query)
     ]
     return {"count": int(count), "newest": newest}
