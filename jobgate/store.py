@@ -55,9 +55,8 @@ def hash_key(api_key: str) -> str:
 IDEMPOTENCY_TTL = 86400  # seconds an Idempotency-Key names its job
 
 
-def key_hash(key: str) -> str:
-    """An Idempotency-Key as it is kept (Redis and the database): its SHA-256."""
-    return hashlib.sha256(key.encode()).hexdigest()
+# An Idempotency-Key as it is kept (Redis and the database): its SHA-256, as an API key's.
+key_hash = hash_key
 
 
 def digest(payload: Any) -> str:
@@ -351,10 +350,7 @@ class Store:
         """
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a terminal status")
-        values = {"status": status, "finished_at": utcnow(), **fields}
-        flat: list[str] = []
-        for name, value in _encode(values).items():
-            flat += [name, value]
+        flat = _pairs(_encode({"status": status, "finished_at": utcnow(), **fields}))
         event = json.dumps({"job_id": job_id, "status": status})
         queue, message, task_id = webhook_message or (self.key("no-webhook"), "", "")
         _, fan_message, fan_id = fan_out_message or ("", "", "")
@@ -539,15 +535,11 @@ def secrets_of(
 
 
 def _encode(values: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        if name in JSON_FIELDS:
-            out[name] = json.dumps(value, default=str)
-        else:
-            out[name] = str(value)
-    return out
+    return {
+        name: json.dumps(value, default=str) if name in JSON_FIELDS else str(value)
+        for name, value in values.items()
+        if value is not None
+    }
 
 
 def _pairs(values: dict[str, str]) -> list[str]:
