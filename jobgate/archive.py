@@ -39,14 +39,7 @@ from sqlalchemy.orm import Session
 from jobgate.batches import batch_key, batch_record, member_ids
 from jobgate.batches import keys as batch_keys
 from jobgate.db import Database, escape_unstorable, insert_statement
-from jobgate.db.models import (
-    Attempt,
-    Batch,
-    DeadLetter,
-    Endpoint,
-    Job,
-    WebhookBody,
-)
+from jobgate.db.models import Attempt, Batch, DeadLetter, Endpoint, Job, WebhookBody
 from jobgate.events import JOB_EVENTS
 from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job

@@ -295,11 +295,4 @@ def snapshot(store: Store, db: Database, alive_for: int) -> dict[str, Any]:
     }
 
 
-__all__ = [
-    "activity",
-    "dead_letters",
-    "endpoints",
-    "queues",
-    "snapshot",
-    "workers",
-]
+__all__ = ["activity", "dead_letters", "endpoints", "queues", "snapshot", "workers"]

@@ -93,12 +93,7 @@ def finish_job(
     fan = ended.get("fan_out", "")
     if ended["webhook_queued"] or fan == "queued":
         log.info("queued %s for job %s", event, job_id, extra={"job_id": job_id})
-    side_effects(
-        messenger,
-        store,
-        ended,
-        webhook_queued=ended["webhook_queued"] or bool(fan),
-    )
+    side_effects(messenger, store, ended, webhook_queued=ended["webhook_queued"] or bool(fan))
     return ours
 
 

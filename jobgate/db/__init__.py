@@ -365,9 +365,7 @@ class Database:
         check_key(secret_key, newest[0][0] if newest else None)
         if oldest:
             check_key(secret_key, oldest[0][0])
-        clear = self.read(select(func.count()).where(~SigningSecret.secret.startswith(PREFIX)))[0][
-            0
-        ]
+        [(clear,)] = self.read(select(func.count()).where(~SigningSecret.secret.startswith(PREFIX)))
         if clear:
             log.warning(
                 "%d signing secret(s) stored before sealing, in clear: run `jobgate secrets "
