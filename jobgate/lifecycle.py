@@ -103,15 +103,8 @@ def event_message(
     """(queue, message, task id) of an event's first delivery attempt, for the script that
     records the end (of a job, of a batch) to push; None when the broker is not the job
     store's Redis (the message is then sent after the end is recorded)."""
-    if not messenger.inline:
-        return None
-    queue = messenger.webhooks_queue
     task_id, args, kwargs = delivery_call(kind, subject_id, event, AUTO_CHAIN, 0)
-    return (
-        queue,
-        messenger.envelope(DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs),
-        task_id,
-    )
+    return _pushed(messenger, DELIVER_TASK, task_id, args, kwargs)
 
 
 def fan_out_message(
@@ -119,15 +112,24 @@ def fan_out_message(
 ) -> tuple[str, str, str] | None:
     """(queue, message, task id) of an event's fan-out step to the partner's endpoints,
     for the script that records the end; None when the broker is not the store's Redis."""
+    task_id = fan_out_task_id(kind, subject_id, event)
+    return _pushed(messenger, FAN_OUT_TASK, task_id, [kind, subject_id, event])
+
+
+def _pushed(
+    messenger: Messenger,
+    name: str,
+    task_id: str,
+    args: list[str],
+    kwargs: dict[str, Any] | None = None,
+) -> tuple[str, str, str] | None:
+    """(queue, message, task id) of a task on the webhooks queue, for a script to push;
+    None when the broker is not the store's Redis."""
     if not messenger.inline:
         return None
     queue = messenger.webhooks_queue
-    task_id = fan_out_task_id(kind, subject_id, event)
-    return (
-        queue,
-        messenger.envelope(FAN_OUT_TASK, task_id, queue=queue, args=[kind, subject_id, event]),
-        task_id,
-    )
+    message = messenger.envelope(name, task_id, queue=queue, args=args, kwargs=kwargs)
+    return queue, message, task_id
 
 
 def finish_job_retrying(
@@ -187,10 +189,9 @@ def side_effects(
     status = record.get("status")
     if status not in JOB_EVENTS:
         return
-    if record.get("callback_url") and not webhook_queued:
-        enqueue_webhook(store, messenger, "job", record["job_id"], job_event(status))
-    elif not record.get("callback_url") and not webhook_queued:
-        enqueue_fan_out(store, messenger, "job", record["job_id"], job_event(status))
+    if not webhook_queued:
+        enqueue = enqueue_webhook if record.get("callback_url") else enqueue_fan_out
+        enqueue(store, messenger, "job", record["job_id"], job_event(status))
     if record.get("batch_id"):
         count_batch_member(messenger, store, record)
 

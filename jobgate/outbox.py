@@ -81,21 +81,22 @@ def accept(
     rows = [job_row(job, keyspace) for job in jobs]
     if idempotency is not None:
         rows[0] |= {"idempotency_key": idempotency.key_hash, "request_digest": idempotency.digest}
-    for attempt in (1, 2):
-        try:
-            if batch is None and len(rows) == 1:  # with the other submits of the moment
-                db.write_grouped(upsert_jobs_statement(), rows[0])
-                return
-            if batch is None:
-                db.write(upsert_jobs_statement(), rows)
-                return
-            db.transaction(lambda connection: _batch_rows(connection, batch, rows))
-            return
-        except IntegrityError:
-            if idempotency is None or attempt == 2:
-                raise
-            _check_key(db, idempotency)
-    raise AssertionError("unreachable")
+    try:
+        _commit_rows(db, rows, batch)
+    except IntegrityError:
+        if idempotency is None:
+            raise
+        _check_key(db, idempotency)  # KeyTaken, or the key freed: one more try
+        _commit_rows(db, rows, batch)
+
+
+def _commit_rows(db: Database, rows: list[dict[str, Any]], batch: dict[str, Any] | None) -> None:
+    if batch is None and len(rows) == 1:  # with the other submits of the moment
+        db.write_grouped(upsert_jobs_statement(), rows[0])
+    elif batch is None:
+        db.write(upsert_jobs_statement(), rows)
+    else:
+        db.transaction(lambda connection: _batch_rows(connection, batch, rows))
 
 
 def _batch_rows(connection: Any, batch: dict[str, Any], rows: list[dict[str, Any]]) -> None:

@@ -30,7 +30,6 @@ from jobgate.times import aware, iso_time, now_utc, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
-MIRROR_FIELDS = ("id", "name", "created_at", "webhook_secret")
 # Published on ``<prefix>:partners:changed`` whenever a partner's keys stop or start
 # working (disable, enable, rotate-key): every gateway process drops its key cache.
 CHANGED_CHANNEL = "partners:changed"

@@ -185,8 +185,7 @@ class Store:
     ) -> list[str]:
         """``create_job`` for a batch and all its members, in one atomic step: a batch
         exists with all its members queued, or not at all."""
-        queued: Sequence[tuple[str, str] | None] = messages or [None] * len(jobs)
-        return self._submit(batch, jobs, queued, queued_limit, committed)
+        return self._submit(batch, jobs, messages or [None] * len(jobs), queued_limit, committed)
 
     def _submit(
         self,

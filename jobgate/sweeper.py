@@ -129,7 +129,7 @@ def sweep(
     if broker is None:
         raise TypeError("sweep: an inline messenger's broker is the store's Redis: give it")
     live = _stale_live(store, now, stale_after)
-    overdue = _overdue(store, now)
+    overdue = _older(store, store.open_key, now)
     if not live and not overdue:
         return _recorded(store, repairs)
     records = dict(zip(live, store.jobs(live), strict=True))
@@ -157,19 +157,15 @@ def sweep(
     return _recorded(store, repairs)
 
 
+def _older(store: Store, key: str, before: float) -> list[str]:
+    """The members of the sorted set ``key`` scored ``before`` or less (at most LIMIT): live
+    jobs by dispatch time, open deliveries by deadline, live batches by creation."""
+    return cast("list[str]", store.redis.zrangebyscore(key, "-inf", before, start=0, num=LIMIT))
+
+
 def _stale_live(store: Store, now: float, stale_after: float) -> list[str]:
     """Live jobs dispatched more than ``stale_after`` s ago (at most LIMIT)."""
-    return cast(
-        "list[str]",
-        store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after, start=0, num=LIMIT),
-    )
-
-
-def _overdue(store: Store, now: float) -> list[str]:
-    """Open deliveries past their deadline (at most LIMIT)."""
-    return cast(
-        "list[str]", store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
-    )
+    return _older(store, store.key("live"), now - stale_after)
 
 
 def _still_live(store: Store, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -325,7 +321,7 @@ def _resend(
                     extra={"job_id": job_id},
                 )
                 repairs["job_requeued"] += 1
-    overdue = _overdue(store, now)
+    overdue = _older(store, store.open_key, now)
     if not overdue:
         return
     waiting = inflight_ids(store, None, [])  # the due set: retries and deferred attempts
@@ -351,10 +347,7 @@ def _count_batches(
     store: Store, messenger: Messenger, before: float, repairs: Counter[str]
 ) -> None:
     live_key = store.key("batches", "live")
-    batch_ids = cast(
-        "list[str]", store.redis.zrangebyscore(live_key, "-inf", before, start=0, num=LIMIT)
-    )
-    for batch_id in batch_ids:
+    for batch_id in _older(store, live_key, before):
         record = batch_record(store, batch_id)
         if record is None or record.get("finished_at"):
             store.redis.zrem(live_key, batch_id)
