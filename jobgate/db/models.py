@@ -28,6 +28,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 Time = DateTime(timezone=True)
+# A partial index of the rows not settled, the same on both databases.
+NOT_SETTLED: dict[str, Any] = {
+    "postgresql_where": text("NOT settled"),
+    "sqlite_where": text("NOT settled"),
+}
 
 
 class Base(DeclarativeBase):
@@ -137,13 +142,7 @@ class Job(Base):
         Index("jobs_partner_status_created", "partner_id", "status", "created_at", "job_id"),
         Index("jobs_partner_task_created", "partner_id", "task", "created_at", "job_id"),
         Index("jobs_created", "created_at", "job_id"),
-        Index(
-            "jobs_unsettled",
-            "keyspace",
-            "created_at",
-            postgresql_where=text("NOT settled"),
-            sqlite_where=text("NOT settled"),
-        ),
+        Index("jobs_unsettled", "keyspace", "created_at", **NOT_SETTLED),
     )
 
 
@@ -247,13 +246,7 @@ class OperationalEvent(Base):
 
     __tablename__ = "operational_events"
     __table_args__ = (
-        Index(
-            "operational_events_unsettled",
-            "keyspace",
-            "created_at",
-            postgresql_where=text("NOT settled"),
-            sqlite_where=text("NOT settled"),
-        ),
+        Index("operational_events_unsettled", "keyspace", "created_at", **NOT_SETTLED),
     )
 
     op_id: Mapped[str] = mapped_column(String(64), primary_key=True)
