@@ -127,19 +127,12 @@ class Archiver:
             key, GROUP, self.consumer, int(CLAIM_IDLE * 1000), "0-0", count=self.batch
         )
         entries = list(claimed[1]) if claimed and len(claimed) > 1 else []
-        if not entries:
-            own = cast(
-                "list[Any]", r.xreadgroup(GROUP, self.consumer, {key: "0"}, count=self.batch)
-            )
-            entries = list(own[0][1]) if own else []
-        if not entries:
-            new = cast(
-                "list[Any]",
-                r.xreadgroup(
-                    GROUP, self.consumer, {key: ">"}, count=self.batch, block=block_ms or None
-                ),
-            )
-            entries = list(new[0][1]) if new else []
+        # None claimed: this archiver's own pending entries ("0"), else new ones (">").
+        for start, block in (("0", None), (">", block_ms or None)):
+            if entries:
+                break
+            read = r.xreadgroup(GROUP, self.consumer, {key: start}, count=self.batch, block=block)
+            entries = list(cast("list[Any]", read)[0][1]) if read else []
         return _chunk(entries)
 
     def run_once(self, block_ms: int = 0) -> int:
@@ -418,23 +411,18 @@ def _describe(exc: BaseException) -> str:
 # --------------------------------------------------------------------- helpers
 def _chunk(entries: Iterable[Any]) -> Chunk:
     ids: list[str] = []
-    jobs: dict[str, None] = {}
-    batches: dict[str, None] = {}
-    messages: dict[str, None] = {}
+    named: dict[str, dict[str, None]] = {"job": {}, "batch": {}, "msg": {}}  # ordered sets
     with_attempts: set[str] = set()
     for entry_id, raw_fields in entries:
         ids.append(entry_id)
         fields = raw_fields or {}  # an entry deleted while pending has none
         kind, _, subject_id = fields.get("s", "").partition(":")
-        if kind == "job" and subject_id:
-            jobs[subject_id] = None
-            if fields.get("a") != "0":  # an attempt, or an entry that does not say
+        if kind in named and subject_id:
+            named[kind][subject_id] = None
+            if kind == "job" and fields.get("a") != "0":  # an attempt, or it does not say
                 with_attempts.add(subject_id)
-        elif kind == "batch" and subject_id:
-            batches[subject_id] = None
-        elif kind == "msg" and subject_id:
-            messages[subject_id] = None
-    return Chunk(ids, list(jobs), list(batches), list(messages), frozenset(jobs) - with_attempts)
+    jobs, batches, messages = (list(named[kind]) for kind in ("job", "batch", "msg"))
+    return Chunk(ids, jobs, batches, messages, frozenset(jobs) - with_attempts)
 
 
 def _webhook_state(job: dict[str, Any]) -> str:
