@@ -178,7 +178,6 @@ def activity(
     last = now.replace(second=0, microsecond=0)
     since = last - timedelta(minutes=minutes - 1)
     until = last + timedelta(minutes=1)
-    labels = [since + timedelta(minutes=i) for i in range(minutes)]
     statements = activity_statements(db, since, until)
     series: dict[str, dict[str, int]] = {
         name: _counts(db.read(statements[name])) for name in ("submitted", "started", "ended")
@@ -190,11 +189,10 @@ def activity(
         series["delivered"][key] = int(ok or 0)
 
     rows = []
-    for label in labels:
+    for label in (since + timedelta(minutes=offset) for offset in range(minutes)):
         key = label.strftime("%Y-%m-%d %H:%M")
         row: dict[str, Any] = {"minute": format_time(label)}
-        for name, counts in series.items():
-            row[name] = counts.get(key, 0)
+        row |= {name: counts.get(key, 0) for name, counts in series.items()}
         row["success_rate"] = _rate(row["delivered"], row["attempts"])
         rows.append(row)
     totals: dict[str, Any] = {name: sum(row[name] for row in rows) for name in series}

@@ -128,7 +128,7 @@ def sweep(
         return _recorded(store, repairs)
     if broker is None:
         raise TypeError("sweep: an inline messenger's broker is the store's Redis: give it")
-    live = _stale_live(store, now, stale_after)
+    live = _older(store, store.key("live"), now - stale_after)  # dispatched long ago
     overdue = _older(store, store.open_key, now)
     if not live and not overdue:
         return _recorded(store, repairs)
@@ -161,11 +161,6 @@ def _older(store: Store, key: str, before: float) -> list[str]:
     """The members of the sorted set ``key`` scored ``before`` or less (at most LIMIT): live
     jobs by dispatch time, open deliveries by deadline, live batches by creation."""
     return cast("list[str]", store.redis.zrangebyscore(key, "-inf", before, start=0, num=LIMIT))
-
-
-def _stale_live(store: Store, now: float, stale_after: float) -> list[str]:
-    """Live jobs dispatched more than ``stale_after`` s ago (at most LIMIT)."""
-    return _older(store, store.key("live"), now - stale_after)
 
 
 def _still_live(store: Store, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -290,7 +285,7 @@ def _resend(
     """A broker apart: send again what no sender handed over (``jobgate.handoff``), and
     record the committed end of a started job that Redis never took (its worker's end
     retries ran out: the broker has acknowledged its message, so no run comes again)."""
-    records = _still_live(store, _stale_live(store, now, stale_after))
+    records = _still_live(store, _older(store, store.key("live"), now - stale_after))
     started = [j for j, r in records.items() if r.get("started_at")]
     ended: dict[str, dict[str, Any]] = {}
     if db is not None and started:
