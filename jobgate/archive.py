@@ -436,24 +436,21 @@ def _webhook_state(job: dict[str, Any]) -> str:
 def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]]:
     """The attempts table's rows of a subject's attempts log (``response`` filled in by
     ``Archiver._message_log``)."""
-    rows = []
-    for raw_entry in raw:
-        entry = json.loads(raw_entry)
-        rows.append(
-            {
-                "subject_id": subject_id,
-                "attempt": int(entry["attempt"]),
-                "kind": kind,
-                "webhook_id": entry.get("webhook_id", ""),
-                "event": entry.get("event", ""),
-                "outcome": entry.get("outcome", ""),
-                "at": parse_time(entry["at"]),
-                "entry": entry,
-                "error": entry.get("error"),
-                "response": None,
-            }
-        )
-    return rows
+    return [
+        {
+            "subject_id": subject_id,
+            "attempt": int(entry["attempt"]),
+            "kind": kind,
+            "webhook_id": entry.get("webhook_id", ""),
+            "event": entry.get("event", ""),
+            "outcome": entry.get("outcome", ""),
+            "at": parse_time(entry["at"]),
+            "entry": entry,
+            "error": entry.get("error"),
+            "response": None,
+        }
+        for entry in map(json.loads, raw)
+    ]
 
 
 def job_row(job: dict[str, Any], keyspace: str) -> dict[str, Any]:

@@ -235,10 +235,8 @@ def enqueue_fan_out(
     task id, or None."""
     record_key = SUBJECTS[kind].record_key(store, subject_id)
     partner_id = store.redis.hget(record_key, "partner_id")
-    if (
-        not partner_id
-        or store.redis.hget(store.key("partner", str(partner_id)), "endpoints") == "0"
-    ):
+    partner_key = store.key("partner", str(partner_id))
+    if not partner_id or store.redis.hget(partner_key, "endpoints") == "0":
         return None
     task_id = fan_out_task_id(kind, subject_id, event)
     handoff.opening(store, messenger, task_id)

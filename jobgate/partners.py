@@ -71,13 +71,8 @@ class Partners:
         with self.db.session() as session:
             if session.get(Partner, partner_id) is None:
                 return False
-            expire_live(
-                session,
-                SigningSecret,
-                (SigningSecret.partner_id == partner_id) & SigningSecret.endpoint_id.is_(None),
-                now,
-                grace,
-            )
+            own = (SigningSecret.partner_id == partner_id) & SigningSecret.endpoint_id.is_(None)
+            expire_live(session, SigningSecret, own, now, grace)
             sealed = self.store.sealer.seal(new_secret)
             session.add(SigningSecret(partner_id=partner_id, secret=sealed, created_at=now))
         self.mirror(partner_id)
