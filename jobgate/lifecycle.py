@@ -113,15 +113,11 @@ def fan_out_message(
     """(queue, message, task id) of an event's fan-out step to the partner's endpoints,
     for the script that records the end; None when the broker is not the store's Redis."""
     task_id = fan_out_task_id(kind, subject_id, event)
-    return _pushed(messenger, FAN_OUT_TASK, task_id, [kind, subject_id, event])
+    return _pushed(messenger, FAN_OUT_TASK, task_id, [kind, subject_id, event], None)
 
 
 def _pushed(
-    messenger: Messenger,
-    name: str,
-    task_id: str,
-    args: list[str],
-    kwargs: dict[str, Any] | None = None,
+    messenger: Messenger, name: str, task_id: str, args: list[str], kwargs: dict[str, Any] | None
 ) -> tuple[str, str, str] | None:
     """(queue, message, task id) of a task on the webhooks queue, for a script to push;
     None when the broker is not the store's Redis."""

@@ -197,8 +197,7 @@ class Partners:
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         generation = self._generation
-        redis = self.store.redis
-        pipe = redis.pipeline(transaction=False)
+        pipe = self.store.redis.pipeline(transaction=False)
         pipe.get(self.store.key("partnerkey", hashed))
         pipe.pttl(self.store.key("partnerkey", hashed))
         partner_id, ttl_ms = pipe.execute()
