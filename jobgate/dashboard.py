@@ -73,8 +73,7 @@ def workers(store: Store, alive_for: int) -> dict[str, Any]:
                 "slots": int(slots or 0),
             }
         )
-    alive = sum(1 for node in listed if node["alive"])
-    return {"alive": alive, "known": int(count), "nodes": listed}
+    return {"alive": sum(node["alive"] for node in listed), "known": int(count), "nodes": listed}
 
 
 def _json(raw: str | None) -> dict[str, Any] | None:

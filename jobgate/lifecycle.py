@@ -67,10 +67,8 @@ def finish_job(
         if committed is not None:
             in_row = True
             # Committed by this call, or by an earlier try of this same end.
-            ours = now or (committed["status"], committed.get("result")) == (
-                status,
-                end.get("result"),
-            )
+            same = (committed["status"], committed.get("result")) == (status, end.get("result"))
+            ours = now or same
             if not ours:
                 celery_meta = None
             status = committed["status"]

@@ -28,7 +28,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from jobgate.archive import job_row, upsert_batches, upsert_jobs, upsert_jobs_statement
-from jobgate.batches import COUNTERS, batch_key
+from jobgate.batches import COUNTERS, keys
 from jobgate.db import Database
 from jobgate.db.models import Batch, Job
 from jobgate.events import JOB_EVENTS
@@ -184,7 +184,7 @@ def _put_back_batch(store: Store, db: Database, messenger: Messenger, batch_id: 
     """A batch Redis lost, rebuilt from its row, then its members that ended counted
     again, as they were at their ends (the last one completes the batch and queues its
     event); the others count as they end."""
-    key = batch_key(store, batch_id)
+    key, done_key, jobs_key = keys(store, batch_id)
     if store.redis.exists(key):
         return
     found = db.read(select(Batch.record).where(Batch.batch_id == batch_id))
@@ -194,7 +194,6 @@ def _put_back_batch(store: Store, db: Database, messenger: Messenger, batch_id: 
     members = db.read(
         select(Job.job_id, Job.status).where(Job.batch_id == batch_id).order_by(Job.created_at)
     )
-    jobs_key, done_key = batch_key(store, batch_id, "jobs"), batch_key(store, batch_id, "done")
     mapping: dict[str, Any] = {
         name: batch[name]
         for name in ("batch_id", "partner_id", "callback_url", "created_at", "total")

@@ -147,10 +147,9 @@ def sweep(
         time.sleep(recheck_after)
         seen = inflight_ids(store, broker, queues)
         lost = [j for j in missing_jobs if j not in seen]
+        lost_deliveries = [t for t in missing_deliveries if t not in seen]
         _repair_jobs(store, messenger, broker, lost, repairs, db)
-        _repair_deliveries(
-            store, messenger, broker, [t for t in missing_deliveries if t not in seen], repairs
-        )
+        _repair_deliveries(store, messenger, broker, lost_deliveries, repairs)
     # Overdue but found queued (a backlog) or just repaired: look again a grace later.
     if overdue:
         store.redis.zadd(store.open_key, dict.fromkeys(overdue, now + store.open_grace), xx=True)
