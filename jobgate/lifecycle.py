@@ -211,32 +211,29 @@ def enqueue_webhook(
     subject_id: str,
     event: str,
     chain: str = AUTO_CHAIN,
-) -> str:
+) -> None:
     """Queue the first attempt of ``event`` (of ``chain``) on the webhooks queue, marked
-    open first so that a crash before the send leaves it for the sweeper; its task id."""
+    open first so that a crash before the send leaves it for the sweeper."""
     task_id, args, kwargs = delivery_call(kind, subject_id, event, chain, 0)
     handoff.opening(store, messenger, task_id)
     handoff.send_delivery(store, messenger, DELIVER_TASK, task_id, args=args, kwargs=kwargs)
     log.info("queued %s for %s %s", event, kind, subject_id, extra={"job_id": subject_id})
-    return task_id
 
 
 def enqueue_fan_out(
     store: Store, messenger: Messenger, kind: str, subject_id: str, event: str
-) -> str | None:
+) -> None:
     """Queue the fan-out step of ``event`` (marked open first), unless the partner's
-    mirror says it has no endpoint (a disabled one counts: it gets held messages); its
-    task id, or None."""
+    mirror says it has no endpoint (a disabled one counts: it gets held messages)."""
     record_key = SUBJECTS[kind].record_key(store, subject_id)
     partner_id = store.redis.hget(record_key, "partner_id")
     partner_key = store.key("partner", str(partner_id))
     if not partner_id or store.redis.hget(partner_key, "endpoints") == "0":
-        return None
+        return
     task_id = fan_out_task_id(kind, subject_id, event)
     handoff.opening(store, messenger, task_id)
     handoff.send_delivery(store, messenger, FAN_OUT_TASK, task_id, args=[kind, subject_id, event])
     log.info("queued the fan-out of %s for %s %s", event, kind, subject_id)
-    return task_id
 
 
 def queue_job(

@@ -307,12 +307,11 @@ class Store:
         written)."""
         event = json.dumps({"job_id": job_id, "status": "PROCESSING", "progress": progress})
         key, value, expires = self._meta_parts(celery_meta)
-        return int(
-            self.scripts["job_progress"](
-                keys=[self.key("job", job_id), self.channel(job_id), key],
-                args=[json.dumps(progress), event, value, expires],
-            )
+        answer = self.scripts["job_progress"](
+            keys=[self.key("job", job_id), self.channel(job_id), key],
+            args=[json.dumps(progress), event, value, expires],
         )
+        return int(answer)
 
     def _meta_parts(
         self, celery_meta: tuple[str, str, int | None] | None

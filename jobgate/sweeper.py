@@ -132,12 +132,11 @@ def sweep(
     overdue = _older(store, store.open_key, now)
     if not live and not overdue:
         return _recorded(store, repairs)
-    records = dict(zip(live, store.jobs(live), strict=True))
     queues = sorted(
         {
             messenger.jobs_queue,
             messenger.webhooks_queue,
-            *(r["queue"] for r in records.values() if r and r.get("queue")),
+            *(r["queue"] for r in store.jobs(live) if r and r.get("queue")),
         }
     )
     seen = inflight_ids(store, broker, queues)
