@@ -249,13 +249,9 @@ def queue_job(
     apart. Otherwise the jobs a step dispatches are sent right after it
     (``send_dispatched``).
     """
-    send_dispatched(
-        store,
-        messenger,
-        store.create_job(
-            record, job_message(messenger, record), queued_limit=queued_limit, committed=True
-        ),
-    )
+    message = job_message(messenger, record)
+    dispatched = store.create_job(record, message, queued_limit=queued_limit, committed=True)
+    send_dispatched(store, messenger, dispatched)
 
 
 def job_message(messenger: Messenger, record: dict[str, Any]) -> tuple[str, str] | None:

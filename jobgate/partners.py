@@ -168,9 +168,8 @@ class Partners:
     # ----------------------------------------------------------------- reads
     def get(self, partner_id: str) -> dict[str, str] | None:
         """The partner's mirror record (rebuilt from the database if Redis lost it)."""
-        raw = cast(
-            "dict[str, str]", self.store.redis.hgetall(self.store.key("partner", partner_id))
-        )
+        key = self.store.key("partner", partner_id)
+        raw = cast("dict[str, str]", self.store.redis.hgetall(key))
         return raw or self.mirror(partner_id)
 
     def known(self, api_key: str) -> bool:
