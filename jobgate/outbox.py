@@ -28,7 +28,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from jobgate.archive import job_row, upsert_batches, upsert_jobs, upsert_jobs_statement
-from jobgate.batches import COUNTERS, keys
+from jobgate.batches import COUNTERS
+from jobgate.batches import keys as batch_keys
 from jobgate.db import Database
 from jobgate.db.models import Batch, Job
 from jobgate.events import JOB_EVENTS
@@ -184,7 +185,7 @@ def _put_back_batch(store: Store, db: Database, messenger: Messenger, batch_id: 
     """A batch Redis lost, rebuilt from its row, then its members that ended counted
     again, as they were at their ends (the last one completes the batch and queues its
     event); the others count as they end."""
-    key, done_key, jobs_key = keys(store, batch_id)
+    key, done_key, jobs_key = batch_keys(store, batch_id)
     if store.redis.exists(key):
         return
     found = db.read(select(Batch.record).where(Batch.batch_id == batch_id))
