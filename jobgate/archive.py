@@ -489,17 +489,18 @@ def upsert_jobs_statement() -> Any:
 
 
 @cache
-def _upsert(model: Any, key: str, updated: tuple[str, ...] = (), newer: str = "") -> Any:
+def _upsert(model: Any, key: str, updated: tuple[str, ...] = (), older: str = "") -> Any:
     """``INSERT`` of ``model``'s rows (``insert_statement``, the same SQL on SQLite and
-    PostgreSQL); a row whose ``key`` exists is left alone, or, with ``updated``, has these
-    columns updated where its ``rev`` is ``newer`` than the one given."""
+    PostgreSQL). A row whose ``key`` exists is left as it is, or, with ``updated``, gets
+    these columns from the row given when its ``rev`` compares to the given one's with
+    ``older`` (``<``: only a record further along; ``<=``: the same revision too)."""
     table = cast(Table, model.__table__)
     if not updated:
         return insert_statement(table, f"ON CONFLICT ({key}) DO NOTHING")
     changes = ", ".join(f"{name} = excluded.{name}" for name in updated)
     return insert_statement(
         table,
-        f"ON CONFLICT ({key}) DO UPDATE SET {changes} WHERE {table.name}.rev {newer} excluded.rev",
+        f"ON CONFLICT ({key}) DO UPDATE SET {changes} WHERE {table.name}.rev {older} excluded.rev",
     )
 
 
