@@ -33,20 +33,13 @@ from typing import Any, cast
 
 import redis
 from sqlalchemy import Connection, Table, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
 from jobgate.batches import batch_key, batch_record, member_ids
+from jobgate.batches import keys as batch_keys
 from jobgate.db import Database, escape_unstorable, insert_statement
-from jobgate.db.models import (
-    Attempt,
-    Batch,
-    DeadLetter,
-    Endpoint,
-    Job,
-    WebhookBody,
-)
+from jobgate.db.models import Attempt, Batch, DeadLetter, Endpoint, Job, WebhookBody
 from jobgate.events import JOB_EVENTS
 from jobgate.status import TERMINAL
 from jobgate.store import Store, decode_job
@@ -134,19 +127,12 @@ class Archiver:
             key, GROUP, self.consumer, int(CLAIM_IDLE * 1000), "0-0", count=self.batch
         )
         entries = list(claimed[1]) if claimed and len(claimed) > 1 else []
-        if not entries:
-            own = cast(
-                "list[Any]", r.xreadgroup(GROUP, self.consumer, {key: "0"}, count=self.batch)
-            )
-            entries = list(own[0][1]) if own else []
-        if not entries:
-            new = cast(
-                "list[Any]",
-                r.xreadgroup(
-                    GROUP, self.consumer, {key: ">"}, count=self.batch, block=block_ms or None
-                ),
-            )
-            entries = list(new[0][1]) if new else []
+        # None claimed: this archiver's own pending entries ("0"), else new ones (">").
+        for start, block in (("0", None), (">", block_ms or None)):
+            if entries:
+                break
+            read = r.xreadgroup(GROUP, self.consumer, {key: start}, count=self.batch, block=block)
+            entries = list(cast("list[Any]", read)[0][1]) if read else []
         return _chunk(entries)
 
     def run_once(self, block_ms: int = 0) -> int:
@@ -279,9 +265,7 @@ class Archiver:
             attempts += _attempts(batch_id, "batch", log_entries)
             if found.get("finished_at") and (found["webhook_state"] or "pending") in FINAL:
                 expiring += [
-                    batch_key(store, batch_id),
-                    batch_key(store, batch_id, "done"),
-                    batch_key(store, batch_id, "jobs"),
+                    *batch_keys(store, batch_id),
                     *self._subject_keys(batch_id, summary.get("event")),
                 ]
         # An endpoint message's attempts go to the database too; its own keys stay in Redis
@@ -295,8 +279,10 @@ class Archiver:
         with self.db.session() as session:
             upsert_jobs(session, [job_row(job, store.prefix) for job in jobs])
             upsert_batches(session, batches)
-            _insert_attempts(session, attempts)
-            _insert_bodies(session, bodies)
+            if attempts:
+                session.execute(_upsert(Attempt, "subject_id, attempt"), attempts)
+            if bodies:
+                session.execute(_upsert(WebhookBody, "webhook_id"), bodies)
         return expiring
 
     def _message_log(
@@ -425,23 +411,18 @@ def _describe(exc: BaseException) -> str:
 # --------------------------------------------------------------------- helpers
 def _chunk(entries: Iterable[Any]) -> Chunk:
     ids: list[str] = []
-    jobs: dict[str, None] = {}
-    batches: dict[str, None] = {}
-    messages: dict[str, None] = {}
+    named: dict[str, dict[str, None]] = {"job": {}, "batch": {}, "msg": {}}  # ordered sets
     with_attempts: set[str] = set()
     for entry_id, raw_fields in entries:
         ids.append(entry_id)
         fields = raw_fields or {}  # an entry deleted while pending has none
         kind, _, subject_id = fields.get("s", "").partition(":")
-        if kind == "job" and subject_id:
-            jobs[subject_id] = None
-            if fields.get("a") != "0":  # an attempt, or an entry that does not say
+        if kind in named and subject_id:
+            named[kind][subject_id] = None
+            if kind == "job" and fields.get("a") != "0":  # an attempt, or it does not say
                 with_attempts.add(subject_id)
-        elif kind == "batch" and subject_id:
-            batches[subject_id] = None
-        elif kind == "msg" and subject_id:
-            messages[subject_id] = None
-    return Chunk(ids, list(jobs), list(batches), list(messages), frozenset(jobs) - with_attempts)
+    jobs, batches, messages = (list(named[kind]) for kind in ("job", "batch", "msg"))
+    return Chunk(ids, jobs, batches, messages, frozenset(jobs) - with_attempts)
 
 
 def _webhook_state(job: dict[str, Any]) -> str:
@@ -455,37 +436,21 @@ def _webhook_state(job: dict[str, Any]) -> str:
 def _attempts(subject_id: str, kind: str, raw: list[str]) -> list[dict[str, Any]]:
     """The attempts table's rows of a subject's attempts log (``response`` filled in by
     ``Archiver._message_log``)."""
-    rows = []
-    for raw_entry in raw:
-        entry = json.loads(raw_entry)
-        rows.append(
-            {
-                "subject_id": subject_id,
-                "attempt": int(entry["attempt"]),
-                "kind": kind,
-                "webhook_id": entry.get("webhook_id", ""),
-                "event": entry.get("event", ""),
-                "outcome": entry.get("outcome", ""),
-                "at": parse_time(entry["at"]),
-                "entry": entry,
-                "error": entry.get("error"),
-                "response": None,
-            }
-        )
-    return rows
-
-
-def _insert_bodies(session: Session, bodies: list[dict[str, Any]]) -> None:
-    if not bodies:
-        return
-    insert = _insert(session)(WebhookBody.__table__)
-    session.execute(insert.on_conflict_do_nothing(index_elements=["webhook_id"]), bodies)
-
-
-def _insert(executor: Session | Connection) -> Any:
-    """The dialect's ``insert``, for its ``ON CONFLICT`` clauses."""
-    bind = executor if isinstance(executor, Connection) else executor.get_bind()
-    return postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
+    return [
+        {
+            "subject_id": subject_id,
+            "attempt": int(entry["attempt"]),
+            "kind": kind,
+            "webhook_id": entry.get("webhook_id", ""),
+            "event": entry.get("event", ""),
+            "outcome": entry.get("outcome", ""),
+            "at": parse_time(entry["at"]),
+            "entry": entry,
+            "error": entry.get("error"),
+            "response": None,
+        }
+        for entry in map(json.loads, raw)
+    ]
 
 
 def job_row(job: dict[str, Any], keyspace: str) -> dict[str, Any]:
@@ -520,11 +485,22 @@ def upsert_jobs_statement() -> Any:
     """``upsert_jobs``'s statement, for rows as parameters (``job_row``'s). A row is
     updated only by a record further along (``revision``): the archiver's read of a job
     the gateway or its end has just committed (same revision) writes nothing."""
-    updated = ("status", "finished_at", "record", "rev", "settled")
+    return _upsert(Job, "job_id", ("status", "finished_at", "record", "rev", "settled"), "<")
+
+
+@cache
+def _upsert(model: Any, key: str, updated: tuple[str, ...] = (), older: str = "") -> Any:
+    """``INSERT`` of ``model``'s rows (``insert_statement``, the same SQL on SQLite and
+    PostgreSQL). A row whose ``key`` exists is left as it is, or, with ``updated``, gets
+    these columns from the row given when its ``rev`` compares to the given one's with
+    ``older`` (``<``: only a record further along; ``<=``: the same revision too)."""
+    table = cast(Table, model.__table__)
+    if not updated:
+        return insert_statement(table, f"ON CONFLICT ({key}) DO NOTHING")
+    changes = ", ".join(f"{name} = excluded.{name}" for name in updated)
     return insert_statement(
-        cast(Table, Job.__table__),
-        f"ON CONFLICT (job_id) DO UPDATE SET {', '.join(f'{n} = excluded.{n}' for n in updated)} "
-        "WHERE jobs.rev < excluded.rev",
+        table,
+        f"ON CONFLICT ({key}) DO UPDATE SET {changes} WHERE {table.name}.rev {older} excluded.rev",
     )
 
 
@@ -547,21 +523,4 @@ def upsert_batches(session: Session | Connection, batches: list[dict[str, Any]])
         }
         for batch in batches
     ]
-    insert = _insert(session)(Batch.__table__)
-    session.execute(
-        insert.on_conflict_do_update(
-            index_elements=["batch_id"],
-            set_={name: insert.excluded[name] for name in ("completed_at", "record", "rev")},
-            where=Batch.__table__.c.rev <= insert.excluded.rev,
-        ),
-        rows,
-    )
-
-
-def _insert_attempts(session: Session, attempts: list[dict[str, Any]]) -> None:
-    if not attempts:
-        return
-    insert = _insert(session)(Attempt.__table__)
-    session.execute(
-        insert.on_conflict_do_nothing(index_elements=["subject_id", "attempt"]), attempts
-    )
+    session.execute(_upsert(Batch, "batch_id", ("completed_at", "record", "rev"), "<="), rows)

@@ -55,20 +55,10 @@ def entries(
     db: Database, *, limit: int = 50, cursor: int | None = None
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Entries newest first, ids below ``cursor``: (page, the next page's cursor or None)."""
-    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    query = select(AuditEntry.__table__).order_by(AuditEntry.id.desc()).limit(limit)
     if cursor is not None:
         query = query.where(AuditEntry.id < cursor)
     with db.session() as session:
-        rows = session.scalars(query).all()
-    page: list[dict[str, Any]] = [
-        {
-            "id": row.id,
-            "at": iso_time(row.at),
-            "actor": row.actor,
-            "action": row.action,
-            "target": row.target,
-            "details": row.details or {},
-        }
-        for row in rows
-    ]
+        rows = session.execute(query).all()
+    page = [{**row._mapping, "at": iso_time(row.at), "details": row.details or {}} for row in rows]
     return page, rows[-1].id if len(rows) == limit else None

@@ -96,11 +96,9 @@ def member_finished(
 # ------------------------------------------------------------------------ reading
 def batch_record(store: Store, batch_id: str) -> dict[str, Any] | None:
     """The stored batch hash with counters as ints, or None."""
-    raw = (
-        cast("dict[str, str]", store.redis.hgetall(batch_key(store, batch_id)))
-        if len(batch_id) <= 64
-        else {}
-    )
+    if len(batch_id) > 64:  # longer than any batch's id (its row's key)
+        return None
+    raw = cast("dict[str, str]", store.redis.hgetall(batch_key(store, batch_id)))
     if not raw:
         return None
     record: dict[str, Any] = dict(raw)
@@ -138,17 +136,16 @@ def batch_view(
     ``archived`` (``jobgate.history.jobs``) when given. ``jobs``: the
     members' records, already read (nothing is read from Redis).
     """
-    members: list[dict[str, Any]] = []
     ids = record.get("member_ids") or member_ids(store, batch_id)
     records: list[dict[str, Any] | None] = list(jobs) if jobs is not None else store.jobs(ids)
     if archived is not None and None in records:  # members Redis no longer caches
         found = archived([i for i, r in zip(ids, records, strict=True) if r is None])
         records = [r if r is not None else found.get(i) for i, r in zip(ids, records, strict=True)]
-    for job_id, job in zip(ids, records, strict=True):
-        if job is None:  # expired record of a long-finished batch
-            members.append({"job_id": job_id, "status": None})
-            continue
-        members.append(member_summary(job_view(job)))
+    members = [
+        # None: the expired record of a long-finished batch
+        member_summary(job_view(job)) if job is not None else {"job_id": job_id, "status": None}
+        for job_id, job in zip(ids, records, strict=True)
+    ]
     total, completed = record["total"], record["completed"]
     done = bool(record.get("finished_at"))
     if done or not total:

@@ -73,8 +73,7 @@ def workers(store: Store, alive_for: int) -> dict[str, Any]:
                 "slots": int(slots or 0),
             }
         )
-    alive = sum(1 for node in listed if node["alive"])
-    return {"alive": alive, "known": int(count), "nodes": listed}
+    return {"alive": sum(node["alive"] for node in listed), "known": int(count), "nodes": listed}
 
 
 def _json(raw: str | None) -> dict[str, Any] | None:
@@ -178,7 +177,6 @@ def activity(
     last = now.replace(second=0, microsecond=0)
     since = last - timedelta(minutes=minutes - 1)
     until = last + timedelta(minutes=1)
-    labels = [since + timedelta(minutes=i) for i in range(minutes)]
     statements = activity_statements(db, since, until)
     series: dict[str, dict[str, int]] = {
         name: _counts(db.read(statements[name])) for name in ("submitted", "started", "ended")
@@ -190,11 +188,10 @@ def activity(
         series["delivered"][key] = int(ok or 0)
 
     rows = []
-    for label in labels:
+    for label in (since + timedelta(minutes=offset) for offset in range(minutes)):
         key = label.strftime("%Y-%m-%d %H:%M")
         row: dict[str, Any] = {"minute": format_time(label)}
-        for name, counts in series.items():
-            row[name] = counts.get(key, 0)
+        row |= {name: counts.get(key, 0) for name, counts in series.items()}
         row["success_rate"] = _rate(row["delivered"], row["attempts"])
         rows.append(row)
     totals: dict[str, Any] = {name: sum(row[name] for row in rows) for name in series}
@@ -277,13 +274,7 @@ def dead_letters(db: Database, limit: int = LIST_LIMIT) -> dict[str, Any]:
         .limit(limit)
     )
     newest = [
-        {
-            "id": row.id,
-            "kind": row.kind,
-            "subject_id": row.subject_id,
-            "at": iso_time(row.at),
-            "error": (row.error or "")[:ERROR_CHARS],
-        }
+        {**row._mapping, "at": iso_time(row.at), "error": (row.error or "")[:ERROR_CHARS]}
         for row in db.read(query)
     ]
     return {"count": int(count), "newest": newest}
@@ -301,11 +292,4 @@ def snapshot(store: Store, db: Database, alive_for: int) -> dict[str, Any]:
     }
 
 
-__all__ = [
-    "activity",
-    "dead_letters",
-    "endpoints",
-    "queues",
-    "snapshot",
-    "workers",
-]
+__all__ = ["activity", "dead_letters", "endpoints", "queues", "snapshot", "workers"]

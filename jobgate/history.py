@@ -40,10 +40,7 @@ ATTEMPTS = (
 def job(db: Database, job_id: str) -> dict[str, Any] | None:
     """The archived record of ``job_id``, or None (the read every status poll of a job
     Redis has forgotten makes: ``Database.read_first``)."""
-    record = db.read_first(JOB_SQL, (job_id,))
-    if record is None:
-        return None
-    return dict(json.loads(record) if isinstance(record, str) else record)
+    return _json(db.read_first(JOB_SQL, (job_id,)))
 
 
 def jobs(db: Database, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -80,7 +77,6 @@ def exchanges(
     ids = sorted({str(entry.get("webhook_id")) for _, entry in wanted})
     responses: dict[tuple[str, int], dict[str, Any]] = {}
     requests: dict[tuple[str, int], Any] = {}
-    bodies: dict[str, str] = {}
     query = select(Attempt.subject_id, Attempt.attempt, Attempt.entry, Attempt.response).where(
         tuple_(Attempt.subject_id, Attempt.attempt).in_(pairs)
     )
@@ -92,8 +88,7 @@ def exchanges(
         if isinstance(sent, dict) and "endpoint_headers" not in sent:
             requests[(subject, int(number))] = sent  # as archived: whole, or said incomplete
     found = select(WebhookBody.webhook_id, WebhookBody.body).where(WebhookBody.webhook_id.in_(ids))
-    for webhook_id, body in db.read(found):
-        bodies[webhook_id] = body
+    bodies = {webhook_id: body for webhook_id, body in db.read(found)}
     return bodies, responses, requests
 
 
@@ -230,12 +225,8 @@ def dead_letters(
         query = query.where(DeadLetter.id < cursor)
     page = [
         {
-            "id": row.id,
-            "kind": row.kind,
-            "subject_id": row.subject_id,
-            "keyspace": row.keyspace,
+            **row._mapping,
             "at": iso_time(row.at),
-            "error": row.error,
             "record": json.loads(row.record) if row.record else None,
         }
         for row in db.read(query)

@@ -67,10 +67,8 @@ def finish_job(
         if committed is not None:
             in_row = True
             # Committed by this call, or by an earlier try of this same end.
-            ours = now or (committed["status"], committed.get("result")) == (
-                status,
-                end.get("result"),
-            )
+            same = (committed["status"], committed.get("result")) == (status, end.get("result"))
+            ours = now or same
             if not ours:
                 celery_meta = None
             status = committed["status"]
@@ -93,12 +91,7 @@ def finish_job(
     fan = ended.get("fan_out", "")
     if ended["webhook_queued"] or fan == "queued":
         log.info("queued %s for job %s", event, job_id, extra={"job_id": job_id})
-    side_effects(
-        messenger,
-        store,
-        ended,
-        webhook_queued=ended["webhook_queued"] or bool(fan),
-    )
+    side_effects(messenger, store, ended, webhook_queued=ended["webhook_queued"] or bool(fan))
     return ours
 
 
@@ -108,15 +101,8 @@ def event_message(
     """(queue, message, task id) of an event's first delivery attempt, for the script that
     records the end (of a job, of a batch) to push; None when the broker is not the job
     store's Redis (the message is then sent after the end is recorded)."""
-    if not messenger.inline:
-        return None
-    queue = messenger.webhooks_queue
     task_id, args, kwargs = delivery_call(kind, subject_id, event, AUTO_CHAIN, 0)
-    return (
-        queue,
-        messenger.envelope(DELIVER_TASK, task_id, queue=queue, args=args, kwargs=kwargs),
-        task_id,
-    )
+    return _pushed(messenger, DELIVER_TASK, task_id, args, kwargs)
 
 
 def fan_out_message(
@@ -124,15 +110,20 @@ def fan_out_message(
 ) -> tuple[str, str, str] | None:
     """(queue, message, task id) of an event's fan-out step to the partner's endpoints,
     for the script that records the end; None when the broker is not the store's Redis."""
+    task_id = fan_out_task_id(kind, subject_id, event)
+    return _pushed(messenger, FAN_OUT_TASK, task_id, [kind, subject_id, event], None)
+
+
+def _pushed(
+    messenger: Messenger, name: str, task_id: str, args: list[str], kwargs: dict[str, Any] | None
+) -> tuple[str, str, str] | None:
+    """(queue, message, task id) of a task on the webhooks queue, for a script to push;
+    None when the broker is not the store's Redis."""
     if not messenger.inline:
         return None
     queue = messenger.webhooks_queue
-    task_id = fan_out_task_id(kind, subject_id, event)
-    return (
-        queue,
-        messenger.envelope(FAN_OUT_TASK, task_id, queue=queue, args=[kind, subject_id, event]),
-        task_id,
-    )
+    message = messenger.envelope(name, task_id, queue=queue, args=args, kwargs=kwargs)
+    return queue, message, task_id
 
 
 def finish_job_retrying(
@@ -192,10 +183,9 @@ def side_effects(
     status = record.get("status")
     if status not in JOB_EVENTS:
         return
-    if record.get("callback_url") and not webhook_queued:
-        enqueue_webhook(store, messenger, "job", record["job_id"], job_event(status))
-    elif not record.get("callback_url") and not webhook_queued:
-        enqueue_fan_out(store, messenger, "job", record["job_id"], job_event(status))
+    if not webhook_queued:
+        enqueue = enqueue_webhook if record.get("callback_url") else enqueue_fan_out
+        enqueue(store, messenger, "job", record["job_id"], job_event(status))
     if record.get("batch_id"):
         count_batch_member(messenger, store, record)
 
@@ -221,34 +211,29 @@ def enqueue_webhook(
     subject_id: str,
     event: str,
     chain: str = AUTO_CHAIN,
-) -> str:
+) -> None:
     """Queue the first attempt of ``event`` (of ``chain``) on the webhooks queue, marked
-    open first so that a crash before the send leaves it for the sweeper; its task id."""
+    open first so that a crash before the send leaves it for the sweeper."""
     task_id, args, kwargs = delivery_call(kind, subject_id, event, chain, 0)
     handoff.opening(store, messenger, task_id)
     handoff.send_delivery(store, messenger, DELIVER_TASK, task_id, args=args, kwargs=kwargs)
     log.info("queued %s for %s %s", event, kind, subject_id, extra={"job_id": subject_id})
-    return task_id
 
 
 def enqueue_fan_out(
     store: Store, messenger: Messenger, kind: str, subject_id: str, event: str
-) -> str | None:
+) -> None:
     """Queue the fan-out step of ``event`` (marked open first), unless the partner's
-    mirror says it has no endpoint (a disabled one counts: it gets held messages); its
-    task id, or None."""
+    mirror says it has no endpoint (a disabled one counts: it gets held messages)."""
     record_key = SUBJECTS[kind].record_key(store, subject_id)
     partner_id = store.redis.hget(record_key, "partner_id")
-    if (
-        not partner_id
-        or store.redis.hget(store.key("partner", str(partner_id)), "endpoints") == "0"
-    ):
-        return None
+    partner_key = store.key("partner", str(partner_id))
+    if not partner_id or store.redis.hget(partner_key, "endpoints") == "0":
+        return
     task_id = fan_out_task_id(kind, subject_id, event)
     handoff.opening(store, messenger, task_id)
     handoff.send_delivery(store, messenger, FAN_OUT_TASK, task_id, args=[kind, subject_id, event])
     log.info("queued the fan-out of %s for %s %s", event, kind, subject_id)
-    return task_id
 
 
 def queue_job(
@@ -264,13 +249,9 @@ def queue_job(
     apart. Otherwise the jobs a step dispatches are sent right after it
     (``send_dispatched``).
     """
-    send_dispatched(
-        store,
-        messenger,
-        store.create_job(
-            record, job_message(messenger, record), queued_limit=queued_limit, committed=True
-        ),
-    )
+    message = job_message(messenger, record)
+    dispatched = store.create_job(record, message, queued_limit=queued_limit, committed=True)
+    send_dispatched(store, messenger, dispatched)
 
 
 def job_message(messenger: Messenger, record: dict[str, Any]) -> tuple[str, str] | None:

@@ -28,7 +28,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from jobgate.archive import job_row, upsert_batches, upsert_jobs, upsert_jobs_statement
-from jobgate.batches import COUNTERS, batch_key
+from jobgate.batches import COUNTERS
+from jobgate.batches import keys as batch_keys
 from jobgate.db import Database
 from jobgate.db.models import Batch, Job
 from jobgate.events import JOB_EVENTS
@@ -81,21 +82,22 @@ def accept(
     rows = [job_row(job, keyspace) for job in jobs]
     if idempotency is not None:
         rows[0] |= {"idempotency_key": idempotency.key_hash, "request_digest": idempotency.digest}
-    for attempt in (1, 2):
-        try:
-            if batch is None and len(rows) == 1:  # with the other submits of the moment
-                db.write_grouped(upsert_jobs_statement(), rows[0])
-                return
-            if batch is None:
-                db.write(upsert_jobs_statement(), rows)
-                return
-            db.transaction(lambda connection: _batch_rows(connection, batch, rows))
-            return
-        except IntegrityError:
-            if idempotency is None or attempt == 2:
-                raise
-            _check_key(db, idempotency)
-    raise AssertionError("unreachable")
+    try:
+        _commit_rows(db, rows, batch)
+    except IntegrityError:
+        if idempotency is None:
+            raise
+        _check_key(db, idempotency)  # KeyTaken, or the key freed: one more try
+        _commit_rows(db, rows, batch)
+
+
+def _commit_rows(db: Database, rows: list[dict[str, Any]], batch: dict[str, Any] | None) -> None:
+    if batch is None and len(rows) == 1:  # with the other submits of the moment
+        db.write_grouped(upsert_jobs_statement(), rows[0])
+    elif batch is None:
+        db.write(upsert_jobs_statement(), rows)
+    else:
+        db.transaction(lambda connection: _batch_rows(connection, batch, rows))
 
 
 def _batch_rows(connection: Any, batch: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -183,7 +185,7 @@ def _put_back_batch(store: Store, db: Database, messenger: Messenger, batch_id: 
     """A batch Redis lost, rebuilt from its row, then its members that ended counted
     again, as they were at their ends (the last one completes the batch and queues its
     event); the others count as they end."""
-    key = batch_key(store, batch_id)
+    key, done_key, jobs_key = batch_keys(store, batch_id)
     if store.redis.exists(key):
         return
     found = db.read(select(Batch.record).where(Batch.batch_id == batch_id))
@@ -193,7 +195,6 @@ def _put_back_batch(store: Store, db: Database, messenger: Messenger, batch_id: 
     members = db.read(
         select(Job.job_id, Job.status).where(Job.batch_id == batch_id).order_by(Job.created_at)
     )
-    jobs_key, done_key = batch_key(store, batch_id, "jobs"), batch_key(store, batch_id, "done")
     mapping: dict[str, Any] = {
         name: batch[name]
         for name in ("batch_id", "partner_id", "callback_url", "created_at", "total")

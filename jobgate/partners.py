@@ -30,7 +30,6 @@ from jobgate.times import aware, iso_time, now_utc, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
-MIRROR_FIELDS = ("id", "name", "created_at", "webhook_secret")
 # Published on ``<prefix>:partners:changed`` whenever a partner's keys stop or start
 # working (disable, enable, rotate-key): every gateway process drops its key cache.
 CHANGED_CHANNEL = "partners:changed"
@@ -72,13 +71,8 @@ class Partners:
         with self.db.session() as session:
             if session.get(Partner, partner_id) is None:
                 return False
-            expire_live(
-                session,
-                SigningSecret,
-                (SigningSecret.partner_id == partner_id) & SigningSecret.endpoint_id.is_(None),
-                now,
-                grace,
-            )
+            own = (SigningSecret.partner_id == partner_id) & SigningSecret.endpoint_id.is_(None)
+            expire_live(session, SigningSecret, own, now, grace)
             sealed = self.store.sealer.seal(new_secret)
             session.add(SigningSecret(partner_id=partner_id, secret=sealed, created_at=now))
         self.mirror(partner_id)
@@ -174,9 +168,8 @@ class Partners:
     # ----------------------------------------------------------------- reads
     def get(self, partner_id: str) -> dict[str, str] | None:
         """The partner's mirror record (rebuilt from the database if Redis lost it)."""
-        raw = cast(
-            "dict[str, str]", self.store.redis.hgetall(self.store.key("partner", partner_id))
-        )
+        key = self.store.key("partner", partner_id)
+        raw = cast("dict[str, str]", self.store.redis.hgetall(key))
         return raw or self.mirror(partner_id)
 
     def known(self, api_key: str) -> bool:
@@ -203,8 +196,7 @@ class Partners:
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         generation = self._generation
-        redis = self.store.redis
-        pipe = redis.pipeline(transaction=False)
+        pipe = self.store.redis.pipeline(transaction=False)
         pipe.get(self.store.key("partnerkey", hashed))
         pipe.pttl(self.store.key("partnerkey", hashed))
         partner_id, ttl_ms = pipe.execute()

@@ -55,9 +55,8 @@ def hash_key(api_key: str) -> str:
 IDEMPOTENCY_TTL = 86400  # seconds an Idempotency-Key names its job
 
 
-def key_hash(key: str) -> str:
-    """An Idempotency-Key as it is kept (Redis and the database): its SHA-256."""
-    return hashlib.sha256(key.encode()).hexdigest()
+# An Idempotency-Key as it is kept (Redis and the database): its SHA-256, as an API key's.
+key_hash = hash_key
 
 
 def digest(payload: Any) -> str:
@@ -186,8 +185,7 @@ class Store:
     ) -> list[str]:
         """``create_job`` for a batch and all its members, in one atomic step: a batch
         exists with all its members queued, or not at all."""
-        queued: Sequence[tuple[str, str] | None] = messages or [None] * len(jobs)
-        return self._submit(batch, jobs, queued, queued_limit, committed)
+        return self._submit(batch, jobs, messages or [None] * len(jobs), queued_limit, committed)
 
     def _submit(
         self,
@@ -309,12 +307,11 @@ class Store:
         written)."""
         event = json.dumps({"job_id": job_id, "status": "PROCESSING", "progress": progress})
         key, value, expires = self._meta_parts(celery_meta)
-        return int(
-            self.scripts["job_progress"](
-                keys=[self.key("job", job_id), self.channel(job_id), key],
-                args=[json.dumps(progress), event, value, expires],
-            )
+        answer = self.scripts["job_progress"](
+            keys=[self.key("job", job_id), self.channel(job_id), key],
+            args=[json.dumps(progress), event, value, expires],
         )
+        return int(answer)
 
     def _meta_parts(
         self, celery_meta: tuple[str, str, int | None] | None
@@ -351,10 +348,7 @@ class Store:
         """
         if status not in TERMINAL:
             raise ValueError(f"{status} is not a terminal status")
-        values = {"status": status, "finished_at": utcnow(), **fields}
-        flat: list[str] = []
-        for name, value in _encode(values).items():
-            flat += [name, value]
+        flat = _pairs(_encode({"status": status, "finished_at": utcnow(), **fields}))
         event = json.dumps({"job_id": job_id, "status": status})
         queue, message, task_id = webhook_message or (self.key("no-webhook"), "", "")
         _, fan_message, fan_id = fan_out_message or ("", "", "")
@@ -539,15 +533,11 @@ def secrets_of(
 
 
 def _encode(values: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        if name in JSON_FIELDS:
-            out[name] = json.dumps(value, default=str)
-        else:
-            out[name] = str(value)
-    return out
+    return {
+        name: json.dumps(value, default=str) if name in JSON_FIELDS else str(value)
+        for name, value in values.items()
+        if value is not None
+    }
 
 
 def _pairs(values: dict[str, str]) -> list[str]:

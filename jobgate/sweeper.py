@@ -128,16 +128,15 @@ def sweep(
         return _recorded(store, repairs)
     if broker is None:
         raise TypeError("sweep: an inline messenger's broker is the store's Redis: give it")
-    live = _stale_live(store, now, stale_after)
-    overdue = _overdue(store, now)
+    live = _older(store, store.key("live"), now - stale_after)  # dispatched long ago
+    overdue = _older(store, store.open_key, now)
     if not live and not overdue:
         return _recorded(store, repairs)
-    records = dict(zip(live, store.jobs(live), strict=True))
     queues = sorted(
         {
             messenger.jobs_queue,
             messenger.webhooks_queue,
-            *(r["queue"] for r in records.values() if r and r.get("queue")),
+            *(r["queue"] for r in store.jobs(live) if r and r.get("queue")),
         }
     )
     seen = inflight_ids(store, broker, queues)
@@ -147,29 +146,19 @@ def sweep(
         time.sleep(recheck_after)
         seen = inflight_ids(store, broker, queues)
         lost = [j for j in missing_jobs if j not in seen]
+        lost_deliveries = [t for t in missing_deliveries if t not in seen]
         _repair_jobs(store, messenger, broker, lost, repairs, db)
-        _repair_deliveries(
-            store, messenger, broker, [t for t in missing_deliveries if t not in seen], repairs
-        )
+        _repair_deliveries(store, messenger, broker, lost_deliveries, repairs)
     # Overdue but found queued (a backlog) or just repaired: look again a grace later.
     if overdue:
         store.redis.zadd(store.open_key, dict.fromkeys(overdue, now + store.open_grace), xx=True)
     return _recorded(store, repairs)
 
 
-def _stale_live(store: Store, now: float, stale_after: float) -> list[str]:
-    """Live jobs dispatched more than ``stale_after`` s ago (at most LIMIT)."""
-    return cast(
-        "list[str]",
-        store.redis.zrangebyscore(store.key("live"), "-inf", now - stale_after, start=0, num=LIMIT),
-    )
-
-
-def _overdue(store: Store, now: float) -> list[str]:
-    """Open deliveries past their deadline (at most LIMIT)."""
-    return cast(
-        "list[str]", store.redis.zrangebyscore(store.open_key, "-inf", now, start=0, num=LIMIT)
-    )
+def _older(store: Store, key: str, before: float) -> list[str]:
+    """The members of the sorted set ``key`` scored ``before`` or less (at most LIMIT): live
+    jobs by dispatch time, open deliveries by deadline, live batches by creation."""
+    return cast("list[str]", store.redis.zrangebyscore(key, "-inf", before, start=0, num=LIMIT))
 
 
 def _still_live(store: Store, job_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -294,7 +283,7 @@ def _resend(
     """A broker apart: send again what no sender handed over (``jobgate.handoff``), and
     record the committed end of a started job that Redis never took (its worker's end
     retries ran out: the broker has acknowledged its message, so no run comes again)."""
-    records = _still_live(store, _stale_live(store, now, stale_after))
+    records = _still_live(store, _older(store, store.key("live"), now - stale_after))
     started = [j for j, r in records.items() if r.get("started_at")]
     ended: dict[str, dict[str, Any]] = {}
     if db is not None and started:
@@ -325,7 +314,7 @@ def _resend(
                     extra={"job_id": job_id},
                 )
                 repairs["job_requeued"] += 1
-    overdue = _overdue(store, now)
+    overdue = _older(store, store.open_key, now)
     if not overdue:
         return
     waiting = inflight_ids(store, None, [])  # the due set: retries and deferred attempts
@@ -351,10 +340,7 @@ def _count_batches(
     store: Store, messenger: Messenger, before: float, repairs: Counter[str]
 ) -> None:
     live_key = store.key("batches", "live")
-    batch_ids = cast(
-        "list[str]", store.redis.zrangebyscore(live_key, "-inf", before, start=0, num=LIMIT)
-    )
-    for batch_id in batch_ids:
+    for batch_id in _older(store, live_key, before):
         record = batch_record(store, batch_id)
         if record is None or record.get("finished_at"):
             store.redis.zrem(live_key, batch_id)

@@ -12,7 +12,7 @@ import re
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -227,12 +227,9 @@ class Database:
             except dialect.loaded_dbapi.Error as exc:  # the database unreachable
                 raise wrapped(exc, False) from exc
             try:
-                cursor = connection.cursor()
-                try:
+                with closing(connection.cursor()) as cursor:
                     cursor.execute(sql, params)
                     row = cursor.fetchone()
-                finally:
-                    cursor.close()
             except dialect.loaded_dbapi.Error as exc:
                 dead = dialect.is_disconnect(exc, connection.dbapi_connection, None)
                 if dead:
@@ -365,9 +362,7 @@ class Database:
         check_key(secret_key, newest[0][0] if newest else None)
         if oldest:
             check_key(secret_key, oldest[0][0])
-        clear = self.read(select(func.count()).where(~SigningSecret.secret.startswith(PREFIX)))[0][
-            0
-        ]
+        [(clear,)] = self.read(select(func.count()).where(~SigningSecret.secret.startswith(PREFIX)))
         if clear:
             log.warning(
                 "%d signing secret(s) stored before sealing, in clear: run `jobgate secrets "

@@ -77,11 +77,7 @@ class GroupCommit:
             if not me.leads:
                 return
             me.leads = False
-            following = self._waiting[0] if self._waiting else None
-            if following is None:
-                self._leading = False
-            else:
-                following.leads = True
+            following = self._pass_lead()
         if following is not None:
             following.done.set()
 
@@ -92,16 +88,21 @@ class GroupCommit:
             self._write_group(group)
         finally:
             with self._lock:
-                following = self._waiting[0] if self._waiting else None
-                if following is None:
-                    self._leading = False
-                else:
-                    following.leads = True
+                following = self._pass_lead()
             for waiter in group:
                 waiter.leads = False
                 waiter.done.set()
             if following is not None:
                 following.done.set()
+
+    def _pass_lead(self) -> _Waiter | None:
+        """(Under the lock) the lead passes to the oldest waiting caller, if any: the
+        caller to wake; with none waiting, no one leads."""
+        following = self._waiting[0] if self._waiting else None
+        self._leading = following is not None
+        if following is not None:
+            following.leads = True
+        return following
 
     def _take(self) -> list[_Waiter]:
         """The next group (under the lock): every waiting row, or past ``limit`` rows

@@ -24,10 +24,21 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, mapped_column
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 Time = DateTime(timezone=True)
+# A partial index of the rows not settled, the same on both databases.
+NOT_SETTLED: dict[str, Any] = {
+    "postgresql_where": text("NOT settled"),
+    "sqlite_where": text("NOT settled"),
+}
+
+
+def _partner_id() -> MappedColumn[str]:
+    """A partner's id in a row of its own (an API key, an endpoint, a signing secret):
+    indexed, and deleted with the partner."""
+    return mapped_column(ForeignKey("partners.id", ondelete="CASCADE"), index=True)
 
 
 class Base(DeclarativeBase):
@@ -51,9 +62,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
 
     key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    partner_id: Mapped[str] = mapped_column(
-        ForeignKey("partners.id", ondelete="CASCADE"), index=True
-    )
+    partner_id: Mapped[str] = _partner_id()
     created_at: Mapped[datetime] = mapped_column(Time)
     expires_at: Mapped[datetime | None] = mapped_column(Time, nullable=True)
 
@@ -68,9 +77,7 @@ class Endpoint(Base):
     __tablename__ = "endpoints"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    partner_id: Mapped[str] = mapped_column(
-        ForeignKey("partners.id", ondelete="CASCADE"), index=True
-    )
+    partner_id: Mapped[str] = _partner_id()
     url: Mapped[str] = mapped_column(String(2048))
     description: Mapped[str] = mapped_column(String(500), default="")
     event_types: Mapped[list[str]] = mapped_column(JSONType)
@@ -92,9 +99,7 @@ class SigningSecret(Base):
     __tablename__ = "signing_secrets"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    partner_id: Mapped[str] = mapped_column(
-        ForeignKey("partners.id", ondelete="CASCADE"), index=True
-    )
+    partner_id: Mapped[str] = _partner_id()
     endpoint_id: Mapped[str | None] = mapped_column(
         ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=True, index=True
     )
@@ -137,13 +142,7 @@ class Job(Base):
         Index("jobs_partner_status_created", "partner_id", "status", "created_at", "job_id"),
         Index("jobs_partner_task_created", "partner_id", "task", "created_at", "job_id"),
         Index("jobs_created", "created_at", "job_id"),
-        Index(
-            "jobs_unsettled",
-            "keyspace",
-            "created_at",
-            postgresql_where=text("NOT settled"),
-            sqlite_where=text("NOT settled"),
-        ),
+        Index("jobs_unsettled", "keyspace", "created_at", **NOT_SETTLED),
     )
 
 
@@ -247,13 +246,7 @@ class OperationalEvent(Base):
 
     __tablename__ = "operational_events"
     __table_args__ = (
-        Index(
-            "operational_events_unsettled",
-            "keyspace",
-            "created_at",
-            postgresql_where=text("NOT settled"),
-            sqlite_where=text("NOT settled"),
-        ),
+        Index("operational_events_unsettled", "keyspace", "created_at", **NOT_SETTLED),
     )
 
     op_id: Mapped[str] = mapped_column(String(64), primary_key=True)
