@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy.exc
 from flask import Flask, Response, jsonify, request
@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("jobgate.errors")
+T = TypeVar("T")
 
 HTTP_CODES = {
     400: "bad_request",
@@ -57,6 +58,13 @@ class APIError(Exception):
 
 def not_found(what: str = "job") -> APIError:
     return APIError(404, "not_found", f"No {what} with this id.")
+
+
+def or_404(value: T | None, what: str) -> T:
+    """``value``, or 404 ``not_found`` naming ``what`` when it is None."""
+    if value is None:
+        raise not_found(what)
+    return value
 
 
 def error_response(

@@ -286,17 +286,16 @@ def wait_for_record(svc: Services, job_id: str, timeout: float = 2.0) -> dict[st
 def find(svc: Services, principal: Principal, job_id: str) -> dict[str, Any]:
     """The job record if the caller may see it (Redis, then the database); 404 for unknown
     and for others' jobs."""
-    record = svc.store.job(job_id)
-    if record is None:
-        record = history.job(svc.db, job_id)
-    return _visible(principal, record)
+    return visible(principal, svc.store.job(job_id) or history.job(svc.db, job_id), "job")
 
 
-def _visible(principal: Principal, record: dict[str, Any] | None) -> dict[str, Any]:
+def visible(principal: Principal, record: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    """``record`` if the caller may see it (an admin any, a partner its own); 404 naming
+    ``what`` for none and for another partner's."""
     if record is None or not (
         principal.is_admin or record.get("partner_id") == principal.partner_id
     ):
-        raise not_found("job")
+        raise not_found(what)
     return record
 
 
