@@ -127,36 +127,30 @@ def presented_key() -> str:
     return key.strip() if scheme.lower() == "bearer" else ""
 
 
-def admin_required(view: F) -> F:
-    """Only admin keys; a partner key gets 403."""
+def _keyed(view: F, admin: bool | None = None, refusal: str = "") -> F:
+    """``view`` for any valid key; with ``admin`` True or False only for a caller who is
+    (or is not) an admin, any other getting 403 ``forbidden`` with ``refusal``."""
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not authenticate().is_admin:
-            raise APIError(403, "forbidden", "This route needs an admin key.")
+        caller = authenticate()
+        if admin is not None and caller.is_admin != admin:
+            raise APIError(403, "forbidden", refusal)
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def admin_required(view: F) -> F:
+    """Only admin keys; a partner key gets 403."""
+    return _keyed(view, admin=True, refusal="This route needs an admin key.")
 
 
 def partner_required(view: F) -> F:
     """Only partner keys (jobs belong to a partner); an admin key gets 403."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if authenticate().is_admin:
-            raise APIError(403, "forbidden", "Submit jobs with a partner key; admins own none.")
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    return _keyed(view, admin=False, refusal="Submit jobs with a partner key; admins own none.")
 
 
 def login_required(view: F) -> F:
     """Any valid key, admin or partner."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        authenticate()
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    return _keyed(view)
