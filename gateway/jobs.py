@@ -368,10 +368,6 @@ class OpenStream:
         self.lease = lease
         self.channel = svc.store.key(CHANGED_CHANNEL)
 
-    def due(self) -> float:
-        """Seconds the stream may sleep before ``keep`` is due."""
-        return self.lease.due()
-
     def allowed(self) -> bool:
         """Does the stream's key still work (read past this process's key cache)?"""
         partner = self.svc.partners.by_key(self.api_key, cached=False)
