@@ -136,7 +136,12 @@ def hand_off(
         return create()
     except QueueFull:
         outbox.withdraw(svc.db, job_ids, batch_id)
-        raise queue_full(svc, principal) from None
+        raise limit_exceeded(
+            "max_queued_jobs",
+            queued_limit(svc, principal),
+            "Too many jobs waiting to start; submit more once some have started.",
+            QUEUE_FULL_RETRY_AFTER,
+        ) from None
     except RedisError as exc:
         subject = f"batch {batch_id}" if batch_id else f"job {job_ids[0]}"
         log.warning(
@@ -158,16 +163,6 @@ def limit_of(svc: Services, principal: Principal, name: str) -> int:
     principal carries them all; the defaults are built only for a caller without them."""
     value = principal.limits.get(name)
     return value if value is not None else defaults(svc.settings)[name]
-
-
-def queue_full(svc: Services, principal: Principal) -> APIError:
-    """429 ``limit_exceeded`` for a partner with ``max_queued_jobs`` waiting."""
-    return limit_exceeded(
-        "max_queued_jobs",
-        queued_limit(svc, principal),
-        "Too many jobs waiting to start; submit more once some have started.",
-        QUEUE_FULL_RETRY_AFTER,
-    )
 
 
 QUEUE_FULL_RETRY_AFTER = 5  # seconds; jobs leave the queue as the partner's earlier ones run
