@@ -41,12 +41,7 @@ def authenticate() -> Principal:
         return g.principal
     key = presented_key()
     if not key:
-        raise APIError(
-            401,
-            "unauthorized",
-            "Send an API key as 'Authorization: Bearer <key>'.",
-            headers={"WWW-Authenticate": 'Bearer realm="jobgate"'},
-        )
+        raise _unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
     svc = services()
     address = "auth:" + (request.remote_addr or "")
     limit = svc.settings.auth_failures_per_minute
@@ -86,16 +81,18 @@ def authenticate() -> Principal:
         _suspect(svc.suspects, address)
         with contextlib.suppress(RedisError):
             svc.store.hit_rate_limit(address, limit)
-        raise APIError(
-            401,
-            "unauthorized",
-            "This API key is not valid.",
-            headers={"WWW-Authenticate": 'Bearer realm="jobgate"'},
-        )
+        raise _unauthorized("This API key is not valid.")
     g.principal = Principal(
         "partner", partner["id"], partner.get("name", ""), effective(svc.settings, partner)
     )
     return g.principal
+
+
+def _unauthorized(message: str) -> APIError:
+    """401 ``unauthorized``, with the challenge naming the scheme to use."""
+    return APIError(
+        401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="jobgate"'}
+    )
 
 
 SUSPECT_FOR = 60.0  # seconds: the count's window
