@@ -496,9 +496,7 @@ def listing(
                     if principal.is_admin:  # whose job it is: the status page's partner column
                         view["partner_id"] = row.get("partner_id")
                     jobs.append(view)
-                    if len(jobs) == limit:
-                        return {"jobs": jobs, "next_cursor": after}
-                if scanned >= MAX_SCAN:
+                if len(jobs) == limit or scanned >= MAX_SCAN:
                     return {"jobs": jobs, "next_cursor": after}
             if len(rows) < size:
                 return {"jobs": jobs, "next_cursor": None}
