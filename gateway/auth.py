@@ -41,12 +41,7 @@ def authenticate() -> Principal:
         return g.principal
     key = presented_key()
     if not key:
-        raise APIError(
-            401,
-            "unauthorized",
-            "Send an API key as 'Authorization: Bearer <key>'.",
-            headers={"WWW-Authenticate": 'Bearer realm="jobgate"'},
-        )
+        raise _unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
     svc = services()
     address = "auth:" + (request.remote_addr or "")
     limit = svc.settings.auth_failures_per_minute
@@ -86,16 +81,18 @@ def authenticate() -> Principal:
         _suspect(svc.suspects, address)
         with contextlib.suppress(RedisError):
             svc.store.hit_rate_limit(address, limit)
-        raise APIError(
-            401,
-            "unauthorized",
-            "This API key is not valid.",
-            headers={"WWW-Authenticate": 'Bearer realm="jobgate"'},
-        )
+        raise _unauthorized("This API key is not valid.")
     g.principal = Principal(
         "partner", partner["id"], partner.get("name", ""), effective(svc.settings, partner)
     )
     return g.principal
+
+
+def _unauthorized(message: str) -> APIError:
+    """401 ``unauthorized``, with the challenge naming the scheme to use."""
+    return APIError(
+        401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="jobgate"'}
+    )
 
 
 SUSPECT_FOR = 60.0  # seconds: the count's window
@@ -127,36 +124,30 @@ def presented_key() -> str:
     return key.strip() if scheme.lower() == "bearer" else ""
 
 
-def admin_required(view: F) -> F:
-    """Only admin keys; a partner key gets 403."""
+def _keyed(view: F, admin: bool | None = None, refusal: str = "") -> F:
+    """``view`` for any valid key; with ``admin`` True or False only for a caller who is
+    (or is not) an admin, any other getting 403 ``forbidden`` with ``refusal``."""
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if not authenticate().is_admin:
-            raise APIError(403, "forbidden", "This route needs an admin key.")
+        caller = authenticate()
+        if admin is not None and caller.is_admin != admin:
+            raise APIError(403, "forbidden", refusal)
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def admin_required(view: F) -> F:
+    """Only admin keys; a partner key gets 403."""
+    return _keyed(view, admin=True, refusal="This route needs an admin key.")
 
 
 def partner_required(view: F) -> F:
     """Only partner keys (jobs belong to a partner); an admin key gets 403."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if authenticate().is_admin:
-            raise APIError(403, "forbidden", "Submit jobs with a partner key; admins own none.")
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    return _keyed(view, admin=False, refusal="Submit jobs with a partner key; admins own none.")
 
 
 def login_required(view: F) -> F:
     """Any valid key, admin or partner."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        authenticate()
-        return view(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    return _keyed(view)

@@ -21,6 +21,7 @@ from gateway.jobs import (
     queued_limit,
     trace_of,
     validate_job,
+    visible,
 )
 from gateway.revoke import revoke_job
 from gateway.schemas import load_or_422
@@ -124,12 +125,8 @@ def submit(
 def find(svc: Services, principal: Principal, batch_id: str) -> dict[str, Any]:
     """The batch record if the caller may see it (Redis, then the database); 404 for
     unknown and others' batches."""
-    record = batch_record(svc.store, batch_id)
-    if record is None:
-        record = history.batch(svc.db, batch_id)
-    if record is None or not (principal.is_admin or record["partner_id"] == principal.partner_id):
-        raise not_found("batch")
-    return record
+    record = batch_record(svc.store, batch_id) or history.batch(svc.db, batch_id)
+    return visible(principal, record, "batch")
 
 
 def view(svc: Services, batch_id: str, record: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -237,15 +237,7 @@ def pool_commands(
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(
-    concurrency: int | None,
-    delivery_concurrency: int | None,
-    delivery_pool: str,
-    pool_only: str | None,
-    jobs_name: str,
-    webhooks_name: str,
-    loglevel: str,
-    delivery_args: str,
-    celery_args: tuple[str, ...],
+    pool_only: str | None, delivery_args: str, celery_args: tuple[str, ...], **options: Any
 ) -> None:
     """Run the job pool and the webhook delivery pool, and supervise both.
 
@@ -258,12 +250,7 @@ def worker(
     """
     _check_ready(Settings.from_env())
     commands = pool_commands(
-        concurrency=concurrency,
-        delivery_concurrency=delivery_concurrency,
-        delivery_pool=delivery_pool,
-        jobs_name=jobs_name,
-        webhooks_name=webhooks_name,
-        loglevel=loglevel,
+        **options,  # the other options, named as pool_commands names them
         extra=celery_args,
         delivery_extra=shlex.split(delivery_args),
         pools=(pool_only,) if pool_only else POOLS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy.exc
 from flask import Flask, Response, jsonify, request
@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("jobgate.errors")
+T = TypeVar("T")
 
 HTTP_CODES = {
     400: "bad_request",
@@ -59,6 +60,13 @@ def not_found(what: str = "job") -> APIError:
     return APIError(404, "not_found", f"No {what} with this id.")
 
 
+def or_404(value: T | None, what: str) -> T:
+    """``value``, or 404 ``not_found`` naming ``what`` when it is None."""
+    if value is None:
+        raise not_found(what)
+    return value
+
+
 def error_response(
     status: int,
     code: str,
@@ -68,8 +76,7 @@ def error_response(
 ) -> Response:
     response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
     response.status_code = status
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
+    response.headers.update(headers or {})
     return response
 
 

@@ -136,7 +136,12 @@ def hand_off(
         return create()
     except QueueFull:
         outbox.withdraw(svc.db, job_ids, batch_id)
-        raise queue_full(svc, principal) from None
+        raise limit_exceeded(
+            "max_queued_jobs",
+            queued_limit(svc, principal),
+            "Too many jobs waiting to start; submit more once some have started.",
+            QUEUE_FULL_RETRY_AFTER,
+        ) from None
     except RedisError as exc:
         subject = f"batch {batch_id}" if batch_id else f"job {job_ids[0]}"
         log.warning(
@@ -158,16 +163,6 @@ def limit_of(svc: Services, principal: Principal, name: str) -> int:
     principal carries them all; the defaults are built only for a caller without them."""
     value = principal.limits.get(name)
     return value if value is not None else defaults(svc.settings)[name]
-
-
-def queue_full(svc: Services, principal: Principal) -> APIError:
-    """429 ``limit_exceeded`` for a partner with ``max_queued_jobs`` waiting."""
-    return limit_exceeded(
-        "max_queued_jobs",
-        queued_limit(svc, principal),
-        "Too many jobs waiting to start; submit more once some have started.",
-        QUEUE_FULL_RETRY_AFTER,
-    )
 
 
 QUEUE_FULL_RETRY_AFTER = 5  # seconds; jobs leave the queue as the partner's earlier ones run
@@ -286,17 +281,16 @@ def wait_for_record(svc: Services, job_id: str, timeout: float = 2.0) -> dict[st
 def find(svc: Services, principal: Principal, job_id: str) -> dict[str, Any]:
     """The job record if the caller may see it (Redis, then the database); 404 for unknown
     and for others' jobs."""
-    record = svc.store.job(job_id)
-    if record is None:
-        record = history.job(svc.db, job_id)
-    return _visible(principal, record)
+    return visible(principal, svc.store.job(job_id) or history.job(svc.db, job_id), "job")
 
 
-def _visible(principal: Principal, record: dict[str, Any] | None) -> dict[str, Any]:
+def visible(principal: Principal, record: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    """``record`` if the caller may see it (an admin any, a partner its own); 404 naming
+    ``what`` for none and for another partner's."""
     if record is None or not (
         principal.is_admin or record.get("partner_id") == principal.partner_id
     ):
-        raise not_found("job")
+        raise not_found(what)
     return record
 
 
@@ -368,10 +362,6 @@ class OpenStream:
         self.api_key = api_key
         self.lease = lease
         self.channel = svc.store.key(CHANGED_CHANNEL)
-
-    def due(self) -> float:
-        """Seconds the stream may sleep before ``keep`` is due."""
-        return self.lease.due()
 
     def allowed(self) -> bool:
         """Does the stream's key still work (read past this process's key cache)?"""
@@ -506,9 +496,7 @@ def listing(
                     if principal.is_admin:  # whose job it is: the status page's partner column
                         view["partner_id"] = row.get("partner_id")
                     jobs.append(view)
-                    if len(jobs) == limit:
-                        return {"jobs": jobs, "next_cursor": after}
-                if scanned >= MAX_SCAN:
+                if len(jobs) == limit or scanned >= MAX_SCAN:
                     return {"jobs": jobs, "next_cursor": after}
             if len(rows) < size:
                 return {"jobs": jobs, "next_cursor": None}

@@ -41,13 +41,9 @@ class RedisCollector:
                 pipe.llen(queue)
             counts, repaired, due, open_deliveries, backlog, oldest, *depths = pipe.execute()
         except Exception:  # noqa: BLE001 - a scrape must not fail when Redis is down
-            up = GaugeMetricFamily("jobgate_redis_up", "Redis answered this scrape")
-            up.add_metric([], 0)
-            yield up
+            yield GaugeMetricFamily("jobgate_redis_up", "Redis answered this scrape", 0)
             return
-        up = GaugeMetricFamily("jobgate_redis_up", "Redis answered this scrape")
-        up.add_metric([], 1)
-        yield up
+        yield GaugeMetricFamily("jobgate_redis_up", "Redis answered this scrape", 1)
         jobs = CounterMetricFamily(
             "jobgate_jobs", "Jobs by event (submitted or final status)", labels=["event"]
         )
@@ -68,35 +64,34 @@ class RedisCollector:
         for kind in REPAIR_KINDS:
             repairs.add_metric([kind], float(repaired.get(kind, 0)))
         yield repairs
-        scheduled = GaugeMetricFamily(
-            "jobgate_deliveries_scheduled", "Webhook retries waiting on the due set"
+        yield GaugeMetricFamily(
+            "jobgate_deliveries_scheduled", "Webhook retries waiting on the due set", due
         )
-        scheduled.add_metric([], due)
-        yield scheduled
-        pending = GaugeMetricFamily(
-            "jobgate_deliveries_open", "Webhook attempts queued or scheduled, not yet recorded"
+        yield GaugeMetricFamily(
+            "jobgate_deliveries_open",
+            "Webhook attempts queued or scheduled, not yet recorded",
+            open_deliveries,
         )
-        pending.add_metric([], open_deliveries)
-        yield pending
-        waiting = GaugeMetricFamily(
-            "jobgate_archive_backlog", "Changes waiting on the archive stream for the database"
+        yield GaugeMetricFamily(
+            "jobgate_archive_backlog",
+            "Changes waiting on the archive stream for the database",
+            backlog,
         )
-        waiting.add_metric([], backlog)
-        yield waiting
-        lag = GaugeMetricFamily(
-            "jobgate_archive_lag_seconds", "Age of the oldest change not archived yet"
+        yield GaugeMetricFamily(
+            "jobgate_archive_lag_seconds",
+            "Age of the oldest change not archived yet",
+            oldest_age(oldest),
         )
-        lag.add_metric([], oldest_age(oldest))
-        yield lag
-        dead = CounterMetricFamily(
+        yield CounterMetricFamily(
             "jobgate_archive_dead_letters",
             "Subjects the archive set aside: the database refused them alone (dead_letters)",
+            float(counts.get("dead_letters", 0)),
         )
-        dead.add_metric([], float(counts.get("dead_letters", 0)))
-        yield dead
-        database = GaugeMetricFamily("jobgate_database_up", "The database answered this scrape")
-        database.add_metric([], 1 if database_answers(self.svc) else 0)
-        yield database
+        yield GaugeMetricFamily(
+            "jobgate_database_up",
+            "The database answered this scrape",
+            1 if database_answers(self.svc) else 0,
+        )
 
 
 def database_answers(svc: Services) -> bool:

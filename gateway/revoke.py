@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gateway.errors import APIError, not_found
+from gateway.errors import APIError, or_404
 from gateway.extensions import Services
 from jobgate.lifecycle import finish_job
 from jobgate.status import TERMINAL, job_view
@@ -30,9 +30,7 @@ def revoke_job(
     svc: Services, job_id: str, *, by: str, reason: str, terminate: bool = True
 ) -> dict[str, Any]:
     """Revoke a job; returns its view (REVOKED). 404 unknown, 409 already finished."""
-    record = svc.store.job(job_id)
-    if record is None:
-        raise not_found("job")
+    record = or_404(svc.store.job(job_id), "job")
     if record.get("status") not in TERMINAL:
         reason = (reason or "")[:MAX_REASON]
         if finish_job(

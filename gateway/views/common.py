@@ -168,10 +168,8 @@ def json_body_or_empty() -> dict[str, Any]:
     return json_body()
 
 
-def accepted(body: dict[str, Any], location: str, poll_after: str, status: int = 202) -> Response:
+def accepted(
+    body: dict[str, Any], location: str, poll_after: str, status: int = 202
+) -> tuple[Response, int, dict[str, str]]:
     """A long-running operation's answer: the resource, where to poll it, and when."""
-    response = jsonify(body)
-    response.status_code = status
-    response.headers["Location"] = location
-    response.headers["Retry-After"] = poll_after
-    return response
+    return jsonify(body), status, {"Location": location, "Retry-After": poll_after}

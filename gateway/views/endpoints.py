@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from gateway.auth import Principal, authenticate, login_required, partner_required
-from gateway.errors import APIError, not_found
+from gateway.errors import APIError, not_found, or_404
 from gateway.extensions import services
 from gateway.jobs import check_callback, limit_exceeded, limit_of
 from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
@@ -65,10 +65,7 @@ def owner(principal: Principal) -> str | None:
 
 def find(endpoint_id: str) -> dict[str, Any]:
     """The endpoint if the caller may see it, else 404 (another partner's too)."""
-    found = services().registry.get(endpoint_id, owner(authenticate()))
-    if found is None:
-        raise not_found("endpoint")
-    return found
+    return or_404(services().registry.get(endpoint_id, owner(authenticate())), "endpoint")
 
 
 def query_args(schema: Any) -> dict[str, Any]:
@@ -111,9 +108,7 @@ def create():
             "Too many endpoints; delete one before registering another.",
             ENDPOINTS_FULL_RETRY_AFTER,
         ) from None
-    if created is None:
-        raise not_found("partner")
-    return jsonify({**created, _shown_as(scheme): shown}), 201
+    return jsonify({**or_404(created, "partner"), _shown_as(scheme): shown}), 201
 
 
 def _shown_as(scheme: str) -> str:
@@ -177,9 +172,7 @@ def update(endpoint_id: str):
                 f"An endpoint may be disabled or enabled {TOGGLES_PER_MINUTE} times a minute.",
                 wait,
             )
-    changed = svc.registry.update(endpoint_id, owner(authenticate()), body)
-    if changed is None:
-        raise not_found("endpoint")
+    changed = or_404(svc.registry.update(endpoint_id, owner(authenticate()), body), "endpoint")
     return jsonify(changed)
 
 
@@ -206,9 +199,7 @@ def rotate_secret(endpoint_id: str):
     json_body_or_empty()
     svc = services()
     whose = owner(authenticate())
-    scheme = svc.registry.scheme(endpoint_id, whose)
-    if scheme is None:
-        raise not_found("endpoint")
+    scheme = or_404(svc.registry.scheme(endpoint_id, whose), "endpoint")
     secret, shown = new_secret(scheme)
     grace = svc.settings.webhook_secret_grace
     if not svc.registry.rotate_secret(endpoint_id, whose, secret, grace, scheme=scheme):

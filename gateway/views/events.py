@@ -131,7 +131,7 @@ def job_events(
                 last_write = now
             wait = min(heartbeat - (now - last_write), deadline - now)
             if holder is not None:
-                wait = min(wait, holder.due())
+                wait = min(wait, holder.lease.due())  # until keep is due
             message = pubsub.get_message(timeout=max(wait, 0.01))
             woken = False
             # Drain what is queued, then read the job once for all of it.

@@ -93,11 +93,10 @@ def show(job_id: str):
         # A held read counts against the caller's max_open_streams while it waits.
         holder = jobs.open_stream(svc, authenticate(), presented_key())
         try:
-            ended = jobs.wait(svc, record, min(wait, svc.settings.max_wait), holder)
+            view = jobs.wait(svc, record, min(wait, svc.settings.max_wait), holder)
         finally:
             if holder is not None:
                 holder.close()
-        return jsonify(jobs.endpoint_webhook(svc, record, ended))
     return jsonify(jobs.endpoint_webhook(svc, record, view))
 
 

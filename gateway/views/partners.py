@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from gateway.auth import admin_required
-from gateway.errors import APIError, not_found
+from gateway.errors import APIError, not_found, or_404
 from gateway.extensions import services
 from gateway.openapi import AUTH, EMPTY_BODY, READ, WRITE, ok, operation
 from gateway.schemas import load_or_422
@@ -100,9 +100,7 @@ def new_webhook_secret(partner_id: str) -> dict[str, Any]:
 def partner_detail(partner_id: str) -> dict[str, Any]:
     """The partner's state with counts: jobs by status, endpoints, failing deliveries."""
     svc = services()
-    state = svc.partners.state(partner_id)
-    if state is None:
-        raise not_found("partner")
+    state = or_404(svc.partners.state(partner_id), "partner")
     endpoints = svc.registry.find(partner_id)
     return {
         **state,
@@ -122,16 +120,13 @@ def partner_detail(partner_id: str) -> dict[str, Any]:
 def set_disabled(partner_id: str, disabled: bool) -> dict[str, Any]:
     """Disable or enable a partner; its state (404 if unknown)."""
     svc = services()
-    if svc.partners.set_disabled(partner_id, disabled) is None:
-        raise not_found("partner")
+    or_404(svc.partners.set_disabled(partner_id, disabled), "partner")
     return svc.partners.state(partner_id) or {}
 
 
 def rotate_key(partner_id: str, grace: int) -> dict[str, Any]:
     """A new API key for the partner; the old ones work ``grace`` s more."""
-    api_key = services().partners.rotate_key(partner_id, grace)
-    if api_key is None:
-        raise not_found("partner")
+    api_key = or_404(services().partners.rotate_key(partner_id, grace), "partner")
     return {"api_key": api_key, "previous_key_valid_for": grace}
 
 
@@ -168,8 +163,7 @@ def set_limits(partner_id: str, changes: dict[str, Any]) -> dict[str, Any]:
     if errors:
         raise APIError(422, "validation_error", "Invalid limits.", {"limits": errors})
     svc = services()
-    if svc.partners.set_limits(partner_id, changes) is None:
-        raise not_found("partner")
+    or_404(svc.partners.set_limits(partner_id, changes), "partner")
     # A higher max_running_jobs may let the partner's waiting jobs start now.
     dispatch(svc.store, svc.messenger, (partner_id,))
     return partner_detail(partner_id)

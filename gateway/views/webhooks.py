@@ -56,19 +56,13 @@ def deliveries(job_id: str):
     record = jobs.find(svc, authenticate(), job_id)
     books = Deliveries(svc.store)
     if svc.store.job(job_id) is None:  # Redis forgot the job: its attempts are archived
-        answer = {
-            "job_id": job_id,
-            "webhook": webhook_summary(record),
-            "deliveries": history.attempts(svc.db, job_id),
-        }
+        webhook, attempts = webhook_summary(record), history.attempts(svc.db, job_id)
     else:
-        answer = {
-            "job_id": job_id,
-            "webhook": books.summary(job_id, bool(record.get("callback_url"))),
-            "deliveries": messagelog.joined(
-                svc.store, [(job_id, entry) for entry in books.attempts(job_id)], svc.db
-            ),
-        }
+        webhook = books.summary(job_id, bool(record.get("callback_url")))
+        attempts = messagelog.joined(
+            svc.store, [(job_id, entry) for entry in books.attempts(job_id)], svc.db
+        )
+    answer = {"job_id": job_id, "webhook": webhook, "deliveries": attempts}
     if not record.get("callback_url"):
         messages = jobs.endpoint_messages(svc, job_id)
         answer["endpoint_messages"] = messages
