@@ -322,9 +322,13 @@ def endpoint_messages(svc: Services, job_id: str) -> list[dict[str, Any]]:
     """The job's endpoint messages from Redis (kept there for days, longer than the job's
     record); from the database only once Redis has forgotten the job itself, so reading a
     recent job of a partner without endpoints costs no query."""
-    found = message_summaries(svc.store, job_id)
-    if found or svc.store.redis.exists(svc.store.key("job", job_id)):
-        return found
+    store = svc.store
+    with store.redis.pipeline(transaction=False) as pipe:  # one round trip for both
+        pipe.smembers(store.key("msgs", job_id))
+        pipe.exists(store.key("job", job_id))
+        ids, kept = pipe.execute()
+    if ids or kept:
+        return message_summaries(store, job_id, ids)
     return history.messages(svc.db, job_id)
 
 

@@ -249,13 +249,19 @@ def _hold_in_redis(store: Store, db: Database, row: Any) -> bool:
     return True
 
 
-def message_summaries(store: Store, subject_id: str) -> list[dict[str, Any]]:
+def message_summaries(
+    store: Store, subject_id: str, ids: set[str] | None = None
+) -> list[dict[str, Any]]:
     """The endpoint messages of a job or batch: ``{"webhook_id", "endpoint_id", "event",
     "state", "attempts"}`` each; ``held`` is the state of one made while its endpoint was
-    disabled, until ``recover`` sends it."""
-    ids = sorted(cast("set[str]", store.redis.smembers(store.key("msgs", subject_id))))
+    disabled, until ``recover`` sends it. ``ids``: its set of messages, if already read."""
+    if ids is None:
+        ids = cast("set[str]", store.redis.smembers(store.key("msgs", subject_id)))
+    if not ids:
+        return []
+    ordered = sorted(ids)
     pipe = store.redis.pipeline(transaction=False)
-    for msg_id in ids:
+    for msg_id in ordered:
         pipe.hmget(store.key("msg", msg_id), "endpoint_id", "event", "held")
         pipe.hmget(store.key("webhook", msg_id), "state", "attempts")
     values = pipe.execute()
@@ -268,6 +274,6 @@ def message_summaries(store: Store, subject_id: str) -> list[dict[str, Any]]:
             "attempts": int(count or 0),
         }
         for msg_id, (endpoint_id, event, held), (state, count) in zip(
-            ids, values[::2], values[1::2], strict=True
+            ordered, values[::2], values[1::2], strict=True
         )
     ]
