@@ -40,7 +40,8 @@ class PageArgs(Schema):
     """A page of a list read newest first by id: ``limit`` rows with ids below ``cursor``."""
 
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.Integer(load_default=None, validate=validate.Range(min=1))
+    # Below SQL's largest integer: a larger one is a 422, not a query SQLite refuses.
+    cursor = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**63 - 1))
 
 
 class ErrorBodySchema(Schema):

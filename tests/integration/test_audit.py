@@ -163,6 +163,22 @@ def test_pages_follow_the_cursor_to_the_end(named: Any) -> None:
     assert seen == ["p4", "p3", "p2", "p1", "p0"]
 
 
+@pytest.mark.parametrize("path", ["/v1/audit", "/v1/archive/dead-letters"])
+@pytest.mark.parametrize("cursor", [2**63, 10**40])
+def test_a_cursor_past_sqls_integers_is_a_422(named: Any, path: str, cursor: int) -> None:
+    """Found by the OpenAPI fuzzer: a cursor SQLite cannot bind was a 500."""
+    response = named.test_client().get(
+        f"{path}?cursor={cursor}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    assert response.status_code == 422, response.get_json()
+    error = response.get_json()["error"]
+    assert error["code"] == "validation_error" and "cursor" in error["details"]
+    largest = named.test_client().get(
+        f"{path}?cursor={2**63 - 1}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    assert largest.status_code == 200, largest.get_json()
+
+
 def test_partners_may_not_read_the_audit_log(client: Any, partner: dict[str, Any]) -> None:
     response = client.get("/v1/audit", headers=partner["headers"])
     assert response.status_code == 403
