@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from gateway.auth import Principal
-from gateway.errors import APIError, not_found
+from gateway.errors import APIError, or_404
 from gateway.extensions import Services
 from gateway.jobs import (
     check_callback,
@@ -125,15 +125,17 @@ def submit(
 def find(svc: Services, principal: Principal, batch_id: str) -> dict[str, Any]:
     """The batch record if the caller may see it (Redis, then the database); 404 for
     unknown and others' batches."""
-    record = batch_record(svc.store, batch_id) or history.batch(svc.db, batch_id)
-    return visible(principal, record, "batch")
+    return visible(principal, _stored(svc, batch_id), "batch")
+
+
+def _stored(svc: Services, batch_id: str) -> dict[str, Any] | None:
+    """The batch's record: Redis's, else the database's (None: neither holds it)."""
+    return batch_record(svc.store, batch_id) or history.batch(svc.db, batch_id)
 
 
 def view(svc: Services, batch_id: str, record: dict[str, Any] | None = None) -> dict[str, Any]:
     """The batch view, every member as its record has it."""
-    record = record or batch_record(svc.store, batch_id) or history.batch(svc.db, batch_id)
-    if record is None:
-        raise not_found("batch")
+    record = or_404(record or _stored(svc, batch_id), "batch")
     return batch_view(
         svc.store,
         batch_id,
