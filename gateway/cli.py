@@ -116,6 +116,12 @@ DELIVERY_POOLS = ("gevent", "threads")
 DEFAULT_DELIVERY_CONCURRENCY = 1000
 # A threads delivery pool pays an OS thread per slot, all taking turns on the GIL.
 DEFAULT_THREAD_DELIVERY_CONCURRENCY = 100
+# The delivery pool takes one message more than it has slots: Celery's green-pool consumer
+# asks the broker for nothing while its prefetch is full and looks again only after a 2 s
+# wait, so with prefetch = slots one partner's burst of quick attempts (failing, deferred)
+# filling every slot at once held every partner's next delivery ~2 s after the slots were
+# free. With 2x, the consumer waits in the pool for the next free slot instead.
+DELIVERY_PREFETCH_MULTIPLIER = "2"
 
 
 def default_delivery_concurrency(pool: str) -> int:
@@ -125,12 +131,12 @@ def default_delivery_concurrency(pool: str) -> int:
     )
 
 
-def _has_option(args: Sequence[str], short: str, long: str) -> bool:
+def _has_option(args: Sequence[str], short: str | None, long: str) -> bool:
     """Whether ``args`` set Celery's option ``short``/``long`` (``-n x``, ``-nx``, ``--long=x``)."""
     return any(
         arg == long
         or arg.startswith(long + "=")
-        or (arg.startswith(short) and not arg.startswith("--"))
+        or (short is not None and arg.startswith(short) and not arg.startswith("--"))
         for arg in args
     )
 
@@ -153,26 +159,36 @@ def pool_commands(
     ``jobs``: prefork on the jobs queue, ``concurrency`` processes (default: one per core),
     then ``extra`` (an option set there wins over ours). ``webhooks``: the I/O pool
     (gevent, or threads) on the webhooks queue with ``delivery_concurrency`` slots (default
-    per pool: ``default_delivery_concurrency``), then ``delivery_extra``.
+    per pool: ``default_delivery_concurrency``), ``DELIVERY_PREFETCH_MULTIPLIER``, then
+    ``delivery_extra``.
     """
     settings = settings or Settings.from_env()
     celery = [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker"]
 
-    def command(queue: str, pool: str, slots: int, name: str, more: Sequence[str]) -> list[str]:
-        ours = [
+    def command(
+        queue: str,
+        pool: str,
+        slots: int,
+        name: str,
+        more: Sequence[str],
+        prefetch: str | None = None,
+    ) -> list[str]:
+        ours: list[tuple[str | None, str, str]] = [
             ("-Q", "--queues", queue),
             ("-P", "--pool", pool),
             ("-c", "--concurrency", str(slots)),
             ("-n", "--hostname", name),
             ("-l", "--loglevel", loglevel),
         ]
+        if prefetch is not None:  # else the app's worker_prefetch_multiplier, 1
+            ours.append((None, "--prefetch-multiplier", prefetch))
         return (
             celery
             + [
                 arg
                 for short, long, value in ours
                 if not _has_option(more, short, long)
-                for arg in (short, value)
+                for arg in (short or long, value)
             ]
             + list(more)
         )
@@ -187,6 +203,7 @@ def pool_commands(
             delivery_concurrency or default_delivery_concurrency(delivery_pool),
             webhooks_name,
             delivery_extra,
+            prefetch=DELIVERY_PREFETCH_MULTIPLIER,
         ),
     }
     return {pool: commands[pool] for pool in pools}

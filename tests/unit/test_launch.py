@@ -127,6 +127,8 @@ def test_worker_runs_a_prefork_job_pool_and_a_gevent_delivery_pool() -> None:
         "webhooks@%h",
         "-l",
         "INFO",
+        "--prefetch-multiplier",
+        "2",
     ]
 
 
@@ -175,6 +177,11 @@ def test_worker_options_and_extra_celery_arguments() -> None:
         "b@h",
         "-l",
         "WARNING",
+        "--prefetch-multiplier",
+        "2",
         "--without-mingle",
     ]
     assert list(pool_commands(settings, pools=("webhooks",))) == ["webhooks"]
+    # The operator's own prefetch wins over the delivery pool's.
+    mine = pool_commands(settings, delivery_extra=("--prefetch-multiplier=4",))["webhooks"]
+    assert mine[-1] == "--prefetch-multiplier=4" and "2" not in mine

@@ -41,7 +41,7 @@ def test_more_webhooks_than_slots_all_arrive_and_none_stays_unacked(
     settings, redis_client, admin_headers, receiver: Receiver
 ):
     """Each slot's message is acked after its attempt: a pool that did not would stop at
-    its prefetch (one message per slot) with every later webhook waiting behind it."""
+    its prefetch (two messages per slot) with every later webhook waiting behind it."""
     tag = uuid.uuid4().hex[:8]
     own = settings.with_overrides(
         queue_jobs=f"dp-{tag}", queue_webhooks=f"dp-{tag}-hooks", key_prefix=f"dp-{tag}"
@@ -98,3 +98,38 @@ def test_a_running_delivery_stays_fresh_until_acked(
     finally:
         worker.stop()
     assert len(receiver.requests) == 1
+
+
+HOLD = 0.6  # seconds partner A's receiver takes to answer each of its two deliveries
+
+
+def test_a_slot_freed_takes_the_next_partners_delivery_at_once(
+    settings, admin_headers, receiver: Receiver
+):
+    """Partner A's two slow deliveries take both slots of a 2-slot pool; partner B's
+    callback, queued meanwhile, leaves as soon as one of them is answered. With a prefetch
+    of one message per slot, Celery's green-pool consumer asked the broker for nothing
+    while A held both and looked again only after its 2 s wait: B waited ~1.4 s more."""
+    tag = uuid.uuid4().hex[:8]
+    own = settings.with_overrides(
+        queue_jobs=f"dpn-{tag}", queue_webhooks=f"dpn-{tag}-hooks", key_prefix=f"dpn-{tag}"
+    )
+    client, a = gateway_for(own, admin_headers)
+    b = client.post("/v1/partners", json={"name": "b"}, headers=admin_headers).get_json()
+    b["headers"] = {"Authorization": f"Bearer {b['api_key']}"}
+    slow = Receiver()
+    slow.answer(Slow(HOLD), Slow(HOLD))
+    worker = WorkerProcess(own, concurrency=2, name="dpn", delivery_concurrency=2).start()
+    try:
+        for _ in range(2):
+            submit(client, a, slow.url)
+        wait_until(lambda: slow.held == 2, 20, 0.01, "A's two deliveries holding both slots")
+        submit(client, b, receiver.url)
+        [b_request] = receiver.wait_for(1, timeout=20)
+    finally:
+        worker.stop()
+        slow.stop()
+    freed = min(request.at for request in slow.requests) + HOLD
+    assert b_request.at - freed < 0.4, (
+        f"B's callback left {b_request.at - freed:.2f}s after a slot was free"
+    )
