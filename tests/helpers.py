@@ -396,13 +396,17 @@ def gateway_for(settings: Settings, admin_key: str) -> tuple[Any, dict[str, Any]
     app = create_app(settings)
     app.config["TESTING"] = True
     client = app.test_client()
-    created = client.post(
-        "/v1/partners", json={"name": "acme"}, headers={"Authorization": f"Bearer {admin_key}"}
-    )
+    partner = add_partner(client, {"Authorization": f"Bearer {admin_key}"}, "acme")
+    return client, partner, app.extensions["jobgate"]
+
+
+def add_partner(client: Any, admin_headers: dict[str, str], name: str) -> dict[str, Any]:
+    """A new partner through the admin API: its JSON plus ready ``headers``."""
+    created = client.post("/v1/partners", json={"name": name}, headers=admin_headers)
     assert created.status_code == 201, created.get_json()
     partner = created.get_json()
     partner["headers"] = {"Authorization": f"Bearer {partner['api_key']}"}
-    return client, partner, app.extensions["jobgate"]
+    return partner
 
 
 # ----------------------------------------------------------------------------- databases

@@ -13,7 +13,7 @@ import pytest
 
 from config import Settings
 from tests.faults.conftest import doomed_worker, heir_after
-from tests.helpers import WorkerProcess, gateway_for, wait_until
+from tests.helpers import WorkerProcess, add_partner, gateway_for, wait_until
 
 JOB = {"task": "demo.sleep", "params": {"seconds": 0.2, "steps": 1}}
 
@@ -24,10 +24,7 @@ def test_killed_worker_loses_no_dispatched_job(
 ) -> None:
     admin = fault_settings.admin_keys[0]
     client, a, svc = gateway_for(fault_settings, admin)
-    created = client.post(
-        "/v1/partners", json={"name": "b"}, headers={"Authorization": f"Bearer {admin}"}
-    ).get_json()
-    b = {**created, "headers": {"Authorization": f"Bearer {created['api_key']}"}}
+    b = add_partner(client, {"Authorization": f"Bearer {admin}"}, "b")
     jobs = {
         p["id"]: [
             client.post("/v1/jobs", json=JOB, headers=p["headers"]).get_json()["job_id"]

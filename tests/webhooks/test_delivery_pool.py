@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import WorkerProcess, wait_until
+from tests.helpers import WorkerProcess, add_partner, wait_until
 from tests.webhooks.conftest import Receiver, Slow
 from tests.webhooks.test_slow_receivers import gateway_for
 
@@ -115,8 +115,7 @@ def test_a_slot_freed_takes_the_next_partners_delivery_at_once(
         queue_jobs=f"dpn-{tag}", queue_webhooks=f"dpn-{tag}-hooks", key_prefix=f"dpn-{tag}"
     )
     client, a = gateway_for(own, admin_headers)
-    b = client.post("/v1/partners", json={"name": "b"}, headers=admin_headers).get_json()
-    b["headers"] = {"Authorization": f"Bearer {b['api_key']}"}
+    b = add_partner(client, admin_headers, "b")
     slow = Receiver()
     slow.answer(Slow(HOLD), Slow(HOLD))
     worker = WorkerProcess(own, concurrency=2, name="dpn", delivery_concurrency=2).start()

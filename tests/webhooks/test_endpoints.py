@@ -21,7 +21,7 @@ from gateway.client import verify_webhook
 from jobgate.events import endpoint_message_id, fan_out_task_id
 from jobgate.times import utcnow
 from tests.conftest import ADMIN_KEY
-from tests.helpers import gateway_for, wait_until
+from tests.helpers import add_partner, gateway_for, wait_until
 from tests.webhooks.conftest import Received, Receiver, own_world
 from tests.webhooks.test_events import submit
 
@@ -44,9 +44,7 @@ def world(settings: Settings, redis_client: Any) -> Iterator[SimpleNamespace]:
 
 
 def new_partner(world: SimpleNamespace) -> dict[str, Any]:
-    created = world.client.post("/v1/partners", json={"name": "p"}, headers=ADMIN).get_json()
-    created["headers"] = {"Authorization": f"Bearer {created['api_key']}"}
-    return created
+    return add_partner(world.client, ADMIN, "p")
 
 
 def register(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ADMIN_KEY
-from tests.helpers import WorkerProcess, gateway_for, wait_until
+from tests.helpers import WorkerProcess, add_partner, gateway_for, wait_until
 from tests.webhooks.conftest import Receiver, Slow
 from tests.webhooks.test_events import deliveries, parse, submit, webhook_settles
 
@@ -58,8 +58,7 @@ def test_a_partners_slow_receiver_holds_its_limit_and_no_other_partners_turn(
         webhook_retry_delays=(3600.0,),  # a failed attempt stays visible, never resent
     )
     client, a, _ = gateway_for(own, ADMIN_KEY)
-    b = client.post("/v1/partners", json={"name": "b"}, headers=ADMIN).get_json()
-    b["headers"] = {"Authorization": f"Bearer {b['api_key']}"}
+    b = add_partner(client, ADMIN, "b")
     changed = client.patch(
         f"/v1/partners/{a['id']}",
         json={"limits": {"max_inflight_deliveries": limit}},

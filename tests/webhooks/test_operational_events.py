@@ -27,7 +27,7 @@ from config import Settings
 from jobgate.db.models import Message, OperationalEvent
 from jobgate.events import OPERATIONAL
 from tests.conftest import ADMIN_KEY
-from tests.helpers import WorkerProcess, gateway_for, wait_until
+from tests.helpers import WorkerProcess, add_partner, gateway_for, wait_until
 from tests.webhooks.conftest import Receiver, Slow, closed_port_url, own_world
 from tests.webhooks.test_endpoints import new_partner, register, verified
 from tests.webhooks.test_events import parse, submit, webhook_settles
@@ -394,8 +394,7 @@ def test_a_partners_storm_of_failing_endpoints_keeps_to_its_share(settings, redi
         webhook_timeout=5.0,
     )
     client, a, _ = gateway_for(own, ADMIN_KEY)
-    b = client.post("/v1/partners", json={"name": "b"}, headers=ADMIN).get_json()
-    b["headers"] = {"Authorization": f"Bearer {b['api_key']}"}
+    b = add_partner(client, ADMIN, "b")
     changed = client.patch(
         f"/v1/partners/{a['id']}",
         json={"limits": {"max_inflight_deliveries": LIMIT}},

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway import create_app
-from tests.helpers import WorkerProcess, job_status, wait_for_status, wait_until
+from tests.helpers import WorkerProcess, add_partner, job_status, wait_for_status, wait_until
 from tests.webhooks.conftest import HangingReceiver
 from tests.webhooks.test_events import deliveries, submit
 
@@ -32,11 +32,7 @@ def gateway_for(settings, admin_headers) -> tuple[Any, dict[str, Any]]:
     app = create_app(settings)
     app.config["TESTING"] = True
     client = app.test_client()
-    created = client.post("/v1/partners", json={"name": "slow"}, headers=admin_headers)
-    assert created.status_code == 201, created.get_json()
-    partner = created.get_json()
-    partner["headers"] = {"Authorization": f"Bearer {partner['api_key']}"}
-    return client, partner
+    return client, add_partner(client, admin_headers, "slow")
 
 
 @pytest.mark.parametrize(
